@@ -1,0 +1,154 @@
+"""``cert_der.bin``: a self-signed certificate and its private key in one file.
+
+File layout (all integers big-endian)::
+
+    magic   8 bytes  b"DPCERT\\x00\\x01"   (format version 1)
+    u32     length of the certificate DER, then the DER
+    u32     length of the private key (PKCS#8 DER, unencrypted), then the key
+
+Keys are Ed25519: small, fast, and accepted by aioquic on both sides of a handshake.
+The file is written with mode 0600 atomically (temporary file + rename), so a crash
+never leaves a half-written bundle behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
+
+from certs.fingerprint import certificate_fingerprint
+
+MAGIC = b"DPCERT\x00\x01"
+MAX_PART = 64 * 1024
+
+
+class CertificateFileError(Exception):
+    """The certificate bundle file is missing parts, corrupt or unreadable."""
+
+
+@dataclass(frozen=True)
+class CertificateBundle:
+    certificate: x509.Certificate
+    private_key: ed25519.Ed25519PrivateKey
+
+    @property
+    def certificate_der(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def fingerprint(self) -> str:
+        """The string a client pins: base64url(SHA-256(certificate DER))."""
+        return certificate_fingerprint(self.certificate_der)
+
+    def to_bytes(self) -> bytes:
+        cert = self.certificate_der
+        key = self.private_key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return MAGIC + struct.pack("!I", len(cert)) + cert + struct.pack("!I", len(key)) + key
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = "certificate bundle") -> CertificateBundle:
+        if not data.startswith(MAGIC):
+            raise CertificateFileError(f"{source}: not a discretpeer certificate bundle (bad magic)")
+        offset = len(MAGIC)
+        parts: list[bytes] = []
+        for what in ("certificate", "private key"):
+            if len(data) < offset + 4:
+                raise CertificateFileError(f"{source}: truncated before the {what}")
+            (length,) = struct.unpack_from("!I", data, offset)
+            offset += 4
+            if length == 0 or length > MAX_PART or len(data) < offset + length:
+                raise CertificateFileError(f"{source}: truncated or invalid {what} length {length}")
+            parts.append(data[offset : offset + length])
+            offset += length
+        if offset != len(data):
+            raise CertificateFileError(f"{source}: {len(data) - offset} unexpected trailing bytes")
+        try:
+            certificate = x509.load_der_x509_certificate(parts[0])
+        except ValueError as exc:
+            raise CertificateFileError(f"{source}: certificate is not valid DER ({exc})") from exc
+        try:
+            key = serialization.load_der_private_key(parts[1], password=None)
+        except (ValueError, TypeError) as exc:
+            raise CertificateFileError(f"{source}: private key is not valid PKCS#8 ({exc})") from exc
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise CertificateFileError(f"{source}: private key is not Ed25519")
+        cert_public = certificate.public_key()
+        if not isinstance(cert_public, ed25519.Ed25519PublicKey) or cert_public.public_bytes_raw() != (
+            key.public_key().public_bytes_raw()
+        ):
+            raise CertificateFileError(f"{source}: private key does not match the certificate")
+        return cls(certificate=certificate, private_key=key)
+
+
+def create_bundle(
+    common_name: str = "discretpeer-beacon",
+    *,
+    private_key: ed25519.Ed25519PrivateKey | None = None,
+    valid_days: int = 36500,
+) -> CertificateBundle:
+    """Create a self-signed Ed25519 certificate. Pinning makes the name and dates irrelevant,
+    so it is valid for a century: a beacon's hash must never change because a date passed."""
+    key = private_key or ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, algorithm=None)
+    )
+    return CertificateBundle(certificate=certificate, private_key=key)
+
+
+def save_bundle(bundle: CertificateBundle, path: Path) -> None:
+    """Write the bundle atomically with mode 0600."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(bundle.to_bytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_bundle(path: Path) -> CertificateBundle:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CertificateFileError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return CertificateBundle.from_bytes(data, source=str(path))
+
+
+def load_or_create_bundle(path: Path, common_name: str = "discretpeer-beacon") -> tuple[CertificateBundle, bool]:
+    """Load ``path`` if it exists (never overwriting a corrupt file), else create it.
+    Returns the bundle and whether it was created."""
+    path = Path(path)
+    if path.exists():
+        return load_bundle(path), False
+    bundle = create_bundle(common_name)
+    save_bundle(bundle, path)
+    return bundle, True
