@@ -1,1 +1,39 @@
-"""discretpeer: meet peers through QUIC beacons or the LAN, punch through NATs, verify identities."""
+"""discretpeer: meet peers through QUIC beacons or the LAN, punch through NATs, verify identities.
+
+    from discretpeer import Identity, Peer
+
+    async with Peer(Identity.load_or_create("id.key"), beacons=[{"hostname": "b.example:4264",
+                                                                 "cert_hash": "..."}]) as peer:
+        conn = await peer.connect("our shared secret", expect=other_peer_id, timeout=10)
+        reader, writer = await conn.open_stream()
+"""
+
+from discretpeer.auth import AuthError, PeerPolicy
+from discretpeer.beacon_client import BeaconStatus
+from discretpeer.config import BeaconSpec, ConfigError, load_beacons_file, parse_beacons
+from discretpeer.connection import PeerConnection
+from discretpeer.errors import ConnectError
+from discretpeer.identity import Identity, IdentityError, decode_peer_id, normalize_peer_id
+from discretpeer.peer import Peer, PeerStats
+from discretpeer.tokens import MeetingKeys, derive_token, pair_meeting
+
+__all__ = [
+    "AuthError",
+    "BeaconSpec",
+    "BeaconStatus",
+    "ConfigError",
+    "ConnectError",
+    "Identity",
+    "IdentityError",
+    "MeetingKeys",
+    "Peer",
+    "PeerConnection",
+    "PeerPolicy",
+    "PeerStats",
+    "decode_peer_id",
+    "derive_token",
+    "load_beacons_file",
+    "normalize_peer_id",
+    "pair_meeting",
+    "parse_beacons",
+]

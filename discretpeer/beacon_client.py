@@ -1,0 +1,358 @@
+"""A peer's connection to one beacon, from the peer's one UDP socket.
+
+Pins the beacon by its certificate hash (checked before a single frame is sent), announces the
+tokens and local candidates, follows token changes, passes introductions up, and reconnects
+forever with capped exponential backoff and full jitter, re-announcing after each reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+from aioquic.quic.configuration import QuicConfiguration
+from cryptography.hazmat.primitives import serialization
+
+from certs import certificate_fingerprint
+from discretpeer.config import BeaconSpec
+from discretpeer.endpoint import Endpoint, EndpointProtocol
+from discretpeer.wire import (
+    BEACON_ALPN,
+    MAX_TOKENS_PER_FRAME,
+    PROTOCOL_VERSION,
+    Address,
+    Announce,
+    Error,
+    ErrorCode,
+    FrameDecoder,
+    Hello,
+    Introduction,
+    Message,
+    Ping,
+    Pong,
+    RelayEnd,
+    RelayGrant,
+    RelayRequest,
+    Welcome,
+    WireError,
+    encode,
+)
+
+log = structlog.get_logger("discretpeer.beacon_client")
+
+HANDSHAKE_TIMEOUT = 5.0
+KEEPALIVE_INTERVAL = 10.0  # below the 30 s many home routers keep an idle UDP mapping
+BACKOFF_INITIAL = 0.5
+BACKOFF_CAP = 30.0
+STABLE_AFTER = 10.0  # a connection that lived this long resets the backoff
+
+
+class PinMismatch(ConnectionError):
+    pass
+
+
+@dataclass
+class BeaconStatus:
+    """What a user checks when nothing connects (exposed by ``Peer.beacon_status``)."""
+
+    beacon: str
+    state: str = "idle"  # idle, connecting, connected, backoff, closed
+    address: tuple[str, int] | None = None
+    observed: Address | None = None
+    rtt: float | None = None
+    last_error: str | None = None
+    connects: int = 0
+    failures: int = 0
+    introductions: int = 0
+    pin_mismatches: int = 0
+    history: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        self.last_error = text
+        self.history.append(text)
+        del self.history[:-10]
+
+
+class BeaconClient:
+    def __init__(
+        self,
+        spec: BeaconSpec,
+        endpoint: Endpoint,
+        instance: bytes,
+        *,
+        on_introduction: Callable[[BeaconClient, Introduction], None],
+        get_candidates: Callable[[], list[Address]],
+        on_relay_message: Callable[[BeaconClient, Message], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spec = spec
+        self.status = BeaconStatus(beacon=spec.hostname)
+        self._endpoint = endpoint
+        self._instance = instance
+        self._on_introduction = on_introduction
+        self._get_candidates = get_candidates
+        self._on_relay_message = on_relay_message
+        self._rng = rng or random.Random()
+        self._tokens: set[bytes] = set()
+        self._announced: set[bytes] = set()
+        self._protocol: EndpointProtocol | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._pings: dict[int, float] = {}
+        self._closing = False
+        self.max_tokens = MAX_TOKENS_PER_FRAME
+
+    # --- public -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"beacon {self.spec}")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._disconnect("peer closing")
+        self.status.state = "closed"
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def beacon_address(self) -> tuple[str, int] | None:
+        return self.status.address if self.connected else None
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def set_tokens(self, tokens: set[bytes]) -> None:
+        """The tokens to hold on this beacon; the difference is sent at once when connected."""
+        self._tokens = set(tokens)
+        if self.connected:
+            self._sync_tokens()
+
+    def refresh_candidates(self) -> None:
+        if self.connected:
+            self._send(Announce(candidates=tuple(self._get_candidates())))
+
+    def send(self, message: Message) -> bool:
+        """Send a frame if connected (relay requests); False when not connected."""
+        if not self.connected:
+            return False
+        return self._send(message)
+
+    # --- connection loop ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = BACKOFF_INITIAL
+        while not self._closing:
+            started = time.monotonic()
+            try:
+                await self._connect_and_serve()
+            except asyncio.CancelledError:
+                raise
+            except PinMismatch as exc:
+                self.status.pin_mismatches += 1
+                self.status.failures += 1
+                self.status.note(str(exc))
+                log.error("beacon certificate does not match the pinned hash", beacon=str(self.spec), error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - any failure means: back off and retry
+                self.status.failures += 1
+                self.status.note(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                log.info("beacon connection failed", beacon=str(self.spec), error=self.status.last_error)
+            finally:
+                self._disconnect("reconnecting")
+            if self._closing:
+                break
+            if time.monotonic() - started > STABLE_AFTER:
+                delay = BACKOFF_INITIAL
+            self.status.state = "backoff"
+            await asyncio.sleep(self._rng.uniform(0, delay))  # full jitter
+            delay = min(BACKOFF_CAP, delay * 2)
+
+    async def _resolve(self) -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.spec.host, self.spec.port, type=socket.SOCK_DGRAM)
+        addresses: list[tuple[str, int]] = []
+        for family, _, _, _, sockaddr in infos:
+            if family == socket.AF_INET6 and not self._endpoint_supports_ipv6():
+                continue
+            address = (str(sockaddr[0]), int(sockaddr[1]))
+            if address not in addresses:
+                addresses.append(address)
+        # IPv6 first where it works: it needs no NAT traversal at all on many networks
+        addresses.sort(key=lambda a: 0 if ":" in a[0] else 1)
+        if not addresses:
+            raise ConnectionError(f"{self.spec.host} has no usable address")
+        return addresses
+
+    def _endpoint_supports_ipv6(self) -> bool:
+        return ":" in self._endpoint.local_address[0]
+
+    async def _connect_and_serve(self) -> None:
+        self.status.state = "connecting"
+        addresses = await self._resolve()
+        errors: list[str] = []
+        for address in addresses:
+            try:
+                await self._connect(address)
+                break
+            except PinMismatch:
+                raise
+            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                errors.append(f"{address[0]}: {type(exc).__name__} {exc}".strip())
+                self._disconnect("next address")
+        else:
+            raise ConnectionError("; ".join(errors) or "no address answered")
+        await self._serve()
+
+    async def _connect(self, address: tuple[str, int]) -> None:
+        configuration = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=[BEACON_ALPN],
+            verify_mode=ssl.CERT_NONE,  # pinned by hash below, before anything is sent
+            idle_timeout=60.0,
+            server_name=None if _is_ip(self.spec.host) else self.spec.host,
+        )
+        protocol = self._endpoint.connect(address, configuration)
+        self._protocol = protocol
+        await asyncio.wait_for(protocol.wait_connected(), HANDSHAKE_TIMEOUT)
+        certificate = protocol._quic.tls._peer_certificate  # noqa: SLF001 - aioquic has no public accessor
+        if certificate is None:
+            raise PinMismatch(f"beacon {self.spec} presented no certificate")
+        fingerprint = certificate_fingerprint(certificate.public_bytes(serialization.Encoding.DER))
+        if fingerprint != self.spec.cert_hash:
+            raise PinMismatch(f"beacon {self.spec} certificate hash is {fingerprint}, pinned {self.spec.cert_hash}")
+        reader, writer = await protocol.create_stream()
+        self._writer = writer
+        self._reader = reader
+        self.status.address = address
+        writer.write(encode(Hello(version=PROTOCOL_VERSION, instance=self._instance)))
+        decoder = FrameDecoder()
+        welcome, early = await asyncio.wait_for(self._read_until_welcome(reader, decoder), HANDSHAKE_TIMEOUT)
+        self._decoder = decoder
+        self.status.observed = welcome.observed
+        self.max_tokens = max(1, welcome.max_tokens)
+        self.status.state = "connected"
+        self.status.connects += 1
+        self.status.last_error = None
+        self._announced = set()
+        self._connected.set()
+        self._send(Announce(candidates=tuple(self._get_candidates())))
+        self._sync_tokens()
+        for message in early:
+            self._handle(message)
+        log.info("beacon connected", beacon=str(self.spec), address=address, observed=str(welcome.observed))
+
+    async def _read_until_welcome(
+        self, reader: asyncio.StreamReader, decoder: FrameDecoder
+    ) -> tuple[Welcome, list[Message]]:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                raise ConnectionError("beacon closed the stream before welcoming us")
+            messages = decoder.feed(data)
+            for index, message in enumerate(messages):
+                if isinstance(message, Welcome):
+                    return message, messages[index + 1 :]
+                if isinstance(message, Error):
+                    raise ConnectionError(f"beacon refused: {message.error_code!s} {message.message}")
+
+    async def _serve(self) -> None:
+        assert self._protocol is not None
+        keepalive = asyncio.get_running_loop().create_task(self._keepalive())
+        try:
+            while True:
+                data = await self._reader.read(65536)
+                if not data:
+                    raise ConnectionError("beacon connection closed")
+                try:
+                    messages = self._decoder.feed(data)
+                except WireError as exc:
+                    raise ConnectionError(f"beacon sent a bad frame: {exc}") from exc
+                for message in messages:
+                    self._handle(message)
+        finally:
+            keepalive.cancel()
+
+    async def _keepalive(self) -> None:
+        nonce = 0
+        while True:
+            nonce += 1
+            self._pings[nonce] = time.monotonic()
+            while len(self._pings) > 8:
+                self._pings.pop(next(iter(self._pings)))
+            self._send(Ping(nonce=nonce))
+            await asyncio.sleep(KEEPALIVE_INTERVAL if self.status.rtt is not None else 0.5)
+
+    def _handle(self, message: Message) -> None:
+        if isinstance(message, Introduction):
+            self.status.introductions += 1
+            self._on_introduction(self, message)
+        elif isinstance(message, Pong):
+            sent = self._pings.pop(message.nonce, None)
+            if sent is not None:
+                self.status.rtt = time.monotonic() - sent
+        elif isinstance(message, Error):
+            text = f"beacon error {message.error_code!s}: {message.message}"
+            self.status.note(text)
+            log.warning("beacon error", beacon=str(self.spec), code=str(message.error_code), message=message.message)
+            if message.fatal:
+                raise ConnectionError(text)
+            if message.code == ErrorCode.TOO_MANY_TOKENS:
+                self._announced = set()  # resync: the beacon rejected that announce
+        elif isinstance(message, (RelayGrant, RelayEnd)):
+            if self._on_relay_message is not None:
+                self._on_relay_message(self, message)
+        elif isinstance(message, Ping):
+            self._send(Pong(nonce=message.nonce))
+
+    def _sync_tokens(self) -> None:
+        add = sorted(self._tokens - self._announced)[: max(0, self.max_tokens - len(self._announced & self._tokens))]
+        withdraw = sorted(self._announced - self._tokens)
+        for start in range(0, max(len(add), len(withdraw)), MAX_TOKENS_PER_FRAME):
+            chunk_add = tuple(add[start : start + MAX_TOKENS_PER_FRAME])
+            chunk_withdraw = tuple(withdraw[start : start + MAX_TOKENS_PER_FRAME])
+            if chunk_add or chunk_withdraw:
+                self._send(Announce(add=chunk_add, withdraw=chunk_withdraw))
+        self._announced = (self._announced | set(add)) - set(withdraw)
+
+    def _send(self, message: Message) -> bool:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            return False
+        writer.write(encode(message))
+        return True
+
+    def _disconnect(self, reason: str) -> None:
+        self._connected.clear()
+        self._writer = None
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            with contextlib.suppress(Exception):
+                protocol.close(reason_phrase=reason)
+        if self.status.state == "connected":
+            self.status.state = "connecting"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host.split("%", 1)[0])
+        return True
+    except OSError:
+        return False

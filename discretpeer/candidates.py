@@ -1,0 +1,41 @@
+"""Local candidate addresses: this host's interface addresses, with the endpoint's port.
+
+Reported to beacons (and mDNS) so that peers behind one NAT without hairpin can still connect.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import ifaddr
+
+from discretpeer.wire import MAX_CANDIDATES, Address
+
+
+def local_addresses(*, ipv6: bool = True, include_loopback: bool = False) -> list[str]:
+    """Usable unicast interface addresses: no link-local, multicast or unspecified ones.
+    IPv4 first; private before public is not assumed (the peer probes them all)."""
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            raw = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
+            try:
+                address = ipaddress.ip_address(raw)
+            except ValueError:
+                continue
+            if address.version == 6 and not ipv6:
+                continue
+            if address.is_link_local or address.is_multicast or address.is_unspecified:
+                continue
+            if address.is_loopback and not include_loopback:
+                continue
+            if address not in found:
+                found.append(address)
+    found.sort(key=lambda a: a.version)
+    return [str(a) for a in found]
+
+
+def local_candidates(port: int, *, ipv6: bool = True, include_loopback: bool = False) -> list[Address]:
+    return [Address(host, port) for host in local_addresses(ipv6=ipv6, include_loopback=include_loopback)][
+        :MAX_CANDIDATES
+    ]

@@ -1,0 +1,268 @@
+"""Verified peer-to-peer QUIC connections and the identity handshake that makes them verified.
+
+The dialer opens stream 0 and sends its proof; the listener checks it (signature bound to this
+connection, token of one of its meetings, peer id acceptable), answers with its own proof or a
+refusal, and the dialer checks that. Only then does the app see the connection; app streams start
+at stream 4. A refusal or a bad proof closes the connection with a reason both sides can report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnection
+
+from discretpeer.auth import (
+    AuthError,
+    PeerPolicy,
+    Proof,
+    Refusal,
+    RefusalReason,
+    Role,
+    build_proof,
+    build_refusal,
+    connection_exporter,
+    parse_auth,
+    read_auth_frame,
+    verify_proof,
+)
+from discretpeer.endpoint import EndpointProtocol
+from discretpeer.identity import Identity
+
+PathKind = Literal["direct", "lan", "relay"]
+AUTH_TIMEOUT = 5.0
+KEEPALIVE_INTERVAL = 10.0
+MAX_PENDING_STREAMS = 64
+AUTH_STREAM_ID = 0
+
+
+class PeerProtocol(EndpointProtocol):
+    """The QUIC side of a peer connection; hands streams and the end of life to its owner."""
+
+    def __init__(self, quic: QuicConnection, **kwargs: object) -> None:
+        super().__init__(quic, stream_handler=self._on_stream)  # type: ignore[arg-type]
+        self.auth_stream: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.incoming_streams: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue(
+            MAX_PENDING_STREAMS
+        )
+        self.close_reason: str | None = None
+        self.terminated = asyncio.Event()
+        self.accepting_app_streams = False
+
+    def _on_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stream_id = writer.get_extra_info("stream_id")
+        if stream_id == AUTH_STREAM_ID:
+            if not self.auth_stream.done():
+                self.auth_stream.set_result((reader, writer))
+            return
+        if not self.accepting_app_streams or self.incoming_streams.full():
+            # before verification (or past the app's backlog) nobody may open streams
+            with contextlib.suppress(Exception):
+                self._quic.reset_stream(stream_id, 0x1)
+                self._quic.stop_stream(stream_id, 0x1)
+            return
+        self.incoming_streams.put_nowait((reader, writer))
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.ConnectionTerminated):
+            if self.close_reason is None:
+                self.close_reason = event.reason_phrase or f"closed (error {event.error_code})"
+            self.terminated.set()
+            if not self.auth_stream.done():
+                self.auth_stream.set_exception(ConnectionError(self.close_reason))
+        super().quic_event_received(event)
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        path = self._quic._network_paths[0]  # noqa: SLF001 - the active path (aioquic keeps it first)
+        return (path.addr[0], path.addr[1])
+
+    def close_with(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        with contextlib.suppress(Exception):
+            self.close(error_code=0, reason_phrase=reason[:200])
+
+
+@dataclass(frozen=True)
+class VerifiedPeer:
+    peer_id: str
+    token: bytes
+
+
+async def authenticate_as_dialer(
+    protocol: PeerProtocol, identity: Identity, token: bytes, policy: PeerPolicy, timeout: float = AUTH_TIMEOUT
+) -> VerifiedPeer:
+    exporter = connection_exporter(protocol._quic)  # noqa: SLF001
+    reader, writer = await protocol.create_stream()
+    writer.write(build_proof(identity, Role.DIALER, exporter, token))
+    try:
+        answer = parse_auth(await read_auth_frame(reader, timeout))
+    except asyncio.IncompleteReadError as exc:
+        raise AuthError(f"peer closed before proving its identity ({protocol.close_reason or 'no reason'})") from exc
+    if isinstance(answer, Refusal):
+        raise AuthError(f"peer refused us: {answer.text}")
+    if answer.token != token:
+        raise AuthError("peer answered for another meeting")
+    peer_id = verify_proof(answer, Role.LISTENER, exporter)
+    if not policy.accepts(peer_id):
+        writer.write(build_refusal(RefusalReason.UNEXPECTED_PEER, "you are not the peer I expect"))
+        raise AuthError(f"peer {peer_id} is not the expected peer ({policy.description})")
+    writer.write_eof()
+    return VerifiedPeer(peer_id=peer_id, token=token)
+
+
+async def authenticate_as_listener(
+    protocol: PeerProtocol,
+    identity: Identity,
+    lookup: Callable[[bytes], PeerPolicy | None],
+    timeout: float = AUTH_TIMEOUT,
+) -> VerifiedPeer:
+    reader, writer = await asyncio.wait_for(asyncio.shield(protocol.auth_stream), timeout)
+    exporter = connection_exporter(protocol._quic)  # noqa: SLF001
+    message = parse_auth(await read_auth_frame(reader, timeout))
+    if not isinstance(message, Proof):
+        raise AuthError("dialer sent no identity proof")
+
+    def refuse(reason: RefusalReason, text: str) -> AuthError:
+        writer.write(build_refusal(reason, text))
+        return AuthError(text)
+
+    policy = lookup(message.token)
+    if policy is None:
+        raise refuse(RefusalReason.UNKNOWN_MEETING, "no such meeting here")
+    try:
+        peer_id = verify_proof(message, Role.DIALER, exporter)
+    except AuthError as exc:
+        raise refuse(RefusalReason.BAD_PROOF, str(exc)) from exc
+    if not policy.accepts(peer_id):
+        raise refuse(RefusalReason.UNEXPECTED_PEER, f"peer {peer_id} is not expected here")
+    writer.write(build_proof(identity, Role.LISTENER, exporter, message.token))
+    # the dialer may still refuse us: it answers with EOF (accepted) or a refusal frame
+    try:
+        tail = await asyncio.wait_for(reader.read(2 + 512), timeout)
+    except asyncio.TimeoutError as exc:
+        raise AuthError("dialer did not confirm the identity exchange") from exc
+    if tail:
+        if len(tail) >= 2:
+            (length,) = struct.unpack_from("!H", tail)
+            with contextlib.suppress(AuthError):
+                refusal = parse_auth(tail[2 : 2 + length])
+                if isinstance(refusal, Refusal):
+                    raise AuthError(f"peer refused us: {refusal.text}")
+        raise AuthError("dialer sent unexpected data on the identity stream")
+    return VerifiedPeer(peer_id=peer_id, token=message.token)
+
+
+class PeerConnection:
+    """A verified connection to another peer. Use as ``async with`` or call :meth:`close`.
+
+    ``peer_id`` is proven (the other side signed this very connection with that key);
+    ``path`` is ``"direct"``, ``"lan"`` or ``"relay"``.
+    """
+
+    def __init__(
+        self,
+        protocol: PeerProtocol,
+        verified: VerifiedPeer,
+        path: PathKind,
+        *,
+        dialer: bool,
+        introduced_at: float | None = None,
+        on_close: Callable[[PeerConnection], None] | None = None,
+    ) -> None:
+        self._protocol = protocol
+        self.peer_id = verified.peer_id
+        self.path: PathKind = path
+        self.dialer = dialer
+        self.token = verified.token
+        self.verified_at = time.monotonic()
+        self.time_to_connect = None if introduced_at is None else self.verified_at - introduced_at
+        self._on_close = on_close
+        self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
+        self._watch = asyncio.get_running_loop().create_task(self._watch_close())
+        protocol.accepting_app_streams = True
+
+    def __repr__(self) -> str:
+        return f"<PeerConnection {self.peer_id[:12]}… {self.path} {self.remote_address}>"
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        return self._protocol.remote_address
+
+    @property
+    def closed(self) -> bool:
+        return self._protocol.terminated.is_set()
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._protocol.close_reason
+
+    @property
+    def rtt(self) -> float | None:
+        """Smoothed round-trip time measured by QUIC, in seconds."""
+        rtt = self._protocol._quic._loss._rtt_smoothed  # noqa: SLF001 - no public accessor
+        return rtt or None
+
+    async def open_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open a bidirectional stream to the peer."""
+        if self.closed:
+            raise ConnectionError(f"connection to {self.peer_id} is closed ({self.close_reason})")
+        return await self._protocol.create_stream()
+
+    async def accept_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Wait for the peer to open a stream; raises ConnectionError once the connection closes."""
+        get = asyncio.ensure_future(self._protocol.incoming_streams.get())
+        closed = asyncio.ensure_future(self._protocol.terminated.wait())
+        try:
+            await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+        if get.done():
+            return get.result()
+        get.cancel()
+        raise ConnectionError(f"connection to {self.peer_id} closed ({self.close_reason})")
+
+    async def ping(self, timeout: float = 5.0) -> float:
+        """Round trip of a QUIC PING, in seconds."""
+        started = time.monotonic()
+        await asyncio.wait_for(self._protocol.ping(), timeout)
+        return time.monotonic() - started
+
+    def close(self, reason: str = "closed by application") -> None:
+        self._protocol.close_with(reason)
+        self._protocol.transmit()
+
+    async def wait_closed(self) -> None:
+        await self._protocol.terminated.wait()
+
+    async def __aenter__(self) -> PeerConnection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.wait_closed(), 2.0)
+
+    async def _keep_alive(self) -> None:
+        # a packet on the path at least every 10 s keeps NAT mappings open (many routers: 30 s)
+        while not self.closed:
+            await asyncio.sleep(KEEPALIVE_INTERVAL)
+            with contextlib.suppress(Exception):
+                self._protocol._quic.send_ping(0)  # noqa: SLF001
+                self._protocol.transmit()
+
+    async def _watch_close(self) -> None:
+        await self._protocol.terminated.wait()
+        self._keepalive.cancel()
+        if self._on_close is not None:
+            self._on_close(self)

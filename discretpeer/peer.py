@@ -1,0 +1,746 @@
+"""``Peer``: the application's handle. One UDP socket, its beacons, its meetings, its connections.
+
+    async with Peer(identity, beacons=[...]) as peer:
+        conn = await peer.connect("our shared secret", expect=other_peer_id, timeout=10)
+        reader, writer = await conn.open_stream()
+
+How a meeting becomes a connection: the meeting's tokens are announced to every beacon (and on the
+LAN); an introduction (or a verified probe from the other side, or an mDNS sighting) starts a
+:class:`~discretpeer.traversal.PunchSession`; the peer with the lower instance value dials the
+first confirmed candidate; both sides prove their identity on the new QUIC connection; the
+verified connection goes to a waiting ``connect()`` or to ``incoming()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from certs import create_bundle
+from discretpeer.auth import AuthError, Expectation, PeerPolicy
+from discretpeer.beacon_client import BeaconClient, BeaconStatus
+from discretpeer.candidates import local_candidates
+from discretpeer.config import BeaconSpec, parse_beacons
+from discretpeer.connection import (
+    PathKind,
+    PeerConnection,
+    PeerProtocol,
+    authenticate_as_dialer,
+    authenticate_as_listener,
+)
+from discretpeer.endpoint import Admission, Endpoint
+from discretpeer.errors import ConnectError
+from discretpeer.identity import Identity
+from discretpeer.probe import ProbeError, ProbeKind, build_probe, parse_probe
+from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, MeetingKeys, pair_meeting
+from discretpeer.traversal import Addr, Candidate, CandidateKind, PunchSession
+from discretpeer.wire import INSTANCE_SIZE, PEER_ALPN, Address, Introduction
+
+log = structlog.get_logger("discretpeer.peer")
+
+MAX_SESSIONS = 256
+MAX_PENDING_INCOMING = 32
+MAX_INCOMING_BACKLOG = 64
+DIAL_TIMEOUT = 3.0
+SESSION_LINGER = 30.0
+TOKEN_REFRESH_INTERVAL = 60.0
+CANDIDATE_REFRESH_INTERVAL = 60.0
+
+
+@dataclass
+class PeerStats:
+    """Counters of what happened, for apps, the CLI's ``status`` and the benchmarks."""
+
+    introductions: int = 0
+    lan_sightings: int = 0
+    punch_sessions: int = 0
+    punches_confirmed: int = 0
+    probes_sent: int = 0
+    probes_received: int = 0
+    probes_rejected: int = 0
+    dials: int = 0
+    dial_failures: int = 0
+    incoming_attempts: int = 0
+    verified: int = 0
+    auth_failures: int = 0
+    connect_times: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=256))
+
+
+@dataclass
+class _Meeting:
+    keys: MeetingKeys
+    policy: PeerPolicy
+    tokens: tuple[bytes, ...]
+    listening: bool = False
+    waiters: list[asyncio.Future[PeerConnection]] = field(default_factory=list)
+    introductions: int = 0
+    failures: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=8))
+
+    @property
+    def id(self) -> bytes:
+        return self.keys.meeting
+
+    @property
+    def wanted(self) -> bool:
+        return self.listening or bool(self.waiters)
+
+
+@dataclass
+class _Pair:
+    """A punch session plus what was done with it."""
+
+    meeting: _Meeting
+    session: PunchSession
+    introduced_at: float
+    via: str
+    dialing: bool = False
+    failed: set[Addr] = field(default_factory=set)
+    connection: PeerConnection | None = None
+
+
+class Peer:
+    """A peer: owns one UDP socket for beacons, probes and every peer connection.
+
+    ``beacons``: a list of :class:`BeaconSpec` or ``{"hostname": "host:port", "cert_hash": "..."}``.
+    ``lan``: discover peers on the local network by mDNS (no beacon needed).
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        beacons: Iterable[Any] = (),
+        *,
+        host: str | None = None,
+        port: int = 0,
+        lan: bool = False,
+        lan_interfaces: list[str] | None = None,
+        rotation_seconds: int | None = DEFAULT_ROTATION_SECONDS,
+        punch_duration: float = 6.0,
+        report_local_candidates: bool = True,
+    ) -> None:
+        self.identity = identity
+        self.beacons: list[BeaconSpec] = parse_beacons(list(beacons))
+        self.instance = os.urandom(INSTANCE_SIZE)
+        self.stats = PeerStats()
+        self._host = host
+        self._port = port
+        self._lan_enabled = lan
+        self._lan_interfaces = lan_interfaces
+        self._rotation = rotation_seconds
+        self._punch_duration = punch_duration
+        self._report_local = report_local_candidates
+        self._endpoint: Endpoint | None = None
+        self._clients: list[BeaconClient] = []
+        self._meetings: dict[bytes, _Meeting] = {}
+        self._by_token: dict[bytes, _Meeting] = {}
+        self._pairs: collections.OrderedDict[tuple[bytes, bytes], _Pair] = collections.OrderedDict()
+        self._connections: set[PeerConnection] = set()
+        self._incoming: asyncio.Queue[PeerConnection] = asyncio.Queue(MAX_INCOMING_BACKLOG)
+        self._pending_incoming = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._candidates: list[Address] = []
+        self._lan: Any = None
+        self._closed = False
+        self._started = False
+        bundle = create_bundle("discretpeer", private_key=identity.private_key)
+        self._server_config = QuicConfiguration(
+            is_client=False, alpn_protocols=[PEER_ALPN], idle_timeout=30.0, max_datagram_size=1350
+        )
+        self._server_config.certificate = bundle.certificate
+        self._server_config.private_key = bundle.private_key
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> Peer:
+        if self._started:
+            return self
+        self._started = True
+        self._endpoint = await Endpoint.open(
+            self._host,
+            self._port,
+            server_configuration=self._server_config,
+            create_server_protocol=self._new_incoming,
+            admit=self._admit,
+            on_datagram=self._on_datagram,
+        )
+        self._candidates = self._compute_candidates()
+        for spec in self.beacons:
+            client = BeaconClient(
+                spec,
+                self._endpoint,
+                self.instance,
+                on_introduction=self._on_beacon_introduction,
+                get_candidates=lambda: list(self._candidates),
+            )
+            self._clients.append(client)
+            client.start()
+        if self._lan_enabled:
+            await self._start_lan()
+        self._spawn(self._punch_loop(), "punch loop")
+        self._spawn(self._maintenance_loop(), "maintenance")
+        log.info("peer started", peer_id=self.peer_id, port=self.port, beacons=[str(b) for b in self.beacons])
+        return self
+
+    async def close(self) -> None:
+        """Close every connection, the beacon connections, mDNS and the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        for meeting in self._meetings.values():
+            for waiter in meeting.waiters:
+                if not waiter.done():
+                    waiter.set_exception(ConnectionError("peer closed"))
+        for connection in list(self._connections):
+            connection.close("peer closing")
+        if self._lan is not None:
+            with contextlib.suppress(Exception):
+                await self._lan.close()
+        await asyncio.gather(*(client.close() for client in self._clients), return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._endpoint is not None:
+            self._endpoint.close()
+            await asyncio.sleep(0)  # let the transport close
+
+    async def __aenter__(self) -> Peer:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- public API ---------------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    @property
+    def port(self) -> int:
+        assert self._endpoint is not None, "peer not started"
+        return self._endpoint.port
+
+    @property
+    def beacon_status(self) -> list[BeaconStatus]:
+        return [client.status for client in self._clients]
+
+    @property
+    def connections(self) -> list[PeerConnection]:
+        return [c for c in self._connections if not c.closed]
+
+    async def wait_beacons(self, timeout: float = 5.0, *, count: int = 1) -> int:
+        """Wait until ``count`` beacons (default: one) are connected; returns how many are."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            connected = sum(1 for client in self._clients if client.connected)
+            if connected >= min(count, len(self._clients)):
+                return connected
+            await asyncio.sleep(0.02)
+        return sum(1 for client in self._clients if client.connected)
+
+    async def connect(
+        self, meeting: str | bytes, *, expect: Expectation, timeout: float = 10.0
+    ) -> PeerConnection:
+        """Meet the peer(s) sharing ``meeting`` and return the first verified connection.
+
+        ``expect``: a peer id, a set of peer ids, a callback ``(peer_id) -> bool``, or ``None``
+        for any peer that knows the meeting. Raises :class:`ConnectError` on timeout, saying what
+        was tried.
+        """
+        self._check_open()
+        record = self._register(meeting, PeerPolicy(expect))
+        waiter: asyncio.Future[PeerConnection] = asyncio.get_running_loop().create_future()
+        record.waiters.append(waiter)
+        self._sync_tokens()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except asyncio.TimeoutError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                return waiter.result()  # verified in the same instant the timer fired
+            raise ConnectError(self._failure_text(record, timeout), self._report(record)) from None
+        finally:
+            if waiter in record.waiters:
+                record.waiters.remove(waiter)
+            if not waiter.done():
+                waiter.cancel()
+            self._unregister_if_idle(record)
+
+    async def connect_to_peer(self, peer_id: str, *, timeout: float = 10.0) -> PeerConnection:
+        """Meet a known peer by its id alone (the meeting is derived from both ids)."""
+        return await self.connect(pair_meeting(self.peer_id, peer_id), expect=peer_id, timeout=timeout)
+
+    async def listen(self, meeting: str | bytes, *, expect: Expectation) -> None:
+        """Wait on ``meeting`` until :meth:`unlisten`; verified connections arrive in :meth:`incoming`."""
+        self._check_open()
+        record = self._register(meeting, PeerPolicy(expect))
+        record.listening = True
+        self._sync_tokens()
+
+    async def listen_for_peers(self, peer_ids: Iterable[str]) -> None:
+        """Listen on the pair meeting of each known peer id (what ``connect_to_peer`` dials)."""
+        for peer_id in peer_ids:
+            await self.listen(pair_meeting(self.peer_id, peer_id), expect=peer_id)
+
+    async def unlisten(self, meeting: str | bytes) -> None:
+        keys = MeetingKeys.derive(meeting, self._rotation)
+        record = self._meetings.get(keys.meeting)
+        if record is not None:
+            record.listening = False
+            self._unregister_if_idle(record)
+
+    async def incoming(self) -> AsyncIterator[PeerConnection]:
+        """Verified connections from peers meeting us on a meeting we :meth:`listen` on."""
+        while not self._closed:
+            yield await self._incoming.get()
+
+    # --- meetings and tokens ------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectionError("peer is closed")
+        if not self._started:
+            raise RuntimeError("peer not started: use 'async with Peer(...)' or 'await peer.start()'")
+
+    def _register(self, meeting: str | bytes, policy: PeerPolicy) -> _Meeting:
+        keys = MeetingKeys.derive(meeting, self._rotation)
+        record = self._meetings.get(keys.meeting)
+        if record is None:
+            record = _Meeting(keys=keys, policy=policy, tokens=keys.tokens())
+            self._meetings[keys.meeting] = record
+            for token in record.tokens:
+                self._by_token[token] = record
+        else:
+            record.policy = policy
+        return record
+
+    def _unregister_if_idle(self, record: _Meeting) -> None:
+        if record.wanted or self._closed:
+            return
+        self._meetings.pop(record.id, None)
+        for token in record.tokens:
+            if self._by_token.get(token) is record:
+                del self._by_token[token]
+        self._sync_tokens()
+
+    def _sync_tokens(self) -> None:
+        tokens = set(self._by_token)
+        for client in self._clients:
+            client.set_tokens(tokens)
+        if self._lan is not None:
+            self._spawn(self._lan.set_tokens(tokens), "lan tokens")
+
+    def _refresh_tokens(self) -> None:
+        changed = False
+        for record in self._meetings.values():
+            tokens = record.keys.tokens()
+            if tokens != record.tokens:
+                for token in record.tokens:
+                    if self._by_token.get(token) is record:
+                        del self._by_token[token]
+                record.tokens = tokens
+                for token in tokens:
+                    self._by_token[token] = record
+                changed = True
+        if changed:
+            self._sync_tokens()
+
+    def _policy_for_token(self, token: bytes) -> PeerPolicy | None:
+        record = self._by_token.get(token)
+        return record.policy if record is not None else None
+
+    # --- introductions and probes -------------------------------------------------------------
+
+    def _on_beacon_introduction(self, client: BeaconClient, intro: Introduction) -> None:
+        self.stats.introductions += 1
+        self._introduce(
+            intro.token,
+            intro.instance,
+            public=[intro.observed.to_socket()],
+            local=[c.to_socket() for c in intro.candidates],
+            via=f"beacon {client.spec}",
+        )
+
+    def _introduce(
+        self, token: bytes, instance: bytes, *, public: list[Addr], local: list[Addr], via: str
+    ) -> _Pair | None:
+        record = self._by_token.get(token)
+        if record is None or instance == self.instance or len(instance) != INSTANCE_SIZE:
+            return None
+        record.introductions += 1
+        now = time.monotonic()
+        pair = self._pair(record, token, instance, now, via)
+        if pair is None:
+            return None
+        sends = pair.session.add_candidates(self._usable(local), CandidateKind.LOCAL, now)
+        sends += pair.session.add_candidates(self._usable(public), CandidateKind.PUBLIC, now)
+        if not pair.session.active(now) and pair.connection is None:
+            pair.session.extend(now)
+            pair.failed.clear()
+        self._send_all(sends)
+        self._wake.set()
+        self._maybe_dial(pair)
+        return pair
+
+    def _usable(self, addresses: list[Addr]) -> list[Addr]:
+        ipv6 = self._endpoint is not None and ":" in self._endpoint.local_address[0]
+        own = {(a.host, a.port) for a in self._candidates}
+        return [a for a in addresses if (ipv6 or ":" not in a[0]) and a not in own]
+
+    def _pair(self, record: _Meeting, token: bytes, instance: bytes, now: float, via: str) -> _Pair | None:
+        key = (record.id, instance)
+        pair = self._pairs.get(key)
+        if pair is not None:
+            self._pairs.move_to_end(key)
+            if pair.connection is not None and pair.connection.closed:
+                pair.connection = None
+            return pair
+        if len(self._pairs) >= MAX_SESSIONS:
+            # evict the oldest pair that is neither connected nor dialing
+            for old_key, old in self._pairs.items():
+                if old.connection is None and not old.dialing:
+                    del self._pairs[old_key]
+                    break
+            else:
+                return None
+        session = PunchSession(
+            token=token,
+            probe_key=record.keys.probe_key,
+            local_instance=self.instance,
+            remote_instance=instance,
+            started_at=now,
+            duration=self._punch_duration,
+        )
+        session.start(now)
+        pair = _Pair(meeting=record, session=session, introduced_at=now, via=via)
+        self._pairs[key] = pair
+        self.stats.punch_sessions += 1
+        return pair
+
+    def _on_datagram(self, data: bytes, source: Addr) -> None:
+        try:
+            probe = parse_probe(data)
+        except ProbeError:
+            self.stats.probes_rejected += 1
+            return
+        record = self._by_token.get(probe.token)
+        if record is None or probe.instance == self.instance or not probe.verify(record.keys.probe_key):
+            self.stats.probes_rejected += 1
+            return
+        self.stats.probes_received += 1
+        now = time.monotonic()
+        key = (record.id, probe.instance)
+        pair = self._pairs.get(key)
+        if pair is None:
+            if probe.kind is not ProbeKind.PING:
+                return
+            # a probe before our own introduction: keep it, answer it, count it as one
+            pair = self._pair(record, probe.token, probe.instance, now, "probe")
+            if pair is None:
+                return
+        before = {c.address for c in pair.session.confirmed()}
+        self._send_all(pair.session.on_probe(source, probe, now))
+        if {c.address for c in pair.session.confirmed()} - before:
+            self.stats.punches_confirmed += 1
+        self._maybe_dial(pair)
+
+    def _send_all(self, sends: list[tuple[Addr, bytes]]) -> None:
+        endpoint = self._endpoint
+        if endpoint is None:
+            return
+        for address, data in sends:
+            endpoint.sendto(data, address)
+            self.stats.probes_sent += 1
+
+    async def _punch_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            deadline: float | None = None
+            for key, pair in list(self._pairs.items()):
+                self._send_all(pair.session.poll(now))
+                next_at = pair.session.next_deadline()
+                if next_at is not None:
+                    deadline = next_at if deadline is None else min(deadline, next_at)
+                elif (
+                    pair.connection is None
+                    and not pair.dialing
+                    and now - pair.session.started_at > pair.session.duration + SESSION_LINGER
+                ):
+                    del self._pairs[key]
+            self._wake.clear()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _maintenance_loop(self) -> None:
+        last_candidates = time.monotonic()
+        while True:
+            await asyncio.sleep(TOKEN_REFRESH_INTERVAL)
+            self._refresh_tokens()
+            if time.monotonic() - last_candidates >= CANDIDATE_REFRESH_INTERVAL:
+                last_candidates = time.monotonic()
+                fresh = self._compute_candidates()
+                if fresh != self._candidates:
+                    self._candidates = fresh
+                    for client in self._clients:
+                        client.refresh_candidates()
+
+    def _compute_candidates(self) -> list[Address]:
+        if not self._report_local or self._endpoint is None:
+            return []
+        ipv6 = ":" in self._endpoint.local_address[0]
+        host = self._endpoint.local_address[0]
+        if host not in ("::", "0.0.0.0"):
+            return [Address.from_socket((host, self._endpoint.port))] if not host.startswith("127.") else []
+        return local_candidates(self._endpoint.port, ipv6=ipv6)
+
+    # --- dialing ------------------------------------------------------------------------------
+
+    def _maybe_dial(self, pair: _Pair) -> None:
+        if not pair.session.is_dialer or pair.dialing or self._closed:
+            return
+        if pair.connection is not None and not pair.connection.closed:
+            return
+        if not pair.meeting.wanted:
+            return
+        candidates = [c for c in pair.session.confirmed() if c.address not in pair.failed]
+        if candidates:
+            pair.dialing = True
+            self._spawn(self._dial(pair, candidates[0]), "dial")
+
+    async def _dial(self, pair: _Pair, candidate: Candidate) -> None:
+        assert self._endpoint is not None
+        self.stats.dials += 1
+        record = pair.meeting
+        configuration = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=[PEER_ALPN],
+            verify_mode=ssl.CERT_NONE,  # identity is proven by signatures bound to the connection
+            idle_timeout=30.0,
+            max_datagram_size=1350,
+        )
+        protocol: PeerProtocol | None = None
+        try:
+            protocol = self._endpoint.connect(candidate.address, configuration, PeerProtocol)
+            await asyncio.wait_for(protocol.wait_connected(), DIAL_TIMEOUT)
+            verified = await authenticate_as_dialer(protocol, self.identity, pair.session.token, record.policy)
+        except (AuthError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            text = str(exc) or type(exc).__name__
+            if isinstance(exc, AuthError):
+                self.stats.auth_failures += 1
+            else:
+                self.stats.dial_failures += 1
+                text = f"QUIC to {candidate.address[0]}:{candidate.address[1]}: {text}"
+            record.failures.append(text)
+            log.info("dial failed", address=candidate.address, error=text)
+            if protocol is not None:
+                protocol.close_with(text if isinstance(exc, AuthError) else "dial failed")
+            pair.failed.add(candidate.address)
+            pair.dialing = False
+            self._maybe_dial(pair)
+            return
+        path: PathKind = "lan" if candidate.kind is CandidateKind.LOCAL else "direct"
+        connection = self._adopt(protocol, verified, path, dialer=True, introduced_at=pair.introduced_at)
+        pair.connection = connection
+        pair.dialing = False
+        self._deliver(record, connection)
+
+    # --- incoming -----------------------------------------------------------------------------
+
+    def _admit(self, source: Addr, has_token: bool) -> Admission:
+        # unauthenticated handshakes hold memory: cap how many are in flight at once
+        return Admission.ACCEPT if self._pending_incoming < MAX_PENDING_INCOMING else Admission.REFUSE
+
+    def _new_incoming(self, quic: QuicConnection) -> PeerProtocol:
+        protocol = PeerProtocol(quic)
+        self._pending_incoming += 1
+        self.stats.incoming_attempts += 1
+        self._spawn(self._accept(protocol), "accept")
+        return protocol
+
+    async def _accept(self, protocol: PeerProtocol) -> None:
+        try:
+            await asyncio.wait_for(protocol.wait_connected(), DIAL_TIMEOUT * 2)
+            verified = await authenticate_as_listener(protocol, self.identity, self._policy_for_token)
+        except (AuthError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            text = str(exc) or type(exc).__name__
+            if isinstance(exc, AuthError):
+                self.stats.auth_failures += 1
+                # the meeting is not known before the proof is read: tell every waiting one
+                for record in self._meetings.values():
+                    record.failures.append(f"incoming from {protocol.remote_address}: {text}")
+            protocol.close_with(text)
+            return
+        finally:
+            self._pending_incoming -= 1
+        record = self._by_token.get(verified.token)
+        if record is None:
+            protocol.close_with("meeting withdrawn")
+            return
+        address = protocol.remote_address
+        pair = self._pair_for_address(record, address)
+        path: PathKind = "direct"
+        introduced_at = None
+        if pair is not None:
+            introduced_at = pair.introduced_at
+            candidate = pair.session.candidates.get(address)
+            if candidate is not None and candidate.kind is CandidateKind.LOCAL:
+                path = "lan"
+        connection = self._adopt(protocol, verified, path, dialer=False, introduced_at=introduced_at)
+        if pair is not None:
+            pair.connection = connection
+        self._deliver(record, connection)
+
+    def _pair_for_address(self, record: _Meeting, address: Addr) -> _Pair | None:
+        for (meeting_id, _), pair in reversed(self._pairs.items()):
+            if meeting_id == record.id and address in pair.session.candidates:
+                return pair
+        return None
+
+    # --- delivery -----------------------------------------------------------------------------
+
+    def _adopt(
+        self, protocol: PeerProtocol, verified: Any, path: PathKind, *, dialer: bool, introduced_at: float | None
+    ) -> PeerConnection:
+        connection = PeerConnection(
+            protocol, verified, path, dialer=dialer, introduced_at=introduced_at, on_close=self._connections.discard
+        )
+        self._connections.add(connection)
+        self.stats.verified += 1
+        if connection.time_to_connect is not None:
+            self.stats.connect_times.append(connection.time_to_connect)
+        log.info(
+            "peer connection verified",
+            peer=connection.peer_id,
+            path=path,
+            remote=connection.remote_address,
+            dialer=dialer,
+            ms=None if connection.time_to_connect is None else round(connection.time_to_connect * 1000, 1),
+        )
+        return connection
+
+    def _deliver(self, record: _Meeting, connection: PeerConnection) -> None:
+        while record.waiters:
+            waiter = record.waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        if record.listening:
+            try:
+                self._incoming.put_nowait(connection)
+                return
+            except asyncio.QueueFull:
+                connection.close("peer busy: too many connections waiting to be accepted")
+                return
+        connection.close("nobody is waiting for this meeting any more")
+
+    # --- reports ------------------------------------------------------------------------------
+
+    def _report(self, record: _Meeting) -> dict[str, object]:
+        pairs = [pair for (meeting_id, _), pair in self._pairs.items() if meeting_id == record.id]
+        return {
+            "beacons": [
+                {
+                    "beacon": status.beacon,
+                    "state": status.state,
+                    "observed": str(status.observed) if status.observed else None,
+                    "last_error": status.last_error,
+                }
+                for status in self.beacon_status
+            ],
+            "introductions": record.introductions,
+            "candidates": [
+                {
+                    "address": f"{c.address[0]}:{c.address[1]}",
+                    "kind": c.kind.value,
+                    "probes_sent": c.probes_sent,
+                    "confirmed": c.confirmed_at is not None,
+                }
+                for pair in pairs
+                for c in pair.session.candidates.values()
+            ],
+            "probes_sent": sum(pair.session.stats.probes_sent for pair in pairs),
+            "probes_received": sum(
+                pair.session.stats.pings_received + pair.session.stats.pongs_received for pair in pairs
+            ),
+            "failures": list(record.failures),
+        }
+
+    def _failure_text(self, record: _Meeting, timeout: float) -> str:
+        report = self._report(record)
+        beacons = report["beacons"]
+        assert isinstance(beacons, list)
+        reached = [b["beacon"] for b in beacons if b["state"] == "connected"]
+        if not self._clients and not self._lan_enabled:
+            where = "no beacon configured and LAN discovery off"
+        elif self._clients:
+            where = f"beacons reached {len(reached)}/{len(self._clients)}" + (
+                "" if reached else " (" + "; ".join(f"{b['beacon']}: {b['last_error']}" for b in beacons) + ")"
+            )
+        else:
+            where = "LAN discovery only"
+        candidates = report["candidates"]
+        assert isinstance(candidates, list)
+        tried = ", ".join(
+            f"{c['address']} ({c['kind']}, {c['probes_sent']} probes{', answered' if c['confirmed'] else ''})"
+            for c in candidates
+        )
+        text = (
+            f"no verified connection for this meeting within {timeout:g}s (expecting {record.policy.description}): "
+            f"{where}; introductions {record.introductions}; "
+            f"candidates tried: {tried or 'none'}; "
+            f"probes sent {report['probes_sent']}, received {report['probes_received']}"
+        )
+        failures = report["failures"]
+        if failures:
+            assert isinstance(failures, list)
+            text += f"; last error: {failures[-1]}"
+        return text
+
+    # --- LAN ----------------------------------------------------------------------------------
+
+    async def _start_lan(self) -> None:
+        from discretpeer.lan import LanDiscovery  # optional part: imports zeroconf
+
+        assert self._endpoint is not None
+        self._lan = LanDiscovery(
+            port=self._endpoint.port,
+            instance=self.instance,
+            on_found=self._on_lan_sighting,
+            interfaces=self._lan_interfaces,
+        )
+        await self._lan.start()
+        await self._lan.set_tokens(set(self._by_token))
+
+    def _on_lan_sighting(self, sighting: Any) -> None:
+        self.stats.lan_sightings += 1
+        self._introduce(
+            sighting.token,
+            sighting.instance,
+            public=[],
+            local=[a.to_socket() for a in sighting.addresses],
+            via="lan",
+        )
+
+    # --- tasks --------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal task failed", task=task.get_name(), error=repr(task.exception()))

@@ -1,0 +1,162 @@
+"""Hole punching towards one remote peer instance (sans-I/O: fed times and datagrams, returns sends).
+
+Both peers probe every candidate at once when they learn of each other, then on a schedule (every
+``fast_interval`` during the first second, every ``interval`` after) until ``duration`` ends.
+A verified ping is answered with a pong to the address it *came from* (the only address a
+symmetric NAT lets through), and that address becomes a candidate of its own (peer-reflexive).
+A candidate is *confirmed* when a pong to one of our nonces comes back from it, or when a ping
+arrives from it: either proves that the other side's NAT lets our packets in.
+
+The session never decides to dial: the peer whose instance value is lower is the dialer
+(:attr:`PunchSession.is_dialer`), so exactly one QUIC connection is made per pair.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from discretpeer.probe import NONCE_SIZE, Probe, ProbeKind, build_probe
+
+Addr = tuple[str, int]
+MAX_CANDIDATES = 16
+MAX_OUTSTANDING_NONCES = 64
+
+
+class CandidateKind(str, enum.Enum):
+    PUBLIC = "public"  # the address the beacon observed
+    LOCAL = "local"  # an interface address the peer reported (or mDNS found)
+    REFLEXIVE = "reflexive"  # the address a verified probe actually came from
+
+
+@dataclass
+class Candidate:
+    address: Addr
+    kind: CandidateKind
+    added_at: float
+    confirmed_at: float | None = None
+    rtt: float | None = None
+    probes_sent: int = 0
+
+
+@dataclass
+class PunchStats:
+    probes_sent: int = 0
+    pings_received: int = 0
+    pongs_received: int = 0
+    rejected: int = 0
+
+
+@dataclass
+class PunchSession:
+    token: bytes
+    probe_key: bytes
+    local_instance: bytes
+    remote_instance: bytes
+    started_at: float
+    duration: float = 6.0
+    fast_interval: float = 0.05
+    interval: float = 0.1
+    fast_period: float = 1.0
+    candidates: "OrderedDict[Addr, Candidate]" = field(default_factory=OrderedDict)
+    stats: PunchStats = field(default_factory=PunchStats)
+    _nonces: "OrderedDict[bytes, tuple[Addr, float]]" = field(default_factory=OrderedDict)
+    _next_round: float = 0.0
+
+    @property
+    def is_dialer(self) -> bool:
+        return self.local_instance < self.remote_instance
+
+    def active(self, now: float) -> bool:
+        return now - self.started_at < self.duration
+
+    def extend(self, now: float, duration: float | None = None) -> None:
+        """Punch again for a while (e.g. a new introduction for the same pair)."""
+        self.started_at = now
+        if duration is not None:
+            self.duration = duration
+        self._next_round = now
+
+    # --- candidates ---------------------------------------------------------------------------
+
+    def add_candidates(self, addresses: list[Addr], kind: CandidateKind, now: float) -> list[tuple[Addr, bytes]]:
+        """Add candidates; new ones are probed at once (returned as sends)."""
+        sends: list[tuple[Addr, bytes]] = []
+        for address in addresses:
+            if address in self.candidates:
+                continue
+            if len(self.candidates) >= MAX_CANDIDATES:
+                break
+            candidate = Candidate(address=address, kind=kind, added_at=now)
+            self.candidates[address] = candidate
+            if self.active(now):
+                sends.append(self._ping(candidate, now))
+        return sends
+
+    def confirmed(self) -> list[Candidate]:
+        """Confirmed candidates, best first: local before public, then by round-trip time."""
+        done = [c for c in self.candidates.values() if c.confirmed_at is not None]
+        rank = {CandidateKind.LOCAL: 0, CandidateKind.PUBLIC: 1, CandidateKind.REFLEXIVE: 1}
+        return sorted(done, key=lambda c: (rank[c.kind], c.rtt if c.rtt is not None else 1e9, c.confirmed_at))
+
+    # --- probes -------------------------------------------------------------------------------
+
+    def _ping(self, candidate: Candidate, now: float) -> tuple[Addr, bytes]:
+        nonce = os.urandom(NONCE_SIZE)
+        self._nonces[nonce] = (candidate.address, now)
+        while len(self._nonces) > MAX_OUTSTANDING_NONCES:
+            self._nonces.popitem(last=False)
+        candidate.probes_sent += 1
+        self.stats.probes_sent += 1
+        return candidate.address, build_probe(ProbeKind.PING, self.token, self.local_instance, nonce, self.probe_key)
+
+    def start(self, now: float) -> list[tuple[Addr, bytes]]:
+        self._next_round = now
+        return self.poll(now)
+
+    def poll(self, now: float) -> list[tuple[Addr, bytes]]:
+        """Probes due now."""
+        if not self.active(now) or now < self._next_round:
+            return []
+        sends = [self._ping(candidate, now) for candidate in self.candidates.values()]
+        elapsed = now - self.started_at
+        self._next_round = now + (self.fast_interval if elapsed < self.fast_period else self.interval)
+        return sends
+
+    def next_deadline(self) -> float | None:
+        end = self.started_at + self.duration
+        return self._next_round if self._next_round < end else None
+
+    def on_probe(self, source: Addr, probe: Probe, now: float) -> list[tuple[Addr, bytes]]:
+        """Handle a probe whose tag was verified with this meeting's key. Returns sends."""
+        if probe.instance != self.remote_instance:
+            self.stats.rejected += 1
+            return []
+        if probe.kind is ProbeKind.PING:
+            self.stats.pings_received += 1
+            candidate = self.candidates.get(source)
+            if candidate is None and len(self.candidates) < MAX_CANDIDATES:
+                candidate = Candidate(address=source, kind=CandidateKind.REFLEXIVE, added_at=now)
+                self.candidates[source] = candidate
+            if candidate is not None and candidate.confirmed_at is None:
+                candidate.confirmed_at = now
+            pong = build_probe(ProbeKind.PONG, self.token, self.local_instance, probe.nonce, self.probe_key)
+            return [(source, pong)]
+        # pong: must echo a nonce we sent; the round trip is measured against that ping
+        sent = self._nonces.pop(probe.nonce, None)
+        if sent is None:
+            self.stats.rejected += 1
+            return []
+        self.stats.pongs_received += 1
+        target, sent_at = sent
+        candidate = self.candidates.get(source) or self.candidates.get(target)
+        if candidate is None:
+            return []
+        rtt = now - sent_at
+        if candidate.rtt is None or rtt < candidate.rtt:
+            candidate.rtt = rtt
+        if candidate.confirmed_at is None:
+            candidate.confirmed_at = now
+        return []

@@ -1,0 +1,102 @@
+"""The punch state machine, fed times and probes (no sockets)."""
+
+import os
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from discretpeer.probe import PROBE_SIZE, ProbeError, ProbeKind, build_probe, is_quic, parse_probe
+from discretpeer.traversal import CandidateKind, PunchSession
+
+KEY = os.urandom(32)
+TOKEN = os.urandom(32)
+LOW, HIGH = b"\x00" * 16, b"\xff" * 16
+
+
+def session(local, remote, now=0.0):
+    return PunchSession(token=TOKEN, probe_key=KEY, local_instance=local, remote_instance=remote, started_at=now)
+
+
+def test_dialer_rule_is_symmetric():
+    assert session(LOW, HIGH).is_dialer and not session(HIGH, LOW).is_dialer
+
+
+def test_probes_at_once_then_on_schedule_then_stop():
+    s = session(LOW, HIGH)
+    sends = s.add_candidates([("203.0.113.5", 4000), ("192.168.1.5", 4000)], CandidateKind.PUBLIC, 0.0)
+    assert len(sends) == 2  # immediately, not at the next tick
+    assert all(len(data) == PROBE_SIZE and not is_quic(data) for _, data in sends)
+    assert s.poll(0.0) and not s.poll(0.01)
+    assert s.poll(0.06)  # fast interval: 50 ms
+    rounds, now = 0, 0.06
+    while now < 10:
+        now += 0.01
+        rounds += bool(s.poll(now))
+    assert 50 < rounds < 100 and s.next_deadline() is None and not s.poll(20.0)
+
+
+def test_ping_pong_confirms_and_answers_the_observed_address():
+    a, b = session(LOW, HIGH), session(HIGH, LOW)
+    (target, ping), = a.add_candidates([("203.0.113.5", 4000)], CandidateKind.PUBLIC, 0.0)
+    # b sees the ping from a different port (a symmetric NAT): it answers that address
+    observed = ("203.0.113.9", 5555)
+    (reply_to, pong), = b.on_probe(observed, parse_probe(ping), 0.02)
+    assert reply_to == observed
+    assert b.confirmed()[0].address == observed and b.confirmed()[0].kind is CandidateKind.REFLEXIVE
+    assert a.on_probe(target, parse_probe(pong), 0.04) == []
+    confirmed = a.confirmed()
+    assert confirmed[0].address == target and abs(confirmed[0].rtt - 0.04) < 1e-9
+
+
+def test_forged_or_replayed_pongs_are_rejected():
+    a, b = session(LOW, HIGH), session(HIGH, LOW)
+    (target, ping), = a.add_candidates([("203.0.113.5", 4000)], CandidateKind.PUBLIC, 0.0)
+    stray = build_probe(ProbeKind.PONG, TOKEN, HIGH, os.urandom(8), KEY)
+    assert a.on_probe(target, parse_probe(stray), 0.01) == [] and not a.confirmed()
+    (_, pong), = b.on_probe(target, parse_probe(ping), 0.01)
+    a.on_probe(target, parse_probe(pong), 0.02)
+    before = a.stats.pongs_received
+    a.on_probe(target, parse_probe(pong), 0.03)  # replay: nonce already used
+    assert a.stats.pongs_received == before and a.stats.rejected == 1 + 1
+    wrong_instance = build_probe(ProbeKind.PING, TOKEN, os.urandom(16), os.urandom(8), KEY)
+    assert a.on_probe(target, parse_probe(wrong_instance), 0.03) == []
+
+
+def test_probe_tag_needs_the_meeting_key():
+    ping = parse_probe(build_probe(ProbeKind.PING, TOKEN, LOW, os.urandom(8), KEY))
+    assert ping.verify(KEY) and not ping.verify(os.urandom(32))
+
+
+def test_local_candidates_rank_first():
+    s = session(LOW, HIGH)
+    s.add_candidates([("203.0.113.5", 1)], CandidateKind.PUBLIC, 0)
+    s.add_candidates([("192.168.1.2", 1)], CandidateKind.LOCAL, 0)
+    for address in list(s.candidates):
+        s.candidates[address].confirmed_at = 0.1
+    assert s.confirmed()[0].kind is CandidateKind.LOCAL
+
+
+def test_candidates_are_bounded():
+    s = session(LOW, HIGH)
+    s.add_candidates([("10.0.0.1", port) for port in range(1, 100)], CandidateKind.LOCAL, 0)
+    assert len(s.candidates) == 16
+    for port in range(100, 200):
+        ping = parse_probe(build_probe(ProbeKind.PING, TOKEN, HIGH, os.urandom(8), KEY))
+        s.on_probe(("10.0.0.2", port), ping, 0.1)
+    assert len(s.candidates) == 16
+
+
+@given(st.binary(max_size=200))
+def test_parse_probe_rejects_garbage_cleanly(data):
+    try:
+        probe = parse_probe(data)
+    except ProbeError:
+        return
+    assert len(data) == PROBE_SIZE and probe.kind in (ProbeKind.PING, ProbeKind.PONG)
+
+
+@given(st.sampled_from(list(ProbeKind)), st.binary(min_size=32, max_size=32), st.binary(min_size=16, max_size=16), st.binary(min_size=8, max_size=8))
+def test_probe_roundtrip(kind, token, instance, nonce):
+    probe = parse_probe(build_probe(kind, token, instance, nonce, KEY))
+    assert (probe.kind, probe.token, probe.instance, probe.nonce) == (kind, token, instance, nonce)
+    assert probe.verify(KEY)
