@@ -83,6 +83,9 @@ class PeerProtocol(EndpointProtocol):
 
     @property
     def remote_address(self) -> tuple[str, int]:
+        """Where packets go now (the beacon's address while relayed)."""
+        if self.route is not None and self.route.real is not None:
+            return self.route.real
         path = self._quic._network_paths[0]  # noqa: SLF001 - the active path (aioquic keeps it first)
         return (path.addr[0], path.addr[1])
 
@@ -182,7 +185,8 @@ class PeerConnection:
     ) -> None:
         self._protocol = protocol
         self.peer_id = verified.peer_id
-        self.path: PathKind = path
+        self._direct_kind: PathKind = "lan" if path == "lan" else "direct"
+        self.path_changes: asyncio.Queue[PathKind] = asyncio.Queue(16)
         self.dialer = dialer
         self.token = verified.token
         self.verified_at = time.monotonic()
@@ -198,6 +202,20 @@ class PeerConnection:
     @property
     def remote_address(self) -> tuple[str, int]:
         return self._protocol.remote_address
+
+    @property
+    def path(self) -> PathKind:
+        """``"direct"``, ``"lan"`` or ``"relay"``: how packets travel right now."""
+        route = self._protocol.route
+        if route is not None and route.kind == "relay":
+            return "relay"
+        return self._direct_kind
+
+    def _set_path(self, direct_kind: PathKind) -> None:
+        """Called by the peer after it switched the route; queues the new path for watchers."""
+        self._direct_kind = "lan" if direct_kind == "lan" else "direct"
+        with contextlib.suppress(asyncio.QueueFull):
+            self.path_changes.put_nowait(self.path)
 
     @property
     def closed(self) -> bool:

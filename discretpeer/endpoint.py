@@ -33,6 +33,7 @@ from aioquic.quic.packet import (
 )
 from aioquic.quic.retry import QuicRetryTokenHandler
 
+from discretpeer.paths import Route, RouteTable, is_virtual
 from discretpeer.probe import QUIC_FIXED_BIT
 
 SocketAddress = tuple[Any, ...]
@@ -63,6 +64,7 @@ class EndpointProtocol(QuicConnectionProtocol):
 
     endpoint: Endpoint | None = None
     routed_cids: set[bytes] | None = None
+    route: Route | None = None  # with virtual paths: how this connection's packets travel
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         endpoint = self.endpoint
@@ -104,7 +106,13 @@ class Endpoint(asyncio.DatagramProtocol):
         create_server_protocol: Callable[[QuicConnection], EndpointProtocol] | None = None,
         admit: Callable[[tuple[str, int], bool], Admission] | None = None,
         on_datagram: Callable[[bytes, tuple[str, int]], None] | None = None,
+        virtual_paths: bool = False,
+        on_unexpected_source: Callable[[EndpointProtocol, tuple[str, int]], None] | None = None,
     ) -> None:
+        """``virtual_paths``: bind each connection to a virtual address whose :class:`Route` the
+        owner may switch (direct ↔ relay, NAT rebinding) without QUIC noticing. Then
+        ``on_unexpected_source`` hears of packets for a connection arriving from an address
+        other than its route's; the route only changes when the owner says so."""
         self._server_configuration = server_configuration
         self._create_server_protocol = create_server_protocol
         self._admit = admit
@@ -115,6 +123,9 @@ class Endpoint(asyncio.DatagramProtocol):
         self._retry = QuicRetryTokenHandler()
         self._dual_stack = False
         self._closed = False
+        self.virtual_paths = virtual_paths
+        self.routes = RouteTable()
+        self.on_unexpected_source = on_unexpected_source
         self.datagrams_received = 0
         self.datagrams_sent = 0
         self.send_errors = 0
@@ -173,6 +184,13 @@ class Endpoint(asyncio.DatagramProtocol):
     def sendto(self, data: bytes, addr: SocketAddress) -> None:
         if self._transport is None or self._closed:
             return
+        if is_virtual(addr):
+            route = self.routes.get((addr[0], addr[1]))
+            wrapped = route.wrap(data) if route is not None else None
+            if wrapped is None:
+                self.send_errors += 1
+                return
+            data, addr = wrapped
         host, port = addr[0], addr[1]
         if self._dual_stack and ":" not in host:
             host = "::ffff:" + host
@@ -187,16 +205,28 @@ class Endpoint(asyncio.DatagramProtocol):
         addr: tuple[str, int],
         configuration: QuicConfiguration,
         create_protocol: Callable[[QuicConnection], EndpointProtocol] = EndpointProtocol,
+        *,
+        route: Route | None = None,
     ) -> EndpointProtocol:
-        """Start an outgoing QUIC connection from this socket; await ``wait_connected()`` on it."""
+        """Start an outgoing QUIC connection from this socket; await ``wait_connected()`` on it.
+        With virtual paths, ``route`` (default: a new direct route to ``addr``) carries it."""
         if self._closed:
             raise ConnectionError("endpoint is closed")
         connection = QuicConnection(configuration=configuration)
         protocol = create_protocol(connection)
         self._attach(protocol)
         self._register(connection.host_cid, protocol)
-        protocol.connect(addr)
+        if self.virtual_paths:
+            protocol.route = route or self.routes.new(direct=addr)
+            protocol.connect(protocol.route.virtual)
+        else:
+            protocol.connect(addr)
         return protocol
+
+    def inject(self, data: bytes, route: Route) -> None:
+        """Deliver a QUIC datagram that arrived over ``route``'s relay (unwrapped by the owner)."""
+        if data and data[0] & QUIC_FIXED_BIT:
+            self._receive_quic(data, route.virtual, route)
 
     # --- receiving ----------------------------------------------------------------------------
 
@@ -213,17 +243,29 @@ class Endpoint(asyncio.DatagramProtocol):
             if self.on_datagram is not None:
                 self.on_datagram(data, source)
             return
+        self._receive_quic(data, source, None)
+
+    def _receive_quic(self, data: bytes, source: tuple[str, int], relay_route: Route | None) -> None:
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
         except ValueError:
             return
         protocol = self._routes.get(header.destination_cid)
         if protocol is None:
-            protocol = self._maybe_accept(data, source, header)
-        if protocol is not None:
-            protocol.datagram_received(data, source)
+            protocol = self._maybe_accept(data, source, header, relay_route)
+            if protocol is None:
+                return
+        if self.virtual_paths and protocol.route is not None:
+            route = protocol.route
+            if relay_route is None and source != route.direct or relay_route is not None and route.kind != "relay":
+                if self.on_unexpected_source is not None:
+                    self.on_unexpected_source(protocol, source)
+            source = route.virtual
+        protocol.datagram_received(data, source)
 
-    def _maybe_accept(self, data: bytes, source: tuple[str, int], header: Any) -> EndpointProtocol | None:
+    def _maybe_accept(
+        self, data: bytes, source: tuple[str, int], header: Any, relay_route: Route | None = None
+    ) -> EndpointProtocol | None:
         config = self._server_configuration
         if config is None or self._create_server_protocol is None or self._closed:
             return None
@@ -286,6 +328,8 @@ class Endpoint(asyncio.DatagramProtocol):
             retry_source_connection_id=retry_scid,
         )
         protocol = self._create_server_protocol(connection)
+        if self.virtual_paths:
+            protocol.route = relay_route or self.routes.new(direct=source)
         self._attach(protocol)
         self._register(header.destination_cid, protocol)
         self._register(connection.host_cid, protocol)
@@ -315,6 +359,8 @@ class Endpoint(asyncio.DatagramProtocol):
             if self._routes.get(cid) is protocol:
                 del self._routes[cid]
         protocol.routed_cids = None
+        if protocol.route is not None:
+            self.routes.drop(protocol.route)
 
 
 def _make_socket(host: str | None, port: int) -> socket.socket:

@@ -42,10 +42,22 @@ from discretpeer.connection import (
 from discretpeer.endpoint import Admission, Endpoint
 from discretpeer.errors import ConnectError
 from discretpeer.identity import Identity
-from discretpeer.probe import ProbeError, ProbeKind, build_probe, parse_probe
+from discretpeer.paths import RelayLink, Route
+from discretpeer.probe import ProbeError, ProbeKind, parse_probe
+from discretpeer.relay_frame import RELAY_DATA, RelayFrameError, parse_relay_frame
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, MeetingKeys, pair_meeting
 from discretpeer.traversal import Addr, Candidate, CandidateKind, PunchSession
-from discretpeer.wire import INSTANCE_SIZE, PEER_ALPN, Address, Introduction
+from discretpeer.wire import (
+    INSTANCE_SIZE,
+    PEER_ALPN,
+    Address,
+    ErrorCode,
+    Introduction,
+    Message,
+    RelayEnd,
+    RelayGrant,
+    RelayRequest,
+)
 
 log = structlog.get_logger("discretpeer.peer")
 
@@ -56,6 +68,9 @@ DIAL_TIMEOUT = 3.0
 SESSION_LINGER = 30.0
 TOKEN_REFRESH_INTERVAL = 60.0
 CANDIDATE_REFRESH_INTERVAL = 60.0
+BACKGROUND_PUNCH_INTERVAL = 1.0  # while relayed, keep looking for a direct path
+RELAY_REQUEST_RETRY = 5.0
+MAX_RELAY_ROUTES = 64
 
 
 @dataclass
@@ -71,6 +86,10 @@ class PeerStats:
     probes_rejected: int = 0
     dials: int = 0
     dial_failures: int = 0
+    relay_requests: int = 0
+    relay_grants: int = 0
+    relay_ends: int = 0
+    path_switches: int = 0
     incoming_attempts: int = 0
     verified: int = 0
     auth_failures: int = 0
@@ -107,6 +126,10 @@ class _Pair:
     dialing: bool = False
     failed: set[Addr] = field(default_factory=set)
     connection: PeerConnection | None = None
+    clients: list[BeaconClient] = field(default_factory=list)  # beacons that introduced us
+    relay_requested_at: float | None = None
+    relay_route: Route | None = None
+    rebind: Addr | None = None  # a new address the peer's packets came from, being probed
 
 
 class Peer:
@@ -128,6 +151,8 @@ class Peer:
         rotation_seconds: int | None = DEFAULT_ROTATION_SECONDS,
         punch_duration: float = 6.0,
         report_local_candidates: bool = True,
+        relay: bool = True,
+        relay_after: float = 1.5,
     ) -> None:
         self.identity = identity
         self.beacons: list[BeaconSpec] = parse_beacons(list(beacons))
@@ -140,6 +165,10 @@ class Peer:
         self._rotation = rotation_seconds
         self._punch_duration = punch_duration
         self._report_local = report_local_candidates
+        self._relay_enabled = relay
+        self._relay_after = relay_after
+        self._relay_routes: dict[bytes, tuple[Route, _Pair]] = {}
+        self._pair_by_protocol: dict[PeerProtocol, _Pair] = {}
         self._endpoint: Endpoint | None = None
         self._clients: list[BeaconClient] = []
         self._meetings: dict[bytes, _Meeting] = {}
@@ -174,6 +203,8 @@ class Peer:
             create_server_protocol=self._new_incoming,
             admit=self._admit,
             on_datagram=self._on_datagram,
+            virtual_paths=True,
+            on_unexpected_source=self._on_unexpected_source,
         )
         self._candidates = self._compute_candidates()
         for spec in self.beacons:
@@ -183,6 +214,7 @@ class Peer:
                 self.instance,
                 on_introduction=self._on_beacon_introduction,
                 get_candidates=lambda: list(self._candidates),
+                on_relay_message=self._on_relay_message,
             )
             self._clients.append(client)
             client.start()
@@ -364,13 +396,15 @@ class Peer:
 
     def _on_beacon_introduction(self, client: BeaconClient, intro: Introduction) -> None:
         self.stats.introductions += 1
-        self._introduce(
+        pair = self._introduce(
             intro.token,
             intro.instance,
             public=[intro.observed.to_socket()],
             local=[c.to_socket() for c in intro.candidates],
             via=f"beacon {client.spec}",
         )
+        if pair is not None and client not in pair.clients:
+            pair.clients.append(client)
 
     def _introduce(
         self, token: bytes, instance: bytes, *, public: list[Addr], local: list[Addr], via: str
@@ -429,6 +463,9 @@ class Peer:
         return pair
 
     def _on_datagram(self, data: bytes, source: Addr) -> None:
+        if data[0] == RELAY_DATA:
+            self._on_relay_frame(data, source)
+            return
         try:
             probe = parse_probe(data)
         except ProbeError:
@@ -453,6 +490,8 @@ class Peer:
         self._send_all(pair.session.on_probe(source, probe, now))
         if {c.address for c in pair.session.confirmed()} - before:
             self.stats.punches_confirmed += 1
+        if pair.connection is not None:
+            self._consider_switch(pair)
         self._maybe_dial(pair)
 
     def _send_all(self, sends: list[tuple[Addr, bytes]]) -> None:
@@ -468,12 +507,16 @@ class Peer:
             now = time.monotonic()
             deadline: float | None = None
             for key, pair in list(self._pairs.items()):
+                relay_at = self._relay_housekeeping(pair, now)
+                if relay_at is not None:
+                    deadline = relay_at if deadline is None else min(deadline, relay_at)
                 self._send_all(pair.session.poll(now))
                 next_at = pair.session.next_deadline()
                 if next_at is not None:
                     deadline = next_at if deadline is None else min(deadline, next_at)
                 elif (
                     pair.connection is None
+                    and pair.relay_route is None
                     and not pair.dialing
                     and now - pair.session.started_at > pair.session.duration + SESSION_LINGER
                 ):
@@ -518,8 +561,12 @@ class Peer:
         if candidates:
             pair.dialing = True
             self._spawn(self._dial(pair, candidates[0]), "dial")
+        elif pair.relay_route is not None and pair.relay_route.virtual not in pair.failed:
+            pair.dialing = True
+            self._spawn(self._dial(pair, None), "dial via relay")
 
-    async def _dial(self, pair: _Pair, candidate: Candidate) -> None:
+    async def _dial(self, pair: _Pair, candidate: Candidate | None) -> None:
+        """Dial a confirmed candidate, or through the pair's relay route when ``candidate`` is None."""
         assert self._endpoint is not None
         self.stats.dials += 1
         record = pair.meeting
@@ -531,8 +578,11 @@ class Peer:
             max_datagram_size=1350,
         )
         protocol: PeerProtocol | None = None
+        route = pair.relay_route if candidate is None else None
+        target = candidate.address if candidate is not None else route.virtual  # type: ignore[union-attr]
+        where = f"{target[0]}:{target[1]}" if candidate is not None else "relay"
         try:
-            protocol = self._endpoint.connect(candidate.address, configuration, PeerProtocol)
+            protocol = self._endpoint.connect(target, configuration, PeerProtocol, route=route)  # type: ignore[assignment]
             await asyncio.wait_for(protocol.wait_connected(), DIAL_TIMEOUT)
             verified = await authenticate_as_dialer(protocol, self.identity, pair.session.token, record.policy)
         except (AuthError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
@@ -541,18 +591,18 @@ class Peer:
                 self.stats.auth_failures += 1
             else:
                 self.stats.dial_failures += 1
-                text = f"QUIC to {candidate.address[0]}:{candidate.address[1]}: {text}"
+                text = f"QUIC to {where}: {text}"
             record.failures.append(text)
             log.info("dial failed", address=candidate.address, error=text)
             if protocol is not None:
                 protocol.close_with(text if isinstance(exc, AuthError) else "dial failed")
-            pair.failed.add(candidate.address)
+            pair.failed.add(target)
             pair.dialing = False
             self._maybe_dial(pair)
             return
-        path: PathKind = "lan" if candidate.kind is CandidateKind.LOCAL else "direct"
+        path: PathKind = "relay" if candidate is None else "lan" if candidate.kind is CandidateKind.LOCAL else "direct"
         connection = self._adopt(protocol, verified, path, dialer=True, introduced_at=pair.introduced_at)
-        pair.connection = connection
+        self._attach_pair(pair, connection, protocol)
         pair.dialing = False
         self._deliver(record, connection)
 
@@ -588,18 +638,23 @@ class Peer:
         if record is None:
             protocol.close_with("meeting withdrawn")
             return
-        address = protocol.remote_address
-        pair = self._pair_for_address(record, address)
+        route = protocol.route
         path: PathKind = "direct"
-        introduced_at = None
-        if pair is not None:
-            introduced_at = pair.introduced_at
-            candidate = pair.session.candidates.get(address)
-            if candidate is not None and candidate.kind is CandidateKind.LOCAL:
-                path = "lan"
+        pair: _Pair | None = None
+        if route is not None and route.kind == "relay" and route.relay is not None:
+            entry = self._relay_routes.get(route.relay.session_id)
+            pair = entry[1] if entry is not None else None
+            path = "relay"
+        else:
+            pair = self._pair_for_address(record, protocol.remote_address)
+            if pair is not None:
+                candidate = pair.session.candidates.get(protocol.remote_address)
+                if candidate is not None and candidate.kind is CandidateKind.LOCAL:
+                    path = "lan"
+        introduced_at = pair.introduced_at if pair is not None else None
         connection = self._adopt(protocol, verified, path, dialer=False, introduced_at=introduced_at)
         if pair is not None:
-            pair.connection = connection
+            self._attach_pair(pair, connection, protocol)
         self._deliver(record, connection)
 
     def _pair_for_address(self, record: _Meeting, address: Addr) -> _Pair | None:
@@ -614,7 +669,7 @@ class Peer:
         self, protocol: PeerProtocol, verified: Any, path: PathKind, *, dialer: bool, introduced_at: float | None
     ) -> PeerConnection:
         connection = PeerConnection(
-            protocol, verified, path, dialer=dialer, introduced_at=introduced_at, on_close=self._connections.discard
+            protocol, verified, path, dialer=dialer, introduced_at=introduced_at, on_close=self._on_connection_closed
         )
         self._connections.add(connection)
         self.stats.verified += 1
@@ -644,6 +699,151 @@ class Peer:
                 connection.close("peer busy: too many connections waiting to be accepted")
                 return
         connection.close("nobody is waiting for this meeting any more")
+
+    def _attach_pair(self, pair: _Pair, connection: PeerConnection, protocol: PeerProtocol) -> None:
+        pair.connection = connection
+        self._pair_by_protocol[protocol] = pair
+        self._consider_switch(pair)
+
+    def _on_connection_closed(self, connection: PeerConnection) -> None:
+        self._connections.discard(connection)
+        protocol = connection._protocol  # noqa: SLF001 - our own class
+        pair = self._pair_by_protocol.pop(protocol, None)
+        if pair is not None and pair.connection is connection:
+            pair.connection = None
+            self._drop_relay(pair)
+
+    # --- relay and path switching -------------------------------------------------------------
+
+    def _relay_housekeeping(self, pair: _Pair, now: float) -> float | None:
+        """Request a relay when punching has not produced a connection in time; keep punching
+        slowly while relayed. Returns when it next wants to run, if it waits for something."""
+        connection = pair.connection
+        if connection is not None and connection.closed:
+            pair.connection = connection = None
+        if connection is not None:
+            if connection.path == "relay" and not pair.session.active(now):
+                pair.session.extend(now, 30.0, interval=BACKGROUND_PUNCH_INTERVAL, fast_period=0.0)
+            return None
+        if not self._relay_enabled or not pair.clients or pair.relay_route is not None or not pair.meeting.wanted:
+            return None
+        due = pair.introduced_at + self._relay_after
+        if pair.relay_requested_at is not None:
+            due = max(due, pair.relay_requested_at + RELAY_REQUEST_RETRY)
+        if now < due:
+            return due
+        if pair.dialing:
+            return now + 0.1
+        pair.relay_requested_at = now
+        request = RelayRequest(token=pair.session.token, instance=pair.session.remote_instance)
+        for client in pair.clients:
+            if client.send(request):
+                self.stats.relay_requests += 1
+        log.info("requesting relay", peer_instance=pair.session.remote_instance.hex()[:8], beacons=len(pair.clients))
+        return now + RELAY_REQUEST_RETRY
+
+    def _on_relay_message(self, client: BeaconClient, message: Message) -> None:
+        if isinstance(message, RelayGrant):
+            self.stats.relay_grants += 1
+            record = self._by_token.get(message.token)
+            pair = self._pairs.get((record.id, message.instance)) if record is not None else None
+            beacon = client.beacon_address
+            if pair is None or beacon is None or pair.relay_route is not None or self._endpoint is None:
+                return
+            if pair.connection is not None and not pair.connection.closed:
+                return  # a direct path won meanwhile
+            if len(self._relay_routes) >= MAX_RELAY_ROUTES:
+                return
+            route = self._endpoint.routes.new(relay=RelayLink(message.session_id, beacon))
+            pair.relay_route = route
+            self._relay_routes[message.session_id] = (route, pair)
+            log.info("relay granted", beacon=str(client.spec), max_bytes=message.max_bytes)
+            self._maybe_dial(pair)
+        elif isinstance(message, RelayEnd):
+            self.stats.relay_ends += 1
+            entry = self._relay_routes.get(message.session_id)
+            if entry is None:
+                return
+            route, pair = entry
+            try:
+                code = ErrorCode(message.code).name
+            except ValueError:
+                code = str(message.code)
+            text = f"relay ended by the beacon: {code} {message.message}".strip()
+            pair.meeting.failures.append(text)
+            connection = pair.connection
+            self._drop_relay(pair)
+            if connection is not None and connection.path == "relay":
+                connection.close(text)
+
+    def _drop_relay(self, pair: _Pair) -> None:
+        route = pair.relay_route
+        pair.relay_route = None
+        if route is not None and route.relay is not None:
+            self._relay_routes.pop(route.relay.session_id, None)
+            if self._endpoint is not None and (pair.connection is None or pair.connection.closed):
+                self._endpoint.routes.drop(route)
+
+    def _on_relay_frame(self, data: bytes, source: Addr) -> None:
+        try:
+            session_id, payload = parse_relay_frame(data)
+        except RelayFrameError:
+            self.stats.probes_rejected += 1
+            return
+        entry = self._relay_routes.get(session_id)
+        if entry is None or self._endpoint is None:
+            return
+        route, _ = entry
+        if route.relay is None or source != route.relay.beacon:
+            return  # only the beacon that granted the session may deliver for it
+        self._endpoint.inject(payload, route)
+
+    def _on_unexpected_source(self, protocol: Any, source: Addr) -> None:
+        """A packet of a connection came from an address its route does not use: the peer
+        switched to a direct path, or its NAT gave it a new port. Probe it; switch once confirmed."""
+        pair = self._pair_by_protocol.get(protocol)
+        if pair is None:
+            return
+        route = protocol.route
+        if route is not None and route.relay is not None and source == route.relay.beacon:
+            return
+        pair.rebind = source
+        now = time.monotonic()
+        candidate = pair.session.candidates.get(source)
+        if candidate is not None and candidate.last_confirmed is not None and now - candidate.last_confirmed < 2.0:
+            self._consider_switch(pair)
+            return
+        sends = pair.session.add_candidates([source], CandidateKind.REFLEXIVE, now)
+        if not pair.session.active(now):
+            pair.session.extend(now, 3.0, interval=0.1, fast_period=1.0)
+            self._wake.set()
+        self._send_all(sends)
+
+    def _consider_switch(self, pair: _Pair) -> None:
+        connection = pair.connection
+        if connection is None or connection.closed:
+            return
+        route = connection._protocol.route  # noqa: SLF001 - our own class
+        if route is None:
+            return
+        now = time.monotonic()
+        fresh = [
+            c
+            for c in pair.session.confirmed()
+            if c.last_confirmed is not None and now - c.last_confirmed < 10.0 and c.address not in pair.failed
+        ]
+        target: Candidate | None = None
+        if route.kind == "relay":
+            target = fresh[0] if fresh else None
+        elif pair.rebind is not None:
+            target = next((c for c in fresh if c.address == pair.rebind), None)
+        if target is None:
+            return
+        pair.rebind = None
+        if route.use_direct(target.address):
+            self.stats.path_switches += 1
+            connection._set_path("lan" if target.kind is CandidateKind.LOCAL else "direct")  # noqa: SLF001
+            log.info("path switched", peer=connection.peer_id, path=connection.path, remote=target.address)
 
     # --- reports ------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ class Candidate:
     kind: CandidateKind
     added_at: float
     confirmed_at: float | None = None
+    last_confirmed: float | None = None  # the latest proof that the path works
     rtt: float | None = None
     probes_sent: int = 0
 
@@ -72,11 +73,18 @@ class PunchSession:
     def active(self, now: float) -> bool:
         return now - self.started_at < self.duration
 
-    def extend(self, now: float, duration: float | None = None) -> None:
-        """Punch again for a while (e.g. a new introduction for the same pair)."""
+    def extend(
+        self, now: float, duration: float | None = None, *, interval: float | None = None, fast_period: float | None = None
+    ) -> None:
+        """Punch again for a while (a new introduction for the same pair, or slow background
+        punching while a connection is relayed)."""
         self.started_at = now
         if duration is not None:
             self.duration = duration
+        if interval is not None:
+            self.interval = interval
+        if fast_period is not None:
+            self.fast_period = fast_period
         self._next_round = now
 
     # --- candidates ---------------------------------------------------------------------------
@@ -140,8 +148,10 @@ class PunchSession:
             if candidate is None and len(self.candidates) < MAX_CANDIDATES:
                 candidate = Candidate(address=source, kind=CandidateKind.REFLEXIVE, added_at=now)
                 self.candidates[source] = candidate
-            if candidate is not None and candidate.confirmed_at is None:
-                candidate.confirmed_at = now
+            if candidate is not None:
+                candidate.last_confirmed = now
+                if candidate.confirmed_at is None:
+                    candidate.confirmed_at = now
             pong = build_probe(ProbeKind.PONG, self.token, self.local_instance, probe.nonce, self.probe_key)
             return [(source, pong)]
         # pong: must echo a nonce we sent; the round trip is measured against that ping
@@ -157,6 +167,7 @@ class PunchSession:
         rtt = now - sent_at
         if candidate.rtt is None or rtt < candidate.rtt:
             candidate.rtt = rtt
+        candidate.last_confirmed = now
         if candidate.confirmed_at is None:
             candidate.confirmed_at = now
         return []

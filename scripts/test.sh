@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: system packages (as root, with apt-get), the venv,
+# then pytest. Extra arguments go to pytest (e.g. scripts/test.sh tests/unit -x).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Debian packages the NAT lab, the mDNS and the CLI tests use (real NAT, real avahi, real OpenSSH)
+PACKAGES=(nftables iproute2 conntrack iptables tcpdump avahi-daemon avahi-utils dbus openssh-server openssh-client curl)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+source "$ROOT/scripts/_venv.sh" "test,fast"
+cd "$ROOT"
+exec "$VENV/bin/python" -m pytest "$@"
