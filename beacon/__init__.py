@@ -1,0 +1,42 @@
+"""The discretpeer beacon: a QUIC rendezvous server that introduces peers waiting on the same
+token and relays their encrypted datagrams when hole punching fails.
+
+Run it with ``python -m beacon [--dir DIR]`` (see :mod:`beacon.__main__`), or in-process::
+
+    from beacon import BeaconServer, loopback_config
+    from certs import create_bundle
+
+    bundle = create_bundle()                       # or certs.load_bundle(path)
+    async with BeaconServer(loopback_config(), bundle) as server:
+        host, port = server.addresses[0]           # ("127.0.0.1", <ephemeral port>)
+        pin = server.fingerprint                   # 43-char base64url SHA-256 of the cert DER
+        ...
+    # restart on the same port with the same certificate (same pin):
+    async with BeaconServer(loopback_config(port=port), bundle) as again:
+        ...
+
+``BeaconServer(config=None, bundle=None, *, log=None, metrics=None)``: ``start()``/``stop()`` or
+``async with``; ``addresses``, ``port``, ``ipv6_port``, ``fingerprint``, ``metrics_address``,
+``metrics`` (a :class:`BeaconMetrics` with its own registry), ``connection_count``.
+``loopback_config(**changes)`` is :class:`BeaconConfig` on 127.0.0.1, port 0, no IPv6, plus
+``changes`` (validated).
+
+Modules: :mod:`~beacon.config` settings, :mod:`~beacon.files` first-run files,
+:mod:`~beacon.meetings` meeting table, :mod:`~beacon.limits` rate/count limits,
+:mod:`~beacon.relay` relay sessions, :mod:`~beacon.server` the QUIC edge,
+:mod:`~beacon.metrics` Prometheus, :mod:`~beacon.logs` structured logs.
+"""
+
+from beacon.config import BeaconConfig, ConfigError, load_config, loopback_config, render_template
+from beacon.metrics import BeaconMetrics
+from beacon.server import BeaconServer
+
+__all__ = [
+    "BeaconConfig",
+    "BeaconMetrics",
+    "BeaconServer",
+    "ConfigError",
+    "load_config",
+    "loopback_config",
+    "render_template",
+]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from aioquic.asyncio.protocol import QuicStreamAdapter
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
 
@@ -41,6 +42,49 @@ AUTH_TIMEOUT = 5.0
 KEEPALIVE_INTERVAL = 10.0
 MAX_PENDING_STREAMS = 64
 AUTH_STREAM_ID = 0
+STREAM_HIGH_WATER = 1024 * 1024  # unacknowledged bytes per stream before writer.drain() waits
+STREAM_LOW_WATER = 256 * 1024
+
+
+class _FlowControlledAdapter(QuicStreamAdapter):
+    """aioquic's stream transport buffers every write forever; this one pauses the writer
+    (so ``await writer.drain()`` waits) while too much is sent but not yet acknowledged."""
+
+    def __init__(self, protocol: PeerProtocol, stream_id: int) -> None:
+        super().__init__(protocol, stream_id)
+        self.flow: asyncio.streams.StreamReaderProtocol | None = None
+        self.paused = False
+
+    def buffered(self) -> int:
+        stream = self.protocol._quic._streams.get(self.stream_id)  # noqa: SLF001
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return sender._buffer_stop - sender._buffer_start  # noqa: SLF001
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            super().write(data)
+        except (RuntimeError, AssertionError) as exc:  # aioquic: stream reset or connection gone
+            raise ConnectionResetError(f"stream {self.stream_id}: {exc}") from exc
+        if not self.paused and self.flow is not None and self.buffered() > STREAM_HIGH_WATER:
+            self.paused = True
+            self.flow.pause_writing()
+            self.protocol._paused_streams.add(self)  # type: ignore[attr-defined]
+
+    def write_eof(self) -> None:
+        try:
+            super().write_eof()
+        except (RuntimeError, AssertionError):  # already reset: nothing left to finish
+            self._closing = True
+
+    def maybe_resume(self) -> bool:
+        if self.paused and (self.buffered() < STREAM_LOW_WATER or self.protocol._quic._close_event is not None):  # noqa: SLF001
+            self.paused = False
+            if self.flow is not None:
+                self.flow.resume_writing()
+            return True
+        return False
 
 
 class PeerProtocol(EndpointProtocol):
@@ -56,7 +100,23 @@ class PeerProtocol(EndpointProtocol):
         )
         self.close_reason: str | None = None
         self.terminated = asyncio.Event()
-        self.accepting_app_streams = False
+        self.handshake_done = asyncio.Event()
+        self._paused_streams: set[_FlowControlledAdapter] = set()
+
+    def _create_stream(self, stream_id: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        adapter = _FlowControlledAdapter(self, stream_id)
+        reader = asyncio.StreamReader()
+        flow = asyncio.streams.StreamReaderProtocol(reader)
+        adapter.flow = flow
+        writer = asyncio.StreamWriter(adapter, flow, reader, self._loop)
+        self._stream_readers[stream_id] = reader
+        return reader, writer
+
+    def transmit(self) -> None:
+        super().transmit()
+        if self._paused_streams:
+            for adapter in [a for a in self._paused_streams if a.maybe_resume()]:
+                self._paused_streams.discard(adapter)
 
     def _on_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stream_id = writer.get_extra_info("stream_id")
@@ -64,21 +124,45 @@ class PeerProtocol(EndpointProtocol):
             if not self.auth_stream.done():
                 self.auth_stream.set_result((reader, writer))
             return
-        if not self.accepting_app_streams or self.incoming_streams.full():
-            # before verification (or past the app's backlog) nobody may open streams
+        if self.incoming_streams.full():
+            # past the app's backlog: refuse. Streams that arrive before the identity exchange
+            # finished (the dialer's first stream can share a packet with its last auth byte) are
+            # queued: the app only sees them once verified, and QUIC flow control bounds them.
             with contextlib.suppress(Exception):
                 self._quic.reset_stream(stream_id, 0x1)
                 self._quic.stop_stream(stream_id, 0x1)
             return
         self.incoming_streams.put_nowait((reader, writer))
 
+    async def wait_handshake(self) -> None:
+        """Wait for the TLS handshake. (aioquic's ``wait_connected`` misses a handshake that
+        completed before it was called, which happens on the accepting side.)"""
+        if self.handshake_done.is_set():
+            return
+        done = asyncio.ensure_future(self.handshake_done.wait())
+        ended = asyncio.ensure_future(self.terminated.wait())
+        try:
+            await asyncio.wait({done, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+            ended.cancel()
+        if not self.handshake_done.is_set():
+            raise ConnectionError(self.close_reason or "connection closed during the handshake")
+
     def quic_event_received(self, event: events.QuicEvent) -> None:
-        if isinstance(event, events.ConnectionTerminated):
+        if isinstance(event, events.HandshakeCompleted):
+            self.handshake_done.set()
+        elif isinstance(event, events.ConnectionTerminated):
             if self.close_reason is None:
                 self.close_reason = event.reason_phrase or f"closed (error {event.error_code})"
             self.terminated.set()
+            for adapter in self._paused_streams:
+                if adapter.flow is not None:
+                    adapter.flow.connection_lost(ConnectionError(self.close_reason))
+            self._paused_streams.clear()
             if not self.auth_stream.done():
                 self.auth_stream.set_exception(ConnectionError(self.close_reason))
+                self.auth_stream.exception()  # retrieved: nobody may be waiting any more
         super().quic_event_received(event)
 
     @property
@@ -156,13 +240,19 @@ async def authenticate_as_listener(
     except asyncio.TimeoutError as exc:
         raise AuthError("dialer did not confirm the identity exchange") from exc
     if tail:
+        refusal: object = None
         if len(tail) >= 2:
             (length,) = struct.unpack_from("!H", tail)
             with contextlib.suppress(AuthError):
                 refusal = parse_auth(tail[2 : 2 + length])
-                if isinstance(refusal, Refusal):
-                    raise AuthError(f"peer refused us: {refusal.text}")
+        if isinstance(refusal, Refusal):
+            raise AuthError(f"peer refused us: {refusal.text}")
         raise AuthError("dialer sent unexpected data on the identity stream")
+    # aioquic ends every stream when the connection ends: only a FIN on a live connection is
+    # the dialer's acceptance
+    await asyncio.sleep(0)
+    if protocol.terminated.is_set():
+        raise AuthError(f"peer closed the connection: {protocol.close_reason}")
     return VerifiedPeer(peer_id=peer_id, token=message.token)
 
 
@@ -194,7 +284,6 @@ class PeerConnection:
         self._on_close = on_close
         self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
         self._watch = asyncio.get_running_loop().create_task(self._watch_close())
-        protocol.accepting_app_streams = True
 
     def __repr__(self) -> str:
         return f"<PeerConnection {self.peer_id[:12]}… {self.path} {self.remote_address}>"

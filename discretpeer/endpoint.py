@@ -133,12 +133,20 @@ class Endpoint(asyncio.DatagramProtocol):
     # --- life cycle ---------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, host: str | None = None, port: int = 0, **kwargs: Any) -> Endpoint:
-        """Bind a socket. ``host=None`` binds dual-stack ``::`` where IPv6 exists, else 0.0.0.0."""
+    async def open(
+        cls, host: str | None = None, port: int = 0, *, sock: socket.socket | None = None, **kwargs: Any
+    ) -> Endpoint:
+        """Bind a socket (or adopt ``sock``, already bound). ``host=None`` binds dual-stack ``::``
+        where IPv6 exists, else 0.0.0.0."""
         loop = asyncio.get_running_loop()
-        sock = _make_socket(host, port)
+        if sock is None:
+            sock = _make_socket(host, port)
+        else:
+            sock.setblocking(False)
         endpoint = cls(**kwargs)
-        endpoint._dual_stack = sock.family == socket.AF_INET6 and host in (None, "::")
+        endpoint._dual_stack = sock.family == socket.AF_INET6 and not sock.getsockopt(
+            socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
+        )
         await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
         return endpoint
 

@@ -33,6 +33,7 @@ MAX_TXT_STRINGS = 64
 _HEX = re.compile(rb"[0-9a-fA-F]{%d}" % (2 * INSTANCE_SIZE))
 _TOKEN_KEY = re.compile(rb"t(0|[1-9][0-9]?)")
 _B64_TOKEN_LEN = (4 * TOKEN_SIZE + 2) // 3  # 43
+_B64URL = re.compile(rb"[A-Za-z0-9_-]*")
 
 
 class LanTxtError(ValueError):
@@ -64,9 +65,11 @@ def decode_token(text: bytes) -> bytes:
     """A canonical unpadded base64url token (exactly :data:`TOKEN_SIZE` bytes) or LanTxtError."""
     if len(text) != _B64_TOKEN_LEN:
         raise LanTxtError(f"token of {len(text)} characters (expected {_B64_TOKEN_LEN})")
+    if not _B64URL.fullmatch(text):
+        raise LanTxtError("token is not base64url")
     try:
-        raw = base64.b64decode(text + b"=", altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError) as exc:
+        raw = base64.urlsafe_b64decode(text + b"=")
+    except (binascii.Error, ValueError) as exc:  # pragma: no cover - the alphabet was checked
         raise LanTxtError("token is not base64url") from exc
     if len(raw) != TOKEN_SIZE or encode_token(raw) != text:
         raise LanTxtError("token is not canonical base64url")
@@ -127,11 +130,12 @@ def parse_strings(strings: list[bytes]) -> LanTxt:
         key = key.lower()
         if key not in attributes:  # only the first occurrence counts
             attributes[key] = value if sep else None
-    version = attributes.get(b"v")
-    if version is None:
+    if b"v" not in attributes:
         raise LanTxtError("no v= attribute: not a discretpeer record")
+    version = attributes[b"v"]
     if version != TXT_VERSION:
-        raise LanTxtError(f"unsupported TXT version {version[:16]!r}")
+        shown = "no value" if version is None else repr(version[:16])
+        raise LanTxtError(f"unsupported TXT version ({shown})")
     instance = attributes.get(b"i")
     if instance is None or not _HEX.fullmatch(instance):
         raise LanTxtError(f"i= must be {2 * INSTANCE_SIZE} hex digits")

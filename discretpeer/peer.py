@@ -137,6 +137,9 @@ class Peer:
 
     ``beacons``: a list of :class:`BeaconSpec` or ``{"hostname": "host:port", "cert_hash": "..."}``.
     ``lan``: discover peers on the local network by mDNS (no beacon needed).
+    ``relay``: fall back to relaying through a beacon when no direct path is verified within
+    ``relay_after`` seconds. ``direct=False`` never punches (relay only: the other peer then never
+    sees packets from our address).
     """
 
     def __init__(
@@ -153,6 +156,7 @@ class Peer:
         report_local_candidates: bool = True,
         relay: bool = True,
         relay_after: float = 1.5,
+        direct: bool = True,
     ) -> None:
         self.identity = identity
         self.beacons: list[BeaconSpec] = parse_beacons(list(beacons))
@@ -166,6 +170,7 @@ class Peer:
         self._punch_duration = punch_duration
         self._report_local = report_local_candidates
         self._relay_enabled = relay
+        self._direct_enabled = direct
         self._relay_after = relay_after
         self._relay_routes: dict[bytes, tuple[Route, _Pair]] = {}
         self._pair_by_protocol: dict[PeerProtocol, _Pair] = {}
@@ -466,6 +471,8 @@ class Peer:
         if data[0] == RELAY_DATA:
             self._on_relay_frame(data, source)
             return
+        if not self._direct_enabled:
+            return
         try:
             probe = parse_probe(data)
         except ProbeError:
@@ -496,7 +503,7 @@ class Peer:
 
     def _send_all(self, sends: list[tuple[Addr, bytes]]) -> None:
         endpoint = self._endpoint
-        if endpoint is None:
+        if endpoint is None or not self._direct_enabled:
             return
         for address, data in sends:
             endpoint.sendto(data, address)
@@ -583,7 +590,7 @@ class Peer:
         where = f"{target[0]}:{target[1]}" if candidate is not None else "relay"
         try:
             protocol = self._endpoint.connect(target, configuration, PeerProtocol, route=route)  # type: ignore[assignment]
-            await asyncio.wait_for(protocol.wait_connected(), DIAL_TIMEOUT)
+            await asyncio.wait_for(protocol.wait_handshake(), DIAL_TIMEOUT)
             verified = await authenticate_as_dialer(protocol, self.identity, pair.session.token, record.policy)
         except (AuthError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
             text = str(exc) or type(exc).__name__
@@ -621,7 +628,7 @@ class Peer:
 
     async def _accept(self, protocol: PeerProtocol) -> None:
         try:
-            await asyncio.wait_for(protocol.wait_connected(), DIAL_TIMEOUT * 2)
+            await asyncio.wait_for(protocol.wait_handshake(), DIAL_TIMEOUT * 2)
             verified = await authenticate_as_listener(protocol, self.identity, self._policy_for_token)
         except (AuthError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
             text = str(exc) or type(exc).__name__

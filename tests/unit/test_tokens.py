@@ -14,7 +14,9 @@ def test_tokens_are_deterministic_and_sized(meeting, window):
     assert token != derive_token(meeting, window + 1)
     assert token != derive_token(meeting)
     raw = meeting_bytes(meeting)
-    assert raw not in token and derive_probe_key(meeting) != token
+    assert derive_probe_key(meeting) != token
+    if len(raw) >= 8:  # the identifier never shows through (shorter ones may match by chance)
+        assert raw not in token
 
 
 @given(st.text(min_size=1, max_size=50), st.text(min_size=1, max_size=50))

@@ -1,0 +1,146 @@
+"""``python -m beacon`` / ``discret-beacon``: run a beacon from a directory.
+
+Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 2 for a bad setting or certificate file,
+1 when a socket cannot be bound. Errors are one line on stderr, never a traceback.
+
+Stdout carries only machine-readable start lines, flushed at once::
+
+    certificate hash: <43 base64url characters>
+    listening on 127.0.0.1:4264          (one line per socket; IPv6 as [::]:4264)
+    metrics on http://127.0.0.1:9464/metrics   (only when enabled)
+    ready
+
+``--ready-file PATH`` also writes the same facts as JSON (atomically, removed on a clean stop).
+Human-readable logs go to stderr and JSON logs to ``logs/beacon.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from beacon.files import BeaconFiles, StartupError, prepare
+from beacon.logs import BeaconLog
+from beacon.server import BeaconServer
+
+PROG = "discret-beacon"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="discretpeer rendezvous beacon (QUIC).")
+    p.add_argument("--dir", type=Path, default=Path("."), help="beacon directory (default: current)")
+    p.add_argument("--config", type=Path, help="settings file (default: DIR/Beacon.conf.toml, created if missing)")
+    p.add_argument("--host", help="IPv4 address to listen on")
+    p.add_argument("--port", type=int, help="IPv4 UDP port (0 = any free port)")
+    p.add_argument("--ipv6-host", help="IPv6 address to listen on")
+    p.add_argument("--ipv6-port", type=int, help="IPv6 UDP port (0 = any free port)")
+    p.add_argument("--no-ipv6", action="store_true", help="do not listen on IPv6")
+    p.add_argument("--metrics-port", type=int, help="enable metrics on 127.0.0.1:PORT (0 = any free port)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--ready-file", type=Path, help="write a JSON file with hash and bound addresses when ready")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = {
+        "host": args.host,
+        "port": args.port,
+        "ipv6_host": args.ipv6_host,
+        "ipv6_port": args.ipv6_port,
+        "metrics_port": args.metrics_port,
+        "log_level": args.log_level,
+    }
+    overrides = {key: value for key, value in pairs.items() if value is not None}
+    if args.no_ipv6:
+        overrides["ipv6_enabled"] = False
+    if args.metrics_port is not None:
+        overrides["metrics_enabled"] = True
+    return overrides
+
+
+def _write_ready_file(path: Path, facts: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None) -> int:
+    stop = asyncio.Event()
+    received: list[str] = []
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before anything is announced as ready
+        loop.add_signal_handler(sig, lambda s=sig: (received.append(s.name), stop.set()))
+    server = BeaconServer(files.config, files.bundle, log=log)
+    try:
+        await server.start()
+    except OSError as exc:
+        print(f"{PROG}: error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    addresses = [_show(host, port) for host, port in server.addresses]
+    metrics = None
+    if server.metrics_address is not None:
+        metrics = f"http://{server.metrics_address[0]}:{server.metrics_address[1]}/metrics"
+    lines = [f"certificate hash: {server.fingerprint}"]
+    lines += [f"listening on {address}" for address in addresses]
+    if metrics:
+        lines.append(f"metrics on {metrics}")
+    lines.append("ready")
+    if ready_file is not None:
+        _write_ready_file(
+            ready_file,
+            {
+                "pid": os.getpid(),
+                "fingerprint": server.fingerprint,
+                "addresses": addresses,
+                "port": server.port,
+                "ipv6_port": server.ipv6_port,
+                "metrics": metrics,
+            },
+        )
+    print("\n".join(lines), flush=True)  # after the ready file: "ready" means both are there
+    try:
+        await stop.wait()
+    finally:
+        await server.stop(reason=f"beacon is shutting down ({received[0] if received else 'stop'})")
+        if ready_file is not None:
+            with contextlib.suppress(OSError):
+                ready_file.unlink()
+    return 0
+
+
+def _show(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        files = prepare(args.dir, config_path=args.config, overrides=_overrides(args))
+    except StartupError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    c = files.config
+    beacon_log = BeaconLog(files.log_dir, level=c.log_level, max_bytes=c.log_file_max_bytes, backup_count=c.log_file_count)
+    try:
+        for path in files.created:
+            beacon_log.log.info("created", path=str(path))
+        return asyncio.run(_serve(files, beacon_log.log, args.ready_file))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line on the console, the traceback in the log
+        beacon_log.log.exception("crashed")
+        print(f"{PROG}: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        beacon_log.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Structured logs of one beacon, without touching global logging or structlog configuration.
+
+JSON lines go to ``logs/beacon.log`` (rotated by size, a few files kept); a human-readable line
+goes to the console (stderr, so stdout stays free for the machine-readable start lines).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+LOG_FILE = "beacon.log"
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class BeaconLog:
+    """Owns the handlers; ``log`` is the structlog logger to pass around. Call :meth:`close`."""
+
+    def __init__(
+        self,
+        log_dir: Path | None = None,
+        *,
+        level: str = "info",
+        max_bytes: int = 10 * 1024 * 1024,
+        backup_count: int = 5,
+        console: TextIO | None = sys.stderr,
+    ) -> None:
+        # A Logger built directly is not registered with logging's manager: no global state.
+        self._logger = logging.Logger("discret-beacon", logging.DEBUG)
+        self._logger.propagate = False
+        self._handlers: list[logging.Handler] = []
+        pre_chain: list[Any] = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso")]
+        if log_dir is not None:
+            handler = logging.handlers.RotatingFileHandler(
+                Path(log_dir) / LOG_FILE, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
+            )
+            handler.setFormatter(
+                structlog.stdlib.ProcessorFormatter(
+                    processors=[
+                        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        structlog.processors.format_exc_info,
+                        structlog.processors.JSONRenderer(),
+                    ]
+                )
+            )
+            self._handlers.append(handler)
+        if console is not None:
+            handler = logging.StreamHandler(console)
+            handler.setFormatter(
+                structlog.stdlib.ProcessorFormatter(
+                    processors=[
+                        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        _without_traceback,
+                        structlog.dev.ConsoleRenderer(colors=False),
+                    ]
+                )
+            )
+            self._handlers.append(handler)
+        for handler in self._handlers:
+            self._logger.addHandler(handler)
+        self.log: Any = structlog.wrap_logger(
+            self._logger,
+            processors=[*pre_chain, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+            wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+            context_class=dict,
+            cache_logger_on_first_use=False,
+        )
+
+    def flush(self) -> None:
+        for handler in self._handlers:
+            handler.flush()
+
+    def close(self) -> None:
+        for handler in self._handlers:
+            handler.flush()
+            handler.close()
+            self._logger.removeHandler(handler)
+        self._handlers.clear()
+
+
+def _without_traceback(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Console lines stay one line: tracebacks go to the log file only."""
+    if event_dict.pop("exc_info", None):
+        event_dict["see"] = "logs/beacon.log"
+    return event_dict
+
+
+def null_logger() -> Any:
+    """A logger that drops everything (in-process beacons in tests)."""
+    return BeaconLog(None, console=None, level="error").log

@@ -1,0 +1,300 @@
+"""Relay sessions and quotas (sans-I/O).
+
+Two peers that were introduced on a token each send ``RelayRequest{token, other's instance}`` on
+their beacon connection. When both requests are in, a session with a random 8-byte id is bound to
+the two connections' observed addresses and both get a grant. Relay datagrams
+(:mod:`discretpeer.relay_frame`) are then forwarded unchanged to the other bound address, only
+when they come from one of the two; the payload stays end-to-end encrypted.
+
+The table is fed times and datagrams and returns decisions; the server does the sending.
+:meth:`RelayTable.route` is the hot path: one dict lookup, a compare, a token bucket.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from beacon.limits import TokenBucket
+from discretpeer.relay_frame import MAX_RELAY_PAYLOAD, RELAY_DATA, RELAY_HEADER_SIZE
+from discretpeer.wire import RELAY_SESSION_ID_SIZE, ErrorCode
+
+Key = Hashable
+SocketAddress = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class RelayQuota:
+    enabled: bool = True
+    max_sessions: int = 1000
+    max_sessions_per_connection: int = 16
+    max_bytes: int = 1 << 30
+    max_seconds: int = 86400
+    rate_bytes_per_second: int = 1_000_000
+    burst_bytes: int = 262144
+    request_timeout: float = 30.0
+    max_pending: int = 10000
+    max_pending_per_connection: int = 16
+
+
+class RelaySide:
+    """One peer of a session: its beacon connection, the socket it talks to, its address."""
+
+    __slots__ = ("conn", "instance", "via", "address", "bucket")
+
+    def __init__(self, conn: Key, instance: bytes, via: Any, address: SocketAddress, bucket: TokenBucket) -> None:
+        self.conn = conn
+        self.instance = instance
+        self.via = via
+        self.address = address
+        self.bucket = bucket
+
+
+class RelaySession:
+    __slots__ = ("session_id", "token", "a", "b", "started", "expires", "bytes", "max_bytes", "datagrams")
+
+    def __init__(self, session_id: bytes, token: bytes, a: RelaySide, b: RelaySide, now: float, quota: RelayQuota):
+        self.session_id = session_id
+        self.token = token
+        self.a = a
+        self.b = b
+        self.started = now
+        self.expires = now + quota.max_seconds
+        self.bytes = 0
+        self.max_bytes = quota.max_bytes
+        self.datagrams = 0
+
+    def sides(self) -> tuple[RelaySide, RelaySide]:
+        return (self.a, self.b)
+
+    def other(self, conn: Key) -> RelaySide:
+        return self.b if self.a.conn == conn else self.a
+
+
+class RelayEnded(NamedTuple):
+    session: RelaySession
+    code: ErrorCode
+    message: str
+    notify: tuple[RelaySide, ...]  # sides that must get RelayEnd
+
+
+class Pending(NamedTuple):
+    conn: Key
+    token: bytes
+    instance: bytes  # the requester's
+    target: bytes  # the instance it wants to reach
+    via: Any
+    address: SocketAddress
+    deadline: float
+
+
+class RequestOutcome(NamedTuple):
+    """``session`` set: grant it to both sides. ``refused`` set: tell the requester. Else pending."""
+
+    session: RelaySession | None = None
+    refused: ErrorCode | None = None
+    message: str = ""
+    new: bool = True  # False: a repeated request for a live session (grant only the requester again)
+
+
+class RelayTable:
+    def __init__(self, quota: RelayQuota, random: Callable[[int], bytes] = os.urandom) -> None:
+        self.quota = quota
+        self._random = random
+        self._sessions: dict[bytes, RelaySession] = {}
+        self._by_pair: dict[tuple[bytes, bytes, bytes], bytes] = {}  # (token, lo, hi instance) → id
+        self._by_conn: dict[Key, set[bytes]] = {}
+        self._pending: dict[tuple[bytes, bytes, bytes], Pending] = {}  # (token, from, to), oldest first
+        self._pending_by_conn: dict[Key, int] = {}
+        self.ended: list[RelayEnded] = []  # filled by route() and request(); the server drains it
+        self.forwarded_bytes = 0
+        self.forwarded_datagrams = 0
+        self.sessions_started = 0
+        self.dropped: dict[str, int] = {"not_relay": 0, "unknown_session": 0, "wrong_source": 0, "throttled": 0}
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def request(
+        self,
+        conn: Key,
+        instance: bytes,
+        token: bytes,
+        target: bytes,
+        via: Any,
+        address: SocketAddress,
+        now: float,
+    ) -> RequestOutcome:
+        """Record ``conn``'s request; grant when the mirror request from ``target`` is waiting."""
+        quota = self.quota
+        if not quota.enabled:
+            return RequestOutcome(refused=ErrorCode.RELAY_REFUSED, message="relay is disabled on this beacon")
+        if target == instance:
+            return RequestOutcome(refused=ErrorCode.RELAY_REFUSED, message="cannot relay to yourself")
+        lo, hi = sorted((instance, target))
+        existing = self._sessions.get(self._by_pair.get((token, lo, hi), b""))
+        if existing is not None and conn in (existing.a.conn, existing.b.conn):
+            return RequestOutcome(session=existing, new=False)
+        self.expire_pending(now)
+        mirror = self._pending.get((token, target, instance))
+        if mirror is None or mirror.conn == conn:
+            return self._wait(conn, instance, token, target, via, address, now)
+        for side in (conn, mirror.conn):
+            if len(self._by_conn.get(side, ())) >= quota.max_sessions_per_connection:
+                return RequestOutcome(
+                    refused=ErrorCode.RELAY_TOO_MANY_SESSIONS, message="too many relay sessions on one connection"
+                )
+        if len(self._sessions) >= quota.max_sessions:
+            return RequestOutcome(refused=ErrorCode.RELAY_TOO_MANY_SESSIONS, message="relay is full")
+        self._unpend((token, target, instance))
+        if existing is not None:  # a stale session of the same pair on older connections
+            self.ended.append(self._end(existing, ErrorCode.RELAY_PEER_GONE, "replaced by a new session"))
+        session_id = self._random(RELAY_SESSION_ID_SIZE)
+        while session_id in self._sessions:
+            session_id = self._random(RELAY_SESSION_ID_SIZE)
+        rate, burst = quota.rate_bytes_per_second, quota.burst_bytes
+        session = RelaySession(
+            session_id,
+            token,
+            RelaySide(mirror.conn, mirror.instance, mirror.via, mirror.address, TokenBucket(rate, burst, now)),
+            RelaySide(conn, instance, via, address, TokenBucket(rate, burst, now)),
+            now,
+            quota,
+        )
+        self._sessions[session_id] = session
+        self._by_pair[(token, lo, hi)] = session_id
+        for side in (session.a, session.b):
+            self._by_conn.setdefault(side.conn, set()).add(session_id)
+        self.sessions_started += 1
+        return RequestOutcome(session=session)
+
+    def _wait(
+        self, conn: Key, instance: bytes, token: bytes, target: bytes, via: Any, address: SocketAddress, now: float
+    ) -> RequestOutcome:
+        key = (token, instance, target)
+        if key in self._pending:
+            self._unpend(key)  # refreshed: moves to the back with a new deadline
+        elif self._pending_by_conn.get(conn, 0) >= self.quota.max_pending_per_connection:
+            return RequestOutcome(refused=ErrorCode.RELAY_REFUSED, message="too many pending relay requests")
+        elif len(self._pending) >= self.quota.max_pending:
+            return RequestOutcome(refused=ErrorCode.RELAY_TOO_MANY_SESSIONS, message="too many pending relay requests")
+        self._pending[key] = Pending(conn, token, instance, target, via, address, now + self.quota.request_timeout)
+        self._pending_by_conn[conn] = self._pending_by_conn.get(conn, 0) + 1
+        return RequestOutcome()
+
+    def _unpend(self, key: tuple[bytes, bytes, bytes]) -> Pending | None:
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            count = self._pending_by_conn[pending.conn] - 1
+            if count:
+                self._pending_by_conn[pending.conn] = count
+            else:
+                del self._pending_by_conn[pending.conn]
+        return pending
+
+    def expire_pending(self, now: float) -> list[Pending]:
+        """Drop requests past their deadline (the dict is in deadline order)."""
+        expired: list[Pending] = []
+        while self._pending:
+            key, pending = next(iter(self._pending.items()))
+            if pending.deadline > now:
+                break
+            self._unpend(key)
+            expired.append(pending)
+        return expired
+
+    # --- forwarding ---------------------------------------------------------------------------
+
+    def route(self, data: bytes, source: SocketAddress, now: float) -> tuple[Any, SocketAddress] | None:
+        """Where to send this datagram unchanged (``(via, address)``), or None to drop it.
+
+        Sessions ended by a quota are appended to :attr:`ended`."""
+        if len(data) <= RELAY_HEADER_SIZE or data[0] != RELAY_DATA or len(data) > RELAY_HEADER_SIZE + MAX_RELAY_PAYLOAD:
+            self.dropped["not_relay"] += 1
+            return None
+        session = self._sessions.get(data[1:RELAY_HEADER_SIZE])
+        if session is None:
+            self.dropped["unknown_session"] += 1
+            return None
+        if source == session.a.address:
+            sender, receiver = session.a, session.b
+        elif source == session.b.address:
+            sender, receiver = session.b, session.a
+        else:
+            self.dropped["wrong_source"] += 1
+            return None
+        if now >= session.expires:
+            self.ended.append(self._end(session, ErrorCode.RELAY_DURATION_EXCEEDED, "relay duration exceeded"))
+            return None
+        size = len(data)
+        if session.bytes + size > session.max_bytes:
+            self.ended.append(self._end(session, ErrorCode.RELAY_BYTES_EXCEEDED, "relay byte quota exceeded"))
+            return None
+        if not sender.bucket.take(now, size):
+            self.dropped["throttled"] += 1
+            return None
+        session.bytes += size
+        session.datagrams += 1
+        self.forwarded_bytes += size
+        self.forwarded_datagrams += 1
+        return receiver.via, receiver.address
+
+    # --- endings ------------------------------------------------------------------------------
+
+    def expire(self, now: float) -> list[RelayEnded]:
+        """End sessions past their lifetime."""
+        return [
+            self._end(s, ErrorCode.RELAY_DURATION_EXCEEDED, "relay duration exceeded")
+            for s in list(self._sessions.values())
+            if now >= s.expires
+        ]
+
+    def end_by(self, conn: Key, session_id: bytes) -> RelayEnded | None:
+        """A peer ended its session: the other one is told."""
+        session = self._sessions.get(session_id)
+        if session is None or conn not in (session.a.conn, session.b.conn):
+            return None
+        ended = self._end(session, ErrorCode.RELAY_PEER_GONE, "the other peer ended the relay session")
+        return ended._replace(notify=(session.other(conn),))
+
+    def drop_connection(self, conn: Key) -> list[RelayEnded]:
+        """A beacon connection went: its pending requests vanish, its sessions end (other side told)."""
+        if conn in self._pending_by_conn:
+            for key in [k for k, p in self._pending.items() if p.conn == conn]:
+                self._unpend(key)
+        endings = []
+        for session_id in list(self._by_conn.get(conn, ())):
+            session = self._sessions[session_id]
+            ended = self._end(session, ErrorCode.RELAY_PEER_GONE, "the other peer left the beacon")
+            endings.append(ended._replace(notify=(session.other(conn),)))
+        return endings
+
+    def _end(self, session: RelaySession, code: ErrorCode, message: str, notify: bool = True) -> RelayEnded:
+        self._sessions.pop(session.session_id, None)
+        lo, hi = sorted((session.a.instance, session.b.instance))
+        if self._by_pair.get((session.token, lo, hi)) == session.session_id:
+            del self._by_pair[(session.token, lo, hi)]
+        for side in session.sides():
+            ids = self._by_conn.get(side.conn)
+            if ids is not None:
+                ids.discard(session.session_id)
+                if not ids:
+                    del self._by_conn[side.conn]
+        return RelayEnded(session, code, message, session.sides() if notify else ())
+
+    # --- inspection ---------------------------------------------------------------------------
+
+    def get(self, session_id: bytes) -> RelaySession | None:
+        return self._sessions.get(session_id)
+
+    def sessions_of(self, conn: Key) -> list[RelaySession]:
+        return [self._sessions[i] for i in self._by_conn.get(conn, ())]
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)

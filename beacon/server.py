@@ -1,0 +1,647 @@
+"""The asyncio/QUIC edge of the beacon: sockets, connections, frames in and out.
+
+Protocol decisions live in sans-I/O classes (:class:`~beacon.meetings.MeetingTable`,
+:class:`~beacon.relay.RelayTable`, :mod:`beacon.limits`); this module feeds them and writes what
+they return. Nothing here awaits while handling a frame: a write is ``send_stream_data`` into
+the connection's buffer plus a transmit scheduled with ``call_soon``, so a client that does not
+read cannot delay anyone else. Its buffer is measured after every write (unacknowledged bytes on
+stream 0) and it is dropped with SLOW_READER above ``max_unsent_bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import itertools
+import socket
+from typing import Any
+
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from beacon.config import BeaconConfig
+from beacon.limits import KeyedBuckets, KeyedCounts, RateMeter, TokenBucket, ip_key
+from beacon.logs import null_logger
+from beacon.meetings import MeetingTable, TooManyTokens
+from beacon.metrics import BeaconMetrics, MetricsHTTPServer
+from beacon.relay import RelayEnded, RelayQuota, RelaySession, RelaySide, RelayTable
+from certs import CertificateBundle, create_bundle
+from discretpeer import wire
+from discretpeer.endpoint import Admission, Endpoint, EndpointProtocol
+from discretpeer.wire import Address, ErrorCode, WireError
+
+CLOSE_GRACE = 1.0  # seconds a fatal Error frame gets to be acknowledged before the close
+HOUSEKEEPING_INTERVAL = 1.0
+_NO_IPV6 = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT, errno.ENETUNREACH}
+
+
+def unacked_bytes(quic: QuicConnection, stream_id: int = 0) -> int:
+    """Bytes written to ``stream_id`` that the peer has not acknowledged yet (aioquic keeps them
+    all in the stream's send buffer, without limit)."""
+    stream = quic._streams.get(stream_id)  # noqa: SLF001 - aioquic has no public accessor
+    if stream is None:
+        return 0
+    sender = stream.sender
+    return sender._buffer_stop - sender._buffer_start  # noqa: SLF001
+
+
+class _Peer:
+    """Server-side state of one QUIC connection."""
+
+    __slots__ = (
+        "key", "protocol", "via", "address", "observed", "ip", "instance", "decoder", "frames",
+        "hello", "closing", "gone", "counted", "refusal", "timer",
+    )
+
+    def __init__(self, key: int, protocol: BeaconProtocol, address: tuple[str, int], max_frame: int) -> None:
+        self.key = key
+        self.protocol = protocol
+        self.via: Endpoint = protocol.endpoint  # type: ignore[assignment]
+        self.address = address
+        self.observed: Address | None = None
+        self.ip = ip_key(address[0])
+        self.instance = b""
+        self.decoder = wire.FrameDecoder(max_frame=max_frame)
+        self.frames: TokenBucket | None = None
+        self.hello = False
+        self.closing = False  # decided to close: no more frames in or out, gone from the tables
+        self.gone = False  # QUIC connection terminated
+        self.counted = False  # counted in the per-IP connection count
+        self.refusal: ErrorCode | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class BeaconProtocol(EndpointProtocol):
+    """A beacon connection: hands stream-0 bytes and the end of the connection to the server."""
+
+    def __init__(self, quic: QuicConnection, server: BeaconServer) -> None:
+        super().__init__(quic)
+        self.server = server
+        self.peer: _Peer | None = None
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self.peer is None:
+            self.server._connection_started(self, (addr[0], addr[1]))
+        super().datagram_received(data, addr)
+        peer = self.peer
+        if peer is not None and not peer.closing and getattr(self._quic, "_close_event", None) is not None:
+            # the client closed: leave the tables now, not after aioquic's draining period
+            self.server._leave(peer)
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            # handled here, never buffered in asyncio StreamReaders (those are unbounded)
+            if self.peer is not None:
+                self.server._stream_data(self.peer, event)
+            return
+        super().quic_event_received(event)
+        if isinstance(event, events.ConnectionTerminated) and self.peer is not None:
+            self.server._connection_lost(self.peer)
+
+
+class BeaconServer:
+    """One beacon in the current event loop. ``async with BeaconServer(config, bundle) as s:``.
+
+    ``bundle`` defaults to a fresh in-memory certificate, ``log`` to a logger that drops
+    everything, ``metrics`` to a new :class:`BeaconMetrics` (one registry per beacon).
+    """
+
+    def __init__(
+        self,
+        config: BeaconConfig | None = None,
+        bundle: CertificateBundle | None = None,
+        *,
+        log: Any = None,
+        metrics: BeaconMetrics | None = None,
+    ) -> None:
+        self.config = config or BeaconConfig()
+        self.bundle = bundle or create_bundle()
+        self.log = log if log is not None else null_logger()
+        self.metrics = metrics or BeaconMetrics()
+        c = self.config
+        self.meetings = MeetingTable(c.max_tokens_per_connection, c.max_peers_per_token)
+        self.relay = RelayTable(
+            RelayQuota(
+                enabled=c.relay_enabled,
+                max_sessions=c.relay_max_sessions,
+                max_sessions_per_connection=c.relay_max_sessions_per_connection,
+                max_bytes=c.relay_max_bytes,
+                max_seconds=c.relay_max_seconds,
+                rate_bytes_per_second=c.relay_rate_bytes_per_second,
+                burst_bytes=c.relay_burst_bytes,
+                request_timeout=c.relay_request_timeout_seconds,
+                max_pending=c.relay_max_pending_requests,
+            )
+        )
+        self._endpoints: list[Endpoint] = []
+        self._peers: dict[int, _Peer] = {}
+        self._ids = itertools.count(1)
+        self._ip_counts = KeyedCounts()
+        self._handshakes = KeyedBuckets(c.handshakes_per_second_per_ip, c.handshake_burst_per_ip)
+        self._handshake_rate: RateMeter | None = None
+        self._dirty: set[BeaconProtocol] = set()
+        self._flush_handle: asyncio.Handle | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._metrics_http: MetricsHTTPServer | None = None
+        self.metrics_address: tuple[str, int] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self.metrics.watch(self._snapshot)
+
+    # --- public API ---------------------------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        """The pin clients use: base64url(SHA-256(certificate DER))."""
+        return self.bundle.fingerprint
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Bound (host, port) of every listening socket, IPv4 first."""
+        return [endpoint.local_address for endpoint in self._endpoints]
+
+    @property
+    def port(self) -> int:
+        """The IPv4 port (or the first socket's)."""
+        for host, port in self.addresses:
+            if ":" not in host:
+                return port
+        return self.addresses[0][1]
+
+    @property
+    def ipv6_port(self) -> int | None:
+        for host, port in self.addresses:
+            if ":" in host:
+                return port
+        return None
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._peers)
+
+    async def __aenter__(self) -> BeaconServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Bind the sockets (IPv4, then IPv6 if enabled and available) and start serving."""
+        if self._started:
+            raise RuntimeError("beacon already started")
+        self._started = True
+        loop = self._loop = asyncio.get_running_loop()
+        self._handshake_rate = RateMeter(loop.time())
+        c = self.config
+        quic_config = QuicConfiguration(
+            is_client=False,
+            alpn_protocols=[wire.BEACON_ALPN],
+            idle_timeout=c.idle_timeout_seconds,
+            max_data=256 * 1024,
+            max_stream_data=64 * 1024,
+            certificate=self.bundle.certificate,
+            private_key=self.bundle.private_key,
+        )
+        try:
+            await self._listen(socket.AF_INET, c.host, c.port, quic_config)
+            if c.ipv6_enabled:
+                try:
+                    await self._listen(socket.AF_INET6, c.ipv6_host, c.ipv6_port, quic_config)
+                except OSError as exc:
+                    if exc.errno not in _NO_IPV6:
+                        raise
+                    self.log.warning("ipv6_unavailable", host=c.ipv6_host, port=c.ipv6_port, error=str(exc))
+            if c.metrics_enabled:
+                self._metrics_http = MetricsHTTPServer(self.metrics)
+                self.metrics_address = await self._metrics_http.start("127.0.0.1", c.metrics_port)
+        except BaseException:
+            await self._close_sockets()
+            raise
+        self._housekeeping = loop.create_task(self._housekeep())
+        self.log.info(
+            "beacon_started",
+            fingerprint=self.fingerprint,
+            addresses=[str(Address.from_socket(a)) for a in self.addresses],
+            metrics=f"http://{self.metrics_address[0]}:{self.metrics_address[1]}/metrics"
+            if self.metrics_address
+            else None,
+        )
+
+    async def stop(self, reason: str = "beacon is shutting down") -> None:
+        """Tell every client (Error SHUTTING_DOWN), close the connections, release the sockets."""
+        if self._stopping or not self._started:
+            return
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        told = []
+        for peer in list(self._peers.values()):
+            if peer.hello and not peer.closing and not peer.gone:
+                self._write(peer, wire.Error(code=ErrorCode.SHUTTING_DOWN, message=reason, fatal=True), check=False)
+                told.append(peer)
+            peer.closing = True
+        self._flush()
+        deadline = loop.time() + CLOSE_GRACE
+        while loop.time() < deadline and any(not p.gone and unacked_bytes(p.protocol._quic) for p in told):
+            await asyncio.sleep(0.01)
+        for peer in list(self._peers.values()):
+            if not peer.gone:
+                peer.protocol.close(error_code=ErrorCode.SHUTTING_DOWN, reason_phrase=f"SHUTTING_DOWN: {reason}")
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        await self._close_sockets()
+        for peer in list(self._peers.values()):
+            self._forget(peer)
+            timer = getattr(peer.protocol, "_timer", None)
+            if timer is not None:
+                timer.cancel()
+        self.log.info("beacon_stopped", reason=reason)
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # --- sockets ------------------------------------------------------------------------------
+
+    async def _listen(self, family: socket.AddressFamily, host: str, port: int, quic: QuicConfiguration) -> None:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                # separate from the IPv4 socket, which may use the same port
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
+            sock.bind((host, port))
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        endpoint = Endpoint(
+            server_configuration=quic,
+            create_server_protocol=lambda connection: BeaconProtocol(connection, self),
+            admit=self._admit,
+        )
+        endpoint.on_datagram = functools.partial(self._relay_datagram, endpoint)
+        assert self._loop is not None
+        await self._loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+        self._endpoints.append(endpoint)
+
+    async def _close_sockets(self) -> None:
+        for endpoint in self._endpoints:
+            endpoint.close()
+        if self._metrics_http is not None:
+            await self._metrics_http.stop()
+            self._metrics_http = None
+        await asyncio.sleep(0)  # let the transports finish closing
+
+    # --- admission (before any per-connection state) ------------------------------------------
+
+    def _admit(self, addr: tuple[str, int], has_token: bool) -> Admission:
+        if self._stopping:
+            return Admission.REFUSE
+        assert self._loop is not None and self._handshake_rate is not None
+        now = self._loop.time()
+        if len(self._peers) >= self.config.max_connections:
+            self.metrics.handshakes_refused.labels("max_connections").inc()
+            return Admission.REFUSE
+        if not has_token:
+            # an Initial carrying a token was charged when we sent the Retry; a forged token
+            # costs nothing either: the endpoint answers it with a stateless Retry
+            if not self._handshakes.take(ip_key(addr[0]), now):
+                self.metrics.handshakes_refused.labels("rate_limited").inc()
+                return Admission.REFUSE
+            self._handshake_rate.add(now)
+        mode = self.config.retry
+        if mode == "always" or (
+            mode == "auto" and self._handshake_rate.rate(now) > self.config.retry_threshold_handshakes_per_second
+        ):
+            if not has_token:
+                self.metrics.retries.inc()
+            return Admission.RETRY
+        return Admission.ACCEPT
+
+    # --- connection life ----------------------------------------------------------------------
+
+    def _connection_started(self, protocol: BeaconProtocol, address: tuple[str, int]) -> None:
+        assert self._loop is not None
+        c = self.config
+        peer = _Peer(next(self._ids), protocol, address, c.max_frame_size)
+        protocol.peer = peer
+        self._peers[peer.key] = peer
+        self.metrics.connections.inc()
+        try:
+            peer.observed = Address.from_socket(address)
+        except (WireError, ValueError):
+            peer.refusal = ErrorCode.MALFORMED
+        if peer.refusal is None:
+            if self._ip_counts.get(peer.ip) >= c.max_connections_per_ip:
+                peer.refusal = ErrorCode.TOO_MANY_CONNECTIONS
+            else:
+                self._ip_counts.add(peer.ip)
+                peer.counted = True
+        now = self._loop.time()
+        peer.frames = TokenBucket(c.frames_per_second_per_connection, c.frame_burst_per_connection, now)
+        wait = c.hello_timeout_seconds if peer.refusal is None else min(c.hello_timeout_seconds, 2.0)
+        peer.timer = self._loop.call_later(wait, self._hello_timeout, peer)
+        self.log.debug("connection_opened", conn=peer.key, address=str(peer.observed or address))
+
+    def _hello_timeout(self, peer: _Peer) -> None:
+        peer.timer = None
+        if peer.hello or peer.closing or peer.gone:
+            return
+        code = peer.refusal or ErrorCode.IDLE_TIMEOUT
+        self._reject(peer, code, "too many connections from your address" if peer.refusal else "no Hello in time")
+
+    def _connection_lost(self, peer: _Peer) -> None:
+        if peer.gone:
+            return
+        peer.gone = True
+        self._leave(peer)
+        self._forget(peer)
+        self.log.debug("connection_closed", conn=peer.key)
+
+    def _forget(self, peer: _Peer) -> None:
+        if self._peers.pop(peer.key, None) is not None and peer.counted:
+            self._ip_counts.remove(peer.ip)
+            peer.counted = False
+        if peer.timer is not None:
+            peer.timer.cancel()
+            peer.timer = None
+        self._dirty.discard(peer.protocol)
+
+    def _leave(self, peer: _Peer) -> None:
+        """Take the connection out of the meeting and relay tables (idempotent)."""
+        peer.closing = True
+        if peer.key in self.meetings:
+            self.meetings.remove(peer.key)
+        for ended in self.relay.drop_connection(peer.key):
+            self._relay_ended(ended)
+
+    def _reject(self, peer: _Peer, code: ErrorCode, message: str, *, wait: bool = True) -> None:
+        """Fatal error: Error frame (if stream 0 is open), leave the tables, close after a grace."""
+        if peer.closing or peer.gone:
+            return
+        self.metrics.rejections.labels(code.name.lower()).inc()
+        self.log.debug("connection_rejected", conn=peer.key, code=code.name, message=message)
+        if 0 in peer.protocol._quic._streams:  # noqa: SLF001 - the client opened stream 0
+            self._write(peer, wire.Error(code=code, message=message, fatal=True), check=False)
+        self._leave(peer)
+        reason = f"{code.name}: {message}"
+        if wait:
+            assert self._loop is not None
+            self._close_when_flushed(peer, code, reason, self._loop.time() + CLOSE_GRACE)
+        else:
+            peer.protocol.close(error_code=code, reason_phrase=reason)
+
+    def _close_when_flushed(self, peer: _Peer, code: ErrorCode, reason: str, deadline: float) -> None:
+        assert self._loop is not None
+        if peer.gone:
+            return
+        if unacked_bytes(peer.protocol._quic) and self._loop.time() < deadline and not self._stopping:
+            self._loop.call_later(0.02, self._close_when_flushed, peer, code, reason, deadline)
+            return
+        peer.protocol.close(error_code=code, reason_phrase=reason)
+
+    # --- frames in ----------------------------------------------------------------------------
+
+    def _stream_data(self, peer: _Peer, event: events.StreamDataReceived) -> None:
+        if peer.closing or event.stream_id != 0:
+            return  # only stream 0 carries the protocol; other streams are ignored
+        try:
+            messages = peer.decoder.feed(event.data)
+            for message in messages:
+                if peer.closing:
+                    return
+                self._on_message(peer, message)
+        except WireError as exc:
+            self._reject(peer, exc.code, exc.message)
+            return
+        except Exception:  # noqa: BLE001 - one client's surprise must not hurt the others
+            self.log.exception("internal_error", conn=peer.key)
+            self._reject(peer, ErrorCode.INTERNAL, "internal error")
+            return
+        if event.end_stream and not peer.closing:
+            self._leave(peer)
+            peer.protocol.close(error_code=0, reason_phrase="stream closed")
+
+    def _on_message(self, peer: _Peer, message: wire.Message) -> None:
+        assert self._loop is not None and peer.frames is not None
+        if peer.refusal is not None:
+            message_text = "too many connections from your address"
+            if peer.refusal is ErrorCode.MALFORMED:
+                message_text = "unusable source address"
+            self._reject(peer, peer.refusal, message_text)
+            return
+        if not peer.frames.take(self._loop.time()):
+            self._reject(peer, ErrorCode.RATE_LIMITED, "too many frames")
+            return
+        if not peer.hello:
+            if not isinstance(message, wire.Hello):
+                self._reject(peer, ErrorCode.UNEXPECTED_MESSAGE, "the first frame must be Hello")
+                return
+            self._on_hello(peer, message)
+        elif isinstance(message, wire.Announce):
+            self._on_announce(peer, message)
+        elif isinstance(message, wire.Ping):
+            self._send(peer, wire.Pong(nonce=message.nonce))
+        elif isinstance(message, wire.RelayRequest):
+            self._on_relay_request(peer, message)
+        elif isinstance(message, wire.RelayEnd):
+            ended = self.relay.end_by(peer.key, message.session_id)
+            if ended is not None:
+                self._relay_ended(ended)
+        elif isinstance(message, (wire.Pong, wire.Error)):
+            pass
+        else:
+            self._reject(peer, ErrorCode.UNEXPECTED_MESSAGE, f"unexpected {type(message).__name__}")
+
+    def _on_hello(self, peer: _Peer, hello: wire.Hello) -> None:
+        if not wire.MIN_VERSION <= hello.version <= wire.PROTOCOL_VERSION:
+            self._reject(
+                peer,
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"version {hello.version} unsupported (this beacon speaks {wire.MIN_VERSION}..{wire.PROTOCOL_VERSION})",
+            )
+            return
+        assert peer.observed is not None
+        peer.hello = True
+        peer.instance = hello.instance
+        if peer.timer is not None:
+            peer.timer.cancel()
+            peer.timer = None
+        self.meetings.join(peer.key, hello.instance, peer.observed)
+        self._send(
+            peer,
+            wire.Welcome(
+                version=hello.version, observed=peer.observed, max_tokens=self.config.max_tokens_per_connection
+            ),
+        )
+
+    def _on_announce(self, peer: _Peer, announce: wire.Announce) -> None:
+        try:
+            result = self.meetings.announce(peer.key, announce.add, announce.withdraw, announce.candidates)
+        except TooManyTokens as exc:
+            self.metrics.rejections.labels("too_many_tokens").inc()
+            self._send(peer, wire.Error(code=ErrorCode.TOO_MANY_TOKENS, message=str(exc), fatal=False))
+            return
+        self.metrics.announces.inc()
+        if result.full:
+            self.metrics.rejections.labels("token_full").inc(len(result.full))
+        for key, introduction in result.introductions:
+            target = self._peers.get(key)  # type: ignore[call-overload]
+            if target is not None and self._send(target, introduction):
+                self.metrics.introductions.inc()
+        if result.introductions:
+            self.log.debug("introduced", conn=peer.key, count=len(result.introductions) // 2)
+
+    # --- relay --------------------------------------------------------------------------------
+
+    def _on_relay_request(self, peer: _Peer, request: wire.RelayRequest) -> None:
+        assert self._loop is not None
+        outcome = self.relay.request(
+            peer.key, peer.instance, request.token, request.instance, peer.via, peer.address, self._loop.time()
+        )
+        self._drain_relay_endings()
+        if outcome.refused is not None:
+            self.metrics.relay_refusals.labels(outcome.refused.name.lower()).inc()
+            self._send(peer, wire.Error(code=outcome.refused, message=outcome.message, fatal=False))
+            return
+        session = outcome.session
+        if session is None:
+            return  # waiting for the other peer's request
+        if not outcome.new:
+            side = session.a if session.a.conn == peer.key else session.b
+            self._grant(side, session)
+            return
+        self.metrics.relay_sessions.inc()
+        self.log.info(
+            "relay_session_started",
+            session=session.session_id.hex(),
+            a=str(Address.from_socket(session.a.address)),
+            b=str(Address.from_socket(session.b.address)),
+        )
+        for side in session.sides():
+            self._grant(side, session)
+
+    def _grant(self, side: RelaySide, session: RelaySession) -> None:
+        peer = self._peers.get(side.conn)  # type: ignore[call-overload]
+        if peer is None:
+            return
+        q = self.relay.quota
+        self._send(
+            peer,
+            wire.RelayGrant(
+                token=session.token,
+                instance=session.other(side.conn).instance,
+                session_id=session.session_id,
+                max_bytes=q.max_bytes,
+                max_seconds=q.max_seconds,
+                rate_bytes_per_second=q.rate_bytes_per_second,
+            ),
+        )
+
+    def _relay_datagram(self, endpoint: Endpoint, data: bytes, source: tuple[str, int]) -> None:
+        """Endpoint hook for every non-QUIC datagram: the relay's forward path."""
+        target = self.relay.route(data, source, self._loop.time())  # type: ignore[union-attr]
+        if target is not None:
+            target[0].sendto(data, target[1])
+        elif self.relay.ended:
+            self._drain_relay_endings()
+
+    def _drain_relay_endings(self) -> None:
+        while self.relay.ended:
+            self._relay_ended(self.relay.ended.pop())
+
+    def _relay_ended(self, ended: RelayEnded) -> None:
+        self.metrics.relay_ended.labels(ended.code.name.lower()).inc()
+        self.log.info(
+            "relay_session_ended", session=ended.session.session_id.hex(), code=ended.code.name,
+            bytes=ended.session.bytes,
+        )
+        for side in ended.notify:
+            peer = self._peers.get(side.conn)  # type: ignore[call-overload]
+            if peer is not None:
+                self._send(peer, wire.RelayEnd(session_id=ended.session.session_id, code=ended.code, message=ended.message))
+
+    # --- frames out ---------------------------------------------------------------------------
+
+    def _send(self, peer: _Peer, message: wire.Message) -> bool:
+        """Queue ``message`` to ``peer``; False if it is closing or was just dropped as slow."""
+        if peer.closing or peer.gone:
+            return False
+        return self._write(peer, message, check=True)
+
+    def _write(self, peer: _Peer, message: wire.Message, *, check: bool) -> bool:
+        quic = peer.protocol._quic
+        try:
+            quic.send_stream_data(0, wire.encode(message))
+        except (ValueError, AssertionError) as exc:  # stream 0 finished or reset by the client
+            self.log.debug("write_failed", conn=peer.key, error=str(exc))
+            if check:
+                self._leave(peer)
+                peer.protocol.close(error_code=ErrorCode.MALFORMED, reason_phrase="stream 0 is closed")
+            return False
+        self._dirty.add(peer.protocol)
+        if self._flush_handle is None:
+            assert self._loop is not None
+            self._flush_handle = self._loop.call_soon(self._flush)
+        if check and unacked_bytes(quic) > self.config.max_unsent_bytes:
+            self._reject(peer, ErrorCode.SLOW_READER, "you do not read fast enough", wait=False)
+            return False
+        return True
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, set()
+        for protocol in dirty:
+            protocol.transmit()
+
+    # --- housekeeping -------------------------------------------------------------------------
+
+    async def _housekeep(self) -> None:
+        assert self._loop is not None
+        ticks = 0
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            try:
+                now = self._loop.time()
+                for ended in self.relay.expire(now):
+                    self._relay_ended(ended)
+                for pending in self.relay.expire_pending(now):
+                    peer = self._peers.get(pending.conn)  # type: ignore[call-overload]
+                    if peer is not None:
+                        self.metrics.relay_refusals.labels("expired").inc()
+                        self._send(
+                            peer,
+                            wire.Error(
+                                code=ErrorCode.RELAY_REFUSED,
+                                message="relay request expired: the other peer did not ask",
+                                fatal=False,
+                            ),
+                        )
+                ticks += 1
+                if ticks % 30 == 0:
+                    self._handshakes.prune(now)
+            except Exception:  # noqa: BLE001
+                self.log.exception("housekeeping_failed")
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "beacon_open_connections": len(self._peers),
+            "beacon_tokens_held": self.meetings.tokens_held,
+            "beacon_distinct_tokens": self.meetings.token_count,
+            "beacon_relay_active_sessions": self.relay.session_count,
+            "beacon_relay_pending_requests": self.relay.pending_count,
+            "beacon_relay_bytes": self.relay.forwarded_bytes,
+            "beacon_relay_datagrams": self.relay.forwarded_datagrams,
+            "beacon_relay_dropped_datagrams": dict(self.relay.dropped),
+        }

@@ -1,0 +1,5 @@
+import sys
+
+from discretpeer.cli import main
+
+sys.exit(main())

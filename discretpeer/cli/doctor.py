@@ -1,0 +1,178 @@
+"""``discretpeer doctor``: what a user checks when nothing connects. One verdict line per check."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from discretpeer.candidates import local_addresses
+from discretpeer.identity import Identity, IdentityError
+from discretpeer.peer import Peer
+
+from .output import Console, ms
+from .session import format_address
+from .settings import Settings
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+MDNS_TIMEOUT = 3.0
+
+
+@dataclass
+class Check:
+    verdict: str
+    name: str
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Report:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.checks: list[Check] = []
+
+    def add(self, verdict: str, name: str, message: str, **data: Any) -> None:
+        check = Check(verdict, name, message, data)
+        self.checks.append(check)
+        if not self.console.json and not (self.console.quiet and verdict == OK):
+            print(f"{verdict:<4}  {name}: {message}", flush=True)
+
+    @property
+    def failed(self) -> bool:
+        return any(check.verdict == FAIL for check in self.checks)
+
+
+async def _wait_for_beacons(peer: Peer, timeout: float) -> None:
+    """Until every beacon is connected (with a round trip measured) or failed once, or timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = peer.beacon_status
+        if all((s.state == "connected" and s.rtt is not None) or s.failures > 0 for s in statuses):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _check_beacons(report: Report, settings: Settings, identity: Identity, timeout: float) -> None:
+    if not settings.beacons:
+        report.add(FAIL, "beacons", "none configured: add beacons = [{hostname = \"host:port\", cert_hash = \"...\"}] "
+                   "to the config file, or use --beacon HOST:PORT=CERT_HASH")
+        return
+    try:
+        peer = Peer(identity, settings.beacons, host=settings.udp_host, port=settings.udp_port, lan=False, relay=False)
+        await peer.start()
+    except OSError as exc:
+        report.add(FAIL, "udp socket", f"cannot open a UDP socket on {settings.udp_host or 'any address'}:"
+                   f"{settings.udp_port}: {exc.strerror or exc}")
+        return
+    try:
+        await _wait_for_beacons(peer, timeout)
+        statuses = peer.beacon_status
+    finally:
+        await peer.close()
+    connected = []
+    answered = False
+    for status in statuses:
+        name = f"beacon {status.beacon}"
+        if status.state == "connected":
+            answered = True
+            connected.append(status)
+            report.add(OK, name, f"reachable over UDP, certificate matches the pinned hash, round trip {ms(status.rtt)}",
+                       beacon=status.beacon, rtt_ms=None if status.rtt is None else round(status.rtt * 1000, 2),
+                       observed=format_address(status.observed))
+        elif status.pin_mismatches:
+            answered = True
+            report.add(FAIL, name, f"{status.last_error}: wrong cert_hash in the config, or not the beacon you "
+                       "think (check its certificate_hash.txt)", beacon=status.beacon, error=status.last_error)
+        else:
+            error = status.last_error or f"no answer within {timeout:g}s"
+            report.add(FAIL, name, f"unreachable ({error}): beacon down, wrong address, or UDP blocked",
+                       beacon=status.beacon, error=error)
+    if answered:
+        report.add(OK, "udp", "UDP to the beacons works")
+    else:
+        report.add(FAIL, "udp", "no beacon answered over UDP: outgoing UDP may be blocked by a firewall, "
+                   "or every beacon is down")
+    if not connected:
+        return
+    observed = {(s.observed.host, s.observed.port) for s in connected if s.observed is not None}
+    hosts = sorted({host for host, _ in observed})
+    mine = set(local_addresses(include_loopback=True))
+    first = connected[0]
+    if len(hosts) > 1:
+        report.add(WARN, "public address", f"beacons see different public addresses ({', '.join(hosts)}): "
+                   "several uplinks or a NAT with several addresses", addresses=hosts)
+    elif hosts and hosts[0] in mine:
+        report.add(OK, "public address", f"{format_address(first.observed)}: an address of this machine "
+                   "(no NAT between here and the beacon)", address=format_address(first.observed), nat=False)
+    else:
+        report.add(OK, "public address", f"{format_address(first.observed)} (as seen by beacon {first.beacon}; "
+                   "this machine is behind a NAT)", address=format_address(first.observed), nat=True)
+    distinct = {s.address for s in connected if s.address is not None}
+    if len(connected) < 2 or len(distinct) < 2:
+        report.add(WARN, "nat mapping", "cannot tell with a single reachable beacon: configure at least two "
+                   "beacons (different addresses) to check that the NAT keeps one external port per socket")
+    elif len(observed) == 1:
+        report.add(OK, "nat mapping", f"same external address {format_address(first.observed)} towards "
+                   f"{len(connected)} beacons (endpoint-independent mapping): hole punching can work",
+                   symmetric=False)
+    else:
+        ports = ", ".join(sorted(f"{h}:{p}" for h, p in observed))
+        report.add(WARN, "nat mapping", f"a different external port per destination ({ports}): symmetric NAT; "
+                   "direct connections with peers behind NAT may fail and the relay will be used", symmetric=True)
+
+
+async def _check_mdns(report: Report, settings: Settings) -> None:
+    from zeroconf.asyncio import AsyncZeroconf
+
+    verdict_if_broken = FAIL if settings.lan else WARN
+    try:
+        aiozc = await asyncio.wait_for(asyncio.to_thread(AsyncZeroconf), MDNS_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer
+        report.add(verdict_if_broken, "mdns", f"zeroconf cannot start: {type(exc).__name__}: {exc}"
+                   + ("" if settings.lan else " (LAN discovery is off anyway)"))
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(aiozc.async_close(), MDNS_TIMEOUT)
+    state = "on" if settings.lan else "off (enable with --lan or lan = true)"
+    report.add(OK, "mdns", f"zeroconf starts (LAN discovery is {state})", lan=settings.lan)
+
+
+async def run_doctor(settings: Settings, args: Any, console: Console) -> int:
+    report = Report(console)
+    if settings.config_path is not None:
+        report.add(OK, "config", f"{settings.config_path}: {len(settings.beacons)} beacon(s), "
+                   f"{len(settings.allow)} allowed peer(s)")
+    else:
+        report.add(OK, "config", f"no config file; {len(settings.beacons)} beacon(s) from the environment or flags")
+    identity: Identity | None = None
+    path = settings.identity_path
+    if path.exists():
+        try:
+            identity = Identity.load(path)
+            report.add(OK, "identity", f"{path}: peer id {identity.peer_id}", peer_id=identity.peer_id)
+        except IdentityError as exc:
+            report.add(FAIL, "identity", str(exc))
+    else:
+        report.add(WARN, "identity", f"none yet at {path}: `discretpeer id` creates one")
+    await _check_beacons(report, settings, identity or Identity.generate(), args.timeout)
+    if not args.no_mdns:
+        await _check_mdns(report, settings)
+    counts = {verdict: sum(1 for c in report.checks if c.verdict == verdict) for verdict in (OK, WARN, FAIL)}
+    if console.json:
+        json.dump(
+            {
+                "ok": not report.failed,
+                "checks": [{"verdict": c.verdict, "check": c.name, "message": c.message, **c.data}
+                           for c in report.checks],
+                "counts": counts,
+            },
+            sys.stdout,
+        )
+        sys.stdout.write("\n")
+    elif not console.quiet or report.failed:
+        print(f"doctor: {counts[OK]} OK, {counts[WARN]} WARN, {counts[FAIL]} FAIL", flush=True)
+    return 1 if report.failed else 0

@@ -1,0 +1,269 @@
+"""``discretpeer expose``: let allowed peers reach local TCP services through this device."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from discretpeer.config import ConfigError
+from discretpeer.connection import PeerConnection
+from discretpeer.peer import Peer
+from discretpeer.tunnel import FrameType, Request, Status, TunnelError, encode_response
+
+from .control import ControlServer
+from .output import Console, short_id
+from .session import Progress, describe_connection, format_address, load_identity, make_peer, stop_event
+from .settings import Service, Settings
+from .splice import Splice, TcpSide, Traffic, read_frame
+
+REQUEST_TIMEOUT = 10.0
+SERVICE_CONNECT_TIMEOUT = 10.0
+MAX_TUNNELS_PER_CONNECTION = 256
+MAX_TUNNELS = 1024
+CLOSED_HISTORY = 20
+
+
+@dataclass
+class ConnectionRecord:
+    conn: PeerConnection
+    since: float = field(default_factory=time.time)
+    tunnels_open: int = 0
+    tunnels_total: int = 0
+    refused: int = 0
+    traffic: Traffic = field(default_factory=Traffic)  # sent: to the peer; received: from it
+    closed_at: float | None = None
+    close_reason: str | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        info = describe_connection(self.conn)
+        return {
+            **info,
+            "since": round(self.since, 3),
+            "tunnels_open": self.tunnels_open,
+            "tunnels_total": self.tunnels_total,
+            "refused": self.refused,
+            "bytes_from_peer": self.traffic.received,
+            "bytes_to_peer": self.traffic.sent,
+            "closed": self.closed_at is not None,
+            "closed_at": self.closed_at,
+            "close_reason": self.close_reason,
+        }
+
+
+class Exposer:
+    def __init__(
+        self, peer: Peer, services: dict[int, Service], allow: list[str], settings: Settings, console: Console
+    ) -> None:
+        self.peer = peer
+        self.services = services
+        self.allow = allow
+        self.settings = settings
+        self.console = console
+        self.started = time.time()
+        self.records: dict[PeerConnection, ConnectionRecord] = {}
+        self.closed: collections.deque[ConnectionRecord] = collections.deque(maxlen=CLOSED_HISTORY)
+        self.tunnels_open = 0
+        self.tunnels_total = 0
+        self.refused = 0
+        self.traffic = Traffic()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def accept_loop(self) -> None:
+        async for conn in self.peer.incoming():
+            self._spawn(self.serve_connection(conn))
+
+    async def serve_connection(self, conn: PeerConnection) -> None:
+        record = ConnectionRecord(conn, traffic=Traffic(parent=self.traffic))
+        self.records[conn] = record
+        info = describe_connection(conn)
+        self.console.status(
+            f"peer {short_id(conn.peer_id)} connected: path {conn.path} ({info['remote']})",
+            event="peer_connected",
+            **info,
+        )
+        try:
+            while True:
+                try:
+                    reader, writer = await conn.accept_stream()
+                except ConnectionError:
+                    break
+                self._spawn(self.serve_stream(record, reader, writer))
+        finally:
+            record.closed_at = time.time()
+            record.close_reason = conn.close_reason
+            self.records.pop(conn, None)
+            self.closed.append(record)
+            self.console.status(
+                f"peer {short_id(conn.peer_id)} disconnected ({conn.close_reason})",
+                event="peer_disconnected",
+                peer=conn.peer_id,
+                reason=conn.close_reason,
+            )
+
+    def _choose(self, request: Request) -> tuple[Service | None, Status, str]:
+        ports = ", ".join(str(p) for p in sorted(self.services))
+        if request.port == 0:
+            if len(self.services) == 1:
+                return next(iter(self.services.values())), Status.OK, ""
+            return None, Status.AMBIGUOUS_PORT, f"several ports are exposed ({ports}): choose one with --port"
+        service = self.services.get(request.port)
+        if service is None:
+            return None, Status.NOT_EXPOSED, f"port {request.port} is not exposed (exposed: {ports})"
+        return service, Status.OK, ""
+
+    async def serve_stream(self, record: ConnectionRecord, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+        conn = record.conn
+        peer = short_id(conn.peer_id)
+
+        def refuse(status: Status, message: str) -> None:
+            record.refused += 1
+            self.refused += 1
+            with contextlib.suppress(Exception):
+                writer.write(encode_response(status, message))
+                writer.write_eof()
+            self.console.warn(f"peer {peer}: tunnel refused: {status.name}: {message}",
+                              event="tunnel_refused", peer=conn.peer_id, status=status.name, message=message)
+
+        try:
+            frame = await read_frame(reader, FrameType.REQUEST, REQUEST_TIMEOUT)
+        except TunnelError as exc:
+            refuse(exc.status, str(exc))
+            return
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+            with contextlib.suppress(Exception):
+                writer.write_eof()
+            return
+        assert isinstance(frame, Request)
+        service, status, message = self._choose(frame)
+        if service is None:
+            refuse(status, message)
+            return
+        if record.tunnels_open >= MAX_TUNNELS_PER_CONNECTION or self.tunnels_open >= MAX_TUNNELS:
+            refuse(Status.BUSY, f"too many tunnels open (limit {MAX_TUNNELS_PER_CONNECTION} per peer)")
+            return
+        try:
+            tcp_reader, tcp_writer = await asyncio.wait_for(
+                asyncio.open_connection(service.host, service.port), SERVICE_CONNECT_TIMEOUT
+            )
+        except ConnectionRefusedError:
+            refuse(Status.REFUSED, f"connection to {service} refused (is the service running?)")
+            return
+        except asyncio.TimeoutError:
+            refuse(Status.UNREACHABLE, f"connection to {service} timed out")
+            return
+        except OSError as exc:
+            refuse(Status.UNREACHABLE, f"cannot connect to {service}: {exc.strerror or exc}")
+            return
+        writer.write(encode_response(Status.OK))
+        record.tunnels_open += 1
+        record.tunnels_total += 1
+        self.tunnels_open += 1
+        self.tunnels_total += 1
+        traffic = Traffic(parent=record.traffic)
+        self.console.status(f"peer {peer}: tunnel to {service} opened", event="tunnel_opened",
+                            peer=conn.peer_id, service=str(service))
+        try:
+            error = await Splice(TcpSide(tcp_reader, tcp_writer), reader, writer, conn, traffic).run()
+        finally:
+            record.tunnels_open -= 1
+            self.tunnels_open -= 1
+        self.console.status(
+            f"peer {peer}: tunnel to {service} closed ({traffic.received} B in, {traffic.sent} B out"
+            + (f"; {error}" if error else "") + ")",
+            event="tunnel_closed", peer=conn.peer_id, service=str(service), bytes_from_peer=traffic.received,
+            bytes_to_peer=traffic.sent, error=error,
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "peer_id": self.peer.peer_id,
+            "started": round(self.started, 3),
+            "uptime": round(time.time() - self.started, 1),
+            "exposed": [{"port": port, "target": str(service)} for port, service in sorted(self.services.items())],
+            "allowed": list(self.allow),
+            "meeting": "secret" if self.settings.secret else "peer ids",
+            "beacons": [
+                {
+                    "beacon": status.beacon,
+                    "state": status.state,
+                    "observed": format_address(status.observed) if status.observed else None,
+                    "rtt_ms": None if status.rtt is None else round(status.rtt * 1000, 2),
+                    "last_error": status.last_error,
+                }
+                for status in self.peer.beacon_status
+            ],
+            "connections": [record.snapshot() for record in self.records.values()],
+            "recently_closed": [record.snapshot() for record in self.closed],
+            "totals": {
+                "tunnels_open": self.tunnels_open,
+                "tunnels_total": self.tunnels_total,
+                "refused": self.refused,
+                "bytes_from_peers": self.traffic.received,
+                "bytes_to_peers": self.traffic.sent,
+            },
+            "stats": {k: v for k, v in dataclasses.asdict(self.peer.stats).items() if k != "connect_times"},
+        }
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def run_expose(settings: Settings, args: Any, console: Console) -> int:
+    services = settings.services(args.ports, args.host)
+    if not services:
+        raise ConfigError("nothing to expose: give a PORT (e.g. `discretpeer expose 22`) or expose = [...] in the config")
+    if not settings.allow:
+        raise ConfigError("nobody is allowed: give --allow PEER_ID (repeatable) or allow = [...] in the config")
+    identity, created = load_identity(settings)
+    if created:
+        console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
+    async with make_peer(settings, identity) as peer:
+        exposer = Exposer(peer, services, settings.allow, settings, console)
+        control = ControlServer(settings.control_path, exposer.snapshot)
+        await control.start()
+        stop = stop_event()
+        progress = Progress(peer, console)
+        try:
+            if settings.secret:
+                allowed = frozenset(settings.allow)
+                await peer.listen(settings.secret, expect=set(allowed))
+            else:
+                await peer.listen_for_peers(settings.allow)
+            progress.start()
+            listing = ", ".join(f"{port} -> {service}" for port, service in sorted(services.items()))
+            console.result(
+                f"exposing {listing} to {len(settings.allow)} allowed peer(s); this device's peer id: {peer.peer_id}",
+                event="exposing",
+                peer_id=peer.peer_id,
+                exposed={port: str(service) for port, service in services.items()},
+                allowed=settings.allow,
+                control=str(settings.control_path),
+            )
+            accept = asyncio.ensure_future(exposer.accept_loop())
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({accept, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if accept.done() and accept.exception() is not None:
+                raise accept.exception()  # type: ignore[misc]
+            accept.cancel()
+            stopped.cancel()
+            console.status("stopping", event="stopping")
+        finally:
+            await progress.stop()
+            await exposer.close()
+            await control.close()
+    return 0

@@ -1,0 +1,171 @@
+"""``discretpeer forward`` (a local TCP port) and ``discretpeer pipe`` (stdin/stdout) to a service
+exposed by another peer: one peer connection, one QUIC stream per TCP connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+from discretpeer.connection import PeerConnection
+from discretpeer.errors import ConnectError
+from discretpeer.tunnel import FrameType, Response, TunnelError, encode_request
+
+from .output import Console, short_id
+from .session import PeerLink, Progress, load_identity, make_peer, stop_event
+from .settings import Settings
+from .splice import Splice, StdioSide, TcpSide, Traffic, read_frame
+
+RESPONSE_TIMEOUT = 15.0
+
+
+class TunnelRefused(Exception):
+    pass
+
+
+async def open_tunnel(
+    conn: PeerConnection, port: int, local: Any, traffic: Traffic, *, end_on_remote_eof: bool = False
+) -> Splice:
+    """Open a stream, ask for ``port``, start sending local data at once (optimistic), wait for
+    the answer. Returns the splice to run, or raises TunnelRefused with a one-line reason."""
+    reader, writer = await conn.open_stream()
+    writer.write(encode_request(port))
+    splice = Splice(local, reader, writer, conn, traffic, end_on_remote_eof=end_on_remote_eof)
+    up = splice.start_up()
+    try:
+        frame = await read_frame(reader, FrameType.RESPONSE, RESPONSE_TIMEOUT)
+    except TunnelError as exc:
+        reason = f"the other side answered something that is not a tunnel response ({exc})"
+    except asyncio.IncompleteReadError:
+        reason = (f"peer connection lost ({conn.close_reason})" if conn.closed
+                  else "the other side closed the tunnel without answering")
+    except asyncio.TimeoutError:
+        reason = f"no answer to the tunnel request within {RESPONSE_TIMEOUT:g}s"
+    else:
+        assert isinstance(frame, Response)
+        if frame.ok:
+            return splice
+        reason = f"{short_id(conn.peer_id)} refused the tunnel: {frame.describe()}"
+    up.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await up
+    with contextlib.suppress(Exception):
+        writer.write_eof()
+    raise TunnelRefused(reason)
+
+
+async def run_forward(settings: Settings, args: Any, console: Console) -> int:
+    target = settings.resolve_peer(args.to, where="--to")
+    identity, created = load_identity(settings)
+    if created:
+        console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
+    port = args.port or 0
+    what = f"port {port}" if port else "its exposed port"
+    async with make_peer(settings, identity) as peer:
+        link = PeerLink(peer, target, settings, console)
+        progress = Progress(peer, console)
+        count = 0
+        tasks: set[asyncio.Task[Any]] = set()
+
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal count
+            count += 1
+            number = count
+            task = asyncio.current_task()
+            if task is not None:
+                tasks.add(task)
+            local = TcpSide(reader, writer)
+            try:
+                try:
+                    conn = await link.get(settings.timeout)
+                except ConnectionError as exc:
+                    console.error(f"connection #{number}: {exc}; closing it", event="tunnel_failed", number=number)
+                    local.abort()
+                    return
+                try:
+                    splice = await open_tunnel(conn, port, local, Traffic())
+                except (TunnelRefused, ConnectionError) as exc:
+                    console.error(f"connection #{number}: {exc}", event="tunnel_failed", number=number)
+                    local.abort()
+                    return
+                error = await splice.run()
+                if error:
+                    console.warn(f"connection #{number}: {error}", event="tunnel_error", number=number)
+            finally:
+                if task is not None:
+                    tasks.discard(task)
+
+        try:
+            server = await asyncio.start_server(client, args.bind, args.local_port)
+        except OSError as exc:
+            console.error(f"cannot listen on {args.bind}:{args.local_port}: {exc.strerror or exc}")
+            return 1
+        address = server.sockets[0].getsockname()
+        console.result(
+            f"forwarding {address[0]}:{address[1]} to {short_id(target)} {what} (our peer id: {peer.peer_id})",
+            event="listening",
+            address=f"{address[0]}:{address[1]}",
+            port=address[1],
+            peer=target,
+            remote_port=port,
+        )
+        progress.start()
+        maintain = asyncio.ensure_future(link.maintain())
+        stop = stop_event()
+        try:
+            await stop.wait()
+            console.status("stopping", event="stopping")
+        finally:
+            maintain.cancel()
+            server.close()
+            for task in list(tasks):
+                task.cancel()
+            await asyncio.gather(maintain, *tasks, return_exceptions=True)
+            await progress.stop()
+    return 0
+
+
+async def run_pipe(settings: Settings, args: Any, console: Console) -> int:
+    target = settings.resolve_peer(args.to, where="--to")
+    stdio = StdioSide.take()  # from here on fd 1 is stderr: only tunnel bytes reach our stdout
+    identity, created = load_identity(settings)
+    if created:
+        console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
+    async with make_peer(settings, identity) as peer:
+        link = PeerLink(peer, target, settings, console)
+        progress = Progress(peer, console)
+        progress.start()
+        stop = stop_event(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        try:
+            try:
+                conn = await link.connect_once()
+            except ConnectError as exc:
+                console.error(str(exc), event="connect_failed")
+                return 1
+            finally:
+                await progress.stop()
+            try:
+                splice = await open_tunnel(conn, args.port or 0, stdio, Traffic(), end_on_remote_eof=True)
+            except (TunnelRefused, ConnectionError) as exc:
+                console.error(str(exc), event="tunnel_failed")
+                stdio.abort()
+                return 1
+            run = asyncio.ensure_future(splice.run())
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not run.done():
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run
+                return 0
+            error = run.result()
+            if error:
+                console.error(error, event="tunnel_error")
+                return 1
+            console.status(f"tunnel closed ({splice.traffic.sent} B sent, {splice.traffic.received} B received)",
+                           event="closed", sent=splice.traffic.sent, received=splice.traffic.received)
+            return 0
+        finally:
+            stdio.abort()

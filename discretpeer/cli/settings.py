@@ -1,0 +1,297 @@
+"""CLI settings: the TOML config file, then environment variables, then flags (each overrides).
+
+Config file (default ``~/.config/discretpeer/config.toml``, or ``$XDG_CONFIG_HOME/discretpeer``;
+``--config`` / ``DISCRETPEER_CONFIG`` to choose another)::
+
+    beacons = [{hostname = "beacon.example.org:4264", cert_hash = "43 base64url characters"}]
+    allow = ["laptop", "<peer id>"]     # who may use `discretpeer expose`
+    lan = false                        # also meet peers on the local network (mDNS)
+    relay = true                       # relay through a beacon when punching fails
+    timeout = 15                       # seconds to find and verify a peer
+    identity = "~/.config/discretpeer/identity.key"
+    udp_host = "0.0.0.0"               # address/port of the one UDP socket (default: any)
+    udp_port = 0
+    expose = [22, "192.168.1.20:80"]   # what `discretpeer expose` offers when no port is given
+    expose_host = "127.0.0.1"          # host of the exposed ports given as numbers
+    control = "~/.config/discretpeer/expose.sock"
+
+    [peers]                            # names usable wherever a peer id is expected
+    laptop = "<peer id>"
+
+Unknown keys are errors (a typo must not silently weaken the allow list).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from discretpeer.config import BeaconSpec, ConfigError, parse_beacons, split_host_port
+from discretpeer.identity import IdentityError, normalize_peer_id
+
+DEFAULT_TIMEOUT = 15.0
+KNOWN_KEYS = {
+    "beacons", "allow", "lan", "relay", "timeout", "identity", "udp_host", "udp_port",
+    "expose", "expose_host", "control", "peers",
+}  # fmt: skip
+ENV_CONFIG = "DISCRETPEER_CONFIG"
+ENV_IDENTITY = "DISCRETPEER_IDENTITY"
+ENV_BEACONS = "DISCRETPEER_BEACONS"
+ENV_ALLOW = "DISCRETPEER_ALLOW"
+ENV_LAN = "DISCRETPEER_LAN"
+ENV_SECRET = "DISCRETPEER_SECRET"
+ENV_CONTROL = "DISCRETPEER_CONTROL"
+
+
+@dataclass(frozen=True)
+class Service:
+    """One exposed TCP service: peers ask for ``port``; we connect to ``host:port``."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass
+class Settings:
+    config_path: Path | None = None  # the file that was read (None: none found)
+    identity_path: Path = Path()
+    beacons: list[BeaconSpec] = field(default_factory=list)
+    allow: list[str] = field(default_factory=list)
+    lan: bool = False
+    relay: bool = True
+    timeout: float = DEFAULT_TIMEOUT
+    udp_host: str | None = None
+    udp_port: int = 0
+    expose: list[str] = field(default_factory=list)
+    expose_host: str = "127.0.0.1"
+    control_path: Path = Path()
+    secret: str | None = None
+    peers: dict[str, str] = field(default_factory=dict)
+
+    def resolve_peer(self, text: str, *, where: str = "peer") -> str:
+        """A peer id or a name from ``[peers]`` -> the normalised peer id."""
+        text = text.strip()
+        if text in self.peers:
+            return self.peers[text]
+        try:
+            return normalize_peer_id(text)
+        except IdentityError as exc:
+            hint = f" nor a name from [peers] ({', '.join(sorted(self.peers))})" if self.peers else ""
+            raise ConfigError(f"{where} {text!r} is not a valid peer id{hint}: {exc}") from None
+
+    def services(self, ports: list[str] | None = None, host: str | None = None) -> dict[int, Service]:
+        """Parse ``PORT`` / ``HOST:PORT`` specs (flags, else the config's ``expose``)."""
+        specs = ports if ports else self.expose
+        default_host = host or self.expose_host
+        services: dict[int, Service] = {}
+        for spec in specs:
+            service = parse_service(str(spec), default_host)
+            if service.port in services:
+                raise ConfigError(f"port {service.port} is exposed twice ({services[service.port]} and {service})")
+            services[service.port] = service
+        return services
+
+
+def parse_service(spec: str, default_host: str) -> Service:
+    spec = spec.strip()
+    if spec.isdigit():
+        port = int(spec)
+        if not 0 < port < 65536:
+            raise ConfigError(f"expose: invalid port {spec!r}")
+        return Service(default_host, port)
+    host, port = split_host_port(spec, where=f"expose {spec!r}")
+    return Service(host, port)
+
+
+def config_home(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
+    return Path(base).expanduser() / "discretpeer"
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path:
+    return config_home(env) / "config.toml"
+
+
+def parse_beacon_flag(text: str, *, where: str = "--beacon") -> BeaconSpec:
+    """``HOST:PORT=CERT_HASH`` (base64url hashes never contain ``=``)."""
+    hostname, sep, cert_hash = text.strip().rpartition("=")
+    if not sep or not hostname or not cert_hash:
+        raise ConfigError(f"{where} {text!r}: expected HOST:PORT=CERT_HASH")
+    return BeaconSpec.parse({"hostname": hostname, "cert_hash": cert_hash}, where=f"{where} {text!r}")
+
+
+def parse_bool(text: str, *, where: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{where}: expected true or false, got {text!r}")
+
+
+def _split_list(text: str) -> list[str]:
+    return [item for item in text.replace(",", " ").split() if item]
+
+
+def read_config(path: Path, *, required: bool) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path}: no such config file") from None
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    unknown = set(data) - KNOWN_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(KNOWN_KEYS))})")
+    return data
+
+
+def _expect(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = data[key]
+    kinds = _tuple(kind)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}
+        expected = " or ".join(names.get(k, k.__name__) for k in kinds)
+        raise ConfigError(f"{where}: '{key}' must be a {expected}, got {value!r}")
+    return value
+
+
+def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _expand(text: str) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(text)))
+
+
+def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
+    """Merge config file, environment and parsed flags (``args`` attributes may be missing)."""
+    env = os.environ if env is None else env
+
+    def flag(name: str) -> Any:
+        return getattr(args, name, None)
+
+    settings = Settings()
+    explicit = flag("config") or env.get(ENV_CONFIG)
+    path = _expand(explicit) if explicit else default_config_path(env)
+    data = read_config(path, required=bool(explicit))
+    settings.config_path = path if data or path.exists() else None
+    where = str(path)
+
+    # --- config file --------------------------------------------------------------------------
+    if "peers" in data:
+        peers = _expect(data, "peers", dict, where)
+        for name, value in peers.items():
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}: peers.{name} must be a peer id string")
+            try:
+                settings.peers[name] = normalize_peer_id(value)
+            except IdentityError as exc:
+                raise ConfigError(f"{where}: peers.{name}: {exc}") from None
+    if "beacons" in data:
+        settings.beacons = parse_beacons(data["beacons"], where=f"{where}: beacons")
+    allow_entries: list[str] = []
+    allow_where = where
+    if "allow" in data:
+        allow = _expect(data, "allow", list, where)
+        if not all(isinstance(item, str) for item in allow):
+            raise ConfigError(f"{where}: 'allow' must be a list of peer ids or names")
+        allow_entries = list(allow)
+    for key in ("lan", "relay"):
+        if key in data:
+            setattr(settings, key, _expect(data, key, bool, where))
+    if "timeout" in data:
+        settings.timeout = float(_expect(data, "timeout", (int, float), where))
+    if "identity" in data:
+        settings.identity_path = _expand(_expect(data, "identity", str, where))
+    if "udp_host" in data:
+        settings.udp_host = _expect(data, "udp_host", str, where) or None
+    if "udp_port" in data:
+        settings.udp_port = _expect(data, "udp_port", int, where)
+    if "expose" in data:
+        expose = _expect(data, "expose", list, where)
+        if not all(isinstance(item, (int, str)) and not isinstance(item, bool) for item in expose):
+            raise ConfigError(f"{where}: 'expose' must be a list of ports or \"host:port\" strings")
+        settings.expose = [str(item) for item in expose]
+    if "expose_host" in data:
+        settings.expose_host = _expect(data, "expose_host", str, where)
+    control = _expand(_expect(data, "control", str, where)) if "control" in data else None
+
+    # --- environment ---------------------------------------------------------------------------
+    if env.get(ENV_IDENTITY):
+        settings.identity_path = _expand(env[ENV_IDENTITY])
+    if env.get(ENV_BEACONS):
+        settings.beacons = _unique(
+            [parse_beacon_flag(item, where=ENV_BEACONS) for item in _split_list(env[ENV_BEACONS])], ENV_BEACONS
+        )
+    if env.get(ENV_ALLOW):
+        allow_entries, allow_where = _split_list(env[ENV_ALLOW]), ENV_ALLOW
+    if env.get(ENV_LAN):
+        settings.lan = parse_bool(env[ENV_LAN], where=ENV_LAN)
+    if env.get(ENV_SECRET):
+        settings.secret = env[ENV_SECRET]
+    if env.get(ENV_CONTROL):
+        control = _expand(env[ENV_CONTROL])
+
+    # --- flags ---------------------------------------------------------------------------------
+    if flag("identity"):
+        settings.identity_path = _expand(flag("identity"))
+    if flag("beacon"):
+        settings.beacons = _unique([parse_beacon_flag(item) for item in flag("beacon")], "--beacon")
+    if flag("allow"):
+        allow_entries, allow_where = [i for item in flag("allow") for i in _split_list(item)], "--allow"
+    if flag("lan") is not None:
+        settings.lan = bool(flag("lan"))
+    if flag("relay") is not None:
+        settings.relay = bool(flag("relay"))
+    if flag("timeout") is not None:
+        settings.timeout = float(flag("timeout"))
+    if flag("udp_host") is not None:
+        settings.udp_host = flag("udp_host") or None
+    if flag("udp_port") is not None:
+        settings.udp_port = int(flag("udp_port"))
+    if flag("secret"):
+        settings.secret = flag("secret")
+    if flag("control"):
+        control = _expand(flag("control"))
+
+    # --- checks and defaults -------------------------------------------------------------------
+    if not math.isfinite(settings.timeout) or settings.timeout <= 0:
+        raise ConfigError(f"timeout must be a positive number of seconds, got {settings.timeout!r}")
+    if not 0 <= settings.udp_port < 65536:
+        raise ConfigError(f"udp_port must be 0..65535, got {settings.udp_port}")
+    if settings.secret is not None and not settings.secret.strip():
+        raise ConfigError("the secret must not be empty")
+    settings.allow = _dedupe(settings.resolve_peer(item, where=f"{allow_where}: allow entry") for item in allow_entries)
+    if settings.identity_path == Path():
+        settings.identity_path = config_home(env) / "identity.key"
+    settings.control_path = control or config_home(env) / "expose.sock"
+    return settings
+
+
+def _unique(specs: list[BeaconSpec], where: str) -> list[BeaconSpec]:
+    return parse_beacons(specs, where=where)
+
+
+def _dedupe(items: Any) -> list[str]:
+    seen: dict[str, None] = {}
+    for item in items:
+        seen.setdefault(item, None)
+    return list(seen)

