@@ -39,3 +39,28 @@ def local_candidates(port: int, *, ipv6: bool = True, include_loopback: bool = F
     return [Address(host, port) for host in local_addresses(ipv6=ipv6, include_loopback=include_loopback)][
         :MAX_CANDIDATES
     ]
+
+
+def attached_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The networks of this host's interfaces (no loopback, no link-local)."""
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            raw = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
+            try:
+                network = ipaddress.ip_network(f"{raw}/{ip.network_prefix}", strict=False)
+            except ValueError:
+                continue
+            if network.is_loopback or network.is_link_local or network.prefixlen == 0:
+                continue
+            if network not in networks:
+                networks.append(network)
+    return networks
+
+
+def on_attached_network(host: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return any(address.version == network.version and address in network for network in networks)

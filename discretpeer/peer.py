@@ -30,7 +30,7 @@ from aioquic.quic.connection import QuicConnection
 from certs import create_bundle
 from discretpeer.auth import AuthError, Expectation, PeerPolicy
 from discretpeer.beacon_client import BeaconClient, BeaconStatus
-from discretpeer.candidates import local_candidates
+from discretpeer.candidates import attached_networks, local_candidates, on_attached_network
 from discretpeer.config import BeaconSpec, parse_beacons
 from discretpeer.connection import (
     PathKind,
@@ -185,6 +185,7 @@ class Peer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._candidates: list[Address] = []
+        self._networks: list[Any] = []
         self._lan: Any = None
         self._closed = False
         self._started = False
@@ -212,6 +213,7 @@ class Peer:
             on_unexpected_source=self._on_unexpected_source,
         )
         self._candidates = self._compute_candidates()
+        self._networks = attached_networks()
         for spec in self.beacons:
             client = BeaconClient(
                 spec,
@@ -540,6 +542,7 @@ class Peer:
             self._refresh_tokens()
             if time.monotonic() - last_candidates >= CANDIDATE_REFRESH_INTERVAL:
                 last_candidates = time.monotonic()
+                self._networks = attached_networks()
                 fresh = self._compute_candidates()
                 if fresh != self._candidates:
                     self._candidates = fresh
@@ -607,7 +610,7 @@ class Peer:
             pair.dialing = False
             self._maybe_dial(pair)
             return
-        path: PathKind = "relay" if candidate is None else "lan" if candidate.kind is CandidateKind.LOCAL else "direct"
+        path: PathKind = "relay" if candidate is None else self._direct_kind(candidate)
         connection = self._adopt(protocol, verified, path, dialer=True, introduced_at=pair.introduced_at)
         self._attach_pair(pair, connection, protocol)
         pair.dialing = False
@@ -654,10 +657,8 @@ class Peer:
             path = "relay"
         else:
             pair = self._pair_for_address(record, protocol.remote_address)
-            if pair is not None:
-                candidate = pair.session.candidates.get(protocol.remote_address)
-                if candidate is not None and candidate.kind is CandidateKind.LOCAL:
-                    path = "lan"
+            candidate = pair.session.candidates.get(protocol.remote_address) if pair is not None else None
+            path = self._direct_kind(candidate, protocol.remote_address)
         introduced_at = pair.introduced_at if pair is not None else None
         connection = self._adopt(protocol, verified, path, dialer=False, introduced_at=introduced_at)
         if pair is not None:
@@ -706,6 +707,14 @@ class Peer:
                 connection.close("peer busy: too many connections waiting to be accepted")
                 return
         connection.close("nobody is waiting for this meeting any more")
+
+    def _direct_kind(self, candidate: Candidate | None, address: Addr | None = None) -> PathKind:
+        """"lan" for a peer reported as local or on one of our attached networks, else "direct"
+        (so a hairpin through the router's public address is "direct")."""
+        if candidate is not None and candidate.kind is CandidateKind.LOCAL:
+            return "lan"
+        host = (candidate.address if candidate is not None else address or ("", 0))[0]
+        return "lan" if on_attached_network(host, self._networks) else "direct"
 
     def _attach_pair(self, pair: _Pair, connection: PeerConnection, protocol: PeerProtocol) -> None:
         pair.connection = connection
@@ -844,12 +853,17 @@ class Peer:
             target = fresh[0] if fresh else None
         elif pair.rebind is not None:
             target = next((c for c in fresh if c.address == pair.rebind), None)
+        else:
+            # a LAN path that confirmed after we connected over the public one is the better path
+            current = pair.session.candidates.get(route.direct) if route.direct is not None else None
+            if current is None or current.kind is not CandidateKind.LOCAL:
+                target = next((c for c in fresh if c.kind is CandidateKind.LOCAL), None)
         if target is None:
             return
         pair.rebind = None
         if route.use_direct(target.address):
             self.stats.path_switches += 1
-            connection._set_path("lan" if target.kind is CandidateKind.LOCAL else "direct")  # noqa: SLF001
+            connection._set_path(self._direct_kind(target))  # noqa: SLF001
             log.info("path switched", peer=connection.peer_id, path=connection.path, remote=target.address)
 
     # --- reports ------------------------------------------------------------------------------

@@ -93,7 +93,11 @@ class PunchSession:
         """Add candidates; new ones are probed at once (returned as sends)."""
         sends: list[tuple[Addr, bytes]] = []
         for address in addresses:
-            if address in self.candidates:
+            existing = self.candidates.get(address)
+            if existing is not None:
+                # a probe may have shown us the address before an introduction said what it is
+                if existing.kind is CandidateKind.REFLEXIVE and kind is not CandidateKind.REFLEXIVE:
+                    existing.kind = kind
                 continue
             if len(self.candidates) >= MAX_CANDIDATES:
                 break

@@ -177,8 +177,12 @@ def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
-def _expand(text: str) -> Path:
-    return Path(os.path.expandvars(os.path.expanduser(text)))
+def _expand(text: str, env: Mapping[str, str] | None = None) -> Path:
+    """``~`` and ``~/...`` use the HOME of ``env`` (so tests and services can point it anywhere)."""
+    env = os.environ if env is None else env
+    if (text == "~" or text.startswith("~/")) and env.get("HOME"):
+        return Path(env["HOME"]) / text[2:]
+    return Path(os.path.expanduser(text))
 
 
 def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
@@ -190,7 +194,7 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
 
     settings = Settings()
     explicit = flag("config") or env.get(ENV_CONFIG)
-    path = _expand(explicit) if explicit else default_config_path(env)
+    path = _expand(explicit, env) if explicit else default_config_path(env)
     data = read_config(path, required=bool(explicit))
     settings.config_path = path if data or path.exists() else None
     where = str(path)
@@ -220,7 +224,7 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
     if "timeout" in data:
         settings.timeout = float(_expect(data, "timeout", (int, float), where))
     if "identity" in data:
-        settings.identity_path = _expand(_expect(data, "identity", str, where))
+        settings.identity_path = _expand(_expect(data, "identity", str, where), env)
     if "udp_host" in data:
         settings.udp_host = _expect(data, "udp_host", str, where) or None
     if "udp_port" in data:
@@ -232,11 +236,11 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
         settings.expose = [str(item) for item in expose]
     if "expose_host" in data:
         settings.expose_host = _expect(data, "expose_host", str, where)
-    control = _expand(_expect(data, "control", str, where)) if "control" in data else None
+    control = _expand(_expect(data, "control", str, where), env) if "control" in data else None
 
     # --- environment ---------------------------------------------------------------------------
     if env.get(ENV_IDENTITY):
-        settings.identity_path = _expand(env[ENV_IDENTITY])
+        settings.identity_path = _expand(env[ENV_IDENTITY], env)
     if env.get(ENV_BEACONS):
         settings.beacons = _unique(
             [parse_beacon_flag(item, where=ENV_BEACONS) for item in _split_list(env[ENV_BEACONS])], ENV_BEACONS
@@ -248,11 +252,11 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
     if env.get(ENV_SECRET):
         settings.secret = env[ENV_SECRET]
     if env.get(ENV_CONTROL):
-        control = _expand(env[ENV_CONTROL])
+        control = _expand(env[ENV_CONTROL], env)
 
     # --- flags ---------------------------------------------------------------------------------
     if flag("identity"):
-        settings.identity_path = _expand(flag("identity"))
+        settings.identity_path = _expand(flag("identity"), env)
     if flag("beacon"):
         settings.beacons = _unique([parse_beacon_flag(item) for item in flag("beacon")], "--beacon")
     if flag("allow"):
@@ -270,7 +274,7 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
     if flag("secret"):
         settings.secret = flag("secret")
     if flag("control"):
-        control = _expand(flag("control"))
+        control = _expand(flag("control"), env)
 
     # --- checks and defaults -------------------------------------------------------------------
     if not math.isfinite(settings.timeout) or settings.timeout <= 0:

@@ -100,3 +100,12 @@ def test_probe_roundtrip(kind, token, instance, nonce):
     probe = parse_probe(build_probe(kind, token, instance, nonce, KEY))
     assert (probe.kind, probe.token, probe.instance, probe.nonce) == (kind, token, instance, nonce)
     assert probe.verify(KEY)
+
+
+def test_reflexive_address_learns_its_kind_from_a_later_introduction():
+    s = session(HIGH, LOW)
+    ping = parse_probe(build_probe(ProbeKind.PING, TOKEN, LOW, os.urandom(8), KEY))
+    s.on_probe(("192.168.1.7", 4000), ping, 0.0)  # the probe came first
+    assert s.candidates[("192.168.1.7", 4000)].kind is CandidateKind.REFLEXIVE
+    s.add_candidates([("192.168.1.7", 4000)], CandidateKind.LOCAL, 0.1)
+    assert s.candidates[("192.168.1.7", 4000)].kind is CandidateKind.LOCAL
