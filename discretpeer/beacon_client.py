@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import structlog
+from discretpeer.logs import get_logger
 from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives import serialization
 
@@ -45,7 +45,7 @@ from discretpeer.wire import (
     encode,
 )
 
-log = structlog.get_logger("discretpeer.beacon_client")
+log = get_logger("discretpeer.beacon_client")
 
 HANDSHAKE_TIMEOUT = 5.0
 KEEPALIVE_INTERVAL = 10.0  # below the 30 s many home routers keep an idle UDP mapping

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import ifaddr
-import structlog
+from discretpeer.logs import get_logger
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
@@ -61,7 +61,7 @@ __all__ = [
     "DEFAULT_MAX_ADDRESSES",
 ]
 
-log = structlog.get_logger("discretpeer.lan")
+log = get_logger("discretpeer.lan")
 
 IpVersion = Literal["v4", "v6", "all"]
 DEFAULT_MAX_SERVICES = 256

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
+from discretpeer.logs import get_logger
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
@@ -59,7 +59,7 @@ from discretpeer.wire import (
     RelayRequest,
 )
 
-log = structlog.get_logger("discretpeer.peer")
+log = get_logger("discretpeer.peer")
 
 MAX_SESSIONS = 256
 MAX_PENDING_INCOMING = 32
