@@ -346,8 +346,26 @@ class PeerConnection:
         return time.monotonic() - started
 
     def close(self, reason: str = "closed by application") -> None:
+        """Close at once: data not yet acknowledged by the peer is lost (see :meth:`aclose`)."""
         self._protocol.close_with(reason)
         self._protocol.transmit()
+
+    def unacknowledged(self) -> int:
+        """Bytes written on our streams that the peer has not acknowledged yet."""
+        total = 0
+        for stream in list(self._protocol._quic._streams.values()):  # noqa: SLF001
+            sender = stream.sender
+            total += sender._buffer_stop - sender._buffer_start  # noqa: SLF001
+        return total
+
+    async def aclose(self, reason: str = "closed by application", timeout: float = 5.0) -> None:
+        """Close after the peer acknowledged what we wrote (waiting at most ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while not self.closed and self.unacknowledged() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self.close(reason)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.wait_closed(), max(0.1, deadline - time.monotonic()))
 
     async def wait_closed(self) -> None:
         await self._protocol.terminated.wait()
@@ -356,9 +374,7 @@ class PeerConnection:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.wait_closed(), 2.0)
+        await self.aclose()
 
     async def _keep_alive(self) -> None:
         # a packet on the path at least every 10 s keeps NAT mappings open (many routers: 30 s)

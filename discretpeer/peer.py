@@ -241,8 +241,11 @@ class Peer:
             for waiter in meeting.waiters:
                 if not waiter.done():
                     waiter.set_exception(ConnectionError("peer closed"))
-        for connection in list(self._connections):
-            connection.close("peer closing")
+        # what the app wrote gets delivered (bounded wait), then every connection closes
+        await asyncio.gather(
+            *(connection.aclose("peer closing", timeout=2.0) for connection in list(self._connections)),
+            return_exceptions=True,
+        )
         if self._lan is not None:
             with contextlib.suppress(Exception):
                 await self._lan.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -70,7 +71,7 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
         return
     try:
         await _wait_for_beacons(peer, timeout)
-        statuses = peer.beacon_status
+        statuses = [dataclasses.replace(status) for status in peer.beacon_status]  # before close() changes them
     finally:
         await peer.close()
     connected = []

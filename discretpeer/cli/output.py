@@ -19,15 +19,17 @@ PROG = "discretpeer"
 
 
 def configure_logging(verbosity: int) -> None:
-    """Library logs to stderr: warnings by default, info with -v, debug with -vv."""
+    """Every log goes to stderr. Default: quiet (the CLI's own lines say what matters); -v: the
+    library's info and everyone's warnings; -vv: debug of everything."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    # modules that log through structlog directly: render to stderr, never stdout
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
             structlog.dev.ConsoleRenderer(colors=False, pad_event=0),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL if verbosity <= 0 else level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
@@ -37,10 +39,10 @@ def configure_logging(verbosity: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root.addHandler(handler)
-    # aioquic/zeroconf/asyncio are chatty at INFO; only -vv shows them
-    root.setLevel(logging.WARNING if verbosity < 2 else logging.DEBUG)
-    # "Future exception was never retrieved" and the like are library internals: -v shows them
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL if verbosity < 1 else logging.DEBUG)
+    root.setLevel(logging.ERROR if verbosity <= 0 else logging.WARNING if verbosity == 1 else logging.DEBUG)
+    # library internals ("Future exception was never retrieved", a beacon retry) stay quiet by default
+    for name in ("discretpeer", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL if verbosity <= 0 else level)
     logging.captureWarnings(True)
 
 

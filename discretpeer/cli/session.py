@@ -136,9 +136,10 @@ def explain_connect_error(exc: ConnectError, target: str, our_id: str, *, secret
     beacons = report.get("beacons") or []
     reached = [b for b in beacons if isinstance(b, dict) and b.get("state") == "connected"]
     failures = [str(f) for f in report.get("failures") or []]
-    refused = next((f for f in reversed(failures) if "refused us" in f), None)
+    refused = next((f for f in reversed(failures) if "refused us" in f or "not expected here" in f), None)
     if refused is not None:
-        return f"{short_id(target)} refused us: {refused.split('refused us:', 1)[1].strip()} (our peer id: {our_id})"
+        detail = refused.split("refused us:", 1)[1].strip() if "refused us:" in refused else refused
+        return (f"{short_id(target)} refused us ({detail}): is our peer id {our_id} in its allow list?")
     if beacons and not reached:
         errors = "; ".join(f"{b.get('beacon')}: {b.get('last_error') or b.get('state')}" for b in beacons
                            if isinstance(b, dict))

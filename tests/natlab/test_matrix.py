@@ -1,0 +1,213 @@
+"""The traversal matrix: real beacon + real peers (public API) through real Linux NATs.
+
+Every case runs the beacon and two peers as separate processes in lab hosts, with 20 ms of delay
+on each internet link (peer↔peer RTT 80 ms), asserts the path kind, that both identities were
+verified, that data flowed both ways, and records the time from introduction to verified
+connection; the table (p50 over the runs) is printed at the end of the test session.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from discretpeer import Identity
+from tests.natlab.lab import Lab
+
+pytestmark = pytest.mark.natlab
+
+PEER = str(Path(__file__).with_name("lab_peer.py"))
+BEACON_IP = "203.0.113.10"
+DELAY_MS = 20.0  # per internet link, one way
+RUNS = int(os.environ.get("DPN_MATRIX_RUNS", "3"))
+
+# case name -> list of introduction→verified times (ms); printed by conftest's terminal summary
+RESULTS: dict[str, dict[str, Any]] = {}
+
+
+def start_beacon(lab: Lab, tmp_path: Path, port: int = 4264) -> tuple[Any, dict[str, str]]:
+    workdir = tmp_path / f"beacon-{port}"
+    workdir.mkdir(exist_ok=True)
+    proc = lab.popen(
+        "beacon",
+        [sys.executable, "-m", "beacon", "--dir", str(workdir), "--host", BEACON_IP, "--port", str(port), "--no-ipv6"],
+        name=f"beacon-{port}",
+    )
+    proc.wait_for(r"^ready", timeout=20)
+    match = re.search(r"certificate hash: (\S+)", proc.stdout)
+    assert match, proc.stdout
+    return proc, {"hostname": f"{BEACON_IP}:{port}", "cert_hash": match.group(1)}
+
+
+def run_pair(
+    lab: Lab,
+    tmp_path: Path,
+    host_a: str,
+    host_b: str,
+    entry: dict[str, str],
+    *,
+    a: dict[str, Any] | None = None,
+    b: dict[str, Any] | None = None,
+    timeout: float = 20,
+    payload: int = 100_000,
+    hold: float = 0,
+    during: Any = None,
+) -> tuple[list[dict], list[dict]]:
+    """Run one meeting between a peer on host_a (dialing data) and one on host_b (echoing)."""
+    ids = {name: Identity.generate() for name in ("a", "b")}
+    stamp = f"{time.monotonic_ns()}"
+    for name, identity in ids.items():
+        identity.save(tmp_path / f"{name}-{stamp}.key")
+    common = {"beacons": [entry], "meeting": f"lab meeting {stamp}", "timeout": timeout, "payload": payload,
+              "hold": hold, "marker": "PLAINTEXT-MARKER-7f3a"}
+    config_a = common | {"identity": str(tmp_path / f"a-{stamp}.key"), "expect": ids["b"].peer_id, "role": "dial"}
+    config_b = common | {"identity": str(tmp_path / f"b-{stamp}.key"), "expect": ids["a"].peer_id, "role": "serve"}
+    config_a.update(a or {})
+    config_b.update(b or {})
+    import json
+
+    pa = lab.popen(host_a, [sys.executable, PEER, json.dumps(config_a)], name=f"peer-a-{stamp}")
+    pb = lab.popen(host_b, [sys.executable, PEER, json.dumps(config_b)], name=f"peer-b-{stamp}")
+    if during is not None:
+        during(pa, pb)
+    deadline = timeout + hold + 40
+    for proc in (pa, pb):
+        proc.wait(timeout=deadline)
+    events_a, events_b = pa.json_lines(), pb.json_lines()
+    for events, ident, other in ((events_a, "a", ids["b"]), (events_b, "b", ids["a"])):
+        connected = [e for e in events if e["event"] == "connected"]
+        if connected:
+            assert connected[0]["peer_id"] == other.peer_id, f"{ident} verified the wrong peer"
+    return events_a, events_b
+
+
+def first(events: list[dict], kind: str) -> dict:
+    found = [e for e in events if e["event"] == kind]
+    assert found, f"no {kind!r} event in {events}"
+    return found[0]
+
+
+def assert_connected(events_a: list[dict], events_b: list[dict], path: str) -> float:
+    """Both verified each other on ``path`` and data went both ways; returns intro→verified ms."""
+    for events in (events_a, events_b):
+        failed = [e for e in events if e["event"] == "failed"]
+        assert not failed, failed
+    ca, cb = first(events_a, "connected"), first(events_b, "connected")
+    assert (ca["path"], cb["path"]) == (path, path), (ca, cb)
+    assert ca["dialer"] != cb["dialer"]
+    for events in (events_a, events_b):
+        data = first(events, "data")
+        assert data["ok"] and data["bytes"] > 0, data
+    return max(x["ms"] for x in (ca, cb) if x["ms"] is not None)
+
+
+def record(case: str, path: str, times: list[float]) -> None:
+    rtt = 4 * DELAY_MS
+    entry = RESULTS.setdefault(case, {"path": path, "times": []})
+    entry["times"].extend(times)
+    p50 = statistics.median(entry["times"])
+    print(f"\n{case}: {path}, introduction→verified p50 {p50:.0f} ms = {p50 / rtt:.1f} RTT "
+          f"(runs: {', '.join(f'{t:.0f}' for t in times)} ms)")
+
+
+def matrix_case(lab: Lab, tmp_path: Path, case: str, flavour_a: str, flavour_b: str, path: str, **kwargs: Any) -> None:
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_home("A", flavour_a)
+    lab.add_home("B", flavour_b)
+    lab.set_delay(DELAY_MS)
+    _, entry = start_beacon(lab, tmp_path)
+    times = []
+    for _ in range(RUNS):
+        events_a, events_b = run_pair(lab, tmp_path, "A1", "B1", entry, **kwargs)
+        times.append(assert_connected(events_a, events_b, path))
+    record(case, path, times)
+
+
+@pytest.mark.parametrize(
+    "flavour_a,flavour_b",
+    [
+        ("port_restricted", "port_restricted"),
+        ("address_restricted", "full_cone"),
+        ("symmetric", "full_cone"),
+        ("symmetric", "address_restricted"),
+    ],
+)
+def test_direct_through_nats(lab: Lab, tmp_path: Path, flavour_a: str, flavour_b: str) -> None:
+    matrix_case(lab, tmp_path, f"{flavour_a} ↔ {flavour_b}", flavour_a, flavour_b, "direct")
+
+
+@pytest.mark.parametrize("flavour_a,flavour_b", [("symmetric", "port_restricted"), ("symmetric", "symmetric")])
+def test_no_direct_path_relays(lab: Lab, tmp_path: Path, flavour_a: str, flavour_b: str) -> None:
+    matrix_case(lab, tmp_path, f"{flavour_a} ↔ {flavour_b}", flavour_a, flavour_b, "relay")
+
+
+def test_same_router_without_hairpin_uses_local_addresses(lab: Lab, tmp_path: Path) -> None:
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_home("A", "port_restricted", hosts=["A1", "A2"], hairpin=False)
+    lab.set_delay(DELAY_MS)
+    _, entry = start_beacon(lab, tmp_path)
+    times = [assert_connected(*run_pair(lab, tmp_path, "A1", "A2", entry), "lan") for _ in range(RUNS)]
+    record("same router, no hairpin", "lan", times)
+
+
+def test_same_router_with_hairpin(lab: Lab, tmp_path: Path) -> None:
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_home("A", "port_restricted", hosts=["A1", "A2"], hairpin=True)
+    lab.set_delay(DELAY_MS)
+    _, entry = start_beacon(lab, tmp_path)
+    # no local candidates: the only way is the router's public address, i.e. the hairpin
+    quiet = {"report_local": False}
+    times = [
+        assert_connected(*run_pair(lab, tmp_path, "A1", "A2", entry, a=quiet, b=quiet), "direct") for _ in range(RUNS)
+    ]
+    record("same router, hairpin", "direct", times)
+
+
+def test_behind_cgnat_and_home_router(lab: Lab, tmp_path: Path) -> None:
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_cgnat("C", "port_restricted")
+    lab.add_home("D", "port_restricted", parent="C")
+    lab.add_home("B", "port_restricted")
+    lab.set_delay(DELAY_MS)
+    _, entry = start_beacon(lab, tmp_path)
+    times = [assert_connected(*run_pair(lab, tmp_path, "D1", "B1", entry), "direct") for _ in range(RUNS)]
+    record("CGNAT + home router ↔ port_restricted", "direct", times)
+
+
+def test_two_homes_behind_the_same_cgnat(lab: Lab, tmp_path: Path) -> None:
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_cgnat("C", "port_restricted", hairpin=True)
+    lab.add_home("D", "port_restricted", parent="C")
+    lab.add_home("E", "port_restricted", parent="C")
+    lab.set_delay(DELAY_MS)
+    _, entry = start_beacon(lab, tmp_path)
+    times = []
+    for _ in range(RUNS):
+        events_d, events_e = run_pair(lab, tmp_path, "D1", "E1", entry)
+        times.append(assert_connected(events_d, events_e, "direct"))
+        # the path is the CGNAT's public address, hairpinned: not a local address
+        assert first(events_d, "connected")["remote"][0] == lab.public_address("E1")
+    record("two homes behind one CGNAT", "direct", times)
+
+
+def test_udp_only_to_443_with_the_beacon_on_443(lab: Lab, tmp_path: Path) -> None:
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_home("A", "udp443_only")
+    lab.add_home("B", "full_cone")
+    lab.set_delay(DELAY_MS)
+    _, entry = start_beacon(lab, tmp_path, port=443)
+    # the cone side listens on 443 too (its NAT keeps the port): a strict firewall can reach it
+    times = [
+        assert_connected(*run_pair(lab, tmp_path, "A1", "B1", entry, b={"port": 443}), "direct") for _ in range(RUNS)
+    ]
+    record("UDP only to 443 ↔ full_cone on 443", "direct", times)
+    # a cone peer on any other port cannot be reached directly: the beacon on 443 relays
+    times = [assert_connected(*run_pair(lab, tmp_path, "A1", "B1", entry), "relay") for _ in range(RUNS)]
+    record("UDP only to 443 ↔ full_cone (other port)", "relay", times)
