@@ -30,7 +30,7 @@ from beacon.metrics import BeaconMetrics, MetricsHTTPServer
 from beacon.relay import RelayEnded, RelayQuota, RelaySession, RelaySide, RelayTable
 from certs import CertificateBundle, create_bundle
 from discretpeer import wire
-from discretpeer.endpoint import Admission, Endpoint, EndpointProtocol
+from discretpeer.endpoint import Admission, Endpoint, EndpointProtocol, normalize_address
 from discretpeer.wire import Address, ErrorCode, WireError
 
 CLOSE_GRACE = 1.0  # seconds a fatal Error frame gets to be acknowledged before the close
@@ -487,6 +487,11 @@ class BeaconServer:
         )
 
     def _on_announce(self, peer: _Peer, announce: wire.Announce) -> None:
+        # introductions carry the address the peer's packets come from now (NAT rebinding moves it)
+        current = Address.from_socket(normalize_address(peer.protocol._quic._network_paths[0].addr))  # noqa: SLF001
+        if peer.instance is not None and current != peer.observed:
+            peer.observed = current
+            self.meetings.join(peer.key, peer.instance, current)
         try:
             result = self.meetings.announce(peer.key, announce.add, announce.withdraw, announce.candidates)
         except TooManyTokens as exc:
@@ -507,8 +512,11 @@ class BeaconServer:
 
     def _on_relay_request(self, peer: _Peer, request: wire.RelayRequest) -> None:
         assert self._loop is not None
+        # bind the session to where the peer's packets come from now: after a NAT rebinding,
+        # QUIC migrated the connection and the handshake-time address is stale
+        current = normalize_address(peer.protocol._quic._network_paths[0].addr)  # noqa: SLF001
         outcome = self.relay.request(
-            peer.key, peer.instance, request.token, request.instance, peer.via, peer.address, self._loop.time()
+            peer.key, peer.instance, request.token, request.instance, peer.via, current, self._loop.time()
         )
         self._drain_relay_endings()
         if outcome.refused is not None:

@@ -90,6 +90,7 @@ class BeaconClient:
         on_introduction: Callable[[BeaconClient, Introduction], None],
         get_candidates: Callable[[], list[Address]],
         on_relay_message: Callable[[BeaconClient, Message], None] | None = None,
+        on_disconnect: Callable[[BeaconClient, tuple[str, int]], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.spec = spec
@@ -99,6 +100,7 @@ class BeaconClient:
         self._on_introduction = on_introduction
         self._get_candidates = get_candidates
         self._on_relay_message = on_relay_message
+        self._on_disconnect = on_disconnect
         self._rng = rng or random.Random()
         self._tokens: set[bytes] = set()
         self._announced: set[bytes] = set()
@@ -340,6 +342,7 @@ class BeaconClient:
         return True
 
     def _disconnect(self, reason: str) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
         self._writer = None
         protocol, self._protocol = self._protocol, None
@@ -348,6 +351,8 @@ class BeaconClient:
                 protocol.close(reason_phrase=reason)
         if self.status.state == "connected":
             self.status.state = "connecting"
+        if was_connected and self._on_disconnect is not None and self.status.address is not None:
+            self._on_disconnect(self, self.status.address)
 
 
 def _is_ip(host: str) -> bool:

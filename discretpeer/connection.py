@@ -39,7 +39,8 @@ from discretpeer.identity import Identity
 
 PathKind = Literal["direct", "lan", "relay"]
 AUTH_TIMEOUT = 5.0
-KEEPALIVE_INTERVAL = 10.0
+PING_WHEN_QUIET = 2.0  # a connection silent this long gets a PING (keeps NATs open, proves the path)
+LIVENESS_TIMEOUT = 6.0  # nothing at all from the peer this long: the path is gone, say so
 MAX_PENDING_STREAMS = 64
 AUTH_STREAM_ID = 0
 STREAM_HIGH_WATER = 1024 * 1024  # unacknowledged bytes per stream before writer.drain() waits
@@ -172,6 +173,10 @@ class PeerProtocol(EndpointProtocol):
             return self.route.real
         path = self._quic._network_paths[0]  # noqa: SLF001 - the active path (aioquic keeps it first)
         return (path.addr[0], path.addr[1])
+
+    @property
+    def closing(self) -> bool:
+        return self._quic._close_event is not None  # noqa: SLF001 - closed by either side, draining
 
     def close_with(self, reason: str) -> None:
         if self.close_reason is None:
@@ -308,7 +313,9 @@ class PeerConnection:
 
     @property
     def closed(self) -> bool:
-        return self._protocol.terminated.is_set()
+        """True from the moment either side closes (QUIC then drains for a while: we don't wait)."""
+        protocol = self._protocol
+        return protocol.terminated.is_set() or protocol.close_reason is not None or protocol.closing
 
     @property
     def close_reason(self) -> str | None:
@@ -377,12 +384,22 @@ class PeerConnection:
         await self.aclose()
 
     async def _keep_alive(self) -> None:
-        # a packet on the path at least every 10 s keeps NAT mappings open (many routers: 30 s)
+        """PING a quiet connection (NAT mappings die after 30 s on many routers, and the answer
+        proves the path); close it when the peer has been silent for LIVENESS_TIMEOUT, so the app
+        learns within seconds, not after QUIC's idle timeout, that it must reconnect."""
+        loop = asyncio.get_running_loop()
+        protocol = self._protocol
+        protocol.last_received = max(protocol.last_received, loop.time())
         while not self.closed:
-            await asyncio.sleep(KEEPALIVE_INTERVAL)
-            with contextlib.suppress(Exception):
-                self._protocol._quic.send_ping(0)  # noqa: SLF001
-                self._protocol.transmit()
+            await asyncio.sleep(PING_WHEN_QUIET / 2)
+            quiet = loop.time() - protocol.last_received
+            if quiet > LIVENESS_TIMEOUT:
+                self.close(f"path lost: nothing from the peer for {quiet:.0f} s")
+                return
+            if quiet > PING_WHEN_QUIET:
+                with contextlib.suppress(Exception):
+                    protocol._quic.send_ping(0)  # noqa: SLF001
+                    protocol.transmit()
 
     async def _watch_close(self) -> None:
         await self._protocol.terminated.wait()

@@ -65,6 +65,7 @@ class EndpointProtocol(QuicConnectionProtocol):
     endpoint: Endpoint | None = None
     routed_cids: set[bytes] | None = None
     route: Route | None = None  # with virtual paths: how this connection's packets travel
+    last_received: float = 0.0  # loop time of the last datagram for this connection
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         endpoint = self.endpoint
@@ -265,10 +266,11 @@ class Endpoint(asyncio.DatagramProtocol):
                 return
         if self.virtual_paths and protocol.route is not None:
             route = protocol.route
-            if relay_route is None and source != route.direct or relay_route is not None and route.kind != "relay":
-                if self.on_unexpected_source is not None:
-                    self.on_unexpected_source(protocol, source)
+            # a relayed packet after we moved to a direct route is simply late: not news
+            if relay_route is None and source != route.direct and self.on_unexpected_source is not None:
+                self.on_unexpected_source(protocol, source)
             source = route.virtual
+        protocol.last_received = asyncio.get_running_loop().time()
         protocol.datagram_received(data, source)
 
     def _maybe_accept(

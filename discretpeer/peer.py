@@ -222,6 +222,7 @@ class Peer:
                 on_introduction=self._on_beacon_introduction,
                 get_candidates=lambda: list(self._candidates),
                 on_relay_message=self._on_relay_message,
+                on_disconnect=self._on_beacon_lost,
             )
             self._clients.append(client)
             client.start()
@@ -368,7 +369,15 @@ class Peer:
         return record
 
     def _unregister_if_idle(self, record: _Meeting) -> None:
+        """Withdraw a meeting nobody waits on; forget it once none of its connections is alive
+        (until then its probes still count: background punching, NAT rebinding)."""
         if record.wanted or self._closed:
+            return
+        self._sync_tokens()
+        if any(
+            pair.meeting is record and pair.connection is not None and not pair.connection.closed
+            for pair in self._pairs.values()
+        ):
             return
         self._meetings.pop(record.id, None)
         for token in record.tokens:
@@ -377,7 +386,7 @@ class Peer:
         self._sync_tokens()
 
     def _sync_tokens(self) -> None:
-        tokens = set(self._by_token)
+        tokens = {token for token, record in self._by_token.items() if record.wanted}
         for client in self._clients:
             client.set_tokens(tokens)
         if self._lan is not None:
@@ -430,8 +439,14 @@ class Peer:
         sends = pair.session.add_candidates(self._usable(local), CandidateKind.LOCAL, now)
         sends += pair.session.add_candidates(self._usable(public), CandidateKind.PUBLIC, now)
         if not pair.session.active(now) and pair.connection is None:
-            pair.session.extend(now)
+            # a new attempt for a pair we knew: punch afresh (old confirmations may be stale: the
+            # NATs may have changed), relay afresh
+            pair.session.extend(now, self._punch_duration, interval=0.1, fast_period=1.0)
+            for candidate in pair.session.candidates.values():
+                candidate.confirmed_at = candidate.last_confirmed = None
             pair.failed.clear()
+            pair.introduced_at = now
+            pair.relay_requested_at = None
         self._send_all(sends)
         self._wake.set()
         self._maybe_dial(pair)
@@ -447,6 +462,7 @@ class Peer:
         pair = self._pairs.get(key)
         if pair is not None:
             self._pairs.move_to_end(key)
+            pair.meeting = record  # the meeting may have been withdrawn and registered again
             if pair.connection is not None and pair.connection.closed:
                 pair.connection = None
             return pair
@@ -731,6 +747,7 @@ class Peer:
         if pair is not None and pair.connection is connection:
             pair.connection = None
             self._drop_relay(pair)
+            self._unregister_if_idle(pair.meeting)
 
     # --- relay and path switching -------------------------------------------------------------
 
@@ -792,6 +809,19 @@ class Peer:
             pair.meeting.failures.append(text)
             connection = pair.connection
             self._drop_relay(pair)
+            if connection is not None and connection.path == "relay":
+                connection.close(text)
+
+    def _on_beacon_lost(self, client: BeaconClient, address: Addr) -> None:
+        """Relay sessions live in the beacon: when it goes, relayed connections end now (the app
+        sees an error at once, not after QUIC's idle timeout) and direct ones carry on."""
+        for route, pair in list(self._relay_routes.values()):
+            if route.relay is None or route.relay.beacon != address:
+                continue
+            connection = pair.connection
+            self._drop_relay(pair)
+            text = f"relay lost: beacon {client.spec} disconnected"
+            pair.meeting.failures.append(text)
             if connection is not None and connection.path == "relay":
                 connection.close(text)
 
@@ -945,7 +975,7 @@ class Peer:
             interfaces=self._lan_interfaces,
         )
         await self._lan.start()
-        await self._lan.set_tokens(set(self._by_token))
+        await self._lan.set_tokens({t for t, r in self._by_token.items() if r.wanted})
 
     def _on_lan_sighting(self, sighting: Any) -> None:
         self.stats.lan_sightings += 1

@@ -26,7 +26,6 @@ import enum
 import struct
 import unicodedata
 from dataclasses import dataclass
-from typing import Union
 
 MAGIC = b"DPT"
 VERSION = 1
@@ -101,7 +100,7 @@ class Response:
         return f"{self.reason}: {self.message}" if self.message else self.reason
 
 
-Frame = Union[Request, Response]
+Frame = Request | Response
 
 
 def _check_message(message: str) -> None:

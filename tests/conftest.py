@@ -41,3 +41,22 @@ async def beacon() -> AsyncIterator[BeaconServer]:
 @pytest.fixture
 def make_beacon() -> Callable[..., Any]:
     return running_beacon
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the NAT-lab traversal matrix (p50 introduction→verified) when it ran."""
+    import statistics
+    import sys
+
+    matrix = sys.modules.get("tests.natlab.test_matrix")
+    results = getattr(matrix, "RESULTS", None)
+    if not results:
+        return
+    rtt = 4 * matrix.DELAY_MS
+    write = terminalreporter.write_line
+    terminalreporter.section(f"NAT lab matrix ({matrix.DELAY_MS:g} ms per internet link, peer RTT {rtt:g} ms)")
+    write(f"{'case':<44} {'path':<7} {'runs':>4} {'p50 ms':>8} {'p50 RTT':>8} {'max ms':>8}")
+    for case, entry in results.items():
+        times = entry["times"]
+        p50 = statistics.median(times)
+        write(f"{case:<44} {entry['path']:<7} {len(times):>4} {p50:>8.0f} {p50 / rtt:>8.1f} {max(times):>8.0f}")

@@ -82,13 +82,17 @@ def _add_base(parser: argparse.ArgumentParser) -> None:
 def _add_network(parser: argparse.ArgumentParser, *, secret: bool = True) -> None:
     group = parser.add_argument_group("network options")
     group.add_argument("--beacon", action="append", metavar="HOST:PORT=CERT_HASH",
-                       help=f"a beacon pinned by its certificate hash (repeatable; replaces the config's and {ENV_BEACONS})")
+                       help="a beacon pinned by its certificate hash (repeatable; replaces the config's and "
+                       f"{ENV_BEACONS})")
     lan = group.add_mutually_exclusive_group()
     lan.add_argument("--lan", dest="lan", action="store_true", default=None,
                      help="also meet peers on the local network (mDNS)")
     lan.add_argument("--no-lan", dest="lan", action="store_false", help="no LAN discovery")
-    group.add_argument("--no-relay", dest="relay", action="store_false", default=None,
+    relay = group.add_mutually_exclusive_group()
+    relay.add_argument("--no-relay", dest="relay", action="store_false", default=None,
                        help="never relay through a beacon (direct paths only)")
+    relay.add_argument("--relay-only", action="store_true", default=None,
+                       help="never punch: always go through a beacon's relay (for testing the relay path)")
     group.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                        help="how long to look for the peer (default 15)")
     group.add_argument("--udp-host", metavar="ADDR", help="address of our UDP socket (default: any)")
@@ -229,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # a socket that cannot be bound, an address that does not exist ...
+        if args.verbose >= 2:
+            traceback.print_exc(file=sys.stderr)
+        where = f" ({exc.filename})" if exc.filename else ""
+        console.error(f"{exc.strerror or exc}{where}")
+        return 1
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback (unless -vv)
         if args.verbose >= 2:
             traceback.print_exc(file=sys.stderr)

@@ -82,7 +82,7 @@ class ControlServer:
                 line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
                 request = json.loads(line)
                 command = request.get("cmd") if isinstance(request, dict) else None
-            except (ValueError, asyncio.TimeoutError, asyncio.LimitOverrunError):
+            except (TimeoutError, ValueError, asyncio.LimitOverrunError):
                 answer: dict[str, Any] = {"ok": False, "error": "bad request: send one JSON line"}
             else:
                 if command == "status":
@@ -112,7 +112,7 @@ def _same_user(writer: asyncio.StreamWriter) -> bool:
 async def _alive(path: Path) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1.0)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     return True
@@ -131,13 +131,13 @@ async def query(path: Path, command: str = "status", timeout: float = 3.0) -> di
         raise ControlError(f"no running expose: nobody answers on {path} (stale socket)") from None
     except PermissionError:
         raise ControlError(f"cannot open {path}: permission denied (run as the user of the expose)") from None
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         raise ControlError(f"cannot reach the expose at {path}: {exc}") from None
     try:
         writer.write(json.dumps({"cmd": command}).encode() + b"\n")
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), timeout)
-    except (OSError, asyncio.TimeoutError, ValueError) as exc:
+    except (TimeoutError, OSError, ValueError) as exc:
         raise ControlError(f"the expose at {path} did not answer: {exc or type(exc).__name__}") from None
     finally:
         writer.close()

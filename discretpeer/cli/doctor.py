@@ -81,7 +81,8 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
         if status.state == "connected":
             answered = True
             connected.append(status)
-            report.add(OK, name, f"reachable over UDP, certificate matches the pinned hash, round trip {ms(status.rtt)}",
+            report.add(OK, name, "reachable over UDP, certificate matches the pinned hash, "
+                       f"round trip {ms(status.rtt)}",
                        beacon=status.beacon, rtt_ms=None if status.rtt is None else round(status.rtt * 1000, 2),
                        observed=format_address(status.observed))
         elif status.pin_mismatches:

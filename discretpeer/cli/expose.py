@@ -18,7 +18,15 @@ from discretpeer.tunnel import FrameType, Request, Status, TunnelError, encode_r
 
 from .control import ControlServer
 from .output import Console, short_id
-from .session import Progress, describe_connection, format_address, load_identity, make_peer, stop_event
+from .session import (
+    Progress,
+    describe_connection,
+    format_address,
+    load_identity,
+    make_peer,
+    stop_event,
+    watch_path,
+)
 from .settings import Service, Settings
 from .splice import Splice, TcpSide, Traffic, read_frame
 
@@ -92,6 +100,7 @@ class Exposer:
             event="peer_connected",
             **info,
         )
+        self._spawn(watch_path(conn, self.console))
         try:
             while True:
                 try:
@@ -141,7 +150,7 @@ class Exposer:
         except TunnelError as exc:
             refuse(exc.status, str(exc))
             return
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             with contextlib.suppress(Exception):
                 writer.write_eof()
             return
@@ -160,7 +169,7 @@ class Exposer:
         except ConnectionRefusedError:
             refuse(Status.REFUSED, f"connection to {service} refused (is the service running?)")
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             refuse(Status.UNREACHABLE, f"connection to {service} timed out")
             return
         except OSError as exc:
@@ -175,7 +184,9 @@ class Exposer:
         self.console.status(f"peer {peer}: tunnel to {service} opened", event="tunnel_opened",
                             peer=conn.peer_id, service=str(service))
         try:
-            error = await Splice(TcpSide(tcp_reader, tcp_writer), reader, writer, conn, traffic).run()
+            splice = Splice(TcpSide(tcp_reader, tcp_writer), reader, writer, conn, traffic,
+                            closing_after_eof_is_clean=True)
+            error = await splice.run()
         finally:
             record.tunnels_open -= 1
             self.tunnels_open -= 1
@@ -226,44 +237,55 @@ class Exposer:
 async def run_expose(settings: Settings, args: Any, console: Console) -> int:
     services = settings.services(args.ports, args.host)
     if not services:
-        raise ConfigError("nothing to expose: give a PORT (e.g. `discretpeer expose 22`) or expose = [...] in the config")
+        raise ConfigError("nothing to expose: give a PORT (e.g. `discretpeer expose 22`) "
+                          "or expose = [...] in the config")
     if not settings.allow:
         raise ConfigError("nobody is allowed: give --allow PEER_ID (repeatable) or allow = [...] in the config")
     identity, created = load_identity(settings)
     if created:
         console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
-    async with make_peer(settings, identity) as peer:
-        exposer = Exposer(peer, services, settings.allow, settings, console)
-        control = ControlServer(settings.control_path, exposer.snapshot)
-        await control.start()
-        stop = stop_event()
-        progress = Progress(peer, console)
-        try:
-            if settings.secret:
-                allowed = frozenset(settings.allow)
-                await peer.listen(settings.secret, expect=set(allowed))
-            else:
-                await peer.listen_for_peers(settings.allow)
-            progress.start()
-            listing = ", ".join(f"{port} -> {service}" for port, service in sorted(services.items()))
-            console.result(
-                f"exposing {listing} to {len(settings.allow)} allowed peer(s); this device's peer id: {peer.peer_id}",
-                event="exposing",
-                peer_id=peer.peer_id,
-                exposed={port: str(service) for port, service in services.items()},
-                allowed=settings.allow,
-                control=str(settings.control_path),
-            )
-            accept = asyncio.ensure_future(exposer.accept_loop())
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({accept, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if accept.done() and accept.exception() is not None:
-                raise accept.exception()  # type: ignore[misc]
-            accept.cancel()
-            stopped.cancel()
-            console.status("stopping", event="stopping")
-        finally:
-            await progress.stop()
-            await exposer.close()
-            await control.close()
+    exposers: list[Exposer] = []
+    control = ControlServer(
+        settings.control_path, lambda: exposers[0].snapshot() if exposers else {"pid": os.getpid(), "starting": True}
+    )
+    await control.start()  # first: a second expose on the same socket stops before touching the network
+    try:
+        async with make_peer(settings, identity) as peer:
+            exposer = Exposer(peer, services, settings.allow, settings, console)
+            exposers.append(exposer)
+            await _serve(peer, exposer, settings, services, console)
+    finally:
+        await control.close()
     return 0
+
+
+async def _serve(peer: Peer, exposer: Exposer, settings: Settings, services: dict[int, Service],
+                 console: Console) -> None:
+    stop = stop_event()
+    progress = Progress(peer, console)
+    try:
+        if settings.secret:
+            await peer.listen(settings.secret, expect=set(settings.allow))
+        else:
+            await peer.listen_for_peers(settings.allow)
+        progress.start()
+        listing = ", ".join(f"{port} -> {service}" for port, service in sorted(services.items()))
+        console.result(
+            f"exposing {listing} to {len(settings.allow)} allowed peer(s); this device's peer id: {peer.peer_id}",
+            event="exposing",
+            peer_id=peer.peer_id,
+            exposed={port: str(service) for port, service in services.items()},
+            allowed=settings.allow,
+            control=str(settings.control_path),
+        )
+        accept = asyncio.ensure_future(exposer.accept_loop())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({accept, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if accept.done():
+            accept.result()  # re-raises what ended the accept loop
+        accept.cancel()
+        console.status("stopping", event="stopping")
+    finally:
+        await progress.stop()
+        await exposer.close()

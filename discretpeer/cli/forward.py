@@ -40,7 +40,7 @@ async def open_tunnel(
     except asyncio.IncompleteReadError:
         reason = (f"peer connection lost ({conn.close_reason})" if conn.closed
                   else "the other side closed the tunnel without answering")
-    except asyncio.TimeoutError:
+    except TimeoutError:
         reason = f"no answer to the tunnel request within {RESPONSE_TIMEOUT:g}s"
     else:
         assert isinstance(frame, Response)
@@ -161,6 +161,7 @@ async def run_pipe(settings: Settings, args: Any, console: Console) -> int:
                     await run
                 return 0
             error = run.result()
+            await asyncio.sleep(0.01)  # let our FIN leave before the connection's CONNECTION_CLOSE
             if error:
                 console.error(error, event="tunnel_error")
                 return 1

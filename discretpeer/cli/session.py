@@ -40,6 +40,7 @@ def make_peer(settings: Settings, identity: Identity) -> Peer:
         port=settings.udp_port,
         lan=settings.lan,
         relay=settings.relay,
+        direct=settings.direct,
     )
 
 
@@ -153,6 +154,23 @@ def explain_connect_error(exc: ConnectError, target: str, our_id: str, *, secret
     return str(exc)
 
 
+async def watch_path(conn: PeerConnection, console: Console) -> None:
+    """A status line each time the connection's path changes (relay -> direct, NAT rebinding)."""
+    closed = asyncio.ensure_future(conn.wait_closed())
+    try:
+        while not conn.closed:
+            change = asyncio.ensure_future(conn.path_changes.get())
+            await asyncio.wait({change, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not change.done():
+                change.cancel()
+                return
+            remote = format_address(conn.remote_address)
+            console.status(f"{short_id(conn.peer_id)}: path is now {change.result()} ({remote})",
+                           event="path", peer=conn.peer_id, path=change.result(), remote=remote)
+    finally:
+        closed.cancel()
+
+
 class PeerLink:
     """The one peer connection of ``forward``/``pipe``: connects, reports, reconnects."""
 
@@ -196,24 +214,10 @@ class PeerLink:
             event="connected",
             **info,
         )
-        task = asyncio.ensure_future(self._watch_path(conn))
+        task = asyncio.ensure_future(watch_path(conn, self.console))
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
         return conn
-
-    async def _watch_path(self, conn: PeerConnection) -> None:
-        closed = asyncio.ensure_future(conn.wait_closed())
-        try:
-            while not conn.closed:
-                change = asyncio.ensure_future(conn.path_changes.get())
-                await asyncio.wait({change, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if not change.done():
-                    change.cancel()
-                    return
-                self.console.status(f"path is now {change.result()} ({format_address(conn.remote_address)})",
-                                    event="path", path=change.result(), remote=format_address(conn.remote_address))
-        finally:
-            closed.cancel()
 
     async def maintain(self) -> None:
         """Keep a connection up forever (forward): reconnect with backoff when it drops."""

@@ -67,6 +67,7 @@ class Settings:
     allow: list[str] = field(default_factory=list)
     lan: bool = False
     relay: bool = True
+    direct: bool = True  # False: relay only, never punch
     timeout: float = DEFAULT_TIMEOUT
     udp_host: str | None = None
     udp_port: int = 0
@@ -159,7 +160,8 @@ def read_config(path: Path, *, required: bool) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
     unknown = set(data) - KNOWN_KEYS
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(KNOWN_KEYS))})")
+        known = ", ".join(sorted(KNOWN_KEYS))
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {known})")
     return data
 
 
@@ -265,6 +267,9 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
         settings.lan = bool(flag("lan"))
     if flag("relay") is not None:
         settings.relay = bool(flag("relay"))
+    if flag("relay_only"):
+        settings.direct = False
+        settings.relay = True
     if flag("timeout") is not None:
         settings.timeout = float(flag("timeout"))
     if flag("udp_host") is not None:

@@ -209,7 +209,7 @@ class Splice:
         traffic: Traffic | None = None,
         *,
         end_on_remote_eof: bool = False,
-        initial: bytes = b"",
+        closing_after_eof_is_clean: bool = False,
     ) -> None:
         self.local = local
         self.reader = stream_reader
@@ -217,7 +217,8 @@ class Splice:
         self.conn = conn
         self.traffic = traffic or Traffic()
         self.end_on_remote_eof = end_on_remote_eof
-        self._initial = initial
+        self.closing_after_eof_is_clean = closing_after_eof_is_clean
+        self._sent_eof = False
         self._up: asyncio.Task[None] | None = None
 
     def start_up(self) -> asyncio.Task[None]:
@@ -233,17 +234,17 @@ class Splice:
                 raise LocalClosed(str(exc)) from exc
             if not data:
                 break
+            if self.conn.closed:
+                break  # reported below
             self.writer.write(data)
             await self.writer.drain()
             self.traffic.add_sent(len(data))
         if self.conn.closed:
             raise SpliceError(f"peer connection lost ({self.conn.close_reason})")
         self.writer.write_eof()
+        self._sent_eof = True
 
     async def _stream_to_local(self) -> None:
-        if self._initial:
-            await self.local.write(self._initial)
-            self.traffic.add_received(len(self._initial))
         while True:
             data = await self.reader.read(CHUNK)
             if not data:
@@ -253,7 +254,9 @@ class Splice:
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise LocalClosed(str(exc)) from exc
             self.traffic.add_received(len(data))
-        if self.conn.closed:
+        if self.conn.closed and not (self.closing_after_eof_is_clean and self._sent_eof):
+            # (the exposing side: the other peer may close the whole connection right after our
+            # FIN instead of sending its own - a pipe whose service ended does exactly that)
             raise SpliceError(f"peer connection lost ({self.conn.close_reason})")
         await self.local.write_eof()
 

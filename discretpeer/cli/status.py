@@ -40,7 +40,9 @@ def render(status: dict[str, Any]) -> str:
     connections = status.get("connections", [])
     lines.append(f"connections: {len(connections)}")
     if connections:
-        lines.append(f"  {'PEER':<16} {'PATH':<7} {'REMOTE':<22} {'RTT':>9} {'TUNNELS':>8} {'IN':>10} {'OUT':>10}  SINCE")
+        lines.append(
+            f"  {'PEER':<16} {'PATH':<7} {'REMOTE':<22} {'RTT':>9} {'TUNNELS':>8} {'IN':>10} {'OUT':>10}  SINCE"
+        )
         now = time.time()
         for c in connections:
             rtt = "?" if c.get("rtt_ms") is None else f"{c['rtt_ms']:.1f} ms"

@@ -83,6 +83,9 @@ async def hold(conn: PeerConnection, role: str, seconds: float, started: float) 
             while line := await reader.readline():
                 writer.write(line)
                 await writer.drain()
+            await asyncio.sleep(0)
+            if conn.closed and conn.close_reason != "done":  # EOF because the connection died
+                raise ConnectionError(f"connection lost: {conn.close_reason}")
             writer.write_eof()
             emit(event="held", path=conn.path)
     finally:

@@ -1,0 +1,147 @@
+"""CLI settings: config file, then environment, then flags; strict validation (no sockets)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from certs import create_bundle
+from discretpeer.cli import build_parser
+from discretpeer.cli.settings import (
+    Service,
+    load_settings,
+    parse_beacon_flag,
+    parse_service,
+)
+from discretpeer.config import ConfigError
+from discretpeer.identity import Identity
+
+HASH = create_bundle().fingerprint
+HASH2 = create_bundle().fingerprint
+ID1 = Identity.generate().peer_id
+ID2 = Identity.generate().peer_id
+
+
+def args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(list(argv))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "home" / ".config" / "discretpeer" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {"HOME": str(tmp_path / "home"), **extra}
+
+
+def test_defaults_without_any_config(tmp_path):
+    s = load_settings(args("id"), env_for(tmp_path))
+    base = tmp_path / "home" / ".config" / "discretpeer"
+    assert s.config_path is None
+    assert s.identity_path == base / "identity.key"
+    assert s.control_path == base / "expose.sock"
+    assert s.beacons == [] and s.allow == [] and s.lan is False and s.relay is True
+
+
+def test_config_file_is_read_and_names_resolve(tmp_path):
+    write(tmp_path, f"""
+beacons = [{{hostname = "127.0.0.1:4264", cert_hash = "{HASH}"}}]
+allow = ["laptop", "{ID2}"]
+lan = true
+relay = false
+timeout = 3
+udp_host = "127.0.0.1"
+expose = [22, "10.0.0.5:80"]
+[peers]
+laptop = "{ID1.upper()}"
+""")
+    s = load_settings(args("forward", "8080", "--to", "laptop"), env_for(tmp_path))
+    assert [b.hostname for b in s.beacons] == ["127.0.0.1:4264"]
+    assert s.allow == [ID1, ID2]
+    assert s.lan is True and s.relay is False and s.timeout == 3.0 and s.udp_host == "127.0.0.1"
+    assert s.resolve_peer("laptop") == ID1 and s.resolve_peer(ID2.upper()) == ID2
+    assert s.services() == {22: Service("127.0.0.1", 22), 80: Service("10.0.0.5", 80)}
+
+
+def test_environment_overrides_config_and_flags_override_environment(tmp_path):
+    write(tmp_path, f'beacons = [{{hostname = "127.0.0.1:1", cert_hash = "{HASH}"}}]\nallow = ["{ID1}"]\n')
+    env = env_for(tmp_path, DISCRETPEER_BEACONS=f"127.0.0.1:2={HASH}, 127.0.0.1:3={HASH2}",
+                  DISCRETPEER_ALLOW=ID2, DISCRETPEER_LAN="yes")
+    s = load_settings(args("expose", "22"), env)
+    assert [b.port for b in s.beacons] == [2, 3] and s.allow == [ID2] and s.lan is True
+    s = load_settings(args("expose", "22", "--beacon", f"127.0.0.1:4={HASH}", "--allow", f"{ID1},{ID2}",
+                           "--no-lan"), env)
+    assert [b.port for b in s.beacons] == [4] and s.allow == [ID1, ID2] and s.lan is False
+
+
+def test_explicit_config_path_must_exist(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_settings(args("id", "--config", str(tmp_path / "missing.toml")), env_for(tmp_path))
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_settings(args("id"), env_for(tmp_path, DISCRETPEER_CONFIG=str(tmp_path / "nope.toml")))
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("beacons = [", "invalid TOML"),
+        ("alow = []", "unknown key"),
+        ("lan = 1", "'lan' must be a boolean"),
+        ("timeout = -1", "positive"),
+        ("timeout = true", "'timeout' must be a integer or number"),
+        ('allow = ["nobody"]', "not a valid peer id"),
+        ("allow = [1]", "list of peer ids"),
+        ('beacons = [{hostname = "h:1", cert_hash = "short"}]', "beacons"),
+        ('[peers]\nx = "bad"', "peers.x"),
+        ("udp_port = 70000", "udp_port"),
+        ("expose = [true]", "expose"),
+    ],
+)
+def test_bad_config_entries_are_one_clear_error(tmp_path, text, match):
+    write(tmp_path, text)
+    with pytest.raises(ConfigError, match=match):
+        load_settings(args("expose", "22"), env_for(tmp_path))
+
+
+@pytest.mark.parametrize("flag", ["127.0.0.1:4264", f"127.0.0.1={HASH}", f"={HASH}", "127.0.0.1:4264=abc",
+                                  f"[::1:4264={HASH}"])
+def test_bad_beacon_flags(flag):
+    with pytest.raises(ConfigError):
+        parse_beacon_flag(flag)
+
+
+def test_beacon_flag_ipv6_and_duplicates(tmp_path):
+    assert parse_beacon_flag(f"[::1]:4264={HASH}").host == "::1"
+    with pytest.raises(ConfigError, match="twice"):
+        load_settings(args("doctor", "--beacon", f"127.0.0.1:1={HASH}", "--beacon", f"127.0.0.1:1={HASH}"),
+                      env_for(tmp_path))
+
+
+def test_services_parse_and_reject_duplicates(tmp_path):
+    assert parse_service("22", "127.0.0.1") == Service("127.0.0.1", 22)
+    assert parse_service("[::1]:80", "x") == Service("::1", 80)
+    s = load_settings(args("expose"), env_for(tmp_path))
+    with pytest.raises(ConfigError, match="twice"):
+        s.services(["22", "10.0.0.1:22"])
+    with pytest.raises(ConfigError, match="invalid port"):
+        s.services(["0"])
+    assert s.services(["80"], host="192.168.1.2") == {80: Service("192.168.1.2", 80)}
+
+
+def test_bad_env_bool_and_empty_secret(tmp_path):
+    with pytest.raises(ConfigError, match="DISCRETPEER_LAN"):
+        load_settings(args("id"), env_for(tmp_path, DISCRETPEER_LAN="maybe"))
+    with pytest.raises(ConfigError, match="secret"):
+        load_settings(args("pipe", "--to", ID1, "--secret", "  "), env_for(tmp_path))
+
+
+def test_xdg_config_home_and_tilde_paths(tmp_path):
+    env = {"HOME": str(tmp_path / "h"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    s = load_settings(args("id", "--identity", "~/k.key"), env)
+    assert s.identity_path == tmp_path / "h" / "k.key"
+    assert s.control_path == tmp_path / "xdg" / "discretpeer" / "expose.sock"

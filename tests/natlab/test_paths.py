@@ -1,0 +1,130 @@
+"""What happens on the wire and when paths change: captures at the beacon, NAT rebinding,
+relay → direct upgrade with the app's stream intact, a beacon restart during a relayed session."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.natlab.lab import Lab
+from tests.natlab.test_matrix import BEACON_IP, DELAY_MS, first, run_pair, start_beacon
+
+pytestmark = pytest.mark.natlab
+MARKER = b"PLAINTEXT-MARKER-7f3a"
+
+
+def homes(lab: Lab, flavour_a: str, flavour_b: str) -> None:
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_home("A", flavour_a)
+    lab.add_home("B", flavour_b)
+    lab.set_delay(DELAY_MS)
+
+
+def wait_event(proc, predicate, timeout: float, what: str) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in proc.json_lines():
+            if predicate(event):
+                return event
+        if not proc.running():
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"no {what} within {timeout}s: {proc.json_lines()[-5:]}\n{proc.stderr[-3000:]}")
+
+
+def test_once_direct_no_peer_data_passes_through_the_beacon(lab: Lab, tmp_path: Path) -> None:
+    homes(lab, "port_restricted", "port_restricted")
+    _, entry = start_beacon(lab, tmp_path)
+    with lab.capture("beacon", bpf="udp") as capture:
+        events_a, events_b = run_pair(lab, tmp_path, "A1", "B1", entry, payload=1_000_000)
+    assert first(events_a, "connected")["path"] == "direct"
+    assert first(events_a, "data")["ok"]
+    through_beacon = sum(p.length for p in capture.packets)
+    print(f"\n1 MB each way went direct; bytes seen on the beacon's link: {through_beacon}")
+    assert through_beacon < 40_000  # beacon control traffic only, no payload
+    assert not capture.payload_contains(MARKER)
+
+
+def test_relayed_payload_is_ciphertext(lab: Lab, tmp_path: Path) -> None:
+    homes(lab, "symmetric", "symmetric")
+    _, entry = start_beacon(lab, tmp_path)
+    with lab.capture("beacon", bpf="udp") as capture:
+        events_a, events_b = run_pair(lab, tmp_path, "A1", "B1", entry, payload=300_000)
+    assert first(events_a, "connected")["path"] == "relay"
+    assert first(events_a, "data")["ok"] and first(events_b, "data")["ok"]
+    through_beacon = sum(p.length for p in capture.packets)
+    print(f"\n300 kB each way relayed; bytes on the beacon's link: {through_beacon}, marker seen: 0 times")
+    assert through_beacon > 2 * 2 * 300_000  # each way in and out of the beacon
+    assert not capture.payload_contains(MARKER)
+
+
+@pytest.mark.parametrize("flavour_b,expected", [("full_cone", "survives"), ("port_restricted", "recovers")])
+def test_nat_changes_the_external_port_mid_connection(lab: Lab, tmp_path: Path, flavour_b: str, expected: str) -> None:
+    homes(lab, "port_restricted", flavour_b)
+    _, entry = start_beacon(lab, tmp_path)
+
+    def during(pa, pb) -> None:
+        wait_event(pa, lambda e: e["event"] == "tick" and e["n"] >= 20, 30, "traffic on the direct path")
+        # a new ruleset with random ports: every mapping of router A changes (conntrack flushed)
+        lab.set_flavour("A", "symmetric")
+
+    events_a, events_b = run_pair(lab, tmp_path, "A1", "B1", entry, hold=12, during=during, payload=0)
+    assert first(events_a, "connected")["path"] == "direct"
+    lost = [e for e in events_a if e["event"] == "conn_lost"]
+    switches = [e for e in events_b if e["event"] == "path"]
+    if lost:
+        again = first(events_a, "reconnected")
+        print(f"\nNAT rebinding, B {flavour_b}: the connection was lost ({lost[0]['error']}) and the app "
+              f"recovered by reconnecting in {again['ms']} ms via {again['path']}")
+        outcome = "recovers"
+    else:
+        print(f"\nNAT rebinding, B {flavour_b}: the connection survived on one stream; "
+              f"B's route followed A's new port: {switches}")
+        outcome = "survives"
+    held = first(events_a, "held")
+    assert held["n"] > 0
+    assert outcome == expected
+
+
+def test_relay_upgrades_to_direct_and_the_stream_survives(lab: Lab, tmp_path: Path) -> None:
+    homes(lab, "symmetric", "port_restricted")  # no direct path: relay
+    _, entry = start_beacon(lab, tmp_path)
+
+    def during(pa, pb) -> None:
+        wait_event(pa, lambda e: e["event"] == "tick" and e["n"] >= 10, 30, "traffic on the relay")
+        lab.set_flavour("B", "full_cone")  # now a direct path exists (symmetric ↔ full cone)
+
+    events_a, events_b = run_pair(lab, tmp_path, "A1", "B1", entry, hold=14, during=during, payload=0)
+    assert first(events_a, "connected")["path"] == "relay"
+    assert not [e for e in events_a + events_b if e["event"] in ("conn_lost", "failed")]
+    upgrade_a = first(events_a, "path")
+    upgrade_b = first(events_b, "path")
+    assert upgrade_a["path"] == upgrade_b["path"] == "direct"
+    held = first(events_a, "held")
+    assert held["path"] == "direct" and held["n"] >= 50  # one stream, never interrupted
+    print(f"\nrelay → direct at t={upgrade_a['t']} s (A) / {upgrade_b['t']} s (B); "
+          f"{held['n']} echoes on one stream, none lost")
+
+
+def test_beacon_restart_during_a_relayed_session(lab: Lab, tmp_path: Path) -> None:
+    homes(lab, "symmetric", "symmetric")
+    beacon, entry = start_beacon(lab, tmp_path)
+    restarted = {}
+
+    def during(pa, pb) -> None:
+        wait_event(pa, lambda e: e["event"] == "tick" and e["n"] >= 10, 30, "traffic on the relay")
+        beacon.terminate()
+        beacon.wait(timeout=10)
+        time.sleep(1.0)
+        restarted["at"] = time.monotonic()
+        start_beacon(lab, tmp_path)  # same directory: same certificate, same hash
+
+    events_a, events_b = run_pair(lab, tmp_path, "A1", "B1", entry, hold=20, during=during, payload=0)
+    lost = first(events_a, "conn_lost")
+    again = first(events_a, "reconnected")
+    held = first(events_a, "held")
+    print(f"\nbeacon restarted: the app saw '{lost['error']}' at once and reconnected in {again['ms']} ms "
+          f"via {again['path']}; then {held['n']} echoes")
+    assert again["path"] == "relay" and held["n"] > 0
