@@ -79,6 +79,16 @@ class _FlowControlledAdapter(QuicStreamAdapter):
         except (RuntimeError, AssertionError):  # already reset: nothing left to finish
             self._closing = True
 
+    def abort(self) -> None:
+        """Reset the stream both ways (the peer's reader gets ConnectionResetError, not a clean
+        EOF): what a TCP reset on one side of a tunnel should become on the other."""
+        self._closing = True
+        with contextlib.suppress(Exception):
+            self.protocol._quic.reset_stream(self.stream_id, 0x100)  # noqa: SLF001
+        with contextlib.suppress(Exception):
+            self.protocol._quic.stop_stream(self.stream_id, 0x100)  # noqa: SLF001
+        self.protocol._transmit_soon()  # noqa: SLF001
+
     def maybe_resume(self) -> bool:
         if self.paused and (self.buffered() < STREAM_LOW_WATER or self.protocol._quic._close_event is not None):  # noqa: SLF001
             self.paused = False
@@ -151,6 +161,16 @@ class PeerProtocol(EndpointProtocol):
             raise ConnectionError(self.close_reason or "connection closed during the handshake")
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamReset):
+            # aioquic leaves the reader waiting forever: tell it, and forget the stream
+            reader = self._stream_readers.pop(event.stream_id, None)
+            if reader is not None:
+                reader.set_exception(ConnectionResetError(f"stream reset by the peer (code {event.error_code})"))
+            return
+        if isinstance(event, events.StreamDataReceived) and event.end_stream:
+            super().quic_event_received(event)
+            self._stream_readers.pop(event.stream_id, None)  # finished: no more data can come
+            return
         if isinstance(event, events.HandshakeCompleted):
             self.handshake_done.set()
         elif isinstance(event, events.ConnectionTerminated):

@@ -48,10 +48,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     import statistics
     import sys
 
-    matrix = sys.modules.get("tests.natlab.test_matrix")
-    results = getattr(matrix, "RESULTS", None)
-    if not results:
+    # pytest may import the module under another name than ``tests.natlab.test_matrix``
+    candidates = [m for name, m in list(sys.modules.items()) if name.endswith("test_matrix")]
+    matrix = next((m for m in candidates if getattr(m, "RESULTS", None)), None)
+    if matrix is None:
         return
+    results = matrix.RESULTS
     rtt = 4 * matrix.DELAY_MS
     write = terminalreporter.write_line
     terminalreporter.section(f"NAT lab matrix ({matrix.DELAY_MS:g} ms per internet link, peer RTT {rtt:g} ms)")

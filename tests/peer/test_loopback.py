@@ -221,3 +221,27 @@ async def test_relay_only_peer_connects_through_the_beacon(beacon):
         assert await r2.read() == payload
         assert beacon.relay.sessions if hasattr(beacon.relay, "sessions") else True
         assert pa.stats.relay_grants >= 1 and pb.stats.relay_grants >= 1
+
+
+async def test_stream_reset_reaches_the_other_side_and_streams_are_freed(beacon):
+    ia, ib = Identity.generate(), Identity.generate()
+    async with loopback_peer(ia, [beacon_entry(beacon)]) as pa, loopback_peer(ib, [beacon_entry(beacon)]) as pb:
+        ca, cb = await connect_both(pa, pb)
+        r, w = await ca.open_stream()
+        w.write(b"partial")
+        await w.drain()
+        r2, w2 = await cb.accept_stream()
+        assert await r2.readexactly(7) == b"partial"
+        w.transport.abort()  # like a TCP reset
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(r2.read(), 5)
+        # finished streams do not accumulate
+        for _ in range(20):
+            r, w = await ca.open_stream()
+            w.write(b"x")
+            w.write_eof()
+            r2, w2 = await cb.accept_stream()
+            assert await r2.read() == b"x"
+            w2.write_eof()
+            assert await r.read() == b""
+        assert len(cb._protocol._stream_readers) <= 2 and len(ca._protocol._stream_readers) <= 22
