@@ -763,7 +763,8 @@ class Peer:
             return None
         if not self._relay_enabled or not pair.clients or pair.relay_route is not None or not pair.meeting.wanted:
             return None
-        due = pair.introduced_at + self._relay_after
+        # with punching off, a direct path is hopeless: ask at once
+        due = pair.introduced_at + (self._relay_after if self._direct_enabled else 0.0)
         if pair.relay_requested_at is not None:
             due = max(due, pair.relay_requested_at + RELAY_REQUEST_RETRY)
         if now < due:

@@ -245,3 +245,28 @@ async def test_stream_reset_reaches_the_other_side_and_streams_are_freed(beacon)
             w2.write_eof()
             assert await r.read() == b""
         assert len(cb._protocol._stream_readers) <= 2 and len(ca._protocol._stream_readers) <= 22
+
+
+async def test_relay_quota_ends_the_session_and_the_app_is_told(make_beacon):
+    async with make_beacon(relay_max_bytes=200_000) as beacon:
+        ia, ib = Identity.generate(), Identity.generate()
+        async with loopback_peer(ia, [beacon_entry(beacon)], direct=False) as pa, \
+                loopback_peer(ib, [beacon_entry(beacon)], direct=False) as pb:
+            started = time.monotonic()
+            ca, cb = await connect_both(pa, pb)
+            print(f"\nrelay-only peers connected in {1000 * (time.monotonic() - started):.0f} ms")
+            assert ca.path == "relay"
+            r, w = await ca.open_stream()
+            w.write(os.urandom(1_000_000))  # more than the session may carry
+            r2, _ = await cb.accept_stream()
+            received = 0
+            with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+                while True:
+                    chunk = await asyncio.wait_for(r2.read(65536), 10)
+                    if not chunk:
+                        raise ConnectionError("stream ended")
+                    received += len(chunk)
+            await asyncio.wait_for(cb.wait_closed(), 10)
+            assert received < 1_000_000
+            assert "RELAY_BYTES_EXCEEDED" in (cb.close_reason or "")
+            assert pb.stats.relay_ends >= 1
