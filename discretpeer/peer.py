@@ -42,7 +42,7 @@ from discretpeer.connection import (
 from discretpeer.endpoint import Admission, Endpoint
 from discretpeer.errors import ConnectError
 from discretpeer.identity import Identity
-from discretpeer.paths import RelayLink, Route
+from discretpeer.paths import RelayLink, Route, is_virtual
 from discretpeer.probe import ProbeError, ProbeKind, parse_probe
 from discretpeer.relay_frame import RELAY_DATA, RelayFrameError, parse_relay_frame
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, MeetingKeys, pair_meeting
@@ -129,6 +129,13 @@ class _Pair:
     clients: list[BeaconClient] = field(default_factory=list)  # beacons that introduced us
     relay_requested_at: float | None = None
     relay_route: Route | None = None
+    dial_task: asyncio.Task[None] | None = None
+    dial_protocol: PeerProtocol | None = None
+    dial_speculative: bool = False
+    dial_target: Addr | None = None
+    dial_started: float = 0.0
+    speculation_watch: asyncio.TimerHandle | None = None
+    speculated: bool = False  # one speculative dial per attempt
     rebind: Addr | None = None  # a new address the peer's packets came from, being probed
 
 
@@ -447,9 +454,11 @@ class Peer:
             pair.failed.clear()
             pair.introduced_at = now
             pair.relay_requested_at = None
+            pair.speculated = False
         self._send_all(sends)
         self._wake.set()
         self._maybe_dial(pair)
+        self._dial_speculatively(pair)
         return pair
 
     def _usable(self, addresses: list[Addr]) -> list[Addr]:
@@ -580,21 +589,87 @@ class Peer:
     # --- dialing ------------------------------------------------------------------------------
 
     def _maybe_dial(self, pair: _Pair) -> None:
-        if not pair.session.is_dialer or pair.dialing or self._closed:
+        if not pair.session.is_dialer or self._closed:
             return
         if pair.connection is not None and not pair.connection.closed:
             return
         if not pair.meeting.wanted:
             return
         candidates = [c for c in pair.session.confirmed() if c.address not in pair.failed]
+        relay = pair.relay_route is not None and pair.relay_route.virtual not in pair.failed
+        if pair.dialing:
+            # a speculative dial that has heard nothing gives way to a confirmed path...
+            if not (self._dial_is_silent_speculation(pair) and (candidates or relay)):
+                return
+            if candidates and candidates[0].address == pair.dial_target:
+                # ...but when it aims at that very address its answer is simply on the way (the
+                # probe came in half a round trip, the QUIC answer needs a whole one): wait a bit
+                if pair.speculation_watch is None:
+                    grace = 2 * (time.monotonic() - pair.dial_started) + 0.05
+                    pair.speculation_watch = asyncio.get_running_loop().call_later(
+                        grace, self._speculation_timeout, pair
+                    )
+                return
+            self._abandon_dial(pair)
         if candidates:
-            pair.dialing = True
-            self._spawn(self._dial(pair, candidates[0]), "dial")
-        elif pair.relay_route is not None and pair.relay_route.virtual not in pair.failed:
-            pair.dialing = True
-            self._spawn(self._dial(pair, None), "dial via relay")
+            self._start_dial(pair, candidates[0])
+        elif relay:
+            self._start_dial(pair, None)
 
-    async def _dial(self, pair: _Pair, candidate: Candidate | None) -> None:
+    def _dial_speculatively(self, pair: _Pair) -> None:
+        """Dial the observed public address at once, while probes are still on their way: when
+        both NATs open at the same moment (both peers got the introduction together) this saves
+        the wait for the first probe, half a round trip. It gives way to any confirmed path."""
+        if (
+            not pair.session.is_dialer
+            or pair.dialing
+            or pair.speculated
+            or not self._direct_enabled
+            or not pair.meeting.wanted
+            or (pair.connection is not None and not pair.connection.closed)
+        ):
+            return
+        public = [
+            c
+            for c in pair.session.candidates.values()
+            if c.kind is CandidateKind.PUBLIC and c.address not in pair.failed
+        ]
+        if public:
+            pair.speculated = True
+            self._start_dial(pair, public[0], speculative=True)
+
+    def _speculation_timeout(self, pair: _Pair) -> None:
+        pair.speculation_watch = None
+        if pair.dialing and self._dial_is_silent_speculation(pair):
+            self._abandon_dial(pair)  # its Initial was lost (the other NAT was not open yet)
+            self._maybe_dial(pair)
+
+    def _dial_is_silent_speculation(self, pair: _Pair) -> bool:
+        protocol = pair.dial_protocol
+        return pair.dial_speculative and (protocol is None or protocol.last_received == 0)
+
+    def _start_dial(self, pair: _Pair, candidate: Candidate | None, *, speculative: bool = False) -> None:
+        pair.dialing = True
+        pair.dial_speculative = speculative
+        pair.dial_protocol = None
+        pair.dial_target = None if candidate is None else candidate.address
+        pair.dial_started = time.monotonic()
+        name = "dial via relay" if candidate is None else "dial"
+        pair.dial_task = self._spawn(self._dial(pair, candidate, speculative), name)
+
+    def _abandon_dial(self, pair: _Pair) -> None:
+        task, protocol = pair.dial_task, pair.dial_protocol
+        if pair.speculation_watch is not None:
+            pair.speculation_watch.cancel()
+            pair.speculation_watch = None
+        pair.dialing = pair.dial_speculative = False
+        pair.dial_task = pair.dial_protocol = None
+        if task is not None:
+            task.cancel()
+        if protocol is not None:
+            protocol.close_with("superseded by a confirmed path")
+
+    async def _dial(self, pair: _Pair, candidate: Candidate | None, speculative: bool = False) -> None:
         """Dial a confirmed candidate, or through the pair's relay route when ``candidate`` is None."""
         assert self._endpoint is not None
         self.stats.dials += 1
@@ -610,8 +685,11 @@ class Peer:
         route = pair.relay_route if candidate is None else None
         target = candidate.address if candidate is not None else route.virtual  # type: ignore[union-attr]
         where = f"{target[0]}:{target[1]}" if candidate is not None else "relay"
+        me = asyncio.current_task()
         try:
             protocol = self._endpoint.connect(target, configuration, PeerProtocol, route=route)  # type: ignore[assignment]
+            if pair.dial_task is me:
+                pair.dial_protocol = protocol
             await asyncio.wait_for(protocol.wait_handshake(), DIAL_TIMEOUT)
             verified = await authenticate_as_dialer(protocol, self.identity, pair.session.token, record.policy)
         except (AuthError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
@@ -625,19 +703,27 @@ class Peer:
             log.info("dial failed", address=candidate.address, error=text)
             if protocol is not None:
                 protocol.close_with(text if isinstance(exc, AuthError) else "dial failed")
-            pair.failed.add(target)
-            pair.dialing = False
+            if pair.dial_task is not me:
+                return  # abandoned meanwhile: the pair is someone else's business now
+            if not speculative:
+                pair.failed.add(target)
+            pair.dialing = pair.dial_speculative = False
+            pair.dial_task = pair.dial_protocol = None
             self._maybe_dial(pair)
             return
         path: PathKind = "relay" if candidate is None else self._direct_kind(candidate)
         connection = self._adopt(protocol, verified, path, dialer=True, introduced_at=pair.introduced_at)
         self._attach_pair(pair, connection, protocol)
-        pair.dialing = False
+        if pair.dial_task is me:
+            pair.dialing = pair.dial_speculative = False
+            pair.dial_task = pair.dial_protocol = None
         self._deliver(record, connection)
 
     # --- incoming -----------------------------------------------------------------------------
 
     def _admit(self, source: Addr, has_token: bool) -> Admission:
+        if not self._direct_enabled and not is_virtual(source):
+            return Admission.REFUSE  # relay only: never answer anyone directly
         # unauthenticated handshakes hold memory: cap how many are in flight at once
         return Admission.ACCEPT if self._pending_incoming < MAX_PENDING_INCOMING else Admission.REFUSE
 
@@ -769,7 +855,7 @@ class Peer:
             due = max(due, pair.relay_requested_at + RELAY_REQUEST_RETRY)
         if now < due:
             return due
-        if pair.dialing:
+        if pair.dialing and not self._dial_is_silent_speculation(pair):
             return now + 0.1
         pair.relay_requested_at = now
         request = RelayRequest(token=pair.session.token, instance=pair.session.remote_instance)
@@ -990,10 +1076,11 @@ class Peer:
 
     # --- tasks --------------------------------------------------------------------------------
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
