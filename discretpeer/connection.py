@@ -35,6 +35,7 @@ from discretpeer.auth import (
     verify_proof,
 )
 from discretpeer.endpoint import EndpointProtocol
+from discretpeer.flow import STREAM_WINDOW, AppPacedQuicConnection
 from discretpeer.identity import Identity
 
 PathKind = Literal["direct", "lan", "relay"]
@@ -89,6 +90,14 @@ class _FlowControlledAdapter(QuicStreamAdapter):
             self.protocol._quic.stop_stream(self.stream_id, 0x100)  # noqa: SLF001
         self.protocol._transmit_soon()  # noqa: SLF001
 
+    # the stream's reader calls these (asyncio's StreamReader flow control): when the app has
+    # read enough, send the credit the AppPacedQuicConnection now grants
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        self.protocol._transmit_soon()  # noqa: SLF001
+
     def maybe_resume(self) -> bool:
         if self.paused and (self.buffered() < STREAM_LOW_WATER or self.protocol._quic._close_event is not None):  # noqa: SLF001
             self.paused = False
@@ -113,10 +122,21 @@ class PeerProtocol(EndpointProtocol):
         self.terminated = asyncio.Event()
         self.handshake_done = asyncio.Event()
         self._paused_streams: set[_FlowControlledAdapter] = set()
+        if isinstance(quic, AppPacedQuicConnection):
+            quic.unread = self._unread
+
+    def _unread(self, stream_id: int | None) -> int:
+        """Bytes received and not yet read by the app (on one stream, or on all)."""
+        if stream_id is None:
+            return sum(len(reader._buffer) for reader in self._stream_readers.values())  # noqa: SLF001
+        reader = self._stream_readers.get(stream_id)
+        return len(reader._buffer) if reader is not None else 0  # noqa: SLF001
 
     def _create_stream(self, stream_id: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         adapter = _FlowControlledAdapter(self, stream_id)
-        reader = asyncio.StreamReader()
+        # limit: the reader asks for more credit once the app has read it down to this
+        reader = asyncio.StreamReader(limit=STREAM_WINDOW // 4)
+        reader.set_transport(adapter)  # type: ignore[arg-type]
         flow = asyncio.streams.StreamReaderProtocol(reader)
         adapter.flow = flow
         writer = asyncio.StreamWriter(adapter, flow, reader, self._loop)

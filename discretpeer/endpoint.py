@@ -109,6 +109,7 @@ class Endpoint(asyncio.DatagramProtocol):
         on_datagram: Callable[[bytes, tuple[str, int]], None] | None = None,
         virtual_paths: bool = False,
         on_unexpected_source: Callable[[EndpointProtocol, tuple[str, int]], None] | None = None,
+        connection_class: type[QuicConnection] = QuicConnection,
     ) -> None:
         """``virtual_paths``: bind each connection to a virtual address whose :class:`Route` the
         owner may switch (direct ↔ relay, NAT rebinding) without QUIC noticing. Then
@@ -125,6 +126,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._dual_stack = False
         self._closed = False
         self.virtual_paths = virtual_paths
+        self._connection_class = connection_class
         self.routes = RouteTable()
         self.on_unexpected_source = on_unexpected_source
         self.datagrams_received = 0
@@ -221,7 +223,7 @@ class Endpoint(asyncio.DatagramProtocol):
         With virtual paths, ``route`` (default: a new direct route to ``addr``) carries it."""
         if self._closed:
             raise ConnectionError("endpoint is closed")
-        connection = QuicConnection(configuration=configuration)
+        connection = self._connection_class(configuration=configuration)
         protocol = create_protocol(connection)
         self._attach(protocol)
         self._register(connection.host_cid, protocol)
@@ -332,7 +334,7 @@ class Endpoint(asyncio.DatagramProtocol):
                 source,
             )
             return None
-        connection = QuicConnection(
+        connection = self._connection_class(
             configuration=config,
             original_destination_connection_id=original_dcid,
             retry_source_connection_id=retry_scid,

@@ -41,6 +41,7 @@ from discretpeer.connection import (
 )
 from discretpeer.endpoint import Admission, Endpoint
 from discretpeer.errors import ConnectError
+from discretpeer.flow import CONNECTION_WINDOW, STREAM_WINDOW, AppPacedQuicConnection
 from discretpeer.identity import Identity
 from discretpeer.paths import RelayLink, Route, is_virtual
 from discretpeer.probe import ProbeError, ProbeKind, parse_probe
@@ -198,7 +199,12 @@ class Peer:
         self._started = False
         bundle = create_bundle("discretpeer", private_key=identity.private_key)
         self._server_config = QuicConfiguration(
-            is_client=False, alpn_protocols=[PEER_ALPN], idle_timeout=30.0, max_datagram_size=1350
+            is_client=False,
+            alpn_protocols=[PEER_ALPN],
+            idle_timeout=30.0,
+            max_datagram_size=1350,
+            max_data=CONNECTION_WINDOW,
+            max_stream_data=STREAM_WINDOW,
         )
         self._server_config.certificate = bundle.certificate
         self._server_config.private_key = bundle.private_key
@@ -218,6 +224,7 @@ class Peer:
             on_datagram=self._on_datagram,
             virtual_paths=True,
             on_unexpected_source=self._on_unexpected_source,
+            connection_class=AppPacedQuicConnection,
         )
         self._candidates = self._compute_candidates()
         self._networks = attached_networks()
@@ -680,6 +687,8 @@ class Peer:
             verify_mode=ssl.CERT_NONE,  # identity is proven by signatures bound to the connection
             idle_timeout=30.0,
             max_datagram_size=1350,
+            max_data=CONNECTION_WINDOW,
+            max_stream_data=STREAM_WINDOW,
         )
         protocol: PeerProtocol | None = None
         route = pair.relay_route if candidate is None else None

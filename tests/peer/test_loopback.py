@@ -270,3 +270,35 @@ async def test_relay_quota_ends_the_session_and_the_app_is_told(make_beacon):
             assert received < 1_000_000
             assert "RELAY_BYTES_EXCEEDED" in (cb.close_reason or "")
             assert pb.stats.relay_ends >= 1
+
+
+async def test_a_slow_reader_bounds_what_is_buffered_and_slows_the_writer(beacon):
+    ia, ib = Identity.generate(), Identity.generate()
+    async with loopback_peer(ia, [beacon_entry(beacon)]) as pa, loopback_peer(ib, [beacon_entry(beacon)]) as pb:
+        ca, cb = await connect_both(pa, pb)
+        r, w = await ca.open_stream()
+        written = 0
+
+        async def writer() -> None:
+            nonlocal written
+            chunk = b"z" * 65536
+            while True:
+                w.write(chunk)
+                written += len(chunk)
+                await w.drain()
+
+        task = asyncio.ensure_future(writer())
+        r2, _ = await cb.accept_stream()
+        await asyncio.sleep(1.5)  # the reader reads nothing meanwhile
+        buffered = len(r2._buffer)
+        stalled_at = written
+        await asyncio.sleep(0.5)
+        print(f"\nslow reader: {buffered / 1e6:.1f} MB buffered at the reader, writer stopped at {written / 1e6:.1f} MB")
+        assert buffered <= 5 * 1024 * 1024  # the stream window (4 MiB) plus in-flight slack
+        assert written == stalled_at and written <= 8 * 1024 * 1024  # the writer waits in drain()
+        # reading resumes the flow
+        received = 0
+        while received < 20 * 1024 * 1024:
+            received += len(await asyncio.wait_for(r2.read(1 << 20), 5))
+        task.cancel()
+        assert written > 20 * 1024 * 1024
