@@ -15,8 +15,11 @@ Run it with ``python -m beacon [--dir DIR]`` (see :mod:`beacon.__main__`), or in
     async with BeaconServer(loopback_config(port=port), bundle) as again:
         ...
 
-``BeaconServer(config=None, bundle=None, *, log=None, metrics=None)``: ``start()``/``stop()`` or
-``async with``; ``addresses``, ``port``, ``ipv6_port``, ``fingerprint``, ``metrics_address``,
+``BeaconServer(config=None, bundle=None, *, log=None, metrics=None, manage_gc=False)``:
+``start()``/``stop()`` or ``async with``; ``manage_gc=True`` (what ``python -m beacon`` does) keeps
+Python's cyclic garbage collector off long-lived objects (``gc.freeze`` every second: no
+second-long pauses with 10,000 peers) and is process-wide, so leave it off in a process that
+hosts more than the beacon; ``addresses``, ``port``, ``ipv6_port``, ``fingerprint``, ``metrics_address``,
 ``metrics`` (a :class:`BeaconMetrics` with its own registry), ``connection_count``.
 ``loopback_config(**changes)`` is :class:`BeaconConfig` on 127.0.0.1, port 0, no IPv6, plus
 ``changes`` (validated).

@@ -11,6 +11,7 @@ Stdout carries only machine-readable start lines, flushed at once::
     ready
 
 ``--ready-file PATH`` also writes the same facts as JSON (atomically, removed on a clean stop).
+``--loop auto|uvloop|asyncio``: the event loop (default: uvloop when installed).
 Human-readable logs go to stderr and JSON logs to ``logs/beacon.log``.
 """
 
@@ -45,7 +46,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="enable metrics on 127.0.0.1:PORT (0 = any free port)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--ready-file", type=Path, help="write a JSON file with hash and bound addresses when ready")
+    p.add_argument(
+        "--loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="event loop: uvloop when installed (auto, the default; `pip install discretpeer[fast]`) or asyncio's",
+    )
     return p
+
+
+def _runner(choice: str) -> Any:
+    """``asyncio.run`` or ``uvloop.run`` (measured: fewer CPU cycles per datagram)."""
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise StartupError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        else:
+            return uvloop.run
+    return asyncio.run
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,7 +97,7 @@ async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before anything is announced as ready
         loop.add_signal_handler(sig, lambda s=sig: (received.append(s.name), stop.set()))
-    server = BeaconServer(files.config, files.bundle, log=log)
+    server = BeaconServer(files.config, files.bundle, log=log, manage_gc=True)
     try:
         await server.start()
     except OSError as exc:
@@ -126,12 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        run = _runner(args.loop)
+    except StartupError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     c = files.config
     beacon_log = BeaconLog(files.log_dir, level=c.log_level, max_bytes=c.log_file_max_bytes, backup_count=c.log_file_count)
     try:
         for path in files.created:
             beacon_log.log.info("created", path=str(path))
-        return asyncio.run(_serve(files, beacon_log.log, args.ready_file))
+        return run(_serve(files, beacon_log.log, args.ready_file))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - one line on the console, the traceback in the log

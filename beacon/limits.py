@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Hashable
 
 
+@functools.lru_cache(maxsize=4096)  # every handshake asks (twice); parsing costs ~10 us
 def ip_key(host: str) -> str:
     """What per-IP limits count: the IPv4 address, or the /64 of an IPv6 address (one site)."""
     host = host.split("%", 1)[0]

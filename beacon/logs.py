@@ -69,7 +69,8 @@ class BeaconLog:
             wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
             context_class=dict,
             cache_logger_on_first_use=False,
-        )
+        ).bind()  # the concrete logger: a lazy proxy re-binds on every call (~15 us each), and
+        # on the filtering logger a call below the level is then a no-op method
 
     def flush(self) -> None:
         for handler in self._handlers:

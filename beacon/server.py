@@ -11,17 +11,21 @@ stream 0) and it is dropped with SLOW_READER above ``max_unsent_bytes``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import functools
+import gc
 import itertools
 import socket
+import time
 from typing import Any
 
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
+from beacon import quic_tuning
 from beacon.config import BeaconConfig
 from beacon.limits import KeyedBuckets, KeyedCounts, RateMeter, TokenBucket, ip_key
 from beacon.logs import null_logger
@@ -33,6 +37,12 @@ from discretpeer import wire
 from discretpeer.endpoint import Admission, Endpoint, EndpointProtocol, normalize_address
 from discretpeer.wire import Address, ErrorCode, WireError
 
+TRIM_AFTER_HANDSHAKE = True  # see beacon.quic_tuning (the benchmarks turn it off to compare)
+DEFER_HANDSHAKES = True  # see _BeaconEndpoint
+MAX_QUEUED_HANDSHAKE_DATAGRAMS = 2048
+_LONG_HEADER_QUIC = 0xC0  # QUIC long header form bit + fixed bit
+GC_FULL_INTERVAL = 3600.0  # seconds between full garbage collections with manage_gc
+SETTLE_SECONDS = 3.0  # after the handshake: then a connection's ciphers are built per packet
 CLOSE_GRACE = 1.0  # seconds a fatal Error frame gets to be acknowledged before the close
 HOUSEKEEPING_INTERVAL = 1.0
 _NO_IPV6 = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT, errno.ENETUNREACH}
@@ -77,15 +87,34 @@ class _Peer:
 class BeaconProtocol(EndpointProtocol):
     """A beacon connection: hands stream-0 bytes and the end of the connection to the server."""
 
+    dead = False  # terminated and dismantled: every call is a no-op
+
     def __init__(self, quic: QuicConnection, server: BeaconServer) -> None:
         super().__init__(quic)
         self.server = server
         self.peer: _Peer | None = None
+        if TRIM_AFTER_HANDSHAKE:
+            quic_tuning.prepare_server_connection(quic)
+            quic_tuning.lighten_protocol(self)
+
+    def transmit(self) -> None:
+        if not self.dead:
+            super().transmit()
+
+    def _dismantle(self) -> None:
+        self.dead = True
+        self.peer = None  # the _Peer keeps its protocol: no cycle is left between them
+        quic_tuning.dismantle(self)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self.dead:
+            return
         if self.peer is None:
             self.server._connection_started(self, (addr[0], addr[1]))
         super().datagram_received(data, addr)
+        # aioquic's datagram_received ends with a transmit, after every event (and every frame
+        # the server wrote in response) was handled: no need for another one in _flush
+        self.server._dirty.discard(self)
         peer = self.peer
         if peer is not None and not peer.closing and getattr(self._quic, "_close_event", None) is not None:
             # the client closed: leave the tables now, not after aioquic's draining period
@@ -98,8 +127,56 @@ class BeaconProtocol(EndpointProtocol):
                 self.server._stream_data(self.peer, event)
             return
         super().quic_event_received(event)
-        if isinstance(event, events.ConnectionTerminated) and self.peer is not None:
-            self.server._connection_lost(self.peer)
+        if isinstance(event, events.HandshakeCompleted):
+            if TRIM_AFTER_HANDSHAKE:
+                quic_tuning.trim_after_handshake(self._quic)
+                self.server._settling.append((self._loop.time() + SETTLE_SECONDS, self))
+        elif isinstance(event, events.ConnectionTerminated):
+            if self.peer is not None:
+                self.server._connection_lost(self.peer)
+            if TRIM_AFTER_HANDSHAKE:
+                # after aioquic's own processing of this event (and its transmit) has finished
+                self._loop.call_soon(self._dismantle)
+
+
+class _BeaconEndpoint(Endpoint):
+    """The beacon's socket: handshake packets wait behind everything else.
+
+    A new connection's first Initial costs ~3 ms of CPU (key exchange, signature); a burst of
+    them (a reconnect storm, or 200 new peers per second) read in one go would hold every
+    registered peer's Ping, Announce and relayed datagram behind it. Datagrams with a QUIC long
+    header (Initial, Handshake: only handshakes use them) are queued and handled one per event
+    loop iteration, so the loop reads and serves the socket between two of them. The queue is
+    bounded: beyond it Initials are dropped (the client retransmits), like a full socket buffer.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handshake_queue: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self._drain_handle: asyncio.Handle | None = None
+        self.handshake_datagrams_dropped = 0
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
+        if data and data[0] & _LONG_HEADER_QUIC == _LONG_HEADER_QUIC and DEFER_HANDSHAKES:
+            if len(self._handshake_queue) >= MAX_QUEUED_HANDSHAKE_DATAGRAMS:
+                self.handshake_datagrams_dropped += 1
+                return
+            self._handshake_queue.append((data, addr))
+            if self._drain_handle is None:
+                self._drain_handle = asyncio.get_running_loop().call_soon(self._drain_one)
+            return
+        super().datagram_received(data, addr)
+
+    def _drain_one(self) -> None:
+        self._drain_handle = None
+        queue = self._handshake_queue
+        if queue and not self.closed:
+            data, addr = queue.popleft()
+            super().datagram_received(data, addr)
+        if queue and not self.closed:
+            self._drain_handle = asyncio.get_running_loop().call_soon(self._drain_one)
+        elif self.closed:
+            queue.clear()
 
 
 class BeaconServer:
@@ -116,8 +193,10 @@ class BeaconServer:
         *,
         log: Any = None,
         metrics: BeaconMetrics | None = None,
+        manage_gc: bool = False,
     ) -> None:
         self.config = config or BeaconConfig()
+        self.manage_gc = manage_gc  # see _collect_garbage; on in `python -m beacon`
         self.bundle = bundle or create_bundle()
         self.log = log if log is not None else null_logger()
         self.metrics = metrics or BeaconMetrics()
@@ -148,6 +227,8 @@ class BeaconServer:
         self._metrics_http: MetricsHTTPServer | None = None
         self.metrics_address: tuple[str, int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_full_gc = 0.0
+        self._settling: collections.deque[tuple[float, BeaconProtocol]] = collections.deque()
         self._started = False
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -196,6 +277,8 @@ class BeaconServer:
         if self._started:
             raise RuntimeError("beacon already started")
         self._started = True
+        if TRIM_AFTER_HANDSHAKE:
+            quic_tuning.install()
         loop = self._loop = asyncio.get_running_loop()
         self._handshake_rate = RateMeter(loop.time())
         c = self.config
@@ -224,6 +307,10 @@ class BeaconServer:
             await self._close_sockets()
             raise
         self._housekeeping = loop.create_task(self._housekeep())
+        if self.manage_gc:
+            gc.collect()
+            gc.freeze()
+            self._last_full_gc = loop.time()
         self.log.info(
             "beacon_started",
             fingerprint=self.fingerprint,
@@ -256,6 +343,8 @@ class BeaconServer:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
+        if self.manage_gc:
+            gc.unfreeze()  # hand everything back to the collector (in-process beacons)
         await self._close_sockets()
         for peer in list(self._peers.values()):
             self._forget(peer)
@@ -285,7 +374,7 @@ class BeaconServer:
             sock.close()
             where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
             raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
-        endpoint = Endpoint(
+        endpoint = _BeaconEndpoint(
             server_configuration=quic,
             create_server_protocol=lambda connection: BeaconProtocol(connection, self),
             admit=self._admit,
@@ -639,8 +728,36 @@ class BeaconServer:
                 ticks += 1
                 if ticks % 30 == 0:
                     self._handshakes.prune(now)
+                settling = self._settling
+                while settling and settling[0][0] <= now:
+                    protocol = settling.popleft()[1]
+                    if not protocol.dead and protocol.peer is not None and not protocol.peer.gone:
+                        quic_tuning.release_ciphers(protocol._quic)
+                if self.manage_gc:
+                    self._collect_garbage(now)
             except Exception:  # noqa: BLE001
                 self.log.exception("housekeeping_failed")
+
+    def _collect_garbage(self, now: float) -> None:
+        """Keep Python's cyclic garbage collector off the long-lived objects.
+
+        10,000 registered peers are ~2 million GC-tracked objects (aioquic keeps ~200 per
+        connection); a full collection walks all of them and stops the event loop for ~1 s
+        (measured), and churn triggers one every few seconds. Every second, everything alive is
+        moved to the permanent generation (``gc.freeze``, O(1)), so collections only look at
+        objects younger than a second. Terminated connections are dismantled
+        (:func:`beacon.quic_tuning.dismantle`), so reference counting frees them even when
+        they were frozen. Whatever else would leak that way is swept by one full collection
+        every ``GC_FULL_INTERVAL`` seconds (logged with its duration)."""
+        if now - self._last_full_gc >= GC_FULL_INTERVAL:
+            started = time.perf_counter()
+            gc.unfreeze()
+            found = gc.collect()
+            gc.freeze()
+            self._last_full_gc = now
+            self.log.info("full_gc", collected=found, ms=round(1000 * (time.perf_counter() - started), 1))
+        else:
+            gc.freeze()
 
     def _snapshot(self) -> dict[str, Any]:
         return {

@@ -37,8 +37,12 @@ from discretpeer.auth import (
 from discretpeer.endpoint import EndpointProtocol
 from discretpeer.flow import STREAM_WINDOW, AppPacedQuicConnection
 from discretpeer.identity import Identity
+from discretpeer.logs import get_logger
+from discretpeer.path_mtu import DatagramSizeSearch, datagram_limit, probe_sizes
+from discretpeer.relay_frame import RELAY_HEADER_SIZE
 
 PathKind = Literal["direct", "lan", "relay"]
+log = get_logger("discretpeer.connection")
 AUTH_TIMEOUT = 5.0
 PING_WHEN_QUIET = 2.0  # a connection silent this long gets a PING (keeps NATs open, proves the path)
 LIVENESS_TIMEOUT = 6.0  # nothing at all from the peer this long: the path is gone, say so
@@ -77,7 +81,7 @@ class _FlowControlledAdapter(QuicStreamAdapter):
     def write_eof(self) -> None:
         try:
             super().write_eof()
-        except (RuntimeError, AssertionError):  # already reset: nothing left to finish
+        except (RuntimeError, AssertionError, ValueError):  # already reset or finished (freed)
             self._closing = True
 
     def abort(self) -> None:
@@ -329,6 +333,7 @@ class PeerConnection:
         self._on_close = on_close
         self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
         self._watch = asyncio.get_running_loop().create_task(self._watch_close())
+        self._search_datagram_size()
 
     def __repr__(self) -> str:
         return f"<PeerConnection {self.peer_id[:12]}… {self.path} {self.remote_address}>"
@@ -348,8 +353,39 @@ class PeerConnection:
     def _set_path(self, direct_kind: PathKind) -> None:
         """Called by the peer after it switched the route; queues the new path for watchers."""
         self._direct_kind = "lan" if direct_kind == "lan" else "direct"
+        self._search_datagram_size()
         with contextlib.suppress(asyncio.QueueFull):
             self.path_changes.put_nowait(self.path)
+
+    def _search_datagram_size(self) -> None:
+        """On a new path: back to the base datagram size, then probe for larger datagrams (see
+        :mod:`discretpeer.path_mtu`); through a relay, inside relay frames."""
+        quic = self._protocol._quic  # noqa: SLF001 - our own class
+        if not isinstance(quic, DatagramSizeSearch) or self.closed:
+            return
+        quic.reset_datagram_size()
+        quic.size_limit = self._datagram_limit
+        target, overhead = self._route_target()
+        sizes = probe_sizes(target, quic.base_datagram_size, overhead=overhead)
+        if sizes:
+            quic.search_datagram_size(sizes)
+            self._protocol._transmit_soon()  # noqa: SLF001
+
+    def _route_target(self) -> tuple[tuple[str, int] | None, int]:
+        """Where our datagrams go now, and what each carries besides the QUIC packet."""
+        route = self._protocol.route
+        if route is not None and route.kind == "relay" and route.relay is not None:
+            return route.relay.beacon, RELAY_HEADER_SIZE
+        return (route.direct if route is not None else self.remote_address), 0
+
+    def _datagram_limit(self) -> int | None:
+        target, overhead = self._route_target()
+        return datagram_limit(target, overhead=overhead)
+
+    @property
+    def datagram_size(self) -> int:
+        """Bytes per datagram this side sends now (larger once a path-MTU probe confirmed it)."""
+        return self._protocol._quic._max_datagram_size  # noqa: SLF001
 
     @property
     def closed(self) -> bool:
@@ -440,6 +476,18 @@ class PeerConnection:
                 with contextlib.suppress(Exception):
                     protocol._quic.send_ping(0)  # noqa: SLF001
                     protocol.transmit()
+            self._check_datagram_size()
+
+    def _check_datagram_size(self) -> None:
+        """The kernel learnt a smaller path MTU (ICMP) than our datagrams: they would now leave
+        as fragments. Back to the base size and search again."""
+        quic = self._protocol._quic  # noqa: SLF001
+        if not isinstance(quic, DatagramSizeSearch) or quic.datagram_size <= quic.base_datagram_size:
+            return
+        limit = self._datagram_limit()
+        if limit is not None and limit < quic.datagram_size:
+            log.info("path MTU dropped", peer=self.peer_id, datagram_size=quic.datagram_size, limit=limit)
+            self._search_datagram_size()
 
     async def _watch_close(self) -> None:
         await self._protocol.terminated.wait()

@@ -59,6 +59,11 @@ def normalize_address(addr: SocketAddress) -> tuple[str, int]:
     return (host, port)
 
 
+def _batches_reads(loop: asyncio.AbstractEventLoop) -> bool:
+    """True for event loops that deliver several ready datagrams per wakeup (uvloop)."""
+    return type(loop).__module__.startswith("uvloop")
+
+
 class EndpointProtocol(QuicConnectionProtocol):
     """A QUIC connection living on an :class:`Endpoint`; keeps the endpoint's routing table right."""
 
@@ -67,7 +72,24 @@ class EndpointProtocol(QuicConnectionProtocol):
     route: Route | None = None  # with virtual paths: how this connection's packets travel
     last_received: float = 0.0  # loop time of the last datagram for this connection
 
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        # aioquic transmits after every datagram: a bulk receiver then builds an ACK and runs a
+        # full datagrams_to_send() per packet. uvloop hands over all datagrams waiting in the
+        # socket in one go; one transmit after them acknowledges them together. (asyncio's own
+        # loop reads one datagram per iteration: there, deferring only adds an iteration.)
+        self._quic.receive_datagram(data, addr, now=self._loop.time())  # type: ignore[arg-type]
+        self._process_events()
+        if _batches_reads(self._loop):
+            self._transmit_soon()
+        else:
+            self.transmit()
+
     def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.HandshakeCompleted):
+            # aioquic records the handshake only for a waiter already waiting; uvloop runs I/O
+            # callbacks before a new task's first step, so wait_for(wait_connected()) right after
+            # connect() missed it and hung until its timeout (BeaconClient: 5 s, often under uvloop)
+            self._connected = True
         endpoint = self.endpoint
         if endpoint is not None:
             if isinstance(event, events.ConnectionIdIssued):

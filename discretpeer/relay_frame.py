@@ -16,7 +16,10 @@ from discretpeer.wire import RELAY_SESSION_ID_SIZE
 
 RELAY_DATA = 0x20
 RELAY_HEADER_SIZE = 1 + RELAY_SESSION_ID_SIZE
-MAX_RELAY_PAYLOAD = 1500
+# the largest QUIC datagram a peer sends (discretpeer.path_mtu: 16,000 once a probe confirmed
+# it, e.g. peers and beacon on one host or LAN; 1350 until then): what a datagram on the wire
+# can carry decides, probes find out
+MAX_RELAY_PAYLOAD = 16384
 
 
 class RelayFrameError(ValueError):

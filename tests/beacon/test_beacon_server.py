@@ -390,3 +390,28 @@ async def test_host_without_ipv6_address_keeps_ipv4(start_beacon):
         assert server.ipv6_port is None and len(server.addresses) == 1
         client = await BeaconClient.connect(server.addresses[0], server.fingerprint)
         await client.close()
+
+
+async def test_wait_connected_after_the_handshake_already_completed(beacon):
+    """aioquic records a completed handshake only for a waiter already waiting; under uvloop the
+    handshake can complete before the task that awaits wait_connected() runs, which then hung
+    until its timeout (the BeaconClient's 5 s). EndpointProtocol records it in every case."""
+    import ssl
+
+    from aioquic.quic.configuration import QuicConfiguration
+
+    from discretpeer.endpoint import Endpoint, EndpointProtocol
+
+    endpoint = await Endpoint.open("127.0.0.1", 0)
+    try:
+        configuration = QuicConfiguration(is_client=True, alpn_protocols=[wire.BEACON_ALPN], verify_mode=ssl.CERT_NONE)
+        protocol = endpoint.connect(beacon.addresses[0], configuration, EndpointProtocol)
+        deadline = time.monotonic() + 5
+        while not protocol._quic._handshake_complete:  # nobody waits while the handshake runs
+            assert time.monotonic() < deadline, "handshake did not complete"
+            await asyncio.sleep(0.005)
+        started = time.monotonic()
+        await asyncio.wait_for(protocol.wait_connected(), 2.0)
+        assert time.monotonic() - started < 0.1
+    finally:
+        endpoint.close()

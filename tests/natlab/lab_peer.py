@@ -43,14 +43,14 @@ async def exchange(conn: PeerConnection, role: str, size: int, marker: bytes) ->
         await writer.drain()
         writer.write_eof()
         echoed = await asyncio.wait_for(reader.read(), 60)
-        emit(event="data", bytes=len(echoed), ok=echoed == data[::-1])
+        emit(event="data", bytes=len(echoed), ok=echoed == data[::-1], datagram_size=conn.datagram_size)
     else:
         reader, writer = await conn.accept_stream()
         data = await asyncio.wait_for(reader.read(), 60)
         writer.write(data[::-1])
         await writer.drain()
         writer.write_eof()
-        emit(event="data", bytes=len(data), ok=data == payload_of(size, marker))
+        emit(event="data", bytes=len(data), ok=data == payload_of(size, marker), datagram_size=conn.datagram_size)
 
 
 async def watch_path(conn: PeerConnection, started: float) -> None:

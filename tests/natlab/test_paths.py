@@ -3,6 +3,7 @@ relay → direct upgrade with the app's stream intact, a beacon restart during a
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -128,3 +129,29 @@ def test_beacon_restart_during_a_relayed_session(lab: Lab, tmp_path: Path) -> No
     print(f"\nbeacon restarted: the app saw '{lost['error']}' at once and reconnected in {again['ms']} ms "
           f"via {again['path']}; then {held['n']} echoes")
     assert again["path"] == "relay" and held["n"] > 0
+
+
+@pytest.mark.parametrize("link_mtu", [1500, 1400])
+def test_datagram_size_follows_the_path_mtu_and_nothing_is_fragmented(lab: Lab, tmp_path: Path, link_mtu: int) -> None:
+    """Peers probe for larger datagrams once direct: with 1500-byte links everywhere both sides
+    end at 1472 (IPv4 Ethernet). With router A's internet link at 1400, probes above it die
+    there (its "fragmentation needed" may teach A's kernel the path MTU, then A probes exactly
+    that); either way data flows and no IP fragment ever crosses the link."""
+    homes(lab, "full_cone", "full_cone")
+    if link_mtu != 1500:
+        core, router = lab.nodes["core"], lab.nodes["A"]
+        subprocess.run(["ip", "-n", core.ns, "link", "set", "c-A", "mtu", str(link_mtu)], check=True)
+        subprocess.run(["ip", "-n", router.ns, "link", "set", router.uplink, "mtu", str(link_mtu)], check=True)
+    _, entry = start_beacon(lab, tmp_path)
+    with lab.capture("A", bpf="udp and (ip[6:2] & 0x3fff != 0)") as fragments:
+        events_a, events_b = run_pair(lab, tmp_path, "A1", "B1", entry, payload=2_000_000, hold=2)
+    assert first(events_a, "connected")["path"] == "direct"
+    data_a, data_b = first(events_a, "data"), first(events_b, "data")
+    assert data_a["ok"] and data_b["ok"]
+    sizes = (data_a["datagram_size"], data_b["datagram_size"])
+    print(f"\nlink MTU {link_mtu}: datagram sizes A {sizes[0]}, B {sizes[1]}; fragments on A's link: {len(fragments.packets)}")
+    assert not fragments.packets
+    if link_mtu == 1500:
+        assert sizes == (1472, 1472)
+    else:
+        assert all(1350 <= size <= link_mtu - 28 for size in sizes)

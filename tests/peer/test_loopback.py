@@ -302,3 +302,74 @@ async def test_a_slow_reader_bounds_what_is_buffered_and_slows_the_writer(beacon
             received += len(await asyncio.wait_for(r2.read(1 << 20), 5))
         task.cancel()
         assert written > 20 * 1024 * 1024
+
+
+async def _transfer(sender, receiver, total: int) -> float:
+    """Send ``total`` bytes on one stream; returns seconds until the receiver has them all."""
+    chunk = os.urandom(64 * 1024)
+    writer_side = asyncio.ensure_future(sender.open_stream())
+    reader_side = asyncio.ensure_future(receiver.accept_stream())
+    _, w = await writer_side
+    started = time.monotonic()
+    w.write(chunk)  # the peer learns of a stream with its first bytes
+    r, _ = await reader_side
+    sent, got = len(chunk), 0
+
+    async def read_all() -> None:
+        nonlocal got
+        while got < total:
+            data = await r.read(1 << 20)
+            assert data, f"stream ended after {got} of {total} bytes"
+            got += len(data)
+
+    reading = asyncio.ensure_future(read_all())
+    while sent < total:
+        w.write(chunk)
+        sent += len(chunk)
+        await w.drain()
+    await asyncio.wait_for(reading, 30)
+    return time.monotonic() - started
+
+
+async def test_larger_datagrams_once_the_path_confirms_them(beacon):
+    """On loopback (MTU 65536) both sides probe and move to 16,000-byte datagrams after the
+    connection is verified, and data flows at that size; through the relay too (in relay frames),
+    and a beacon that forwards no such frames leaves them at the base size."""
+    ia, ib = Identity.generate(), Identity.generate()
+    async with loopback_peer(ia, [beacon_entry(beacon)]) as pa, loopback_peer(ib, [beacon_entry(beacon)]) as pb:
+        ca, cb = await connect_both(pa, pb)
+        assert ca.path == "direct"
+        deadline = time.monotonic() + 3
+        while (ca.datagram_size, cb.datagram_size) != (16000, 16000):
+            assert time.monotonic() < deadline, f"datagram sizes stayed {ca.datagram_size}/{cb.datagram_size}"
+            await asyncio.sleep(0.02)
+        seconds = await _transfer(ca, cb, 8 * 1024 * 1024)
+        print(f"\n8 MiB on one stream with {ca.datagram_size}-byte datagrams: {8 / 1.048576 / seconds:.1f} MB/s")
+    async with loopback_peer(ia, [beacon_entry(beacon)], direct=False) as pa, \
+            loopback_peer(ib, [beacon_entry(beacon)], direct=False) as pb:
+        ca, cb = await connect_both(pa, pb, meeting="relayed")
+        assert ca.path == "relay"
+        deadline = time.monotonic() + 3
+        while (ca.datagram_size, cb.datagram_size) != (16000, 16000):
+            assert time.monotonic() < deadline, f"relayed datagram sizes stayed {ca.datagram_size}/{cb.datagram_size}"
+            await asyncio.sleep(0.02)
+        await _transfer(ca, cb, 512 * 1024)  # the beacon's default relay quota: 1 MB/s per peer
+
+
+async def test_relay_that_drops_large_frames_keeps_the_base_size(beacon, monkeypatch):
+    """A beacon that forwards at most 1500-byte payloads (an older one, or a small MTU on its
+    far leg): the probes die there, the connection stays at what gets through and works."""
+    import beacon.relay as relay_module
+
+    monkeypatch.setattr(relay_module, "MAX_RELAY_PAYLOAD", 1500)
+    ia, ib = Identity.generate(), Identity.generate()
+    async with loopback_peer(ia, [beacon_entry(beacon)], direct=False) as pa, \
+            loopback_peer(ib, [beacon_entry(beacon)], direct=False) as pb:
+        ca, cb = await connect_both(pa, pb, meeting="old relay")
+        deadline = time.monotonic() + 5
+        while ca._protocol._quic.searching or cb._protocol._quic.searching:
+            assert time.monotonic() < deadline, "the datagram size search did not end"
+            await asyncio.sleep(0.05)
+        assert ca.datagram_size == cb.datagram_size == 1472 - 9  # the Ethernet size fits in 1500
+        assert ca._protocol._quic.size_probes_lost >= 3  # 16,000 was tried and lost
+        await _transfer(ca, cb, 1024 * 1024)

@@ -1,0 +1,283 @@
+"""Memory diet for the beacon's idle QUIC connections (aioquic internals, measured).
+
+An idle beacon connection costs what aioquic keeps for the whole life of a connection, and most
+of it only serves the handshake. Measured on aioquic 1.7.2 (``python -m benchmarks``, beacon RSS
+per registered idle peer, 10,000 peers): 74 KB without this module, 28.6 KB with it, at the
+same CPU per registration. What goes:
+
+- the three 16 KB TLS output buffers (``_crypto_buffers``): a server's TLS writes nothing after
+  the handshake (any post-handshake message is refused with an alert before a write);
+- the per-connection frozensets of aioquic's frame dispatch table (33 per connection, identical
+  in every connection, ~7 KB and ~0.1 ms to build): :func:`install` memoizes aioquic's
+  ``EPOCHS()`` for the process, so every connection shares them (same values: frozensets);
+- the TLS context (a ~50-attribute object with its key schedule, ephemeral keys, extension
+  lists): after the handshake a server's QUIC connection only reads its ``state`` and hands it
+  CRYPTO data, which a server refuses with an alert in every case; a small stub does the same;
+- the empty deque for outgoing DATAGRAM frames (the beacon never sends any);
+- what the discarded Initial, 0-RTT and Handshake epochs leave behind: their torn-down crypto
+  pairs and empty crypto streams are replaced by one shared, equally dead instance (aioquic
+  only reads them once the epoch is discarded: its packets can no longer be decrypted);
+- the protocol's ``asyncio.Event`` for ``wait_closed()`` (760 bytes of empty deque alone): a
+  flag that builds the Event only if somebody waits;
+- the 1-RTT ciphers: ``cryptography`` keeps ~2.6 KB of OpenSSL state per AES-GCM object and
+  ~1 KB per header-protection encryptor, four per connection, outside Python's allocator.
+  They are rebuilt from the (kept) key bytes for each packet instead, from a few seconds after
+  the handshake on (:func:`release_ciphers`): +~8 us per packet on the beacon's control traffic
+  (a keepalive every 10 s per peer), -7 KB per idle connection.
+- the logging callbacks (``functools.partial``) of the crypto pairs, which only feed qlog;
+- connection IDs: the beacon asks its clients for 2 active connection IDs (the RFC 9000
+  default and minimum, instead of aioquic's 8) and issues at most 2 itself: each one is an
+  object plus an entry in the endpoint's routing table. A client still has a spare ID.
+
+This relies on aioquic internals (pinned below 1.8 in pyproject.toml): :data:`AVAILABLE` checks
+at import that the main ones exist and turns everything off otherwise. Only server-side
+connections are trimmed, and only after ``HandshakeCompleted``. :func:`dismantle` (for
+terminated connections) lets reference counting free them, see ``BeaconServer.manage_gc``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+from aioquic import tls
+from aioquic._crypto import AEAD, HeaderProtection
+from aioquic.buffer import Buffer
+from aioquic.quic.connection import QuicConnection, QuicConnectionId
+from aioquic.quic.crypto import CIPHER_SUITES, CryptoContext, CryptoPair, NoCallback, derive_key_iv_hp
+from aioquic.quic.stream import QuicStream
+from cryptography.hazmat.primitives.ciphers import Cipher, aead, algorithms, modes
+
+ON_DEMAND_CIPHERS = True  # rebuild 1-RTT ciphers per packet instead of keeping them
+MAX_CONNECTION_IDS = 2  # RFC 9000 18.2: active_connection_id_limit default and minimum
+
+_installed = False
+
+
+def install() -> None:
+    """Process-wide and idempotent: share the frame-dispatch frozensets between connections."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    from aioquic.quic import connection as quic_connection
+
+    epochs = getattr(quic_connection, "EPOCHS", None)
+    if callable(epochs) and not hasattr(epochs, "cache_info"):
+        quic_connection.EPOCHS = functools.lru_cache(maxsize=None)(epochs)
+
+
+def _hooks_present() -> bool:
+    probe = QuicConnection.__init__.__code__.co_names
+    return all(
+        name in probe
+        for name in ("_crypto_buffers", "_local_active_connection_id_limit", "_host_cids", "_cryptos")
+    ) and hasattr(QuicConnection, "_replenish_connection_ids")
+
+
+AVAILABLE = _hooks_present()
+
+
+def _replenish_capped(quic: QuicConnection) -> None:
+    """aioquic's ``_replenish_connection_ids`` with at most :data:`MAX_CONNECTION_IDS` IDs."""
+    import os
+
+    limit = min(MAX_CONNECTION_IDS, quic._remote_active_connection_id_limit)  # noqa: SLF001
+    while len(quic._host_cids) < limit:  # noqa: SLF001
+        quic._host_cids.append(  # noqa: SLF001
+            QuicConnectionId(
+                cid=os.urandom(quic._configuration.connection_id_length),  # noqa: SLF001
+                sequence_number=quic._host_cid_seq,  # noqa: SLF001
+                stateless_reset_token=os.urandom(16),
+            )
+        )
+        quic._host_cid_seq += 1  # noqa: SLF001
+
+
+class PostHandshakeTLS:
+    """What a server connection's ``tls`` still needs once the handshake is complete.
+
+    aioquic's server-side ``tls.Context`` in ``SERVER_POST_HANDSHAKE`` answers every message
+    with ``AlertUnexpectedMessage`` and writes nothing; so does this stub (at the first byte
+    rather than once a whole message is buffered: the connection closes the same way)."""
+
+    __slots__ = ("state", "alpn_negotiated", "early_data_accepted", "session_resumed", "client_random")
+
+    def __init__(self, context: tls.Context) -> None:
+        self.state = context.state
+        self.alpn_negotiated = context.alpn_negotiated
+        self.early_data_accepted = context.early_data_accepted
+        self.session_resumed = context.session_resumed
+        self.client_random = context.client_random
+
+    def handle_message(self, input_data: bytes, output_buf: object) -> None:
+        if input_data:
+            raise tls.AlertUnexpectedMessage
+
+
+class OnDemandAEAD(AEAD):
+    """aioquic's AEAD whose OpenSSL object exists only while a packet is sealed or opened."""
+
+    def __init__(self, cipher_name: bytes, key: bytes, iv: bytes) -> None:  # noqa: D107
+        # not super().__init__: that builds the object this class exists not to keep
+        self._chacha = cipher_name == b"chacha20-poly1305"
+        self._key = key
+        self._iv = int.from_bytes(iv, "big")
+
+    @property  # type: ignore[override]
+    def _aead(self) -> Any:
+        return aead.ChaCha20Poly1305(self._key) if self._chacha else aead.AESGCM(self._key)
+
+
+class OnDemandHeaderProtection(HeaderProtection):
+    """aioquic's HeaderProtection whose cipher context is built per packet."""
+
+    def __init__(self, cipher_name: bytes, key: bytes) -> None:  # noqa: D107
+        self._is_chacha20 = cipher_name == b"chacha20"
+        self._key = key
+
+    def _mask(self, sample: bytes) -> bytes:
+        if self._is_chacha20:  # the sample is the ChaCha20 counter + nonce
+            return Cipher(algorithm=algorithms.ChaCha20(self._key, sample), mode=None).encryptor().update(bytes(5))
+        return Cipher(algorithm=algorithms.AES(self._key), mode=modes.ECB()).encryptor().update(sample)
+
+
+def _ciphers_on_demand(context: CryptoContext) -> None:
+    if context.aead is None or context.secret is None or context.cipher_suite is None:
+        return
+    if isinstance(context.aead, OnDemandAEAD):
+        return
+    hp_name, aead_name = CIPHER_SUITES[context.cipher_suite]
+    key, iv, hp_key = derive_key_iv_hp(cipher_suite=context.cipher_suite, secret=context.secret, version=context.version)
+    context.aead = OnDemandAEAD(aead_name, key, iv)
+    context.hp = OnDemandHeaderProtection(hp_name, hp_key)
+
+
+_DEAD_PAIR = CryptoPair()  # torn down from the start: aead is None both ways
+_DEAD_STREAM = QuicStream()  # an empty crypto stream that never receives or sends again
+_DEAD_EPOCHS = (tls.Epoch.INITIAL, tls.Epoch.ZERO_RTT, tls.Epoch.HANDSHAKE)
+
+
+def _is_dead(pair: Any) -> bool:
+    return pair.recv.aead is None and pair.send.aead is None
+
+
+class ClosedFlag:
+    """Stands in for QuicConnectionProtocol's ``_closed`` Event: aioquic only calls ``set()``;
+    an Event exists only once somebody awaits ``wait()``."""
+
+    __slots__ = ("_set", "_event")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: asyncio.Event | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        if self._event is None:
+            self._event = asyncio.Event()
+        return await self._event.wait()
+
+
+def lighten_protocol(protocol: Any) -> None:
+    """At creation of a server-side protocol (before any event)."""
+    closed = getattr(protocol, "_closed", None)
+    if isinstance(closed, asyncio.Event) and not closed.is_set():
+        protocol._closed = ClosedFlag()  # noqa: SLF001
+
+
+class _CappedReplenish:
+    """Bound replacement for ``quic._replenish_connection_ids`` (a slotted callable is smaller
+    than a ``functools.partial``)."""
+
+    __slots__ = ("quic",)
+
+    def __init__(self, quic: QuicConnection) -> None:
+        self.quic = quic
+
+    def __call__(self) -> None:
+        _replenish_capped(self.quic)
+
+
+def prepare_server_connection(quic: QuicConnection) -> None:
+    """Before the handshake: ask for and issue fewer connection IDs."""
+    if not AVAILABLE:
+        return
+    quic._local_active_connection_id_limit = MAX_CONNECTION_IDS  # noqa: SLF001
+    # an instance attribute shadows the method; aioquic calls self._replenish_connection_ids()
+    quic._replenish_connection_ids = _CappedReplenish(quic)  # type: ignore[method-assign]  # noqa: SLF001
+
+
+def trim_after_handshake(quic: QuicConnection) -> None:
+    """After ``HandshakeCompleted`` on a server connection: drop what only the handshake used."""
+    if not AVAILABLE or quic._is_client:  # noqa: SLF001
+        return
+    buffers = quic._crypto_buffers  # noqa: SLF001
+    for epoch in list(buffers):
+        buffers[epoch] = Buffer(capacity=0)
+    context = quic.tls
+    if isinstance(context, tls.Context) and context.state == tls.State.SERVER_POST_HANDSHAKE:
+        quic.tls = PostHandshakeTLS(context)  # type: ignore[assignment]
+    if getattr(quic, "_datagrams_pending", None) is not None and not quic._datagrams_pending:  # noqa: SLF001
+        quic._datagrams_pending = ()  # type: ignore[assignment]  # noqa: SLF001
+    # a server discards the Initial and Handshake epochs when its handshake completes
+    spaces = quic._spaces  # noqa: SLF001
+    cryptos = quic._cryptos  # noqa: SLF001
+    streams = quic._crypto_streams  # noqa: SLF001
+    for epoch in _DEAD_EPOCHS:
+        pair = cryptos.get(epoch)
+        if pair is None or not _is_dead(pair):
+            continue
+        space = spaces.get(epoch)
+        if epoch != tls.Epoch.ZERO_RTT and (space is None or not space.discarded):
+            continue
+        cryptos[epoch] = _DEAD_PAIR
+        if epoch in streams:
+            streams[epoch] = _DEAD_STREAM
+    initial = getattr(quic, "_cryptos_initial", None)
+    if initial and all(_is_dead(pair) for pair in initial.values()):
+        quic._cryptos_initial = dict.fromkeys(initial, _DEAD_PAIR)  # noqa: SLF001
+    for pair in quic._cryptos.values():  # noqa: SLF001
+        for context in (pair.recv, pair.send):
+            context._setup_cb = NoCallback  # noqa: SLF001
+            context._teardown_cb = NoCallback  # noqa: SLF001
+
+
+def release_ciphers(quic: QuicConnection) -> None:
+    """Once a connection has settled (the beacon calls this a few seconds after the handshake,
+    so that the registration's own packets still use the kept ciphers): rebuild its 1-RTT
+    ciphers per packet from now on (see the module docstring). Safe on any live connection."""
+    if not AVAILABLE or not ON_DEMAND_CIPHERS or quic._is_client:  # noqa: SLF001
+        return
+    cryptos = getattr(quic, "_cryptos", None)
+    one_rtt = cryptos.get(tls.Epoch.ONE_RTT) if cryptos else None
+    if one_rtt is not None:
+        _ciphers_on_demand(one_rtt.recv)
+        _ciphers_on_demand(one_rtt.send)
+
+
+def dismantle(protocol: Any) -> None:
+    """Break the reference cycles of a terminated connection, so that reference counting frees it
+    at once: aioquic's QuicConnection refers to itself through ~35 bound methods (its frame
+    table, loss-recovery and TLS callbacks), so without this only the cyclic garbage collector
+    can free it, and the beacon keeps that collector away from its long-lived objects
+    (:mod:`beacon.server` freezes them). Call it after the connection's last event was handled;
+    the protocol must not be used afterwards (its timers are cancelled here)."""
+    for name in ("_timer", "_transmit_task"):
+        handle = getattr(protocol, name, None)
+        if handle is not None:
+            handle.cancel()
+            setattr(protocol, name, None)
+    quic = getattr(protocol, "_quic", None)
+    if quic is not None:
+        quic.__dict__.clear()

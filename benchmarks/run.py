@@ -1,0 +1,744 @@
+"""``python -m benchmarks [--quick] [--only NAME ...]``: every figure with a baseline measured in
+the same run, the ratio, the target; a table on stdout and ``benchmarks/results/<ts>.json``.
+
+Benchmarks (``--only`` names):
+  beacon      RSS per registered idle peer (ramp to 10,000 from 4 client processes, one Endpoint
+              each) vs a bare aioquic server holding the same connections; then introduction
+              latency p50/p99 with those peers registered and 200/s churn
+  rate        registrations per second, beacon pinned to one core, clients on the other, vs
+              bare aioquic handshakes
+  throughput  one stream between two peer processes vs plain aioquic (default settings)
+  relay       the same stream through the beacon's relay vs the direct path
+  tcp         TCP through `discretpeer forward`/`expose` vs `ssh -L` and a raw TCP copy
+  stack       qh3 vs aioquic (bulk, handshakes per CPU-second, memory), with --qh3-python only
+
+Every process is bounded in time (its own deadline) and every load loop in count.
+DPB_QUICK_PEERS=N changes the peer count of --quick (default 2000); DPB_QH3_PYTHON = --qh3-python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
+    Worker,
+    WorkerError,
+    cpu_count,
+    cpu_seconds,
+    free_tcp_port,
+    median,
+    rss_bytes,
+    udp_drops,
+)
+
+MB = 1e6
+
+
+@dataclass
+class Row:
+    benchmark: str
+    figure: str
+    value: float | None
+    unit: str
+    baseline_name: str = ""
+    baseline: float | None = None
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+    samples: list[float] = field(default_factory=list)
+    baseline_samples: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Settings:
+    quick: bool
+    peers: int
+    client_processes: int
+    latency_samples: int
+    churn_rate: float
+    rate_count: int
+    rate_rounds: int
+    bulk_bytes: int
+    bulk_repeat: int
+    relay_bytes: int
+    tcp_bytes: int
+    variants: bool
+
+
+def settings_for(quick: bool) -> Settings:
+    if quick:
+        return Settings(quick, int(os.environ.get("DPB_QUICK_PEERS", 2000)), 4, 150, 200.0, 500, 2, 16_000_000, 2,
+                        8_000_000, 16_000_000, False)
+    return Settings(False, 10000, 4, 600, 200.0, 2000, 3, 48_000_000, 3, 24_000_000, 32_000_000, True)
+
+
+class Bench:
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.s = settings
+        self.log_dir = log_dir
+        self.rows: list[Row] = []
+        self.extra: dict[str, Any] = {}
+        self.workers: list[Worker] = []
+        self.counter = 0
+        self.qh3_python: str | None = None
+        self.temp_dirs: list[Path] = []
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    async def worker(self, name: str, module: str, args: list[str], *, core: int | None = None,
+                     deadline: float = 600, ready_timeout: float = 60, python: str | None = None) -> tuple[Worker, dict]:
+        self.counter += 1
+        w = Worker(f"{self.counter:02d}-{name}", args, core=core, log_dir=self.log_dir, deadline=deadline)
+        if python:
+            w.python = python
+        self.workers.append(w)
+        await w.start(module)
+        return w, await w.expect("ready", ready_timeout)
+
+    async def stop_all(self) -> None:
+        workers, self.workers = self.workers, []
+        await asyncio.gather(*(w.stop() for w in reversed(workers)), return_exceptions=True)
+        for path in self.temp_dirs:  # the CLI's identities and control sockets
+            shutil.rmtree(path, ignore_errors=True)
+        self.temp_dirs.clear()
+
+    def add(self, row: Row) -> None:
+        if row.baseline and row.value is not None and row.ratio is None:
+            row.ratio = row.value / row.baseline
+        self.rows.append(row)
+        print(f"  -> {format_row(row)}", flush=True)
+
+    def log(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    # --- beacon: memory and introduction latency --------------------------------------------
+
+    async def server_ramp(self, kind: str, server_args: list[str], count: int) -> dict:
+        """Start a server, ramp ``count`` connections from the client processes; return facts.
+        The caller stops the workers (the beacon phase keeps them for the latency run)."""
+        server, ready = await self.worker(f"server-{kind}", "server", ["--kind", kind, "--uvloop", *server_args])
+        await asyncio.sleep(0.5)
+        rss0 = rss_bytes(server.pid)
+        target = f"127.0.0.1:{ready['port']}"
+        clients = []
+        for index in range(self.s.client_processes):
+            client, _ = await self.worker(
+                f"load{index}-{kind}", "load",
+                ["--target", target, f"--fingerprint={ready['fingerprint']}", "--kind", kind, "--uvloop"],
+            )
+            clients.append(client)
+        share = count // len(clients)
+        started = time.perf_counter()
+        cpu0 = cpu_seconds(server.pid)
+        for client in clients:
+            client.send(cmd="ramp", count=share, concurrency=16)
+        results = [await client.expect("ramped", 400) for client in clients]
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(server.pid) - cpu0
+        await asyncio.sleep(2.0)  # let the last ACKs and timers settle
+        server.send(cmd="stats", gc=True)
+        stats = await server.expect("stats", 60)
+        rss1 = rss_bytes(server.pid)
+        opened = sum(r["opened"] for r in results)
+        failed = sum(r["failed"] for r in results)
+        held = stats["connections"]
+        self.log(f"{kind} {' '.join(server_args)}: {held} connections held ({failed} failed) in {elapsed:.1f}s, "
+                 f"RSS {rss0 / MB:.0f} -> {rss1 / MB:.0f} MB")
+        return {
+            "server": server, "clients": clients, "ready": ready, "rss0": rss0, "rss1": rss1, "held": held,
+            "opened": opened, "failed": failed, "seconds": elapsed, "server_cpu": cpu, "stats": stats,
+            "per_peer": (rss1 - rss0) / max(1, held),
+        }
+
+    async def bench_beacon(self) -> None:
+        n = self.s.peers
+        self.log(f"beacon: ramp to {n} idle connections, bare aioquic server first")
+        bare = await self.server_ramp("bare", [], n)
+        await self.stop_all()
+        untrimmed = None
+        if self.s.variants:
+            self.log("beacon with aioquic's per-connection state kept (TRIM_AFTER_HANDSHAKE = False)")
+            untrimmed = await self.server_ramp("beacon", ["--no-trim"], n)
+            await self.stop_all()
+        self.log("beacon as shipped")
+        beacon = await self.server_ramp("beacon", [], n)
+        registered = beacon["stats"].get("registered", 0)
+        self.add(Row(
+            "beacon", f"RSS per registered idle peer ({registered} peers)", beacon["per_peer"] / 1024, "KB",
+            "bare aioquic server, same connections", bare["per_peer"] / 1024,
+            target="(informative)", note=f"bare held {bare['held']}",
+        ))
+        extrapolated = beacon["rss0"] + beacon["per_peer"] * 10000
+        self.add(Row(
+            "beacon", f"beacon process RSS with {registered} peers", beacon["rss1"] / MB, "MB",
+            "bare aioquic server RSS, same connections", bare["rss1"] / MB,
+            target="10,000 peers in <= 400 MB",
+            met=(registered >= 10000 and beacon["rss1"] <= 400 * MB) if registered >= 10000 else None,
+            note="" if registered >= 10000 else f"quick run: 10,000 would be ~{extrapolated / MB:.0f} MB",
+        ))
+        if untrimmed is not None:
+            self.add(Row(
+                "beacon", "RSS per peer: beacon.quic_tuning on vs off", beacon["per_peer"] / 1024, "KB",
+                "same beacon, TRIM_AFTER_HANDSHAKE = False", untrimmed["per_peer"] / 1024,
+                target="(the memory work)", note=f"off: {untrimmed['rss1'] / MB:.0f} MB total",
+            ))
+        self.extra["beacon_memory"] = {
+            name: {k: v for k, v in r.items() if k not in ("server", "clients", "ready")}
+            for name, r in (("bare", bare), ("beacon", beacon), ("beacon_untrimmed", untrimmed)) if r
+        }
+        await self.intro_latency(beacon)
+        await self.stop_all()
+
+    async def intro_latency(self, beacon: dict) -> None:
+        ready = beacon["ready"]
+        prober, prober_ready = await self.worker(
+            "intro", "intro", ["--target", f"127.0.0.1:{ready['port']}", f"--fingerprint={ready['fingerprint']}", "--uvloop"],
+        )
+        drops0 = (udp_drops(ready["port"]), udp_drops(prober_ready["port"]))
+        samples = self.s.latency_samples
+        interval = 0.02
+        duration = samples * interval
+        per_client = self.s.churn_rate / len(beacon["clients"])
+        self.log(f"introduction latency: {samples} samples with {beacon['held']} peers and "
+                 f"{self.s.churn_rate:.0f}/s churn ({duration + 2:.0f}s)")
+        procs = [beacon["server"], *beacon["clients"], prober]
+        cpu0 = [cpu_seconds(w.pid) for w in procs]
+        begin = time.perf_counter()
+        for client in beacon["clients"]:
+            client.send(cmd="churn", rate=per_client, duration=duration + 2.0)
+        await asyncio.sleep(1.0)  # churn running before the first sample
+        prober.send(cmd="measure", samples=samples, interval=interval)
+        result = await prober.expect("measured", duration + 60)
+        shares = [(cpu_seconds(w.pid) - c) / (time.perf_counter() - begin) for w, c in zip(procs, cpu0)]
+        self.log(f"CPU share while measuring: beacon {shares[0]:.0%}, load clients "
+                 f"{' '.join(f'{x:.0%}' for x in shares[1:-1])}, prober {shares[-1]:.0%}")
+        churn = [await client.expect("churned", 90) for client in beacon["clients"]]
+        drops = (udp_drops(ready["port"]) - drops0[0], udp_drops(prober_ready["port"]) - drops0[1])
+        self.log(f"datagrams dropped by the kernel (receive buffer full) during the run: beacon socket {drops[0]}, "
+                 f"prober socket {drops[1]}")
+        opened = sum(c["opened"] for c in churn)
+        closed = sum(c["closed"] for c in churn)
+        seconds = max(c["seconds"] for c in churn)
+        server = beacon["server"]
+        server.send(cmd="stats")
+        stats = await server.expect("stats", 30)
+        both = result["both"]
+        self.log(f"beacon garbage collector during the run: {stats.get('gc')}")
+        skipped = sum(c.get("skipped", 0) for c in churn)
+        note = (f"churn achieved {opened / seconds:.0f} new + {closed / seconds:.0f} closed per s "
+                f"({skipped} ticks skipped: clients behind), "
+                f"{sum(c['failed'] for c in churn)} failed; {stats['connections']} connections at the end; "
+                f"{result['failures']} samples lost; kernel drops at the beacon socket: {drops[0]}")
+        self.add(Row(
+            "beacon", f"introduction latency p99 ({result['samples']} samples)", both["p99_ms"], "ms",
+            "Ping->Pong through the beacon, p99, same time", result["ping"]["p99_ms"],
+            target="p99 < 20 ms on loopback", met=both["p99_ms"] < 20.0, note=note,
+        ))
+        self.add(Row(
+            "beacon", "introduction latency p50", both["p50_ms"], "ms",
+            "Ping->Pong through the beacon, p50", result["ping"]["p50_ms"], target="(informative)",
+        ))
+        self.extra["intro_latency"] = {"result": result, "churn": churn}
+
+    # --- beacon: registrations per second on one core --------------------------------------
+
+    async def rate_round(self, variants: dict[str, tuple[str, list[str], list[str]]]) -> dict[str, dict]:
+        """All variants at once: their servers share core 0, their clients core 1, so each sees
+        the same neighbours and the same noise; each server's CPU time is its own."""
+        pin = cpu_count() >= 2
+        started: dict[str, tuple[Worker, Worker]] = {}
+        for name, (kind, server_args, client_args) in variants.items():
+            server, ready = await self.worker(
+                f"rate-{name}", "server", ["--kind", kind, "--uvloop", *server_args], core=0 if pin else None,
+            )
+            client, _ = await self.worker(
+                f"rate-load-{name}", "load",
+                ["--target", f"127.0.0.1:{ready['port']}", f"--fingerprint={ready['fingerprint']}", "--kind", kind,
+                 "--uvloop", *client_args],
+                core=1 if pin else None,
+            )
+            started[name] = (server, client)
+        for _, client in started.values():  # warm-up
+            client.send(cmd="ramp", count=50, concurrency=8)
+        for _, client in started.values():
+            await client.expect("ramped", 120)
+        count = self.s.rate_count
+        cpu0 = {name: cpu_seconds(server.pid) for name, (server, _) in started.items()}
+        begin = time.perf_counter()
+        for _, client in started.values():
+            client.send(cmd="ramp", count=count, concurrency=16)
+        finished = {name: await client.expect("ramped", 600) for name, (_, client) in started.items()}
+        # the beacon finishes its per-connection work SETTLE_SECONDS after each handshake
+        # (beacon.server); count it too
+        await asyncio.sleep(4.5)
+        results = {}
+        for name, (server, client) in started.items():
+            result = finished[name]
+            cpu = cpu_seconds(server.pid) - cpu0[name]
+            results[name] = {
+                "per_cpu": result["opened"] / cpu if cpu else float("nan"), "done": result["opened"],
+                "failed": result["failed"], "wall": result["opened"] / result["seconds"],
+                "server_cpu": cpu, "seconds": result["seconds"],
+            }
+        results["_round_seconds"] = time.perf_counter() - begin  # type: ignore[assignment]
+        await self.stop_all()
+        return results
+
+    async def bench_rate(self) -> None:
+        variants = {
+            "bare_handshake": ("bare", [], ["--handshake-only"]),
+            "beacon": ("beacon", [], []),
+        }
+        if self.s.variants:
+            variants["bare_handshake_stream"] = ("bare", [], [])
+            variants["beacon_untrimmed"] = ("beacon", ["--no-trim"], [])
+        runs: dict[str, list[dict]] = {name: [] for name in variants}
+        for round_index in range(self.s.rate_rounds):
+            results = await self.rate_round(variants)
+            for name in variants:
+                runs[name].append(results[name])
+            self.log(f"rate round {round_index + 1}: " + ", ".join(
+                f"{name} {results[name]['per_cpu']:.0f}/CPU-s" for name in variants))
+
+        def med(name: str, key: str) -> float:
+            return median([r[key] for r in runs[name]])
+
+        pinned = ("servers pinned to core 0, clients to core 1" if cpu_count() >= 2 else "NOT pinned (1 CPU)")
+        ratio = median([b["per_cpu"] / h["per_cpu"] for b, h in zip(runs["beacon"], runs["bare_handshake"])])
+        self.add(Row(
+            "rate", "new registrations per CPU-second of the beacon process (handshake + Hello/Welcome + Announce)",
+            med("beacon", "per_cpu"), "/s", "bare aioquic handshakes per CPU-second of its process",
+            med("bare_handshake", "per_cpu"), ratio=ratio, target=">= 90% of the bare handshake rate", met=ratio >= 0.9,
+            note=f"{pinned}; the variants run at the same time, sharing the core; median of "
+                 f"{self.s.rate_rounds} rounds of {self.s.rate_count}",
+            samples=[r["per_cpu"] for r in runs["beacon"]], baseline_samples=[r["per_cpu"] for r in runs["bare_handshake"]],
+        ))
+        if "bare_handshake_stream" in runs:
+            self.add(Row(
+                "rate", "bare aioquic handshake + one stream request/answer, per CPU-second",
+                med("bare_handshake_stream", "per_cpu"), "/s", "bare handshakes per CPU-second",
+                med("bare_handshake", "per_cpu"), target="(informative: a registration is a handshake plus "
+                "one request/answer)",
+            ))
+        if "beacon_untrimmed" in runs:
+            self.add(Row(
+                "rate", "beacon registrations per CPU-second: quic_tuning on vs off", med("beacon", "per_cpu"), "/s",
+                "TRIM_AFTER_HANDSHAKE = False", med("beacon_untrimmed", "per_cpu"), target="(cost of the memory work)",
+            ))
+        self.extra["rate"] = runs
+
+    # --- peer throughput ---------------------------------------------------------------------
+
+    async def beacon_for_peers(self) -> dict:
+        _, ready = await self.worker("beacon-for-peers", "server", ["--kind", "beacon", "--uvloop", "--relay-rate", str(10**9)])
+        return ready
+
+    async def peer_pair(self, ready: dict, variant: list[str], relay: bool = False) -> tuple[Worker, Worker, dict]:
+        common = ["--beacon-port", str(ready["port"]), f"--fingerprint={ready['fingerprint']}", *variant]
+        a, ra = await self.worker("peer-a", "peer", common + (["--relay-only"] if relay else []))
+        b, rb = await self.worker("peer-b", "peer", common)
+        meeting = f"bench-{os.urandom(6).hex()}"
+        a.send(cmd="connect", meeting=meeting, expect=rb["peer_id"], timeout=20)
+        b.send(cmd="connect", meeting=meeting, expect=ra["peer_id"], timeout=20)
+        connected = await a.expect("connected", 40)
+        await b.expect("connected", 40)
+        return a, b, connected
+
+    async def bulk(self, variant: list[str], size: int, relay: bool = False) -> dict:
+        ready = await self.beacon_for_peers()
+        a, _b, connected = await self.peer_pair(ready, variant, relay)
+        a.send(cmd="send", size=size, repeat=self.s.bulk_repeat, timeout=240)
+        rates = []
+        for _ in range(self.s.bulk_repeat):
+            sent = await a.expect("sent", 260)
+            rates.append(size / sent["seconds"] / MB)
+        await self.stop_all()
+        return {"path": connected["path"], "rates": rates, "median": median(rates),
+                "datagram_size": sent.get("datagram_size")}
+
+    async def plain_bulk(self, size: int) -> dict:
+        _, ready = await self.worker("quic-server", "quicbulk", ["--role", "server"])
+        client, _ = await self.worker("quic-client", "quicbulk", ["--role", "client", "--port", str(ready["port"])])
+        client.send(cmd="send", size=size, repeat=self.s.bulk_repeat, timeout=240)
+        rates = []
+        for _ in range(self.s.bulk_repeat):
+            sent = await client.expect("sent", 260)
+            rates.append(size / sent["seconds"] / MB)
+        await self.stop_all()
+        return {"rates": rates, "median": median(rates)}
+
+    SHIPPED = "library (asyncio's loop)"
+
+    async def bench_throughput(self) -> None:
+        size = self.s.bulk_bytes
+        self.log(f"throughput: plain aioquic (defaults) vs discretpeer, {size / MB:.0f} MB x {self.s.bulk_repeat}")
+        plain = await self.plain_bulk(size)
+        self.log(f"plain aioquic: {plain['rates']}")
+        variants = {self.SHIPPED: [], "library on uvloop": ["--uvloop"]}
+        if self.s.variants:
+            variants["library without path-MTU probing (1350-byte datagrams)"] = ["--no-pmtu"]
+            variants["library, uvloop, without path-MTU probing"] = ["--uvloop", "--no-pmtu"]
+            variants["library, uvloop, without the pacer burst"] = ["--uvloop", "--no-pacer-burst"]
+            variants["library, uvloop, a transmit per datagram"] = ["--uvloop", "--no-coalesce"]
+        results = {}
+        for name, variant in variants.items():
+            results[name] = await self.bulk(variant, size)
+            self.log(f"{name}: {[round(r, 1) for r in results[name]['rates']]} MB/s ({results[name]['path']})")
+        for name, result in results.items():
+            shipped = name == self.SHIPPED
+            self.add(Row(
+                "throughput", f"one stream, two peer processes: {name}", result["median"], "MB/s",
+                "plain aioquic client/server, default settings", plain["median"],
+                target=">= 40 MB/s and >= 3x the baseline" if shipped else "(informative)",
+                met=(result["median"] >= 40 and result["median"] >= 3 * plain["median"]) if shipped else None,
+                note=f"datagram sizes {result.get('datagram_size')}",
+                samples=result["rates"], baseline_samples=plain["rates"],
+            ))
+        self.extra["throughput"] = {"plain": plain, **results}
+
+    async def bench_relay(self) -> None:
+        size = self.s.relay_bytes
+        pairs = {self.SHIPPED: [], "library on uvloop": ["--uvloop"]}
+        out = {}
+        for name, variant in pairs.items():
+            relay = await self.bulk(variant, size, relay=True)
+            direct = await self.bulk(variant, size)
+            self.log(f"relay {name}: relay {relay['rates']} ({relay['path']}), direct {direct['rates']}")
+            out[name] = {"relay": relay, "direct": direct}
+            self.add(Row(
+                "relay", f"one stream through the beacon's relay: {name}", relay["median"], "MB/s",
+                "the direct path, same settings", direct["median"], target=">= 50% of direct",
+                met=relay["median"] >= 0.5 * direct["median"] if relay["path"] == "relay" else False,
+                note=f"paths: {relay['path']} / {direct['path']}; beacon relay quota raised to 1 GB/s "
+                     f"(default relay_rate_bytes_per_second = 1 MB/s per peer)",
+                samples=relay["rates"], baseline_samples=direct["rates"],
+            ))
+        self.extra["relay"] = out
+
+    # --- TCP forwarding ----------------------------------------------------------------------
+
+    async def tcp_transfer(self, source: Worker, port: int, size: int, repeat: int) -> list[float]:
+        source.send(cmd="probe", port=port)  # warm-up: connection set up, tunnel answered
+        probe = await source.expect("probed", 40)
+        if not probe.get("ok"):
+            raise WorkerError(f"nothing forwards on port {port}: {probe.get('error')}")
+        source.send(cmd="send", port=port, size=size, repeat=repeat, timeout=240)
+        rates = []
+        for _ in range(repeat):
+            sent = await source.expect("sent", 260)
+            rates.append(size / sent["seconds"] / MB)
+        await source.expect("done", 30)
+        return rates
+
+    async def bench_tcp(self) -> None:
+        size = self.s.tcp_bytes
+        repeat = self.s.bulk_repeat
+        _, sink = await self.worker("tcp-sink", "tcpbench", ["--role", "sink"])
+        source, _ = await self.worker("tcp-source", "tcpbench", ["--role", "source"])
+        results: dict[str, Any] = {}
+        self.log(f"tcp: raw copy, {size / MB:.0f} MB x {repeat}")
+        results["raw"] = await self.tcp_transfer(source, sink["port"], size, repeat)
+        ssh = await self.start_ssh_tunnel(sink["port"])
+        if ssh is not None:
+            try:
+                results["ssh"] = await self.tcp_transfer(source, ssh["port"], size, repeat)
+            finally:
+                await self.stop_ssh(ssh)
+        else:
+            results["ssh"] = None
+        ready = await self.beacon_for_peers()
+        cli_variants = {"discretpeer forward (the CLI, uvloop)": []}
+        for name, variant in cli_variants.items():
+            try:
+                port = await self.start_cli_tunnel(ready, sink["port"], variant)
+                results[name] = await self.tcp_transfer(source, port, size, repeat)
+            except (WorkerError, asyncio.TimeoutError, OSError) as exc:
+                self.log(f"{name}: failed ({exc}); measuring the in-benchmark forwarder instead")
+                results[name] = None
+        if not any(results[name] for name in cli_variants):
+            port = await self.start_bench_forwarder(ready, sink["port"], [])
+            results["minimal forwarder on PeerConnection streams (CLI not usable)"] = await self.tcp_transfer(
+                source, port, size, repeat)
+        await self.stop_all()
+        raw = median(results["raw"])
+        ssh_rate = median(results["ssh"]) if results["ssh"] else None
+        self.add(Row("tcp", "raw TCP copy on loopback (no tunnel)", raw, "MB/s", target="(reference)",
+                     samples=results["raw"]))
+        if ssh_rate is not None:
+            self.add(Row("tcp", "ssh -L tunnel (OpenSSH, loopback)", ssh_rate, "MB/s", "raw TCP copy", raw,
+                         target="(reference)", samples=results["ssh"]))
+        for name, rates in results.items():
+            if name in ("raw", "ssh") or not rates:
+                continue
+            value = median(rates)
+            self.add(Row("tcp", f"TCP through {name}", value, "MB/s", "ssh -L tunnel" if ssh_rate else "raw TCP copy",
+                         ssh_rate or raw, target="report the ratios", note=f"vs raw TCP copy: {value / raw:.3f}x",
+                         samples=rates, baseline_samples=results["ssh"] or results["raw"]))
+        self.extra["tcp"] = results
+
+    async def start_ssh_tunnel(self, sink_port: int) -> dict | None:
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        if not (shutil.which("ssh") and os.path.exists(sshd) and shutil.which("ssh-keygen")):
+            self.log("ssh/sshd not installed: no ssh -L baseline")
+            return None
+        tmp = Path(tempfile.mkdtemp(prefix="dpb-ssh-"))
+        for key in ("host_key", "client_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / key)], check=True)
+        (tmp / "authorized_keys").write_text((tmp / "client_key.pub").read_text())
+        os.chmod(tmp / "authorized_keys", 0o600)
+        ssh_port = free_tcp_port()
+        config = tmp / "sshd_config"
+        config.write_text("\n".join([
+            f"Port {ssh_port}", "ListenAddress 127.0.0.1", f"HostKey {tmp / 'host_key'}", f"PidFile {tmp / 'sshd.pid'}",
+            f"AuthorizedKeysFile {tmp / 'authorized_keys'}", "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", "AllowTcpForwarding yes",
+            "PermitRootLogin prohibit-password", "LogLevel ERROR", "",
+        ]))
+        Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+        log = open(self.log_dir / "sshd.log", "ab")
+        sshd_proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+        local_port = free_tcp_port()
+        user = os.environ.get("USER") or "root"
+        await asyncio.sleep(0.5)
+        ssh_proc = subprocess.Popen(
+            ["ssh", "-N", "-p", str(ssh_port), "-i", str(tmp / "client_key"), "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
+             "-o", "LogLevel=ERROR", "-L", f"127.0.0.1:{local_port}:127.0.0.1:{sink_port}", f"{user}@127.0.0.1"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if ssh_proc.poll() is not None:
+                break
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", local_port), timeout=1):
+                return {"port": local_port, "procs": [ssh_proc, sshd_proc], "tmp": tmp, "log": log}
+        self.log(f"ssh -L did not come up (see {self.log_dir / 'sshd.log'})")
+        await self.stop_ssh({"procs": [ssh_proc, sshd_proc], "tmp": tmp, "log": log})
+        return None
+
+    async def stop_ssh(self, ssh: dict) -> None:
+        for proc in ssh["procs"]:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        ssh["log"].close()
+        shutil.rmtree(ssh["tmp"], ignore_errors=True)
+
+    async def start_cli_tunnel(self, ready: dict, sink_port: int, variant: list[str]) -> int:
+        home = Path(tempfile.mkdtemp(prefix="dpb-cli-"))
+        self.temp_dirs.append(home)
+        beacon = f"127.0.0.1:{ready['port']}={ready['fingerprint']}"
+        env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / "config")}
+        ids = {}
+        for side in ("expose", "forward"):
+            out = subprocess.run(
+                [sys.executable, "-m", "discretpeer.cli", "id", "--identity", str(home / f"{side}.key"), "--json"],
+                capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=60, check=True,
+            )
+            ids[side] = json.loads(out.stdout)["peer_id"]
+        common = ["--beacon", beacon, "--udp-host", "127.0.0.1", "--no-lan", "--json"]
+        expose = Worker(f"{self.counter:02d}-cli-expose", [*variant, "--", "expose", "--identity",
+                        str(home / "expose.key"), "--allow", ids["forward"], "--control", str(home / "expose.sock"),
+                        *common, str(sink_port)], log_dir=self.log_dir, deadline=600)
+        self.counter += 1
+        forward = Worker(f"{self.counter:02d}-cli-forward", [*variant, "--", "forward", "--identity",
+                         str(home / "forward.key"), "--to", ids["expose"], *common, "0"], log_dir=self.log_dir,
+                         deadline=600)
+        self.counter += 1
+        for w in (expose, forward):
+            self.workers.append(w)
+            w.env = env
+            await w.start("cli")
+        listening = await forward.expect("listening", 60)
+        return int(listening["port"])
+
+    async def start_bench_forwarder(self, ready: dict, sink_port: int, variant: list[str]) -> int:
+        a, b, _ = await self.peer_pair(ready, variant)
+        b.send(cmd="expose", target=sink_port)
+        await b.expect("exposed", 10)
+        a.send(cmd="forward", port=0)
+        return int((await a.expect("forwarding", 10))["port"])
+
+
+    # --- the other QUIC stack -----------------------------------------------------------------
+
+    async def bench_stack(self) -> None:
+        python = self.qh3_python
+        if not python:
+            self.log("stack: no scratch venv with qh3 given (--qh3-python or DPB_QH3_PYTHON): skipped")
+            return
+        size = self.s.bulk_bytes
+        self.log(f"stack: qh3 ({python}) vs aioquic, defaults, bulk {size / MB:.0f} MB x {self.s.bulk_repeat}")
+        plain = await self.plain_bulk(size)
+        q_server, q_ready = await self.worker("qh3-server", "qh3bench", ["--role", "server"], python=python)
+        q_client, _ = await self.worker("qh3-client", "qh3bench", ["--role", "client", "--port", str(q_ready["port"])],
+                                        python=python)
+        q_client.send(cmd="send", size=size, repeat=self.s.bulk_repeat, timeout=240)
+        q_rates = [size / (await q_client.expect("sent", 260))["seconds"] / MB for _ in range(self.s.bulk_repeat)]
+        await self.stop_all()
+        self.add(Row("stack", "qh3 2.x plain client/server, one stream, default settings", median(q_rates), "MB/s",
+                     "plain aioquic, default settings", plain["median"], target="(decision: one stack)",
+                     samples=q_rates, baseline_samples=plain["rates"]))
+        # handshakes + one request/answer, and the memory of the idle connections, side by side
+        count = self.s.rate_count
+        pin = cpu_count() >= 2
+        servers = {}
+        servers["aioquic"] = await self.worker("stack-aioquic", "server", ["--kind", "bare", "--uvloop"],
+                                               core=0 if pin else None)
+        servers["qh3"] = await self.worker("stack-qh3", "qh3bench", ["--role", "server", "--mode", "idle", "--uvloop"],
+                                           core=0 if pin else None, python=python)
+        clients = {}
+        for name, (_, ready) in servers.items():
+            clients[name], _ = await self.worker(
+                f"stack-load-{name}", "load", ["--target", f"127.0.0.1:{ready['port']}",
+                                               f"--fingerprint={ready['fingerprint']}", "--kind", "bare", "--uvloop"],
+                core=1 if pin else None)
+        rss0 = {name: rss_bytes(server.pid) for name, (server, _) in servers.items()}
+        cpu0 = {name: cpu_seconds(server.pid) for name, (server, _) in servers.items()}
+        for client in clients.values():
+            client.send(cmd="ramp", count=count, concurrency=16)
+        done = {name: (await client.expect("ramped", 600))["opened"] for name, client in clients.items()}
+        await asyncio.sleep(2.0)
+        facts = {}
+        for name, (server, _) in servers.items():
+            server.send(cmd="stats", gc=True)
+            await server.expect("stats", 60)
+            facts[name] = {
+                "per_cpu": done[name] / max(1e-9, cpu_seconds(server.pid) - cpu0[name]),
+                "per_conn_kb": (rss_bytes(server.pid) - rss0[name]) / max(1, done[name]) / 1024,
+                "done": done[name],
+            }
+        await self.stop_all()
+        self.add(Row("stack", "qh3: handshake + one request/answer per server CPU-second", facts["qh3"]["per_cpu"], "/s",
+                     "aioquic, same load, same core, same time", facts["aioquic"]["per_cpu"], target="(decision)"))
+        self.add(Row("stack", "qh3: server RSS per idle connection", facts["qh3"]["per_conn_kb"], "KB",
+                     "aioquic (bare, untrimmed)", facts["aioquic"]["per_conn_kb"], target="(decision)",
+                     note=f"{facts['qh3']['done']} / {facts['aioquic']['done']} connections"))
+        self.extra["stack"] = {"bulk": {"qh3": q_rates, "aioquic": plain["rates"]}, "handshakes": facts}
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.2f}"
+    return f"{text} {unit}".strip()
+
+
+def fmt_ratio(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.3f}x" if ratio < 1.2 else f"{ratio:.2f}x"
+
+
+def format_row(row: Row) -> str:
+    ratio = fmt_ratio(row.ratio)
+    met = {True: "MET", False: "NOT MET", None: ""}[row.met]
+    base = f"{row.baseline_name}: {fmt(row.baseline, row.unit)}" if row.baseline_name else "-"
+    return f"{row.figure}: {fmt(row.value, row.unit)} | {base} | {ratio} | {row.target} {met}".rstrip()
+
+
+def print_table(rows: list[Row]) -> None:
+    print()
+    print("| benchmark | figure | value | baseline (same run) | baseline value | ratio | target | met |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        met = {True: "yes", False: "**no**", None: ""}[r.met]
+        ratio = fmt_ratio(r.ratio)
+        figure = r.figure + (f" ({r.note})" if r.note else "")
+        print(f"| {r.benchmark} | {figure} | {fmt(r.value, r.unit)} | {r.baseline_name or '-'} | "
+              f"{fmt(r.baseline, r.unit)} | {ratio} | {r.target} | {met} |")
+    print()
+
+
+def machine() -> dict[str, Any]:
+    import aioquic
+
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0], "aioquic": aioquic.__version__, "cpus": cpu_count(),
+        "platform": platform.platform(), "loadavg_start": os.getloadavg(),
+    }
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        info["uvloop"] = uvloop.__version__
+    return info
+
+
+async def amain(args: argparse.Namespace) -> int:
+    settings = settings_for(args.quick)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log_dir = RESULTS / f"{stamp}-logs"
+    log_dir.mkdir()
+    bench = Bench(settings, log_dir)
+    bench.qh3_python = args.qh3_python or os.environ.get("DPB_QH3_PYTHON")
+    names = args.only or ["beacon", "rate", "throughput", "relay", "tcp", "stack"]
+    info = machine()
+    print(f"discretpeer benchmarks ({'quick' if args.quick else 'full'}): {', '.join(names)}; "
+          f"aioquic {info['aioquic']}, Python {info['python']}, {info['cpus']} CPUs, "
+          f"load {info['loadavg_start'][0]:.2f}; logs in {log_dir}", flush=True)
+    started = time.perf_counter()
+    errors = {}
+    for name in names:
+        section = time.perf_counter()
+        try:
+            await getattr(bench, f"bench_{name}")()
+        except (WorkerError, asyncio.TimeoutError, OSError, RuntimeError, KeyError) as exc:
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            bench.log(f"{name} FAILED: {errors[name]}")
+        finally:
+            await bench.stop_all()
+        bench.log(f"{name} took {time.perf_counter() - section:.0f}s")
+    info["loadavg_end"] = os.getloadavg()
+    info["seconds"] = time.perf_counter() - started
+    print_table(bench.rows)
+    out = RESULTS / f"{stamp}.json"
+    out.write_text(json.dumps({
+        "when": stamp, "mode": "quick" if args.quick else "full", "machine": info, "settings": asdict(settings),
+        "rows": [asdict(r) for r in bench.rows], "details": bench.extra, "errors": errors,
+    }, indent=2, default=str) + "\n")
+    print(f"results: {out} ({info['seconds']:.0f}s)")
+    if errors:
+        print("errors: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke version (~2 min)")
+    parser.add_argument("--only", nargs="+", choices=["beacon", "rate", "throughput", "relay", "tcp", "stack"])
+    parser.add_argument("--qh3-python", help="python of a scratch venv with qh3 (never the project's): adds the "
+                        "stack comparison (default: $DPB_QH3_PYTHON)")
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(amain(args))
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,164 @@
+"""A discretpeer ``Peer`` in its own process: bulk stream transfers and a minimal TCP forwarder.
+
+Prints ``ready`` with its peer id. Commands:
+  {"cmd": "connect", "meeting": M, "expect": PEER_ID, "timeout": T}  -> connected (path, rtt)
+  {"cmd": "send", "size": N, "repeat": K, "timeout": T}             -> sent x K, then done
+      (each transfer: a new stream, 64 KB writes with drain, EOF; the other side answers
+      "done <bytes>" when it has read everything; time = first write .. answer)
+  {"cmd": "forward", "port": P}   listen on 127.0.0.1:P, one stream per TCP connection
+  {"cmd": "expose", "target": P}  streams from the other peer go to 127.0.0.1:P
+Every accepted stream is a sink (answering "done <bytes>") unless ``expose`` was asked.
+
+Variants (``--uvloop``, ``--no-pmtu``, ``--dgram``, ...) switch library measures off or change
+settings by patching discretpeer's modules before the Peer exists; see benchmarks/variants.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import time
+
+from benchmarks.common import emit, run_loop, stdin_commands, worker_args
+from benchmarks.variants import add_variant_flags, apply_variant
+
+CHUNK = 64 * 1024
+
+
+async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    total = 0
+    while True:
+        data = await reader.read(1 << 20)
+        if not data:
+            break
+        total += len(data)
+    writer.write(b"done %d" % total)
+    writer.write_eof()
+
+
+async def send_stream(conn, size: int) -> float:
+    reader, writer = await conn.open_stream()
+    payload = os.urandom(CHUNK)
+    started = time.perf_counter()
+    sent = 0
+    while sent < size:
+        chunk = payload[: min(CHUNK, size - sent)]
+        writer.write(chunk)
+        sent += len(chunk)
+        await writer.drain()
+    writer.write_eof()
+    answer = await reader.read()
+    elapsed = time.perf_counter() - started
+    if answer != b"done %d" % size:
+        raise RuntimeError(f"receiver answered {answer[:40]!r}")
+    return elapsed
+
+
+async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            data = await reader.read(CHUNK)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+async def splice(a: tuple, b: tuple) -> None:
+    await asyncio.gather(pump(a[0], b[1]), pump(b[0], a[1]), return_exceptions=True)
+    with contextlib.suppress(Exception):
+        a[1].close()
+    with contextlib.suppress(Exception):
+        b[1].close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    apply_variant(args)
+    from discretpeer import Identity, Peer
+
+    commands = await stdin_commands()
+    beacon = {"hostname": f"127.0.0.1:{args.beacon_port}", "cert_hash": args.fingerprint}
+    identity = Identity.generate()
+    peer = Peer(identity, [beacon], host="127.0.0.1", direct=not args.relay_only, report_local_candidates=True)
+    await peer.start()
+    emit("ready", peer_id=identity.peer_id, pid=os.getpid())
+    conn = None
+    expose_target: int | None = None
+    tasks: set[asyncio.Task] = set()
+    servers = []
+
+    def spawn(coro) -> None:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def accept_loop() -> None:
+        while True:
+            reader, writer = await conn.accept_stream()
+            if expose_target is None:
+                spawn(sink(reader, writer))
+            else:
+                async def bridge(r=reader, w=writer) -> None:
+                    tcp = await asyncio.open_connection("127.0.0.1", expose_target)
+                    await splice((r, w), tcp)
+
+                spawn(bridge())
+
+    try:
+        while True:
+            command = await commands.get()
+            if command is None or command.get("cmd") == "stop":
+                break
+            cmd = command["cmd"]
+            if cmd == "connect":
+                conn = await peer.connect(command["meeting"], expect=command["expect"], timeout=command["timeout"])
+                await asyncio.sleep(0.2)
+                spawn(accept_loop())
+                emit("connected", path=conn.path, rtt=conn.rtt)
+            elif cmd == "send":
+                for _ in range(command.get("repeat", 1)):
+                    elapsed = await asyncio.wait_for(send_stream(conn, command["size"]), command["timeout"])
+                    emit("sent", bytes=command["size"], seconds=elapsed, path=conn.path, datagram_size=conn.datagram_size)
+                emit("done")
+            elif cmd == "quicstats":  # congestion state of the peer connection (diagnostics)
+                quic = conn._protocol._quic
+                loss = quic._loss
+                cc = loss._cc
+                emit("quicstats", cwnd=cc.congestion_window, ssthresh=cc.ssthresh,
+                     srtt=loss._rtt_smoothed, rttvar=loss._rtt_variance, min_rtt=loss._rtt_min,
+                     in_flight=cc.bytes_in_flight, dgram=quic._max_datagram_size,
+                     pacer_interval=getattr(loss._pacer, "packet_time", None))
+            elif cmd == "expose":
+                expose_target = command["target"]
+                emit("exposed")
+            elif cmd == "forward":
+                async def client(reader, writer) -> None:
+                    stream = await conn.open_stream()
+                    await splice((reader, writer), stream)
+
+                server = await asyncio.start_server(client, "127.0.0.1", command["port"])
+                servers.append(server)
+                emit("forwarding", port=server.sockets[0].getsockname()[1])
+    finally:
+        for server in servers:
+            server.close()
+        for task in list(tasks):
+            task.cancel()
+        await peer.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--beacon-port", type=int, required=True)
+    parser.add_argument("--fingerprint", required=True)
+    parser.add_argument("--relay-only", action="store_true", help="direct=False: only the relay path")
+    add_variant_flags(parser)
+    args = worker_args(parser)
+    run_loop(lambda: main(args), args.uvloop, args.profile)

@@ -1,0 +1,90 @@
+"""Plain aioquic bulk transfer, the throughput baseline: aioquic's own ``serve()``/``connect()``
+with default settings (QuicConfiguration defaults, asyncio's default loop), one stream.
+
+``--role server`` prints ``ready`` with its port, reads every stream to its end and answers
+``done``. ``--role client`` sends ``--size`` bytes per stream (64 KB writes + drain, like an
+application would), ``--repeat`` times on one connection, and reports each transfer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import ssl
+import time
+
+from aioquic.asyncio import connect, serve
+from aioquic.quic.configuration import QuicConfiguration
+
+from benchmarks.common import emit, run_loop, stdin_commands, worker_args
+from certs import create_bundle
+
+ALPN = "discretpeer-bench"
+CHUNK = 64 * 1024
+
+
+async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    total = 0
+    while True:
+        data = await reader.read(1 << 20)
+        if not data:
+            break
+        total += len(data)
+    writer.write(b"done %d" % total)
+    writer.write_eof()
+
+
+async def send_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: int) -> float:
+    payload = os.urandom(CHUNK)
+    started = time.perf_counter()
+    sent = 0
+    while sent < size:
+        chunk = payload[: min(CHUNK, size - sent)]
+        writer.write(chunk)
+        sent += len(chunk)
+        await writer.drain()
+        await asyncio.sleep(0)  # aioquic's drain() never waits: let the loop send as we go
+    writer.write_eof()
+    answer = await reader.read()
+    elapsed = time.perf_counter() - started
+    if answer != b"done %d" % size:
+        raise RuntimeError(f"receiver answered {answer[:40]!r}")
+    return elapsed
+
+
+async def main(args: argparse.Namespace) -> None:
+    commands = await stdin_commands()
+    if args.role == "server":
+        bundle = create_bundle()
+        config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN])
+        config.certificate, config.private_key = bundle.certificate, bundle.private_key
+        server = await serve(
+            "127.0.0.1", 0, configuration=config,
+            stream_handler=lambda r, w: asyncio.ensure_future(sink(r, w)),
+        )
+        emit("ready", port=server._transport.get_extra_info("sockname")[1], pid=os.getpid())
+        await commands.get()
+        server.close()
+        return
+    config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
+    async with connect("127.0.0.1", args.port, configuration=config) as client:
+        emit("ready", pid=os.getpid())
+        while True:
+            command = await commands.get()
+            if command is None or command.get("cmd") == "stop":
+                break
+            if command["cmd"] == "send":
+                for _ in range(command.get("repeat", 1)):
+                    reader, writer = await client.create_stream()
+                    elapsed = await asyncio.wait_for(send_stream(reader, writer, command["size"]), command["timeout"])
+                    emit("sent", bytes=command["size"], seconds=elapsed)
+                emit("done")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--role", choices=["server", "client"], required=True)
+    parser.add_argument("--port", type=int, default=0)
+    args = worker_args(parser)
+    run_loop(lambda: main(args), args.uvloop, args.profile)

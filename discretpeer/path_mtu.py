@@ -1,0 +1,247 @@
+"""Larger datagrams where the path carries them: path-MTU probing inside QUIC (RFC 8899 style).
+
+Peer connections start with 1350-byte datagrams, which cross any Internet path. Once a direct
+path is verified, the sender probes larger sizes with a QUIC packet of exactly that size (a PING
+padded with PADDING frames, encrypted like any other packet, so nobody on the path can fake its
+acknowledgement). The first size the peer acknowledges becomes the size of every packet sent;
+a lost probe only means "try the next size". On loopback that is 16,000 bytes (aioquic's
+ceiling, see :data:`AIOQUIC_MAX_DATAGRAM`) and moves ~7x more data per CPU-second; on Ethernet
+1472 (IPv4) or 1452 (IPv6).
+
+Care taken:
+
+- sizes are capped by the kernel's MTU for the route to the peer (:func:`route_mtu`), so a probe
+  is never fragmented by our own host (a fragmented probe could get through and confirm a size
+  whose packets then travel as fragments); above that, routers drop it (the kernel sets DF
+  below the route MTU) and it is simply lost;
+- a probe does not count as in flight: its loss is no congestion signal; a size is given up
+  after :data:`MAX_PROBES` lost probes (aioquic reports a PTO retransmission as a loss too);
+- one probe at a time; every route change (new address, relay) goes back to the base size and a
+  new search, since the confirmed size belonged to the old path;
+- through a relay the probe crosses both legs (peer to beacon, beacon to peer) inside a relay
+  frame; the cap is the route to the beacon, minus the frame's header;
+- each direction probes for itself (paths may be asymmetric).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aioquic import tls
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicFrameType, QuicPacketType
+from aioquic.quic.packet_builder import QuicDeliveryState
+
+AIOQUIC_MAX_DATAGRAM = 16000  # aioquic writes STREAM/CRYPTO lengths as 2-byte varints (< 16384)
+MAX_PROBES = 3  # probes of one size lost before the search moves on to the next size
+ETHERNET_SIZES = (1472, 1452)  # 1500-byte MTU minus IPv4/UDP (28) and IPv6/UDP (48) headers
+_IP_MTU = getattr(socket, "IP_MTU", 14)  # Linux values; Python 3.11 lacks the names
+_IPV6_MTU = getattr(socket, "IPV6_MTU", 24)
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def route_mtu(address: tuple[str, int]) -> int | None:
+    """The kernel's MTU for the route to ``address`` (interface MTU, or a smaller path MTU it
+    learnt from ICMP); None if unknown. Sends nothing: connect() on a UDP socket only routes."""
+    ip = _ip(address[0])
+    if ip is None:
+        return None
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((str(ip), address[1] or 9))
+            level, option = (socket.IPPROTO_IP, _IP_MTU) if ip.version == 4 else (socket.IPPROTO_IPV6, _IPV6_MTU)
+            return int(sock.getsockopt(level, option))
+    except OSError:
+        return None
+
+
+def datagram_limit(address: tuple[str, int] | None, mtu: int | None = None, overhead: int = 0) -> int | None:
+    """The largest QUIC datagram the route to ``address`` takes without fragmenting, by the
+    kernel's MTU for it (``mtu`` if already known); ``overhead``: bytes each datagram carries
+    besides the QUIC packet (a relay frame's header). None if unknown."""
+    if address is None:
+        return None
+    ip = _ip(address[0])
+    if ip is None:
+        return None
+    if mtu is None:
+        mtu = route_mtu(address)
+    if mtu is None:
+        return None
+    return min(mtu - (28 if ip.version == 4 else 48), AIOQUIC_MAX_DATAGRAM + overhead) - overhead
+
+
+def probe_sizes(address: tuple[str, int] | None, base: int, mtu: int | None = None, overhead: int = 0) -> list[int]:
+    """QUIC datagram sizes worth probing towards ``address`` (largest first), above ``base``.
+    ``mtu``: the route's MTU if already known (else asked from the kernel); ``overhead``: bytes
+    each datagram carries besides the QUIC packet (a relay frame's header)."""
+    limit = datagram_limit(address, mtu, overhead)
+    if limit is None:
+        return []
+    sizes = {limit, *(size - overhead for size in ETHERNET_SIZES if size - overhead < limit)}
+    return sorted((size for size in sizes if size > base), reverse=True)
+
+
+def set_datagram_size(quic: QuicConnection, size: int) -> None:
+    """Use ``size``-byte datagrams on a live connection from now on: the packet builder,
+    congestion control and pacer each keep their own copy."""
+    size = min(size, AIOQUIC_MAX_DATAGRAM)
+    quic._max_datagram_size = size  # noqa: SLF001
+    for holder in (quic._loss._cc, quic._loss._pacer):  # noqa: SLF001
+        if hasattr(holder, "_max_datagram_size"):
+            holder._max_datagram_size = size  # noqa: SLF001
+
+
+class _Probe:
+    """One probe in flight (identity matters: a superseded probe's delivery is ignored)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class DatagramSizeSearch(QuicConnection):
+    """A QuicConnection that can probe for, and then use, larger datagrams.
+
+    Call :meth:`search_datagram_size` once a path is verified (then transmit), and
+    :meth:`reset_datagram_size` when the path changes. This relies on private parts of aioquic's
+    ``QuicConnection`` and packet builder (pinned in pyproject.toml)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.base_datagram_size = self._max_datagram_size
+        self.size_probes_sent = 0
+        self.size_probes_lost = 0
+        self._sizes_to_probe: list[int] = []
+        self._probe_in_flight: _Probe | None = None
+        self._probe_to_write: tuple[int, int] | None = None
+        self._losses: dict[int, int] = {}  # size -> probes of that size lost in this search
+        # asked before each probe: the largest datagram the route takes now (the kernel lowers
+        # its path MTU on ICMP "fragmentation needed", e.g. after our own probe hit a router)
+        self.size_limit: Callable[[], int | None] | None = None
+
+    @property
+    def datagram_size(self) -> int:
+        """The size of the datagrams this side sends now."""
+        return self._max_datagram_size
+
+    @property
+    def searching(self) -> bool:
+        return bool(self._sizes_to_probe) or self._probe_in_flight is not None
+
+    def search_datagram_size(self, sizes: Iterable[int]) -> None:
+        """Probe ``sizes`` (largest first); the first one acknowledged becomes the datagram size.
+        Replaces any search in progress (a probe still in flight no longer counts)."""
+        current = self._max_datagram_size
+        self._sizes_to_probe = sorted({s for s in sizes if current < s <= AIOQUIC_MAX_DATAGRAM}, reverse=True)
+        self._probe_in_flight = None
+        self._losses = {}
+
+    def reset_datagram_size(self) -> None:
+        """Back to the base size, no search: the path changed."""
+        self._sizes_to_probe = []
+        self._probe_in_flight = None
+        if self._max_datagram_size != self.base_datagram_size:
+            set_datagram_size(self, self.base_datagram_size)
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _probe_due(self) -> int | None:
+        if not self._sizes_to_probe or self._probe_in_flight is not None:
+            return None
+        if not self._handshake_confirmed or self._close_pending or self._close_event is not None:
+            return None
+        if self.size_limit is not None:
+            limit = self.size_limit()
+            if limit is not None and limit < self._sizes_to_probe[0]:
+                # bigger ones would leave our host as fragments: probe what fits, nothing larger
+                fits = {s for s in self._sizes_to_probe if s <= limit}
+                if limit > self._max_datagram_size:
+                    fits.add(limit)
+                self._sizes_to_probe = sorted(fits, reverse=True)
+                if not self._sizes_to_probe:
+                    return None
+        return self._sizes_to_probe[0]
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        size = self._probe_due()
+        if size is None:
+            return super().datagrams_to_send(now)
+        # the builder's buffer is sized from _max_datagram_size when datagrams_to_send creates
+        # it: make it the probe's size; _write_application writes the probe first, then puts
+        # the usual size back for every other datagram
+        normal = self._max_datagram_size
+        self._max_datagram_size = size
+        self._probe_to_write = (size, normal)
+        try:
+            return super().datagrams_to_send(now)
+        finally:
+            self._max_datagram_size = normal
+            self._probe_to_write = None
+
+    def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
+        if self._probe_to_write is not None:
+            size, normal = self._probe_to_write
+            self._probe_to_write = None
+            self._max_datagram_size = normal
+            try:
+                self._write_size_probe(builder, size)
+            finally:
+                builder._buffer_capacity = normal  # noqa: SLF001 - every later datagram: usual size
+        super()._write_application(builder, network_path, now)
+
+    def _write_size_probe(self, builder: Any, size: int) -> None:
+        crypto = self._cryptos[tls.Epoch.ONE_RTT]
+        if not crypto.send.is_valid():
+            return
+        # the probe is not congestion-controlled (one at a time, never counted in flight): give
+        # it room in the builder's flight budget, and take it back for the packets after it
+        budget = builder.max_flight_bytes
+        if budget is not None:
+            builder.max_flight_bytes = budget + size
+        builder.start_packet(QuicPacketType.ONE_RTT, crypto)
+        probe = _Probe(size)
+        builder.start_frame(QuicFrameType.PING, capacity=1, handler=self._on_size_probe_delivery, handler_args=(probe,))
+        packet = builder._packet  # noqa: SLF001
+        builder._datagram_needs_padding = True  # noqa: SLF001 - _end_packet pads a 1-RTT packet with PADDING
+        builder._end_packet()  # noqa: SLF001 - a 1-RTT packet ends its datagram
+        packet.in_flight = False  # a lost probe is no sign of congestion (RFC 8899 section 3)
+        sent = builder._datagrams[-1] if builder._datagrams else b""  # noqa: SLF001
+        if budget is not None:
+            builder.max_flight_bytes = budget
+            builder._flight_bytes -= packet.sent_bytes  # noqa: SLF001
+        self.size_probes_sent += 1
+        if len(sent) == size:
+            self._probe_in_flight = probe
+        else:  # could not be padded to the full size: its acknowledgement proves nothing
+            self._sizes_to_probe = []
+
+    def _on_size_probe_delivery(self, delivery: QuicDeliveryState, probe: _Probe) -> None:
+        if probe is not self._probe_in_flight:
+            return  # superseded by a reset or a new search
+        self._probe_in_flight = None
+        if delivery == QuicDeliveryState.ACKED:
+            self._sizes_to_probe = []
+            if probe.size > self._max_datagram_size:
+                set_datagram_size(self, probe.size)
+        else:
+            # aioquic also reports a packet as lost when a PTO retransmits it early: give every
+            # size MAX_PROBES chances before moving on to the next (RFC 8899's MAX_PROBES)
+            self.size_probes_lost += 1
+            self._losses[probe.size] = self._losses.get(probe.size, 0) + 1
+            if self._losses[probe.size] >= MAX_PROBES:
+                self._sizes_to_probe = [s for s in self._sizes_to_probe if s < probe.size]
