@@ -88,6 +88,10 @@ class BeaconProtocol(EndpointProtocol):
     """A beacon connection: hands stream-0 bytes and the end of the connection to the server."""
 
     dead = False  # terminated and dismantled: every call is a no-op
+    # answer in the same loop iteration: deferring the transmit saves CPU for bulk receivers but
+    # holds every Welcome/Introduction/Pong behind the rest of the batch (measured with 10,000
+    # peers and churn: introduction latency p50 6.0 ms deferred, 3.8 ms not)
+    coalesce_transmits = False
 
     def __init__(self, quic: QuicConnection, server: BeaconServer) -> None:
         super().__init__(quic)

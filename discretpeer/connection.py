@@ -350,9 +350,11 @@ class PeerConnection:
             return "relay"
         return self._direct_kind
 
-    def _set_path(self, direct_kind: PathKind) -> None:
-        """Called by the peer after it switched the route; queues the new path for watchers."""
-        self._direct_kind = "lan" if direct_kind == "lan" else "direct"
+    def _set_path(self, direct_kind: PathKind | None = None) -> None:
+        """Called by the peer after it switched the route (``direct_kind``: what a direct route
+        now is, "lan" or "direct"; None: unchanged); queues the new path for watchers."""
+        if direct_kind is not None:
+            self._direct_kind = "lan" if direct_kind == "lan" else "direct"
         self._search_datagram_size()
         with contextlib.suppress(asyncio.QueueFull):
             self.path_changes.put_nowait(self.path)

@@ -71,6 +71,7 @@ class EndpointProtocol(QuicConnectionProtocol):
     routed_cids: set[bytes] | None = None
     route: Route | None = None  # with virtual paths: how this connection's packets travel
     last_received: float = 0.0  # loop time of the last datagram for this connection
+    coalesce_transmits = True  # see datagram_received; off where latency beats CPU (the beacon)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         # aioquic transmits after every datagram: a bulk receiver then builds an ACK and runs a
@@ -79,7 +80,7 @@ class EndpointProtocol(QuicConnectionProtocol):
         # loop reads one datagram per iteration: there, deferring only adds an iteration.)
         self._quic.receive_datagram(data, addr, now=self._loop.time())  # type: ignore[arg-type]
         self._process_events()
-        if _batches_reads(self._loop):
+        if self.coalesce_transmits and _batches_reads(self._loop):
             self._transmit_soon()
         else:
             self.transmit()

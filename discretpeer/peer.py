@@ -47,7 +47,7 @@ from discretpeer.paths import RelayLink, Route, is_virtual
 from discretpeer.probe import ProbeError, ProbeKind, parse_probe
 from discretpeer.relay_frame import RELAY_DATA, RelayFrameError, parse_relay_frame
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, MeetingKeys, pair_meeting
-from discretpeer.traversal import Addr, Candidate, CandidateKind, PunchSession
+from discretpeer.traversal import Addr, Candidate, CandidateKind, PunchSession, mapping_varies
 from discretpeer.wire import (
     INSTANCE_SIZE,
     PEER_ALPN,
@@ -72,6 +72,7 @@ CANDIDATE_REFRESH_INTERVAL = 60.0
 BACKGROUND_PUNCH_INTERVAL = 1.0  # while relayed, keep looking for a direct path
 RELAY_REQUEST_RETRY = 5.0
 MAX_RELAY_ROUTES = 64
+MAX_OBSERVATIONS = 8  # beacons whose view of a peer's address we keep per pair
 
 
 @dataclass
@@ -138,6 +139,11 @@ class _Pair:
     speculation_watch: asyncio.TimerHandle | None = None
     speculated: bool = False  # one speculative dial per attempt
     rebind: Addr | None = None  # a new address the peer's packets came from, being probed
+    # the peer's public address as each beacon that introduced it saw it (beacon -> observed)
+    observed_by: dict[Addr, Addr] = field(default_factory=dict)
+    # more relay sessions granted for this pair (several beacons): session id -> beacon. We send
+    # through relay_route's; the other peer may have picked another one: accept its frames too
+    relay_aliases: dict[bytes, Addr] = field(default_factory=dict)
 
 
 class Peer:
@@ -181,6 +187,7 @@ class Peer:
         self._direct_enabled = direct
         self._relay_after = relay_after
         self._relay_routes: dict[bytes, tuple[Route, _Pair]] = {}
+        self._relay_aliases: dict[bytes, _Pair] = {}
         self._pair_by_protocol: dict[PeerProtocol, _Pair] = {}
         self._endpoint: Endpoint | None = None
         self._clients: list[BeaconClient] = []
@@ -438,6 +445,16 @@ class Peer:
         )
         if pair is not None and client not in pair.clients:
             pair.clients.append(client)
+            if pair.relay_requested_at is not None and self._relay_enabled:
+                # relaying already: a spare session on this beacon too (the other peer asks it
+                # as well), so a relayed connection can move here if its beacon goes
+                if client.send(RelayRequest(token=pair.session.token, instance=pair.session.remote_instance)):
+                    self.stats.relay_requests += 1
+        beacon = client.beacon_address
+        if pair is not None and beacon is not None and len(pair.observed_by) < MAX_OBSERVATIONS:
+            pair.observed_by[beacon] = intro.observed.to_socket()
+            if self._direct_hopeless(pair):
+                self._wake.set()  # the relay is due now
 
     def _introduce(
         self, token: bytes, instance: bytes, *, public: list[Addr], local: list[Addr], via: str
@@ -858,8 +875,10 @@ class Peer:
             return None
         if not self._relay_enabled or not pair.clients or pair.relay_route is not None or not pair.meeting.wanted:
             return None
-        # with punching off, a direct path is hopeless: ask at once
-        due = pair.introduced_at + (self._relay_after if self._direct_enabled else 0.0)
+        # with punching off, or both NATs mapping per destination, a direct path is hopeless: ask
+        # at once (punching goes on in the background and upgrades the connection if it works)
+        hopeless = not self._direct_enabled or self._direct_hopeless(pair)
+        due = pair.introduced_at + (0.0 if hopeless else self._relay_after)
         if pair.relay_requested_at is not None:
             due = max(due, pair.relay_requested_at + RELAY_REQUEST_RETRY)
         if now < due:
@@ -874,13 +893,45 @@ class Peer:
         log.info("requesting relay", peer_instance=pair.session.remote_instance.hex()[:8], beacons=len(pair.clients))
         return now + RELAY_REQUEST_RETRY
 
+    def _own_mapping_varies(self) -> bool | None:
+        """Does our NAT give us a different public address per destination (a "symmetric" NAT)?
+        Known once two beacons at different addresses told us what they see; else None."""
+        seen: dict[Addr, Addr] = {}
+        for client in self._clients:
+            beacon, observed = client.beacon_address, client.status.observed
+            if beacon is not None and observed is not None:
+                seen[beacon] = observed.to_socket()
+        return mapping_varies(seen)
+
+    def _direct_hopeless(self, pair: _Pair) -> bool:
+        """Both sides behind NATs that map per destination: the address each beacon reports is
+        useless to the other peer, punching cannot meet. Both peers see the same facts (each
+        one's address at each beacon, through introductions), so both decide alike."""
+        if not self._direct_enabled:
+            return True
+        other = mapping_varies(pair.observed_by)
+        if not other:
+            return False
+        mine = self._own_mapping_varies()
+        if not mine:
+            return False
+        own_ips = {c.status.observed.host for c in self._clients if c.status.observed is not None}
+        # behind the same NAT as the other peer: local addresses or a hairpin may still work
+        return not own_ips & {address[0] for address in pair.observed_by.values()}
+
     def _on_relay_message(self, client: BeaconClient, message: Message) -> None:
         if isinstance(message, RelayGrant):
             self.stats.relay_grants += 1
             record = self._by_token.get(message.token)
             pair = self._pairs.get((record.id, message.instance)) if record is not None else None
             beacon = client.beacon_address
-            if pair is None or beacon is None or pair.relay_route is not None or self._endpoint is None:
+            if pair is None or beacon is None or self._endpoint is None:
+                return
+            if pair.relay_route is not None:
+                # a second beacon granted too; the other peer may send through that one
+                if len(pair.relay_aliases) < MAX_OBSERVATIONS and len(self._relay_aliases) < MAX_RELAY_ROUTES:
+                    pair.relay_aliases[message.session_id] = beacon
+                    self._relay_aliases[message.session_id] = pair
                 return
             if pair.connection is not None and not pair.connection.closed:
                 return  # a direct path won meanwhile
@@ -909,21 +960,50 @@ class Peer:
                 connection.close(text)
 
     def _on_beacon_lost(self, client: BeaconClient, address: Addr) -> None:
-        """Relay sessions live in the beacon: when it goes, relayed connections end now (the app
-        sees an error at once, not after QUIC's idle timeout) and direct ones carry on."""
+        """Relay sessions live in the beacon: when it goes, a relayed connection moves to the
+        session another beacon granted for the pair, if any (streams survive); else it ends now
+        (the app sees an error at once, not after QUIC's idle timeout). Direct ones carry on."""
+        for session_id, pair in list(self._relay_aliases.items()):
+            if pair.relay_aliases.get(session_id) == address:  # a spare on the lost beacon
+                del pair.relay_aliases[session_id]
+                del self._relay_aliases[session_id]
         for route, pair in list(self._relay_routes.values()):
             if route.relay is None or route.relay.beacon != address:
                 continue
             connection = pair.connection
+            if connection is not None and not connection.closed and self._move_relay(pair, route):
+                log.info("relay moved", peer=connection.peer_id, lost=str(client.spec), beacon=route.relay.beacon)
+                continue
             self._drop_relay(pair)
             text = f"relay lost: beacon {client.spec} disconnected"
             pair.meeting.failures.append(text)
             if connection is not None and connection.path == "relay":
                 connection.close(text)
 
+    def _move_relay(self, pair: _Pair, route: Route) -> bool:
+        """Send through a spare session of the pair (granted by a beacon still connected)."""
+        assert route.relay is not None
+        connected = {c.beacon_address for c in self._clients if c.connected}
+        for session_id, beacon in list(pair.relay_aliases.items()):
+            if beacon not in connected:
+                continue
+            del pair.relay_aliases[session_id]
+            self._relay_aliases.pop(session_id, None)
+            self._relay_routes.pop(route.relay.session_id, None)
+            route.use_relay(RelayLink(session_id, beacon))
+            self._relay_routes[session_id] = (route, pair)
+            if pair.connection is not None:
+                pair.connection._set_path()  # noqa: SLF001 - still "relay": reports the change
+            self.stats.path_switches += 1
+            return True
+        return False
+
     def _drop_relay(self, pair: _Pair) -> None:
         route = pair.relay_route
         pair.relay_route = None
+        for session_id in pair.relay_aliases:
+            self._relay_aliases.pop(session_id, None)
+        pair.relay_aliases.clear()
         if route is not None and route.relay is not None:
             self._relay_routes.pop(route.relay.session_id, None)
             if self._endpoint is not None and (pair.connection is None or pair.connection.closed):
@@ -936,6 +1016,11 @@ class Peer:
             self.stats.probes_rejected += 1
             return
         entry = self._relay_routes.get(session_id)
+        if entry is None:
+            pair = self._relay_aliases.get(session_id)
+            if pair is not None and pair.relay_route is not None and pair.relay_aliases.get(session_id) == source:
+                entry = (pair.relay_route, pair)
+                source = pair.relay_route.relay.beacon if pair.relay_route.relay is not None else source
         if entry is None or self._endpoint is None:
             return
         route, _ = entry

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.natlab
 
 PEER = str(Path(__file__).with_name("lab_peer.py"))
 BEACON_IP = "203.0.113.10"
+BEACON2_IP = "203.0.113.11"
 DELAY_MS = 20.0  # per internet link, one way
 RUNS = int(os.environ.get("DPN_MATRIX_RUNS", "3"))
 
@@ -32,18 +33,20 @@ RUNS = int(os.environ.get("DPN_MATRIX_RUNS", "3"))
 RESULTS: dict[str, dict[str, Any]] = {}
 
 
-def start_beacon(lab: Lab, tmp_path: Path, port: int = 4264) -> tuple[Any, dict[str, str]]:
-    workdir = tmp_path / f"beacon-{port}"
+def start_beacon(
+    lab: Lab, tmp_path: Path, port: int = 4264, *, node: str = "beacon", ip: str = BEACON_IP
+) -> tuple[Any, dict[str, str]]:
+    workdir = tmp_path / f"{node}-{port}"
     workdir.mkdir(exist_ok=True)
     proc = lab.popen(
-        "beacon",
-        [sys.executable, "-m", "beacon", "--dir", str(workdir), "--host", BEACON_IP, "--port", str(port), "--no-ipv6"],
-        name=f"beacon-{port}",
+        node,
+        [sys.executable, "-m", "beacon", "--dir", str(workdir), "--host", ip, "--port", str(port), "--no-ipv6"],
+        name=f"{node}-{port}",
     )
     proc.wait_for(r"^ready", timeout=20)
     match = re.search(r"certificate hash: (\S+)", proc.stdout)
     assert match, proc.stdout
-    return proc, {"hostname": f"{BEACON_IP}:{port}", "cert_hash": match.group(1)}
+    return proc, {"hostname": f"{ip}:{port}", "cert_hash": match.group(1)}
 
 
 def run_pair(
@@ -146,6 +149,24 @@ def test_direct_through_nats(lab: Lab, tmp_path: Path, flavour_a: str, flavour_b
 @pytest.mark.parametrize("flavour_a,flavour_b", [("symmetric", "port_restricted"), ("symmetric", "symmetric")])
 def test_no_direct_path_relays(lab: Lab, tmp_path: Path, flavour_a: str, flavour_b: str) -> None:
     matrix_case(lab, tmp_path, f"{flavour_a} ↔ {flavour_b}", flavour_a, flavour_b, "relay")
+
+
+def test_two_beacons_show_both_nats_map_per_destination_so_relay_at_once(lab: Lab, tmp_path: Path) -> None:
+    """With two beacons at different addresses each peer sees its own NAT's mapping (Welcome) and
+    the other's (its address in each introduction): symmetric on both sides means punching cannot
+    meet, so both ask for the relay at once instead of after relay_after (1.5 s). Two beacons
+    grant a session each; whichever each peer picked, frames of both are accepted."""
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_public("beacon2", BEACON2_IP)
+    lab.add_home("A", "symmetric")
+    lab.add_home("B", "symmetric")
+    lab.set_delay(DELAY_MS)
+    _, entry = start_beacon(lab, tmp_path)
+    _, entry2 = start_beacon(lab, tmp_path, node="beacon2", ip=BEACON2_IP)
+    both = {"beacons": [entry, entry2]}
+    times = [assert_connected(*run_pair(lab, tmp_path, "A1", "B1", entry, a=both, b=both), "relay") for _ in range(RUNS)]
+    record("symmetric ↔ symmetric, two beacons", "relay", times)
+    assert statistics.median(times) < 1500  # the relay did not wait for relay_after
 
 
 def test_same_router_without_hairpin_uses_local_addresses(lab: Lab, tmp_path: Path) -> None:

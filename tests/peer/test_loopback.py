@@ -373,3 +373,52 @@ async def test_relay_that_drops_large_frames_keeps_the_base_size(beacon, monkeyp
         assert ca.datagram_size == cb.datagram_size == 1472 - 9  # the Ethernet size fits in 1500
         assert ca._protocol._quic.size_probes_lost >= 3  # 16,000 was tried and lost
         await _transfer(ca, cb, 1024 * 1024)
+
+
+async def test_relay_with_two_beacons_whichever_session_each_peer_picked(beacon, make_beacon):
+    """Both beacons introduce the pair and both grant a relay session; each peer sends through
+    the first grant it got, which need not be the other's. Frames of every session granted for
+    the pair are accepted, so the connection works whatever the picks (tried several times, with
+    the beacons listed in opposite orders)."""
+    async with make_beacon() as second:
+        entries = [beacon_entry(beacon), beacon_entry(second)]
+        for attempt in range(4):
+            ia, ib = Identity.generate(), Identity.generate()
+            async with loopback_peer(ia, entries, direct=False) as pa, \
+                    loopback_peer(ib, entries[::-1], direct=False) as pb:
+                ca, cb = await connect_both(pa, pb, meeting=f"two beacons {attempt}")
+                assert ca.path == cb.path == "relay"
+                await _transfer(ca, cb, 200_000)
+                await _transfer(cb, ca, 200_000)
+                assert pa.stats.relay_grants + pb.stats.relay_grants >= 2
+
+
+async def test_relayed_connection_moves_to_the_other_beacon_when_its_beacon_stops(make_beacon):
+    """Two beacons, relay only: the beacon carrying our relay session stops; the connection
+    moves to the session the other beacon granted, and the same stream goes on."""
+    async with make_beacon() as first, make_beacon() as second:
+        servers = {first.port: first, second.port: second}
+        entries = [beacon_entry(first), beacon_entry(second)]
+        ia, ib = Identity.generate(), Identity.generate()
+        async with loopback_peer(ia, entries, direct=False) as pa, loopback_peer(ib, entries, direct=False) as pb:
+            ca, cb = await connect_both(pa, pb, meeting="failover")
+            assert ca.path == cb.path == "relay"
+            deadline = time.monotonic() + 5
+            while not (pa._pairs and all(p.relay_aliases for p in pa._pairs.values())):
+                assert time.monotonic() < deadline, "the second beacon's grant never came"
+                await asyncio.sleep(0.02)
+            ra, wa = await ca.open_stream()
+            wa.write(b"before")
+            rb, wb = await cb.accept_stream()
+            assert await rb.readexactly(6) == b"before"
+            used = ca.remote_address[1]  # the beacon pa sends through
+            await servers[used].stop()
+            await asyncio.wait_for(ca.path_changes.get(), 5)
+            assert ca.remote_address[1] != used and ca.path == "relay"
+            for n in range(20):
+                wa.write(b"ping%02d" % n)
+                assert await asyncio.wait_for(rb.readexactly(6), 5) == b"ping%02d" % n
+                wb.write(b"pong%02d" % n)
+                assert await asyncio.wait_for(ra.readexactly(6), 5) == b"pong%02d" % n
+            assert not ca.closed and not cb.closed
+            assert pa.stats.path_switches >= 1

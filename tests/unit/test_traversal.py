@@ -109,3 +109,28 @@ def test_reflexive_address_learns_its_kind_from_a_later_introduction():
     assert s.candidates[("192.168.1.7", 4000)].kind is CandidateKind.REFLEXIVE
     s.add_candidates([("192.168.1.7", 4000)], CandidateKind.LOCAL, 0.1)
     assert s.candidates[("192.168.1.7", 4000)].kind is CandidateKind.LOCAL
+
+
+def test_mapping_varies_needs_two_beacon_addresses():
+    from discretpeer.traversal import mapping_varies
+
+    one = ("198.51.100.7", 40000)
+    assert mapping_varies({}) is None
+    assert mapping_varies({("203.0.113.10", 4264): one}) is None
+    # two beacons on one IP address do not tell an address-dependent mapping apart
+    assert mapping_varies({("203.0.113.10", 4264): one, ("203.0.113.10", 4265): ("198.51.100.7", 40001)}) is None
+    assert mapping_varies({("203.0.113.10", 4264): one, ("203.0.113.11", 4264): one}) is False
+    assert mapping_varies({("203.0.113.10", 4264): one, ("203.0.113.11", 4264): ("198.51.100.7", 40001)}) is True
+    assert mapping_varies({("203.0.113.10", 4264): one, ("203.0.113.11", 4264): ("198.51.100.8", 40000)}) is True
+
+
+@given(st.dictionaries(
+    st.tuples(st.sampled_from(["203.0.113.10", "203.0.113.11", "203.0.113.12"]), st.integers(1, 65535)),
+    st.tuples(st.sampled_from(["198.51.100.7", "198.51.100.8"]), st.integers(1, 65535)),
+    max_size=6,
+))
+def test_mapping_varies_is_none_only_without_two_beacon_ips(observed_by):
+    from discretpeer.traversal import mapping_varies
+
+    result = mapping_varies(observed_by)
+    assert (result is None) == (len({beacon[0] for beacon in observed_by}) < 2)
