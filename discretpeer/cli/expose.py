@@ -7,6 +7,7 @@ import collections
 import contextlib
 import dataclasses
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from discretpeer.config import ConfigError
 from discretpeer.connection import PeerConnection
 from discretpeer.peer import Peer
+from discretpeer.tokens import pair_meeting
 from discretpeer.tunnel import FrameType, Request, Status, TunnelError, encode_response
 
 from .control import ControlServer
@@ -27,7 +29,7 @@ from .session import (
     stop_event,
     watch_path,
 )
-from .settings import Service, Settings
+from .settings import Service, Settings, load_settings
 from .splice import Splice, TcpSide, Traffic, read_frame
 
 REQUEST_TIMEOUT = 10.0
@@ -253,21 +255,73 @@ async def run_expose(settings: Settings, args: Any, console: Console) -> int:
         async with make_peer(settings, identity) as peer:
             exposer = Exposer(peer, services, settings.allow, settings, console)
             exposers.append(exposer)
-            await _serve(peer, exposer, settings, services, console)
+            await _serve(peer, exposer, settings, services, console, args)
     finally:
         await control.close()
     return 0
 
 
+async def _listen(peer: Peer, secret: str | None, allow: list[str]) -> None:
+    if secret:
+        await peer.listen(secret, expect=set(allow))
+    else:
+        await peer.listen_for_peers(allow)
+
+
+async def _reload(peer: Peer, exposer: Exposer, args: Any, console: Console) -> None:
+    """SIGHUP: read the config again and apply its allow list and exposed ports without a restart
+    (connections of peers still allowed go on; those of removed peers are closed). A config
+    that does not load changes nothing and says why."""
+    try:
+        new = load_settings(args)
+        services = new.services(args.ports, args.host)
+        if not new.allow:
+            raise ConfigError("nobody would be allowed")
+        if not services:
+            raise ConfigError("nothing would be exposed")
+    except ConfigError as exc:
+        console.status(f"reload failed, keeping the current settings: {exc}", event="reload_failed", error=str(exc))
+        return
+    old = exposer.settings
+    before, after = set(old.allow), set(new.allow)
+    if new.secret and new.secret == old.secret:
+        await peer.listen(new.secret, expect=after)  # the same meeting, a new policy
+    elif new.secret != old.secret:
+        if old.secret:
+            await peer.unlisten(old.secret)
+        else:
+            for peer_id in before:
+                await peer.unlisten(pair_meeting(peer.peer_id, peer_id))
+        await _listen(peer, new.secret, new.allow)
+    else:
+        for peer_id in before - after:
+            await peer.unlisten(pair_meeting(peer.peer_id, peer_id))
+        await peer.listen_for_peers(sorted(after - before))
+    removed = before - after
+    for conn in list(exposer.records):
+        if conn.peer_id in removed:
+            conn.close("no longer allowed")
+    exposer.settings, exposer.allow, exposer.services = new, new.allow, services
+    console.result(
+        f"reloaded: {len(new.allow)} allowed peer(s) (+{len(after - before)}, -{len(removed)}), "
+        f"exposing {', '.join(str(port) for port in sorted(services))}",
+        event="reloaded",
+        allowed=new.allow,
+        added=sorted(after - before),
+        removed=sorted(removed),
+        exposed={port: str(service) for port, service in services.items()},
+    )
+
+
 async def _serve(peer: Peer, exposer: Exposer, settings: Settings, services: dict[int, Service],
-                 console: Console) -> None:
+                 console: Console, args: Any) -> None:
     stop = stop_event()
+    reload = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload.set)
     progress = Progress(peer, console)
     try:
-        if settings.secret:
-            await peer.listen(settings.secret, expect=set(settings.allow))
-        else:
-            await peer.listen_for_peers(settings.allow)
+        await _listen(peer, settings.secret, settings.allow)
         progress.start()
         listing = ", ".join(f"{port} -> {service}" for port, service in sorted(services.items()))
         console.result(
@@ -280,7 +334,14 @@ async def _serve(peer: Peer, exposer: Exposer, settings: Settings, services: dic
         )
         accept = asyncio.ensure_future(exposer.accept_loop())
         stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({accept, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            reloading = asyncio.ensure_future(reload.wait())
+            await asyncio.wait({accept, stopped, reloading}, return_when=asyncio.FIRST_COMPLETED)
+            if not reloading.done():
+                reloading.cancel()
+                break
+            reload.clear()
+            await _reload(peer, exposer, args, console)
         stopped.cancel()
         if accept.done():
             accept.result()  # re-raises what ended the accept loop

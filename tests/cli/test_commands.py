@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -254,6 +255,44 @@ def test_secret_meeting_and_refusal_of_a_stranger_who_knows_it(lab, tmp_path):
         # without the secret B does not find D (D listens only on the secret meeting)
         lost = lab["b"].run("pipe", "--to", d.peer_id, "--timeout", "2", input="x")
         assert lost.returncode == 1 and "not found" in one_error_line(lost.stderr)
+    finally:
+        d.stop_all()
+
+
+def test_sighup_reloads_the_allow_list_without_a_restart(lab, tmp_path):
+    """The allow list lives in the config file; SIGHUP applies an edited one: a newly allowed
+    peer gets in, a removed one is refused, the process (and its peer id) stays; a broken
+    config is refused with one line and changes nothing."""
+    beacon, b, c = lab["beacon"], lab["b"], lab["c"]
+    d = Node(tmp_path / "d", [beacon], allow=[b.peer_id])
+    config = d.home / ".config" / "discretpeer" / "config.toml"
+    original = config.read_text()
+    echo = str(lab["services"]["echo"])
+    try:
+        expose = d.start("expose", echo, "--json", "--control", str(tmp_path / "d.sock"), name="expose-reload")
+        expose.wait_event("exposing")
+        assert b.run("pipe", "--to", d.peer_id, input="b1\n").stdout == "b1\n"
+        refused = c.run("pipe", "--to", d.peer_id, "--timeout", "3", input="c1\n")
+        assert refused.returncode == 1 and refused.stdout == ""
+
+        config.write_text(original.replace(f'allow = ["{b.peer_id}"]', f'allow = ["{b.peer_id}", "{c.peer_id}"]'))
+        expose.popen.send_signal(signal.SIGHUP)
+        reloaded = expose.wait_event("reloaded")
+        assert reloaded["added"] == [c.peer_id] and reloaded["removed"] == []
+        welcome = c.run("pipe", "--to", d.peer_id, input="c2\n")
+        assert welcome.returncode == 0 and welcome.stdout == "c2\n", welcome.stderr
+
+        config.write_text("allow = [")  # broken: nothing changes
+        expose.popen.send_signal(signal.SIGHUP)
+        assert "config.toml" in expose.wait_event("reload_failed")["error"]
+        assert c.run("pipe", "--to", d.peer_id, input="c3\n").stdout == "c3\n"
+
+        config.write_text(original.replace(f'allow = ["{b.peer_id}"]', f'allow = ["{c.peer_id}"]'))
+        expose.popen.send_signal(signal.SIGHUP)
+        assert expose.wait_event("reloaded")["removed"] == [b.peer_id]
+        gone = b.run("pipe", "--to", d.peer_id, "--timeout", "3", input="b2\n")
+        assert gone.returncode == 1 and gone.stdout == ""
+        assert expose.popen.poll() is None
     finally:
         d.stop_all()
 

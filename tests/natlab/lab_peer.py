@@ -118,6 +118,7 @@ async def main(config: dict) -> None:
             remote=list(conn.remote_address),
             dialer=conn.dialer,
             ms=None if conn.time_to_connect is None else round(1000 * conn.time_to_connect, 1),
+            rtt_ms=None if conn.rtt is None else round(1000 * conn.rtt, 1),
             ms_from_start=round(1000 * (time.monotonic() - started), 1),
         )
         await exchange(conn, config["role"], config.get("payload", 0), marker)
