@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a port (of --host) or HOST:PORT to expose; several allowed (default: the config's expose)")
     p.add_argument("--host", metavar="HOST", help="host of the ports given as numbers (default 127.0.0.1)")
     p.add_argument("--allow", action="append", metavar="PEER",
-                   help="a peer id (or a name from [peers]) allowed to connect; repeatable or comma-separated "
-                   "(replaces the config's allow list)")
+                   help="a peer id (or a name from [peers]) allowed to connect, PEER:PORT to allow only that "
+                   "port; repeatable or comma-separated (replaces the config's allow list)")
     p.add_argument("--control", metavar="PATH",
                    help="control socket for `status` (default ~/.config/discretpeer/expose.sock)")
     _add_base(p)

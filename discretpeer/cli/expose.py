@@ -122,13 +122,16 @@ class Exposer:
                 reason=conn.close_reason,
             )
 
-    def _choose(self, request: Request) -> tuple[Service | None, Status, str]:
-        ports = ", ".join(str(p) for p in sorted(self.services))
+    def _choose(self, request: Request, peer_id: str) -> tuple[Service | None, Status, str]:
+        allowed = self.settings.ports_for(peer_id)
+        # a peer limited to some ports sees only those: the others do not exist for it
+        services = self.services if allowed is None else {p: s for p, s in self.services.items() if p in allowed}
+        ports = ", ".join(str(p) for p in sorted(services)) or "none for you"
         if request.port == 0:
-            if len(self.services) == 1:
-                return next(iter(self.services.values())), Status.OK, ""
+            if len(services) == 1:
+                return next(iter(services.values())), Status.OK, ""
             return None, Status.AMBIGUOUS_PORT, f"several ports are exposed ({ports}): choose one with --port"
-        service = self.services.get(request.port)
+        service = services.get(request.port)
         if service is None:
             return None, Status.NOT_EXPOSED, f"port {request.port} is not exposed (exposed: {ports})"
         return service, Status.OK, ""
@@ -157,7 +160,7 @@ class Exposer:
                 writer.write_eof()
             return
         assert isinstance(frame, Request)
-        service, status, message = self._choose(frame)
+        service, status, message = self._choose(frame, conn.peer_id)
         if service is None:
             refuse(status, message)
             return
@@ -207,6 +210,7 @@ class Exposer:
             "uptime": round(time.time() - self.started, 1),
             "exposed": [{"port": port, "target": str(service)} for port, service in sorted(self.services.items())],
             "allowed": list(self.allow),
+            "allowed_ports": {peer: sorted(ports) for peer, ports in self.settings.allow_ports.items()},
             "meeting": "secret" if self.settings.secret else "peer ids",
             "beacons": [
                 {

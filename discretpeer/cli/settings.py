@@ -4,7 +4,8 @@ Config file (default ``~/.config/discretpeer/config.toml``, or ``$XDG_CONFIG_HOM
 ``--config`` / ``DISCRETPEER_CONFIG`` to choose another)::
 
     beacons = [{hostname = "beacon.example.org:4264", cert_hash = "43 base64url characters"}]
-    allow = ["laptop", "<peer id>"]     # who may use `discretpeer expose`
+    allow = ["laptop", "<peer id>:80"]  # who may use `discretpeer expose` (":80": only port 80;
+                                       # repeat an entry for more ports: "pi:22", "pi:80")
     lan = false                        # also meet peers on the local network (mDNS)
     relay = true                       # relay through a beacon when punching fails
     timeout = 15                       # seconds to find and verify a peer
@@ -76,6 +77,13 @@ class Settings:
     control_path: Path = Path()
     secret: str | None = None
     peers: dict[str, str] = field(default_factory=dict)
+    # allow entries with a port ("laptop:22"): the exposed ports that peer may use; a peer
+    # absent from this map may use every exposed port
+    allow_ports: dict[str, frozenset[int]] = field(default_factory=dict)
+
+    def ports_for(self, peer_id: str) -> frozenset[int] | None:
+        """The exposed ports ``peer_id`` may use (None: all of them)."""
+        return self.allow_ports.get(peer_id)
 
     def resolve_peer(self, text: str, *, where: str = "peer") -> str:
         """A peer id or a name from ``[peers]`` -> the normalised peer id."""
@@ -288,7 +296,7 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"udp_port must be 0..65535, got {settings.udp_port}")
     if settings.secret is not None and not settings.secret.strip():
         raise ConfigError("the secret must not be empty")
-    settings.allow = _dedupe(settings.resolve_peer(item, where=f"{allow_where}: allow entry") for item in allow_entries)
+    settings.allow, settings.allow_ports = _resolve_allow(settings, allow_entries, allow_where)
     if settings.identity_path == Path():
         settings.identity_path = config_home(env) / "identity.key"
     settings.control_path = control or config_home(env) / "expose.sock"
@@ -297,6 +305,31 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
 
 def _unique(specs: list[BeaconSpec], where: str) -> list[BeaconSpec]:
     return parse_beacons(specs, where=where)
+
+
+def _resolve_allow(
+    settings: Settings, entries: list[str], where: str
+) -> tuple[list[str], dict[str, frozenset[int]]]:
+    """``NAME_OR_ID`` or ``NAME_OR_ID:PORT`` entries -> peer ids, and the ports of those limited
+    to some (entries of one peer add up; one without a port lifts the limit)."""
+    ids: list[str] = []
+    limited: dict[str, set[int]] = {}
+    unlimited: set[str] = set()
+    for entry in entries:
+        text, ports = entry.strip(), None
+        if ":" in text:
+            text, _, spec = text.rpartition(":")
+            if not spec.strip().isdigit() or not 0 < int(spec) < 65536:
+                raise ConfigError(f"{where}: allow entry {entry!r}: the port after ':' must be 1..65535, "
+                                  "e.g. 'laptop:22' (one port per entry; repeat the entry for more)")
+            ports = {int(spec)}
+        peer_id = settings.resolve_peer(text, where=f"{where}: allow entry")
+        ids.append(peer_id)
+        if ports is None:
+            unlimited.add(peer_id)
+        else:
+            limited.setdefault(peer_id, set()).update(ports)
+    return _dedupe(ids), {p: frozenset(ports) for p, ports in limited.items() if p not in unlimited}
 
 
 def _dedupe(items: Any) -> list[str]:

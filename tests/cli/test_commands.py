@@ -259,6 +259,29 @@ def test_secret_meeting_and_refusal_of_a_stranger_who_knows_it(lab, tmp_path):
         d.stop_all()
 
 
+def test_a_peer_allowed_one_port_sees_only_that_port(lab, tmp_path):
+    """allow = ["B:ECHO"]: B reaches the echo service (even without --port: it is the only port
+    B sees), and another exposed port does not exist for B; C, allowed everything, reaches both."""
+    beacon, b, c = lab["beacon"], lab["b"], lab["c"]
+    echo, eof = lab["services"]["echo"], lab["services"]["eof"]
+    d = Node(tmp_path / "d", [beacon], allow=[f"{b.peer_id}:{echo}", c.peer_id])
+    try:
+        expose = d.start("expose", str(echo), str(eof), "--json", "--control", str(tmp_path / "d.sock"),
+                         name="expose-ports")
+        expose.wait_event("exposing")
+        ok = b.run("pipe", "--to", d.peer_id, input="b\n")
+        assert ok.returncode == 0 and ok.stdout == "b\n", ok.stderr
+        other = b.run("pipe", "--to", d.peer_id, "--port", str(eof), input="x")
+        assert other.returncode == 1 and other.stdout == ""
+        line = one_error_line(other.stderr)
+        assert f"NOT_EXPOSED: port {eof} is not exposed (exposed: {echo})" in line
+        assert c.run("pipe", "--to", d.peer_id, "--port", str(echo), input="c\n").stdout == "c\n"
+        ambiguous = c.run("pipe", "--to", d.peer_id, input="c\n")
+        assert "AMBIGUOUS_PORT" in one_error_line(ambiguous.stderr)
+    finally:
+        d.stop_all()
+
+
 def test_sighup_reloads_the_allow_list_without_a_restart(lab, tmp_path):
     """The allow list lives in the config file; SIGHUP applies an edited one: a newly allowed
     peer gets in, a removed one is refused, the process (and its peer id) stays; a broken

@@ -86,6 +86,20 @@ def test_explicit_config_path_must_exist(tmp_path):
         load_settings(args("id"), env_for(tmp_path, DISCRETPEER_CONFIG=str(tmp_path / "nope.toml")))
 
 
+def test_allow_entries_may_limit_a_peer_to_some_ports(tmp_path):
+    write(tmp_path, f"""
+allow = ["laptop:22", "laptop:80", "{ID2}"]
+[peers]
+laptop = "{ID1}"
+""")
+    s = load_settings(args("expose", "22"), env_for(tmp_path))
+    assert s.allow == [ID1, ID2]
+    assert s.ports_for(ID1) == {22, 80} and s.ports_for(ID2) is None
+    # flags replace the list; an entry without a port lifts the limit
+    s = load_settings(args("expose", "22", "--allow", f"laptop:22,{ID2}:443", "--allow", "laptop"), env_for(tmp_path))
+    assert s.ports_for(ID1) is None and s.ports_for(ID2) == {443}
+
+
 @pytest.mark.parametrize(
     "text, match",
     [
@@ -100,6 +114,9 @@ def test_explicit_config_path_must_exist(tmp_path):
         ('[peers]\nx = "bad"', "peers.x"),
         ("udp_port = 70000", "udp_port"),
         ("expose = [true]", "expose"),
+        (f'allow = ["{ID1}:0"]', "port after ':' must be 1..65535"),
+        (f'allow = ["{ID1}:22,80"]', "one port per entry"),
+        ('allow = ["nobody:22"]', "not a valid peer id"),
     ],
 )
 def test_bad_config_entries_are_one_clear_error(tmp_path, text, match):
