@@ -5,7 +5,7 @@
     discretpeer forward 2222 --to PEER_ID --port 22  # elsewhere: localhost:2222 -> device:22
     discretpeer pipe --to PEER_ID --port 22          # stdin/stdout (ssh ProxyCommand)
     discretpeer doctor                               # beacons, public address, NAT, mDNS
-    discretpeer status [--json] [--watch]            # what the running expose is doing
+    discretpeer status [--json] [--watch]            # what the running expose (or a forward) is doing
 
 Exit codes: 0 success, 1 failure (cannot connect, refused, doctor found a FAIL), 2 usage or
 configuration error, 130 interrupted. Errors are one line on stderr.
@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_remote_port, metavar="REMOTEPORT",
                    help="the exposed port to reach (default: the peer's only exposed port)")
     p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="local address to listen on (default 127.0.0.1)")
+    p.add_argument("--control", metavar="PATH",
+                   help="serve `discretpeer status --control PATH` on this unix socket (none by default: several "
+                   "forwards may run at once)")
     _add_base(p)
     _add_network(p)
 
@@ -164,12 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_base(p)
     _add_network(p, secret=False)
 
-    p = sub.add_parser("status", help="show what the running expose is doing",
+    p = sub.add_parser("status", help="show what the running expose (or a forward) is doing",
                        description="Connections, their paths (direct/lan/relay), tunnels and bytes of the running "
-                       "`expose`, read from its control socket.", epilog=EPILOG)
+                       "`expose` (or of a `forward --control PATH`), read from its control socket.", epilog=EPILOG)
     p.add_argument("--watch", action="store_true", help="refresh until interrupted")
     p.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS", help="refresh interval (default 1)")
-    p.add_argument("--control", metavar="PATH", help="control socket of the expose")
+    p.add_argument("--control", metavar="PATH", help="control socket of the expose (or of a forward)")
     _add_base(p)
     return parser
 

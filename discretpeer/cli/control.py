@@ -1,4 +1,4 @@
-"""The local control endpoint of a running ``expose``: a unix socket (mode 0600, in a 0700
+"""The local control endpoint of a running ``expose`` (or ``forward --control``): a unix socket (mode 0600, in a 0700
 directory), one JSON request line in, one JSON answer line out.
 
     {"cmd": "status"}   ->   {"ok": true, "status": {...}}
@@ -51,7 +51,7 @@ class ControlServer:
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise ControlError(f"{self.path} exists and is not a socket; remove it or use --control")
             if await _alive(self.path):
-                raise ControlError(f"another expose is running (control socket {self.path}); "
+                raise ControlError(f"another discretpeer expose/forward is running (control socket {self.path}); "
                                    "stop it or give this one another --control path")
             self.path.unlink()  # stale: nobody answers there
         old = os.umask(0o177)
@@ -125,10 +125,10 @@ async def query(path: Path, command: str = "status", timeout: float = 3.0) -> di
             asyncio.open_unix_connection(str(path), limit=MAX_ANSWER), timeout
         )
     except FileNotFoundError:
-        raise ControlError(f"no running expose: {path} does not exist "
+        raise ControlError(f"no running expose (or forward --control): {path} does not exist "
                            "(start `discretpeer expose`, or give its --control path)") from None
     except ConnectionRefusedError:
-        raise ControlError(f"no running expose: nobody answers on {path} (stale socket)") from None
+        raise ControlError(f"no running expose (or forward --control): nobody answers on {path} (stale socket)") from None
     except PermissionError:
         raise ControlError(f"cannot open {path}: permission denied (run as the user of the expose)") from None
     except (TimeoutError, OSError) as exc:

@@ -22,8 +22,8 @@ from .control import ControlServer
 from .output import Console, short_id
 from .session import (
     Progress,
+    describe_beacons,
     describe_connection,
-    format_address,
     load_identity,
     make_peer,
     stop_event,
@@ -204,6 +204,7 @@ class Exposer:
 
     def snapshot(self) -> dict[str, Any]:
         return {
+            "kind": "expose",
             "pid": os.getpid(),
             "peer_id": self.peer.peer_id,
             "started": round(self.started, 3),
@@ -212,16 +213,7 @@ class Exposer:
             "allowed": list(self.allow),
             "allowed_ports": {peer: sorted(ports) for peer, ports in self.settings.allow_ports.items()},
             "meeting": "secret" if self.settings.secret else "peer ids",
-            "beacons": [
-                {
-                    "beacon": status.beacon,
-                    "state": status.state,
-                    "observed": format_address(status.observed) if status.observed else None,
-                    "rtt_ms": None if status.rtt is None else round(status.rtt * 1000, 2),
-                    "last_error": status.last_error,
-                }
-                for status in self.peer.beacon_status
-            ],
+            "beacons": describe_beacons(self.peer),
             "connections": [record.snapshot() for record in self.records.values()],
             "recently_closed": [record.snapshot() for record in self.closed],
             "totals": {

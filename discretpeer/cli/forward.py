@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import time
 from typing import Any
 
 from discretpeer.connection import PeerConnection
@@ -13,7 +15,8 @@ from discretpeer.errors import ConnectError
 from discretpeer.tunnel import FrameType, Response, TunnelError, encode_request
 
 from .output import Console, short_id
-from .session import PeerLink, Progress, load_identity, make_peer, stop_event
+from .control import ControlServer
+from .session import PeerLink, Progress, describe_beacons, describe_connection, load_identity, make_peer, stop_event
 from .settings import Settings
 from .splice import Splice, StdioSide, TcpSide, Traffic, read_frame
 
@@ -55,6 +58,41 @@ async def open_tunnel(
     raise TunnelRefused(reason)
 
 
+class ForwardState:
+    """What ``status --control`` shows of a running forward."""
+
+    def __init__(self, peer: Any, link: PeerLink, target: str, remote_port: int) -> None:
+        self.peer, self.link, self.target, self.remote_port = peer, link, target, remote_port
+        self.started = time.time()
+        self.listening = ""
+        self.tunnels_open = 0
+        self.tunnels_total = 0
+        self.failed = 0
+        self.traffic = Traffic()
+
+    def snapshot(self) -> dict[str, Any]:
+        conn = self.link.connection
+        return {
+            "kind": "forward",
+            "pid": os.getpid(),
+            "peer_id": self.peer.peer_id,
+            "uptime": round(time.time() - self.started, 1),
+            "listening": self.listening,
+            "to": self.target,
+            "remote_port": self.remote_port,
+            "beacons": describe_beacons(self.peer),
+            "connection": describe_connection(conn) if conn is not None else None,
+            "connects": self.link.connects,
+            "totals": {
+                "tunnels_open": self.tunnels_open,
+                "tunnels_total": self.tunnels_total,
+                "failed": self.failed,
+                "bytes_to_peer": self.traffic.sent,
+                "bytes_from_peer": self.traffic.received,
+            },
+        }
+
+
 async def run_forward(settings: Settings, args: Any, console: Console) -> int:
     target = settings.resolve_peer(args.to, where="--to")
     identity, created = load_identity(settings)
@@ -62,67 +100,91 @@ async def run_forward(settings: Settings, args: Any, console: Console) -> int:
         console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
     port = args.port or 0
     what = f"port {port}" if port else "its exposed port"
-    async with make_peer(settings, identity) as peer:
-        link = PeerLink(peer, target, settings, console)
-        progress = Progress(peer, console)
-        count = 0
-        tasks: set[asyncio.Task[Any]] = set()
+    states: list[ForwardState] = []
+    control = None
+    if getattr(args, "control", None):  # settings.control_path defaults to expose's socket: only on request
+        control = ControlServer(settings.control_path,
+                                lambda: states[0].snapshot() if states else {"pid": os.getpid(), "starting": True})
+        await control.start()
+    try:
+        async with make_peer(settings, identity) as peer:
+            link = PeerLink(peer, target, settings, console)
+            state = ForwardState(peer, link, target, port)
+            states.append(state)
+            return await _forward(peer, link, state, args, console, settings, what)
+    finally:
+        if control is not None:
+            await control.close()
 
-        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal count
-            count += 1
-            number = count
-            task = asyncio.current_task()
-            if task is not None:
-                tasks.add(task)
-            local = TcpSide(reader, writer)
+
+async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, console: Console,
+                   settings: Settings, what: str) -> int:
+    target, port = state.target, state.remote_port
+    progress = Progress(peer, console)
+    count = 0
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal count
+        count += 1
+        number = count
+        task = asyncio.current_task()
+        if task is not None:
+            tasks.add(task)
+        local = TcpSide(reader, writer)
+        state.tunnels_total += 1
+        state.tunnels_open += 1
+        try:
             try:
-                try:
-                    conn = await link.get(settings.timeout)
-                except ConnectionError as exc:
-                    console.error(f"connection #{number}: {exc}; closing it", event="tunnel_failed", number=number)
-                    local.abort()
-                    return
-                try:
-                    splice = await open_tunnel(conn, port, local, Traffic())
-                except (TunnelRefused, ConnectionError) as exc:
-                    console.error(f"connection #{number}: {exc}", event="tunnel_failed", number=number)
-                    local.abort()
-                    return
-                error = await splice.run()
-                if error:
-                    console.warn(f"connection #{number}: {error}", event="tunnel_error", number=number)
-            finally:
-                if task is not None:
-                    tasks.discard(task)
-
-        try:
-            server = await asyncio.start_server(client, args.bind, args.local_port)
-        except OSError as exc:
-            console.error(f"cannot listen on {args.bind}:{args.local_port}: {exc.strerror or exc}")
-            return 1
-        address = server.sockets[0].getsockname()
-        console.result(
-            f"forwarding {address[0]}:{address[1]} to {short_id(target)} {what} (our peer id: {peer.peer_id})",
-            event="listening",
-            address=f"{address[0]}:{address[1]}",
-            port=address[1],
-            peer=target,
-            remote_port=port,
-        )
-        progress.start()
-        maintain = asyncio.ensure_future(link.maintain())
-        stop = stop_event()
-        try:
-            await stop.wait()
-            console.status("stopping", event="stopping")
+                conn = await link.get(settings.timeout)
+            except ConnectionError as exc:
+                state.failed += 1
+                console.error(f"connection #{number}: {exc}; closing it", event="tunnel_failed", number=number)
+                local.abort()
+                return
+            try:
+                splice = await open_tunnel(conn, port, local, Traffic(parent=state.traffic))
+            except (TunnelRefused, ConnectionError) as exc:
+                state.failed += 1
+                console.error(f"connection #{number}: {exc}", event="tunnel_failed", number=number)
+                local.abort()
+                return
+            error = await splice.run()
+            if error:
+                console.warn(f"connection #{number}: {error}", event="tunnel_error", number=number)
         finally:
-            maintain.cancel()
-            server.close()
-            for task in list(tasks):
-                task.cancel()
-            await asyncio.gather(maintain, *tasks, return_exceptions=True)
-            await progress.stop()
+            state.tunnels_open -= 1
+            if task is not None:
+                tasks.discard(task)
+
+    try:
+        server = await asyncio.start_server(client, args.bind, args.local_port)
+    except OSError as exc:
+        console.error(f"cannot listen on {args.bind}:{args.local_port}: {exc.strerror or exc}")
+        return 1
+    address = server.sockets[0].getsockname()
+    state.listening = f"{address[0]}:{address[1]}"
+    console.result(
+        f"forwarding {address[0]}:{address[1]} to {short_id(target)} {what} (our peer id: {peer.peer_id})",
+        event="listening",
+        address=f"{address[0]}:{address[1]}",
+        port=address[1],
+        peer=target,
+        remote_port=port,
+    )
+    progress.start()
+    maintain = asyncio.ensure_future(link.maintain())
+    stop = stop_event()
+    try:
+        await stop.wait()
+        console.status("stopping", event="stopping")
+    finally:
+        maintain.cancel()
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(maintain, *tasks, return_exceptions=True)
+        await progress.stop()
     return 0
 
 

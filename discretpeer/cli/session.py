@@ -51,6 +51,19 @@ def format_address(address: Any) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
+def describe_beacons(peer: Peer) -> list[dict[str, Any]]:
+    return [
+        {
+            "beacon": status.beacon,
+            "state": status.state,
+            "observed": format_address(status.observed) if status.observed else None,
+            "rtt_ms": None if status.rtt is None else round(status.rtt * 1000, 2),
+            "last_error": status.last_error,
+        }
+        for status in peer.beacon_status
+    ]
+
+
 def describe_connection(conn: PeerConnection) -> dict[str, Any]:
     return {
         "peer": conn.peer_id,

@@ -1,4 +1,5 @@
-"""``discretpeer status``: a live view of the running ``expose`` (through its control socket)."""
+"""``discretpeer status``: a live view of the running ``expose`` or of a ``forward --control``
+(through its control socket)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,8 @@ def _age(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def render(status: dict[str, Any]) -> str:
-    lines = [
-        f"expose (pid {status.get('pid')}) up {_age(status.get('uptime', 0))}, peer id {status.get('peer_id')}",
-        "exposing: " + (", ".join(f"{e['port']} -> {e['target']}" for e in status.get("exposed", [])) or "nothing"),
-        f"allowed: {len(status.get('allowed', []))} peer(s), meeting from {status.get('meeting')}",
-    ]
+def _beacon_lines(status: dict[str, Any]) -> list[str]:
+    lines = []
     for beacon in status.get("beacons", []):
         line = f"beacon {beacon['beacon']}: {beacon['state']}"
         if beacon.get("observed"):
@@ -37,6 +34,43 @@ def render(status: dict[str, Any]) -> str:
         if beacon.get("last_error") and beacon["state"] != "connected":
             line += f" ({beacon['last_error']})"
         lines.append(line)
+    return lines
+
+
+def _tunnels_line(totals: dict[str, Any], trouble: str, traffic: str) -> str:
+    return (f"tunnels: {totals.get('tunnels_open', 0)} open, {totals.get('tunnels_total', 0)} total, "
+            f"{totals.get(trouble, 0)} {trouble}; {traffic}")
+
+
+def render_forward(status: dict[str, Any]) -> str:
+    port = status.get("remote_port") or "its exposed port"
+    lines = [
+        f"forward (pid {status.get('pid')}) up {_age(status.get('uptime', 0))}, peer id {status.get('peer_id')}",
+        f"forwarding {status.get('listening')} to {short_id(status.get('to', ''))} port {port}",
+        *_beacon_lines(status),
+    ]
+    conn = status.get("connection")
+    if conn:
+        rtt = "?" if conn.get("rtt_ms") is None else f"{conn['rtt_ms']:.1f} ms"
+        lines.append(f"connection: path {conn['path']} ({conn['remote']}), rtt {rtt}; "
+                     f"connected {status.get('connects', 0)} time(s)")
+    else:
+        lines.append(f"connection: none right now (connected {status.get('connects', 0)} time(s))")
+    totals = status.get("totals", {})
+    lines.append(_tunnels_line(totals, "failed", f"to the peer {human_bytes(totals.get('bytes_to_peer', 0))}, "
+                               f"from it {human_bytes(totals.get('bytes_from_peer', 0))}"))
+    return "\n".join(lines)
+
+
+def render(status: dict[str, Any]) -> str:
+    if status.get("kind") == "forward":
+        return render_forward(status)
+    lines = [
+        f"expose (pid {status.get('pid')}) up {_age(status.get('uptime', 0))}, peer id {status.get('peer_id')}",
+        "exposing: " + (", ".join(f"{e['port']} -> {e['target']}" for e in status.get("exposed", [])) or "nothing"),
+        f"allowed: {len(status.get('allowed', []))} peer(s), meeting from {status.get('meeting')}",
+    ]
+    lines += _beacon_lines(status)
     connections = status.get("connections", [])
     lines.append(f"connections: {len(connections)}")
     if connections:
@@ -52,11 +86,8 @@ def render(status: dict[str, Any]) -> str:
                 f"{human_bytes(c['bytes_to_peer']):>10}  {_age(now - c['since'])} ago"
             )
     totals = status.get("totals", {})
-    lines.append(
-        f"tunnels: {totals.get('tunnels_open', 0)} open, {totals.get('tunnels_total', 0)} total, "
-        f"{totals.get('refused', 0)} refused; from peers {human_bytes(totals.get('bytes_from_peers', 0))}, "
-        f"to peers {human_bytes(totals.get('bytes_to_peers', 0))}"
-    )
+    lines.append(_tunnels_line(totals, "refused", f"from peers {human_bytes(totals.get('bytes_from_peers', 0))}, "
+                               f"to peers {human_bytes(totals.get('bytes_to_peers', 0))}"))
     return "\n".join(lines)
 
 

@@ -354,9 +354,38 @@ def test_status_shows_the_connection_and_its_path(lab):
     assert second["uptime"] >= first["uptime"]
 
 
+def test_status_of_a_forward_with_a_control_socket(lab, tmp_path):
+    """`forward --control PATH` answers `status --control PATH`: where it listens, the peer
+    connection's path, tunnels and bytes."""
+    a, b = lab["a"], lab["b"]
+    control = str(tmp_path / "fwd.sock")
+    forward = b.start("forward", "0", "--to", a.peer_id, "--port", str(lab["services"]["echo"]), "--json",
+                      "--control", control, name="forward-status")
+    port = forward.wait_event("listening")["port"]
+    forward.wait_event("connected")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"x" * 1000)
+        got = b""
+        while len(got) < 1000:
+            chunk = sock.recv(4096)
+            assert chunk
+            got += chunk
+        status = json.loads(b.run("status", "--json", "--control", control).stdout)
+        assert status["kind"] == "forward" and status["to"] == a.peer_id
+        assert status["listening"] == f"127.0.0.1:{port}"
+        assert status["connection"]["path"] == "direct" and status["connection"]["peer"] == a.peer_id
+        assert status["totals"]["tunnels_open"] == 1 and status["totals"]["bytes_to_peer"] >= 1000
+    human = b.run("status", "--control", control)
+    assert human.returncode == 0 and "forwarding 127.0.0.1:" in human.stdout and "path direct" in human.stdout
+    assert stat.S_IMODE(os.stat(control).st_mode) == 0o600
+    forward.stop()
+    gone = b.run("status", "--control", control)
+    assert gone.returncode == 1 and "no running expose (or forward --control)" in one_error_line(gone.stderr)
+
+
 def test_second_expose_on_the_same_control_socket_is_refused(lab):
     result = lab["a"].run("expose", "1", "--allow", lab["b"].peer_id)
-    assert result.returncode == 1 and "another expose is running" in one_error_line(result.stderr)
+    assert result.returncode == 1 and "another discretpeer expose/forward is running" in one_error_line(result.stderr)
 
 
 def test_forward_reconnects_after_the_peer_connection_drops(lab, tmp_path):
