@@ -8,14 +8,44 @@
         reader, writer = await conn.open_stream()
 """
 
-from discretpeer.auth import AuthError, PeerPolicy
-from discretpeer.beacon_client import BeaconStatus
-from discretpeer.config import BeaconSpec, ConfigError, load_beacons_file, parse_beacons
-from discretpeer.connection import PeerConnection
-from discretpeer.errors import ConnectError
-from discretpeer.identity import Identity, IdentityError, decode_peer_id, normalize_peer_id
-from discretpeer.peer import Peer, PeerStats
-from discretpeer.tokens import MeetingKeys, derive_token, pair_meeting
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from discretpeer.auth import AuthError, PeerPolicy
+    from discretpeer.beacon_client import BeaconStatus
+    from discretpeer.config import BeaconSpec, ConfigError, load_beacons_file, parse_beacons
+    from discretpeer.connection import PeerConnection
+    from discretpeer.errors import ConnectError
+    from discretpeer.identity import Identity, IdentityError, decode_peer_id, normalize_peer_id
+    from discretpeer.peer import Peer, PeerStats
+    from discretpeer.tokens import MeetingKeys, derive_token, pair_meeting
+
+# imported on first use: `discretpeer id`, `status` and `--help` need no QUIC stack (~0.25 s)
+_WHERE = {
+    "AuthError": "auth", "PeerPolicy": "auth", "BeaconStatus": "beacon_client", "BeaconSpec": "config",
+    "ConfigError": "config", "load_beacons_file": "config", "parse_beacons": "config",
+    "PeerConnection": "connection", "ConnectError": "errors", "Identity": "identity",
+    "IdentityError": "identity", "decode_peer_id": "identity", "normalize_peer_id": "identity",
+    "Peer": "peer", "PeerStats": "peer", "MeetingKeys": "tokens", "derive_token": "tokens",
+    "pair_meeting": "tokens",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'discretpeer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"discretpeer.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
 
 __all__ = [
     "AuthError",

@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _id(settings: Settings, args: Any, console: Console) -> int:
-    from .session import load_identity
+    from .settings import load_identity
 
     identity, created = load_identity(settings)
     if console.json:

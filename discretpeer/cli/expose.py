@@ -24,12 +24,11 @@ from .session import (
     Progress,
     describe_beacons,
     describe_connection,
-    load_identity,
     make_peer,
     stop_event,
     watch_path,
 )
-from .settings import Service, Settings, load_settings
+from .settings import Service, Settings, load_identity, load_settings
 from .splice import Splice, TcpSide, Traffic, read_frame
 
 REQUEST_TIMEOUT = 10.0

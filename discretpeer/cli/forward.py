@@ -16,8 +16,8 @@ from discretpeer.tunnel import FrameType, Response, TunnelError, encode_request
 
 from .output import Console, short_id
 from .control import ControlServer
-from .session import PeerLink, Progress, describe_beacons, describe_connection, load_identity, make_peer, stop_event
-from .settings import Settings
+from .session import PeerLink, Progress, describe_beacons, describe_connection, make_peer, stop_event
+from .settings import Settings, load_identity
 from .splice import Splice, StdioSide, TcpSide, Traffic, read_frame
 
 RESPONSE_TIMEOUT = 15.0

@@ -20,13 +20,6 @@ RECONNECT_INITIAL = 1.0
 RECONNECT_CAP = 30.0
 
 
-def load_identity(settings: Settings) -> tuple[Identity, bool]:
-    """Load (or create, mode 0600) the identity; returns (identity, created)."""
-    path = settings.identity_path
-    created = not path.exists()
-    return Identity.load_or_create(path), created
-
-
 def make_peer(settings: Settings, identity: Identity) -> Peer:
     if not settings.beacons and not settings.lan:
         raise ConfigError(

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from discretpeer.config import BeaconSpec, ConfigError, parse_beacons, split_host_port
-from discretpeer.identity import IdentityError, normalize_peer_id
+from discretpeer.identity import Identity, IdentityError, normalize_peer_id
 
 DEFAULT_TIMEOUT = 15.0
 KNOWN_KEYS = {
@@ -305,6 +305,13 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
 
 def _unique(specs: list[BeaconSpec], where: str) -> list[BeaconSpec]:
     return parse_beacons(specs, where=where)
+
+
+def load_identity(settings: Settings) -> tuple[Identity, bool]:
+    """Load (or create, mode 0600) the identity; returns (identity, created)."""
+    path = settings.identity_path
+    created = not path.exists()
+    return Identity.load_or_create(path), created
 
 
 def _resolve_allow(

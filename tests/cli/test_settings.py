@@ -162,3 +162,16 @@ def test_xdg_config_home_and_tilde_paths(tmp_path):
     s = load_settings(args("id", "--identity", "~/k.key"), env)
     assert s.identity_path == tmp_path / "h" / "k.key"
     assert s.control_path == tmp_path / "xdg" / "discretpeer" / "expose.sock"
+
+
+def test_light_commands_do_not_load_the_quic_stack():
+    """`discretpeer id`, `status` and `--help` start fast: `import discretpeer` and the CLI's entry
+    point load no aioquic (the public names are imported on first use)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, discretpeer, discretpeer.cli, discretpeer.cli.status; "
+            "assert 'aioquic' not in sys.modules, sorted(m for m in sys.modules if 'aioquic' in m)[:3]; "
+            "from discretpeer import Peer, Identity, wire; assert 'aioquic' in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
