@@ -142,6 +142,53 @@ async def stdin_commands() -> asyncio.Queue[dict[str, Any] | None]:
     return queue
 
 
+async def commands_until_stop(queue: asyncio.Queue[dict[str, Any] | None]) -> Any:
+    """The commands of :func:`stdin_commands` until EOF or ``{"cmd": "stop"}``."""
+    while True:
+        command = await queue.get()
+        if command is None or command.get("cmd") == "stop":
+            return
+        yield command
+
+
+CHUNK = 64 * 1024  # bytes per write of a bulk transfer
+
+
+async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read a stream to its end, answer ``done <bytes>``."""
+    total = 0
+    while True:
+        data = await reader.read(1 << 20)
+        if not data:
+            break
+        total += len(data)
+    writer.write(b"done %d" % total)
+    writer.write_eof()
+
+
+async def send_stream(reader: Any, writer: Any, size: int, *, drain: bool = True, yield_each: bool = False) -> float:
+    """Write ``size`` bytes in CHUNK writes, EOF, wait for the sink's ``done <size>``; returns the
+    seconds from the first write to the answer. ``drain``: await ``writer.drain()`` after each
+    write; ``yield_each``: also let the loop run (plain aioquic's drain never waits, qh3 has none)."""
+    payload = os.urandom(CHUNK)
+    started = time.perf_counter()
+    sent = 0
+    while sent < size:
+        chunk = payload[: min(CHUNK, size - sent)]
+        writer.write(chunk)
+        sent += len(chunk)
+        if drain:
+            await writer.drain()
+        if yield_each:
+            await asyncio.sleep(0)
+    writer.write_eof()
+    answer = await reader.read()
+    elapsed = time.perf_counter() - started
+    if answer != b"done %d" % size:
+        raise RuntimeError(f"receiver answered {answer[:40]!r}")
+    return elapsed
+
+
 def worker_args(parser: Any) -> Any:
     parser.add_argument("--deadline", type=float, default=600.0, help="hard exit after this many seconds")
     if not any("--uvloop" in action.option_strings for action in parser._actions):  # noqa: SLF001

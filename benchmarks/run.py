@@ -367,25 +367,26 @@ class Bench:
     async def bulk(self, variant: list[str], size: int, relay: bool = False) -> dict:
         ready = await self.beacon_for_peers()
         a, _b, connected = await self.peer_pair(ready, variant, relay)
-        a.send(cmd="send", size=size, repeat=self.s.bulk_repeat, timeout=240)
-        rates = []
-        for _ in range(self.s.bulk_repeat):
-            sent = await a.expect("sent", 260)
-            rates.append(size / sent["seconds"] / MB)
-        await self.stop_all()
+        rates, sent = await self.transfers(a, size)
         return {"path": connected["path"], "rates": rates, "median": median(rates),
                 "datagram_size": sent.get("datagram_size")}
 
     async def plain_bulk(self, size: int) -> dict:
         _, ready = await self.worker("quic-server", "quicbulk", ["--role", "server"])
         client, _ = await self.worker("quic-client", "quicbulk", ["--role", "client", "--port", str(ready["port"])])
-        client.send(cmd="send", size=size, repeat=self.s.bulk_repeat, timeout=240)
-        rates = []
+        rates, _ = await self.transfers(client, size)
+        return {"rates": rates, "median": median(rates)}
+
+    async def transfers(self, sender: Worker, size: int) -> tuple[list[float], dict]:
+        """``bulk_repeat`` transfers of ``size`` bytes by ``sender``: MB/s each, and the last
+        "sent" event; then every worker is stopped."""
+        sender.send(cmd="send", size=size, repeat=self.s.bulk_repeat, timeout=240)
+        rates, sent = [], {}
         for _ in range(self.s.bulk_repeat):
-            sent = await client.expect("sent", 260)
+            sent = await sender.expect("sent", 260)
             rates.append(size / sent["seconds"] / MB)
         await self.stop_all()
-        return {"rates": rates, "median": median(rates)}
+        return rates, sent
 
     SHIPPED = "library (asyncio's loop)"
 

@@ -17,7 +17,7 @@ import os
 import random
 import time
 
-from benchmarks.common import emit, percentile, run_loop, stdin_commands, worker_args
+from benchmarks.common import commands_until_stop, emit, percentile, run_loop, stdin_commands, worker_args
 from benchmarks.workers.load import Pool
 from discretpeer import wire
 from discretpeer.endpoint import Endpoint
@@ -110,10 +110,7 @@ async def main(args: argparse.Namespace) -> None:
         clients.append(client)
     emit("ready", pid=os.getpid(), port=endpoint.port)
     try:
-        while True:
-            command = await commands.get()
-            if command is None or command.get("cmd") == "stop":
-                break
+        async for command in commands_until_stop(commands):
             if command["cmd"] == "measure":
                 emit("measured", **(await measure(pool, prober, clients, command["samples"], command["interval"])))
     finally:

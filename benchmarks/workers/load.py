@@ -25,7 +25,7 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from benchmarks.common import emit, percentile, run_loop, stdin_commands, worker_args
+from benchmarks.common import commands_until_stop, emit, percentile, run_loop, stdin_commands, worker_args
 from certs import certificate_fingerprint
 from discretpeer import wire
 from discretpeer.endpoint import Endpoint, EndpointProtocol
@@ -236,10 +236,7 @@ async def main(args: argparse.Namespace) -> None:
     emit("ready", pid=os.getpid())
     running: asyncio.Task | None = None
     try:
-        while True:
-            command = await commands.get()
-            if command is None or command.get("cmd") == "stop":
-                break
+        async for command in commands_until_stop(commands):
             cmd = command["cmd"]
             if cmd == "ramp":
                 result = await pool.ramp(command["count"], command.get("concurrency", 32))

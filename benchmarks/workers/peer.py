@@ -19,41 +19,19 @@ import argparse
 import asyncio
 import contextlib
 import os
-import time
 
-from benchmarks.common import emit, run_loop, stdin_commands, worker_args
+from benchmarks.common import (
+    CHUNK,
+    commands_until_stop,
+    emit,
+    run_loop,
+    send_stream,
+    sink,
+    stdin_commands,
+    worker_args,
+)
 from benchmarks.variants import add_variant_flags, apply_variant
 
-CHUNK = 64 * 1024
-
-
-async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    total = 0
-    while True:
-        data = await reader.read(1 << 20)
-        if not data:
-            break
-        total += len(data)
-    writer.write(b"done %d" % total)
-    writer.write_eof()
-
-
-async def send_stream(conn, size: int) -> float:
-    reader, writer = await conn.open_stream()
-    payload = os.urandom(CHUNK)
-    started = time.perf_counter()
-    sent = 0
-    while sent < size:
-        chunk = payload[: min(CHUNK, size - sent)]
-        writer.write(chunk)
-        sent += len(chunk)
-        await writer.drain()
-    writer.write_eof()
-    answer = await reader.read()
-    elapsed = time.perf_counter() - started
-    if answer != b"done %d" % size:
-        raise RuntimeError(f"receiver answered {answer[:40]!r}")
-    return elapsed
 
 
 async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -112,10 +90,7 @@ async def main(args: argparse.Namespace) -> None:
                 spawn(bridge())
 
     try:
-        while True:
-            command = await commands.get()
-            if command is None or command.get("cmd") == "stop":
-                break
+        async for command in commands_until_stop(commands):
             cmd = command["cmd"]
             if cmd == "connect":
                 conn = await peer.connect(command["meeting"], expect=command["expect"], timeout=command["timeout"])
@@ -124,7 +99,8 @@ async def main(args: argparse.Namespace) -> None:
                 emit("connected", path=conn.path, rtt=conn.rtt)
             elif cmd == "send":
                 for _ in range(command.get("repeat", 1)):
-                    elapsed = await asyncio.wait_for(send_stream(conn, command["size"]), command["timeout"])
+                    elapsed = await asyncio.wait_for(send_stream(*await conn.open_stream(), command["size"]),
+                                                     command["timeout"])
                     emit("sent", bytes=command["size"], seconds=elapsed, path=conn.path, datagram_size=conn.datagram_size)
                 emit("done")
             elif cmd == "quicstats":  # congestion state of the peer connection (diagnostics)

@@ -20,7 +20,6 @@ import gc
 import hashlib
 import os
 import ssl
-import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,12 +30,20 @@ from qh3.asyncio.protocol import QuicConnectionProtocol
 from qh3.quic import events
 from qh3.quic.configuration import QuicConfiguration
 
-from benchmarks.common import emit, rss_bytes, run_loop, stdin_commands, worker_args
+from benchmarks.common import (
+    commands_until_stop,
+    emit,
+    rss_bytes,
+    run_loop,
+    send_stream,
+    sink,
+    stdin_commands,
+    worker_args,
+)
 
 BEACON_ALPN = "discretpeer-beacon/1"
 BENCH_ALPN = "discretpeer-bench"
 WELCOME_SIZE = 14  # len(wire.encode(Welcome(...))) as in workers.server
-CHUNK = 64 * 1024
 
 
 def certificate_pem() -> tuple[bytes, bytes, str]:
@@ -74,17 +81,6 @@ class IdleProtocol(QuicConnectionProtocol):
         super().quic_event_received(event)
 
 
-async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    total = 0
-    while True:
-        data = await reader.read(1 << 20)
-        if not data:
-            break
-        total += len(data)
-    writer.write(b"done %d" % total)
-    writer.write_eof()
-
-
 async def main(args: argparse.Namespace) -> None:
     commands = await stdin_commands()
     if args.role == "server":
@@ -104,10 +100,7 @@ async def main(args: argparse.Namespace) -> None:
         gc.collect()
         emit("ready", port=server._transport.get_extra_info("sockname")[1], fingerprint=fingerprint,
              pid=os.getpid(), rss=rss_bytes(os.getpid()))
-        while True:
-            command = await commands.get()
-            if command is None or command.get("cmd") == "stop":
-                break
+        async for command in commands_until_stop(commands):
             if command.get("cmd") == "stats":
                 gc.collect()
                 emit("stats", rss=rss_bytes(os.getpid()), connections=IdleProtocol.count)
@@ -116,27 +109,14 @@ async def main(args: argparse.Namespace) -> None:
     config = QuicConfiguration(is_client=True, alpn_protocols=[BENCH_ALPN], verify_mode=ssl.CERT_NONE)
     async with connect("127.0.0.1", args.port, configuration=config) as client:
         emit("ready", pid=os.getpid())
-        while True:
-            command = await commands.get()
-            if command is None or command.get("cmd") == "stop":
-                break
+        async for command in commands_until_stop(commands):
             if command["cmd"] == "send":
-                payload = os.urandom(CHUNK)
                 for _ in range(command.get("repeat", 1)):
                     reader, writer = await client.create_stream()
-                    started = time.perf_counter()
-                    sent = 0
-                    while sent < command["size"]:
-                        chunk = payload[: min(CHUNK, command["size"] - sent)]
-                        writer.write(chunk)
-                        sent += len(chunk)
-                        # qh3's stream writers have no drain(); aioquic's never waits either
-                        await asyncio.sleep(0)
-                    writer.write_eof()
-                    answer = await asyncio.wait_for(reader.read(), command["timeout"])
-                    if answer != b"done %d" % command["size"]:
-                        raise RuntimeError(f"receiver answered {answer[:40]!r}")
-                    emit("sent", bytes=command["size"], seconds=time.perf_counter() - started)
+                    # qh3's stream writers have no drain(); aioquic's never waits either
+                    elapsed = await asyncio.wait_for(
+                        send_stream(reader, writer, command["size"], drain=False, yield_each=True), command["timeout"])
+                    emit("sent", bytes=command["size"], seconds=elapsed)
                 emit("done")
 
 

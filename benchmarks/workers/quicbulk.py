@@ -12,45 +12,22 @@ import argparse
 import asyncio
 import os
 import ssl
-import time
 
 from aioquic.asyncio import connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 
-from benchmarks.common import emit, run_loop, stdin_commands, worker_args
+from benchmarks.common import (
+    commands_until_stop,
+    emit,
+    run_loop,
+    send_stream,
+    sink,
+    stdin_commands,
+    worker_args,
+)
 from certs import create_bundle
 
 ALPN = "discretpeer-bench"
-CHUNK = 64 * 1024
-
-
-async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    total = 0
-    while True:
-        data = await reader.read(1 << 20)
-        if not data:
-            break
-        total += len(data)
-    writer.write(b"done %d" % total)
-    writer.write_eof()
-
-
-async def send_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: int) -> float:
-    payload = os.urandom(CHUNK)
-    started = time.perf_counter()
-    sent = 0
-    while sent < size:
-        chunk = payload[: min(CHUNK, size - sent)]
-        writer.write(chunk)
-        sent += len(chunk)
-        await writer.drain()
-        await asyncio.sleep(0)  # aioquic's drain() never waits: let the loop send as we go
-    writer.write_eof()
-    answer = await reader.read()
-    elapsed = time.perf_counter() - started
-    if answer != b"done %d" % size:
-        raise RuntimeError(f"receiver answered {answer[:40]!r}")
-    return elapsed
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -70,14 +47,13 @@ async def main(args: argparse.Namespace) -> None:
     config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
     async with connect("127.0.0.1", args.port, configuration=config) as client:
         emit("ready", pid=os.getpid())
-        while True:
-            command = await commands.get()
-            if command is None or command.get("cmd") == "stop":
-                break
+        async for command in commands_until_stop(commands):
             if command["cmd"] == "send":
                 for _ in range(command.get("repeat", 1)):
                     reader, writer = await client.create_stream()
-                    elapsed = await asyncio.wait_for(send_stream(reader, writer, command["size"]), command["timeout"])
+                    # aioquic's drain() never waits: let the loop send as we go
+                    elapsed = await asyncio.wait_for(send_stream(reader, writer, command["size"], yield_each=True),
+                                                     command["timeout"])
                     emit("sent", bytes=command["size"], seconds=elapsed)
                 emit("done")
 

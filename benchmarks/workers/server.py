@@ -11,7 +11,6 @@ does nothing else.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import os
 import sys
@@ -22,7 +21,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
-from benchmarks.common import emit, stdin_commands, worker_args, run_loop, rss_bytes
+from benchmarks.common import commands_until_stop, emit, rss_bytes, run_loop, stdin_commands, worker_args
 from certs import create_bundle
 from discretpeer import wire
 
@@ -72,7 +71,6 @@ class BareProtocol(QuicConnectionProtocol):
 async def main(args: argparse.Namespace) -> None:
     bundle = create_bundle()
     commands = await stdin_commands()
-    stats = None
     if args.kind == "beacon":
         import beacon.server as beacon_server
         from beacon import BeaconServer
@@ -137,10 +135,7 @@ async def main(args: argparse.Namespace) -> None:
     emit("ready", port=port, fingerprint=bundle.fingerprint, pid=os.getpid(), rss=rss_bytes(os.getpid()))
     profiler = None
     try:
-        while True:
-            command = await commands.get()
-            if command is None or command.get("cmd") == "stop":
-                break
+        async for command in commands_until_stop(commands):
             if command["cmd"] == "stats":
                 if command.get("gc"):
                     gc.collect()
