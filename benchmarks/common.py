@@ -189,6 +189,19 @@ async def send_stream(reader: Any, writer: Any, size: int, *, drain: bool = True
     return elapsed
 
 
+async def bulk_client(commands: asyncio.Queue[dict[str, Any] | None], client: Any, **send: Any) -> None:
+    """A QUIC client's command loop: ``{"cmd": "send", "size", "repeat", "timeout"}`` sends on a
+    new stream per transfer (``send``: options of :func:`send_stream`), "sent" after each."""
+    async for command in commands_until_stop(commands):
+        if command["cmd"] == "send":
+            for _ in range(command.get("repeat", 1)):
+                reader, writer = await client.create_stream()
+                elapsed = await asyncio.wait_for(send_stream(reader, writer, command["size"], **send),
+                                                 command["timeout"])
+                emit("sent", bytes=command["size"], seconds=elapsed)
+            emit("done")
+
+
 def worker_args(parser: Any) -> Any:
     parser.add_argument("--deadline", type=float, default=600.0, help="hard exit after this many seconds")
     if not any("--uvloop" in action.option_strings for action in parser._actions):  # noqa: SLF001

@@ -39,7 +39,6 @@ from discretpeer.wire import (
     Pong,
     RelayEnd,
     RelayGrant,
-    RelayRequest,
     Welcome,
     WireError,
     encode,

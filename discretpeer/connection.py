@@ -333,6 +333,8 @@ class PeerConnection:
         self._on_close = on_close
         self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
         self._watch = asyncio.get_running_loop().create_task(self._watch_close())
+        if isinstance(protocol._quic, DatagramSizeSearch):  # noqa: SLF001
+            protocol._quic.size_limit = self._datagram_limit  # noqa: SLF001
         self._search_datagram_size()
 
     def __repr__(self) -> str:
@@ -366,7 +368,6 @@ class PeerConnection:
         if not isinstance(quic, DatagramSizeSearch) or self.closed:
             return
         quic.reset_datagram_size()
-        quic.size_limit = self._datagram_limit
         target, overhead = self._route_target()
         sizes = probe_sizes(target, quic.base_datagram_size, overhead=overhead)
         if sizes:

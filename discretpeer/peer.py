@@ -117,6 +117,21 @@ class _Meeting:
         return self.listening or bool(self.waiters)
 
 
+def _peer_quic_configuration(*, is_client: bool) -> QuicConfiguration:
+    """Both ends of a peer connection: 1350-byte datagrams until a path-MTU probe confirms more,
+    receive windows of discretpeer.flow. A dialer checks no certificate: identity is proven by
+    signatures bound to the connection (discretpeer.auth)."""
+    return QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[PEER_ALPN],
+        verify_mode=ssl.CERT_NONE if is_client else None,
+        idle_timeout=30.0,
+        max_datagram_size=1350,
+        max_data=CONNECTION_WINDOW,
+        max_stream_data=STREAM_WINDOW,
+    )
+
+
 @dataclass
 class _Pair:
     """A punch session plus what was done with it."""
@@ -205,14 +220,7 @@ class Peer:
         self._closed = False
         self._started = False
         bundle = create_bundle("discretpeer", private_key=identity.private_key)
-        self._server_config = QuicConfiguration(
-            is_client=False,
-            alpn_protocols=[PEER_ALPN],
-            idle_timeout=30.0,
-            max_datagram_size=1350,
-            max_data=CONNECTION_WINDOW,
-            max_stream_data=STREAM_WINDOW,
-        )
+        self._server_config = _peer_quic_configuration(is_client=False)
         self._server_config.certificate = bundle.certificate
         self._server_config.private_key = bundle.private_key
 
@@ -698,15 +706,7 @@ class Peer:
         assert self._endpoint is not None
         self.stats.dials += 1
         record = pair.meeting
-        configuration = QuicConfiguration(
-            is_client=True,
-            alpn_protocols=[PEER_ALPN],
-            verify_mode=ssl.CERT_NONE,  # identity is proven by signatures bound to the connection
-            idle_timeout=30.0,
-            max_datagram_size=1350,
-            max_data=CONNECTION_WINDOW,
-            max_stream_data=STREAM_WINDOW,
-        )
+        configuration = _peer_quic_configuration(is_client=True)
         protocol: PeerProtocol | None = None
         route = pair.relay_route if candidate is None else None
         target = candidate.address if candidate is not None else route.virtual  # type: ignore[union-attr]

@@ -31,11 +31,11 @@ from qh3.quic import events
 from qh3.quic.configuration import QuicConfiguration
 
 from benchmarks.common import (
+    bulk_client,
     commands_until_stop,
     emit,
     rss_bytes,
     run_loop,
-    send_stream,
     sink,
     stdin_commands,
     worker_args,
@@ -109,15 +109,8 @@ async def main(args: argparse.Namespace) -> None:
     config = QuicConfiguration(is_client=True, alpn_protocols=[BENCH_ALPN], verify_mode=ssl.CERT_NONE)
     async with connect("127.0.0.1", args.port, configuration=config) as client:
         emit("ready", pid=os.getpid())
-        async for command in commands_until_stop(commands):
-            if command["cmd"] == "send":
-                for _ in range(command.get("repeat", 1)):
-                    reader, writer = await client.create_stream()
-                    # qh3's stream writers have no drain(); aioquic's never waits either
-                    elapsed = await asyncio.wait_for(
-                        send_stream(reader, writer, command["size"], drain=False, yield_each=True), command["timeout"])
-                    emit("sent", bytes=command["size"], seconds=elapsed)
-                emit("done")
+        # qh3's stream writers have no drain(); aioquic's never waits either
+        await bulk_client(commands, client, drain=False, yield_each=True)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,9 @@ from aioquic.asyncio import connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 
 from benchmarks.common import (
-    commands_until_stop,
+    bulk_client,
     emit,
     run_loop,
-    send_stream,
     sink,
     stdin_commands,
     worker_args,
@@ -47,15 +46,8 @@ async def main(args: argparse.Namespace) -> None:
     config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
     async with connect("127.0.0.1", args.port, configuration=config) as client:
         emit("ready", pid=os.getpid())
-        async for command in commands_until_stop(commands):
-            if command["cmd"] == "send":
-                for _ in range(command.get("repeat", 1)):
-                    reader, writer = await client.create_stream()
-                    # aioquic's drain() never waits: let the loop send as we go
-                    elapsed = await asyncio.wait_for(send_stream(reader, writer, command["size"], yield_each=True),
-                                                     command["timeout"])
-                    emit("sent", bytes=command["size"], seconds=elapsed)
-                emit("done")
+        # aioquic's drain() never waits: let the loop send as we go
+        await bulk_client(commands, client, yield_each=True)
 
 
 if __name__ == "__main__":
