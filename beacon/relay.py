@@ -1,8 +1,14 @@
 """Relay sessions and quotas (sans-I/O).
 
 Two peers that were introduced on a token each send ``RelayRequest{token, other's instance}`` on
-their beacon connection. When both requests are in, a session with a random 8-byte id is bound to
-the two connections' observed addresses and both get a grant. Relay datagrams
+their beacon connection. The server turns the instance (a value the client merely claims) into
+the connection the beacon introduced to the requester on that token
+(:meth:`beacon.meetings.MeetingTable.introduced`); a request that follows no introduction is
+refused (``RELAY_NOT_INTRODUCED``). Requests pair by *connections*: when A asked for B and B for
+A, a session with a random 8-byte id is bound to the two connections' validated addresses (an
+address QUIC path validation proved receives, never one a packet merely came from) and both get
+a grant. A third connection claiming B's instance pairs with nobody: A's request names B's
+connection, not an instance value. Relay datagrams
 (:mod:`discretpeer.relay_frame`) are then forwarded unchanged to the other bound address, only
 when they come from one of the two; the payload stays end-to-end encrypted.
 
@@ -84,7 +90,7 @@ class Pending(NamedTuple):
     conn: Key
     token: bytes
     instance: bytes  # the requester's
-    target: bytes  # the instance it wants to reach
+    target: Key  # the connection it wants to reach (introduced to it on token)
     via: Any
     address: SocketAddress
     deadline: float
@@ -104,15 +110,18 @@ class RelayTable:
         self.quota = quota
         self._random = random
         self._sessions: dict[bytes, RelaySession] = {}
-        self._by_pair: dict[tuple[bytes, bytes, bytes], bytes] = {}  # (token, lo, hi instance) → id
+        self._by_pair: dict[tuple[bytes, frozenset[Key]], bytes] = {}  # (token, {conn, conn}) → id
         self._by_conn: dict[Key, set[bytes]] = {}
-        self._pending: dict[tuple[bytes, bytes, bytes], Pending] = {}  # (token, from, to), oldest first
+        self._pending: dict[tuple[bytes, Key, Key], Pending] = {}  # (token, from, to conn), oldest first
         self._pending_by_conn: dict[Key, int] = {}
         self.ended: list[RelayEnded] = []  # filled by route() and request(); the server drains it
         self.forwarded_bytes = 0
         self.forwarded_datagrams = 0
         self.sessions_started = 0
         self.dropped: dict[str, int] = {"not_relay": 0, "unknown_session": 0, "wrong_source": 0, "throttled": 0}
+        # set by route() when a datagram names a live session from an address of neither side:
+        # the server may rebind a side that migrated there (validated path), then route again
+        self.misdirected: RelaySession | None = None
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -121,24 +130,27 @@ class RelayTable:
         conn: Key,
         instance: bytes,
         token: bytes,
-        target: bytes,
+        target: Key,
+        target_instance: bytes,
         via: Any,
         address: SocketAddress,
         now: float,
     ) -> RequestOutcome:
-        """Record ``conn``'s request; grant when the mirror request from ``target`` is waiting."""
+        """Record ``conn``'s request to reach connection ``target`` (which the beacon introduced
+        to it on ``token``, claiming ``target_instance``); grant when ``target``'s mirror request
+        is waiting. ``address`` is ``conn``'s validated address."""
         quota = self.quota
         if not quota.enabled:
             return RequestOutcome(refused=ErrorCode.RELAY_REFUSED, message="relay is disabled on this beacon")
-        if target == instance:
+        if target == conn or target_instance == instance:
             return RequestOutcome(refused=ErrorCode.RELAY_REFUSED, message="cannot relay to yourself")
-        lo, hi = sorted((instance, target))
-        existing = self._sessions.get(self._by_pair.get((token, lo, hi), b""))
-        if existing is not None and conn in (existing.a.conn, existing.b.conn):
+        pair = (token, frozenset((conn, target)))
+        existing = self._sessions.get(self._by_pair.get(pair, b""))
+        if existing is not None:
             return RequestOutcome(session=existing, new=False)
         self.expire_pending(now)
-        mirror = self._pending.get((token, target, instance))
-        if mirror is None or mirror.conn == conn:
+        mirror = self._pending.get((token, target, conn))
+        if mirror is None:
             return self._wait(conn, instance, token, target, via, address, now)
         for side in (conn, mirror.conn):
             if len(self._by_conn.get(side, ())) >= quota.max_sessions_per_connection:
@@ -147,9 +159,7 @@ class RelayTable:
                 )
         if len(self._sessions) >= quota.max_sessions:
             return RequestOutcome(refused=ErrorCode.RELAY_TOO_MANY_SESSIONS, message="relay is full")
-        self._unpend((token, target, instance))
-        if existing is not None:  # a stale session of the same pair on older connections
-            self.ended.append(self._end(existing, ErrorCode.RELAY_PEER_GONE, "replaced by a new session"))
+        self._unpend((token, target, conn))
         session_id = self._random(RELAY_SESSION_ID_SIZE)
         while session_id in self._sessions:
             session_id = self._random(RELAY_SESSION_ID_SIZE)
@@ -163,16 +173,16 @@ class RelayTable:
             quota,
         )
         self._sessions[session_id] = session
-        self._by_pair[(token, lo, hi)] = session_id
+        self._by_pair[pair] = session_id
         for side in (session.a, session.b):
             self._by_conn.setdefault(side.conn, set()).add(session_id)
         self.sessions_started += 1
         return RequestOutcome(session=session)
 
     def _wait(
-        self, conn: Key, instance: bytes, token: bytes, target: bytes, via: Any, address: SocketAddress, now: float
+        self, conn: Key, instance: bytes, token: bytes, target: Key, via: Any, address: SocketAddress, now: float
     ) -> RequestOutcome:
-        key = (token, instance, target)
+        key = (token, conn, target)
         if key in self._pending:
             self._unpend(key)  # refreshed: moves to the back with a new deadline
         elif self._pending_by_conn.get(conn, 0) >= self.quota.max_pending_per_connection:
@@ -183,7 +193,7 @@ class RelayTable:
         self._pending_by_conn[conn] = self._pending_by_conn.get(conn, 0) + 1
         return RequestOutcome()
 
-    def _unpend(self, key: tuple[bytes, bytes, bytes]) -> Pending | None:
+    def _unpend(self, key: tuple[bytes, Key, Key]) -> Pending | None:
         pending = self._pending.pop(key, None)
         if pending is not None:
             count = self._pending_by_conn[pending.conn] - 1
@@ -223,6 +233,7 @@ class RelayTable:
             sender, receiver = session.b, session.a
         else:
             self.dropped["wrong_source"] += 1
+            self.misdirected = session
             return None
         if now >= session.expires:
             self.ended.append(self._end(session, ErrorCode.RELAY_DURATION_EXCEEDED, "relay duration exceeded"))
@@ -239,6 +250,13 @@ class RelayTable:
         self.forwarded_bytes += size
         self.forwarded_datagrams += 1
         return receiver.via, receiver.address
+
+    def rebind(self, session: RelaySession, conn: Key, address: SocketAddress) -> None:
+        """``conn``'s connection migrated to ``address`` and QUIC validated that path: its side of
+        the session follows (the server checks the validation; nothing else moves a side)."""
+        for side in session.sides():
+            if side.conn == conn:
+                side.address = address
 
     # --- endings ------------------------------------------------------------------------------
 
@@ -272,9 +290,9 @@ class RelayTable:
 
     def _end(self, session: RelaySession, code: ErrorCode, message: str, notify: bool = True) -> RelayEnded:
         self._sessions.pop(session.session_id, None)
-        lo, hi = sorted((session.a.instance, session.b.instance))
-        if self._by_pair.get((session.token, lo, hi)) == session.session_id:
-            del self._by_pair[(session.token, lo, hi)]
+        pair = (session.token, frozenset((session.a.conn, session.b.conn)))
+        if self._by_pair.get(pair) == session.session_id:
+            del self._by_pair[pair]
         for side in session.sides():
             ids = self._by_conn.get(side.conn)
             if ids is not None:

@@ -58,6 +58,24 @@ def unacked_bytes(quic: QuicConnection, stream_id: int = 0) -> int:
     return sender._buffer_stop - sender._buffer_start  # noqa: SLF001
 
 
+def validated_address(quic: QuicConnection) -> tuple[str, int] | None:
+    """The address this connection's packets come from that QUIC proved receives: the active
+    path if validated (handshake or PATH_CHALLENGE/RESPONSE), else the last validated one.
+
+    aioquic makes any new source address of a decryptable packet the active path *before*
+    validating it (RFC 9000 §9.3), so one spoofed copy of a client's packet would otherwise
+    point introductions and relay forwarding at a victim: nothing the beacon sends on its own
+    behalf goes to an address that has not answered a challenge."""
+    for path in quic._network_paths:  # noqa: SLF001 - aioquic has no public accessor
+        if path.is_validated:
+            return normalize_address(path.addr)
+    return None
+
+
+def _validated_paths(quic: QuicConnection) -> list[tuple[str, int]]:
+    return [normalize_address(p.addr) for p in quic._network_paths if p.is_validated]  # noqa: SLF001
+
+
 class _Peer:
     """Server-side state of one QUIC connection."""
 
@@ -580,9 +598,11 @@ class BeaconServer:
         )
 
     def _on_announce(self, peer: _Peer, announce: wire.Announce) -> None:
-        # introductions carry the address the peer's packets come from now (NAT rebinding moves it)
-        current = Address.from_socket(normalize_address(peer.protocol._quic._network_paths[0].addr))  # noqa: SLF001
-        if peer.instance is not None and current != peer.observed:
+        # introductions carry the address the peer's packets come from now (NAT rebinding moves
+        # it), once QUIC validated it: never an address a spoofed packet merely named
+        address = validated_address(peer.protocol._quic)
+        current = Address.from_socket(address) if address is not None else peer.observed
+        if peer.instance is not None and current is not None and current != peer.observed:
             peer.observed = current
             self.meetings.join(peer.key, peer.instance, current)
         try:
@@ -594,6 +614,16 @@ class BeaconServer:
         self.metrics.announces.inc()
         if result.full:
             self.metrics.rejections.labels("token_full").inc(len(result.full))
+            limit = self.meetings.max_peers_per_token
+            for token in result.full:
+                text = f"token full: {limit} connections from other addresses already wait on it; try later"
+                self._send(peer, wire.Error(code=ErrorCode.TOKEN_FULL, message=wire.token_full_message(token, text)))
+        for key, token in result.evicted:
+            self.metrics.rejections.labels("token_evicted").inc()
+            evicted = self._peers.get(key)  # type: ignore[call-overload]
+            if evicted is not None:
+                text = "token full: your place was given to a connection from an address with fewer places"
+                self._send(evicted, wire.Error(code=ErrorCode.TOKEN_FULL, message=wire.token_full_message(token, text)))
         for key, introduction in result.introductions:
             target = self._peers.get(key)  # type: ignore[call-overload]
             if target is not None and self._send(target, introduction):
@@ -605,11 +635,24 @@ class BeaconServer:
 
     def _on_relay_request(self, peer: _Peer, request: wire.RelayRequest) -> None:
         assert self._loop is not None
-        # bind the session to where the peer's packets come from now: after a NAT rebinding,
-        # QUIC migrated the connection and the handshake-time address is stale
-        current = normalize_address(peer.protocol._quic._network_paths[0].addr)  # noqa: SLF001
+        # the instance is a claim: the request reaches the connection the beacon introduced to
+        # this one on that token (the first such introduction), never merely one claiming it
+        targets = self.meetings.introduced(peer.key, request.token, request.instance)
+        # bound to where the peer's packets come from now once QUIC validated it (NAT rebinding
+        # moves it), never to an address a packet merely came from (a spoofed copy)
+        current = validated_address(peer.protocol._quic)
+        if not targets or current is None:
+            code = ErrorCode.RELAY_NOT_INTRODUCED if not targets else ErrorCode.RELAY_REFUSED
+            message = (
+                "no introduction to that instance on that token: announce the token first"
+                if not targets
+                else "no validated address for this connection yet"
+            )
+            self.metrics.relay_refusals.labels(code.name.lower()).inc()
+            self._send(peer, wire.Error(code=code, message=message, fatal=False))
+            return
         outcome = self.relay.request(
-            peer.key, peer.instance, request.token, request.instance, peer.via, current, self._loop.time()
+            peer.key, peer.instance, request.token, targets[0], request.instance, peer.via, current, self._loop.time()
         )
         self._drain_relay_endings()
         if outcome.refused is not None:
@@ -652,11 +695,29 @@ class BeaconServer:
 
     def _relay_datagram(self, endpoint: Endpoint, data: bytes, source: tuple[str, int]) -> None:
         """Endpoint hook for every non-QUIC datagram: the relay's forward path."""
-        target = self.relay.route(data, source, self._loop.time())  # type: ignore[union-attr]
+        relay = self.relay
+        target = relay.route(data, source, self._loop.time())  # type: ignore[union-attr]
+        if target is None and relay.misdirected is not None:
+            session, relay.misdirected = relay.misdirected, None
+            if self._follow_migration(session, source):
+                target = relay.route(data, source, self._loop.time())  # type: ignore[union-attr]
         if target is not None:
             target[0].sendto(data, target[1])
-        elif self.relay.ended:
+        elif relay.ended:
             self._drain_relay_endings()
+
+    def _follow_migration(self, session: RelaySession, source: tuple[str, int]) -> bool:
+        """A side's beacon connection moved to ``source`` (NAT rebinding) and QUIC validated the
+        new path: the session follows. Anything else from ``source`` stays dropped."""
+        for side in session.sides():
+            peer = self._peers.get(side.conn)  # type: ignore[call-overload]
+            if peer is None or peer.gone:
+                continue
+            quic = peer.protocol._quic
+            if normalize_address(quic._network_paths[0].addr) == source and source in _validated_paths(quic):  # noqa: SLF001
+                self.relay.rebind(session, side.conn, source)
+                return True
+        return False
 
     def _drain_relay_endings(self) -> None:
         while self.relay.ended:

@@ -50,12 +50,34 @@ class ErrorCode(enum.IntEnum):
     SLOW_READER = 8
     SHUTTING_DOWN = 9
     IDLE_TIMEOUT = 10
+    # a token of the Announce got no slot (non-fatal), or the connection's slot was given to a
+    # newer one; the message starts with the token in hex (TOKEN_FULL_PREFIX) so that a peer
+    # knows which meeting. Older peers show it as an unknown non-fatal code.
+    TOKEN_FULL = 11
     RELAY_REFUSED = 20
     RELAY_TOO_MANY_SESSIONS = 21
     RELAY_BYTES_EXCEEDED = 22
     RELAY_DURATION_EXCEEDED = 23
     RELAY_PEER_GONE = 24
+    RELAY_NOT_INTRODUCED = 25  # no introduction between the requester and that instance on that token
     INTERNAL = 99
+
+
+def token_full_message(token: bytes, text: str) -> str:
+    """The message of a TOKEN_FULL error: ``<token hex>: <text>`` (within MAX_ERROR_MESSAGE)."""
+    return f"{token.hex()}: {text}"[:MAX_ERROR_MESSAGE]
+
+
+def token_of_full_message(message: str) -> bytes | None:
+    """The token a TOKEN_FULL error's message names, or None if it names none."""
+    head = message[: 2 * TOKEN_SIZE]
+    if len(head) != 2 * TOKEN_SIZE or message[2 * TOKEN_SIZE : 2 * TOKEN_SIZE + 1] != ":":
+        return None
+    try:
+        token = bytes.fromhex(head)
+    except ValueError:
+        return None
+    return token if len(token) == TOKEN_SIZE else None
 
 
 class WireError(Exception):

@@ -121,6 +121,9 @@ async def test_peers_per_token_are_capped(start_beacon):
             client.announce(add=[t])
         await clients[0].expect(wire.Introduction)
         await clients[1].expect(wire.Introduction)
+        refused = await clients[2].expect(wire.Error)  # told why, never left waiting in silence
+        assert refused.code == ErrorCode.TOKEN_FULL and not refused.fatal
+        assert wire.token_of_full_message(refused.message) == t and "full" in refused.message
         await clients[2].expect_nothing(0.3)
         assert len(server.meetings.holders(t)) == 2
         for client in clients:

@@ -181,8 +181,8 @@ def relay(**quota) -> RelayTable:
 
 
 def grant(r: RelayTable, now: float = 0.0):
-    assert r.request(1, inst(1), T1, inst(2), "via", A, now).session is None
-    outcome = r.request(2, inst(2), T1, inst(1), "via", B, now)
+    assert r.request(1, inst(1), T1, 2, inst(2), "via", A, now).session is None
+    outcome = r.request(2, inst(2), T1, 1, inst(1), "via", B, now)
     assert outcome.session is not None and outcome.new
     return outcome.session
 
@@ -197,16 +197,16 @@ def test_relay_pairs_requests_and_routes():
     assert r.route(build_relay_frame(b"\0" * 8, b"x"), A, 0) is None and r.dropped["unknown_session"] == 1
     assert r.route(b"\x20" + s.session_id, A, 0) is None and r.dropped["not_relay"] == 1
     assert r.forwarded_bytes == 2 * len(frame)
-    again = r.request(1, inst(1), T1, inst(2), "via", A, 1)
+    again = r.request(1, inst(1), T1, 2, inst(2), "via", A, 1)
     assert again.session is s and not again.new
 
 
 def test_relay_mismatched_requests_do_not_pair():
     r = relay()
-    r.request(1, inst(1), T1, inst(2), "via", A, 0)
-    assert r.request(2, inst(2), T2, inst(1), "via", B, 0).session is None  # other token
-    assert r.request(3, inst(3), T1, inst(1), "via", C, 0).session is None  # not the named peer
-    assert r.request(1, inst(1), T1, inst(1), "via", A, 0).refused == ErrorCode.RELAY_REFUSED
+    r.request(1, inst(1), T1, 2, inst(2), "via", A, 0)
+    assert r.request(2, inst(2), T2, 1, inst(1), "via", B, 0).session is None  # other token
+    assert r.request(3, inst(3), T1, 1, inst(1), "via", C, 0).session is None  # not the named peer
+    assert r.request(1, inst(1), T1, 1, inst(1), "via", A, 0).refused == ErrorCode.RELAY_REFUSED
 
 
 def test_relay_quotas():
@@ -226,19 +226,19 @@ def test_relay_rate_duration_and_limits():
     frame = build_relay_frame(s.session_id, b"x" * 791)  # 800 bytes
     assert [r.route(frame, A, 0) is not None for _ in range(3)] == [True, True, False]
     assert r.route(frame, A, 1.0) is not None  # refilled
-    assert r.request(3, inst(3), T2, inst(4), "via", C, 0).session is None
-    assert r.request(4, inst(4), T2, inst(3), "via", C, 0).refused == ErrorCode.RELAY_TOO_MANY_SESSIONS
+    assert r.request(3, inst(3), T2, 4, inst(4), "via", C, 0).session is None
+    assert r.request(4, inst(4), T2, 3, inst(3), "via", C, 0).refused == ErrorCode.RELAY_TOO_MANY_SESSIONS
     assert r.expire(5) == []
     [ended] = r.expire(10)
     assert ended.code == ErrorCode.RELAY_DURATION_EXCEEDED
 
 
 def test_relay_disabled_pending_bounds_and_expiry():
-    assert relay(enabled=False).request(1, inst(1), T1, inst(2), "v", A, 0).refused == ErrorCode.RELAY_REFUSED
+    assert relay(enabled=False).request(1, inst(1), T1, 2, inst(2), "v", A, 0).refused == ErrorCode.RELAY_REFUSED
     r = relay(max_pending=2, request_timeout=5)
-    r.request(1, inst(1), T1, inst(2), "v", A, 0)
-    r.request(1, inst(1), T2, inst(2), "v", A, 1)
-    assert r.request(1, inst(1), T3, inst(2), "v", A, 2).refused is not None
+    r.request(1, inst(1), T1, 2, inst(2), "v", A, 0)
+    r.request(1, inst(1), T2, 2, inst(2), "v", A, 1)
+    assert r.request(1, inst(1), T3, 2, inst(2), "v", A, 2).refused is not None
     assert [p.token for p in r.expire_pending(5)] == [T1]
     assert r.pending_count == 1
     r.drop_connection(1)
