@@ -714,7 +714,7 @@ class BeaconServer:
             if peer is None or peer.gone:
                 continue
             quic = peer.protocol._quic
-            if normalize_address(quic._network_paths[0].addr) == source and source in _validated_paths(quic):  # noqa: SLF001
+            if source in _validated_paths(quic):
                 self.relay.rebind(session, side.conn, source)
                 return True
         return False

@@ -92,6 +92,73 @@ def test_peers_per_token_cap():
     assert t.tokens_of(3) == frozenset()
 
 
+def spread(max_peers: int, per_ip: int, members: dict[int, str]) -> MeetingTable:
+    """A table whose connection ``key`` comes from address ``members[key]``."""
+    t = MeetingTable(8, max_peers, per_ip)
+    for key, host in members.items():
+        t.join(key, inst(key), Address(host, 1000 + key))
+    return t
+
+
+def test_one_address_holds_its_share_newest_wins_within_it():
+    # connections 1..6 from one address, 7 and 8 from two others; 16 slots, 2 per address
+    t = spread(16, 2, {**{k: "198.51.100.1" for k in range(1, 7)}, 7: "198.51.100.7", 8: "198.51.100.8"})
+    for key in range(1, 7):
+        t.announce(key, [T1])
+    assert t.holders(T1) == [5, 6]  # each newcomer of the address replaced its oldest holder
+    assert t.evictions == 4
+    result = t.announce(7, [T1])
+    assert result.full == [] and result.evicted == []
+    assert {k for k, _ in t.announce(8, [T1]).introductions} == {5, 6, 7, 8}
+    assert t.introduced(7, T1, inst(8)) == [8] and t.introduced(8, T1, inst(7)) == [7]
+
+
+def test_full_token_goes_to_the_newcomer_from_the_least_represented_address():
+    # 4 slots held by two squatting addresses (2 each); the real pair comes from two others
+    hosts = {1: "203.0.113.1", 2: "203.0.113.1", 3: "203.0.113.2", 4: "203.0.113.2", 5: "198.51.100.5",
+             6: "198.51.100.6", 7: "203.0.113.1"}
+    t = spread(4, 2, hosts)
+    for key in (1, 2, 3, 4):
+        t.announce(key, [T1])
+    first = t.announce(5, [T1])
+    assert first.full == [] and first.evicted == [(1, T1)]  # oldest holder of the largest address
+    second = t.announce(6, [T1])
+    assert second.evicted == [(3, T1)]
+    assert t.introduced(6, T1, inst(5)) == [5]
+    # the squatters re-announce, again and again: no address is above anyone's share any more
+    for _ in range(3):
+        for key in (1, 3, 7):
+            assert t.announce(key, [T1]).full == [T1]
+        assert t.announce(2, withdraw=[T1], add=[T1]).evicted == []
+    assert sorted(t.holders(T1)) == [2, 4, 5, 6]
+    assert t.introduced(5, T1, inst(6)) == [6]
+
+
+def test_genuinely_full_token_refuses_and_says_so():
+    t = spread(2, 2, {1: "203.0.113.1", 2: "203.0.113.2", 3: "203.0.113.3"})
+    t.announce(1, [T1])
+    t.announce(2, [T1])
+    result = t.announce(3, [T1])
+    assert result.full == [T1] and result.evicted == [] and result.introductions == []
+    assert t.tokens_of(3) == frozenset() and t.introduced(3, T1, inst(1)) == []
+
+
+def test_introductions_are_remembered_while_both_hold_the_token():
+    t = table()
+    t.join(9, inst(2), Address("203.0.113.9", 9))  # claims connection 2's instance
+    assert t.introduced(1, T1, inst(2)) == []  # nobody announced anything
+    t.announce(1, [T1])
+    t.announce(2, [T1])
+    t.announce(9, [T1])
+    assert t.introduced(1, T1, inst(2)) == [2, 9]  # oldest introduction first
+    assert t.introduced(2, T1, inst(1)) == [1] and t.introduced(9, T1, inst(1)) == [1]
+    assert t.introduced(1, T2, inst(2)) == []  # another token
+    t.announce(2, withdraw=[T1])
+    assert t.introduced(1, T1, inst(2)) == [9] and t.introduced(2, T1, inst(1)) == []
+    t.remove(9)
+    assert t.introduced(1, T1, inst(2)) == []
+
+
 ops = st.lists(
     st.tuples(
         st.sampled_from(["announce", "withdraw", "remove", "join"]),
@@ -105,11 +172,11 @@ ops = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(ops)
 def test_meeting_table_invariants(operations):
-    t = MeetingTable(max_tokens_per_connection=2, max_peers_per_token=3)
+    t = MeetingTable(max_tokens_per_connection=2, max_peers_per_token=3, max_peers_per_token_per_ip=2)
     joined: set[int] = set()
     for op, key, toks in operations:
         if op == "join":
-            t.join(key, inst(key), Address("198.51.100.1", key))
+            t.join(key, inst(key), Address(f"198.51.100.{key % 3}", key))
             joined.add(key)
             continue
         if key not in joined:
@@ -131,7 +198,14 @@ def test_meeting_table_invariants(operations):
         assert len(pairs) == len(set(pairs))
     assert all(len(t.tokens_of(k)) <= 2 for k in joined)
     assert all(len(t.holders(tok)) <= 3 for tok in (T1, T2, T3))
+    assert all(sum(1 for k in t.holders(tok) if k % 3 == ip) <= 2 for tok in (T1, T2, T3) for ip in range(3))
     assert t.tokens_held == sum(len(t.tokens_of(k)) for k in joined)
+    for k in joined:  # remembered introductions: symmetric, only between current holders
+        for tok in (T1, T2, T3):
+            for other in joined:
+                if t.introduced(k, tok, inst(other)):
+                    assert k in t.introduced(other, tok, inst(k))
+                    assert tok in t.tokens_of(k) and tok in t.tokens_of(other)
 
 
 # --- limits ---------------------------------------------------------------------------------
