@@ -616,7 +616,7 @@ class BeaconServer:
             self.metrics.rejections.labels("token_full").inc(len(result.full))
             limit = self.meetings.max_peers_per_token
             for token in result.full:
-                text = f"token full: {limit} connections from other addresses already wait on it; try later"
+                text = f"token full: its {limit} places are taken and no address holds more than its share; try later"
                 self._send(peer, wire.Error(code=ErrorCode.TOKEN_FULL, message=wire.token_full_message(token, text)))
         for key, token in result.evicted:
             self.metrics.rejections.labels("token_evicted").inc()

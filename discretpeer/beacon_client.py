@@ -42,6 +42,7 @@ from discretpeer.wire import (
     Welcome,
     WireError,
     encode,
+    token_of_full_message,
 )
 
 log = get_logger("discretpeer.beacon_client")
@@ -51,6 +52,7 @@ KEEPALIVE_INTERVAL = 10.0  # below the 30 s many home routers keep an idle UDP m
 BACKOFF_INITIAL = 0.5
 BACKOFF_CAP = 30.0
 STABLE_AFTER = 10.0  # a connection that lived this long resets the backoff
+TOKEN_FULL_RETRY = 10.0  # seconds (± jitter) before announcing a token the beacon refused as full again
 
 
 class PinMismatch(ConnectionError):
@@ -71,6 +73,8 @@ class BeaconStatus:
     failures: int = 0
     introductions: int = 0
     pin_mismatches: int = 0
+    tokens_full: int = 0  # TOKEN_FULL refusals: a token of ours got no slot, or lost it
+    full_refusal: str | None = None  # the last of them, in words
     history: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
@@ -90,6 +94,7 @@ class BeaconClient:
         get_candidates: Callable[[], list[Address]],
         on_relay_message: Callable[[BeaconClient, Message], None] | None = None,
         on_disconnect: Callable[[BeaconClient, tuple[str, int]], None] | None = None,
+        on_token_full: Callable[[BeaconClient, bytes, str], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.spec = spec
@@ -100,6 +105,8 @@ class BeaconClient:
         self._get_candidates = get_candidates
         self._on_relay_message = on_relay_message
         self._on_disconnect = on_disconnect
+        self._on_token_full = on_token_full
+        self._retry_full: asyncio.TimerHandle | None = None
         self._rng = rng or random.Random()
         self._tokens: set[bytes] = set()
         self._announced: set[bytes] = set()
@@ -119,6 +126,9 @@ class BeaconClient:
 
     async def close(self) -> None:
         self._closing = True
+        if self._retry_full is not None:
+            self._retry_full.cancel()
+            self._retry_full = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -317,11 +327,35 @@ class BeaconClient:
                 raise ConnectionError(text)
             if message.code == ErrorCode.TOO_MANY_TOKENS:
                 self._announced = set()  # resync: the beacon rejected that announce
+            elif message.code == ErrorCode.TOKEN_FULL:
+                self._token_full(message.message)
         elif isinstance(message, (RelayGrant, RelayEnd)):
             if self._on_relay_message is not None:
                 self._on_relay_message(self, message)
         elif isinstance(message, Ping):
             self._send(Pong(nonce=message.nonce))
+
+    def _token_full(self, message: str) -> None:
+        """The beacon gave a token of ours no slot (or gave ours to someone else): say so, and
+        announce it again later (slots free up as connections go)."""
+        token = token_of_full_message(message)
+        reason = message.split(": ", 1)[1] if token is not None and ": " in message else message
+        text = f"beacon {self.spec.hostname} refused the meeting's token: {reason}"
+        self.status.tokens_full += 1
+        self.status.full_refusal = text
+        if token is None:
+            return
+        self._announced.discard(token)
+        if self._retry_full is None:
+            delay = TOKEN_FULL_RETRY * self._rng.uniform(0.75, 1.25)
+            self._retry_full = asyncio.get_running_loop().call_later(delay, self._retry_full_tokens)
+        if self._on_token_full is not None:
+            self._on_token_full(self, token, text)
+
+    def _retry_full_tokens(self) -> None:
+        self._retry_full = None
+        if self.connected and not self._closing:
+            self._sync_tokens()
 
     def _sync_tokens(self) -> None:
         add = sorted(self._tokens - self._announced)[: max(0, self.max_tokens - len(self._announced & self._tokens))]

@@ -107,6 +107,7 @@ class _Meeting:
     waiters: list[asyncio.Future[PeerConnection]] = field(default_factory=list)
     introductions: int = 0
     failures: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=8))
+    refusals: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=4))  # TOKEN_FULL
 
     @property
     def id(self) -> bytes:
@@ -252,6 +253,7 @@ class Peer:
                 get_candidates=lambda: list(self._candidates),
                 on_relay_message=self._on_relay_message,
                 on_disconnect=self._on_beacon_lost,
+                on_token_full=self._on_token_full,
             )
             self._clients.append(client)
             client.start()
@@ -959,6 +961,14 @@ class Peer:
             if connection is not None and connection.path == "relay":
                 connection.close(text)
 
+    def _on_token_full(self, client: BeaconClient, token: bytes, text: str) -> None:
+        """A beacon refused one of a meeting's tokens as full: the peers cannot meet there."""
+        record = self._by_token.get(token)
+        if record is not None:
+            if text not in record.refusals:
+                record.refusals.append(text)
+            log.warning("meeting token refused as full", beacon=str(client.spec), reason=text)
+
     def _on_beacon_lost(self, client: BeaconClient, address: Addr) -> None:
         """Relay sessions live in the beacon: when it goes, a relayed connection moves to the
         session another beacon granted for the pair, if any (streams survive); else it ends now
@@ -1110,6 +1120,7 @@ class Peer:
                 pair.session.stats.pings_received + pair.session.stats.pongs_received for pair in pairs
             ),
             "failures": list(record.failures),
+            "refusals": list(record.refusals),
         }
 
     def _failure_text(self, record: _Meeting, timeout: float) -> str:
@@ -1137,6 +1148,10 @@ class Peer:
             f"candidates tried: {tried or 'none'}; "
             f"probes sent {report['probes_sent']}, received {report['probes_received']}"
         )
+        refusals = report["refusals"]
+        if refusals:
+            assert isinstance(refusals, list)
+            text += "; " + "; ".join(refusals)
         failures = report["failures"]
         if failures:
             assert isinstance(failures, list)

@@ -15,6 +15,7 @@ import pytest
 
 from certs import create_bundle
 from discretpeer import ConnectError, Identity, Peer
+from discretpeer.tokens import MeetingKeys
 from tests.conftest import beacon_entry, running_beacon
 
 HERE = Path(__file__).parent
@@ -422,3 +423,63 @@ async def test_relayed_connection_moves_to_the_other_beacon_when_its_beacon_stop
                 assert await asyncio.wait_for(ra.readexactly(6), 5) == b"pong%02d" % n
             assert not ca.closed and not cb.closed
             assert pa.stats.path_switches >= 1
+
+
+async def test_token_refused_as_full_is_reported_in_connect_error(make_beacon):
+    """Two listeners from two other addresses take both places of the meeting's tokens
+    (max_peers_per_token = 2): a third peer's connect() fails and says that the beacon refused
+    the token as full, instead of only timing out."""
+    async with make_beacon(max_peers_per_token=2) as server:
+        entry = [beacon_entry(server)]
+        meeting = "a crowded meeting"
+        holders = [Peer(Identity.generate(), entry, host=host) for host in ("127.0.0.2", "127.0.0.3")]
+        try:
+            for peer in holders:
+                await peer.start()
+                await peer.listen(meeting, expect=None)
+            for _ in range(100):  # both tokens (this window's and the last) held twice
+                if all(len(server.meetings.holders(t)) == 2 for t in MeetingKeys.derive(meeting).tokens()):
+                    break
+                await asyncio.sleep(0.02)
+            async with loopback_peer(Identity.generate(), entry) as late:
+                with pytest.raises(ConnectError) as info:
+                    await late.connect(meeting, expect=None, timeout=1.5)
+                text = str(info.value)
+                assert "refused the meeting's token" in text and "full" in text, text
+                assert info.value.report["refusals"] and "full" in info.value.report["refusals"][0]
+                status = late.beacon_status[0]
+                assert status.tokens_full == 2 and "full" in status.full_refusal
+        finally:
+            for peer in holders:
+                await peer.close()
+
+
+async def test_token_refused_as_full_is_announced_again_when_a_place_frees(make_beacon, monkeypatch):
+    from discretpeer import beacon_client
+
+    monkeypatch.setattr(beacon_client, "TOKEN_FULL_RETRY", 0.3)
+    async with make_beacon(max_peers_per_token=2) as server:
+        entry = [beacon_entry(server)]
+        meeting = "a crowded meeting"
+        holders = [Peer(Identity.generate(), entry, host=host) for host in ("127.0.0.2", "127.0.0.3")]
+        try:
+            for peer in holders:
+                await peer.start()
+                await peer.listen(meeting, expect=None)
+            for _ in range(100):
+                if all(len(server.meetings.holders(t)) == 2 for t in MeetingKeys.derive(meeting).tokens()):
+                    break
+                await asyncio.sleep(0.02)
+            async with loopback_peer(Identity.generate(), entry) as late:
+                attempt = asyncio.ensure_future(late.connect(meeting, expect=holders[1].peer_id, timeout=8))
+                for _ in range(100):
+                    if late.beacon_status[0].tokens_full:
+                        break
+                    await asyncio.sleep(0.02)
+                assert late.beacon_status[0].tokens_full >= 1
+                await holders[0].close()  # a place frees; the late peer's retry takes it
+                connection = await attempt
+                assert connection.peer_id == holders[1].peer_id
+        finally:
+            for peer in holders:
+                await peer.close()
