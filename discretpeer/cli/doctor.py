@@ -15,6 +15,7 @@ from discretpeer.candidates import local_addresses
 from discretpeer.identity import Identity, IdentityError
 from discretpeer.peer import Peer
 
+from .control import ControlError, query
 from .output import Console, ms
 from .session import format_address
 from .settings import Settings
@@ -127,6 +128,25 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
                    "direct connections with peers behind NAT may fail and the relay will be used", symmetric=True)
 
 
+async def _check_token_slots(report: Report, settings: Settings) -> None:
+    """What the running expose (or ``forward --control``) was told by its beacons: a meeting
+    token refused as full (TOKEN_FULL) means the peers cannot meet on that beacon for now."""
+    try:
+        status = await query(settings.control_path, timeout=1.0)
+    except ControlError:
+        return  # nothing running here: nothing to say
+    beacons = [b for b in status.get("beacons", []) if isinstance(b, dict)]
+    refused = [b for b in beacons if b.get("tokens_full")]
+    for beacon in refused:
+        report.add(WARN, "token slots", f"beacon {beacon.get('beacon')} refused {beacon['tokens_full']} meeting "
+                   f"token(s) of the running expose as full ({beacon.get('full_refusal')}): too many connections "
+                   "wait on that meeting there (someone may be squatting it); it is announced again every ~10 s, "
+                   "and other beacons still work", beacon=beacon.get("beacon"), tokens_full=beacon["tokens_full"],
+                   refusal=beacon.get("full_refusal"))
+    if beacons and not refused:
+        report.add(OK, "token slots", "no beacon refused a meeting token of the running expose as full")
+
+
 async def _check_mdns(report: Report, settings: Settings) -> None:
     from zeroconf.asyncio import AsyncZeroconf
 
@@ -161,6 +181,7 @@ async def run_doctor(settings: Settings, args: Any, console: Console) -> int:
     else:
         report.add(WARN, "identity", f"none yet at {path}: `discretpeer id` creates one")
     await _check_beacons(report, settings, identity or Identity.generate(), args.timeout)
+    await _check_token_slots(report, settings)
     if not args.no_mdns:
         await _check_mdns(report, settings)
     counts = {verdict: sum(1 for c in report.checks if c.verdict == verdict) for verdict in (OK, WARN, FAIL)}

@@ -52,6 +52,8 @@ def describe_beacons(peer: Peer) -> list[dict[str, Any]]:
             "observed": format_address(status.observed) if status.observed else None,
             "rtt_ms": None if status.rtt is None else round(status.rtt * 1000, 2),
             "last_error": status.last_error,
+            "tokens_full": status.tokens_full,
+            "full_refusal": status.full_refusal,
         }
         for status in peer.beacon_status
     ]
