@@ -106,7 +106,10 @@ class BeaconConfig:
         128, "Tokens one connection may hold (an announce beyond is rejected with TOO_MANY_TOKENS).", _range(1, 65535)
     )
     max_peers_per_token: int = _setting(
-        16, "Connections that may wait on one token; later ones are not registered on it.", _range(2, 100000)
+        16,
+        "Connections that may wait on one token, at most 4 per address (fair share: see beacon/meetings.py); "
+        "a peer refused a place is told TOKEN_FULL.",
+        _range(2, 100000)
     )
     max_frame_size: int = _setting(
         MAX_FRAME, f"Largest frame accepted, in bytes (at most {MAX_FRAME}).", _range(64, MAX_FRAME)

@@ -77,7 +77,7 @@ def token_of_full_message(message: str) -> bytes | None:
         token = bytes.fromhex(head)
     except ValueError:
         return None
-    return token if len(token) == TOKEN_SIZE else None
+    return token if token.hex() == head else None  # canonical: 64 lower-case hex digits
 
 
 class WireError(Exception):

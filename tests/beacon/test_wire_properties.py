@@ -167,3 +167,21 @@ def test_probe_round_trip_and_tag(kind, token, instance, nonce, seed):
     assert parsed.verify(key)
     assert not parsed.verify(hashlib.sha256(key).digest())
     assert not probe.is_quic(datagram)
+
+
+@SETTINGS
+@given(tokens, st.text(max_size=300))
+def test_token_full_message_names_its_token(token, text):
+    message = wire.token_full_message(token, text)
+    assert len(message) <= wire.MAX_ERROR_MESSAGE
+    assert wire.token_of_full_message(message) == token
+    # and survives the Error frame's codec (the message is cut to MAX_ERROR_MESSAGE bytes there)
+    [decoded] = wire.FrameDecoder().feed(wire.encode(wire.Error(code=wire.ErrorCode.TOKEN_FULL, message=message)))
+    assert wire.token_of_full_message(decoded.message) == token
+
+
+@SETTINGS
+@given(st.text(max_size=300))
+def test_token_of_full_message_takes_any_text(text):
+    token = wire.token_of_full_message(text)
+    assert token is None or (len(token) == wire.TOKEN_SIZE and text.startswith(token.hex() + ":"))
