@@ -713,8 +713,7 @@ class BeaconServer:
             peer = self._peers.get(side.conn)  # type: ignore[call-overload]
             if peer is None or peer.gone:
                 continue
-            quic = peer.protocol._quic
-            if source in _validated_paths(quic):
+            if source in _validated_paths(peer.protocol._quic):  # noqa: SLF001
                 self.relay.rebind(session, side.conn, source)
                 return True
         return False

@@ -179,7 +179,7 @@ async def meeting_latency(meetings: int, squat: str) -> str:
             try:
                 await asyncio.gather(introduced(a, b), introduced(b, a))
                 times.append(time.perf_counter() - started)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 never += 1
             a.close()
             b.close()

@@ -14,6 +14,7 @@ import asyncio
 import os
 
 from beacon_test_client import BeaconClient
+
 from discretpeer import wire
 from discretpeer.relay_frame import RELAY_DATA, build_relay_frame
 from discretpeer.wire import ErrorCode
@@ -308,7 +309,7 @@ async def test_squatting_from_several_addresses_fills_no_more_than_their_share(s
             while True:
                 try:
                     message = await client.recv(timeout=0.05)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 if isinstance(message, wire.Error) and message.code == ErrorCode.TOKEN_FULL:
                     assert wire.token_of_full_message(message.message) == t

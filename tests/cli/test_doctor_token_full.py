@@ -38,7 +38,9 @@ async def test_doctor_reports_a_token_refused_as_full(tmp_path):
         entry = [beacon_entry(server)]
         holders = [Peer(Identity.generate(), entry, host=host) for host in ("127.0.0.2", "127.0.0.3")]
         late = Peer(Identity.generate(), entry, host="127.0.0.1")
-        control = ControlServer(tmp_path / "c" / "expose.sock", lambda: {"kind": "expose", "beacons": describe_beacons(late)})
+        control = ControlServer(
+            tmp_path / "c" / "expose.sock", lambda: {"kind": "expose", "beacons": describe_beacons(late)}
+        )
         try:
             for peer in holders:
                 await peer.start()
