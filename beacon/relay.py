@@ -8,7 +8,14 @@ refused (``RELAY_NOT_INTRODUCED``). Requests pair by *connections*: when A asked
 A, a session with a random 8-byte id is bound to the two connections' validated addresses (an
 address QUIC path validation proved receives, never one a packet merely came from) and both get
 a grant. A third connection claiming B's instance pairs with nobody: A's request names B's
-connection, not an instance value. Relay datagrams
+connection, not an instance value. When several connections introduced to A claim that instance,
+A's request goes to the one introduced first: an impostor that arrives after B cannot take B's
+place. What remains: one that claims B's instance *before* B announces (it must know B's random
+instance already, from an earlier introduction, and win B's reconnection race) gets A's frames
+but cannot decrypt or answer them (the peers authenticate each other end to end), so the harm is
+a relay that fails, not a hijack; and a peer that reconnects while its old connection still
+lingers at the beacon pairs once the old one is gone (the client closes it when it reconnects).
+A session follows a side to a new address only once QUIC validated that path (NAT rebinding). Relay datagrams
 (:mod:`discretpeer.relay_frame`) are then forwarded unchanged to the other bound address, only
 when they come from one of the two; the payload stays end-to-end encrypted.
 
