@@ -700,6 +700,7 @@ class BeaconServer:
         if target is None and relay.misdirected is not None:
             session, relay.misdirected = relay.misdirected, None
             if self._follow_migration(session, source):
+                relay.dropped["wrong_source"] -= 1  # not dropped after all: it came from the new path
                 target = relay.route(data, source, self._loop.time())  # type: ignore[union-attr]
         if target is not None:
             target[0].sendto(data, target[1])

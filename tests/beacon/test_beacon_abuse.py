@@ -180,6 +180,7 @@ async def test_relay_follows_a_validated_migration(start_beacon):
         await wait_for(lambda: len(cb.frames) == 1)
         b.endpoint.sendto(frame, beacon)
         await wait_for(lambda: moved.relay_bytes == len(frame))
+        assert server.relay.dropped["wrong_source"] == 0 and server.relay.forwarded_datagrams == 2
         moved.transport.close()
         await a.close()
         await b.close()
