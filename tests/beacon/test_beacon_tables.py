@@ -191,6 +191,9 @@ def test_meeting_table_invariants(operations):
         except TooManyTokens:
             assert {k: t.tokens_of(k) for k in joined} == before
             continue
+        assert not set(result.full) & t.tokens_of(key)
+        for victim, tok in result.evicted:
+            assert victim != key and tok not in t.tokens_of(victim) and tok in t.tokens_of(key)
         pairs = [(k, i.instance, i.token) for k, i in result.introductions]
         for k, instance, token in pairs:
             assert instance != inst(k)  # never introduced to itself
@@ -325,3 +328,29 @@ def test_relay_drop_connection_tells_the_other():
     [ended] = r.drop_connection(1)
     assert ended.code == ErrorCode.RELAY_PEER_GONE and [side.conn for side in ended.notify] == [2]
     assert r.get(s.session_id) is None and r.sessions_of(2) == []
+
+
+def test_relay_pairs_connections_not_claimed_instances():
+    r = relay()
+    assert r.request(1, inst(1), T1, 2, inst(2), "via", A, 0).session is None  # 1 asks for connection 2
+    # connection 3 claims 2's instance and asks for 1: it is not the connection 1 asked for
+    assert r.request(3, inst(2), T1, 1, inst(1), "via", C, 0).session is None
+    outcome = r.request(2, inst(2), T1, 1, inst(1), "via", B, 0)
+    assert outcome.session is not None and {outcome.session.a.conn, outcome.session.b.conn} == {1, 2}
+    frame = build_relay_frame(outcome.session.session_id, b"x" * 50)
+    assert r.route(frame, A, 0) == ("via", B)
+    assert r.route(frame, C, 0) is None and r.misdirected is outcome.session
+    assert r.pending_count == 1  # connection 3's request waits for a mirror that never comes
+    [expired] = r.expire_pending(r.quota.request_timeout)
+    assert expired.conn == 3
+
+
+def test_relay_rebind_moves_one_side():
+    r = relay()
+    s = grant(r)
+    frame = build_relay_frame(s.session_id, b"x" * 50)
+    assert r.route(frame, C, 0) is None and r.misdirected is s
+    r.rebind(s, 1, C)  # connection 1 migrated to C (the server checked that QUIC validated it)
+    assert r.route(frame, C, 0) == ("via", B)
+    assert r.route(frame, B, 0) == ("via", C)
+    assert r.route(frame, A, 0) is None  # the old address no longer speaks for the session
