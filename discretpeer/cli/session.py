@@ -153,6 +153,10 @@ def explain_connect_error(exc: ConnectError, target: str, our_id: str, *, secret
         errors = "; ".join(f"{b.get('beacon')}: {b.get('last_error') or b.get('state')}" for b in beacons
                            if isinstance(b, dict))
         return f"no beacon reachable ({errors}); run `discretpeer doctor`"
+    full = [str(f) for f in report.get("refusals") or []]
+    if full and not report.get("introductions"):
+        return (f"{full[-1]}: too many connections wait on this meeting there (someone may be squatting it); "
+                "it is tried again every ~10 s; another beacon in the config avoids it")
     if not report.get("introductions"):
         how = "the same --secret" if secret else f"your peer id ({our_id}) in its allow list"
         return (

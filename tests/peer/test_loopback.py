@@ -447,6 +447,11 @@ async def test_token_refused_as_full_is_reported_in_connect_error(make_beacon):
                 text = str(info.value)
                 assert "refused the meeting's token" in text and "full" in text, text
                 assert info.value.report["refusals"] and "full" in info.value.report["refusals"][0]
+                # the CLI's one-line explanation says so too (not "the beacon never introduced it")
+                from discretpeer.cli.session import explain_connect_error
+
+                line = explain_connect_error(info.value, "someone", late.peer_id, secret=True)
+                assert "full" in line and "squatting" in line and "never introduced" not in line, line
                 status = late.beacon_status[0]
                 assert status.tokens_full == 2 and "full" in status.full_refusal
         finally:
