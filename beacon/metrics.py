@@ -64,6 +64,10 @@ class BeaconMetrics:
         self.handshakes_refused = Counter(
             "beacon_handshakes_refused", "New connections refused before a handshake, by reason", ["reason"], registry=r
         )
+        self.dropped_connections = Counter(
+            "beacon_dropped_connections", "Connections closed for misusing QUIC (control stream reset, ...), by reason",
+            ["reason"], registry=r,
+        )
         self.retries = Counter("beacon_retries", "QUIC Retry packets sent (address validation)", registry=r)
         self.announces = Counter("beacon_announces", "Announce frames applied", registry=r)
         self.introductions = Counter("beacon_introductions", "Introduction frames sent", registry=r)
