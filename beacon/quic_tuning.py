@@ -382,14 +382,6 @@ class BeaconQuicConnection(QuicConnection):
         return datagrams
 
 
-def buffered_bytes(quic: QuicConnection) -> int:
-    """Bytes a connection holds in receive buffers (streams and CRYPTO), for tests and metrics."""
-    total = 0
-    for stream in list(getattr(quic, "_streams", {}).values()) + list(getattr(quic, "_crypto_streams", {}).values()):
-        total += len(stream.receiver._buffer)  # noqa: SLF001
-    return total
-
-
 def initial_decrypts(data: bytes, host_cid_length: int) -> bool:
     """Whether ``data`` starts with a client Initial packet that decrypts with the Initial keys
     of its destination connection ID (~20 us). Junk (random bytes with a plausible header) does
