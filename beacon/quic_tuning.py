@@ -45,8 +45,17 @@ from aioquic import tls
 from aioquic._crypto import AEAD, HeaderProtection
 from aioquic.buffer import Buffer
 from aioquic.quic.connection import QuicConnection, QuicConnectionError, QuicConnectionId
-from aioquic.quic.packet import QuicErrorCode, QuicPacketType, pull_quic_header
-from aioquic.quic.crypto import CIPHER_SUITES, CryptoContext, CryptoPair, NoCallback, derive_key_iv_hp
+from aioquic.quic.packet import QuicErrorCode, QuicPacketType, QuicProtocolVersion, pull_quic_header
+from aioquic.quic.crypto import (
+    CIPHER_SUITES,
+    INITIAL_CIPHER_SUITE,
+    INITIAL_SALT_VERSION_1,
+    INITIAL_SALT_VERSION_2,
+    CryptoContext,
+    CryptoPair,
+    NoCallback,
+    derive_key_iv_hp,
+)
 from aioquic.quic.stream import QuicStream
 from cryptography.hazmat.primitives.ciphers import Cipher, aead, algorithms, modes
 
@@ -393,9 +402,16 @@ def initial_decrypts(data: bytes, host_cid_length: int) -> bool:
             return False
         if header.packet_length > len(data):
             return False
-        pair = CryptoPair()
-        pair.setup_initial(cid=header.destination_cid, is_client=False, version=header.version)
-        pair.decrypt_packet(data[: header.packet_length], buf.tell(), 0)
+        # the client's Initial keys only (CryptoPair.setup_initial also builds the server's)
+        salt = INITIAL_SALT_VERSION_2 if header.version == QuicProtocolVersion.VERSION_2 else INITIAL_SALT_VERSION_1
+        algorithm = tls.cipher_suite_hash(INITIAL_CIPHER_SUITE)
+        secret = tls.hkdf_expand_label(
+            algorithm, tls.hkdf_extract(algorithm, salt, header.destination_cid), b"client in", b"",
+            algorithm.digest_size,
+        )
+        context = CryptoContext()
+        context.setup(cipher_suite=INITIAL_CIPHER_SUITE, secret=secret, version=header.version)
+        context.decrypt_packet(data[: header.packet_length], buf.tell(), 0)
     except Exception:  # noqa: BLE001 - CryptoError, ValueError, BufferReadError: all junk
         return False
     return True

@@ -12,8 +12,13 @@ import json
 import time
 
 import pytest
+from aioquic.buffer import Buffer
+from aioquic.quic.packet import pull_quic_header
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attack_support import hostile, rss_bytes, watched_beacon
+from beacon import quic_tuning
 from discretpeer import wire
 
 KB = 1024
@@ -242,3 +247,33 @@ async def test_log_is_json_without_traceback_after_attacks(tmp_path):
         for line in beacon.log_lines():
             assert "exception" not in json.loads(line)
         beacon.assert_clean()
+
+
+# --- the junk-Initial filter itself (a parser of network bytes: property tests) ------------------
+
+_VALID_INITIAL = hostile.client_initial(("127.0.0.1", 4264))
+_INITIAL_PACKET_LENGTH = pull_quic_header(Buffer(data=_VALID_INITIAL), host_cid_length=8).packet_length
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=1500))
+def test_initial_filter_refuses_random_bytes(data):
+    assert quic_tuning.initial_decrypts(data, 8) is False
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, len(_VALID_INITIAL) - 1), st.integers(1, 255))
+def test_initial_filter_accepts_a_real_initial_and_refuses_any_change_to_it(index, flip):
+    assert quic_tuning.initial_decrypts(_VALID_INITIAL, 8) is True
+    changed = bytearray(_VALID_INITIAL)
+    changed[index] ^= flip
+    # every byte of the packet is authenticated (the header as associated data); what follows
+    # the packet in the datagram (aioquic's padding) is not part of it
+    if index < _INITIAL_PACKET_LENGTH:
+        assert quic_tuning.initial_decrypts(bytes(changed), 8) is False
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(29, 1500))
+def test_initial_filter_refuses_junk_initials(size):
+    assert quic_tuning.initial_decrypts(hostile.junk_initial(size), 8) is False
