@@ -277,3 +277,35 @@ def test_initial_filter_accepts_a_real_initial_and_refuses_any_change_to_it(inde
 @given(st.integers(29, 1500))
 def test_initial_filter_refuses_junk_initials(size):
     assert quic_tuning.initial_decrypts(hostile.junk_initial(size), 8) is False
+
+
+async def test_handshake_queue_keeps_draining_after_a_handler_fails(tmp_path, monkeypatch):
+    """Whatever escapes from one connection's handling (here: a fault injected into the
+    beacon's own connection bookkeeping) is logged once, and the Initials queued behind it are
+    still served at once (it used to stop the queue until the next long-header datagram)."""
+    async with watched_beacon(tmp_path) as beacon:
+        victim, bystander = hostile.RawSocket(), hostile.RawSocket()
+        poisoned_port = victim.sock.getsockname()[1]
+        original = beacon.server._connection_started
+
+        def faulty(protocol, address):
+            if address[1] == poisoned_port:
+                raise RuntimeError("injected fault")
+            return original(protocol, address)
+
+        monkeypatch.setattr(beacon.server, "_connection_started", faulty)
+        endpoint = beacon.server._endpoints[0]
+        try:
+            # both queued in the same loop iteration, the faulty one first
+            endpoint.datagram_received(hostile.client_initial(beacon.address), victim.sock.getsockname())
+            endpoint.datagram_received(hostile.client_initial(beacon.address), bystander.sock.getsockname())
+            await bystander.collect(0.3)
+            assert bystander.received > 0, "the Initial queued behind the failure was not served"
+        finally:
+            victim.close()
+            bystander.close()
+        assert not beacon.loop_errors, beacon.loop_errors
+        errors = [line for line in beacon.log_lines() if "internal_error" in line]
+        assert len(errors) == 1, errors
+        monkeypatch.undo()
+        await beacon.pair_meets()
