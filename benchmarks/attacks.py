@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,10 @@ from typing import Any
 from benchmarks.common import ROOT, rss_bytes
 
 MB = 1e6
-HOSTILE_CONNECTIONS = 50
+# DPB_ATTACK_CONNECTIONS / DPB_ATTACK_ROUNDS: smaller for a run against an unfixed beacon, where
+# each round doubles what every connection holds
+HOSTILE_CONNECTIONS = int(os.environ.get("DPB_ATTACK_CONNECTIONS", 50))
+HOSTILE_ROUNDS = int(os.environ.get("DPB_ATTACK_ROUNDS", 14))
 HELLO_TIMEOUT = 10.0  # the default hello_timeout_seconds: when abandoned handshakes are closed
 
 
@@ -102,7 +106,7 @@ async def run(bench: Any) -> None:
     # --- memory per hostile connection -----------------------------------------------------------
     bench.log(f"attacks: RSS per connection, {HOSTILE_CONNECTIONS} idle vs {HOSTILE_CONNECTIONS} out-of-order attackers")
     per_connection = {}
-    for kind, rounds in (("idle", 0), ("hostile", 14)):
+    for kind, rounds in (("idle", 0), ("hostile", HOSTILE_ROUNDS)):
         server, ready = await bench.worker(f"attacks-mem-{kind}", "server", ["--kind", "beacon", "--defaults"])
         attacker, _ = await bench.worker(
             f"attacker-mem-{kind}", "attack",
@@ -180,3 +184,8 @@ async def run(bench: Any) -> None:
                            f"{ {k: v for k, v in attack_stats.items() if k != 'event'} }"))
     bench.extra["attacks"] = {"amplification": amplification, "memory": per_connection, "latency": latency}
     await bench.stop_all()
+    text = server.log_path.read_text(errors="replace")
+    bench.add(Row("attacks", "tracebacks / unhandled loop errors in the beacon process during the attacks",
+                  text.count("Traceback") + text.count("Unhandled exception") + text.count("Exception in callback"),
+                  "", target="0", met="Traceback" not in text and "Exception in callback" not in text,
+                  note=f"{len(text.splitlines())} lines of stderr"))
