@@ -83,6 +83,7 @@ async def run(bench: Any) -> None:
     cases = {
         "junk Initials (1,200 B, undecryptable)": lambda: hostile.junk_initial(),
         "short Initials (300 B)": lambda: hostile.junk_initial(300),
+        "unknown version, 40 B": lambda: hostile.unknown_version(40),
         "unknown version, 1,199 B": lambda: hostile.unknown_version(1199),
         "unknown version, 1,200 B (Version Negotiation)": lambda: hostile.unknown_version(1200),
     }
