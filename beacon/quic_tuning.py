@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from typing import Any
 
 from aioquic import tls
 from aioquic._crypto import AEAD, HeaderProtection
 from aioquic.buffer import Buffer
-from aioquic.quic.connection import QuicConnection, QuicConnectionError, QuicConnectionId
+from aioquic.quic.connection import QuicConnection, QuicConnectionAdapter, QuicConnectionError, QuicConnectionId
 from aioquic.quic.packet import QuicErrorCode, QuicPacketType, QuicProtocolVersion, pull_quic_header
 from aioquic.quic.crypto import (
     CIPHER_SUITES,
@@ -300,6 +301,15 @@ MAX_STREAM_GAPS = 16  # out-of-order fragments kept on a stream before the clien
 MAX_CRYPTO_PENDING = 16 * 1024  # a ClientHello is ~300 bytes; aioquic allows 512 KiB per epoch
 
 
+# aioquic logs a WARNING per connection it closes for a transport error: one line per hostile
+# client (to stderr where nothing configures logging). The beacon counts those closes itself;
+# its connections log to this child of aioquic's "quic" logger, quiet below ERROR unless the
+# operator's logging configuration sets a level for it.
+TRANSPORT_LOG = logging.getLogger("quic.beacon")
+if TRANSPORT_LOG.level == logging.NOTSET:
+    TRANSPORT_LOG.setLevel(logging.ERROR)
+
+
 class BeaconQuicConnection(QuicConnection):
     """A server connection that a stranger cannot make hold memory it did not grant.
 
@@ -325,6 +335,7 @@ class BeaconQuicConnection(QuicConnection):
         for limit, value in ((self._local_max_streams_bidi, 1), (self._local_max_streams_uni, 0)):  # noqa: SLF001
             limit.value = limit.sent = value
         self.amplification_dropped = 0  # bytes not sent to stay within 3x
+        self._logger = QuicConnectionAdapter(TRANSPORT_LOG, self._logger.extra)  # noqa: SLF001
 
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
         max_data = self._local_max_data

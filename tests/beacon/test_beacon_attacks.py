@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import pytest
@@ -309,3 +310,20 @@ async def test_handshake_queue_keeps_draining_after_a_handler_fails(tmp_path, mo
         assert len(errors) == 1, errors
         monkeypatch.undo()
         await beacon.pair_meets()
+
+
+async def test_hostile_connections_leave_no_transport_warnings(tmp_path, caplog):
+    """aioquic logs a WARNING for every connection it closes on a transport error: one stderr
+    line per attacking connection. The beacon's connections keep that below ERROR."""
+    caplog.set_level(logging.DEBUG, logger="quic")
+    caplog.set_level(logging.WARNING)
+    async with watched_beacon(tmp_path) as beacon:
+        for frames in ([hostile.stream_frame(4, 100, b"x")],
+                       [hostile.stream_frame(0, 5000 + 2 * i, b"x") for i in range(40)]):
+            attacker = await beacon.hostile()
+            attacker.send_frames(*frames)
+            await wait_until(lambda: attacker.closed)
+            await attacker.close()
+        server_side = [r for r in caplog.records if r.name.startswith("quic") and r.levelno >= logging.WARNING]
+        assert not server_side, [r.getMessage() for r in server_side]
+        beacon.assert_clean()
