@@ -46,7 +46,6 @@ from aioquic import tls
 from aioquic._crypto import AEAD, HeaderProtection
 from aioquic.buffer import Buffer
 from aioquic.quic.connection import QuicConnection, QuicConnectionAdapter, QuicConnectionError, QuicConnectionId
-from aioquic.quic.packet import QuicErrorCode, QuicPacketType, QuicProtocolVersion, pull_quic_header
 from aioquic.quic.crypto import (
     CIPHER_SUITES,
     INITIAL_CIPHER_SUITE,
@@ -57,6 +56,7 @@ from aioquic.quic.crypto import (
     NoCallback,
     derive_key_iv_hp,
 )
+from aioquic.quic.packet import QuicErrorCode, QuicPacketType, QuicProtocolVersion, pull_quic_header
 from aioquic.quic.stream import QuicStream
 from cryptography.hazmat.primitives.ciphers import Cipher, aead, algorithms, modes
 
@@ -332,10 +332,10 @@ class BeaconQuicConnection(QuicConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for limit, value in ((self._local_max_streams_bidi, 1), (self._local_max_streams_uni, 0)):  # noqa: SLF001
+        for limit, value in ((self._local_max_streams_bidi, 1), (self._local_max_streams_uni, 0)):
             limit.value = limit.sent = value
         self.amplification_dropped = 0  # bytes not sent to stay within 3x
-        self._logger = QuicConnectionAdapter(TRANSPORT_LOG, self._logger.extra)  # noqa: SLF001
+        self._logger = QuicConnectionAdapter(TRANSPORT_LOG, self._logger.extra)
 
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
         max_data = self._local_max_data
@@ -380,7 +380,7 @@ class BeaconQuicConnection(QuicConnection):
         offset = buf.pull_uint_var()
         length = buf.pull_uint_var()
         buf.seek(start)
-        stream = self._crypto_streams[context.epoch]  # noqa: SLF001
+        stream = self._crypto_streams[context.epoch]
         if offset + length - stream.receiver.starting_offset() > MAX_CRYPTO_PENDING:
             raise QuicConnectionError(
                 error_code=QuicErrorCode.CRYPTO_BUFFER_EXCEEDED,
@@ -391,7 +391,7 @@ class BeaconQuicConnection(QuicConnection):
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         datagrams = super().datagrams_to_send(now)
-        path = self._network_paths[0] if self._network_paths else None  # noqa: SLF001
+        path = self._network_paths[0] if self._network_paths else None
         if path is None or path.is_validated or not datagrams:
             return datagrams
         # the base class counted them in bytes_sent; give back what is not sent

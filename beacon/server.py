@@ -763,7 +763,7 @@ class BeaconServer:
         quic = peer.protocol._quic
         try:
             quic.send_stream_data(0, wire.encode(message))
-        except (ValueError, AssertionError, RuntimeError) as exc:  # stream 0 finished or reset by the client
+        except (ValueError, AssertionError, RuntimeError) as exc:  # stream 0 finished, or reset by the client
             self.log.debug("write_failed", conn=peer.key, error=str(exc))
             if check:
                 self._leave(peer)

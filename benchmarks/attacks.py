@@ -105,7 +105,8 @@ async def run(bench: Any) -> None:
     await bench.stop_all()
 
     # --- memory per hostile connection -----------------------------------------------------------
-    bench.log(f"attacks: RSS per connection, {HOSTILE_CONNECTIONS} idle vs {HOSTILE_CONNECTIONS} out-of-order attackers")
+    count = HOSTILE_CONNECTIONS
+    bench.log(f"attacks: RSS per connection, {count} idle vs {count} out-of-order attackers")
     per_connection = {}
     for kind, rounds in (("idle", 0), ("hostile", HOSTILE_ROUNDS)):
         server, ready = await bench.worker(f"attacks-mem-{kind}", "server", ["--kind", "beacon", "--defaults"])
@@ -133,9 +134,9 @@ async def run(bench: Any) -> None:
     # --- meeting latency under attack ------------------------------------------------------------
     server, ready = await bench.worker("attacks-latency-beacon", "server", ["--kind", "beacon", "--defaults"])
     address = f"127.0.0.1:{ready['port']}"
-    prober, _ = await bench.worker("attacks-intro", "intro", ["--target", address, f"--fingerprint={ready['fingerprint']}"])
-    victim, _ = await bench.worker("attacker-victim-ip", "attack",
-                                   ["--target", address, f"--fingerprint={ready['fingerprint']}", "--bind", "127.0.0.1"])
+    pin = f"--fingerprint={ready['fingerprint']}"
+    prober, _ = await bench.worker("attacks-intro", "intro", ["--target", address, pin])
+    victim, _ = await bench.worker("attacker-victim-ip", "attack", ["--target", address, pin, "--bind", "127.0.0.1"])
     other, _ = await bench.worker("attacker-other-ip", "attack",
                                   ["--target", address, f"--fingerprint={ready['fingerprint']}"])
     duration = samples * interval
@@ -146,7 +147,7 @@ async def run(bench: Any) -> None:
         for _ in range(count):
             try:
                 client = await client_module.BeaconClient.connect(target, ready["fingerprint"], timeout=3.0)
-            except (asyncio.TimeoutError, ConnectionError, OSError, AssertionError):  # Assertion: an Error, no Welcome
+            except (TimeoutError, ConnectionError, OSError, AssertionError):  # Assertion: an Error, no Welcome
                 continue
             ok += 1
             await client.close()

@@ -87,7 +87,7 @@ class Attacker:
         for _ in range(connections):
             try:
                 self.held.append(await self.connect())
-            except (asyncio.TimeoutError, ConnectionError, OSError):
+            except (TimeoutError, ConnectionError, OSError):
                 self.errors += 1
         reached = await asyncio.gather(*(h.out_of_order(streams=(0,), rounds=rounds, pause=0.05) for h in self.held))
         await asyncio.sleep(0.5)
@@ -108,7 +108,7 @@ class Attacker:
             while loop.time() < end:
                 try:
                     attacker = await self.connect()
-                except (asyncio.TimeoutError, ConnectionError, OSError):
+                except (TimeoutError, ConnectionError, OSError):
                     stats["failed"] += 1
                     await asyncio.sleep(0.1)
                     continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import socket
 import ssl
@@ -120,10 +121,9 @@ class Hostile:
         quic = self.quic
         for stream_id in streams:  # track MAX_STREAM_DATA for these streams on our side too
             if stream_id not in quic._streams:
-                try:
+                # ValueError: the beacon allows no such stream; the frames go anyway
+                with contextlib.suppress(ValueError):
                     quic._get_or_create_stream_for_send(stream_id)
-                except ValueError:
-                    pass  # the beacon allows no such stream: the frames go anyway
         sent = {stream_id: 4096 if stream_id == 0 else 0 for stream_id in streams}  # 0: past the Hello
         for _ in range(rounds):
             if self.closed or (stop is not None and stop()):

@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import tempfile
 
+from attack_support import hostile, rss_bytes, watched_beacon
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from attack_support import hostile, rss_bytes, watched_beacon
 from discretpeer import wire
 
 KB = 1024

@@ -15,10 +15,10 @@ import time
 import pytest
 from aioquic.buffer import Buffer
 from aioquic.quic.packet import pull_quic_header
+from attack_support import hostile, rss_bytes, watched_beacon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attack_support import hostile, rss_bytes, watched_beacon
 from beacon import quic_tuning
 from discretpeer import wire
 
@@ -184,7 +184,7 @@ async def test_junk_initials_do_not_use_up_the_ip(tmp_path, retry):
             for _ in range(4):
                 try:
                     client = await beacon.connect(timeout=2.0)
-                except (asyncio.TimeoutError, ConnectionError) as exc:
+                except (TimeoutError, ConnectionError) as exc:
                     outcomes.append(repr(exc))
                 else:
                     outcomes.append("ok")
@@ -322,7 +322,7 @@ async def test_hostile_connections_leave_no_transport_warnings(tmp_path, caplog)
                        [hostile.stream_frame(0, 5000 + 2 * i, b"x") for i in range(40)]):
             attacker = await beacon.hostile()
             attacker.send_frames(*frames)
-            await wait_until(lambda: attacker.closed)
+            await wait_until(lambda attacker=attacker: attacker.closed)
             await attacker.close()
         server_side = [r for r in caplog.records if r.name.startswith("quic") and r.levelno >= logging.WARNING]
         assert not server_side, [r.getMessage() for r in server_side]
