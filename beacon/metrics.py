@@ -27,6 +27,9 @@ SNAPSHOT_METRICS: dict[str, tuple[str, str]] = {
     "beacon_relay_bytes": ("counter", "Bytes forwarded by the relay"),
     "beacon_relay_datagrams": ("counter", "Datagrams forwarded by the relay"),
     "beacon_relay_dropped_datagrams": ("counter", "Non-QUIC datagrams not forwarded, by reason"),
+    "beacon_handshake_dropped_datagrams": (
+        "counter", "Long-header datagrams dropped before any connection state, by reason (undecryptable, queue_full)"
+    ),
 }
 
 Snapshot = Mapping[str, float | Mapping[str, float]]

@@ -851,4 +851,8 @@ class BeaconServer:
             "beacon_relay_bytes": self.relay.forwarded_bytes,
             "beacon_relay_datagrams": self.relay.forwarded_datagrams,
             "beacon_relay_dropped_datagrams": dict(self.relay.dropped),
+            "beacon_handshake_dropped_datagrams": {
+                "undecryptable": sum(getattr(e, "junk_initials", 0) for e in self._endpoints),
+                "queue_full": sum(getattr(e, "handshake_datagrams_dropped", 0) for e in self._endpoints),
+            },
         }

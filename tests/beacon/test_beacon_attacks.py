@@ -195,6 +195,10 @@ async def test_junk_initials_do_not_use_up_the_ip(tmp_path, retry):
             await flooding
             raw.close()
         assert outcomes == ["ok"] * 4, outcomes
+        rendered = beacon.server.metrics.render().decode()
+        dropped = [line for line in rendered.splitlines()
+                   if line.startswith('beacon_handshake_dropped_datagrams_total{reason="undecryptable"}')]
+        assert dropped and float(dropped[0].split()[-1]) >= 20, dropped
         await beacon.pair_meets()
         beacon.assert_clean()
 
