@@ -27,6 +27,9 @@ SNAPSHOT_METRICS: dict[str, tuple[str, str]] = {
     "beacon_relay_bytes": ("counter", "Bytes forwarded by the relay"),
     "beacon_relay_datagrams": ("counter", "Datagrams forwarded by the relay"),
     "beacon_relay_dropped_datagrams": ("counter", "Non-QUIC datagrams not forwarded, by reason"),
+    "beacon_handshake_dropped_datagrams": (
+        "counter", "Long-header datagrams dropped before any connection state, by reason (undecryptable, queue_full)"
+    ),
 }
 
 Snapshot = Mapping[str, float | Mapping[str, float]]
@@ -63,6 +66,10 @@ class BeaconMetrics:
         self.connections = Counter("beacon_connections", "QUIC connections accepted", registry=r)
         self.handshakes_refused = Counter(
             "beacon_handshakes_refused", "New connections refused before a handshake, by reason", ["reason"], registry=r
+        )
+        self.dropped_connections = Counter(
+            "beacon_dropped_connections", "Connections closed for misusing QUIC (control stream reset, ...), by reason",
+            ["reason"], registry=r,
         )
         self.retries = Counter("beacon_retries", "QUIC Retry packets sent (address validation)", registry=r)
         self.announces = Counter("beacon_announces", "Announce frames applied", registry=r)

@@ -39,13 +39,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from typing import Any
 
 from aioquic import tls
 from aioquic._crypto import AEAD, HeaderProtection
 from aioquic.buffer import Buffer
-from aioquic.quic.connection import QuicConnection, QuicConnectionId
-from aioquic.quic.crypto import CIPHER_SUITES, CryptoContext, CryptoPair, NoCallback, derive_key_iv_hp
+from aioquic.quic.connection import QuicConnection, QuicConnectionAdapter, QuicConnectionError, QuicConnectionId
+from aioquic.quic.crypto import (
+    CIPHER_SUITES,
+    INITIAL_CIPHER_SUITE,
+    INITIAL_SALT_VERSION_1,
+    INITIAL_SALT_VERSION_2,
+    CryptoContext,
+    CryptoPair,
+    NoCallback,
+    derive_key_iv_hp,
+)
+from aioquic.quic.packet import QuicErrorCode, QuicPacketType, QuicProtocolVersion, pull_quic_header
 from aioquic.quic.stream import QuicStream
 from cryptography.hazmat.primitives.ciphers import Cipher, aead, algorithms, modes
 
@@ -281,3 +292,137 @@ def dismantle(protocol: Any) -> None:
     quic = getattr(protocol, "_quic", None)
     if quic is not None:
         quic.__dict__.clear()
+
+
+# --- hostile clients: bounded receive side, anti-amplification, junk Initials ----------------
+
+CONTROL_WINDOW = 16 * 1024  # credit beyond what the beacon consumed (its frames are <= 4 KiB)
+MAX_STREAM_GAPS = 16  # out-of-order fragments kept on a stream before the client is dropped
+MAX_CRYPTO_PENDING = 16 * 1024  # a ClientHello is ~300 bytes; aioquic allows 512 KiB per epoch
+
+
+# aioquic logs a WARNING per connection it closes for a transport error: one line per hostile
+# client (to stderr where nothing configures logging). The beacon counts those closes itself;
+# its connections log to this child of aioquic's "quic" logger, quiet below ERROR unless the
+# operator's logging configuration sets a level for it.
+TRANSPORT_LOG = logging.getLogger("quic.beacon")
+if TRANSPORT_LOG.level == logging.NOTSET:
+    TRANSPORT_LOG.setLevel(logging.ERROR)
+
+
+class BeaconQuicConnection(QuicConnection):
+    """A server connection that a stranger cannot make hold memory it did not grant.
+
+    aioquic pads a stream's receive buffer up to the offset of out-of-order data and raises
+    MAX_STREAM_DATA / MAX_DATA from the *highest offset received*, whatever was read: with a few
+    one-byte STREAM frames at growing offsets a client grew the beacon by hundreds of MB. Here:
+
+    - the client may open exactly one bidirectional stream (the control stream, 0) and no
+      unidirectional one: anything else is a STREAM_LIMIT_ERROR that closes the connection;
+    - credit slides with what the beacon consumed (every contiguous byte is handed to the frame
+      decoder at once, so consumed = the receiver's start offset), at most
+      :data:`CONTROL_WINDOW` ahead, per stream and per connection (as ``discretpeer.flow``);
+    - out-of-order data is kept in at most :data:`MAX_STREAM_GAPS` fragments, CRYPTO data in at
+      most :data:`MAX_CRYPTO_PENDING` bytes per epoch;
+    - nothing is sent beyond 3x what an unvalidated address sent (RFC 9000 §8.1): aioquic
+      applies that limit except to its CONNECTION_CLOSE, which then is dropped silently.
+
+    The configuration's ``max_data`` / ``max_stream_data`` are the initial windows.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for limit, value in ((self._local_max_streams_bidi, 1), (self._local_max_streams_uni, 0)):
+            limit.value = limit.sent = value
+        self.amplification_dropped = 0  # bytes not sent to stay within 3x
+        self._logger = QuicConnectionAdapter(TRANSPORT_LOG, self._logger.extra)
+
+    def _write_connection_limits(self, builder: Any, space: Any) -> None:
+        max_data = self._local_max_data
+        buffered = sum(
+            s.receiver.highest_offset - s.receiver.starting_offset() for s in self._streams.values()
+        )
+        target = max_data.used - buffered + CONTROL_WINDOW
+        if target - max_data.value >= CONTROL_WINDOW // 2:
+            max_data.value = target
+        # the base class doubles the window on arrival; hide the arrival count from it
+        used, max_data.used = max_data.used, 0
+        try:
+            super()._write_connection_limits(builder, space)
+        finally:
+            max_data.used = used
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: QuicStream) -> None:
+        if stream.max_stream_data_local:
+            target = stream.receiver.starting_offset() + CONTROL_WINDOW
+            if target - stream.max_stream_data_local >= CONTROL_WINDOW // 2:
+                stream.max_stream_data_local = target
+        # the base class doubles on arrival: show it a stream that received nothing new
+        receiver = stream.receiver
+        highest, receiver.highest_offset = receiver.highest_offset, 0
+        try:
+            super()._write_stream_limits(builder, space, stream)
+        finally:
+            receiver.highest_offset = highest
+
+    def _handle_stream_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        super()._handle_stream_frame(context, frame_type, buf)
+        for stream in self._streams.values():
+            if len(stream.receiver._ranges) > MAX_STREAM_GAPS:  # noqa: SLF001
+                raise QuicConnectionError(
+                    error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                    frame_type=frame_type,
+                    reason_phrase="too many gaps in stream data",
+                )
+
+    def _handle_crypto_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        start = buf.tell()
+        offset = buf.pull_uint_var()
+        length = buf.pull_uint_var()
+        buf.seek(start)
+        stream = self._crypto_streams[context.epoch]
+        if offset + length - stream.receiver.starting_offset() > MAX_CRYPTO_PENDING:
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.CRYPTO_BUFFER_EXCEEDED,
+                frame_type=frame_type,
+                reason_phrase="too much crypto buffering",
+            )
+        super()._handle_crypto_frame(context, frame_type, buf)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        datagrams = super().datagrams_to_send(now)
+        path = self._network_paths[0] if self._network_paths else None
+        if path is None or path.is_validated or not datagrams:
+            return datagrams
+        # the base class counted them in bytes_sent; give back what is not sent
+        while datagrams and path.bytes_sent > 3 * path.bytes_received:
+            dropped = datagrams.pop()[0]
+            path.bytes_sent -= len(dropped)
+            self.amplification_dropped += len(dropped)
+        return datagrams
+
+
+def initial_decrypts(data: bytes, host_cid_length: int) -> bool:
+    """Whether ``data`` starts with a client Initial packet that decrypts with the Initial keys
+    of its destination connection ID (~20 us). Junk (random bytes with a plausible header) does
+    not: the beacon drops it before any state or per-IP budget is spent on it."""
+    buf = Buffer(data=data)
+    try:
+        header = pull_quic_header(buf, host_cid_length=host_cid_length)
+        if header.packet_type != QuicPacketType.INITIAL or header.version is None:
+            return False
+        if header.packet_length > len(data):
+            return False
+        # the client's Initial keys only (CryptoPair.setup_initial also builds the server's)
+        salt = INITIAL_SALT_VERSION_2 if header.version == QuicProtocolVersion.VERSION_2 else INITIAL_SALT_VERSION_1
+        algorithm = tls.cipher_suite_hash(INITIAL_CIPHER_SUITE)
+        secret = tls.hkdf_expand_label(
+            algorithm, tls.hkdf_extract(algorithm, salt, header.destination_cid), b"client in", b"",
+            algorithm.digest_size,
+        )
+        context = CryptoContext()
+        context.setup(cipher_suite=INITIAL_CIPHER_SUITE, secret=secret, version=header.version)
+        context.decrypt_packet(data[: header.packet_length], buf.tell(), 0)
+    except Exception:  # noqa: BLE001 - CryptoError, ValueError, BufferReadError: all junk
+        return False
+    return True

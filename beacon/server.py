@@ -24,6 +24,7 @@ from typing import Any
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicPacketType
 
 from beacon import quic_tuning
 from beacon.config import BeaconConfig
@@ -34,7 +35,14 @@ from beacon.metrics import BeaconMetrics, MetricsHTTPServer
 from beacon.relay import RelayEnded, RelayQuota, RelaySession, RelaySide, RelayTable
 from certs import CertificateBundle, create_bundle
 from discretpeer import wire
-from discretpeer.endpoint import Admission, Endpoint, EndpointProtocol, normalize_address
+from discretpeer.endpoint import (
+    CONNECTION_ID_LENGTH,
+    SMALLEST_INITIAL,
+    Admission,
+    Endpoint,
+    EndpointProtocol,
+    normalize_address,
+)
 from discretpeer.wire import Address, ErrorCode, WireError
 
 TRIM_AFTER_HANDSHAKE = True  # see beacon.quic_tuning (the benchmarks turn it off to compare)
@@ -133,7 +141,11 @@ class BeaconProtocol(EndpointProtocol):
             return
         if self.peer is None:
             self.server._connection_started(self, (addr[0], addr[1]))
-        super().datagram_received(data, addr)
+        try:
+            super().datagram_received(data, addr)
+        except Exception:  # noqa: BLE001 - a bug must cost this connection only, and only once
+            self.server._internal_error(self)
+            return
         # aioquic's datagram_received ends with a transmit, after every event (and every frame
         # the server wrote in response) was handled: no need for another one in _flush
         self.server._dirty.discard(self)
@@ -148,8 +160,17 @@ class BeaconProtocol(EndpointProtocol):
             if self.peer is not None:
                 self.server._stream_data(self.peer, event)
             return
+        if isinstance(event, (events.StopSendingReceived, events.StreamReset)):
+            # the client gave up the control stream (the only one it may open): nothing more
+            # can be said on it, so the connection ends, once
+            if self.peer is not None and event.stream_id == 0:
+                reason = "stop_sending" if isinstance(event, events.StopSendingReceived) else "stream_reset"
+                self.server._control_stream_lost(self.peer, reason)
+            return
         super().quic_event_received(event)
         if isinstance(event, events.HandshakeCompleted):
+            if self.peer is not None:
+                self.server._handshake_completed(self.peer)
             if TRIM_AFTER_HANDSHAKE:
                 quic_tuning.trim_after_handshake(self._quic)
                 self.server._settling.append((self._loop.time() + SETTLE_SECONDS, self))
@@ -173,10 +194,26 @@ class _BeaconEndpoint(Endpoint):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("connection_class", quic_tuning.BeaconQuicConnection)
+        self.on_error: Any = None  # called with no argument when a datagram's handling raised
+        self.junk_initials = 0
         super().__init__(*args, **kwargs)
         self._handshake_queue: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._drain_handle: asyncio.Handle | None = None
         self.handshake_datagrams_dropped = 0
+
+    def _maybe_accept(self, data: bytes, source: tuple[str, int], header: Any, relay_route: Any = None) -> Any:
+        # an Initial that does not decrypt with its own Initial keys is junk: no state, no
+        # per-IP budget spent for its (possibly spoofed) source
+        if (
+            header.packet_type == QuicPacketType.INITIAL
+            and header.version in self._server_configuration.supported_versions  # type: ignore[union-attr]
+            and len(data) >= SMALLEST_INITIAL
+            and not quic_tuning.initial_decrypts(data, CONNECTION_ID_LENGTH)
+        ):
+            self.junk_initials += 1
+            return None
+        return super()._maybe_accept(data, source, header, relay_route)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
         if data and data[0] & _LONG_HEADER_QUIC == _LONG_HEADER_QUIC and DEFER_HANDSHAKES:
@@ -194,7 +231,11 @@ class _BeaconEndpoint(Endpoint):
         queue = self._handshake_queue
         if queue and not self.closed:
             data, addr = queue.popleft()
-            super().datagram_received(data, addr)
+            try:
+                super().datagram_received(data, addr)
+            except Exception:  # noqa: BLE001 - the queue must go on draining whatever happened
+                if self.on_error is not None:
+                    self.on_error()
         if queue and not self.closed:
             self._drain_handle = asyncio.get_running_loop().call_soon(self._drain_one)
         elif self.closed:
@@ -308,8 +349,9 @@ class BeaconServer:
             is_client=False,
             alpn_protocols=[wire.BEACON_ALPN],
             idle_timeout=c.idle_timeout_seconds,
-            max_data=256 * 1024,
-            max_stream_data=64 * 1024,
+            # small initial windows, slid by what is consumed (quic_tuning.BeaconQuicConnection)
+            max_data=quic_tuning.CONTROL_WINDOW,
+            max_stream_data=quic_tuning.CONTROL_WINDOW,
             certificate=self.bundle.certificate,
             private_key=self.bundle.private_key,
         )
@@ -402,6 +444,7 @@ class BeaconServer:
             admit=self._admit,
         )
         endpoint.on_datagram = functools.partial(self._relay_datagram, endpoint)
+        endpoint.on_error = self._endpoint_error
         assert self._loop is not None
         await self._loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
         self._endpoints.append(endpoint)
@@ -416,7 +459,11 @@ class BeaconServer:
 
     # --- admission (before any per-connection state) ------------------------------------------
 
-    def _admit(self, addr: tuple[str, int], has_token: bool) -> Admission:
+    def _admit(self, addr: tuple[str, int], validated: bool) -> Admission:
+        """For an Initial that decrypts (junk never gets here, see _BeaconEndpoint), carrying a
+        valid Retry token or none. The per-IP handshake budget is charged only for a handshake
+        that starts now: a Retry is stateless and smaller than the Initial, so asking for one
+        costs a spoofed "source" nothing, and the source's budget stays its own."""
         if self._stopping:
             return Admission.REFUSE
         assert self._loop is not None and self._handshake_rate is not None
@@ -424,20 +471,17 @@ class BeaconServer:
         if len(self._peers) >= self.config.max_connections:
             self.metrics.handshakes_refused.labels("max_connections").inc()
             return Admission.REFUSE
-        if not has_token:
-            # an Initial carrying a token was charged when we sent the Retry; a forged token
-            # costs nothing either: the endpoint answers it with a stateless Retry
-            if not self._handshakes.take(ip_key(addr[0]), now):
-                self.metrics.handshakes_refused.labels("rate_limited").inc()
-                return Admission.REFUSE
-            self._handshake_rate.add(now)
         mode = self.config.retry
-        if mode == "always" or (
-            mode == "auto" and self._handshake_rate.rate(now) > self.config.retry_threshold_handshakes_per_second
+        if not validated and (
+            mode == "always"
+            or (mode == "auto" and self._handshake_rate.rate(now) > self.config.retry_threshold_handshakes_per_second)
         ):
-            if not has_token:
-                self.metrics.retries.inc()
+            self.metrics.retries.inc()
             return Admission.RETRY
+        if not self._handshakes.take(ip_key(addr[0]), now):
+            self.metrics.handshakes_refused.labels("rate_limited").inc()
+            return Admission.REFUSE
+        self._handshake_rate.add(now)
         return Admission.ACCEPT
 
     # --- connection life ----------------------------------------------------------------------
@@ -453,17 +497,51 @@ class BeaconServer:
             peer.observed = Address.from_socket(address)
         except (WireError, ValueError):
             peer.refusal = ErrorCode.MALFORMED
-        if peer.refusal is None:
-            if self._ip_counts.get(peer.ip) >= c.max_connections_per_ip:
-                peer.refusal = ErrorCode.TOO_MANY_CONNECTIONS
-            else:
-                self._ip_counts.add(peer.ip)
-                peer.counted = True
         now = self._loop.time()
         peer.frames = TokenBucket(c.frames_per_second_per_connection, c.frame_burst_per_connection, now)
         wait = c.hello_timeout_seconds if peer.refusal is None else min(c.hello_timeout_seconds, 2.0)
         peer.timer = self._loop.call_later(wait, self._hello_timeout, peer)
         self.log.debug("connection_opened", conn=peer.key, address=str(peer.observed or address))
+
+    def _handshake_completed(self, peer: _Peer) -> None:
+        """The client proved it receives at its address: only now does it count against the
+        per-IP connection limit (a handshake from a spoofed source never gets here)."""
+        if peer.refusal is not None or peer.counted or peer.closing or peer.gone:
+            return
+        assert self._loop is not None
+        if self._ip_counts.get(peer.ip) >= self.config.max_connections_per_ip:
+            peer.refusal = ErrorCode.TOO_MANY_CONNECTIONS
+            if peer.timer is not None:
+                peer.timer.cancel()
+            peer.timer = self._loop.call_later(min(self.config.hello_timeout_seconds, 2.0), self._hello_timeout, peer)
+        else:
+            self._ip_counts.add(peer.ip)
+            peer.counted = True
+
+    def _control_stream_lost(self, peer: _Peer, reason: str) -> None:
+        """STOP_SENDING or RESET_STREAM on stream 0: close at once (once, one log line)."""
+        if peer.closing or peer.gone:
+            return
+        self.metrics.dropped_connections.labels(reason).inc()
+        self.log.debug("control_stream_lost", conn=peer.key, reason=reason)
+        self._leave(peer)
+        peer.protocol.close(error_code=ErrorCode.MALFORMED, reason_phrase=f"control stream: {reason}")
+
+    def _internal_error(self, protocol: BeaconProtocol) -> None:
+        """Something unexpected escaped while handling a datagram: log it once, drop the connection."""
+        peer = protocol.peer
+        self.metrics.dropped_connections.labels("internal_error").inc()
+        self.log.exception("internal_error", conn=peer.key if peer is not None else None)
+        if peer is not None:
+            self._leave(peer)
+            if peer.gone:
+                return
+        with contextlib.suppress(Exception):
+            protocol.close(error_code=ErrorCode.INTERNAL, reason_phrase="internal error")
+
+    def _endpoint_error(self) -> None:
+        self.metrics.dropped_connections.labels("internal_error").inc()
+        self.log.exception("internal_error")
 
     def _hello_timeout(self, peer: _Peer) -> None:
         peer.timer = None
@@ -746,7 +824,7 @@ class BeaconServer:
         quic = peer.protocol._quic
         try:
             quic.send_stream_data(0, wire.encode(message))
-        except (ValueError, AssertionError) as exc:  # stream 0 finished or reset by the client
+        except (ValueError, AssertionError, RuntimeError) as exc:  # stream 0 finished, or reset by the client
             self.log.debug("write_failed", conn=peer.key, error=str(exc))
             if check:
                 self._leave(peer)
@@ -834,4 +912,8 @@ class BeaconServer:
             "beacon_relay_bytes": self.relay.forwarded_bytes,
             "beacon_relay_datagrams": self.relay.forwarded_datagrams,
             "beacon_relay_dropped_datagrams": dict(self.relay.dropped),
+            "beacon_handshake_dropped_datagrams": {
+                "undecryptable": sum(getattr(e, "junk_initials", 0) for e in self._endpoints),
+                "queue_full": sum(getattr(e, "handshake_datagrams_dropped", 0) for e in self._endpoints),
+            },
         }

@@ -11,6 +11,8 @@ Benchmarks (``--only`` names):
   relay       the same stream through the beacon's relay vs the direct path
   tcp         TCP through `discretpeer forward`/`expose` vs `ssh -L` and a raw TCP copy
   stack       qh3 vs aioquic (bulk, handshakes per CPU-second, memory), with --qh3-python only
+  attacks     the beacon under issue 12's QUIC-level attacks (default limits): bytes out per byte in
+              from unvalidated sources, RSS per hostile connection, meeting latency quiet vs attacked
   natlab      introduction -> verified direct connection through real Linux NATs (tests/natlab, 20 ms
               per internet link), in RTTs of the same connections (root and namespaces needed)
 
@@ -436,6 +438,11 @@ class Bench:
             ))
         self.extra["relay"] = out
 
+    async def bench_attacks(self) -> None:
+        from benchmarks import attacks
+
+        await attacks.run(self)
+
     # --- NAT lab ----------------------------------------------------------------------------
 
     async def bench_natlab(self) -> None:
@@ -796,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke version (~2 min)")
     parser.add_argument("--only", nargs="+",
-                        choices=["beacon", "rate", "throughput", "relay", "tcp", "stack", "natlab"])
+                        choices=["beacon", "rate", "throughput", "relay", "tcp", "stack", "natlab", "attacks"])
     parser.add_argument("--qh3-python", help="python of a scratch venv with qh3 (never the project's): adds the "
                         "stack comparison (default: $DPB_QH3_PYTHON)")
     args = parser.parse_args(argv)

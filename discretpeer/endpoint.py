@@ -128,7 +128,7 @@ class Endpoint(asyncio.DatagramProtocol):
         *,
         server_configuration: QuicConfiguration | None = None,
         create_server_protocol: Callable[[QuicConnection], EndpointProtocol] | None = None,
-        admit: Callable[[tuple[str, int], bool], Admission] | None = None,
+        admit: Callable[[tuple[str, int], bool], Admission] | None = None,  # (source, validated)
         on_datagram: Callable[[bytes, tuple[str, int]], None] | None = None,
         virtual_paths: bool = False,
         on_unexpected_source: Callable[[EndpointProtocol, tuple[str, int]], None] | None = None,
@@ -309,7 +309,11 @@ class Endpoint(asyncio.DatagramProtocol):
             and header.version is not None
             and header.version not in config.supported_versions
         ):
-            # never answer a version negotiation with another (reflection loops)
+            # never answer a version negotiation with another (reflection loops), nor a datagram
+            # smaller than the smallest Initial: that would send more than was received
+            # (RFC 9000 §5.2.2: such packets are dropped)
+            if len(data) < SMALLEST_INITIAL:
+                return None
             self.sendto(
                 encode_quic_version_negotiation(
                     source_cid=header.destination_cid,
@@ -321,13 +325,10 @@ class Endpoint(asyncio.DatagramProtocol):
             return None
         if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_INITIAL:
             return None
-        has_token = bool(header.token)
-        decision = self._admit(source, has_token) if self._admit is not None else Admission.ACCEPT
-        if decision is Admission.REFUSE:
-            return None
         original_dcid: bytes | None = header.destination_cid
         retry_scid: bytes | None = None
-        if has_token:
+        decision = Admission.ACCEPT
+        if header.token:
             try:
                 original_dcid = self._retry.validate_token(
                     address=source,
@@ -337,9 +338,14 @@ class Endpoint(asyncio.DatagramProtocol):
                 )
                 retry_scid = header.destination_cid
             except ValueError:
-                # a token we did not make (or expired): validate again
+                # a token we did not make (or expired): validate again (a stateless Retry)
                 decision = Admission.RETRY
-        if decision is Admission.RETRY and (not has_token or retry_scid is None):
+        if decision is Admission.ACCEPT and self._admit is not None:
+            # admit() hears whether the source proved it receives (a valid Retry token)
+            decision = self._admit(source, retry_scid is not None)
+            if decision is Admission.REFUSE:
+                return None
+        if decision is Admission.RETRY and retry_scid is None:
             source_cid = os.urandom(CONNECTION_ID_LENGTH)
             self.sendto(
                 encode_quic_retry(

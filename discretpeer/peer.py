@@ -749,7 +749,7 @@ class Peer:
 
     # --- incoming -----------------------------------------------------------------------------
 
-    def _admit(self, source: Addr, has_token: bool) -> Admission:
+    def _admit(self, source: Addr, validated: bool) -> Admission:
         if not self._direct_enabled and not is_virtual(source):
             return Admission.REFUSE  # relay only: never answer anyone directly
         # unauthenticated handshakes hold memory: cap how many are in flight at once

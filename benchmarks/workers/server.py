@@ -80,7 +80,13 @@ async def main(args: argparse.Namespace) -> None:
         relay = {}
         if args.relay_rate:
             relay = {"relay_rate_bytes_per_second": args.relay_rate, "relay_burst_bytes": max(262144, args.relay_rate // 4)}
-        server = BeaconServer(bench_beacon_settings(port=args.port, **relay), bundle, manage_gc=not args.no_gc_freeze)
+        if args.defaults:  # the shipped limits (per-IP, Retry "auto"): the attacks benchmark
+            from beacon import loopback_config
+
+            settings = loopback_config(port=args.port)
+        else:
+            settings = bench_beacon_settings(port=args.port, **relay)
+        server = BeaconServer(settings, bundle, manage_gc=not args.no_gc_freeze)
         await server.start()
         port = server.port
 
@@ -91,6 +97,7 @@ async def main(args: argparse.Namespace) -> None:
                 "tokens": server.meetings.tokens_held,
                 "relay_bytes": server.relay.forwarded_bytes,
                 "relay_dropped": dict(server.relay.dropped),
+                "junk_initials": sum(getattr(e, "junk_initials", 0) for e in server._endpoints),
             }
 
         stop = server.stop
@@ -189,6 +196,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--no-trim", action="store_true", help="beacon: keep aioquic's per-connection buffers")
     parser.add_argument("--no-gc-freeze", action="store_true", help="beacon: manage_gc=False")
+    parser.add_argument("--defaults", action="store_true", help="beacon: default limits, not the load settings")
     parser.add_argument("--relay-rate", type=int, default=0, help="beacon: relay bytes/s per peer (0 = default)")
     args = worker_args(parser)
     run_loop(lambda: main(args), args.uvloop, args.profile)
