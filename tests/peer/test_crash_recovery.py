@@ -17,12 +17,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from discretpeer import Identity, Peer
-from discretpeer import beacon_client
 
 ROOT = Path(__file__).resolve().parents[2]
 GOAL = 10.0  # seconds: waiting peers meet again after kill -9 + restart (issue 12)
-# a waiting client is silent between two keepalive Pings: the longest it can take to hear of it
-NOTICE_BOUND = beacon_client.KEEPALIVE_INTERVAL + beacon_client.MISSED_PONGS * beacon_client.PONG_TIMEOUT + 1.5
+# a waiting client is silent between two keepalive Pings (at most 8 s), then 3 Pings go unanswered
+# (1 s each): the longest it may take to declare a dead beacon lost
+NOTICE_BOUND = 13.0
 
 
 class BeaconProcess:
