@@ -119,6 +119,8 @@ class BeaconClient:
         self._connected = asyncio.Event()
         self._pings: dict[int, float] = {}
         self._heard = asyncio.Event()  # set by every frame from the beacon
+        self._check = asyncio.Event()  # check_now(): ping at once
+        self._last_ping = 0.0
         self._closing = False
         self.max_tokens = MAX_TOKENS_PER_FRAME
 
@@ -161,6 +163,13 @@ class BeaconClient:
     def refresh_candidates(self) -> None:
         if self.connected:
             self._send(Announce(candidates=tuple(self._get_candidates())))
+
+    def check_now(self) -> None:
+        """Something suggests the beacon may be gone (a relayed connection through it went
+        quiet): Ping now rather than at the next keepalive, at most once a second. A restarted
+        beacon answers with a stateless reset, a dead one with silence (lost after 3 misses)."""
+        if self.connected and time.monotonic() - self._last_ping >= PONG_TIMEOUT:
+            self._check.set()
 
     def send(self, message: Message) -> bool:
         """Send a frame if connected (relay requests); False when not connected."""
@@ -331,6 +340,8 @@ class BeaconClient:
             while len(self._pings) > 8:
                 self._pings.pop(next(iter(self._pings)))
             self._heard.clear()
+            self._check.clear()
+            self._last_ping = sent
             self._send(Ping(nonce=nonce))
             rtt = self.status.rtt
             wait = max(PONG_TIMEOUT, 4 * rtt) if rtt is not None else HANDSHAKE_TIMEOUT
@@ -348,7 +359,8 @@ class BeaconClient:
             interval = KEEPALIVE_INTERVAL * self._rng.uniform(1 - KEEPALIVE_JITTER, 1)
             if self.status.rtt is None:
                 interval = 0.5  # the first Pong measures the RTT
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - sent)))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._check.wait(), max(0.0, interval - (time.monotonic() - sent)))
 
     def _handle(self, message: Message) -> None:
         if isinstance(message, Introduction):
