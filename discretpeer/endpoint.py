@@ -403,7 +403,7 @@ class Endpoint(asyncio.DatagramProtocol):
     def _stateless_reset(self, data: bytes) -> bool:
         """End the outgoing connection ``data`` resets, if any (they are few: beacon connections
         and peer connections this side opened)."""
-        if header_is_long(data):
+        if _is_long_header(data):
             return False
         for protocol in list(self._clients):
             if is_reset(data, protocol.reset_tokens()):
@@ -440,7 +440,7 @@ class Endpoint(asyncio.DatagramProtocol):
             self.routes.drop(protocol.route)
 
 
-def header_is_long(data: bytes) -> bool:
+def _is_long_header(data: bytes) -> bool:
     return bool(data) and bool(data[0] & 0x80)
 
 

@@ -7,6 +7,11 @@ sharing the file — can therefore answer a packet for a connection it no longer
 valid stateless reset (:func:`encode_reset`), and the client closes that connection at once
 (:func:`is_reset`) instead of waiting for its idle timeout.
 
+Every beacon sharing the key can reset every connection of the others (that is the point: a
+restart, or a cluster behind one address). An on-path attacker who saw a connection ID can make
+such a beacon reveal its token by sending it that ID; it gains nothing it could not do by
+dropping the packets (RFC 9000 §10.3.2, §21.11).
+
 Layout of a stateless reset (it must look like a short-header packet)::
 
     u8   0b01xxxxxx    header form 0, fixed bit 1, the rest unpredictable
