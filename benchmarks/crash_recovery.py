@@ -37,9 +37,19 @@ class BeaconProcess:
 
     async def start(self) -> float:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "beacon", "--dir", str(self.directory), "--host", "127.0.0.1",
-            "--port", str(self.port), "--no-ipv6",
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            "-m",
+            "beacon",
+            "--dir",
+            str(self.directory),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--no-ipv6",
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         assert self.process.stdout is not None
         while True:
@@ -130,8 +140,10 @@ async def dead_run(beacon: BeaconProcess, index: int, rng: random.Random) -> flo
 
 
 def summary(name: str, values: list[float]) -> str:
-    return (f"{name:<44} runs {len(values):>2}  p50 {statistics.median(values):5.2f} s  "
-            f"max {max(values):5.2f} s  min {min(values):5.2f} s")
+    return (
+        f"{name:<44} runs {len(values):>2}  p50 {statistics.median(values):5.2f} s  "
+        f"max {max(values):5.2f} s  min {min(values):5.2f} s"
+    )
 
 
 async def amain(runs: int, seed: int) -> None:

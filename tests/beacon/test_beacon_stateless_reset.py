@@ -24,7 +24,7 @@ async def exchange(sock: socket.socket, target, data: bytes, timeout: float = 0.
     await loop.sock_sendto(sock, data, target)
     try:
         return await asyncio.wait_for(loop.sock_recv(sock, 2048), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return None
 
 
@@ -97,7 +97,7 @@ async def test_reset_sizes_and_what_gets_none(beacon):
         # too small for a smaller reset to exist: nothing (a reset must never be as big as its trigger)
         assert await exchange(sock, target, short_packet(cid, 21)) is None
         # long header (handshake packets) with an unknown connection id: nothing
-        long_header = bytes([0xE0]) + b"\x00\x00\x00\x01" + bytes([8]) + cid + bytes([8]) + os.urandom(8) + os.urandom(60)
+        long_header = bytes([0xE0]) + b"\x00\x00\x00\x01" + bytes([8]) + cid + bytes([8]) + os.urandom(68)
         assert await exchange(sock, target, long_header) is None
         # not QUIC at all (fixed bit clear): the relay's business, no reset
         assert await exchange(sock, target, bytes([0x01]) + os.urandom(60)) is None

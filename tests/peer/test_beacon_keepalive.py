@@ -18,8 +18,12 @@ from tests.conftest import beacon_entry
 async def started_client(beacon, rng: random.Random) -> tuple[BeaconClient, Endpoint, list[float]]:
     endpoint = await Endpoint.open("127.0.0.1", 0)
     client = BeaconClient(
-        BeaconSpec.parse(beacon_entry(beacon)), endpoint, os.urandom(16),
-        on_introduction=lambda *_: None, get_candidates=list, rng=rng,
+        BeaconSpec.parse(beacon_entry(beacon)),
+        endpoint,
+        os.urandom(16),
+        on_introduction=lambda *_: None,
+        get_candidates=list,
+        rng=rng,
     )
     pings: list[float] = []
     send = client._send
@@ -43,7 +47,7 @@ async def test_keepalive_pings_are_jittered(beacon, monkeypatch):
     finally:
         await client.close()
         endpoint.close()
-    intervals = [b - a for a, b in zip(pings[2:], pings[3:])]  # after the first RTT measurement
+    intervals = [b - a for a, b in zip(pings[2:], pings[3:], strict=False)]  # after the first RTT measurement
     assert len(intervals) >= 8
     low = 0.2 * (1 - beacon_client.KEEPALIVE_JITTER)
     assert all(low - 0.01 <= i <= 0.2 + 0.05 for i in intervals), intervals

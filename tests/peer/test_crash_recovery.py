@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,9 +34,21 @@ class BeaconProcess:
     async def start(self) -> float:
         """Start (on the previous port after a kill); return the loop time it said ``ready``."""
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "beacon", "--dir", str(self.directory), "--host", "127.0.0.1",
-            "--port", str(self.port), "--no-ipv6", "--loop", "asyncio",
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "beacon",
+            "--dir",
+            str(self.directory),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--no-ipv6",
+            "--loop",
+            "asyncio",
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         while True:
             line = (await asyncio.wait_for(self.process.stdout.readline(), 15)).decode().strip()
@@ -97,84 +108,83 @@ def connected(peer: Peer) -> bool:
 
 
 async def test_waiting_peers_meet_again_quickly_after_kill_and_restart(tmp_path):
-    async with beacon_process(tmp_path) as beacon:
-        async with loopback_peer(beacon) as pa, loopback_peer(beacon) as pb:
-            await pa.listen("crash meeting", expect=pb.peer_id)
-            await pb.listen("another meeting", expect=None)  # B waits too, elsewhere
-            await until(lambda: connected(pa) and connected(pb), 10, "both peers on the beacon")
-            before_a, before_b = connects(pa), connects(pb)
-            await asyncio.sleep(1.0)  # let the keepalives settle into their rhythm
+    async with beacon_process(tmp_path) as beacon, loopback_peer(beacon) as pa, loopback_peer(beacon) as pb:
+        await pa.listen("crash meeting", expect=pb.peer_id)
+        await pb.listen("another meeting", expect=None)  # B waits too, elsewhere
+        await until(lambda: connected(pa) and connected(pb), 10, "both peers on the beacon")
+        before_a, before_b = connects(pa), connects(pb)
+        await asyncio.sleep(1.0)  # let the keepalives settle into their rhythm
 
-            await beacon.kill()
-            restarted = await beacon.start()
-            # B wants to meet A now: its Announce goes to the new process on the old connection,
-            # which answers with a stateless reset: B reconnects at once
-            meeting = asyncio.ensure_future(pb.connect("crash meeting", expect=pa.peer_id, timeout=GOAL + 5))
-            b_back = await until(lambda: connects(pb) > before_b, 3, "B reconnected after the reset")
-            conn = await meeting
-            met = asyncio.get_running_loop().time()
-            a_back = await until(lambda: connects(pa) > before_a, 1, "A reconnected")
-            print(
-                f"\ncrash recovery: B reconnected {b_back - restarted:.2f} s after the restart, "
-                f"A {a_back - restarted:.2f} s, peers met again {met - restarted:.2f} s after it"
-            )
-            assert conn.peer_id == pa.peer_id
-            assert met - restarted <= GOAL
-            assert b_back - restarted < 2.0  # the reset, not a timeout
-            for peer in (pa, pb):
-                assert any("reset the connection" in h for h in peer.beacon_status[0].history)
+        await beacon.kill()
+        restarted = await beacon.start()
+        # B wants to meet A now: its Announce goes to the new process on the old connection,
+        # which answers with a stateless reset: B reconnects at once
+        meeting = asyncio.ensure_future(pb.connect("crash meeting", expect=pa.peer_id, timeout=GOAL + 5))
+        b_back = await until(lambda: connects(pb) > before_b, 3, "B reconnected after the reset")
+        conn = await meeting
+        met = asyncio.get_running_loop().time()
+        a_back = await until(lambda: connects(pa) > before_a, 1, "A reconnected")
+        print(
+            f"\ncrash recovery: B reconnected {b_back - restarted:.2f} s after the restart, "
+            f"A {a_back - restarted:.2f} s, peers met again {met - restarted:.2f} s after it"
+        )
+        assert conn.peer_id == pa.peer_id
+        assert met - restarted <= GOAL
+        assert b_back - restarted < 2.0  # the reset, not a timeout
+        for peer in (pa, pb):
+            assert any("reset the connection" in h for h in peer.beacon_status[0].history)
 
 
 async def test_a_dead_beacon_is_declared_lost_from_missed_pongs(tmp_path):
-    async with beacon_process(tmp_path) as beacon:
-        async with loopback_peer(beacon) as peer:
-            await peer.listen("waiting", expect=None)
-            await until(lambda: connected(peer), 10, "peer on the beacon")
-            await asyncio.sleep(0.5)
-            await beacon.kill()
-            killed = asyncio.get_running_loop().time()
-            lost = await until(lambda: not connected(peer), NOTICE_BOUND, "the dead beacon declared lost")
-            status = peer.beacon_status[0]
-            print(f"\ndead beacon declared lost after {lost - killed:.2f} s: {status.last_error}")
-            assert "beacon lost: no answer to 3 Pings" in (status.last_error or "")
+    async with beacon_process(tmp_path) as beacon, loopback_peer(beacon) as peer:
+        await peer.listen("waiting", expect=None)
+        await until(lambda: connected(peer), 10, "peer on the beacon")
+        await asyncio.sleep(0.5)
+        await beacon.kill()
+        killed = asyncio.get_running_loop().time()
+        lost = await until(lambda: not connected(peer), NOTICE_BOUND, "the dead beacon declared lost")
+        status = peer.beacon_status[0]
+        print(f"\ndead beacon declared lost after {lost - killed:.2f} s: {status.last_error}")
+        assert "beacon lost: no answer to 3 Pings" in (status.last_error or "")
 
 
 async def test_a_relayed_connection_comes_back_after_kill_and_restart(tmp_path):
-    async with beacon_process(tmp_path) as beacon:
-        async with loopback_peer(beacon, direct=False) as pa, loopback_peer(beacon, direct=False) as pb:
-            ca, cb = await asyncio.gather(
-                pa.connect("relayed", expect=pb.peer_id), pb.connect("relayed", expect=pa.peer_id)
-            )
-            assert ca.path == cb.path == "relay"
-            before_a, before_b = connects(pa), connects(pb)
-            await asyncio.sleep(1.0)
+    async with (
+        beacon_process(tmp_path) as beacon,
+        loopback_peer(beacon, direct=False) as pa,
+        loopback_peer(beacon, direct=False) as pb,
+    ):
+        ca, cb = await asyncio.gather(
+            pa.connect("relayed", expect=pb.peer_id), pb.connect("relayed", expect=pa.peer_id)
+        )
+        assert ca.path == cb.path == "relay"
+        before_a, before_b = connects(pa), connects(pb)
+        await asyncio.sleep(1.0)
 
-            await beacon.kill()
-            restarted = await beacon.start()
-            # the relayed connection goes quiet: its peers ask their beacon client to check at
-            # once, the restarted beacon resets them, the relay is declared lost, and the
-            # application (as one with a long-lived link does) connects again
-            await asyncio.wait_for(asyncio.gather(ca.wait_closed(), cb.wait_closed()), GOAL + 5)
-            closed = asyncio.get_running_loop().time()
-            back = await until(
-                lambda: connects(pa) > before_a and connects(pb) > before_b, 3, "both beacon clients back"
-            )
-            ca, cb = await asyncio.gather(
-                pa.connect("relayed", expect=pb.peer_id, timeout=GOAL + 5),
-                pb.connect("relayed", expect=pa.peer_id, timeout=GOAL + 5),
-            )
-            relayed = asyncio.get_running_loop().time()
-            print(
-                f"\nrelayed connection: old one ended {closed - restarted:.2f} s after the restart, "
-                f"both beacon clients back after {back - restarted:.2f} s, "
-                f"new relayed connection after {relayed - restarted:.2f} s"
-            )
-            assert ca.path == cb.path == "relay"
-            _, writer = await ca.open_stream()
-            writer.write(b"still here")
-            writer.write_eof()
-            r2, _ = await cb.accept_stream()
-            assert await r2.read() == b"still here"
-            assert closed - restarted <= 3.5  # the quiet relay had the beacon checked, not 6-8 s later
-            assert relayed - back <= 1.0  # a fresh relay request at once, not RELAY_REQUEST_RETRY later
-            assert relayed - restarted <= GOAL
+        await beacon.kill()
+        restarted = await beacon.start()
+        # the relayed connection goes quiet: its peers ask their beacon client to check at
+        # once, the restarted beacon resets them, the relay is declared lost, and the
+        # application (as one with a long-lived link does) connects again
+        await asyncio.wait_for(asyncio.gather(ca.wait_closed(), cb.wait_closed()), GOAL + 5)
+        closed = asyncio.get_running_loop().time()
+        back = await until(lambda: connects(pa) > before_a and connects(pb) > before_b, 3, "both beacon clients back")
+        ca, cb = await asyncio.gather(
+            pa.connect("relayed", expect=pb.peer_id, timeout=GOAL + 5),
+            pb.connect("relayed", expect=pa.peer_id, timeout=GOAL + 5),
+        )
+        relayed = asyncio.get_running_loop().time()
+        print(
+            f"\nrelayed connection: old one ended {closed - restarted:.2f} s after the restart, "
+            f"both beacon clients back after {back - restarted:.2f} s, "
+            f"new relayed connection after {relayed - restarted:.2f} s"
+        )
+        assert ca.path == cb.path == "relay"
+        _, writer = await ca.open_stream()
+        writer.write(b"still here")
+        writer.write_eof()
+        r2, _ = await cb.accept_stream()
+        assert await r2.read() == b"still here"
+        assert closed - restarted <= 3.5  # the quiet relay had the beacon checked, not 6-8 s later
+        assert relayed - back <= 1.0  # a fresh relay request at once, not RELAY_REQUEST_RETRY later
+        assert relayed - restarted <= GOAL

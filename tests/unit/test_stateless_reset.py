@@ -78,9 +78,7 @@ def test_encoded_reset_is_recognised_by_its_token_only(token, size):
 @given(st.binary(max_size=200))
 def test_random_datagrams_are_not_resets_without_their_token(data):
     token = b"\xa5" * TOKEN_SIZE
-    assert is_reset(data, [token]) == (
-        len(data) >= MIN_RESET_SIZE and data[0] & 0xC0 == 0x40 and data.endswith(token)
-    )
+    assert is_reset(data, [token]) == (len(data) >= MIN_RESET_SIZE and data[0] & 0xC0 == 0x40 and data.endswith(token))
 
 
 @given(st.binary(max_size=1500))
