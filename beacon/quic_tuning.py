@@ -236,9 +236,8 @@ def derive_reset_tokens(quic: QuicConnection, token_for: Any) -> None:
         return
     first = quic._host_cids[0]  # noqa: SLF001 - its token goes in the transport parameters
     first.stateless_reset_token = token_for(first.cid)
-    quic._replenish_connection_ids = _TokenedReplenish(  # type: ignore[method-assign]  # noqa: SLF001
-        quic._replenish_connection_ids, quic, token_for  # noqa: SLF001
-    )
+    inner = quic._replenish_connection_ids  # noqa: SLF001 - aioquic's, or prepare_server_connection's
+    quic._replenish_connection_ids = _TokenedReplenish(inner, quic, token_for)  # type: ignore[method-assign]  # noqa: SLF001
 
 
 def prepare_server_connection(quic: QuicConnection) -> None:
