@@ -216,6 +216,7 @@ class Endpoint(asyncio.DatagramProtocol):
             except Exception:  # noqa: BLE001 - closing must go on for the others
                 pass
         self._routes.clear()
+        self._clients.clear()
         if self._transport is not None:
             self._transport.close()
 
