@@ -27,6 +27,7 @@ SNAPSHOT_METRICS: dict[str, tuple[str, str]] = {
     "beacon_relay_bytes": ("counter", "Bytes forwarded by the relay"),
     "beacon_relay_datagrams": ("counter", "Datagrams forwarded by the relay"),
     "beacon_relay_dropped_datagrams": ("counter", "Non-QUIC datagrams not forwarded, by reason"),
+    "beacon_stateless_resets": ("counter", "Stateless resets for unknown connection IDs: sent, rate_limited"),
 }
 
 Snapshot = Mapping[str, float | Mapping[str, float]]

@@ -831,4 +831,8 @@ class BeaconServer:
             "beacon_relay_bytes": self.relay.forwarded_bytes,
             "beacon_relay_datagrams": self.relay.forwarded_datagrams,
             "beacon_relay_dropped_datagrams": dict(self.relay.dropped),
+            "beacon_stateless_resets": {
+                "sent": self.stateless_resets_sent,
+                "rate_limited": self.stateless_resets_limited,
+            },
         }

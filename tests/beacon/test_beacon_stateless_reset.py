@@ -102,6 +102,7 @@ async def test_reset_sizes_and_what_gets_none(beacon):
         # not QUIC at all (fixed bit clear): the relay's business, no reset
         assert await exchange(sock, target, bytes([0x01]) + os.urandom(60)) is None
         assert beacon.stateless_resets_sent == 3
+        assert b'beacon_stateless_resets_total{reason="sent"} 3.0' in beacon.metrics.render()
     finally:
         sock.close()
 
