@@ -30,6 +30,7 @@ SNAPSHOT_METRICS: dict[str, tuple[str, str]] = {
     "beacon_handshake_dropped_datagrams": (
         "counter", "Long-header datagrams dropped before any connection state, by reason (undecryptable, queue_full)"
     ),
+    "beacon_stateless_resets": ("counter", "Stateless resets for unknown connection IDs: sent, rate_limited"),
 }
 
 Snapshot = Mapping[str, float | Mapping[str, float]]

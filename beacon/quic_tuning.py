@@ -220,6 +220,37 @@ class _CappedReplenish:
         _replenish_capped(self.quic)
 
 
+class _TokenedReplenish:
+    """``_replenish_connection_ids`` that then gives each new connection ID the stateless reset
+    token ``token_for(cid)`` (before it is sent in a NEW_CONNECTION_ID frame)."""
+
+    __slots__ = ("inner", "quic", "token_for")
+
+    def __init__(self, inner: Any, quic: QuicConnection, token_for: Any) -> None:
+        self.inner = inner
+        self.quic = quic
+        self.token_for = token_for
+
+    def __call__(self) -> None:
+        self.inner()
+        for connection_id in self.quic._host_cids:  # noqa: SLF001
+            if not connection_id.was_sent:
+                connection_id.stateless_reset_token = self.token_for(connection_id.cid)
+
+
+def derive_reset_tokens(quic: QuicConnection, token_for: Any) -> None:
+    """Before the handshake of a server connection: every connection ID it issues carries the
+    stateless reset token ``token_for(cid)`` (aioquic draws random ones), so a restarted beacon
+    with the same key can reset connections it no longer knows (see discretpeer.stateless_reset).
+    Call after :func:`prepare_server_connection`."""
+    if not hasattr(quic, "_host_cids") or not hasattr(quic, "_replenish_connection_ids"):
+        return
+    first = quic._host_cids[0]  # noqa: SLF001 - its token goes in the transport parameters
+    first.stateless_reset_token = token_for(first.cid)
+    inner = quic._replenish_connection_ids  # noqa: SLF001 - aioquic's, or prepare_server_connection's
+    quic._replenish_connection_ids = _TokenedReplenish(inner, quic, token_for)  # type: ignore[method-assign]  # noqa: SLF001
+
+
 def prepare_server_connection(quic: QuicConnection) -> None:
     """Before the handshake: ask for and issue fewer connection IDs."""
     if not AVAILABLE:

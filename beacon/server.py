@@ -16,6 +16,7 @@ import contextlib
 import errno
 import functools
 import gc
+import ipaddress
 import itertools
 import socket
 import time
@@ -34,7 +35,7 @@ from beacon.meetings import MeetingTable, TooManyTokens
 from beacon.metrics import BeaconMetrics, MetricsHTTPServer
 from beacon.relay import RelayEnded, RelayQuota, RelaySession, RelaySide, RelayTable
 from certs import CertificateBundle, create_bundle
-from discretpeer import wire
+from discretpeer import stateless_reset, wire
 from discretpeer.endpoint import (
     CONNECTION_ID_LENGTH,
     SMALLEST_INITIAL,
@@ -53,7 +54,28 @@ GC_FULL_INTERVAL = 3600.0  # seconds between full garbage collections with manag
 SETTLE_SECONDS = 3.0  # after the handshake: then a connection's ciphers are built per packet
 CLOSE_GRACE = 1.0  # seconds a fatal Error frame gets to be acknowledged before the close
 HOUSEKEEPING_INTERVAL = 1.0
+# stateless resets for packets of connections this process does not know (after a restart):
+# at most this many per second, all sources together (each is smaller than its trigger anyway)
+STATELESS_RESETS_PER_SECOND = 2000.0
+STATELESS_RESET_BURST = 2000.0
 _NO_IPV6 = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT, errno.ENETUNREACH}
+
+
+def _is_own_socket(endpoint: Endpoint, source: tuple[str, int]) -> bool:
+    """True for a source that is (or may be) this very socket, or port 0: a packet spoofed from
+    it must not make the beacon answer itself."""
+    if source[1] == 0:
+        return True
+    host, port = endpoint.local_address
+    if source[1] != port:
+        return False
+    if source[0] == host:
+        return True
+    try:
+        ip = ipaddress.ip_address(source[0].split("%", 1)[0])
+    except ValueError:
+        return True
+    return ip.is_loopback or ip.is_unspecified or host in ("0.0.0.0", "::")
 
 
 def unacked_bytes(quic: QuicConnection, stream_id: int = 0) -> int:
@@ -126,6 +148,8 @@ class BeaconProtocol(EndpointProtocol):
         if TRIM_AFTER_HANDSHAKE:
             quic_tuning.prepare_server_connection(quic)
             quic_tuning.lighten_protocol(self)
+        # tokens derived from the beacon's key: a restarted beacon can still reset this connection
+        quic_tuning.derive_reset_tokens(quic, server._reset_token)
 
     def transmit(self) -> None:
         if not self.dead:
@@ -201,8 +225,16 @@ class _BeaconEndpoint(Endpoint):
         self._handshake_queue: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._drain_handle: asyncio.Handle | None = None
         self.handshake_datagrams_dropped = 0
+        # (datagram, source, destination connection id) of a short-header packet nobody knows
+        self.on_unknown_connection: Any = None
 
     def _maybe_accept(self, data: bytes, source: tuple[str, int], header: Any, relay_route: Any = None) -> Any:
+        if header.packet_type == QuicPacketType.ONE_RTT:
+            # a short-header packet for a connection ID nobody here knows: a client of a
+            # previous run of this beacon (or of another process sharing cert_der.bin)
+            if self.on_unknown_connection is not None:
+                self.on_unknown_connection(data, source, header.destination_cid)
+            return None
         # an Initial that does not decrypt with its own Initial keys is junk: no state, no
         # per-IP budget spent for its (possibly spoofed) source
         if (
@@ -225,6 +257,7 @@ class _BeaconEndpoint(Endpoint):
                 self._drain_handle = asyncio.get_running_loop().call_soon(self._drain_one)
             return
         super().datagram_received(data, addr)
+
 
     def _drain_one(self) -> None:
         self._drain_handle = None
@@ -284,6 +317,12 @@ class BeaconServer:
         self._ip_counts = KeyedCounts()
         self._handshakes = KeyedBuckets(c.handshakes_per_second_per_ip, c.handshake_burst_per_ip)
         self._handshake_rate: RateMeter | None = None
+        self._reset_token = stateless_reset.token_function(
+            stateless_reset.reset_key(self.bundle.private_key.private_bytes_raw())
+        )
+        self._resets = TokenBucket(STATELESS_RESETS_PER_SECOND, STATELESS_RESET_BURST, 0.0)
+        self.stateless_resets_sent = 0
+        self.stateless_resets_limited = 0
         self._dirty: set[BeaconProtocol] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -445,6 +484,7 @@ class BeaconServer:
         )
         endpoint.on_datagram = functools.partial(self._relay_datagram, endpoint)
         endpoint.on_error = self._endpoint_error
+        endpoint.on_unknown_connection = functools.partial(self._stateless_reset, endpoint)
         assert self._loop is not None
         await self._loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
         self._endpoints.append(endpoint)
@@ -456,6 +496,21 @@ class BeaconServer:
             await self._metrics_http.stop()
             self._metrics_http = None
         await asyncio.sleep(0)  # let the transports finish closing
+
+    def _stateless_reset(self, endpoint: Endpoint, data: bytes, source: tuple[str, int], cid: bytes) -> None:
+        """Answer a short-header packet for an unknown connection ID with a stateless reset
+        (RFC 9000 §10.3): smaller than the packet, rate-limited, never to our own socket."""
+        if self._stopping or not stateless_reset.should_answer(data) or _is_own_socket(endpoint, source):
+            return
+        size = stateless_reset.reset_size(len(data))
+        if size is None:
+            return
+        assert self._loop is not None
+        if not self._resets.take(self._loop.time()):
+            self.stateless_resets_limited += 1
+            return
+        endpoint.sendto(stateless_reset.encode_reset(self._reset_token(cid), size), source)
+        self.stateless_resets_sent += 1
 
     # --- admission (before any per-connection state) ------------------------------------------
 
@@ -915,5 +970,9 @@ class BeaconServer:
             "beacon_handshake_dropped_datagrams": {
                 "undecryptable": sum(getattr(e, "junk_initials", 0) for e in self._endpoints),
                 "queue_full": sum(getattr(e, "handshake_datagrams_dropped", 0) for e in self._endpoints),
+            },
+            "beacon_stateless_resets": {
+                "sent": self.stateless_resets_sent,
+                "rate_limited": self.stateless_resets_limited,
             },
         }

@@ -48,7 +48,13 @@ from discretpeer.wire import (
 log = get_logger("discretpeer.beacon_client")
 
 HANDSHAKE_TIMEOUT = 5.0
-KEEPALIVE_INTERVAL = 10.0  # below the 30 s many home routers keep an idle UDP mapping
+# a Ping every 6-8 s (jittered: 10,000 peers that connected together do not ping together):
+# keeps NAT mappings (many home routers drop idle UDP ones after 30 s) and bounds how long a
+# crashed beacon goes unnoticed: its restarted process answers the next Ping with a stateless reset
+KEEPALIVE_INTERVAL = 8.0
+KEEPALIVE_JITTER = 0.25  # each interval is KEEPALIVE_INTERVAL x uniform(1 - jitter, 1)
+PONG_TIMEOUT = 1.0  # a Pong (or any frame) later than max(this, 4 RTT) counts as missed
+MISSED_PONGS = 3  # consecutive misses (Pings then go every PONG_TIMEOUT) = the beacon is lost
 BACKOFF_INITIAL = 0.5
 BACKOFF_CAP = 30.0
 STABLE_AFTER = 10.0  # a connection that lived this long resets the backoff
@@ -57,6 +63,10 @@ TOKEN_FULL_RETRY = 10.0  # seconds (± jitter) before announcing a token the bea
 
 class PinMismatch(ConnectionError):
     pass
+
+
+class BeaconLost(ConnectionError):
+    """The beacon stopped answering Pings, or reset the connection."""
 
 
 @dataclass
@@ -115,6 +125,9 @@ class BeaconClient:
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._pings: dict[int, float] = {}
+        self._heard = asyncio.Event()  # set by every frame from the beacon
+        self._check = asyncio.Event()  # check_now(): ping at once
+        self._last_ping = 0.0
         self._closing = False
         self.max_tokens = MAX_TOKENS_PER_FRAME
 
@@ -160,6 +173,13 @@ class BeaconClient:
     def refresh_candidates(self) -> None:
         if self.connected:
             self._send(Announce(candidates=tuple(self._get_candidates())))
+
+    def check_now(self) -> None:
+        """Something suggests the beacon may be gone (a relayed connection through it went
+        quiet): Ping now rather than at the next keepalive, at most once a second. A restarted
+        beacon answers with a stateless reset, a dead one with silence (lost after 3 misses)."""
+        if self.connected and time.monotonic() - self._last_ping >= PONG_TIMEOUT:
+            self._check.set()
 
     def send(self, message: Message) -> bool:
         """Send a frame if connected (relay requests); False when not connected."""
@@ -285,31 +305,72 @@ class BeaconClient:
                     raise ConnectionError(f"beacon refused: {message.error_code!s} {message.message}")
 
     async def _serve(self) -> None:
+        """Read frames until the connection ends or the keepalive declares the beacon lost."""
         assert self._protocol is not None
-        keepalive = asyncio.get_running_loop().create_task(self._keepalive())
+        loop = asyncio.get_running_loop()
+        tasks = {loop.create_task(self._read_frames()), loop.create_task(self._keepalive())}
         try:
-            while True:
-                data = await self._reader.read(65536)
-                if not data:
-                    raise ConnectionError("beacon connection closed")
-                try:
-                    messages = self._decoder.feed(data)
-                except WireError as exc:
-                    raise ConnectionError(f"beacon sent a bad frame: {exc}") from exc
-                for message in messages:
-                    self._handle(message)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises what ended it
+            raise ConnectionError("beacon connection closed")
         finally:
-            keepalive.cancel()
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read_frames(self) -> None:
+        protocol = self._protocol
+        while True:
+            data = await self._reader.read(65536)
+            if not data:
+                if protocol is not None and protocol.reset_received:
+                    raise BeaconLost("beacon reset the connection (it restarted and no longer knows it)")
+                raise ConnectionError("beacon connection closed")
+            self._heard.set()
+            try:
+                messages = self._decoder.feed(data)
+            except WireError as exc:
+                raise ConnectionError(f"beacon sent a bad frame: {exc}") from exc
+            for message in messages:
+                self._handle(message)
 
     async def _keepalive(self) -> None:
+        """Ping every ~KEEPALIVE_INTERVAL; after a missed Pong, every PONG_TIMEOUT; after
+        MISSED_PONGS misses in a row raise :class:`BeaconLost` (the beacon died or the path
+        did): found within seconds instead of QUIC's 60 s idle timeout."""
         nonce = 0
+        missed = 0
+        first_unanswered = 0.0
         while True:
             nonce += 1
-            self._pings[nonce] = time.monotonic()
+            sent = time.monotonic()
+            self._pings[nonce] = sent
             while len(self._pings) > 8:
                 self._pings.pop(next(iter(self._pings)))
+            self._heard.clear()
+            self._check.clear()
+            self._last_ping = sent
             self._send(Ping(nonce=nonce))
-            await asyncio.sleep(KEEPALIVE_INTERVAL if self.status.rtt is not None else 0.5)
+            rtt = self.status.rtt
+            wait = max(PONG_TIMEOUT, 4 * rtt) if rtt is not None else HANDSHAKE_TIMEOUT
+            try:
+                await asyncio.wait_for(self._heard.wait(), wait)
+            except asyncio.TimeoutError:
+                missed += 1
+                if missed == 1:
+                    first_unanswered = sent
+                if missed >= MISSED_PONGS:
+                    silent = time.monotonic() - first_unanswered
+                    raise BeaconLost(f"beacon lost: no answer to {missed} Pings in {silent:.1f} s") from None
+                continue  # ping again at once
+            missed = 0
+            interval = KEEPALIVE_INTERVAL * self._rng.uniform(1 - KEEPALIVE_JITTER, 1)
+            if self.status.rtt is None:
+                interval = 0.5  # the first Pong measures the RTT
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._check.wait(), max(0.0, interval - (time.monotonic() - sent)))
 
     def _handle(self, message: Message) -> None:
         if isinstance(message, Introduction):

@@ -321,6 +321,7 @@ class PeerConnection:
         dialer: bool,
         introduced_at: float | None = None,
         on_close: Callable[[PeerConnection], None] | None = None,
+        on_quiet: Callable[[PeerConnection], None] | None = None,
     ) -> None:
         self._protocol = protocol
         self.peer_id = verified.peer_id
@@ -331,6 +332,7 @@ class PeerConnection:
         self.verified_at = time.monotonic()
         self.time_to_connect = None if introduced_at is None else self.verified_at - introduced_at
         self._on_close = on_close
+        self._on_quiet = on_quiet  # the peer has not answered for PING_WHEN_QUIET (every second)
         self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
         self._watch = asyncio.get_running_loop().create_task(self._watch_close())
         if isinstance(protocol._quic, DatagramSizeSearch):  # noqa: SLF001
@@ -479,6 +481,8 @@ class PeerConnection:
                 with contextlib.suppress(Exception):
                     protocol._quic.send_ping(0)  # noqa: SLF001
                     protocol.transmit()
+                if self._on_quiet is not None:
+                    self._on_quiet(self)
             self._check_datagram_size()
 
     def _check_datagram_size(self) -> None:

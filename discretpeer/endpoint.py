@@ -35,6 +35,7 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 
 from discretpeer.paths import Route, RouteTable, is_virtual
 from discretpeer.probe import QUIC_FIXED_BIT
+from discretpeer.stateless_reset import is_reset
 
 SocketAddress = tuple[Any, ...]
 SMALLEST_INITIAL = 1200
@@ -72,6 +73,7 @@ class EndpointProtocol(QuicConnectionProtocol):
     route: Route | None = None  # with virtual paths: how this connection's packets travel
     last_received: float = 0.0  # loop time of the last datagram for this connection
     coalesce_transmits = True  # see datagram_received; off where latency beats CPU (the beacon)
+    reset_received = False  # the other side answered with a stateless reset (RFC 9000 §10.3)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         # aioquic transmits after every datagram: a bulk receiver then builds an ACK and runs a
@@ -84,6 +86,29 @@ class EndpointProtocol(QuicConnectionProtocol):
             self._transmit_soon()
         else:
             self.transmit()
+
+    def reset_tokens(self) -> list[bytes]:
+        """The stateless reset tokens the other side gave for its connection IDs (in use and spare)."""
+        quic = self._quic
+        current = getattr(quic, "_peer_cid", None)  # aioquic has no public accessor
+        spare = getattr(quic, "_peer_cid_available", ())
+        tokens = [c.stateless_reset_token for c in (current, *spare) if c is not None]
+        return [t for t in tokens if t]
+
+    def stateless_reset(self) -> None:
+        """A stateless reset for this connection arrived: it is over, without sending anything
+        (RFC 9000 §10.3.1). aioquic 1.7.2 does not detect resets itself: end it as its idle
+        timer would, with its own close procedure."""
+        quic = self._quic
+        if self.reset_received or quic._close_event is not None and quic._close_at is None:  # noqa: SLF001
+            return
+        self.reset_received = True
+        quic._close_event = events.ConnectionTerminated(  # noqa: SLF001
+            error_code=0, frame_type=None, reason_phrase="stateless reset"
+        )
+        quic._close_end()  # noqa: SLF001 - discards the keys, TERMINATED, queues the event
+        self._process_events()
+        self.transmit()  # sends nothing once terminated; cancels the timer
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.HandshakeCompleted):
@@ -152,6 +177,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._connection_class = connection_class
         self.routes = RouteTable()
         self.on_unexpected_source = on_unexpected_source
+        self._clients: set[EndpointProtocol] = set()  # outgoing connections (stateless resets)
         self.datagrams_received = 0
         self.datagrams_sent = 0
         self.send_errors = 0
@@ -190,6 +216,7 @@ class Endpoint(asyncio.DatagramProtocol):
             except Exception:  # noqa: BLE001 - closing must go on for the others
                 pass
         self._routes.clear()
+        self._clients.clear()
         if self._transport is not None:
             self._transport.close()
 
@@ -250,6 +277,7 @@ class Endpoint(asyncio.DatagramProtocol):
         protocol = create_protocol(connection)
         self._attach(protocol)
         self._register(connection.host_cid, protocol)
+        self._clients.add(protocol)
         if self.virtual_paths:
             protocol.route = route or self.routes.new(direct=addr)
             protocol.connect(protocol.route.virtual)
@@ -286,6 +314,9 @@ class Endpoint(asyncio.DatagramProtocol):
             return
         protocol = self._routes.get(header.destination_cid)
         if protocol is None:
+            # a stateless reset carries no connection ID of ours: its last 16 bytes tell
+            if self._clients and self._stateless_reset(data):
+                return
             protocol = self._maybe_accept(data, source, header, relay_route)
             if protocol is None:
                 return
@@ -376,6 +407,17 @@ class Endpoint(asyncio.DatagramProtocol):
         self._register(connection.host_cid, protocol)
         return protocol
 
+    def _stateless_reset(self, data: bytes) -> bool:
+        """End the outgoing connection ``data`` resets, if any (they are few: beacon connections
+        and peer connections this side opened)."""
+        if _is_long_header(data):
+            return False
+        for protocol in list(self._clients):
+            if is_reset(data, protocol.reset_tokens()):
+                protocol.stateless_reset()
+                return True
+        return False
+
     # --- routing table ------------------------------------------------------------------------
 
     def _attach(self, protocol: EndpointProtocol) -> None:
@@ -400,8 +442,13 @@ class Endpoint(asyncio.DatagramProtocol):
             if self._routes.get(cid) is protocol:
                 del self._routes[cid]
         protocol.routed_cids = None
+        self._clients.discard(protocol)
         if protocol.route is not None:
             self.routes.drop(protocol.route)
+
+
+def _is_long_header(data: bytes) -> bool:
+    return bool(data) and bool(data[0] & 0x80)
 
 
 def _make_socket(host: str | None, port: int) -> socket.socket:

@@ -810,7 +810,8 @@ class Peer:
         self, protocol: PeerProtocol, verified: Any, path: PathKind, *, dialer: bool, introduced_at: float | None
     ) -> PeerConnection:
         connection = PeerConnection(
-            protocol, verified, path, dialer=dialer, introduced_at=introduced_at, on_close=self._on_connection_closed
+            protocol, verified, path, dialer=dialer, introduced_at=introduced_at, on_close=self._on_connection_closed,
+            on_quiet=self._on_connection_quiet,
         )
         self._connections.add(connection)
         self.stats.verified += 1
@@ -887,11 +888,12 @@ class Peer:
             return due
         if pair.dialing and not self._dial_is_silent_speculation(pair):
             return now + 0.1
-        pair.relay_requested_at = now
         request = RelayRequest(token=pair.session.token, instance=pair.session.remote_instance)
-        for client in pair.clients:
-            if client.send(request):
-                self.stats.relay_requests += 1
+        sent = sum(1 for client in pair.clients if client.send(request))
+        if not sent:
+            return now + 0.25  # no beacon connected (reconnecting after a crash): ask once one is
+        self.stats.relay_requests += sent
+        pair.relay_requested_at = now
         log.info("requesting relay", peer_instance=pair.session.remote_instance.hex()[:8], beacons=len(pair.clients))
         return now + RELAY_REQUEST_RETRY
 
@@ -968,6 +970,17 @@ class Peer:
             if text not in record.refusals:
                 record.refusals.append(text)
             log.warning("meeting token refused as full", beacon=str(client.spec), reason=text)
+    def _on_connection_quiet(self, connection: PeerConnection) -> None:
+        """A relayed connection hears nothing: if its beacon crashed, ask that beacon client to
+        find out now (a restarted beacon resets it at once) rather than at its next keepalive."""
+        if connection.path != "relay":
+            return
+        for route, pair in self._relay_routes.values():
+            if pair.connection is connection and route.relay is not None:
+                for client in self._clients:
+                    if client.beacon_address == route.relay.beacon:
+                        client.check_now()
+                return
 
     def _on_beacon_lost(self, client: BeaconClient, address: Addr) -> None:
         """Relay sessions live in the beacon: when it goes, a relayed connection moves to the
@@ -985,6 +998,7 @@ class Peer:
                 log.info("relay moved", peer=connection.peer_id, lost=str(client.spec), beacon=route.relay.beacon)
                 continue
             self._drop_relay(pair)
+            pair.relay_requested_at = None  # ask afresh as soon as a beacon is back
             text = f"relay lost: beacon {client.spec} disconnected"
             pair.meeting.failures.append(text)
             if connection is not None and connection.path == "relay":
