@@ -45,6 +45,20 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed version, read only when asked (package metadata costs ~10 ms)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
+        import discretpeer
+
+        print(f"{PROG} {discretpeer.__version__}")
+        parser.exit(0)
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) < 65536:
         raise argparse.ArgumentTypeError(f"invalid port {text!r}")
@@ -110,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "NATs (relay when they cannot), prove their identities, and carry TCP connections as QUIC streams.",
         epilog=EPILOG,
     )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
