@@ -27,6 +27,7 @@ from .session import (
     make_peer,
     stop_event,
     watch_path,
+    watch_pins,
 )
 from .settings import Service, Settings, load_identity, load_settings
 from .splice import Splice, TcpSide, Traffic, read_frame
@@ -314,7 +315,7 @@ async def _serve(peer: Peer, exposer: Exposer, settings: Settings, services: dic
     reload = asyncio.Event()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload.set)
-    progress = Progress(peer, console)
+    progress = Progress(peer, console, settings=settings)
     try:
         await _listen(peer, settings.secret, settings.allow)
         progress.start()
@@ -329,18 +330,23 @@ async def _serve(peer: Peer, exposer: Exposer, settings: Settings, services: dic
         )
         accept = asyncio.ensure_future(exposer.accept_loop())
         stopped = asyncio.ensure_future(stop.wait())
+        pins = asyncio.ensure_future(watch_pins(peer, settings))  # every beacon failing its pin is final
         while True:
             reloading = asyncio.ensure_future(reload.wait())
-            await asyncio.wait({accept, stopped, reloading}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({accept, stopped, reloading, pins}, return_when=asyncio.FIRST_COMPLETED)
             if not reloading.done():
                 reloading.cancel()
                 break
             reload.clear()
             await _reload(peer, exposer, args, console)
         stopped.cancel()
-        if accept.done():
-            accept.result()  # re-raises what ended the accept loop
+        accept_done = accept.done()
         accept.cancel()
+        pins.cancel()
+        if pins.done() and not pins.cancelled():
+            pins.result()  # raises PinFailure
+        if accept_done:
+            accept.result()  # re-raises what ended the accept loop
         console.status("stopping", event="stopping")
     finally:
         await progress.stop()

@@ -120,7 +120,7 @@ async def run_forward(settings: Settings, args: Any, console: Console) -> int:
 async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, console: Console,
                    settings: Settings, what: str) -> int:
     target, port = state.target, state.remote_port
-    progress = Progress(peer, console)
+    progress = Progress(peer, console, settings=settings)
     count = 0
     tasks: set[asyncio.Task[Any]] = set()
 
@@ -175,15 +175,19 @@ async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, co
     progress.start()
     maintain = asyncio.ensure_future(link.maintain())
     stop = stop_event()
+    stopped = asyncio.ensure_future(stop.wait())
     try:
-        await stop.wait()
+        await asyncio.wait({stopped, maintain}, return_when=asyncio.FIRST_COMPLETED)
+        if maintain.done():
+            maintain.result()  # raises what ended it (PinFailure: every beacon fails its pin)
         console.status("stopping", event="stopping")
     finally:
+        stopped.cancel()
         maintain.cancel()
         server.close()
         for task in list(tasks):
             task.cancel()
-        await asyncio.gather(maintain, *tasks, return_exceptions=True)
+        await asyncio.gather(maintain, stopped, *tasks, return_exceptions=True)
         await progress.stop()
     return 0
 
@@ -196,7 +200,7 @@ async def run_pipe(settings: Settings, args: Any, console: Console) -> int:
         console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
     async with make_peer(settings, identity) as peer:
         link = PeerLink(peer, target, settings, console)
-        progress = Progress(peer, console)
+        progress = Progress(peer, console, settings=settings)
         progress.start()
         stop = stop_event(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         try:

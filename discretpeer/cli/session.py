@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 from typing import Any
 
@@ -18,6 +19,64 @@ from .settings import Settings
 
 RECONNECT_INITIAL = 1.0
 RECONNECT_CAP = 30.0
+PIN_CHECK_INTERVAL = 0.05
+_PIN_TEXT = re.compile(r"certificate hash is (\S+), pinned (\S+)$")
+
+
+class PinFailure(ConnectError):
+    """Every configured beacon presented a certificate that is not the pinned one: retrying cannot
+    help (the pin or the address is wrong), so the command stops at once."""
+
+
+def beacon_error_text(beacon: str, error: str) -> str:
+    """A beacon's last error without the beacon's name repeated (the caller names it once)."""
+    for prefix in (f"beacon {beacon} ", f"beacon {beacon}: "):
+        if error.startswith(prefix):
+            error = error[len(prefix):]
+    match = _PIN_TEXT.search(error)
+    if match:
+        return (f"its certificate hash is {match.group(1)} but the pinned hash is {match.group(2)} "
+                "(a wrong cert_hash, or another server at that address)")
+    return error
+
+
+def pin_failure(peer: Peer, settings: Settings) -> str | None:
+    """The one-line reason when no beacon can ever be used because every one of them failed its pin
+    (and the LAN, which needs no beacon, is off); None while any beacon may still work."""
+    statuses = peer.beacon_status
+    if settings.lan or not statuses:
+        return None
+    if any(status.pin_mismatches == 0 or status.state == "connected" for status in statuses):
+        return None
+    parts = [f"beacon {s.beacon}: {beacon_error_text(s.beacon, s.last_error or 'certificate mismatch')}"
+             for s in statuses]
+    return "; ".join(parts) + "; fix the cert_hash (the beacon prints it on start) and check with `discretpeer doctor`"
+
+
+async def watch_pins(peer: Peer, settings: Settings) -> None:
+    """Raises :class:`PinFailure` as soon as :func:`pin_failure` has a reason (runs until cancelled)."""
+    while True:
+        reason = pin_failure(peer, settings)
+        if reason is not None:
+            raise PinFailure(reason)
+        await asyncio.sleep(PIN_CHECK_INTERVAL)
+
+
+async def unless_pins_fail(peer: Peer, settings: Settings, work: Any) -> Any:
+    """Await ``work`` (a coroutine), stopping it with :class:`PinFailure` if every beacon fails its pin."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(watch_pins(peer, settings))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            watcher.result()  # raises PinFailure
+        return task.result()
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
 
 
 def make_peer(settings: Settings, identity: Identity) -> Peer:
@@ -69,9 +128,11 @@ def describe_connection(conn: PeerConnection) -> dict[str, Any]:
 class Progress:
     """Turns the peer's beacon states and counters into status lines as they change."""
 
-    def __init__(self, peer: Peer, console: Console, *, interval: float = 0.1) -> None:
+    def __init__(self, peer: Peer, console: Console, *, interval: float = 0.1,
+                 settings: Settings | None = None) -> None:
         self.peer = peer
         self.console = console
+        self.settings = settings
         self.interval = interval
         self._beacons: dict[str, tuple[str, str | None]] = {}
         self._introductions = 0
@@ -113,8 +174,10 @@ class Progress:
                     observed=format_address(status.observed),
                 )
             elif status.last_error and (before is None or before[1] != status.last_error):
+                if self.settings is not None and pin_failure(self.peer, self.settings) is not None:
+                    continue  # final: the command stops with this as its error line
                 self.console.status(
-                    f"beacon {status.beacon}: {status.last_error} (retrying)",
+                    f"beacon {status.beacon}: {beacon_error_text(status.beacon, status.last_error)} (retrying)",
                     event="beacon",
                     beacon=status.beacon,
                     state=status.state,
@@ -148,8 +211,9 @@ def explain_connect_error(exc: ConnectError, target: str, our_id: str, *, secret
         detail = refused.split("refused us:", 1)[1].strip() if "refused us:" in refused else refused
         return (f"{short_id(target)} refused us ({detail}): is our peer id {our_id} in its allow list?")
     if beacons and not reached:
-        errors = "; ".join(f"{b.get('beacon')}: {b.get('last_error') or b.get('state')}" for b in beacons
-                           if isinstance(b, dict))
+        errors = "; ".join(
+            f"{b.get('beacon')}: {beacon_error_text(str(b.get('beacon')), str(b.get('last_error') or b.get('state')))}"
+            for b in beacons if isinstance(b, dict))
         return f"no beacon reachable ({errors}); run `discretpeer doctor`"
     if not report.get("introductions"):
         how = "the same --secret" if secret else f"your peer id ({our_id}) in its allow list"
@@ -203,9 +267,12 @@ class PeerLink:
                             event="connecting", peer=self.target)
         try:
             if self.settings.secret:
-                conn = await self.peer.connect(self.settings.secret, expect=self.target, timeout=self.settings.timeout)
+                attempt = self.peer.connect(self.settings.secret, expect=self.target, timeout=self.settings.timeout)
             else:
-                conn = await self.peer.connect_to_peer(self.target, timeout=self.settings.timeout)
+                attempt = self.peer.connect_to_peer(self.target, timeout=self.settings.timeout)
+            conn = await unless_pins_fail(self.peer, self.settings, attempt)
+        except PinFailure:
+            raise
         except ConnectError as exc:
             raise ConnectError(
                 explain_connect_error(exc, self.target, self.peer.peer_id, secret=bool(self.settings.secret)),
@@ -231,6 +298,8 @@ class PeerLink:
         while True:
             try:
                 conn = await self.connect_once()
+            except PinFailure:
+                raise  # final: retrying cannot help
             except ConnectError as exc:
                 self.console.error(str(exc), event="connect_failed")
                 self.console.status(f"retrying in {delay:g}s", event="retry", delay=delay)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from discretpeer.config import BeaconSpec, ConfigError, parse_beacons, split_host_port
-from discretpeer.identity import Identity, IdentityError, normalize_peer_id
+from discretpeer.identity import PEER_ID_LENGTH, Identity, IdentityError, normalize_peer_id
 
 DEFAULT_TIMEOUT = 15.0
 KNOWN_KEYS = {
@@ -93,8 +93,15 @@ class Settings:
         try:
             return normalize_peer_id(text)
         except IdentityError as exc:
-            hint = f" nor a name from [peers] ({', '.join(sorted(self.peers))})" if self.peers else ""
-            raise ConfigError(f"{where} {text!r} is not a valid peer id{hint}: {exc}") from None
+            if len(text) == PEER_ID_LENGTH:  # meant as an id: say what is wrong with it
+                raise ConfigError(f"{where} {text!r} is not a valid peer id: {exc}") from None
+            config = str(self.config_path) if self.config_path else "the config file"
+            names = (f"the names there: {', '.join(sorted(self.peers))}" if self.peers
+                     else "it has no [peers] table")
+            raise ConfigError(
+                f"{where} {text!r} is neither a name from [peers] in {config} ({names}) nor a peer id "
+                f"({PEER_ID_LENGTH} base32 characters, as `discretpeer id` prints them)"
+            ) from None
 
     def services(self, ports: list[str] | None = None, host: str | None = None) -> dict[int, Service]:
         """Parse ``PORT`` / ``HOST:PORT`` specs (flags, else the config's ``expose``)."""

@@ -1,0 +1,80 @@
+"""Failures that are certain end at once, with one line that says what to fix (real processes)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+import time
+from types import SimpleNamespace
+
+from discretpeer.identity import Identity
+from tests.cli.conftest import CLI, Node, clean_env
+
+OTHER_ID = Identity.generate().peer_id
+
+
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.startswith("discretpeer: error:")]
+
+
+def wrong_pin_node(tmp_path, beacon) -> tuple[Node, str]:
+    """A machine whose config pins a well-formed hash that is not the beacon's."""
+    wrong = base64.urlsafe_b64encode(hashlib.sha256(b"another certificate").digest()).rstrip(b"=").decode()
+    assert wrong != beacon.fingerprint
+    fake = SimpleNamespace(address=beacon.address, fingerprint=wrong)
+    return Node(tmp_path / "n", [fake], timeout=15), wrong
+
+
+def test_pipe_fails_at_once_when_every_beacon_fails_its_pin(tmp_path, beacon):
+    node, wrong = wrong_pin_node(tmp_path, beacon)
+    started = time.monotonic()
+    result = node.run("pipe", "--to", OTHER_ID, "--port", "22", timeout=30)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr
+    assert elapsed < 6, f"took {elapsed:.1f}s (the timeout is 15 s): a pin mismatch is final"
+    [line] = error_lines(result.stderr)
+    assert line.count(beacon.address) == 1, line  # the beacon named once
+    assert wrong in line and beacon.fingerprint in line and "cert_hash" in line
+    assert result.stderr.count(beacon.fingerprint) == 1, result.stderr  # no "(retrying)" line before it
+    assert result.stdout == ""
+
+
+def test_forward_and_expose_fail_at_once_on_a_wrong_pin(tmp_path, beacon):
+    node, _ = wrong_pin_node(tmp_path, beacon)
+    for argv in (["forward", "0", "--to", OTHER_ID], ["expose", "22", "--allow", OTHER_ID]):
+        started = time.monotonic()
+        result = node.run(*argv, timeout=30)
+        assert result.returncode == 1, (argv, result.stderr)
+        assert time.monotonic() - started < 6, argv
+        [line] = error_lines(result.stderr)
+        assert "pinned hash" in line and line.count(beacon.address) == 1, line
+
+
+def test_one_good_beacon_is_enough(tmp_path, beacon):
+    """A wrong pin on one beacon does not stop a command that has another, good one."""
+    pin = base64.urlsafe_b64encode(hashlib.sha256(b"x").digest()).rstrip(b"=").decode()
+    wrong = SimpleNamespace(address=beacon.address.replace("127.0.0.1", "localhost"), fingerprint=pin)
+    node = Node(tmp_path / "n", [wrong, beacon], timeout=2)
+    result = node.run("pipe", "--to", OTHER_ID, "--port", "22", timeout=30)
+    assert result.returncode == 1
+    [line] = error_lines(result.stderr)
+    assert "not found: the beacon never introduced it" in line, line
+
+
+def test_to_a_name_not_in_peers_says_so(tmp_path):
+    env = clean_env(tmp_path)
+    config = tmp_path / ".config" / "discretpeer" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[peers]\nlaptop = "{OTHER_ID}"\n')
+    result = subprocess.run(CLI + ["pipe", "--to", "mypi"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    [line] = error_lines(result.stderr)
+    assert "[peers]" in line and str(config) in line and "laptop" in line, line
+    assert "52 base32 characters" in line and "must have 52 characters, got 4" not in line, line
+    config.unlink()
+    result = subprocess.run(CLI + ["forward", "0", "--to", "mypi"], env=env, capture_output=True, text=True,
+                            timeout=30)
+    [line] = error_lines(result.stderr)
+    assert result.returncode == 2 and "no [peers] table" in line, line
