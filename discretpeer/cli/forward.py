@@ -136,17 +136,19 @@ async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, co
         state.tunnels_open += 1
         try:
             try:
-                conn = await link.get(settings.timeout)
+                conn = await link.get(settings.timeout + 1.0)  # the attempt under way settles first
             except ConnectionError as exc:
                 state.failed += 1
-                console.error(f"connection #{number}: {exc}; closing it", event="tunnel_failed", number=number)
-                local.abort()
+                console.error(f"connection #{number} reset: no peer connection: {exc}", event="tunnel_failed",
+                              number=number, reason=str(exc))
+                local.abort()  # RST: the client program sees an error, not an empty reply
                 return
             try:
                 splice = await open_tunnel(conn, port, local, Traffic(parent=state.traffic))
             except (TunnelRefused, ConnectionError) as exc:
                 state.failed += 1
-                console.error(f"connection #{number}: {exc}", event="tunnel_failed", number=number)
+                console.error(f"connection #{number} reset: {exc}", event="tunnel_failed", number=number,
+                              reason=str(exc))
                 local.abort()
                 return
             error = await splice.run()

@@ -250,9 +250,11 @@ class PeerLink:
         self.settings = settings
         self.console = console
         self._conn: PeerConnection | None = None
-        self._ready = asyncio.Event()
+        self._ready = asyncio.Event()  # set when an attempt settles (connected or failed)
+        self._retry_now = asyncio.Event()  # a client arrived while we wait to retry
         self._watchers: set[asyncio.Task[None]] = set()
         self.connects = 0
+        self.failure: str | None = None  # why the last attempt failed (while waiting to retry)
 
     @property
     def connection(self) -> PeerConnection | None:
@@ -301,9 +303,14 @@ class PeerLink:
             except PinFailure:
                 raise  # final: retrying cannot help
             except ConnectError as exc:
+                self.failure = str(exc)
+                self._ready.set()  # clients waiting for this attempt are told at once
                 self.console.error(str(exc), event="connect_failed")
                 self.console.status(f"retrying in {delay:g}s", event="retry", delay=delay)
-                await asyncio.sleep(delay)
+                self._retry_now.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._retry_now.wait(), delay)
+                self.failure = None
                 delay = min(RECONNECT_CAP, delay * 2)
                 continue
             delay = RECONNECT_INITIAL
@@ -313,12 +320,19 @@ class PeerLink:
                               event="disconnected", reason=conn.close_reason)
 
     async def get(self, timeout: float) -> PeerConnection:
-        """The current connection, waiting up to ``timeout`` for one."""
+        """The current connection, waiting up to ``timeout`` for one. Raises ConnectionError at once
+        (with the reason) when the last attempt failed and we wait to retry; the retry starts now."""
         deadline = asyncio.get_running_loop().time() + timeout
+        waited = False
         while True:
             conn = self.connection
             if conn is not None:
                 return conn
+            if self.failure is not None:
+                if not waited:  # (those who waited for the attempt that just failed do not hurry the next)
+                    self._retry_now.set()
+                raise ConnectionError(self.failure)
+            waited = True
             self._ready.clear()
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:

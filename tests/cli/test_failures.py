@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import socket
 import subprocess
 import time
 from types import SimpleNamespace
 
+import pytest
+
 from discretpeer.identity import Identity
-from tests.cli.conftest import CLI, Node, clean_env
+from tests.cli.conftest import CLI, Node, clean_env, free_port
 
 OTHER_ID = Identity.generate().peer_id
 
@@ -78,3 +81,73 @@ def test_to_a_name_not_in_peers_says_so(tmp_path):
                             timeout=30)
     [line] = error_lines(result.stderr)
     assert result.returncode == 2 and "no [peers] table" in line, line
+
+
+# --- errors reach the TCP client: a reset (not an empty reply) and one line on forward's stderr ------
+
+
+def assert_reset(port: int, timeout: float = 10.0) -> float:
+    """Connect, send a request, expect ECONNRESET (never a clean EOF); returns how long it took."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        with pytest.raises(ConnectionResetError):
+            data = sock.recv(1024)
+            raise AssertionError(f"got {data!r} instead of a reset")
+    return time.monotonic() - started
+
+
+def start_forward(node: Node, target: str, *args: str, name: str):
+    forward = node.start("forward", "0", "--to", target, *args, "--json", name=name)
+    return forward, forward.wait_event("listening")["port"]
+
+
+def test_forward_resets_the_client_when_the_port_is_not_exposed(lab):
+    b, a = lab["b"], lab["a"]
+    port = free_port()
+    forward, local = start_forward(b, a.peer_id, "--port", str(port), name="forward-not-exposed")
+    try:
+        forward.wait_event("connected")
+        curl = subprocess.run(["curl", "-sS", "--max-time", "20", f"http://127.0.0.1:{local}/"], capture_output=True,
+                              text=True, timeout=30)
+        assert curl.returncode == 56 and "reset" in curl.stderr.lower(), curl  # not 52 "Empty reply from server"
+        assert_reset(local)
+        failed = forward.wait_event("tunnel_failed")
+        assert f"NOT_EXPOSED: port {port} is not exposed" in failed["reason"]
+        lines = [line for line in forward.stderr().splitlines() if "NOT_EXPOSED" in line]
+        assert len(lines) == 2 and all(line.startswith("discretpeer: error: connection #") for line in lines), lines
+    finally:
+        forward.stop()
+
+
+def test_forward_resets_the_client_when_no_peer_connection_can_be_made(lab):
+    b = lab["b"]
+    forward, local = start_forward(b, OTHER_ID, "--timeout", "2", name="forward-nobody")
+    try:
+        took = assert_reset(local)  # waits for the first attempt (2 s), then the reset
+        assert took < 6
+        failed = forward.wait_event("tunnel_failed")
+        assert "no peer connection" in failed["message"] and "not found" in failed["reason"], failed
+        took = assert_reset(local)  # while waiting to retry: at once, with the last reason
+        assert took < 1.0, took
+    finally:
+        forward.stop()
+
+
+def test_forward_resets_the_client_of_a_peer_that_is_not_allowed(lab):
+    c, a = lab["c"], lab["a"]
+    forward, local = start_forward(c, a.peer_id, "--timeout", "3", name="forward-stranger")
+    try:
+        assert_reset(local) < 8
+        assert forward.wait_event("tunnel_failed")["reason"]
+    finally:
+        forward.stop()
+
+
+def test_pipe_says_why_and_exits_1(lab):
+    result = lab["b"].run("pipe", "--to", OTHER_ID, "--timeout", "2", input="x")
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = error_lines(result.stderr)
+    assert "not found" in line
+    refused = lab["b"].run("pipe", "--to", lab["a"].peer_id, "--port", str(free_port()), input="x")
+    assert refused.returncode == 1 and "NOT_EXPOSED" in error_lines(refused.stderr)[0]
