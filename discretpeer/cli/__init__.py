@@ -25,6 +25,7 @@ from discretpeer.config import ConfigError
 from discretpeer.errors import ConnectError
 from discretpeer.identity import IdentityError
 
+from . import output
 from .control import ControlError
 from .output import PROG, Console, configure_logging, fail
 from .settings import ENV_BEACONS, Settings, load_settings
@@ -246,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         args.timeout = 6.0
     try:
         settings = load_settings(args)
-        return _run(_handler(args.command)(settings, args, console))
+        code = _run(_handler(args.command)(settings, args, console))
+        return 130 if output.interrupted and code == 0 else code
     except (ConfigError, IdentityError) as exc:
         console.error(str(exc), event="config_error")
         return 2

@@ -111,15 +111,18 @@ class Exposer:
                     break
                 self._spawn(self.serve_stream(record, reader, writer))
         finally:
+            if not conn.closed:  # we are stopping (this task was cancelled): say so to the peer too
+                conn.close("the exposing side is stopping")
+            reason = conn.close_reason or "closed"
             record.closed_at = time.time()
-            record.close_reason = conn.close_reason
+            record.close_reason = reason
             self.records.pop(conn, None)
             self.closed.append(record)
             self.console.status(
-                f"peer {short_id(conn.peer_id)} disconnected ({conn.close_reason})",
+                f"peer {short_id(conn.peer_id)} disconnected ({reason})",
                 event="peer_disconnected",
                 peer=conn.peer_id,
-                reason=conn.close_reason,
+                reason=reason,
             )
 
     def _choose(self, request: Request, peer_id: str) -> tuple[Service | None, Status, str]:

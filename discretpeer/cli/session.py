@@ -14,6 +14,7 @@ from discretpeer.errors import ConnectError
 from discretpeer.identity import Identity
 from discretpeer.peer import Peer
 
+from . import output
 from .output import Console, ms, short_id
 from .settings import Settings
 
@@ -140,6 +141,10 @@ class Progress:
         self._relay_grants = 0
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def relay_only(self) -> bool:
+        return self.settings is not None and not self.settings.direct
+
     def start(self) -> None:
         self.console.before = self.poll
         self.poll()
@@ -191,10 +196,12 @@ class Progress:
         if introductions > self._introductions:
             self._introductions = introductions
             via = "on the LAN" if stats.lan_sightings and not stats.introductions else "by the beacon"
-            self.console.status(f"introduced to a peer {via}: punching through NATs", event="introduced")
+            what = "relaying only (--relay-only)" if self.relay_only else "punching through NATs"
+            self.console.status(f"introduced to a peer {via}: {what}", event="introduced")
         if stats.relay_requests > self._relay_requests:
             self._relay_requests = stats.relay_requests
-            self.console.status("no direct path yet: asking the beacon to relay", event="relay_requested")
+            why = "" if self.relay_only else "no direct path yet: "
+            self.console.status(f"{why}asking the beacon to relay", event="relay_requested")
         if stats.relay_grants > self._relay_grants:
             self._relay_grants = stats.relay_grants
             self.console.status("relay granted by the beacon", event="relay_granted")
@@ -345,7 +352,13 @@ def stop_event(*signals: signal.Signals) -> asyncio.Event:
     """An event set by SIGINT/SIGTERM (and any others given): the clean way out of a server loop."""
     event = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if sig == signal.SIGINT:
+            output.interrupted = True  # main() exits 130
+        event.set()
+
     for sig in signals or (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, event.set)
+            loop.add_signal_handler(sig, on_signal, sig)
     return event
