@@ -25,6 +25,7 @@ from .session import (
     describe_beacons,
     describe_connection,
     make_peer,
+    require_meeting_place,
     stop_event,
     watch_path,
     watch_pins,
@@ -242,6 +243,7 @@ async def run_expose(settings: Settings, args: Any, console: Console) -> int:
                           "or expose = [...] in the config")
     if not settings.allow:
         raise ConfigError("nobody is allowed: give --allow PEER_ID (repeatable) or allow = [...] in the config")
+    require_meeting_place(settings)
     identity, created = load_identity(settings)
     if created:
         console.status(f"created a new identity in {settings.identity_path}", event="identity_created")

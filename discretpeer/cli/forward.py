@@ -16,7 +16,15 @@ from discretpeer.tunnel import FrameType, Response, TunnelError, encode_request
 
 from .output import Console, short_id
 from .control import ControlServer
-from .session import PeerLink, Progress, describe_beacons, describe_connection, make_peer, stop_event
+from .session import (
+    PeerLink,
+    Progress,
+    describe_beacons,
+    describe_connection,
+    make_peer,
+    require_meeting_place,
+    stop_event,
+)
 from .settings import Settings, load_identity
 from .splice import Splice, StdioSide, TcpSide, Traffic, read_frame
 
@@ -95,6 +103,7 @@ class ForwardState:
 
 async def run_forward(settings: Settings, args: Any, console: Console) -> int:
     target = settings.resolve_peer(args.to, where="--to")
+    require_meeting_place(settings)  # before creating an identity that would serve nothing
     identity, created = load_identity(settings)
     if created:
         console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
@@ -196,6 +205,7 @@ async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, co
 
 async def run_pipe(settings: Settings, args: Any, console: Console) -> int:
     target = settings.resolve_peer(args.to, where="--to")
+    require_meeting_place(settings)
     stdio = StdioSide.take()  # from here on fd 1 is stderr: only tunnel bytes reach our stdout
     identity, created = load_identity(settings)
     if created:

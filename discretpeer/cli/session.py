@@ -80,12 +80,18 @@ async def unless_pins_fail(peer: Peer, settings: Settings, work: Any) -> Any:
                     await pending
 
 
-def make_peer(settings: Settings, identity: Identity) -> Peer:
+def require_meeting_place(settings: Settings) -> None:
+    """A beacon or the LAN: without either no peer can ever be met (checked before anything is
+    created, e.g. the identity of a fresh install)."""
     if not settings.beacons and not settings.lan:
         raise ConfigError(
             "no beacon configured (beacons = [...] in the config file, DISCRETPEER_BEACONS or "
             "--beacon HOST:PORT=CERT_HASH) and LAN discovery is off (--lan)"
         )
+
+
+def make_peer(settings: Settings, identity: Identity) -> Peer:
+    require_meeting_place(settings)
     return Peer(
         identity,
         settings.beacons,

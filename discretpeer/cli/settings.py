@@ -123,6 +123,8 @@ def parse_service(spec: str, default_host: str) -> Service:
         if not 0 < port < 65536:
             raise ConfigError(f"expose: invalid port {spec!r}")
         return Service(default_host, port)
+    if ":" not in spec:
+        raise ConfigError(f"expose: {spec!r} is neither a port nor host:port")
     host, port = split_host_port(spec, where=f"expose {spec!r}")
     return Service(host, port)
 
@@ -184,9 +186,10 @@ def _expect(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where
     value = data[key]
     kinds = _tuple(kind)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}
-        expected = " or ".join(names.get(k, k.__name__) for k in kinds)
-        raise ConfigError(f"{where}: '{key}' must be a {expected}, got {value!r}")
+        names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+                 dict: "a table"}
+        expected = " or ".join(names.get(k, f"a {k.__name__}") for k in kinds)
+        raise ConfigError(f"{where}: '{key}' must be {expected}, got {value!r}")
     return value
 
 
@@ -240,12 +243,16 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
             setattr(settings, key, _expect(data, key, bool, where))
     if "timeout" in data:
         settings.timeout = float(_expect(data, "timeout", (int, float), where))
+        if not math.isfinite(settings.timeout) or not 0 < settings.timeout < 1e6:
+            raise ConfigError(f"{where}: 'timeout' must be a positive number of seconds, got {data['timeout']!r}")
     if "identity" in data:
         settings.identity_path = _expand(_expect(data, "identity", str, where), env)
     if "udp_host" in data:
         settings.udp_host = _expect(data, "udp_host", str, where) or None
     if "udp_port" in data:
         settings.udp_port = _expect(data, "udp_port", int, where)
+        if not 0 <= settings.udp_port < 65536:
+            raise ConfigError(f"{where}: 'udp_port' must be 0..65535, got {settings.udp_port}")
     if "expose" in data:
         expose = _expect(data, "expose", list, where)
         if not all(isinstance(item, (int, str)) and not isinstance(item, bool) for item in expose):
@@ -253,6 +260,11 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
         settings.expose = [str(item) for item in expose]
     if "expose_host" in data:
         settings.expose_host = _expect(data, "expose_host", str, where)
+    if settings.expose:  # checked here, so that every command (doctor too) rejects a bad entry
+        try:
+            settings.services()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     control = _expand(_expect(data, "control", str, where), env) if "control" in data else None
 
     # --- environment ---------------------------------------------------------------------------

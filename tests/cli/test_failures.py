@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import signal
 import socket
 import subprocess
 import time
@@ -151,3 +152,13 @@ def test_pipe_says_why_and_exits_1(lab):
     assert "not found" in line
     refused = lab["b"].run("pipe", "--to", lab["a"].peer_id, "--port", str(free_port()), input="x")
     assert refused.returncode == 1 and "NOT_EXPOSED" in error_lines(refused.stderr)[0]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_interrupt_exits_130_terminate_exits_0(tmp_path, beacon, sig, code):
+    """--help promises 130 for an interrupted command; a service manager's SIGTERM is a normal stop."""
+    node = Node(tmp_path / "n", [beacon])
+    forward = node.start("forward", "0", "--to", OTHER_ID, "--json", name="forward-signal")
+    forward.wait_event("listening")
+    assert forward.stop(sig) == code
+    assert "Traceback" not in forward.log.read_text()

@@ -107,7 +107,7 @@ laptop = "{ID1}"
         ("alow = []", "unknown key"),
         ("lan = 1", "'lan' must be a boolean"),
         ("timeout = -1", "positive"),
-        ("timeout = true", "'timeout' must be a integer or number"),
+        ("timeout = true", "'timeout' must be an integer or a number"),
         ('allow = ["nobody"]', "neither a name from \\[peers\\]"),
         ("allow = [1]", "list of peer ids"),
         ('beacons = [{hostname = "h:1", cert_hash = "short"}]', "beacons"),
