@@ -215,6 +215,7 @@ class BeaconServer:
                 max_seconds=c.relay_max_seconds,
                 rate_bytes_per_second=c.relay_rate_bytes_per_second,
                 burst_bytes=c.relay_burst_bytes,
+                total_rate_bytes_per_second=c.relay_total_rate_bytes_per_second,
                 request_timeout=c.relay_request_timeout_seconds,
                 max_pending=c.relay_max_pending_requests,
             )
