@@ -40,6 +40,23 @@ class RelayQuota:
     max_pending_per_connection: int = 16
 
 
+def relay_quota(config: Any) -> RelayQuota:
+    """The relay limits of a :class:`~beacon.config.BeaconConfig`."""
+    c = config
+    return RelayQuota(
+        enabled=c.relay_enabled,
+        max_sessions=c.relay_max_sessions,
+        max_sessions_per_connection=c.relay_max_sessions_per_connection,
+        max_bytes=c.relay_max_bytes,
+        max_seconds=c.relay_max_seconds,
+        rate_bytes_per_second=c.relay_rate_bytes_per_second,
+        burst_bytes=c.relay_burst_bytes,
+        total_rate_bytes_per_second=c.relay_total_rate_bytes_per_second,
+        request_timeout=c.relay_request_timeout_seconds,
+        max_pending=c.relay_max_pending_requests,
+    )
+
+
 class RelaySide:
     """One peer of a session: its beacon connection, the socket it talks to, its address."""
 
@@ -116,6 +133,12 @@ class RelayTable:
         self.dropped: dict[str, int] = {
             "not_relay": 0, "unknown_session": 0, "wrong_source": 0, "throttled": 0, "throttled_total": 0,
         }
+        self._total: TokenBucket | None = None
+        self.set_quota(quota)
+
+    def set_quota(self, quota: RelayQuota) -> None:
+        """New limits (a reload): for sessions granted from now on; the beacon-wide cap at once."""
+        self.quota = quota
         total = quota.total_rate_bytes_per_second
         # the beacon-wide cap: one bucket for every session (burst: 100 ms of it, at least a datagram)
         self._total = TokenBucket(total, max(total / 10, 2 * MAX_RELAY_PAYLOAD), 0.0) if total > 0 else None
