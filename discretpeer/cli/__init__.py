@@ -4,6 +4,7 @@
     discretpeer expose 22 --allow PEER_ID            # on the device: offer its ssh to that peer
     discretpeer forward 2222 --to PEER_ID --port 22  # elsewhere: localhost:2222 -> device:22
     discretpeer pipe --to PEER_ID --port 22          # stdin/stdout (ssh ProxyCommand)
+    discretpeer ping PEER                            # round trips to a peer, and the path they take
     discretpeer doctor                               # beacons, public address, NAT, mDNS
     discretpeer status [--json] [--watch]            # what the running expose (or a forward) is doing
 
@@ -71,6 +72,12 @@ def _remote_port(text: str) -> int:
     if port == 0:
         raise argparse.ArgumentTypeError("the remote port must be 1..65535 (leave --port out for the default)")
     return port
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 100000:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (1..100000)")
+    return int(text)
 
 
 def _seconds(text: str) -> float:
@@ -183,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_base(p)
     _add_network(p, secret=False)
 
+    p = sub.add_parser("ping", help="time round trips to a peer and show the path (direct, lan, relay)",
+                       description="Meet the peer (as forward and pipe do) and time round trips over the peer "
+                       "connection (QUIC PINGs, answered by any running `expose` that allows us), showing the path "
+                       "that carries them. Exit code 1 when no pong came back.", epilog=EPILOG)
+    p.add_argument("peer", metavar="PEER", help="the peer's id (or a name from [peers])")
+    p.add_argument("-c", "--count", type=_count, default=4, metavar="N", help="round trips (default 4)")
+    p.add_argument("--interval", type=_seconds, default=0.5, metavar="SECONDS",
+                   help="time between round trips (default 0.5)")
+    _add_base(p)
+    _add_network(p)
+
     p = sub.add_parser("status", help="show what the running expose (or a forward) is doing",
                        description="Connections, their paths (direct/lan/relay), tunnels and bytes of the running "
                        "`expose` (or of a `forward --control PATH`), read from its control socket.", epilog=EPILOG)
@@ -220,6 +238,10 @@ def _handler(command: str) -> Callable[[Settings, Any, Console], Coroutine[Any, 
         from .forward import run_forward, run_pipe
 
         return run_forward if command == "forward" else run_pipe
+    if command == "ping":
+        from .ping import run_ping
+
+        return run_ping
     if command == "doctor":
         from .doctor import run_doctor
 
