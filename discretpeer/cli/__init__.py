@@ -4,6 +4,8 @@
     discretpeer expose 22 --allow PEER_ID            # on the device: offer its ssh to that peer
     discretpeer forward 2222 --to PEER_ID --port 22  # elsewhere: localhost:2222 -> device:22
     discretpeer pipe --to PEER_ID --port 22          # stdin/stdout (ssh ProxyCommand)
+    discretpeer invite [--name NAME]                 # pair by a short code: prints 7-apple-river ...
+    discretpeer accept CODE [--name NAME]            # ... on the other machine: both allow each other
     discretpeer ping PEER                            # round trips to a peer, and the path they take
     discretpeer doctor                               # beacons, public address, NAT, mDNS
     discretpeer status [--json] [--watch]            # what the running expose (or a forward) is doing
@@ -190,6 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_base(p)
     _add_network(p, secret=False)
 
+    p = sub.add_parser("invite", help="pair with another machine by a short code (prints the code)",
+                       description="Print a short code (like 7-apple-river, valid a few minutes, one use) and wait "
+                       "for the other machine to run `discretpeer accept CODE`. Both meet through the beacon, check "
+                       "the code with a PAKE (SPAKE2: a wrong code fails, and an eavesdropper or the beacon learns "
+                       "nothing), then add each other to `allow` and `[peers]` in their config files.", epilog=EPILOG)
+    p.add_argument("--name", metavar="NAME",
+                   help="the name to give the other machine in [peers] (default: its host name)")
+    p.add_argument("--valid", type=_seconds, default=300.0, metavar="SECONDS",
+                   help="how long the code is valid (default 300)")
+    _add_base(p)
+    _add_network(p, secret=False)
+
+    p = sub.add_parser("accept", help="pair with the machine that printed CODE (discretpeer invite)",
+                       description="Meet the machine that ran `discretpeer invite`, check the code with it, and add "
+                       "each other to `allow` and `[peers]`. A wrong or expired code writes nothing.", epilog=EPILOG)
+    p.add_argument("code", metavar="CODE", help="the code `discretpeer invite` printed, e.g. 7-apple-river")
+    p.add_argument("--name", metavar="NAME",
+                   help="the name to give the other machine in [peers] (default: its host name)")
+    _add_base(p)
+    _add_network(p, secret=False)
+
     p = sub.add_parser("ping", help="time round trips to a peer and show the path (direct, lan, relay)",
                        description="Meet the peer (as forward and pipe do) and time round trips over the peer "
                        "connection (QUIC PINGs, answered by any running `expose` that allows us), showing the path "
@@ -238,6 +261,10 @@ def _handler(command: str) -> Callable[[Settings, Any, Console], Coroutine[Any, 
         from .forward import run_forward, run_pipe
 
         return run_forward if command == "forward" else run_pipe
+    if command in ("invite", "accept"):
+        from .invite import run_accept, run_invite
+
+        return run_invite if command == "invite" else run_accept
     if command == "ping":
         from .ping import run_ping
 

@@ -63,6 +63,7 @@ class Service:
 @dataclass
 class Settings:
     config_path: Path | None = None  # the file that was read (None: none found)
+    config_target: Path = Path()  # the file read, or where it would be (invite/accept write there)
     identity_path: Path = Path()
     beacons: list[BeaconSpec] = field(default_factory=list)
     allow: list[str] = field(default_factory=list)
@@ -217,6 +218,7 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
     path = _expand(explicit, env) if explicit else default_config_path(env)
     data = read_config(path, required=bool(explicit))
     settings.config_path = path if data or path.exists() else None
+    settings.config_target = path
     where = str(path)
 
     # --- config file --------------------------------------------------------------------------

@@ -79,7 +79,8 @@ def test_errors_are_one_line_with_the_right_exit_code(tmp_path, argv, config, co
 
 
 def test_help_everywhere():
-    for command in ([], ["id"], ["expose"], ["forward"], ["pipe"], ["ping"], ["doctor"], ["status"]):
+    for command in ([], ["id"], ["expose"], ["forward"], ["pipe"], ["ping"], ["invite"], ["accept"], ["doctor"],
+                    ["status"]):
         result = subprocess.run(CLI + command + ["--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage: discretpeer" in result.stdout
 
