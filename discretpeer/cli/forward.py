@@ -14,8 +14,8 @@ from discretpeer.connection import PeerConnection
 from discretpeer.errors import ConnectError
 from discretpeer.tunnel import FrameType, Response, TunnelError, encode_request
 
-from .output import Console, short_id
 from .control import ControlServer
+from .output import Console, short_id
 from .session import (
     PeerLink,
     Progress,

@@ -107,7 +107,7 @@ async def run_invite(settings: Settings, args: Any, console: Console) -> int:
             console.error(f"someone ({short_id(conn.peer_id)}) tried a wrong code: invitation {code} is used up, "
                           "nothing was written; make a new one", event="wrong_code", peer=conn.peer_id)
             return 1
-        except (PairingError, ConnectionError, asyncio.TimeoutError) as exc:
+        except (PairingError, ConnectionError, TimeoutError) as exc:
             console.error(f"pairing failed, nothing was written: {exc or 'timed out'}", event="pairing_failed")
             return 1
         return _save(settings, console, name or suggested_name(their_name), conn.peer_id, inviter=True)
@@ -170,7 +170,7 @@ async def run_accept(settings: Settings, args: Any, console: Console) -> int:
             console.error(f"wrong code: {code} does not match the invitation (it is now used up; ask for a new "
                           "one); nothing was written", event="wrong_code")
             return 1
-        except (PairingError, ConnectionError, asyncio.TimeoutError) as exc:
+        except (PairingError, ConnectionError, TimeoutError) as exc:
             console.error(f"pairing failed, nothing was written: {exc or 'timed out'}", event="pairing_failed")
             return 1
         return _save(settings, console, name or suggested_name(their_name), conn.peer_id, inviter=False)

@@ -44,8 +44,8 @@ async def run_ping(settings: Settings, args: Any, console: Console) -> int:
                 break
             try:
                 rtt = await conn.ping(PING_TIMEOUT)
-            except (asyncio.TimeoutError, ConnectionError) as exc:
-                reason = "no answer" if isinstance(exc, asyncio.TimeoutError) else f"connection lost ({exc})"
+            except (TimeoutError, ConnectionError) as exc:
+                reason = "no answer" if isinstance(exc, TimeoutError) else f"connection lost ({exc})"
                 console.warn(f"ping {number}: {reason} within {PING_TIMEOUT:g}s", event="timeout", seq=number)
             else:
                 rtts.append(rtt)

@@ -103,7 +103,7 @@ async def test_real_beacon_enforces_the_total_cap(start_beacon):
         frames = [build_relay_frame(grant.session_id, os.urandom(1000)) for _, _, _, grant, _ in pairs]
         beacon = server.addresses[0]
         for _ in range(40):  # 2 x 40 x ~1 KB at once: 80 KB, while the cap's burst is 10 KB
-            for (a, _, _, _, _), frame in zip(pairs, frames):
+            for (a, _, _, _, _), frame in zip(pairs, frames, strict=True):
                 a.client.endpoint.sendto(frame, beacon)
         await asyncio.sleep(0.3)
         received = sum(b.datagrams.qsize() for _, b, _, _, _ in pairs)

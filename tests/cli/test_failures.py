@@ -139,7 +139,7 @@ def test_forward_resets_the_client_of_a_peer_that_is_not_allowed(lab):
     c, a = lab["c"], lab["a"]
     forward, local = start_forward(c, a.peer_id, "--timeout", "3", name="forward-stranger")
     try:
-        assert_reset(local) < 8
+        assert assert_reset(local) < 8
         assert forward.wait_event("tunnel_failed")["reason"]
     finally:
         forward.stop()

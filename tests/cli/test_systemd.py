@@ -6,7 +6,6 @@ from __future__ import annotations
 import configparser
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
