@@ -168,6 +168,7 @@ async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, co
             if task is not None:
                 tasks.discard(task)
 
+    stop = stop_event()  # before "listening" is announced: a signal from then on is a clean stop
     try:
         server = await asyncio.start_server(client, args.bind, args.local_port)
     except OSError as exc:
@@ -185,7 +186,6 @@ async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, co
     )
     progress.start()
     maintain = asyncio.ensure_future(link.maintain())
-    stop = stop_event()
     stopped = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({stopped, maintain}, return_when=asyncio.FIRST_COMPLETED)
