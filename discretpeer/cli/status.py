@@ -90,7 +90,8 @@ def render(status: dict[str, Any], names: dict[str, str] | None = None) -> str:
     lines = [
         f"expose (pid {status.get('pid')}) up {_age(status.get('uptime', 0))}, peer id {status.get('peer_id')}",
         "exposing: " + (", ".join(f"{e['port']} -> {e['target']}" for e in status.get("exposed", [])) or "nothing"),
-        f"allowed: {len(allowed)} peer(s) ({', '.join(_who(p, names) for p in allowed)}), "
+        f"allowed: {len(allowed)} peer(s) ({', '.join(_who(p, names) for p in allowed[:6])}"
+        f"{', ...' if len(allowed) > 6 else ''}), "
         f"meeting from {status.get('meeting')}",
     ]
     lines += _beacon_lines(status)

@@ -51,3 +51,13 @@ def test_readme_says_how_to_install():
     section = readme.split("## Install", 1)[1].split("\n## ", 1)[0]
     for needle in ("pipx install", "pip install", ".whl", "[fast]", "uvloop", "discretpeer --version"):
         assert needle in section, needle
+
+
+def test_readme_goes_from_zero_to_ssh():
+    """Install -> beacon as a service -> invite/accept -> expose -> ping -> ssh, in that order."""
+    readme = (ROOT / "README.md").read_text()
+    steps = readme.split("From zero", 1)[1].split("\n## ", 1)[0]
+    order = ["pipx install", "contrib/systemd/discret-beacon.service", "discretpeer invite", "discretpeer accept",
+             "discretpeer expose", "discretpeer ping", "ProxyCommand discretpeer pipe"]
+    positions = [steps.find(needle) for needle in order]
+    assert -1 not in positions and positions == sorted(positions), dict(zip(order, positions, strict=True))
