@@ -1,5 +1,8 @@
 """``python -m beacon`` / ``discret-beacon``: run a beacon from a directory.
 
+SIGHUP re-reads the settings file: the relay limits apply at once, other changed keys are logged
+as needing a restart, a file that does not load changes nothing.
+
 Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 2 for a bad setting or certificate file,
 1 when a socket cannot be bound. Errors are one line on stderr, never a traceback.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -27,8 +31,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from beacon.config import ConfigError, load_config
 from beacon.files import BeaconFiles, StartupError, prepare
 from beacon.logs import BeaconLog
+from beacon.relay import relay_quota
 from beacon.server import BeaconServer
 
 PROG = "discret-beacon"
@@ -91,13 +97,33 @@ def _write_ready_file(path: Path, facts: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None) -> int:
+def _reload(files: BeaconFiles, server: BeaconServer, log: Any, overrides: dict[str, Any]) -> None:
+    """SIGHUP (``systemctl reload``): read the settings file again. The relay limits apply at once
+    (to sessions granted from now on; the beacon-wide rate cap to all); other changed keys are
+    named as needing a restart. A file that does not load changes nothing (one error line)."""
+    try:
+        new = load_config(files.config_path, overrides)
+    except ConfigError as exc:
+        log.error("reload failed, keeping the current settings", error=str(exc))
+        print(f"{PROG}: error: reload failed, keeping the current settings: {exc}", file=sys.stderr, flush=True)
+        return
+    old = server.config
+    changed = [f.name for f in dataclasses.fields(new) if getattr(new, f.name) != getattr(old, f.name)]
+    server.relay.set_quota(relay_quota(new))
+    applied = [name for name in changed if name.startswith("relay_")]
+    restart = [name for name in changed if not name.startswith("relay_")]
+    server.config = dataclasses.replace(old, **{name: getattr(new, name) for name in applied})
+    log.info("reloaded", config=str(files.config_path), applied=applied, need_restart=restart)
+
+
+async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None, overrides: dict[str, Any] | None = None) -> int:
     stop = asyncio.Event()
     received: list[str] = []
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before anything is announced as ready
         loop.add_signal_handler(sig, lambda s=sig: (received.append(s.name), stop.set()))
     server = BeaconServer(files.config, files.bundle, log=log, manage_gc=True)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(files, server, log, overrides or {}))
     try:
         await server.start()
     except OSError as exc:
@@ -156,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in files.created:
             beacon_log.log.info("created", path=str(path))
-        return run(_serve(files, beacon_log.log, args.ready_file))
+        return run(_serve(files, beacon_log.log, args.ready_file, _overrides(args)))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - one line on the console, the traceback in the log

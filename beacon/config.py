@@ -136,10 +136,20 @@ class BeaconConfig:
         86400, "Lifetime of one session in seconds (then RELAY_DURATION_EXCEEDED).", _range(1, 2**32 - 1)
     )
     relay_rate_bytes_per_second: int = _setting(
-        1000000, "Bytes per second each peer of a session may send; excess datagrams are dropped.",
+        10000000,
+        "Bytes per second each peer of a session may send; excess datagrams are dropped (QUIC then slows\n# "
+        "down). 10 MB/s = 80 Mbit/s: a 50 MB copy through the relay takes ~5 s (50 s at 1 MB/s), and\n# "
+        "one session alone cannot fill a small VPS's link. relay_total_rate_bytes_per_second caps them all.",
         _range(1, 2**32 - 1),
     )
-    relay_burst_bytes: int = _setting(262144, "Burst size of that token bucket, in bytes.", _range(1600))
+    relay_burst_bytes: int = _setting(1048576, "Burst size of that token bucket, in bytes.", _range(1600))
+    relay_total_rate_bytes_per_second: int = _setting(
+        25000000,
+        "Bytes per second the relay forwards for all sessions together (0 = no cap); beyond it datagrams\n# "
+        "are dropped, whichever session sent them. 25 MB/s = 200 Mbit/s in, and as much out: set it to\n# "
+        "what the VPS's link can spare (~80%). relay_max_bytes bounds the traffic of one session.",
+        _range(0, 2**40),
+    )
     relay_request_timeout_seconds: float = _setting(
         30.0, "A relay request waits this long for the other peer's request.", _range(0.1, 3600)
     )

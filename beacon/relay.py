@@ -45,11 +45,29 @@ class RelayQuota:
     max_sessions_per_connection: int = 16
     max_bytes: int = 1 << 30
     max_seconds: int = 86400
-    rate_bytes_per_second: int = 1_000_000
-    burst_bytes: int = 262144
+    rate_bytes_per_second: int = 10_000_000
+    burst_bytes: int = 1 << 20
+    total_rate_bytes_per_second: int = 25_000_000  # all sessions together; 0 = no cap
     request_timeout: float = 30.0
     max_pending: int = 10000
     max_pending_per_connection: int = 16
+
+
+def relay_quota(config: Any) -> RelayQuota:
+    """The relay limits of a :class:`~beacon.config.BeaconConfig`."""
+    c = config
+    return RelayQuota(
+        enabled=c.relay_enabled,
+        max_sessions=c.relay_max_sessions,
+        max_sessions_per_connection=c.relay_max_sessions_per_connection,
+        max_bytes=c.relay_max_bytes,
+        max_seconds=c.relay_max_seconds,
+        rate_bytes_per_second=c.relay_rate_bytes_per_second,
+        burst_bytes=c.relay_burst_bytes,
+        total_rate_bytes_per_second=c.relay_total_rate_bytes_per_second,
+        request_timeout=c.relay_request_timeout_seconds,
+        max_pending=c.relay_max_pending_requests,
+    )
 
 
 class RelaySide:
@@ -125,10 +143,21 @@ class RelayTable:
         self.forwarded_bytes = 0
         self.forwarded_datagrams = 0
         self.sessions_started = 0
-        self.dropped: dict[str, int] = {"not_relay": 0, "unknown_session": 0, "wrong_source": 0, "throttled": 0}
+        self.dropped: dict[str, int] = {
+            "not_relay": 0, "unknown_session": 0, "wrong_source": 0, "throttled": 0, "throttled_total": 0,
+        }
         # set by route() when a datagram names a live session from an address of neither side:
         # the server may rebind a side that migrated there (validated path), then route again
         self.misdirected: RelaySession | None = None
+        self._total: TokenBucket | None = None
+        self.set_quota(quota)
+
+    def set_quota(self, quota: RelayQuota) -> None:
+        """New limits (a reload): for sessions granted from now on; the beacon-wide cap at once."""
+        self.quota = quota
+        total = quota.total_rate_bytes_per_second
+        # the beacon-wide cap: one bucket for every session (burst: 100 ms of it, at least a datagram)
+        self._total = TokenBucket(total, max(total / 10, 2 * MAX_RELAY_PAYLOAD), 0.0) if total > 0 else None
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -251,6 +280,11 @@ class RelayTable:
             return None
         if not sender.bucket.take(now, size):
             self.dropped["throttled"] += 1
+            return None
+        total = self._total
+        if total is not None and not total.take(now, size):
+            sender.bucket.tokens += size  # (not the session's fault: give back what it spent)
+            self.dropped["throttled_total"] += 1
             return None
         session.bytes += size
         session.datagrams += 1

@@ -33,7 +33,7 @@ from beacon.limits import KeyedBuckets, KeyedCounts, RateMeter, TokenBucket, ip_
 from beacon.logs import null_logger
 from beacon.meetings import MeetingTable, TooManyTokens
 from beacon.metrics import BeaconMetrics, MetricsHTTPServer
-from beacon.relay import RelayEnded, RelayQuota, RelaySession, RelaySide, RelayTable
+from beacon.relay import RelayEnded, RelaySession, RelaySide, RelayTable, relay_quota
 from certs import CertificateBundle, create_bundle
 from discretpeer import stateless_reset, wire
 from discretpeer.endpoint import (
@@ -298,19 +298,7 @@ class BeaconServer:
         self.metrics = metrics or BeaconMetrics()
         c = self.config
         self.meetings = MeetingTable(c.max_tokens_per_connection, c.max_peers_per_token)
-        self.relay = RelayTable(
-            RelayQuota(
-                enabled=c.relay_enabled,
-                max_sessions=c.relay_max_sessions,
-                max_sessions_per_connection=c.relay_max_sessions_per_connection,
-                max_bytes=c.relay_max_bytes,
-                max_seconds=c.relay_max_seconds,
-                rate_bytes_per_second=c.relay_rate_bytes_per_second,
-                burst_bytes=c.relay_burst_bytes,
-                request_timeout=c.relay_request_timeout_seconds,
-                max_pending=c.relay_max_pending_requests,
-            )
-        )
+        self.relay = RelayTable(relay_quota(c))
         self._endpoints: list[Endpoint] = []
         self._peers: dict[int, _Peer] = {}
         self._ids = itertools.count(1)

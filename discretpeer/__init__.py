@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    __version__: str
     from discretpeer.auth import AuthError, PeerPolicy
     from discretpeer.beacon_client import BeaconStatus
     from discretpeer.config import BeaconSpec, ConfigError, load_beacons_file, parse_beacons
@@ -34,7 +35,20 @@ _WHERE = {
 }
 
 
+def _version() -> str:
+    """The installed distribution's version (``0+unknown`` when run from a tree never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("discretpeer")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # read from the package metadata on first use (pyproject.toml has it)
+        globals()[name] = value = _version()
+        return value
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'discretpeer' has no attribute {name!r}")
@@ -44,7 +58,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+    return sorted([*globals(), *_WHERE, "__version__"])
 
 
 __all__ = [

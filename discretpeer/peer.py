@@ -160,6 +160,9 @@ class _Pair:
     # more relay sessions granted for this pair (several beacons): session id -> beacon. We send
     # through relay_route's; the other peer may have picked another one: accept its frames too
     relay_aliases: dict[bytes, Addr] = field(default_factory=dict)
+    # its connection closed (e.g. a finished `pipe`): no dial, no relay request until the peer is
+    # introduced again (it may be gone for good; asking the beacon for it would only be noise)
+    ended: bool = False
 
 
 class Peer:
@@ -479,7 +482,7 @@ class Peer:
             return None
         sends = pair.session.add_candidates(self._usable(local), CandidateKind.LOCAL, now)
         sends += pair.session.add_candidates(self._usable(public), CandidateKind.PUBLIC, now)
-        if not pair.session.active(now) and pair.connection is None:
+        if (not pair.session.active(now) or pair.ended) and pair.connection is None:
             # a new attempt for a pair we knew: punch afresh (old confirmations may be stale: the
             # NATs may have changed), relay afresh
             pair.session.extend(now, self._punch_duration, interval=0.1, fast_period=1.0)
@@ -489,6 +492,7 @@ class Peer:
             pair.introduced_at = now
             pair.relay_requested_at = None
             pair.speculated = False
+        pair.ended = False
         self._send_all(sends)
         self._wake.set()
         self._maybe_dial(pair)
@@ -623,7 +627,7 @@ class Peer:
     # --- dialing ------------------------------------------------------------------------------
 
     def _maybe_dial(self, pair: _Pair) -> None:
-        if not pair.session.is_dialer or self._closed:
+        if not pair.session.is_dialer or self._closed or pair.ended:
             return
         if pair.connection is not None and not pair.connection.closed:
             return
@@ -861,6 +865,7 @@ class Peer:
         pair = self._pair_by_protocol.pop(protocol, None)
         if pair is not None and pair.connection is connection:
             pair.connection = None
+            pair.ended = True
             self._drop_relay(pair)
             self._unregister_if_idle(pair.meeting)
 
@@ -872,11 +877,13 @@ class Peer:
         connection = pair.connection
         if connection is not None and connection.closed:
             pair.connection = connection = None
+            pair.ended = True  # (before _on_connection_closed, which then finds no connection here)
         if connection is not None:
             if connection.path == "relay" and not pair.session.active(now):
                 pair.session.extend(now, 30.0, interval=BACKGROUND_PUNCH_INTERVAL, fast_period=0.0)
             return None
-        if not self._relay_enabled or not pair.clients or pair.relay_route is not None or not pair.meeting.wanted:
+        if (not self._relay_enabled or not pair.clients or pair.relay_route is not None or not pair.meeting.wanted
+                or pair.ended):
             return None
         # with punching off, or both NATs mapping per destination, a direct path is hopeless: ask
         # at once (punching goes on in the background and upgrades the connection if it works)

@@ -4,6 +4,9 @@
     discretpeer expose 22 --allow PEER_ID            # on the device: offer its ssh to that peer
     discretpeer forward 2222 --to PEER_ID --port 22  # elsewhere: localhost:2222 -> device:22
     discretpeer pipe --to PEER_ID --port 22          # stdin/stdout (ssh ProxyCommand)
+    discretpeer invite [--name NAME]                 # pair by a short code: prints 7-apple-river ...
+    discretpeer accept CODE [--name NAME]            # ... on the other machine: both allow each other
+    discretpeer ping PEER                            # round trips to a peer, and the path they take
     discretpeer doctor                               # beacons, public address, NAT, mDNS
     discretpeer status [--json] [--watch]            # what the running expose (or a forward) is doing
 
@@ -25,6 +28,7 @@ from discretpeer.config import ConfigError
 from discretpeer.errors import ConnectError
 from discretpeer.identity import IdentityError
 
+from . import output
 from .control import ControlError
 from .output import PROG, Console, configure_logging, fail
 from .settings import ENV_BEACONS, Settings, load_settings
@@ -45,6 +49,20 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed version, read only when asked (package metadata costs ~10 ms)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
+        import discretpeer
+
+        print(f"{PROG} {discretpeer.__version__}")
+        parser.exit(0)
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) < 65536:
         raise argparse.ArgumentTypeError(f"invalid port {text!r}")
@@ -56,6 +74,12 @@ def _remote_port(text: str) -> int:
     if port == 0:
         raise argparse.ArgumentTypeError("the remote port must be 1..65535 (leave --port out for the default)")
     return port
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 100000:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (1..100000)")
+    return int(text)
 
 
 def _seconds(text: str) -> float:
@@ -110,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         "NATs (relay when they cannot), prove their identities, and carry TCP connections as QUIC streams.",
         epilog=EPILOG,
     )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -167,6 +192,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_base(p)
     _add_network(p, secret=False)
 
+    p = sub.add_parser("invite", help="pair with another machine by a short code (prints the code)",
+                       description="Print a short code (like 7-apple-river, valid a few minutes, one use) and wait "
+                       "for the other machine to run `discretpeer accept CODE`. Both meet through the beacon, check "
+                       "the code with a PAKE (SPAKE2: a wrong code fails, and an eavesdropper or the beacon learns "
+                       "nothing), then add each other to `allow` and `[peers]` in their config files.", epilog=EPILOG)
+    p.add_argument("--name", metavar="NAME",
+                   help="the name to give the other machine in [peers] (default: its host name)")
+    p.add_argument("--valid", type=_seconds, default=300.0, metavar="SECONDS",
+                   help="how long the code is valid (default 300)")
+    _add_base(p)
+    _add_network(p, secret=False)
+
+    p = sub.add_parser("accept", help="pair with the machine that printed CODE (discretpeer invite)",
+                       description="Meet the machine that ran `discretpeer invite`, check the code with it, and add "
+                       "each other to `allow` and `[peers]`. A wrong or expired code writes nothing.", epilog=EPILOG)
+    p.add_argument("code", metavar="CODE", help="the code `discretpeer invite` printed, e.g. 7-apple-river")
+    p.add_argument("--name", metavar="NAME",
+                   help="the name to give the other machine in [peers] (default: its host name)")
+    _add_base(p)
+    _add_network(p, secret=False)
+
+    p = sub.add_parser("ping", help="time round trips to a peer and show the path (direct, lan, relay)",
+                       description="Meet the peer (as forward and pipe do) and time round trips over the peer "
+                       "connection (QUIC PINGs, answered by any running `expose` that allows us), showing the path "
+                       "that carries them. Exit code 1 when no pong came back.", epilog=EPILOG)
+    p.add_argument("peer", metavar="PEER", help="the peer's id (or a name from [peers])")
+    p.add_argument("-c", "--count", type=_count, default=4, metavar="N", help="round trips (default 4)")
+    p.add_argument("--interval", type=_seconds, default=0.5, metavar="SECONDS",
+                   help="time between round trips (default 0.5)")
+    _add_base(p)
+    _add_network(p)
+
     p = sub.add_parser("status", help="show what the running expose (or a forward) is doing",
                        description="Connections, their paths (direct/lan/relay), tunnels and bytes of the running "
                        "`expose` (or of a `forward --control PATH`), read from its control socket.", epilog=EPILOG)
@@ -204,6 +261,14 @@ def _handler(command: str) -> Callable[[Settings, Any, Console], Coroutine[Any, 
         from .forward import run_forward, run_pipe
 
         return run_forward if command == "forward" else run_pipe
+    if command in ("invite", "accept"):
+        from .invite import run_accept, run_invite
+
+        return run_invite if command == "invite" else run_accept
+    if command == "ping":
+        from .ping import run_ping
+
+        return run_ping
     if command == "doctor":
         from .doctor import run_doctor
 
@@ -231,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         args.timeout = 6.0
     try:
         settings = load_settings(args)
-        return _run(_handler(args.command)(settings, args, console))
+        code = _run(_handler(args.command)(settings, args, console))
+        return 130 if output.interrupted and code == 0 else code
     except (ConfigError, IdentityError) as exc:
         console.error(str(exc), event="config_error")
         return 2

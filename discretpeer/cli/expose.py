@@ -25,8 +25,10 @@ from .session import (
     describe_beacons,
     describe_connection,
     make_peer,
+    require_meeting_place,
     stop_event,
     watch_path,
+    watch_pins,
 )
 from .settings import Service, Settings, load_identity, load_settings
 from .splice import Splice, TcpSide, Traffic, read_frame
@@ -110,15 +112,18 @@ class Exposer:
                     break
                 self._spawn(self.serve_stream(record, reader, writer))
         finally:
+            if not conn.closed:  # we are stopping (this task was cancelled): say so to the peer too
+                conn.close("the exposing side is stopping")
+            reason = conn.close_reason or "closed"
             record.closed_at = time.time()
-            record.close_reason = conn.close_reason
+            record.close_reason = reason
             self.records.pop(conn, None)
             self.closed.append(record)
             self.console.status(
-                f"peer {short_id(conn.peer_id)} disconnected ({conn.close_reason})",
+                f"peer {short_id(conn.peer_id)} disconnected ({reason})",
                 event="peer_disconnected",
                 peer=conn.peer_id,
-                reason=conn.close_reason,
+                reason=reason,
             )
 
     def _choose(self, request: Request, peer_id: str) -> tuple[Service | None, Status, str]:
@@ -238,6 +243,7 @@ async def run_expose(settings: Settings, args: Any, console: Console) -> int:
                           "or expose = [...] in the config")
     if not settings.allow:
         raise ConfigError("nobody is allowed: give --allow PEER_ID (repeatable) or allow = [...] in the config")
+    require_meeting_place(settings)
     identity, created = load_identity(settings)
     if created:
         console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
@@ -314,7 +320,7 @@ async def _serve(peer: Peer, exposer: Exposer, settings: Settings, services: dic
     reload = asyncio.Event()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload.set)
-    progress = Progress(peer, console)
+    progress = Progress(peer, console, settings=settings)
     try:
         await _listen(peer, settings.secret, settings.allow)
         progress.start()
@@ -329,18 +335,23 @@ async def _serve(peer: Peer, exposer: Exposer, settings: Settings, services: dic
         )
         accept = asyncio.ensure_future(exposer.accept_loop())
         stopped = asyncio.ensure_future(stop.wait())
+        pins = asyncio.ensure_future(watch_pins(peer, settings))  # every beacon failing its pin is final
         while True:
             reloading = asyncio.ensure_future(reload.wait())
-            await asyncio.wait({accept, stopped, reloading}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({accept, stopped, reloading, pins}, return_when=asyncio.FIRST_COMPLETED)
             if not reloading.done():
                 reloading.cancel()
                 break
             reload.clear()
             await _reload(peer, exposer, args, console)
         stopped.cancel()
-        if accept.done():
-            accept.result()  # re-raises what ended the accept loop
+        accept_done = accept.done()
         accept.cancel()
+        pins.cancel()
+        if pins.done() and not pins.cancelled():
+            pins.result()  # raises PinFailure
+        if accept_done:
+            accept.result()  # re-raises what ended the accept loop
         console.status("stopping", event="stopping")
     finally:
         await progress.stop()

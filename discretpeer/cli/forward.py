@@ -14,9 +14,17 @@ from discretpeer.connection import PeerConnection
 from discretpeer.errors import ConnectError
 from discretpeer.tunnel import FrameType, Response, TunnelError, encode_request
 
-from .output import Console, short_id
 from .control import ControlServer
-from .session import PeerLink, Progress, describe_beacons, describe_connection, make_peer, stop_event
+from .output import Console, short_id
+from .session import (
+    PeerLink,
+    Progress,
+    describe_beacons,
+    describe_connection,
+    make_peer,
+    require_meeting_place,
+    stop_event,
+)
 from .settings import Settings, load_identity
 from .splice import Splice, StdioSide, TcpSide, Traffic, read_frame
 
@@ -95,6 +103,7 @@ class ForwardState:
 
 async def run_forward(settings: Settings, args: Any, console: Console) -> int:
     target = settings.resolve_peer(args.to, where="--to")
+    require_meeting_place(settings)  # before creating an identity that would serve nothing
     identity, created = load_identity(settings)
     if created:
         console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
@@ -120,7 +129,7 @@ async def run_forward(settings: Settings, args: Any, console: Console) -> int:
 async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, console: Console,
                    settings: Settings, what: str) -> int:
     target, port = state.target, state.remote_port
-    progress = Progress(peer, console)
+    progress = Progress(peer, console, settings=settings)
     count = 0
     tasks: set[asyncio.Task[Any]] = set()
 
@@ -136,17 +145,19 @@ async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, co
         state.tunnels_open += 1
         try:
             try:
-                conn = await link.get(settings.timeout)
+                conn = await link.get(settings.timeout + 1.0)  # the attempt under way settles first
             except ConnectionError as exc:
                 state.failed += 1
-                console.error(f"connection #{number}: {exc}; closing it", event="tunnel_failed", number=number)
-                local.abort()
+                console.error(f"connection #{number} reset: no peer connection: {exc}", event="tunnel_failed",
+                              number=number, reason=str(exc))
+                local.abort()  # RST: the client program sees an error, not an empty reply
                 return
             try:
                 splice = await open_tunnel(conn, port, local, Traffic(parent=state.traffic))
             except (TunnelRefused, ConnectionError) as exc:
                 state.failed += 1
-                console.error(f"connection #{number}: {exc}", event="tunnel_failed", number=number)
+                console.error(f"connection #{number} reset: {exc}", event="tunnel_failed", number=number,
+                              reason=str(exc))
                 local.abort()
                 return
             error = await splice.run()
@@ -157,6 +168,7 @@ async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, co
             if task is not None:
                 tasks.discard(task)
 
+    stop = stop_event()  # before "listening" is announced: a signal from then on is a clean stop
     try:
         server = await asyncio.start_server(client, args.bind, args.local_port)
     except OSError as exc:
@@ -174,29 +186,33 @@ async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, co
     )
     progress.start()
     maintain = asyncio.ensure_future(link.maintain())
-    stop = stop_event()
+    stopped = asyncio.ensure_future(stop.wait())
     try:
-        await stop.wait()
+        await asyncio.wait({stopped, maintain}, return_when=asyncio.FIRST_COMPLETED)
+        if maintain.done():
+            maintain.result()  # raises what ended it (PinFailure: every beacon fails its pin)
         console.status("stopping", event="stopping")
     finally:
+        stopped.cancel()
         maintain.cancel()
         server.close()
         for task in list(tasks):
             task.cancel()
-        await asyncio.gather(maintain, *tasks, return_exceptions=True)
+        await asyncio.gather(maintain, stopped, *tasks, return_exceptions=True)
         await progress.stop()
     return 0
 
 
 async def run_pipe(settings: Settings, args: Any, console: Console) -> int:
     target = settings.resolve_peer(args.to, where="--to")
+    require_meeting_place(settings)
     stdio = StdioSide.take()  # from here on fd 1 is stderr: only tunnel bytes reach our stdout
     identity, created = load_identity(settings)
     if created:
         console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
     async with make_peer(settings, identity) as peer:
         link = PeerLink(peer, target, settings, console)
-        progress = Progress(peer, console)
+        progress = Progress(peer, console, settings=settings)
         progress.start()
         stop = stop_event(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         try:

@@ -16,6 +16,9 @@ from typing import Any, TextIO
 import structlog
 
 PROG = "discretpeer"
+# set when SIGINT ended a command that stops cleanly on signals: it then exits 130, as --help says
+# (SIGTERM, what service managers send, is a normal stop: exit 0)
+interrupted = False
 
 
 def configure_logging(verbosity: int) -> None:

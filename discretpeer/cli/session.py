@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 from typing import Any
 
@@ -13,19 +14,84 @@ from discretpeer.errors import ConnectError
 from discretpeer.identity import Identity
 from discretpeer.peer import Peer
 
+from . import output
 from .output import Console, ms, short_id
 from .settings import Settings
 
 RECONNECT_INITIAL = 1.0
 RECONNECT_CAP = 30.0
+PIN_CHECK_INTERVAL = 0.05
+_PIN_TEXT = re.compile(r"certificate hash is (\S+), pinned (\S+)$")
 
 
-def make_peer(settings: Settings, identity: Identity) -> Peer:
+class PinFailure(ConnectError):
+    """Every configured beacon presented a certificate that is not the pinned one: retrying cannot
+    help (the pin or the address is wrong), so the command stops at once."""
+
+
+def beacon_error_text(beacon: str, error: str) -> str:
+    """A beacon's last error without the beacon's name repeated (the caller names it once)."""
+    for prefix in (f"beacon {beacon} ", f"beacon {beacon}: "):
+        if error.startswith(prefix):
+            error = error[len(prefix):]
+    match = _PIN_TEXT.search(error)
+    if match:
+        return (f"its certificate hash is {match.group(1)} but the pinned hash is {match.group(2)} "
+                "(a wrong cert_hash, or another server at that address)")
+    return error
+
+
+def pin_failure(peer: Peer, settings: Settings) -> str | None:
+    """The one-line reason when no beacon can ever be used because every one of them failed its pin
+    (and the LAN, which needs no beacon, is off); None while any beacon may still work."""
+    statuses = peer.beacon_status
+    if settings.lan or not statuses:
+        return None
+    if any(status.pin_mismatches == 0 or status.state == "connected" for status in statuses):
+        return None
+    parts = [f"beacon {s.beacon}: {beacon_error_text(s.beacon, s.last_error or 'certificate mismatch')}"
+             for s in statuses]
+    return "; ".join(parts) + "; fix the cert_hash (the beacon prints it on start) and check with `discretpeer doctor`"
+
+
+async def watch_pins(peer: Peer, settings: Settings) -> None:
+    """Raises :class:`PinFailure` as soon as :func:`pin_failure` has a reason (runs until cancelled)."""
+    while True:
+        reason = pin_failure(peer, settings)
+        if reason is not None:
+            raise PinFailure(reason)
+        await asyncio.sleep(PIN_CHECK_INTERVAL)
+
+
+async def unless_pins_fail(peer: Peer, settings: Settings, work: Any) -> Any:
+    """Await ``work`` (a coroutine), stopping it with :class:`PinFailure` if every beacon fails its pin."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(watch_pins(peer, settings))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            watcher.result()  # raises PinFailure
+        return task.result()
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
+
+
+def require_meeting_place(settings: Settings) -> None:
+    """A beacon or the LAN: without either no peer can ever be met (checked before anything is
+    created, e.g. the identity of a fresh install)."""
     if not settings.beacons and not settings.lan:
         raise ConfigError(
             "no beacon configured (beacons = [...] in the config file, DISCRETPEER_BEACONS or "
             "--beacon HOST:PORT=CERT_HASH) and LAN discovery is off (--lan)"
         )
+
+
+def make_peer(settings: Settings, identity: Identity) -> Peer:
+    require_meeting_place(settings)
     return Peer(
         identity,
         settings.beacons,
@@ -71,15 +137,21 @@ def describe_connection(conn: PeerConnection) -> dict[str, Any]:
 class Progress:
     """Turns the peer's beacon states and counters into status lines as they change."""
 
-    def __init__(self, peer: Peer, console: Console, *, interval: float = 0.1) -> None:
+    def __init__(self, peer: Peer, console: Console, *, interval: float = 0.1,
+                 settings: Settings | None = None) -> None:
         self.peer = peer
         self.console = console
+        self.settings = settings
         self.interval = interval
         self._beacons: dict[str, tuple[str, str | None]] = {}
         self._introductions = 0
         self._relay_requests = 0
         self._relay_grants = 0
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def relay_only(self) -> bool:
+        return self.settings is not None and not self.settings.direct
 
     def start(self) -> None:
         self.console.before = self.poll
@@ -115,8 +187,10 @@ class Progress:
                     observed=format_address(status.observed),
                 )
             elif status.last_error and (before is None or before[1] != status.last_error):
+                if self.settings is not None and pin_failure(self.peer, self.settings) is not None:
+                    continue  # final: the command stops with this as its error line
                 self.console.status(
-                    f"beacon {status.beacon}: {status.last_error} (retrying)",
+                    f"beacon {status.beacon}: {beacon_error_text(status.beacon, status.last_error)} (retrying)",
                     event="beacon",
                     beacon=status.beacon,
                     state=status.state,
@@ -130,10 +204,12 @@ class Progress:
         if introductions > self._introductions:
             self._introductions = introductions
             via = "on the LAN" if stats.lan_sightings and not stats.introductions else "by the beacon"
-            self.console.status(f"introduced to a peer {via}: punching through NATs", event="introduced")
+            what = "relaying only (--relay-only)" if self.relay_only else "punching through NATs"
+            self.console.status(f"introduced to a peer {via}: {what}", event="introduced")
         if stats.relay_requests > self._relay_requests:
             self._relay_requests = stats.relay_requests
-            self.console.status("no direct path yet: asking the beacon to relay", event="relay_requested")
+            why = "" if self.relay_only else "no direct path yet: "
+            self.console.status(f"{why}asking the beacon to relay", event="relay_requested")
         if stats.relay_grants > self._relay_grants:
             self._relay_grants = stats.relay_grants
             self.console.status("relay granted by the beacon", event="relay_granted")
@@ -150,8 +226,9 @@ def explain_connect_error(exc: ConnectError, target: str, our_id: str, *, secret
         detail = refused.split("refused us:", 1)[1].strip() if "refused us:" in refused else refused
         return (f"{short_id(target)} refused us ({detail}): is our peer id {our_id} in its allow list?")
     if beacons and not reached:
-        errors = "; ".join(f"{b.get('beacon')}: {b.get('last_error') or b.get('state')}" for b in beacons
-                           if isinstance(b, dict))
+        errors = "; ".join(
+            f"{b.get('beacon')}: {beacon_error_text(str(b.get('beacon')), str(b.get('last_error') or b.get('state')))}"
+            for b in beacons if isinstance(b, dict))
         return f"no beacon reachable ({errors}); run `discretpeer doctor`"
     full = [str(f) for f in report.get("refusals") or []]
     if full and not report.get("introductions"):
@@ -192,9 +269,11 @@ class PeerLink:
         self.settings = settings
         self.console = console
         self._conn: PeerConnection | None = None
-        self._ready = asyncio.Event()
+        self._ready = asyncio.Event()  # set when an attempt settles (connected or failed)
+        self._retry_now = asyncio.Event()  # a client arrived while we wait to retry
         self._watchers: set[asyncio.Task[None]] = set()
         self.connects = 0
+        self.failure: str | None = None  # why the last attempt failed (while waiting to retry)
 
     @property
     def connection(self) -> PeerConnection | None:
@@ -209,9 +288,12 @@ class PeerLink:
                             event="connecting", peer=self.target)
         try:
             if self.settings.secret:
-                conn = await self.peer.connect(self.settings.secret, expect=self.target, timeout=self.settings.timeout)
+                attempt = self.peer.connect(self.settings.secret, expect=self.target, timeout=self.settings.timeout)
             else:
-                conn = await self.peer.connect_to_peer(self.target, timeout=self.settings.timeout)
+                attempt = self.peer.connect_to_peer(self.target, timeout=self.settings.timeout)
+            conn = await unless_pins_fail(self.peer, self.settings, attempt)
+        except PinFailure:
+            raise
         except ConnectError as exc:
             raise ConnectError(
                 explain_connect_error(exc, self.target, self.peer.peer_id, secret=bool(self.settings.secret)),
@@ -237,10 +319,17 @@ class PeerLink:
         while True:
             try:
                 conn = await self.connect_once()
+            except PinFailure:
+                raise  # final: retrying cannot help
             except ConnectError as exc:
+                self.failure = str(exc)
+                self._ready.set()  # clients waiting for this attempt are told at once
                 self.console.error(str(exc), event="connect_failed")
                 self.console.status(f"retrying in {delay:g}s", event="retry", delay=delay)
-                await asyncio.sleep(delay)
+                self._retry_now.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._retry_now.wait(), delay)
+                self.failure = None
                 delay = min(RECONNECT_CAP, delay * 2)
                 continue
             delay = RECONNECT_INITIAL
@@ -250,12 +339,19 @@ class PeerLink:
                               event="disconnected", reason=conn.close_reason)
 
     async def get(self, timeout: float) -> PeerConnection:
-        """The current connection, waiting up to ``timeout`` for one."""
+        """The current connection, waiting up to ``timeout`` for one. Raises ConnectionError at once
+        (with the reason) when the last attempt failed and we wait to retry; the retry starts now."""
         deadline = asyncio.get_running_loop().time() + timeout
+        waited = False
         while True:
             conn = self.connection
             if conn is not None:
                 return conn
+            if self.failure is not None:
+                if not waited:  # (those who waited for the attempt that just failed do not hurry the next)
+                    self._retry_now.set()
+                raise ConnectionError(self.failure)
+            waited = True
             self._ready.clear()
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
@@ -268,7 +364,13 @@ def stop_event(*signals: signal.Signals) -> asyncio.Event:
     """An event set by SIGINT/SIGTERM (and any others given): the clean way out of a server loop."""
     event = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if sig == signal.SIGINT:
+            output.interrupted = True  # main() exits 130
+        event.set()
+
     for sig in signals or (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, event.set)
+            loop.add_signal_handler(sig, on_signal, sig)
     return event

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from discretpeer.config import BeaconSpec, ConfigError, parse_beacons, split_host_port
-from discretpeer.identity import Identity, IdentityError, normalize_peer_id
+from discretpeer.identity import PEER_ID_LENGTH, Identity, IdentityError, normalize_peer_id
 
 DEFAULT_TIMEOUT = 15.0
 KNOWN_KEYS = {
@@ -63,6 +63,7 @@ class Service:
 @dataclass
 class Settings:
     config_path: Path | None = None  # the file that was read (None: none found)
+    config_target: Path = Path()  # the file read, or where it would be (invite/accept write there)
     identity_path: Path = Path()
     beacons: list[BeaconSpec] = field(default_factory=list)
     allow: list[str] = field(default_factory=list)
@@ -93,8 +94,15 @@ class Settings:
         try:
             return normalize_peer_id(text)
         except IdentityError as exc:
-            hint = f" nor a name from [peers] ({', '.join(sorted(self.peers))})" if self.peers else ""
-            raise ConfigError(f"{where} {text!r} is not a valid peer id{hint}: {exc}") from None
+            if len(text) == PEER_ID_LENGTH:  # meant as an id: say what is wrong with it
+                raise ConfigError(f"{where} {text!r} is not a valid peer id: {exc}") from None
+            config = str(self.config_path) if self.config_path else "the config file"
+            names = (f"the names there: {', '.join(sorted(self.peers))}" if self.peers
+                     else "it has no [peers] table")
+            raise ConfigError(
+                f"{where} {text!r} is neither a name from [peers] in {config} ({names}) nor a peer id "
+                f"({PEER_ID_LENGTH} base32 characters, as `discretpeer id` prints them)"
+            ) from None
 
     def services(self, ports: list[str] | None = None, host: str | None = None) -> dict[int, Service]:
         """Parse ``PORT`` / ``HOST:PORT`` specs (flags, else the config's ``expose``)."""
@@ -116,6 +124,8 @@ def parse_service(spec: str, default_host: str) -> Service:
         if not 0 < port < 65536:
             raise ConfigError(f"expose: invalid port {spec!r}")
         return Service(default_host, port)
+    if ":" not in spec:
+        raise ConfigError(f"expose: {spec!r} is neither a port nor host:port")
     host, port = split_host_port(spec, where=f"expose {spec!r}")
     return Service(host, port)
 
@@ -177,9 +187,10 @@ def _expect(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where
     value = data[key]
     kinds = _tuple(kind)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}
-        expected = " or ".join(names.get(k, k.__name__) for k in kinds)
-        raise ConfigError(f"{where}: '{key}' must be a {expected}, got {value!r}")
+        names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+                 dict: "a table"}
+        expected = " or ".join(names.get(k, f"a {k.__name__}") for k in kinds)
+        raise ConfigError(f"{where}: '{key}' must be {expected}, got {value!r}")
     return value
 
 
@@ -207,6 +218,7 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
     path = _expand(explicit, env) if explicit else default_config_path(env)
     data = read_config(path, required=bool(explicit))
     settings.config_path = path if data or path.exists() else None
+    settings.config_target = path
     where = str(path)
 
     # --- config file --------------------------------------------------------------------------
@@ -233,12 +245,16 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
             setattr(settings, key, _expect(data, key, bool, where))
     if "timeout" in data:
         settings.timeout = float(_expect(data, "timeout", (int, float), where))
+        if not math.isfinite(settings.timeout) or not 0 < settings.timeout < 1e6:
+            raise ConfigError(f"{where}: 'timeout' must be a positive number of seconds, got {data['timeout']!r}")
     if "identity" in data:
         settings.identity_path = _expand(_expect(data, "identity", str, where), env)
     if "udp_host" in data:
         settings.udp_host = _expect(data, "udp_host", str, where) or None
     if "udp_port" in data:
         settings.udp_port = _expect(data, "udp_port", int, where)
+        if not 0 <= settings.udp_port < 65536:
+            raise ConfigError(f"{where}: 'udp_port' must be 0..65535, got {settings.udp_port}")
     if "expose" in data:
         expose = _expect(data, "expose", list, where)
         if not all(isinstance(item, (int, str)) and not isinstance(item, bool) for item in expose):
@@ -246,6 +262,11 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
         settings.expose = [str(item) for item in expose]
     if "expose_host" in data:
         settings.expose_host = _expect(data, "expose_host", str, where)
+    if settings.expose:  # checked here, so that every command (doctor too) rejects a bad entry
+        try:
+            settings.services()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     control = _expand(_expect(data, "control", str, where), env) if "control" in data else None
 
     # --- environment ---------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import os
 import queue
+import socket
+import struct
 import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -67,12 +69,24 @@ class TcpSide:
             self.writer.write_eof()
 
     def abort(self) -> None:
+        """Reset the connection (RST): the client program sees an error, never a clean empty end."""
+        reset_on_close(self.writer.transport)
         self.writer.transport.abort()
 
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.wait_closed(), 5.0)
+
+
+def reset_on_close(transport: asyncio.BaseTransport) -> None:
+    """SO_LINGER with a zero timeout: closing the socket sends a TCP RST instead of a FIN (a close
+    with nothing unread would otherwise look like a clean end, e.g. curl's "Empty reply")."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 class StdioSide:

@@ -42,11 +42,30 @@ def _tunnels_line(totals: dict[str, Any], trouble: str, traffic: str) -> str:
             f"{totals.get(trouble, 0)} {trouble}; {traffic}")
 
 
-def render_forward(status: dict[str, Any]) -> str:
+def _who(peer_id: str, names: dict[str, str]) -> str:
+    """The name the [peers] table of our config gives this peer id, else its short form."""
+    return names.get(peer_id) or short_id(peer_id)
+
+
+def name_peers(status: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """Add ``name`` (from our [peers]) next to each peer id of a status snapshot (for --json)."""
+    for key in ("connections", "recently_closed"):
+        for conn in status.get(key, []):
+            if conn.get("peer") in names:
+                conn["name"] = names[conn["peer"]]
+    if status.get("to") in names:
+        status["to_name"] = names[status["to"]]
+    if status.get("allowed"):
+        status["allowed_names"] = {p: names[p] for p in status["allowed"] if p in names}
+    return status
+
+
+def render_forward(status: dict[str, Any], names: dict[str, str] | None = None) -> str:
+    names = names or {}
     port = status.get("remote_port") or "its exposed port"
     lines = [
         f"forward (pid {status.get('pid')}) up {_age(status.get('uptime', 0))}, peer id {status.get('peer_id')}",
-        f"forwarding {status.get('listening')} to {short_id(status.get('to', ''))} port {port}",
+        f"forwarding {status.get('listening')} to {_who(status.get('to', ''), names)} port {port}",
         *_beacon_lines(status),
     ]
     conn = status.get("connection")
@@ -62,13 +81,18 @@ def render_forward(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render(status: dict[str, Any]) -> str:
+def render(status: dict[str, Any], names: dict[str, str] | None = None) -> str:
+    """The human view; ``names``: peer id -> name from the [peers] table of our config."""
+    names = names or {}
     if status.get("kind") == "forward":
-        return render_forward(status)
+        return render_forward(status, names)
+    allowed = status.get("allowed", [])
     lines = [
         f"expose (pid {status.get('pid')}) up {_age(status.get('uptime', 0))}, peer id {status.get('peer_id')}",
         "exposing: " + (", ".join(f"{e['port']} -> {e['target']}" for e in status.get("exposed", [])) or "nothing"),
-        f"allowed: {len(status.get('allowed', []))} peer(s), meeting from {status.get('meeting')}",
+        f"allowed: {len(allowed)} peer(s) ({', '.join(_who(p, names) for p in allowed[:6])}"
+        f"{', ...' if len(allowed) > 6 else ''}), "
+        f"meeting from {status.get('meeting')}",
     ]
     lines += _beacon_lines(status)
     connections = status.get("connections", [])
@@ -81,7 +105,7 @@ def render(status: dict[str, Any]) -> str:
         for c in connections:
             rtt = "?" if c.get("rtt_ms") is None else f"{c['rtt_ms']:.1f} ms"
             lines.append(
-                f"  {short_id(c['peer']):<16} {c['path']:<7} {c['remote']:<22} {rtt:>9} "
+                f"  {_who(c['peer'], names):<16} {c['path']:<7} {c['remote']:<22} {rtt:>9} "
                 f"{str(c['tunnels_open']) + '/' + str(c['tunnels_total']):>8} {human_bytes(c['bytes_from_peer']):>10} "
                 f"{human_bytes(c['bytes_to_peer']):>10}  {_age(now - c['since'])} ago"
             )
@@ -94,6 +118,7 @@ def render(status: dict[str, Any]) -> str:
 async def run_status(settings: Settings, args: Any, console: Console) -> int:
     path = settings.control_path
     tty = sys.stdout.isatty()
+    names = {peer_id: name for name, peer_id in settings.peers.items()}
     while True:
         try:
             status = await query(path)
@@ -101,9 +126,9 @@ async def run_status(settings: Settings, args: Any, console: Console) -> int:
             console.error(str(exc))
             return 1
         if console.json:
-            sys.stdout.write(json.dumps(status, default=str) + "\n")
+            sys.stdout.write(json.dumps(name_peers(status, names), default=str) + "\n")
         else:
-            text = render(status)
+            text = render(status, names)
             if args.watch and tty:
                 sys.stdout.write("\x1b[H\x1b[2J")
             sys.stdout.write(text + "\n" + ("\n" if args.watch and not tty else ""))

@@ -57,7 +57,7 @@ def test_id_creates_a_private_identity_once(tmp_path):
     "argv, config, code, text",
     [
         (["forward"], None, 2, "required: LOCALPORT, --to"),
-        (["forward", "80", "--to", "nobody"], None, 2, "not a valid peer id"),
+        (["forward", "80", "--to", "nobody"], None, 2, "neither a name from [peers]"),
         (["pipe", "--to", "x" * 52, "--port", "0"], None, 2, "remote port must be 1..65535"),
         (["expose", "22", "--allow", OTHER_ID], None, 2, "no beacon configured"),
         (["expose", "22"], 'beacons = []\nlan = true', 2, "nobody is allowed"),
@@ -79,7 +79,8 @@ def test_errors_are_one_line_with_the_right_exit_code(tmp_path, argv, config, co
 
 
 def test_help_everywhere():
-    for command in ([], ["id"], ["expose"], ["forward"], ["pipe"], ["doctor"], ["status"]):
+    for command in ([], ["id"], ["expose"], ["forward"], ["pipe"], ["ping"], ["invite"], ["accept"], ["doctor"],
+                    ["status"]):
         result = subprocess.run(CLI + command + ["--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage: discretpeer" in result.stdout
 

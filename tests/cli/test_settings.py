@@ -107,8 +107,8 @@ laptop = "{ID1}"
         ("alow = []", "unknown key"),
         ("lan = 1", "'lan' must be a boolean"),
         ("timeout = -1", "positive"),
-        ("timeout = true", "'timeout' must be a integer or number"),
-        ('allow = ["nobody"]', "not a valid peer id"),
+        ("timeout = true", "'timeout' must be an integer or a number"),
+        ('allow = ["nobody"]', "neither a name from \\[peers\\]"),
         ("allow = [1]", "list of peer ids"),
         ('beacons = [{hostname = "h:1", cert_hash = "short"}]', "beacons"),
         ('[peers]\nx = "bad"', "peers.x"),
@@ -116,7 +116,7 @@ laptop = "{ID1}"
         ("expose = [true]", "expose"),
         (f'allow = ["{ID1}:0"]', "port after ':' must be 1..65535"),
         (f'allow = ["{ID1}:22,80"]', "one port per entry"),
-        ('allow = ["nobody:22"]', "not a valid peer id"),
+        ('allow = ["nobody:22"]', "neither a name from \\[peers\\]"),
     ],
 )
 def test_bad_config_entries_are_one_clear_error(tmp_path, text, match):

@@ -1,0 +1,164 @@
+"""Failures that are certain end at once, with one line that says what to fix (real processes)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import signal
+import socket
+import subprocess
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from discretpeer.identity import Identity
+from tests.cli.conftest import CLI, Node, clean_env, free_port
+
+OTHER_ID = Identity.generate().peer_id
+
+
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.startswith("discretpeer: error:")]
+
+
+def wrong_pin_node(tmp_path, beacon) -> tuple[Node, str]:
+    """A machine whose config pins a well-formed hash that is not the beacon's."""
+    wrong = base64.urlsafe_b64encode(hashlib.sha256(b"another certificate").digest()).rstrip(b"=").decode()
+    assert wrong != beacon.fingerprint
+    fake = SimpleNamespace(address=beacon.address, fingerprint=wrong)
+    return Node(tmp_path / "n", [fake], timeout=15), wrong
+
+
+def test_pipe_fails_at_once_when_every_beacon_fails_its_pin(tmp_path, beacon):
+    node, wrong = wrong_pin_node(tmp_path, beacon)
+    started = time.monotonic()
+    result = node.run("pipe", "--to", OTHER_ID, "--port", "22", timeout=30)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr
+    assert elapsed < 6, f"took {elapsed:.1f}s (the timeout is 15 s): a pin mismatch is final"
+    [line] = error_lines(result.stderr)
+    assert line.count(beacon.address) == 1, line  # the beacon named once
+    assert wrong in line and beacon.fingerprint in line and "cert_hash" in line
+    assert result.stderr.count(beacon.fingerprint) == 1, result.stderr  # no "(retrying)" line before it
+    assert result.stdout == ""
+
+
+def test_forward_and_expose_fail_at_once_on_a_wrong_pin(tmp_path, beacon):
+    node, _ = wrong_pin_node(tmp_path, beacon)
+    for argv in (["forward", "0", "--to", OTHER_ID], ["expose", "22", "--allow", OTHER_ID]):
+        started = time.monotonic()
+        result = node.run(*argv, timeout=30)
+        assert result.returncode == 1, (argv, result.stderr)
+        assert time.monotonic() - started < 6, argv
+        [line] = error_lines(result.stderr)
+        assert "pinned hash" in line and line.count(beacon.address) == 1, line
+
+
+def test_one_good_beacon_is_enough(tmp_path, beacon):
+    """A wrong pin on one beacon does not stop a command that has another, good one."""
+    pin = base64.urlsafe_b64encode(hashlib.sha256(b"x").digest()).rstrip(b"=").decode()
+    wrong = SimpleNamespace(address=beacon.address.replace("127.0.0.1", "localhost"), fingerprint=pin)
+    node = Node(tmp_path / "n", [wrong, beacon], timeout=2)
+    result = node.run("pipe", "--to", OTHER_ID, "--port", "22", timeout=30)
+    assert result.returncode == 1
+    [line] = error_lines(result.stderr)
+    assert "not found: the beacon never introduced it" in line, line
+
+
+def test_to_a_name_not_in_peers_says_so(tmp_path):
+    env = clean_env(tmp_path)
+    config = tmp_path / ".config" / "discretpeer" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[peers]\nlaptop = "{OTHER_ID}"\n')
+    result = subprocess.run(CLI + ["pipe", "--to", "mypi"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    [line] = error_lines(result.stderr)
+    assert "[peers]" in line and str(config) in line and "laptop" in line, line
+    assert "52 base32 characters" in line and "must have 52 characters, got 4" not in line, line
+    config.unlink()
+    result = subprocess.run(CLI + ["forward", "0", "--to", "mypi"], env=env, capture_output=True, text=True,
+                            timeout=30)
+    [line] = error_lines(result.stderr)
+    assert result.returncode == 2 and "no [peers] table" in line, line
+
+
+# --- errors reach the TCP client: a reset (not an empty reply) and one line on forward's stderr ------
+
+
+def assert_reset(port: int, timeout: float = 10.0) -> float:
+    """Connect, send a request, expect ECONNRESET (never a clean EOF); returns how long it took."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        with pytest.raises(ConnectionResetError):
+            data = sock.recv(1024)
+            raise AssertionError(f"got {data!r} instead of a reset")
+    return time.monotonic() - started
+
+
+def start_forward(node: Node, target: str, *args: str, name: str):
+    forward = node.start("forward", "0", "--to", target, *args, "--json", name=name)
+    return forward, forward.wait_event("listening")["port"]
+
+
+def test_forward_resets_the_client_when_the_port_is_not_exposed(lab):
+    b, a = lab["b"], lab["a"]
+    port = free_port()
+    forward, local = start_forward(b, a.peer_id, "--port", str(port), name="forward-not-exposed")
+    try:
+        forward.wait_event("connected")
+        curl = subprocess.run(["curl", "-sS", "--max-time", "20", f"http://127.0.0.1:{local}/"], capture_output=True,
+                              text=True, timeout=30)
+        assert curl.returncode == 56 and "reset" in curl.stderr.lower(), curl  # not 52 "Empty reply from server"
+        assert_reset(local)
+        failed = forward.wait_event("tunnel_failed")
+        assert f"NOT_EXPOSED: port {port} is not exposed" in failed["reason"]
+        lines = [line for line in forward.stderr().splitlines() if "NOT_EXPOSED" in line]
+        assert len(lines) == 2 and all(line.startswith("discretpeer: error: connection #") for line in lines), lines
+    finally:
+        forward.stop()
+
+
+def test_forward_resets_the_client_when_no_peer_connection_can_be_made(lab):
+    b = lab["b"]
+    forward, local = start_forward(b, OTHER_ID, "--timeout", "2", name="forward-nobody")
+    try:
+        took = assert_reset(local)  # waits for the first attempt (2 s), then the reset
+        assert took < 6
+        failed = forward.wait_event("tunnel_failed")
+        assert "no peer connection" in failed["message"] and "not found" in failed["reason"], failed
+        took = assert_reset(local)  # while waiting to retry: at once, with the last reason
+        assert took < 1.0, took
+    finally:
+        forward.stop()
+
+
+def test_forward_resets_the_client_of_a_peer_that_is_not_allowed(lab):
+    c, a = lab["c"], lab["a"]
+    forward, local = start_forward(c, a.peer_id, "--timeout", "3", name="forward-stranger")
+    try:
+        assert assert_reset(local) < 8
+        assert forward.wait_event("tunnel_failed")["reason"]
+    finally:
+        forward.stop()
+
+
+def test_pipe_says_why_and_exits_1(lab):
+    result = lab["b"].run("pipe", "--to", OTHER_ID, "--timeout", "2", input="x")
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = error_lines(result.stderr)
+    assert "not found" in line
+    refused = lab["b"].run("pipe", "--to", lab["a"].peer_id, "--port", str(free_port()), input="x")
+    assert refused.returncode == 1 and "NOT_EXPOSED" in error_lines(refused.stderr)[0]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_interrupt_exits_130_terminate_exits_0(tmp_path, beacon, sig, code):
+    """--help promises 130 for an interrupted command; a service manager's SIGTERM is a normal stop."""
+    node = Node(tmp_path / "n", [beacon])
+    forward = node.start("forward", "0", "--to", OTHER_ID, "--json", name="forward-signal")
+    forward.wait_event("listening")
+    assert forward.stop(sig) == code
+    assert "Traceback" not in forward.log.read_text()
