@@ -1,7 +1,10 @@
 """``python -m beacon`` / ``discret-beacon``: run a beacon from a directory.
 
-Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 2 for a bad setting or certificate file,
-1 when a socket cannot be bound. Errors are one line on stderr, never a traceback.
+Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 2 for a bad setting, certificate or log file
+(a directory, FIFO, device, dangling symlink, oversized or unwritable file: nothing is created in
+its place, so a client's pin never changes silently), 1 when a socket cannot be bound.
+Errors are one line on stderr, never a traceback. An unusable ``logs/beacon.log`` stops the beacon
+too (exit 2) rather than running without the history an operator needs after an incident.
 
 Stdout carries only machine-readable start lines, flushed at once::
 
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from beacon.files import BeaconFiles, StartupError, prepare
-from beacon.logs import BeaconLog
+from beacon.logs import BeaconLog, LogFileError
 from beacon.server import BeaconServer
 
 PROG = "discret-beacon"
@@ -152,7 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     c = files.config
-    beacon_log = BeaconLog(files.log_dir, level=c.log_level, max_bytes=c.log_file_max_bytes, backup_count=c.log_file_count)
+    try:
+        beacon_log = BeaconLog(
+            files.log_dir, level=c.log_level, max_bytes=c.log_file_max_bytes, backup_count=c.log_file_count
+        )
+    except LogFileError as exc:
+        # Refuse to start rather than run without the log history an operator will need later.
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     try:
         for path in files.created:
             beacon_log.log.info("created", path=str(path))

@@ -20,9 +20,11 @@ from typing import Any
 
 import tomli_w
 
+from certs.smallfile import SmallFileError, read_small_file
 from discretpeer.wire import MAX_FRAME
 
 DEFAULT_PORT = 4264
+MAX_CONFIG_FILE = 1024 * 1024  # the template is ~4 KB; a device or a huge file is refused unread
 
 
 class ConfigError(Exception):
@@ -218,7 +220,9 @@ def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> Beaco
     """Read ``path`` (TOML), then apply ``overrides`` (e.g. command-line flags)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_small_file(path, MAX_CONFIG_FILE).decode("utf-8")
+    except SmallFileError as exc:
+        raise ConfigError(str(exc)) from exc
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"{path}: cannot read ({reason})") from exc

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -15,11 +17,41 @@ from typing import Any, TextIO
 import structlog
 
 LOG_FILE = "beacon.log"
+
+
+class LogFileError(Exception):
+    """``logs/beacon.log`` cannot be used; ``str()`` is one line naming the file and the problem."""
+
+
+def _open_file_handler(path: Path, max_bytes: int, backup_count: int) -> logging.Handler:
+    """The rotating handler for ``path``, or :class:`LogFileError`.
+
+    A regular file, or a character device such as /dev/null (file logs off). A directory, FIFO
+    or socket is refused before opening: appending to a FIFO without a reader blocks forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise LogFileError(f"{path}: {exc.strerror or exc}") from exc
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise LogFileError(f"{path}: cannot write the log ({kind}, expected a regular file)")
+    try:
+        return logging.handlers.RotatingFileHandler(
+            path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
+        )
+    except OSError as exc:
+        raise LogFileError(f"{path}: cannot write the log ({exc.strerror or exc})") from exc
+
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 class BeaconLog:
-    """Owns the handlers; ``log`` is the structlog logger to pass around. Call :meth:`close`."""
+    """Owns the handlers; ``log`` is the structlog logger to pass around. Call :meth:`close`.
+
+    Raises :class:`LogFileError` when ``log_dir/beacon.log`` cannot be opened for appending."""
 
     def __init__(
         self,
@@ -36,9 +68,7 @@ class BeaconLog:
         self._handlers: list[logging.Handler] = []
         pre_chain: list[Any] = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso")]
         if log_dir is not None:
-            handler = logging.handlers.RotatingFileHandler(
-                Path(log_dir) / LOG_FILE, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
-            )
+            handler = _open_file_handler(Path(log_dir) / LOG_FILE, max_bytes, backup_count)
             handler.setFormatter(
                 structlog.stdlib.ProcessorFormatter(
                     processors=[

@@ -25,9 +25,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from certs.fingerprint import certificate_fingerprint
+from certs.smallfile import SmallFileError, read_small_file
 
 MAGIC = b"DPCERT\x00\x01"
 MAX_PART = 64 * 1024
+# A real bundle is ~340 bytes; anything this large is not one (and /dev/zero is not read at all).
+MAX_BUNDLE_FILE = 64 * 1024
 
 
 class CertificateFileError(Exception):
@@ -121,7 +124,8 @@ def save_bundle(bundle: CertificateBundle, path: Path) -> None:
     """Write the bundle atomically with mode 0600."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # a stale temporary file (or a symlink planted there) is not followed
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(bundle.to_bytes())
@@ -135,9 +139,12 @@ def save_bundle(bundle: CertificateBundle, path: Path) -> None:
 
 
 def load_bundle(path: Path) -> CertificateBundle:
+    """Read a bundle: a regular file (or a symlink to one) of at most :data:`MAX_BUNDLE_FILE` bytes."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_small_file(path, MAX_BUNDLE_FILE)
+    except SmallFileError as exc:
+        raise CertificateFileError(str(exc)) from exc
     except OSError as exc:
         raise CertificateFileError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     return CertificateBundle.from_bytes(data, source=str(path))
@@ -145,10 +152,18 @@ def load_bundle(path: Path) -> CertificateBundle:
 
 def load_or_create_bundle(path: Path, common_name: str = "discretpeer-beacon") -> tuple[CertificateBundle, bool]:
     """Load ``path`` if it exists (never overwriting a corrupt file), else create it.
-    Returns the bundle and whether it was created."""
+    Returns the bundle and whether it was created.
+
+    Anything at ``path``, even a dangling symlink, counts as existing: a new identity would
+    silently break every client's pin, so a missing link target is an error, not a first run."""
     path = Path(path)
-    if path.exists():
-        return load_bundle(path), False
+    if os.path.lexists(path):
+        try:
+            return load_bundle(path), False
+        except CertificateFileError as exc:
+            if path.is_symlink() and not path.exists():
+                raise CertificateFileError(f"{exc} (not creating a new identity: clients pin this one)") from exc
+            raise
     bundle = create_bundle(common_name)
     save_bundle(bundle, path)
     return bundle, True
