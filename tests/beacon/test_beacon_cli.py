@@ -275,3 +275,31 @@ async def test_ipv6_port_follows_port_from_the_file(tmp_path):
     )
     _, listening = parse(await _start_lines_and_stop("--dir", str(d)))
     assert listening == [("127.0.0.1", port), ("::1", port)]
+
+
+async def test_full_disk_while_serving_is_one_warning_not_tracebacks(tmp_path):
+    """logs/beacon.log → /dev/full (every write fails with ENOSPC, as on a full disk): the beacon
+    keeps serving, says so once on stderr, and never prints logging's traceback per record."""
+    d = tmp_path / "beacon"
+    (d / "logs").mkdir(parents=True)
+    (d / "logs" / "beacon.log").symlink_to("/dev/full")
+    process = await run_beacon("--dir", str(d), "--host", "127.0.0.1", "--port", "0", "--no-ipv6")
+    try:
+        fingerprint, listening = parse(await start_lines(process))
+        for nonce in range(3):
+            client = await BeaconClient.connect(listening[0], fingerprint)
+            client.send(wire.Ping(nonce=nonce))
+            assert (await client.expect(wire.Pong)).nonce == nonce
+            await client.close()
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    text = err.decode()
+    assert "Traceback" not in text and "Logging error" not in text, text
+    warnings = [line for line in text.splitlines() if line.startswith("discret-beacon: warning: ")]
+    assert len(warnings) == 1 and "beacon.log: cannot write the log (No space left on device)" in warnings[0]
+    assert "beacon_stopped" in text  # the console still gets every line
