@@ -12,6 +12,7 @@ import logging.handlers
 import os
 import stat
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,7 +42,7 @@ class _LogFile(logging.handlers.RotatingFileHandler):
             self._failing = False
             self._say(f"{self.baseFilename}: writing the log again")
 
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+    def handleError(self, record: logging.LogRecord) -> None:
         self._failed_now = True
         if not self._failing:
             self._failing = True
@@ -150,7 +151,7 @@ class BeaconLog:
         self._handlers.clear()
 
 
-def _without_traceback(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _without_traceback(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Console lines stay one line: tracebacks go to the log file only."""
     if event_dict.pop("exc_info", None):
         event_dict["see"] = "logs/beacon.log"
