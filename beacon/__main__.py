@@ -99,8 +99,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _write_ready_file(path: Path, facts: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None) -> int:
@@ -131,17 +136,22 @@ async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None) -> int:
     lines += client_lines(files.config.host, server.port, server.ipv6_port, server.fingerprint)
     lines.append("ready")
     if ready_file is not None:
-        _write_ready_file(
-            ready_file,
-            {
-                "pid": os.getpid(),
-                "fingerprint": server.fingerprint,
-                "addresses": addresses,
-                "port": server.port,
-                "ipv6_port": server.ipv6_port,
-                "metrics": metrics,
-            },
-        )
+        try:
+            _write_ready_file(
+                ready_file,
+                {
+                    "pid": os.getpid(),
+                    "fingerprint": server.fingerprint,
+                    "addresses": addresses,
+                    "port": server.port,
+                    "ipv6_port": server.ipv6_port,
+                    "metrics": metrics,
+                },
+            )
+        except OSError as exc:
+            await server.stop(reason="beacon could not start")
+            print(f"{PROG}: error: --ready-file {ready_file}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     print("\n".join(lines), flush=True)  # after the ready file: "ready" means both are there
     summaries = asyncio.create_task(log_summaries(server.metrics, log, files.config.summary_interval_seconds))
     try:

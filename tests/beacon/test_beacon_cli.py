@@ -303,3 +303,17 @@ async def test_full_disk_while_serving_is_one_warning_not_tracebacks(tmp_path):
     warnings = [line for line in text.splitlines() if line.startswith("discret-beacon: warning: ")]
     assert len(warnings) == 1 and "beacon.log: cannot write the log (No space left on device)" in warnings[0]
     assert "beacon_stopped" in text  # the console still gets every line
+
+
+async def test_unwritable_ready_file_is_one_line_exit_2(tmp_path):
+    (tmp_path / "a_directory").mkdir()
+    for target in (tmp_path / "a_directory", tmp_path / "missing" / "ready.json"):
+        process = await run_beacon("--dir", str(tmp_path / "beacon"), "--host", "127.0.0.1", "--port", "0",
+                                   "--no-ipv6", "--ready-file", str(target))
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+        text = err.decode()
+        assert process.returncode == 2, text
+        assert out == b"" and "Traceback" not in text
+        errors = [line for line in text.splitlines() if line.startswith("discret-beacon: error: ")]
+        assert errors == [f"discret-beacon: error: --ready-file {target}: " + errors[0].rsplit(": ", 1)[1]], text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_directory", "beacon"]  # no temporary file left
