@@ -196,14 +196,14 @@ async def test_prints_the_client_configuration(tmp_path):
     port = listening[0][1]
     assert lines[0] == f"certificate hash: {fingerprint}" and lines[1] == f"listening on 127.0.0.1:{port}"
     assert lines[-1] == "ready"
-    flag = next(l for l in lines if l.startswith("client flag: "))
+    flag = next(line for line in lines if line.startswith("client flag: "))
     assert flag == f"client flag: --beacon 127.0.0.1:{port}={fingerprint}"
-    toml_line = next(l for l in lines if l.startswith("client config: ")).removeprefix("client config: ")
+    toml_line = next(line for line in lines if line.startswith("client config: ")).removeprefix("client config: ")
     assert toml_line == f'beacons = [{{hostname = "127.0.0.1:{port}", cert_hash = "{fingerprint}"}}]'
     from_flag = parse_beacon_flag(flag.removeprefix("client flag: --beacon "))
     (from_toml,) = parse_beacons(tomllib.loads(toml_line)["beacons"])
     assert from_flag == from_toml
-    assert not any(l.startswith("client note: ") for l in lines)
+    assert not any(line.startswith("client note: ") for line in lines)
 
     # every interface: the beacon cannot know its public name, so it says what to put there
     lines = await _start_lines_and_stop("--dir", str(tmp_path / "b"), "--host", "0.0.0.0", "--port", "0",
@@ -211,7 +211,7 @@ async def test_prints_the_client_configuration(tmp_path):
     fingerprint, listening = parse(lines)
     port = listening[0][1]
     assert f"client flag: --beacon YOUR.HOST:{port}={fingerprint}" in lines
-    note = next(l for l in lines if l.startswith("client note: "))
+    note = next(line for line in lines if line.startswith("client note: "))
     assert "YOUR.HOST" in note and f"UDP port {port}" in note
 
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import shutil
 import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from beacon.config import BeaconConfig, render_template
+from beacon.config import BeaconConfig, ConfigError, load_config, render_template
 from beacon.files import StartupError, prepare
-from certs import certificate_fingerprint
+from certs import CertificateBundle, CertificateFileError, certificate_fingerprint, create_bundle, save_bundle
+from certs.smallfile import SmallFileError, read_small_file
 
 
 def mode(path) -> int:
@@ -103,14 +112,6 @@ def test_logs_rotate_by_size(tmp_path):
 
 
 # --- bad files, as an operator meets them: a real `python -m beacon` process each -------------
-
-import os
-import resource
-import subprocess
-import sys
-from pathlib import Path
-
-from certs import create_bundle, save_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -244,3 +245,52 @@ def test_log_to_dev_null_is_allowed(tmp_path):
     log.log.info("hello")
     log.close()
     assert tmp_path.joinpath("beacon.log").is_symlink()
+
+
+# --- property tests of the three readers: any bytes give the content or one clean error -------
+
+_BUNDLE = create_bundle().to_bytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=300), limit=st.integers(0, 200))
+def test_read_small_file_is_exact_or_refuses(data, limit):
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "f"
+        path.write_bytes(data)
+        if len(data) <= limit:
+            assert read_small_file(path, limit) == data
+        else:
+            with pytest.raises(SmallFileError, match="too large"):
+                read_small_file(path, limit)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cut=st.integers(0, len(_BUNDLE)),
+    flips=st.lists(st.tuples(st.integers(0, len(_BUNDLE) - 1), st.integers(1, 255)), max_size=3),
+    tail=st.binary(max_size=8),
+)
+def test_bundle_parser_raises_only_its_error(cut, flips, tail):
+    data = bytearray(_BUNDLE)
+    for index, xor in flips:
+        data[index] ^= xor
+    data = bytes(data[:cut]) + tail
+    try:
+        bundle = CertificateBundle.from_bytes(data, source="x")
+    except CertificateFileError as exc:
+        assert str(exc).startswith("x: ") and "\n" not in str(exc)
+    else:
+        assert bundle.to_bytes() == data  # only an intact bundle parses, and it round-trips
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)))
+def test_config_loader_raises_only_config_error(data):
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "Beacon.conf.toml"
+        path.write_bytes(data)
+        try:
+            load_config(path)
+        except ConfigError as exc:
+            assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc)
