@@ -227,23 +227,30 @@ async def test_one_line_summary_at_info(tmp_path):
 
     try:
         fingerprint, listening = parse(await start_lines(process))
-        client = await BeaconClient.connect(listening[0], fingerprint)
-        client.send(wire.Ping(nonce=1))
-        await client.expect(wire.Pong)
+        a = await BeaconClient.connect(listening[0], fingerprint)
+        b = await BeaconClient.connect(listening[0], fingerprint)
+        meeting = os.urandom(32)
+        a.announce(add=[meeting])
+        b.announce(add=[meeting])
+        await a.expect(wire.Introduction)
+        await b.expect(wire.Introduction)
         for _ in range(50):
             await asyncio.sleep(0.1)
-            if any(s["peers"] == 1 for s in summaries()):
+            if any(s["peers"] == 2 for s in summaries()):
                 break
-        await client.close()
+        await a.close()
+        await b.close()
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 10)
     lines = summaries()
-    seen = next(s for s in lines if s["peers"] == 1)
-    assert seen["level"] == "info" and seen["seconds"] == 0.3
+    seen = next(s for s in lines if s["peers"] == 2)
+    assert seen["level"] == "info" and seen["seconds"] == 0.3 and seen["tokens"] == 1
     assert set(seen) >= {"peers", "tokens", "new_connections", "introductions", "relay_active", "relay_sessions",
                          "relay_bytes"}
-    assert sum(s["new_connections"] for s in lines) == 1  # increases, not totals
+    # increases since the previous line, not totals: summed over the lines, each event once
+    assert sum(s["new_connections"] for s in lines) == 2
+    assert sum(s["introductions"] for s in lines) == 2  # one Introduction frame to each side
 
     # 0 = off
     (d / "Beacon.conf.toml").write_text("summary_interval_seconds = 0\n")
