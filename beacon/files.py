@@ -114,6 +114,9 @@ def prepare(
     created: list[Path] = []
     try:
         directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        dangling = describe_missing(directory)
+        raise StartupError(f"{directory}: {dangling or 'not a directory'}") from exc
     except OSError as exc:
         raise _os_error(directory, exc) from exc
 

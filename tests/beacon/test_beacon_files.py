@@ -173,6 +173,9 @@ BAD_FILES = {
                  ["cannot write the log", "a FIFO"], []),
     "log dangling dir symlink": (lambda d: ((d / "logs").mkdir(), (d / "logs" / "beacon.log").symlink_to(
         "/nonexistent/dir/beacon.log")), "logs/beacon.log", ["cannot write the log"], []),
+    "--dir is a file": (lambda d: (d / "afile").write_text("x"), "afile", ["not a directory"], ["--dir", "{d}/afile"]),
+    "--dir dangling symlink": (lambda d: (d / "gone").symlink_to("/nonexistent/beacon"), "gone",
+                               ["dangling symbolic link"], ["--dir", "{d}/gone"]),
     "logs is a file": (lambda d: (d / "logs").write_text("x"), "logs", ["exists"], []),
 }
 
@@ -224,17 +227,16 @@ def test_bad_file_one_line_exit_2_nothing_replaced(tmp_path, case):
 def test_symlinked_files_that_tell_the_truth_are_used(tmp_path):
     """A certificate kept elsewhere (a secrets directory) and a hash file published through a
     symlink are read through the link and left as links."""
-    secrets = tmp_path / "secrets"
-    secrets.mkdir()
-    _valid_bundle(secrets)
     first = prepare(tmp_path / "a")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "cert_der.bin").symlink_to(tmp_path / "a" / "cert_der.bin")
     (tmp_path / "b" / "certificate_hash.txt").symlink_to(tmp_path / "a" / "certificate_hash.txt")
+    (tmp_path / "b" / "Beacon.conf.toml").symlink_to(tmp_path / "a" / "Beacon.conf.toml")
     second = prepare(tmp_path / "b")
     assert second.fingerprint == first.fingerprint
-    assert (tmp_path / "b" / "cert_der.bin").is_symlink() and (tmp_path / "b" / "certificate_hash.txt").is_symlink()
-    assert second.created == [tmp_path / "b" / "Beacon.conf.toml", tmp_path / "b" / "logs"]
+    for name in ("cert_der.bin", "certificate_hash.txt", "Beacon.conf.toml"):
+        assert (tmp_path / "b" / name).is_symlink()
+    assert second.created == [tmp_path / "b" / "logs"]
 
 
 def test_log_to_dev_null_is_allowed(tmp_path):
