@@ -249,6 +249,10 @@ def from_mapping(values: Mapping[str, Any], *, source: str = "settings") -> Beac
     return BeaconConfig(**{name: _coerce(name, value, source) for name, value in values.items()})
 
 
+# Earlier templates wrote this line uncommented, so that changing `port` left IPv6 on 4264.
+_OLD_TEMPLATE_IPV6_PORT = f"# UDP port for QUIC over IPv6 (0 = any free port).\nipv6_port = {DEFAULT_PORT}\n"
+
+
 def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> BeaconConfig:
     """Read ``path`` (TOML), then apply ``overrides`` (e.g. command-line flags)."""
     path = Path(path)
@@ -263,6 +267,9 @@ def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> Beaco
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    if _OLD_TEMPLATE_IPV6_PORT in text:
+        # written by the template of an earlier version, never chosen by the operator: it follows port
+        values.pop("ipv6_port", None)
     config = from_mapping(values, source=str(path))
     if overrides:
         config = from_mapping(_merge(config, overrides), source="command line")

@@ -282,6 +282,10 @@ async def test_ipv6_port_follows_port_from_the_file(tmp_path):
     )
     _, listening = parse(await _start_lines_and_stop("--dir", str(d)))
     assert listening == [("127.0.0.1", port), ("::1", port)]
+    # the same for the flag, on the default settings
+    _, listening = parse(await _start_lines_and_stop("--dir", str(tmp_path / "flag"), "--host", "127.0.0.1",
+                                                     "--ipv6-host", "::1", "--port", str(port)))
+    assert listening == [("127.0.0.1", port), ("::1", port)]
 
 
 async def test_full_disk_while_serving_is_one_warning_not_tracebacks(tmp_path):

@@ -39,6 +39,13 @@ def test_ipv6_port_follows_port_unless_set(tmp_path):
     path.write_text("port = 5000\nipv6_port = 5001\n")
     assert load_config(path).ipv6_port == 5001
     assert load_config(path, {"port": 6000}).ipv6_port == 5001
+    # a file written by an earlier template (ipv6_port = 4264 uncommented, never edited) follows too
+    path.write_text(
+        "port = 5000\n\n# UDP port for QUIC over IPv6 (0 = any free port).\nipv6_port = 4264\n"
+    )
+    assert load_config(path).ipv6_port == 5000
+    path.write_text("port = 5000\n\n# UDP port for QUIC over IPv6 (0 = any free port).\nipv6_port = 4265\n")
+    assert load_config(path).ipv6_port == 4265
     # in code
     assert BeaconConfig().replace(port=5000).ipv6_port == 5000
     assert BeaconConfig().replace(port=5000, ipv6_port=4264).ipv6_port == 4264
