@@ -169,8 +169,10 @@ def test_version_from_package_metadata():
 
     expected = importlib.metadata.version("discretpeer")
     assert beacon.__version__ == expected
-    run = subprocess.run([sys.executable, "-m", "beacon", "--version"], cwd=ROOT, capture_output=True, timeout=30)
-    assert run.returncode == 0 and run.stdout.decode() == f"discret-beacon {expected}\n", run
+    script = Path(sys.executable).with_name("discret-beacon")  # the installed command, next to python
+    for argv in ([sys.executable, "-m", "beacon", "--version"], [str(script), "--version"]):
+        run = subprocess.run(argv, cwd=ROOT, capture_output=True, timeout=30)
+        assert run.returncode == 0 and run.stdout.decode() == f"discret-beacon {expected}\n", run
 
 
 async def _start_lines_and_stop(*args: str) -> list[str]:
