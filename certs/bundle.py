@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import os
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,22 +121,43 @@ def create_bundle(
     return CertificateBundle(certificate=certificate, private_key=key)
 
 
-def save_bundle(bundle: CertificateBundle, path: Path) -> None:
-    """Write the bundle atomically with mode 0600."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)  # a stale temporary file (or a symlink planted there) is not followed
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+def _write_temporary(bundle: CertificateBundle, path: Path) -> Path:
+    """The bundle in a new, uniquely named 0600 file next to ``path`` (flushed to disk)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # O_EXCL, 0600
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(bundle.to_bytes())
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def save_bundle(bundle: CertificateBundle, path: Path) -> None:
+    """Write the bundle atomically with mode 0600 (replacing ``path`` if it exists)."""
+    path = Path(path)
+    tmp = _write_temporary(bundle, path)
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _save_new_bundle(bundle: CertificateBundle, path: Path) -> bool:
+    """Write the bundle at ``path`` only if nothing is there, atomically (hard link: two beacons
+    starting at once in one directory end up with one identity). False if ``path`` appeared."""
+    tmp = _write_temporary(bundle, path)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
 
 
 def load_bundle(path: Path) -> CertificateBundle:
@@ -165,5 +187,6 @@ def load_or_create_bundle(path: Path, common_name: str = "discretpeer-beacon") -
                 raise CertificateFileError(f"{exc} (not creating a new identity: clients pin this one)") from exc
             raise
     bundle = create_bundle(common_name)
-    save_bundle(bundle, path)
+    if not _save_new_bundle(bundle, path):  # another process created it meanwhile: use that one
+        return load_bundle(path), False
     return bundle, True

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -296,3 +297,33 @@ def test_config_loader_raises_only_config_error(data):
             load_config(path)
         except ConfigError as exc:
             assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc)
+
+
+_RACER = """
+import os, sys, time
+from pathlib import Path
+from certs import load_or_create_bundle
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.0005)
+bundle, made = load_or_create_bundle(Path(sys.argv[1]))
+print(bundle.fingerprint, made)
+"""
+
+
+def test_beacons_starting_together_share_one_identity(tmp_path):
+    """Six processes create cert_der.bin in one empty directory at the same moment: exactly one
+    creates it, all use it (was: each wrote its own, the last rename won, five served a hash that
+    no longer matched the file)."""
+    path, go = tmp_path / "cert_der.bin", tmp_path / "go"
+    racers = [
+        subprocess.Popen([sys.executable, "-c", _RACER, str(path), str(go)], cwd=ROOT, stdout=subprocess.PIPE)
+        for _ in range(6)
+    ]
+    time.sleep(1.0)  # let them all start and wait
+    go.touch()
+    results = [racer.communicate(timeout=30)[0].decode().split() for racer in racers]
+    on_disk = certificate_fingerprint(CertificateBundle.from_bytes(path.read_bytes()).certificate_der)
+    assert [fingerprint for fingerprint, _ in results] == [on_disk] * 6
+    assert [made for _, made in results].count("True") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cert_der.bin", "go"]  # no temporary file left
