@@ -155,6 +155,15 @@ def _save_new_bundle(bundle: CertificateBundle, path: Path) -> bool:
         os.link(tmp, path)
     except FileExistsError:
         return False
+    except OSError:  # a filesystem without hard links: create exclusively in place instead
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(bundle.to_bytes())
+            handle.flush()
+            os.fsync(handle.fileno())
     finally:
         tmp.unlink(missing_ok=True)
     return True
