@@ -158,7 +158,7 @@ async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None) -> int:
         await stop.wait()
     finally:
         summaries.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # the beacon stops whatever it did
             await summaries
         await server.stop(reason=f"beacon is shutting down ({received[0] if received else 'stop'})")
         if ready_file is not None:
