@@ -30,9 +30,17 @@ Modules: :mod:`~beacon.config` settings, :mod:`~beacon.files` first-run files,
 :mod:`~beacon.metrics` Prometheus, :mod:`~beacon.logs` structured logs.
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from beacon.config import BeaconConfig, ConfigError, load_config, loopback_config, render_template
 from beacon.metrics import BeaconMetrics
 from beacon.server import BeaconServer
+
+try:
+    __version__: str = _version("discretpeer")  # the one version, in pyproject.toml
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BeaconConfig",
@@ -42,4 +50,5 @@ __all__ = [
     "load_config",
     "loopback_config",
     "render_template",
+    "__version__",
 ]

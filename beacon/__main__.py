@@ -3,19 +3,26 @@
 SIGHUP re-reads the settings file: the relay limits apply at once, other changed keys are logged
 as needing a restart, a file that does not load changes nothing.
 
-Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 2 for a bad setting or certificate file,
-1 when a socket cannot be bound. Errors are one line on stderr, never a traceback.
+Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 2 for a bad setting, certificate or log file
+(a directory, FIFO, device, dangling symlink, oversized or unwritable file: nothing is created in
+its place, so a client's pin never changes silently), 1 when a socket cannot be bound.
+Errors are one line on stderr, never a traceback. An unusable ``logs/beacon.log`` stops the beacon
+too (exit 2) rather than running without the history an operator needs after an incident.
 
 Stdout carries only machine-readable start lines, flushed at once::
 
     certificate hash: <43 base64url characters>
     listening on 127.0.0.1:4264          (one line per socket; IPv6 as [::]:4264)
     metrics on http://127.0.0.1:9464/metrics   (only when enabled)
+    client flag: --beacon HOST:PORT=HASH       (what a client configures, ready to paste)
+    client config: beacons = [{hostname = "HOST:PORT", cert_hash = "HASH"}]
+    client note: replace YOUR.HOST with ...    (only when listening on 0.0.0.0)
     ready
 
 ``--ready-file PATH`` also writes the same facts as JSON (atomically, removed on a clean stop).
 ``--loop auto|uvloop|asyncio``: the event loop (default: uvloop when installed).
-Human-readable logs go to stderr and JSON logs to ``logs/beacon.log``.
+Human-readable logs go to stderr and JSON logs to ``logs/beacon.log``; a ``summary`` line every
+``summary_interval_seconds`` (peers, introductions, relay sessions and bytes). ``--version``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import os
 import signal
@@ -31,17 +39,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from beacon import __version__
 from beacon.config import ConfigError, load_config
 from beacon.files import BeaconFiles, StartupError, prepare
-from beacon.logs import BeaconLog
+from beacon.logs import BeaconLog, LogFileError
 from beacon.relay import relay_quota
 from beacon.server import BeaconServer
+from beacon.summary import log_summaries
 
 PROG = "discret-beacon"
+PLACEHOLDER_HOST = "YOUR.HOST"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="discretpeer rendezvous beacon (QUIC).")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--dir", type=Path, default=Path("."), help="beacon directory (default: current)")
     p.add_argument("--config", type=Path, help="settings file (default: DIR/Beacon.conf.toml, created if missing)")
     p.add_argument("--host", help="IPv4 address to listen on")
@@ -93,8 +105,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _write_ready_file(path: Path, facts: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _reload(files: BeaconFiles, server: BeaconServer, log: Any, overrides: dict[str, Any]) -> None:
@@ -120,8 +137,13 @@ async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None, override
     stop = asyncio.Event()
     received: list[str] = []
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):  # before anything is announced as ready
-        loop.add_signal_handler(sig, lambda s=sig: (received.append(s.name), stop.set()))
+        loop.add_signal_handler(sig, on_signal, sig)
     server = BeaconServer(files.config, files.bundle, log=log, manage_gc=True)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(files, server, log, overrides or {}))
     try:
@@ -137,28 +159,58 @@ async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None, override
     lines += [f"listening on {address}" for address in addresses]
     if metrics:
         lines.append(f"metrics on {metrics}")
+    lines += client_lines(files.config.host, server.port, server.ipv6_port, server.fingerprint)
     lines.append("ready")
     if ready_file is not None:
-        _write_ready_file(
-            ready_file,
-            {
-                "pid": os.getpid(),
-                "fingerprint": server.fingerprint,
-                "addresses": addresses,
-                "port": server.port,
-                "ipv6_port": server.ipv6_port,
-                "metrics": metrics,
-            },
-        )
+        try:
+            _write_ready_file(
+                ready_file,
+                {
+                    "pid": os.getpid(),
+                    "fingerprint": server.fingerprint,
+                    "addresses": addresses,
+                    "port": server.port,
+                    "ipv6_port": server.ipv6_port,
+                    "metrics": metrics,
+                },
+            )
+        except OSError as exc:
+            await server.stop(reason="beacon could not start")
+            print(f"{PROG}: error: --ready-file {ready_file}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     print("\n".join(lines), flush=True)  # after the ready file: "ready" means both are there
+    summaries = asyncio.create_task(log_summaries(server.metrics, log, files.config.summary_interval_seconds))
     try:
         await stop.wait()
     finally:
+        summaries.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # the beacon stops whatever it did
+            await summaries
         await server.stop(reason=f"beacon is shutting down ({received[0] if received else 'stop'})")
         if ready_file is not None:
             with contextlib.suppress(OSError):
                 ready_file.unlink()
     return 0
+
+
+def client_lines(host: str, port: int, ipv6_port: int | None, fingerprint: str) -> list[str]:
+    """What a client configures, ready to paste: the ``--beacon`` flag and the TOML entry.
+
+    On a wildcard address the beacon cannot know the name clients reach it by: a placeholder
+    and a note say what to put there."""
+    wildcard = ipaddress.ip_address(host).is_unspecified
+    address = f"{PLACEHOLDER_HOST if wildcard else host}:{port}"
+    lines = [
+        f"client flag: --beacon {address}={fingerprint}",
+        f'client config: beacons = [{{hostname = "{address}", cert_hash = "{fingerprint}"}}]',
+    ]
+    if wildcard:
+        ports = f"UDP port {port}" + (f" (IPv6: {ipv6_port})" if ipv6_port not in (None, port) else "")
+        lines.append(
+            f"client note: replace {PLACEHOLDER_HOST} with this machine's public DNS name or IP address; "
+            f"clients need {ports} reachable"
+        )
+    return lines
 
 
 def _show(host: str, port: int) -> str:
@@ -178,7 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     c = files.config
-    beacon_log = BeaconLog(files.log_dir, level=c.log_level, max_bytes=c.log_file_max_bytes, backup_count=c.log_file_count)
+    try:
+        beacon_log = BeaconLog(
+            files.log_dir, level=c.log_level, max_bytes=c.log_file_max_bytes, backup_count=c.log_file_count
+        )
+    except LogFileError as exc:
+        # Refuse to start rather than run without the log history an operator will need later.
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     try:
         for path in files.created:
             beacon_log.log.info("created", path=str(path))

@@ -20,9 +20,11 @@ from typing import Any
 
 import tomli_w
 
+from certs.smallfile import SmallFileError, read_small_file
 from discretpeer.wire import MAX_FRAME
 
 DEFAULT_PORT = 4264
+MAX_CONFIG_FILE = 1024 * 1024  # the template is ~4 KB; a device or a huge file is refused unread
 
 
 class ConfigError(Exception):
@@ -37,6 +39,13 @@ def _range(low: float, high: float | None = None) -> Check:
         if value < low or (high is not None and value > high):
             return f"must be between {low} and {high}" if high is not None else f"must be at least {low}"
         return None
+
+    return check
+
+
+def _off_or_range(low: float, high: float) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value == 0 or low <= value <= high else f"must be 0 (off) or between {low} and {high}"
 
     return check
 
@@ -59,8 +68,11 @@ def _ip(version: int) -> Check:
     return check
 
 
-def _setting(default: Any, doc: str, check: Check | None = None, group: str | None = None) -> Any:
-    return field(default=default, metadata={"doc": doc, "check": check, "group": group})
+def _setting(
+    default: Any, doc: str, check: Check | None = None, group: str | None = None, follows: str | None = None
+) -> Any:
+    """A field; ``follows``: the name of the setting whose value it takes unless set itself."""
+    return field(default=default, metadata={"doc": doc, "check": check, "group": group, "follows": follows})
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,10 @@ class BeaconConfig:
         True, "Also listen on IPv6. A host without IPv6 logs a warning and keeps serving IPv4."
     )
     ipv6_host: str = _setting("::", "IPv6 address to listen on (:: = every interface).", _ip(6))
-    ipv6_port: int = _setting(DEFAULT_PORT, "UDP port for QUIC over IPv6 (0 = any free port).", _range(0, 65535))
+    ipv6_port: int = _setting(
+        DEFAULT_PORT, "UDP port for QUIC over IPv6 (0 = any free port). Unset: the same as port.", _range(0, 65535),
+        follows="port",
+    )
 
     # --- connections ---
     max_connections: int = _setting(
@@ -170,13 +185,29 @@ class BeaconConfig:
         10485760, "Size at which logs/beacon.log is rotated.", _range(4096)
     )
     log_file_count: int = _setting(5, "Rotated log files kept besides the current one.", _range(0, 1000))
+    summary_interval_seconds: float = _setting(
+        60.0, "Seconds between two info lines summing up peers, introductions and relay traffic (0 = off).",
+        _off_or_range(0.1, 86400),
+    )
 
     def replace(self, **changes: Any) -> BeaconConfig:
-        """A copy with ``changes`` applied and validated (raises :class:`ConfigError`)."""
-        return from_mapping({**dataclasses.asdict(self), **changes}, source="settings")
+        """A copy with ``changes`` applied and validated (raises :class:`ConfigError`).
+
+        A following setting (``ipv6_port``) equal to its leader (``port``) moves with it."""
+        return from_mapping(_merge(self, changes), source="settings")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(BeaconConfig)}
+_FOLLOWERS = {name: f.metadata["follows"] for name, f in _FIELDS.items() if f.metadata.get("follows")}
+
+
+def _merge(config: BeaconConfig, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with ``changes``; a follower still equal to its leader follows the leader's change."""
+    values = {**dataclasses.asdict(config), **changes}
+    for follower, leader in _FOLLOWERS.items():
+        if leader in changes and follower not in changes and getattr(config, follower) == getattr(config, leader):
+            values[follower] = changes[leader]
+    return values
 
 
 def _type_name(value: Any) -> str:
@@ -224,14 +255,24 @@ def from_mapping(values: Mapping[str, Any], *, source: str = "settings") -> Beac
     for name in values:
         if name not in _FIELDS:
             raise ConfigError(f"{source}: unknown key '{name}'")
+    values = dict(values)
+    for follower, leader in _FOLLOWERS.items():
+        if follower not in values and leader in values:
+            values[follower] = values[leader]
     return BeaconConfig(**{name: _coerce(name, value, source) for name, value in values.items()})
+
+
+# Earlier templates wrote this line uncommented, so that changing `port` left IPv6 on 4264.
+_OLD_TEMPLATE_IPV6_PORT = f"# UDP port for QUIC over IPv6 (0 = any free port).\nipv6_port = {DEFAULT_PORT}\n"
 
 
 def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> BeaconConfig:
     """Read ``path`` (TOML), then apply ``overrides`` (e.g. command-line flags)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_small_file(path, MAX_CONFIG_FILE).decode("utf-8")
+    except SmallFileError as exc:
+        raise ConfigError(str(exc)) from exc
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"{path}: cannot read ({reason})") from exc
@@ -239,9 +280,12 @@ def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> Beaco
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    if _OLD_TEMPLATE_IPV6_PORT in text:
+        # written by the template of an earlier version, never chosen by the operator: it follows port
+        values.pop("ipv6_port", None)
     config = from_mapping(values, source=str(path))
     if overrides:
-        config = from_mapping({**dataclasses.asdict(config), **overrides}, source="command line")
+        config = from_mapping(_merge(config, overrides), source="command line")
     return config
 
 
@@ -256,7 +300,9 @@ def render_template() -> str:
         group = f.metadata.get("group")
         if group:
             lines += ["", f"# --- {group} ---"]
-        lines += ["", f"# {f.metadata['doc']}", tomli_w.dumps({f.name: f.default}).rstrip("\n")]
+        line = tomli_w.dumps({f.name: f.default}).rstrip("\n")
+        # a follower is left commented out, so that changing its leader moves both
+        lines += ["", f"# {f.metadata['doc']}", f"# {line}" if f.metadata.get("follows") else line]
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ file stops the beacon with :class:`StartupError` (one line naming the file) and 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from beacon.config import BeaconConfig, ConfigError, load_config, render_template
 from certs import CertificateBundle, CertificateFileError, load_or_create_bundle
+from certs.smallfile import SmallFileError, describe_missing, read_small_file
 
 CERT_FILE = "cert_der.bin"
 HASH_FILE = "certificate_hash.txt"
@@ -58,7 +60,45 @@ def _write_new(path: Path, text: str, mode: int = 0o644) -> bool:
 
 
 def _os_error(path: Path, exc: OSError) -> StartupError:
-    return StartupError(f"{path}: {exc.strerror or exc}")
+    return StartupError(f"{path}: {describe_missing(path) or exc.strerror or exc}")
+
+
+def _write_hash_file(hash_path: Path, wanted: str) -> bool:
+    """Make ``certificate_hash.txt`` say ``wanted``. True if it did not exist.
+
+    It is derived from the certificate, so a stale regular file is rewritten. A symlink (or a
+    directory, FIFO, device) is the operator's: kept when it already tells the truth, otherwise
+    the beacon stops rather than write through it or replace it."""
+    try:
+        info: os.stat_result | None = os.lstat(hash_path)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise _os_error(hash_path, exc) from exc
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        hint = f"remove it and the beacon writes it again from {CERT_FILE}"
+        try:
+            current = read_small_file(hash_path, 1024)
+        except (SmallFileError, OSError) as exc:
+            problem = str(exc) if isinstance(exc, SmallFileError) else f"{hash_path}: {exc.strerror or exc}"
+            raise StartupError(f"{problem}; {hint}") from exc
+        if current == wanted.encode("ascii"):
+            return False
+        raise StartupError(f"{hash_path}: a symbolic link to a file with another hash; {hint}")
+    if info is not None:
+        try:
+            if read_small_file(hash_path, 1024) == wanted.encode("ascii"):
+                return False
+        except (SmallFileError, OSError):
+            pass  # a stale or odd regular file: rewritten below
+    try:
+        tmp = hash_path.with_name(f".{HASH_FILE}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.write_text(wanted, encoding="ascii")
+        os.replace(tmp, hash_path)
+    except OSError as exc:
+        raise _os_error(hash_path, exc) from exc
+    return info is None
 
 
 def prepare(
@@ -74,6 +114,9 @@ def prepare(
     created: list[Path] = []
     try:
         directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        dangling = describe_missing(directory)
+        raise StartupError(f"{directory}: {dangling or 'not a directory'}") from exc
     except OSError as exc:
         raise _os_error(directory, exc) from exc
 
@@ -100,21 +143,8 @@ def prepare(
         created.append(cert_path)
 
     hash_path = directory / HASH_FILE
-    wanted = bundle.fingerprint + "\n"
-    try:
-        current = hash_path.read_text(encoding="ascii") if hash_path.exists() else None
-    except (OSError, UnicodeDecodeError):
-        current = None
-    if current != wanted:
-        # derived data: (re)written from the certificate, so it always tells the truth
-        try:
-            tmp = hash_path.with_name(f".{HASH_FILE}.{os.getpid()}.tmp")
-            tmp.write_text(wanted, encoding="ascii")
-            os.replace(tmp, hash_path)
-        except OSError as exc:
-            raise _os_error(hash_path, exc) from exc
-        if current is None:
-            created.append(hash_path)
+    if _write_hash_file(hash_path, bundle.fingerprint + "\n"):
+        created.append(hash_path)
 
     log_dir = directory / LOG_DIR
     try:

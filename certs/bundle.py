@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import os
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +26,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from certs.fingerprint import certificate_fingerprint
+from certs.smallfile import SmallFileError, read_small_file
 
 MAGIC = b"DPCERT\x00\x01"
 MAX_PART = 64 * 1024
+# A real bundle is ~340 bytes; anything this large is not one (and /dev/zero is not read at all).
+MAX_BUNDLE_FILE = 64 * 1024
 
 
 class CertificateFileError(Exception):
@@ -117,27 +121,61 @@ def create_bundle(
     return CertificateBundle(certificate=certificate, private_key=key)
 
 
-def save_bundle(bundle: CertificateBundle, path: Path) -> None:
-    """Write the bundle atomically with mode 0600."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_temporary(bundle: CertificateBundle, path: Path) -> Path:
+    """The bundle in a new, uniquely named 0600 file next to ``path`` (flushed to disk)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # O_EXCL, 0600
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(bundle.to_bytes())
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def save_bundle(bundle: CertificateBundle, path: Path) -> None:
+    """Write the bundle atomically with mode 0600 (replacing ``path`` if it exists)."""
+    path = Path(path)
+    tmp = _write_temporary(bundle, path)
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+def _save_new_bundle(bundle: CertificateBundle, path: Path) -> bool:
+    """Write the bundle at ``path`` only if nothing is there, atomically (hard link: two beacons
+    starting at once in one directory end up with one identity). False if ``path`` appeared."""
+    tmp = _write_temporary(bundle, path)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: create exclusively in place instead
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(bundle.to_bytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
 def load_bundle(path: Path) -> CertificateBundle:
+    """Read a bundle: a regular file (or a symlink to one) of at most :data:`MAX_BUNDLE_FILE` bytes."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_small_file(path, MAX_BUNDLE_FILE)
+    except SmallFileError as exc:
+        raise CertificateFileError(str(exc)) from exc
     except OSError as exc:
         raise CertificateFileError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     return CertificateBundle.from_bytes(data, source=str(path))
@@ -145,10 +183,19 @@ def load_bundle(path: Path) -> CertificateBundle:
 
 def load_or_create_bundle(path: Path, common_name: str = "discretpeer-beacon") -> tuple[CertificateBundle, bool]:
     """Load ``path`` if it exists (never overwriting a corrupt file), else create it.
-    Returns the bundle and whether it was created."""
+    Returns the bundle and whether it was created.
+
+    Anything at ``path``, even a dangling symlink, counts as existing: a new identity would
+    silently break every client's pin, so a missing link target is an error, not a first run."""
     path = Path(path)
-    if path.exists():
-        return load_bundle(path), False
+    if os.path.lexists(path):
+        try:
+            return load_bundle(path), False
+        except CertificateFileError as exc:
+            if path.is_symlink() and not path.exists():
+                raise CertificateFileError(f"{exc} (not creating a new identity: clients pin this one)") from exc
+            raise
     bundle = create_bundle(common_name)
-    save_bundle(bundle, path)
+    if not _save_new_bundle(bundle, path):  # another process created it meanwhile: use that one
+        return load_bundle(path), False
     return bundle, True

@@ -27,4 +27,7 @@ async def main(beacon: str, cert_hash: str, secret: str, bind: str | None) -> No
 
 
 if __name__ == "__main__":
+    if len(sys.argv) not in (4, 5):
+        print(__doc__.strip().splitlines()[-1], file=sys.stderr)  # the usage line
+        sys.exit(2)
     asyncio.run(main(*sys.argv[1:4], sys.argv[4] if len(sys.argv) > 4 else None))

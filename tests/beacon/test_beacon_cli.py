@@ -159,3 +159,174 @@ async def test_port_in_use_exits_1(tmp_path):
     assert process.returncode == 1
     assert err.decode().splitlines()[-1].startswith("discret-beacon: error: cannot listen on 127.0.0.1:")
     assert "Traceback" not in err.decode()
+
+
+def test_version_from_package_metadata():
+    import importlib.metadata
+    import subprocess
+
+    import beacon
+
+    expected = importlib.metadata.version("discretpeer")
+    assert beacon.__version__ == expected
+    script = Path(sys.executable).with_name("discret-beacon")  # the installed command, next to python
+    for argv in ([sys.executable, "-m", "beacon", "--version"], [str(script), "--version"]):
+        run = subprocess.run(argv, cwd=ROOT, capture_output=True, timeout=30)
+        assert run.returncode == 0 and run.stdout.decode() == f"discret-beacon {expected}\n", run
+
+
+async def _start_lines_and_stop(*args: str) -> list[str]:
+    process = await run_beacon(*args)
+    try:
+        return await start_lines(process)
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 10)
+
+
+async def test_prints_the_client_configuration(tmp_path):
+    """After start the beacon prints what a client pastes: the --beacon flag and the TOML entry;
+    both work as printed (parsed by the peer's own parsers, then a pinned connection)."""
+    import tomllib
+
+    from discretpeer.cli.settings import parse_beacon_flag
+    from discretpeer.config import parse_beacons
+
+    lines = await _start_lines_and_stop("--dir", str(tmp_path / "a"), "--host", "127.0.0.1", "--port", "0",
+                                        "--no-ipv6")
+    fingerprint, listening = parse(lines)
+    port = listening[0][1]
+    assert lines[0] == f"certificate hash: {fingerprint}" and lines[1] == f"listening on 127.0.0.1:{port}"
+    assert lines[-1] == "ready"
+    flag = next(line for line in lines if line.startswith("client flag: "))
+    assert flag == f"client flag: --beacon 127.0.0.1:{port}={fingerprint}"
+    toml_line = next(line for line in lines if line.startswith("client config: ")).removeprefix("client config: ")
+    assert toml_line == f'beacons = [{{hostname = "127.0.0.1:{port}", cert_hash = "{fingerprint}"}}]'
+    from_flag = parse_beacon_flag(flag.removeprefix("client flag: --beacon "))
+    (from_toml,) = parse_beacons(tomllib.loads(toml_line)["beacons"])
+    assert from_flag == from_toml
+    assert not any(line.startswith("client note: ") for line in lines)
+
+    # every interface: the beacon cannot know its public name, so it says what to put there
+    lines = await _start_lines_and_stop("--dir", str(tmp_path / "b"), "--host", "0.0.0.0", "--port", "0",
+                                        "--no-ipv6")
+    fingerprint, listening = parse(lines)
+    port = listening[0][1]
+    assert f"client flag: --beacon YOUR.HOST:{port}={fingerprint}" in lines
+    note = next(line for line in lines if line.startswith("client note: "))
+    assert "YOUR.HOST" in note and f"UDP port {port}" in note
+
+
+async def test_one_line_summary_at_info(tmp_path):
+    d = tmp_path / "beacon"
+    d.mkdir()
+    (d / "Beacon.conf.toml").write_text("summary_interval_seconds = 0.3\n")
+    process = await run_beacon("--dir", str(d), "--host", "127.0.0.1", "--port", "0", "--no-ipv6")
+    log = d / "logs" / "beacon.log"
+
+    def summaries() -> list[dict]:
+        return [e for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "summary"]
+
+    try:
+        fingerprint, listening = parse(await start_lines(process))
+        a = await BeaconClient.connect(listening[0], fingerprint)
+        b = await BeaconClient.connect(listening[0], fingerprint)
+        meeting = os.urandom(32)
+        a.announce(add=[meeting])
+        b.announce(add=[meeting])
+        await a.expect(wire.Introduction)
+        await b.expect(wire.Introduction)
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if any(s["peers"] == 2 for s in summaries()):
+                break
+        await a.close()
+        await b.close()
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 10)
+    lines = summaries()
+    seen = next(s for s in lines if s["peers"] == 2)
+    assert seen["level"] == "info" and seen["seconds"] == 0.3 and seen["tokens"] == 1
+    assert set(seen) >= {"peers", "tokens", "new_connections", "introductions", "relay_active", "relay_sessions",
+                         "relay_bytes"}
+    # increases since the previous line, not totals: summed over the lines, each event once
+    assert sum(s["new_connections"] for s in lines) == 2
+    assert sum(s["introductions"] for s in lines) == 2  # one Introduction frame to each side
+
+    # 0 = off
+    (d / "Beacon.conf.toml").write_text("summary_interval_seconds = 0\n")
+    log.unlink()
+    process = await run_beacon("--dir", str(d), "--host", "127.0.0.1", "--port", "0", "--no-ipv6")
+    try:
+        await start_lines(process)
+        await asyncio.sleep(1.0)
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 10)
+    assert summaries() == []
+
+
+async def test_ipv6_port_follows_port_from_the_file(tmp_path):
+    """Issue 16: `port = N` in Beacon.conf.toml left the IPv6 listener on 4264."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    d = tmp_path / "beacon"
+    d.mkdir()
+    from beacon.config import render_template
+
+    (d / "Beacon.conf.toml").write_text(
+        render_template().replace("\nport = 4264\n", f"\nport = {port}\n").replace('"0.0.0.0"', '"127.0.0.1"')
+        .replace('ipv6_host = "::"', 'ipv6_host = "::1"')
+    )
+    _, listening = parse(await _start_lines_and_stop("--dir", str(d)))
+    assert listening == [("127.0.0.1", port), ("::1", port)]
+    # the same for the flag, on the default settings
+    _, listening = parse(await _start_lines_and_stop("--dir", str(tmp_path / "flag"), "--host", "127.0.0.1",
+                                                     "--ipv6-host", "::1", "--port", str(port)))
+    assert listening == [("127.0.0.1", port), ("::1", port)]
+
+
+async def test_full_disk_while_serving_is_one_warning_not_tracebacks(tmp_path):
+    """logs/beacon.log → /dev/full (every write fails with ENOSPC, as on a full disk): the beacon
+    keeps serving, says so once on stderr, and never prints logging's traceback per record."""
+    d = tmp_path / "beacon"
+    (d / "logs").mkdir(parents=True)
+    (d / "logs" / "beacon.log").symlink_to("/dev/full")
+    process = await run_beacon("--dir", str(d), "--host", "127.0.0.1", "--port", "0", "--no-ipv6")
+    try:
+        fingerprint, listening = parse(await start_lines(process))
+        for nonce in range(3):
+            client = await BeaconClient.connect(listening[0], fingerprint)
+            client.send(wire.Ping(nonce=nonce))
+            assert (await client.expect(wire.Pong)).nonce == nonce
+            await client.close()
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    text = err.decode()
+    assert "Traceback" not in text and "Logging error" not in text, text
+    warnings = [line for line in text.splitlines() if line.startswith("discret-beacon: warning: ")]
+    assert len(warnings) == 1 and "beacon.log: cannot write the log (No space left on device)" in warnings[0]
+    assert "beacon_stopped" in text  # the console still gets every line
+
+
+async def test_unwritable_ready_file_is_one_line_exit_2(tmp_path):
+    (tmp_path / "a_directory").mkdir()
+    for target in (tmp_path / "a_directory", tmp_path / "missing" / "ready.json"):
+        process = await run_beacon("--dir", str(tmp_path / "beacon"), "--host", "127.0.0.1", "--port", "0",
+                                   "--no-ipv6", "--ready-file", str(target))
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+        text = err.decode()
+        assert process.returncode == 2, text
+        assert out == b"" and "Traceback" not in text
+        errors = [line for line in text.splitlines() if line.startswith("discret-beacon: error: ")]
+        assert errors == [f"discret-beacon: error: --ready-file {target}: " + errors[0].rsplit(": ", 1)[1]], text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_directory", "beacon"]  # no temporary file left

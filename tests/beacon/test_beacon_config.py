@@ -19,9 +19,37 @@ def test_example_file_is_the_template():
 
 def test_template_lists_every_key_with_its_default():
     values = tomllib.loads(render_template())
-    assert values == dataclasses.asdict(BeaconConfig())
+    followers = {f.name for f in dataclasses.fields(BeaconConfig) if f.metadata.get("follows")}
+    assert followers == {"ipv6_port"}
+    assert values == {k: v for k, v in dataclasses.asdict(BeaconConfig()).items() if k not in followers}
     for f in dataclasses.fields(BeaconConfig):
-        assert f"# {f.metadata['doc']}\n{f.name} = " in render_template()
+        commented = "# " if f.name in followers else ""
+        assert f"# {f.metadata['doc']}\n{commented}{f.name} = " in render_template()
+
+
+def test_ipv6_port_follows_port_unless_set(tmp_path):
+    """Issue 16: `port = 5000` in the file left the IPv6 listener on 4264."""
+    path = tmp_path / "Beacon.conf.toml"
+    path.write_text(render_template().replace("\nport = 4264\n", "\nport = 5000\n"))
+    assert (load_config(path).port, load_config(path).ipv6_port) == (5000, 5000)
+    # the command-line flag moves both too, unless --ipv6-port is given
+    assert load_config(path, {"port": 6000}).ipv6_port == 6000
+    assert load_config(path, {"port": 6000, "ipv6_port": 7000}).ipv6_port == 7000
+    # set explicitly in the file: kept, whatever port says
+    path.write_text("port = 5000\nipv6_port = 5001\n")
+    assert load_config(path).ipv6_port == 5001
+    assert load_config(path, {"port": 6000}).ipv6_port == 5001
+    # a file written by an earlier template (ipv6_port = 4264 uncommented, never edited) follows too
+    path.write_text(
+        "port = 5000\n\n# UDP port for QUIC over IPv6 (0 = any free port).\nipv6_port = 4264\n"
+    )
+    assert load_config(path).ipv6_port == 5000
+    path.write_text("port = 5000\n\n# UDP port for QUIC over IPv6 (0 = any free port).\nipv6_port = 4265\n")
+    assert load_config(path).ipv6_port == 4265
+    # in code
+    assert BeaconConfig().replace(port=5000).ipv6_port == 5000
+    assert BeaconConfig().replace(port=5000, ipv6_port=4264).ipv6_port == 4264
+    assert BeaconConfig().replace(ipv6_port=1).replace(port=5000).ipv6_port == 1
 
 
 def test_template_loads_to_defaults(tmp_path):

@@ -35,3 +35,12 @@ async def test_two_copies_of_the_example_meet(beacon):
         assert proc.returncode == 0, stderr.decode()[-2000:]
         assert "connected to " in text and " via direct" in text
         assert "hello from " in text
+
+
+def test_the_example_without_arguments_prints_its_usage():
+    for argv in ([], ["only-a-beacon:4264"], ["a", "b", "c", "d", "e"]):
+        run = subprocess.run([sys.executable, str(EXAMPLE), *argv], capture_output=True, timeout=30, cwd=str(ROOT))
+        err = run.stderr.decode()
+        assert run.returncode == 2, (argv, err)
+        assert err.startswith("usage: python examples/hello_peer.py BEACON_HOST:PORT CERT_HASH"), err
+        assert "Traceback" not in err and run.stdout == b""
