@@ -726,7 +726,7 @@ class Peer:
                 self.stats.dial_failures += 1
                 text = f"QUIC to {where}: {text}"
             record.failures.append(text)
-            log.info("dial failed", address=candidate.address, error=text)
+            log.info("dial failed", address=where, error=text)
             if protocol is not None:
                 protocol.close_with(text if isinstance(exc, AuthError) else "dial failed")
             if pair.dial_task is not me:
