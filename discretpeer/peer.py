@@ -43,6 +43,7 @@ from discretpeer.endpoint import Admission, Endpoint
 from discretpeer.errors import ConnectError
 from discretpeer.flow import CONNECTION_WINDOW, STREAM_WINDOW, AppPacedQuicConnection
 from discretpeer.identity import Identity
+from discretpeer.pair_state import Abandon, Action, Dial, DialKind, PairState
 from discretpeer.paths import RelayLink, Route, is_virtual
 from discretpeer.probe import ProbeError, ProbeKind, parse_probe
 from discretpeer.relay_frame import RELAY_DATA, RelayFrameError, parse_relay_frame
@@ -134,25 +135,18 @@ def _peer_quic_configuration(*, is_client: bool) -> QuicConfiguration:
 
 @dataclass
 class _Pair:
-    """A punch session plus what was done with it."""
+    """A punch session, the pair's state machine, and the I/O objects that go with them."""
 
     meeting: _Meeting
     session: PunchSession
-    introduced_at: float
+    state: PairState
     via: str
-    dialing: bool = False
-    failed: set[Addr] = field(default_factory=set)
     connection: PeerConnection | None = None
     clients: list[BeaconClient] = field(default_factory=list)  # beacons that introduced us
-    relay_requested_at: float | None = None
     relay_route: Route | None = None
     dial_task: asyncio.Task[None] | None = None
     dial_protocol: PeerProtocol | None = None
-    dial_speculative: bool = False
-    dial_target: Addr | None = None
-    dial_started: float = 0.0
     speculation_watch: asyncio.TimerHandle | None = None
-    speculated: bool = False  # one speculative dial per attempt
     rebind: Addr | None = None  # a new address the peer's packets came from, being probed
     # the peer's public address as each beacon that introduced it saw it (beacon -> observed)
     observed_by: dict[Addr, Addr] = field(default_factory=dict)
@@ -453,7 +447,7 @@ class Peer:
         )
         if pair is not None and client not in pair.clients:
             pair.clients.append(client)
-            if pair.relay_requested_at is not None and self._relay_enabled:
+            if pair.state.relay_requested_at is not None and self._relay_enabled:
                 # relaying already: a spare session on this beacon too (the other peer asks it
                 # as well), so a relayed connection can move here if its beacon goes
                 if client.send(RelayRequest(token=pair.session.token, instance=pair.session.remote_instance)):
@@ -483,10 +477,7 @@ class Peer:
             pair.session.extend(now, self._punch_duration, interval=0.1, fast_period=1.0)
             for candidate in pair.session.candidates.values():
                 candidate.confirmed_at = candidate.last_confirmed = None
-            pair.failed.clear()
-            pair.introduced_at = now
-            pair.relay_requested_at = None
-            pair.speculated = False
+            pair.state.new_attempt(now)
         self._send_all(sends)
         self._wake.set()
         self._maybe_dial(pair)
@@ -504,14 +495,14 @@ class Peer:
         if pair is not None:
             self._pairs.move_to_end(key)
             pair.meeting = record  # the meeting may have been withdrawn and registered again
-            if pair.connection is not None and pair.connection.closed:
-                pair.connection = None
+            self._live_connection(pair)
             return pair
         if len(self._pairs) >= MAX_SESSIONS:
             # evict the oldest pair that is neither connected nor dialing
             for old_key, old in self._pairs.items():
-                if old.connection is None and not old.dialing:
+                if old.connection is None and old.state.dial is None:
                     del self._pairs[old_key]
+                    old.state.close()
                     break
             else:
                 return None
@@ -524,7 +515,9 @@ class Peer:
             duration=self._punch_duration,
         )
         session.start(now)
-        pair = _Pair(meeting=record, session=session, introduced_at=now, via=via)
+        state = PairState(is_dialer=session.is_dialer, introduced_at=now)
+        state.start(now)
+        pair = _Pair(meeting=record, session=session, state=state, via=via)
         self._pairs[key] = pair
         self.stats.punch_sessions += 1
         return pair
@@ -586,10 +579,11 @@ class Peer:
                 elif (
                     pair.connection is None
                     and pair.relay_route is None
-                    and not pair.dialing
+                    and pair.state.dial is None
                     and now - pair.session.started_at > pair.session.duration + SESSION_LINGER
                 ):
                     del self._pairs[key]
+                    pair.state.close()
             self._wake.clear()
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             with contextlib.suppress(asyncio.TimeoutError):
@@ -621,100 +615,90 @@ class Peer:
     # --- dialing ------------------------------------------------------------------------------
 
     def _maybe_dial(self, pair: _Pair) -> None:
-        if not pair.session.is_dialer or self._closed:
+        """Offer the pair's usable paths to its state machine (which dials the best one)."""
+        if self._closed or not pair.meeting.wanted:
             return
-        if pair.connection is not None and not pair.connection.closed:
-            return
-        if not pair.meeting.wanted:
-            return
-        candidates = [c for c in pair.session.confirmed() if c.address not in pair.failed]
-        relay = pair.relay_route is not None and pair.relay_route.virtual not in pair.failed
-        if pair.dialing:
-            # a speculative dial that has heard nothing gives way to a confirmed path...
-            if not (self._dial_is_silent_speculation(pair) and (candidates or relay)):
-                return
-            if candidates and candidates[0].address == pair.dial_target:
-                # ...but when it aims at that very address its answer is simply on the way (the
-                # probe came in half a round trip, the QUIC answer needs a whole one): wait a bit
-                if pair.speculation_watch is None:
-                    grace = 2 * (time.monotonic() - pair.dial_started) + 0.05
-                    pair.speculation_watch = asyncio.get_running_loop().call_later(
-                        grace, self._speculation_timeout, pair
-                    )
-                return
-            self._abandon_dial(pair)
-        if candidates:
-            self._start_dial(pair, candidates[0])
-        elif relay:
-            self._start_dial(pair, None)
+        self._live_connection(pair)
+        candidates = [c.address for c in pair.session.confirmed()]
+        relay = pair.relay_route.virtual if pair.relay_route is not None else None
+        self._run(pair, pair.state.paths(time.monotonic(), candidates, relay, heard=self._dial_heard(pair)))
 
     def _dial_speculatively(self, pair: _Pair) -> None:
         """Dial the observed public address at once, while probes are still on their way: when
         both NATs open at the same moment (both peers got the introduction together) this saves
         the wait for the first probe, half a round trip. It gives way to any confirmed path."""
-        if (
-            not pair.session.is_dialer
-            or pair.dialing
-            or pair.speculated
-            or not self._direct_enabled
-            or not pair.meeting.wanted
-            or (pair.connection is not None and not pair.connection.closed)
-        ):
+        if not self._direct_enabled or not pair.meeting.wanted:
             return
-        public = [
-            c
-            for c in pair.session.candidates.values()
-            if c.kind is CandidateKind.PUBLIC and c.address not in pair.failed
-        ]
-        if public:
-            pair.speculated = True
-            self._start_dial(pair, public[0], speculative=True)
+        self._live_connection(pair)
+        public = [c.address for c in pair.session.candidates.values() if c.kind is CandidateKind.PUBLIC]
+        self._run(pair, pair.state.speculate(time.monotonic(), public))
 
-    def _speculation_timeout(self, pair: _Pair) -> None:
+    def _speculation_timeout(self, pair: _Pair, attempt: int) -> None:
         pair.speculation_watch = None
-        if pair.dialing and self._dial_is_silent_speculation(pair):
-            self._abandon_dial(pair)  # its Initial was lost (the other NAT was not open yet)
+        actions = pair.state.speculation_timeout(attempt, time.monotonic(), heard=self._dial_heard(pair))
+        if actions:
+            self._run(pair, actions)  # its Initial was lost (the other NAT was not open yet)
             self._maybe_dial(pair)
 
-    def _dial_is_silent_speculation(self, pair: _Pair) -> bool:
+    @staticmethod
+    def _dial_heard(pair: _Pair) -> bool:
         protocol = pair.dial_protocol
-        return pair.dial_speculative and (protocol is None or protocol.last_received == 0)
+        return protocol is not None and protocol.last_received != 0
 
-    def _start_dial(self, pair: _Pair, candidate: Candidate | None, *, speculative: bool = False) -> None:
-        pair.dialing = True
-        pair.dial_speculative = speculative
+    def _live_connection(self, pair: _Pair) -> PeerConnection | None:
+        """The pair's connection, unless it closed (then the pair learns it now)."""
+        connection = pair.connection
+        if connection is not None and connection.closed:
+            pair.connection = connection = None
+            pair.state.connection_closed()
+        return connection
+
+    def _run(self, pair: _Pair, actions: list[Action]) -> None:
+        """Carry out what the pair's state machine decided."""
+        for action in actions:
+            if isinstance(action, Dial):
+                self._start_dial(pair, action)
+            elif isinstance(action, Abandon):
+                self._abandon_dial(pair, action.reason)
+            else:
+                delay = max(0.0, action.at - time.monotonic())
+                pair.speculation_watch = asyncio.get_running_loop().call_later(
+                    delay, self._speculation_timeout, pair, action.attempt
+                )
+
+    def _start_dial(self, pair: _Pair, dial: Dial) -> None:
+        candidate = None if dial.kind is DialKind.RELAY else pair.session.candidates.get(dial.target)
         pair.dial_protocol = None
-        pair.dial_target = None if candidate is None else candidate.address
-        pair.dial_started = time.monotonic()
-        name = "dial via relay" if candidate is None else "dial"
-        pair.dial_task = self._spawn(self._dial(pair, candidate, speculative), name)
+        name = "dial via relay" if dial.kind is DialKind.RELAY else "dial"
+        pair.dial_task = self._spawn(self._dial(pair, dial, candidate), name)
 
-    def _abandon_dial(self, pair: _Pair) -> None:
-        task, protocol = pair.dial_task, pair.dial_protocol
+    def _end_dial(self, pair: _Pair) -> None:
         if pair.speculation_watch is not None:
             pair.speculation_watch.cancel()
             pair.speculation_watch = None
-        pair.dialing = pair.dial_speculative = False
         pair.dial_task = pair.dial_protocol = None
+
+    def _abandon_dial(self, pair: _Pair, reason: str) -> None:
+        task, protocol = pair.dial_task, pair.dial_protocol
+        self._end_dial(pair)
         if task is not None:
             task.cancel()
         if protocol is not None:
-            protocol.close_with("superseded by a confirmed path")
+            protocol.close_with(reason)
 
-    async def _dial(self, pair: _Pair, candidate: Candidate | None, speculative: bool = False) -> None:
-        """Dial a confirmed candidate, or through the pair's relay route when ``candidate`` is None."""
+    async def _dial(self, pair: _Pair, dial: Dial, candidate: Candidate | None) -> None:
+        """Dial a candidate, or through the pair's relay route."""
         assert self._endpoint is not None
         self.stats.dials += 1
         record = pair.meeting
         configuration = _peer_quic_configuration(is_client=True)
         protocol: PeerProtocol | None = None
-        route = pair.relay_route if candidate is None else None
-        target = candidate.address if candidate is not None else route.virtual  # type: ignore[union-attr]
-        where = f"{target[0]}:{target[1]}" if candidate is not None else "relay"
-        me = asyncio.current_task()
+        relayed = dial.kind is DialKind.RELAY
+        route = pair.relay_route if relayed else None
+        where = "relay" if relayed else f"{dial.target[0]}:{dial.target[1]}"
         try:
-            protocol = self._endpoint.connect(target, configuration, PeerProtocol, route=route)  # type: ignore[assignment]
-            if pair.dial_task is me:
+            protocol = self._endpoint.connect(dial.target, configuration, PeerProtocol, route=route)  # type: ignore[assignment]
+            if pair.state.dialing(dial.attempt):
                 pair.dial_protocol = protocol
             await asyncio.wait_for(protocol.wait_handshake(), DIAL_TIMEOUT)
             verified = await authenticate_as_dialer(protocol, self.identity, pair.session.token, record.policy)
@@ -729,20 +713,16 @@ class Peer:
             log.info("dial failed", address=where, error=text)
             if protocol is not None:
                 protocol.close_with(text if isinstance(exc, AuthError) else "dial failed")
-            if pair.dial_task is not me:
+            if not pair.state.dial_failed(dial.attempt):
                 return  # abandoned meanwhile: the pair is someone else's business now
-            if not speculative:
-                pair.failed.add(target)
-            pair.dialing = pair.dial_speculative = False
-            pair.dial_task = pair.dial_protocol = None
+            self._end_dial(pair)
             self._maybe_dial(pair)
             return
-        path: PathKind = "relay" if candidate is None else self._direct_kind(candidate)
-        connection = self._adopt(protocol, verified, path, dialer=True, introduced_at=pair.introduced_at)
-        self._attach_pair(pair, connection, protocol)
-        if pair.dial_task is me:
-            pair.dialing = pair.dial_speculative = False
-            pair.dial_task = pair.dial_protocol = None
+        path: PathKind = "relay" if relayed else self._direct_kind(candidate, dial.target)
+        connection = self._adopt(protocol, verified, path, dialer=True, introduced_at=pair.state.introduced_at)
+        if pair.state.dialing(dial.attempt):
+            self._end_dial(pair)
+        self._attach_pair(pair, connection, protocol, attempt=dial.attempt)
         self._deliver(record, connection)
 
     # --- incoming -----------------------------------------------------------------------------
@@ -790,7 +770,7 @@ class Peer:
             pair = self._pair_for_address(record, protocol.remote_address)
             candidate = pair.session.candidates.get(protocol.remote_address) if pair is not None else None
             path = self._direct_kind(candidate, protocol.remote_address)
-        introduced_at = pair.introduced_at if pair is not None else None
+        introduced_at = pair.state.introduced_at if pair is not None else None
         connection = self._adopt(protocol, verified, path, dialer=False, introduced_at=introduced_at)
         if pair is not None:
             self._attach_pair(pair, connection, protocol)
@@ -847,9 +827,12 @@ class Peer:
         host = (candidate.address if candidate is not None else address or ("", 0))[0]
         return "lan" if on_attached_network(host, self._networks) else "direct"
 
-    def _attach_pair(self, pair: _Pair, connection: PeerConnection, protocol: PeerProtocol) -> None:
+    def _attach_pair(
+        self, pair: _Pair, connection: PeerConnection, protocol: PeerProtocol, *, attempt: int | None = None
+    ) -> None:
         pair.connection = connection
         self._pair_by_protocol[protocol] = pair
+        self._run(pair, pair.state.verified(connection.path, attempt=attempt, upgrade=self._direct_enabled))
         self._consider_switch(pair)
 
     def _on_connection_closed(self, connection: PeerConnection) -> None:
@@ -858,6 +841,7 @@ class Peer:
         pair = self._pair_by_protocol.pop(protocol, None)
         if pair is not None and pair.connection is connection:
             pair.connection = None
+            pair.state.connection_closed()
             self._drop_relay(pair)
             self._unregister_if_idle(pair.meeting)
 
@@ -866,9 +850,7 @@ class Peer:
     def _relay_housekeeping(self, pair: _Pair, now: float) -> float | None:
         """Request a relay when punching has not produced a connection in time; keep punching
         slowly while relayed. Returns when it next wants to run, if it waits for something."""
-        connection = pair.connection
-        if connection is not None and connection.closed:
-            pair.connection = connection = None
+        connection = self._live_connection(pair)
         if connection is not None:
             if connection.path == "relay" and not pair.session.active(now):
                 pair.session.extend(now, 30.0, interval=BACKGROUND_PUNCH_INTERVAL, fast_period=0.0)
@@ -878,14 +860,13 @@ class Peer:
         # with punching off, or both NATs mapping per destination, a direct path is hopeless: ask
         # at once (punching goes on in the background and upgrades the connection if it works)
         hopeless = not self._direct_enabled or self._direct_hopeless(pair)
-        due = pair.introduced_at + (0.0 if hopeless else self._relay_after)
-        if pair.relay_requested_at is not None:
-            due = max(due, pair.relay_requested_at + RELAY_REQUEST_RETRY)
+        due = pair.state.relay_due(
+            now, hopeless=hopeless, relay_after=self._relay_after, retry=RELAY_REQUEST_RETRY,
+            heard=self._dial_heard(pair),
+        )
         if now < due:
             return due
-        if pair.dialing and not self._dial_is_silent_speculation(pair):
-            return now + 0.1
-        pair.relay_requested_at = now
+        pair.state.relay_requested(now)
         request = RelayRequest(token=pair.session.token, instance=pair.session.remote_instance)
         for client in pair.clients:
             if client.send(request):
@@ -1060,7 +1041,7 @@ class Peer:
         fresh = [
             c
             for c in pair.session.confirmed()
-            if c.last_confirmed is not None and now - c.last_confirmed < 10.0 and c.address not in pair.failed
+            if c.last_confirmed is not None and now - c.last_confirmed < 10.0 and c.address not in pair.state.failed
         ]
         target: Candidate | None = None
         if route.kind == "relay":
@@ -1078,6 +1059,7 @@ class Peer:
         if route.use_direct(target.address):
             self.stats.path_switches += 1
             connection._set_path(self._direct_kind(target))  # noqa: SLF001
+            pair.state.switched(connection.path)
             log.info("path switched", peer=connection.peer_id, path=connection.path, remote=target.address)
 
     # --- reports ------------------------------------------------------------------------------
