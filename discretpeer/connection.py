@@ -226,6 +226,9 @@ class PeerProtocol(EndpointProtocol):
         if self.close_reason is None:
             self.close_reason = reason
         with contextlib.suppress(Exception):
+            # what was written last (a refusal on the identity stream) goes out first: once
+            # closing, a QUIC connection sends nothing but CONNECTION_CLOSE
+            self.transmit()
             self.close(error_code=0, reason_phrase=reason[:200])
 
 
