@@ -37,3 +37,22 @@ async def test_a_failed_relay_dial_leaves_the_pair_free_to_dial_again(beacon):
         w.write_eof()
         r2, _ = await cb.accept_stream()
         assert await r2.read() == b"after the retry"
+
+
+async def test_a_peer_refused_through_the_relay_is_told_it_was_refused(beacon):
+    """D waits for B only; C knows the meeting. Whichever of C and D dials (through the relay),
+    C learns that D refused it: the refusal is sent before the connection closes, not lost to
+    the CONNECTION_CLOSE that follows it at once (several rounds: the dialer is random)."""
+    entries = [beacon_entry(beacon)]
+    for attempt in range(3):
+        ib, ic, idd = Identity.generate(), Identity.generate(), Identity.generate()
+        async with loopback_peer(idd, entries, direct=False) as pd, loopback_peer(ic, entries, direct=False) as pc:
+            await pd.listen(f"refusal {attempt}", expect=ib.peer_id)
+            try:
+                await pc.connect(f"refusal {attempt}", expect=idd.peer_id, timeout=2)
+            except ConnectError as exc:
+                failures = exc.report["failures"]
+            else:
+                raise AssertionError("a stranger got a connection")
+            assert pc.stats.auth_failures >= 1 and pd.stats.auth_failures >= 1
+            assert failures and all("refused us" in text for text in failures), failures
