@@ -94,12 +94,8 @@ class Peer(FailureReport):
         self._port = port
         self._lan_enabled = lan
         self._lan_interfaces = lan_interfaces
-        self._rotation = rotation_seconds
-        self._punch_duration = punch_duration
         self._report_local = report_local_candidates
-        self._relay_enabled = relay
         self._direct_enabled = direct
-        self._relay_after = relay_after
         self._endpoint: Endpoint | None = None
         self._clients: list[BeaconClient] = []
         self._book = MeetingBook(rotation_seconds)
@@ -233,7 +229,7 @@ class Peer(FailureReport):
         was tried.
         """
         self._check_open()
-        record = self._register(meeting, PeerPolicy(expect))
+        record = self._book.register(meeting, PeerPolicy(expect))
         waiter: asyncio.Future[PeerConnection] = asyncio.get_running_loop().create_future()
         record.waiters.append(waiter)
         self._sync_tokens()
@@ -257,7 +253,7 @@ class Peer(FailureReport):
     async def listen(self, meeting: str | bytes, *, expect: Expectation) -> None:
         """Wait on ``meeting`` until :meth:`unlisten`; verified connections arrive in :meth:`incoming`."""
         self._check_open()
-        record = self._register(meeting, PeerPolicy(expect))
+        record = self._book.register(meeting, PeerPolicy(expect))
         record.listening = True
         self._sync_tokens()
 
@@ -284,9 +280,6 @@ class Peer(FailureReport):
             raise ConnectionError("peer is closed")
         if not self._started:
             raise RuntimeError("peer not started: use 'async with Peer(...)' or 'await peer.start()'")
-
-    def _register(self, meeting: str | bytes, policy: PeerPolicy) -> Meeting:
-        return self._book.register(meeting, policy)
 
     def _unregister_if_idle(self, record: Meeting) -> None:
         """Withdraw a meeting nobody waits on; forget it once none of its connections is alive
@@ -371,8 +364,8 @@ class Peer(FailureReport):
             protocol.close_with("meeting withdrawn")
             return
         route = protocol.route
-        path: PathKind = "direct"
-        pair: Pair | None = None
+        path: PathKind
+        pair: Pair | None
         if route is not None and route.kind == "relay" and route.relay is not None:
             pair = self._driver.relay.pair_of(route.relay.session_id)
             path = "relay"
