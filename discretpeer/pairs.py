@@ -196,6 +196,7 @@ class PairDriver:
             for old_key, old in self.pairs.items():
                 if old.connection is None and old.state.dial is None:
                     del self.pairs[old_key]
+                    self.relay.drop(old)  # its relay session must not lead to a forgotten pair
                     old.state.close()
                     break
             else:
