@@ -54,12 +54,13 @@ class MeetingBook:
     def keys(self, meeting: str | bytes) -> MeetingKeys:
         return MeetingKeys.derive(meeting, self.rotation_seconds)
 
-    def register(self, meeting: str | bytes, policy: PeerPolicy) -> Meeting:
-        """The meeting (new, or known: then ``policy`` replaces its policy)."""
+    def register(self, meeting: str | bytes, policy: PeerPolicy, now: float | None = None) -> Meeting:
+        """The meeting (new, or known: then ``policy`` replaces its policy). ``now``: wall-clock
+        time of the token window (default: the current time)."""
         keys = self.keys(meeting)
         record = self._meetings.get(keys.meeting)
         if record is None:
-            record = Meeting(keys=keys, policy=policy, tokens=keys.tokens())
+            record = Meeting(keys=keys, policy=policy, tokens=keys.tokens(now))
             self._meetings[keys.meeting] = record
             for token in record.tokens:
                 self._by_token[token] = record
@@ -87,11 +88,11 @@ class MeetingBook:
         """The tokens to announce: those of meetings someone waits on."""
         return {token for token, record in self._by_token.items() if record.wanted}
 
-    def refresh_tokens(self) -> bool:
+    def refresh_tokens(self, now: float | None = None) -> bool:
         """Move each meeting to its tokens of the current time window; True if any changed."""
         changed = False
         for record in self._meetings.values():
-            tokens = record.keys.tokens()
+            tokens = record.keys.tokens(now)
             if tokens != record.tokens:
                 for token in record.tokens:
                     if self._by_token.get(token) is record:
