@@ -252,6 +252,7 @@ async def authenticate_as_dialer(
     peer_id = verify_proof(answer, Role.LISTENER, exporter)
     if not policy.accepts(peer_id):
         writer.write(build_refusal(RefusalReason.UNEXPECTED_PEER, "you are not the peer I expect"))
+        protocol.transmit()  # before the caller closes: a closing connection sends nothing else
         raise AuthError(f"peer {peer_id} is not the expected peer ({policy.description})")
     writer.write_eof()
     return VerifiedPeer(peer_id=peer_id, token=token)
@@ -271,6 +272,7 @@ async def authenticate_as_listener(
 
     def refuse(reason: RefusalReason, text: str) -> AuthError:
         writer.write(build_refusal(reason, text))
+        protocol.transmit()  # before the caller closes: a closing connection sends nothing else
         return AuthError(text)
 
     policy = lookup(message.token)

@@ -279,6 +279,8 @@ class Endpoint(asyncio.DatagramProtocol):
         self._register(connection.host_cid, protocol)
         self._clients.add(protocol)
         if self.virtual_paths:
+            if route is not None:
+                self.routes.keep(route)
             protocol.route = route or self.routes.new(direct=addr)
             protocol.connect(protocol.route.virtual)
         else:
@@ -401,6 +403,8 @@ class Endpoint(asyncio.DatagramProtocol):
         )
         protocol = self._create_server_protocol(connection)
         if self.virtual_paths:
+            if relay_route is not None:
+                self.routes.keep(relay_route)
             protocol.route = relay_route or self.routes.new(direct=source)
         self._attach(protocol)
         self._register(header.destination_cid, protocol)
@@ -443,8 +447,10 @@ class Endpoint(asyncio.DatagramProtocol):
                 del self._routes[cid]
         protocol.routed_cids = None
         self._clients.discard(protocol)
-        if protocol.route is not None:
-            self.routes.drop(protocol.route)
+        route = protocol.route
+        # a relay route is shared by the attempts of one pair: it goes with the last of them
+        if route is not None and not any(other.route is route for other in self._routes.values()):
+            self.routes.drop(route)
 
 
 def _is_long_header(data: bytes) -> bool:

@@ -87,6 +87,11 @@ class RouteTable:
     def get(self, virtual: Addr) -> Route | None:
         return self.by_virtual.get(virtual)
 
+    def keep(self, route: Route) -> None:
+        """Register ``route`` again: a relay route outlives the connections that travelled on it
+        (a pair dials again through the same relay session after a failed attempt)."""
+        self.by_virtual[route.virtual] = route
+
     def drop(self, route: Route) -> None:
         self.by_virtual.pop(route.virtual, None)
 

@@ -14,158 +14,53 @@ verified connection goes to a waiting ``connect()`` or to ``incoming()``.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import os
-import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-from discretpeer.logs import get_logger
-from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 from certs import create_bundle
 from discretpeer.auth import AuthError, Expectation, PeerPolicy
-from discretpeer.beacon_client import BeaconClient, BeaconStatus
-from discretpeer.candidates import attached_networks, local_candidates, on_attached_network
+from discretpeer.beacon_client import BeaconClient
+from discretpeer.candidates import attached_networks, local_candidates
 from discretpeer.config import BeaconSpec, parse_beacons
 from discretpeer.connection import (
     PathKind,
     PeerConnection,
     PeerProtocol,
-    authenticate_as_dialer,
+    VerifiedPeer,
     authenticate_as_listener,
 )
+from discretpeer.dialer import DIAL_TIMEOUT, Dialer, peer_quic_configuration
 from discretpeer.endpoint import Admission, Endpoint
 from discretpeer.errors import ConnectError
-from discretpeer.flow import CONNECTION_WINDOW, STREAM_WINDOW, AppPacedQuicConnection
+from discretpeer.failure_report import FailureReport
+from discretpeer.flow import AppPacedQuicConnection
 from discretpeer.identity import Identity
-from discretpeer.paths import RelayLink, Route, is_virtual
-from discretpeer.probe import ProbeError, ProbeKind, parse_probe
-from discretpeer.relay_frame import RELAY_DATA, RelayFrameError, parse_relay_frame
-from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, MeetingKeys, pair_meeting
-from discretpeer.traversal import Addr, Candidate, CandidateKind, PunchSession, mapping_varies
-from discretpeer.wire import (
-    INSTANCE_SIZE,
-    PEER_ALPN,
-    Address,
-    ErrorCode,
-    Introduction,
-    Message,
-    RelayEnd,
-    RelayGrant,
-    RelayRequest,
-)
+from discretpeer.logs import get_logger
+from discretpeer.meeting_book import Meeting, MeetingBook
+from discretpeer.pair_state import Dial
+from discretpeer.pairs import Pair, PairDriver, PairSettings
+from discretpeer.paths import is_virtual
+from discretpeer.peer_stats import PeerStats
+from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, pair_meeting
+from discretpeer.traversal import Addr, Candidate
+from discretpeer.wire import INSTANCE_SIZE, Address
+
+__all__ = ["Peer", "PeerStats"]
 
 log = get_logger("discretpeer.peer")
 
-MAX_SESSIONS = 256
 MAX_PENDING_INCOMING = 32
 MAX_INCOMING_BACKLOG = 64
-DIAL_TIMEOUT = 3.0
-SESSION_LINGER = 30.0
 TOKEN_REFRESH_INTERVAL = 60.0
 CANDIDATE_REFRESH_INTERVAL = 60.0
-BACKGROUND_PUNCH_INTERVAL = 1.0  # while relayed, keep looking for a direct path
-RELAY_REQUEST_RETRY = 5.0
-MAX_RELAY_ROUTES = 64
-MAX_OBSERVATIONS = 8  # beacons whose view of a peer's address we keep per pair
 
 
-@dataclass
-class PeerStats:
-    """Counters of what happened, for apps, the CLI's ``status`` and the benchmarks."""
-
-    introductions: int = 0
-    lan_sightings: int = 0
-    punch_sessions: int = 0
-    punches_confirmed: int = 0
-    probes_sent: int = 0
-    probes_received: int = 0
-    probes_rejected: int = 0
-    dials: int = 0
-    dial_failures: int = 0
-    relay_requests: int = 0
-    relay_grants: int = 0
-    relay_ends: int = 0
-    path_switches: int = 0
-    incoming_attempts: int = 0
-    verified: int = 0
-    auth_failures: int = 0
-    connect_times: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=256))
-
-
-@dataclass
-class _Meeting:
-    keys: MeetingKeys
-    policy: PeerPolicy
-    tokens: tuple[bytes, ...]
-    listening: bool = False
-    waiters: list[asyncio.Future[PeerConnection]] = field(default_factory=list)
-    introductions: int = 0
-    failures: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=8))
-    refusals: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=4))  # TOKEN_FULL
-
-    @property
-    def id(self) -> bytes:
-        return self.keys.meeting
-
-    @property
-    def wanted(self) -> bool:
-        return self.listening or bool(self.waiters)
-
-
-def _peer_quic_configuration(*, is_client: bool) -> QuicConfiguration:
-    """Both ends of a peer connection: 1350-byte datagrams until a path-MTU probe confirms more,
-    receive windows of discretpeer.flow. A dialer checks no certificate: identity is proven by
-    signatures bound to the connection (discretpeer.auth)."""
-    return QuicConfiguration(
-        is_client=is_client,
-        alpn_protocols=[PEER_ALPN],
-        verify_mode=ssl.CERT_NONE if is_client else None,
-        idle_timeout=30.0,
-        max_datagram_size=1350,
-        max_data=CONNECTION_WINDOW,
-        max_stream_data=STREAM_WINDOW,
-    )
-
-
-@dataclass
-class _Pair:
-    """A punch session plus what was done with it."""
-
-    meeting: _Meeting
-    session: PunchSession
-    introduced_at: float
-    via: str
-    dialing: bool = False
-    failed: set[Addr] = field(default_factory=set)
-    connection: PeerConnection | None = None
-    clients: list[BeaconClient] = field(default_factory=list)  # beacons that introduced us
-    relay_requested_at: float | None = None
-    relay_route: Route | None = None
-    dial_task: asyncio.Task[None] | None = None
-    dial_protocol: PeerProtocol | None = None
-    dial_speculative: bool = False
-    dial_target: Addr | None = None
-    dial_started: float = 0.0
-    speculation_watch: asyncio.TimerHandle | None = None
-    speculated: bool = False  # one speculative dial per attempt
-    rebind: Addr | None = None  # a new address the peer's packets came from, being probed
-    # the peer's public address as each beacon that introduced it saw it (beacon -> observed)
-    observed_by: dict[Addr, Addr] = field(default_factory=dict)
-    # more relay sessions granted for this pair (several beacons): session id -> beacon. We send
-    # through relay_route's; the other peer may have picked another one: accept its frames too
-    relay_aliases: dict[bytes, Addr] = field(default_factory=dict)
-    # its connection closed (e.g. a finished `pipe`): no dial, no relay request until the peer is
-    # introduced again (it may be gone for good; asking the beacon for it would only be noise)
-    ended: bool = False
-
-
-class Peer:
+class Peer(FailureReport):
     """A peer: owns one UDP socket for beacons, probes and every peer connection.
 
     ``beacons``: a list of :class:`BeaconSpec` or ``{"hostname": "host:port", "cert_hash": "..."}``.
@@ -199,32 +94,34 @@ class Peer:
         self._port = port
         self._lan_enabled = lan
         self._lan_interfaces = lan_interfaces
-        self._rotation = rotation_seconds
-        self._punch_duration = punch_duration
         self._report_local = report_local_candidates
-        self._relay_enabled = relay
         self._direct_enabled = direct
-        self._relay_after = relay_after
-        self._relay_routes: dict[bytes, tuple[Route, _Pair]] = {}
-        self._relay_aliases: dict[bytes, _Pair] = {}
-        self._pair_by_protocol: dict[PeerProtocol, _Pair] = {}
         self._endpoint: Endpoint | None = None
         self._clients: list[BeaconClient] = []
-        self._meetings: dict[bytes, _Meeting] = {}
-        self._by_token: dict[bytes, _Meeting] = {}
-        self._pairs: collections.OrderedDict[tuple[bytes, bytes], _Pair] = collections.OrderedDict()
+        self._book = MeetingBook(rotation_seconds)
         self._connections: set[PeerConnection] = set()
         self._incoming: asyncio.Queue[PeerConnection] = asyncio.Queue(MAX_INCOMING_BACKLOG)
         self._pending_incoming = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._wake = asyncio.Event()
         self._candidates: list[Address] = []
-        self._networks: list[Any] = []
         self._lan: Any = None
         self._closed = False
         self._started = False
+        self._dialer = Dialer(
+            identity,
+            self.stats,
+            direct_enabled=direct,
+            spawn=self._spawn,
+            is_closed=lambda: self._closed,
+            on_dialed=self._on_dialed,
+        )
+        settings = PairSettings(self.instance, punch_duration, relay, direct, relay_after)
+        self._driver = PairDriver(
+            settings, self.stats, self._book, self._dialer, self._clients, lambda: self._candidates
+        )
+        self._pairs = self._driver.pairs
         bundle = create_bundle("discretpeer", private_key=identity.private_key)
-        self._server_config = _peer_quic_configuration(is_client=False)
+        self._server_config = peer_quic_configuration(is_client=False)
         self._server_config.certificate = bundle.certificate
         self._server_config.private_key = bundle.private_key
 
@@ -240,29 +137,29 @@ class Peer:
             server_configuration=self._server_config,
             create_server_protocol=self._new_incoming,
             admit=self._admit,
-            on_datagram=self._on_datagram,
+            on_datagram=self._driver.on_datagram,
             virtual_paths=True,
-            on_unexpected_source=self._on_unexpected_source,
+            on_unexpected_source=self._driver.on_unexpected_source,
             connection_class=AppPacedQuicConnection,
         )
         self._candidates = self._compute_candidates()
-        self._networks = attached_networks()
+        self._driver.started(self._endpoint, attached_networks())
         for spec in self.beacons:
             client = BeaconClient(
                 spec,
                 self._endpoint,
                 self.instance,
-                on_introduction=self._on_beacon_introduction,
+                on_introduction=self._driver.on_beacon_introduction,
                 get_candidates=lambda: list(self._candidates),
-                on_relay_message=self._on_relay_message,
-                on_disconnect=self._on_beacon_lost,
+                on_relay_message=self._driver.relay.on_message,
+                on_disconnect=self._driver.relay.on_beacon_lost,
                 on_token_full=self._on_token_full,
             )
             self._clients.append(client)
             client.start()
         if self._lan_enabled:
             await self._start_lan()
-        self._spawn(self._punch_loop(), "punch loop")
+        self._spawn(self._driver.punch_loop(), "punch loop")
         self._spawn(self._maintenance_loop(), "maintenance")
         log.info("peer started", peer_id=self.peer_id, port=self.port, beacons=[str(b) for b in self.beacons])
         return self
@@ -272,7 +169,7 @@ class Peer:
         if self._closed:
             return
         self._closed = True
-        for meeting in self._meetings.values():
+        for meeting in self._book:
             for waiter in meeting.waiters:
                 if not waiter.done():
                     waiter.set_exception(ConnectionError("peer closed"))
@@ -310,10 +207,6 @@ class Peer:
         return self._endpoint.port
 
     @property
-    def beacon_status(self) -> list[BeaconStatus]:
-        return [client.status for client in self._clients]
-
-    @property
     def connections(self) -> list[PeerConnection]:
         return [c for c in self._connections if not c.closed]
 
@@ -337,13 +230,13 @@ class Peer:
         was tried.
         """
         self._check_open()
-        record = self._register(meeting, PeerPolicy(expect))
+        record = self._book.register(meeting, PeerPolicy(expect))
         waiter: asyncio.Future[PeerConnection] = asyncio.get_running_loop().create_future()
         record.waiters.append(waiter)
         self._sync_tokens()
         try:
             return await asyncio.wait_for(asyncio.shield(waiter), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 return waiter.result()  # verified in the same instant the timer fired
             raise ConnectError(self._failure_text(record, timeout), self._report(record)) from None
@@ -361,7 +254,7 @@ class Peer:
     async def listen(self, meeting: str | bytes, *, expect: Expectation) -> None:
         """Wait on ``meeting`` until :meth:`unlisten`; verified connections arrive in :meth:`incoming`."""
         self._check_open()
-        record = self._register(meeting, PeerPolicy(expect))
+        record = self._book.register(meeting, PeerPolicy(expect))
         record.listening = True
         self._sync_tokens()
 
@@ -371,8 +264,7 @@ class Peer:
             await self.listen(pair_meeting(self.peer_id, peer_id), expect=peer_id)
 
     async def unlisten(self, meeting: str | bytes) -> None:
-        keys = MeetingKeys.derive(meeting, self._rotation)
-        record = self._meetings.get(keys.meeting)
+        record = self._book.find(meeting)
         if record is not None:
             record.listening = False
             self._unregister_if_idle(record)
@@ -390,19 +282,7 @@ class Peer:
         if not self._started:
             raise RuntimeError("peer not started: use 'async with Peer(...)' or 'await peer.start()'")
 
-    def _register(self, meeting: str | bytes, policy: PeerPolicy) -> _Meeting:
-        keys = MeetingKeys.derive(meeting, self._rotation)
-        record = self._meetings.get(keys.meeting)
-        if record is None:
-            record = _Meeting(keys=keys, policy=policy, tokens=keys.tokens())
-            self._meetings[keys.meeting] = record
-            for token in record.tokens:
-                self._by_token[token] = record
-        else:
-            record.policy = policy
-        return record
-
-    def _unregister_if_idle(self, record: _Meeting) -> None:
+    def _unregister_if_idle(self, record: Meeting) -> None:
         """Withdraw a meeting nobody waits on; forget it once none of its connections is alive
         (until then its probes still count: background punching, NAT rebinding)."""
         if record.wanted or self._closed:
@@ -413,193 +293,19 @@ class Peer:
             for pair in self._pairs.values()
         ):
             return
-        self._meetings.pop(record.id, None)
-        for token in record.tokens:
-            if self._by_token.get(token) is record:
-                del self._by_token[token]
+        self._book.forget(record)
         self._sync_tokens()
 
     def _sync_tokens(self) -> None:
-        tokens = {token for token, record in self._by_token.items() if record.wanted}
+        tokens = self._book.wanted_tokens()
         for client in self._clients:
             client.set_tokens(tokens)
         if self._lan is not None:
             self._spawn(self._lan.set_tokens(tokens), "lan tokens")
 
     def _refresh_tokens(self) -> None:
-        changed = False
-        for record in self._meetings.values():
-            tokens = record.keys.tokens()
-            if tokens != record.tokens:
-                for token in record.tokens:
-                    if self._by_token.get(token) is record:
-                        del self._by_token[token]
-                record.tokens = tokens
-                for token in tokens:
-                    self._by_token[token] = record
-                changed = True
-        if changed:
+        if self._book.refresh_tokens():
             self._sync_tokens()
-
-    def _policy_for_token(self, token: bytes) -> PeerPolicy | None:
-        record = self._by_token.get(token)
-        return record.policy if record is not None else None
-
-    # --- introductions and probes -------------------------------------------------------------
-
-    def _on_beacon_introduction(self, client: BeaconClient, intro: Introduction) -> None:
-        self.stats.introductions += 1
-        pair = self._introduce(
-            intro.token,
-            intro.instance,
-            public=[intro.observed.to_socket()],
-            local=[c.to_socket() for c in intro.candidates],
-            via=f"beacon {client.spec}",
-        )
-        if pair is not None and client not in pair.clients:
-            pair.clients.append(client)
-            if pair.relay_requested_at is not None and self._relay_enabled:
-                # relaying already: a spare session on this beacon too (the other peer asks it
-                # as well), so a relayed connection can move here if its beacon goes
-                if client.send(RelayRequest(token=pair.session.token, instance=pair.session.remote_instance)):
-                    self.stats.relay_requests += 1
-        beacon = client.beacon_address
-        if pair is not None and beacon is not None and len(pair.observed_by) < MAX_OBSERVATIONS:
-            pair.observed_by[beacon] = intro.observed.to_socket()
-            if self._direct_hopeless(pair):
-                self._wake.set()  # the relay is due now
-
-    def _introduce(
-        self, token: bytes, instance: bytes, *, public: list[Addr], local: list[Addr], via: str
-    ) -> _Pair | None:
-        record = self._by_token.get(token)
-        if record is None or instance == self.instance or len(instance) != INSTANCE_SIZE:
-            return None
-        record.introductions += 1
-        now = time.monotonic()
-        pair = self._pair(record, token, instance, now, via)
-        if pair is None:
-            return None
-        sends = pair.session.add_candidates(self._usable(local), CandidateKind.LOCAL, now)
-        sends += pair.session.add_candidates(self._usable(public), CandidateKind.PUBLIC, now)
-        if (not pair.session.active(now) or pair.ended) and pair.connection is None:
-            # a new attempt for a pair we knew: punch afresh (old confirmations may be stale: the
-            # NATs may have changed), relay afresh
-            pair.session.extend(now, self._punch_duration, interval=0.1, fast_period=1.0)
-            for candidate in pair.session.candidates.values():
-                candidate.confirmed_at = candidate.last_confirmed = None
-            pair.failed.clear()
-            pair.introduced_at = now
-            pair.relay_requested_at = None
-            pair.speculated = False
-        pair.ended = False
-        self._send_all(sends)
-        self._wake.set()
-        self._maybe_dial(pair)
-        self._dial_speculatively(pair)
-        return pair
-
-    def _usable(self, addresses: list[Addr]) -> list[Addr]:
-        ipv6 = self._endpoint is not None and ":" in self._endpoint.local_address[0]
-        own = {(a.host, a.port) for a in self._candidates}
-        return [a for a in addresses if (ipv6 or ":" not in a[0]) and a not in own]
-
-    def _pair(self, record: _Meeting, token: bytes, instance: bytes, now: float, via: str) -> _Pair | None:
-        key = (record.id, instance)
-        pair = self._pairs.get(key)
-        if pair is not None:
-            self._pairs.move_to_end(key)
-            pair.meeting = record  # the meeting may have been withdrawn and registered again
-            if pair.connection is not None and pair.connection.closed:
-                pair.connection = None
-            return pair
-        if len(self._pairs) >= MAX_SESSIONS:
-            # evict the oldest pair that is neither connected nor dialing
-            for old_key, old in self._pairs.items():
-                if old.connection is None and not old.dialing:
-                    del self._pairs[old_key]
-                    break
-            else:
-                return None
-        session = PunchSession(
-            token=token,
-            probe_key=record.keys.probe_key,
-            local_instance=self.instance,
-            remote_instance=instance,
-            started_at=now,
-            duration=self._punch_duration,
-        )
-        session.start(now)
-        pair = _Pair(meeting=record, session=session, introduced_at=now, via=via)
-        self._pairs[key] = pair
-        self.stats.punch_sessions += 1
-        return pair
-
-    def _on_datagram(self, data: bytes, source: Addr) -> None:
-        if data[0] == RELAY_DATA:
-            self._on_relay_frame(data, source)
-            return
-        if not self._direct_enabled:
-            return
-        try:
-            probe = parse_probe(data)
-        except ProbeError:
-            self.stats.probes_rejected += 1
-            return
-        record = self._by_token.get(probe.token)
-        if record is None or probe.instance == self.instance or not probe.verify(record.keys.probe_key):
-            self.stats.probes_rejected += 1
-            return
-        self.stats.probes_received += 1
-        now = time.monotonic()
-        key = (record.id, probe.instance)
-        pair = self._pairs.get(key)
-        if pair is None:
-            if probe.kind is not ProbeKind.PING:
-                return
-            # a probe before our own introduction: keep it, answer it, count it as one
-            pair = self._pair(record, probe.token, probe.instance, now, "probe")
-            if pair is None:
-                return
-        before = {c.address for c in pair.session.confirmed()}
-        self._send_all(pair.session.on_probe(source, probe, now))
-        if {c.address for c in pair.session.confirmed()} - before:
-            self.stats.punches_confirmed += 1
-        if pair.connection is not None:
-            self._consider_switch(pair)
-        self._maybe_dial(pair)
-
-    def _send_all(self, sends: list[tuple[Addr, bytes]]) -> None:
-        endpoint = self._endpoint
-        if endpoint is None or not self._direct_enabled:
-            return
-        for address, data in sends:
-            endpoint.sendto(data, address)
-            self.stats.probes_sent += 1
-
-    async def _punch_loop(self) -> None:
-        while True:
-            now = time.monotonic()
-            deadline: float | None = None
-            for key, pair in list(self._pairs.items()):
-                relay_at = self._relay_housekeeping(pair, now)
-                if relay_at is not None:
-                    deadline = relay_at if deadline is None else min(deadline, relay_at)
-                self._send_all(pair.session.poll(now))
-                next_at = pair.session.next_deadline()
-                if next_at is not None:
-                    deadline = next_at if deadline is None else min(deadline, next_at)
-                elif (
-                    pair.connection is None
-                    and pair.relay_route is None
-                    and not pair.dialing
-                    and now - pair.session.started_at > pair.session.duration + SESSION_LINGER
-                ):
-                    del self._pairs[key]
-            self._wake.clear()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _maintenance_loop(self) -> None:
         last_candidates = time.monotonic()
@@ -608,7 +314,7 @@ class Peer:
             self._refresh_tokens()
             if time.monotonic() - last_candidates >= CANDIDATE_REFRESH_INTERVAL:
                 last_candidates = time.monotonic()
-                self._networks = attached_networks()
+                self._driver.networks = attached_networks()
                 fresh = self._compute_candidates()
                 if fresh != self._candidates:
                     self._candidates = fresh
@@ -623,133 +329,6 @@ class Peer:
         if host not in ("::", "0.0.0.0"):
             return [Address.from_socket((host, self._endpoint.port))] if not host.startswith("127.") else []
         return local_candidates(self._endpoint.port, ipv6=ipv6)
-
-    # --- dialing ------------------------------------------------------------------------------
-
-    def _maybe_dial(self, pair: _Pair) -> None:
-        if not pair.session.is_dialer or self._closed or pair.ended:
-            return
-        if pair.connection is not None and not pair.connection.closed:
-            return
-        if not pair.meeting.wanted:
-            return
-        candidates = [c for c in pair.session.confirmed() if c.address not in pair.failed]
-        relay = pair.relay_route is not None and pair.relay_route.virtual not in pair.failed
-        if pair.dialing:
-            # a speculative dial that has heard nothing gives way to a confirmed path...
-            if not (self._dial_is_silent_speculation(pair) and (candidates or relay)):
-                return
-            if candidates and candidates[0].address == pair.dial_target:
-                # ...but when it aims at that very address its answer is simply on the way (the
-                # probe came in half a round trip, the QUIC answer needs a whole one): wait a bit
-                if pair.speculation_watch is None:
-                    grace = 2 * (time.monotonic() - pair.dial_started) + 0.05
-                    pair.speculation_watch = asyncio.get_running_loop().call_later(
-                        grace, self._speculation_timeout, pair
-                    )
-                return
-            self._abandon_dial(pair)
-        if candidates:
-            self._start_dial(pair, candidates[0])
-        elif relay:
-            self._start_dial(pair, None)
-
-    def _dial_speculatively(self, pair: _Pair) -> None:
-        """Dial the observed public address at once, while probes are still on their way: when
-        both NATs open at the same moment (both peers got the introduction together) this saves
-        the wait for the first probe, half a round trip. It gives way to any confirmed path."""
-        if (
-            not pair.session.is_dialer
-            or pair.dialing
-            or pair.speculated
-            or not self._direct_enabled
-            or not pair.meeting.wanted
-            or (pair.connection is not None and not pair.connection.closed)
-        ):
-            return
-        public = [
-            c
-            for c in pair.session.candidates.values()
-            if c.kind is CandidateKind.PUBLIC and c.address not in pair.failed
-        ]
-        if public:
-            pair.speculated = True
-            self._start_dial(pair, public[0], speculative=True)
-
-    def _speculation_timeout(self, pair: _Pair) -> None:
-        pair.speculation_watch = None
-        if pair.dialing and self._dial_is_silent_speculation(pair):
-            self._abandon_dial(pair)  # its Initial was lost (the other NAT was not open yet)
-            self._maybe_dial(pair)
-
-    def _dial_is_silent_speculation(self, pair: _Pair) -> bool:
-        protocol = pair.dial_protocol
-        return pair.dial_speculative and (protocol is None or protocol.last_received == 0)
-
-    def _start_dial(self, pair: _Pair, candidate: Candidate | None, *, speculative: bool = False) -> None:
-        pair.dialing = True
-        pair.dial_speculative = speculative
-        pair.dial_protocol = None
-        pair.dial_target = None if candidate is None else candidate.address
-        pair.dial_started = time.monotonic()
-        name = "dial via relay" if candidate is None else "dial"
-        pair.dial_task = self._spawn(self._dial(pair, candidate, speculative), name)
-
-    def _abandon_dial(self, pair: _Pair) -> None:
-        task, protocol = pair.dial_task, pair.dial_protocol
-        if pair.speculation_watch is not None:
-            pair.speculation_watch.cancel()
-            pair.speculation_watch = None
-        pair.dialing = pair.dial_speculative = False
-        pair.dial_task = pair.dial_protocol = None
-        if task is not None:
-            task.cancel()
-        if protocol is not None:
-            protocol.close_with("superseded by a confirmed path")
-
-    async def _dial(self, pair: _Pair, candidate: Candidate | None, speculative: bool = False) -> None:
-        """Dial a confirmed candidate, or through the pair's relay route when ``candidate`` is None."""
-        assert self._endpoint is not None
-        self.stats.dials += 1
-        record = pair.meeting
-        configuration = _peer_quic_configuration(is_client=True)
-        protocol: PeerProtocol | None = None
-        route = pair.relay_route if candidate is None else None
-        target = candidate.address if candidate is not None else route.virtual  # type: ignore[union-attr]
-        where = f"{target[0]}:{target[1]}" if candidate is not None else "relay"
-        me = asyncio.current_task()
-        try:
-            protocol = self._endpoint.connect(target, configuration, PeerProtocol, route=route)  # type: ignore[assignment]
-            if pair.dial_task is me:
-                pair.dial_protocol = protocol
-            await asyncio.wait_for(protocol.wait_handshake(), DIAL_TIMEOUT)
-            verified = await authenticate_as_dialer(protocol, self.identity, pair.session.token, record.policy)
-        except (AuthError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
-            text = str(exc) or type(exc).__name__
-            if isinstance(exc, AuthError):
-                self.stats.auth_failures += 1
-            else:
-                self.stats.dial_failures += 1
-                text = f"QUIC to {where}: {text}"
-            record.failures.append(text)
-            log.info("dial failed", address=candidate.address, error=text)
-            if protocol is not None:
-                protocol.close_with(text if isinstance(exc, AuthError) else "dial failed")
-            if pair.dial_task is not me:
-                return  # abandoned meanwhile: the pair is someone else's business now
-            if not speculative:
-                pair.failed.add(target)
-            pair.dialing = pair.dial_speculative = False
-            pair.dial_task = pair.dial_protocol = None
-            self._maybe_dial(pair)
-            return
-        path: PathKind = "relay" if candidate is None else self._direct_kind(candidate)
-        connection = self._adopt(protocol, verified, path, dialer=True, introduced_at=pair.introduced_at)
-        self._attach_pair(pair, connection, protocol)
-        if pair.dial_task is me:
-            pair.dialing = pair.dial_speculative = False
-            pair.dial_task = pair.dial_protocol = None
-        self._deliver(record, connection)
 
     # --- incoming -----------------------------------------------------------------------------
 
@@ -769,44 +348,69 @@ class Peer:
     async def _accept(self, protocol: PeerProtocol) -> None:
         try:
             await asyncio.wait_for(protocol.wait_handshake(), DIAL_TIMEOUT * 2)
-            verified = await authenticate_as_listener(protocol, self.identity, self._policy_for_token)
-        except (AuthError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            verified = await authenticate_as_listener(protocol, self.identity, self._book.policy_for_token)
+        except (AuthError, ConnectionError, OSError, TimeoutError) as exc:
             text = str(exc) or type(exc).__name__
             if isinstance(exc, AuthError):
                 self.stats.auth_failures += 1
                 # the meeting is not known before the proof is read: tell every waiting one
-                for record in self._meetings.values():
-                    record.failures.append(f"incoming from {protocol.remote_address}: {text}")
+                for meeting in self._book:
+                    meeting.failures.append(f"incoming from {protocol.remote_address}: {text}")
             protocol.close_with(text)
             return
         finally:
             self._pending_incoming -= 1
-        record = self._by_token.get(verified.token)
+        record = self._book.by_token(verified.token)
         if record is None:
             protocol.close_with("meeting withdrawn")
             return
         route = protocol.route
-        path: PathKind = "direct"
-        pair: _Pair | None = None
+        path: PathKind
+        pair: Pair | None
         if route is not None and route.kind == "relay" and route.relay is not None:
-            entry = self._relay_routes.get(route.relay.session_id)
-            pair = entry[1] if entry is not None else None
+            pair = self._driver.relay.pair_of(route.relay.session_id)
             path = "relay"
         else:
-            pair = self._pair_for_address(record, protocol.remote_address)
+            pair = self._driver.pair_for_address(record, protocol.remote_address)
             candidate = pair.session.candidates.get(protocol.remote_address) if pair is not None else None
-            path = self._direct_kind(candidate, protocol.remote_address)
-        introduced_at = pair.introduced_at if pair is not None else None
+            path = self._driver.path_kind(candidate, protocol.remote_address)
+        introduced_at = pair.state.introduced_at if pair is not None else None
         connection = self._adopt(protocol, verified, path, dialer=False, introduced_at=introduced_at)
         if pair is not None:
-            self._attach_pair(pair, connection, protocol)
+            self._driver.attach(pair, connection, protocol, None)
         self._deliver(record, connection)
 
-    def _pair_for_address(self, record: _Meeting, address: Addr) -> _Pair | None:
-        for (meeting_id, _), pair in reversed(self._pairs.items()):
-            if meeting_id == record.id and address in pair.session.candidates:
-                return pair
-        return None
+    def _on_dialed(
+        self, pair: Pair, dial: Dial, candidate: Candidate | None, protocol: PeerProtocol, verified: VerifiedPeer
+    ) -> None:
+        path: PathKind = "relay" if candidate is None else self._driver.path_kind(candidate, dial.target)
+        connection = self._adopt(protocol, verified, path, dialer=True, introduced_at=pair.state.introduced_at)
+        if pair.state.dialing(dial.attempt):
+            self._dialer.settled(pair)
+        self._driver.attach(pair, connection, protocol, dial.attempt)
+        self._deliver(pair.meeting, connection)
+
+    # --- beacon signals -----------------------------------------------------------------------
+
+    def _on_token_full(self, client: BeaconClient, token: bytes, text: str) -> None:
+        """A beacon refused one of a meeting's tokens as full: the peers cannot meet there."""
+        record = self._book.by_token(token)
+        if record is not None:
+            if text not in record.refusals:
+                record.refusals.append(text)
+            log.warning("meeting token refused as full", beacon=str(client.spec), reason=text)
+
+    def _on_connection_quiet(self, connection: PeerConnection) -> None:
+        """A relayed connection hears nothing: if its beacon crashed, ask that beacon client to
+        find out now (a restarted beacon resets it at once) rather than at its next keepalive."""
+        if connection.path != "relay":
+            return
+        for route, pair in self._driver.relay.routes():
+            if pair.connection is connection and route.relay is not None:
+                for client in self._clients:
+                    if client.beacon_address == route.relay.beacon:
+                        client.check_now()
+                return
 
     # --- delivery -----------------------------------------------------------------------------
 
@@ -814,7 +418,12 @@ class Peer:
         self, protocol: PeerProtocol, verified: Any, path: PathKind, *, dialer: bool, introduced_at: float | None
     ) -> PeerConnection:
         connection = PeerConnection(
-            protocol, verified, path, dialer=dialer, introduced_at=introduced_at, on_close=self._on_connection_closed,
+            protocol,
+            verified,
+            path,
+            dialer=dialer,
+            introduced_at=introduced_at,
+            on_close=self._on_connection_closed,
             on_quiet=self._on_connection_quiet,
         )
         self._connections.add(connection)
@@ -831,7 +440,7 @@ class Peer:
         )
         return connection
 
-    def _deliver(self, record: _Meeting, connection: PeerConnection) -> None:
+    def _deliver(self, record: Meeting, connection: PeerConnection) -> None:
         while record.waiters:
             waiter = record.waiters.pop(0)
             if not waiter.done():
@@ -846,338 +455,11 @@ class Peer:
                 return
         connection.close("nobody is waiting for this meeting any more")
 
-    def _direct_kind(self, candidate: Candidate | None, address: Addr | None = None) -> PathKind:
-        """"lan" for a peer reported as local or on one of our attached networks, else "direct"
-        (so a hairpin through the router's public address is "direct")."""
-        if candidate is not None and candidate.kind is CandidateKind.LOCAL:
-            return "lan"
-        host = (candidate.address if candidate is not None else address or ("", 0))[0]
-        return "lan" if on_attached_network(host, self._networks) else "direct"
-
-    def _attach_pair(self, pair: _Pair, connection: PeerConnection, protocol: PeerProtocol) -> None:
-        pair.connection = connection
-        self._pair_by_protocol[protocol] = pair
-        self._consider_switch(pair)
-
     def _on_connection_closed(self, connection: PeerConnection) -> None:
         self._connections.discard(connection)
-        protocol = connection._protocol  # noqa: SLF001 - our own class
-        pair = self._pair_by_protocol.pop(protocol, None)
-        if pair is not None and pair.connection is connection:
-            pair.connection = None
-            pair.ended = True
-            self._drop_relay(pair)
+        pair = self._driver.connection_closed(connection)
+        if pair is not None:
             self._unregister_if_idle(pair.meeting)
-
-    # --- relay and path switching -------------------------------------------------------------
-
-    def _relay_housekeeping(self, pair: _Pair, now: float) -> float | None:
-        """Request a relay when punching has not produced a connection in time; keep punching
-        slowly while relayed. Returns when it next wants to run, if it waits for something."""
-        connection = pair.connection
-        if connection is not None and connection.closed:
-            pair.connection = connection = None
-            pair.ended = True  # (before _on_connection_closed, which then finds no connection here)
-        if connection is not None:
-            if connection.path == "relay" and not pair.session.active(now):
-                pair.session.extend(now, 30.0, interval=BACKGROUND_PUNCH_INTERVAL, fast_period=0.0)
-            return None
-        if (not self._relay_enabled or not pair.clients or pair.relay_route is not None or not pair.meeting.wanted
-                or pair.ended):
-            return None
-        # with punching off, or both NATs mapping per destination, a direct path is hopeless: ask
-        # at once (punching goes on in the background and upgrades the connection if it works)
-        hopeless = not self._direct_enabled or self._direct_hopeless(pair)
-        due = pair.introduced_at + (0.0 if hopeless else self._relay_after)
-        if pair.relay_requested_at is not None:
-            due = max(due, pair.relay_requested_at + RELAY_REQUEST_RETRY)
-        if now < due:
-            return due
-        if pair.dialing and not self._dial_is_silent_speculation(pair):
-            return now + 0.1
-        request = RelayRequest(token=pair.session.token, instance=pair.session.remote_instance)
-        sent = sum(1 for client in pair.clients if client.send(request))
-        if not sent:
-            return now + 0.25  # no beacon connected (reconnecting after a crash): ask once one is
-        self.stats.relay_requests += sent
-        pair.relay_requested_at = now
-        log.info("requesting relay", peer_instance=pair.session.remote_instance.hex()[:8], beacons=len(pair.clients))
-        return now + RELAY_REQUEST_RETRY
-
-    def _own_mapping_varies(self) -> bool | None:
-        """Does our NAT give us a different public address per destination (a "symmetric" NAT)?
-        Known once two beacons at different addresses told us what they see; else None."""
-        seen: dict[Addr, Addr] = {}
-        for client in self._clients:
-            beacon, observed = client.beacon_address, client.status.observed
-            if beacon is not None and observed is not None:
-                seen[beacon] = observed.to_socket()
-        return mapping_varies(seen)
-
-    def _direct_hopeless(self, pair: _Pair) -> bool:
-        """Both sides behind NATs that map per destination: the address each beacon reports is
-        useless to the other peer, punching cannot meet. Both peers see the same facts (each
-        one's address at each beacon, through introductions), so both decide alike."""
-        if not self._direct_enabled:
-            return True
-        other = mapping_varies(pair.observed_by)
-        if not other:
-            return False
-        mine = self._own_mapping_varies()
-        if not mine:
-            return False
-        own_ips = {c.status.observed.host for c in self._clients if c.status.observed is not None}
-        # behind the same NAT as the other peer: local addresses or a hairpin may still work
-        return not own_ips & {address[0] for address in pair.observed_by.values()}
-
-    def _on_relay_message(self, client: BeaconClient, message: Message) -> None:
-        if isinstance(message, RelayGrant):
-            self.stats.relay_grants += 1
-            record = self._by_token.get(message.token)
-            pair = self._pairs.get((record.id, message.instance)) if record is not None else None
-            beacon = client.beacon_address
-            if pair is None or beacon is None or self._endpoint is None:
-                return
-            if pair.relay_route is not None:
-                # a second beacon granted too; the other peer may send through that one
-                if len(pair.relay_aliases) < MAX_OBSERVATIONS and len(self._relay_aliases) < MAX_RELAY_ROUTES:
-                    pair.relay_aliases[message.session_id] = beacon
-                    self._relay_aliases[message.session_id] = pair
-                return
-            if pair.connection is not None and not pair.connection.closed:
-                return  # a direct path won meanwhile
-            if len(self._relay_routes) >= MAX_RELAY_ROUTES:
-                return
-            route = self._endpoint.routes.new(relay=RelayLink(message.session_id, beacon))
-            pair.relay_route = route
-            self._relay_routes[message.session_id] = (route, pair)
-            log.info("relay granted", beacon=str(client.spec), max_bytes=message.max_bytes)
-            self._maybe_dial(pair)
-        elif isinstance(message, RelayEnd):
-            self.stats.relay_ends += 1
-            entry = self._relay_routes.get(message.session_id)
-            if entry is None:
-                return
-            route, pair = entry
-            try:
-                code = ErrorCode(message.code).name
-            except ValueError:
-                code = str(message.code)
-            text = f"relay ended by the beacon: {code} {message.message}".strip()
-            pair.meeting.failures.append(text)
-            connection = pair.connection
-            self._drop_relay(pair)
-            if connection is not None and connection.path == "relay":
-                connection.close(text)
-
-    def _on_token_full(self, client: BeaconClient, token: bytes, text: str) -> None:
-        """A beacon refused one of a meeting's tokens as full: the peers cannot meet there."""
-        record = self._by_token.get(token)
-        if record is not None:
-            if text not in record.refusals:
-                record.refusals.append(text)
-            log.warning("meeting token refused as full", beacon=str(client.spec), reason=text)
-    def _on_connection_quiet(self, connection: PeerConnection) -> None:
-        """A relayed connection hears nothing: if its beacon crashed, ask that beacon client to
-        find out now (a restarted beacon resets it at once) rather than at its next keepalive."""
-        if connection.path != "relay":
-            return
-        for route, pair in self._relay_routes.values():
-            if pair.connection is connection and route.relay is not None:
-                for client in self._clients:
-                    if client.beacon_address == route.relay.beacon:
-                        client.check_now()
-                return
-
-    def _on_beacon_lost(self, client: BeaconClient, address: Addr) -> None:
-        """Relay sessions live in the beacon: when it goes, a relayed connection moves to the
-        session another beacon granted for the pair, if any (streams survive); else it ends now
-        (the app sees an error at once, not after QUIC's idle timeout). Direct ones carry on."""
-        for session_id, pair in list(self._relay_aliases.items()):
-            if pair.relay_aliases.get(session_id) == address:  # a spare on the lost beacon
-                del pair.relay_aliases[session_id]
-                del self._relay_aliases[session_id]
-        for route, pair in list(self._relay_routes.values()):
-            if route.relay is None or route.relay.beacon != address:
-                continue
-            connection = pair.connection
-            if connection is not None and not connection.closed and self._move_relay(pair, route):
-                log.info("relay moved", peer=connection.peer_id, lost=str(client.spec), beacon=route.relay.beacon)
-                continue
-            self._drop_relay(pair)
-            pair.relay_requested_at = None  # ask afresh as soon as a beacon is back
-            text = f"relay lost: beacon {client.spec} disconnected"
-            pair.meeting.failures.append(text)
-            if connection is not None and connection.path == "relay":
-                connection.close(text)
-
-    def _move_relay(self, pair: _Pair, route: Route) -> bool:
-        """Send through a spare session of the pair (granted by a beacon still connected)."""
-        assert route.relay is not None
-        connected = {c.beacon_address for c in self._clients if c.connected}
-        for session_id, beacon in list(pair.relay_aliases.items()):
-            if beacon not in connected:
-                continue
-            del pair.relay_aliases[session_id]
-            self._relay_aliases.pop(session_id, None)
-            self._relay_routes.pop(route.relay.session_id, None)
-            route.use_relay(RelayLink(session_id, beacon))
-            self._relay_routes[session_id] = (route, pair)
-            if pair.connection is not None:
-                pair.connection._set_path()  # noqa: SLF001 - still "relay": reports the change
-            self.stats.path_switches += 1
-            return True
-        return False
-
-    def _drop_relay(self, pair: _Pair) -> None:
-        route = pair.relay_route
-        pair.relay_route = None
-        for session_id in pair.relay_aliases:
-            self._relay_aliases.pop(session_id, None)
-        pair.relay_aliases.clear()
-        if route is not None and route.relay is not None:
-            self._relay_routes.pop(route.relay.session_id, None)
-            if self._endpoint is not None and (pair.connection is None or pair.connection.closed):
-                self._endpoint.routes.drop(route)
-
-    def _on_relay_frame(self, data: bytes, source: Addr) -> None:
-        try:
-            session_id, payload = parse_relay_frame(data)
-        except RelayFrameError:
-            self.stats.probes_rejected += 1
-            return
-        entry = self._relay_routes.get(session_id)
-        if entry is None:
-            pair = self._relay_aliases.get(session_id)
-            if pair is not None and pair.relay_route is not None and pair.relay_aliases.get(session_id) == source:
-                entry = (pair.relay_route, pair)
-                source = pair.relay_route.relay.beacon if pair.relay_route.relay is not None else source
-        if entry is None or self._endpoint is None:
-            return
-        route, _ = entry
-        if route.relay is None or source != route.relay.beacon:
-            return  # only the beacon that granted the session may deliver for it
-        self._endpoint.inject(payload, route)
-
-    def _on_unexpected_source(self, protocol: Any, source: Addr) -> None:
-        """A packet of a connection came from an address its route does not use: the peer
-        switched to a direct path, or its NAT gave it a new port. Probe it; switch once confirmed."""
-        pair = self._pair_by_protocol.get(protocol)
-        if pair is None:
-            return
-        route = protocol.route
-        if route is not None and route.relay is not None and source == route.relay.beacon:
-            return
-        pair.rebind = source
-        now = time.monotonic()
-        candidate = pair.session.candidates.get(source)
-        if candidate is not None and candidate.last_confirmed is not None and now - candidate.last_confirmed < 2.0:
-            self._consider_switch(pair)
-            return
-        sends = pair.session.add_candidates([source], CandidateKind.REFLEXIVE, now)
-        if not pair.session.active(now):
-            pair.session.extend(now, 3.0, interval=0.1, fast_period=1.0)
-            self._wake.set()
-        self._send_all(sends)
-
-    def _consider_switch(self, pair: _Pair) -> None:
-        connection = pair.connection
-        if connection is None or connection.closed:
-            return
-        route = connection._protocol.route  # noqa: SLF001 - our own class
-        if route is None:
-            return
-        now = time.monotonic()
-        fresh = [
-            c
-            for c in pair.session.confirmed()
-            if c.last_confirmed is not None and now - c.last_confirmed < 10.0 and c.address not in pair.failed
-        ]
-        target: Candidate | None = None
-        if route.kind == "relay":
-            target = fresh[0] if fresh else None
-        elif pair.rebind is not None:
-            target = next((c for c in fresh if c.address == pair.rebind), None)
-        else:
-            # a LAN path that confirmed after we connected over the public one is the better path
-            current = pair.session.candidates.get(route.direct) if route.direct is not None else None
-            if current is None or current.kind is not CandidateKind.LOCAL:
-                target = next((c for c in fresh if c.kind is CandidateKind.LOCAL), None)
-        if target is None:
-            return
-        pair.rebind = None
-        if route.use_direct(target.address):
-            self.stats.path_switches += 1
-            connection._set_path(self._direct_kind(target))  # noqa: SLF001
-            log.info("path switched", peer=connection.peer_id, path=connection.path, remote=target.address)
-
-    # --- reports ------------------------------------------------------------------------------
-
-    def _report(self, record: _Meeting) -> dict[str, object]:
-        pairs = [pair for (meeting_id, _), pair in self._pairs.items() if meeting_id == record.id]
-        return {
-            "beacons": [
-                {
-                    "beacon": status.beacon,
-                    "state": status.state,
-                    "observed": str(status.observed) if status.observed else None,
-                    "last_error": status.last_error,
-                }
-                for status in self.beacon_status
-            ],
-            "introductions": record.introductions,
-            "candidates": [
-                {
-                    "address": f"{c.address[0]}:{c.address[1]}",
-                    "kind": c.kind.value,
-                    "probes_sent": c.probes_sent,
-                    "confirmed": c.confirmed_at is not None,
-                }
-                for pair in pairs
-                for c in pair.session.candidates.values()
-            ],
-            "probes_sent": sum(pair.session.stats.probes_sent for pair in pairs),
-            "probes_received": sum(
-                pair.session.stats.pings_received + pair.session.stats.pongs_received for pair in pairs
-            ),
-            "failures": list(record.failures),
-            "refusals": list(record.refusals),
-        }
-
-    def _failure_text(self, record: _Meeting, timeout: float) -> str:
-        report = self._report(record)
-        beacons = report["beacons"]
-        assert isinstance(beacons, list)
-        reached = [b["beacon"] for b in beacons if b["state"] == "connected"]
-        if not self._clients and not self._lan_enabled:
-            where = "no beacon configured and LAN discovery off"
-        elif self._clients:
-            where = f"beacons reached {len(reached)}/{len(self._clients)}" + (
-                "" if reached else " (" + "; ".join(f"{b['beacon']}: {b['last_error']}" for b in beacons) + ")"
-            )
-        else:
-            where = "LAN discovery only"
-        candidates = report["candidates"]
-        assert isinstance(candidates, list)
-        tried = ", ".join(
-            f"{c['address']} ({c['kind']}, {c['probes_sent']} probes{', answered' if c['confirmed'] else ''})"
-            for c in candidates
-        )
-        text = (
-            f"no verified connection for this meeting within {timeout:g}s (expecting {record.policy.description}): "
-            f"{where}; introductions {record.introductions}; "
-            f"candidates tried: {tried or 'none'}; "
-            f"probes sent {report['probes_sent']}, received {report['probes_received']}"
-        )
-        refusals = report["refusals"]
-        if refusals:
-            assert isinstance(refusals, list)
-            text += "; " + "; ".join(refusals)
-        failures = report["failures"]
-        if failures:
-            assert isinstance(failures, list)
-            text += f"; last error: {failures[-1]}"
-        return text
 
     # --- LAN ----------------------------------------------------------------------------------
 
@@ -1192,11 +474,11 @@ class Peer:
             interfaces=self._lan_interfaces,
         )
         await self._lan.start()
-        await self._lan.set_tokens({t for t, r in self._by_token.items() if r.wanted})
+        await self._lan.set_tokens(self._book.wanted_tokens())
 
     def _on_lan_sighting(self, sighting: Any) -> None:
         self.stats.lan_sightings += 1
-        self._introduce(
+        self._driver.introduce(
             sighting.token,
             sighting.instance,
             public=[],
