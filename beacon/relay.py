@@ -223,8 +223,12 @@ class RelayTable:
 
     # --- forwarding ---------------------------------------------------------------------------
 
-    def route(self, data: bytes, source: SocketAddress, now: float) -> tuple[Any, SocketAddress] | None:
+    def route(
+        self, data: bytes, source: SocketAddress, now: float, via: Any = None
+    ) -> tuple[Any, SocketAddress] | None:
         """Where to send this datagram unchanged (``(via, address)``), or None to drop it.
+        ``via``: what it came through (a UDP socket or a TCP connection); when given, it must
+        be the side's, so a UDP datagram claiming a TCP side's address is not that side.
 
         Sessions ended by a quota are appended to :attr:`ended`."""
         if len(data) <= RELAY_HEADER_SIZE or data[0] != RELAY_DATA or len(data) > RELAY_HEADER_SIZE + MAX_RELAY_PAYLOAD:
@@ -234,9 +238,9 @@ class RelayTable:
         if session is None:
             self.dropped["unknown_session"] += 1
             return None
-        if source == session.a.address:
+        if source == session.a.address and (via is None or via is session.a.via):
             sender, receiver = session.a, session.b
-        elif source == session.b.address:
+        elif source == session.b.address and (via is None or via is session.b.via):
             sender, receiver = session.b, session.a
         else:
             self.dropped["wrong_source"] += 1

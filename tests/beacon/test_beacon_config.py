@@ -19,7 +19,8 @@ def test_example_file_is_the_template():
 
 def test_template_lists_every_key_with_its_default():
     values = tomllib.loads(render_template())
-    assert values == dataclasses.asdict(BeaconConfig())
+    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(BeaconConfig()).items()}
+    assert values == defaults
     for f in dataclasses.fields(BeaconConfig):
         assert f"# {f.metadata['doc']}\n{f.name} = " in render_template()
 
@@ -77,3 +78,13 @@ def test_loopback_config():
     assert (config.host, config.port, config.ipv6_enabled, config.max_peers_per_token) == ("127.0.0.1", 0, False, 3)
     with pytest.raises(ConfigError):
         loopback_config(port="x")
+
+
+def test_extra_tcp_ports_are_checked(tmp_path):
+    path = tmp_path / "Beacon.conf.toml"
+    path.write_text("tcp_extra_ports = [443, 8443]\n")
+    assert load_config(path).tcp_extra_ports == (443, 8443)
+    for bad in ("[0]", "[70000]", '["443"]', "443", "[true]"):
+        path.write_text(f"tcp_extra_ports = {bad}\n")
+        with pytest.raises(ConfigError, match="tcp_extra_ports"):
+            load_config(path)
