@@ -1,0 +1,91 @@
+"""Peers whose UDP to the beacon is blocked: the beacon over TLS/TCP, relay across UDP/TCP legs.
+
+"Blocked" on loopback: the peer is given a beacon UDP port where nothing listens, and the
+beacon's real TCP port (``tcp_port`` in the beacon entry); its QUIC attempts go unanswered."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+from discretpeer import Identity, Peer
+from tests.conftest import beacon_entry
+
+
+def dead_udp_port() -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def tcp_only_entry(server) -> dict:
+    return {"hostname": f"127.0.0.1:{dead_udp_port()}", "cert_hash": server.fingerprint, "tcp_port": server.tcp_port}
+
+
+def loopback_peer(identity: Identity, beacons: list, **kwargs) -> Peer:
+    return Peer(identity, beacons, host="127.0.0.1", **kwargs)
+
+
+async def test_udp_blocked_peer_registers_over_tcp(beacon):
+    async with loopback_peer(Identity.generate(), [tcp_only_entry(beacon)]) as peer:
+        deadline = time.monotonic() + 5
+        while not any(s.state == "connected" for s in peer.beacon_status):
+            assert time.monotonic() < deadline, peer.beacon_status
+            await asyncio.sleep(0.02)
+        status = peer.beacon_status[0]
+        assert status.transport == "tcp"
+        assert status.address == ("127.0.0.1", beacon.tcp_port)
+        assert beacon.connection_count == 1
+
+
+async def test_udp_peer_prefers_quic(beacon):
+    async with loopback_peer(Identity.generate(), [beacon_entry(beacon)]) as peer:
+        deadline = time.monotonic() + 5
+        while not any(s.state == "connected" for s in peer.beacon_status):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert peer.beacon_status[0].transport == "udp"
+        assert peer.beacon_status[0].udp_works is True
+
+
+async def test_udp_blocked_peer_connects_through_a_tcp_relay_leg_and_carries_a_stream(beacon):
+    ia, ib = Identity.generate(), Identity.generate()
+    async with loopback_peer(ia, [tcp_only_entry(beacon)], direct=False) as pa, \
+            loopback_peer(ib, [beacon_entry(beacon)]) as pb:
+        ca, cb = await asyncio.gather(
+            pa.connect("tcp meeting", expect=pb.peer_id, timeout=15),
+            pb.connect("tcp meeting", expect=pa.peer_id, timeout=15),
+        )
+        assert ca.path == cb.path == "relay"
+        assert pa.beacon_status[0].transport == "tcp"
+        assert pb.beacon_status[0].transport == "udp"
+        payload = os.urandom(300_000)
+        r, w = await ca.open_stream()
+        w.write(payload)
+        w.write_eof()
+        r2, w2 = await cb.accept_stream()
+        assert await r2.read() == payload
+        w2.write(payload[::-1])
+        w2.write_eof()
+        assert await r.read() == payload[::-1]
+        assert beacon.relay.forwarded_bytes > 600_000
+
+
+async def test_two_udp_blocked_peers_connect_over_tcp_legs(beacon):
+    ia, ib = Identity.generate(), Identity.generate()
+    async with loopback_peer(ia, [tcp_only_entry(beacon)], direct=False) as pa, \
+            loopback_peer(ib, [tcp_only_entry(beacon)], direct=False) as pb:
+        ca, cb = await asyncio.gather(
+            pa.connect("tcp meeting 2", expect=pb.peer_id, timeout=15),
+            pb.connect("tcp meeting 2", expect=pa.peer_id, timeout=15),
+        )
+        assert ca.path == cb.path == "relay"
+        r, w = await ca.open_stream()
+        w.write(b"over two TCP legs")
+        w.write_eof()
+        r2, _ = await cb.accept_stream()
+        assert await r2.read() == b"over two TCP legs"
