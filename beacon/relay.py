@@ -190,7 +190,8 @@ class RelayTable:
         self, conn: Key, instance: bytes, token: bytes, target: Key, via: Any, address: SocketAddress, now: float
     ) -> RequestOutcome:
         key = (token, conn, target)
-        if key in self._pending:
+        refreshed = key in self._pending
+        if refreshed:
             self._unpend(key)  # refreshed: moves to the back with a new deadline
         elif self._pending_by_conn.get(conn, 0) >= self.quota.max_pending_per_connection:
             return RequestOutcome(refused=ErrorCode.RELAY_REFUSED, message="too many pending relay requests")
@@ -198,7 +199,7 @@ class RelayTable:
             return RequestOutcome(refused=ErrorCode.RELAY_TOO_MANY_SESSIONS, message="too many pending relay requests")
         self._pending[key] = Pending(conn, token, instance, target, via, address, now + self.quota.request_timeout)
         self._pending_by_conn[conn] = self._pending_by_conn.get(conn, 0) + 1
-        return RequestOutcome()
+        return RequestOutcome(new=not refreshed)  # new=False: a pending request repeated
 
     def _unpend(self, key: tuple[bytes, Key, Key]) -> Pending | None:
         pending = self._pending.pop(key, None)

@@ -796,7 +796,13 @@ class BeaconServer:
             return
         session = outcome.session
         if session is None:
-            return  # waiting for the other peer's request
+            # waiting for the other peer's request: tell it, so it asks now rather than after
+            # its own punching deadline (a peer whose UDP is blocked knows punching is pointless);
+            # older clients ignore this frame
+            target = self._peers.get(targets[0])  # type: ignore[call-overload]
+            if target is not None and outcome.new:
+                self._send(target, wire.RelayRequest(token=request.token, instance=peer.instance))
+            return
         if not outcome.new:
             side = session.a if session.a.conn == peer.key else session.b
             self._grant(side, session)

@@ -47,6 +47,7 @@ from discretpeer.wire import (
     Pong,
     RelayEnd,
     RelayGrant,
+    RelayRequest,
     Welcome,
     WireError,
     encode,
@@ -518,7 +519,7 @@ class BeaconClient:
                 self._announced = set()  # resync: the beacon rejected that announce
             elif message.code == ErrorCode.TOKEN_FULL:
                 self._token_full(message.message)
-        elif isinstance(message, (RelayGrant, RelayEnd)):
+        elif isinstance(message, (RelayGrant, RelayEnd, RelayRequest)):
             if self._on_relay_message is not None:
                 self._on_relay_message(self, message)
         elif isinstance(message, Ping):
@@ -590,6 +591,13 @@ class BeaconClient:
             self.status.state = "connecting"
         if was_connected and self._on_disconnect is not None and self.status.address is not None:
             self._on_disconnect(self, self.status.address)
+
+
+def udp_unreachable(clients: list[BeaconClient]) -> bool:
+    """True when some beacon is connected and every connected one is over TCP: our UDP to the
+    beacons is blocked, so punching through NATs is pointless (relay at once)."""
+    connected = [c for c in clients if c.connected]
+    return bool(connected) and all(c.status.transport != "udp" for c in connected)
 
 
 def _describe(exc: BaseException) -> str:

@@ -29,7 +29,7 @@ from aioquic.quic.connection import QuicConnection
 
 from certs import create_bundle
 from discretpeer.auth import AuthError, Expectation, PeerPolicy
-from discretpeer.beacon_client import BeaconClient, BeaconStatus
+from discretpeer.beacon_client import BeaconClient, BeaconStatus, udp_unreachable
 from discretpeer.candidates import attached_networks, local_candidates, on_attached_network
 from discretpeer.config import BeaconSpec, parse_beacons
 from discretpeer.connection import (
@@ -901,7 +901,8 @@ class Peer:
         seen: dict[Addr, Addr] = {}
         for client in self._clients:
             beacon, observed = client.beacon_address, client.status.observed
-            if beacon is not None and observed is not None:
+            # TCP (issue 14): an address seen over TCP says nothing about our UDP mapping
+            if beacon is not None and observed is not None and client.status.transport == "udp":
                 seen[beacon] = observed.to_socket()
         return mapping_varies(seen)
 
@@ -910,6 +911,8 @@ class Peer:
         useless to the other peer, punching cannot meet. Both peers see the same facts (each
         one's address at each beacon, through introductions), so both decide alike."""
         if not self._direct_enabled:
+            return True
+        if udp_unreachable(self._clients):  # TCP (issue 14): our UDP is blocked, punching is pointless
             return True
         other = mapping_varies(pair.observed_by)
         if not other:
@@ -922,6 +925,19 @@ class Peer:
         return not own_ips & {address[0] for address in pair.observed_by.values()}
 
     def _on_relay_message(self, client: BeaconClient, message: Message) -> None:
+        if isinstance(message, RelayRequest):
+            # TCP (issue 14): the beacon says the other peer asked for a relay (e.g. its UDP is
+            # blocked, punching is pointless): ask too, now, instead of after relay_after
+            record = self._by_token.get(message.token)
+            pair = self._pairs.get((record.id, message.instance)) if record is not None else None
+            if (
+                pair is not None and self._relay_enabled and pair.relay_route is None
+                and pair.relay_requested_at is None and (pair.connection is None or pair.connection.closed)
+            ):
+                pair.relay_requested_at = time.monotonic()
+                if client.send(RelayRequest(token=message.token, instance=message.instance)):
+                    self.stats.relay_requests += 1
+            return
         if isinstance(message, RelayGrant):
             self.stats.relay_grants += 1
             record = self._by_token.get(message.token)
@@ -1101,6 +1117,7 @@ class Peer:
                     "state": status.state,
                     "observed": str(status.observed) if status.observed else None,
                     "last_error": status.last_error,
+                    "transport": status.transport,
                 }
                 for status in self.beacon_status
             ],
@@ -1136,6 +1153,8 @@ class Peer:
             )
         else:
             where = "LAN discovery only"
+        if udp_unreachable(self._clients):  # TCP (issue 14)
+            where += " over TLS/TCP only (no beacon reachable over UDP: no punching, relay asked at once)"
         candidates = report["candidates"]
         assert isinstance(candidates, list)
         tried = ", ".join(

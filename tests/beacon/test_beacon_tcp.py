@@ -119,6 +119,8 @@ async def test_tcp_and_quic_clients_meet_and_relay_across_legs(start_beacon):
         intro_t = await next_message(tcp, wire.Introduction)
         assert intro_q.instance == tcp_instance and intro_t.instance == quic.instance
         quic.send(wire.RelayRequest(token=token, instance=tcp_instance))
+        nudge = await next_message(tcp, wire.RelayRequest)  # "the other peer asks for a relay"
+        assert (nudge.token, nudge.instance) == (token, quic.instance)
         tcp.send(wire.RelayRequest(token=token, instance=quic.instance))
         grant_q = await quic.expect(wire.RelayGrant)
         grant_t = await next_message(tcp, wire.RelayGrant)

@@ -11,6 +11,7 @@ import socket
 import time
 
 from discretpeer import Identity, Peer
+from discretpeer.beacon_client import udp_unreachable
 from tests.conftest import beacon_entry
 
 
@@ -40,6 +41,7 @@ async def test_udp_blocked_peer_registers_over_tcp(beacon):
         assert status.transport == "tcp"
         assert status.address == ("127.0.0.1", beacon.tcp_port)
         assert beacon.connection_count == 1
+        assert udp_unreachable(peer._clients)  # so punching is skipped: relay at once
 
 
 async def test_udp_peer_prefers_quic(beacon):
@@ -50,6 +52,7 @@ async def test_udp_peer_prefers_quic(beacon):
             await asyncio.sleep(0.02)
         assert peer.beacon_status[0].transport == "udp"
         assert peer.beacon_status[0].udp_works is True
+        assert not udp_unreachable(peer._clients)
 
 
 async def test_udp_blocked_peer_connects_through_a_tcp_relay_leg_and_carries_a_stream(beacon):
@@ -89,3 +92,20 @@ async def test_two_udp_blocked_peers_connect_over_tcp_legs(beacon):
         w.write_eof()
         r2, _ = await cb.accept_stream()
         assert await r2.read() == b"over two TCP legs"
+
+
+async def test_the_udp_peer_asks_for_the_relay_at_once_when_the_beacon_says_the_other_did(beacon):
+    """B would wait 30 s before asking for a relay; the beacon tells it A asked (A's UDP is
+    blocked), so the connection is up in a few seconds."""
+    ia, ib = Identity.generate(), Identity.generate()
+    async with loopback_peer(ia, [tcp_only_entry(beacon)], direct=False) as pa, \
+            loopback_peer(ib, [beacon_entry(beacon)], relay_after=30.0) as pb:
+        started = time.monotonic()
+        ca, cb = await asyncio.gather(
+            pa.connect("hurry", expect=pb.peer_id, timeout=8),
+            pb.connect("hurry", expect=pa.peer_id, timeout=8),
+        )
+        assert ca.path == cb.path == "relay"
+        assert time.monotonic() - started < 5
+        print(f"\nudp-blocked <-> udp peer on loopback: introduction -> verified {1000 * cb.time_to_connect:.0f} ms")
+
