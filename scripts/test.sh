@@ -4,7 +4,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Debian packages the NAT lab, the mDNS and the CLI tests use (real NAT, real avahi, real OpenSSH)
-PACKAGES=(nftables iproute2 conntrack iptables tcpdump avahi-daemon avahi-utils dbus openssh-server openssh-client curl)
+PACKAGES=(nftables iproute2 conntrack iptables tcpdump avahi-daemon avahi-utils dbus openssh-server openssh-client curl tinyproxy)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for pkg in "${PACKAGES[@]}"; do

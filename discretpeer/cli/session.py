@@ -7,6 +7,7 @@ import contextlib
 import signal
 from typing import Any
 
+from discretpeer.beacon_client import udp_unreachable
 from discretpeer.config import ConfigError
 from discretpeer.connection import PeerConnection
 from discretpeer.errors import ConnectError
@@ -49,6 +50,7 @@ def describe_beacons(peer: Peer) -> list[dict[str, Any]]:
         {
             "beacon": status.beacon,
             "state": status.state,
+            "transport": status.transport,
             "observed": format_address(status.observed) if status.observed else None,
             "rtt_ms": None if status.rtt is None else round(status.rtt * 1000, 2),
             "last_error": status.last_error,
@@ -107,8 +109,9 @@ class Progress:
                 continue
             self._beacons[status.beacon] = now
             if status.state == "connected" and (before is None or before[0] != "connected"):
+                over = "" if status.transport in (None, "udp") else f" over {status.transport} (UDP fails)"
                 self.console.status(
-                    f"beacon {status.beacon}: connected, our public address {format_address(status.observed)}",
+                    f"beacon {status.beacon}: connected{over}, our public address {format_address(status.observed)}",
                     event="beacon",
                     beacon=status.beacon,
                     state="connected",
@@ -133,7 +136,11 @@ class Progress:
             self.console.status(f"introduced to a peer {via}: punching through NATs", event="introduced")
         if stats.relay_requests > self._relay_requests:
             self._relay_requests = stats.relay_requests
-            self.console.status("no direct path yet: asking the beacon to relay", event="relay_requested")
+            if udp_unreachable(self.peer._clients):  # noqa: SLF001
+                self.console.status("no beacon reachable over UDP (TLS/TCP only): punching is pointless, "
+                                    "asking the beacon to relay at once", event="relay_requested", udp=False)
+            else:
+                self.console.status("no direct path yet: asking the beacon to relay", event="relay_requested")
         if stats.relay_grants > self._relay_grants:
             self._relay_grants = stats.relay_grants
             self.console.status("relay granted by the beacon", event="relay_granted")
