@@ -341,6 +341,9 @@ class BeaconClient:
                         winner = task.result()
                         if name == "udp":
                             self.status.udp_works, self.status.udp_error = True, None
+                        elif "udp" not in errors:
+                            self.status.udp_works = False
+                            self.status.udp_error = f"QUIC did not answer within {loop.time() - started:.1f} s"
                         return winner
                     errors[name] = task.exception()  # type: ignore[assignment]
                     if name == "udp":

@@ -109,3 +109,69 @@ async def test_the_udp_peer_asks_for_the_relay_at_once_when_the_beacon_says_the_
         assert time.monotonic() - started < 5
         print(f"\nudp-blocked <-> udp peer on loopback: introduction -> verified {1000 * cb.time_to_connect:.0f} ms")
 
+
+
+class UdpGate(asyncio.DatagramProtocol):
+    """A UDP port in front of the beacon that drops everything until opened (a network that
+    blocks UDP, then does not): forwards client → beacon and back while open."""
+
+    def __init__(self, beacon_address: tuple[str, int]) -> None:
+        self.beacon_address = beacon_address
+        self.open = False
+        self.client: tuple[str, int] | None = None
+        self.front: asyncio.DatagramTransport | None = None
+        self.back: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        gate = self
+
+        class Back(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                if gate.open and gate.client is not None and gate.front is not None:
+                    gate.front.sendto(data, gate.client)
+
+        self.front, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
+        self.back, _ = await loop.create_datagram_endpoint(Back, local_addr=("127.0.0.1", 0))
+        return self.front.get_extra_info("sockname")[1]
+
+    def datagram_received(self, data, addr):
+        if self.open and self.back is not None:
+            self.client = addr
+            self.back.sendto(data, self.beacon_address)
+
+    def close(self) -> None:
+        for transport in (self.front, self.back):
+            if transport is not None:
+                transport.close()
+
+
+async def test_moves_back_to_udp_when_it_works_again(beacon, monkeypatch):
+    import discretpeer.beacon_client as beacon_client
+
+    monkeypatch.setattr(beacon_client, "UDP_RETRY_INTERVAL", 0.3)
+    gate = UdpGate(("127.0.0.1", beacon.port))
+    port = await gate.start()
+    entry = {"hostname": f"127.0.0.1:{port}", "cert_hash": beacon.fingerprint, "tcp_port": beacon.tcp_port}
+    try:
+        async with loopback_peer(Identity.generate(), [entry]) as peer:
+            deadline = time.monotonic() + 5
+            while peer.beacon_status[0].transport != "tcp":
+                assert time.monotonic() < deadline, peer.beacon_status
+                await asyncio.sleep(0.02)
+            assert peer.beacon_status[0].udp_works is False
+            await asyncio.sleep(0.5)
+            assert peer.beacon_status[0].transport == "tcp"  # UDP still blocked: stays
+            gate.open = True
+            deadline = time.monotonic() + 10
+            while peer.beacon_status[0].transport != "udp" or peer.beacon_status[0].state != "connected":
+                assert time.monotonic() < deadline, peer.beacon_status
+                await asyncio.sleep(0.02)
+            assert peer.beacon_status[0].udp_works is True
+            assert "UDP works again" in " ".join(peer.beacon_status[0].history)
+            deadline = time.monotonic() + 5
+            while beacon.connection_count != 1:  # the TCP connection is gone
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+    finally:
+        gate.close()
