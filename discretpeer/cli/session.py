@@ -133,7 +133,8 @@ class Progress:
         if introductions > self._introductions:
             self._introductions = introductions
             via = "on the LAN" if stats.lan_sightings and not stats.introductions else "by the beacon"
-            self.console.status(f"introduced to a peer {via}: punching through NATs", event="introduced")
+            action = "relay only (UDP blocked)" if udp_unreachable(self.peer._clients) else "punching through NATs"  # noqa: SLF001
+            self.console.status(f"introduced to a peer {via}: {action}", event="introduced")
         if stats.relay_requests > self._relay_requests:
             self._relay_requests = stats.relay_requests
             if udp_unreachable(self.peer._clients):  # noqa: SLF001
