@@ -129,7 +129,8 @@ class BeaconConfig:
         200.0, 'With retry = "auto": global handshake rate above which Retry is required.', _range(0)
     )
     idle_timeout_seconds: float = _setting(
-        60.0, "QUIC idle timeout: a connection silent this long is closed (clients send PINGs).", _range(1, 3600)
+        60.0, "Idle timeout (QUIC and TLS/TCP): a connection silent this long is closed (clients send PINGs).",
+        _range(1, 3600),
     )
     hello_timeout_seconds: float = _setting(
         10.0, "A connection that has not sent Hello after this long is closed.", _range(0.1, 600)

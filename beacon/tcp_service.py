@@ -43,6 +43,7 @@ _HTTP_METHODS = (b"GET ", b"POST", b"HEAD", b"PUT ", b"CONN", b"OPTI", b"DELE", 
 MAX_HANDSHAKE_BYTES = 16384  # a ClientHello is a few hundred bytes; nothing legitimate sends more unanswered
 _READ_SIZE = 65536
 SOCKET_SEND_BUFFER = 65536  # the kernel doubles it
+SWEEP_INTERVAL = 1.0  # seconds between idle checks (and the coarse clock data_received stamps)
 
 
 def server_context(bundle: CertificateBundle) -> ssl.SSLContext:
@@ -85,6 +86,7 @@ class TcpClient(asyncio.Protocol):
         self._first = True
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self.last_received = 0.0  # loop time of the last bytes from the client (idle sweep)
 
     # --- the interface BeaconServer uses (shared with BeaconProtocol) --------------------------
 
@@ -167,6 +169,7 @@ class TcpClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        self.last_received = self.service.now
         try:
             if self._first:
                 self._first = False
@@ -232,6 +235,7 @@ class TcpClient(asyncio.Protocol):
             self._timer = None
         self._end_handshake()
         self._established = True
+        self.last_received = self.service.now
         self.server._connection_started(self, self.address)  # noqa: SLF001
         peer = self.peer
         if peer is not None:
@@ -329,6 +333,8 @@ class TcpService:
         self.clients: set[TcpClient] = set()
         self.handshaking = 0
         self.relay_backlog_drops = 0
+        self.now = 0.0  # loop time, refreshed by the sweep (data_received stamps with it)
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -350,6 +356,22 @@ class TcpService:
         loop = asyncio.get_running_loop()
         listener = await loop.create_server(self._new_client, sock=sock)
         self.listeners.append(listener)
+        if self._sweeper is None:
+            self.now = loop.time()
+            self._sweeper = loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close connections silent for longer than idle_timeout_seconds (clients ping every
+        10 s; a peer that vanished without a FIN would otherwise hold its place forever)."""
+        loop = asyncio.get_running_loop()
+        idle = self.server.config.idle_timeout_seconds
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            self.now = now = loop.time()
+            for client in [c for c in self.clients if c.peer is not None and now - c.last_received > idle]:
+                peer = client.peer
+                if peer is not None and not peer.closing:
+                    self.server._reject(peer, ErrorCode.IDLE_TIMEOUT, "idle", wait=False)  # noqa: SLF001
 
     def _new_client(self) -> TcpClient:
         client = TcpClient(self)
@@ -369,6 +391,9 @@ class TcpService:
         return None
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for listener in self.listeners:
             listener.close()
         for client in list(self.clients):

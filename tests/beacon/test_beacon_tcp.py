@@ -298,3 +298,14 @@ async def test_tcp_slow_reader_is_dropped_and_others_go_on(start_beacon):
         good = await open_channel("127.0.0.1", server.tcp_port, server.fingerprint)
         await hello(good)
         good.close()
+
+
+async def test_silent_tcp_client_is_closed_after_the_idle_timeout(start_beacon):
+    async with start_beacon(idle_timeout_seconds=1.0) as server:
+        channel = await open_channel("127.0.0.1", server.tcp_port, server.fingerprint)
+        await hello(channel)
+        assert server.connection_count == 1
+        error = await next_message(channel, wire.Error, timeout=5)
+        assert error.code == ErrorCode.IDLE_TIMEOUT
+        await wait_for(lambda: server.connection_count == 0)
+        channel.close()
