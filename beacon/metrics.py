@@ -68,7 +68,9 @@ class BeaconMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.connections = Counter("beacon_connections", "QUIC connections accepted", registry=r)
+        self.connections = Counter(
+            "beacon_connections", "Client connections accepted (QUIC, and TLS/TCP after its handshake)", registry=r
+        )
         self.handshakes_refused = Counter(
             "beacon_handshakes_refused", "New connections refused before a handshake, by reason", ["reason"], registry=r
         )

@@ -543,7 +543,8 @@ class BeaconServer:
 
     # --- connection life ----------------------------------------------------------------------
 
-    def _connection_started(self, protocol: BeaconProtocol, address: tuple[str, int]) -> None:
+    def _connection_started(self, protocol: Any, address: tuple[str, int]) -> None:
+        """A client connection began (QUIC: its first datagram; TLS/TCP: its handshake done)."""
         assert self._loop is not None
         c = self.config
         peer = _Peer(next(self._ids), protocol, address, c.max_frame_size)

@@ -185,7 +185,7 @@ class TcpClient(asyncio.Protocol):
                 if not self._established:
                     return
             self._read()
-        except Exception:  # noqa: BLE001 - one client's surprise costs its connection only
+        except Exception:
             self.server.log.exception("internal_error", transport="tcp", address=str(self.address))
             self._drop("internal_error")
 
@@ -277,7 +277,8 @@ class TcpClient(asyncio.Protocol):
             try:
                 items = self._decoder.feed(chunk)
             except WireError as exc:
-                server.metrics.tcp_refused.labels("too_large" if exc.code == ErrorCode.FRAME_TOO_LARGE else "malformed").inc()
+                reason = "too_large" if exc.code == ErrorCode.FRAME_TOO_LARGE else "malformed"
+                server.metrics.tcp_refused.labels(reason).inc()
                 server._reject(peer, exc.code, exc.message)  # noqa: SLF001
                 return
             for item in items:
@@ -289,7 +290,7 @@ class TcpClient(asyncio.Protocol):
                     continue
                 try:
                     server._on_message(peer, item)  # noqa: SLF001
-                except Exception:  # noqa: BLE001 - one client's surprise must not hurt the others
+                except Exception:
                     server.log.exception("internal_error", conn=peer.key)
                     server._reject(peer, ErrorCode.INTERNAL, "internal error")  # noqa: SLF001
                     return

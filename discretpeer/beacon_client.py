@@ -375,9 +375,9 @@ class BeaconClient:
         self._protocol = link.protocol
         self._writer = link.writer
         self._channel = link.channel
-        if link.reader is not None:
+        if link.reader is not None and link.decoder is not None:
             self._reader = link.reader
-            self._decoder = link.decoder  # type: ignore[assignment]
+            self._decoder = link.decoder
         welcome = link.welcome
         self.status.address = link.address
         self.status.transport = link.transport

@@ -116,7 +116,7 @@ async def open_channel(
     else:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ConnectionError(f"TCP {where}: no answer within {timeout:g} s") from None
         except OSError as exc:
             raise ConnectionError(f"TCP {where}: {exc.strerror or exc}") from None
@@ -127,7 +127,7 @@ async def open_channel(
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             await asyncio.wait_for(writer.start_tls(client_context()), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             via = f" through {proxy}" if proxy is not None else ""
             raise ConnectionError(f"TLS to {where}{via}: no handshake within {timeout:g} s") from None
         except (ssl.SSLError, OSError) as exc:

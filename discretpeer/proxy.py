@@ -132,7 +132,7 @@ async def open_tunnel(
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(proxy.host, proxy.port), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise ProxyError(f"{proxy} did not accept a TCP connection within {timeout:g} s") from None
     except OSError as exc:
         raise ProxyError(f"{proxy} unreachable: {exc.strerror or exc}") from None
@@ -140,7 +140,7 @@ async def open_tunnel(
         writer.write(connect_request(host, port, proxy))
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProxyError(f"{proxy} did not answer CONNECT {target} within {timeout:g} s") from None
         except asyncio.LimitOverrunError:
             raise ProxyError(f"{proxy} sent an oversized answer to CONNECT") from None

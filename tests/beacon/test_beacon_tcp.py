@@ -11,13 +11,13 @@ import ssl
 import struct
 
 import pytest
+from beacon_test_client import BeaconClient
 
 from beacon import BeaconServer, loopback_config
-from beacon_test_client import BeaconClient
 from certs import create_bundle
 from discretpeer import wire
-from discretpeer.endpoint import Endpoint
 from discretpeer.beacon_tcp import TcpChannel, TlsPinMismatch, client_context, open_channel
+from discretpeer.endpoint import Endpoint
 from discretpeer.relay_frame import build_relay_frame, parse_relay_frame
 from discretpeer.stream_frames import BEACON_TCP_ALPN
 from discretpeer.wire import ErrorCode

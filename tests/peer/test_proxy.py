@@ -19,8 +19,8 @@ import pytest
 from beacon.tcp_service import server_context
 from certs import create_bundle
 from discretpeer import Identity, Peer
-from discretpeer.config import BeaconSpec
 from discretpeer.beacon_tcp import TlsPinMismatch, open_channel
+from discretpeer.config import BeaconSpec
 from discretpeer.proxy import ProxyError, ProxySpec, connect_request, proxy_for
 from tests.conftest import beacon_entry
 from tests.peer.test_tcp_fallback import tcp_only_entry
