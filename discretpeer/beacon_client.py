@@ -352,11 +352,18 @@ class BeaconClient:
                 if len(errors) == 2:
                     break
         finally:
+            if winner is not None and winner.channel is not None and not udp.done():
+                # TCP won while QUIC is still trying (a slow path, not a blocked one): let it go on;
+                # when it completes, the client moves to it (see _retry_udp)
+                self._late_udp = udp
             for task in (udp, tcp):
+                if task is self._late_udp:
+                    continue
                 if task is not None and not task.done():
                     task.cancel()
                     with contextlib.suppress(BaseException):
                         await task
+                # task.exception() also marks a failure as seen (no "never retrieved" warning)
                 if task is not None and task.done() and not task.cancelled() and task.exception() is None:
                     if task.result() is not winner:
                         task.result().close("lost the race")
@@ -368,6 +375,7 @@ class BeaconClient:
         )
 
     _link_in_use: _Link | None = None
+    _late_udp: asyncio.Task[_Link] | None = None  # a QUIC attempt that lost the race but may still succeed
 
     def _adopt(self, link: _Link) -> None:
         """Make ``link`` this client's connection: state, announce, early messages."""
@@ -383,8 +391,9 @@ class BeaconClient:
         self.status.transport = link.transport
         if link.channel is not None:
             self._endpoint.stream_links[link.address] = link.channel.send_datagram
-            if self._udp_retry is None or self._udp_retry.done():
-                self._udp_retry = asyncio.get_running_loop().create_task(self._retry_udp())
+            if self._udp_retry is not None:
+                self._udp_retry.cancel()
+            self._udp_retry = asyncio.get_running_loop().create_task(self._retry_udp())
         self.status.observed = welcome.observed
         self.max_tokens = max(1, welcome.max_tokens)
         self.status.state = "connected"
@@ -403,13 +412,21 @@ class BeaconClient:
 
     async def _retry_udp(self) -> None:
         """While on TCP: try QUIC again now and then; when it works, move back to it."""
+        late, self._late_udp = self._late_udp, None
         while self._channel is not None and not self._closing:
-            await asyncio.sleep(UDP_RETRY_INTERVAL * self._rng.uniform(0.8, 1.2))
+            if late is None:
+                await asyncio.sleep(UDP_RETRY_INTERVAL * self._rng.uniform(0.8, 1.2))
             channel = self._channel
             if channel is None or self._closing:
+                if late is not None:
+                    late.cancel()
                 return
             try:
-                link = await self._open_udp(await self._resolve())
+                if late is not None:
+                    attempt, late = late, None
+                    link = await attempt
+                else:
+                    link = await self._open_udp(await self._resolve())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - UDP still blocked: stay on TCP
@@ -585,6 +602,9 @@ class BeaconClient:
                 del self._endpoint.stream_links[address]
         self._link_in_use = None
         if reason == "peer closing":
+            if self._late_udp is not None:
+                self._late_udp.cancel()
+                self._late_udp = None
             if self._upgrade is not None:
                 self._upgrade.close(reason)
                 self._upgrade = None

@@ -19,7 +19,7 @@ from discretpeer.stream_frames import BEACON_TCP_ALPN, Item, StreamDecoder, enco
 from discretpeer.wire import Message, WireError, encode
 
 CONNECT_TIMEOUT = 5.0
-MAX_UNSENT_DATAGRAM_BYTES = 65536  # relay datagrams beyond are dropped, like a full UDP path
+MAX_UNSENT_DATAGRAM_BYTES = 262144  # relay datagrams beyond are dropped, like a full UDP path
 
 
 class TlsPinMismatch(ConnectionError):
@@ -52,6 +52,8 @@ class TcpChannel:
         self.decoder = StreamDecoder()
         self.datagrams_dropped = 0
         self._closed = False
+        self._batch: list[bytes] = []
+        self._batch_size = 0
 
     @property
     def transport_name(self) -> str:
@@ -72,13 +74,24 @@ class TcpChannel:
         if self.closed:
             return
         transport = self._writer.transport
-        if transport.get_write_buffer_size() > MAX_UNSENT_DATAGRAM_BYTES:
+        if transport.get_write_buffer_size() + self._batch_size > MAX_UNSENT_DATAGRAM_BYTES:
             self.datagrams_dropped += 1
             return
         try:
-            self._writer.write(encode_datagram(datagram))
+            item = encode_datagram(datagram)
         except ValueError:
             self.datagrams_dropped += 1
+            return
+        # one write per loop iteration (one TLS record per 16 KB, not per datagram)
+        self._batch.append(item)
+        self._batch_size += len(item)
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._write_batch)
+
+    def _write_batch(self) -> None:
+        batch, self._batch, self._batch_size = self._batch, [], 0
+        if batch and not self.closed:
+            self._writer.write(b"".join(batch))
 
     async def receive(self) -> list[Item]:
         """The next items (at least one); ConnectionError when the beacon closed."""

@@ -115,8 +115,9 @@ class UdpGate(asyncio.DatagramProtocol):
     """A UDP port in front of the beacon that drops everything until opened (a network that
     blocks UDP, then does not): forwards client → beacon and back while open."""
 
-    def __init__(self, beacon_address: tuple[str, int]) -> None:
+    def __init__(self, beacon_address: tuple[str, int], delay: float = 0.0) -> None:
         self.beacon_address = beacon_address
+        self.delay = delay  # one way, each direction: a slow path rather than a blocked one
         self.open = False
         self.client: tuple[str, int] | None = None
         self.front: asyncio.DatagramTransport | None = None
@@ -129,16 +130,22 @@ class UdpGate(asyncio.DatagramProtocol):
         class Back(asyncio.DatagramProtocol):
             def datagram_received(self, data, addr):
                 if gate.open and gate.client is not None and gate.front is not None:
-                    gate.front.sendto(data, gate.client)
+                    gate.later(gate.front.sendto, data, gate.client)
 
         self.front, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
         self.back, _ = await loop.create_datagram_endpoint(Back, local_addr=("127.0.0.1", 0))
         return self.front.get_extra_info("sockname")[1]
 
+    def later(self, send, data, addr) -> None:
+        if self.delay:
+            asyncio.get_running_loop().call_later(self.delay, send, data, addr)
+        else:
+            send(data, addr)
+
     def datagram_received(self, data, addr):
         if self.open and self.back is not None:
             self.client = addr
-            self.back.sendto(data, self.beacon_address)
+            self.later(self.back.sendto, data, self.beacon_address)
 
     def close(self) -> None:
         for transport in (self.front, self.back):
@@ -173,5 +180,26 @@ async def test_moves_back_to_udp_when_it_works_again(beacon, monkeypatch):
             while beacon.connection_count != 1:  # the TCP connection is gone
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.02)
+    finally:
+        gate.close()
+
+
+async def test_slow_udp_loses_the_race_then_the_client_moves_to_it(beacon):
+    """QUIC is slow (0.4 s each way), not blocked: TLS/TCP wins the race, and as soon as the same
+    QUIC attempt completes the client moves to UDP (no 15 s retry wait)."""
+    gate = UdpGate(("127.0.0.1", beacon.port), delay=0.4)
+    gate.open = True
+    port = await gate.start()
+    entry = {"hostname": f"127.0.0.1:{port}", "cert_hash": beacon.fingerprint, "tcp_port": beacon.tcp_port}
+    try:
+        async with loopback_peer(Identity.generate(), [entry]) as peer:
+            seen = set()
+            deadline = time.monotonic() + 8
+            while not ("tcp" in seen and peer.beacon_status[0].transport == "udp"
+                       and peer.beacon_status[0].state == "connected"):
+                assert time.monotonic() < deadline, (seen, peer.beacon_status)
+                if peer.beacon_status[0].state == "connected":
+                    seen.add(peer.beacon_status[0].transport)
+                await asyncio.sleep(0.01)
     finally:
         gate.close()
