@@ -466,6 +466,12 @@ class Bench:
     # --- issue 14: the beacon over TLS/TCP ------------------------------------------------------
 
     async def bench_tcpfallback(self) -> None:
+        relay = await self.tcp_relay()
+        memory = await self.tcp_memory()
+        lab = await self.tcp_natlab()
+        self.extra["tcpfallback"] = {"relay": relay, "natlab": lab, "memory": memory}
+
+    async def tcp_relay(self) -> dict:
         size = self.s.relay_bytes
         cases = {"UDP relay (two UDP legs)": ([], []), "one TCP leg": (["--tcp-only"], []),
                  "TCP <-> TCP": (["--tcp-only"], ["--tcp-only"])}
@@ -495,6 +501,9 @@ class Bench:
                 note=f"beacon transports {result['transports']}; relay quota raised to 1 GB/s",
                 samples=result["rates"], baseline_samples=base["rates"],
             ))
+        return relay
+
+    async def tcp_memory(self) -> dict:
         n = self.s.peers
         self.log(f"tcpfallback: beacon RSS with {n} idle peers, UDP (QUIC) first, then TLS/TCP")
         udp = await self.server_ramp("beacon", [], n)
@@ -507,6 +516,10 @@ class Bench:
             note=f"beacon RSS {tcp['rss0'] / MB:.0f} -> {tcp['rss1'] / MB:.0f} MB (TCP), "
                  f"{udp['rss0'] / MB:.0f} -> {udp['rss1'] / MB:.0f} MB (UDP); failed {tcp['failed']} / {udp['failed']}",
         ))
+        return {k: {x: y for x, y in r.items() if x not in ("server", "clients", "ready")}
+                for k, r in (("udp", udp), ("tcp", tcp))}
+
+    async def tcp_natlab(self) -> dict:
         runs = 8 if self.s.quick else 30
         self.log(f"tcpfallback: {runs} meetings udp_blocked <-> port_restricted in the NAT lab, 20 ms per link")
         lab = await asyncio.to_thread(natlab_meetings, runs, self.log_dir, "udp_blocked", "relay")
@@ -518,9 +531,7 @@ class Bench:
         self.add(Row("tcpfallback", "NAT lab udp_blocked <-> port_restricted: introduction -> verified, p99", p99,
                      "ms", "the path's RTT", median(lab["rtts"]), target="p99 <= 3000 ms", met=p99 <= 3000,
                      samples=times))
-        self.extra["tcpfallback"] = {"relay": relay, "natlab": lab,
-                                     "memory": {k: {x: y for x, y in r.items() if x not in ("server", "clients", "ready")}
-                                                for k, r in (("udp", udp), ("tcp", tcp))}}
+        return lab
 
     # --- TCP forwarding ----------------------------------------------------------------------
 
