@@ -309,3 +309,16 @@ async def test_silent_tcp_client_is_closed_after_the_idle_timeout(start_beacon):
         assert error.code == ErrorCode.IDLE_TIMEOUT
         await wait_for(lambda: server.connection_count == 0)
         channel.close()
+
+
+async def test_stop_tells_tcp_clients_and_frees_everything(start_beacon):
+    async with start_beacon() as server:
+        channel = await open_channel("127.0.0.1", server.tcp_port, server.fingerprint)
+        await hello(channel)
+        idle = await _raw(server)  # a TCP connection still in its TLS handshake
+        await server.stop("maintenance")
+        error = await next_message(channel, wire.Error)
+        assert error.code == ErrorCode.SHUTTING_DOWN and error.fatal and "maintenance" in error.message
+        await _closed_by_server(idle[0])
+        assert server.connection_count == 0 and not server.tcp.clients and server.tcp.handshaking == 0
+        channel.close()

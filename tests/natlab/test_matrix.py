@@ -245,6 +245,12 @@ def _tls_only(capture: Any, peer_ip: str) -> None:
     assert packets, "nothing captured"
     assert {p.proto for p in packets} == {"tcp"}, sorted({p.proto for p in packets})
     assert not capture.payload_contains(b"PLAINTEXT-MARKER-7f3a")
+    # each connection's first bytes each way are TLS handshake records (ClientHello, ServerHello)
+    first: dict[tuple, bytes] = {}
+    for p in packets:
+        if p.payload:
+            first.setdefault((p.src, p.sport, p.dst, p.dport), p.payload)
+    assert first and all(payload[:2] == b"\x16\x03" for payload in first.values()), first
 
 
 def test_udp_blocked_relays_over_one_tcp_and_one_udp_leg(lab: Lab, tmp_path: Path) -> None:

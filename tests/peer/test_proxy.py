@@ -154,3 +154,23 @@ async def test_intercepting_proxy_fails_the_pin_and_is_named(beacon):
             await open_channel("127.0.0.1", beacon.tcp_port, beacon.fingerprint, proxy=spec)
     finally:
         server.close()
+
+
+async def test_doctor_probe_reports_udp_tcp_and_proxy_paths_with_timings(beacon, tmp_path):
+    from discretpeer.beacon_probe import probe_beacon
+    from discretpeer.endpoint import Endpoint
+
+    endpoint = await Endpoint.open("127.0.0.1", 0)
+    try:
+        with tinyproxy(tmp_path) as url:
+            spec = dataclasses.replace(BeaconSpec.parse(beacon_entry(beacon)), proxy=url)
+            paths = {p.name: p for p in await probe_beacon(spec, endpoint, 3.0)}
+            assert set(paths) == {"udp", "tcp", f"tcp via proxy 127.0.0.1:{url.rsplit(':', 1)[1]}"}
+            assert all(p.works and 0 < p.seconds < 3 for p in paths.values()), paths
+        with tinyproxy(tmp_path, "ConnectPort 443") as url:
+            blocked = dataclasses.replace(BeaconSpec.parse(tcp_only_entry(beacon)), proxy=url)
+            paths = {p.name.split(" 127")[0]: p for p in await probe_beacon(blocked, endpoint, 1.0)}
+            assert not paths["udp"].works and paths["tcp"].works
+            assert not paths["tcp via proxy"].works and "403" in paths["tcp via proxy"].error
+    finally:
+        endpoint.close()
