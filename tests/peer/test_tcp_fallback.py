@@ -203,3 +203,20 @@ async def test_slow_udp_loses_the_race_then_the_client_moves_to_it(beacon):
                 await asyncio.sleep(0.01)
     finally:
         gate.close()
+
+
+async def test_connect_error_says_the_beacons_were_reached_over_tcp_only(beacon):
+    from discretpeer import ConnectError
+
+    async with loopback_peer(Identity.generate(), [tcp_only_entry(beacon)]) as peer:
+        deadline = time.monotonic() + 5
+        while peer.beacon_status[0].state != "connected":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        try:
+            await peer.connect("nobody comes", expect=Identity.generate().peer_id, timeout=1.0)
+        except ConnectError as exc:
+            text = str(exc)
+        else:
+            raise AssertionError("connected to nobody")
+        assert "over TLS/TCP only (no beacon reachable over UDP: no punching, relay asked at once)" in text
