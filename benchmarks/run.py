@@ -836,7 +836,9 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))]
 
 
-def natlab_meetings(runs: int, log_dir: Path, flavour_a: str = "port_restricted", path: str = "direct") -> dict[str, Any]:
+def natlab_meetings(
+    runs: int, log_dir: Path, flavour_a: str = "port_restricted", path: str = "direct"
+) -> dict[str, Any]:
     """``runs`` meetings through the NAT lab (blocking: the lab drives namespaces by subprocess).
     Every namespace and process is removed at the end (Lab.close)."""
     from tests.natlab.lab import Lab, LabUnavailable

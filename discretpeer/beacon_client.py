@@ -283,7 +283,7 @@ class BeaconClient:
                 return await self._open_quic(address)
             except PinMismatch:
                 raise
-            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            except (OSError, ConnectionError, TimeoutError) as exc:
                 errors.append(f"{address[0]}: {type(exc).__name__} {exc}".strip())
         raise ConnectionError("; ".join(errors) or "no address answered")
 
@@ -364,9 +364,11 @@ class BeaconClient:
                     with contextlib.suppress(BaseException):
                         await task
                 # task.exception() also marks a failure as seen (no "never retrieved" warning)
-                if task is not None and task.done() and not task.cancelled() and task.exception() is None:
-                    if task.result() is not winner:
-                        task.result().close("lost the race")
+                if (
+                    task is not None and task.done() and not task.cancelled() and task.exception() is None
+                    and task.result() is not winner
+                ):
+                    task.result().close("lost the race")
         for exc in errors.values():
             if isinstance(exc, (PinMismatch, TlsPinMismatch, ProxyError)):
                 raise exc

@@ -152,7 +152,7 @@ async def _check_paths(report: Report, settings: Settings, timeout: float) -> No
         results = await asyncio.gather(*(probe_beacon(spec, endpoint, min(timeout, 5.0)) for spec in settings.beacons))
     finally:
         endpoint.close()
-    for spec, paths in zip(settings.beacons, results):
+    for spec, paths in zip(settings.beacons, results, strict=True):
         works = [p for p in paths if p.works]
         text = "; ".join(
             f"{p.name} {ms(p.seconds)}" if p.works else f"{p.name} fails ({p.error})" for p in paths
