@@ -12,7 +12,8 @@ too (exit 2) rather than running without the history an operator needs after an 
 Stdout carries only machine-readable start lines, flushed at once::
 
     certificate hash: <43 base64url characters>
-    listening on 127.0.0.1:4264          (one line per socket; IPv6 as [::]:4264)
+    listening on 127.0.0.1:4264          (one line per UDP socket; IPv6 as [::]:4264)
+    tls over tcp on 127.0.0.1:4264       (one line per TLS/TCP listener, unless tcp_enabled = false)
     metrics on http://127.0.0.1:9464/metrics   (only when enabled)
     client flag: --beacon HOST:PORT=HASH       (what a client configures, ready to paste)
     client config: beacons = [{hostname = "HOST:PORT", cert_hash = "HASH"}]
@@ -157,6 +158,8 @@ async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None, override
         metrics = f"http://{server.metrics_address[0]}:{server.metrics_address[1]}/metrics"
     lines = [f"certificate hash: {server.fingerprint}"]
     lines += [f"listening on {address}" for address in addresses]
+    tcp_addresses = [_show(host, port) for host, port in server.tcp_addresses]
+    lines += [f"tls over tcp on {address}" for address in tcp_addresses]
     if metrics:
         lines.append(f"metrics on {metrics}")
     lines += client_lines(files.config.host, server.port, server.ipv6_port, server.fingerprint)
@@ -169,6 +172,7 @@ async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None, override
                     "pid": os.getpid(),
                     "fingerprint": server.fingerprint,
                     "addresses": addresses,
+                    "tcp_addresses": tcp_addresses,
                     "port": server.port,
                     "ipv6_port": server.ipv6_port,
                     "metrics": metrics,

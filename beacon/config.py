@@ -68,6 +68,14 @@ def _ip(version: int) -> Check:
     return check
 
 
+def _ports(value: Any) -> str | None:
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 for v in value):
+        return "must be a list of TCP ports (1..65535)"
+    if len(value) > 16:
+        return "must list at most 16 ports"
+    return None
+
+
 def _setting(
     default: Any, doc: str, check: Check | None = None, group: str | None = None, follows: str | None = None
 ) -> Any:
@@ -92,6 +100,30 @@ class BeaconConfig:
         follows="port",
     )
 
+    # --- TLS over TCP ---
+    tcp_enabled: bool = _setting(
+        True,
+        "Also serve the beacon over TLS 1.3 on TCP, on the same port numbers as UDP (same certificate, so the "
+        "same cert_hash): peers on networks that drop UDP reach it there.",
+        None,
+        "TLS over TCP (for networks that block UDP)",
+    )
+    tcp_extra_ports: tuple = _setting(
+        (),
+        "More TCP ports for TLS, on the same addresses, e.g. [443] (ports below 1024 need root or "
+        "CAP_NET_BIND_SERVICE: AmbientCapabilities=CAP_NET_BIND_SERVICE in the service unit).",
+        _ports,
+    )
+    tcp_handshake_timeout_seconds: float = _setting(
+        10.0, "A TCP connection that has not completed its TLS handshake after this long is closed.", _range(0.1, 600)
+    )
+    tcp_max_unsent_relay_bytes: int = _setting(
+        65536,
+        "Relayed datagrams queued to a TCP client beyond this many unsent bytes are dropped (like a full UDP "
+        "path), so a slow TCP leg neither stalls the relay nor bloats its queue.",
+        _range(1500),
+    )
+
     # --- connections ---
     max_connections: int = _setting(
         50000, "Connections served at once; new handshakes beyond are dropped.", _range(1), "Connections and limits"
@@ -112,7 +144,8 @@ class BeaconConfig:
         200.0, 'With retry = "auto": global handshake rate above which Retry is required.', _range(0)
     )
     idle_timeout_seconds: float = _setting(
-        60.0, "QUIC idle timeout: a connection silent this long is closed (clients send PINGs).", _range(1, 3600)
+        60.0, "Idle timeout (QUIC and TLS/TCP): a connection silent this long is closed (clients send PINGs).",
+        _range(1, 3600),
     )
     hello_timeout_seconds: float = _setting(
         10.0, "A connection that has not sent Hello after this long is closed.", _range(0.1, 600)
@@ -240,8 +273,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         got = None
     elif kind is str and not isinstance(value, str):
         got = None
+    elif kind is tuple:
+        got = tuple(value) if isinstance(value, (list, tuple)) else None
     if got is None:
-        expected = "a finite float" if kind is float else _type_name(f.default)
+        expected = "a finite float" if kind is float else "array" if kind is tuple else _type_name(f.default)
         raise ConfigError(f"{source}: key '{name}': expected {expected}, got {_type_name(value)} {value!r}")
     check = f.metadata.get("check")
     problem = check(got) if check is not None else None

@@ -19,7 +19,12 @@ from prometheus_client.registry import Collector
 
 # name → (kind, help). A value is a number or a mapping label value → number (label "reason").
 SNAPSHOT_METRICS: dict[str, tuple[str, str]] = {
-    "beacon_open_connections": ("gauge", "QUIC connections open now"),
+    "beacon_open_connections": ("gauge", "Client connections open now (QUIC and TLS/TCP)"),
+    "beacon_tcp_open_connections": ("gauge", "TLS/TCP client connections open now"),
+    "beacon_tcp_handshakes_in_progress": ("gauge", "TCP connections in their TLS handshake"),
+    "beacon_tcp_relay_backlog_drops": (
+        "counter", "Relayed datagrams dropped because a TCP client had too many unsent bytes"
+    ),
     "beacon_tokens_held": ("gauge", "Tokens held, summed over connections"),
     "beacon_distinct_tokens": ("gauge", "Distinct tokens someone waits on"),
     "beacon_relay_active_sessions": ("gauge", "Relay sessions open now"),
@@ -64,7 +69,9 @@ class BeaconMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.connections = Counter("beacon_connections", "QUIC connections accepted", registry=r)
+        self.connections = Counter(
+            "beacon_connections", "Client connections accepted (QUIC, and TLS/TCP after its handshake)", registry=r
+        )
         self.handshakes_refused = Counter(
             "beacon_handshakes_refused", "New connections refused before a handshake, by reason", ["reason"], registry=r
         )
@@ -78,6 +85,12 @@ class BeaconMetrics:
         self.rejections = Counter("beacon_rejections", "Error frames sent to clients, by reason", ["reason"], registry=r)
         self.relay_sessions = Counter("beacon_relay_sessions", "Relay sessions granted", registry=r)
         self.relay_ended = Counter("beacon_relay_sessions_ended", "Relay sessions ended, by reason", ["reason"], registry=r)
+        self.tcp_refused = Counter(
+            "beacon_tcp_refused",
+            "TCP connections closed for bad input (garbage, plain_http, wrong_alpn, tls_failed, handshake_timeout, "
+            "too_large, malformed, truncated, ...), by reason",
+            ["reason"], registry=r,
+        )
         self.relay_refusals = Counter("beacon_relay_refusals", "Relay requests refused, by reason", ["reason"], registry=r)
 
     def watch(self, read: Callable[[], Snapshot]) -> None:

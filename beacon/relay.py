@@ -219,7 +219,8 @@ class RelayTable:
         self, conn: Key, instance: bytes, token: bytes, target: Key, via: Any, address: SocketAddress, now: float
     ) -> RequestOutcome:
         key = (token, conn, target)
-        if key in self._pending:
+        refreshed = key in self._pending
+        if refreshed:
             self._unpend(key)  # refreshed: moves to the back with a new deadline
         elif self._pending_by_conn.get(conn, 0) >= self.quota.max_pending_per_connection:
             return RequestOutcome(refused=ErrorCode.RELAY_REFUSED, message="too many pending relay requests")
@@ -227,7 +228,7 @@ class RelayTable:
             return RequestOutcome(refused=ErrorCode.RELAY_TOO_MANY_SESSIONS, message="too many pending relay requests")
         self._pending[key] = Pending(conn, token, instance, target, via, address, now + self.quota.request_timeout)
         self._pending_by_conn[conn] = self._pending_by_conn.get(conn, 0) + 1
-        return RequestOutcome()
+        return RequestOutcome(new=not refreshed)  # new=False: a pending request repeated
 
     def _unpend(self, key: tuple[bytes, Key, Key]) -> Pending | None:
         pending = self._pending.pop(key, None)
@@ -252,8 +253,12 @@ class RelayTable:
 
     # --- forwarding ---------------------------------------------------------------------------
 
-    def route(self, data: bytes, source: SocketAddress, now: float) -> tuple[Any, SocketAddress] | None:
+    def route(
+        self, data: bytes, source: SocketAddress, now: float, via: Any = None
+    ) -> tuple[Any, SocketAddress] | None:
         """Where to send this datagram unchanged (``(via, address)``), or None to drop it.
+        ``via``: what it came through (a UDP socket or a TCP connection); when given, it must
+        be the side's, so a UDP datagram claiming a TCP side's address is not that side.
 
         Sessions ended by a quota are appended to :attr:`ended`."""
         if len(data) <= RELAY_HEADER_SIZE or data[0] != RELAY_DATA or len(data) > RELAY_HEADER_SIZE + MAX_RELAY_PAYLOAD:
@@ -263,9 +268,9 @@ class RelayTable:
         if session is None:
             self.dropped["unknown_session"] += 1
             return None
-        if source == session.a.address:
+        if source == session.a.address and (via is None or via is session.a.via):
             sender, receiver = session.a, session.b
-        elif source == session.b.address:
+        elif source == session.b.address and (via is None or via is session.b.via):
             sender, receiver = session.b, session.a
         else:
             self.dropped["wrong_source"] += 1

@@ -34,6 +34,7 @@ from beacon.logs import null_logger
 from beacon.meetings import MeetingTable, TooManyTokens
 from beacon.metrics import BeaconMetrics, MetricsHTTPServer
 from beacon.relay import RelayEnded, RelaySession, RelaySide, RelayTable, relay_quota
+from beacon.tcp_service import TcpService
 from certs import CertificateBundle, create_bundle
 from discretpeer import stateless_reset, wire
 from discretpeer.endpoint import (
@@ -107,17 +108,20 @@ def _validated_paths(quic: QuicConnection) -> list[tuple[str, int]]:
 
 
 class _Peer:
-    """Server-side state of one QUIC connection."""
+    """Server-side state of one client connection. ``protocol`` is a :class:`BeaconProtocol`
+    (QUIC) or a :class:`beacon.tcp_service.TcpClient` (TLS/TCP): both offer ``send_frame``,
+    ``unsent_bytes``, ``can_send_frames``, ``validated_address``, ``validated_paths``, ``close``,
+    ``transmit``, and ``endpoint`` (what relay datagrams to this client go through)."""
 
     __slots__ = (
         "key", "protocol", "via", "address", "observed", "ip", "instance", "decoder", "frames",
         "hello", "closing", "gone", "counted", "refusal", "timer",
     )
 
-    def __init__(self, key: int, protocol: BeaconProtocol, address: tuple[str, int], max_frame: int) -> None:
+    def __init__(self, key: int, protocol: Any, address: tuple[str, int], max_frame: int) -> None:
         self.key = key
         self.protocol = protocol
-        self.via: Endpoint = protocol.endpoint  # type: ignore[assignment]
+        self.via: Any = protocol.endpoint  # an Endpoint, or the TcpClient itself
         self.address = address
         self.observed: Address | None = None
         self.ip = ip_key(address[0])
@@ -154,6 +158,23 @@ class BeaconProtocol(EndpointProtocol):
     def transmit(self) -> None:
         if not self.dead:
             super().transmit()
+
+    # the client-connection interface the server uses (see _Peer; TcpClient has the same)
+
+    def send_frame(self, data: bytes) -> None:
+        self._quic.send_stream_data(0, data)
+
+    def unsent_bytes(self) -> int:
+        return unacked_bytes(self._quic)
+
+    def can_send_frames(self) -> bool:
+        return 0 in self._quic._streams  # noqa: SLF001 - the client opened stream 0
+
+    def validated_address(self) -> tuple[str, int] | None:
+        return validated_address(self._quic)
+
+    def validated_paths(self) -> list[tuple[str, int]]:
+        return _validated_paths(self._quic)
 
     def _dismantle(self) -> None:
         self.dead = True
@@ -300,6 +321,7 @@ class BeaconServer:
         self.meetings = MeetingTable(c.max_tokens_per_connection, c.max_peers_per_token)
         self.relay = RelayTable(relay_quota(c))
         self._endpoints: list[Endpoint] = []
+        self.tcp: TcpService | None = None  # the TLS/TCP listeners (config.tcp_enabled)
         self._peers: dict[int, _Peer] = {}
         self._ids = itertools.count(1)
         self._ip_counts = KeyedCounts()
@@ -391,6 +413,8 @@ class BeaconServer:
                     if exc.errno not in _NO_IPV6:
                         raise
                     self.log.warning("ipv6_unavailable", host=c.ipv6_host, port=c.ipv6_port, error=str(exc))
+            if c.tcp_enabled:
+                await self._listen_tcp()
             if c.metrics_enabled:
                 self._metrics_http = MetricsHTTPServer(self.metrics)
                 self.metrics_address = await self._metrics_http.start("127.0.0.1", c.metrics_port)
@@ -425,7 +449,7 @@ class BeaconServer:
             peer.closing = True
         self._flush()
         deadline = loop.time() + CLOSE_GRACE
-        while loop.time() < deadline and any(not p.gone and unacked_bytes(p.protocol._quic) for p in told):
+        while loop.time() < deadline and any(not p.gone and p.protocol.unsent_bytes() for p in told):
             await asyncio.sleep(0.01)
         for peer in list(self._peers.values()):
             if not peer.gone:
@@ -477,9 +501,42 @@ class BeaconServer:
         await self._loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
         self._endpoints.append(endpoint)
 
+    async def _listen_tcp(self) -> None:
+        """TLS/TCP on the port number of each UDP socket (any free one if that was 0 and the
+        number is taken over TCP), then on the extra ports."""
+        tcp = self.tcp = TcpService(self, self.bundle)
+        for endpoint in self._endpoints:
+            host, port = endpoint.local_address
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            wanted = self.config.port if family == socket.AF_INET else self.config.ipv6_port
+            try:
+                await tcp.listen(family, host, port)
+            except OSError:
+                if wanted != 0:
+                    raise
+                await tcp.listen(family, host, 0)
+            for extra in self.config.tcp_extra_ports:
+                if extra != port:
+                    await tcp.listen(family, host, extra)
+
+    @property
+    def tcp_addresses(self) -> list[tuple[str, int]]:
+        """Bound (host, port) of every TLS/TCP listener."""
+        return self.tcp.addresses if self.tcp is not None else []
+
+    @property
+    def tcp_port(self) -> int | None:
+        """The TCP port serving the same addresses as :attr:`port` (the first IPv4 listener)."""
+        for host, port in self.tcp_addresses:
+            if ":" not in host:
+                return port
+        return None
+
     async def _close_sockets(self) -> None:
         for endpoint in self._endpoints:
             endpoint.close()
+        if self.tcp is not None:
+            await self.tcp.close()
         if self._metrics_http is not None:
             await self._metrics_http.stop()
             self._metrics_http = None
@@ -529,7 +586,8 @@ class BeaconServer:
 
     # --- connection life ----------------------------------------------------------------------
 
-    def _connection_started(self, protocol: BeaconProtocol, address: tuple[str, int]) -> None:
+    def _connection_started(self, protocol: Any, address: tuple[str, int]) -> None:
+        """A client connection began (QUIC: its first datagram; TLS/TCP: its handshake done)."""
         assert self._loop is not None
         c = self.config
         peer = _Peer(next(self._ids), protocol, address, c.max_frame_size)
@@ -624,7 +682,7 @@ class BeaconServer:
             return
         self.metrics.rejections.labels(code.name.lower()).inc()
         self.log.debug("connection_rejected", conn=peer.key, code=code.name, message=message)
-        if 0 in peer.protocol._quic._streams:  # noqa: SLF001 - the client opened stream 0
+        if peer.protocol.can_send_frames():
             self._write(peer, wire.Error(code=code, message=message, fatal=True), check=False)
         self._leave(peer)
         reason = f"{code.name}: {message}"
@@ -638,7 +696,7 @@ class BeaconServer:
         assert self._loop is not None
         if peer.gone:
             return
-        if unacked_bytes(peer.protocol._quic) and self._loop.time() < deadline and not self._stopping:
+        if peer.protocol.unsent_bytes() and self._loop.time() < deadline and not self._stopping:
             self._loop.call_later(0.02, self._close_when_flushed, peer, code, reason, deadline)
             return
         peer.protocol.close(error_code=code, reason_phrase=reason)
@@ -721,7 +779,7 @@ class BeaconServer:
     def _on_announce(self, peer: _Peer, announce: wire.Announce) -> None:
         # introductions carry the address the peer's packets come from now (NAT rebinding moves
         # it), once QUIC validated it: never an address a spoofed packet merely named
-        address = validated_address(peer.protocol._quic)
+        address = peer.protocol.validated_address()
         current = Address.from_socket(address) if address is not None else peer.observed
         if peer.instance is not None and current is not None and current != peer.observed:
             peer.observed = current
@@ -761,7 +819,7 @@ class BeaconServer:
         targets = self.meetings.introduced(peer.key, request.token, request.instance)
         # bound to where the peer's packets come from now once QUIC validated it (NAT rebinding
         # moves it), never to an address a packet merely came from (a spoofed copy)
-        current = validated_address(peer.protocol._quic)
+        current = peer.protocol.validated_address()
         if not targets or current is None:
             code = ErrorCode.RELAY_NOT_INTRODUCED if not targets else ErrorCode.RELAY_REFUSED
             message = (
@@ -782,7 +840,13 @@ class BeaconServer:
             return
         session = outcome.session
         if session is None:
-            return  # waiting for the other peer's request
+            # waiting for the other peer's request: tell it, so it asks now rather than after
+            # its own punching deadline (a peer whose UDP is blocked knows punching is pointless);
+            # older clients ignore this frame
+            target = self._peers.get(targets[0])  # type: ignore[call-overload]
+            if target is not None and outcome.new:
+                self._send(target, wire.RelayRequest(token=request.token, instance=peer.instance))
+            return
         if not outcome.new:
             side = session.a if session.a.conn == peer.key else session.b
             self._grant(side, session)
@@ -814,15 +878,16 @@ class BeaconServer:
             ),
         )
 
-    def _relay_datagram(self, endpoint: Endpoint, data: bytes, source: tuple[str, int]) -> None:
-        """Endpoint hook for every non-QUIC datagram: the relay's forward path."""
+    def _relay_datagram(self, endpoint: Any, data: bytes, source: tuple[str, int]) -> None:
+        """Endpoint hook for every non-QUIC datagram (and TcpClient's for relay items on its
+        stream): the relay's forward path. ``endpoint`` is what it came through."""
         relay = self.relay
-        target = relay.route(data, source, self._loop.time())  # type: ignore[union-attr]
+        target = relay.route(data, source, self._loop.time(), endpoint)  # type: ignore[union-attr]
         if target is None and relay.misdirected is not None:
             session, relay.misdirected = relay.misdirected, None
             if self._follow_migration(session, source):
                 relay.dropped["wrong_source"] -= 1  # not dropped after all: it came from the new path
-                target = relay.route(data, source, self._loop.time())  # type: ignore[union-attr]
+                target = relay.route(data, source, self._loop.time(), endpoint)  # type: ignore[union-attr]
         if target is not None:
             target[0].sendto(data, target[1])
         elif relay.ended:
@@ -835,7 +900,7 @@ class BeaconServer:
             peer = self._peers.get(side.conn)  # type: ignore[call-overload]
             if peer is None or peer.gone:
                 continue
-            if source in _validated_paths(peer.protocol._quic):  # noqa: SLF001
+            if source in peer.protocol.validated_paths():
                 self.relay.rebind(session, side.conn, source)
                 return True
         return False
@@ -864,9 +929,9 @@ class BeaconServer:
         return self._write(peer, message, check=True)
 
     def _write(self, peer: _Peer, message: wire.Message, *, check: bool) -> bool:
-        quic = peer.protocol._quic
+        link = peer.protocol
         try:
-            quic.send_stream_data(0, wire.encode(message))
+            link.send_frame(wire.encode(message))
         except (ValueError, AssertionError, RuntimeError) as exc:  # stream 0 finished, or reset by the client
             self.log.debug("write_failed", conn=peer.key, error=str(exc))
             if check:
@@ -877,7 +942,7 @@ class BeaconServer:
         if self._flush_handle is None:
             assert self._loop is not None
             self._flush_handle = self._loop.call_soon(self._flush)
-        if check and unacked_bytes(quic) > self.config.max_unsent_bytes:
+        if check and link.unsent_bytes() > self.config.max_unsent_bytes:
             self._reject(peer, ErrorCode.SLOW_READER, "you do not read fast enough", wait=False)
             return False
         return True
@@ -948,6 +1013,9 @@ class BeaconServer:
     def _snapshot(self) -> dict[str, Any]:
         return {
             "beacon_open_connections": len(self._peers),
+            "beacon_tcp_open_connections": sum(1 for p in self._peers.values() if p.via is p.protocol),
+            "beacon_tcp_handshakes_in_progress": self.tcp.handshaking if self.tcp is not None else 0,
+            "beacon_tcp_relay_backlog_drops": self.tcp.relay_backlog_drops if self.tcp is not None else 0,
             "beacon_tokens_held": self.meetings.tokens_held,
             "beacon_distinct_tokens": self.meetings.token_count,
             "beacon_relay_active_sessions": self.relay.session_count,

@@ -15,6 +15,9 @@ Benchmarks (``--only`` names):
               from unvalidated sources, RSS per hostile connection, meeting latency quiet vs attacked
   natlab      introduction -> verified direct connection through real Linux NATs (tests/natlab, 20 ms
               per internet link), in RTTs of the same connections (root and namespaces needed)
+  tcpfallback issue 14: relay throughput with one TLS/TCP leg and with two vs the UDP relay; beacon
+              RSS per idle TCP-registered peer vs per UDP one; NAT lab udp_blocked <-> port_restricted
+              introduction -> verified p50/p99 (not in the default set: --only tcpfallback)
 
 Every process is bounded in time (its own deadline) and every load loop in count.
 DPB_QUICK_PEERS=N changes the peer count of --quick (default 2000); DPB_QH3_PYTHON = --qh3-python.
@@ -135,7 +138,7 @@ class Bench:
 
     # --- beacon: memory and introduction latency --------------------------------------------
 
-    async def server_ramp(self, kind: str, server_args: list[str], count: int) -> dict:
+    async def server_ramp(self, kind: str, server_args: list[str], count: int, load: str = "load") -> dict:
         """Start a server, ramp ``count`` connections from the client processes; return facts.
         The caller stops the workers (the beacon phase keeps them for the latency run)."""
         server, ready = await self.worker(f"server-{kind}", "server", ["--kind", kind, "--uvloop", *server_args])
@@ -145,7 +148,7 @@ class Bench:
         clients = []
         for index in range(self.s.client_processes):
             client, _ = await self.worker(
-                f"load{index}-{kind}", "load",
+                f"{load}{index}-{kind}", load,
                 ["--target", target, f"--fingerprint={ready['fingerprint']}", "--kind", kind, "--uvloop"],
             )
             clients.append(client)
@@ -460,6 +463,76 @@ class Bench:
                      target="p99 <= 6 RTT", met=p99 <= 6 * rtt, samples=times, baseline_samples=rtts))
         self.extra["natlab"] = result
 
+    # --- issue 14: the beacon over TLS/TCP ------------------------------------------------------
+
+    async def bench_tcpfallback(self) -> None:
+        relay = await self.tcp_relay()
+        memory = await self.tcp_memory()
+        lab = await self.tcp_natlab()
+        self.extra["tcpfallback"] = {"relay": relay, "natlab": lab, "memory": memory}
+
+    async def tcp_relay(self) -> dict:
+        size = self.s.relay_bytes
+        cases = {"UDP relay (two UDP legs)": ([], []), "one TCP leg": (["--tcp-only"], []),
+                 "TCP <-> TCP": (["--tcp-only"], ["--tcp-only"])}
+        relay: dict[str, dict] = {}
+        for name, (flags_a, flags_b) in cases.items():
+            ready = await self.beacon_for_peers()
+            common = ["--beacon-port", str(ready["port"]), f"--fingerprint={ready['fingerprint']}"]
+            a, ra = await self.worker("peer-a", "peer", [*common, "--relay-only", *flags_a])
+            b, rb = await self.worker("peer-b", "peer", [*common, *flags_b])
+            meeting = f"bench-{os.urandom(6).hex()}"
+            a.send(cmd="connect", meeting=meeting, expect=rb["peer_id"], timeout=20)
+            b.send(cmd="connect", meeting=meeting, expect=ra["peer_id"], timeout=20)
+            connected = await a.expect("connected", 40)
+            other = await b.expect("connected", 40)
+            rates, _ = await self.transfers(a, size)
+            relay[name] = {"rates": rates, "median": median(rates), "path": connected["path"],
+                           "transports": [connected.get("transport"), other.get("transport")]}
+            self.log(f"relay {name}: {[round(r, 1) for r in rates]} MB/s, transports {relay[name]['transports']}")
+        base = relay["UDP relay (two UDP legs)"]
+        for name in ("one TCP leg", "TCP <-> TCP"):
+            result = relay[name]
+            self.add(Row(
+                "tcpfallback", f"one stream through the relay, {name}", result["median"], "MB/s",
+                "the UDP relay, same run", base["median"],
+                target=">= 50 % of the UDP relay" if name == "one TCP leg" else "(report)",
+                met=result["median"] >= 0.5 * base["median"] if name == "one TCP leg" else None,
+                note=f"beacon transports {result['transports']}; relay quota raised to 1 GB/s",
+                samples=result["rates"], baseline_samples=base["rates"],
+            ))
+        return relay
+
+    async def tcp_memory(self) -> dict:
+        n = self.s.peers
+        self.log(f"tcpfallback: beacon RSS with {n} idle peers, UDP (QUIC) first, then TLS/TCP")
+        udp = await self.server_ramp("beacon", [], n)
+        await self.stop_all()
+        tcp = await self.server_ramp("beacon", [], n, load="tcpload")
+        await self.stop_all()
+        self.add(Row(
+            "tcpfallback", f"RSS per idle TCP-registered peer ({tcp['held']} peers)", tcp["per_peer"] / 1024, "KB",
+            "per idle UDP (QUIC) peer, same run", udp["per_peer"] / 1024, target="(report)",
+            note=f"beacon RSS {tcp['rss0'] / MB:.0f} -> {tcp['rss1'] / MB:.0f} MB (TCP), "
+                 f"{udp['rss0'] / MB:.0f} -> {udp['rss1'] / MB:.0f} MB (UDP); failed {tcp['failed']} / {udp['failed']}",
+        ))
+        return {k: {x: y for x, y in r.items() if x not in ("server", "clients", "ready")}
+                for k, r in (("udp", udp), ("tcp", tcp))}
+
+    async def tcp_natlab(self) -> dict:
+        runs = 8 if self.s.quick else 30
+        self.log(f"tcpfallback: {runs} meetings udp_blocked <-> port_restricted in the NAT lab, 20 ms per link")
+        lab = await asyncio.to_thread(natlab_meetings, runs, self.log_dir, "udp_blocked", "relay")
+        times = lab["times"]
+        p50, p99 = median(times), percentile(times, 99)
+        self.add(Row("tcpfallback", "NAT lab udp_blocked <-> port_restricted: introduction -> verified, p50", p50,
+                     "ms", "the path's RTT", median(lab["rtts"]), target="p50 <= 1500 ms", met=p50 <= 1500,
+                     note=f"{len(times)} meetings, relay with one TCP and one UDP leg", samples=times))
+        self.add(Row("tcpfallback", "NAT lab udp_blocked <-> port_restricted: introduction -> verified, p99", p99,
+                     "ms", "the path's RTT", median(lab["rtts"]), target="p99 <= 3000 ms", met=p99 <= 3000,
+                     samples=times))
+        return lab
+
     # --- TCP forwarding ----------------------------------------------------------------------
 
     async def tcp_transfer(self, source: Worker, port: int, size: int, repeat: int) -> list[float]:
@@ -763,7 +836,9 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))]
 
 
-def natlab_meetings(runs: int, log_dir: Path) -> dict[str, Any]:
+def natlab_meetings(
+    runs: int, log_dir: Path, flavour_a: str = "port_restricted", path: str = "direct"
+) -> dict[str, Any]:
     """``runs`` meetings through the NAT lab (blocking: the lab drives namespaces by subprocess).
     Every namespace and process is removed at the end (Lab.close)."""
     from tests.natlab.lab import Lab, LabUnavailable
@@ -776,11 +851,11 @@ def natlab_meetings(runs: int, log_dir: Path) -> dict[str, Any]:
     times: list[float] = []
     rtts: list[float] = []
     paths: list[str] = []
-    workdir = log_dir / "natlab"
+    workdir = log_dir / f"natlab-{flavour_a}"
     workdir.mkdir(exist_ok=True)
     try:
         lab.add_public("beacon", BEACON_IP)
-        lab.add_home("A", "port_restricted")
+        lab.add_home("A", flavour_a)
         lab.add_home("B", "port_restricted")
         lab.set_delay(DELAY_MS)
         _, entry = start_beacon(lab, workdir)
@@ -788,14 +863,14 @@ def natlab_meetings(runs: int, log_dir: Path) -> dict[str, Any]:
             events_a, events_b = run_pair(lab, workdir, "A1", "B1", entry, payload=1000)
             ca, cb = first(events_a, "connected"), first(events_b, "connected")
             paths.append(ca["path"])
-            if ca["path"] != "direct" or ca["ms"] is None or cb["ms"] is None:
+            if ca["path"] != path or ca["ms"] is None or cb["ms"] is None:
                 continue
             times.append(max(ca["ms"], cb["ms"]))  # verified on both sides
             rtts.extend(x["rtt_ms"] for x in (ca, cb) if x.get("rtt_ms"))
     finally:
         lab.close()
     if not times or not rtts:
-        raise RuntimeError(f"no direct connection in the NAT lab (paths: {paths})")
+        raise RuntimeError(f"no {path} connection in the NAT lab (paths: {paths})")
     return {"times": times, "rtts": rtts, "paths": paths}
 
 
@@ -803,7 +878,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke version (~2 min)")
     parser.add_argument("--only", nargs="+",
-                        choices=["beacon", "rate", "throughput", "relay", "tcp", "stack", "natlab", "attacks"])
+                        choices=["beacon", "rate", "throughput", "relay", "tcp", "stack", "natlab", "attacks",
+                                 "tcpfallback"])
     parser.add_argument("--qh3-python", help="python of a scratch venv with qh3 (never the project's): adds the "
                         "stack comparison (default: $DPB_QH3_PYTHON)")
     args = parser.parse_args(argv)

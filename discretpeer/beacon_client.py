@@ -1,8 +1,14 @@
-"""A peer's connection to one beacon, from the peer's one UDP socket.
+"""A peer's connection to one beacon, from the peer's one UDP socket (or over TLS/TCP).
 
 Pins the beacon by its certificate hash (checked before a single frame is sent), announces the
 tokens and local candidates, follows token changes, passes introductions up, and reconnects
 forever with capped exponential backoff and full jitter, re-announcing after each reconnect.
+
+QUIC over UDP comes first; TLS over TCP (:mod:`discretpeer.beacon_tcp`, through an HTTP proxy
+when one is set) starts after a short head start, or at once when UDP sends fail, and the first
+to complete its Hello/Welcome is used. While on TCP, UDP is tried again in the background and
+the client moves back as soon as it works. Over TCP, relay datagrams travel on the TLS stream:
+the endpoint hands datagrams for the beacon's address to it (:attr:`Endpoint.stream_links`).
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives import serialization
 
 from certs import certificate_fingerprint
+from discretpeer.beacon_tcp import TcpChannel, TlsPinMismatch, open_channel
 from discretpeer.config import BeaconSpec
 from discretpeer.endpoint import Endpoint, EndpointProtocol
+from discretpeer.proxy import ProxyError, proxy_for
 from discretpeer.wire import (
     BEACON_ALPN,
     MAX_TOKENS_PER_FRAME,
@@ -39,6 +47,7 @@ from discretpeer.wire import (
     Pong,
     RelayEnd,
     RelayGrant,
+    RelayRequest,
     Welcome,
     WireError,
     encode,
@@ -59,6 +68,8 @@ BACKOFF_INITIAL = 0.5
 BACKOFF_CAP = 30.0
 STABLE_AFTER = 10.0  # a connection that lived this long resets the backoff
 TOKEN_FULL_RETRY = 10.0  # seconds (± jitter) before announcing a token the beacon refused as full again
+TCP_HEAD_START = 0.3  # QUIC's lead before TLS/TCP starts (at once when UDP sends fail)
+UDP_RETRY_INTERVAL = 15.0  # while on TCP: how often UDP is tried again
 
 
 class PinMismatch(ConnectionError):
@@ -69,6 +80,42 @@ class BeaconLost(ConnectionError):
     """The beacon stopped answering Pings, or reset the connection."""
 
 
+class _Link:
+    """One established beacon connection (Welcome received): QUIC or TLS/TCP."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        welcome: Welcome,
+        early: list[Message],
+        *,
+        protocol: EndpointProtocol | None = None,
+        reader: asyncio.StreamReader | None = None,
+        writer: asyncio.StreamWriter | None = None,
+        decoder: FrameDecoder | None = None,
+        channel: TcpChannel | None = None,
+    ) -> None:
+        self.address = address
+        self.welcome = welcome
+        self.early = early
+        self.protocol = protocol
+        self.reader = reader
+        self.writer = writer
+        self.decoder = decoder
+        self.channel = channel
+
+    @property
+    def transport(self) -> str:
+        return self.channel.transport_name if self.channel is not None else "udp"
+
+    def close(self, reason: str) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        if self.protocol is not None:
+            with contextlib.suppress(Exception):
+                self.protocol.close(reason_phrase=reason)
+
+
 @dataclass
 class BeaconStatus:
     """What a user checks when nothing connects (exposed by ``Peer.beacon_status``)."""
@@ -76,6 +123,9 @@ class BeaconStatus:
     beacon: str
     state: str = "idle"  # idle, connecting, connected, backoff, closed
     address: tuple[str, int] | None = None
+    transport: str | None = None  # udp, tcp, "tcp via proxy" (None until connected)
+    udp_works: bool | None = None  # None: not known yet; False: QUIC over UDP failed, TCP in use
+    udp_error: str | None = None  # why UDP failed, when it did
     observed: Address | None = None
     rtt: float | None = None
     last_error: str | None = None
@@ -122,6 +172,9 @@ class BeaconClient:
         self._announced: set[bytes] = set()
         self._protocol: EndpointProtocol | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._channel: TcpChannel | None = None
+        self._upgrade: _Link | None = None  # a QUIC link found while on TCP: adopted at once
+        self._udp_retry: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._pings: dict[int, float] = {}
@@ -197,7 +250,7 @@ class BeaconClient:
                 await self._connect_and_serve()
             except asyncio.CancelledError:
                 raise
-            except PinMismatch as exc:
+            except (PinMismatch, TlsPinMismatch) as exc:
                 self.status.pin_mismatches += 1
                 self.status.failures += 1
                 self.status.note(str(exc))
@@ -237,46 +290,132 @@ class BeaconClient:
 
     async def _connect_and_serve(self) -> None:
         self.status.state = "connecting"
-        addresses = await self._resolve()
+        link, self._upgrade = self._upgrade, None
+        if link is None:
+            link = await self._race()
+        self._adopt(link)
+        await self._serve()
+
+    async def _open_udp(self, addresses: list[tuple[str, int]]) -> _Link:
         errors: list[str] = []
         for address in addresses:
             try:
-                await self._connect(address)
-                break
+                return await self._open_quic(address)
             except PinMismatch:
                 raise
-            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            except (OSError, ConnectionError, TimeoutError) as exc:
                 errors.append(f"{address[0]}: {type(exc).__name__} {exc}".strip())
-                self._disconnect("next address")
-        else:
-            raise ConnectionError("; ".join(errors) or "no address answered")
-        await self._serve()
+        raise ConnectionError("; ".join(errors) or "no address answered")
 
-    async def _connect(self, address: tuple[str, int]) -> None:
-        configuration = QuicConfiguration(
-            is_client=True,
-            alpn_protocols=[BEACON_ALPN],
-            verify_mode=ssl.CERT_NONE,  # pinned by hash below, before anything is sent
-            idle_timeout=60.0,
-            server_name=None if _is_ip(self.spec.host) else self.spec.host,
+    async def _open_tcp(self) -> _Link:
+        spec = self.spec
+        proxy = proxy_for(spec.host, spec.proxy)
+        channel = await open_channel(spec.host, spec.tcp, spec.cert_hash, proxy=proxy, timeout=HANDSHAKE_TIMEOUT)
+        try:
+            channel.send(Hello(version=PROTOCOL_VERSION, instance=self._instance))
+            welcome, early = await asyncio.wait_for(self._tcp_welcome(channel), HANDSHAKE_TIMEOUT)
+        except BaseException:
+            channel.close()
+            raise
+        # the peer address of the socket (resolved by the system, or the name through a proxy)
+        peername = channel._writer.get_extra_info("peername")  # noqa: SLF001
+        address = (str(peername[0]), int(peername[1])) if peername and proxy is None else (spec.host, spec.tcp)
+        return _Link(address, welcome, early, channel=channel)
+
+    async def _tcp_welcome(self, channel: TcpChannel) -> tuple[Welcome, list[Message]]:
+        while True:
+            items = [i for i in await channel.receive() if not isinstance(i, bytes)]
+            for index, message in enumerate(items):
+                if isinstance(message, Welcome):
+                    return message, items[index + 1 :]
+                if isinstance(message, Error):
+                    raise ConnectionError(f"beacon refused: {message.error_code!s} {message.message}")
+
+    async def _race(self) -> _Link:
+        """QUIC first; TLS/TCP after TCP_HEAD_START or as soon as UDP sends fail; first wins."""
+        loop = asyncio.get_running_loop()
+        addresses = await self._resolve()
+        send_errors = self._endpoint.send_errors
+        udp = loop.create_task(self._open_udp(addresses))
+        tcp: asyncio.Task[_Link] | None = None
+        started = loop.time()
+        errors: dict[str, BaseException] = {}
+        winner: _Link | None = None
+        try:
+            while True:
+                pending = [t for t in (udp, tcp) if t is not None and not t.done()]
+                if tcp is None:
+                    await asyncio.wait(pending, timeout=0.05)
+                    if (
+                        udp.done()
+                        or self._endpoint.send_errors > send_errors
+                        or loop.time() - started >= TCP_HEAD_START
+                    ):
+                        tcp = loop.create_task(self._open_tcp())
+                elif pending:
+                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for name, task in (("udp", udp), ("tcp", tcp)):
+                    if task is None or not task.done() or name in errors:
+                        continue
+                    if task.exception() is None:
+                        winner = task.result()
+                        if name == "udp":
+                            self.status.udp_works, self.status.udp_error = True, None
+                        elif "udp" not in errors:
+                            self.status.udp_works = False
+                            self.status.udp_error = f"QUIC did not answer within {loop.time() - started:.1f} s"
+                        return winner
+                    errors[name] = task.exception()  # type: ignore[assignment]
+                    if name == "udp":
+                        self.status.udp_works = False
+                        self.status.udp_error = _describe(errors[name])
+                if len(errors) == 2:
+                    break
+        finally:
+            if winner is not None and winner.channel is not None and not udp.done():
+                # TCP won while QUIC is still trying (a slow path, not a blocked one): let it go on;
+                # when it completes, the client moves to it (see _retry_udp)
+                self._late_udp = udp
+            for task in (udp, tcp):
+                if task is self._late_udp:
+                    continue
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+                # task.exception() also marks a failure as seen (no "never retrieved" warning)
+                if (
+                    task is not None and task.done() and not task.cancelled() and task.exception() is None
+                    and task.result() is not winner
+                ):
+                    task.result().close("lost the race")
+        for exc in errors.values():
+            if isinstance(exc, (PinMismatch, TlsPinMismatch, ProxyError)):
+                raise exc
+        raise ConnectionError(
+            f"UDP: {_describe(errors['udp'])}; TCP: {_describe(errors['tcp'])}"
         )
-        protocol = self._endpoint.connect(address, configuration)
-        self._protocol = protocol
-        await asyncio.wait_for(protocol.wait_connected(), HANDSHAKE_TIMEOUT)
-        certificate = protocol._quic.tls._peer_certificate  # noqa: SLF001 - aioquic has no public accessor
-        if certificate is None:
-            raise PinMismatch(f"beacon {self.spec} presented no certificate")
-        fingerprint = certificate_fingerprint(certificate.public_bytes(serialization.Encoding.DER))
-        if fingerprint != self.spec.cert_hash:
-            raise PinMismatch(f"beacon {self.spec} certificate hash is {fingerprint}, pinned {self.spec.cert_hash}")
-        reader, writer = await protocol.create_stream()
-        self._writer = writer
-        self._reader = reader
-        self.status.address = address
-        writer.write(encode(Hello(version=PROTOCOL_VERSION, instance=self._instance)))
-        decoder = FrameDecoder()
-        welcome, early = await asyncio.wait_for(self._read_until_welcome(reader, decoder), HANDSHAKE_TIMEOUT)
-        self._decoder = decoder
+
+    _link_in_use: _Link | None = None
+    _late_udp: asyncio.Task[_Link] | None = None  # a QUIC attempt that lost the race but may still succeed
+
+    def _adopt(self, link: _Link) -> None:
+        """Make ``link`` this client's connection: state, announce, early messages."""
+        self._link_in_use = link
+        self._protocol = link.protocol
+        self._writer = link.writer
+        self._channel = link.channel
+        if link.reader is not None and link.decoder is not None:
+            self._reader = link.reader
+            self._decoder = link.decoder
+        welcome = link.welcome
+        self.status.address = link.address
+        self.status.transport = link.transport
+        if link.channel is not None:
+            self._endpoint.stream_links[link.address] = link.channel.send_datagram
+            if self._udp_retry is not None:
+                self._udp_retry.cancel()
+            self._udp_retry = asyncio.get_running_loop().create_task(self._retry_udp())
         self.status.observed = welcome.observed
         self.max_tokens = max(1, welcome.max_tokens)
         self.status.state = "connected"
@@ -286,9 +425,73 @@ class BeaconClient:
         self._connected.set()
         self._send(Announce(candidates=tuple(self._get_candidates())))
         self._sync_tokens()
-        for message in early:
+        for message in link.early:
             self._handle(message)
-        log.info("beacon connected", beacon=str(self.spec), address=address, observed=str(welcome.observed))
+        log.info(
+            "beacon connected", beacon=str(self.spec), address=link.address, transport=link.transport,
+            observed=str(welcome.observed),
+        )
+
+    async def _retry_udp(self) -> None:
+        """While on TCP: try QUIC again now and then; when it works, move back to it."""
+        late, self._late_udp = self._late_udp, None
+        while self._channel is not None and not self._closing:
+            if late is None:
+                await asyncio.sleep(UDP_RETRY_INTERVAL * self._rng.uniform(0.8, 1.2))
+            channel = self._channel
+            if channel is None or self._closing:
+                if late is not None:
+                    late.cancel()
+                return
+            try:
+                if late is not None:
+                    attempt, late = late, None
+                    link = await attempt
+                else:
+                    link = await self._open_udp(await self._resolve())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - UDP still blocked: stay on TCP
+                self.status.udp_error = _describe(exc)
+                continue
+            if self._channel is not channel or self._closing:
+                link.close("not needed")
+                return
+            self.status.udp_works, self.status.udp_error = True, None
+            self.status.note("UDP works again: moving back from TCP")
+            log.info("beacon reachable over UDP again", beacon=str(self.spec))
+            self._upgrade = link
+            channel.close()  # the serve loop ends; _run adopts the QUIC link at once
+            return
+
+    async def _open_quic(self, address: tuple[str, int]) -> _Link:
+        configuration = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=[BEACON_ALPN],
+            verify_mode=ssl.CERT_NONE,  # pinned by hash below, before anything is sent
+            idle_timeout=60.0,
+            server_name=None if _is_ip(self.spec.host) else self.spec.host,
+        )
+        protocol = self._endpoint.connect(address, configuration)
+        try:
+            await asyncio.wait_for(protocol.wait_connected(), HANDSHAKE_TIMEOUT)
+            certificate = protocol._quic.tls._peer_certificate  # noqa: SLF001 - aioquic has no public accessor
+            if certificate is None:
+                raise PinMismatch(f"beacon {self.spec} presented no certificate")
+            fingerprint = certificate_fingerprint(certificate.public_bytes(serialization.Encoding.DER))
+            if fingerprint != self.spec.cert_hash:
+                raise PinMismatch(
+                    f"beacon {self.spec} certificate hash is {fingerprint}, pinned {self.spec.cert_hash}"
+                )
+            reader, writer = await protocol.create_stream()
+            writer.write(encode(Hello(version=PROTOCOL_VERSION, instance=self._instance)))
+            decoder = FrameDecoder()
+            welcome, early = await asyncio.wait_for(self._read_until_welcome(reader, decoder), HANDSHAKE_TIMEOUT)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                protocol.close(reason_phrase="connect failed")
+            raise
+        return _Link(address, welcome, early, protocol=protocol, reader=reader, writer=writer, decoder=decoder)
 
     async def _read_until_welcome(
         self, reader: asyncio.StreamReader, decoder: FrameDecoder
@@ -306,7 +509,6 @@ class BeaconClient:
 
     async def _serve(self) -> None:
         """Read frames until the connection ends or the keepalive declares the beacon lost."""
-        assert self._protocol is not None
         loop = asyncio.get_running_loop()
         tasks = {loop.create_task(self._read_frames()), loop.create_task(self._keepalive())}
         try:
@@ -323,6 +525,18 @@ class BeaconClient:
     async def _read_frames(self) -> None:
         protocol = self._protocol
         while True:
+            channel = self._channel
+            if channel is not None:
+                items = await channel.receive()  # ConnectionError when the beacon closed it
+                self._heard.set()
+                for item in items:
+                    if isinstance(item, bytes):
+                        # a relay datagram, as if it had come over UDP from the beacon
+                        if self._endpoint.on_datagram is not None and self.status.address is not None:
+                            self._endpoint.on_datagram(item, self.status.address)
+                    else:
+                        self._handle(item)
+                continue
             data = await self._reader.read(65536)
             if not data:
                 if protocol is not None and protocol.reset_received:
@@ -390,7 +604,7 @@ class BeaconClient:
                 self._announced = set()  # resync: the beacon rejected that announce
             elif message.code == ErrorCode.TOKEN_FULL:
                 self._token_full(message.message)
-        elif isinstance(message, (RelayGrant, RelayEnd)):
+        elif isinstance(message, (RelayGrant, RelayEnd, RelayRequest)):
             if self._on_relay_message is not None:
                 self._on_relay_message(self, message)
         elif isinstance(message, Ping):
@@ -429,6 +643,8 @@ class BeaconClient:
         self._announced = (self._announced | set(add)) - set(withdraw)
 
     def _send(self, message: Message) -> bool:
+        if self._channel is not None:
+            return self._channel.send(message)
         writer = self._writer
         if writer is None or writer.is_closing():
             return False
@@ -443,10 +659,40 @@ class BeaconClient:
         if protocol is not None:
             with contextlib.suppress(Exception):
                 protocol.close(reason_phrase=reason)
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+            address = self.status.address
+            if address is not None and self._endpoint.stream_links.get(address) == channel.send_datagram:
+                del self._endpoint.stream_links[address]
+        self._link_in_use = None
+        if reason == "peer closing":
+            if self._late_udp is not None:
+                self._late_udp.cancel()
+                self._late_udp = None
+            if self._upgrade is not None:
+                self._upgrade.close(reason)
+                self._upgrade = None
+            if self._udp_retry is not None:
+                self._udp_retry.cancel()
         if self.status.state == "connected":
             self.status.state = "connecting"
         if was_connected and self._on_disconnect is not None and self.status.address is not None:
             self._on_disconnect(self, self.status.address)
+
+
+def udp_unreachable(clients: list[BeaconClient]) -> bool:
+    """True when some beacon is connected and every connected one is over TCP: our UDP to the
+    beacons is blocked, so punching through NATs is pointless (relay at once)."""
+    connected = [c for c in clients if c.connected]
+    return bool(connected) and all(c.status.transport != "udp" for c in connected)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, asyncio.TimeoutError) or not text:
+        return f"{type(exc).__name__} (no answer)" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
+    return text
 
 
 def _is_ip(host: str) -> bool:

@@ -24,6 +24,14 @@ class BeaconSpec:
     host: str
     port: int
     cert_hash: str
+    # TLS/TCP port when it is not the UDP port number (the beacon's default is the same number)
+    tcp_port: int | None = None
+    # HTTP CONNECT proxy URL for the TCP path: None = from HTTPS_PROXY/NO_PROXY, "none" = never
+    proxy: str | None = None
+
+    @property
+    def tcp(self) -> int:
+        return self.tcp_port if self.tcp_port is not None else self.port
 
     @property
     def hostname(self) -> str:
@@ -34,12 +42,13 @@ class BeaconSpec:
 
     @classmethod
     def parse(cls, entry: Any, *, where: str = "beacon") -> BeaconSpec:
-        """Accept a BeaconSpec, or a mapping ``{hostname = "host:port", cert_hash = "..."}``."""
+        """Accept a BeaconSpec, or a mapping ``{hostname = "host:port", cert_hash = "..."}``
+        (optionally ``tcp_port = 443`` when the beacon's TLS/TCP port is not the UDP one)."""
         if isinstance(entry, BeaconSpec):
             return entry
         if not isinstance(entry, Mapping):
             raise ConfigError(f"{where}: expected a table {{hostname = ..., cert_hash = ...}}, got {entry!r}")
-        unknown = set(entry) - {"hostname", "cert_hash"}
+        unknown = set(entry) - {"hostname", "cert_hash", "tcp_port"}
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         hostname = entry.get("hostname")
@@ -53,7 +62,12 @@ class BeaconSpec:
             parse_fingerprint(cert_hash)
         except InvalidFingerprint as exc:
             raise ConfigError(f"{where} ({hostname}): {exc}") from exc
-        return cls(host=host, port=port, cert_hash=cert_hash)
+        tcp_port = entry.get("tcp_port")
+        if tcp_port is not None and (
+            not isinstance(tcp_port, int) or isinstance(tcp_port, bool) or not 0 < tcp_port < 65536
+        ):
+            raise ConfigError(f"{where} ({hostname}): 'tcp_port' must be a port number 1..65535")
+        return cls(host=host, port=port, cert_hash=cert_hash, tcp_port=tcp_port)
 
 
 def split_host_port(text: str, *, where: str = "address") -> tuple[str, int]:

@@ -36,6 +36,7 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from discretpeer.paths import Route, RouteTable, is_virtual
 from discretpeer.probe import QUIC_FIXED_BIT
 from discretpeer.stateless_reset import is_reset
+from discretpeer.relay_frame import RELAY_DATA
 
 SocketAddress = tuple[Any, ...]
 SMALLEST_INITIAL = 1200
@@ -178,6 +179,9 @@ class Endpoint(asyncio.DatagramProtocol):
         self.routes = RouteTable()
         self.on_unexpected_source = on_unexpected_source
         self._clients: set[EndpointProtocol] = set()  # outgoing connections (stateless resets)
+        # beacon address → send function: relay datagrams (not QUIC) for a beacon reached over
+        # TLS/TCP travel on that stream instead of UDP (see discretpeer.beacon_client)
+        self.stream_links: dict[tuple[str, int], Callable[[bytes], None]] = {}
         self.datagrams_received = 0
         self.datagrams_sent = 0
         self.send_errors = 0
@@ -252,6 +256,11 @@ class Endpoint(asyncio.DatagramProtocol):
                 self.send_errors += 1
                 return
             data, addr = wrapped
+        if self.stream_links and data and data[0] == RELAY_DATA:
+            link = self.stream_links.get((addr[0], addr[1]))
+            if link is not None:
+                link(data)
+                return
         host, port = addr[0], addr[1]
         if self._dual_stack and ":" not in host:
             host = "::ffff:" + host

@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 from typing import TYPE_CHECKING
 
+from discretpeer.beacon_client import udp_unreachable
+
 if TYPE_CHECKING:
     from discretpeer.beacon_client import BeaconClient, BeaconStatus
     from discretpeer.meeting_book import Meeting as _Meeting
@@ -33,6 +35,7 @@ class FailureReport:
                     "state": status.state,
                     "observed": str(status.observed) if status.observed else None,
                     "last_error": status.last_error,
+                    "transport": status.transport,
                 }
                 for status in self.beacon_status
             ],
@@ -68,6 +71,8 @@ class FailureReport:
             )
         else:
             where = "LAN discovery only"
+        if udp_unreachable(self._clients):  # TCP (issue 14)
+            where += " over TLS/TCP only (no beacon reachable over UDP: no punching, relay asked at once)"
         candidates = report["candidates"]
         assert isinstance(candidates, list)
         tried = ", ".join(

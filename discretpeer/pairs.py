@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from discretpeer.beacon_client import udp_unreachable
 from discretpeer.candidates import on_attached_network
 from discretpeer.dialer import Dialer
 from discretpeer.logs import get_logger
@@ -26,7 +27,7 @@ from discretpeer.probe import ProbeError, ProbeKind, parse_probe
 from discretpeer.relay_frame import RELAY_DATA
 from discretpeer.relay_routes import RelayRoutes
 from discretpeer.traversal import Addr, Candidate, CandidateKind, PunchSession, mapping_varies
-from discretpeer.wire import INSTANCE_SIZE, Address, Introduction, RelayRequest
+from discretpeer.wire import INSTANCE_SIZE, Address, Introduction, Message, RelayRequest
 
 if TYPE_CHECKING:
     from discretpeer.beacon_client import BeaconClient
@@ -327,6 +328,25 @@ class PairDriver:
 
     # --- relay requests -----------------------------------------------------------------------
 
+    def on_relay_message(self, client: BeaconClient, message: Message) -> None:
+        """Relay messages from a beacon: grants and ends go to the relay routes; a RelayRequest
+        is the beacon telling us the other peer asked for a relay (e.g. its UDP is blocked and
+        punching is pointless): ask too, now, instead of after relay_after (issue 14)."""
+        if not isinstance(message, RelayRequest):
+            self.relay.on_message(client, message)
+            return
+        pair = self._find_pair(message.token, message.instance)
+        if (
+            pair is not None
+            and self.settings.relay_enabled
+            and pair.relay_route is None
+            and pair.state.relay_requested_at is None
+            and pair.live_connection() is None
+        ):
+            if client.send(RelayRequest(token=message.token, instance=message.instance)):
+                pair.state.relay_requested(time.monotonic())
+                self.stats.relay_requests += 1
+
     def _relay_housekeeping(self, pair: Pair, now: float) -> float | None:
         """Request a relay when punching has not produced a connection in time; keep punching
         slowly while relayed. Returns when it next wants to run, if it waits for something."""
@@ -367,7 +387,8 @@ class PairDriver:
         seen: dict[Addr, Addr] = {}
         for client in self.clients:
             beacon, observed = client.beacon_address, client.status.observed
-            if beacon is not None and observed is not None:
+            # TCP (issue 14): an address seen over TCP says nothing about our UDP mapping
+            if beacon is not None and observed is not None and client.status.transport == "udp":
                 seen[beacon] = observed.to_socket()
         return mapping_varies(seen)
 
@@ -376,6 +397,8 @@ class PairDriver:
         useless to the other peer, punching cannot meet. Both peers see the same facts (each
         one's address at each beacon, through introductions), so both decide alike."""
         if not self.settings.direct_enabled:
+            return True
+        if udp_unreachable(self.clients):  # TCP (issue 14): our UDP is blocked, punching is pointless
             return True
         other = mapping_varies(pair.observed_by)
         if not other:

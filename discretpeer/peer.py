@@ -151,7 +151,7 @@ class Peer(FailureReport):
                 self.instance,
                 on_introduction=self._driver.on_beacon_introduction,
                 get_candidates=lambda: list(self._candidates),
-                on_relay_message=self._driver.relay.on_message,
+                on_relay_message=self._driver.on_relay_message,
                 on_disconnect=self._driver.relay.on_beacon_lost,
                 on_token_full=self._on_token_full,
             )

@@ -63,6 +63,13 @@ async def main(args: argparse.Namespace) -> None:
 
     commands = await stdin_commands()
     beacon = {"hostname": f"127.0.0.1:{args.beacon_port}", "cert_hash": args.fingerprint}
+    hole = None
+    if args.tcp_only:  # UDP to the beacon goes to a bound socket nobody reads: TLS/TCP is used
+        import socket
+
+        hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        hole.bind(("127.0.0.1", 0))
+        beacon = {**beacon, "hostname": f"127.0.0.1:{hole.getsockname()[1]}", "tcp_port": args.beacon_port}
     identity = Identity.generate()
     peer = Peer(identity, [beacon], host="127.0.0.1", direct=not args.relay_only, report_local_candidates=True)
     await peer.start()
@@ -96,7 +103,7 @@ async def main(args: argparse.Namespace) -> None:
                 conn = await peer.connect(command["meeting"], expect=command["expect"], timeout=command["timeout"])
                 await asyncio.sleep(0.2)
                 spawn(accept_loop())
-                emit("connected", path=conn.path, rtt=conn.rtt)
+                emit("connected", path=conn.path, rtt=conn.rtt, transport=peer.beacon_status[0].transport)
             elif cmd == "send":
                 for _ in range(command.get("repeat", 1)):
                     elapsed = await asyncio.wait_for(send_stream(*await conn.open_stream(), command["size"]),
@@ -135,6 +142,7 @@ if __name__ == "__main__":
     parser.add_argument("--beacon-port", type=int, required=True)
     parser.add_argument("--fingerprint", required=True)
     parser.add_argument("--relay-only", action="store_true", help="direct=False: only the relay path")
+    parser.add_argument("--tcp-only", action="store_true", help="reach the beacon over TLS/TCP (its UDP unreachable)")
     add_variant_flags(parser)
     args = worker_args(parser)
     run_loop(lambda: main(args), args.uvloop, args.profile)

@@ -121,6 +121,9 @@ def _add_network(parser: argparse.ArgumentParser, *, secret: bool = True) -> Non
                        help="how long to look for the peer (default 15)")
     group.add_argument("--udp-host", metavar="ADDR", help="address of our UDP socket (default: any)")
     group.add_argument("--udp-port", type=_port, metavar="PORT", help="port of our UDP socket (default: any free)")
+    group.add_argument("--proxy", metavar="URL",
+                       help="HTTP CONNECT proxy for the beacons' TLS/TCP path, http://[user:pass@]host:port "
+                       "(default: HTTPS_PROXY, unless NO_PROXY names the beacon; 'none': never)")
     if secret:
         group.add_argument("--secret", metavar="TEXT",
                            help="meet on this shared secret instead of the meeting derived from both peer ids "

@@ -79,7 +79,13 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
     answered = False
     for status in statuses:
         name = f"beacon {status.beacon}"
-        if status.state == "connected":
+        if status.state == "connected" and status.transport != "udp":
+            connected.append(status)
+            report.add(WARN, name, f"reachable over {status.transport} only (TLS), certificate matches the pinned "
+                       f"hash, round trip {ms(status.rtt)}: UDP to it fails ({status.udp_error or 'no answer'}); "
+                       "peers will relay through it", beacon=status.beacon, transport=status.transport,
+                       rtt_ms=None if status.rtt is None else round(status.rtt * 1000, 2))
+        elif status.state == "connected":
             answered = True
             connected.append(status)
             report.add(OK, name, "reachable over UDP, certificate matches the pinned hash, "
@@ -96,9 +102,14 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
                        beacon=status.beacon, error=error)
     if answered:
         report.add(OK, "udp", "UDP to the beacons works")
+    elif connected:
+        report.add(WARN, "udp", "no beacon answered over UDP (outgoing UDP blocked?) but TLS over TCP works: "
+                   "peers connect through the beacons' relay")
     else:
         report.add(FAIL, "udp", "no beacon answered over UDP: outgoing UDP may be blocked by a firewall, "
                    "or every beacon is down")
+    await _check_paths(report, settings, timeout)
+    connected = [s for s in connected if s.transport == "udp"]  # TCP-observed addresses say nothing of UDP
     if not connected:
         return
     observed = {(s.observed.host, s.observed.port) for s in connected if s.observed is not None}
@@ -126,6 +137,30 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
         ports = ", ".join(sorted(f"{h}:{p}" for h, p in observed))
         report.add(WARN, "nat mapping", f"a different external port per destination ({ports}): symmetric NAT; "
                    "direct connections with peers behind NAT may fail and the relay will be used", symmetric=True)
+
+
+async def _check_paths(report: Report, settings: Settings, timeout: float) -> None:
+    """Per beacon: does UDP work, which TLS/TCP path works (direct, via the proxy), how fast."""
+    from discretpeer.beacon_probe import probe_beacon
+    from discretpeer.endpoint import Endpoint
+
+    try:
+        endpoint = await Endpoint.open(settings.udp_host, 0)
+    except OSError:
+        return
+    try:
+        results = await asyncio.gather(*(probe_beacon(spec, endpoint, min(timeout, 5.0)) for spec in settings.beacons))
+    finally:
+        endpoint.close()
+    for spec, paths in zip(settings.beacons, results, strict=True):
+        works = [p for p in paths if p.works]
+        text = "; ".join(
+            f"{p.name} {ms(p.seconds)}" if p.works else f"{p.name} fails ({p.error})" for p in paths
+        )
+        verdict = OK if any(p.name == "udp" for p in works) else WARN if works else FAIL
+        report.add(verdict, f"paths {spec.hostname}", text,
+                   paths={p.name: (round(p.seconds * 1000, 2) if p.works else None) for p in paths},
+                   errors={p.name: p.error for p in paths if not p.works})
 
 
 async def _check_token_slots(report: Report, settings: Settings) -> None:

@@ -8,6 +8,7 @@ import re
 import signal
 from typing import Any
 
+from discretpeer.beacon_client import udp_unreachable
 from discretpeer.config import ConfigError
 from discretpeer.connection import PeerConnection
 from discretpeer.errors import ConnectError
@@ -115,6 +116,7 @@ def describe_beacons(peer: Peer) -> list[dict[str, Any]]:
         {
             "beacon": status.beacon,
             "state": status.state,
+            "transport": status.transport,
             "observed": format_address(status.observed) if status.observed else None,
             "rtt_ms": None if status.rtt is None else round(status.rtt * 1000, 2),
             "last_error": status.last_error,
@@ -179,8 +181,9 @@ class Progress:
                 continue
             self._beacons[status.beacon] = now
             if status.state == "connected" and (before is None or before[0] != "connected"):
+                over = "" if status.transport in (None, "udp") else f" over {status.transport} (UDP fails)"
                 self.console.status(
-                    f"beacon {status.beacon}: connected, our public address {format_address(status.observed)}",
+                    f"beacon {status.beacon}: connected{over}, our public address {format_address(status.observed)}",
                     event="beacon",
                     beacon=status.beacon,
                     state="connected",
@@ -204,12 +207,22 @@ class Progress:
         if introductions > self._introductions:
             self._introductions = introductions
             via = "on the LAN" if stats.lan_sightings and not stats.introductions else "by the beacon"
-            what = "relaying only (--relay-only)" if self.relay_only else "punching through NATs"
+            if self.relay_only:
+                what = "relaying only (--relay-only)"
+            elif udp_unreachable(self.peer._clients):  # noqa: SLF001
+                what = "relay only (UDP blocked)"
+            else:
+                what = "punching through NATs"
             self.console.status(f"introduced to a peer {via}: {what}", event="introduced")
         if stats.relay_requests > self._relay_requests:
             self._relay_requests = stats.relay_requests
-            why = "" if self.relay_only else "no direct path yet: "
-            self.console.status(f"{why}asking the beacon to relay", event="relay_requested")
+            if self.relay_only:
+                self.console.status("asking the beacon to relay", event="relay_requested")
+            elif udp_unreachable(self.peer._clients):  # noqa: SLF001
+                self.console.status("no beacon reachable over UDP (TLS/TCP only): punching is pointless, "
+                                    "asking the beacon to relay at once", event="relay_requested", udp=False)
+            else:
+                self.console.status("no direct path yet: asking the beacon to relay", event="relay_requested")
         if stats.relay_grants > self._relay_grants:
             self._relay_grants = stats.relay_grants
             self.console.status("relay granted by the beacon", event="relay_granted")

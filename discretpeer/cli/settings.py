@@ -15,6 +15,8 @@ Config file (default ``~/.config/discretpeer/config.toml``, or ``$XDG_CONFIG_HOM
     expose = [22, "192.168.1.20:80"]   # what `discretpeer expose` offers when no port is given
     expose_host = "127.0.0.1"          # host of the exposed ports given as numbers
     control = "~/.config/discretpeer/expose.sock"
+    proxy = "http://proxy.example:3128"  # HTTP CONNECT proxy for the beacons' TLS/TCP path
+                                       # (default: HTTPS_PROXY / NO_PROXY; "none": never)
 
     [peers]                            # names usable wherever a peer id is expected
     laptop = "<peer id>"
@@ -24,6 +26,7 @@ Unknown keys are errors (a typo must not silently weaken the allow list).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tomllib
@@ -34,11 +37,12 @@ from typing import Any
 
 from discretpeer.config import BeaconSpec, ConfigError, parse_beacons, split_host_port
 from discretpeer.identity import PEER_ID_LENGTH, Identity, IdentityError, normalize_peer_id
+from discretpeer.proxy import ProxySpec
 
 DEFAULT_TIMEOUT = 15.0
 KNOWN_KEYS = {
     "beacons", "allow", "lan", "relay", "timeout", "identity", "udp_host", "udp_port",
-    "expose", "expose_host", "control", "peers",
+    "expose", "expose_host", "control", "peers", "proxy",
 }  # fmt: skip
 ENV_CONFIG = "DISCRETPEER_CONFIG"
 ENV_IDENTITY = "DISCRETPEER_IDENTITY"
@@ -77,6 +81,7 @@ class Settings:
     expose_host: str = "127.0.0.1"
     control_path: Path = Path()
     secret: str | None = None
+    proxy: str | None = None  # None: HTTPS_PROXY/NO_PROXY decide; "none": never a proxy
     peers: dict[str, str] = field(default_factory=dict)
     # allow entries with a port ("laptop:22"): the exposed ports that peer may use; a peer
     # absent from this map may use every exposed port
@@ -268,6 +273,8 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     control = _expand(_expect(data, "control", str, where), env) if "control" in data else None
+    if "proxy" in data:
+        settings.proxy = _expect(data, "proxy", str, where)
 
     # --- environment ---------------------------------------------------------------------------
     if env.get(ENV_IDENTITY):
@@ -309,6 +316,8 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
         settings.secret = flag("secret")
     if flag("control"):
         control = _expand(flag("control"), env)
+    if flag("proxy") is not None:
+        settings.proxy = flag("proxy")
 
     # --- checks and defaults -------------------------------------------------------------------
     if not math.isfinite(settings.timeout) or settings.timeout <= 0:
@@ -317,6 +326,12 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"udp_port must be 0..65535, got {settings.udp_port}")
     if settings.secret is not None and not settings.secret.strip():
         raise ConfigError("the secret must not be empty")
+    if settings.proxy is not None:
+        try:
+            ProxySpec.parse(settings.proxy) if settings.proxy.strip().lower() not in ("", "none", "direct") else None
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        settings.beacons = [dataclasses.replace(b, proxy=settings.proxy) for b in settings.beacons]
     settings.allow, settings.allow_ports = _resolve_allow(settings, allow_entries, allow_where)
     if settings.identity_path == Path():
         settings.identity_path = config_home(env) / "identity.key"

@@ -27,6 +27,8 @@ def _beacon_lines(status: dict[str, Any]) -> list[str]:
     lines = []
     for beacon in status.get("beacons", []):
         line = f"beacon {beacon['beacon']}: {beacon['state']}"
+        if beacon.get("transport") and beacon["state"] == "connected":
+            line += f" over {beacon['transport']}"
         if beacon.get("observed"):
             line += f", public address {beacon['observed']}"
         if beacon.get("rtt_ms") is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from beacon_test_client import BeaconClient
 from discretpeer import wire
+from discretpeer.beacon_tcp import open_channel
 from discretpeer.wire import ErrorCode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +61,9 @@ async def test_run_pin_metrics_and_sigterm(tmp_path):
         assert facts["fingerprint"] == fingerprint and facts["port"] == listening[0][1]
         assert facts["addresses"] == [f"127.0.0.1:{listening[0][1]}"]
         assert any(l.startswith("metrics on http://127.0.0.1:") for l in lines)
+        # TLS over TCP on the same port number, same pin
+        assert f"tls over tcp on 127.0.0.1:{listening[0][1]}" in lines
+        assert facts["tcp_addresses"] == [f"127.0.0.1:{listening[0][1]}"]
 
         client = await BeaconClient.connect(listening[0], fingerprint)
         client.send(wire.Ping(nonce=7))
@@ -71,6 +75,8 @@ async def test_run_pin_metrics_and_sigterm(tmp_path):
         body = (await reader.read()).decode()
         writer.close()
         assert "beacon_connections_total 1.0" in body
+        channel = await open_channel("127.0.0.1", listening[0][1], fingerprint)
+        channel.close()
 
         process.send_signal(signal.SIGTERM)
         error = await client.expect(wire.Error, timeout=5)

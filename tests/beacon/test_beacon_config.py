@@ -21,7 +21,8 @@ def test_template_lists_every_key_with_its_default():
     values = tomllib.loads(render_template())
     followers = {f.name for f in dataclasses.fields(BeaconConfig) if f.metadata.get("follows")}
     assert followers == {"ipv6_port"}
-    assert values == {k: v for k, v in dataclasses.asdict(BeaconConfig()).items() if k not in followers}
+    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(BeaconConfig()).items()}
+    assert values == {k: v for k, v in defaults.items() if k not in followers}
     for f in dataclasses.fields(BeaconConfig):
         commented = "# " if f.name in followers else ""
         assert f"# {f.metadata['doc']}\n{commented}{f.name} = " in render_template()
@@ -105,3 +106,13 @@ def test_loopback_config():
     assert (config.host, config.port, config.ipv6_enabled, config.max_peers_per_token) == ("127.0.0.1", 0, False, 3)
     with pytest.raises(ConfigError):
         loopback_config(port="x")
+
+
+def test_extra_tcp_ports_are_checked(tmp_path):
+    path = tmp_path / "Beacon.conf.toml"
+    path.write_text("tcp_extra_ports = [443, 8443]\n")
+    assert load_config(path).tcp_extra_ports == (443, 8443)
+    for bad in ("[0]", "[70000]", '["443"]', "443", "[true]"):
+        path.write_text(f"tcp_extra_ports = {bad}\n")
+        with pytest.raises(ConfigError, match="tcp_extra_ports"):
+            load_config(path)

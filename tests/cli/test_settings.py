@@ -175,3 +175,21 @@ def test_light_commands_do_not_load_the_quic_stack():
             "from discretpeer import Peer, Identity, wire; assert 'aioquic' in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_proxy_key_and_flag_and_beacon_tcp_port(tmp_path):
+    write(tmp_path, f"""
+beacons = [{{hostname = "beacon.example.org:4264", cert_hash = "{HASH}", tcp_port = 443}}]
+proxy = "http://proxy.lan:3128"
+""")
+    s = load_settings(args("doctor"), env_for(tmp_path))
+    assert s.beacons[0].tcp == 443 and s.beacons[0].proxy == "http://proxy.lan:3128"
+    s = load_settings(args("doctor", "--proxy", "http://u:p@other:8080"), env_for(tmp_path))
+    assert s.beacons[0].proxy == "http://u:p@other:8080"
+    s = load_settings(args("doctor", "--proxy", "none"), env_for(tmp_path))
+    assert s.beacons[0].proxy == "none"
+    with pytest.raises(ConfigError, match="only http://"):
+        load_settings(args("doctor", "--proxy", "socks5://x:1"), env_for(tmp_path))
+    write(tmp_path, f'beacons = [{{hostname = "b:4264", cert_hash = "{HASH}", tcp_port = 0}}]\n')
+    with pytest.raises(ConfigError, match="tcp_port"):
+        load_settings(args("doctor"), env_for(tmp_path))

@@ -49,7 +49,9 @@ FLAVOURS = (
     "symmetric_random",  # masquerade random (hash-based port per destination)
     "udp443_only",  # port_restricted, but outbound UDP only to destination port 443
     "udp_blocked",  # port_restricted, no UDP forwarded at all
+    "proxy_only",  # no UDP and no TCP forwarded: the only way out is an HTTP proxy on the router (start_proxy)
 )
+PROXY_PORT = 3128
 FLAVOUR_ALIASES = {"masquerade": "port_restricted", "cone": "port_restricted"}
 MAPPING_TIMEOUT_S = 120  # life of an emulated cone mapping since the last outbound packet
 
@@ -234,6 +236,9 @@ def router_ruleset(*, flavour: str, hairpin: bool, wan_ip: str, lan_net: str, wa
         forward.append(f'iifname "{lan}" oifname "{wan}" udp dport != 443 drop')
     elif flavour == "udp_blocked":
         forward.append("meta l4proto udp drop")
+    elif flavour == "proxy_only":
+        forward += ["meta l4proto udp drop", f'iifname "{lan}" oifname "{wan}" meta l4proto tcp drop']
+    proxy = [f'iifname "{lan}" tcp dport {PROXY_PORT} accept'] if flavour == "proxy_only" else []
     forward += [
         "ct state established,related accept",
         f'iifname "{lan}" oifname "{wan}" accept',
@@ -264,7 +269,7 @@ table ip natlab {{{maps}
     type filter hook input priority filter; policy drop;
     iifname "lo" accept
     ct state established,related accept
-    icmp type echo-request accept
+    icmp type echo-request accept{chain(proxy)}
   }}
 }}
 """
@@ -893,6 +898,19 @@ EOF
         self.add_home("E", parent="C")
         self.timings["build_standard"] = time.monotonic() - started
         return {name: node.address for name, node in self.nodes.items() if name != "core"}
+
+    def start_proxy(self, router: str, connect_ports: Sequence[int] = (443,)) -> str:
+        """A real HTTP CONNECT proxy (Debian's tinyproxy) in ``router``'s namespace, listening on
+        its LAN address (port PROXY_PORT), tunnelling only to ``connect_ports``; returns its URL
+        for the hosts behind it (with the proxy_only flavour it is their only way out)."""
+        node = self._router(router)
+        conf = self.workdir / f"tinyproxy-{router}.conf"
+        lines = [f"Port {PROXY_PORT}", f"Listen {node.lan_ip}", "Timeout 60", "MaxClients 100",
+                 f"Allow {node.lan_net}", "LogLevel Info", *(f"ConnectPort {p}" for p in connect_ports)]
+        conf.write_text("\n".join(lines) + "\n")
+        proc = self.popen(router, ["tinyproxy", "-d", "-c", str(conf)], name=f"tinyproxy-{router}", infrastructure=True)
+        proc.wait_for(r"Accepting connections", timeout=10)
+        return f"http://{node.lan_ip}:{PROXY_PORT}"
 
     def set_flavour(self, router: str, flavour: str, hairpin: bool | None = None) -> None:
         """Switch a router's NAT behaviour now; its conntrack table and learned mappings are flushed."""

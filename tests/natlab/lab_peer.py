@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 
@@ -93,6 +94,8 @@ async def hold(conn: PeerConnection, role: str, seconds: float, started: float) 
 
 
 async def main(config: dict) -> None:
+    if config.get("proxy"):
+        os.environ["HTTPS_PROXY"] = config["proxy"]  # as a user behind a proxy would have it
     identity = Identity.load(config["identity"])
     marker = config.get("marker", "MARKER").encode()
     async with Peer(

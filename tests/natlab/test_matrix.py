@@ -34,10 +34,12 @@ RESULTS: dict[str, dict[str, Any]] = {}
 
 
 def start_beacon(
-    lab: Lab, tmp_path: Path, port: int = 4264, *, node: str = "beacon", ip: str = BEACON_IP
+    lab: Lab, tmp_path: Path, port: int = 4264, *, node: str = "beacon", ip: str = BEACON_IP, settings: str = ""
 ) -> tuple[Any, dict[str, str]]:
     workdir = tmp_path / f"{node}-{port}"
     workdir.mkdir(exist_ok=True)
+    if settings:  # e.g. "tcp_extra_ports = [443]" (the rest stays at its default)
+        (workdir / "Beacon.conf.toml").write_text(settings + "\n")
     proc = lab.popen(
         node,
         [sys.executable, "-m", "beacon", "--dir", str(workdir), "--host", ip, "--port", str(port), "--no-ipv6"],
@@ -232,3 +234,88 @@ def test_udp_only_to_443_with_the_beacon_on_443(lab: Lab, tmp_path: Path) -> Non
     # a cone peer on any other port cannot be reached directly: the beacon on 443 relays
     times = [assert_connected(*run_pair(lab, tmp_path, "A1", "B1", entry), "relay") for _ in range(RUNS)]
     record("UDP only to 443 ↔ full_cone (other port)", "relay", times)
+
+
+# --- networks that block UDP (issue 14): the beacon over TLS/TCP, relay across UDP/TCP legs ---
+
+
+def _tls_only(capture: Any, peer_ip: str) -> None:
+    """Everything between the beacon and ``peer_ip`` was TCP, and no plaintext marker in it."""
+    packets = [p for p in capture.packets if peer_ip in (p.src, p.dst)]
+    assert packets, "nothing captured"
+    assert {p.proto for p in packets} == {"tcp"}, sorted({p.proto for p in packets})
+    assert not capture.payload_contains(b"PLAINTEXT-MARKER-7f3a")
+    # each connection's first bytes each way are TLS handshake records (ClientHello, ServerHello)
+    first: dict[tuple, bytes] = {}
+    for p in packets:
+        if p.payload:
+            first.setdefault((p.src, p.sport, p.dst, p.dport), p.payload)
+    assert first and all(payload[:2] == b"\x16\x03" for payload in first.values()), first
+
+
+def test_udp_blocked_relays_over_one_tcp_and_one_udp_leg(lab: Lab, tmp_path: Path) -> None:
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_home("A", "udp_blocked")
+    lab.add_home("B", "port_restricted")
+    lab.set_delay(DELAY_MS)
+    _, entry = start_beacon(lab, tmp_path)
+    times = []
+    with lab.capture("beacon") as capture:
+        for _ in range(RUNS):
+            times.append(assert_connected(*run_pair(lab, tmp_path, "A1", "B1", entry), "relay"))
+    _tls_only(capture, lab.public_address("A1"))
+    udp_b = [p for p in capture.packets if lab.public_address("B1") in (p.src, p.dst) and p.proto == "udp"]
+    assert udp_b, "B's leg is UDP"
+    record("udp_blocked ↔ port_restricted (TCP + UDP legs)", "relay", times)
+
+
+def test_udp_blocked_on_both_sides_relays_over_two_tcp_legs(lab: Lab, tmp_path: Path) -> None:
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_home("A", "udp_blocked")
+    lab.add_home("B", "udp_blocked")
+    lab.set_delay(DELAY_MS)
+    _, entry = start_beacon(lab, tmp_path)
+    with lab.capture("beacon") as capture:
+        times = [assert_connected(*run_pair(lab, tmp_path, "A1", "B1", entry), "relay") for _ in range(RUNS)]
+    _tls_only(capture, lab.public_address("A1"))
+    _tls_only(capture, lab.public_address("B1"))
+    record("udp_blocked ↔ udp_blocked (TCP legs)", "relay", times)
+
+
+def test_proxy_only_network_reaches_the_beacon_through_tinyproxy(lab: Lab, tmp_path: Path) -> None:
+    """A's network forwards nothing (no UDP, no TCP); a real tinyproxy on its router tunnels
+    CONNECT to port 443 only: the beacon's extra TLS port."""
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_home("A", "proxy_only")
+    lab.add_home("B", "port_restricted")
+    lab.set_delay(DELAY_MS)
+    proxy = lab.start_proxy("A", connect_ports=(443,))
+    _, entry = start_beacon(lab, tmp_path, settings="tcp_extra_ports = [443]")
+    entry443 = {**entry, "tcp_port": 443}
+    with lab.capture("beacon") as capture:
+        times = [
+            assert_connected(
+                *run_pair(lab, tmp_path, "A1", "B1", entry, a={"proxy": proxy, "beacons": [entry443]}), "relay"
+            )
+            for _ in range(RUNS)
+        ]
+    packets = [p for p in capture.packets if lab.public_address("A1") in (p.src, p.dst)]
+    assert packets and {(p.proto, p.sport if p.src == BEACON_IP else p.dport) for p in packets} == {("tcp", 443)}
+    assert not capture.payload_contains(b"PLAINTEXT-MARKER-7f3a")
+    record("proxy-only (tinyproxy, 443) ↔ port_restricted", "relay", times)
+
+
+def test_udp443_only_uses_the_beacons_tcp_443(lab: Lab, tmp_path: Path) -> None:
+    """Beacon on UDP 4264 (out of reach) with TLS on TCP 443 too: the strict network's peer
+    registers over TCP 443 and meets a full-cone peer on another port through the relay."""
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_home("A", "udp443_only")
+    lab.add_home("B", "full_cone")
+    lab.set_delay(DELAY_MS)
+    _, entry = start_beacon(lab, tmp_path, settings="tcp_extra_ports = [443]")
+    entry443 = {**entry, "tcp_port": 443}
+    times = [
+        assert_connected(*run_pair(lab, tmp_path, "A1", "B1", entry, a={"beacons": [entry443]}), "relay")
+        for _ in range(RUNS)
+    ]
+    record("udp443_only ↔ full_cone (other port), beacon TCP 443", "relay", times)
