@@ -30,9 +30,10 @@ from beacon import quic_tuning
 from beacon.config import BeaconConfig
 from beacon.limits import KeyedBuckets, KeyedCounts, RateMeter, TokenBucket, ip_key
 from beacon.logs import null_logger
-from beacon.meetings import MeetingTable, TooManyTokens
+from beacon.meetings import Announced, MeetingTable, TooManyTokens
 from beacon.metrics import BeaconMetrics, MetricsHTTPServer
 from beacon.relay import RelayEnded, RelayQuota, RelaySession, RelaySide, RelayTable
+from beacon.store import MeetingStore, MemoryStore
 from certs import CertificateBundle, create_bundle
 from discretpeer import wire
 from discretpeer.endpoint import (
@@ -257,6 +258,7 @@ class BeaconServer:
         log: Any = None,
         metrics: BeaconMetrics | None = None,
         manage_gc: bool = False,
+        store: MeetingStore | None = None,
     ) -> None:
         self.config = config or BeaconConfig()
         self.manage_gc = manage_gc  # see _collect_garbage; on in `python -m beacon`
@@ -265,6 +267,8 @@ class BeaconServer:
         self.metrics = metrics or BeaconMetrics()
         c = self.config
         self.meetings = MeetingTable(c.max_tokens_per_connection, c.max_peers_per_token)
+        # where the table lives (beacon.store): this process (default) or shared (Redis)
+        self.store: MeetingStore = store if store is not None else MemoryStore(self.meetings)
         self.relay = RelayTable(
             RelayQuota(
                 enabled=c.relay_enabled,
@@ -356,6 +360,7 @@ class BeaconServer:
             private_key=self.bundle.private_key,
         )
         try:
+            await self.store.start(self)
             await self._listen(socket.AF_INET, c.host, c.port, quic_config)
             if c.ipv6_enabled:
                 try:
@@ -369,6 +374,7 @@ class BeaconServer:
                 self.metrics_address = await self._metrics_http.start("127.0.0.1", c.metrics_port)
         except BaseException:
             await self._close_sockets()
+            await self.store.stop()
             raise
         self._housekeeping = loop.create_task(self._housekeep())
         if self.manage_gc:
@@ -415,6 +421,7 @@ class BeaconServer:
             timer = getattr(peer.protocol, "_timer", None)
             if timer is not None:
                 timer.cancel()
+        await self.store.stop()
         self.log.info("beacon_stopped", reason=reason)
         self._stopped.set()
 
@@ -570,8 +577,8 @@ class BeaconServer:
     def _leave(self, peer: _Peer) -> None:
         """Take the connection out of the meeting and relay tables (idempotent)."""
         peer.closing = True
-        if peer.key in self.meetings:
-            self.meetings.remove(peer.key)
+        if peer.hello:
+            self.store.remove(peer.key)
         for ended in self.relay.drop_connection(peer.key):
             self._relay_ended(ended)
 
@@ -667,7 +674,7 @@ class BeaconServer:
         if peer.timer is not None:
             peer.timer.cancel()
             peer.timer = None
-        self.meetings.join(peer.key, hello.instance, peer.observed)
+        self.store.join(peer.key, hello.instance, peer.observed)
         self._send(
             peer,
             wire.Welcome(
@@ -682,32 +689,46 @@ class BeaconServer:
         current = Address.from_socket(address) if address is not None else peer.observed
         if peer.instance is not None and current is not None and current != peer.observed:
             peer.observed = current
-            self.meetings.join(peer.key, peer.instance, current)
+            self.store.join(peer.key, peer.instance, current)
         try:
-            result = self.meetings.announce(peer.key, announce.add, announce.withdraw, announce.candidates)
+            result = self.store.announce(peer.key, announce.add, announce.withdraw, announce.candidates)
         except TooManyTokens as exc:
             self.metrics.rejections.labels("too_many_tokens").inc()
             self._send(peer, wire.Error(code=ErrorCode.TOO_MANY_TOKENS, message=str(exc), fatal=False))
             return
         self.metrics.announces.inc()
-        if result.full:
+        if result is not None:  # else a shared store calls announced() once it decided
+            self.announced(peer.key, result)
+
+    # --- beacon.store.StoreHooks: what the meeting store decided --------------------------------
+
+    def announced(self, key: Any, result: Announced) -> None:
+        """Tell the announcer about full tokens and everyone about their introductions/evictions."""
+        peer = self._peers.get(key)
+        if peer is not None and result.full:
             self.metrics.rejections.labels("token_full").inc(len(result.full))
-            limit = self.meetings.max_peers_per_token
+            limit = self.store.max_peers_per_token
             for token in result.full:
                 text = f"token full: its {limit} places are taken and no address holds more than its share; try later"
                 self._send(peer, wire.Error(code=ErrorCode.TOKEN_FULL, message=wire.token_full_message(token, text)))
-        for key, token in result.evicted:
-            self.metrics.rejections.labels("token_evicted").inc()
-            evicted = self._peers.get(key)  # type: ignore[call-overload]
-            if evicted is not None:
-                text = "token full: your place was given to a connection from an address with fewer places"
-                self._send(evicted, wire.Error(code=ErrorCode.TOKEN_FULL, message=wire.token_full_message(token, text)))
-        for key, introduction in result.introductions:
-            target = self._peers.get(key)  # type: ignore[call-overload]
-            if target is not None and self._send(target, introduction):
-                self.metrics.introductions.inc()
+        for victim, token in result.evicted:
+            self.evicted(victim, token)
+        for target, introduction in result.introductions:
+            self.introduce(target, introduction)
         if result.introductions:
-            self.log.debug("introduced", conn=peer.key, count=len(result.introductions) // 2)
+            self.log.debug("introduced", conn=key, count=len(result.introductions))
+
+    def introduce(self, key: Any, introduction: wire.Introduction) -> None:
+        target = self._peers.get(key)
+        if target is not None and self._send(target, introduction):
+            self.metrics.introductions.inc()
+
+    def evicted(self, key: Any, token: bytes) -> None:
+        self.metrics.rejections.labels("token_evicted").inc()
+        evicted = self._peers.get(key)
+        if evicted is not None:
+            text = "token full: your place was given to a connection from an address with fewer places"
+            self._send(evicted, wire.Error(code=ErrorCode.TOKEN_FULL, message=wire.token_full_message(token, text)))
 
     # --- relay --------------------------------------------------------------------------------
 
@@ -715,7 +736,7 @@ class BeaconServer:
         assert self._loop is not None
         # the instance is a claim: the request reaches the connection the beacon introduced to
         # this one on that token (the first such introduction), never merely one claiming it
-        targets = self.meetings.introduced(peer.key, request.token, request.instance)
+        targets = self.store.introduced(peer.key, request.token, request.instance)
         # bound to where the peer's packets come from now once QUIC validated it (NAT rebinding
         # moves it), never to an address a packet merely came from (a spoofed copy)
         current = validated_address(peer.protocol._quic)
@@ -905,8 +926,7 @@ class BeaconServer:
     def _snapshot(self) -> dict[str, Any]:
         return {
             "beacon_open_connections": len(self._peers),
-            "beacon_tokens_held": self.meetings.tokens_held,
-            "beacon_distinct_tokens": self.meetings.token_count,
+            **self.store.snapshot(),
             "beacon_relay_active_sessions": self.relay.session_count,
             "beacon_relay_pending_requests": self.relay.pending_count,
             "beacon_relay_bytes": self.relay.forwarded_bytes,
