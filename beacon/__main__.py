@@ -30,6 +30,7 @@ from typing import Any
 from beacon.files import BeaconFiles, StartupError, prepare
 from beacon.logs import BeaconLog
 from beacon.server import BeaconServer
+from beacon.store import StoreUnavailable
 
 PROG = "discret-beacon"
 
@@ -103,6 +104,9 @@ async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None) -> int:
     except OSError as exc:
         print(f"{PROG}: error: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except StoreUnavailable as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     addresses = [_show(host, port) for host, port in server.addresses]
     metrics = None
     if server.metrics_address is not None:

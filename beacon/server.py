@@ -33,7 +33,7 @@ from beacon.logs import null_logger
 from beacon.meetings import Announced, MeetingTable, TooManyTokens
 from beacon.metrics import BeaconMetrics, MetricsHTTPServer
 from beacon.relay import RelayEnded, RelayQuota, RelaySession, RelaySide, RelayTable
-from beacon.store import MeetingStore, MemoryStore
+from beacon.store import MeetingStore, make_store
 from certs import CertificateBundle, create_bundle
 from discretpeer import wire
 from discretpeer.endpoint import (
@@ -268,7 +268,7 @@ class BeaconServer:
         c = self.config
         self.meetings = MeetingTable(c.max_tokens_per_connection, c.max_peers_per_token)
         # where the table lives (beacon.store): this process (default) or shared (Redis)
-        self.store: MeetingStore = store if store is not None else MemoryStore(self.meetings)
+        self.store: MeetingStore = store if store is not None else make_store(c, self.meetings, self.log)
         self.relay = RelayTable(
             RelayQuota(
                 enabled=c.relay_enabled,

@@ -23,7 +23,7 @@ from discretpeer.wire import Address, Introduction
 
 Key = Hashable
 
-__all__ = ["Announced", "MeetingStore", "MemoryStore", "StoreHooks", "StoreUnavailable", "TooManyTokens"]
+__all__ = ["Announced", "MeetingStore", "MemoryStore", "make_store", "StoreHooks", "StoreUnavailable", "TooManyTokens"]
 
 
 class StoreUnavailable(Exception):
@@ -103,4 +103,25 @@ class MemoryStore:
             self.table.remove(key)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"beacon_tokens_held": self.table.tokens_held, "beacon_distinct_tokens": self.table.token_count}
+        return {
+            "beacon_tokens_held": self.table.tokens_held,
+            "beacon_distinct_tokens": self.table.token_count,
+            "beacon_store_connected": 1,
+        }
+
+
+def make_store(config: Any, table: MeetingTable, log: Any = None) -> MeetingStore:
+    """The store ``config.store`` names: ``table`` itself wrapped (memory) or a Redis store."""
+    if config.store == "memory":
+        return MemoryStore(table)
+    from beacon.store_redis import RedisOptions, RedisStore  # only with the `redis` extra installed
+
+    options = RedisOptions(
+        url=config.store,
+        password=config.store_password,
+        tls=config.store_tls,
+        tls_ca_file=config.store_tls_ca_file,
+        ttl_seconds=config.store_ttl_seconds,
+        start_degraded=config.store_start_degraded,
+    )
+    return RedisStore(options, config.max_tokens_per_connection, config.max_peers_per_token, log=log)
