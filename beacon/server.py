@@ -26,7 +26,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType
 
-from beacon import quic_tuning
+from beacon import quic_tuning, workers
 from beacon.config import BeaconConfig
 from beacon.limits import KeyedBuckets, KeyedCounts, RateMeter, TokenBucket, ip_key
 from beacon.logs import null_logger
@@ -259,6 +259,8 @@ class BeaconServer:
         metrics: BeaconMetrics | None = None,
         manage_gc: bool = False,
         store: MeetingStore | None = None,
+        sockets: list[socket.socket] | None = None,
+        worker_index: int | None = None,
     ) -> None:
         self.config = config or BeaconConfig()
         self.manage_gc = manage_gc  # see _collect_garbage; on in `python -m beacon`
@@ -269,6 +271,10 @@ class BeaconServer:
         self.meetings = MeetingTable(c.max_tokens_per_connection, c.max_peers_per_token)
         # where the table lives (beacon.store): this process (default) or shared (Redis)
         self.store: MeetingStore = store if store is not None else make_store(c, self.meetings, self.log)
+        # a worker of several (beacon.workers): its sockets are given, its connection IDs and
+        # relay session IDs start with its index (the supervisor's BPF program steers by it)
+        self.worker_index = worker_index
+        self._given_sockets = {s.family: s for s in sockets or ()}
         self.relay = RelayTable(
             RelayQuota(
                 enabled=c.relay_enabled,
@@ -280,7 +286,8 @@ class BeaconServer:
                 burst_bytes=c.relay_burst_bytes,
                 request_timeout=c.relay_request_timeout_seconds,
                 max_pending=c.relay_max_pending_requests,
-            )
+            ),
+            **({"random": workers.steered_session_ids(worker_index)} if worker_index is not None else {}),
         )
         self._endpoints: list[Endpoint] = []
         self._peers: dict[int, _Peer] = {}
@@ -431,6 +438,13 @@ class BeaconServer:
     # --- sockets ------------------------------------------------------------------------------
 
     async def _listen(self, family: socket.AddressFamily, host: str, port: int, quic: QuicConfiguration) -> None:
+        given = self._given_sockets.get(family)
+        if given is not None:
+            given.setblocking(False)
+            await self._serve_socket(given, quic)
+            return
+        if self._given_sockets:
+            return  # a worker serves the families its supervisor bound, nothing else
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             if family == socket.AF_INET6:
@@ -445,7 +459,16 @@ class BeaconServer:
             sock.close()
             where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
             raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        await self._serve_socket(sock, quic)
+
+    async def _serve_socket(self, sock: socket.socket, quic: QuicConfiguration) -> None:
+        extra: dict[str, Any] = {}
+        if self.worker_index is not None:
+            extra["connection_class"] = workers.steered_connection_class(
+                quic_tuning.BeaconQuicConnection, self.worker_index
+            )
         endpoint = _BeaconEndpoint(
+            **extra,
             server_configuration=quic,
             create_server_protocol=lambda connection: BeaconProtocol(connection, self),
             admit=self._admit,

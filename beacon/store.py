@@ -114,9 +114,15 @@ def make_store(config: Any, table: MeetingTable, log: Any = None) -> MeetingStor
     """The store ``config.store`` names: ``table`` itself wrapped (memory) or a Redis store."""
     if config.store == "memory":
         return MemoryStore(table)
-    from beacon.store_redis import RedisOptions, RedisStore  # only with the `redis` extra installed
+    from beacon.store_redis import RedisStore  # only with the `redis` extra installed
 
-    options = RedisOptions(
+    return RedisStore(redis_options(config), config.max_tokens_per_connection, config.max_peers_per_token, log=log)
+
+
+def redis_options(config: Any) -> Any:
+    from beacon.store_redis import RedisOptions
+
+    return RedisOptions(
         url=config.store,
         password=config.store_password,
         tls=config.store_tls,
@@ -124,4 +130,3 @@ def make_store(config: Any, table: MeetingTable, log: Any = None) -> MeetingStor
         ttl_seconds=config.store_ttl_seconds,
         start_degraded=config.store_start_degraded,
     )
-    return RedisStore(options, config.max_tokens_per_connection, config.max_peers_per_token, log=log)

@@ -667,6 +667,28 @@ class RedisStore:
                 self._lost(exc)
 
 
+def check_reachable(options: RedisOptions) -> None:
+    """Raise :class:`StoreUnavailable` (one line naming the URL) unless the store answers a PING
+    (the supervisor asks once before starting workers that would each fail)."""
+    import redis
+
+    kwargs: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 2.0}
+    if options.password:
+        kwargs["password"] = options.password
+    if options.tls and not options.url.startswith("rediss://"):
+        kwargs["ssl"] = True
+    if options.tls_ca_file:
+        kwargs["ssl_ca_certs"] = options.tls_ca_file
+    try:
+        client = redis.Redis.from_url(options.url, **kwargs)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach it means the same here
+        raise StoreUnavailable(f"cannot reach the store {options.url}: {_reason(exc)}") from None
+
+
 def _intro_json(intro: Introduction) -> dict[str, Any]:
     return {
         "tok": intro.token.hex(),
