@@ -111,7 +111,11 @@ async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None, args: ar
     worker: dict[str, Any] = {}
     if args is not None and args.worker_index is not None:
         # a worker of a supervisor (beacon.workers): its socket is inherited
-        worker = {"sockets": worker_sockets(args.worker_fds or ""), "worker_index": args.worker_index}
+        worker = {
+            "sockets": worker_sockets(args.worker_fds or ""),
+            "worker_index": args.worker_index,
+            "machine": args.worker_machine,
+        }
         loop.add_signal_handler(signal.SIGHUP, lambda: log.info("sighup", worker=args.worker_index))
     server = BeaconServer(files.config, files.bundle, log=log, manage_gc=True, **worker)
     try:

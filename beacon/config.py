@@ -150,6 +150,13 @@ class BeaconConfig:
         30.0, "A relay request waits this long for the other peer's request.", _range(0.1, 3600)
     )
     relay_max_pending_requests: int = _setting(10000, "Relay requests waiting at once.", _range(1))
+    relay_link_host: str = _setting(
+        "127.0.0.1",
+        "With a shared store: address of the UDP socket beacons on different machines forward relay "
+        "datagrams to each other on (authenticated with the shared key). Set it to an address the other "
+        "beacons reach (a private network); 127.0.0.1 serves workers and beacons of one host.",
+        _ip(4),
+    )
 
     # --- scale-out ---
     workers: int = _setting(

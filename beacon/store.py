@@ -42,6 +42,9 @@ class StoreHooks(Protocol):
     def evicted(self, key: Key, token: bytes) -> None:
         """A connection held here lost its place on ``token`` to a newcomer elsewhere."""
 
+    def relay_message(self, key: Key | None, message: dict[str, Any]) -> None:
+        """A relay request/grant/ending from another worker (see :mod:`beacon.relay_link`)."""
+
 
 class MeetingStore(Protocol):
     shared: bool  # True when other processes see the same table (several workers need it)

@@ -308,6 +308,19 @@ class RedisStore:
     def _gkey(self, key: Key) -> str:
         return f"{self.node}:{key}"
 
+    def gkey(self, key: Key) -> str:
+        """The name other workers know a connection held here by: ``"<node>:<conn>"``."""
+        return f"{self.node}:{key}"
+
+    def send(self, to: str, message: dict[str, Any]) -> None:
+        """Deliver ``message`` to the worker holding ``to`` (``"<node>:<conn>"``, or
+        ``"<node>:"`` for the worker itself): ``hooks.relay_message`` there. Lost while Redis is."""
+        node = to.rpartition(":")[0]
+        if node == self.node:
+            asyncio.get_running_loop().call_soon(self._on_message, {**message, "to": to})
+        else:
+            self._push(("publish", to, message))
+
     def join(self, key: Key, instance: bytes, observed: Address) -> None:
         local = self._local.get(key)
         if local is None:
@@ -557,9 +570,14 @@ class RedisStore:
     def _on_message(self, message: dict[str, Any]) -> None:
         assert self._hooks is not None
         key = self._local_key(message["to"])
+        kind = message["k"]
+        if kind.startswith("relay_"):
+            relay_message = getattr(self._hooks, "relay_message", None)
+            if relay_message is not None:
+                relay_message(key, message)
+            return
         if key is None:
             return
-        kind = message["k"]
         if kind == "intro":
             intro = _intro_from_json(message)
             if self._remember(key, intro.token, message["from"], intro.instance):
