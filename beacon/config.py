@@ -174,7 +174,9 @@ class BeaconConfig:
     )
     store_password: str = _setting("", "Password for the store (AUTH); empty = none or the one in the URL.")
     store_tls: bool = _setting(False, "Connect to the store with TLS (the same as a rediss:// URL).")
-    store_tls_ca_file: str = _setting("", "CA certificate file that signs the store's TLS certificate (empty = system CAs).")
+    store_tls_ca_file: str = _setting(
+        "", "CA certificate file that signs the store's TLS certificate (empty = the system's CAs)."
+    )
     store_ttl_seconds: int = _setting(
         30, "A connection's entry in the store expires this long after its worker last refreshed it (dead workers).",
         _range(2, 3600),

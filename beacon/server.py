@@ -33,8 +33,8 @@ from beacon.limits import KeyedBuckets, KeyedCounts, RateMeter, TokenBucket, ip_
 from beacon.logs import null_logger
 from beacon.meetings import Announced, MeetingTable, TooManyTokens
 from beacon.metrics import BeaconMetrics, MetricsHTTPServer
-from beacon.relay_link import CROSS_MACHINE_SID_BYTE, LinkVia, Proxy, RelayLink, link_key
 from beacon.relay import RelayEnded, RelayQuota, RelaySession, RelaySide, RelayTable
+from beacon.relay_link import CROSS_MACHINE_SID_BYTE, LinkVia, Proxy, RelayLink, link_key
 from beacon.store import MeetingStore, make_store
 from certs import CertificateBundle, create_bundle
 from discretpeer import wire
@@ -378,7 +378,8 @@ class BeaconServer:
         try:
             await self.store.start(self)
             if self.store.shared:
-                self.link = await RelayLink.open(c.relay_link_host, link_key(self.bundle.private_key), self._link_datagram)
+                key = link_key(self.bundle.private_key)
+                self.link = await RelayLink.open(c.relay_link_host, key, self._link_datagram)
             await self._listen(socket.AF_INET, c.host, c.port, quic_config)
             if c.ipv6_enabled:
                 try:
@@ -906,7 +907,8 @@ class BeaconServer:
         for side in ended.notify:
             if isinstance(side.conn, str):
                 self._store_send(side.conn, {
-                    "k": "relay_end", "sid": ended.session.session_id.hex(), "code": int(ended.code), "msg": ended.message,
+                    "k": "relay_end", "sid": ended.session.session_id.hex(), "code": int(ended.code),
+                    "msg": ended.message,
                 })
                 continue
             peer = self._peers.get(side.conn)  # type: ignore[call-overload]
@@ -934,7 +936,9 @@ class BeaconServer:
                 return endpoint
         return self._endpoints[0]
 
-    def _remote_relay_request(self, peer: _Peer, request: wire.RelayRequest, target: str, current: tuple[str, int]) -> None:
+    def _remote_relay_request(
+        self, peer: _Peer, request: wire.RelayRequest, target: str, current: tuple[str, int]
+    ) -> None:
         """The partner is held elsewhere: the worker with the smaller node id owns the session."""
         assert self._loop is not None and self.link is not None
         me = self.store.gkey(peer.key)  # type: ignore[attr-defined]
@@ -965,7 +969,8 @@ class BeaconServer:
                 return
             if sender not in self.store.introduced(key, token, instance):
                 self.metrics.relay_refusals.labels("relay_not_introduced").inc()
-                self._tell_error(sender, ErrorCode.RELAY_NOT_INTRODUCED, "no introduction to that instance on that token")
+                text = "no introduction to that instance on that token"
+                self._tell_error(sender, ErrorCode.RELAY_NOT_INTRODUCED, text)
                 return
             link = (message["link"][0], int(message["link"][1]))
             self._remote_links[sender] = (message["machine"], link)
@@ -1013,7 +1018,8 @@ class BeaconServer:
         owner = self._remote_sessions.get(peer.key, {}).pop(session_id, None)
         if owner is not None and self.link is not None:
             self.link.proxies.pop(session_id, None)
-            self._store_send(f"{owner}:", {"k": "relay_end_by", "from": self.store.gkey(peer.key), "sid": session_id.hex()})  # type: ignore[attr-defined]
+            me = self.store.gkey(peer.key)  # type: ignore[attr-defined]
+            self._store_send(f"{owner}:", {"k": "relay_end_by", "from": me, "sid": session_id.hex()})
 
     def _remote_relay_leave(self, peer: _Peer) -> None:
         sessions = self._remote_sessions.pop(peer.key, {})

@@ -227,7 +227,6 @@ class RedisStore:
 
     def _client(self) -> Any:
         import redis.asyncio as aioredis
-
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 

@@ -181,14 +181,13 @@ async def bench_latency(tmp: Path, redis: RedisServer, samples: int, background:
         loop = asyncio.get_running_loop()
         times: dict[str, list[float]] = {"same": [], "cross": []}
         failures = {"same": 0, "cross": 0}
-        nonce = 0
         for index in range(samples):
             kind = "same" if index % 2 == 0 else "cross"
             w = random.randint(0, 1)
             a = by_worker[w][0]
             b = by_worker[w][1] if kind == "same" else by_worker[1 - w][0]
             token = os.urandom(wire.TOKEN_SIZE)
-            nonce += 1
+            nonce = index + 1
             pong = prober.pongs[nonce] = loop.create_future()
             got_a = prober.waiting[(id(a), token)] = loop.create_future()
             got_b = prober.waiting[(id(b), token)] = loop.create_future()
@@ -201,7 +200,7 @@ async def bench_latency(tmp: Path, redis: RedisServer, samples: int, background:
                 b.send(wire.Announce(add=(token,)))
                 done = await asyncio.wait_for(asyncio.gather(got_a, got_b), 5)
                 times[kind].append(max(done) - t0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 failures[kind] += 1
                 prober.waiting.pop((id(a), token), None)
                 prober.waiting.pop((id(b), token), None)

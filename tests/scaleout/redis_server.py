@@ -22,7 +22,7 @@ class RedisServer:
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         if shutil.which("redis-server") is None:
-            raise RuntimeError("redis-server is not installed (Debian package redis-server; scripts/test.sh installs it)")
+            raise RuntimeError("redis-server is missing (Debian package redis-server: scripts/test.sh installs it)")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()

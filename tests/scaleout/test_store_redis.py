@@ -86,36 +86,34 @@ async def test_peers_on_two_machines_meet(redis_server):
 
 async def test_token_bounds_are_global(redis_server):
     # 2 places per token; every client comes from 127.0.0.1, so the third is refused wherever it lands
-    async with beacons(redis_server.url, max_peers_per_token=2) as (one, two):
-        async with clients(one, two, two) as (a, b, c):
-            token = os.urandom(32)
-            a.announce(add=[token])
-            await wait_for(lambda: one.store.holders(token))
-            b.announce(add=[token])
-            await b.expect(wire.Introduction)
-            await a.expect(wire.Introduction)
-            c.announce(add=[token])
-            refusal = await c.expect(wire.Error)
-            assert refusal.code == ErrorCode.TOKEN_FULL
-            assert wire.token_of_full_message(refusal.message) == token
-            await a.expect_nothing(0.2)
+    async with beacons(redis_server.url, max_peers_per_token=2) as (one, two), clients(one, two, two) as (a, b, c):
+        token = os.urandom(32)
+        a.announce(add=[token])
+        await wait_for(lambda: one.store.holders(token))
+        b.announce(add=[token])
+        await b.expect(wire.Introduction)
+        await a.expect(wire.Introduction)
+        c.announce(add=[token])
+        refusal = await c.expect(wire.Error)
+        assert refusal.code == ErrorCode.TOKEN_FULL
+        assert wire.token_of_full_message(refusal.message) == token
+        await a.expect_nothing(0.2)
 
 
 async def test_withdraw_and_leave_are_seen_everywhere(redis_server):
-    async with beacons(redis_server.url) as (one, two):
-        async with clients(one, two, two) as (a, b, c):
-            token = os.urandom(32)
-            a.announce(add=[token])
-            await wait_for(lambda: one.store.holders(token))
-            a.announce(withdraw=[token])
-            await wait_for(lambda: not one.store.holders(token))
-            await asyncio.sleep(0.1)
-            b.announce(add=[token])
-            await b.expect_nothing(0.3)  # a withdrew: nobody to meet
-            await a.close()
-            c.announce(add=[token])
-            assert (await c.expect(wire.Introduction)).instance == b.instance
-            await b.expect(wire.Introduction)
+    async with beacons(redis_server.url) as (one, two), clients(one, two, two) as (a, b, c):
+        token = os.urandom(32)
+        a.announce(add=[token])
+        await wait_for(lambda: one.store.holders(token))
+        a.announce(withdraw=[token])
+        await wait_for(lambda: not one.store.holders(token))
+        await asyncio.sleep(0.1)
+        b.announce(add=[token])
+        await b.expect_nothing(0.3)  # a withdrew: nobody to meet
+        await a.close()
+        c.announce(add=[token])
+        assert (await c.expect(wire.Introduction)).instance == b.instance
+        await b.expect(wire.Introduction)
 
 
 async def test_unreachable_store_is_one_line_naming_the_url():
@@ -129,27 +127,26 @@ async def test_unreachable_store_is_one_line_naming_the_url():
 async def test_redis_restart_local_peers_still_meet_then_everyone_again(tmp_path):
     redis = RedisServer(tmp_path / "redis").start()
     try:
-        async with beacons(redis.url) as (one, two):
-            async with clients(one, one, two) as (a, b, c):
-                token = os.urandom(32)
-                a.announce(add=[token])
-                await wait_for(lambda: one.store.holders(token))
-                redis.stop()
-                b.announce(add=[token])  # Redis gone: the worker holding both still introduces them
-                assert (await b.expect(wire.Introduction, timeout=5)).instance == a.instance
-                assert (await a.expect(wire.Introduction)).instance == b.instance
-                store = one.store
-                assert isinstance(store, RedisStore)
-                await wait_for(lambda: not store.connected)
-                assert store.snapshot()["beacon_store_connected"] == 0
-                assert store.snapshot()["beacon_store_failures"] >= 1
-                redis.start()  # same port, empty: both beacons publish their peers again
-                await wait_for(lambda: one.store.connected and two.store.connected, timeout=15)
-                c.announce(add=[token])
-                got = await introductions(c, 1.0)
-                assert sorted(i.instance for i in got) == sorted([a.instance, b.instance])
-                # a and b each meet c once, and are not introduced to each other a second time
-                assert [i.instance for i in await introductions(a)] == [c.instance]
-                assert [i.instance for i in await introductions(b)] == [c.instance]
+        async with beacons(redis.url) as (one, two), clients(one, one, two) as (a, b, c):
+            token = os.urandom(32)
+            a.announce(add=[token])
+            await wait_for(lambda: one.store.holders(token))
+            redis.stop()
+            b.announce(add=[token])  # Redis gone: the worker holding both still introduces them
+            assert (await b.expect(wire.Introduction, timeout=5)).instance == a.instance
+            assert (await a.expect(wire.Introduction)).instance == b.instance
+            store = one.store
+            assert isinstance(store, RedisStore)
+            await wait_for(lambda: not store.connected)
+            assert store.snapshot()["beacon_store_connected"] == 0
+            assert store.snapshot()["beacon_store_failures"] >= 1
+            redis.start()  # same port, empty: both beacons publish their peers again
+            await wait_for(lambda: one.store.connected and two.store.connected, timeout=15)
+            c.announce(add=[token])
+            got = await introductions(c, 1.0)
+            assert sorted(i.instance for i in got) == sorted([a.instance, b.instance])
+            # a and b each meet c once, and are not introduced to each other a second time
+            assert [i.instance for i in await introductions(a)] == [c.instance]
+            assert [i.instance for i in await introductions(b)] == [c.instance]
     finally:
         redis.stop()
