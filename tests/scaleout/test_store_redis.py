@@ -150,3 +150,47 @@ async def test_redis_restart_local_peers_still_meet_then_everyone_again(tmp_path
             assert [i.instance for i in await introductions(b)] == [c.instance]
     finally:
         redis.stop()
+
+
+async def test_a_dead_beacons_entries_expire_by_themselves(redis_server):
+    async with beacons(redis_server.url) as (one, two):
+        async with clients(one, two) as (a, c):
+            token = os.urandom(32)
+            a.announce(add=[token])
+            await wait_for(lambda: one.store.holders(token))
+            await asyncio.sleep(0.2)
+            # one's process "dies": no removal, no more refreshes (its tasks stop, its socket closes)
+            store = one.store
+            for task in store._tasks:
+                task.cancel()
+            await asyncio.sleep(0)
+            store._connected = False
+            store._local.clear()
+            await store._close_client()
+            await asyncio.sleep(3.5)  # store_ttl_seconds = 3
+            c.announce(add=[token])
+            await c.expect_nothing(0.5)
+
+
+async def test_start_degraded_then_join_when_redis_appears(tmp_path):
+    port = free_port()
+    redis = RedisServer(tmp_path / "redis", port=port)
+    url = redis.url
+    try:
+        async with beacons(url, count=1, store_start_degraded=True) as (one,):
+            assert one.store.snapshot()["beacon_store_connected"] == 0
+            async with clients(one, one) as (a, b):
+                token = os.urandom(32)
+                a.announce(add=[token])
+                b.announce(add=[token])  # met locally while Redis is away
+                assert (await b.expect(wire.Introduction)).instance == a.instance
+                assert (await a.expect(wire.Introduction)).instance == b.instance
+                redis.start()
+                await wait_for(lambda: one.store.connected, timeout=15)
+                async with beacons(url, count=1) as (two,), clients(two) as (c,):
+                    c.announce(add=[token])  # a and b were published when Redis came
+                    got = await introductions(c, 1.0)
+                    assert sorted(i.instance for i in got) == sorted([a.instance, b.instance])
+                    assert [i.instance for i in await introductions(a)] == [c.instance]
+    finally:
+        redis.stop()

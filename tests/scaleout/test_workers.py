@@ -72,6 +72,14 @@ async def test_peers_on_two_workers_meet_and_metrics_are_labelled(two_workers):
         text = urllib.request.urlopen(two_workers.facts["metrics"], timeout=5).read().decode()
         assert 'beacon_introductions_total{worker="0"} 1.0' in text
         assert 'beacon_introductions_total{worker="1"} 1.0' in text
+        # SIGHUP is forwarded to the workers, which carry on (nothing restarted, still serving)
+        os.kill(two_workers.process.pid, signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        a.send(wire.Ping(nonce=7))
+        b.send(wire.Ping(nonce=8))
+        assert (await a.expect(wire.Pong)).nonce == 7
+        assert (await b.expect(wire.Pong)).nonce == 8
+        assert all(os.path.exists(f"/proc/{pid}") for pid in two_workers.worker_pids())
     finally:
         await a.close()
         await b.close()
