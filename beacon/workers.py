@@ -394,8 +394,7 @@ class Supervisor:
 
         self._http = ThreadingHTTPServer(("127.0.0.1", self.config.metrics_port), Handler)
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
-        host, port = self._http.server_address[:2]
-        return f"http://{host}:{port}/metrics"
+        return f"http://127.0.0.1:{self._http.server_port}/metrics"
 
 
 def worker_sockets(fds: str) -> list[socket.socket]:
