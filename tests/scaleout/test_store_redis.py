@@ -194,3 +194,17 @@ async def test_start_degraded_then_join_when_redis_appears(tmp_path):
                     assert [i.instance for i in await introductions(a)] == [c.instance]
     finally:
         redis.stop()
+
+
+async def test_store_password(tmp_path):
+    with RedisServer(tmp_path / "redis", password="s3cret") as redis:
+        server = BeaconServer(loopback_config(store=redis.url), create_bundle())
+        with pytest.raises(StoreUnavailable) as info:
+            await server.start()  # no password: refused, one line naming the URL
+        assert redis.url in str(info.value) and "\n" not in str(info.value)
+        async with beacons(redis.url, store_password="s3cret") as (one, two), clients(one, two) as (a, b):
+            token = os.urandom(32)
+            a.announce(add=[token])
+            await wait_for(lambda: one.store.holders(token))
+            b.announce(add=[token])
+            assert (await b.expect(wire.Introduction)).instance == a.instance
