@@ -530,7 +530,7 @@ class RedisStore:
                 introductions.append((key, intro))
             about_me = Introduction(token, local.instance, local.observed, local.candidates)
             if other_key is not None:
-                if self._remember(other_key, token, key, local.instance):
+                if live and self._remember(other_key, token, key, local.instance):
                     introductions.append((other_key, about_me))
             elif live:
                 self._push(("publish", other_g, {"k": "intro", "from": self._gkey(key), **_intro_json(about_me)}))
