@@ -67,8 +67,21 @@ ANNOUNCE_LUA = r"""
 local P, me, inst, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local maxp, maxip, nw = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local mkey, hkey = P .. 'm:' .. me, P .. 'h:' .. me
-local myip = redis.call('HGET', mkey, 'p')
+local mine_info = redis.call('HMGET', mkey, 'p', 'o', 'c')
+local myip = mine_info[1]
 if not myip then return {{}, {}, {}} end
+local mynode = string.match(me, '^(.*):')
+local function hex(s) return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end)) end
+local function node_of(g) return string.match(g, '^(.*):') end
+-- introductions and evictions for connections held by other workers are published from here,
+-- in the same round trip (their worker's channel)
+local function tell(g, message)
+  local node = node_of(g)
+  if node ~= mynode then
+    message['to'] = g
+    redis.call('PUBLISH', P .. 'node:' .. node, cjson.encode(message))
+  end
+end
 for i = 8, 7 + nw do
   redis.call('ZREM', P .. 't:' .. ARGV[i], me)
   redis.call('SREM', hkey, ARGV[i])
@@ -109,6 +122,7 @@ for i = 8 + nw, #ARGV do
         redis.call('SREM', P .. 'h:' .. victim, tok)
         table.insert(evicted, victim)
         table.insert(evicted, tok)
+        tell(victim, {k = 'evicted', tok = hex(tok)})
       end
       for _, h in ipairs(live) do
         if h ~= victim then
@@ -119,6 +133,8 @@ for i = 8 + nw, #ARGV do
             table.insert(intros, info[1])
             table.insert(intros, info[2])
             table.insert(intros, info[3])
+            tell(h, {k = 'intro', from = me, tok = hex(tok), inst = hex(inst), obs = mine_info[2],
+                     cand = mine_info[3] or ''})
           end
         end
       end
@@ -528,12 +544,9 @@ class RedisStore:
             if live and self._remember(key, token, other_ref, bytes(instance)):
                 intro = Introduction(token, bytes(instance), _decode_address(observed), _decode_candidates(candidates))
                 introductions.append((key, intro))
-            about_me = Introduction(token, local.instance, local.observed, local.candidates)
-            if other_key is not None:
-                if live and self._remember(other_key, token, key, local.instance):
-                    introductions.append((other_key, about_me))
-            elif live:
-                self._push(("publish", other_g, {"k": "intro", "from": self._gkey(key), **_intro_json(about_me)}))
+            # a connection held by another worker: the script published its introduction there
+            if other_key is not None and live and self._remember(other_key, token, key, local.instance):
+                introductions.append((other_key, Introduction(token, local.instance, local.observed, local.candidates)))
         evicted: list[tuple[Key, bytes]] = []
         for i in range(0, len(evicted_raw), 2):
             victim_g = evicted_raw[i].decode() if isinstance(evicted_raw[i], bytes) else evicted_raw[i]
@@ -543,8 +556,7 @@ class RedisStore:
                 victim_local = self._local[victim]
                 self._unhold(victim, victim_local, token)
                 evicted.append((victim, token))
-            else:
-                self._push(("publish", victim_g, {"k": "evicted", "tok": token.hex()}))
+            # else: the script told the victim's worker
         self._hooks.announced(key, Announced(introductions, full if live else [], evicted))
 
     # --- messages from the other workers ------------------------------------------------------
@@ -704,15 +716,6 @@ def check_reachable(options: RedisOptions) -> None:
             client.close()
     except Exception as exc:  # noqa: BLE001 - any failure to reach it means the same here
         raise StoreUnavailable(f"cannot reach the store {options.url}: {_reason(exc)}") from None
-
-
-def _intro_json(intro: Introduction) -> dict[str, Any]:
-    return {
-        "tok": intro.token.hex(),
-        "inst": intro.instance.hex(),
-        "obs": _encode_address(intro.observed),
-        "cand": _encode_candidates(intro.candidates),
-    }
 
 
 def _intro_from_json(message: dict[str, Any]) -> Introduction:
