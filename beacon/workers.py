@@ -52,6 +52,8 @@ from typing import Any
 from aioquic.quic.connection import QuicConnection
 
 SO_ATTACH_REUSEPORT_CBPF = 51  # linux/asm-generic/socket.h
+# the benchmark's baseline runs without the program (kernel hash only): DISCRETPEER_BEACON_STEERING=0
+STEERING = os.environ.get("DISCRETPEER_BEACON_STEERING", "1") != "0"
 MAX_WORKERS = 256
 RESTART_MIN = 0.5
 RESTART_MAX = 10.0
@@ -142,7 +144,8 @@ def _reuseport_group(family: socket.AddressFamily, host: str, port: int, count: 
                     sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
             sock.bind((host, port))
             port = sock.getsockname()[1]  # port 0: the others join the port the first one got
-        attach_steering(sockets[0], count)
+        if STEERING:
+            attach_steering(sockets[0], count)
     except OSError as exc:
         for sock in sockets:
             sock.close()

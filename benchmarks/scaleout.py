@@ -14,6 +14,9 @@ all load comes from 127.0.0.1) and Redis a real ``redis-server`` on a free loopb
   holds two connections on each worker (told apart by the first byte of the connection ID the
   worker chose) and alternates same-worker and cross-worker meetings: A announces a fresh token
   (Ping/Pong: the beacon has it), then B announces it; latency = until both hold their Introduction.
+* **rebinding**: ``workers = 2``; a client behind a UDP "NAT" that moves it to a new source port
+  before each Ping; a rebinding is kept when the Pong comes back (its worker still got it), with the
+  BPF steering program and with the kernel's 4-tuple hash only.
 * **memory**: ``workers = 4`` + Redis with ``--peers`` registered peers (4 load clients), RSS of the
   supervisor and each worker, Redis ``used_memory``; then one in-memory process with the same peers.
 """
@@ -225,6 +228,56 @@ async def bench_latency(tmp: Path, redis: RedisServer, samples: int, background:
         beacon.stop()
 
 
+async def bench_rebinding(tmp: Path, redis: RedisServer, rebinds: int) -> dict[str, Any]:
+    """A client behind a "NAT" that moves it to a new source port before each Ping: with the BPF
+    steering program, and with the kernel's 4-tuple hash only (DISCRETPEER_BEACON_STEERING=0)."""
+    import importlib.util
+
+    from discretpeer import wire
+    from tests.scaleout.processes import RebindingNat
+
+    spec = importlib.util.spec_from_file_location("beacon_test_client", ROOT / "tests" / "beacon" / "client.py")
+    assert spec is not None and spec.loader is not None
+    client_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client_module)
+    out: dict[str, Any] = {}
+    for name, steering in (("steering", "1"), ("hash_only", "0")):
+        os.environ["DISCRETPEER_BEACON_STEERING"] = steering
+        try:
+            beacon = Beacon(f"rebind-{name}", tmp / f"rebind-{name}", {**SETTINGS, "store": redis.url, "workers": 2},
+                            core=None).start()
+        finally:
+            os.environ.pop("DISCRETPEER_BEACON_STEERING", None)
+        kept = lost = 0
+        times: list[float] = []
+        try:
+            address = ("127.0.0.1", beacon.facts["port"])
+            while kept + lost < rebinds:
+                nat = await RebindingNat.open(address)
+                client = await client_module.BeaconClient.connect(nat.address, beacon.facts["fingerprint"])
+                try:
+                    while kept + lost < rebinds:
+                        await nat.rebind()
+                        started = time.perf_counter()
+                        client.send(wire.Ping(nonce=kept + lost))
+                        try:
+                            await client.expect(wire.Pong, timeout=2.0)
+                        except (TimeoutError, AssertionError, ConnectionError):
+                            lost += 1
+                            break  # this connection is lost: a new one
+                        kept += 1
+                        times.append(time.perf_counter() - started)
+                finally:
+                    await client.close()
+                    nat.close()
+        finally:
+            beacon.stop()
+        out[name] = {"rebinds": kept + lost, "kept": kept, "lost": lost,
+                     "pong_after_rebind_p50_ms": 1000 * percentile(times, 50)}
+        print(f"rebinding {name}: {json.dumps(out[name])}", flush=True)
+    return out
+
+
 async def bench_memory(tmp: Path, redis: RedisServer, peers: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, settings in (
@@ -275,6 +328,8 @@ async def main(args: argparse.Namespace) -> None:
         if "latency" in args.only:
             results["latency"] = await bench_latency(tmp, redis, args.samples, args.background, args.churn)
             print(f"latency: {json.dumps(results['latency'])}", flush=True)
+        if "rebinding" in args.only:
+            results["rebinding"] = await bench_rebinding(tmp, redis, args.rebinds)
         if "memory" in args.only:
             results["memory"] = await bench_memory(tmp, redis, args.peers)
     finally:
@@ -300,6 +355,7 @@ if __name__ == "__main__":
     parser.add_argument("--samples", type=int, default=400, help="latency samples (half same-worker, half cross)")
     parser.add_argument("--background", type=int, default=2000, help="peers held during the latency run")
     parser.add_argument("--churn", type=float, default=50.0, help="new registrations per second during it")
-    parser.add_argument("--only", nargs="*", default=["rate", "latency", "memory"])
+    parser.add_argument("--rebinds", type=int, default=40, help="NAT rebindings per variant")
+    parser.add_argument("--only", nargs="*", default=["rate", "latency", "rebinding", "memory"])
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main(parser.parse_args()))
