@@ -151,13 +151,17 @@ async def bench_rate(tmp: Path, redis: RedisServer, count: int, rounds: int) -> 
     return results
 
 
-async def bench_latency(tmp: Path, redis: RedisServer, samples: int, background: int, churn: float) -> dict[str, Any]:
+async def bench_latency(
+    tmp: Path, redis: RedisServer, samples: int, background: int, churn: float, shared: bool = True
+) -> dict[str, Any]:
     from benchmarks.workers.intro import Prober
     from benchmarks.workers.load import Pool
     from discretpeer import wire
     from discretpeer.endpoint import Endpoint
 
-    beacon = Beacon("latency", tmp / "latency", {**SETTINGS, "store": redis.url, "workers": 2}, core=None).start()
+    settings = {**SETTINGS, "store": redis.url, "workers": 2} if shared else SETTINGS
+    name = "latency" if shared else "latency-single-memory"
+    beacon = Beacon(name, tmp / name, settings, core=None).start()
     load = await load_client("latency-load", beacon, tmp, core=None)
     endpoints: list[Any] = []
     try:
@@ -166,7 +170,7 @@ async def bench_latency(tmp: Path, redis: RedisServer, samples: int, background:
         load.send(cmd="churn", rate=churn, duration=samples * 0.05 + 30)
         host, port = beacon.target.rsplit(":", 1)
         prober = Prober()
-        by_worker: dict[int, list[Any]] = {0: [], 1: []}
+        by_worker: dict[int, list[Any]] = {0: [], 1: []} if shared else {0: []}
         for _ in range(200):
             # one socket per connection: the kernel places a handshake by its 4-tuple
             endpoint = await Endpoint.open("127.0.0.1", 0)
@@ -175,7 +179,7 @@ async def bench_latency(tmp: Path, redis: RedisServer, samples: int, background:
             client = await pool.register(prober.on_message)
             if client is None:
                 continue
-            index = client._quic._peer_cid.cid[0]
+            index = client._quic._peer_cid.cid[0] if shared else 0
             if len(by_worker.get(index, [])) < 2:
                 by_worker[index].append(client)
             if all(len(v) == 2 for v in by_worker.values()):
@@ -185,8 +189,8 @@ async def bench_latency(tmp: Path, redis: RedisServer, samples: int, background:
         times: dict[str, list[float]] = {"same": [], "cross": []}
         failures = {"same": 0, "cross": 0}
         for index in range(samples):
-            kind = "same" if index % 2 == 0 else "cross"
-            w = random.randint(0, 1)
+            kind = "same" if index % 2 == 0 or not shared else "cross"
+            w = random.randint(0, 1) if shared else 0
             a = by_worker[w][0]
             b = by_worker[w][1] if kind == "same" else by_worker[1 - w][0]
             token = os.urandom(wire.TOKEN_SIZE)
@@ -220,6 +224,7 @@ async def bench_latency(tmp: Path, redis: RedisServer, samples: int, background:
                 "failures": failures[kind],
             }
             for kind, values in times.items()
+            if values or failures[kind]
         } | {"background": stats}
     finally:
         for endpoint in endpoints:
@@ -328,6 +333,10 @@ async def main(args: argparse.Namespace) -> None:
         if "latency" in args.only:
             results["latency"] = await bench_latency(tmp, redis, args.samples, args.background, args.churn)
             print(f"latency: {json.dumps(results['latency'])}", flush=True)
+            results["latency_single_memory"] = await bench_latency(
+                tmp, redis, args.samples // 2, args.background, args.churn, shared=False
+            )
+            print(f"latency, one in-memory process: {json.dumps(results['latency_single_memory'])}", flush=True)
         if "rebinding" in args.only:
             results["rebinding"] = await bench_rebinding(tmp, redis, args.rebinds)
         if "memory" in args.only:
