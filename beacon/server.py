@@ -974,6 +974,9 @@ class BeaconServer:
                 return
             link = (message["link"][0], int(message["link"][1]))
             self._remote_links[sender] = (message["machine"], link)
+            q = self.relay.quota
+            while len(self._remote_links) > q.max_pending + 2 * q.max_sessions:  # bounded: oldest go first
+                del self._remote_links[next(iter(self._remote_links))]
             same = message["machine"] == self.machine
             via: Any = self._endpoint_for(address) if same else LinkVia(self.link, link)
             self._sid_byte = self.worker_index if same else CROSS_MACHINE_SID_BYTE
