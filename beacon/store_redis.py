@@ -59,6 +59,7 @@ PREFIX = "dp:"
 RECONNECT_MIN = 0.1
 RECONNECT_MAX = 5.0
 MAX_BATCH = 512  # operations per pipeline
+MAX_QUEUED = 200_000  # writes waiting for Redis; beyond, the store counts as lost
 
 # KEYS: none (built from the prefix: one database). ARGV: prefix, gkey, instance, ttl,
 # max_per_token, max_per_ip, n_withdraw, withdraw..., add...
@@ -456,6 +457,10 @@ class RedisStore:
 
     def _push(self, op: tuple[Any, ...]) -> None:
         if self._connected:
+            if len(self._queue) >= MAX_QUEUED:
+                # Redis answers too slowly to keep up: the same as lost (local service, re-publish later)
+                self._lost(RuntimeError(f"{len(self._queue)} writes waiting for the store"))
+                return
             self._queue.append(op)
             self._wake.set()
 
