@@ -25,7 +25,9 @@ hosts more than the beacon; ``addresses``, ``port``, ``ipv6_port``, ``fingerprin
 ``changes`` (validated).
 
 Modules: :mod:`~beacon.config` settings, :mod:`~beacon.files` first-run files,
-:mod:`~beacon.meetings` meeting table, :mod:`~beacon.limits` rate/count limits,
+:mod:`~beacon.meetings` meeting table, :mod:`~beacon.store` where it lives (memory, or
+:mod:`~beacon.store_redis` shared by workers and machines), :mod:`~beacon.workers` N processes on
+one port, :mod:`~beacon.relay_link` relay across them, :mod:`~beacon.limits` rate/count limits,
 :mod:`~beacon.relay` relay sessions, :mod:`~beacon.server` the QUIC edge,
 :mod:`~beacon.metrics` Prometheus, :mod:`~beacon.logs` structured logs.
 """

@@ -47,6 +47,8 @@ from beacon.logs import BeaconLog, LogFileError
 from beacon.relay import relay_quota
 from beacon.server import BeaconServer
 from beacon.summary import log_summaries
+from beacon.store import StoreUnavailable
+from beacon.workers import Supervisor, worker_sockets
 
 PROG = "discret-beacon"
 PLACEHOLDER_HOST = "YOUR.HOST"
@@ -65,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="enable metrics on 127.0.0.1:PORT (0 = any free port)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--ready-file", type=Path, help="write a JSON file with hash and bound addresses when ready")
+    p.add_argument("--workers", type=int, help="worker processes sharing the port (needs store = redis://...)")
+    # set by the supervisor (beacon.workers) on the processes it starts
+    for flag in ("--worker-index", "--worker-count"):
+        p.add_argument(flag, type=int, help=argparse.SUPPRESS)
+    for flag in ("--worker-fds", "--worker-machine"):
+        p.add_argument(flag, help=argparse.SUPPRESS)
     p.add_argument(
         "--loop",
         choices=["auto", "uvloop", "asyncio"],
@@ -95,12 +103,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "ipv6_port": args.ipv6_port,
         "metrics_port": args.metrics_port,
         "log_level": args.log_level,
+        "workers": args.workers,
     }
     overrides = {key: value for key, value in pairs.items() if value is not None}
     if args.no_ipv6:
         overrides["ipv6_enabled"] = False
     if args.metrics_port is not None:
         overrides["metrics_enabled"] = True
+    if args.worker_index is not None:
+        overrides["metrics_port"] = 0  # the supervisor serves the configured port for all workers
     return overrides
 
 
@@ -134,7 +145,13 @@ def _reload(files: BeaconFiles, server: BeaconServer, log: Any, overrides: dict[
     log.info("reloaded", config=str(files.config_path), applied=applied, need_restart=restart)
 
 
-async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None, overrides: dict[str, Any] | None = None) -> int:
+async def _serve(
+    files: BeaconFiles,
+    log: Any,
+    ready_file: Path | None,
+    overrides: dict[str, Any] | None = None,
+    args: argparse.Namespace | None = None,
+) -> int:
     stop = asyncio.Event()
     received: list[str] = []
     loop = asyncio.get_running_loop()
@@ -145,13 +162,24 @@ async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None, override
 
     for sig in (signal.SIGINT, signal.SIGTERM):  # before anything is announced as ready
         loop.add_signal_handler(sig, on_signal, sig)
-    server = BeaconServer(files.config, files.bundle, log=log, manage_gc=True)
+    worker: dict[str, Any] = {}
+    if args is not None and args.worker_index is not None:
+        # a worker of a supervisor (beacon.workers): its socket is inherited
+        worker = {
+            "sockets": worker_sockets(args.worker_fds or ""),
+            "worker_index": args.worker_index,
+            "machine": args.worker_machine,
+        }
+    server = BeaconServer(files.config, files.bundle, log=log, manage_gc=True, **worker)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(files, server, log, overrides or {}))
     try:
         await server.start()
     except OSError as exc:
         print(f"{PROG}: error: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except StoreUnavailable as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     addresses = [_show(host, port) for host, port in server.addresses]
     metrics = None
     if server.metrics_address is not None:
@@ -217,6 +245,19 @@ def client_lines(host: str, port: int, ipv6_port: int | None, fingerprint: str) 
     return lines
 
 
+def _without_ready_file(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--ready-file":
+            skip = True
+        elif not arg.startswith("--ready-file="):
+            out.append(arg)
+    return out
+
+
 def _show(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -234,10 +275,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     c = files.config
-    try:
-        beacon_log = BeaconLog(
-            files.log_dir, level=c.log_level, max_bytes=c.log_file_max_bytes, backup_count=c.log_file_count
+    supervise = c.workers > 1 and args.worker_index is None
+    if supervise and c.store == "memory":
+        print(
+            f'{PROG}: error: workers = {c.workers} needs a shared store: set store = "redis://host:port/db" '
+            "(the in-memory meeting table cannot be shared between processes), or workers = 1",
+            file=sys.stderr,
         )
+        return 2
+    log_dir = files.log_dir
+    if args.worker_index is not None:
+        log_dir = files.log_dir / f"worker-{args.worker_index}"  # one rotating file per process
+        log_dir.mkdir(exist_ok=True)
+    try:
+        beacon_log = BeaconLog(log_dir, level=c.log_level, max_bytes=c.log_file_max_bytes, backup_count=c.log_file_count)
     except LogFileError as exc:
         # Refuse to start rather than run without the log history an operator will need later.
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -245,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in files.created:
             beacon_log.log.info("created", path=str(path))
-        return run(_serve(files, beacon_log.log, args.ready_file, _overrides(args)))
+        if supervise:
+            worker_argv = _without_ready_file(sys.argv[1:] if argv is None else argv)
+            return Supervisor(worker_argv, c, args.ready_file, beacon_log.log, os.urandom(6).hex()).run()
+        return run(_serve(files, beacon_log.log, args.ready_file, _overrides(args), args))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - one line on the console, the traceback in the log

@@ -76,6 +76,12 @@ def _ports(value: Any) -> str | None:
     return None
 
 
+def _store_url(value: Any) -> str | None:
+    if value == "memory" or value.split("://", 1)[0] in ("redis", "rediss", "valkey", "valkeys", "unix"):
+        return None
+    return 'must be "memory" or a URL redis://host:port/db (rediss:// for TLS, unix:///path.sock)'
+
+
 def _setting(
     default: Any, doc: str, check: Check | None = None, group: str | None = None, follows: str | None = None
 ) -> Any:
@@ -202,6 +208,41 @@ class BeaconConfig:
         30.0, "A relay request waits this long for the other peer's request.", _range(0.1, 3600)
     )
     relay_max_pending_requests: int = _setting(10000, "Relay requests waiting at once.", _range(1))
+    relay_link_host: str = _setting(
+        "127.0.0.1",
+        "With a shared store: address of the UDP socket beacons on different machines forward relay "
+        "datagrams to each other on (authenticated with the shared key). Set it to an address the other "
+        "beacons reach (a private network); 127.0.0.1 serves workers and beacons of one host.",
+        _ip(4),
+    )
+
+    # --- scale-out ---
+    workers: int = _setting(
+        1,
+        "Worker processes sharing the UDP port (SO_REUSEPORT), under a supervisor that restarts them. "
+        "More than 1 needs a shared store (the in-memory table cannot be shared between processes).",
+        _range(1, 256),
+        "Scale-out (several workers, several machines)",
+    )
+    store: str = _setting(
+        "memory",
+        'Where the meeting table lives: "memory" (this process) or "redis://host:port/db" (also rediss:// for '
+        "TLS, Valkey speaks the same protocol), shared by every worker and every machine with the same cert_der.bin.",
+        _store_url,
+    )
+    store_password: str = _setting("", "Password for the store (AUTH); empty = none or the one in the URL.")
+    store_tls: bool = _setting(False, "Connect to the store with TLS (the same as a rediss:// URL).")
+    store_tls_ca_file: str = _setting(
+        "", "CA certificate file that signs the store's TLS certificate (empty = the system's CAs)."
+    )
+    store_ttl_seconds: int = _setting(
+        30, "A connection's entry in the store expires this long after its worker last refreshed it (dead workers).",
+        _range(2, 3600),
+    )
+    store_start_degraded: bool = _setting(
+        False, "Start even when the store cannot be reached (introduce local peers only, keep retrying); "
+        "false = exit with one line naming the URL (exit code 2).",
+    )
 
     # --- metrics ---
     metrics_enabled: bool = _setting(

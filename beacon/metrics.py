@@ -32,6 +32,8 @@ SNAPSHOT_METRICS: dict[str, tuple[str, str]] = {
     "beacon_relay_bytes": ("counter", "Bytes forwarded by the relay"),
     "beacon_relay_datagrams": ("counter", "Datagrams forwarded by the relay"),
     "beacon_relay_dropped_datagrams": ("counter", "Non-QUIC datagrams not forwarded, by reason"),
+    "beacon_store_connected": ("gauge", "1 when the shared meeting store answers, 0 while it is lost (1 in memory)"),
+    "beacon_store_failures": ("counter", "Times the shared meeting store was lost or found restarted"),
     "beacon_handshake_dropped_datagrams": (
         "counter", "Long-header datagrams dropped before any connection state, by reason (undecryptable, queue_full)"
     ),

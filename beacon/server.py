@@ -18,6 +18,7 @@ import functools
 import gc
 import ipaddress
 import itertools
+import os
 import socket
 import time
 from typing import Any
@@ -27,13 +28,15 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType
 
-from beacon import quic_tuning
+from beacon import quic_tuning, workers
 from beacon.config import BeaconConfig
 from beacon.limits import KeyedBuckets, KeyedCounts, RateMeter, TokenBucket, ip_key
 from beacon.logs import null_logger
-from beacon.meetings import MeetingTable, TooManyTokens
+from beacon.meetings import Announced, MeetingTable, TooManyTokens
 from beacon.metrics import BeaconMetrics, MetricsHTTPServer
 from beacon.relay import RelayEnded, RelaySession, RelaySide, RelayTable, relay_quota
+from beacon.relay_link import CROSS_MACHINE_SID_BYTE, LinkVia, Proxy, RelayLink, link_key
+from beacon.store import MeetingStore, make_store
 from beacon.tcp_service import TcpService
 from certs import CertificateBundle, create_bundle
 from discretpeer import stateless_reset, wire
@@ -45,6 +48,7 @@ from discretpeer.endpoint import (
     EndpointProtocol,
     normalize_address,
 )
+from discretpeer.relay_frame import RELAY_HEADER_SIZE
 from discretpeer.wire import Address, ErrorCode, WireError
 
 TRIM_AFTER_HANDSHAKE = True  # see beacon.quic_tuning (the benchmarks turn it off to compare)
@@ -311,6 +315,10 @@ class BeaconServer:
         log: Any = None,
         metrics: BeaconMetrics | None = None,
         manage_gc: bool = False,
+        store: MeetingStore | None = None,
+        sockets: list[socket.socket] | None = None,
+        worker_index: int | None = None,
+        machine: str | None = None,
     ) -> None:
         self.config = config or BeaconConfig()
         self.manage_gc = manage_gc  # see _collect_garbage; on in `python -m beacon`
@@ -319,7 +327,21 @@ class BeaconServer:
         self.metrics = metrics or BeaconMetrics()
         c = self.config
         self.meetings = MeetingTable(c.max_tokens_per_connection, c.max_peers_per_token)
-        self.relay = RelayTable(relay_quota(c))
+        # where the table lives (beacon.store): this process (default) or shared (Redis)
+        self.store: MeetingStore = store if store is not None else make_store(c, self.meetings, self.log)
+        # a worker of several (beacon.workers): its sockets are given, its connection IDs and
+        # relay session IDs start with its index (the supervisor's BPF program steers by it)
+        self.worker_index = worker_index
+        self._given_sockets = {s.family: s for s in sockets or ()}
+        self.machine = machine or os.urandom(6).hex()  # workers of one supervisor share it
+        self.link: RelayLink | None = None  # with a shared store: see beacon.relay_link
+        self._sid_byte: int | None = worker_index
+        self._remote_links: dict[str, tuple[str, tuple[str, int]]] = {}  # connection elsewhere → machine, link
+        self._remote_sessions: dict[int, dict[bytes, str]] = {}  # local conn → session → owner node
+        self.relay = RelayTable(
+            relay_quota(c),
+            **({"random": self._session_id} if worker_index is not None or self.store.shared else {}),
+        )
         self._endpoints: list[Endpoint] = []
         self.tcp: TcpService | None = None  # the TLS/TCP listeners (config.tcp_enabled)
         self._peers: dict[int, _Peer] = {}
@@ -405,6 +427,10 @@ class BeaconServer:
             private_key=self.bundle.private_key,
         )
         try:
+            await self.store.start(self)
+            if self.store.shared:
+                key = link_key(self.bundle.private_key)
+                self.link = await RelayLink.open(c.relay_link_host, key, self._link_datagram)
             await self._listen(socket.AF_INET, c.host, c.port, quic_config)
             if c.ipv6_enabled:
                 try:
@@ -420,6 +446,9 @@ class BeaconServer:
                 self.metrics_address = await self._metrics_http.start("127.0.0.1", c.metrics_port)
         except BaseException:
             await self._close_sockets()
+            await self.store.stop()
+            if self.link is not None:
+                self.link.close()
             raise
         self._housekeeping = loop.create_task(self._housekeep())
         if self.manage_gc:
@@ -466,6 +495,9 @@ class BeaconServer:
             timer = getattr(peer.protocol, "_timer", None)
             if timer is not None:
                 timer.cancel()
+        await self.store.stop()
+        if self.link is not None:
+            self.link.close()
         self.log.info("beacon_stopped", reason=reason)
         self._stopped.set()
 
@@ -475,6 +507,13 @@ class BeaconServer:
     # --- sockets ------------------------------------------------------------------------------
 
     async def _listen(self, family: socket.AddressFamily, host: str, port: int, quic: QuicConfiguration) -> None:
+        given = self._given_sockets.get(family)
+        if given is not None:
+            given.setblocking(False)
+            await self._serve_socket(given, quic)
+            return
+        if self._given_sockets:
+            return  # a worker serves the families its supervisor bound, nothing else
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             if family == socket.AF_INET6:
@@ -489,7 +528,16 @@ class BeaconServer:
             sock.close()
             where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
             raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        await self._serve_socket(sock, quic)
+
+    async def _serve_socket(self, sock: socket.socket, quic: QuicConfiguration) -> None:
+        extra: dict[str, Any] = {}
+        if self.worker_index is not None:
+            extra["connection_class"] = workers.steered_connection_class(
+                quic_tuning.BeaconQuicConnection, self.worker_index
+            )
         endpoint = _BeaconEndpoint(
+            **extra,
             server_configuration=quic,
             create_server_protocol=lambda connection: BeaconProtocol(connection, self),
             admit=self._admit,
@@ -671,10 +719,12 @@ class BeaconServer:
     def _leave(self, peer: _Peer) -> None:
         """Take the connection out of the meeting and relay tables (idempotent)."""
         peer.closing = True
-        if peer.key in self.meetings:
-            self.meetings.remove(peer.key)
+        if peer.hello:
+            self.store.remove(peer.key)
         for ended in self.relay.drop_connection(peer.key):
             self._relay_ended(ended)
+        if self.link is not None:
+            self._remote_relay_leave(peer)
 
     def _reject(self, peer: _Peer, code: ErrorCode, message: str, *, wait: bool = True) -> None:
         """Fatal error: Error frame (if stream 0 is open), leave the tables, close after a grace."""
@@ -749,6 +799,8 @@ class BeaconServer:
             ended = self.relay.end_by(peer.key, message.session_id)
             if ended is not None:
                 self._relay_ended(ended)
+            elif self.link is not None:
+                self._remote_relay_end(peer, message.session_id)
         elif isinstance(message, (wire.Pong, wire.Error)):
             pass
         else:
@@ -768,7 +820,7 @@ class BeaconServer:
         if peer.timer is not None:
             peer.timer.cancel()
             peer.timer = None
-        self.meetings.join(peer.key, hello.instance, peer.observed)
+        self.store.join(peer.key, hello.instance, peer.observed)
         self._send(
             peer,
             wire.Welcome(
@@ -783,32 +835,46 @@ class BeaconServer:
         current = Address.from_socket(address) if address is not None else peer.observed
         if peer.instance is not None and current is not None and current != peer.observed:
             peer.observed = current
-            self.meetings.join(peer.key, peer.instance, current)
+            self.store.join(peer.key, peer.instance, current)
         try:
-            result = self.meetings.announce(peer.key, announce.add, announce.withdraw, announce.candidates)
+            result = self.store.announce(peer.key, announce.add, announce.withdraw, announce.candidates)
         except TooManyTokens as exc:
             self.metrics.rejections.labels("too_many_tokens").inc()
             self._send(peer, wire.Error(code=ErrorCode.TOO_MANY_TOKENS, message=str(exc), fatal=False))
             return
         self.metrics.announces.inc()
-        if result.full:
+        if result is not None:  # else a shared store calls announced() once it decided
+            self.announced(peer.key, result)
+
+    # --- beacon.store.StoreHooks: what the meeting store decided --------------------------------
+
+    def announced(self, key: Any, result: Announced) -> None:
+        """Tell the announcer about full tokens and everyone about their introductions/evictions."""
+        peer = self._peers.get(key)
+        if peer is not None and result.full:
             self.metrics.rejections.labels("token_full").inc(len(result.full))
-            limit = self.meetings.max_peers_per_token
+            limit = self.store.max_peers_per_token
             for token in result.full:
                 text = f"token full: its {limit} places are taken and no address holds more than its share; try later"
                 self._send(peer, wire.Error(code=ErrorCode.TOKEN_FULL, message=wire.token_full_message(token, text)))
-        for key, token in result.evicted:
-            self.metrics.rejections.labels("token_evicted").inc()
-            evicted = self._peers.get(key)  # type: ignore[call-overload]
-            if evicted is not None:
-                text = "token full: your place was given to a connection from an address with fewer places"
-                self._send(evicted, wire.Error(code=ErrorCode.TOKEN_FULL, message=wire.token_full_message(token, text)))
-        for key, introduction in result.introductions:
-            target = self._peers.get(key)  # type: ignore[call-overload]
-            if target is not None and self._send(target, introduction):
-                self.metrics.introductions.inc()
+        for victim, token in result.evicted:
+            self.evicted(victim, token)
+        for target, introduction in result.introductions:
+            self.introduce(target, introduction)
         if result.introductions:
-            self.log.debug("introduced", conn=peer.key, count=len(result.introductions) // 2)
+            self.log.debug("introduced", conn=key, count=len(result.introductions))
+
+    def introduce(self, key: Any, introduction: wire.Introduction) -> None:
+        target = self._peers.get(key)
+        if target is not None and self._send(target, introduction):
+            self.metrics.introductions.inc()
+
+    def evicted(self, key: Any, token: bytes) -> None:
+        self.metrics.rejections.labels("token_evicted").inc()
+        evicted = self._peers.get(key)
+        if evicted is not None:
+            text = "token full: your place was given to a connection from an address with fewer places"
+            self._send(evicted, wire.Error(code=ErrorCode.TOKEN_FULL, message=wire.token_full_message(token, text)))
 
     # --- relay --------------------------------------------------------------------------------
 
@@ -816,7 +882,7 @@ class BeaconServer:
         assert self._loop is not None
         # the instance is a claim: the request reaches the connection the beacon introduced to
         # this one on that token (the first such introduction), never merely one claiming it
-        targets = self.meetings.introduced(peer.key, request.token, request.instance)
+        targets = self.store.introduced(peer.key, request.token, request.instance)
         # bound to where the peer's packets come from now once QUIC validated it (NAT rebinding
         # moves it), never to an address a packet merely came from (a spoofed copy)
         current = peer.protocol.validated_address()
@@ -830,25 +896,36 @@ class BeaconServer:
             self.metrics.relay_refusals.labels(code.name.lower()).inc()
             self._send(peer, wire.Error(code=code, message=message, fatal=False))
             return
+        if isinstance(targets[0], str):  # held by another worker or machine (beacon.relay_link)
+            self._remote_relay_request(peer, request, targets[0], current)
+            return
+        self._sid_byte = self.worker_index
+        if self.link is not None and self._cross_machine(targets[0]):
+            self._sid_byte = CROSS_MACHINE_SID_BYTE
         outcome = self.relay.request(
             peer.key, peer.instance, request.token, targets[0], request.instance, peer.via, current, self._loop.time()
         )
-        self._drain_relay_endings()
-        if outcome.refused is not None:
-            self.metrics.relay_refusals.labels(outcome.refused.name.lower()).inc()
-            self._send(peer, wire.Error(code=outcome.refused, message=outcome.message, fatal=False))
-            return
-        session = outcome.session
-        if session is None:
+        self._relay_outcome(peer.key, outcome)
+        if outcome.refused is None and outcome.session is None and outcome.new:
             # waiting for the other peer's request: tell it, so it asks now rather than after
             # its own punching deadline (a peer whose UDP is blocked knows punching is pointless);
             # older clients ignore this frame
-            target = self._peers.get(targets[0])  # type: ignore[call-overload]
-            if target is not None and outcome.new:
+            target = self._peers.get(targets[0])
+            if target is not None:
                 self._send(target, wire.RelayRequest(token=request.token, instance=peer.instance))
+
+    def _relay_outcome(self, requester: Any, outcome: Any) -> None:
+        """Grant, refuse or wait, for a request of a local connection or a forwarded one."""
+        self._drain_relay_endings()
+        if outcome.refused is not None:
+            self.metrics.relay_refusals.labels(outcome.refused.name.lower()).inc()
+            self._tell_error(requester, outcome.refused, outcome.message)
             return
+        session = outcome.session
+        if session is None:
+            return  # waiting for the other peer's request
         if not outcome.new:
-            side = session.a if session.a.conn == peer.key else session.b
+            side = session.a if session.a.conn == requester else session.b
             self._grant(side, session)
             return
         self.metrics.relay_sessions.inc()
@@ -861,7 +938,23 @@ class BeaconServer:
         for side in session.sides():
             self._grant(side, session)
 
+    def _tell_error(self, key: Any, code: ErrorCode, message: str) -> None:
+        if isinstance(key, str):
+            self._store_send(key, {"k": "relay_err", "code": int(code), "msg": message})
+            return
+        peer = self._peers.get(key)
+        if peer is not None:
+            self._send(peer, wire.Error(code=code, message=message, fatal=False))
+
     def _grant(self, side: RelaySide, session: RelaySession) -> None:
+        if isinstance(side.conn, str):  # its holder tells it (and proxies it across machines)
+            assert self.link is not None
+            self._store_send(side.conn, {
+                "k": "relay_grant", "tok": session.token.hex(), "inst": session.other(side.conn).instance.hex(),
+                "sid": session.session_id.hex(), "addr": list(side.address), "machine": self.machine,
+                "link": list(self.link.address), "owner": self.store.node,  # type: ignore[attr-defined]
+            })
+            return
         peer = self._peers.get(side.conn)  # type: ignore[call-overload]
         if peer is None:
             return
@@ -881,6 +974,13 @@ class BeaconServer:
     def _relay_datagram(self, endpoint: Any, data: bytes, source: tuple[str, int]) -> None:
         """Endpoint hook for every non-QUIC datagram (and TcpClient's for relay items on its
         stream): the relay's forward path. ``endpoint`` is what it came through."""
+        link = self.link
+        if link is not None and link.proxies:
+            proxy = link.proxies.get(data[1:RELAY_HEADER_SIZE])
+            if proxy is not None:  # its session is owned on another machine: over the link
+                if source == proxy.address:
+                    link.send(proxy.owner_link, source, data)
+                return
         relay = self.relay
         target = relay.route(data, source, self._loop.time(), endpoint)  # type: ignore[union-attr]
         if target is None and relay.misdirected is not None:
@@ -916,9 +1016,147 @@ class BeaconServer:
             bytes=ended.session.bytes,
         )
         for side in ended.notify:
+            if isinstance(side.conn, str):
+                self._store_send(side.conn, {
+                    "k": "relay_end", "sid": ended.session.session_id.hex(), "code": int(ended.code),
+                    "msg": ended.message,
+                })
+                continue
             peer = self._peers.get(side.conn)  # type: ignore[call-overload]
             if peer is not None:
                 self._send(peer, wire.RelayEnd(session_id=ended.session.session_id, code=ended.code, message=ended.message))
+
+    # --- relay across workers and machines (shared store; see beacon.relay_link) ---------------
+
+    def _session_id(self, size: int) -> bytes:
+        """Relay session IDs: the first byte steers (this worker's index, or 0xFF across machines)."""
+        first = self._sid_byte if self._sid_byte is not None else os.urandom(1)[0]
+        return bytes([first]) + os.urandom(size - 1)
+
+    def _store_send(self, to: str, message: dict[str, Any]) -> None:
+        self.store.send(to, message)  # type: ignore[attr-defined]
+
+    def _cross_machine(self, conn: Any) -> bool:
+        known = self._remote_links.get(conn) if isinstance(conn, str) else None
+        return known is not None and known[0] != self.machine
+
+    def _endpoint_for(self, address: tuple[str, int]) -> Endpoint:
+        v6 = ":" in address[0]
+        for endpoint in self._endpoints:
+            if (":" in endpoint.local_address[0]) == v6:
+                return endpoint
+        return self._endpoints[0]
+
+    def _remote_relay_request(
+        self, peer: _Peer, request: wire.RelayRequest, target: str, current: tuple[str, int]
+    ) -> None:
+        """The partner is held elsewhere: the worker with the smaller node id owns the session."""
+        assert self._loop is not None and self.link is not None
+        me = self.store.gkey(peer.key)  # type: ignore[attr-defined]
+        if self.store.node < target.rpartition(":")[0]:  # type: ignore[attr-defined]
+            self._sid_byte = CROSS_MACHINE_SID_BYTE if self._cross_machine(target) else self.worker_index
+            outcome = self.relay.request(
+                peer.key, peer.instance, request.token, target, request.instance, peer.via, current, self._loop.time()
+            )
+            self._relay_outcome(peer.key, outcome)
+            return
+        self._store_send(target, {
+            "k": "relay_req", "from": me, "tok": request.token.hex(), "inst": peer.instance.hex(),
+            "target_inst": request.instance.hex(), "addr": list(current), "machine": self.machine,
+            "link": list(self.link.address),
+        })
+
+    def relay_message(self, key: Any, message: dict[str, Any]) -> None:
+        """beacon.store.StoreHooks: a relay message from another worker (``key``: the local
+        connection it is about, None for one addressed to this worker)."""
+        assert self._loop is not None and self.link is not None
+        kind = message["k"]
+        if kind == "relay_req" and key is not None:
+            sender, token = message["from"], bytes.fromhex(message["tok"])
+            instance, address = bytes.fromhex(message["inst"]), (message["addr"][0], int(message["addr"][1]))
+            peer = self._peers.get(key)
+            if peer is None or peer.closing or bytes.fromhex(message["target_inst"]) != peer.instance:
+                self._tell_error(sender, ErrorCode.RELAY_REFUSED, "the other peer left the beacon")
+                return
+            if sender not in self.store.introduced(key, token, instance):
+                self.metrics.relay_refusals.labels("relay_not_introduced").inc()
+                text = "no introduction to that instance on that token"
+                self._tell_error(sender, ErrorCode.RELAY_NOT_INTRODUCED, text)
+                return
+            link = (message["link"][0], int(message["link"][1]))
+            self._remote_links[sender] = (message["machine"], link)
+            q = self.relay.quota
+            while len(self._remote_links) > q.max_pending + 2 * q.max_sessions:  # bounded: oldest go first
+                del self._remote_links[next(iter(self._remote_links))]
+            same = message["machine"] == self.machine
+            via: Any = self._endpoint_for(address) if same else LinkVia(self.link, link)
+            self._sid_byte = self.worker_index if same else CROSS_MACHINE_SID_BYTE
+            outcome = self.relay.request(sender, instance, token, key, peer.instance, via, address, self._loop.time())
+            self._relay_outcome(sender, outcome)
+        elif kind == "relay_grant" and key is not None:
+            peer = self._peers.get(key)
+            if peer is None or peer.closing:
+                return
+            sid = bytes.fromhex(message["sid"])
+            self._remote_sessions.setdefault(key, {})[sid] = message["owner"]
+            if message["machine"] != self.machine:
+                owner_link = (message["link"][0], int(message["link"][1]))
+                self.link.proxies[sid] = Proxy(key, (message["addr"][0], int(message["addr"][1])), owner_link, peer.via)
+            q = self.relay.quota
+            self._send(peer, wire.RelayGrant(
+                token=bytes.fromhex(message["tok"]), instance=bytes.fromhex(message["inst"]), session_id=sid,
+                max_bytes=q.max_bytes, max_seconds=q.max_seconds, rate_bytes_per_second=q.rate_bytes_per_second,
+            ))
+        elif kind in ("relay_err", "relay_end") and key is not None:
+            peer = self._peers.get(key)
+            code = ErrorCode(message["code"])
+            if kind == "relay_end":
+                sid = bytes.fromhex(message["sid"])
+                self.link.proxies.pop(sid, None)
+                self._remote_sessions.get(key, {}).pop(sid, None)
+                if peer is not None:
+                    self._send(peer, wire.RelayEnd(session_id=sid, code=code, message=message["msg"]))
+            elif peer is not None:
+                self.metrics.relay_refusals.labels(code.name.lower()).inc()
+                self._send(peer, wire.Error(code=code, message=message["msg"], fatal=False))
+        elif kind == "relay_end_by":
+            ended = self.relay.end_by(message["from"], bytes.fromhex(message["sid"]))
+            if ended is not None:
+                self._relay_ended(ended)
+        elif kind == "relay_gone":
+            for ended in self.relay.drop_connection(message["from"]):
+                self._relay_ended(ended)
+            self._remote_links.pop(message["from"], None)
+
+    def _remote_relay_end(self, peer: _Peer, session_id: bytes) -> None:
+        owner = self._remote_sessions.get(peer.key, {}).pop(session_id, None)
+        if owner is not None and self.link is not None:
+            self.link.proxies.pop(session_id, None)
+            me = self.store.gkey(peer.key)  # type: ignore[attr-defined]
+            self._store_send(f"{owner}:", {"k": "relay_end_by", "from": me, "sid": session_id.hex()})
+
+    def _remote_relay_leave(self, peer: _Peer) -> None:
+        sessions = self._remote_sessions.pop(peer.key, {})
+        assert self.link is not None
+        for sid in sessions:
+            self.link.proxies.pop(sid, None)
+        for owner in set(sessions.values()):
+            self._store_send(f"{owner}:", {"k": "relay_gone", "from": self.store.gkey(peer.key)})  # type: ignore[attr-defined]
+
+    def _link_datagram(self, source: tuple[str, int], address: tuple[str, int], data: bytes) -> None:
+        """An authentic datagram on the relay link: to our peer (we hold it, the owner sent it)
+        or from a peer on another machine (we own its session)."""
+        assert self.link is not None and self._loop is not None
+        proxy = self.link.proxies.get(data[1:RELAY_HEADER_SIZE])
+        if proxy is not None:
+            if address == proxy.address and source == proxy.owner_link:
+                proxy.via.sendto(data, address)
+            return
+        target = self.relay.route(data, address, self._loop.time())
+        if target is not None:
+            target[0].sendto(data, target[1])
+        elif self.relay.ended:
+            self._drain_relay_endings()
 
     # --- frames out ---------------------------------------------------------------------------
 
@@ -1016,8 +1254,7 @@ class BeaconServer:
             "beacon_tcp_open_connections": sum(1 for p in self._peers.values() if p.via is p.protocol),
             "beacon_tcp_handshakes_in_progress": self.tcp.handshaking if self.tcp is not None else 0,
             "beacon_tcp_relay_backlog_drops": self.tcp.relay_backlog_drops if self.tcp is not None else 0,
-            "beacon_tokens_held": self.meetings.tokens_held,
-            "beacon_distinct_tokens": self.meetings.token_count,
+            **self.store.snapshot(),
             "beacon_relay_active_sessions": self.relay.session_count,
             "beacon_relay_pending_requests": self.relay.pending_count,
             "beacon_relay_bytes": self.relay.forwarded_bytes,

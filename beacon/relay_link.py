@@ -1,0 +1,161 @@
+"""Relay sessions between peers held by different workers or machines (shared store only).
+
+**Design: one owner per session, chosen by rule; beacon-to-beacon forwarding only across machines.**
+
+* The two peers' beacon connections live on two workers (``node`` = a worker's id in the store).
+  The worker with the *smaller* node id owns the session: the other one forwards its peer's
+  ``RelayRequest`` to it (through the store's pub/sub, with the peer's validated address), so the
+  two requests pair in one :class:`~beacon.relay.RelayTable` with all its rules (introduction
+  first, pairing by connection, quotas) and exactly one session exists, whatever the timing.
+  The owner checks itself that its own peer was introduced to the requester on that token.
+* **Same machine** (workers of one supervisor): the owner puts its worker index in the first
+  byte of the session ID; the reuseport BPF program (:mod:`beacon.workers`) then brings both
+  peers' relay datagrams to the owner, whichever worker holds their connections, and the owner
+  sends to both peers from its own socket, which has the same address and port as every worker's.
+  Nothing crosses between workers per datagram.
+* **Different machines** (beacons sharing ``cert_der.bin`` and Redis, on different addresses):
+  the peer keeps sending to *its* beacon, which cannot hand a datagram to another host's socket.
+  So its worker (the holder) keeps a *proxy* entry for the session and forwards over the **relay
+  link**, a UDP socket per worker (``relay_link_host``, an address the beacons reach each other
+  on): peer → holder → link → owner → other peer, and back owner → link → holder → peer. Each
+  link datagram is authenticated with HMAC-SHA256 (truncated to 16 bytes) under a key derived
+  from the shared private key, so no one else can make a beacon send anything; the holder also
+  sends only to the address its own peer's connection validated. The session ID's first byte is
+  then 0xFF (no worker index: the kernel hashes by 4-tuple, which brings a peer's datagrams to the
+  worker that took its handshake, its holder).
+
+"Both peers are told to use one beacon address" would avoid the link, but the grant carries no
+address on the wire and a peer's NAT mapping towards another host is a new, unpunched mapping; the
+relay exists because the peers' NATs are hard. What remains: a peer on another machine whose NAT
+rebinds during a relay session loses it (its holder's proxy is bound to the validated address at
+grant time; the peer asks again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import struct
+from typing import Any, NamedTuple
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+LINK_MAGIC = b"\xd1"
+TAG_SIZE = 16
+_ADDR = struct.Struct("!16sH")
+HEADER_SIZE = len(LINK_MAGIC) + TAG_SIZE + _ADDR.size
+CROSS_MACHINE_SID_BYTE = 0xFF
+SocketAddress = tuple[str, int]
+
+
+def link_key(private_key: Any) -> bytes:
+    """The link's HMAC key: every beacon holding the same ``cert_der.bin`` derives the same one."""
+    raw = private_key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"discretpeer beacon relay link v1").derive(raw)
+
+
+def _pack_address(address: SocketAddress) -> bytes:
+    ip = ipaddress.ip_address(address[0])
+    if ip.version == 4:
+        ip = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed)
+    return _ADDR.pack(ip.packed, address[1])
+
+
+def _unpack_address(data: bytes) -> SocketAddress:
+    packed, port = _ADDR.unpack(data)
+    ip = ipaddress.IPv6Address(packed)
+    return (str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)), port
+
+
+def seal(key: bytes, address: SocketAddress, data: bytes) -> bytes:
+    """A link datagram: magic, tag, the peer address it concerns, the relay datagram unchanged."""
+    body = _pack_address(address) + data
+    return LINK_MAGIC + hmac.new(key, body, hashlib.sha256).digest()[:TAG_SIZE] + body
+
+
+def unseal(key: bytes, datagram: bytes) -> tuple[SocketAddress, bytes] | None:
+    """``(address, relay datagram)`` of an authentic link datagram, else None."""
+    if len(datagram) <= HEADER_SIZE or datagram[:1] != LINK_MAGIC:
+        return None
+    tag, body = datagram[1 : 1 + TAG_SIZE], datagram[1 + TAG_SIZE :]
+    if not hmac.compare_digest(tag, hmac.new(key, body, hashlib.sha256).digest()[:TAG_SIZE]):
+        return None
+    return _unpack_address(body[: _ADDR.size]), body[_ADDR.size :]
+
+
+class Proxy(NamedTuple):
+    """On the holder of a peer whose session is owned on another machine."""
+
+    key: Any  # the local connection
+    address: SocketAddress  # its validated address when granted
+    owner_link: SocketAddress
+    via: Any  # the public endpoint to send to the peer from
+
+
+class LinkVia:
+    """What the owner's :class:`~beacon.relay.RelaySide` sends through for a peer on another
+    machine: ``sendto(data, peer_address)`` goes to that peer's holder over the link."""
+
+    __slots__ = ("link", "holder")
+
+    def __init__(self, link: RelayLink, holder: SocketAddress) -> None:
+        self.link = link
+        self.holder = holder
+
+    def sendto(self, data: bytes, address: SocketAddress) -> None:
+        self.link.send(self.holder, address, data)
+
+
+class RelayLink(asyncio.DatagramProtocol):
+    """The worker's link socket. ``on_datagram(source_link, peer_address, data)`` is called for
+    every authentic datagram; anything else is counted and dropped."""
+
+    def __init__(self, key: bytes, on_datagram: Any) -> None:
+        self.key = key
+        self.on_datagram = on_datagram
+        self.transport: asyncio.DatagramTransport | None = None
+        self.rejected = 0
+        self.sent = 0
+        self.received = 0
+        self.proxies: dict[bytes, Proxy] = {}
+
+    @classmethod
+    async def open(cls, host: str, key: bytes, on_datagram: Any) -> RelayLink:
+        link = cls(key, on_datagram)
+        await asyncio.get_running_loop().create_datagram_endpoint(lambda: link, local_addr=(host, 0))
+        return link
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    @property
+    def address(self) -> SocketAddress:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    def send(self, link: SocketAddress, address: SocketAddress, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.sendto(seal(self.key, address, data), link)
+            self.sent += 1
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        opened = unseal(self.key, data)
+        if opened is None:
+            self.rejected += 1
+            return
+        self.received += 1
+        self.on_datagram((addr[0], addr[1]), opened[0], opened[1])
+
+    def error_received(self, exc: Exception) -> None:
+        return None  # an ICMP error from a link peer that went away: nothing to do
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None

@@ -1,0 +1,137 @@
+"""Relay sessions between peers held by different machines (two beacons, one certificate, one
+Redis) and different workers (one supervisor): grants, forwarding both ways, endings."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+
+from beacon.relay_link import seal, unseal
+from discretpeer import wire
+from discretpeer.relay_frame import build_relay_frame
+from discretpeer.wire import ErrorCode
+from tests.scaleout.processes import BeaconProcess
+from tests.scaleout.test_store_redis import beacons
+from tests.scaleout.test_workers import clients_on_each_worker
+
+BeaconClient = __import__("beacon_test_client").BeaconClient
+
+
+class RelayPeer:
+    def __init__(self, client) -> None:
+        self.client = client
+        self.datagrams: asyncio.Queue = asyncio.Queue()
+        client.endpoint.on_datagram = lambda data, source: self.datagrams.put_nowait((data, source))
+
+    async def received(self, timeout: float = 3.0):
+        return await asyncio.wait_for(self.datagrams.get(), timeout)
+
+    async def nothing(self, timeout: float = 0.3) -> None:
+        await asyncio.sleep(timeout)
+        assert self.datagrams.empty(), self.datagrams.get_nowait()
+
+
+async def grant(a: RelayPeer, b: RelayPeer):
+    token = os.urandom(32)
+    a.client.announce(add=[token])
+    await asyncio.sleep(0.2)
+    b.client.announce(add=[token])
+    await a.client.expect(wire.Introduction)
+    await b.client.expect(wire.Introduction)
+    a.client.send(wire.RelayRequest(token=token, instance=b.client.instance))
+    await asyncio.sleep(0.1)
+    b.client.send(wire.RelayRequest(token=token, instance=a.client.instance))
+    grant_a = await a.client.expect(wire.RelayGrant)
+    grant_b = await b.client.expect(wire.RelayGrant)
+    assert grant_a.session_id == grant_b.session_id
+    assert (grant_a.instance, grant_b.instance) == (b.client.instance, a.client.instance)
+    return grant_a.session_id
+
+
+async def exchange(a: RelayPeer, a_beacon, b: RelayPeer, b_beacon, sid: bytes) -> None:
+    frame = build_relay_frame(sid, b"\x4f" + os.urandom(1200))
+    a.client.endpoint.sendto(frame, a_beacon)
+    data, source = await b.received()
+    assert data == frame and source == b_beacon  # b hears it from its own beacon
+    reply = build_relay_frame(sid, b"pong" * 10)
+    b.client.endpoint.sendto(reply, b_beacon)
+    data, source = await a.received()
+    assert data == reply and source == a_beacon
+
+
+def test_link_datagrams_are_authenticated():
+    key, other = os.urandom(32), os.urandom(32)
+    sealed = seal(key, ("192.0.2.7", 4000), b"\x20" + os.urandom(40))
+    assert unseal(key, sealed) == (("192.0.2.7", 4000), sealed[-41:])
+    assert unseal(other, sealed) is None
+    assert unseal(key, sealed[:-1] + bytes([sealed[-1] ^ 1])) is None
+    assert unseal(key, b"\xd1" + b"\0" * 10) is None
+
+
+async def test_relay_between_peers_on_two_machines(redis_server):
+    async with beacons(redis_server.url) as (one, two):
+        a = RelayPeer(await BeaconClient.connect(one.addresses[0], one.fingerprint))
+        b = RelayPeer(await BeaconClient.connect(two.addresses[0], two.fingerprint))
+        try:
+            sid = await grant(a, b)
+            assert sid[0] == 0xFF  # no worker index: a cross-machine session
+            await exchange(a, one.addresses[0], b, two.addresses[0], sid)
+            owner = one if one.relay.session_count else two
+            assert owner.relay.session_count == 1 and owner.relay.forwarded_datagrams == 2
+            # a stranger naming the session at either beacon is not forwarded
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+                stranger.sendto(build_relay_frame(sid, b"evil"), one.addresses[0])
+                stranger.sendto(build_relay_frame(sid, b"evil"), two.addresses[0])
+                # and forged link datagrams are rejected
+                stranger.sendto(seal(os.urandom(32), b.client.local_address, build_relay_frame(sid, b"x")),
+                                one.link.address)
+            await a.nothing()
+            await b.nothing()
+            assert one.link.rejected == 1
+            # a leaves: b is told, whichever beacon owned the session
+            await a.client.close()
+            end = await b.client.expect(wire.RelayEnd, timeout=5)
+            assert end.code == ErrorCode.RELAY_PEER_GONE and end.session_id == sid
+            await asyncio.sleep(0.1)
+            assert one.relay.session_count == two.relay.session_count == 0
+            assert not one.link.proxies and not two.link.proxies
+        finally:
+            await a.client.close()
+            await b.client.close()
+
+
+async def test_relay_refused_without_introduction_across_machines(redis_server):
+    async with beacons(redis_server.url) as (one, two):
+        a = await BeaconClient.connect(one.addresses[0], one.fingerprint)
+        b = await BeaconClient.connect(two.addresses[0], two.fingerprint)
+        try:
+            a.send(wire.RelayRequest(token=os.urandom(32), instance=b.instance))
+            refusal = await a.expect(wire.Error)
+            assert refusal.code == ErrorCode.RELAY_NOT_INTRODUCED
+        finally:
+            await a.close()
+            await b.close()
+
+
+@pytest.mark.slow
+async def test_relay_between_peers_on_two_workers(redis_server, tmp_path):
+    beacon = BeaconProcess(tmp_path / "beacon", {"store": redis_server.url, "workers": 2}, "--port", "0").start()
+    try:
+        first, second = await clients_on_each_worker(beacon, 2)
+        a, b = RelayPeer(first), RelayPeer(second)
+        try:
+            sid = await grant(a, b)
+            assert sid[0] in (0, 1)  # the owner's index: the BPF program brings both sides to it
+            await exchange(a, beacon.address, b, beacon.address, sid)
+            a.client.send(wire.RelayEnd(session_id=sid, code=ErrorCode.RELAY_PEER_GONE, message="done"))
+            end = await b.client.expect(wire.RelayEnd, timeout=5)
+            assert end.session_id == sid
+        finally:
+            await a.client.close()
+            await b.client.close()
+    finally:
+        assert beacon.stop() == 0
+        assert "Traceback" not in beacon.stderr

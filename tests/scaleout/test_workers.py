@@ -1,0 +1,132 @@
+"""``workers = N``: real processes sharing one UDP port, steered by connection ID, on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+import urllib.request
+
+import pytest
+
+from beacon.workers import steering_program
+from discretpeer import wire
+from tests.scaleout.processes import BeaconProcess, RebindingNat
+
+BeaconClient = __import__("beacon_test_client").BeaconClient
+
+pytestmark = pytest.mark.slow
+
+
+def worker_of(client) -> int:
+    """The worker holding this connection: the first byte of the connection ID it chose."""
+    return client.protocol._quic._peer_cid.cid[0]
+
+
+async def clients_on_each_worker(beacon: BeaconProcess, workers: int, tries: int = 40):
+    by_worker: dict[int, object] = {}
+    spare = []
+    for _ in range(tries):
+        client = await BeaconClient.connect(beacon.address, beacon.fingerprint)
+        index = worker_of(client)
+        if index in by_worker:
+            spare.append(client)
+        else:
+            by_worker[index] = client
+        if len(by_worker) == workers:
+            break
+    for client in spare:
+        await client.close()
+    assert sorted(by_worker) == list(range(workers)), f"connections reached workers {sorted(by_worker)}"
+    return [by_worker[i] for i in range(workers)]
+
+
+@pytest.fixture
+def two_workers(redis_server, tmp_path):
+    beacon = BeaconProcess(
+        tmp_path / "beacon", {"store": redis_server.url, "workers": 2, "store_ttl_seconds": 3}, "--port", "0",
+        "--metrics-port", "0",
+    ).start()
+    yield beacon
+    assert beacon.stop() == 0
+    assert "Traceback" not in beacon.stderr
+
+
+def test_steering_program_is_six_instructions():
+    program = steering_program(4)
+    assert len(program) == 6 * 8
+    assert program[8 * 3 + 4 : 8 * 3 + 8] == (4).to_bytes(4, "little")  # jge #workers
+
+
+async def test_peers_on_two_workers_meet_and_metrics_are_labelled(two_workers):
+    a, b = await clients_on_each_worker(two_workers, 2)
+    try:
+        token = os.urandom(32)
+        a.announce(add=[token])
+        await asyncio.sleep(0.2)
+        b.announce(add=[token])
+        assert (await b.expect(wire.Introduction)).instance == a.instance
+        assert (await a.expect(wire.Introduction)).instance == b.instance
+        text = urllib.request.urlopen(two_workers.facts["metrics"], timeout=5).read().decode()
+        assert 'beacon_introductions_total{worker="0"} 1.0' in text
+        assert 'beacon_introductions_total{worker="1"} 1.0' in text
+        # SIGHUP is forwarded to the workers, which carry on (nothing restarted, still serving)
+        os.kill(two_workers.process.pid, signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        a.send(wire.Ping(nonce=7))
+        b.send(wire.Ping(nonce=8))
+        assert (await a.expect(wire.Pong)).nonce == 7
+        assert (await b.expect(wire.Pong)).nonce == 8
+        assert all(os.path.exists(f"/proc/{pid}") for pid in two_workers.worker_pids())
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_client_whose_nat_rebinds_keeps_its_worker(two_workers):
+    """Each rebinding changes the 4-tuple: without steering by connection ID every one of them
+    would have a 1 in 2 chance of reaching the wrong worker (which drops the packet)."""
+    nat = await RebindingNat.open(two_workers.address)
+    client = await BeaconClient.connect(nat.address, two_workers.fingerprint)
+    try:
+        ports = {nat.outside_port}
+        for nonce in range(10):
+            await nat.rebind()
+            ports.add(nat.outside_port)
+            client.send(wire.Ping(nonce=nonce))
+            pong = await client.expect(wire.Pong, timeout=3)
+            assert pong.nonce == nonce
+        assert len(ports) == 11
+    finally:
+        await client.close()
+        nat.close()
+
+
+async def test_a_killed_worker_is_restarted_and_its_peers_meet_again(two_workers):
+    a, b = await clients_on_each_worker(two_workers, 2)
+    killed = two_workers.worker_pids()[1]
+    os.kill(killed, signal.SIGKILL)
+    await b.close()
+    token = os.urandom(32)
+    a.announce(add=[token])
+    # b's process reconnects (as a peer does, forever) until it lands on the restarted worker 1
+    deadline = time.monotonic() + 20
+    again = None
+    while again is None:
+        assert time.monotonic() < deadline, "worker 1 did not come back"
+        with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+            candidate = await BeaconClient.connect(two_workers.address, two_workers.fingerprint, timeout=1.0)
+            if worker_of(candidate) == 1:
+                again = candidate
+            else:
+                await candidate.close()
+        await asyncio.sleep(0.05)
+    try:
+        again.announce(add=[token])
+        assert (await again.expect(wire.Introduction)).instance == a.instance
+        assert (await a.expect(wire.Introduction)).instance == again.instance
+    finally:
+        await a.close()
+        await again.close()
