@@ -123,10 +123,9 @@ def assert_slow_client_is_reset(port: int, late: float = 0.5) -> float:
 def assert_silent_client_is_reset(port: int) -> float:
     """A client that never sends: reset after the grace, never a clean EOF; returns how long it took."""
     started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        with pytest.raises(ConnectionResetError):
-            data = sock.recv(1024)
-            raise AssertionError(f"got {data!r} instead of a reset")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, pytest.raises(ConnectionResetError):
+        data = sock.recv(1024)
+        raise AssertionError(f"got {data!r} instead of a reset")
     return time.monotonic() - started
 
 
