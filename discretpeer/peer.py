@@ -185,6 +185,8 @@ class Peer(FailureReport):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for connection in list(self._connections):  # any verified while the others were closing
+            connection.close("peer closing")
         if self._endpoint is not None:
             self._endpoint.close()
             await asyncio.sleep(0)  # let the transport close
@@ -349,6 +351,11 @@ class Peer(FailureReport):
         try:
             await asyncio.wait_for(protocol.wait_handshake(), DIAL_TIMEOUT * 2)
             verified = await authenticate_as_listener(protocol, self.identity, self._book.policy_for_token)
+        except asyncio.CancelledError:
+            # we are closing: say so, or the dialer (verified on its side already) would take the
+            # connection for a live one and hear nothing until its path timeout
+            protocol.close_with("peer closing")
+            raise
         except (AuthError, ConnectionError, OSError, TimeoutError) as exc:
             text = str(exc) or type(exc).__name__
             if isinstance(exc, AuthError):
@@ -360,6 +367,9 @@ class Peer(FailureReport):
             return
         finally:
             self._pending_incoming -= 1
+        if self._closed:  # verified while close() was closing the others
+            protocol.close_with("peer closing")
+            return
         record = self._book.by_token(verified.token)
         if record is None:
             protocol.close_with("meeting withdrawn")

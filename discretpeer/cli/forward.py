@@ -26,7 +26,7 @@ from .session import (
     stop_event,
 )
 from .settings import Settings, load_identity
-from .splice import Splice, StdioSide, TcpSide, Traffic, read_frame
+from .splice import RESET_GRACE, Splice, StdioSide, TcpSide, Traffic, read_frame
 
 RESPONSE_TIMEOUT = 15.0
 
@@ -140,7 +140,7 @@ async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, co
         task = asyncio.current_task()
         if task is not None:
             tasks.add(task)
-        local = TcpSide(reader, writer)
+        local = TcpSide(reader, writer, reset_grace=RESET_GRACE)
         state.tunnels_total += 1
         state.tunnels_open += 1
         try:
@@ -150,7 +150,7 @@ async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, co
                 state.failed += 1
                 console.error(f"connection #{number} reset: no peer connection: {exc}", event="tunnel_failed",
                               number=number, reason=str(exc))
-                local.abort()  # RST: the client program sees an error, not an empty reply
+                await local.reset()  # RST: the client program sees an error, not an empty reply
                 return
             try:
                 splice = await open_tunnel(conn, port, local, Traffic(parent=state.traffic))
@@ -158,7 +158,7 @@ async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, co
                 state.failed += 1
                 console.error(f"connection #{number} reset: {exc}", event="tunnel_failed", number=number,
                               reason=str(exc))
-                local.abort()
+                await local.reset()
                 return
             error = await splice.run()
             if error:

@@ -15,12 +15,15 @@ import queue
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from discretpeer.tunnel import Decoder, Frame, FrameType
 
 CHUNK = 64 * 1024
+# How long a reset waits for an accepted client that has not spoken yet (see TcpSide.reset).
+RESET_GRACE = 1.0
 STDIN_CHUNKS_IN_FLIGHT = 4
 
 
@@ -49,16 +52,26 @@ class LocalSide(Protocol):
     async def write(self, data: bytes) -> None: ...
     async def write_eof(self) -> None: ...
     def abort(self) -> None: ...
+    async def reset(self) -> None: ...
     async def close(self) -> None: ...
 
 
 class TcpSide:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A TCP connection as a local side. ``reset_grace``: for a connection we accepted, how long
+    :meth:`reset` may wait for the client program to show it is past its ``connect()``."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                 reset_grace: float = 0.0) -> None:
         self.reader = reader
         self.writer = writer
+        self.reset_grace = reset_grace
+        self._since = time.monotonic()
+        self._heard = False  # the other end sent data or EOF: it saw its connect() succeed
 
     async def read(self) -> bytes:
-        return await self.reader.read(CHUNK)
+        data = await self.reader.read(CHUNK)
+        self._heard = True
+        return data
 
     async def write(self, data: bytes) -> None:
         self.writer.write(data)
@@ -69,9 +82,25 @@ class TcpSide:
             self.writer.write_eof()
 
     def abort(self) -> None:
-        """Reset the connection (RST): the client program sees an error, never a clean empty end."""
+        """Reset the connection (RST) now: the client program sees an error, never a clean empty end."""
         reset_on_close(self.writer.transport)
         self.writer.transport.abort()
+
+    async def reset(self) -> None:
+        """Reset the connection, but not before the client program can have seen it established.
+
+        The kernel completes the handshake before we accept; a client with a non-blocking
+        ``connect()`` (curl, browsers) checks the outcome only when it next runs, and a RST that
+        arrives first turns into a failed connect ("Couldn't connect to server", as if nothing
+        listened). So until the client sent data or EOF, wait for that, at most ``reset_grace``
+        from the accept, then reset."""
+        wait = self.reset_grace - (time.monotonic() - self._since)
+        try:
+            if not self._heard and wait > 0:
+                with contextlib.suppress(TimeoutError, ConnectionError):
+                    await asyncio.wait_for(self.reader.read(CHUNK), wait)
+        finally:
+            self.abort()
 
     async def close(self) -> None:
         self.writer.close()
@@ -173,6 +202,9 @@ class StdioSide:
         self._close_out()
 
     def abort(self) -> None:
+        self._close_out()
+
+    async def reset(self) -> None:
         self._close_out()
 
     def _close_out(self) -> None:
@@ -297,8 +329,10 @@ class Splice:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            if error is not None or aborted:
-                self.local.abort()
+            if aborted:
+                self.local.abort()  # the local side is gone already
+            elif error is not None:
+                await self.local.reset()
             with contextlib.suppress(Exception):
                 self.writer.write_eof()  # no-op if already sent
             with contextlib.suppress(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import signal
 import socket
@@ -98,6 +99,36 @@ def assert_reset(port: int, timeout: float = 10.0) -> float:
     return time.monotonic() - started
 
 
+def assert_slow_client_is_reset(port: int, late: float = 0.5) -> float:
+    """A client that looks at its non-blocking connect() only ``late`` seconds after it (a busy
+    machine, curl's event loop): the connection must be established then, not already reset (a RST
+    before the client saw it established reads as "connection refused"); the reset comes after it
+    spoke. Returns how long it took."""
+    started = time.monotonic()
+    with socket.socket() as sock:
+        sock.setblocking(False)
+        assert sock.connect_ex(("127.0.0.1", port)) in (0, errno.EINPROGRESS)
+        time.sleep(late)
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        assert error == 0, f"connect() failed with {errno.errorcode.get(error, error)}"
+        sock.setblocking(True)
+        sock.settimeout(10)
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        with pytest.raises(ConnectionResetError):
+            data = sock.recv(1024)
+            raise AssertionError(f"got {data!r} instead of a reset")
+    return time.monotonic() - started
+
+
+def assert_silent_client_is_reset(port: int) -> float:
+    """A client that never sends: reset after the grace, never a clean EOF; returns how long it took."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, pytest.raises(ConnectionResetError):
+        data = sock.recv(1024)
+        raise AssertionError(f"got {data!r} instead of a reset")
+    return time.monotonic() - started
+
+
 def start_forward(node: Node, target: str, *args: str, name: str):
     forward = node.start("forward", "0", "--to", target, *args, "--json", name=name)
     return forward, forward.wait_event("listening")["port"]
@@ -121,6 +152,21 @@ def test_forward_resets_the_client_when_the_port_is_not_exposed(lab):
         forward.stop()
 
 
+def test_forward_never_resets_a_client_before_it_saw_its_connect_succeed(lab):
+    """The refusal arrives within milliseconds; a client that checks its connect() later must still
+    find it established (curl would otherwise say exit 7 "Couldn't connect to server")."""
+    b, a = lab["b"], lab["a"]
+    forward, local = start_forward(b, a.peer_id, "--port", str(free_port()), name="forward-slow-client")
+    try:
+        forward.wait_event("connected")
+        assert_slow_client_is_reset(local)
+        assert forward.wait_event("tunnel_failed")["number"] == 1
+        took = assert_silent_client_is_reset(local)
+        assert 0.5 < took < 3, took  # the grace (1 s) from the accept, then the reset
+    finally:
+        forward.stop()
+
+
 def test_forward_resets_the_client_when_no_peer_connection_can_be_made(lab):
     b = lab["b"]
     forward, local = start_forward(b, OTHER_ID, "--timeout", "2", name="forward-nobody")
@@ -129,8 +175,10 @@ def test_forward_resets_the_client_when_no_peer_connection_can_be_made(lab):
         assert took < 6
         failed = forward.wait_event("tunnel_failed")
         assert "no peer connection" in failed["message"] and "not found" in failed["reason"], failed
-        took = assert_reset(local)  # while waiting to retry: at once, with the last reason
-        assert took < 1.0, took
+        # while waiting to retry: at once, with the last reason (yet not before the client saw its
+        # connect succeed: this one looks 0.5 s late)
+        took = assert_slow_client_is_reset(local)
+        assert took < 1.5, took
     finally:
         forward.stop()
 

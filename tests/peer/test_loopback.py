@@ -488,3 +488,35 @@ async def test_token_refused_as_full_is_announced_again_when_a_place_frees(make_
         finally:
             for peer in holders:
                 await peer.close()
+
+
+async def test_a_closing_peer_closes_connections_verified_while_it_closes(beacon):
+    """close() waits (bounded) for its connections' data to be acknowledged; a peer that connects
+    in that window (a ``forward`` reconnecting at once to an ``expose`` that is stopping) must have
+    its connection closed too, not dropped silently (it would hear nothing until its path timeout,
+    6 s, and take the dead connection for a live one until then)."""
+    ia, ib, ic = Identity.generate(), Identity.generate(), Identity.generate()
+    entry = beacon_entry(beacon)
+    async with loopback_peer(ib, [entry]) as pb, loopback_peer(ic, [entry]) as pc:
+        pa = await loopback_peer(ia, [entry]).start()
+        try:
+            await pa.listen_for_peers([ib.peer_id, ic.peer_id])
+            incoming = pa.incoming()
+            await pb.connect_to_peer(ia.peer_id, timeout=5)
+            held = await asyncio.wait_for(anext(incoming), 5)
+            _, writer = await held.open_stream()
+            writer.write(b"x" * 4_000_000)  # b never reads it: close() waits up to 2 s for its ack
+            closing = asyncio.ensure_future(pa.close())
+            await asyncio.sleep(0.1)
+            assert not closing.done()
+            try:
+                conn = await pc.connect_to_peer(ia.peer_id, timeout=3)
+            except ConnectError:
+                return  # never verified: nothing to close (also fine)
+            started = time.monotonic()
+            while not conn.closed and time.monotonic() - started < 3:
+                await asyncio.sleep(0.02)
+            assert conn.closed, "the closing peer dropped a verified connection without closing it"
+            await closing
+        finally:
+            await pa.close()
