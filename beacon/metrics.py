@@ -23,7 +23,8 @@ SNAPSHOT_METRICS: dict[str, tuple[str, str]] = {
     "beacon_tcp_open_connections": ("gauge", "TLS/TCP client connections open now"),
     "beacon_tcp_handshakes_in_progress": ("gauge", "TCP connections in their TLS handshake"),
     "beacon_tcp_relay_backlog_drops": (
-        "counter", "Relayed datagrams dropped because a TCP client had too many unsent bytes"
+        "counter",
+        "Relayed datagrams dropped because a TCP client had too many unsent bytes",
     ),
     "beacon_tokens_held": ("gauge", "Tokens held, summed over connections"),
     "beacon_distinct_tokens": ("gauge", "Distinct tokens someone waits on"),
@@ -35,7 +36,8 @@ SNAPSHOT_METRICS: dict[str, tuple[str, str]] = {
     "beacon_store_connected": ("gauge", "1 when the shared meeting store answers, 0 while it is lost (1 in memory)"),
     "beacon_store_failures": ("counter", "Times the shared meeting store was lost or found restarted"),
     "beacon_handshake_dropped_datagrams": (
-        "counter", "Long-header datagrams dropped before any connection state, by reason (undecryptable, queue_full)"
+        "counter",
+        "Long-header datagrams dropped before any connection state, by reason (undecryptable, queue_full)",
     ),
     "beacon_stateless_resets": ("counter", "Stateless resets for unknown connection IDs: sent, rate_limited"),
 }
@@ -78,22 +80,31 @@ class BeaconMetrics:
             "beacon_handshakes_refused", "New connections refused before a handshake, by reason", ["reason"], registry=r
         )
         self.dropped_connections = Counter(
-            "beacon_dropped_connections", "Connections closed for misusing QUIC (control stream reset, ...), by reason",
-            ["reason"], registry=r,
+            "beacon_dropped_connections",
+            "Connections closed for misusing QUIC (control stream reset, ...), by reason",
+            ["reason"],
+            registry=r,
         )
         self.retries = Counter("beacon_retries", "QUIC Retry packets sent (address validation)", registry=r)
         self.announces = Counter("beacon_announces", "Announce frames applied", registry=r)
         self.introductions = Counter("beacon_introductions", "Introduction frames sent", registry=r)
-        self.rejections = Counter("beacon_rejections", "Error frames sent to clients, by reason", ["reason"], registry=r)
+        self.rejections = Counter(
+            "beacon_rejections", "Error frames sent to clients, by reason", ["reason"], registry=r
+        )
         self.relay_sessions = Counter("beacon_relay_sessions", "Relay sessions granted", registry=r)
-        self.relay_ended = Counter("beacon_relay_sessions_ended", "Relay sessions ended, by reason", ["reason"], registry=r)
+        self.relay_ended = Counter(
+            "beacon_relay_sessions_ended", "Relay sessions ended, by reason", ["reason"], registry=r
+        )
         self.tcp_refused = Counter(
             "beacon_tcp_refused",
             "TCP connections closed for bad input (garbage, plain_http, wrong_alpn, tls_failed, handshake_timeout, "
             "too_large, malformed, truncated, ...), by reason",
-            ["reason"], registry=r,
+            ["reason"],
+            registry=r,
         )
-        self.relay_refusals = Counter("beacon_relay_refusals", "Relay requests refused, by reason", ["reason"], registry=r)
+        self.relay_refusals = Counter(
+            "beacon_relay_refusals", "Relay requests refused, by reason", ["reason"], registry=r
+        )
 
     def watch(self, read: Callable[[], Snapshot]) -> None:
         """Register the server's snapshot of plain numbers (see :data:`SNAPSHOT_METRICS`)."""
@@ -125,11 +136,17 @@ class MetricsHTTPServer:
             else:
                 body, status, ctype = b"not found\n", b"404 Not Found", b"text/plain"
             writer.write(
-                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype
-                + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: "
+                + ctype
+                + b"\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
             )
             await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         finally:
             writer.close()

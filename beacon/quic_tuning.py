@@ -82,8 +82,7 @@ def install() -> None:
 def _hooks_present() -> bool:
     probe = QuicConnection.__init__.__code__.co_names
     return all(
-        name in probe
-        for name in ("_crypto_buffers", "_local_active_connection_id_limit", "_host_cids", "_cryptos")
+        name in probe for name in ("_crypto_buffers", "_local_active_connection_id_limit", "_host_cids", "_cryptos")
     ) and hasattr(QuicConnection, "_replenish_connection_ids")
 
 
@@ -94,16 +93,16 @@ def _replenish_capped(quic: QuicConnection) -> None:
     """aioquic's ``_replenish_connection_ids`` with at most :data:`MAX_CONNECTION_IDS` IDs."""
     import os
 
-    limit = min(MAX_CONNECTION_IDS, quic._remote_active_connection_id_limit)  # noqa: SLF001
-    while len(quic._host_cids) < limit:  # noqa: SLF001
-        quic._host_cids.append(  # noqa: SLF001
+    limit = min(MAX_CONNECTION_IDS, quic._remote_active_connection_id_limit)
+    while len(quic._host_cids) < limit:
+        quic._host_cids.append(
             QuicConnectionId(
-                cid=os.urandom(quic._configuration.connection_id_length),  # noqa: SLF001
-                sequence_number=quic._host_cid_seq,  # noqa: SLF001
+                cid=os.urandom(quic._configuration.connection_id_length),
+                sequence_number=quic._host_cid_seq,
                 stateless_reset_token=os.urandom(16),
             )
         )
-        quic._host_cid_seq += 1  # noqa: SLF001
+        quic._host_cid_seq += 1
 
 
 class PostHandshakeTLS:
@@ -130,21 +129,21 @@ class PostHandshakeTLS:
 class OnDemandAEAD(AEAD):
     """aioquic's AEAD whose OpenSSL object exists only while a packet is sealed or opened."""
 
-    def __init__(self, cipher_name: bytes, key: bytes, iv: bytes) -> None:  # noqa: D107
+    def __init__(self, cipher_name: bytes, key: bytes, iv: bytes) -> None:
         # not super().__init__: that builds the object this class exists not to keep
         self._chacha = cipher_name == b"chacha20-poly1305"
         self._key = key
         self._iv = int.from_bytes(iv, "big")
 
-    @property  # type: ignore[override]
-    def _aead(self) -> Any:
+    @property
+    def _aead(self) -> Any:  # type: ignore[override]  # a per-packet object instead of AEAD's attribute
         return aead.ChaCha20Poly1305(self._key) if self._chacha else aead.AESGCM(self._key)
 
 
 class OnDemandHeaderProtection(HeaderProtection):
     """aioquic's HeaderProtection whose cipher context is built per packet."""
 
-    def __init__(self, cipher_name: bytes, key: bytes) -> None:  # noqa: D107
+    def __init__(self, cipher_name: bytes, key: bytes) -> None:
         self._is_chacha20 = cipher_name == b"chacha20"
         self._key = key
 
@@ -160,7 +159,11 @@ def _ciphers_on_demand(context: CryptoContext) -> None:
     if isinstance(context.aead, OnDemandAEAD):
         return
     hp_name, aead_name = CIPHER_SUITES[context.cipher_suite]
-    key, iv, hp_key = derive_key_iv_hp(cipher_suite=context.cipher_suite, secret=context.secret, version=context.version)
+    if context.version is None:
+        return
+    key, iv, hp_key = derive_key_iv_hp(
+        cipher_suite=context.cipher_suite, secret=context.secret, version=context.version
+    )
     context.aead = OnDemandAEAD(aead_name, key, iv)
     context.hp = OnDemandHeaderProtection(hp_name, hp_key)
 
@@ -204,7 +207,7 @@ def lighten_protocol(protocol: Any) -> None:
     """At creation of a server-side protocol (before any event)."""
     closed = getattr(protocol, "_closed", None)
     if isinstance(closed, asyncio.Event) and not closed.is_set():
-        protocol._closed = ClosedFlag()  # noqa: SLF001
+        protocol._closed = ClosedFlag()
 
 
 class _CappedReplenish:
@@ -233,7 +236,7 @@ class _TokenedReplenish:
 
     def __call__(self) -> None:
         self.inner()
-        for connection_id in self.quic._host_cids:  # noqa: SLF001
+        for connection_id in self.quic._host_cids:
             if not connection_id.was_sent:
                 connection_id.stateless_reset_token = self.token_for(connection_id.cid)
 
@@ -245,37 +248,37 @@ def derive_reset_tokens(quic: QuicConnection, token_for: Any) -> None:
     Call after :func:`prepare_server_connection`."""
     if not hasattr(quic, "_host_cids") or not hasattr(quic, "_replenish_connection_ids"):
         return
-    first = quic._host_cids[0]  # noqa: SLF001 - its token goes in the transport parameters
+    first = quic._host_cids[0]
     first.stateless_reset_token = token_for(first.cid)
-    inner = quic._replenish_connection_ids  # noqa: SLF001 - aioquic's, or prepare_server_connection's
-    quic._replenish_connection_ids = _TokenedReplenish(inner, quic, token_for)  # type: ignore[method-assign]  # noqa: SLF001
+    inner = quic._replenish_connection_ids
+    quic._replenish_connection_ids = _TokenedReplenish(inner, quic, token_for)  # type: ignore[method-assign]
 
 
 def prepare_server_connection(quic: QuicConnection) -> None:
     """Before the handshake: ask for and issue fewer connection IDs."""
     if not AVAILABLE:
         return
-    quic._local_active_connection_id_limit = MAX_CONNECTION_IDS  # noqa: SLF001
+    quic._local_active_connection_id_limit = MAX_CONNECTION_IDS
     # an instance attribute shadows the method; aioquic calls self._replenish_connection_ids()
-    quic._replenish_connection_ids = _CappedReplenish(quic)  # type: ignore[method-assign]  # noqa: SLF001
+    quic._replenish_connection_ids = _CappedReplenish(quic)  # type: ignore[method-assign]
 
 
 def trim_after_handshake(quic: QuicConnection) -> None:
     """After ``HandshakeCompleted`` on a server connection: drop what only the handshake used."""
-    if not AVAILABLE or quic._is_client:  # noqa: SLF001
+    if not AVAILABLE or quic._is_client:
         return
-    buffers = quic._crypto_buffers  # noqa: SLF001
+    buffers = quic._crypto_buffers
     for epoch in list(buffers):
         buffers[epoch] = Buffer(capacity=0)
     context = quic.tls
     if isinstance(context, tls.Context) and context.state == tls.State.SERVER_POST_HANDSHAKE:
         quic.tls = PostHandshakeTLS(context)  # type: ignore[assignment]
-    if getattr(quic, "_datagrams_pending", None) is not None and not quic._datagrams_pending:  # noqa: SLF001
-        quic._datagrams_pending = ()  # type: ignore[assignment]  # noqa: SLF001
+    if getattr(quic, "_datagrams_pending", None) is not None and not quic._datagrams_pending:
+        quic._datagrams_pending = ()  # type: ignore[assignment]
     # a server discards the Initial and Handshake epochs when its handshake completes
-    spaces = quic._spaces  # noqa: SLF001
-    cryptos = quic._cryptos  # noqa: SLF001
-    streams = quic._crypto_streams  # noqa: SLF001
+    spaces = quic._spaces
+    cryptos = quic._cryptos
+    streams = quic._crypto_streams
     for epoch in _DEAD_EPOCHS:
         pair = cryptos.get(epoch)
         if pair is None or not _is_dead(pair):
@@ -288,18 +291,18 @@ def trim_after_handshake(quic: QuicConnection) -> None:
             streams[epoch] = _DEAD_STREAM
     initial = getattr(quic, "_cryptos_initial", None)
     if initial and all(_is_dead(pair) for pair in initial.values()):
-        quic._cryptos_initial = dict.fromkeys(initial, _DEAD_PAIR)  # noqa: SLF001
-    for pair in quic._cryptos.values():  # noqa: SLF001
-        for context in (pair.recv, pair.send):
-            context._setup_cb = NoCallback  # noqa: SLF001
-            context._teardown_cb = NoCallback  # noqa: SLF001
+        quic._cryptos_initial = dict.fromkeys(initial, _DEAD_PAIR)
+    for pair in quic._cryptos.values():
+        for crypto_context in (pair.recv, pair.send):
+            crypto_context._setup_cb = NoCallback
+            crypto_context._teardown_cb = NoCallback
 
 
 def release_ciphers(quic: QuicConnection) -> None:
     """Once a connection has settled (the beacon calls this a few seconds after the handshake,
     so that the registration's own packets still use the kept ciphers): rebuild its 1-RTT
     ciphers per packet from now on (see the module docstring). Safe on any live connection."""
-    if not AVAILABLE or not ON_DEMAND_CIPHERS or quic._is_client:  # noqa: SLF001
+    if not AVAILABLE or not ON_DEMAND_CIPHERS or quic._is_client:
         return
     cryptos = getattr(quic, "_cryptos", None)
     one_rtt = cryptos.get(tls.Epoch.ONE_RTT) if cryptos else None
@@ -370,9 +373,7 @@ class BeaconQuicConnection(QuicConnection):
 
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
         max_data = self._local_max_data
-        buffered = sum(
-            s.receiver.highest_offset - s.receiver.starting_offset() for s in self._streams.values()
-        )
+        buffered = sum(s.receiver.highest_offset - s.receiver.starting_offset() for s in self._streams.values())
         target = max_data.used - buffered + CONTROL_WINDOW
         if target - max_data.value >= CONTROL_WINDOW // 2:
             max_data.value = target
@@ -399,7 +400,7 @@ class BeaconQuicConnection(QuicConnection):
     def _handle_stream_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
         super()._handle_stream_frame(context, frame_type, buf)
         for stream in self._streams.values():
-            if len(stream.receiver._ranges) > MAX_STREAM_GAPS:  # noqa: SLF001
+            if len(stream.receiver._ranges) > MAX_STREAM_GAPS:
                 raise QuicConnectionError(
                     error_code=QuicErrorCode.PROTOCOL_VIOLATION,
                     frame_type=frame_type,
@@ -448,7 +449,10 @@ def initial_decrypts(data: bytes, host_cid_length: int) -> bool:
         salt = INITIAL_SALT_VERSION_2 if header.version == QuicProtocolVersion.VERSION_2 else INITIAL_SALT_VERSION_1
         algorithm = tls.cipher_suite_hash(INITIAL_CIPHER_SUITE)
         secret = tls.hkdf_expand_label(
-            algorithm, tls.hkdf_extract(algorithm, salt, header.destination_cid), b"client in", b"",
+            algorithm,
+            tls.hkdf_extract(algorithm, salt, header.destination_cid),
+            b"client in",
+            b"",
             algorithm.digest_size,
         )
         context = CryptoContext()

@@ -144,7 +144,11 @@ class RelayTable:
         self.forwarded_datagrams = 0
         self.sessions_started = 0
         self.dropped: dict[str, int] = {
-            "not_relay": 0, "unknown_session": 0, "wrong_source": 0, "throttled": 0, "throttled_total": 0,
+            "not_relay": 0,
+            "unknown_session": 0,
+            "wrong_source": 0,
+            "throttled": 0,
+            "throttled_total": 0,
         }
         # set by route() when a datagram names a live session from an address of neither side:
         # the server may rebind a side that migrated there (validated path), then route again

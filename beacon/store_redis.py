@@ -525,8 +525,15 @@ class RedisStore:
 
     def _queue_announce(self, pipe: Any, key: Key, local: _Local, withdraw: list[bytes], new: list[bytes]) -> None:
         args = [
-            PREFIX, self._gkey(key), local.instance, self.options.ttl_seconds,
-            self.max_peers_per_token, self.max_peers_per_token_per_ip, len(withdraw), *withdraw, *new,
+            PREFIX,
+            self._gkey(key),
+            local.instance,
+            self.options.ttl_seconds,
+            self.max_peers_per_token,
+            self.max_peers_per_token_per_ip,
+            len(withdraw),
+            *withdraw,
+            *new,
         ]
         pipe.evalsha(self._announce_sha, 0, *args)
 
@@ -579,7 +586,7 @@ class RedisStore:
                         self.log.warning("store_bad_message", error=str(exc))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a failing store call must not end the worker: logged, retried
             if pubsub is self._pubsub:
                 self._lost(exc)
 
@@ -697,7 +704,7 @@ class RedisStore:
                         await pipe.execute()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a failing store call must not end the worker: logged, retried
                 self._lost(exc)
 
 
@@ -742,4 +749,3 @@ def _int_or_none(text: str) -> int | None:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-

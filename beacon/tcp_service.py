@@ -252,10 +252,10 @@ class TcpClient(asyncio.Protocol):
         self._end_handshake()
         self._established = True
         self.last_received = self.service.now
-        self.server._connection_started(self, self.address)  # noqa: SLF001
+        self.server._connection_started(self, self.address)  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
         peer = self.peer
         if peer is not None:
-            self.server._handshake_completed(peer)  # noqa: SLF001
+            self.server._handshake_completed(peer)  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
 
     def _read(self) -> None:
         chunks = []
@@ -295,26 +295,26 @@ class TcpClient(asyncio.Protocol):
             except WireError as exc:
                 reason = "too_large" if exc.code == ErrorCode.FRAME_TOO_LARGE else "malformed"
                 server.metrics.tcp_refused.labels(reason).inc()
-                server._reject(peer, exc.code, exc.message)  # noqa: SLF001
+                server._reject(peer, exc.code, exc.message)  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
                 return
             for item in items:
                 if peer.closing:
                     return
                 if isinstance(item, bytes):
                     if peer.hello:
-                        server._relay_datagram(self, item, self.address)  # noqa: SLF001
+                        server._relay_datagram(self, item, self.address)  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
                     continue
                 try:
-                    server._on_message(peer, item)  # noqa: SLF001
+                    server._on_message(peer, item)  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
                 except Exception:
                     server.log.exception("internal_error", conn=peer.key)
-                    server._reject(peer, ErrorCode.INTERNAL, "internal error")  # noqa: SLF001
+                    server._reject(peer, ErrorCode.INTERNAL, "internal error")  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
                     return
 
     def _leave_and_close(self) -> None:
         peer = self.peer
         if peer is not None:
-            self.server._leave(peer)  # noqa: SLF001
+            self.server._leave(peer)  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
         self.close()
 
     def _flush(self, *, force: bool = False) -> None:
@@ -334,7 +334,7 @@ class TcpClient(asyncio.Protocol):
             self.server.log.debug("tcp_refused", reason=reason, address=str(self.address))
         peer = self.peer
         if peer is not None:
-            self.server._leave(peer)  # noqa: SLF001
+            self.server._leave(peer)  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
         self._closed = True
         if self.transport is not None:
             self.transport.abort() if reason is not None else self.transport.close()
@@ -388,7 +388,7 @@ class TcpService:
             for client in [c for c in self.clients if c.peer is not None and now - c.last_received > idle]:
                 peer = client.peer
                 if peer is not None and not peer.closing:
-                    self.server._reject(peer, ErrorCode.IDLE_TIMEOUT, "idle", wait=False)  # noqa: SLF001
+                    self.server._reject(peer, ErrorCode.IDLE_TIMEOUT, "idle", wait=False)  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
 
     def _new_client(self) -> TcpClient:
         client = TcpClient(self)
@@ -398,12 +398,12 @@ class TcpService:
     def admit(self, address: tuple[str, int]) -> str | None:
         """None to go on with the TLS handshake, else the reason to refuse (a metric label)."""
         server = self.server
-        if server._stopping:  # noqa: SLF001
+        if server._stopping:  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
             return "stopping"
-        if len(server._peers) + self.handshaking >= server.config.max_connections:  # noqa: SLF001
+        if len(server._peers) + self.handshaking >= server.config.max_connections:  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
             return "max_connections"
         loop = asyncio.get_running_loop()
-        if not server._handshakes.take(ip_key(address[0]), loop.time()):  # noqa: SLF001
+        if not server._handshakes.take(ip_key(address[0]), loop.time()):  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
             return "rate_limited"
         return None
 
@@ -421,5 +421,3 @@ class TcpService:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.wait_closed(), 2.0)
         self.listeners.clear()
-
-

@@ -201,10 +201,20 @@ class Supervisor:
         with contextlib.suppress(FileNotFoundError):
             ready.unlink()
         argv = [
-            sys.executable, "-m", "beacon", *self.argv,
-            "--worker-index", str(worker.index), "--worker-count", str(self.count),
-            "--worker-fds", ",".join(map(str, fds)), "--worker-machine", self.machine,
-            "--ready-file", str(ready),
+            sys.executable,
+            "-m",
+            "beacon",
+            *self.argv,
+            "--worker-index",
+            str(worker.index),
+            "--worker-count",
+            str(self.count),
+            "--worker-fds",
+            ",".join(map(str, fds)),
+            "--worker-machine",
+            self.machine,
+            "--ready-file",
+            str(ready),
         ]
         worker.process = subprocess.Popen(argv, pass_fds=fds, stdout=subprocess.DEVNULL)
         worker.started = time.monotonic()

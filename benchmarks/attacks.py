@@ -92,16 +92,32 @@ async def run(bench: Any) -> None:
         result = await _amplification(hostile, target, make, 200, 0.5)
         ratio = result["received"] / result["sent"]
         amplification[name] = result
-        bench.add(Row("attacks", f"bytes sent per byte received: {name}", ratio, "x",
-                      target="<= 3 (RFC 9000 8.1)", met=ratio <= 3.0,
-                      note=f"{result['received']} B in {result['datagrams']} datagrams for {result['sent']} B"))
+        bench.add(
+            Row(
+                "attacks",
+                f"bytes sent per byte received: {name}",
+                ratio,
+                "x",
+                target="<= 3 (RFC 9000 8.1)",
+                met=ratio <= 3.0,
+                note=f"{result['received']} B in {result['datagrams']} datagrams for {result['sent']} B",
+            )
+        )
     result = await abandoned
     ratio = result["received"] / result["sent"]
     amplification["abandoned handshakes"] = result
-    bench.add(Row("attacks", "bytes sent per byte received: valid Initial, source never answers (10)", ratio, "x",
-                  target="<= 3 (RFC 9000 8.1)", met=result["worst"] <= 3.0,
-                  note=f"worst single source {result['worst']:.2f}x, over the {HELLO_TIMEOUT:.0f} s hello timeout "
-                       f"including its CONNECTION_CLOSE"))
+    bench.add(
+        Row(
+            "attacks",
+            "bytes sent per byte received: valid Initial, source never answers (10)",
+            ratio,
+            "x",
+            target="<= 3 (RFC 9000 8.1)",
+            met=result["worst"] <= 3.0,
+            note=f"worst single source {result['worst']:.2f}x, over the {HELLO_TIMEOUT:.0f} s hello timeout "
+            f"including its CONNECTION_CLOSE",
+        )
+    )
     await bench.stop_all()
 
     # --- memory per hostile connection -----------------------------------------------------------
@@ -111,7 +127,8 @@ async def run(bench: Any) -> None:
     for kind, rounds in (("idle", 0), ("hostile", HOSTILE_ROUNDS)):
         server, ready = await bench.worker(f"attacks-mem-{kind}", "server", ["--kind", "beacon", "--defaults"])
         attacker, _ = await bench.worker(
-            f"attacker-mem-{kind}", "attack",
+            f"attacker-mem-{kind}",
+            "attack",
             ["--target", f"127.0.0.1:{ready['port']}", f"--fingerprint={ready['fingerprint']}"],
         )
         await asyncio.sleep(0.5)
@@ -121,15 +138,29 @@ async def run(bench: Any) -> None:
         held = await attacker.expect("held", 120)
         server.send(cmd="stats", gc=True)
         stats = await server.expect("stats", 30)
-        per_connection[kind] = {"per": (stats["rss"] - before) / HOSTILE_CONNECTIONS, "held": held,
-                                "connections": stats["connections"], "rss": stats["rss"], "rss0": before}
+        per_connection[kind] = {
+            "per": (stats["rss"] - before) / HOSTILE_CONNECTIONS,
+            "held": held,
+            "connections": stats["connections"],
+            "rss": stats["rss"],
+            "rss0": before,
+        }
         await bench.stop_all()
     hostile_kb = per_connection["hostile"]["per"] / 1024
-    bench.add(Row("attacks", "beacon RSS per hostile connection (out-of-order STREAM attack, kept open)", hostile_kb,
-                  "KB", "per idle registered connection", per_connection["idle"]["per"] / 1024,
-                  target="a few hundred KB at most", met=hostile_kb <= 300,
-                  note=f"highest offset the attackers reached: {per_connection['hostile']['held']['highest_offset']} "
-                       f"(aioquic alone: +256 MB after 13 frames, issue 12)"))
+    bench.add(
+        Row(
+            "attacks",
+            "beacon RSS per hostile connection (out-of-order STREAM attack, kept open)",
+            hostile_kb,
+            "KB",
+            "per idle registered connection",
+            per_connection["idle"]["per"] / 1024,
+            target="a few hundred KB at most",
+            met=hostile_kb <= 300,
+            note=f"highest offset the attackers reached: {per_connection['hostile']['held']['highest_offset']} "
+            f"(aioquic alone: +256 MB after 13 frames, issue 12)",
+        )
+    )
 
     # --- meeting latency under attack ------------------------------------------------------------
     server, ready = await bench.worker("attacks-latency-beacon", "server", ["--kind", "beacon", "--defaults"])
@@ -137,8 +168,9 @@ async def run(bench: Any) -> None:
     pin = f"--fingerprint={ready['fingerprint']}"
     prober, _ = await bench.worker("attacks-intro", "intro", ["--target", address, pin])
     victim, _ = await bench.worker("attacker-victim-ip", "attack", ["--target", address, pin, "--bind", "127.0.0.1"])
-    other, _ = await bench.worker("attacker-other-ip", "attack",
-                                  ["--target", address, f"--fingerprint={ready['fingerprint']}"])
+    other, _ = await bench.worker(
+        "attacker-other-ip", "attack", ["--target", address, f"--fingerprint={ready['fingerprint']}"]
+    )
     duration = samples * interval
     target = ("127.0.0.1", ready["port"])
 
@@ -174,20 +206,40 @@ async def run(bench: Any) -> None:
         fresh = await fresh_connections(5)
         result = await prober.expect("measured", duration + 60)
         attack_stats = await attack[0].expect("done", duration + 60) if attack is not None else {}
-        latency[name] = {"result": result, "attack": attack_stats, "fresh_ok": fresh,
-                         "rss_growth": rss_bytes(server.pid) - cpu_rss0}
+        latency[name] = {
+            "result": result,
+            "attack": attack_stats,
+            "fresh_ok": fresh,
+            "rss_growth": rss_bytes(server.pid) - cpu_rss0,
+        }
         both = result["both"]
         if quiet is None:
             quiet = both
-        bench.add(Row("attacks", f"meeting latency p50, {name}", both["p50_ms"], "ms", "quiet, p50", quiet["p50_ms"],
-                      target="(informative)",
-                      note=f"p99 {both['p99_ms']:.2f} ms (quiet {quiet['p99_ms']:.2f}); {result['failures']} of "
-                           f"{samples} samples lost; fresh connections from 127.0.0.1: {fresh}/5; attack: "
-                           f"{ {k: v for k, v in attack_stats.items() if k != 'event'} }"))
+        bench.add(
+            Row(
+                "attacks",
+                f"meeting latency p50, {name}",
+                both["p50_ms"],
+                "ms",
+                "quiet, p50",
+                quiet["p50_ms"],
+                target="(informative)",
+                note=f"p99 {both['p99_ms']:.2f} ms (quiet {quiet['p99_ms']:.2f}); {result['failures']} of "
+                f"{samples} samples lost; fresh connections from 127.0.0.1: {fresh}/5; attack: "
+                f"{ {k: v for k, v in attack_stats.items() if k != 'event'} }",
+            )
+        )
     bench.extra["attacks"] = {"amplification": amplification, "memory": per_connection, "latency": latency}
     await bench.stop_all()
     text = server.log_path.read_text(errors="replace")
-    bench.add(Row("attacks", "tracebacks / unhandled loop errors in the beacon process during the attacks",
-                  text.count("Traceback") + text.count("Unhandled exception") + text.count("Exception in callback"),
-                  "", target="0", met="Traceback" not in text and "Exception in callback" not in text,
-                  note=f"{len(text.splitlines())} lines of stderr"))
+    bench.add(
+        Row(
+            "attacks",
+            "tracebacks / unhandled loop errors in the beacon process during the attacks",
+            text.count("Traceback") + text.count("Unhandled exception") + text.count("Exception in callback"),
+            "",
+            target="0",
+            met="Traceback" not in text and "Exception in callback" not in text,
+            note=f"{len(text.splitlines())} lines of stderr",
+        )
+    )

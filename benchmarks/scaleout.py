@@ -67,9 +67,24 @@ class Beacon:
         ready.unlink(missing_ok=True)
         log = open(self.directory / "stderr.log", "ab")  # noqa: SIM115 - kept open for the child
         self.process = subprocess.Popen(
-            [*taskset_prefix(self.core), sys.executable, "-m", "beacon", "--dir", str(self.directory),
-             "--host", "127.0.0.1", "--port", "0", "--no-ipv6", "--ready-file", str(ready)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
+            [
+                *taskset_prefix(self.core),
+                sys.executable,
+                "-m",
+                "beacon",
+                "--dir",
+                str(self.directory),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-ipv6",
+                "--ready-file",
+                str(ready),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
         deadline = time.monotonic() + 60
         while not ready.exists():
@@ -99,8 +114,13 @@ class Beacon:
 
 
 async def load_client(name: str, beacon: Beacon, log_dir: Path, core: int | None) -> Worker:
-    worker = Worker(name, ["--target", beacon.target, "--fingerprint", beacon.facts["fingerprint"], "--uvloop"],
-                    core=core, log_dir=log_dir, deadline=1800)
+    worker = Worker(
+        name,
+        ["--target", beacon.target, "--fingerprint", beacon.facts["fingerprint"], "--uvloop"],
+        core=core,
+        log_dir=log_dir,
+        deadline=1800,
+    )
     await worker.start("load")
     await worker.expect("ready", 30)
     return worker
@@ -140,9 +160,11 @@ async def bench_rate(tmp: Path, redis: RedisServer, count: int, rounds: int) -> 
             results["memory"].append(done_mem / used["rate-memory"])
             results["redis"].append(done_red / used["rate-redis"])
             results["redis_with_server"].append(done_red / (used["rate-redis"] + redis_used))
-            print(f"rate round {round_index + 1}: memory {results['memory'][-1]:.0f}/CPU-s, "
-                  f"redis {results['redis'][-1]:.0f}/CPU-s (with redis-server {results['redis_with_server'][-1]:.0f})",
-                  flush=True)
+            print(
+                f"rate round {round_index + 1}: memory {results['memory'][-1]:.0f}/CPU-s, "
+                f"redis {results['redis'][-1]:.0f}/CPU-s (with redis-server {results['redis_with_server'][-1]:.0f})",
+                flush=True,
+            )
         finally:
             for client in clients:
                 await client.stop()
@@ -249,8 +271,9 @@ async def bench_rebinding(tmp: Path, redis: RedisServer, rebinds: int) -> dict[s
     for name, steering in (("steering", "1"), ("hash_only", "0")):
         os.environ["DISCRETPEER_BEACON_STEERING"] = steering
         try:
-            beacon = Beacon(f"rebind-{name}", tmp / f"rebind-{name}", {**SETTINGS, "store": redis.url, "workers": 2},
-                            core=None).start()
+            beacon = Beacon(
+                f"rebind-{name}", tmp / f"rebind-{name}", {**SETTINGS, "store": redis.url, "workers": 2}, core=None
+            ).start()
         finally:
             os.environ.pop("DISCRETPEER_BEACON_STEERING", None)
         kept = lost = 0
@@ -277,8 +300,12 @@ async def bench_rebinding(tmp: Path, redis: RedisServer, rebinds: int) -> dict[s
                     nat.close()
         finally:
             beacon.stop()
-        out[name] = {"rebinds": kept + lost, "kept": kept, "lost": lost,
-                     "pong_after_rebind_p50_ms": 1000 * percentile(times, 50)}
+        out[name] = {
+            "rebinds": kept + lost,
+            "kept": kept,
+            "lost": lost,
+            "pong_after_rebind_p50_ms": 1000 * percentile(times, 50),
+        }
         print(f"rebinding {name}: {json.dumps(out[name])}", flush=True)
     return out
 
@@ -351,9 +378,11 @@ async def main(args: argparse.Namespace) -> None:
     if "rate" in results:
         r = results["rate"]
         med = {k: percentile(v, 50) for k, v in r.items()}
-        print(f"rate: memory {med['memory']:.0f}/CPU-s, redis {med['redis']:.0f}/CPU-s "
-              f"({med['redis'] / med['memory']:.2f}x; with redis-server's CPU {med['redis_with_server']:.0f}, "
-              f"{med['redis_with_server'] / med['memory']:.2f}x)")
+        print(
+            f"rate: memory {med['memory']:.0f}/CPU-s, redis {med['redis']:.0f}/CPU-s "
+            f"({med['redis'] / med['memory']:.2f}x; with redis-server's CPU {med['redis_with_server']:.0f}, "
+            f"{med['redis_with_server'] / med['memory']:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def create_bundle(
     so it is valid for a century: a beacon's hash must never change because a date passed."""
     key = private_key or ed25519.Ed25519PrivateKey.generate()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -24,9 +24,7 @@ def certificate_fingerprint(certificate_der: bytes) -> str:
 def parse_fingerprint(text: str) -> bytes:
     """Validate a fingerprint string and return the 32-byte digest it encodes."""
     if not isinstance(text, str) or not _FINGERPRINT_RE.match(text):
-        raise InvalidFingerprint(
-            f"certificate hash must be {FINGERPRINT_LENGTH} base64url characters, got {text!r}"
-        )
+        raise InvalidFingerprint(f"certificate hash must be {FINGERPRINT_LENGTH} base64url characters, got {text!r}")
     try:
         digest = base64.urlsafe_b64decode(text + "=")
     except (binascii.Error, ValueError) as exc:  # pragma: no cover - regex already guards

@@ -1,11 +1,11 @@
 """discretpeer: meet peers through QUIC beacons or the LAN, punch through NATs, verify identities.
 
-    from discretpeer import Identity, Peer
+from discretpeer import Identity, Peer
 
-    async with Peer(Identity.load_or_create("id.key"), beacons=[{"hostname": "b.example:4264",
-                                                                 "cert_hash": "..."}]) as peer:
-        conn = await peer.connect("our shared secret", expect=other_peer_id, timeout=10)
-        reader, writer = await conn.open_stream()
+async with Peer(Identity.load_or_create("id.key"), beacons=[{"hostname": "b.example:4264",
+                                                             "cert_hash": "..."}]) as peer:
+    conn = await peer.connect("our shared secret", expect=other_peer_id, timeout=10)
+    reader, writer = await conn.open_stream()
 """
 
 from __future__ import annotations
@@ -26,11 +26,23 @@ if TYPE_CHECKING:
 
 # imported on first use: `discretpeer id`, `status` and `--help` need no QUIC stack (~0.25 s)
 _WHERE = {
-    "AuthError": "auth", "PeerPolicy": "auth", "BeaconStatus": "beacon_client", "BeaconSpec": "config",
-    "ConfigError": "config", "load_beacons_file": "config", "parse_beacons": "config",
-    "PeerConnection": "connection", "ConnectError": "errors", "Identity": "identity",
-    "IdentityError": "identity", "decode_peer_id": "identity", "normalize_peer_id": "identity",
-    "Peer": "peer", "PeerStats": "peer", "MeetingKeys": "tokens", "derive_token": "tokens",
+    "AuthError": "auth",
+    "PeerPolicy": "auth",
+    "BeaconStatus": "beacon_client",
+    "BeaconSpec": "config",
+    "ConfigError": "config",
+    "load_beacons_file": "config",
+    "parse_beacons": "config",
+    "PeerConnection": "connection",
+    "ConnectError": "errors",
+    "Identity": "identity",
+    "IdentityError": "identity",
+    "decode_peer_id": "identity",
+    "normalize_peer_id": "identity",
+    "Peer": "peer",
+    "PeerStats": "peer",
+    "MeetingKeys": "tokens",
+    "derive_token": "tokens",
     "pair_meeting": "tokens",
 }
 

@@ -23,7 +23,6 @@ import enum
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Union
 
 from aioquic.quic.connection import QuicConnection
 
@@ -71,7 +70,7 @@ class Refusal:
     text: str
 
 
-AuthMessage = Union[Proof, Refusal]
+AuthMessage = Proof | Refusal
 
 
 def connection_exporter(quic: QuicConnection) -> bytes:
@@ -147,7 +146,7 @@ async def read_auth_frame(reader: object, timeout: float) -> bytes:
 
 # --- whom we expect -----------------------------------------------------------------------------
 
-Expectation = Union[str, Iterable[str], Callable[[str], bool], None]
+Expectation = str | Iterable[str] | Callable[[str], bool] | None
 
 
 class PeerPolicy:

@@ -28,11 +28,12 @@ class PathResult:
 
 
 async def probe_udp(spec: BeaconSpec, endpoint: Endpoint, timeout: float) -> PathResult:
-    client = BeaconClient(spec, endpoint, os.urandom(INSTANCE_SIZE), on_introduction=lambda *_: None,
-                          get_candidates=list)
+    client = BeaconClient(
+        spec, endpoint, os.urandom(INSTANCE_SIZE), on_introduction=lambda *_: None, get_candidates=list
+    )
     started = time.monotonic()
     try:
-        link = await asyncio.wait_for(client._open_udp(await client._resolve()), timeout)  # noqa: SLF001
+        link = await asyncio.wait_for(client._open_udp(await client._resolve()), timeout)  # noqa: SLF001 - doctor's probe drives one transport of the client
     except Exception as exc:  # noqa: BLE001 - the failure is the answer
         return PathResult("udp", error=_text(exc, timeout))
     elapsed = time.monotonic() - started
@@ -45,7 +46,7 @@ async def probe_tcp(spec: BeaconSpec, proxy: ProxySpec | None, timeout: float) -
     started = time.monotonic()
     try:
         channel = await open_channel(spec.host, spec.tcp, spec.cert_hash, proxy=proxy, timeout=timeout)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure is reported as the probe result
         return PathResult(name, error=_text(exc, timeout))
     try:
         channel.send(Hello(version=PROTOCOL_VERSION, instance=os.urandom(INSTANCE_SIZE)))
@@ -56,7 +57,7 @@ async def probe_tcp(spec: BeaconSpec, proxy: ProxySpec | None, timeout: float) -
                     return PathResult(name, time.monotonic() - started)
                 if isinstance(item, Error):
                     return PathResult(name, error=f"beacon refused: {item.message}")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure is reported as the probe result
         return PathResult(name, error=_text(exc, timeout))
     finally:
         channel.close()

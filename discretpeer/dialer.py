@@ -34,6 +34,7 @@ log = get_logger("discretpeer.peer")
 
 DIAL_TIMEOUT = 3.0
 
+
 # (pair, the dial, its candidate (None through the relay), protocol, proof) of a verified dial
 def peer_quic_configuration(*, is_client: bool) -> QuicConfiguration:
     """Both ends of a peer connection: 1350-byte datagrams until a path-MTU probe confirms more,

@@ -109,9 +109,7 @@ class Identity:
         except OSError as exc:
             raise IdentityError(f"{path}: cannot read identity ({exc.strerror or exc})") from exc
         if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise IdentityError(
-                f"{path}: permissions {stat.S_IMODE(mode):04o} are too open; run: chmod 600 {path}"
-            )
+            raise IdentityError(f"{path}: permissions {stat.S_IMODE(mode):04o} are too open; run: chmod 600 {path}")
         if not data.lstrip().startswith(_PEM_HEADER):
             raise IdentityError(f"{path}: not a PEM private key")
         try:

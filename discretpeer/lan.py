@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import ifaddr
-from discretpeer.logs import get_logger
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
@@ -49,6 +48,7 @@ from discretpeer.lan_txt import (
     decode_txt,
     encode_txt,
 )
+from discretpeer.logs import get_logger
 from discretpeer.wire import INSTANCE_SIZE, TOKEN_SIZE, Address, WireError
 
 __all__ = [
@@ -170,9 +170,7 @@ class ServiceTable:
             except LanTxtError as exc:
                 self.stats["invalid_txt"] += 1
                 if _worth_logging(self.stats["invalid_txt"]):
-                    log.debug(
-                        "lan.invalid_txt", service=name[:64], reason=str(exc), count=self.stats["invalid_txt"]
-                    )
+                    log.debug("lan.invalid_txt", service=name[:64], reason=str(exc), count=self.stats["invalid_txt"])
                 self._services.pop(key, None)
                 return []
         if parsed.instance == self.own_instance:
@@ -392,9 +390,7 @@ class LanDiscovery:
         if self.ip_version == "all":
             has_v4 = any(isinstance(c, str) for c in choice)
             has_v6 = any(isinstance(c, int) for c in choice)
-            zc_version = (
-                IPVersion.All if has_v4 and has_v6 else IPVersion.V4Only if has_v4 else IPVersion.V6Only
-            )
+            zc_version = IPVersion.All if has_v4 and has_v6 else IPVersion.V4Only if has_v4 else IPVersion.V6Only
         if len(local.v6_indexes) == 1:  # a link-local address can only have come from there
             self.table.link_local_scope = local.v6_indexes[0]
         self._aiozc = AsyncZeroconf(interfaces=choice, ip_version=zc_version)
@@ -451,7 +447,9 @@ class LanDiscovery:
                 raise ValueError(f"tokens must be {TOKEN_SIZE} bytes")
         if len(unique) > MAX_LAN_TOKENS:
             log.warning(
-                "lan.too_many_tokens", tokens=len(unique), published=MAX_LAN_TOKENS,
+                "lan.too_many_tokens",
+                tokens=len(unique),
+                published=MAX_LAN_TOKENS,
                 hint="only the first tokens are published on the LAN; all are matched",
             )
         self._tokens = unique
@@ -579,4 +577,3 @@ class LanDiscovery:
             except Exception:
                 self.stats["callback_errors"] += 1
                 log.exception("lan.on_found_failed")
-

@@ -140,7 +140,7 @@ def parse_strings(strings: list[bytes]) -> LanTxt:
     if instance is None or not _HEX.fullmatch(instance):
         raise LanTxtError(f"i= must be {2 * INSTANCE_SIZE} hex digits")
     indexed: dict[int, bytes] = {}
-    for key, value in attributes.items():
+    for key, token_value in attributes.items():
         if not key.startswith(b"t") or key == b"t":
             continue
         match = _TOKEN_KEY.fullmatch(key)
@@ -151,9 +151,9 @@ def parse_strings(strings: list[bytes]) -> LanTxt:
         index = int(match.group(1))
         if index >= MAX_LAN_TOKENS:
             raise LanTxtError(f"token key {key.decode()} (max t{MAX_LAN_TOKENS - 1})")
-        if value is None:
+        if token_value is None:
             raise LanTxtError(f"{key.decode()} has no value")
-        indexed[index] = decode_token(value)
+        indexed[index] = decode_token(token_value)
     tokens = tuple(dict.fromkeys(indexed[i] for i in sorted(indexed)))
     return LanTxt(instance=bytes.fromhex(instance.decode("ascii")), tokens=tokens)
 

@@ -200,8 +200,9 @@ class Decoder:
                 return None
             _, version, kind, length = HEADER.unpack_from(self._buffer)
             if version != VERSION:
-                raise TunnelError(f"unsupported tunnel version {version} (this side speaks {VERSION})",
-                                  Status.UNSUPPORTED_VERSION)
+                raise TunnelError(
+                    f"unsupported tunnel version {version} (this side speaks {VERSION})", Status.UNSUPPORTED_VERSION
+                )
             if kind != self.expect:
                 try:
                     name = FrameType(kind).name

@@ -55,8 +55,9 @@ class Attacker:
 
         endpoint = await Endpoint.open(self.bind, 0, connection_class=hostile.InjectingConnection)
         try:
-            client = await client_module.BeaconClient.connect(self.target, self.fingerprint, endpoint=endpoint,
-                                                              timeout=3.0)
+            client = await client_module.BeaconClient.connect(
+                self.target, self.fingerprint, endpoint=endpoint, timeout=3.0
+            )
         except BaseException:
             endpoint.close()
             raise
@@ -91,8 +92,11 @@ class Attacker:
                 self.errors += 1
         reached = await asyncio.gather(*(h.out_of_order(streams=(0,), rounds=rounds, pause=0.05) for h in self.held))
         await asyncio.sleep(0.5)
-        return {"open": sum(not h.closed for h in self.held), "highest_offset": max(reached, default=0),
-                "failed": self.errors}
+        return {
+            "open": sum(not h.closed for h in self.held),
+            "highest_offset": max(reached, default=0),
+            "failed": self.errors,
+        }
 
     async def release(self) -> None:
         held, self.held = self.held, []
@@ -167,11 +171,21 @@ async def main(args: argparse.Namespace) -> None:
                 await attacker.release()
                 emit("released")
             elif cmd == "ooo_storm":
-                emit("done", **(await attacker.storm(command["duration"], command["concurrency"],
-                                                     Attacker.out_of_order_once)))
+                emit(
+                    "done",
+                    **(await attacker.storm(command["duration"], command["concurrency"], Attacker.out_of_order_once)),
+                )
             elif cmd == "stop_sending_storm":
-                emit("done", **(await attacker.storm(command["duration"], command.get("concurrency", 4),
-                                                     Attacker.stop_sending_once(command["rate"]))))
+                emit(
+                    "done",
+                    **(
+                        await attacker.storm(
+                            command["duration"],
+                            command.get("concurrency", 4),
+                            Attacker.stop_sending_once(command["rate"]),
+                        )
+                    ),
+                )
             else:
                 emit("error", message=f"unknown command {cmd}")
             sys.stderr.write(f"{cmd} took {time.perf_counter() - started:.1f}s\n")

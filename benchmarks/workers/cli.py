@@ -25,7 +25,7 @@ def main() -> int:
     if args.uvloop:
         import uvloop
 
-        cli._run = uvloop.run  # type: ignore[attr-defined]  # noqa: SLF001
+        cli._run = uvloop.run  # type: ignore[attr-defined]
     return cli.main(argv[split + 1 :])
 
 

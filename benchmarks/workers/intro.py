@@ -47,12 +47,11 @@ async def measure(pool: Pool, prober: Prober, clients: list, samples: int, inter
     holder: list[float] = []
     pings: list[float] = []
     failures = 0
-    nonce = 0
     started = time.perf_counter()
     for index in range(samples):
         a, b = random.sample(clients, 2)
         token = os.urandom(wire.TOKEN_SIZE)
-        nonce += 1
+        nonce = index + 1
         pong = prober.pongs[nonce] = loop.create_future()
         sent_ping = time.perf_counter()
         a.send(wire.Announce(add=(token,)))
@@ -67,7 +66,7 @@ async def measure(pool: Pool, prober: Prober, clients: list, samples: int, inter
             holder.append(ta - t0)
             announcer.append(tb - t0)
             both.append(max(ta, tb) - t0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             failures += 1
         prober.waiting.pop((id(a), token), None)
         prober.waiting.pop((id(b), token), None)

@@ -30,6 +30,7 @@ from certs import certificate_fingerprint
 from discretpeer import wire
 from discretpeer.endpoint import Endpoint, EndpointProtocol
 
+
 def _one_key_share() -> None:
     """Load clients offer one TLS key share (P-256, the group the server would pick anyway) instead
     of aioquic's four (P-256, P-384, X25519, X448: ~0.6 ms of key generation per handshake on
@@ -143,7 +144,7 @@ class Pool:
                 client._quic.send_stream_data(0, data)
                 client.transmit()
             await asyncio.wait_for(asyncio.shield(client.ready), TIMEOUT)
-        except (ConnectionError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, ConnectionError, OSError) as exc:
             self.failed += 1
             self.errors[type(exc).__name__ + (f": {exc}" if str(exc) else "")[:80]] += 1
             client.close()

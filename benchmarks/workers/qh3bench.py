@@ -49,15 +49,22 @@ WELCOME_SIZE = 14  # len(wire.encode(Welcome(...))) as in workers.server
 def certificate_pem() -> tuple[bytes, bytes, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA256())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
     )
     der = cert.public_bytes(serialization.Encoding.DER)
     fingerprint = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem, fingerprint
 
 
@@ -87,7 +94,8 @@ async def main(args: argparse.Namespace) -> None:
         cert, key, fingerprint = certificate_pem()
         idle = args.mode == "idle"
         config = QuicConfiguration(
-            is_client=False, alpn_protocols=[BEACON_ALPN if idle else BENCH_ALPN],
+            is_client=False,
+            alpn_protocols=[BEACON_ALPN if idle else BENCH_ALPN],
             idle_timeout=600.0 if idle else 60.0,
         )
         config.load_cert_chain(cert, key)
@@ -95,11 +103,17 @@ async def main(args: argparse.Namespace) -> None:
             config.max_data, config.max_stream_data = 256 * 1024, 64 * 1024  # as the bare aioquic server
             server = await serve("127.0.0.1", 0, configuration=config, create_protocol=IdleProtocol)
         else:
-            server = await serve("127.0.0.1", 0, configuration=config,
-                                 stream_handler=lambda r, w: asyncio.ensure_future(sink(r, w)))
+            server = await serve(
+                "127.0.0.1", 0, configuration=config, stream_handler=lambda r, w: asyncio.ensure_future(sink(r, w))
+            )
         gc.collect()
-        emit("ready", port=server._transport.get_extra_info("sockname")[1], fingerprint=fingerprint,
-             pid=os.getpid(), rss=rss_bytes(os.getpid()))
+        emit(
+            "ready",
+            port=server._transport.get_extra_info("sockname")[1],
+            fingerprint=fingerprint,
+            pid=os.getpid(),
+            rss=rss_bytes(os.getpid()),
+        )
         async for command in commands_until_stop(commands):
             if command.get("cmd") == "stats":
                 gc.collect()

@@ -140,7 +140,9 @@ async def reflection(datagrams: int) -> str:
 
 async def meeting_latency(meetings: int, squat: str) -> str:
     config = loopback_config(
-        handshakes_per_second_per_ip=1000.0, handshake_burst_per_ip=1000, max_connections_per_ip=128,
+        handshakes_per_second_per_ip=1000.0,
+        handshake_burst_per_ip=1000,
+        max_connections_per_ip=128,
         idle_timeout_seconds=300.0,  # squatters stay while the never-met meetings time out
     )
     async with BeaconServer(config) as server:
@@ -185,8 +187,11 @@ async def meeting_latency(meetings: int, squat: str) -> str:
             b.close()
         for client in squatters:
             client.close()
-        label = {"": "quiet", "one address": "squatting, 1 address x 64 conns x 128 tokens",
-                 "8 addresses": "squatting, 8 addresses x 2 conns (all 16 places)"}[squat]
+        label = {
+            "": "quiet",
+            "one address": "squatting, 1 address x 64 conns x 128 tokens",
+            "8 addresses": "squatting, 8 addresses x 2 conns (all 16 places)",
+        }[squat]
         if not times:
             return f"meeting latency ({label}): {meetings} meetings, never met: {never}"
         times.sort()

@@ -79,7 +79,10 @@ async def main(args: argparse.Namespace) -> None:
             beacon_server.TRIM_AFTER_HANDSHAKE = False
         relay = {}
         if args.relay_rate:
-            relay = {"relay_rate_bytes_per_second": args.relay_rate, "relay_burst_bytes": max(262144, args.relay_rate // 4)}
+            relay = {
+                "relay_rate_bytes_per_second": args.relay_rate,
+                "relay_burst_bytes": max(262144, args.relay_rate // 4),
+            }
         if args.defaults:  # the shipped limits (per-IP, Retry "auto"): the attacks benchmark
             from beacon import loopback_config
 
@@ -134,8 +137,11 @@ async def main(args: argparse.Namespace) -> None:
 
     def gc_stats() -> dict:
         return {
-            f"gc{generation}": {"count": len(values), "max_ms": 1000 * max(values, default=0.0),
-                                "total_ms": 1000 * sum(values)}
+            f"gc{generation}": {
+                "count": len(values),
+                "max_ms": 1000 * max(values, default=0.0),
+                "total_ms": 1000 * sum(values),
+            }
             for generation, values in pauses.items()
         }
 
@@ -169,7 +175,10 @@ async def main(args: argparse.Namespace) -> None:
                     tracemalloc.stop()
                     count = max(1, command.get("per", 1))
                     for stat in snapshot.statistics(command.get("key", "lineno"))[: command.get("top", 40)]:
-                        print(f"{stat.size / count:9.0f} B/conn {stat.count / count:6.1f} blocks  {stat.traceback}", file=sys.stderr)
+                        print(
+                            f"{stat.size / count:9.0f} B/conn {stat.count / count:6.1f} blocks  {stat.traceback}",
+                            file=sys.stderr,
+                        )
                     total = sum(stat.size for stat in snapshot.statistics("filename"))
                     print(f"traced total {total / count:.0f} B/conn", file=sys.stderr, flush=True)
                 emit("traced")

@@ -20,8 +20,9 @@ async def register(host: str, port: int, fingerprint: str) -> TcpChannel:
     channel = await open_channel(host, port, fingerprint, timeout=30)
     try:
         channel.send(wire.Hello(version=wire.PROTOCOL_VERSION, instance=os.urandom(wire.INSTANCE_SIZE)))
-        channel.send(wire.Announce(add=(os.urandom(wire.TOKEN_SIZE),),
-                                   candidates=(wire.Address("192.168.1.20", 40000),)))
+        channel.send(
+            wire.Announce(add=(os.urandom(wire.TOKEN_SIZE),), candidates=(wire.Address("192.168.1.20", 40000),))
+        )
         while True:
             items = await asyncio.wait_for(channel.receive(), 30)
             if any(isinstance(i, wire.Welcome) for i in items):

@@ -29,8 +29,10 @@ class ControlError(Exception):
 
 def _check_path(path: Path) -> None:
     if len(os.fsencode(path)) > MAX_PATH:
-        raise ControlError(f"control socket path is too long ({len(os.fsencode(path))} bytes, limit {MAX_PATH}): "
-                           f"{path}; choose a shorter one with --control")
+        raise ControlError(
+            f"control socket path is too long ({len(os.fsencode(path))} bytes, limit {MAX_PATH}): "
+            f"{path}; choose a shorter one with --control"
+        )
 
 
 class ControlServer:
@@ -51,8 +53,10 @@ class ControlServer:
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise ControlError(f"{self.path} exists and is not a socket; remove it or use --control")
             if await _alive(self.path):
-                raise ControlError(f"another discretpeer expose/forward is running (control socket {self.path}); "
-                                   "stop it or give this one another --control path")
+                raise ControlError(
+                    f"another discretpeer expose/forward is running (control socket {self.path}); "
+                    "stop it or give this one another --control path"
+                )
             self.path.unlink()  # stale: nobody answers there
         old = os.umask(0o177)
         try:
@@ -121,14 +125,16 @@ async def _alive(path: Path) -> bool:
 async def query(path: Path, command: str = "status", timeout: float = 3.0) -> dict[str, Any]:
     """Ask the expose behind ``path``; raises ControlError with a one-line reason."""
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_unix_connection(str(path), limit=MAX_ANSWER), timeout
-        )
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path), limit=MAX_ANSWER), timeout)
     except FileNotFoundError:
-        raise ControlError(f"no running expose (or forward --control): {path} does not exist "
-                           "(start `discretpeer expose`, or give its --control path)") from None
+        raise ControlError(
+            f"no running expose (or forward --control): {path} does not exist "
+            "(start `discretpeer expose`, or give its --control path)"
+        ) from None
     except ConnectionRefusedError:
-        raise ControlError(f"no running expose (or forward --control): nobody answers on {path} (stale socket)") from None
+        raise ControlError(
+            f"no running expose (or forward --control): nobody answers on {path} (stale socket)"
+        ) from None
     except PermissionError:
         raise ControlError(f"cannot open {path}: permission denied (run as the user of the expose)") from None
     except (TimeoutError, OSError) as exc:

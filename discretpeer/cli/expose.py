@@ -140,8 +140,9 @@ class Exposer:
             return None, Status.NOT_EXPOSED, f"port {request.port} is not exposed (exposed: {ports})"
         return service, Status.OK, ""
 
-    async def serve_stream(self, record: ConnectionRecord, reader: asyncio.StreamReader,
-                           writer: asyncio.StreamWriter) -> None:
+    async def serve_stream(
+        self, record: ConnectionRecord, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         conn = record.conn
         peer = short_id(conn.peer_id)
 
@@ -151,8 +152,13 @@ class Exposer:
             with contextlib.suppress(Exception):
                 writer.write(encode_response(status, message))
                 writer.write_eof()
-            self.console.warn(f"peer {peer}: tunnel refused: {status.name}: {message}",
-                              event="tunnel_refused", peer=conn.peer_id, status=status.name, message=message)
+            self.console.warn(
+                f"peer {peer}: tunnel refused: {status.name}: {message}",
+                event="tunnel_refused",
+                peer=conn.peer_id,
+                status=status.name,
+                message=message,
+            )
 
         try:
             frame = await read_frame(reader, FrameType.REQUEST, REQUEST_TIMEOUT)
@@ -190,20 +196,27 @@ class Exposer:
         self.tunnels_open += 1
         self.tunnels_total += 1
         traffic = Traffic(parent=record.traffic)
-        self.console.status(f"peer {peer}: tunnel to {service} opened", event="tunnel_opened",
-                            peer=conn.peer_id, service=str(service))
+        self.console.status(
+            f"peer {peer}: tunnel to {service} opened", event="tunnel_opened", peer=conn.peer_id, service=str(service)
+        )
         try:
-            splice = Splice(TcpSide(tcp_reader, tcp_writer), reader, writer, conn, traffic,
-                            closing_after_eof_is_clean=True)
+            splice = Splice(
+                TcpSide(tcp_reader, tcp_writer), reader, writer, conn, traffic, closing_after_eof_is_clean=True
+            )
             error = await splice.run()
         finally:
             record.tunnels_open -= 1
             self.tunnels_open -= 1
         self.console.status(
             f"peer {peer}: tunnel to {service} closed ({traffic.received} B in, {traffic.sent} B out"
-            + (f"; {error}" if error else "") + ")",
-            event="tunnel_closed", peer=conn.peer_id, service=str(service), bytes_from_peer=traffic.received,
-            bytes_to_peer=traffic.sent, error=error,
+            + (f"; {error}" if error else "")
+            + ")",
+            event="tunnel_closed",
+            peer=conn.peer_id,
+            service=str(service),
+            bytes_from_peer=traffic.received,
+            bytes_to_peer=traffic.sent,
+            error=error,
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -239,8 +252,9 @@ class Exposer:
 async def run_expose(settings: Settings, args: Any, console: Console) -> int:
     services = settings.services(args.ports, args.host)
     if not services:
-        raise ConfigError("nothing to expose: give a PORT (e.g. `discretpeer expose 22`) "
-                          "or expose = [...] in the config")
+        raise ConfigError(
+            "nothing to expose: give a PORT (e.g. `discretpeer expose 22`) or expose = [...] in the config"
+        )
     if not settings.allow:
         raise ConfigError("nobody is allowed: give --allow PEER_ID (repeatable) or allow = [...] in the config")
     require_meeting_place(settings)
@@ -314,8 +328,9 @@ async def _reload(peer: Peer, exposer: Exposer, args: Any, console: Console) -> 
     )
 
 
-async def _serve(peer: Peer, exposer: Exposer, settings: Settings, services: dict[int, Service],
-                 console: Console, args: Any) -> None:
+async def _serve(
+    peer: Peer, exposer: Exposer, settings: Settings, services: dict[int, Service], console: Console, args: Any
+) -> None:
     stop = stop_event()
     reload = asyncio.Event()
     with contextlib.suppress(NotImplementedError, RuntimeError):

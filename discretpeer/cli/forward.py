@@ -49,8 +49,11 @@ async def open_tunnel(
     except TunnelError as exc:
         reason = f"the other side answered something that is not a tunnel response ({exc})"
     except asyncio.IncompleteReadError:
-        reason = (f"peer connection lost ({conn.close_reason})" if conn.closed
-                  else "the other side closed the tunnel without answering")
+        reason = (
+            f"peer connection lost ({conn.close_reason})"
+            if conn.closed
+            else "the other side closed the tunnel without answering"
+        )
     except TimeoutError:
         reason = f"no answer to the tunnel request within {RESPONSE_TIMEOUT:g}s"
     else:
@@ -112,8 +115,9 @@ async def run_forward(settings: Settings, args: Any, console: Console) -> int:
     states: list[ForwardState] = []
     control = None
     if getattr(args, "control", None):  # settings.control_path defaults to expose's socket: only on request
-        control = ControlServer(settings.control_path,
-                                lambda: states[0].snapshot() if states else {"pid": os.getpid(), "starting": True})
+        control = ControlServer(
+            settings.control_path, lambda: states[0].snapshot() if states else {"pid": os.getpid(), "starting": True}
+        )
         await control.start()
     try:
         async with make_peer(settings, identity) as peer:
@@ -126,8 +130,9 @@ async def run_forward(settings: Settings, args: Any, console: Console) -> int:
             await control.close()
 
 
-async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, console: Console,
-                   settings: Settings, what: str) -> int:
+async def _forward(
+    peer: Any, link: PeerLink, state: ForwardState, args: Any, console: Console, settings: Settings, what: str
+) -> int:
     target, port = state.target, state.remote_port
     progress = Progress(peer, console, settings=settings)
     count = 0
@@ -148,16 +153,21 @@ async def _forward(peer: Any, link: PeerLink, state: ForwardState, args: Any, co
                 conn = await link.get(settings.timeout + 1.0)  # the attempt under way settles first
             except ConnectionError as exc:
                 state.failed += 1
-                console.error(f"connection #{number} reset: no peer connection: {exc}", event="tunnel_failed",
-                              number=number, reason=str(exc))
+                console.error(
+                    f"connection #{number} reset: no peer connection: {exc}",
+                    event="tunnel_failed",
+                    number=number,
+                    reason=str(exc),
+                )
                 await local.reset()  # RST: the client program sees an error, not an empty reply
                 return
             try:
                 splice = await open_tunnel(conn, port, local, Traffic(parent=state.traffic))
             except (TunnelRefused, ConnectionError) as exc:
                 state.failed += 1
-                console.error(f"connection #{number} reset: {exc}", event="tunnel_failed", number=number,
-                              reason=str(exc))
+                console.error(
+                    f"connection #{number} reset: {exc}", event="tunnel_failed", number=number, reason=str(exc)
+                )
                 await local.reset()
                 return
             error = await splice.run()
@@ -243,8 +253,12 @@ async def run_pipe(settings: Settings, args: Any, console: Console) -> int:
             if error:
                 console.error(error, event="tunnel_error")
                 return 1
-            console.status(f"tunnel closed ({splice.traffic.sent} B sent, {splice.traffic.received} B received)",
-                           event="closed", sent=splice.traffic.sent, received=splice.traffic.received)
+            console.status(
+                f"tunnel closed ({splice.traffic.sent} B sent, {splice.traffic.received} B received)",
+                event="closed",
+                sent=splice.traffic.sent,
+                received=splice.traffic.received,
+            )
             return 0
         finally:
             stdio.abort()

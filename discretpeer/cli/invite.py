@@ -59,7 +59,12 @@ def _save(settings: Settings, console: Console, name: str, peer_id: str, *, invi
     console.result(
         f"paired with {used} ({peer_id}): {what} allow and [peers] in {path}"
         + ("; a running expose applies it after SIGHUP (systemctl reload discretpeer-expose)" if changed else ""),
-        event="paired", peer=peer_id, name=used, config=str(path), changed=changed, inviter=inviter,
+        event="paired",
+        peer=peer_id,
+        name=used,
+        config=str(path),
+        changed=changed,
+        inviter=inviter,
     )
     return 0
 
@@ -87,12 +92,16 @@ async def run_invite(settings: Settings, args: Any, console: Console) -> int:
     async with make_peer(settings, identity) as peer:
         minutes = f"{valid / 60:g} minutes" if valid >= 60 else f"{valid:g} seconds"
         if console.json:
-            console.result(f"invitation code {code}", event="invite", code=str(code), valid_seconds=valid,
-                           peer_id=peer.peer_id)
+            console.result(
+                f"invitation code {code}", event="invite", code=str(code), valid_seconds=valid, peer_id=peer.peer_id
+            )
         else:
             print(str(code), flush=True)  # stdout: the code alone (scripts read it)
-            console.status(f"invitation code {code} (valid {minutes}, one use); on the other machine run: "
-                           f"discretpeer accept {code} [--name NAME]", event="waiting")
+            console.status(
+                f"invitation code {code} (valid {minutes}, one use); on the other machine run: "
+                f"discretpeer accept {code} [--name NAME]",
+                event="waiting",
+            )
         deadline = time.monotonic() + valid
         try:
             conn = await _connect(peer, settings, console, code, valid)
@@ -101,11 +110,16 @@ async def run_invite(settings: Settings, args: Any, console: Console) -> int:
             return 1
         console.status(f"{short_id(conn.peer_id)} answered: checking the code", event="checking", peer=conn.peer_id)
         try:
-            their_name = await asyncio.wait_for(_as_inviter(conn, code, peer.peer_id, _my_name()),
-                                                max(EXCHANGE_TIMEOUT, deadline - time.monotonic()))
+            their_name = await asyncio.wait_for(
+                _as_inviter(conn, code, peer.peer_id, _my_name()), max(EXCHANGE_TIMEOUT, deadline - time.monotonic())
+            )
         except WrongCode:
-            console.error(f"someone ({short_id(conn.peer_id)}) tried a wrong code: invitation {code} is used up, "
-                          "nothing was written; make a new one", event="wrong_code", peer=conn.peer_id)
+            console.error(
+                f"someone ({short_id(conn.peer_id)}) tried a wrong code: invitation {code} is used up, "
+                "nothing was written; make a new one",
+                event="wrong_code",
+                peer=conn.peer_id,
+            )
             return 1
         except (PairingError, ConnectionError, TimeoutError) as exc:
             console.error(f"pairing failed, nothing was written: {exc or 'timed out'}", event="pairing_failed")
@@ -160,15 +174,20 @@ async def run_accept(settings: Settings, args: Any, console: Console) -> int:
         try:
             conn = await _connect(peer, settings, console, code, settings.timeout)
         except ConnectError:
-            console.error(f"nobody is waiting on invitation {code.number} (expired, already used, or a mistyped "
-                          "number); nothing was written", event="not_found")
+            console.error(
+                f"nobody is waiting on invitation {code.number} (expired, already used, or a mistyped "
+                "number); nothing was written",
+                event="not_found",
+            )
             return 1
         try:
-            their_name = await asyncio.wait_for(_as_accepter(conn, code, peer.peer_id, _my_name()),
-                                                EXCHANGE_TIMEOUT)
+            their_name = await asyncio.wait_for(_as_accepter(conn, code, peer.peer_id, _my_name()), EXCHANGE_TIMEOUT)
         except WrongCode:
-            console.error(f"wrong code: {code} does not match the invitation (it is now used up; ask for a new "
-                          "one); nothing was written", event="wrong_code")
+            console.error(
+                f"wrong code: {code} does not match the invitation (it is now used up; ask for a new "
+                "one); nothing was written",
+                event="wrong_code",
+            )
             return 1
         except (PairingError, ConnectionError, TimeoutError) as exc:
             console.error(f"pairing failed, nothing was written: {exc or 'timed out'}", event="pairing_failed")

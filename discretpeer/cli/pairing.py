@@ -88,16 +88,19 @@ def parse_code(text: str) -> Code:
         raise PairingError(f"invitation code {text!r}: the number must be 1..{MAX_NUMBER}")
     unknown = [word for word in parts[1:] if word not in _WORD_INDEX]
     if unknown:
-        raise PairingError(f"invitation code {text!r}: {', '.join(repr(w) for w in unknown)} is not one of the "
-                           "code words (check the spelling)")
+        raise PairingError(
+            f"invitation code {text!r}: {', '.join(repr(w) for w in unknown)} is not one of the "
+            "code words (check the spelling)"
+        )
     return Code(number, (parts[1], parts[2]))
 
 
 def check_name(name: str) -> str:
     """A name for [peers] (and the allow list): letters, digits, ``_ . -``, at most 32."""
     if not _NAME.match(name):
-        raise PairingError(f"invalid name {name!r}: 1..{MAX_NAME} letters, digits, '_', '.' or '-', "
-                           "starting with a letter or digit")
+        raise PairingError(
+            f"invalid name {name!r}: 1..{MAX_NAME} letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
     return name
 
 

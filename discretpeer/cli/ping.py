@@ -52,8 +52,15 @@ async def run_ping(settings: Settings, args: Any, console: Console) -> int:
                 remote = format_address(conn.remote_address)
                 line = f"pong from {who} via {conn.path} {remote} in {ms(rtt)}"
                 if console.json:
-                    console.result(line, event="pong", seq=number, peer=target, path=conn.path, remote=remote,
-                                   rtt_ms=round(rtt * 1000, 3))
+                    console.result(
+                        line,
+                        event="pong",
+                        seq=number,
+                        peer=target,
+                        path=conn.path,
+                        remote=remote,
+                        rtt_ms=round(rtt * 1000, 3),
+                    )
                 elif not console.quiet:
                     print(line, flush=True)
             if number < args.count:
@@ -63,11 +70,11 @@ async def run_ping(settings: Settings, args: Any, console: Console) -> int:
         await conn.aclose("ping done", timeout=1.0)
     summary = f"{len(rtts)} pong(s) of {args.count} from {who}"
     if rtts:
-        summary += (f", round trip min/avg/max {ms(min(rtts))} / {ms(statistics.fmean(rtts))} / "
-                    f"{ms(max(rtts))}")
+        summary += f", round trip min/avg/max {ms(min(rtts))} / {ms(statistics.fmean(rtts))} / {ms(max(rtts))}"
     if console.json:
-        console.result(summary, event="summary", received=len(rtts), sent=args.count,
-                       rtt_ms=[round(r * 1000, 3) for r in rtts])
+        console.result(
+            summary, event="summary", received=len(rtts), sent=args.count, rtt_ms=[round(r * 1000, 3) for r in rtts]
+        )
     elif not console.quiet:
         print(summary, file=sys.stdout, flush=True)
     return 0 if rtts else 1

@@ -34,11 +34,13 @@ def beacon_error_text(beacon: str, error: str) -> str:
     """A beacon's last error without the beacon's name repeated (the caller names it once)."""
     for prefix in (f"beacon {beacon} ", f"beacon {beacon}: "):
         if error.startswith(prefix):
-            error = error[len(prefix):]
+            error = error[len(prefix) :]
     match = _PIN_TEXT.search(error)
     if match:
-        return (f"its certificate hash is {match.group(1)} but the pinned hash is {match.group(2)} "
-                "(a wrong cert_hash, or another server at that address)")
+        return (
+            f"its certificate hash is {match.group(1)} but the pinned hash is {match.group(2)} "
+            "(a wrong cert_hash, or another server at that address)"
+        )
     return error
 
 
@@ -50,8 +52,9 @@ def pin_failure(peer: Peer, settings: Settings) -> str | None:
         return None
     if any(status.pin_mismatches == 0 or status.state == "connected" for status in statuses):
         return None
-    parts = [f"beacon {s.beacon}: {beacon_error_text(s.beacon, s.last_error or 'certificate mismatch')}"
-             for s in statuses]
+    parts = [
+        f"beacon {s.beacon}: {beacon_error_text(s.beacon, s.last_error or 'certificate mismatch')}" for s in statuses
+    ]
     return "; ".join(parts) + "; fix the cert_hash (the beacon prints it on start) and check with `discretpeer doctor`"
 
 
@@ -139,8 +142,9 @@ def describe_connection(conn: PeerConnection) -> dict[str, Any]:
 class Progress:
     """Turns the peer's beacon states and counters into status lines as they change."""
 
-    def __init__(self, peer: Peer, console: Console, *, interval: float = 0.1,
-                 settings: Settings | None = None) -> None:
+    def __init__(
+        self, peer: Peer, console: Console, *, interval: float = 0.1, settings: Settings | None = None
+    ) -> None:
         self.peer = peer
         self.console = console
         self.settings = settings
@@ -200,8 +204,9 @@ class Progress:
                     error=status.last_error,
                 )
             elif before is None and status.state == "connecting":
-                self.console.status(f"beacon {status.beacon}: connecting", event="beacon",
-                                    beacon=status.beacon, state="connecting")
+                self.console.status(
+                    f"beacon {status.beacon}: connecting", event="beacon", beacon=status.beacon, state="connecting"
+                )
         stats = self.peer.stats
         introductions = stats.introductions + stats.lan_sightings
         if introductions > self._introductions:
@@ -209,7 +214,7 @@ class Progress:
             via = "on the LAN" if stats.lan_sightings and not stats.introductions else "by the beacon"
             if self.relay_only:
                 what = "relaying only (--relay-only)"
-            elif udp_unreachable(self.peer._clients):  # noqa: SLF001
+            elif udp_unreachable(self.peer._clients):  # noqa: SLF001 - the CLI reads the peer's beacon clients for its progress line
                 what = "relay only (UDP blocked)"
             else:
                 what = "punching through NATs"
@@ -218,9 +223,13 @@ class Progress:
             self._relay_requests = stats.relay_requests
             if self.relay_only:
                 self.console.status("asking the beacon to relay", event="relay_requested")
-            elif udp_unreachable(self.peer._clients):  # noqa: SLF001
-                self.console.status("no beacon reachable over UDP (TLS/TCP only): punching is pointless, "
-                                    "asking the beacon to relay at once", event="relay_requested", udp=False)
+            elif udp_unreachable(self.peer._clients):  # noqa: SLF001 - the CLI reads the peer's beacon clients for its progress line
+                self.console.status(
+                    "no beacon reachable over UDP (TLS/TCP only): punching is pointless, "
+                    "asking the beacon to relay at once",
+                    event="relay_requested",
+                    udp=False,
+                )
             else:
                 self.console.status("no direct path yet: asking the beacon to relay", event="relay_requested")
         if stats.relay_grants > self._relay_grants:
@@ -230,23 +239,27 @@ class Progress:
 
 def explain_connect_error(exc: ConnectError, target: str, our_id: str, *, secret: bool) -> str:
     """One line: what went wrong, and what the user can check."""
-    report = exc.report or {}
+    report: dict[str, Any] = exc.report or {}
     beacons = report.get("beacons") or []
     reached = [b for b in beacons if isinstance(b, dict) and b.get("state") == "connected"]
     failures = [str(f) for f in report.get("failures") or []]
     refused = next((f for f in reversed(failures) if "refused us" in f or "not expected here" in f), None)
     if refused is not None:
         detail = refused.split("refused us:", 1)[1].strip() if "refused us:" in refused else refused
-        return (f"{short_id(target)} refused us ({detail}): is our peer id {our_id} in its allow list?")
+        return f"{short_id(target)} refused us ({detail}): is our peer id {our_id} in its allow list?"
     if beacons and not reached:
         errors = "; ".join(
             f"{b.get('beacon')}: {beacon_error_text(str(b.get('beacon')), str(b.get('last_error') or b.get('state')))}"
-            for b in beacons if isinstance(b, dict))
+            for b in beacons
+            if isinstance(b, dict)
+        )
         return f"no beacon reachable ({errors}); run `discretpeer doctor`"
     full = [str(f) for f in report.get("refusals") or []]
     if full and not report.get("introductions"):
-        return (f"{full[-1]}: too many connections wait on this meeting there (someone may be squatting it); "
-                "it is tried again every ~10 s; another beacon in the config avoids it")
+        return (
+            f"{full[-1]}: too many connections wait on this meeting there (someone may be squatting it); "
+            "it is tried again every ~10 s; another beacon in the config avoids it"
+        )
     if not report.get("introductions"):
         how = "the same --secret" if secret else f"your peer id ({our_id}) in its allow list"
         return (
@@ -267,8 +280,13 @@ async def watch_path(conn: PeerConnection, console: Console) -> None:
                 change.cancel()
                 return
             remote = format_address(conn.remote_address)
-            console.status(f"{short_id(conn.peer_id)}: path is now {change.result()} ({remote})",
-                           event="path", peer=conn.peer_id, path=change.result(), remote=remote)
+            console.status(
+                f"{short_id(conn.peer_id)}: path is now {change.result()} ({remote})",
+                event="path",
+                peer=conn.peer_id,
+                path=change.result(),
+                remote=remote,
+            )
     finally:
         closed.cancel()
 
@@ -297,8 +315,11 @@ class PeerLink:
         """Raises ConnectError with an explained message."""
         how = "our shared secret" if self.settings.secret else "our two peer ids"
         where = ", ".join(str(b) for b in self.settings.beacons) or "the LAN"
-        self.console.status(f"looking for {short_id(self.target)} via {where} (meeting derived from {how})",
-                            event="connecting", peer=self.target)
+        self.console.status(
+            f"looking for {short_id(self.target)} via {where} (meeting derived from {how})",
+            event="connecting",
+            peer=self.target,
+        )
         try:
             if self.settings.secret:
                 attempt = self.peer.connect(self.settings.secret, expect=self.target, timeout=self.settings.timeout)
@@ -348,8 +369,11 @@ class PeerLink:
             delay = RECONNECT_INITIAL
             await conn.wait_closed()
             self._ready.clear()
-            self.console.warn(f"connection to {short_id(self.target)} lost ({conn.close_reason}); reconnecting",
-                              event="disconnected", reason=conn.close_reason)
+            self.console.warn(
+                f"connection to {short_id(self.target)} lost ({conn.close_reason}); reconnecting",
+                event="disconnected",
+                reason=conn.close_reason,
+            )
 
     async def get(self, timeout: float) -> PeerConnection:
         """The current connection, waiting up to ``timeout`` for one. Raises ConnectionError at once

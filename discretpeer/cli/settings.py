@@ -102,8 +102,7 @@ class Settings:
             if len(text) == PEER_ID_LENGTH:  # meant as an id: say what is wrong with it
                 raise ConfigError(f"{where} {text!r} is not a valid peer id: {exc}") from None
             config = str(self.config_path) if self.config_path else "the config file"
-            names = (f"the names there: {', '.join(sorted(self.peers))}" if self.peers
-                     else "it has no [peers] table")
+            names = f"the names there: {', '.join(sorted(self.peers))}" if self.peers else "it has no [peers] table"
             raise ConfigError(
                 f"{where} {text!r} is neither a name from [peers] in {config} ({names}) nor a peer id "
                 f"({PEER_ID_LENGTH} base32 characters, as `discretpeer id` prints them)"
@@ -192,8 +191,14 @@ def _expect(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where
     value = data[key]
     kinds = _tuple(kind)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-                 dict: "a table"}
+        names = {
+            bool: "a boolean",
+            int: "an integer",
+            float: "a number",
+            str: "a string",
+            list: "a list",
+            dict: "a table",
+        }
         expected = " or ".join(names.get(k, f"a {k.__name__}") for k in kinds)
         raise ConfigError(f"{where}: '{key}' must be {expected}, got {value!r}")
     return value
@@ -350,9 +355,7 @@ def load_identity(settings: Settings) -> tuple[Identity, bool]:
     return Identity.load_or_create(path), created
 
 
-def _resolve_allow(
-    settings: Settings, entries: list[str], where: str
-) -> tuple[list[str], dict[str, frozenset[int]]]:
+def _resolve_allow(settings: Settings, entries: list[str], where: str) -> tuple[list[str], dict[str, frozenset[int]]]:
     """``NAME_OR_ID`` or ``NAME_OR_ID:PORT`` entries -> peer ids, and the ports of those limited
     to some (entries of one peer add up; one without a port lifts the limit)."""
     ids: list[str] = []
@@ -363,8 +366,10 @@ def _resolve_allow(
         if ":" in text:
             text, _, spec = text.rpartition(":")
             if not spec.strip().isdigit() or not 0 < int(spec) < 65536:
-                raise ConfigError(f"{where}: allow entry {entry!r}: the port after ':' must be 1..65535, "
-                                  "e.g. 'laptop:22' (one port per entry; repeat the entry for more)")
+                raise ConfigError(
+                    f"{where}: allow entry {entry!r}: the port after ':' must be 1..65535, "
+                    "e.g. 'laptop:22' (one port per entry; repeat the entry for more)"
+                )
             ports = {int(spec)}
         peer_id = settings.resolve_peer(text, where=f"{where}: allow entry")
         ids.append(peer_id)

@@ -60,8 +60,7 @@ class TcpSide:
     """A TCP connection as a local side. ``reset_grace``: for a connection we accepted, how long
     :meth:`reset` may wait for the client program to show it is past its ``connect()``."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                 reset_grace: float = 0.0) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, reset_grace: float = 0.0) -> None:
         self.reader = reader
         self.writer = writer
         self.reset_grace = reset_grace

@@ -40,8 +40,10 @@ def _beacon_lines(status: dict[str, Any]) -> list[str]:
 
 
 def _tunnels_line(totals: dict[str, Any], trouble: str, traffic: str) -> str:
-    return (f"tunnels: {totals.get('tunnels_open', 0)} open, {totals.get('tunnels_total', 0)} total, "
-            f"{totals.get(trouble, 0)} {trouble}; {traffic}")
+    return (
+        f"tunnels: {totals.get('tunnels_open', 0)} open, {totals.get('tunnels_total', 0)} total, "
+        f"{totals.get(trouble, 0)} {trouble}; {traffic}"
+    )
 
 
 def _who(peer_id: str, names: dict[str, str]) -> str:
@@ -73,13 +75,21 @@ def render_forward(status: dict[str, Any], names: dict[str, str] | None = None) 
     conn = status.get("connection")
     if conn:
         rtt = "?" if conn.get("rtt_ms") is None else f"{conn['rtt_ms']:.1f} ms"
-        lines.append(f"connection: path {conn['path']} ({conn['remote']}), rtt {rtt}; "
-                     f"connected {status.get('connects', 0)} time(s)")
+        lines.append(
+            f"connection: path {conn['path']} ({conn['remote']}), rtt {rtt}; "
+            f"connected {status.get('connects', 0)} time(s)"
+        )
     else:
         lines.append(f"connection: none right now (connected {status.get('connects', 0)} time(s))")
     totals = status.get("totals", {})
-    lines.append(_tunnels_line(totals, "failed", f"to the peer {human_bytes(totals.get('bytes_to_peer', 0))}, "
-                               f"from it {human_bytes(totals.get('bytes_from_peer', 0))}"))
+    lines.append(
+        _tunnels_line(
+            totals,
+            "failed",
+            f"to the peer {human_bytes(totals.get('bytes_to_peer', 0))}, "
+            f"from it {human_bytes(totals.get('bytes_from_peer', 0))}",
+        )
+    )
     return "\n".join(lines)
 
 
@@ -112,8 +122,14 @@ def render(status: dict[str, Any], names: dict[str, str] | None = None) -> str:
                 f"{human_bytes(c['bytes_to_peer']):>10}  {_age(now - c['since'])} ago"
             )
     totals = status.get("totals", {})
-    lines.append(_tunnels_line(totals, "refused", f"from peers {human_bytes(totals.get('bytes_from_peers', 0))}, "
-                               f"to peers {human_bytes(totals.get('bytes_to_peers', 0))}"))
+    lines.append(
+        _tunnels_line(
+            totals,
+            "refused",
+            f"from peers {human_bytes(totals.get('bytes_from_peers', 0))}, "
+            f"to peers {human_bytes(totals.get('bytes_to_peers', 0))}",
+        )
+    )
     return "\n".join(lines)
 
 

@@ -136,7 +136,7 @@ class BeaconClient:
                 message = await asyncio.wait_for(
                     self.protocol.inbox.get(), max(0.0, deadline - asyncio.get_running_loop().time())
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
             if self.skip_nudges and isinstance(message, wire.RelayRequest):
                 self.nudges.append(message)

@@ -17,8 +17,8 @@ _client = importlib.util.module_from_spec(_spec)
 sys.modules["beacon_test_client"] = _client
 _spec.loader.exec_module(_client)
 
-from beacon import BeaconServer, loopback_config  # noqa: E402
-from certs import create_bundle  # noqa: E402
+from beacon import BeaconServer, loopback_config  # noqa: E402 - after the test client module is registered under its unique name
+from certs import create_bundle  # noqa: E402 - after the test client module is registered under its unique name
 
 BeaconClient = _client.BeaconClient
 

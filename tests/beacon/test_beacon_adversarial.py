@@ -26,16 +26,26 @@ small_bytes = st.binary(max_size=48)
 frames = st.one_of(
     st.builds(hostile.stop_sending, stream_ids, codes),
     st.builds(hostile.reset_stream, stream_ids, codes, st.one_of(st.integers(0, 64 * KB), offsets)),
-    st.builds(lambda s, o, d, f: hostile.stream_frame(s, min(o, 2**62 - 1 - len(d)), d, f), stream_ids, offsets,
-              small_bytes, st.booleans()),
+    st.builds(
+        lambda s, o, d, f: hostile.stream_frame(s, min(o, 2**62 - 1 - len(d)), d, f),
+        stream_ids,
+        offsets,
+        small_bytes,
+        st.booleans(),
+    ),
     # CRYPTO in 1-RTT, possibly far ahead
     st.builds(lambda o, d: (0x06, varint(o) + varint(len(d)) + d), st.integers(0, 600 * KB), small_bytes),
     # unknown or reserved frame types with a random body
     st.builds(lambda t, d: (t, d), st.one_of(st.integers(0x21, 0x2F), st.integers(0x40, 0x3FFF)), small_bytes),
     # known frame types with random bodies: MAX_DATA..STREAMS_BLOCKED, NEW_CONNECTION_ID, RETIRE,
     # PATH_CHALLENGE/RESPONSE, CONNECTION_CLOSE, HANDSHAKE_DONE, DATAGRAM, ACK
-    st.builds(lambda t, d: (t, d), st.sampled_from([0x02, 0x03, 0x07, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16,
-                                                    0x17, 0x18, 0x19, 0x1A, 0x1B, 0x1E, 0x30, 0x31]), small_bytes),
+    st.builds(
+        lambda t, d: (t, d),
+        st.sampled_from(
+            [0x02, 0x03, 0x07, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1A, 0x1B, 0x1E, 0x30, 0x31]
+        ),
+        small_bytes,
+    ),
     st.just((0x01, b"")),  # PING
 )
 
@@ -44,13 +54,16 @@ control_bytes = st.one_of(
     st.binary(min_size=1, max_size=64),
     st.builds(lambda t, d: bytes([t]) + len(d).to_bytes(2, "big") + d, st.integers(0, 255), small_bytes),
     st.builds(lambda n: wire.encode(wire.Ping(nonce=n)), st.integers(0, 2**63 - 1)),
-    st.builds(lambda t: wire.encode(wire.Announce(add=(t,))), st.binary(min_size=wire.TOKEN_SIZE,
-                                                                       max_size=wire.TOKEN_SIZE)),
+    st.builds(
+        lambda t: wire.encode(wire.Announce(add=(t,))), st.binary(min_size=wire.TOKEN_SIZE, max_size=wire.TOKEN_SIZE)
+    ),
 )
 
 actions = st.lists(
-    st.one_of(st.tuples(st.just("frames"), st.lists(frames, min_size=1, max_size=6)),
-              st.tuples(st.just("control"), control_bytes)),
+    st.one_of(
+        st.tuples(st.just("frames"), st.lists(frames, min_size=1, max_size=6)),
+        st.tuples(st.just("control"), control_bytes),
+    ),
     min_size=1,
     max_size=8,
 )
@@ -90,12 +103,18 @@ def test_random_frames_inside_real_connections(connections):
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.one_of(
-    st.binary(min_size=1, max_size=1400),
-    st.builds(lambda b, d: bytes([b]) + d, st.integers(0xC0, 0xFF), st.binary(min_size=20, max_size=1300)),
-    st.builds(lambda v: hostile.junk_initial(1200, v), st.integers(0, 2**32 - 1)),
-    st.builds(lambda size: hostile.junk_initial(size), st.integers(29, 1500)),
-), min_size=1, max_size=40))
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(min_size=1, max_size=1400),
+            st.builds(lambda b, d: bytes([b]) + d, st.integers(0xC0, 0xFF), st.binary(min_size=20, max_size=1300)),
+            st.builds(lambda v: hostile.junk_initial(1200, v), st.integers(0, 2**32 - 1)),
+            st.builds(lambda size: hostile.junk_initial(size), st.integers(29, 1500)),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
 def test_garbage_datagrams(datagrams):
     """Random datagrams (QUIC-looking or not) at the beacon's port: no traceback, no answer
     larger than the datagram that caused it, and the beacon keeps serving."""

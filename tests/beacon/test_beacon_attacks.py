@@ -46,8 +46,10 @@ async def test_out_of_order_stream_data_holds_bounded_memory(tmp_path):
         try:
             # stop early if the beacon is losing (before the fix): no need to eat the machine
             reached = await asyncio.gather(
-                *(a.out_of_order(streams=(0,), rounds=14, stop=lambda: beacon.buffered_bytes() > 64 * 2**20)
-                  for a in attackers)
+                *(
+                    a.out_of_order(streams=(0,), rounds=14, stop=lambda: beacon.buffered_bytes() > 64 * 2**20)
+                    for a in attackers
+                )
             )
             highest = max(reached)
             buffered = beacon.buffered_bytes()
@@ -165,7 +167,11 @@ async def test_junk_initials_do_not_use_up_the_ip(tmp_path, retry):
     every legitimate attempt succeeds (they used to fill the per-IP connection slots for 10 s
     and drain the per-IP handshake budget)."""
     async with watched_beacon(
-        tmp_path, retry=retry, max_connections_per_ip=6, handshakes_per_second_per_ip=4.0, handshake_burst_per_ip=4,
+        tmp_path,
+        retry=retry,
+        max_connections_per_ip=6,
+        handshakes_per_second_per_ip=4.0,
+        handshake_burst_per_ip=4,
         retry_threshold_handshakes_per_second=1000.0,
     ) as beacon:
         raw = hostile.RawSocket()
@@ -196,8 +202,11 @@ async def test_junk_initials_do_not_use_up_the_ip(tmp_path, retry):
             raw.close()
         assert outcomes == ["ok"] * 4, outcomes
         rendered = beacon.server.metrics.render().decode()
-        dropped = [line for line in rendered.splitlines()
-                   if line.startswith('beacon_handshake_dropped_datagrams_total{reason="undecryptable"}')]
+        dropped = [
+            line
+            for line in rendered.splitlines()
+            if line.startswith('beacon_handshake_dropped_datagrams_total{reason="undecryptable"}')
+        ]
         assert dropped and float(dropped[0].split()[-1]) >= 20, dropped
         await beacon.pair_meets()
         beacon.assert_clean()
@@ -322,8 +331,10 @@ async def test_hostile_connections_leave_no_transport_warnings(tmp_path, caplog)
     caplog.set_level(logging.DEBUG, logger="quic")
     caplog.set_level(logging.WARNING)
     async with watched_beacon(tmp_path) as beacon:
-        for frames in ([hostile.stream_frame(4, 100, b"x")],
-                       [hostile.stream_frame(0, 5000 + 2 * i, b"x") for i in range(40)]):
+        for frames in (
+            [hostile.stream_frame(4, 100, b"x")],
+            [hostile.stream_frame(0, 5000 + 2 * i, b"x") for i in range(40)],
+        ):
             attacker = await beacon.hostile()
             attacker.send_frames(*frames)
             await wait_until(lambda attacker=attacker: attacker.closed)

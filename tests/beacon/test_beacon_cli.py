@@ -9,8 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-
 from beacon_test_client import BeaconClient
+
 from discretpeer import wire
 from discretpeer.beacon_tcp import open_channel
 from discretpeer.wire import ErrorCode
@@ -20,8 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 async def run_beacon(*args: str, cwd: Path | None = None) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "beacon", *args,
-        cwd=cwd or ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "beacon",
+        *args,
+        cwd=cwd or ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 
@@ -36,7 +41,7 @@ async def start_lines(process: asyncio.subprocess.Process) -> list[str]:
 
 
 def parse(lines: list[str]) -> tuple[str, list[tuple[str, int]]]:
-    fingerprint = next(l.split(": ", 1)[1] for l in lines if l.startswith("certificate hash: "))
+    fingerprint = next(line.split(": ", 1)[1] for line in lines if line.startswith("certificate hash: "))
     listening = []
     for line in lines:
         if line.startswith("listening on "):
@@ -49,8 +54,17 @@ async def test_run_pin_metrics_and_sigterm(tmp_path):
     d = tmp_path / "beacon"
     ready = tmp_path / "ready.json"
     process = await run_beacon(
-        "--dir", str(d), "--host", "127.0.0.1", "--port", "0", "--no-ipv6", "--metrics-port", "0",
-        "--ready-file", str(ready),
+        "--dir",
+        str(d),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-ipv6",
+        "--metrics-port",
+        "0",
+        "--ready-file",
+        str(ready),
     )
     try:
         lines = await start_lines(process)
@@ -60,7 +74,7 @@ async def test_run_pin_metrics_and_sigterm(tmp_path):
         facts = json.loads(ready.read_text())
         assert facts["fingerprint"] == fingerprint and facts["port"] == listening[0][1]
         assert facts["addresses"] == [f"127.0.0.1:{listening[0][1]}"]
-        assert any(l.startswith("metrics on http://127.0.0.1:") for l in lines)
+        assert any(line.startswith("metrics on http://127.0.0.1:") for line in lines)
         # TLS over TCP on the same port number, same pin
         assert f"tls over tcp on 127.0.0.1:{listening[0][1]}" in lines
         assert facts["tcp_addresses"] == [f"127.0.0.1:{listening[0][1]}"]
@@ -159,8 +173,9 @@ async def test_port_in_use_exits_1(tmp_path):
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
-        process = await run_beacon("--dir", str(tmp_path), "--host", "127.0.0.1", "--port",
-                                   str(taken.getsockname()[1]), "--no-ipv6")
+        process = await run_beacon(
+            "--dir", str(tmp_path), "--host", "127.0.0.1", "--port", str(taken.getsockname()[1]), "--no-ipv6"
+        )
         out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 1
     assert err.decode().splitlines()[-1].startswith("discret-beacon: error: cannot listen on 127.0.0.1:")
@@ -198,8 +213,7 @@ async def test_prints_the_client_configuration(tmp_path):
     from discretpeer.cli.settings import parse_beacon_flag
     from discretpeer.config import parse_beacons
 
-    lines = await _start_lines_and_stop("--dir", str(tmp_path / "a"), "--host", "127.0.0.1", "--port", "0",
-                                        "--no-ipv6")
+    lines = await _start_lines_and_stop("--dir", str(tmp_path / "a"), "--host", "127.0.0.1", "--port", "0", "--no-ipv6")
     fingerprint, listening = parse(lines)
     port = listening[0][1]
     assert lines[0] == f"certificate hash: {fingerprint}" and lines[1] == f"listening on 127.0.0.1:{port}"
@@ -214,8 +228,7 @@ async def test_prints_the_client_configuration(tmp_path):
     assert not any(line.startswith("client note: ") for line in lines)
 
     # every interface: the beacon cannot know its public name, so it says what to put there
-    lines = await _start_lines_and_stop("--dir", str(tmp_path / "b"), "--host", "0.0.0.0", "--port", "0",
-                                        "--no-ipv6")
+    lines = await _start_lines_and_stop("--dir", str(tmp_path / "b"), "--host", "0.0.0.0", "--port", "0", "--no-ipv6")
     fingerprint, listening = parse(lines)
     port = listening[0][1]
     assert f"client flag: --beacon YOUR.HOST:{port}={fingerprint}" in lines
@@ -254,8 +267,15 @@ async def test_one_line_summary_at_info(tmp_path):
     lines = summaries()
     seen = next(s for s in lines if s["peers"] == 2)
     assert seen["level"] == "info" and seen["seconds"] == 0.3 and seen["tokens"] == 1
-    assert set(seen) >= {"peers", "tokens", "new_connections", "introductions", "relay_active", "relay_sessions",
-                         "relay_bytes"}
+    assert set(seen) >= {
+        "peers",
+        "tokens",
+        "new_connections",
+        "introductions",
+        "relay_active",
+        "relay_sessions",
+        "relay_bytes",
+    }
     # increases since the previous line, not totals: summed over the lines, each event once
     assert sum(s["new_connections"] for s in lines) == 2
     assert sum(s["introductions"] for s in lines) == 2  # one Introduction frame to each side
@@ -285,14 +305,19 @@ async def test_ipv6_port_follows_port_from_the_file(tmp_path):
     from beacon.config import render_template
 
     (d / "Beacon.conf.toml").write_text(
-        render_template().replace("\nport = 4264\n", f"\nport = {port}\n").replace('"0.0.0.0"', '"127.0.0.1"')
+        render_template()
+        .replace("\nport = 4264\n", f"\nport = {port}\n")
+        .replace('"0.0.0.0"', '"127.0.0.1"')
         .replace('ipv6_host = "::"', 'ipv6_host = "::1"')
     )
     _, listening = parse(await _start_lines_and_stop("--dir", str(d)))
     assert listening == [("127.0.0.1", port), ("::1", port)]
     # the same for the flag, on the default settings
-    _, listening = parse(await _start_lines_and_stop("--dir", str(tmp_path / "flag"), "--host", "127.0.0.1",
-                                                     "--ipv6-host", "::1", "--port", str(port)))
+    _, listening = parse(
+        await _start_lines_and_stop(
+            "--dir", str(tmp_path / "flag"), "--host", "127.0.0.1", "--ipv6-host", "::1", "--port", str(port)
+        )
+    )
     assert listening == [("127.0.0.1", port), ("::1", port)]
 
 
@@ -327,8 +352,17 @@ async def test_full_disk_while_serving_is_one_warning_not_tracebacks(tmp_path):
 async def test_unwritable_ready_file_is_one_line_exit_2(tmp_path):
     (tmp_path / "a_directory").mkdir()
     for target in (tmp_path / "a_directory", tmp_path / "missing" / "ready.json"):
-        process = await run_beacon("--dir", str(tmp_path / "beacon"), "--host", "127.0.0.1", "--port", "0",
-                                   "--no-ipv6", "--ready-file", str(target))
+        process = await run_beacon(
+            "--dir",
+            str(tmp_path / "beacon"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-ipv6",
+            "--ready-file",
+            str(target),
+        )
         out, err = await asyncio.wait_for(process.communicate(), 30)
         text = err.decode()
         assert process.returncode == 2, text

@@ -41,9 +41,7 @@ def test_ipv6_port_follows_port_unless_set(tmp_path):
     assert load_config(path).ipv6_port == 5001
     assert load_config(path, {"port": 6000}).ipv6_port == 5001
     # a file written by an earlier template (ipv6_port = 4264 uncommented, never edited) follows too
-    path.write_text(
-        "port = 5000\n\n# UDP port for QUIC over IPv6 (0 = any free port).\nipv6_port = 4264\n"
-    )
+    path.write_text("port = 5000\n\n# UDP port for QUIC over IPv6 (0 = any free port).\nipv6_port = 4264\n")
     assert load_config(path).ipv6_port == 5000
     path.write_text("port = 5000\n\n# UDP port for QUIC over IPv6 (0 = any free port).\nipv6_port = 4265\n")
     assert load_config(path).ipv6_port == 4265
@@ -63,13 +61,13 @@ def test_template_loads_to_defaults(tmp_path):
     ("text", "expected"),
     [
         ("prot = 1\n", "unknown key 'prot'"),
-        ("port = \"4264\"\n", "key 'port': expected integer, got string '4264'"),
+        ('port = "4264"\n', "key 'port': expected integer, got string '4264'"),
         ("port = 70000\n", "key 'port': must be between 0 and 65535, got 70000"),
         ("port = -1\n", "key 'port'"),
         ("port = true\n", "key 'port': expected integer, got boolean"),
         ("ipv6_enabled = 1\n", "key 'ipv6_enabled': expected boolean"),
-        ("retry = \"sometimes\"\n", "key 'retry': must be one of 'auto', 'always', 'never'"),
-        ("host = \"::1\"\n", "key 'host': must be an IPv4 address"),
+        ('retry = "sometimes"\n', "key 'retry': must be one of 'auto', 'always', 'never'"),
+        ('host = "::1"\n', "key 'host': must be an IPv4 address"),
         ("idle_timeout_seconds = nan\n", "key 'idle_timeout_seconds'"),
         ("max_frame_size = 5000\n", "key 'max_frame_size'"),
         ("[relay]\nenabled = true\n", "unknown key 'relay'"),

@@ -142,41 +142,85 @@ def _wrong_hash_link(d: Path) -> None:
 
 # name → (setup(dir), bad path relative to dir, words the error line must contain, extra flags)
 BAD_FILES = {
-    "cert dangling symlink": (lambda d: (d / "cert_der.bin").symlink_to("/nonexistent/cert_der.bin"),
-                              "cert_der.bin", ["dangling symbolic link", "not creating a new identity"], []),
+    "cert dangling symlink": (
+        lambda d: (d / "cert_der.bin").symlink_to("/nonexistent/cert_der.bin"),
+        "cert_der.bin",
+        ["dangling symbolic link", "not creating a new identity"],
+        [],
+    ),
     "cert directory": (lambda d: (d / "cert_der.bin").mkdir(), "cert_der.bin", ["a directory"], []),
     "cert FIFO": (lambda d: _fifo(d / "cert_der.bin"), "cert_der.bin", ["a FIFO"], []),
     "cert /dev/zero": (lambda d: (d / "cert_der.bin").symlink_to("/dev/zero"), "cert_der.bin", ["a device"], []),
     "cert truncated": (lambda d: _truncated(d / "cert_der.bin"), "cert_der.bin", ["truncated"], []),
     "cert too large": (lambda d: _big(d / "cert_der.bin", 10 * 1024 * 1024), "cert_der.bin", ["too large"], []),
     "cert empty": (lambda d: (d / "cert_der.bin").write_bytes(b""), "cert_der.bin", ["bad magic"], []),
-    "config /dev/zero": (lambda d: (d / "Beacon.conf.toml").symlink_to("/dev/zero"),
-                         "Beacon.conf.toml", ["a device"], []),
+    "config /dev/zero": (
+        lambda d: (d / "Beacon.conf.toml").symlink_to("/dev/zero"),
+        "Beacon.conf.toml",
+        ["a device"],
+        [],
+    ),
     "config directory": (lambda d: (d / "Beacon.conf.toml").mkdir(), "Beacon.conf.toml", ["a directory"], []),
     "config FIFO": (lambda d: _fifo(d / "Beacon.conf.toml"), "Beacon.conf.toml", ["a FIFO"], []),
-    "config dangling symlink": (lambda d: (d / "Beacon.conf.toml").symlink_to("/nonexistent/b.toml"),
-                                "Beacon.conf.toml", ["dangling symbolic link"], []),
-    "config too large": (lambda d: _big(d / "Beacon.conf.toml", 64 * 1024 * 1024), "Beacon.conf.toml",
-                         ["too large"], []),
-    "config not UTF-8": (lambda d: (d / "Beacon.conf.toml").write_bytes(b"port = 1\xff\n"), "Beacon.conf.toml",
-                         ["cannot read", "utf-8"], []),
+    "config dangling symlink": (
+        lambda d: (d / "Beacon.conf.toml").symlink_to("/nonexistent/b.toml"),
+        "Beacon.conf.toml",
+        ["dangling symbolic link"],
+        [],
+    ),
+    "config too large": (
+        lambda d: _big(d / "Beacon.conf.toml", 64 * 1024 * 1024),
+        "Beacon.conf.toml",
+        ["too large"],
+        [],
+    ),
+    "config not UTF-8": (
+        lambda d: (d / "Beacon.conf.toml").write_bytes(b"port = 1\xff\n"),
+        "Beacon.conf.toml",
+        ["cannot read", "utf-8"],
+        [],
+    ),
     "--config FIFO": (lambda d: _fifo(d / "other.toml"), "other.toml", ["a FIFO"], ["--config", "{d}/other.toml"]),
-    "hash /dev/zero": (lambda d: (_valid_bundle(d), (d / "certificate_hash.txt").symlink_to("/dev/zero")),
-                       "certificate_hash.txt", ["a device", "remove it"], []),
+    "hash /dev/zero": (
+        lambda d: (_valid_bundle(d), (d / "certificate_hash.txt").symlink_to("/dev/zero")),
+        "certificate_hash.txt",
+        ["a device", "remove it"],
+        [],
+    ),
     "hash directory": (lambda d: (d / "certificate_hash.txt").mkdir(), "certificate_hash.txt", ["a directory"], []),
     "hash FIFO": (lambda d: _fifo(d / "certificate_hash.txt"), "certificate_hash.txt", ["a FIFO"], []),
-    "hash dangling symlink": (lambda d: (d / "certificate_hash.txt").symlink_to("/nonexistent/h.txt"),
-                              "certificate_hash.txt", ["dangling symbolic link"], []),
+    "hash dangling symlink": (
+        lambda d: (d / "certificate_hash.txt").symlink_to("/nonexistent/h.txt"),
+        "certificate_hash.txt",
+        ["dangling symbolic link"],
+        [],
+    ),
     "hash symlink, other hash": (_wrong_hash_link, "certificate_hash.txt", ["another hash"], []),
-    "log directory": (lambda d: (d / "logs" / "beacon.log").mkdir(parents=True), "logs/beacon.log",
-                      ["cannot write the log", "a directory"], []),
-    "log FIFO": (lambda d: ((d / "logs").mkdir(), _fifo(d / "logs" / "beacon.log")), "logs/beacon.log",
-                 ["cannot write the log", "a FIFO"], []),
-    "log dangling dir symlink": (lambda d: ((d / "logs").mkdir(), (d / "logs" / "beacon.log").symlink_to(
-        "/nonexistent/dir/beacon.log")), "logs/beacon.log", ["cannot write the log"], []),
+    "log directory": (
+        lambda d: (d / "logs" / "beacon.log").mkdir(parents=True),
+        "logs/beacon.log",
+        ["cannot write the log", "a directory"],
+        [],
+    ),
+    "log FIFO": (
+        lambda d: ((d / "logs").mkdir(), _fifo(d / "logs" / "beacon.log")),
+        "logs/beacon.log",
+        ["cannot write the log", "a FIFO"],
+        [],
+    ),
+    "log dangling dir symlink": (
+        lambda d: ((d / "logs").mkdir(), (d / "logs" / "beacon.log").symlink_to("/nonexistent/dir/beacon.log")),
+        "logs/beacon.log",
+        ["cannot write the log"],
+        [],
+    ),
     "--dir is a file": (lambda d: (d / "afile").write_text("x"), "afile", ["not a directory"], ["--dir", "{d}/afile"]),
-    "--dir dangling symlink": (lambda d: (d / "gone").symlink_to("/nonexistent/beacon"), "gone",
-                               ["dangling symbolic link"], ["--dir", "{d}/gone"]),
+    "--dir dangling symlink": (
+        lambda d: (d / "gone").symlink_to("/nonexistent/beacon"),
+        "gone",
+        ["dangling symbolic link"],
+        ["--dir", "{d}/gone"],
+    ),
     "logs is a file": (lambda d: (d / "logs").write_text("x"), "logs", ["exists"], []),
 }
 
@@ -209,9 +253,23 @@ def test_bad_file_one_line_exit_2_nothing_replaced(tmp_path, case):
     watched = [d / bad, d / "cert_der.bin"]  # (certificate_hash.txt is derived: it may be written)
     before = [_state(p) for p in watched]
     run = subprocess.run(
-        [sys.executable, "-m", "beacon", "--dir", str(d), "--host", "127.0.0.1", "--port", "0", "--no-ipv6",
-         *[f.format(d=d) for f in flags]],
-        cwd=ROOT, capture_output=True, timeout=20, preexec_fn=_limit_memory,  # a FIFO must not block
+        [
+            sys.executable,
+            "-m",
+            "beacon",
+            "--dir",
+            str(d),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-ipv6",
+            *[f.format(d=d) for f in flags],
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=20,
+        preexec_fn=_limit_memory,  # a FIFO must not block
     )
     err = run.stderr.decode(errors="replace")
     assert run.returncode == 2, (case, run.returncode, err[-2000:])

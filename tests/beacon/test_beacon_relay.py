@@ -7,6 +7,7 @@ import os
 import socket
 
 from beacon_test_client import BeaconClient
+
 from discretpeer import wire
 from discretpeer.relay_frame import build_relay_frame
 from discretpeer.wire import ErrorCode

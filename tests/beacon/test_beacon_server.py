@@ -7,8 +7,8 @@ import os
 import time
 
 import pytest
-
 from beacon_test_client import BeaconClient, Closed, PinMismatch
+
 from discretpeer import wire
 from discretpeer.wire import Address, ErrorCode
 
@@ -52,7 +52,9 @@ async def test_two_clients_same_token_are_introduced(connect):
     intro_a = await a.expect(wire.Introduction)
     intro_b = await b.expect(wire.Introduction)
     assert intro_a == wire.Introduction(
-        token=t, instance=b.instance, observed=Address.from_socket(b.local_address),
+        token=t,
+        instance=b.instance,
+        observed=Address.from_socket(b.local_address),
         candidates=(Address("10.0.0.7", 6000),),
     )
     assert intro_b == wire.Introduction(

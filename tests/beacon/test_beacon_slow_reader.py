@@ -8,6 +8,7 @@ import statistics
 import time
 
 from beacon_test_client import BeaconClient
+
 from discretpeer import wire
 
 
@@ -48,8 +49,12 @@ async def _introduction_latency(server, stuck: BeaconClient | None, rounds: int)
 
 
 async def test_stuck_client_does_not_delay_introductions(start_beacon):
-    config = dict(max_unsent_bytes=16 * 1024 * 1024, frames_per_second_per_connection=1e6,
-                  frame_burst_per_connection=1_000_000, max_peers_per_token=100)
+    config = dict(
+        max_unsent_bytes=16 * 1024 * 1024,
+        frames_per_second_per_connection=1e6,
+        frame_burst_per_connection=1_000_000,
+        max_peers_per_token=100,
+    )
     async with start_beacon(**config) as server:
         baseline = await _introduction_latency(server, None, 10)
         stuck = await BeaconClient.connect(server.addresses[0], server.fingerprint)

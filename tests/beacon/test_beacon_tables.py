@@ -115,8 +115,15 @@ def test_one_address_holds_its_share_newest_wins_within_it():
 
 def test_full_token_goes_to_the_newcomer_from_the_least_represented_address():
     # 4 slots held by two squatting addresses (2 each); the real pair comes from two others
-    hosts = {1: "203.0.113.1", 2: "203.0.113.1", 3: "203.0.113.2", 4: "203.0.113.2", 5: "198.51.100.5",
-             6: "198.51.100.6", 7: "203.0.113.1"}
+    hosts = {
+        1: "203.0.113.1",
+        2: "203.0.113.1",
+        3: "203.0.113.2",
+        4: "203.0.113.2",
+        5: "198.51.100.5",
+        6: "198.51.100.6",
+        7: "203.0.113.1",
+    }
     t = spread(4, 2, hosts)
     for key in (1, 2, 3, 4):
         t.announce(key, [T1])

@@ -256,9 +256,9 @@ async def test_tcp_handshakes_per_ip_and_connections_are_bounded(start_beacon):
         channels = [await open_channel("127.0.0.1", server.tcp_port, server.fingerprint) for _ in range(3)]
         with pytest.raises(ConnectionError):
             await open_channel("127.0.0.1", server.tcp_port, server.fingerprint, timeout=2)
-        assert server.metrics.registry.get_sample_value(
-            "beacon_handshakes_refused_total", {"reason": "rate_limited"}
-        ) == 1
+        assert (
+            server.metrics.registry.get_sample_value("beacon_handshakes_refused_total", {"reason": "rate_limited"}) == 1
+        )
         for channel in channels:
             channel.close()
     async with start_beacon(max_connections_per_ip=1) as server:
@@ -273,8 +273,9 @@ async def test_tcp_handshakes_per_ip_and_connections_are_bounded(start_beacon):
 
 
 async def test_tcp_slow_reader_is_dropped_and_others_go_on(start_beacon):
-    async with start_beacon(max_unsent_bytes=4096, frames_per_second_per_connection=10000.0,
-                            frame_burst_per_connection=100000) as server:
+    async with start_beacon(
+        max_unsent_bytes=4096, frames_per_second_per_connection=10000.0, frame_burst_per_connection=100000
+    ) as server:
         import socket
 
         sock = socket.socket()
@@ -290,8 +291,10 @@ async def test_tcp_slow_reader_is_dropped_and_others_go_on(start_beacon):
             writer.write(ping * 500)
             await asyncio.sleep(0.01)
         await wait_for(
-            lambda: (server.metrics.registry.get_sample_value("beacon_rejections_total", {"reason": "slow_reader"})
-                     or 0) >= 1,
+            lambda: (
+                (server.metrics.registry.get_sample_value("beacon_rejections_total", {"reason": "slow_reader"}) or 0)
+                >= 1
+            ),
             timeout=10,
         )
         writer.close()

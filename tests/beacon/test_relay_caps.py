@@ -34,8 +34,12 @@ def session(r: RelayTable, n: int, now: float = 0.0):
 
 def quota_from_config() -> RelayQuota:
     c = BeaconConfig()
-    return RelayQuota(rate_bytes_per_second=c.relay_rate_bytes_per_second, burst_bytes=c.relay_burst_bytes,
-                      total_rate_bytes_per_second=c.relay_total_rate_bytes_per_second, max_bytes=c.relay_max_bytes)
+    return RelayQuota(
+        rate_bytes_per_second=c.relay_rate_bytes_per_second,
+        burst_bytes=c.relay_burst_bytes,
+        total_rate_bytes_per_second=c.relay_total_rate_bytes_per_second,
+        max_bytes=c.relay_max_bytes,
+    )
 
 
 def offer(r: RelayTable, sessions, seconds: float, rate_each: float) -> list[int]:
@@ -97,8 +101,9 @@ def test_example_config_explains_the_relay_defaults():
 async def test_real_beacon_enforces_the_total_cap(start_beacon):
     """Two sessions on a real beacon, each far under its own rate; together over the cap: the
     beacon forwards about the cap, and counts the rest as throttled_total."""
-    async with start_beacon(relay_rate_bytes_per_second=10_000_000, relay_total_rate_bytes_per_second=100_000,
-                            relay_burst_bytes=1 << 20) as server:
+    async with start_beacon(
+        relay_rate_bytes_per_second=10_000_000, relay_total_rate_bytes_per_second=100_000, relay_burst_bytes=1 << 20
+    ) as server:
         pairs = [await granted_pair(server) for _ in range(2)]
         frames = [build_relay_frame(grant.session_id, os.urandom(1000)) for _, _, _, grant, _ in pairs]
         beacon = server.addresses[0]

@@ -25,9 +25,7 @@ sys.modules.setdefault("wire_properties", _props)
 _spec.loader.exec_module(_props)
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-datagrams = st.builds(
-    build_relay_frame, st.binary(min_size=8, max_size=8), st.binary(min_size=1, max_size=2000)
-)
+datagrams = st.builds(build_relay_frame, st.binary(min_size=8, max_size=8), st.binary(min_size=1, max_size=2000))
 items = st.one_of(_props.messages, datagrams)
 
 

@@ -3,6 +3,7 @@ error, valid messages round-trip (also through the incremental decoder, split an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 from hypothesis import HealthCheck, assume, given, settings
@@ -42,8 +43,13 @@ messages = st.one_of(
     st.builds(wire.Pong, nonce=u64),
     st.builds(wire.RelayRequest, token=tokens, instance=instances),
     st.builds(
-        wire.RelayGrant, token=tokens, instance=instances, session_id=session_ids,
-        max_bytes=u64, max_seconds=u32, rate_bytes_per_second=u32,
+        wire.RelayGrant,
+        token=tokens,
+        instance=instances,
+        session_id=session_ids,
+        max_bytes=u64,
+        max_seconds=u32,
+        rate_bytes_per_second=u32,
     ),
     st.builds(wire.RelayEnd, session_id=session_ids, code=u16, message=texts),
 )
@@ -71,10 +77,8 @@ def test_decode_body_raises_only_wire_error(data):
 @SETTINGS
 @given(st.integers(0, 0x12).flatmap(lambda kind: st.binary(max_size=300).map(lambda rest: bytes([kind]) + rest)))
 def test_decode_body_typed_garbage(data):
-    try:
+    with contextlib.suppress(WireError):
         wire.decode_body(data)
-    except WireError:
-        pass
 
 
 @SETTINGS

@@ -40,12 +40,19 @@ def clean_env(home: Path) -> dict[str, str]:
 class Proc:
     """A child process whose stdout lines are collected (JSON events parsed) by a thread."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, prefix: list[str] | None = None,
-                 stdin: Any = subprocess.DEVNULL) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        log: Path,
+        prefix: list[str] | None = None,
+        stdin: Any = subprocess.DEVNULL,
+    ) -> None:
         self.log = log
         self._stderr = open(log, "wb")  # noqa: SIM115 - open for the life of the process
-        self.popen = subprocess.Popen((prefix or []) + args, env=env, cwd=ROOT, stdin=stdin,
-                                      stdout=subprocess.PIPE, stderr=self._stderr)
+        self.popen = subprocess.Popen(
+            (prefix or []) + args, env=env, cwd=ROOT, stdin=stdin, stdout=subprocess.PIPE, stderr=self._stderr
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.events: list[dict[str, Any]] = []
         self._seen = 0
@@ -103,8 +110,12 @@ class Proc:
 class Beacon:
     def __init__(self, directory: Path, prefix: list[str] | None = None, port: int = 0) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.proc = Proc([PYTHON, "-m", "beacon", "--dir", str(directory), "--host", "127.0.0.1", "--port", str(port),
-                          "--no-ipv6"], clean_env(directory), directory / "stderr.log", prefix)
+        self.proc = Proc(
+            [PYTHON, "-m", "beacon", "--dir", str(directory), "--host", "127.0.0.1", "--port", str(port), "--no-ipv6"],
+            clean_env(directory),
+            directory / "stderr.log",
+            prefix,
+        )
         self.fingerprint = ""
         self.address = ""
         while True:
@@ -141,14 +152,28 @@ class Node:
         self.env = clean_env(home)
         self.peer_id = self.run("id", "-q").stdout.strip()
 
-    def run(self, *args: str, timeout: float = 60.0, input: str | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run((self.prefix or []) + CLI + list(args), env={**self.env, **(env or {})}, cwd=ROOT,
-                              input=input, capture_output=True, text=True, timeout=timeout)
+    def run(
+        self, *args: str, timeout: float = 60.0, input: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            (self.prefix or []) + CLI + list(args),
+            env={**self.env, **(env or {})},
+            cwd=ROOT,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def run_bytes(self, *args: str, input: bytes = b"", timeout: float = 60.0) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run((self.prefix or []) + CLI + list(args), env=self.env, cwd=ROOT, input=input,
-                              capture_output=True, timeout=timeout)
+        return subprocess.run(
+            (self.prefix or []) + CLI + list(args),
+            env=self.env,
+            cwd=ROOT,
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+        )
 
     def start(self, *args: str, name: str) -> Proc:
         proc = Proc(CLI + list(args), self.env, self.home / f"{name}.log", self.prefix)
@@ -229,8 +254,12 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int,
     (root / "blob.bin").write_bytes(body)
     (root / "index.html").write_text("<h1>hello through discretpeer</h1>\n")
     port = free_port()
-    proc = subprocess.Popen([PYTHON, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
@@ -281,14 +310,26 @@ def lab(tmp_path_factory, beacon, services, http_server, sshd) -> Iterator[dict[
     a = Node(base / "a", [beacon])
     b = Node(base / "b", [beacon])
     c = Node(base / "c", [beacon])  # not allowed anywhere
-    ports = [str(p) for p in (http_server[0], sshd["port"], services["echo"], services["eof"], services["closer"],
-                              services["dead"])]
+    ports = [
+        str(p)
+        for p in (http_server[0], sshd["port"], services["echo"], services["eof"], services["closer"], services["dead"])
+    ]
     expose = a.start("expose", *ports, "--allow", b.peer_id, "--json", name="expose")
     expose.wait_event("exposing")
     forward = b.start("forward", "0", "--to", a.peer_id, "--port", str(services["echo"]), "--json", name="forward")
     listening = forward.wait_event("listening")
     forward.wait_event("connected")
-    yield {"a": a, "b": b, "c": c, "expose": expose, "forward": forward, "echo_forward_port": listening["port"],
-           "beacon": beacon, "services": services, "http": http_server, "sshd": sshd}
+    yield {
+        "a": a,
+        "b": b,
+        "c": c,
+        "expose": expose,
+        "forward": forward,
+        "echo_forward_port": listening["port"],
+        "beacon": beacon,
+        "services": services,
+        "http": http_server,
+        "sshd": sshd,
+    }
     for node in (a, b, c):
         node.stop_all()

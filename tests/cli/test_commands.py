@@ -45,8 +45,9 @@ def test_id_creates_a_private_identity_once(tmp_path):
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     again = subprocess.run(CLI + ["id", "--json"], env=env, capture_output=True, text=True)
     assert json.loads(again.stdout) == {"peer_id": peer_id, "identity": str(key), "created": False}
-    other = subprocess.run(CLI + ["id", "--identity", str(tmp_path / "other.key")], env=env, capture_output=True,
-                           text=True)
+    other = subprocess.run(
+        CLI + ["id", "--identity", str(tmp_path / "other.key")], env=env, capture_output=True, text=True
+    )
     assert other.stdout.strip() != peer_id
     os.chmod(key, 0o644)
     loose = subprocess.run(CLI + ["id"], env=env, capture_output=True, text=True)
@@ -60,7 +61,7 @@ def test_id_creates_a_private_identity_once(tmp_path):
         (["forward", "80", "--to", "nobody"], None, 2, "neither a name from [peers]"),
         (["pipe", "--to", "x" * 52, "--port", "0"], None, 2, "remote port must be 1..65535"),
         (["expose", "22", "--allow", OTHER_ID], None, 2, "no beacon configured"),
-        (["expose", "22"], 'beacons = []\nlan = true', 2, "nobody is allowed"),
+        (["expose", "22"], "beacons = []\nlan = true", 2, "nobody is allowed"),
         (["doctor"], "beacons = [", 2, "invalid TOML"),
         (["doctor"], "lan = 'yes'", 2, "'lan' must be a boolean"),
         (["status"], None, 1, "no running expose"),
@@ -79,8 +80,18 @@ def test_errors_are_one_line_with_the_right_exit_code(tmp_path, argv, config, co
 
 
 def test_help_everywhere():
-    for command in ([], ["id"], ["expose"], ["forward"], ["pipe"], ["ping"], ["invite"], ["accept"], ["doctor"],
-                    ["status"]):
+    for command in (
+        [],
+        ["id"],
+        ["expose"],
+        ["forward"],
+        ["pipe"],
+        ["ping"],
+        ["invite"],
+        ["accept"],
+        ["doctor"],
+        ["status"],
+    ):
         result = subprocess.run(CLI + command + ["--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage: discretpeer" in result.stdout
 
@@ -93,8 +104,9 @@ def test_http_page_through_forward_with_curl(lab, tmp_path):
     port, body = lab["http"]
     forward = b.start("forward", "0", "--to", lab["a"].peer_id, "--port", str(port), "--json", name="fwd-http")
     local = forward.wait_event("listening")["port"]
-    page = subprocess.run(["curl", "-sS", "--max-time", "20", f"http://127.0.0.1:{local}/index.html"],
-                          capture_output=True, text=True)
+    page = subprocess.run(
+        ["curl", "-sS", "--max-time", "20", f"http://127.0.0.1:{local}/index.html"], capture_output=True, text=True
+    )
     assert page.returncode == 0, page.stderr + forward.stderr()
     assert page.stdout == "<h1>hello through discretpeer</h1>\n"
     blob = urllib.request.urlopen(f"http://127.0.0.1:{local}/blob.bin", timeout=20).read()
@@ -106,13 +118,42 @@ def test_http_page_through_forward_with_curl(lab, tmp_path):
 
 def test_ssh_through_pipe_proxycommand(lab):
     sshd, a, b = lab["sshd"], lab["a"], lab["b"]
-    proxy = " ".join(["env", f"HOME={b.home}", f"PYTHONPATH={b.env['PYTHONPATH']}", *CLI, "pipe",
-                      "--to", a.peer_id, "--port", str(sshd["port"])])
+    proxy = " ".join(
+        [
+            "env",
+            f"HOME={b.home}",
+            f"PYTHONPATH={b.env['PYTHONPATH']}",
+            *CLI,
+            "pipe",
+            "--to",
+            a.peer_id,
+            "--port",
+            str(sshd["port"]),
+        ]
+    )
     result = subprocess.run(
-        ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-i", str(sshd["key"]),
-         "-o", f"ProxyCommand={proxy}", "root@device", "echo through-the-tunnel; echo $((6*7))"],
-        capture_output=True, text=True, timeout=60,
+        [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+            str(sshd["key"]),
+            "-o",
+            f"ProxyCommand={proxy}",
+            "root@device",
+            "echo through-the-tunnel; echo $((6*7))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "through-the-tunnel\n42\n"
@@ -123,8 +164,9 @@ def test_pipe_is_binary_safe_and_stdout_carries_only_data(lab):
     payload = os.urandom(1 << 20) + bytes(range(256)) * 4
     started = time.monotonic()
     # -vv: every log on, and still nothing but the data on stdout
-    result = lab["b"].run_bytes("pipe", "-vv", "--to", lab["a"].peer_id, "--port", str(lab["services"]["echo"]),
-                                input=payload)
+    result = lab["b"].run_bytes(
+        "pipe", "-vv", "--to", lab["a"].peer_id, "--port", str(lab["services"]["echo"]), input=payload
+    )
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert b"DEBUG" in result.stderr and b"path direct" in result.stderr
@@ -135,9 +177,15 @@ def test_pipe_is_binary_safe_and_stdout_carries_only_data(lab):
 
 def test_pipe_time_to_first_byte(lab):
     started = time.monotonic()
-    proc = subprocess.Popen((lab["b"].prefix or []) + CLI + ["pipe", "-q", "--to", lab["a"].peer_id, "--port",
-                            str(lab["services"]["closer"])], env=lab["b"].env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        (lab["b"].prefix or [])
+        + CLI
+        + ["pipe", "-q", "--to", lab["a"].peer_id, "--port", str(lab["services"]["closer"])],
+        env=lab["b"].env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     first = proc.stdout.read(1)
     ttfb = time.monotonic() - started
@@ -192,8 +240,10 @@ def test_throughput_forward_vs_direct(lab):
         timings[name] = time.monotonic() - started
         assert hashlib.sha256(answer).digest() == hashlib.sha256(payload).digest()
     rates = {name: size * 2 / t / 1e6 for name, t in timings.items()}
-    print(f"\nthroughput (16 MiB echoed, both directions): direct TCP {rates['direct']:.0f} MB/s, "
-          f"through forward {rates['forward']:.1f} MB/s")
+    print(
+        f"\nthroughput (16 MiB echoed, both directions): direct TCP {rates['direct']:.0f} MB/s, "
+        f"through forward {rates['forward']:.1f} MB/s"
+    )
 
 
 def test_close_propagates_both_ways(lab):
@@ -243,9 +293,18 @@ def test_secret_meeting_and_refusal_of_a_stranger_who_knows_it(lab, tmp_path):
     beacon = lab["beacon"]
     d = Node(tmp_path / "d", [beacon])
     try:
-        expose = d.start("expose", str(lab["services"]["echo"]), "--allow", lab["b"].peer_id, "--json",
-                         "--secret", "correct horse battery staple", "--control", str(tmp_path / "d.sock"),
-                         name="expose-secret")
+        expose = d.start(
+            "expose",
+            str(lab["services"]["echo"]),
+            "--allow",
+            lab["b"].peer_id,
+            "--json",
+            "--secret",
+            "correct horse battery staple",
+            "--control",
+            str(tmp_path / "d.sock"),
+            name="expose-secret",
+        )
         expose.wait_event("exposing")
         secret = {"DISCRETPEER_SECRET": "correct horse battery staple"}
         ok = lab["b"].run("pipe", "--to", d.peer_id, input="hello\n", env=secret)
@@ -267,8 +326,9 @@ def test_a_peer_allowed_one_port_sees_only_that_port(lab, tmp_path):
     echo, eof = lab["services"]["echo"], lab["services"]["eof"]
     d = Node(tmp_path / "d", [beacon], allow=[f"{b.peer_id}:{echo}", c.peer_id])
     try:
-        expose = d.start("expose", str(echo), str(eof), "--json", "--control", str(tmp_path / "d.sock"),
-                         name="expose-ports")
+        expose = d.start(
+            "expose", str(echo), str(eof), "--json", "--control", str(tmp_path / "d.sock"), name="expose-ports"
+        )
         expose.wait_event("exposing")
         ok = b.run("pipe", "--to", d.peer_id, input="b\n")
         assert ok.returncode == 0 and ok.stdout == "b\n", ok.stderr
@@ -323,8 +383,11 @@ def test_sighup_reloads_the_allow_list_without_a_restart(lab, tmp_path):
 
 @pytest.mark.parametrize(
     "which, expected",
-    [("dead", "REFUSED: connection to 127.0.0.1:{port} refused"), ("other", "NOT_EXPOSED: port {port} is not exposed"),
-     (None, "AMBIGUOUS_PORT")],
+    [
+        ("dead", "REFUSED: connection to 127.0.0.1:{port} refused"),
+        ("other", "NOT_EXPOSED: port {port} is not exposed"),
+        (None, "AMBIGUOUS_PORT"),
+    ],
 )
 def test_tunnel_refusals_are_explained(lab, which, expected):
     port = lab["services"]["dead"] if which == "dead" else free_port() if which == "other" else None
@@ -346,8 +409,9 @@ def test_status_shows_the_connection_and_its_path(lab):
     assert human.returncode == 0 and "direct" in human.stdout and "connections:" in human.stdout
     sock = a.home / ".config" / "discretpeer" / "expose.sock"
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600
-    watch = subprocess.Popen(CLI + ["status", "--watch", "--interval", "0.2", "--json"], env=a.env,
-                             stdout=subprocess.PIPE, text=True)
+    watch = subprocess.Popen(
+        CLI + ["status", "--watch", "--interval", "0.2", "--json"], env=a.env, stdout=subprocess.PIPE, text=True
+    )
     assert watch.stdout is not None
     first, second = json.loads(watch.stdout.readline()), json.loads(watch.stdout.readline())
     watch.terminate()
@@ -360,8 +424,18 @@ def test_status_of_a_forward_with_a_control_socket(lab, tmp_path):
     connection's path, tunnels and bytes."""
     a, b = lab["a"], lab["b"]
     control = str(tmp_path / "fwd.sock")
-    forward = b.start("forward", "0", "--to", a.peer_id, "--port", str(lab["services"]["echo"]), "--json",
-                      "--control", control, name="forward-status")
+    forward = b.start(
+        "forward",
+        "0",
+        "--to",
+        a.peer_id,
+        "--port",
+        str(lab["services"]["echo"]),
+        "--json",
+        "--control",
+        control,
+        name="forward-status",
+    )
     port = forward.wait_event("listening")["port"]
     forward.wait_event("connected")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -419,14 +493,25 @@ def test_forward_reconnects_after_the_peer_connection_drops(lab, tmp_path):
 
 def test_relay_path_is_reported_by_forward_and_status(lab):
     a, b = lab["a"], lab["b"]
-    forward = b.start("forward", "0", "--to", a.peer_id, "--port", str(lab["services"]["echo"]), "--relay-only",
-                      "--json", name="fwd-relay")
+    forward = b.start(
+        "forward",
+        "0",
+        "--to",
+        a.peer_id,
+        "--port",
+        str(lab["services"]["echo"]),
+        "--relay-only",
+        "--json",
+        name="fwd-relay",
+    )
     port = forward.wait_event("listening")["port"]
     connected = forward.wait_event("connected", timeout=20)
     assert connected["path"] == "relay"
     payload = os.urandom(200_000)
     assert echo_once(port, payload) == payload
     status = json.loads(a.run("status", "--json").stdout)
-    assert any(c["peer"] == b.peer_id and c["path"] == "relay" and c["bytes_from_peer"] >= len(payload)
-               for c in status["connections"]), status["connections"]
+    assert any(
+        c["peer"] == b.peer_id and c["path"] == "relay" and c["bytes_from_peer"] >= len(payload)
+        for c in status["connections"]
+    ), status["connections"]
     forward.stop()

@@ -34,8 +34,9 @@ def run(tmp_path, argv, config=None):
         ("udp_port = 70000", "'udp_port' must be 0..65535"),
     ],
 )
-@pytest.mark.parametrize("command", [["doctor", "--no-mdns"], ["expose", "--allow", OTHER_ID],
-                                     ["forward", "0", "--to", OTHER_ID]])
+@pytest.mark.parametrize(
+    "command", [["doctor", "--no-mdns"], ["expose", "--allow", OTHER_ID], ["forward", "0", "--to", OTHER_ID]]
+)
 def test_bad_values_name_the_file(tmp_path, config, text, command):
     result, errors, path = run(tmp_path, command, config)
     assert result.returncode == 2, result.stderr

@@ -24,8 +24,18 @@ async def doctor(home, control, beacon) -> dict:
     env["DISCRETPEER_BEACONS"] = f"127.0.0.1:{beacon.port}={beacon.fingerprint}"
     env["DISCRETPEER_CONTROL"] = str(control)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "discretpeer.cli", "doctor", "--no-mdns", "--json", "--timeout", "3",
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "discretpeer.cli",
+        "doctor",
+        "--no-mdns",
+        "--json",
+        "--timeout",
+        "3",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
     assert b"Traceback" not in stderr, stderr.decode()

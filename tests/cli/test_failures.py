@@ -79,8 +79,7 @@ def test_to_a_name_not_in_peers_says_so(tmp_path):
     assert "[peers]" in line and str(config) in line and "laptop" in line, line
     assert "52 base32 characters" in line and "must have 52 characters, got 4" not in line, line
     config.unlink()
-    result = subprocess.run(CLI + ["forward", "0", "--to", "mypi"], env=env, capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(CLI + ["forward", "0", "--to", "mypi"], env=env, capture_output=True, text=True, timeout=30)
     [line] = error_lines(result.stderr)
     assert result.returncode == 2 and "no [peers] table" in line, line
 
@@ -140,8 +139,12 @@ def test_forward_resets_the_client_when_the_port_is_not_exposed(lab):
     forward, local = start_forward(b, a.peer_id, "--port", str(port), name="forward-not-exposed")
     try:
         forward.wait_event("connected")
-        curl = subprocess.run(["curl", "-sS", "--max-time", "20", f"http://127.0.0.1:{local}/"], capture_output=True,
-                              text=True, timeout=30)
+        curl = subprocess.run(
+            ["curl", "-sS", "--max-time", "20", f"http://127.0.0.1:{local}/"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert curl.returncode == 56 and "reset" in curl.stderr.lower(), curl  # not 52 "Empty reply from server"
         assert_reset(local)
         failed = forward.wait_event("tunnel_failed")

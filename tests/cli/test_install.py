@@ -21,20 +21,23 @@ def test_version_is_the_package_metadata():
 
 
 def test_python_dash_m_discretpeer_runs_the_command(tmp_path):
-    result = subprocess.run([PYTHON, "-m", "discretpeer", "--version"], env=clean_env(tmp_path),
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [PYTHON, "-m", "discretpeer", "--version"], env=clean_env(tmp_path), capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"discretpeer {discretpeer.__version__}\n"
-    made = subprocess.run([PYTHON, "-m", "discretpeer", "id", "-q"], env=clean_env(tmp_path),
-                          capture_output=True, text=True, timeout=30)
+    made = subprocess.run(
+        [PYTHON, "-m", "discretpeer", "id", "-q"], env=clean_env(tmp_path), capture_output=True, text=True, timeout=30
+    )
     assert made.returncode == 0 and len(made.stdout.strip()) == 52, made.stderr
 
 
 def test_console_script_has_version(tmp_path):
     script = Path(sys.executable).parent / "discretpeer"
     assert script.exists(), "the package is not installed with its console scripts (pip install -e .)"
-    result = subprocess.run([str(script), "--version"], env=clean_env(tmp_path), capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        [str(script), "--version"], env=clean_env(tmp_path), capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"discretpeer \d+\.\d+\.\d+\S*\n", result.stdout)
 
@@ -57,7 +60,14 @@ def test_readme_goes_from_zero_to_ssh():
     """Install -> beacon as a service -> invite/accept -> expose -> ping -> ssh, in that order."""
     readme = (ROOT / "README.md").read_text()
     steps = readme.split("From zero", 1)[1].split("\n## ", 1)[0]
-    order = ["pipx install", "contrib/systemd/discret-beacon.service", "discretpeer invite", "discretpeer accept",
-             "discretpeer expose", "discretpeer ping", "ProxyCommand discretpeer pipe"]
+    order = [
+        "pipx install",
+        "contrib/systemd/discret-beacon.service",
+        "discretpeer invite",
+        "discretpeer accept",
+        "discretpeer expose",
+        "discretpeer ping",
+        "ProxyCommand discretpeer pipe",
+    ]
     positions = [steps.find(needle) for needle in order]
     assert -1 not in positions and positions == sorted(positions), dict(zip(order, positions, strict=True))

@@ -39,8 +39,7 @@ def test_invite_accept_then_ssh_like_pipe_by_name(tmp_path, beacon, services):
     for key, value in before.items():  # everything else kept
         assert pi_config[key] == value
     # the names work: the pi exposes to "laptop" (its config), the laptop pipes to "pi"
-    expose = pi.start("expose", str(services["echo"]), "--json", "--control", str(tmp_path / "pi.sock"),
-                      name="expose")
+    expose = pi.start("expose", str(services["echo"]), "--json", "--control", str(tmp_path / "pi.sock"), name="expose")
     try:
         assert expose.wait_event("exposing")["allowed"] == [laptop.peer_id]
         echoed = laptop.run("pipe", "--to", "pi", input="paired\n")
@@ -86,8 +85,11 @@ def test_expired_code_and_bad_input(tmp_path, beacon):
     late = laptop.run("accept", code, "--timeout", "2")
     assert late.returncode == 1 and "nobody is waiting" in error_lines(late.stderr)[0]
     assert config_of(laptop) == before
-    for bad, text in (("7-apple", "expected NUMBER-WORD-WORD"), ("0-apple-river", "1..999"),
-                      ("7-apple-banana", "'banana' is not one of the code words")):
+    for bad, text in (
+        ("7-apple", "expected NUMBER-WORD-WORD"),
+        ("0-apple-river", "1..999"),
+        ("7-apple-banana", "'banana' is not one of the code words"),
+    ):
         result = laptop.run("accept", bad)
         assert result.returncode == 2 and text in error_lines(result.stderr)[0], result.stderr
     named = laptop.run("accept", "7-apple-river", "--name", "bad name")

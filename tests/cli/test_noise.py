@@ -14,8 +14,17 @@ def test_a_finished_pipe_session_leaves_expose_quiet(beacon, services, tmp_path)
     a = Node(tmp_path / "a", [beacon])
     b = Node(tmp_path / "b", [beacon])
     try:
-        expose = a.start("expose", str(services["echo"]), "--allow", b.peer_id, "--json", "-v",
-                         "--control", str(tmp_path / "a.sock"), name="expose")
+        expose = a.start(
+            "expose",
+            str(services["echo"]),
+            "--allow",
+            b.peer_id,
+            "--json",
+            "-v",
+            "--control",
+            str(tmp_path / "a.sock"),
+            name="expose",
+        )
         expose.wait_event("exposing")
         for round_ in range(2):
             done = b.run("pipe", "--to", a.peer_id, input=f"hello {round_}\n")
@@ -37,8 +46,9 @@ def test_disconnect_on_stop_has_a_reason(lab, tmp_path):
     beacon, b = lab["beacon"], lab["b"]
     d = Node(tmp_path / "d", [beacon], allow=[b.peer_id])
     try:
-        expose = d.start("expose", str(lab["services"]["echo"]), "--json", "--control", str(tmp_path / "d.sock"),
-                         name="expose-stop")
+        expose = d.start(
+            "expose", str(lab["services"]["echo"]), "--json", "--control", str(tmp_path / "d.sock"), name="expose-stop"
+        )
         expose.wait_event("exposing")
         forward = b.start("forward", "0", "--to", d.peer_id, "--json", name="forward-stop")
         forward.wait_event("connected")
@@ -57,8 +67,7 @@ def test_disconnect_on_stop_has_a_reason(lab, tmp_path):
 
 def test_relay_only_does_not_say_punching(lab, tmp_path):
     b, a = lab["b"], lab["a"]
-    result = b.run("pipe", "--to", a.peer_id, "--port", str(lab["services"]["echo"]), "--relay-only",
-                   input="relayed\n")
+    result = b.run("pipe", "--to", a.peer_id, "--port", str(lab["services"]["echo"]), "--relay-only", input="relayed\n")
     assert result.returncode == 0 and result.stdout == "relayed\n", result.stderr
     assert "punching" not in result.stderr, result.stderr
     assert "relaying only (--relay-only)" in result.stderr and "path relay" in result.stderr, result.stderr

@@ -125,8 +125,10 @@ def test_suggested_names_are_valid(text):
 
 def test_add_peer_keeps_other_keys_and_mode(tmp_path):
     path = tmp_path / "config.toml"
-    path.write_text('beacons = [{hostname = "b.example:4264", cert_hash = "' + "A" * 43 + '"}]\nlan = true\n'
-                    f'allow = ["{M}"]\n\n[peers]\npi = "{M}"\n')
+    path.write_text(
+        'beacons = [{hostname = "b.example:4264", cert_hash = "' + "A" * 43 + '"}]\nlan = true\n'
+        f'allow = ["{M}"]\n\n[peers]\npi = "{M}"\n'
+    )
     os.chmod(path, 0o640)
     assert add_peer(path, "pi", A) == ("pi-2", True)  # "pi" is taken by another peer
     assert add_peer(path, "laptop", A) == ("pi-2", False)  # already there: unchanged

@@ -51,13 +51,15 @@ def test_ping_and_status_use_names_from_peers(lab, tmp_path):
     config = device.home / ".config" / "discretpeer" / "config.toml"
     config.write_text(config.read_text().replace("[peers]", 'allow = ["laptop"]\n[peers]'))
     try:
-        expose = device.start("expose", str(services["echo"]), "--json", "--control", str(tmp_path / "d.sock"),
-                              name="expose-names")
+        expose = device.start(
+            "expose", str(services["echo"]), "--json", "--control", str(tmp_path / "d.sock"), name="expose-names"
+        )
         expose.wait_event("exposing")
         pinged = laptop.run("ping", "pi", "-c", "1")
         assert pinged.returncode == 0 and pinged.stdout.startswith(f"pong from pi ({device.peer_id[:12]}...) via ")
-        forward = laptop.start("forward", "0", "--to", "pi", "--json", "--control", str(tmp_path / "f.sock"),
-                               name="forward-names")
+        forward = laptop.start(
+            "forward", "0", "--to", "pi", "--json", "--control", str(tmp_path / "f.sock"), name="forward-names"
+        )
         forward.wait_event("connected")
         expose.wait_event("peer_connected")
         shown = device.run("status", "--control", str(tmp_path / "d.sock"))

@@ -49,7 +49,9 @@ def test_defaults_without_any_config(tmp_path):
 
 
 def test_config_file_is_read_and_names_resolve(tmp_path):
-    write(tmp_path, f"""
+    write(
+        tmp_path,
+        f"""
 beacons = [{{hostname = "127.0.0.1:4264", cert_hash = "{HASH}"}}]
 allow = ["laptop", "{ID2}"]
 lan = true
@@ -59,7 +61,8 @@ udp_host = "127.0.0.1"
 expose = [22, "10.0.0.5:80"]
 [peers]
 laptop = "{ID1.upper()}"
-""")
+""",
+    )
     s = load_settings(args("forward", "8080", "--to", "laptop"), env_for(tmp_path))
     assert [b.hostname for b in s.beacons] == ["127.0.0.1:4264"]
     assert s.allow == [ID1, ID2]
@@ -70,12 +73,17 @@ laptop = "{ID1.upper()}"
 
 def test_environment_overrides_config_and_flags_override_environment(tmp_path):
     write(tmp_path, f'beacons = [{{hostname = "127.0.0.1:1", cert_hash = "{HASH}"}}]\nallow = ["{ID1}"]\n')
-    env = env_for(tmp_path, DISCRETPEER_BEACONS=f"127.0.0.1:2={HASH}, 127.0.0.1:3={HASH2}",
-                  DISCRETPEER_ALLOW=ID2, DISCRETPEER_LAN="yes")
+    env = env_for(
+        tmp_path,
+        DISCRETPEER_BEACONS=f"127.0.0.1:2={HASH}, 127.0.0.1:3={HASH2}",
+        DISCRETPEER_ALLOW=ID2,
+        DISCRETPEER_LAN="yes",
+    )
     s = load_settings(args("expose", "22"), env)
     assert [b.port for b in s.beacons] == [2, 3] and s.allow == [ID2] and s.lan is True
-    s = load_settings(args("expose", "22", "--beacon", f"127.0.0.1:4={HASH}", "--allow", f"{ID1},{ID2}",
-                           "--no-lan"), env)
+    s = load_settings(
+        args("expose", "22", "--beacon", f"127.0.0.1:4={HASH}", "--allow", f"{ID1},{ID2}", "--no-lan"), env
+    )
     assert [b.port for b in s.beacons] == [4] and s.allow == [ID1, ID2] and s.lan is False
 
 
@@ -87,11 +95,14 @@ def test_explicit_config_path_must_exist(tmp_path):
 
 
 def test_allow_entries_may_limit_a_peer_to_some_ports(tmp_path):
-    write(tmp_path, f"""
+    write(
+        tmp_path,
+        f"""
 allow = ["laptop:22", "laptop:80", "{ID2}"]
 [peers]
 laptop = "{ID1}"
-""")
+""",
+    )
     s = load_settings(args("expose", "22"), env_for(tmp_path))
     assert s.allow == [ID1, ID2]
     assert s.ports_for(ID1) == {22, 80} and s.ports_for(ID2) is None
@@ -125,8 +136,9 @@ def test_bad_config_entries_are_one_clear_error(tmp_path, text, match):
         load_settings(args("expose", "22"), env_for(tmp_path))
 
 
-@pytest.mark.parametrize("flag", ["127.0.0.1:4264", f"127.0.0.1={HASH}", f"={HASH}", "127.0.0.1:4264=abc",
-                                  f"[::1:4264={HASH}"])
+@pytest.mark.parametrize(
+    "flag", ["127.0.0.1:4264", f"127.0.0.1={HASH}", f"={HASH}", "127.0.0.1:4264=abc", f"[::1:4264={HASH}"]
+)
 def test_bad_beacon_flags(flag):
     with pytest.raises(ConfigError):
         parse_beacon_flag(flag)
@@ -135,8 +147,9 @@ def test_bad_beacon_flags(flag):
 def test_beacon_flag_ipv6_and_duplicates(tmp_path):
     assert parse_beacon_flag(f"[::1]:4264={HASH}").host == "::1"
     with pytest.raises(ConfigError, match="twice"):
-        load_settings(args("doctor", "--beacon", f"127.0.0.1:1={HASH}", "--beacon", f"127.0.0.1:1={HASH}"),
-                      env_for(tmp_path))
+        load_settings(
+            args("doctor", "--beacon", f"127.0.0.1:1={HASH}", "--beacon", f"127.0.0.1:1={HASH}"), env_for(tmp_path)
+        )
 
 
 def test_services_parse_and_reject_duplicates(tmp_path):
@@ -170,18 +183,23 @@ def test_light_commands_do_not_load_the_quic_stack():
     import subprocess
     import sys
 
-    code = ("import sys, discretpeer, discretpeer.cli, discretpeer.cli.status; "
-            "assert 'aioquic' not in sys.modules, sorted(m for m in sys.modules if 'aioquic' in m)[:3]; "
-            "from discretpeer import Peer, Identity, wire; assert 'aioquic' in sys.modules")
+    code = (
+        "import sys, discretpeer, discretpeer.cli, discretpeer.cli.status; "
+        "assert 'aioquic' not in sys.modules, sorted(m for m in sys.modules if 'aioquic' in m)[:3]; "
+        "from discretpeer import Peer, Identity, wire; assert 'aioquic' in sys.modules"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 
 def test_proxy_key_and_flag_and_beacon_tcp_port(tmp_path):
-    write(tmp_path, f"""
+    write(
+        tmp_path,
+        f"""
 beacons = [{{hostname = "beacon.example.org:4264", cert_hash = "{HASH}", tcp_port = 443}}]
 proxy = "http://proxy.lan:3128"
-""")
+""",
+    )
     s = load_settings(args("doctor"), env_for(tmp_path))
     assert s.beacons[0].tcp == 443 and s.beacons[0].proxy == "http://proxy.lan:3128"
     s = load_settings(args("doctor", "--proxy", "http://u:p@other:8080"), env_for(tmp_path))

@@ -77,8 +77,11 @@ def test_beacon_command_line_runs_reloads_and_stops(tmp_path):
         while beacon.next_line(15) != "ready":
             pass
         config = tmp_path / "Beacon.conf.toml"
-        config.write_text(config.read_text().replace("relay_rate_bytes_per_second = 10000000",
-                                                     "relay_rate_bytes_per_second = 5000000"))
+        config.write_text(
+            config.read_text().replace(
+                "relay_rate_bytes_per_second = 10000000", "relay_rate_bytes_per_second = 5000000"
+            )
+        )
         beacon.popen.send_signal(signal.SIGHUP)
         log = tmp_path / "logs" / "beacon.log"
         wait_for(lambda: '"reloaded"' in log.read_text())
@@ -104,7 +107,8 @@ def test_expose_command_line_runs_with_the_units_environment(tmp_path, beacon):
     (tmp_path / "device").mkdir()
     Path(moved["DISCRETPEER_CONFIG"]).write_text(
         f'beacons = [{{hostname = "{beacon.address}", cert_hash = "{beacon.fingerprint}"}}]\n'
-        f'udp_host = "127.0.0.1"\nexpose = [22]\nallow = ["laptop"]\n[peers]\nlaptop = "{laptop.peer_id}"\n')
+        f'udp_host = "127.0.0.1"\nexpose = [22]\nallow = ["laptop"]\n[peers]\nlaptop = "{laptop.peer_id}"\n'
+    )
     argv = shlex.split(unit["ExecStart"].replace("/usr/local/bin/", f"{BIN}/")) + ["--json"]
     expose = Proc(argv, {**clean_env(tmp_path / "nohome"), **moved}, tmp_path / "expose.log")
     try:

@@ -53,11 +53,16 @@ def netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
             f"PidFile {root / 'sshd.pid'}\nLogLevel ERROR\n"
         )
-        sshd = subprocess.Popen([*prefix, "/usr/sbin/sshd", "-D", "-f", str(root / "sshd_config"),
-                                 "-E", str(root / "sshd.log")])
+        sshd = subprocess.Popen(
+            [*prefix, "/usr/sbin/sshd", "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")]
+        )
         deadline = time.monotonic() + 10
-        while subprocess.run([*prefix, "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                [*prefix, "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True
+            ).returncode
+            != 0
+        ):
             assert time.monotonic() < deadline, "sshd did not start"
             time.sleep(0.05)
         yield {"prefix": prefix, "beacon": beacon, "base": base, "ssh_port": port, "key": root / "client"}
@@ -82,13 +87,43 @@ def test_ssh_through_pipe_from_a_network_that_blocks_udp(netns):
         assert "no beacon answered over UDP" in report.stdout, report.stdout
         expose = a.start("expose", str(netns["ssh_port"]), "--allow", b.peer_id, "--json", name="expose")
         expose.wait_event("exposing")
-        proxy = " ".join(["env", f"HOME={b.home}", f"PYTHONPATH={b.env['PYTHONPATH']}", *CLI, "pipe",
-                          "--to", a.peer_id, "--port", str(netns["ssh_port"])])
+        proxy = " ".join(
+            [
+                "env",
+                f"HOME={b.home}",
+                f"PYTHONPATH={b.env['PYTHONPATH']}",
+                *CLI,
+                "pipe",
+                "--to",
+                a.peer_id,
+                "--port",
+                str(netns["ssh_port"]),
+            ]
+        )
         result = subprocess.run(
-            [*prefix, "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-i", str(netns["key"]),
-             "-o", f"ProxyCommand={proxy}", "root@device", "echo through-tcp; head -c 300000 /dev/zero | wc -c"],
-            capture_output=True, text=True, timeout=90,
+            [
+                *prefix,
+                "ssh",
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-i",
+                str(netns["key"]),
+                "-o",
+                f"ProxyCommand={proxy}",
+                "root@device",
+                "echo through-tcp; head -c 300000 /dev/zero | wc -c",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout == "through-tcp\n300000\n"

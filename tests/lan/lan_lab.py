@@ -7,6 +7,7 @@ directly between the bridge namespace and each host (never in the root namespace
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -62,10 +63,8 @@ def delete_namespace(name: str) -> None:
         if not pids:
             break
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), sig)
-            except (ProcessLookupError, ValueError):
-                pass
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline and sh("ip", "netns", "pids", name, check=False).stdout.strip():
             time.sleep(0.05)
@@ -110,9 +109,7 @@ class Proc:
         for line in self.popen.stderr:
             self.stderr.append(line.rstrip("\n"))
 
-    def wait_for(
-        self, predicate: Callable[[Any], bool], timeout: float, what: str = "event", since: int = 0
-    ) -> Any:
+    def wait_for(self, predicate: Callable[[Any], bool], timeout: float, what: str = "event", since: int = 0) -> Any:
         """The first event matching ``predicate`` among those seen from index ``since`` on."""
         for event in self.seen[since:]:
             if predicate(event):
@@ -171,10 +168,8 @@ class Proc:
 
     def stop(self) -> None:
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout=3)
             except subprocess.TimeoutExpired:
@@ -207,20 +202,37 @@ class Lab:
             sh("ip", "netns", "add", name)
             v6off = "0" if self.ipv6 and name != self.switch else "1"
             self.exec(
-                name, "sysctl", "-q", "-w",
+                name,
+                "sysctl",
+                "-q",
+                "-w",
                 f"net.ipv6.conf.all.disable_ipv6={v6off}",
                 f"net.ipv6.conf.default.disable_ipv6={v6off}",
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
             )
             if v6off == "0":
-                self.exec(name, "sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0",
-                          "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.default.router_solicitations=0")
+                self.exec(
+                    name,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                    "net.ipv6.conf.default.router_solicitations=0",
+                )
             sh("ip", "-n", name, "link", "set", "lo", "up")
         sw = self.switch
         sh("ip", "-n", sw, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
-        self.exec(sw, "sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=0",
-                  "net.bridge.bridge-nf-call-ip6tables=0", "net.bridge.bridge-nf-call-arptables=0")
+        self.exec(
+            sw,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.bridge.bridge-nf-call-iptables=0",
+            "net.bridge.bridge-nf-call-ip6tables=0",
+            "net.bridge.bridge-nf-call-arptables=0",
+        )
         sh("ip", "-n", sw, "link", "set", "br0", "up")
         for host, name in self.hosts.items():
             port = f"p{self.tag}{host}"
@@ -249,18 +261,14 @@ class Lab:
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
-            try:
+            with contextlib.suppress(Exception):
                 proc.stop()
-            except Exception:
-                pass
         self.procs.clear()
 
     def teardown(self) -> None:
         for proc in reversed(self.procs):
-            try:
+            with contextlib.suppress(Exception):
                 proc.stop()
-            except Exception:
-                pass
         self.procs.clear()
         for name in [*self.hosts.values(), self.switch]:
             delete_namespace(name)
@@ -281,8 +289,9 @@ class Lab:
             _AVAHI_CONF.format(host=f"dpl-avahi-{host}", ipv6="yes" if self.ipv6 else "no")
         )
         env = {"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={bus}"}
-        dbus = self.spawn(host, ["dbus-daemon", f"--config-file={base / 'bus.conf'}", "--nofork", "--nopidfile"],
-                          json_lines=False)
+        dbus = self.spawn(
+            host, ["dbus-daemon", f"--config-file={base / 'bus.conf'}", "--nofork", "--nopidfile"], json_lines=False
+        )
         deadline = time.monotonic() + 5
         while not bus.exists():
             if time.monotonic() > deadline or dbus.popen.poll() is not None:
@@ -291,9 +300,14 @@ class Lab:
         # avahi-daemon keeps its pid file and socket in /run/avahi-daemon: give it a private /run.
         avahi = self.spawn(
             host,
-            ["unshare", "-m", "sh", "-c",
-             f"mount --bind {base / 'run'} /run && exec avahi-daemon --no-drop-root --no-chroot "
-             f"--no-rlimits -f {base / 'avahi.conf'}"],
+            [
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                f"mount --bind {base / 'run'} /run && exec avahi-daemon --no-drop-root --no-chroot "
+                f"--no-rlimits -f {base / 'avahi.conf'}",
+            ],
             env=env,
             json_lines=False,
         )

@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lan_lab import PYTHON, Lab, netns_unavailable, skip_or_fail  # noqa: E402
+from lan_lab import PYTHON, Lab, netns_unavailable, skip_or_fail
 
 pytestmark = pytest.mark.mdns
 
@@ -119,14 +119,16 @@ def test_withdrawing_all_tokens_says_goodbye(net: Lab) -> None:
     token = os.urandom(32)
     a = net.node("a", tokens=[token.hex()], interfaces=["eth0"])
     b = net.node("b", tokens=[token.hex()])
-    ra, rb = ready(a), ready(b)
+    ra, _rb = ready(a), ready(b)
     found_from(b, ra["instance"])
     a.send(cmd="tokens", tokens=[])
     b.poll_stats(lambda s: s["tracked"] == 0, 5, f"b forgetting a after its goodbye {ra} {b.found()}")
     a.send(cmd="tokens", tokens=[token.hex()])
     b.wait_for(
-        lambda e: e.get("ev") == "found" and e["instance"] == ra["instance"], DISCOVERY_TIMEOUT,
-        "rediscovery", since=len(b.drain()),
+        lambda e: e.get("ev") == "found" and e["instance"] == ra["instance"],
+        DISCOVERY_TIMEOUT,
+        "rediscovery",
+        since=len(b.drain()),
     )
     assert len([f for f in b.found() if f["instance"] == ra["instance"]]) == 2
 
@@ -163,7 +165,10 @@ def test_ipv6_discovery() -> None:
 def avahi_browse(env: dict[str, str], lab: Lab, host: str) -> list[list[str]]:
     result = subprocess.run(
         ["ip", "netns", "exec", lab.ns(host), "avahi-browse", "-rpt", "_discretpeer._udp"],
-        capture_output=True, text=True, timeout=15, env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=15,
+        env={**os.environ, **env},
     )
     assert result.returncode == 0, result.stderr
     return [line.split(";") for line in result.stdout.splitlines() if line.startswith("=")]
@@ -200,13 +205,24 @@ def test_service_published_by_avahi_is_found(net: Lab) -> None:
     t0 = time.monotonic()
     net.spawn(
         "d",
-        ["avahi-publish", "-s", os.urandom(6).hex(), "_discretpeer._udp", "4321",
-         "v=1", f"i={instance}", f"t0={b64(os.urandom(32))}", f"t1={b64(token)}"],
-        env=env, json_lines=False,
+        [
+            "avahi-publish",
+            "-s",
+            os.urandom(6).hex(),
+            "_discretpeer._udp",
+            "4321",
+            "v=1",
+            f"i={instance}",
+            f"t0={b64(os.urandom(32))}",
+            f"t1={b64(token)}",
+        ],
+        env=env,
+        json_lines=False,
     )
     # and one that is not ours: garbage TXT, ignored
-    net.spawn("d", ["avahi-publish", "-s", "garbage", "_discretpeer._udp", "4322", "v=1", "i=zz"],
-              env=env, json_lines=False)
+    net.spawn(
+        "d", ["avahi-publish", "-s", "garbage", "_discretpeer._udp", "4322", "v=1", "i=zz"], env=env, json_lines=False
+    )
     found = found_from(a, instance)
     assert found["token"] == token.hex()
     assert found["addresses"] == [["10.77.0.4", 4321]]
@@ -221,8 +237,14 @@ def test_flood_keeps_state_bounded_and_the_loop_responsive(net: Lab) -> None:
     a = net.node("a", tokens=[token.hex()], max_services=max_services)
     ready(a)
     flood_config = {
-        "ip": net.ipv4("c"), "replay_token": token.hex(),
-        "random": 500, "replay": 20, "garbage": 60, "oversized": 30, "ptr_only": 200, "many_addresses": 1,
+        "ip": net.ipv4("c"),
+        "replay_token": token.hex(),
+        "random": 500,
+        "replay": 20,
+        "garbage": 60,
+        "oversized": 30,
+        "ptr_only": 200,
+        "many_addresses": 1,
         "rounds": 3,
     }
     flood = net.spawn("c", [PYTHON, str(FLOOD), json.dumps(flood_config)])

@@ -41,10 +41,19 @@ def test_two_peers_meet_on_the_lan_with_no_beacon_and_a_third_is_ignored(lab: La
         identities[name].save(tmp_path / f"{name}.key")
     try:
         a = start_peer(lab, "a", tmp_path / "a.key", meeting="lan meeting", expect=identities["b"].peer_id, role="dial")
-        b = start_peer(lab, "b", tmp_path / "b.key", meeting="lan meeting", expect=identities["a"].peer_id, role="serve")
+        b = start_peer(
+            lab, "b", tmp_path / "b.key", meeting="lan meeting", expect=identities["a"].peer_id, role="serve"
+        )
         # c waits on another meeting on the same LAN: it must never be contacted
-        c = start_peer(lab, "c", tmp_path / "c.key", meeting="another meeting", expect=identities["a"].peer_id,
-                       role="serve", timeout=4)
+        c = start_peer(
+            lab,
+            "c",
+            tmp_path / "c.key",
+            meeting="another meeting",
+            expect=identities["a"].peer_id,
+            role="serve",
+            timeout=4,
+        )
         connected_a = a.wait_for(lambda e: e.get("event") in ("connected", "failed"), 20, "connected")
         connected_b = b.wait_for(lambda e: e.get("event") in ("connected", "failed"), 20, "connected")
         assert connected_a["event"] == connected_b["event"] == "connected", (connected_a, connected_b)
@@ -53,8 +62,10 @@ def test_two_peers_meet_on_the_lan_with_no_beacon_and_a_third_is_ignored(lab: La
         assert connected_a["remote"][0] == lab.ipv4("b")
         reply = a.wait_for(lambda e: e.get("event") == "reply", 10, "reply")
         assert reply["data"] == "hello over the lan"[::-1]
-        print(f"\nLAN, no beacon: start -> verified connection {connected_a['ms_from_start']} ms "
-              f"(sighting -> verified {connected_a['ms_from_sighting']} ms)")
+        print(
+            f"\nLAN, no beacon: start -> verified connection {connected_a['ms_from_start']} ms "
+            f"(sighting -> verified {connected_a['ms_from_sighting']} ms)"
+        )
         failed_c = c.wait_for(lambda e: e.get("event") in ("connected", "failed"), 15, "c's result")
         assert failed_c["event"] == "failed" and "no beacon configured" not in failed_c["error"]
         assert failed_c["lan_sightings"] == 0

@@ -85,8 +85,18 @@ def test_address_filtering_order_and_cap() -> None:
     table = ServiceTable(OWN, max_addresses=4)
     table.set_wanted([T1])
     hosts = [
-        "fe80::1%3", "fe80::2", "2001:db8::5", "127.0.0.1", "::1", "224.0.0.251", "0.0.0.0", "::ffff:10.0.0.7",
-        "not an ip", "10.0.0.2", "10.0.0.2", "192.168.1.4",
+        "fe80::1%3",
+        "fe80::2",
+        "2001:db8::5",
+        "127.0.0.1",
+        "::1",
+        "224.0.0.251",
+        "0.0.0.0",
+        "::ffff:10.0.0.7",
+        "not an ip",
+        "10.0.0.2",
+        "10.0.0.2",
+        "192.168.1.4",
     ]
     [found] = table.update("p", txt(PEER, T1), 4000, hosts)
     assert [a.host for a in found.addresses] == ["10.0.0.2", "192.168.1.4", "2001:db8::5", "fe80::1%3"]
@@ -152,9 +162,7 @@ operation = st.one_of(
             st.binary(max_size=64),
         ),
         st.integers(0, 70000),
-        st.lists(
-            st.sampled_from(["10.0.0.1", "10.0.0.2", "fe80::1%2", "127.0.0.1", "2001:db8::1", "x"]), max_size=12
-        ),
+        st.lists(st.sampled_from(["10.0.0.1", "10.0.0.2", "fe80::1%2", "127.0.0.1", "2001:db8::1", "x"]), max_size=12),
     ),
     st.tuples(st.just("remove"), st.integers(0, 40)),
     st.tuples(st.just("wanted"), st.lists(st.sampled_from(TOKENS), max_size=3)),

@@ -19,6 +19,7 @@ sender learns the address its NAT gave it, and keeps a copy for ``recv``/``drain
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import socket
@@ -45,10 +46,8 @@ class Agent:
             text = data.decode("utf-8", "replace")
             if echo:
                 reply = f"{ECHO_PREFIX}{addr[0]} {addr[1]}|{text}".encode()
-                try:
+                with contextlib.suppress(OSError):
                     sock.sendto(reply, addr)
-                except OSError:
-                    pass
             q.put((text, addr, time.monotonic()))
 
     def op_open(self, port: int = 0, echo: bool = False, host: str = "0.0.0.0", rcvbuf: int = 0) -> dict:
@@ -134,7 +133,7 @@ class Agent:
             op = request.pop("op")
             try:
                 answer = getattr(self, f"op_{op}")(**request)
-            except Exception as exc:  # report, keep serving
+            except Exception as exc:  # noqa: BLE001 - any failure of an op is reported to the test, the agent keeps serving
                 answer = {"error": f"{type(exc).__name__}: {exc}"}
             print(json.dumps(answer), flush=True)
 

@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from .lab import Lab, unavailable_reason
 
-STANDARD_FLAVOURS = {"A": ("port_restricted", False), "B": ("port_restricted", False), "C": ("port_restricted", True), "D": ("port_restricted", False), "E": ("port_restricted", False)}
+STANDARD_FLAVOURS = {
+    "A": ("port_restricted", False),
+    "B": ("port_restricted", False),
+    "C": ("port_restricted", True),
+    "D": ("port_restricted", False),
+    "E": ("port_restricted", False),
+}
 
 
 def in_ci() -> bool:
@@ -32,7 +38,9 @@ def require_natlab() -> None:
     if reason is None:
         return
     if in_ci():
-        pytest.fail(f"NAT lab unavailable and CI={os.environ.get('CI')!r}, so this is a failure: {reason}", pytrace=False)
+        pytest.fail(
+            f"NAT lab unavailable and CI={os.environ.get('CI')!r}, so this is a failure: {reason}", pytrace=False
+        )
     print(f"NAT lab unavailable: {reason}", file=sys.stderr)
     pytest.skip(f"NAT lab unavailable: {reason}")
 

@@ -1,15 +1,15 @@
 """Raw UDP hole punching, to check that the NAT lab behaves as DESIGN.md says.
 
-    python punch.py rendezvous PORT
-        Keeps the observed address of each peer that says ``HELLO <name> <key>``; once two
-        names share a key, tells each the other's observed address (``PEER <ip> <port>``), at
-        once and again on every later HELLO.
+python punch.py rendezvous PORT
+    Keeps the observed address of each peer that says ``HELLO <name> <key>``; once two
+    names share a key, tells each the other's observed address (``PEER <ip> <port>``), at
+    once and again on every later HELLO.
 
-    python punch.py peer NAME KEY RDV_IP RDV_PORT [WINDOW_S] [LOCAL_PORT]
-        One socket for everything. Says HELLO every 100 ms until introduced, then sends PROBE to
-        the introduced address at once and every 50 ms. Any datagram not from the rendezvous is
-        kept and answered (ACK) to the address it came from, even before the introduction.
-        Prints one JSON line: success (heard from the peer), who it heard from, timings.
+python punch.py peer NAME KEY RDV_IP RDV_PORT [WINDOW_S] [LOCAL_PORT]
+    One socket for everything. Says HELLO every 100 ms until introduced, then sends PROBE to
+    the introduced address at once and every 50 ms. Any datagram not from the rendezvous is
+    kept and answered (ACK) to the address it came from, even before the introduction.
+    Prints one JSON line: success (heard from the peer), who it heard from, timings.
 """
 
 from __future__ import annotations

@@ -25,7 +25,20 @@ def run_without_capabilities(ci: str | None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "CI" and not k.startswith("PYTEST_")}
     if ci is not None:
         env["CI"] = ci
-    argv = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--", sys.executable, "-m", "pytest", TARGET, "-q", "-rs", "-p", "no:cacheprovider"]
+    argv = [
+        "setpriv",
+        "--bounding-set=-all",
+        "--inh-caps=-all",
+        "--",
+        sys.executable,
+        "-m",
+        "pytest",
+        TARGET,
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+    ]
     return subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 

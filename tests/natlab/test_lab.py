@@ -63,7 +63,9 @@ def test_build_and_teardown(lab: Lab) -> None:
     started = time.monotonic()
     lab.close()
     teardown = time.monotonic() - started
-    print(f"\nbuild_standard: {build * 1000:.0f} ms for {len(lab.nodes)} namespaces; teardown: {teardown * 1000:.0f} ms")
+    print(
+        f"\nbuild_standard: {build * 1000:.0f} ms for {len(lab.nodes)} namespaces; teardown: {teardown * 1000:.0f} ms"
+    )
     assert proc.returncode is not None
     assert not [ns for ns in _namespaces() if ns.startswith(lab._prefix)]
     assert build < 5.0
@@ -82,7 +84,9 @@ print(json.dumps({
     "outside": subprocess.run(["ip", "route", "get", "198.51.100.7"], capture_output=True, text=True).returncode,
     "ipv6": [read(f"ipv6/conf/{i}/disable_ipv6") for i in ifaces if os.path.exists(f"/proc/sys/net/ipv6/conf/{i}")],
     "rp_filter": {i: read(f"ipv4/conf/{i}/rp_filter") for i in ifaces + ["all", "default"]},
-    "redirects": {i: read(f"ipv4/conf/{i}/send_redirects") + read(f"ipv4/conf/{i}/accept_redirects") for i in ifaces + ["all"]},
+    "redirects": {
+        i: read(f"ipv4/conf/{i}/send_redirects") + read(f"ipv4/conf/{i}/accept_redirects") for i in ifaces + ["all"]
+    },
     "forward": read("ipv4/ip_forward"),
     "lo": open("/sys/class/net/lo/operstate").read().strip(),
 }))
@@ -165,7 +169,7 @@ def test_full_cone(standard_lab: Lab, publics) -> None:
     # a reply to a stranger who came in leaves from the same mapping
     pub2_agent, pub2_alt = publics[PUB2_ALT]
     pub2_agent.send(pub2_alt, mapping, "hello from a stranger")
-    (data, src), = [p for p in agent.drain(sock, wait=0.25) if p[0] == "hello from a stranger"]
+    ((data, src),) = [p for p in agent.drain(sock, wait=0.25) if p[0] == "hello from a stranger"]
     assert src == PUB2_ALT
     assert agent.whoami(sock, PUB2_ALT) == mapping
 
@@ -191,7 +195,10 @@ def test_symmetric(standard_lab: Lab, publics, flavour: str) -> None:
     agent, sock, mapping, via_pub2, inbound = mapping_and_filtering(standard_lab, publics, "A", "A1", 41004)
     via_beacon_alt = agent.whoami(sock, BEACON_ALT)
     ports = {mapping[1], via_pub2[1], via_beacon_alt[1]}
-    print(f"\n{flavour}: external ports for beacon:5000, pub2:5000, beacon:5001 = {mapping[1]}, {via_pub2[1]}, {via_beacon_alt[1]}")
+    print(
+        f"\n{flavour}: external ports for beacon:5000, pub2:5000, beacon:5001 = "
+        f"{mapping[1]}, {via_pub2[1]}, {via_beacon_alt[1]}"
+    )
     assert len(ports) == 3, "a new external port per destination"
     assert inbound == {"beacon_same_port": True, "beacon_other_port": False, "pub2": False}
 
@@ -326,7 +333,7 @@ def test_delay(standard_lab: Lab, publics) -> None:
     mixed = agent.rtt(sock, BEACON, count=5, interval=0.01)
     standard_lab.set_delay(0)
     after = agent.rtt(sock, BEACON, count=5, interval=0.01)
-    ms = lambda xs: f"median {statistics.median(xs) * 1000:.2f} ms, max {max(xs) * 1000:.2f} ms"  # noqa: E731
+    ms = lambda xs: f"median {statistics.median(xs) * 1000:.2f} ms, max {max(xs) * 1000:.2f} ms"  # noqa: E731 - a one-line formatter local to the test
     print(
         f"\ndelay backend {standard_lab.delay_backend()}: RTT A1<->beacon no delay {ms(base)}; "
         f"20 ms/link (expect 80) {ms(delayed)}; A 20 + beacon 10 (expect 60) {ms(mixed)}; back to 0 {ms(after)}"

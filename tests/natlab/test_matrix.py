@@ -70,8 +70,14 @@ def run_pair(
     stamp = f"{time.monotonic_ns()}"
     for name, identity in ids.items():
         identity.save(tmp_path / f"{name}-{stamp}.key")
-    common = {"beacons": [entry], "meeting": f"lab meeting {stamp}", "timeout": timeout, "payload": payload,
-              "hold": hold, "marker": "PLAINTEXT-MARKER-7f3a"}
+    common = {
+        "beacons": [entry],
+        "meeting": f"lab meeting {stamp}",
+        "timeout": timeout,
+        "payload": payload,
+        "hold": hold,
+        "marker": "PLAINTEXT-MARKER-7f3a",
+    }
     config_a = common | {"identity": str(tmp_path / f"a-{stamp}.key"), "expect": ids["b"].peer_id, "role": "dial"}
     config_b = common | {"identity": str(tmp_path / f"b-{stamp}.key"), "expect": ids["a"].peer_id, "role": "serve"}
     config_a.update(a or {})
@@ -118,8 +124,10 @@ def record(case: str, path: str, times: list[float]) -> None:
     entry = RESULTS.setdefault(case, {"path": path, "times": []})
     entry["times"].extend(times)
     p50 = statistics.median(entry["times"])
-    print(f"\n{case}: {path}, introduction→verified p50 {p50:.0f} ms = {p50 / rtt:.1f} RTT "
-          f"(runs: {', '.join(f'{t:.0f}' for t in times)} ms)")
+    print(
+        f"\n{case}: {path}, introduction→verified p50 {p50:.0f} ms = {p50 / rtt:.1f} RTT "
+        f"(runs: {', '.join(f'{t:.0f}' for t in times)} ms)"
+    )
 
 
 def matrix_case(lab: Lab, tmp_path: Path, case: str, flavour_a: str, flavour_b: str, path: str, **kwargs: Any) -> None:
@@ -166,7 +174,9 @@ def test_two_beacons_show_both_nats_map_per_destination_so_relay_at_once(lab: La
     _, entry = start_beacon(lab, tmp_path)
     _, entry2 = start_beacon(lab, tmp_path, node="beacon2", ip=BEACON2_IP)
     both = {"beacons": [entry, entry2]}
-    times = [assert_connected(*run_pair(lab, tmp_path, "A1", "B1", entry, a=both, b=both), "relay") for _ in range(RUNS)]
+    times = [
+        assert_connected(*run_pair(lab, tmp_path, "A1", "B1", entry, a=both, b=both), "relay") for _ in range(RUNS)
+    ]
     record("symmetric ↔ symmetric, two beacons", "relay", times)
     assert statistics.median(times) < 1500  # the relay did not wait for relay_after
 

@@ -77,12 +77,16 @@ def test_nat_changes_the_external_port_mid_connection(lab: Lab, tmp_path: Path, 
     switches = [e for e in events_b if e["event"] == "path"]
     if lost:
         again = first(events_a, "reconnected")
-        print(f"\nNAT rebinding, B {flavour_b}: the connection was lost ({lost[0]['error']}) and the app "
-              f"recovered by reconnecting in {again['ms']} ms via {again['path']}")
+        print(
+            f"\nNAT rebinding, B {flavour_b}: the connection was lost ({lost[0]['error']}) and the app "
+            f"recovered by reconnecting in {again['ms']} ms via {again['path']}"
+        )
         outcome = "recovers"
     else:
-        print(f"\nNAT rebinding, B {flavour_b}: the connection survived on one stream; "
-              f"B's route followed A's new port: {switches}")
+        print(
+            f"\nNAT rebinding, B {flavour_b}: the connection survived on one stream; "
+            f"B's route followed A's new port: {switches}"
+        )
         outcome = "survives"
     held = first(events_a, "held")
     assert held["n"] > 0
@@ -105,8 +109,10 @@ def test_relay_upgrades_to_direct_and_the_stream_survives(lab: Lab, tmp_path: Pa
     assert upgrade_a["path"] == upgrade_b["path"] == "direct"
     held = first(events_a, "held")
     assert held["path"] == "direct" and held["n"] >= 50  # one stream, never interrupted
-    print(f"\nrelay → direct at t={upgrade_a['t']} s (A) / {upgrade_b['t']} s (B); "
-          f"{held['n']} echoes on one stream, none lost")
+    print(
+        f"\nrelay → direct at t={upgrade_a['t']} s (A) / {upgrade_b['t']} s (B); "
+        f"{held['n']} echoes on one stream, none lost"
+    )
 
 
 def test_beacon_restart_during_a_relayed_session(lab: Lab, tmp_path: Path) -> None:
@@ -126,8 +132,10 @@ def test_beacon_restart_during_a_relayed_session(lab: Lab, tmp_path: Path) -> No
     lost = first(events_a, "conn_lost")
     again = first(events_a, "reconnected")
     held = first(events_a, "held")
-    print(f"\nbeacon restarted: the app saw '{lost['error']}' at once and reconnected in {again['ms']} ms "
-          f"via {again['path']}; then {held['n']} echoes")
+    print(
+        f"\nbeacon restarted: the app saw '{lost['error']}' at once and reconnected in {again['ms']} ms "
+        f"via {again['path']}; then {held['n']} echoes"
+    )
     assert again["path"] == "relay" and held["n"] > 0
 
 
@@ -149,7 +157,10 @@ def test_datagram_size_follows_the_path_mtu_and_nothing_is_fragmented(lab: Lab, 
     data_a, data_b = first(events_a, "data"), first(events_b, "data")
     assert data_a["ok"] and data_b["ok"]
     sizes = (data_a["datagram_size"], data_b["datagram_size"])
-    print(f"\nlink MTU {link_mtu}: datagram sizes A {sizes[0]}, B {sizes[1]}; fragments on A's link: {len(fragments.packets)}")
+    print(
+        f"\nlink MTU {link_mtu}: datagram sizes A {sizes[0]}, B {sizes[1]}; "
+        f"fragments on A's link: {len(fragments.packets)}"
+    )
     assert not fragments.packets
     if link_mtu == 1500:
         assert sizes == (1472, 1472)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -61,7 +61,8 @@ def test_close_kills_everything(lab: Lab) -> None:
     assert tracked.running()
     lab.close()
     assert tracked.returncode is not None
-    assert not os.path.exists(f"/proc/{grandchild}") or "zombie" in open(f"/proc/{grandchild}/status").read().lower()
+    status = Path(f"/proc/{grandchild}/status")
+    assert not status.exists() or "zombie" in status.read_text().lower()
     assert not [ns for ns in _namespaces() if ns.startswith(lab._prefix)]
 
 

@@ -21,11 +21,17 @@ WINDOW_S = 1.2  # probes after the introduction; cone<->cone needs about one RTT
 
 
 def punch(lab: Lab, a: str, b: str, window: float = WINDOW_S, rdv_port: int = RENDEZVOUS[1]) -> tuple[dict, dict]:
-    rdv = lab.popen("beacon", [sys.executable, str(HERE / "punch.py"), "rendezvous", str(rdv_port)], name=f"rdv-{a}-{b}")
+    rdv = lab.popen(
+        "beacon", [sys.executable, str(HERE / "punch.py"), "rendezvous", str(rdv_port)], name=f"rdv-{a}-{b}"
+    )
     rdv.wait_for('"ready"', timeout=10)
     key = f"{a}-{b}-{time.monotonic_ns()}"
     peers = [
-        lab.popen(h, [sys.executable, str(HERE / "punch.py"), "peer", h, key, RENDEZVOUS[0], str(rdv_port), str(window)], name=f"punch-{h}")
+        lab.popen(
+            h,
+            [sys.executable, str(HERE / "punch.py"), "peer", h, key, RENDEZVOUS[0], str(rdv_port), str(window)],
+            name=f"punch-{h}",
+        )
         for h in (a, b)
     ]
     results = []
@@ -37,7 +43,12 @@ def punch(lab: Lab, a: str, b: str, window: float = WINDOW_S, rdv_port: int = RE
     rdv.kill()
     for r in results:
         assert r["introduced"], f"{r['name']} was never introduced: {rdv.stdout}"
-    print(f"\n{a} <-> {b}: " + "; ".join(f"{r['name']} success={r['success']} punch_ms={r['punch_ms']} heard={r['heard_from']}" for r in results))
+    print(
+        f"\n{a} <-> {b}: "
+        + "; ".join(
+            f"{r['name']} success={r['success']} punch_ms={r['punch_ms']} heard={r['heard_from']}" for r in results
+        )
+    )
     return results[0], results[1]
 
 

@@ -40,9 +40,21 @@ def tinyproxy(tmp_path: Path, *extra: str):
     """A real tinyproxy on 127.0.0.1 (foreground, stopped at the end)."""
     port = free_port()
     conf = tmp_path / f"tinyproxy-{port}.conf"
-    conf.write_text("\n".join([f"Port {port}", "Listen 127.0.0.1", "Timeout 30", "MaxClients 50",
-                               "Allow 127.0.0.1", "LogLevel Info", *extra]) + "\n")
-    log = open(tmp_path / f"tinyproxy-{port}.log", "wb")  # noqa: SIM115
+    conf.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "Listen 127.0.0.1",
+                "Timeout 30",
+                "MaxClients 50",
+                "Allow 127.0.0.1",
+                "LogLevel Info",
+                *extra,
+            ]
+        )
+        + "\n"
+    )
+    log = open(tmp_path / f"tinyproxy-{port}.log", "wb")  # noqa: SIM115 - the log file lives as long as the tinyproxy process, closed at teardown
     process = subprocess.Popen([TINYPROXY, "-d", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 5
@@ -81,8 +93,10 @@ async def test_peer_behind_tinyproxy_reaches_the_beacon_and_a_peer(beacon, tmp_p
     with tinyproxy(tmp_path) as url:
         ia, ib = Identity.generate(), Identity.generate()
         spec = dataclasses.replace(BeaconSpec.parse(tcp_only_entry(beacon)), proxy=url)
-        async with Peer(ia, [spec], host="127.0.0.1", direct=False) as pa, \
-                Peer(ib, [beacon_entry(beacon)], host="127.0.0.1") as pb:
+        async with (
+            Peer(ia, [spec], host="127.0.0.1", direct=False) as pa,
+            Peer(ib, [beacon_entry(beacon)], host="127.0.0.1") as pb,
+        ):
             ca, cb = await asyncio.gather(
                 pa.connect("via proxy", expect=pb.peer_id, timeout=15),
                 pb.connect("via proxy", expect=pa.peer_id, timeout=15),
@@ -98,7 +112,7 @@ async def test_peer_behind_tinyproxy_reaches_the_beacon_and_a_peer(beacon, tmp_p
 
 
 async def test_proxy_with_basic_auth(beacon, tmp_path):
-    with tinyproxy(tmp_path, 'BasicAuth alice s3cret') as url:
+    with tinyproxy(tmp_path, "BasicAuth alice s3cret") as url:
         proxy = ProxySpec.parse(url)
         with pytest.raises(ProxyError) as error:
             await open_channel("127.0.0.1", beacon.tcp_port, beacon.fingerprint, proxy=proxy)

@@ -30,7 +30,7 @@ async def test_two_copies_of_the_example_meet(beacon):
         for proc in procs:
             if proc.returncode is None:
                 proc.kill()
-    for (stdout, stderr), proc in zip(outputs, procs):
+    for (stdout, stderr), proc in zip(outputs, procs, strict=False):
         text = stdout.decode()
         assert proc.returncode == 0, stderr.decode()[-2000:]
         assert "connected to " in text and " via direct" in text

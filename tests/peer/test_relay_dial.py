@@ -18,8 +18,10 @@ async def test_a_failed_relay_dial_leaves_the_pair_free_to_dial_again(beacon):
     ia, ib, stranger = Identity.generate(), Identity.generate(), Identity.generate()
     entries = [beacon_entry(beacon)]
     # a short punch session: the retry counts as a new attempt of the known pair
-    async with loopback_peer(ia, entries, direct=False, punch_duration=0.5) as pa, \
-            loopback_peer(ib, entries, direct=False, punch_duration=0.5) as pb:
+    async with (
+        loopback_peer(ia, entries, direct=False, punch_duration=0.5) as pa,
+        loopback_peer(ib, entries, direct=False, punch_duration=0.5) as pb,
+    ):
         results = await asyncio.gather(
             pa.connect("retry", expect=stranger.peer_id, timeout=2),
             pb.connect("retry", expect=stranger.peer_id, timeout=2),

@@ -57,8 +57,10 @@ async def test_udp_peer_prefers_quic(beacon):
 
 async def test_udp_blocked_peer_connects_through_a_tcp_relay_leg_and_carries_a_stream(beacon):
     ia, ib = Identity.generate(), Identity.generate()
-    async with loopback_peer(ia, [tcp_only_entry(beacon)], direct=False) as pa, \
-            loopback_peer(ib, [beacon_entry(beacon)]) as pb:
+    async with (
+        loopback_peer(ia, [tcp_only_entry(beacon)], direct=False) as pa,
+        loopback_peer(ib, [beacon_entry(beacon)]) as pb,
+    ):
         ca, cb = await asyncio.gather(
             pa.connect("tcp meeting", expect=pb.peer_id, timeout=15),
             pb.connect("tcp meeting", expect=pa.peer_id, timeout=15),
@@ -80,8 +82,10 @@ async def test_udp_blocked_peer_connects_through_a_tcp_relay_leg_and_carries_a_s
 
 async def test_two_udp_blocked_peers_connect_over_tcp_legs(beacon):
     ia, ib = Identity.generate(), Identity.generate()
-    async with loopback_peer(ia, [tcp_only_entry(beacon)], direct=False) as pa, \
-            loopback_peer(ib, [tcp_only_entry(beacon)], direct=False) as pb:
+    async with (
+        loopback_peer(ia, [tcp_only_entry(beacon)], direct=False) as pa,
+        loopback_peer(ib, [tcp_only_entry(beacon)], direct=False) as pb,
+    ):
         ca, cb = await asyncio.gather(
             pa.connect("tcp meeting 2", expect=pb.peer_id, timeout=15),
             pb.connect("tcp meeting 2", expect=pa.peer_id, timeout=15),
@@ -98,8 +102,10 @@ async def test_the_udp_peer_asks_for_the_relay_at_once_when_the_beacon_says_the_
     """B would wait 30 s before asking for a relay; the beacon tells it A asked (A's UDP is
     blocked), so the connection is up in a few seconds."""
     ia, ib = Identity.generate(), Identity.generate()
-    async with loopback_peer(ia, [tcp_only_entry(beacon)], direct=False) as pa, \
-            loopback_peer(ib, [beacon_entry(beacon)], relay_after=30.0) as pb:
+    async with (
+        loopback_peer(ia, [tcp_only_entry(beacon)], direct=False) as pa,
+        loopback_peer(ib, [beacon_entry(beacon)], relay_after=30.0) as pb,
+    ):
         started = time.monotonic()
         ca, cb = await asyncio.gather(
             pa.connect("hurry", expect=pb.peer_id, timeout=8),
@@ -108,7 +114,6 @@ async def test_the_udp_peer_asks_for_the_relay_at_once_when_the_beacon_says_the_
         assert ca.path == cb.path == "relay"
         assert time.monotonic() - started < 5
         print(f"\nudp-blocked <-> udp peer on loopback: introduction -> verified {1000 * cb.time_to_connect:.0f} ms")
-
 
 
 class UdpGate(asyncio.DatagramProtocol):
@@ -195,8 +200,11 @@ async def test_slow_udp_loses_the_race_then_the_client_moves_to_it(beacon):
         async with loopback_peer(Identity.generate(), [entry]) as peer:
             seen = set()
             deadline = time.monotonic() + 8
-            while not ("tcp" in seen and peer.beacon_status[0].transport == "udp"
-                       and peer.beacon_status[0].state == "connected"):
+            while not (
+                "tcp" in seen
+                and peer.beacon_status[0].transport == "udp"
+                and peer.beacon_status[0].state == "connected"
+            ):
                 assert time.monotonic() < deadline, (seen, peer.beacon_status)
                 if peer.beacon_status[0].state == "connected":
                     seen.add(peer.beacon_status[0].transport)

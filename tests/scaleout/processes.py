@@ -30,9 +30,23 @@ class BeaconProcess:
     def start(self, timeout: float = 30.0) -> BeaconProcess:
         self.ready_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "beacon", "--dir", str(self.directory), "--no-ipv6", "--host", "127.0.0.1",
-             "--ready-file", str(self.ready_file), *self.extra],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "beacon",
+                "--dir",
+                str(self.directory),
+                "--no-ipv6",
+                "--host",
+                "127.0.0.1",
+                "--ready-file",
+                str(self.ready_file),
+                *self.extra,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         deadline = time.monotonic() + timeout
         while not self.ready_file.exists():

@@ -86,8 +86,9 @@ async def test_relay_between_peers_on_two_machines(redis_server):
                 stranger.sendto(build_relay_frame(sid, b"evil"), one.addresses[0])
                 stranger.sendto(build_relay_frame(sid, b"evil"), two.addresses[0])
                 # and forged link datagrams are rejected
-                stranger.sendto(seal(os.urandom(32), b.client.local_address, build_relay_frame(sid, b"x")),
-                                one.link.address)
+                stranger.sendto(
+                    seal(os.urandom(32), b.client.local_address, build_relay_frame(sid, b"x")), one.link.address
+                )
             await a.nothing()
             await b.nothing()
             assert one.link.rejected == 1

@@ -47,7 +47,11 @@ def test_too_open_permissions_are_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "content,message",
-    [(b"", "not a PEM"), (b"garbage", "not a PEM"), (b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "unreadable")],
+    [
+        (b"", "not a PEM"),
+        (b"garbage", "not a PEM"),
+        (b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "unreadable"),
+    ],
 )
 def test_bad_content_is_a_clear_error(tmp_path, content, message):
     path = tmp_path / "id.key"

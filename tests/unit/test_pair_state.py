@@ -32,9 +32,7 @@ def punching(*, dialer: bool = True, now: float = 0.0) -> PairState:
 # --- the table ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "phase,event", [(phase, event) for phase in Phase for event in Event], ids=lambda v: v.value
-)
+@pytest.mark.parametrize("phase,event", [(phase, event) for phase in Phase for event in Event], ids=lambda v: v.value)
 def test_every_event_in_every_phase_follows_the_table_or_is_refused(phase: Phase, event: Event) -> None:
     state = PairState(is_dialer=True, introduced_at=0.0, phase=phase)
     after = TRANSITIONS[phase].get(event)
