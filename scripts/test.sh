@@ -3,8 +3,10 @@
 # then pytest. Extra arguments go to pytest (e.g. scripts/test.sh tests/unit -x).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# Debian packages the NAT lab, the mDNS and the CLI tests use (real NAT, real avahi, real OpenSSH)
-PACKAGES=(nftables iproute2 conntrack iptables tcpdump avahi-daemon avahi-utils dbus openssh-server openssh-client curl)
+# Debian packages the NAT lab, the mDNS and the CLI tests use (real NAT, real avahi, real OpenSSH);
+# the browser-shell tests use a real headless Chromium and coturn (TURN relay)
+PACKAGES=(nftables iproute2 conntrack iptables tcpdump avahi-daemon avahi-utils dbus openssh-server openssh-client curl
+  chromium chromium-driver coturn)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for pkg in "${PACKAGES[@]}"; do

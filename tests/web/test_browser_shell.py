@@ -1,0 +1,49 @@
+"""A real headless Chromium pairs with a device by short code and gets a shell over WebRTC (loopback)."""
+
+from __future__ import annotations
+
+import time
+
+from .conftest import PROMPT, page_url
+
+READY = "window.dp && window.dp.state.status === 'ready'"
+
+
+async def _pair(browser, service, device) -> None:
+    await browser.navigate(page_url(service))
+    await browser.wait_for(READY)
+    code = device.invite()
+    assert await browser.eval(f"dp.pair({code!r})"), await browser.eval("dp.state.status")
+
+
+async def test_pair_open_shell_echo(web_service, device, browser) -> None:
+    await _pair(browser, web_service, device)
+    assert await browser.eval("dp.state.devices") == ["testbox"]
+    assert len(device.store.load()) == 1
+    assert await browser.eval("dp.open(0)"), await browser.eval("dp.state.status")
+    await browser.wait_for(f"dp.terminalText().includes({PROMPT!r})")
+    await browser.type_text("echo hello-$((6*7))\r")
+    await browser.wait_for("dp.terminalText().includes('hello-42')")
+    assert await browser.eval("dp.state.bound")
+    assert await browser.eval("dp.state.path") in ("direct", "")  # loopback: host candidates, never relay
+
+
+async def test_reopen_page_prompt_and_keystroke_latency(web_service, device, browser) -> None:
+    """Page opened (already paired) -> prompt, and keystroke -> echo: printed for the report."""
+    await _pair(browser, web_service, device)
+    started = time.monotonic()
+    await browser.navigate(page_url(web_service, "?again#open=0"))
+    await browser.wait_for(f"dp.terminalText().includes({PROMPT!r})")
+    open_seconds = time.monotonic() - started
+    echoes = []
+    for i in range(10):
+        marker = f"k{i}z"
+        t0 = time.monotonic()
+        await browser.type_text(marker)
+        await browser.wait_for(f"dp.terminalText().includes({marker!r})")
+        echoes.append(time.monotonic() - t0)
+        await browser.type_text("\x15")  # ^U: clear the line
+    echoes.sort()
+    print(f"page open -> prompt {open_seconds * 1000:.0f} ms; keystroke -> echo p50 {echoes[5] * 1000:.1f} ms")
+    assert open_seconds < 5
+    assert echoes[5] < 0.5
