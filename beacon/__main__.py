@@ -103,6 +103,17 @@ async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None) -> int:
     except OSError as exc:
         print(f"{PROG}: error: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    web = None
+    if files.config.web_enabled:  # the browser shell's page + signalling (issue 19)
+        from .web import WebService, options_from_config
+
+        web = WebService(options_from_config(files.config), log=log)
+        try:
+            await web.start()
+        except (OSError, ValueError) as exc:
+            await server.stop(reason="web listener failed")
+            print(f"{PROG}: error: web page listener: {exc}", file=sys.stderr)
+            return 1
     addresses = [_show(host, port) for host, port in server.addresses]
     metrics = None
     if server.metrics_address is not None:
@@ -111,6 +122,9 @@ async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None) -> int:
     lines += [f"listening on {address}" for address in addresses]
     if metrics:
         lines.append(f"metrics on {metrics}")
+    if web is not None:
+        scheme = "https" if files.config.web_certificate else "http"
+        lines.append(f"web page on {scheme}://{_show(*web.address)}/")
     lines.append("ready")
     if ready_file is not None:
         _write_ready_file(
@@ -128,6 +142,8 @@ async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None) -> int:
     try:
         await stop.wait()
     finally:
+        if web is not None:
+            await web.stop()
         await server.stop(reason=f"beacon is shutting down ({received[0] if received else 'stop'})")
         if ready_file is not None:
             with contextlib.suppress(OSError):

@@ -28,7 +28,7 @@ from websockets.http11 import Request, Response
 
 from .web_signal import MAX_MESSAGE_BYTES, Rooms, SignalError, encode, parse_client_message, turn_credentials
 
-__all__ = ["WebOptions", "WebService", "static_dir"]
+__all__ = ["WebOptions", "WebService", "options_from_config", "static_dir"]
 
 SECURITY_HEADERS = {
     # the page only talks to its own origin (HTTP + WebSocket); WebRTC is not governed by CSP
@@ -63,11 +63,25 @@ class WebOptions:
     max_queued_messages: int = 64  # per client; a client that lets more pile up is dropped (slow reader)
 
 
+def options_from_config(config: Any) -> WebOptions:
+    """The web service's options from a :class:`beacon.config.BeaconConfig`."""
+
+    def urls(text: str) -> tuple[str, ...]:
+        return tuple(u.strip() for u in text.split(",") if u.strip())
+
+    return WebOptions(
+        host=config.web_host, port=config.web_port, certificate=config.web_certificate,
+        private_key=config.web_private_key, turn_secret=config.web_turn_secret,
+        turn_urls=urls(config.web_turn_urls), stun_urls=urls(config.web_stun_urls),
+        turn_ttl_seconds=config.web_turn_ttl_seconds,
+    )
+
+
 class _Client:
     def __init__(self, ws: ServerConnection, ip: str, options: WebOptions) -> None:
         self.ws = ws
         self.ip = ip
-        self.queue: asyncio.Queue[str] = asyncio.Queue(options.max_queued_messages)
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue(options.max_queued_messages)  # None: stop
         self.tokens = float(options.message_burst)
         self.stamp = time.monotonic()
         self.closing = False
@@ -191,6 +205,12 @@ class WebService:
             pass
         finally:
             self._forget(client)
+            # let the writer flush what is queued (the refusal's reason) for a moment, then stop it
+            try:
+                client.queue.put_nowait(None)
+                await asyncio.wait_for(asyncio.shield(writer), 2)
+            except (asyncio.QueueFull, TimeoutError, ConnectionClosed):
+                pass
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await writer
@@ -263,6 +283,8 @@ class WebService:
     async def _writer(self, client: _Client) -> None:
         while True:
             text = await client.queue.get()
+            if text is None:
+                return
             try:
                 await asyncio.wait_for(client.ws.send(text), 10)
             except (TimeoutError, ConnectionClosed):

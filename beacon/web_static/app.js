@@ -117,6 +117,7 @@ async function pair(code, me) {
   const key = await spake.finish(unb64(first.m));
   const devicePub = unb64(first.pub);
   if (!equalBytes(unb64(first.mac), await hmac(key, enc.encode('device'), devicePub))) {
+    signal.send({ t: 'send', token, data: { k: 'abort', reason: 'wrong code' } });  // the device burns the code
     throw new Error('pairing failed: wrong code (or someone in the middle); ask for a new code');
   }
   const name = `browser ${navigator.platform || ''}`.trim().slice(0, 64);
