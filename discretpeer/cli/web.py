@@ -32,7 +32,7 @@ def add_parser(sub: Any, add_base: Any, epilog: str) -> None:
     p.add_argument("action", choices=["serve", "invite"], help="serve: answer paired browsers; invite: pair one")
     p.add_argument("--url", required=True, metavar="URL", help="the beacon's signalling WebSocket, wss://HOST/ws")
     p.add_argument("--name", default=socket.gethostname(), help="the name browsers see (default: host name)")
-    p.add_argument("--command", metavar="CMD", default="",
+    p.add_argument("--command", dest="shell_command", metavar="CMD", default="",
                    help="what each shell runs (default: $SHELL -l, else /bin/sh -l)")
     p.add_argument("--browsers", metavar="PATH", help="paired browsers file (default ~/.config/discretpeer/"
                    "web_browsers.json; `serve` re-reads it when it changes or on SIGHUP)")
@@ -51,7 +51,7 @@ async def run_web(settings: Settings, args: Any, console: Console) -> int:
     if created:
         console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
     store = BrowserStore(Path(args.browsers) if args.browsers else config_home() / "web_browsers.json")
-    command = shlex.split(args.command) if args.command else [os.environ.get("SHELL") or "/bin/sh", "-l"]
+    command = shlex.split(args.shell_command) if args.shell_command else [os.environ.get("SHELL") or "/bin/sh", "-l"]
     ctx = ssl.create_default_context() if args.url.startswith("wss://") else None
     device = WebDevice(args.url, identity, store, name=args.name[:64], command=command, ssl_context=ctx)
     runner = asyncio.ensure_future(device.run())
