@@ -147,7 +147,7 @@ const bindingMessage = (role, browserFp, deviceFp) => concat(
 
 let term = null;
 let fit = null;
-async function openShell(device, me) {
+async function openShell(device, me, opts = {}) {
   const t0 = performance.now();
   const tokens = await meetingTokens(unb64(device.meeting));
   const token = tokens[0];
@@ -165,7 +165,8 @@ async function openShell(device, me) {
     if (creds.urls && creds.urls.length) iceServers.push({ urls: creds.urls });
     if (creds.turn_urls) iceServers.push({ urls: creds.turn_urls, username: creds.username, credential: creds.credential });
   }
-  const pc = new RTCPeerConnection({ iceServers });
+  // relay only (TURN) when asked: to check the relay, or to hide this browser's addresses from the device
+  const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: opts.relay ? 'relay' : 'all' });
   window.dp.pc = pc;
   const channel = pc.createDataChannel('shell');
   channel.binaryType = 'arraybuffer';
@@ -280,13 +281,13 @@ async function main() {
       return true;
     } catch (e) { setStatus(e.message); return false; }
   };
-  window.dp.open = async (index = 0) => {
+  window.dp.open = async (index = 0, opts = {}) => {
     const devices = (await kvGet('devices')) || [];
-    try { window.dp.channel = await openShell(devices[index], me); return true; } catch (e) { setStatus(e.message); return false; }
+    try { window.dp.channel = await openShell(devices[index], me, opts); return true; } catch (e) { setStatus(e.message); return false; }
   };
   $('pair').onsubmit = (ev) => { ev.preventDefault(); window.dp.pair($('code').value); };
   setStatus('ready');
   const hash = new URLSearchParams(location.hash.slice(1));
-  if (hash.has('open')) window.dp.open(Number(hash.get('open')));
+  if (hash.has('open')) window.dp.open(Number(hash.get('open')), { relay: hash.get('relay') === '1' });
 }
 main().catch((e) => setStatus(`error: ${e.message}`));
