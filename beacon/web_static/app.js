@@ -145,49 +145,83 @@ const bindingMessage = (role, browserFp, deviceFp) => concat(
   enc.encode('discretpeer/web binding v1'), new Uint8Array([0]), enc.encode(role), new Uint8Array([0]),
   enc.encode(browserFp), new Uint8Array([0]), enc.encode(deviceFp));
 
+// One WebRTC attempt: offer (all candidates gathered), answer through the room, data channel open.
+async function connectOnce(device, tokens, iceServers, policy, waitMs) {
+  const token = tokens[0];
+  const sid = b64(crypto.getRandomValues(new Uint8Array(12)));
+  let answer = null;
+  const answered = new Promise((resolve) => { answer = resolve; });
+  signal.listen(tokens, (data) => { if (data.id === sid) answer(data); });
+  const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: policy });
+  const channel = pc.createDataChannel('shell');
+  channel.binaryType = 'arraybuffer';
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    await new Promise((resolve) => {  // gather all candidates (no trickle: one offer, one answer)
+      if (pc.iceGatheringState === 'complete') return resolve();
+      pc.addEventListener('icegatheringstatechange', () => { if (pc.iceGatheringState === 'complete') resolve(); });
+      setTimeout(resolve, 3000);
+    });
+    setStatus(`connecting to ${device.name}…`);
+    signal.send({ t: 'send', token, data: { k: 'offer', id: sid, sdp: pc.localDescription.sdp } });
+    const reply = await Promise.race([answered, new Promise((_, reject) => setTimeout(
+      () => reject(new Error(`${device.name} did not answer`)), 10000))]);
+    if (reply.k !== 'answer') {
+      const e = new Error(`refused by ${device.name}: ${reply.reason}`);
+      e.refused = true;
+      throw e;
+    }
+    await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+    await new Promise((resolve, reject) => {
+      channel.onopen = resolve;
+      pc.onconnectionstatechange = () => { if (pc.connectionState === 'failed') reject(new Error('no path to the device')); };
+      setTimeout(() => reject(new Error(`no path to ${device.name}`)), waitMs);
+    });
+    return { pc, channel };
+  } catch (e) {
+    pc.close();
+    throw e;
+  }
+}
+
 let term = null;
 let fit = null;
 async function openShell(device, me, opts = {}) {
   const t0 = performance.now();
   const tokens = await meetingTokens(unb64(device.meeting));
   const token = tokens[0];
-  const sid = b64(crypto.getRandomValues(new Uint8Array(12)));
-  let answer = null;
-  const answered = new Promise((resolve) => { answer = resolve; });
-  signal.listen(tokens, (data) => { if (data.id === sid) answer(data); });
   setStatus(`looking for ${device.name}…`);
+  signal.listen(tokens, () => {});
   await signal.wait((m) => m.t === 'present' && tokens.includes(m.token) && m.count >= 2, 8000,
     `${device.name} is offline (or no longer has this browser paired)`);
   signal.send({ t: 'turn', token });
   const creds = await signal.wait((m) => m.t === 'turn' || m.t === 'error', 3000, 'no answer from the beacon');
-  const iceServers = [];
+  const stun = [];
+  let turn = null;
   if (creds.t === 'turn') {
-    if (creds.urls && creds.urls.length) iceServers.push({ urls: creds.urls });
-    if (creds.turn_urls) iceServers.push({ urls: creds.turn_urls, username: creds.username, credential: creds.credential });
+    if (creds.urls && creds.urls.length) stun.push({ urls: creds.urls });
+    if (creds.turn_urls) turn = { urls: creds.turn_urls, username: creds.username, credential: creds.credential };
   }
-  // relay only (TURN) when asked: to check the relay, or to hide this browser's addresses from the device
-  const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: opts.relay ? 'relay' : 'all' });
+  let conn;
+  if (opts.relay && turn) {  // relay only: to check the relay, or to hide this browser's addresses from the device
+    conn = await connectOnce(device, tokens, [...stun, turn], 'relay', 15000);
+  } else if (turn) {
+    // direct first: with a relay candidate in the same attempt Chromium settles on the relay pair when
+    // it answers first and may keep it; a direct path between cone NATs answers within ~1 s here
+    try {
+      conn = await connectOnce(device, tokens, stun, 'all', 2500);
+    } catch (e) {
+      if (e.refused) throw e;
+      setStatus(`no direct path to ${device.name}: through the relay…`);
+      conn = await connectOnce(device, tokens, [...stun, turn], 'all', 15000);
+    }
+  } else {
+    conn = await connectOnce(device, tokens, stun, 'all', 15000);
+  }
+  const { pc, channel } = conn;
   window.dp.pc = pc;
-  const channel = pc.createDataChannel('shell');
-  channel.binaryType = 'arraybuffer';
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((resolve) => {  // gather all candidates (no trickle: one offer, one answer)
-    if (pc.iceGatheringState === 'complete') return resolve();
-    pc.addEventListener('icegatheringstatechange', () => { if (pc.iceGatheringState === 'complete') resolve(); });
-    setTimeout(resolve, 3000);
-  });
-  setStatus(`connecting to ${device.name}…`);
-  signal.send({ t: 'send', token, data: { k: 'offer', id: sid, sdp: pc.localDescription.sdp } });
-  const reply = await Promise.race([answered, new Promise((_, reject) => setTimeout(
-    () => reject(new Error(`${device.name} did not answer`)), 10000))]);
-  if (reply.k !== 'answer') throw new Error(`refused by ${device.name}: ${reply.reason}`);
-  await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
   const browserFp = fingerprint(pc.localDescription.sdp);
   const deviceFp = fingerprint(pc.remoteDescription.sdp);
-  await new Promise((resolve, reject) => {
-    channel.onopen = resolve;
-    pc.onconnectionstatechange = () => { if (pc.connectionState === 'failed') reject(new Error('no path to the device')); };
-  });
   const sig = new Uint8Array(await crypto.subtle.sign('Ed25519', me.keys.privateKey, bindingMessage('browser', browserFp, deviceFp)));
   window.dp.lastProof = { pub: b64(me.pub), sig: b64(sig) };
   term.reset();
@@ -232,6 +266,7 @@ function watchPath(pc) {
         const remote = stats.get(s.remoteCandidateId);
         const relayed = (local && local.candidateType === 'relay') || (remote && remote.candidateType === 'relay');
         state.path = relayed ? 'relay' : 'direct';
+        state.pair = `${local && local.candidateType}/${remote && remote.candidateType}`;
         state.rtt = s.currentRoundTripTime;
         $('path').textContent = `${state.path}${s.currentRoundTripTime !== undefined ? `, ${(s.currentRoundTripTime * 1000).toFixed(0)} ms` : ''}`;
       }

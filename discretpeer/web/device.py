@@ -65,6 +65,14 @@ class _Session:
         pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         pc.on("datachannel", self._channel)
         pc.on("connectionstatechange", self._state)
+        # Chromium hides its host addresses behind mDNS names (xxx.local); aioice resolves each one
+        # with a 1 s timeout, one after the other, before the answer exists - a second per offer
+        # across NATs, where they never resolve. Without them a LAN browser is still reached: its
+        # checks reach our host candidates and come back as peer-reflexive candidates.
+        offer_sdp = "\r\n".join(
+            line for line in offer_sdp.split("\r\n")
+            if not (line.startswith("a=candidate:") and ".local " in line)
+        )
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
         sdp = only_sha256(pc.localDescription.sdp)
