@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import hashlib
 import ipaddress
 import mimetypes
 import ssl
@@ -108,6 +110,7 @@ class WebService:
         self.per_ip: defaultdict[str, int] = defaultdict(int)
         self.refused: defaultdict[str, int] = defaultdict(int)  # reason -> count (tests, metrics)
         self._server: Server | None = None
+        self._static: dict[str, tuple[str, bytes, bytes, str, str]] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -125,6 +128,7 @@ class WebService:
         return ctx
 
     async def start(self) -> None:
+        self._files()  # read the page before listening
         self._server = await serve(
             self.handler,
             self.options.host,
@@ -162,16 +166,40 @@ class WebService:
             return None
         if path == "/":
             path = "/index.html"
-        name = path.lstrip("/")
-        target = (self.root / name).resolve()
-        if not name or ".." in name.split("/") or not target.is_relative_to(self.root) or not target.is_file():
+        page = self._files().get(path.lstrip("/"))
+        if page is None:
             return self._plain(404, "not found")
-        body = target.read_bytes()
-        kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-        if target.suffix in (".js", ".mjs"):
-            kind = "text/javascript"
-        headers = Headers({"Content-Type": kind, "Content-Length": str(len(body)), **SECURITY_HEADERS})
+        kind, body, gzipped, etag, cache = page
+        headers = Headers({"Content-Type": kind, **SECURITY_HEADERS, "Cache-Control": cache, "ETag": etag})
+        if etag in request.headers.get("If-None-Match", ""):
+            return Response(304, "Not Modified", headers, b"")
+        if "gzip" in request.headers.get("Accept-Encoding", "") and len(gzipped) < len(body):
+            headers["Content-Encoding"] = "gzip"
+            body = gzipped
+        headers["Vary"] = "Accept-Encoding"
+        headers["Content-Length"] = str(len(body))
         return Response(200, "OK", headers, body)
+
+    def _files(self) -> dict[str, tuple[str, bytes, bytes, str, str]]:
+        """The page's files, read and gzipped once: name -> (type, body, gzipped body, ETag, Cache-Control).
+
+        Every response closes its TCP connection (websockets answers one HTTP request per connection),
+        so fewer and smaller responses are what makes the page open fast over a long RTT."""
+        if self._static is None:
+            files = {}
+            for target in sorted(self.root.rglob("*")):
+                if not target.is_file() or target.name.startswith("."):
+                    continue
+                name = target.relative_to(self.root).as_posix()
+                body = target.read_bytes()
+                kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+                if target.suffix in (".js", ".mjs"):
+                    kind = "text/javascript"
+                etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+                cache = "max-age=86400" if name.startswith("vendor/") else "no-cache"
+                files[name] = (kind, body, gzip.compress(body, 9, mtime=0), etag, cache)
+            self._static = files
+        return self._static
 
     @staticmethod
     def _plain(status: int, text: str) -> Response:

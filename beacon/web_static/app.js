@@ -304,9 +304,10 @@ async function main() {
   term.loadAddon(fit);
   term.open($('terminal'));
   fit.fit();
+  const opened = signal.open();  // the WebSocket handshake runs while IndexedDB answers
   const me = await identity();
   $('me').textContent = `this browser: ${b64(me.pub)}`;
-  await signal.open();
+  await opened;
   await showDevices(me);
   window.dp.pair = async (code) => {
     try {

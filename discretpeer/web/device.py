@@ -202,6 +202,8 @@ class WebDevice:
         self._ws: Any = None
         self._store_mtime = -1.0
         self._turn: asyncio.Future[dict[str, Any]] | None = None
+        self._turn_lock = asyncio.Lock()
+        self._ice_cache: tuple[float, list[RTCIceServer]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
         class _Counter(dict[str, int]):
@@ -351,13 +353,26 @@ class WebDevice:
         await self._send({"t": "send", "token": token, "data": reply})
 
     async def _ice_servers(self, token: str) -> list[RTCIceServer]:
-        loop = asyncio.get_running_loop()
-        self._turn = loop.create_future()
-        await self._send({"t": "turn", "token": token})
-        try:
-            creds = await asyncio.wait_for(self._turn, 2.0)
-        except TimeoutError:
-            return []
+        """STUN/TURN servers from the beacon, kept until a minute before the credentials expire
+        (one round trip less per connection; one request at a time)."""
+        async with self._turn_lock:
+            if self._ice_cache is not None and time.time() < self._ice_cache[0]:
+                return self._ice_cache[1]
+            loop = asyncio.get_running_loop()
+            self._turn = loop.create_future()
+            await self._send({"t": "turn", "token": token})
+            try:
+                creds = await asyncio.wait_for(self._turn, 2.0)
+            except TimeoutError:
+                return []
+            servers = self._servers(creds)
+            ttl = creds.get("ttl")
+            if isinstance(ttl, int) and ttl > 120:
+                self._ice_cache = (time.time() + ttl - 60, servers)
+            return servers
+
+    @staticmethod
+    def _servers(creds: dict[str, Any]) -> list[RTCIceServer]:
         servers = [RTCIceServer(urls=u) for u in creds.get("urls", []) if isinstance(u, str)]
         if creds.get("turn_urls") and creds.get("username"):
             servers.append(RTCIceServer(urls=[u for u in creds["turn_urls"] if isinstance(u, str)],

@@ -56,6 +56,7 @@ async def main() -> int:
         await browser.navigate(args.page + "?again" + fragment)
         await browser.wait_for(f"dp.terminalText().includes({PROMPT!r})", timeout=30)
         result["open_to_prompt_ms"] = (time.monotonic() - started) * 1000
+        result["steps_ms"] = await browser.eval("dp.state.events.map(([t, s]) => [Math.round(t), s])")
         await browser.type_text(f"echo {args.marker}-$((6*7))\r")
         await browser.wait_for(f"dp.terminalText().includes('{args.marker}-42')")
         echoes = []
