@@ -302,6 +302,7 @@ async function main() {
   term = new Terminal({ convertEol: false, scrollback: 5000 });
   fit = new FitAddon();
   term.loadAddon(fit);
+  window.dp.term = term;
   term.open($('terminal'));
   fit.fit();
   const opened = signal.open();  // the WebSocket handshake runs while IndexedDB answers

@@ -81,6 +81,10 @@ class PtySession:
             os.close(self.master)
         self.on_exit(code)
 
+    @property
+    def exited(self) -> bool:
+        return self._exited
+
     def pause_output(self) -> None:
         if self._reading and self._loop is not None:
             self._loop.remove_reader(self.master)

@@ -47,3 +47,22 @@ async def test_reopen_page_prompt_and_keystroke_latency(web_service, device, bro
     print(f"page open -> prompt {open_seconds * 1000:.0f} ms; keystroke -> echo p50 {echoes[5] * 1000:.1f} ms")
     assert open_seconds < 5
     assert echoes[5] < 0.5
+
+
+async def test_ctrl_c_resize_and_exit(web_service, device, browser) -> None:
+    await _pair(browser, web_service, device)
+    assert await browser.eval("dp.open(0)"), await browser.eval("dp.state.status")
+    await browser.wait_for(f"dp.terminalText().includes({PROMPT!r})")
+    await browser.type_text("sleep 30\r")
+    await browser.type_text("\x03")  # Ctrl-C through xterm, the data channel and the PTY's line discipline
+    await browser.type_text("echo after-$((1+1))\r")
+    await browser.wait_for("dp.terminalText().includes('after-2')", timeout=5)
+    await browser.call("Emulation.setDeviceMetricsOverride", width=640, height=360, deviceScaleFactor=1, mobile=False)
+    rows, cols = await browser.wait_for("dp.term.cols < 80 && [dp.term.rows, dp.term.cols]")
+    await browser.type_text("stty size\r")
+    await browser.wait_for(f"dp.terminalText().includes('{rows} {cols}')")
+    shells = [shell for session in device.sessions.values() for shell in session.shells]
+    assert len(shells) == 1 and not shells[0].exited
+    await browser.type_text("exit\r")
+    await browser.wait_for("dp.state.exit === 0")
+    assert shells[0].exited
