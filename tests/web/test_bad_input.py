@@ -160,3 +160,33 @@ async def test_a_client_that_never_reads_is_dropped_others_unaffected() -> None:
             victim.transport.abort()
     finally:
         await service.stop()
+
+
+async def test_revoked_browser_loses_its_session_and_cannot_reopen(web_service, device, browser) -> None:
+    await _pair(browser, web_service, device)
+    await _shell_echo(browser, "before")
+    device.store.path.write_text('{"browsers": []}')  # the owner removes the browser ...
+    device.reload()  # ... and sends SIGHUP (`discretpeer web serve` re-reads the file on its own too)
+    await browser.wait_for("['closed', 'failed', 'disconnected'].includes(dp.pc.connectionState) || "
+                           "dp.channel.readyState !== 'open'", timeout=10)
+    assert not device.sessions
+    assert not await browser.eval("dp.open(0)")
+    assert "offline" in await browser.eval("dp.state.status")
+
+
+async def test_a_connection_that_never_proves_itself_is_closed(web_service, device, browser, monkeypatch) -> None:
+    from discretpeer.web import device as device_module
+
+    monkeypatch.setattr(device_module, "BIND_TIMEOUT", 0.5)
+    await _pair(browser, web_service, device)
+    pc, _channel, _, _, signal = await open_channel(_ws_url(web_service), device.store.load()[0])
+    try:
+        for _ in range(100):
+            if device.refused["bind_timeout"]:
+                break
+            await asyncio.sleep(0.05)
+        assert device.refused["bind_timeout"] == 1
+        assert not device.sessions
+    finally:
+        await pc.close()
+        await signal.__aexit__()
