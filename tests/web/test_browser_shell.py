@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from .conftest import PROMPT, page_url
@@ -53,14 +54,18 @@ async def test_ctrl_c_resize_and_exit(web_service, device, browser) -> None:
     await _pair(browser, web_service, device)
     assert await browser.eval("dp.open(0)"), await browser.eval("dp.state.status")
     await browser.wait_for(f"dp.terminalText().includes({PROMPT!r})")
-    await browser.type_text("sleep 30\r")
+    await browser.type_text("echo sle''eping; sleep 30\r")
+    await browser.wait_for("dp.terminalText().includes('sleeping')")  # sleep runs in the foreground now
     await browser.type_text("\x03")  # Ctrl-C through xterm, the data channel and the PTY's line discipline
     await browser.type_text("echo after-$((1+1))\r")
     await browser.wait_for("dp.terminalText().includes('after-2')", timeout=5)
     await browser.call("Emulation.setDeviceMetricsOverride", width=640, height=360, deviceScaleFactor=1, mobile=False)
-    rows, cols = await browser.wait_for("dp.term.cols < 80 && [dp.term.rows, dp.term.cols]")
+    await browser.wait_for("dp.term.cols < 80")
+    await asyncio.sleep(0.3)  # the window may fire more than one resize: let it settle
     await browser.type_text("stty size\r")
-    await browser.wait_for(f"dp.terminalText().includes('{rows} {cols}')")
+    # the PTY's size, as the shell sees it, is the terminal's size on the page
+    reported = await browser.wait_for("(dp.terminalText().match(/^(\\d+) (\\d+)\\s*$/m) || [null]).slice(1)")
+    assert [int(x) for x in reported] == await browser.eval("[dp.term.rows, dp.term.cols]")
     shells = [shell for session in device.sessions.values() for shell in session.shells]
     assert len(shells) == 1 and not shells[0].exited
     await browser.type_text("exit\r")
