@@ -191,11 +191,18 @@ async function openShell(device, me, opts = {}) {
   const tokens = await meetingTokens(unb64(device.meeting));
   const token = tokens[0];
   setStatus(`looking for ${device.name}…`);
+  const offline = `${device.name} is offline (or no longer has this browser paired)`;
+  const present = signal.wait((m) => m.t === 'present' && tokens.includes(m.token) && m.count >= 2, 8000, offline);
+  present.catch(() => {});
   signal.listen(tokens, () => {});
-  await signal.wait((m) => m.t === 'present' && tokens.includes(m.token) && m.count >= 2, 8000,
-    `${device.name} is offline (or no longer has this browser paired)`);
+  // asked at once (the beacon handles listen, then turn, in order): answered only if the device is there
   signal.send({ t: 'turn', token });
-  const creds = await signal.wait((m) => m.t === 'turn' || m.t === 'error', 3000, 'no answer from the beacon');
+  let creds = await signal.wait((m) => m.t === 'turn' || m.t === 'error', 3000, 'no answer from the beacon');
+  if (creds.t === 'error') {  // the device may be reconnecting to the beacon: wait for it, then ask again
+    await present;
+    signal.send({ t: 'turn', token });
+    creds = await signal.wait((m) => m.t === 'turn' || m.t === 'error', 3000, 'no answer from the beacon');
+  }
   const stun = [];
   let turn = null;
   if (creds.t === 'turn') {
