@@ -30,10 +30,14 @@ class BrowserStore:
         except (OSError, ValueError) as exc:
             raise ValueError(f"{self.path}: unreadable paired-browsers file ({exc})") from None
         out = []
-        for entry in raw.get("browsers", [])[:MAX_BROWSERS]:
-            out.append(PairedBrowser(
-                base64.b64decode(entry["pub"]), str(entry["name"]), base64.b64decode(entry["meeting"])
-            ))
+        try:
+            for entry in raw.get("browsers", [])[:MAX_BROWSERS]:
+                out.append(PairedBrowser(
+                    base64.b64decode(entry["pub"], validate=True), str(entry["name"]),
+                    base64.b64decode(entry["meeting"], validate=True),
+                ))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{self.path}: malformed paired-browsers file ({type(exc).__name__}: {exc})") from None
         return out
 
     def add(self, browser: PairedBrowser) -> None:

@@ -226,7 +226,14 @@ class WebDevice:
         """Re-read the paired browsers (also done when the file changes); drop sessions of removed ones."""
         self._store_mtime = self.store.mtime()
         now = time.time()
-        self.browsers = {t: b for b in self.store.load() for t in tokens_for(b, now)}
+        try:
+            loaded = self.store.load()
+        except (ValueError, KeyError, TypeError) as exc:  # a hand-edited file gone wrong: keep serving
+            log.error("%s: not reloaded, keeping the %d paired browsers (%s)", self.store.path,
+                      len({b.public_key for b in self.browsers.values()}), exc)
+            self._relisten()
+            return
+        self.browsers = {t: b for b in loaded for t in tokens_for(b, now)}
         keys = {b.public_key for b in self.browsers.values()}
         for session in list(self.sessions.values()):
             if session.browser.public_key not in keys:

@@ -190,3 +190,16 @@ async def test_a_connection_that_never_proves_itself_is_closed(web_service, devi
     finally:
         await pc.close()
         await signal.__aexit__()
+
+
+async def test_a_corrupt_paired_browsers_file_keeps_the_device_serving(device) -> None:
+    from discretpeer.web.pairing import PairedBrowser
+
+    device.store.add(PairedBrowser(b"\x01" * 32, "phone", b"\x02" * 32))
+    device.reload()
+    before = dict(device.browsers)
+    assert len(before) == 2  # this window's token and the previous one's
+    device.store.path.write_text("{ not json")
+    device.reload()
+    assert device.browsers == before
+    assert device.connected.is_set()

@@ -43,3 +43,16 @@ async def test_input_is_bounded_and_exit_code_reported() -> None:
     assert len(session.pending) <= MAX_PENDING_INPUT
     assert await asyncio.wait_for(exited, 10) == 3
     assert not session.write(b"late")
+
+
+def test_browser_store_refuses_a_malformed_file_with_its_name(tmp_path) -> None:
+    import pytest
+
+    from discretpeer.web.browsers import BrowserStore
+
+    store = BrowserStore(tmp_path / "web_browsers.json")
+    assert store.load() == []
+    for text in ("{", "[]", '{"browsers": [{"pub": "!!"}]}', '{"browsers": [1]}'):
+        store.path.write_text(text)
+        with pytest.raises(ValueError, match="web_browsers.json"):
+            store.load()
