@@ -71,3 +71,25 @@ async def test_ctrl_c_resize_and_exit(web_service, device, browser) -> None:
     await browser.type_text("exit\r")
     await browser.wait_for("dp.state.exit === 0")
     assert shells[0].exited
+
+
+async def test_two_browsers_two_shells_at_once(web_service, device, browser) -> None:
+    from .chromium import Chromium
+
+    other = Chromium()
+    try:
+        await other.start()
+        await _pair(browser, web_service, device)
+        await _pair(other, web_service, device)
+        assert len(device.store.load()) == 2
+        assert await browser.eval("dp.open(0)") and await other.eval("dp.open(0)")
+        for b in (browser, other):
+            await b.wait_for(f"dp.terminalText().includes({PROMPT!r})")
+        await browser.type_text("echo one-$$\r")
+        await other.type_text("echo two-$$\r")
+        one = await browser.wait_for("(dp.terminalText().match(/^one-(\\d+)/m) || [])[1]")
+        two = await other.wait_for("(dp.terminalText().match(/^two-(\\d+)/m) || [])[1]")
+        assert one != two  # two shells (two PTYs, two processes), one per browser
+        assert len(device.sessions) == 2
+    finally:
+        await other.close()
