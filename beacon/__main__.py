@@ -105,11 +105,16 @@ async def _serve(files: BeaconFiles, log: Any, ready_file: Path | None) -> int:
         return 1
     web = None
     if files.config.web_enabled:  # the browser shell's page + signalling (issue 19)
-        from .web import WebService, options_from_config
-
-        web = WebService(options_from_config(files.config), log=log)
         try:
+            from .web import WebService, options_from_config
+
+            web = WebService(options_from_config(files.config), log=log)
             await web.start()
+        except ImportError as exc:
+            await server.stop(reason="web listener failed")
+            print(f"{PROG}: error: web_enabled needs the 'web' extra (pip install 'discretpeer[web]'): {exc}",
+                  file=sys.stderr)
+            return 1
         except (OSError, ValueError) as exc:
             await server.stop(reason="web listener failed")
             print(f"{PROG}: error: web page listener: {exc}", file=sys.stderr)

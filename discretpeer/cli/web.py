@@ -42,8 +42,11 @@ def add_parser(sub: Any, add_base: Any, epilog: str) -> None:
 
 
 async def run_web(settings: Settings, args: Any, console: Console) -> int:
-    from discretpeer.web.browsers import BrowserStore
-    from discretpeer.web.device import WebDevice
+    try:
+        from discretpeer.web.browsers import BrowserStore
+        from discretpeer.web.device import WebDevice
+    except ImportError as exc:
+        raise ConfigError(f"`discretpeer web` needs the 'web' extra: pip install 'discretpeer[web]' ({exc})") from None
 
     if not args.url.startswith(("ws://", "wss://")):
         raise ConfigError(f"--url must be ws:// or wss:// (got {args.url!r})")
