@@ -180,6 +180,22 @@ async def _serve(
     except StoreUnavailable as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    web = None
+    if files.config.web_enabled:  # the browser shell's page + signalling (issue 19)
+        try:
+            from .web import WebService, options_from_config
+
+            web = WebService(options_from_config(files.config), log=log)
+            await web.start()
+        except ImportError as exc:
+            await server.stop(reason="web listener failed")
+            print(f"{PROG}: error: web_enabled needs the 'web' extra (pip install 'discretpeer[web]'): {exc}",
+                  file=sys.stderr)
+            return 1
+        except (OSError, ValueError) as exc:
+            await server.stop(reason="web listener failed")
+            print(f"{PROG}: error: web page listener: {exc}", file=sys.stderr)
+            return 1
     addresses = [_show(host, port) for host, port in server.addresses]
     metrics = None
     if server.metrics_address is not None:
@@ -191,6 +207,9 @@ async def _serve(
     if metrics:
         lines.append(f"metrics on {metrics}")
     lines += client_lines(files.config.host, server.port, server.ipv6_port, server.fingerprint)
+    if web is not None:
+        scheme = "https" if files.config.web_certificate else "http"
+        lines.append(f"web page on {scheme}://{_show(*web.address)}/")
     lines.append("ready")
     if ready_file is not None:
         try:
@@ -218,6 +237,8 @@ async def _serve(
         summaries.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):  # the beacon stops whatever it did
             await summaries
+        if web is not None:
+            await web.stop()
         await server.stop(reason=f"beacon is shutting down ({received[0] if received else 'stop'})")
         if ready_file is not None:
             with contextlib.suppress(OSError):

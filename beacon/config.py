@@ -264,6 +264,26 @@ class BeaconConfig:
         _off_or_range(0.1, 86400),
     )
 
+    # --- browser shell (beacon/web.py, issue 19) ---
+    web_enabled: bool = _setting(
+        False, "Serve the browser-shell page and its WebSocket signalling (/ws) over TCP.", None,
+        "Browser shell (web page + signalling)",
+    )
+    web_host: str = _setting("0.0.0.0", "Address of the page's TCP listener.")
+    web_port: int = _setting(8443, "TCP port of the page (HTTPS with the PEM files below, else plain HTTP).",
+                             _range(0, 65535))
+    web_certificate: str = _setting(
+        "", "PEM certificate chain of your domain (e.g. Let's Encrypt fullchain.pem); empty = plain HTTP, "
+        "for a reverse proxy that terminates TLS (browsers need HTTPS for the page's WebCrypto)."
+    )
+    web_private_key: str = _setting("", "PEM private key of that certificate.")
+    web_turn_secret: str = _setting(
+        "", "coturn's static-auth-secret (use-auth-secret): time-limited TURN credentials for paired browsers."
+    )
+    web_turn_urls: str = _setting("", 'Comma-separated TURN URLs, e.g. "turn:turn.example.org:3478?transport=udp".')
+    web_stun_urls: str = _setting("", 'Comma-separated STUN URLs, e.g. "stun:beacon.example.org:4264".')
+    web_turn_ttl_seconds: int = _setting(3600, "Lifetime of TURN credentials.", _range(60, 86400))
+
     def replace(self, **changes: Any) -> BeaconConfig:
         """A copy with ``changes`` applied and validated (raises :class:`ConfigError`).
 

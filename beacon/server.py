@@ -28,7 +28,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType
 
-from beacon import quic_tuning, workers
+from beacon import quic_tuning, stun, workers
 from beacon.config import BeaconConfig
 from beacon.limits import KeyedBuckets, KeyedCounts, RateMeter, TokenBucket, ip_key
 from beacon.logs import null_logger
@@ -252,6 +252,7 @@ class _BeaconEndpoint(Endpoint):
         self.handshake_datagrams_dropped = 0
         # (datagram, source, destination connection id) of a short-header packet nobody knows
         self.on_unknown_connection: Any = None
+        self.on_stun: Any = None  # called with (datagram, source) for a STUN message
 
     def _maybe_accept(self, data: bytes, source: tuple[str, int], header: Any, relay_route: Any = None) -> Any:
         if header.packet_type == QuicPacketType.ONE_RTT:
@@ -273,6 +274,9 @@ class _BeaconEndpoint(Endpoint):
         return super()._maybe_accept(data, source, header, relay_route)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
+        if data and data[0] < 0x40 and self.on_stun is not None and stun.is_stun(data):
+            self.on_stun(data, addr)  # STUN for browsers (issue 19): never QUIC (fixed bit clear)
+            return
         if data and data[0] & _LONG_HEADER_QUIC == _LONG_HEADER_QUIC and DEFER_HANDSHAKES:
             if len(self._handshake_queue) >= MAX_QUEUED_HANDSHAKE_DATAGRAMS:
                 self.handshake_datagrams_dropped += 1
@@ -344,6 +348,7 @@ class BeaconServer:
         )
         self._endpoints: list[Endpoint] = []
         self.tcp: TcpService | None = None  # the TLS/TCP listeners (config.tcp_enabled)
+        self.stun = stun.StunResponder()  # Binding answers for browsers' ICE (beacon/stun.py)
         self._peers: dict[int, _Peer] = {}
         self._ids = itertools.count(1)
         self._ip_counts = KeyedCounts()
@@ -545,6 +550,7 @@ class BeaconServer:
         endpoint.on_datagram = functools.partial(self._relay_datagram, endpoint)
         endpoint.on_error = self._endpoint_error
         endpoint.on_unknown_connection = functools.partial(self._stateless_reset, endpoint)
+        endpoint.on_stun = functools.partial(self._stun_answer, endpoint)
         assert self._loop is not None
         await self._loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
         self._endpoints.append(endpoint)
@@ -579,6 +585,10 @@ class BeaconServer:
             if ":" not in host:
                 return port
         return None
+    def _stun_answer(self, endpoint: Any, data: bytes, source: Any) -> None:
+        reply = self.stun.answer(data, (source[0], source[1]))
+        if reply is not None:
+            endpoint.sendto(reply, source)
 
     async def _close_sockets(self) -> None:
         for endpoint in self._endpoints:

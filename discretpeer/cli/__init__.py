@@ -9,6 +9,7 @@
     discretpeer ping PEER                            # round trips to a peer, and the path they take
     discretpeer doctor                               # beacons, public address, NAT, mDNS
     discretpeer status [--json] [--watch]            # what the running expose (or a forward) is doing
+    discretpeer web serve|invite --url wss://BEACON/ws  # a shell on this device from a paired browser
 
 Exit codes: 0 success, 1 failure (cannot connect, refused, doctor found a FAIL), 2 usage or
 configuration error, 130 interrupted. Errors are one line on stderr.
@@ -226,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time between round trips (default 0.5)")
     _add_base(p)
     _add_network(p)
+    from .web import add_parser as _add_web_parser  # the browser shell (issue 19)
+
+    _add_web_parser(sub, _add_base, EPILOG)
 
     p = sub.add_parser("status", help="show what the running expose (or a forward) is doing",
                        description="Connections, their paths (direct/lan/relay), tunnels and bytes of the running "
@@ -276,6 +280,10 @@ def _handler(command: str) -> Callable[[Settings, Any, Console], Coroutine[Any, 
         from .doctor import run_doctor
 
         return run_doctor
+    if command == "web":
+        from .web import run_web
+
+        return run_web
     from .status import run_status
 
     return run_status

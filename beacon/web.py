@@ -1,0 +1,332 @@
+"""The browser shell's web side of the beacon: the static page over HTTP(S) and WebSocket signalling.
+
+Off by default (``web_enabled``). With ``web_certificate``/``web_private_key`` (PEM, the owner's domain
+certificate) it speaks HTTPS itself; without, plain HTTP for a reverse proxy that terminates TLS.
+``websockets`` serves both the WebSocket (``/ws``) and the few static files (``process_request``): one
+small dependency, sans-I/O inside, no web framework. It listens on its own TCP port until the beacon's
+TLS/TCP listener can hand it ``http/1.1`` connections by ALPN (see :meth:`WebService.handler`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import hashlib
+import ipaddress
+import mimetypes
+import ssl
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from .web_signal import MAX_MESSAGE_BYTES, Rooms, SignalError, encode, parse_client_message, turn_credentials
+
+__all__ = ["WebOptions", "WebService", "options_from_config", "static_dir"]
+
+SECURITY_HEADERS = {
+    # the page only talks to its own origin (HTTP + WebSocket); WebRTC is not governed by CSP
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def static_dir() -> Path:
+    """The page shipped in the package (beacon/web_static)."""
+    return Path(str(resources.files("beacon") / "web_static"))
+
+
+@dataclass(frozen=True)
+class WebOptions:
+    host: str = "0.0.0.0"
+    port: int = 8443
+    certificate: str = ""  # PEM paths: empty = plain HTTP (behind a reverse proxy)
+    private_key: str = ""
+    turn_secret: str = ""  # coturn static-auth-secret; empty = no TURN credentials handed out
+    turn_urls: tuple[str, ...] = ()
+    turn_ttl_seconds: int = 3600
+    stun_urls: tuple[str, ...] = ()
+    max_connections: int = 10000
+    max_connections_per_ip: int = 32
+    max_tokens_per_connection: int = 256
+    messages_per_second: float = 20.0
+    message_burst: int = 60
+    max_queued_messages: int = 64  # per client; a client that lets more pile up is dropped (slow reader)
+
+
+def options_from_config(config: Any) -> WebOptions:
+    """The web service's options from a :class:`beacon.config.BeaconConfig`."""
+
+    def urls(text: str) -> tuple[str, ...]:
+        return tuple(u.strip() for u in text.split(",") if u.strip())
+
+    return WebOptions(
+        host=config.web_host, port=config.web_port, certificate=config.web_certificate,
+        private_key=config.web_private_key, turn_secret=config.web_turn_secret,
+        turn_urls=urls(config.web_turn_urls), stun_urls=urls(config.web_stun_urls),
+        turn_ttl_seconds=config.web_turn_ttl_seconds,
+    )
+
+
+class _Client:
+    def __init__(self, ws: ServerConnection, ip: str, options: WebOptions) -> None:
+        self.ws = ws
+        self.ip = ip
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue(options.max_queued_messages)  # None: stop
+        self.tokens = float(options.message_burst)
+        self.stamp = time.monotonic()
+        self.closing = False
+
+    def take(self, rate: float, burst: int) -> bool:
+        now = time.monotonic()
+        self.tokens = min(float(burst), self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class WebService:
+    """Static page + signalling. ``await start()``, ``await stop()``; ``address`` once started."""
+
+    def __init__(self, options: WebOptions, *, log: Any = None, root: Path | None = None) -> None:
+        self.options = options
+        self.log = log
+        self.root = (root or static_dir()).resolve()
+        self.rooms = Rooms(max_tokens_per_client=options.max_tokens_per_connection)
+        self.clients: set[_Client] = set()
+        self.per_ip: defaultdict[str, int] = defaultdict(int)
+        self.refused: defaultdict[str, int] = defaultdict(int)  # reason -> count (tests, metrics)
+        self._server: Server | None = None
+        self._static: dict[str, tuple[str, bytes, bytes, str, str]] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None
+        sock = next(iter(self._server.sockets))
+        host, port = sock.getsockname()[:2]
+        return host, port
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.options.certificate:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.options.certificate, self.options.private_key or None)
+        ctx.set_alpn_protocols(["http/1.1"])
+        return ctx
+
+    async def start(self) -> None:
+        self._files()  # read the page before listening
+        self._server = await serve(
+            self.handler,
+            self.options.host,
+            self.options.port,
+            ssl=self.ssl_context(),
+            process_request=self._process_request,
+            max_size=MAX_MESSAGE_BYTES,
+            max_queue=4,
+            write_limit=65536,
+            compression=None,  # no deflate: bounded memory per connection, nothing to gain on SDP
+            server_header=None,
+            open_timeout=10,
+            ping_interval=20,
+            ping_timeout=20,
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
+
+    # --- HTTP -----------------------------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/ws":
+            if len(self.clients) >= self.options.max_connections:
+                return self._plain(503, "too many connections")
+            ip = _ip_key(connection.remote_address)
+            if self.per_ip[ip] >= self.options.max_connections_per_ip:
+                self.refused["per_ip"] += 1
+                return self._plain(429, "too many connections from your address")
+            return None
+        if path == "/":
+            path = "/index.html"
+        page = self._files().get(path.lstrip("/"))
+        if page is None:
+            return self._plain(404, "not found")
+        kind, body, gzipped, etag, cache = page
+        headers = Headers({"Content-Type": kind, **SECURITY_HEADERS, "Cache-Control": cache, "ETag": etag})
+        if etag in request.headers.get("If-None-Match", ""):
+            return Response(304, "Not Modified", headers, b"")
+        if "gzip" in request.headers.get("Accept-Encoding", "") and len(gzipped) < len(body):
+            headers["Content-Encoding"] = "gzip"
+            body = gzipped
+        headers["Vary"] = "Accept-Encoding"
+        headers["Content-Length"] = str(len(body))
+        return Response(200, "OK", headers, body)
+
+    def _files(self) -> dict[str, tuple[str, bytes, bytes, str, str]]:
+        """The page's files, read and gzipped once: name -> (type, body, gzipped body, ETag, Cache-Control).
+
+        Every response closes its TCP connection (websockets answers one HTTP request per connection),
+        so fewer and smaller responses are what makes the page open fast over a long RTT."""
+        if self._static is None:
+            files = {}
+            for target in sorted(self.root.rglob("*")):
+                if not target.is_file() or target.name.startswith("."):
+                    continue
+                name = target.relative_to(self.root).as_posix()
+                body = target.read_bytes()
+                kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+                if target.suffix in (".js", ".mjs"):
+                    kind = "text/javascript"
+                etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+                cache = "max-age=86400" if name.startswith("vendor/") else "no-cache"
+                files[name] = (kind, body, gzip.compress(body, 9, mtime=0), etag, cache)
+            self._static = files
+        return self._static
+
+    @staticmethod
+    def _plain(status: int, text: str) -> Response:
+        body = (text + "\n").encode()
+        headers = Headers({"Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body))})
+        reason = {404: "Not Found", 429: "Too Many Requests", 503: "Service Unavailable"}.get(status, "Error")
+        return Response(status, reason, headers, body)
+
+    # --- WebSocket ------------------------------------------------------------------------------
+
+    async def handler(self, ws: ServerConnection) -> None:
+        """One signalling client (also the entry point for a shared TLS listener's http/1.1 connections)."""
+        ip = _ip_key(ws.remote_address)
+        client = _Client(ws, ip, self.options)
+        self.clients.add(client)
+        self.per_ip[ip] += 1
+        writer = asyncio.create_task(self._writer(client))
+        try:
+            async for raw in ws:
+                if not client.take(self.options.messages_per_second, self.options.message_burst):
+                    self._refuse(client, "rate limited: too many messages", "rate")
+                    break
+                try:
+                    self._on_message(client, raw)
+                except SignalError as exc:
+                    self._refuse(client, str(exc), "bad_message")
+                    break
+                if client.closing:
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self._forget(client)
+            # let the writer flush what is queued (the refusal's reason) for a moment, then stop it
+            try:
+                client.queue.put_nowait(None)
+                await asyncio.wait_for(asyncio.shield(writer), 2)
+            except (asyncio.QueueFull, TimeoutError, ConnectionClosed):
+                pass
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await writer
+            with contextlib.suppress(Exception):
+                await ws.close(1008 if client.closing else 1000)
+
+    def _refuse(self, client: _Client, reason: str, counter: str) -> None:
+        self.refused[counter] += 1
+        self._queue(client, encode("error", reason=reason))
+        client.closing = True
+        if self.log is not None:
+            self.log.info("web_refused", reason=reason, ip=client.ip)
+
+    def _forget(self, client: _Client) -> None:
+        if client not in self.clients:
+            return
+        self.clients.discard(client)
+        self.per_ip[client.ip] -= 1
+        if self.per_ip[client.ip] <= 0:
+            del self.per_ip[client.ip]
+        for token in self.rooms.leave(client):
+            self._announce(token)
+
+    def _on_message(self, client: _Client, raw: str | bytes) -> None:
+        message = parse_client_message(raw, max_tokens=self.options.max_tokens_per_connection)
+        if message.kind == "listen":
+            changed, full = self.rooms.listen(client, message.tokens)
+            for token in full:
+                self._queue(client, encode("error", reason="token full", token=token))
+            for token in changed:
+                self._announce(token)
+            return
+        token = message.tokens[0]
+        others = self.rooms.others(client, token)
+        if message.kind == "send":
+            text = encode("msg", token=token, data=message.data)
+            for other in others:
+                self._queue(other, text)
+            return
+        # turn: only for a client that is not alone on its token (a paired device is there)
+        if not others:  # not fatal: the device may come online later
+            self._queue(client, encode("error", reason="no TURN credentials: nobody else listens on that token"))
+            return
+        reply: dict[str, Any] = {"urls": list(self.options.stun_urls), "ttl": self.options.turn_ttl_seconds}
+        if self.options.turn_secret and self.options.turn_urls:
+            username, credential = turn_credentials(
+                self.options.turn_secret.encode(), self.options.turn_ttl_seconds, time.time()
+            )
+            reply.update(turn_urls=list(self.options.turn_urls), username=username, credential=credential)
+        self._queue(client, encode("turn", **reply))
+
+    def _announce(self, token: str) -> None:
+        count = self.rooms.count(token)
+        text = encode("present", token=token, count=count)
+        for member in list(self.rooms.members.get(token, ())):
+            self._queue(member, text)
+
+    def _queue(self, client: _Client, text: str) -> None:
+        if client.closing and not text.startswith('{"v":1,"t":"error"'):
+            return
+        try:
+            client.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            # a client that does not read loses its place; nobody else waits for it
+            self.refused["slow_reader"] += 1
+            client.closing = True
+            self._forget(client)
+            client.ws.transport.abort()
+
+    async def _writer(self, client: _Client) -> None:
+        while True:
+            text = await client.queue.get()
+            if text is None:
+                return
+            try:
+                await asyncio.wait_for(client.ws.send(text), 10)
+            except (TimeoutError, ConnectionClosed):
+                self.refused["slow_reader"] += 1
+                self._forget(client)
+                client.ws.transport.abort()
+                return
+
+
+def _ip_key(address: Any) -> str:
+    """The address a connection counts against: IPv4 as is, IPv6 by /64."""
+    host = address[0] if isinstance(address, tuple) else str(address)
+    with contextlib.suppress(ValueError):
+        ip = ipaddress.ip_address(host)
+        if ip.version == 6:
+            return str(ipaddress.ip_network(f"{host}/64", strict=False))
+    return host

@@ -1,0 +1,387 @@
+"""The device side of the browser shell: signalling over a WebSocket to the beacon, WebRTC with aiortc.
+
+Why a WebSocket and not new frames on the device's QUIC beacon connection: the browser can only speak
+WebSocket, so the beacon needs that signalling room anyway; letting the device join the very same room
+keeps one forwarding path in the beacon (``beacon/web_signal.py``), no change to the QUIC wire format or
+to the beacon's QUIC server, and nothing in it is trusted - pairing is a PAKE and every session is bound
+to both identities by signatures over its DTLS fingerprints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import websockets
+from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+from discretpeer.identity import Identity
+
+from .binding import BindingError, binding_message, only_sha256, sdp_fingerprint, verify_binding
+from .browsers import BrowserStore, tokens_for
+from .pairing import DevicePairing, PairedBrowser, PairingError, generate_code, pairing_token
+from .shell import PtySession
+
+__all__ = ["WebDevice"]
+
+log = logging.getLogger("discretpeer.web")
+
+MAX_SDP = 16384
+MAX_PEER_CONNECTIONS = 8
+MAX_SHELLS_PER_CONNECTION = 4
+BIND_TIMEOUT = 15.0  # a connection that has not proven its browser by then is closed
+HIGH_WATER = 1 << 20  # bytes queued on a data channel before the PTY stops being read
+LOW_WATER = 1 << 18
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class _Session:
+    """One RTCPeerConnection with one paired browser."""
+
+    def __init__(self, device: WebDevice, browser: PairedBrowser, token: str, sid: str) -> None:
+        self.device = device
+        self.browser = browser
+        self.token = token
+        self.sid = sid
+        self.pc: RTCPeerConnection | None = None
+        self.browser_fp = ""
+        self.device_fp = ""
+        self.shells: list[PtySession] = []
+        self.bound = False
+        self.created = time.monotonic()
+
+    async def answer(self, offer_sdp: str, ice_servers: list[RTCIceServer]) -> str:
+        self.browser_fp = sdp_fingerprint(offer_sdp)
+        pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
+        pc.on("datachannel", self._channel)
+        pc.on("connectionstatechange", self._state)
+        # Chromium hides its host addresses behind mDNS names (xxx.local); aioice resolves each one
+        # with a 1 s timeout, one after the other, before the answer exists - a second per offer
+        # across NATs, where they never resolve. Without them a LAN browser is still reached: its
+        # checks reach our host candidates and come back as peer-reflexive candidates.
+        offer_sdp = "\r\n".join(
+            line for line in offer_sdp.split("\r\n")
+            if not (line.startswith("a=candidate:") and ".local " in line)
+        )
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        sdp = only_sha256(pc.localDescription.sdp)
+        self.device_fp = sdp_fingerprint(sdp)
+        asyncio.get_running_loop().call_later(BIND_TIMEOUT, self._bind_deadline)
+        return sdp
+
+    def _bind_deadline(self) -> None:
+        if not self.bound:
+            self.device.refused["bind_timeout"] += 1
+            asyncio.ensure_future(self.close())
+
+    async def _state(self) -> None:
+        if self.pc is not None and self.pc.connectionState in ("failed", "closed"):
+            await self.close()
+
+    async def close(self) -> None:
+        for shell in self.shells:
+            shell.close()
+        self.device.sessions.pop(self.sid, None)
+        if self.pc is not None:
+            pc, self.pc = self.pc, None
+            await pc.close()
+
+    def _channel(self, channel: RTCDataChannel) -> None:
+        if len(self.shells) >= MAX_SHELLS_PER_CONNECTION or channel.label != "shell":
+            channel.close()
+            return
+        state: dict[str, Any] = {"shell": None}
+
+        def refuse(reason: str, counter: str) -> None:
+            self.device.refused[counter] += 1
+            log.info("web shell refused: %s", reason)
+            with contextlib.suppress(Exception):
+                channel.send(json.dumps({"error": reason}))
+            channel.close()
+
+        def on_message(message: str | bytes) -> None:
+            shell: PtySession | None = state["shell"]
+            if shell is None:
+                if state.get("refused"):
+                    return
+                try:
+                    hello = json.loads(message) if isinstance(message, str) and len(message) < 4096 else None
+                    if not isinstance(hello, dict):
+                        raise BindingError("the first message must be the binding proof")
+                    public_key = base64.b64decode(str(hello.get("pub", "")), validate=True)
+                    signature = base64.b64decode(str(hello.get("sig", "")), validate=True)
+                    if public_key != self.browser.public_key:
+                        raise BindingError("this browser is not paired with this device")
+                    verify_binding(public_key, signature, "browser", self.browser_fp, self.device_fp)
+                except (BindingError, ValueError) as exc:
+                    state["refused"] = True
+                    refuse(str(exc), "binding")
+                    return
+                self.bound = True
+                sig = self.device.identity.sign(binding_message("device", self.browser_fp, self.device_fp))
+                channel.send(json.dumps({"pub": _b64(self.device.identity.public_key), "sig": _b64(sig)}))
+                cols, rows = _size(hello.get("cols"), hello.get("rows"))
+                shell = PtySession(self.device.command, lambda data: _out(data), _exit, cols=cols, rows=rows)
+                state["shell"] = shell
+                self.shells.append(shell)
+                shell.start()
+                return
+            if isinstance(message, bytes):
+                if not shell.write(message):
+                    with contextlib.suppress(Exception):
+                        channel.send(json.dumps({"warning": "input dropped: the shell is not reading"}))
+                return
+            with contextlib.suppress(ValueError):
+                control = json.loads(message) if len(message) < 4096 else None
+                if isinstance(control, dict) and "resize" in control:
+                    shell.resize(*_size(*(list(control["resize"]) + [None, None])[:2]))
+
+        def _out(data: bytes) -> None:
+            if channel.readyState != "open":
+                return
+            channel.send(data)
+            if channel.bufferedAmount > HIGH_WATER and state["shell"] is not None:
+                state["shell"].pause_output()  # the browser is not reading: stop reading the PTY
+
+        def _exit(code: int) -> None:
+            with contextlib.suppress(Exception):
+                if channel.readyState == "open":
+                    channel.send(json.dumps({"exit": code}))
+                    channel.close()
+
+        def on_low() -> None:
+            if state["shell"] is not None:
+                state["shell"].resume_output()
+
+        def on_close() -> None:
+            if state["shell"] is not None:
+                state["shell"].close()
+
+        channel.bufferedAmountLowThreshold = LOW_WATER
+        channel.on("message", on_message)
+        channel.on("bufferedamountlow", on_low)
+        channel.on("close", on_close)
+
+
+def _size(cols: Any, rows: Any) -> tuple[int, int]:
+    c = cols if isinstance(cols, int) and 0 < cols <= 1000 else 80
+    r = rows if isinstance(rows, int) and 0 < rows <= 1000 else 24
+    return c, r
+
+
+class WebDevice:
+    """Keep a signalling connection to the beacon's web service; answer paired browsers.
+
+    ``url`` is the beacon's ``ws://``/``wss://.../ws``. ``command`` runs on each shell's PTY."""
+
+    def __init__(self, url: str, identity: Identity, store: BrowserStore, *, name: str,
+                 command: Sequence[str], ssl_context: ssl.SSLContext | None = None) -> None:
+        self.url = url
+        self.identity = identity
+        self.store = store
+        self.name = name
+        self.command = list(command)
+        self.ssl_context = ssl_context
+        self.browsers: dict[str, PairedBrowser] = {}  # token -> browser
+        self.pairings: dict[str, DevicePairing] = {}  # token -> pending invite
+        self.sessions: dict[str, _Session] = {}
+        self.refused: dict[str, int] = {}
+        self.paired = asyncio.Event()
+        self.connected = asyncio.Event()
+        self._ws: Any = None
+        self._store_mtime = -1.0
+        self._turn: asyncio.Future[dict[str, Any]] | None = None
+        self._turn_lock = asyncio.Lock()
+        self._ice_cache: tuple[float, list[RTCIceServer]] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+        class _Counter(dict[str, int]):
+            def __missing__(self, key: str) -> int:
+                return 0
+
+        self.refused = _Counter()
+
+    def invite(self) -> str:
+        """A fresh one-time pairing code (valid while this device runs, for one attempt)."""
+        code = generate_code()
+        from .pairing import parse_code
+
+        room, _ = parse_code(code)
+        self.pairings[pairing_token(room)] = DevicePairing(code, self.identity.public_key, self.name)
+        self._relisten()
+        return code
+
+    def reload(self) -> None:
+        """Re-read the paired browsers (also done when the file changes); drop sessions of removed ones."""
+        self._store_mtime = self.store.mtime()
+        now = time.time()
+        try:
+            loaded = self.store.load()
+        except (ValueError, KeyError, TypeError) as exc:  # a hand-edited file gone wrong: keep serving
+            log.error("%s: not reloaded, keeping the %d paired browsers (%s)", self.store.path,
+                      len({b.public_key for b in self.browsers.values()}), exc)
+            self._relisten()
+            return
+        self.browsers = {t: b for b in loaded for t in tokens_for(b, now)}
+        keys = {b.public_key for b in self.browsers.values()}
+        for session in list(self.sessions.values()):
+            if session.browser.public_key not in keys:
+                asyncio.ensure_future(session.close())
+        self._relisten()
+
+    def _relisten(self) -> None:
+        if self._ws is not None:
+            tokens = list(self.browsers) + list(self.pairings)
+            self._spawn(self._send({"t": "listen", "tokens": tokens}))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self._ws is not None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._ws.send(json.dumps({"v": 1, **message}))
+
+    async def run(self) -> None:
+        """Connect, and reconnect with back-off, until cancelled."""
+        delay = 0.5
+        while True:
+            try:
+                async with websockets.connect(self.url, ssl=self.ssl_context, max_size=65536,
+                                              compression=None, open_timeout=10) as ws:
+                    self._ws = ws
+                    delay = 0.5
+                    self.reload()
+                    self.connected.set()
+                    watcher = asyncio.ensure_future(self._watch_store())
+                    try:
+                        async for raw in ws:
+                            self._on_beacon(raw)
+                    finally:
+                        watcher.cancel()
+            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+                log.info("web signalling: %s; retrying in %.1f s", exc, delay)
+            finally:
+                self._ws = None
+                self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _watch_store(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.store.mtime() != self._store_mtime:
+                self.reload()
+
+    async def stop(self) -> None:
+        for session in list(self.sessions.values()):
+            await session.close()
+
+    def _on_beacon(self, raw: str | bytes) -> None:
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            return
+        if not isinstance(message, dict):
+            return
+        kind = message.get("t")
+        if kind == "turn":
+            if self._turn is not None and not self._turn.done():
+                self._turn.set_result(message)
+            return
+        if kind == "error":
+            log.warning("web signalling refused: %s", message.get("reason"))
+            return
+        if kind != "msg" or not isinstance(message.get("data"), dict):
+            return
+        token, data = str(message.get("token")), message["data"]
+        if token in self.pairings:
+            self._pairing(token, data)
+        elif token in self.browsers:
+            self._spawn(self._browser_message(token, data))
+
+    def _pairing(self, token: str, data: dict[str, Any]) -> None:
+        pairing = self.pairings[token]
+        try:
+            reply, browser = pairing.receive(data)
+        except PairingError as exc:
+            self.refused["pairing"] += 1
+            log.warning("web pairing failed: %s (the code is no longer valid)", exc)
+            del self.pairings[token]
+            self._spawn(self._send({"t": "send", "token": token, "data": {"k": "refused", "reason": str(exc)}}))
+            self._relisten()
+            return
+        if reply is not None:
+            self._spawn(self._send({"t": "send", "token": token, "data": reply}))
+        if browser is not None:
+            self.store.add(browser)
+            del self.pairings[token]
+            log.info("web pairing: browser %r paired", browser.name)
+            self.reload()
+            self.paired.set()
+
+    async def _browser_message(self, token: str, data: dict[str, Any]) -> None:
+        browser = self.browsers[token]
+        sid = data.get("id")
+        if data.get("k") != "offer" or not isinstance(sid, str) or not 0 < len(sid) <= 64:
+            self.refused["bad_signal"] += 1
+            return
+        sdp = data.get("sdp")
+        reply: dict[str, Any]
+        if not isinstance(sdp, str) or len(sdp) > MAX_SDP:
+            self.refused["bad_signal"] += 1
+            reply = {"k": "error", "id": sid, "reason": f"offer SDP missing or larger than {MAX_SDP} bytes"}
+        elif sid in self.sessions or len(self.sessions) >= MAX_PEER_CONNECTIONS:
+            self.refused["busy"] += 1
+            reply = {"k": "error", "id": sid, "reason": "too many browser sessions on this device"}
+        else:
+            session = _Session(self, browser, token, sid)
+            self.sessions[sid] = session
+            try:
+                answer = await session.answer(sdp, await self._ice_servers(token))
+                reply = {"k": "answer", "id": sid, "sdp": answer, "name": self.name}
+            except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on a bad SDP
+                self.refused["bad_signal"] += 1
+                await session.close()
+                reply = {"k": "error", "id": sid, "reason": f"offer refused: {type(exc).__name__}: {exc}"[:200]}
+        await self._send({"t": "send", "token": token, "data": reply})
+
+    async def _ice_servers(self, token: str) -> list[RTCIceServer]:
+        """STUN/TURN servers from the beacon, kept until a minute before the credentials expire
+        (one round trip less per connection; one request at a time)."""
+        async with self._turn_lock:
+            if self._ice_cache is not None and time.time() < self._ice_cache[0]:
+                return self._ice_cache[1]
+            loop = asyncio.get_running_loop()
+            self._turn = loop.create_future()
+            await self._send({"t": "turn", "token": token})
+            try:
+                creds = await asyncio.wait_for(self._turn, 2.0)
+            except TimeoutError:
+                return []
+            servers = self._servers(creds)
+            ttl = creds.get("ttl")
+            if isinstance(ttl, int) and ttl > 120:
+                self._ice_cache = (time.time() + ttl - 60, servers)
+            return servers
+
+    @staticmethod
+    def _servers(creds: dict[str, Any]) -> list[RTCIceServer]:
+        servers = [RTCIceServer(urls=u) for u in creds.get("urls", []) if isinstance(u, str)]
+        if creds.get("turn_urls") and creds.get("username"):
+            servers.append(RTCIceServer(urls=[u for u in creds["turn_urls"] if isinstance(u, str)],
+                                        username=str(creds["username"]), credential=str(creds["credential"])))
+        return servers

@@ -1,0 +1,86 @@
+"""The beacon's static page: the files of the package, gzipped, revalidated by ETag; nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import urllib.error
+import urllib.request
+
+from beacon.web import static_dir
+
+from .conftest import page_url
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+async def test_page_files_gzip_etag_and_refusals(web_service) -> None:
+    base = page_url(web_service)
+    status, headers, body = await asyncio.to_thread(_get, base)
+    assert status == 200 and body == (static_dir() / "index.html").read_bytes()
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    status, headers, body = await asyncio.to_thread(_get, base + "vendor/xterm.mjs", {"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip" and headers["Content-Type"] == "text/javascript"
+    assert gzip.decompress(body) == (static_dir() / "vendor" / "xterm.mjs").read_bytes()
+    assert len(body) < len(gzip.decompress(body)) / 2
+    status, _, _ = await asyncio.to_thread(_get, base + "vendor/xterm.mjs", {"If-None-Match": headers["ETag"]})
+    assert status == 304
+    for path in ("nope.js", "../pyproject.toml", "%2e%2e/pyproject.toml", "vendor/../../web.py", ".hidden"):
+        status, _, _ = await asyncio.to_thread(_get, base + path)
+        assert status == 404, path
+
+
+async def test_https_with_the_owners_certificate(tmp_path) -> None:
+    """web_certificate/web_private_key: the page and the WebSocket over TLS (ALPN http/1.1)."""
+    import datetime
+    import json
+    import ssl
+
+    import websockets
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from beacon.web import WebOptions, WebService
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    service = WebService(WebOptions(host="127.0.0.1", port=0, certificate=str(cert_path), private_key=str(key_path)))
+    await service.start()
+    try:
+        port = service.address[1]
+        client = ssl.create_default_context(cafile=str(cert_path))
+        client.set_alpn_protocols(["http/1.1"])
+
+        def fetch() -> tuple[int, bytes, str | None]:
+            with urllib.request.urlopen(f"https://localhost:{port}/", context=client, timeout=5) as response:
+                return response.status, response.read(), None
+
+        status, body, _ = await asyncio.to_thread(fetch)
+        assert status == 200 and b"discretpeer" in body
+        async with websockets.connect(f"wss://localhost:{port}/ws", ssl=client) as ws:
+            await ws.send(json.dumps({"v": 1, "t": "listen", "tokens": ["ab" * 32]}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"v": 1, "t": "present", "token": "ab" * 32,
+                                                                         "count": 1}
+    finally:
+        await service.stop()

@@ -1,0 +1,90 @@
+"""The README's path with real processes: `python -m beacon` with the page enabled, `discretpeer web
+serve` and `discretpeer web invite` on the device, a headless Chromium that pairs and gets a shell."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from .chromium import Chromium
+from .conftest import PROMPT, SHELL
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _line(proc: asyncio.subprocess.Process, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+    async def find() -> re.Match[str]:
+        assert proc.stdout is not None
+        while line := (await proc.stdout.readline()).decode():
+            if m := re.search(pattern, line):
+                return m
+        raise AssertionError(f"process ended before printing {pattern!r}")
+
+    return await asyncio.wait_for(find(), timeout)
+
+
+async def test_beacon_page_serve_invite_and_shell(tmp_path: Path) -> None:
+    web_port = _free_port()
+    beacon_dir = tmp_path / "beacon"
+    beacon_dir.mkdir()
+    (beacon_dir / "Beacon.conf.toml").write_text(
+        'host = "127.0.0.1"\nport = 0\nipv6_enabled = false\n'
+        f'web_enabled = true\nweb_host = "127.0.0.1"\nweb_port = {web_port}\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISCRETPEER_") and k != "XDG_CONFIG_HOME"}
+    env.update(HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def start(*args: str) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(sys.executable, *args, env=env, cwd=tmp_path,
+                                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    browser = Chromium()
+    try:
+        beacon = await start("-m", "beacon", "--dir", str(beacon_dir))
+        page = (await _line(beacon, r"web page on (http://\S+)")).group(1)
+        url = page.replace("http://", "ws://") + "ws"
+        command = " ".join(SHELL[:2]) + f' "{SHELL[2]}"'
+        serve = await start("-m", "discretpeer.cli", "web", "serve", "--url", url, "--name", "pibox",
+                            "--command", command)
+        await _line(serve, r"answering paired browsers")
+        invite = await start("-m", "discretpeer.cli", "web", "invite", "--url", url, "--name", "pibox")
+        code = (await _line(invite, r"pairing code: (\S+)")).group(1)
+        await browser.start()
+        await browser.navigate(page)
+        await browser.wait_for("window.dp && window.dp.state.status === 'ready'")
+        assert await browser.eval(f"dp.pair({code!r})"), await browser.eval("dp.state.status")
+        assert await asyncio.wait_for(invite.wait(), 10) == 0
+        assert await browser.eval("dp.state.devices") == ["pibox"]
+        await asyncio.sleep(1.5)  # serve re-reads the paired-browsers file when it changes (1 s)
+        assert await browser.eval("dp.open(0)"), await browser.eval("dp.state.status")
+        await browser.wait_for(f"dp.terminalText().includes({PROMPT!r})")
+        await browser.type_text("echo from-$((6*7))-processes\r")
+        await browser.wait_for("dp.terminalText().includes('from-42-processes')")
+        await browser.type_text("exit\r")
+        await browser.wait_for("dp.state.exit === 0")
+    finally:
+        await browser.close()
+        for proc in reversed(procs):
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+    log = (beacon_dir / "logs" / "beacon.log").read_text() if (beacon_dir / "logs" / "beacon.log").exists() else ""
+    assert "Traceback" not in log
