@@ -8,6 +8,7 @@ Stdout carries only machine-readable start lines, flushed at once::
     certificate hash: <43 base64url characters>
     listening on 127.0.0.1:4264          (one line per socket; IPv6 as [::]:4264)
     metrics on http://127.0.0.1:9464/metrics   (only when enabled)
+    workers: 4                           (only with workers > 1: the supervisor, see beacon.workers)
     ready
 
 ``--ready-file PATH`` also writes the same facts as JSON (atomically, removed on a clean stop).
