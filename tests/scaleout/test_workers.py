@@ -106,11 +106,14 @@ async def test_a_client_whose_nat_rebinds_keeps_its_worker(two_workers):
 
 async def test_a_killed_worker_is_restarted_and_its_peers_meet_again(two_workers):
     a, b = await clients_on_each_worker(two_workers, 2)
-    killed = two_workers.worker_pids()[1]
-    os.kill(killed, signal.SIGKILL)
-    await b.close()
     token = os.urandom(32)
     a.announce(add=[token])
+    await asyncio.sleep(0.2)
+    b.announce(add=[token])
+    assert (await a.expect(wire.Introduction)).instance == b.instance
+    killed = two_workers.worker_pids()[1]
+    os.kill(killed, signal.SIGKILL)  # b's entries stay in Redis: nobody removed them
+    await b.close()
     # b's process reconnects (as a peer does, forever) until it lands on the restarted worker 1
     deadline = time.monotonic() + 20
     again = None
@@ -127,6 +130,8 @@ async def test_a_killed_worker_is_restarted_and_its_peers_meet_again(two_workers
         again.announce(add=[token])
         assert (await again.expect(wire.Introduction)).instance == a.instance
         assert (await a.expect(wire.Introduction)).instance == again.instance
+        # the restarted worker removed what the killed one left: nobody meets the dead b
+        await again.expect_nothing(0.3)
     finally:
         await a.close()
         await again.close()
