@@ -18,6 +18,7 @@ Stdout carries only machine-readable start lines, flushed at once::
     client flag: --beacon HOST:PORT=HASH       (what a client configures, ready to paste)
     client config: beacons = [{hostname = "HOST:PORT", cert_hash = "HASH"}]
     client note: replace YOUR.HOST with ...    (only when listening on 0.0.0.0)
+    workers: 4                           (only with workers > 1: the supervisor, see beacon.workers)
     ready
 
 ``--ready-file PATH`` also writes the same facts as JSON (atomically, removed on a clean stop).

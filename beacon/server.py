@@ -338,6 +338,8 @@ class BeaconServer:
         self.worker_index = worker_index
         self._given_sockets = {s.family: s for s in sockets or ()}
         self.machine = machine or os.urandom(6).hex()  # workers of one supervisor share it
+        if worker_index is not None and hasattr(self.store, "claim_slot"):
+            self.store.claim_slot(f"{self.machine}-w{worker_index}")
         self.link: RelayLink | None = None  # with a shared store: see beacon.relay_link
         self._sid_byte: int | None = worker_index
         self._remote_links: dict[str, tuple[str, tuple[str, int]]] = {}  # connection elsewhere → machine, link

@@ -13,8 +13,9 @@ scripts):
 * channel ``dp:node:<node>`` — each worker listens on its own: introductions, evictions and
   "forget" notices for the connections it holds.
 
-``<node>`` is random per worker start, so a restarted worker never mistakes a dead one's entries
-for its own. **Per-token rules are global**: one Lua script applies
+``<node>`` is new at every worker start (``<machine>-w<index>-<random>`` under a supervisor,
+random otherwise), so a restarted worker never mistakes a dead one's entries for its own; it removes
+them at start instead (:meth:`RedisStore.claim_slot`), and a dead machine's expire with their TTL. **Per-token rules are global**: one Lua script applies
 :class:`beacon.meetings.MeetingTable`'s rules (places shared per address, newest wins within an
 address, eviction of the address above its share, ``full`` otherwise, no introduction of an
 instance to itself) atomically over every holder, wherever it is held.
@@ -223,6 +224,7 @@ class RedisStore:
         self.max_peers_per_token = max_peers_per_token
         self.max_peers_per_token_per_ip = max(2, MAX_PEERS_PER_TOKEN_PER_IP)
         self.node = node or os.urandom(6).hex()
+        self._slot = ""
         self.log = log
         self._hooks: StoreHooks | None = None
         self._local: dict[Key, _Local] = {}
@@ -273,7 +275,33 @@ class RedisStore:
             self._lost(exc)
         else:
             self._connected = True
+            with contextlib.suppress(Exception):  # a cleanup: the TTL does it anyway
+                await self._purge_predecessors()
         self._tasks += [loop.create_task(self._writer()), loop.create_task(self._refresher())]
+
+    def claim_slot(self, slot: str) -> None:
+        """This store serves worker slot ``slot`` (``"<machine>-w<index>"``, from the supervisor):
+        at start it removes what a previous worker of that slot left (killed: nobody removed its
+        connections; they would otherwise be introduced until their TTL ran out)."""
+        self._slot = slot
+        self.node = f"{slot}-{os.urandom(4).hex()}"
+
+    async def _purge_predecessors(self) -> None:
+        if not self._slot:
+            return
+        stale: set[str] = set()
+        for kind in ("m", "h"):
+            async for raw in self._redis.scan_iter(match=f"{PREFIX}{kind}:{self._slot}-*", count=1000):
+                gkey = (raw.decode() if isinstance(raw, bytes) else raw)[len(PREFIX) + 2 :]
+                if gkey.rpartition(":")[0] != self.node:
+                    stale.add(gkey)
+        if stale:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for gkey in stale:
+                    pipe.evalsha(self._remove_sha, 0, PREFIX, gkey)
+                await pipe.execute()
+            if self.log is not None:
+                self.log.info("store_purged_predecessor", slot=self._slot, connections=len(stale))
 
     async def _connect(self) -> None:
         await self._close_client()

@@ -153,23 +153,22 @@ async def test_redis_restart_local_peers_still_meet_then_everyone_again(tmp_path
 
 
 async def test_a_dead_beacons_entries_expire_by_themselves(redis_server):
-    async with beacons(redis_server.url) as (one, two):
-        async with clients(one, two) as (a, c):
-            token = os.urandom(32)
-            a.announce(add=[token])
-            await wait_for(lambda: one.store.holders(token))
-            await asyncio.sleep(0.2)
-            # one's process "dies": no removal, no more refreshes (its tasks stop, its socket closes)
-            store = one.store
-            for task in store._tasks:
-                task.cancel()
-            await asyncio.sleep(0)
-            store._connected = False
-            store._local.clear()
-            await store._close_client()
-            await asyncio.sleep(3.5)  # store_ttl_seconds = 3
-            c.announce(add=[token])
-            await c.expect_nothing(0.5)
+    async with beacons(redis_server.url) as (one, two), clients(one, two) as (a, c):
+        token = os.urandom(32)
+        a.announce(add=[token])
+        await wait_for(lambda: one.store.holders(token))
+        await asyncio.sleep(0.2)
+        # one's process "dies": no removal, no more refreshes (its tasks stop, its socket closes)
+        store = one.store
+        for task in store._tasks:
+            task.cancel()
+        await asyncio.sleep(0)
+        store._connected = False
+        store._local.clear()
+        await store._close_client()
+        await asyncio.sleep(3.5)  # store_ttl_seconds = 3
+        c.announce(add=[token])
+        await c.expect_nothing(0.5)
 
 
 async def test_start_degraded_then_join_when_redis_appears(tmp_path):

@@ -106,11 +106,14 @@ async def test_a_client_whose_nat_rebinds_keeps_its_worker(two_workers):
 
 async def test_a_killed_worker_is_restarted_and_its_peers_meet_again(two_workers):
     a, b = await clients_on_each_worker(two_workers, 2)
-    killed = two_workers.worker_pids()[1]
-    os.kill(killed, signal.SIGKILL)
-    await b.close()
     token = os.urandom(32)
     a.announce(add=[token])
+    await asyncio.sleep(0.2)
+    b.announce(add=[token])
+    assert (await a.expect(wire.Introduction)).instance == b.instance
+    killed = two_workers.worker_pids()[1]
+    os.kill(killed, signal.SIGKILL)  # b's entries stay in Redis: nobody removed them
+    await b.close()
     # b's process reconnects (as a peer does, forever) until it lands on the restarted worker 1
     deadline = time.monotonic() + 20
     again = None
@@ -127,6 +130,61 @@ async def test_a_killed_worker_is_restarted_and_its_peers_meet_again(two_workers
         again.announce(add=[token])
         assert (await again.expect(wire.Introduction)).instance == a.instance
         assert (await a.expect(wire.Introduction)).instance == again.instance
+        # the restarted worker removed what the killed one left: nobody meets the dead b
+        await again.expect_nothing(0.3)
     finally:
         await a.close()
         await again.close()
+
+
+async def test_two_workers_survive_a_redis_restart(tmp_path):
+    from tests.scaleout.redis_server import RedisServer
+
+    redis = RedisServer(tmp_path / "redis").start()
+    beacon = BeaconProcess(
+        tmp_path / "beacon", {"store": redis.url, "workers": 2, "store_ttl_seconds": 3}, "--port", "0",
+        "--metrics-port", "0",
+    ).start()
+
+    def connected() -> list[str]:
+        text = urllib.request.urlopen(beacon.facts["metrics"], timeout=5).read().decode()
+        return [line for line in text.splitlines() if line.startswith("beacon_store_connected{")]
+
+    try:
+        a, b = await clients_on_each_worker(beacon, 2)
+        try:
+            token = os.urandom(32)
+            a.announce(add=[token])
+            await asyncio.sleep(0.2)
+            b.announce(add=[token])
+            assert (await b.expect(wire.Introduction)).instance == a.instance
+            assert (await a.expect(wire.Introduction)).instance == b.instance
+            redis.stop()
+            deadline = time.monotonic() + 15
+            while not all(line.endswith(" 0.0") for line in connected()):
+                assert time.monotonic() < deadline, connected()
+                await asyncio.sleep(0.2)
+            redis.start()  # empty: the workers publish their peers again
+            while not all(line.endswith(" 1.0") for line in connected()):
+                assert time.monotonic() < deadline + 15, connected()
+                await asyncio.sleep(0.2)
+            c = await BeaconClient.connect(beacon.address, beacon.fingerprint)
+            try:
+                c.announce(add=[token])
+                got = {(await c.expect(wire.Introduction)).instance for _ in range(2)}
+                assert got == {a.instance, b.instance}
+                # a and b meet c, and are not introduced to each other again
+                assert (await a.expect(wire.Introduction)).instance == c.instance
+                assert (await b.expect(wire.Introduction)).instance == c.instance
+                await a.expect_nothing(0.3)
+                await b.expect_nothing(0.1)
+            finally:
+                await c.close()
+        finally:
+            await a.close()
+            await b.close()
+    finally:
+        assert beacon.stop() == 0
+        redis.stop()
+    assert "Traceback" not in beacon.stderr
+    assert "store_lost" in beacon.stderr
