@@ -42,6 +42,7 @@ from discretpeer.connection import (
 from discretpeer.endpoint import Admission, Endpoint
 from discretpeer.errors import ConnectError
 from discretpeer.flow import CONNECTION_WINDOW, STREAM_WINDOW, AppPacedQuicConnection
+from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, BASE_DATAGRAM, SizedQuicConfiguration, check_max_datagram_size
 from discretpeer.identity import Identity
 from discretpeer.paths import RelayLink, Route, is_virtual
 from discretpeer.probe import ProbeError, ProbeKind, parse_probe
@@ -118,16 +119,17 @@ class _Meeting:
         return self.listening or bool(self.waiters)
 
 
-def _peer_quic_configuration(*, is_client: bool) -> QuicConfiguration:
-    """Both ends of a peer connection: 1350-byte datagrams until a path-MTU probe confirms more,
-    receive windows of discretpeer.flow. A dialer checks no certificate: identity is proven by
-    signatures bound to the connection (discretpeer.auth)."""
-    return QuicConfiguration(
+def _peer_quic_configuration(*, is_client: bool, max_datagram_size: int = AIOQUIC_MAX_DATAGRAM) -> QuicConfiguration:
+    """Both ends of a peer connection: 1350-byte datagrams until a path-MTU probe confirms more
+    (never more than ``max_datagram_size``), receive windows of discretpeer.flow. A dialer checks
+    no certificate: identity is proven by signatures bound to the connection (discretpeer.auth)."""
+    return SizedQuicConfiguration(
         is_client=is_client,
         alpn_protocols=[PEER_ALPN],
         verify_mode=ssl.CERT_NONE if is_client else None,
         idle_timeout=30.0,
-        max_datagram_size=1350,
+        max_datagram_size=min(BASE_DATAGRAM, max_datagram_size),
+        datagram_size_cap=max_datagram_size,
         max_data=CONNECTION_WINDOW,
         max_stream_data=STREAM_WINDOW,
     )
@@ -169,7 +171,8 @@ class Peer:
     ``lan``: discover peers on the local network by mDNS (no beacon needed).
     ``relay``: fall back to relaying through a beacon when no direct path is verified within
     ``relay_after`` seconds. ``direct=False`` never punches (relay only: the other peer then never
-    sees packets from our address).
+    sees packets from our address). ``max_datagram_size``: the largest UDP payload this peer sends
+    (1200..16000; path-MTU probing never goes above it), e.g. 1472 to stay within one Ethernet frame.
     """
 
     def __init__(
@@ -187,8 +190,10 @@ class Peer:
         relay: bool = True,
         relay_after: float = 1.5,
         direct: bool = True,
+        max_datagram_size: int = AIOQUIC_MAX_DATAGRAM,
     ) -> None:
         self.identity = identity
+        self._max_datagram_size = check_max_datagram_size(max_datagram_size)
         self.beacons: list[BeaconSpec] = parse_beacons(list(beacons))
         self.instance = os.urandom(INSTANCE_SIZE)
         self.stats = PeerStats()
@@ -221,7 +226,7 @@ class Peer:
         self._closed = False
         self._started = False
         bundle = create_bundle("discretpeer", private_key=identity.private_key)
-        self._server_config = _peer_quic_configuration(is_client=False)
+        self._server_config = _peer_quic_configuration(is_client=False, max_datagram_size=max_datagram_size)
         self._server_config.certificate = bundle.certificate
         self._server_config.private_key = bundle.private_key
 
@@ -708,7 +713,7 @@ class Peer:
         assert self._endpoint is not None
         self.stats.dials += 1
         record = pair.meeting
-        configuration = _peer_quic_configuration(is_client=True)
+        configuration = _peer_quic_configuration(is_client=True, max_datagram_size=self._max_datagram_size)
         protocol: PeerProtocol | None = None
         route = pair.relay_route if candidate is None else None
         target = candidate.address if candidate is not None else route.virtual  # type: ignore[union-attr]
