@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.installed import Installed, install, scratch_libp2p
 from benchmarks.common import (
     RESULTS,
     ROOT,
@@ -101,6 +102,8 @@ class Bench:
         self.workers: list[Worker] = []
         self.counter = 0
         self.qh3_python: str | None = None
+        self.libp2p_python: str | None = None
+        self.installed: Installed | None = None
         self.temp_dirs: list[Path] = []
 
     # --- helpers ----------------------------------------------------------------------------
@@ -111,6 +114,8 @@ class Bench:
         w = Worker(f"{self.counter:02d}-{name}", args, core=core, log_dir=self.log_dir, deadline=deadline)
         if python:
             w.python = python
+        elif self.installed is not None:  # the package as pip installed it (.pyc), not the checkout
+            w.python, w.root = self.installed.python, self.installed.root
         self.workers.append(w)
         await w.start(module)
         return w, await w.expect("ready", ready_timeout)
@@ -371,9 +376,10 @@ class Bench:
         return {"path": connected["path"], "rates": rates, "median": median(rates),
                 "datagram_size": sent.get("datagram_size")}
 
-    async def plain_bulk(self, size: int) -> dict:
-        _, ready = await self.worker("quic-server", "quicbulk", ["--role", "server"])
-        client, _ = await self.worker("quic-client", "quicbulk", ["--role", "client", "--port", str(ready["port"])])
+    async def plain_bulk(self, size: int, dgram: int = 0) -> dict:
+        sized = ["--dgram", str(dgram)] if dgram else []
+        _, ready = await self.worker("quic-server", "quicbulk", ["--role", "server", *sized])
+        client, _ = await self.worker("quic-client", "quicbulk", ["--role", "client", "--port", str(ready["port"]), *sized])
         rates, _ = await self.transfers(client, size)
         return {"rates": rates, "median": median(rates)}
 
@@ -417,6 +423,81 @@ class Bench:
             ))
         self.extra["throughput"] = {"plain": plain, **results}
 
+    MTU_SIZES = (1472, 1350)
+
+    async def bench_mtu(self) -> None:
+        """One stream at Ethernet sizes (``Peer(max_datagram_size=N)``) against plain aioquic at
+        the same datagram size (and py-libp2p, when its scratch venv is given), in alternating
+        rounds so that every figure and its baseline see the same load."""
+        size = self.s.bulk_bytes // 2
+        rounds = 2 if self.s.quick else 3
+        self.log(f"mtu: one stream at {self.MTU_SIZES} bytes, {size / MB:.0f} MB x {self.s.bulk_repeat}, "
+                 f"{rounds} alternating rounds")
+        kinds: dict[str, Any] = {
+            "plain aioquic": lambda dgram: self.plain_bulk(size, dgram),
+            "library (asyncio's loop)": lambda dgram: self.bulk(["--dgram", str(dgram)], size),
+            "library on uvloop": lambda dgram: self.bulk(["--dgram", str(dgram), "--uvloop"], size),
+        }
+        rates: dict[tuple[int, str], list[float]] = {}
+        for round_index in range(rounds):
+            for dgram in self.MTU_SIZES:
+                for kind, run in kinds.items():
+                    result = await run(dgram)
+                    rates.setdefault((dgram, kind), []).extend(result["rates"])
+                    if result.get("datagram_size") not in (None, dgram):
+                        raise RuntimeError(f"{kind} at {dgram}: the peers used {result['datagram_size']}-byte datagrams")
+            self.log(f"mtu round {round_index + 1}: " + ", ".join(
+                f"{d}/{k}: {median(v):.1f}" for (d, k), v in rates.items()))
+        for dgram in self.MTU_SIZES:
+            plain = rates[(dgram, "plain aioquic")]
+            for kind in ("library (asyncio's loop)", "library on uvloop"):
+                value = rates[(dgram, kind)]
+                shipped = kind.startswith("library (asyncio") and dgram == 1472
+                self.add(Row(
+                    "mtu", f"one stream, {dgram}-byte datagrams: {kind}", median(value), "MB/s",
+                    f"plain aioquic, max_datagram_size={dgram}", median(plain),
+                    target=">= 2x plain aioquic and >= 50 MB/s" if shipped else "(informative)",
+                    met=(median(value) >= 2 * median(plain) and median(value) >= 50) if shipped else None,
+                    note=f"installed package: {self.installed is not None}; {len(value)} transfers",
+                    samples=value, baseline_samples=plain,
+                ))
+        self.extra["mtu"] = {f"{d}/{k}": v for (d, k), v in rates.items()}
+        await self.mtu_libp2p(size)
+
+    async def libp2p_bulk(self, transport: str, size: int, dgram: int) -> list[float]:
+        assert self.libp2p_python is not None
+        sized = ["--dgram", str(dgram)] if dgram else []
+        _, ready = await self.worker(f"libp2p-{transport}-server", "libp2pbench",
+                                     ["--role", "server", "--transport", transport, *sized], python=self.libp2p_python)
+        client, _ = await self.worker(f"libp2p-{transport}-client", "libp2pbench",
+                                      ["--role", "client", "--transport", transport, "--addr", ready["addr"], *sized],
+                                      python=self.libp2p_python)
+        return (await self.transfers(client, size))[0]
+
+    async def mtu_libp2p(self, size: int) -> None:
+        """py-libp2p 0.8 (scratch venv): its QUIC transport (on aioquic) at 1472 bytes and its TCP
+        transport (Noise + Yamux), next to plain aioquic and the library at 1472, same run."""
+        if not self.libp2p_python:
+            self.log("mtu: py-libp2p skipped: no scratch venv (--libp2p to build one, or --libp2p-python PATH)")
+            return
+        size = min(size, 8_000_000)  # py-libp2p QUIC moves ~3 MB/s here
+        rates: dict[str, list[float]] = {}
+        for _ in range(2):
+            for name, run in (("libp2p quic", lambda: self.libp2p_bulk("quic", size, 1472)),
+                              ("libp2p tcp", lambda: self.libp2p_bulk("tcp", size, 0)),
+                              ("plain", lambda: self.plain_bulk(size, 1472)),
+                              ("library", lambda: self.bulk(["--dgram", "1472"], size))):
+                result = await run()
+                rates.setdefault(name, []).extend(result if isinstance(result, list) else result["rates"])
+        library = median(rates["library"])
+        for name, label in (("libp2p quic", "py-libp2p 0.8 QUIC (aioquic), max_datagram_size=1472"),
+                            ("libp2p tcp", "py-libp2p 0.8 TCP (Noise + Yamux)")):
+            self.add(Row("mtu", f"one stream: library at 1472 vs {label}", library, "MB/s", label,
+                         median(rates[name]), target="(reference)",
+                         note=f"plain aioquic at 1472 in the same rounds: {median(rates['plain']):.1f} MB/s",
+                         samples=rates["library"], baseline_samples=rates[name]))
+        self.extra["mtu_libp2p"] = rates
+
     async def bench_relay(self) -> None:
         size = self.s.relay_bytes
         pairs = {self.SHIPPED: [], "library on uvloop": ["--uvloop"]}
@@ -452,6 +533,35 @@ class Bench:
         self.add(Row("natlab", "introduction -> verified direct connection, p99", p99, "ms", "the path's RTT", rtt,
                      target="p99 <= 6 RTT", met=p99 <= 6 * rtt, samples=times, baseline_samples=rtts))
         self.extra["natlab"] = result
+
+    async def bench_natbulk(self) -> None:
+        """One stream through the NAT lab (1500-byte veth links, 20 ms per internet link), direct
+        and relayed, against the loopback figure at the same datagram size, in the same run."""
+        if self.installed is None:
+            raise RuntimeError("natbulk runs the installed package only (drop --from-checkout)")
+        size = self.s.bulk_bytes // 2
+        repeat = self.s.bulk_repeat
+        dgram = 1472
+        self.log(f"natbulk: loopback at {dgram} bytes, then the NAT lab direct and relayed, {size / MB:.0f} MB x {repeat}")
+        loop_rates = (await self.bulk(["--dgram", str(dgram)], size))["rates"]
+        results: dict[str, Any] = {"loopback": loop_rates}
+        for window in (0, 16 * 1024 * 1024):
+            lab = await asyncio.to_thread(natlab_bulk, self.installed, self.log_dir, size, repeat, dgram, window)
+            results[f"window {window}"] = lab
+            label = "default windows (4 MB per stream)" if not window else f"{window >> 20} MB stream windows"
+            self.log(f"natbulk {label}: {lab}")
+            direct, relay = median(lab["direct"]["rates"]), median(lab["relay"]["rates"])
+            self.add(Row("natbulk", f"NAT lab, one stream direct, {label}", direct, "MB/s",
+                         f"loopback, same size ({dgram} B), same run", median(loop_rates),
+                         target=">= 80% of loopback", met=direct >= 0.8 * median(loop_rates),
+                         note=f"RTT {lab['direct']['rtt_ms']:.0f} ms, datagrams {lab['direct']['datagram_size']} B, "
+                              f"delay backend {lab['backend']}",
+                         samples=lab["direct"]["rates"], baseline_samples=loop_rates))
+            self.add(Row("natbulk", f"NAT lab, one stream through the relay, {label}", relay, "MB/s",
+                         "NAT lab direct, same run", direct, target=">= 50% of direct", met=relay >= 0.5 * direct,
+                         note=f"RTT {lab['relay']['rtt_ms']:.0f} ms, datagrams {lab['relay']['datagram_size']} B",
+                         samples=lab["relay"]["rates"], baseline_samples=lab["direct"]["rates"]))
+        self.extra["natbulk"] = results
 
     # --- TCP forwarding ----------------------------------------------------------------------
 
@@ -719,7 +829,23 @@ async def amain(args: argparse.Namespace) -> int:
     log_dir.mkdir()
     bench = Bench(settings, log_dir)
     bench.qh3_python = args.qh3_python or os.environ.get("DPB_QH3_PYTHON")
-    names = args.only or ["beacon", "rate", "throughput", "relay", "tcp", "stack", "natlab"]
+    bench.libp2p_python = args.libp2p_python or os.environ.get("DPB_LIBP2P_PYTHON")
+    libp2p_temp = None
+    if args.libp2p and not bench.libp2p_python and "mtu" in (args.only or ["mtu"]):
+        bench.log("building a scratch venv with py-libp2p (pip install libp2p) ...")
+        try:
+            bench.libp2p_python, libp2p_temp = scratch_libp2p(log_dir / "libp2p-install.log")
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            bench.log(f"py-libp2p rows skipped: {exc}")
+    names = args.only or ["beacon", "rate", "throughput", "mtu", "relay", "tcp", "stack", "natlab", "natbulk"]
+    if not args.from_checkout:
+        bench.log("installing the package into a fresh venv (pip install .[fast]) ...")
+        try:
+            bench.installed = install(log_dir / "install.log")
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            print(f"cannot install the package: {exc}")
+            return 1
+        bench.log(f"workers run {bench.installed.location} ({bench.installed.seconds:.0f}s to install)")
     info = machine()
     print(f"discretpeer benchmarks ({'quick' if args.quick else 'full'}): {', '.join(names)}; "
           f"aioquic {info['aioquic']}, Python {info['python']}, {info['cpus']} CPUs, "
@@ -736,6 +862,11 @@ async def amain(args: argparse.Namespace) -> int:
         finally:
             await bench.stop_all()
         bench.log(f"{name} took {time.perf_counter() - section:.0f}s")
+    if libp2p_temp is not None:
+        shutil.rmtree(libp2p_temp, ignore_errors=True)
+    if bench.installed is not None:
+        info["installed"] = bench.installed.location
+        bench.installed.close()
     info["loadavg_end"] = os.getloadavg()
     info["seconds"] = time.perf_counter() - started
     print_table(bench.rows)
@@ -792,11 +923,76 @@ def natlab_meetings(runs: int, log_dir: Path) -> dict[str, Any]:
     return {"times": times, "rtts": rtts, "paths": paths}
 
 
+def natlab_bulk(installed: Installed, log_dir: Path, size: int, repeat: int, dgram: int, window: int) -> dict[str, Any]:
+    """Bulk transfers between two port-restricted NATs of the lab (blocking), direct then with
+    the sender relay-only; every process runs the installed package (``python -I``)."""
+    from discretpeer import Identity
+    from tests.natlab.lab import Lab, LabUnavailable
+    from tests.natlab.test_matrix import BEACON_IP, DELAY_MS
+
+    try:
+        lab = Lab()
+    except LabUnavailable as exc:
+        raise RuntimeError(f"NAT lab unavailable: {exc}") from None
+    workdir = log_dir / f"natbulk-{window}"
+    workdir.mkdir(exist_ok=True)
+    script = str(installed.root / "benchmarks" / "workers" / "natbulk.py")
+    out: dict[str, Any] = {"backend": None}
+    try:
+        lab.add_public("beacon", BEACON_IP)
+        lab.add_home("A", "port_restricted")
+        lab.add_home("B", "port_restricted")
+        lab.set_delay(DELAY_MS)
+        out["backend"] = lab.delay_backend()
+        beacon_dir = workdir / "beacon"
+        beacon_dir.mkdir()
+        (beacon_dir / "Beacon.conf.toml").write_text(
+            "relay_rate_bytes_per_second = 1000000000\nrelay_burst_bytes = 250000000\n")
+        beacon = lab.popen("beacon", [installed.python, "-I", "-m", "beacon", "--dir", str(beacon_dir), "--host",
+                                      BEACON_IP, "--port", "4264", "--no-ipv6"], name="natbulk-beacon")
+        beacon.wait_for(r"^ready", timeout=30)
+        fingerprint = (beacon_dir / "certificate_hash.txt").read_text().strip()
+        entry = {"hostname": f"{BEACON_IP}:4264", "cert_hash": fingerprint}
+        for kind in ("direct", "relay"):
+            ids = {}
+            for name in ("send", "sink"):
+                ids[name] = Identity.generate()
+                ids[name].save(workdir / f"{kind}-{name}.key")
+            common = {"beacons": [entry], "meeting": f"natbulk {kind} {os.urandom(4).hex()}", "dgram": dgram,
+                      "window": window, "size": size, "repeat": repeat, "timeout": 30}
+            procs = {}
+            for name, host, other in (("sink", "B1", "send"), ("send", "A1", "sink")):
+                config = common | {"role": name, "identity": str(workdir / f"{kind}-{name}.key"),
+                                   "expect": ids[other].peer_id, "direct": not (kind == "relay" and name == "send")}
+                procs[name] = lab.popen(host, [installed.python, "-I", script, json.dumps(config)],
+                                        name=f"natbulk-{kind}-{name}")
+            sender = procs["send"]
+            sender.wait(timeout=60 + repeat * 240)
+            events = sender.json_lines()
+            sent = [e for e in events if e.get("event") == "sent"]
+            connected = [e for e in events if e.get("event") == "connected"]
+            if len(sent) != repeat or not connected:
+                raise RuntimeError(f"natbulk {kind}: {events[-3:]} {sender.stderr[-500:]}")
+            procs["sink"].terminate()
+            out[kind] = {"rates": [size / e["seconds"] / MB for e in sent], "path": connected[0]["path"],
+                         "datagram_size": sent[-1]["datagram_size"], "rtt_ms": (connected[0]["rtt"] or 0) * 1000}
+            if connected[0]["path"] != ("relay" if kind == "relay" else "direct"):
+                raise RuntimeError(f"natbulk {kind}: the connection took the {connected[0]['path']} path")
+    finally:
+        lab.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke version (~2 min)")
     parser.add_argument("--only", nargs="+",
-                        choices=["beacon", "rate", "throughput", "relay", "tcp", "stack", "natlab"])
+                        choices=["beacon", "rate", "throughput", "mtu", "relay", "tcp", "stack", "natlab", "natbulk"])
+    parser.add_argument("--from-checkout", action="store_true",
+                        help="workers import the checkout (as before) instead of a pip-installed copy")
+    parser.add_argument("--libp2p", action="store_true", help="build a scratch venv with py-libp2p for the mtu rows")
+    parser.add_argument("--libp2p-python", help="python of a scratch venv with py-libp2p (never the project's): adds "
+                        "its QUIC and TCP rows to mtu (default: $DPB_LIBP2P_PYTHON)")
     parser.add_argument("--qh3-python", help="python of a scratch venv with qh3 (never the project's): adds the "
                         "stack comparison (default: $DPB_QH3_PYTHON)")
     args = parser.parse_args(argv)

@@ -62,9 +62,11 @@ async def main(args: argparse.Namespace) -> None:
     from discretpeer import Identity, Peer
 
     commands = await stdin_commands()
-    beacon = {"hostname": f"127.0.0.1:{args.beacon_port}", "cert_hash": args.fingerprint}
+    beacon = {"hostname": f"{args.beacon_host}:{args.beacon_port}", "cert_hash": args.fingerprint}
     identity = Identity.generate()
-    peer = Peer(identity, [beacon], host="127.0.0.1", direct=not args.relay_only, report_local_candidates=True)
+    options = {"max_datagram_size": args.dgram} if args.dgram else {}
+    peer = Peer(identity, [beacon], host=args.host, direct=not args.relay_only, report_local_candidates=True,
+                **options)
     await peer.start()
     emit("ready", peer_id=identity.peer_id, pid=os.getpid())
     conn = None
@@ -135,6 +137,8 @@ if __name__ == "__main__":
     parser.add_argument("--beacon-port", type=int, required=True)
     parser.add_argument("--fingerprint", required=True)
     parser.add_argument("--relay-only", action="store_true", help="direct=False: only the relay path")
+    parser.add_argument("--host", default="127.0.0.1", help="the address the peer binds")
+    parser.add_argument("--beacon-host", default="127.0.0.1")
     add_variant_flags(parser)
     args = worker_args(parser)
     run_loop(lambda: main(args), args.uvloop, args.profile)
