@@ -104,6 +104,7 @@ class Bench:
         self.qh3_python: str | None = None
         self.libp2p_python: str | None = None
         self.installed: Installed | None = None
+        self.worker_env: dict[str, str] = {}  # extra environment of the workers started now
         self.temp_dirs: list[Path] = []
 
     # --- helpers ----------------------------------------------------------------------------
@@ -112,6 +113,8 @@ class Bench:
                      deadline: float = 600, ready_timeout: float = 60, python: str | None = None) -> tuple[Worker, dict]:
         self.counter += 1
         w = Worker(f"{self.counter:02d}-{name}", args, core=core, log_dir=self.log_dir, deadline=deadline)
+        if self.worker_env:
+            w.env = {**os.environ, **self.worker_env}
         if python:
             w.python = python
         elif self.installed is not None:  # the package as pip installed it (.pyc), not the checkout
@@ -371,10 +374,14 @@ class Bench:
 
     async def bulk(self, variant: list[str], size: int, relay: bool = False) -> dict:
         ready = await self.beacon_for_peers()
-        a, _b, connected = await self.peer_pair(ready, variant, relay)
-        rates, sent = await self.transfers(a, size)
+        a, b, connected = await self.peer_pair(ready, variant, relay)
+        cpu: dict[str, float] = {}
+        rates, sent = await self.transfers(a, size, cpu={"sender": a, "receiver": b}, cpu_out=cpu)
+        total = size * len(rates) / MB
         return {"path": connected["path"], "rates": rates, "median": median(rates),
-                "datagram_size": sent.get("datagram_size")}
+                "datagram_size": sent.get("datagram_size"), "sent": sent,
+                # MB moved per CPU-second of each side: steadier than MB/s on a shared machine
+                "mb_per_cpu": {side: total / seconds for side, seconds in cpu.items() if seconds > 0}}
 
     async def plain_bulk(self, size: int, dgram: int = 0) -> dict:
         sized = ["--dgram", str(dgram)] if dgram else []
@@ -383,14 +390,19 @@ class Bench:
         rates, _ = await self.transfers(client, size)
         return {"rates": rates, "median": median(rates)}
 
-    async def transfers(self, sender: Worker, size: int) -> tuple[list[float], dict]:
+    async def transfers(self, sender: Worker, size: int, cpu: dict[str, Worker] | None = None,
+                        cpu_out: dict[str, float] | None = None) -> tuple[list[float], dict]:
         """``bulk_repeat`` transfers of ``size`` bytes by ``sender``: MB/s each, and the last
-        "sent" event; then every worker is stopped."""
+        "sent" event; then every worker is stopped. ``cpu``: workers whose CPU seconds during
+        the transfers go into ``cpu_out`` (same keys)."""
+        cpu0 = {name: cpu_seconds(w.pid) for name, w in (cpu or {}).items()}
         sender.send(cmd="send", size=size, repeat=self.s.bulk_repeat, timeout=240)
         rates, sent = [], {}
         for _ in range(self.s.bulk_repeat):
             sent = await sender.expect("sent", 260)
             rates.append(size / sent["seconds"] / MB)
+        if cpu_out is not None:
+            cpu_out.update({name: cpu_seconds(w.pid) - cpu0[name] for name, w in (cpu or {}).items()})
         await self.stop_all()
         return rates, sent
 
@@ -437,6 +449,8 @@ class Bench:
             "plain aioquic": lambda dgram: self.plain_bulk(size, dgram),
             "library (asyncio's loop)": lambda dgram: self.bulk(["--dgram", str(dgram)], size),
             "library on uvloop": lambda dgram: self.bulk(["--dgram", str(dgram), "--uvloop"], size),
+            "library (asyncio), one datagram per wakeup": lambda dgram: self.bulk(
+                ["--dgram", str(dgram), "--no-batch-reads"], size),
         }
         rates: dict[tuple[int, str], list[float]] = {}
         for round_index in range(rounds):
@@ -450,7 +464,7 @@ class Bench:
                 f"{d}/{k}: {median(v):.1f}" for (d, k), v in rates.items()))
         for dgram in self.MTU_SIZES:
             plain = rates[(dgram, "plain aioquic")]
-            for kind in ("library (asyncio's loop)", "library on uvloop"):
+            for kind in ("library (asyncio's loop)", "library on uvloop", "library (asyncio), one datagram per wakeup"):
                 value = rates[(dgram, kind)]
                 shipped = kind.startswith("library (asyncio") and dgram == 1472
                 self.add(Row(
@@ -497,6 +511,45 @@ class Bench:
                          note=f"plain aioquic at 1472 in the same rounds: {median(rates['plain']):.1f} MB/s",
                          samples=rates["library"], baseline_samples=rates[name]))
         self.extra["mtu_libp2p"] = rates
+
+    async def bench_pyc(self) -> None:
+        """The same installed package, one stream at 1350 bytes, with its ``.pyc`` files (as pip
+        wrote them) and without (PYTHONPYCACHEPREFIX pointing at an empty directory and
+        PYTHONDONTWRITEBYTECODE=1: every module, aioquic's too, compiled from source at import),
+        in alternating rounds."""
+        size = self.s.bulk_bytes // 2
+        rounds = 3 if self.s.quick else 6
+        empty = Path(tempfile.mkdtemp(prefix="dpb-nopyc-"))
+        self.temp_dirs.append(empty)
+        variants = {"with .pyc": {}, "compiled at import": {"PYTHONDONTWRITEBYTECODE": "1",
+                                                           "PYTHONPYCACHEPREFIX": str(empty)}}
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        per_cpu: dict[str, dict[str, list[float]]] = {name: {"sender": [], "receiver": []} for name in variants}
+        for _ in range(rounds):
+            for name, env in variants.items():
+                self.worker_env = env
+                try:
+                    result = await self.bulk(["--dgram", "1350"], size)
+                    rates[name].extend(result["rates"])
+                    for side, value in result["mb_per_cpu"].items():
+                        per_cpu[name][side].append(value)
+                    sent = result["sent"]
+                    self.log(f"pyc {name}: {[round(r, 1) for r in result['rates']]} MB/s, MB per CPU-s "
+                             f"{ {k: round(v, 1) for k, v in result['mb_per_cpu'].items()} }; sender GC "
+                             f"collections {sent.get('gc')}, tracked objects {sent.get('objects')}")
+                finally:
+                    self.worker_env = {}
+            self.log("pyc: " + ", ".join(f"{k}: {median(v):.1f}" for k, v in rates.items()))
+        self.add(Row("pyc", "one stream at 1350 B, installed package loaded from its .pyc", median(rates["with .pyc"]),
+                     "MB/s", "the same, compiled from source at import", median(rates["compiled at import"]),
+                     target="(the .pyc effect)", note=f"{rounds} alternating rounds",
+                     samples=rates["with .pyc"], baseline_samples=rates["compiled at import"]))
+        for side in ("sender", "receiver"):
+            self.add(Row("pyc", f"MB per CPU-second of the {side}, loaded from .pyc", median(per_cpu["with .pyc"][side]),
+                         "MB/CPU-s", "the same, compiled at import", median(per_cpu["compiled at import"][side]),
+                         target="(the .pyc effect, CPU cost)", samples=per_cpu["with .pyc"][side],
+                         baseline_samples=per_cpu["compiled at import"][side]))
+        self.extra["pyc"] = {"rates": rates, "mb_per_cpu": per_cpu}
 
     async def bench_relay(self) -> None:
         size = self.s.relay_bytes
@@ -837,7 +890,7 @@ async def amain(args: argparse.Namespace) -> int:
             bench.libp2p_python, libp2p_temp = scratch_libp2p(log_dir / "libp2p-install.log")
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             bench.log(f"py-libp2p rows skipped: {exc}")
-    names = args.only or ["beacon", "rate", "throughput", "mtu", "relay", "tcp", "stack", "natlab", "natbulk"]
+    names = args.only or ["beacon", "rate", "throughput", "mtu", "relay", "tcp", "stack", "natlab", "natbulk", "pyc"]
     if not args.from_checkout:
         bench.log("installing the package into a fresh venv (pip install .[fast]) ...")
         try:
@@ -987,7 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke version (~2 min)")
     parser.add_argument("--only", nargs="+",
-                        choices=["beacon", "rate", "throughput", "mtu", "relay", "tcp", "stack", "natlab", "natbulk"])
+                        choices=["beacon", "rate", "throughput", "mtu", "relay", "tcp", "stack", "natlab", "natbulk", "pyc"])
     parser.add_argument("--from-checkout", action="store_true",
                         help="workers import the checkout (as before) instead of a pip-installed copy")
     parser.add_argument("--libp2p", action="store_true", help="build a scratch venv with py-libp2p for the mtu rows")

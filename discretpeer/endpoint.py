@@ -13,6 +13,7 @@ before any per-connection state is allocated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import ipaddress
 import os
@@ -64,6 +65,10 @@ def _batches_reads(loop: asyncio.AbstractEventLoop) -> bool:
     return type(loop).__module__.startswith("uvloop")
 
 
+READ_BATCH = 64  # datagrams read per wakeup on asyncio's own loop (see Endpoint._read_ready)
+MAX_DATAGRAM = 65535
+
+
 class EndpointProtocol(QuicConnectionProtocol):
     """A QUIC connection living on an :class:`Endpoint`; keeps the endpoint's routing table right."""
 
@@ -80,7 +85,8 @@ class EndpointProtocol(QuicConnectionProtocol):
         # loop reads one datagram per iteration: there, deferring only adds an iteration.)
         self._quic.receive_datagram(data, addr, now=self._loop.time())  # type: ignore[arg-type]
         self._process_events()
-        if self.coalesce_transmits and _batches_reads(self._loop):
+        endpoint = self.endpoint
+        if self.coalesce_transmits and (_batches_reads(self._loop) or (endpoint is not None and endpoint.batched_reads)):
             self._transmit_soon()
         else:
             self.transmit()
@@ -155,6 +161,10 @@ class Endpoint(asyncio.DatagramProtocol):
         self.datagrams_received = 0
         self.datagrams_sent = 0
         self.send_errors = 0
+        # asyncio's selector loop: we read the socket ourselves, READ_BATCH datagrams per wakeup
+        self.batched_reads = False
+        self._sock: socket.socket | None = None
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -173,8 +183,42 @@ class Endpoint(asyncio.DatagramProtocol):
         endpoint._dual_stack = sock.family == socket.AF_INET6 and not sock.getsockopt(
             socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
         )
-        await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+        transport, _ = await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+        endpoint._batch_reads(loop, sock, transport)
         return endpoint
+
+    def _batch_reads(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, transport: Any) -> None:
+        """asyncio's own datagram transport reads one datagram per loop iteration: per packet a
+        select() call, a loop iteration and a full transmit pass. On that loop, read up to
+        READ_BATCH datagrams per wakeup from the socket ourselves (the transport still sends and
+        closes it); connections then transmit once per batch, as they do on uvloop."""
+        # the selector loop's own (private) registration: its public add_reader refuses a socket
+        # that a transport owns
+        add_reader = getattr(loop, "_add_reader", None)
+        if READ_BATCH <= 1 or _batches_reads(loop) or add_reader is None or not hasattr(loop, "_selector"):
+            return
+        transport.pause_reading()  # removes the transport's reader for this socket
+        self._sock, self._reader_loop = sock, loop
+        self.batched_reads = True
+        add_reader(sock.fileno(), self._read_ready)
+
+    def _read_ready(self) -> None:
+        sock = self._sock
+        if sock is None or self._closed:
+            return
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error for an earlier send: as the transport would
+                self.error_received(exc)
+                continue
+            try:
+                self.datagram_received(data, addr)
+            except Exception:  # noqa: BLE001 - one bad datagram must not stop the reader
+                self._reader_loop.call_exception_handler(  # type: ignore[union-attr]
+                    {"message": "datagram_received failed", "protocol": self})
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -190,6 +234,10 @@ class Endpoint(asyncio.DatagramProtocol):
             except Exception:  # noqa: BLE001 - closing must go on for the others
                 pass
         self._routes.clear()
+        if self._sock is not None and self._reader_loop is not None:
+            with contextlib.suppress(Exception):  # the loop may be closed already
+                self._reader_loop._remove_reader(self._sock.fileno())  # type: ignore[attr-defined]  # noqa: SLF001
+            self._sock = None
         if self._transport is not None:
             self._transport.close()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 
 from benchmarks.common import (
@@ -103,7 +104,9 @@ async def main(args: argparse.Namespace) -> None:
                 for _ in range(command.get("repeat", 1)):
                     elapsed = await asyncio.wait_for(send_stream(*await conn.open_stream(), command["size"]),
                                                      command["timeout"])
-                    emit("sent", bytes=command["size"], seconds=elapsed, path=conn.path, datagram_size=conn.datagram_size)
+                    emit("sent", bytes=command["size"], seconds=elapsed, path=conn.path, datagram_size=conn.datagram_size,
+                         gc=[g["collections"] for g in gc.get_stats()], gc_count=gc.get_count(),
+                         objects=len(gc.get_objects()))
                 emit("done")
             elif cmd == "quicstats":  # congestion state of the peer connection (diagnostics)
                 quic = conn._protocol._quic
