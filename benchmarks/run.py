@@ -466,7 +466,7 @@ class Bench:
             plain = rates[(dgram, "plain aioquic")]
             for kind in ("library (asyncio's loop)", "library on uvloop", "library (asyncio), one datagram per wakeup"):
                 value = rates[(dgram, kind)]
-                shipped = kind.startswith("library (asyncio") and dgram == 1472
+                shipped = kind == "library (asyncio's loop)" and dgram == 1472
                 self.add(Row(
                     "mtu", f"one stream, {dgram}-byte datagrams: {kind}", median(value), "MB/s",
                     f"plain aioquic, max_datagram_size={dgram}", median(plain),
