@@ -449,8 +449,9 @@ class Bench:
             "plain aioquic": lambda dgram: self.plain_bulk(size, dgram),
             "library (asyncio's loop)": lambda dgram: self.bulk(["--dgram", str(dgram)], size),
             "library on uvloop": lambda dgram: self.bulk(["--dgram", str(dgram), "--uvloop"], size),
+            "library (asyncio), no GSO/GRO": lambda dgram: self.bulk(["--dgram", str(dgram), "--no-gso"], size),
             "library (asyncio), one datagram per wakeup": lambda dgram: self.bulk(
-                ["--dgram", str(dgram), "--no-batch-reads"], size),
+                ["--dgram", str(dgram), "--no-batch-reads", "--no-gso"], size),
         }
         rates: dict[tuple[int, str], list[float]] = {}
         for round_index in range(rounds):
@@ -464,7 +465,7 @@ class Bench:
                 f"{d}/{k}: {median(v):.1f}" for (d, k), v in rates.items()))
         for dgram in self.MTU_SIZES:
             plain = rates[(dgram, "plain aioquic")]
-            for kind in ("library (asyncio's loop)", "library on uvloop", "library (asyncio), one datagram per wakeup"):
+            for kind in [k for k in kinds if k != "plain aioquic"]:
                 value = rates[(dgram, kind)]
                 shipped = kind == "library (asyncio's loop)" and dgram == 1472
                 self.add(Row(

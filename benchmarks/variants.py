@@ -6,6 +6,7 @@ changes a static setting, so the table shows what each one is worth.
 - ``--no-pmtu``: no path-MTU probing: 1350-byte datagrams all along.
 - ``--no-pacer-burst``: aioquic's own pacer instead of :class:`discretpeer.flow.BurstPacer`.
 - ``--no-coalesce``: a transmit after every received datagram, as aioquic does, also on uvloop.
+- ``--no-gso``: one sendto per datagram, one datagram per recvfrom (no UDP GSO/GRO).
 - ``--no-batch-reads``: on asyncio's loop, one datagram per wakeup (its transport's reading).
 - ``--dgram N``: ``Peer(max_datagram_size=N)`` (the public setting: probing stops at N).
 - ``--window N``, ``--ack-delay S``, ``--high-water N``: static settings.
@@ -26,6 +27,7 @@ def add_variant_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-pmtu", action="store_true", help="no path-MTU probing")
     parser.add_argument("--no-pacer-burst", action="store_true", help="aioquic's own pacer")
     parser.add_argument("--no-coalesce", action="store_true", help="a transmit after every datagram")
+    parser.add_argument("--no-gso", action="store_true", help="no UDP GSO sends nor GRO reads")
     parser.add_argument("--no-batch-reads", action="store_true",
                         help="asyncio's loop: its transport reads one datagram per wakeup (endpoint.READ_BATCH = 1)")
     parser.add_argument("--uvloop", action="store_true")
@@ -55,6 +57,10 @@ def apply_variant(args: Any) -> None:
         import discretpeer.flow as flow
 
         flow.BurstPacer = QuicPacketPacer  # type: ignore[misc]
+    if getattr(args, "no_gso", False):
+        import discretpeer.endpoint as endpoint
+
+        endpoint.USE_GSO = endpoint.USE_GRO = False
     if getattr(args, "no_batch_reads", False):
         import discretpeer.endpoint as endpoint
 

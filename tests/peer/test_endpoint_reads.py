@@ -8,6 +8,8 @@ import asyncio
 import socket
 import time
 
+import pytest
+
 import discretpeer.endpoint as endpoint_module
 from discretpeer.endpoint import Endpoint
 
@@ -64,3 +66,72 @@ async def test_an_icmp_error_does_not_stop_the_reader():
     finally:
         endpoint.close()
     assert endpoint.closed
+
+
+async def _pair(monkeypatch, gso: bool, gro: bool) -> tuple[Endpoint, Endpoint, list[bytes]]:
+    monkeypatch.setattr(endpoint_module, "USE_GSO", gso)
+    monkeypatch.setattr(endpoint_module, "USE_GRO", gro)
+    got: list[bytes] = []
+    receiver = await Endpoint.open("127.0.0.1", 0, on_datagram=lambda data, addr: got.append(data))
+    sender = await Endpoint.open("127.0.0.1", 0)
+    return sender, receiver, got
+
+
+async def _wait_for(got: list[bytes], count: int) -> None:
+    for _ in range(200):
+        if len(got) >= count:
+            return
+        await asyncio.sleep(0.01)
+
+
+def _datagrams(sizes: list[int]) -> list[bytes]:
+    # no QUIC fixed bit: the receiving endpoint hands them to on_datagram as they are
+    return [bytes([0, index]) + bytes([index]) * (size - 2) for index, size in enumerate(sizes)]
+
+
+async def test_equal_datagrams_leave_in_one_gso_send_and_arrive_apart_in_order(monkeypatch):
+    sender, receiver, got = await _pair(monkeypatch, gso=True, gro=True)
+    try:
+        if not sender.gso:
+            pytest.skip("this kernel has no UDP_SEGMENT")
+        sizes = [1472] * 9 + [700]  # the last of a run may be shorter
+        datagrams = _datagrams(sizes)
+        sender.send_many([(d, receiver.local_address) for d in datagrams])
+        await _wait_for(got, len(datagrams))
+        assert got == datagrams  # each datagram on its own, in order (GRO split them back)
+        assert sender.gso_sends == 1 and sender.datagrams_sent == 10
+        assert receiver.gro
+    finally:
+        sender.close()
+        receiver.close()
+
+
+async def test_mixed_sizes_and_addresses_split_into_runs(monkeypatch):
+    sender, receiver, got = await _pair(monkeypatch, gso=True, gro=True)
+    other_got: list[bytes] = []
+    other = await Endpoint.open("127.0.0.1", 0, on_datagram=lambda data, addr: other_got.append(data))
+    try:
+        datagrams = _datagrams([1200, 1200, 1300, 1300, 1300, 100, 1200, 1200])
+        targets = [receiver.local_address] * 5 + [other.local_address] + [receiver.local_address] * 2
+        sender.send_many(list(zip(datagrams, targets)))
+        await _wait_for(got, 7)
+        await _wait_for(other_got, 1)
+        assert got == datagrams[:5] + datagrams[6:] and other_got == [datagrams[5]]
+        if sender.gso:
+            # [1200, 1200] [1300, 1300, 1300] [100 elsewhere] [1200, 1200]: three GSO sends
+            assert sender.gso_sends == 3
+    finally:
+        for endpoint in (sender, receiver, other):
+            endpoint.close()
+
+
+async def test_without_gso_and_gro_the_same_datagrams_arrive(monkeypatch):
+    sender, receiver, got = await _pair(monkeypatch, gso=False, gro=False)
+    try:
+        datagrams = _datagrams([1472] * 10)
+        sender.send_many([(d, receiver.local_address) for d in datagrams])
+        await _wait_for(got, 10)
+        assert got == datagrams and sender.gso_sends == 0 and not sender.gso and not receiver.gro
+    finally:
+        sender.close()
+        receiver.close()
