@@ -13,6 +13,14 @@ Benchmarks (``--only`` names):
   stack       qh3 vs aioquic (bulk, handshakes per CPU-second, memory), with --qh3-python only
   natlab      introduction -> verified direct connection through real Linux NATs (tests/natlab, 20 ms
               per internet link), in RTTs of the same connections (root and namespaces needed)
+  mtu         one stream at 1472 and 1350-byte datagrams (Peer(max_datagram_size=N)) vs plain aioquic
+              at the same size, with ablations; py-libp2p QUIC/TCP with --libp2p / --libp2p-python
+  natbulk     one stream through the NAT lab (1500-byte veth, 20 ms per link), direct and relayed, vs
+              loopback at the same size
+  pyc         the installed package with its .pyc files vs compiled from source at import
+
+The workers run the package as pip installs it: a fresh venv per run (``pip install .[fast]``,
+``.pyc`` written), only a copy of benchmarks/ on their PYTHONPATH (--from-checkout: the checkout).
 
 Every process is bounded in time (its own deadline) and every load loop in count.
 DPB_QUICK_PEERS=N changes the peer count of --quick (default 2000); DPB_QH3_PYTHON = --qh3-python.

@@ -103,8 +103,8 @@ class EndpointProtocol(QuicConnectionProtocol):
 
     def transmit(self) -> None:
         endpoint = self.endpoint
-        if endpoint is None or not endpoint.gso:
-            super().transmit()
+        if endpoint is None or not endpoint.gso or not self.coalesce_transmits:
+            super().transmit()  # the beacon (latency first) keeps aioquic's own transmit
             return
         # as aioquic's transmit, but the datagrams go out together (GSO, see Endpoint.send_many)
         self._transmit_task = None
