@@ -35,6 +35,7 @@ from discretpeer.auth import (
     verify_proof,
 )
 from discretpeer.endpoint import EndpointProtocol
+from discretpeer import heap
 from discretpeer.flow import STREAM_WINDOW, AppPacedQuicConnection
 from discretpeer.identity import Identity
 from discretpeer.logs import get_logger
@@ -331,6 +332,7 @@ class PeerConnection:
         self.verified_at = time.monotonic()
         self.time_to_connect = None if introduced_at is None else self.verified_at - introduced_at
         self._on_close = on_close
+        heap.keep_freed_memory()  # once per process: see discretpeer.heap (the ".pyc effect")
         self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
         self._watch = asyncio.get_running_loop().create_task(self._watch_close())
         if isinstance(protocol._quic, DatagramSizeSearch):  # noqa: SLF001
