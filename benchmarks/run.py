@@ -45,7 +45,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.installed import Installed, install, scratch_libp2p
 from benchmarks.common import (
     RESULTS,
     ROOT,
@@ -58,6 +57,7 @@ from benchmarks.common import (
     rss_bytes,
     udp_drops,
 )
+from benchmarks.installed import Installed, install, scratch_libp2p
 
 MB = 1e6
 
@@ -394,7 +394,8 @@ class Bench:
     async def plain_bulk(self, size: int, dgram: int = 0) -> dict:
         sized = ["--dgram", str(dgram)] if dgram else []
         server, ready = await self.worker("quic-server", "quicbulk", ["--role", "server", *sized])
-        client, _ = await self.worker("quic-client", "quicbulk", ["--role", "client", "--port", str(ready["port"]), *sized])
+        client, _ = await self.worker("quic-client", "quicbulk",
+                                      ["--role", "client", "--port", str(ready["port"]), *sized])
         cpu: dict[str, float] = {}
         rates, _ = await self.transfers(client, size, cpu={"sender": client, "receiver": server}, cpu_out=cpu)
         total = size * len(rates) / MB
@@ -476,7 +477,8 @@ class Bench:
                     if result.get("mb_per_cpu"):
                         per_cpu.setdefault((dgram, kind), []).append(min(result["mb_per_cpu"].values()))
                     if result.get("datagram_size") not in (None, dgram):
-                        raise RuntimeError(f"{kind} at {dgram}: the peers used {result['datagram_size']}-byte datagrams")
+                        raise RuntimeError(
+                            f"{kind} at {dgram}: the peers used {result['datagram_size']}-byte datagrams")
             self.log(f"mtu round {round_index + 1}: " + ", ".join(
                 f"{d}/{k}: {median(v):.1f} MB/s, {median(per_cpu.get((d, k), [0])):.1f} MB/CPU-s"
                 for (d, k), v in rates.items()))
@@ -576,7 +578,8 @@ class Bench:
                      target="(the .pyc effect)", note=f"{rounds} alternating rounds",
                      samples=rates["with .pyc"], baseline_samples=rates["compiled at import"]))
         for side in ("sender", "receiver"):
-            self.add(Row("pyc", f"MB per CPU-second of the {side}, loaded from .pyc", median(per_cpu["with .pyc"][side]),
+            self.add(Row("pyc", f"MB per CPU-second of the {side}, loaded from .pyc",
+                         median(per_cpu["with .pyc"][side]),
                          "MB/CPU-s", "the same, compiled at import", median(per_cpu["compiled at import"][side]),
                          target="(the .pyc effect, CPU cost)", samples=per_cpu["with .pyc"][side],
                          baseline_samples=per_cpu["compiled at import"][side]))
@@ -626,7 +629,8 @@ class Bench:
         size = self.s.bulk_bytes // 2
         repeat = self.s.bulk_repeat
         dgram = 1472
-        self.log(f"natbulk: loopback at {dgram} bytes, then the NAT lab direct and relayed, {size / MB:.0f} MB x {repeat}")
+        self.log(f"natbulk: loopback at {dgram} bytes, then the NAT lab direct and relayed, "
+                 f"{size / MB:.0f} MB x {repeat}")
         loop_rates = (await self.bulk(["--dgram", str(dgram)], size))["rates"]
         results: dict[str, Any] = {"loopback": loop_rates}
         for window in (0, 16 * 1024 * 1024):
@@ -1071,7 +1075,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke version (~2 min)")
     parser.add_argument("--only", nargs="+",
-                        choices=["beacon", "rate", "throughput", "mtu", "relay", "tcp", "stack", "natlab", "natbulk", "pyc"])
+                        choices=["beacon", "rate", "throughput", "mtu", "relay", "tcp", "stack", "natlab", "natbulk",
+                                 "pyc"])
     parser.add_argument("--from-checkout", action="store_true",
                         help="workers import the checkout (as before) instead of a pip-installed copy")
     parser.add_argument("--libp2p", action="store_true", help="build a scratch venv with py-libp2p for the mtu rows")

@@ -20,6 +20,7 @@ from aioquic.asyncio.protocol import QuicStreamAdapter
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
 
+from discretpeer import heap
 from discretpeer.auth import (
     AuthError,
     PeerPolicy,
@@ -35,7 +36,6 @@ from discretpeer.auth import (
     verify_proof,
 )
 from discretpeer.endpoint import EndpointProtocol
-from discretpeer import heap
 from discretpeer.flow import STREAM_WINDOW, AppPacedQuicConnection
 from discretpeer.identity import Identity
 from discretpeer.logs import get_logger

@@ -99,7 +99,8 @@ class EndpointProtocol(QuicConnectionProtocol):
         self._quic.receive_datagram(data, addr, now=self._loop.time())  # type: ignore[arg-type]
         self._process_events()
         endpoint = self.endpoint
-        if self.coalesce_transmits and (_batches_reads(self._loop) or (endpoint is not None and endpoint.batched_reads)):
+        batched = _batches_reads(self._loop) or (endpoint is not None and endpoint.batched_reads)
+        if self.coalesce_transmits and batched:
             self._transmit_soon()
         else:
             self.transmit()

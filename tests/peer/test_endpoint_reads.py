@@ -113,7 +113,7 @@ async def test_mixed_sizes_and_addresses_split_into_runs(monkeypatch):
     try:
         datagrams = _datagrams([1200, 1200, 1300, 1300, 1300, 100, 1200, 1200])
         targets = [receiver.local_address] * 5 + [other.local_address] + [receiver.local_address] * 2
-        sender.send_many(list(zip(datagrams, targets)))
+        sender.send_many(list(zip(datagrams, targets, strict=True)))
         await _wait_for(got, 7)
         await _wait_for(other_got, 1)
         assert got == datagrams[:5] + datagrams[6:] and other_got == [datagrams[5]]
