@@ -643,7 +643,8 @@ class Bench:
                          f"loopback, same size ({dgram} B), same run", median(loop_rates),
                          target=">= 80% of loopback", met=direct >= 0.8 * median(loop_rates),
                          note=f"RTT {lab['direct']['rtt_ms']:.0f} ms, datagrams {lab['direct']['datagram_size']} B, "
-                              f"delay backend {lab['backend']}",
+                              f"delay backend {lab['backend']}, its CPU {lab['direct']['delayer_cpu_seconds']} s "
+                              f"for {lab['direct']['transfer_seconds']:.1f} s of transfers",
                          samples=lab["direct"]["rates"], baseline_samples=loop_rates))
             self.add(Row("natbulk", f"NAT lab, one stream through the relay, {label}", relay, "MB/s",
                          "NAT lab direct, same run", direct, target=">= 50% of direct", met=relay >= 0.5 * direct,
@@ -1055,15 +1056,21 @@ def natlab_bulk(installed: Installed, log_dir: Path, size: int, repeat: int, dgr
                 procs[name] = lab.popen(host, [installed.python, "-I", script, json.dumps(config)],
                                         name=f"natbulk-{kind}-{name}")
             sender = procs["send"]
+            delayer = getattr(lab, "_delayer", None)  # the NFQUEUE delay program, when netem is missing
+            cpu_start = cpu_seconds(delayer.pid) if delayer is not None else None
             sender.wait(timeout=60 + repeat * 240)
+            cpu_delayer = cpu_seconds(delayer.pid) - cpu_start if cpu_start is not None else None
             events = sender.json_lines()
             sent = [e for e in events if e.get("event") == "sent"]
             connected = [e for e in events if e.get("event") == "connected"]
             if len(sent) != repeat or not connected:
                 raise RuntimeError(f"natbulk {kind}: {events[-3:]} {sender.stderr[-500:]}")
             procs["sink"].terminate()
+            seconds = sum(e["seconds"] for e in sent)
             out[kind] = {"rates": [size / e["seconds"] / MB for e in sent], "path": connected[0]["path"],
-                         "datagram_size": sent[-1]["datagram_size"], "rtt_ms": (connected[0]["rtt"] or 0) * 1000}
+                         "datagram_size": sent[-1]["datagram_size"], "rtt_ms": (connected[0]["rtt"] or 0) * 1000,
+                         # share of a core the delayer used over the sender's whole life (set-up included)
+                         "delayer_cpu_seconds": cpu_delayer, "transfer_seconds": seconds}
             if connected[0]["path"] != ("relay" if kind == "relay" else "direct"):
                 raise RuntimeError(f"natbulk {kind}: the connection took the {connected[0]['path']} path")
     finally:

@@ -114,7 +114,7 @@ class EndpointProtocol(QuicConnectionProtocol):
         self._transmit_task = None
         datagrams = self._quic.datagrams_to_send(now=self._loop.time())
         if datagrams:
-            endpoint.send_many(datagrams)
+            endpoint.send_many(datagrams, self._quic._max_datagram_size)  # noqa: SLF001
         timer_at = self._quic.get_timer()
         if self._timer is not None and self._timer_at != timer_at:
             self._timer.cancel()
@@ -336,14 +336,21 @@ class Endpoint(asyncio.DatagramProtocol):
         except (OSError, ValueError):
             self.send_errors += 1
 
-    def send_many(self, datagrams: list[tuple[bytes, SocketAddress]]) -> None:
+    def send_many(self, datagrams: list[tuple[bytes, SocketAddress]], max_size: int | None = None) -> None:
         """Send a connection's datagrams of one transmit: runs of equal-sized datagrams to one
         address go in one sendmsg() with UDP_SEGMENT (the last of a run may be shorter); the
-        rest one by one. Any error but a full buffer turns GSO off for this socket."""
+        rest one by one. Any error but a full buffer turns GSO off for this socket.
+
+        A datagram longer than ``max_size`` (a path-MTU probe) always goes alone: the kernel
+        sets DF on a GSO send only if the whole batch fits the route MTU, so a probe inside a
+        batch could cross a smaller link as IP fragments and confirm a size the path does not
+        carry (tests/natlab/test_paths.py caught it)."""
         if self._transport is None or self._closed:
             return
         wire: list[tuple[bytes, tuple[str, int]]] = []
+        alone: set[int] = set()
         for data, addr in datagrams:
+            probe = max_size is not None and len(data) > max_size
             if is_virtual(addr):
                 route = self.routes.get((addr[0], addr[1]))
                 wrapped = route.wrap(data) if route is not None else None
@@ -354,6 +361,8 @@ class Endpoint(asyncio.DatagramProtocol):
             host, port = addr[0], addr[1]
             if self._dual_stack and ":" not in host:
                 host = "::ffff:" + host
+            if probe:
+                alone.add(len(wire))
             wire.append((data, (host, port)))
         index, count = 0, len(wire)
         while index < count:
@@ -362,8 +371,9 @@ class Endpoint(asyncio.DatagramProtocol):
             end = index + 1
             total = size
             # a run: same address, same size (the last may be shorter), within the kernel's limits
-            while (end < count and end - index < GSO_MAX_SEGMENTS and wire[end][1] == addr
-                   and len(wire[end][0]) <= size and total + len(wire[end][0]) <= GSO_MAX_BYTES):
+            while (index not in alone and end < count and end not in alone and end - index < GSO_MAX_SEGMENTS
+                   and wire[end][1] == addr and len(wire[end][0]) <= size
+                   and total + len(wire[end][0]) <= GSO_MAX_BYTES):
                 total += len(wire[end][0])
                 end += 1
                 if len(wire[end - 1][0]) < size:

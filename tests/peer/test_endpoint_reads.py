@@ -135,3 +135,21 @@ async def test_without_gso_and_gro_the_same_datagrams_arrive(monkeypatch):
     finally:
         sender.close()
         receiver.close()
+
+
+async def test_a_datagram_above_the_connection_size_never_rides_in_a_gso_batch(monkeypatch):
+    """A path-MTU probe (longer than the connection's datagram size) goes alone: a GSO batch
+    leaves without DF when it is larger than the route MTU, so a probe in it could cross a
+    smaller link as fragments and confirm a size the path does not carry."""
+    sender, receiver, got = await _pair(monkeypatch, gso=True, gro=True)
+    try:
+        if not sender.gso:
+            pytest.skip("this kernel has no UDP_SEGMENT")
+        datagrams = _datagrams([1350, 1350, 1472, 1350, 1350, 1350])
+        sender.send_many([(d, receiver.local_address) for d in datagrams], max_size=1350)
+        await _wait_for(got, len(datagrams))
+        assert got == datagrams
+        assert sender.gso_sends == 2  # [1350, 1350], the probe alone, [1350, 1350, 1350]
+    finally:
+        sender.close()
+        receiver.close()
