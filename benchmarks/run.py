@@ -1012,7 +1012,8 @@ def natlab_meetings(runs: int, log_dir: Path) -> dict[str, Any]:
     return {"times": times, "rtts": rtts, "paths": paths}
 
 
-def natlab_bulk(installed: Installed, log_dir: Path, size: int, repeat: int, dgram: int, window: int) -> dict[str, Any]:
+def natlab_bulk(installed: Installed, log_dir: Path, size: int, repeat: int, dgram: int, window: int,
+                cc: str = "") -> dict[str, Any]:
     """Bulk transfers between two port-restricted NATs of the lab (blocking), direct then with
     the sender relay-only; every process runs the installed package (``python -I``)."""
     from discretpeer import Identity
@@ -1023,7 +1024,7 @@ def natlab_bulk(installed: Installed, log_dir: Path, size: int, repeat: int, dgr
         lab = Lab()
     except LabUnavailable as exc:
         raise RuntimeError(f"NAT lab unavailable: {exc}") from None
-    workdir = log_dir / f"natbulk-{window}"
+    workdir = log_dir / f"natbulk-{window}{cc}"
     workdir.mkdir(exist_ok=True)
     script = str(installed.root / "benchmarks" / "workers" / "natbulk.py")
     out: dict[str, Any] = {"backend": None}
@@ -1048,7 +1049,7 @@ def natlab_bulk(installed: Installed, log_dir: Path, size: int, repeat: int, dgr
                 ids[name] = Identity.generate()
                 ids[name].save(workdir / f"{kind}-{name}.key")
             common = {"beacons": [entry], "meeting": f"natbulk {kind} {os.urandom(4).hex()}", "dgram": dgram,
-                      "window": window, "size": size, "repeat": repeat, "timeout": 30}
+                      "window": window, "size": size, "repeat": repeat, "timeout": 30, "cc": cc}
             procs = {}
             for name, host, other in (("sink", "B1", "send"), ("send", "A1", "sink")):
                 config = common | {"role": name, "identity": str(workdir / f"{kind}-{name}.key"),

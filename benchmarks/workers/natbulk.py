@@ -63,6 +63,16 @@ async def main(config: dict) -> None:
             original(self, *args, **kwargs)
 
         SizedQuicConfiguration.__init__ = init
+    if config.get("cc"):
+        from discretpeer.path_mtu import SizedQuicConfiguration
+
+        original_cc = SizedQuicConfiguration.__init__
+
+        def init_cc(self, *args, **kwargs) -> None:
+            kwargs["congestion_control_algorithm"] = config["cc"]
+            original_cc(self, *args, **kwargs)
+
+        SizedQuicConfiguration.__init__ = init_cc
     from discretpeer import Identity, Peer
 
     identity = Identity.load(config["identity"])
