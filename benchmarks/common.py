@@ -234,6 +234,7 @@ class Worker:
         self.pending: list[dict[str, Any]] = []
         self.env: dict[str, str] | None = None
         self.python = sys.executable
+        self.root = ROOT  # cwd and PYTHONPATH (benchmarks.installed: a copy of benchmarks/ only)
 
     @property
     def pid(self) -> int:
@@ -253,8 +254,8 @@ class Worker:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=self._log,
-            cwd=str(ROOT),
-            env={**(self.env or os.environ), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+            cwd=str(self.root),
+            env={**(self.env or os.environ), "PYTHONPATH": str(self.root), "PYTHONUNBUFFERED": "1"},
             limit=16 * 1024 * 1024,
         )
         return self

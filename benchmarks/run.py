@@ -18,6 +18,14 @@ Benchmarks (``--only`` names):
   tcpfallback issue 14: relay throughput with one TLS/TCP leg and with two vs the UDP relay; beacon
               RSS per idle TCP-registered peer vs per UDP one; NAT lab udp_blocked <-> port_restricted
               introduction -> verified p50/p99 (not in the default set: --only tcpfallback)
+  mtu         one stream at 1472 and 1350-byte datagrams (Peer(max_datagram_size=N)) vs plain aioquic
+              at the same size, with ablations; py-libp2p QUIC/TCP with --libp2p / --libp2p-python
+  natbulk     one stream through the NAT lab (1500-byte veth, 20 ms per link), direct and relayed, vs
+              loopback at the same size
+  pyc         the installed package with its .pyc files vs compiled from source at import
+
+The workers run the package as pip installs it: a fresh venv per run (``pip install .[fast]``,
+``.pyc`` written), only a copy of benchmarks/ on their PYTHONPATH (--from-checkout: the checkout).
 
 Every process is bounded in time (its own deadline) and every load loop in count.
 DPB_QUICK_PEERS=N changes the peer count of --quick (default 2000); DPB_QH3_PYTHON = --qh3-python.
@@ -54,6 +62,7 @@ from benchmarks.common import (
     rss_bytes,
     udp_drops,
 )
+from benchmarks.installed import Installed, install, scratch_libp2p
 
 MB = 1e6
 
@@ -106,6 +115,9 @@ class Bench:
         self.workers: list[Worker] = []
         self.counter = 0
         self.qh3_python: str | None = None
+        self.libp2p_python: str | None = None
+        self.installed: Installed | None = None
+        self.worker_env: dict[str, str] = {}  # extra environment of the workers started now
         self.temp_dirs: list[Path] = []
 
     # --- helpers ----------------------------------------------------------------------------
@@ -114,8 +126,12 @@ class Bench:
                      deadline: float = 600, ready_timeout: float = 60, python: str | None = None) -> tuple[Worker, dict]:
         self.counter += 1
         w = Worker(f"{self.counter:02d}-{name}", args, core=core, log_dir=self.log_dir, deadline=deadline)
+        if self.worker_env:
+            w.env = {**os.environ, **self.worker_env}
         if python:
             w.python = python
+        elif self.installed is not None:  # the package as pip installed it (.pyc), not the checkout
+            w.python, w.root = self.installed.python, self.installed.root
         self.workers.append(w)
         await w.start(module)
         return w, await w.expect("ready", ready_timeout)
@@ -371,25 +387,39 @@ class Bench:
 
     async def bulk(self, variant: list[str], size: int, relay: bool = False) -> dict:
         ready = await self.beacon_for_peers()
-        a, _b, connected = await self.peer_pair(ready, variant, relay)
-        rates, sent = await self.transfers(a, size)
+        a, b, connected = await self.peer_pair(ready, variant, relay)
+        cpu: dict[str, float] = {}
+        rates, sent = await self.transfers(a, size, cpu={"sender": a, "receiver": b}, cpu_out=cpu)
+        total = size * len(rates) / MB
         return {"path": connected["path"], "rates": rates, "median": median(rates),
-                "datagram_size": sent.get("datagram_size")}
+                "datagram_size": sent.get("datagram_size"), "sent": sent,
+                # MB moved per CPU-second of each side: steadier than MB/s on a shared machine
+                "mb_per_cpu": {side: total / seconds for side, seconds in cpu.items() if seconds > 0}}
 
-    async def plain_bulk(self, size: int) -> dict:
-        _, ready = await self.worker("quic-server", "quicbulk", ["--role", "server"])
-        client, _ = await self.worker("quic-client", "quicbulk", ["--role", "client", "--port", str(ready["port"])])
-        rates, _ = await self.transfers(client, size)
-        return {"rates": rates, "median": median(rates)}
+    async def plain_bulk(self, size: int, dgram: int = 0) -> dict:
+        sized = ["--dgram", str(dgram)] if dgram else []
+        server, ready = await self.worker("quic-server", "quicbulk", ["--role", "server", *sized])
+        client, _ = await self.worker("quic-client", "quicbulk",
+                                      ["--role", "client", "--port", str(ready["port"]), *sized])
+        cpu: dict[str, float] = {}
+        rates, _ = await self.transfers(client, size, cpu={"sender": client, "receiver": server}, cpu_out=cpu)
+        total = size * len(rates) / MB
+        return {"rates": rates, "median": median(rates),
+                "mb_per_cpu": {side: total / seconds for side, seconds in cpu.items() if seconds > 0}}
 
-    async def transfers(self, sender: Worker, size: int) -> tuple[list[float], dict]:
+    async def transfers(self, sender: Worker, size: int, cpu: dict[str, Worker] | None = None,
+                        cpu_out: dict[str, float] | None = None) -> tuple[list[float], dict]:
         """``bulk_repeat`` transfers of ``size`` bytes by ``sender``: MB/s each, and the last
-        "sent" event; then every worker is stopped."""
+        "sent" event; then every worker is stopped. ``cpu``: workers whose CPU seconds during
+        the transfers go into ``cpu_out`` (same keys)."""
+        cpu0 = {name: cpu_seconds(w.pid) for name, w in (cpu or {}).items()}
         sender.send(cmd="send", size=size, repeat=self.s.bulk_repeat, timeout=240)
         rates, sent = [], {}
         for _ in range(self.s.bulk_repeat):
             sent = await sender.expect("sent", 260)
             rates.append(size / sent["seconds"] / MB)
+        if cpu_out is not None:
+            cpu_out.update({name: cpu_seconds(w.pid) - cpu0[name] for name, w in (cpu or {}).items()})
         await self.stop_all()
         return rates, sent
 
@@ -421,6 +451,144 @@ class Bench:
                 samples=result["rates"], baseline_samples=plain["rates"],
             ))
         self.extra["throughput"] = {"plain": plain, **results}
+
+    MTU_SIZES = (1472, 1350)
+
+    async def bench_mtu(self) -> None:
+        """One stream at Ethernet sizes (``Peer(max_datagram_size=N)``) against plain aioquic at
+        the same datagram size (and py-libp2p, when its scratch venv is given), in alternating
+        rounds so that every figure and its baseline see the same load."""
+        size = self.s.bulk_bytes // 2
+        rounds = 2 if self.s.quick else 3
+        self.log(f"mtu: one stream at {self.MTU_SIZES} bytes, {size / MB:.0f} MB x {self.s.bulk_repeat}, "
+                 f"{rounds} alternating rounds")
+        kinds: dict[str, Any] = {
+            "plain aioquic": lambda dgram: self.plain_bulk(size, dgram),
+            "library (asyncio's loop)": lambda dgram: self.bulk(["--dgram", str(dgram)], size),
+            "library on uvloop": lambda dgram: self.bulk(["--dgram", str(dgram), "--uvloop"], size),
+            "library (asyncio), no GSO/GRO": lambda dgram: self.bulk(["--dgram", str(dgram), "--no-gso"], size),
+            "library (asyncio), one datagram per wakeup": lambda dgram: self.bulk(
+                ["--dgram", str(dgram), "--no-batch-reads", "--no-gso"], size),
+        }
+        rates: dict[tuple[int, str], list[float]] = {}
+        # MB per CPU-second of the busier of the two processes: what one stream would move with a
+        # core per side to itself; far steadier than MB/s on a shared machine
+        per_cpu: dict[tuple[int, str], list[float]] = {}
+        for round_index in range(rounds):
+            for dgram in self.MTU_SIZES:
+                for kind, run in kinds.items():
+                    result = await run(dgram)
+                    rates.setdefault((dgram, kind), []).extend(result["rates"])
+                    if result.get("mb_per_cpu"):
+                        per_cpu.setdefault((dgram, kind), []).append(min(result["mb_per_cpu"].values()))
+                    if result.get("datagram_size") not in (None, dgram):
+                        raise RuntimeError(
+                            f"{kind} at {dgram}: the peers used {result['datagram_size']}-byte datagrams")
+            self.log(f"mtu round {round_index + 1}: " + ", ".join(
+                f"{d}/{k}: {median(v):.1f} MB/s, {median(per_cpu.get((d, k), [0])):.1f} MB/CPU-s"
+                for (d, k), v in rates.items()))
+        for dgram in self.MTU_SIZES:
+            plain = rates[(dgram, "plain aioquic")]
+            for kind in [k for k in kinds if k != "plain aioquic"]:
+                value = rates[(dgram, kind)]
+                shipped = kind == "library (asyncio's loop)" and dgram == 1472
+                self.add(Row(
+                    "mtu", f"one stream, {dgram}-byte datagrams: {kind}", median(value), "MB/s",
+                    f"plain aioquic, max_datagram_size={dgram}", median(plain),
+                    target=">= 2x plain aioquic and >= 50 MB/s" if shipped else "(informative)",
+                    met=(median(value) >= 2 * median(plain) and median(value) >= 50) if shipped else None,
+                    note=f"installed package: {self.installed is not None}; {len(value)} transfers",
+                    samples=value, baseline_samples=plain,
+                ))
+        for dgram in self.MTU_SIZES:
+            plain = per_cpu[(dgram, "plain aioquic")]
+            for kind in [k for k in kinds if k != "plain aioquic"]:
+                value = per_cpu[(dgram, kind)]
+                shipped = kind == "library (asyncio's loop)" and dgram == 1472
+                self.add(Row(
+                    "mtu", f"MB per CPU-second of the busier side, {dgram}-byte datagrams: {kind}", median(value),
+                    "MB/CPU-s", f"plain aioquic, max_datagram_size={dgram}", median(plain),
+                    target=">= 2x plain aioquic" if shipped else "(informative)",
+                    met=median(value) >= 2 * median(plain) if shipped else None,
+                    samples=value, baseline_samples=plain,
+                ))
+        self.extra["mtu"] = {"rates": {f"{d}/{k}": v for (d, k), v in rates.items()},
+                             "mb_per_cpu": {f"{d}/{k}": v for (d, k), v in per_cpu.items()}}
+        await self.mtu_libp2p(size)
+
+    async def libp2p_bulk(self, transport: str, size: int, dgram: int) -> list[float]:
+        assert self.libp2p_python is not None
+        sized = ["--dgram", str(dgram)] if dgram else []
+        _, ready = await self.worker(f"libp2p-{transport}-server", "libp2pbench",
+                                     ["--role", "server", "--transport", transport, *sized], python=self.libp2p_python)
+        client, _ = await self.worker(f"libp2p-{transport}-client", "libp2pbench",
+                                      ["--role", "client", "--transport", transport, "--addr", ready["addr"], *sized],
+                                      python=self.libp2p_python)
+        return (await self.transfers(client, size))[0]
+
+    async def mtu_libp2p(self, size: int) -> None:
+        """py-libp2p 0.8 (scratch venv): its QUIC transport (on aioquic) at 1472 bytes and its TCP
+        transport (Noise + Yamux), next to plain aioquic and the library at 1472, same run."""
+        if not self.libp2p_python:
+            self.log("mtu: py-libp2p skipped: no scratch venv (--libp2p to build one, or --libp2p-python PATH)")
+            return
+        size = min(size, 8_000_000)  # py-libp2p QUIC moves ~3 MB/s here
+        rates: dict[str, list[float]] = {}
+        for _ in range(2):
+            for name, run in (("libp2p quic", lambda: self.libp2p_bulk("quic", size, 1472)),
+                              ("libp2p tcp", lambda: self.libp2p_bulk("tcp", size, 0)),
+                              ("plain", lambda: self.plain_bulk(size, 1472)),
+                              ("library", lambda: self.bulk(["--dgram", "1472"], size))):
+                result = await run()
+                rates.setdefault(name, []).extend(result if isinstance(result, list) else result["rates"])
+        library = median(rates["library"])
+        for name, label in (("libp2p quic", "py-libp2p 0.8 QUIC (aioquic), max_datagram_size=1472"),
+                            ("libp2p tcp", "py-libp2p 0.8 TCP (Noise + Yamux)")):
+            self.add(Row("mtu", f"one stream: library at 1472 vs {label}", library, "MB/s", label,
+                         median(rates[name]), target="(reference)",
+                         note=f"plain aioquic at 1472 in the same rounds: {median(rates['plain']):.1f} MB/s",
+                         samples=rates["library"], baseline_samples=rates[name]))
+        self.extra["mtu_libp2p"] = rates
+
+    async def bench_pyc(self) -> None:
+        """The same installed package, one stream at 1350 bytes, with its ``.pyc`` files (as pip
+        wrote them) and without (PYTHONPYCACHEPREFIX pointing at an empty directory and
+        PYTHONDONTWRITEBYTECODE=1: every module, aioquic's too, compiled from source at import),
+        in alternating rounds."""
+        size = self.s.bulk_bytes // 2
+        rounds = 3 if self.s.quick else 6
+        empty = Path(tempfile.mkdtemp(prefix="dpb-nopyc-"))
+        self.temp_dirs.append(empty)
+        variants = {"with .pyc": {}, "compiled at import": {"PYTHONDONTWRITEBYTECODE": "1",
+                                                           "PYTHONPYCACHEPREFIX": str(empty)}}
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        per_cpu: dict[str, dict[str, list[float]]] = {name: {"sender": [], "receiver": []} for name in variants}
+        for _ in range(rounds):
+            for name, env in variants.items():
+                self.worker_env = env
+                try:
+                    result = await self.bulk(["--dgram", "1350"], size)
+                    rates[name].extend(result["rates"])
+                    for side, value in result["mb_per_cpu"].items():
+                        per_cpu[name][side].append(value)
+                    sent = result["sent"]
+                    self.log(f"pyc {name}: {[round(r, 1) for r in result['rates']]} MB/s, MB per CPU-s "
+                             f"{ {k: round(v, 1) for k, v in result['mb_per_cpu'].items()} }; sender GC "
+                             f"collections {sent.get('gc')}, tracked objects {sent.get('objects')}")
+                finally:
+                    self.worker_env = {}
+            self.log("pyc: " + ", ".join(f"{k}: {median(v):.1f}" for k, v in rates.items()))
+        self.add(Row("pyc", "one stream at 1350 B, installed package loaded from its .pyc", median(rates["with .pyc"]),
+                     "MB/s", "the same, compiled from source at import", median(rates["compiled at import"]),
+                     target="(the .pyc effect)", note=f"{rounds} alternating rounds",
+                     samples=rates["with .pyc"], baseline_samples=rates["compiled at import"]))
+        for side in ("sender", "receiver"):
+            self.add(Row("pyc", f"MB per CPU-second of the {side}, loaded from .pyc",
+                         median(per_cpu["with .pyc"][side]),
+                         "MB/CPU-s", "the same, compiled at import", median(per_cpu["compiled at import"][side]),
+                         target="(the .pyc effect, CPU cost)", samples=per_cpu["with .pyc"][side],
+                         baseline_samples=per_cpu["compiled at import"][side]))
+        self.extra["pyc"] = {"rates": rates, "mb_per_cpu": per_cpu}
 
     async def bench_relay(self) -> None:
         size = self.s.relay_bytes
@@ -532,6 +700,37 @@ class Bench:
                      "ms", "the path's RTT", median(lab["rtts"]), target="p99 <= 3000 ms", met=p99 <= 3000,
                      samples=times))
         return lab
+
+    async def bench_natbulk(self) -> None:
+        """One stream through the NAT lab (1500-byte veth links, 20 ms per internet link), direct
+        and relayed, against the loopback figure at the same datagram size, in the same run."""
+        if self.installed is None:
+            raise RuntimeError("natbulk runs the installed package only (drop --from-checkout)")
+        size = self.s.bulk_bytes // 2
+        repeat = self.s.bulk_repeat
+        dgram = 1472
+        self.log(f"natbulk: loopback at {dgram} bytes, then the NAT lab direct and relayed, "
+                 f"{size / MB:.0f} MB x {repeat}")
+        loop_rates = (await self.bulk(["--dgram", str(dgram)], size))["rates"]
+        results: dict[str, Any] = {"loopback": loop_rates}
+        for window in (0, 16 * 1024 * 1024):
+            lab = await asyncio.to_thread(natlab_bulk, self.installed, self.log_dir, size, repeat, dgram, window)
+            results[f"window {window}"] = lab
+            label = "default windows (4 MB per stream)" if not window else f"{window >> 20} MB stream windows"
+            self.log(f"natbulk {label}: {lab}")
+            direct, relay = median(lab["direct"]["rates"]), median(lab["relay"]["rates"])
+            self.add(Row("natbulk", f"NAT lab, one stream direct, {label}", direct, "MB/s",
+                         f"loopback, same size ({dgram} B), same run", median(loop_rates),
+                         target=">= 80% of loopback", met=direct >= 0.8 * median(loop_rates),
+                         note=f"RTT {lab['direct']['rtt_ms']:.0f} ms, datagrams {lab['direct']['datagram_size']} B, "
+                              f"delay backend {lab['backend']}, its CPU {lab['direct']['delayer_cpu_seconds']} s "
+                              f"for {lab['direct']['transfer_seconds']:.1f} s of transfers",
+                         samples=lab["direct"]["rates"], baseline_samples=loop_rates))
+            self.add(Row("natbulk", f"NAT lab, one stream through the relay, {label}", relay, "MB/s",
+                         "NAT lab direct, same run", direct, target=">= 50% of direct", met=relay >= 0.5 * direct,
+                         note=f"RTT {lab['relay']['rtt_ms']:.0f} ms, datagrams {lab['relay']['datagram_size']} B",
+                         samples=lab["relay"]["rates"], baseline_samples=lab["direct"]["rates"]))
+        self.extra["natbulk"] = results
 
     # --- TCP forwarding ----------------------------------------------------------------------
 
@@ -799,7 +998,23 @@ async def amain(args: argparse.Namespace) -> int:
     log_dir.mkdir()
     bench = Bench(settings, log_dir)
     bench.qh3_python = args.qh3_python or os.environ.get("DPB_QH3_PYTHON")
-    names = args.only or ["beacon", "rate", "throughput", "relay", "tcp", "stack", "natlab"]
+    bench.libp2p_python = args.libp2p_python or os.environ.get("DPB_LIBP2P_PYTHON")
+    libp2p_temp = None
+    if args.libp2p and not bench.libp2p_python and "mtu" in (args.only or ["mtu"]):
+        bench.log("building a scratch venv with py-libp2p (pip install libp2p) ...")
+        try:
+            bench.libp2p_python, libp2p_temp = scratch_libp2p(log_dir / "libp2p-install.log")
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            bench.log(f"py-libp2p rows skipped: {exc}")
+    names = args.only or ["beacon", "rate", "throughput", "mtu", "relay", "tcp", "stack", "natlab", "natbulk", "pyc"]
+    if not args.from_checkout:
+        bench.log("installing the package into a fresh venv (pip install .[fast]) ...")
+        try:
+            bench.installed = install(log_dir / "install.log")
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            print(f"cannot install the package: {exc}")
+            return 1
+        bench.log(f"workers run {bench.installed.location} ({bench.installed.seconds:.0f}s to install)")
     info = machine()
     print(f"discretpeer benchmarks ({'quick' if args.quick else 'full'}): {', '.join(names)}; "
           f"aioquic {info['aioquic']}, Python {info['python']}, {info['cpus']} CPUs, "
@@ -816,6 +1031,11 @@ async def amain(args: argparse.Namespace) -> int:
         finally:
             await bench.stop_all()
         bench.log(f"{name} took {time.perf_counter() - section:.0f}s")
+    if libp2p_temp is not None:
+        shutil.rmtree(libp2p_temp, ignore_errors=True)
+    if bench.installed is not None:
+        info["installed"] = bench.installed.location
+        bench.installed.close()
     info["loadavg_end"] = os.getloadavg()
     info["seconds"] = time.perf_counter() - started
     print_table(bench.rows)
@@ -874,12 +1094,84 @@ def natlab_meetings(
     return {"times": times, "rtts": rtts, "paths": paths}
 
 
+def natlab_bulk(installed: Installed, log_dir: Path, size: int, repeat: int, dgram: int, window: int,
+                cc: str = "") -> dict[str, Any]:
+    """Bulk transfers between two port-restricted NATs of the lab (blocking), direct then with
+    the sender relay-only; every process runs the installed package (``python -I``)."""
+    from discretpeer import Identity
+    from tests.natlab.lab import Lab, LabUnavailable
+    from tests.natlab.test_matrix import BEACON_IP, DELAY_MS
+
+    try:
+        lab = Lab()
+    except LabUnavailable as exc:
+        raise RuntimeError(f"NAT lab unavailable: {exc}") from None
+    workdir = log_dir / f"natbulk-{window}{cc}"
+    workdir.mkdir(exist_ok=True)
+    script = str(installed.root / "benchmarks" / "workers" / "natbulk.py")
+    out: dict[str, Any] = {"backend": None}
+    try:
+        lab.add_public("beacon", BEACON_IP)
+        lab.add_home("A", "port_restricted")
+        lab.add_home("B", "port_restricted")
+        lab.set_delay(DELAY_MS)
+        out["backend"] = lab.delay_backend()
+        beacon_dir = workdir / "beacon"
+        beacon_dir.mkdir()
+        (beacon_dir / "Beacon.conf.toml").write_text(
+            "relay_rate_bytes_per_second = 1000000000\nrelay_burst_bytes = 250000000\n")
+        beacon = lab.popen("beacon", [installed.python, "-I", "-m", "beacon", "--dir", str(beacon_dir), "--host",
+                                      BEACON_IP, "--port", "4264", "--no-ipv6"], name="natbulk-beacon")
+        beacon.wait_for(r"^ready", timeout=30)
+        fingerprint = (beacon_dir / "certificate_hash.txt").read_text().strip()
+        entry = {"hostname": f"{BEACON_IP}:4264", "cert_hash": fingerprint}
+        for kind in ("direct", "relay"):
+            ids = {}
+            for name in ("send", "sink"):
+                ids[name] = Identity.generate()
+                ids[name].save(workdir / f"{kind}-{name}.key")
+            common = {"beacons": [entry], "meeting": f"natbulk {kind} {os.urandom(4).hex()}", "dgram": dgram,
+                      "window": window, "size": size, "repeat": repeat, "timeout": 30, "cc": cc}
+            procs = {}
+            for name, host, other in (("sink", "B1", "send"), ("send", "A1", "sink")):
+                config = common | {"role": name, "identity": str(workdir / f"{kind}-{name}.key"),
+                                   "expect": ids[other].peer_id, "direct": not (kind == "relay" and name == "send")}
+                procs[name] = lab.popen(host, [installed.python, "-I", script, json.dumps(config)],
+                                        name=f"natbulk-{kind}-{name}")
+            sender = procs["send"]
+            delayer = getattr(lab, "_delayer", None)  # the NFQUEUE delay program, when netem is missing
+            cpu_start = cpu_seconds(delayer.pid) if delayer is not None else None
+            sender.wait(timeout=60 + repeat * 240)
+            cpu_delayer = cpu_seconds(delayer.pid) - cpu_start if cpu_start is not None else None
+            events = sender.json_lines()
+            sent = [e for e in events if e.get("event") == "sent"]
+            connected = [e for e in events if e.get("event") == "connected"]
+            if len(sent) != repeat or not connected:
+                raise RuntimeError(f"natbulk {kind}: {events[-3:]} {sender.stderr[-500:]}")
+            procs["sink"].terminate()
+            seconds = sum(e["seconds"] for e in sent)
+            out[kind] = {"rates": [size / e["seconds"] / MB for e in sent], "path": connected[0]["path"],
+                         "datagram_size": sent[-1]["datagram_size"], "rtt_ms": (connected[0]["rtt"] or 0) * 1000,
+                         # share of a core the delayer used over the sender's whole life (set-up included)
+                         "delayer_cpu_seconds": cpu_delayer, "transfer_seconds": seconds}
+            if connected[0]["path"] != ("relay" if kind == "relay" else "direct"):
+                raise RuntimeError(f"natbulk {kind}: the connection took the {connected[0]['path']} path")
+    finally:
+        lab.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke version (~2 min)")
     parser.add_argument("--only", nargs="+",
-                        choices=["beacon", "rate", "throughput", "relay", "tcp", "stack", "natlab", "attacks",
-                                 "tcpfallback"])
+                        choices=["beacon", "rate", "throughput", "mtu", "relay", "tcp", "stack", "natlab", "natbulk",
+                                 "pyc", "attacks", "tcpfallback"])
+    parser.add_argument("--from-checkout", action="store_true",
+                        help="workers import the checkout (as before) instead of a pip-installed copy")
+    parser.add_argument("--libp2p", action="store_true", help="build a scratch venv with py-libp2p for the mtu rows")
+    parser.add_argument("--libp2p-python", help="python of a scratch venv with py-libp2p (never the project's): adds "
+                        "its QUIC and TCP rows to mtu (default: $DPB_LIBP2P_PYTHON)")
     parser.add_argument("--qh3-python", help="python of a scratch venv with qh3 (never the project's): adds the "
                         "stack comparison (default: $DPB_QH3_PYTHON)")
     args = parser.parse_args(argv)

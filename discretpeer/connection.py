@@ -20,6 +20,7 @@ from aioquic.asyncio.protocol import QuicStreamAdapter
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
 
+from discretpeer import heap
 from discretpeer.auth import (
     AuthError,
     PeerPolicy,
@@ -335,6 +336,7 @@ class PeerConnection:
         self.time_to_connect = None if introduced_at is None else self.verified_at - introduced_at
         self._on_close = on_close
         self._on_quiet = on_quiet  # the peer has not answered for PING_WHEN_QUIET (every second)
+        heap.keep_freed_memory()  # once per process: see discretpeer.heap (the ".pyc effect")
         self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
         self._watch = asyncio.get_running_loop().create_task(self._watch_close())
         if isinstance(protocol._quic, DatagramSizeSearch):  # noqa: SLF001

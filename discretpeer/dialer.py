@@ -20,6 +20,7 @@ from discretpeer.auth import AuthError
 from discretpeer.connection import PeerProtocol, VerifiedPeer, authenticate_as_dialer
 from discretpeer.flow import CONNECTION_WINDOW, STREAM_WINDOW
 from discretpeer.logs import get_logger
+from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, BASE_DATAGRAM, SizedQuicConfiguration
 from discretpeer.pair_state import Abandon, Action, Dial, DialKind
 from discretpeer.traversal import Candidate, CandidateKind
 from discretpeer.wire import PEER_ALPN
@@ -36,16 +37,17 @@ DIAL_TIMEOUT = 3.0
 
 
 # (pair, the dial, its candidate (None through the relay), protocol, proof) of a verified dial
-def peer_quic_configuration(*, is_client: bool) -> QuicConfiguration:
-    """Both ends of a peer connection: 1350-byte datagrams until a path-MTU probe confirms more,
-    receive windows of discretpeer.flow. A dialer checks no certificate: identity is proven by
-    signatures bound to the connection (discretpeer.auth)."""
-    return QuicConfiguration(
+def peer_quic_configuration(*, is_client: bool, max_datagram_size: int = AIOQUIC_MAX_DATAGRAM) -> QuicConfiguration:
+    """Both ends of a peer connection: 1350-byte datagrams until a path-MTU probe confirms more
+    (never more than ``max_datagram_size``), receive windows of discretpeer.flow. A dialer checks
+    no certificate: identity is proven by signatures bound to the connection (discretpeer.auth)."""
+    return SizedQuicConfiguration(
         is_client=is_client,
         alpn_protocols=[PEER_ALPN],
         verify_mode=ssl.CERT_NONE if is_client else None,
         idle_timeout=30.0,
-        max_datagram_size=1350,
+        max_datagram_size=min(BASE_DATAGRAM, max_datagram_size),
+        datagram_size_cap=max_datagram_size,
         max_data=CONNECTION_WINDOW,
         max_stream_data=STREAM_WINDOW,
     )
@@ -66,8 +68,10 @@ class Dialer:
         spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[Any]],
         is_closed: Callable[[], bool],
         on_dialed: OnDialed,
+        max_datagram_size: int = AIOQUIC_MAX_DATAGRAM,
     ) -> None:
         self.identity = identity
+        self.max_datagram_size = max_datagram_size
         self.stats = stats
         self.endpoint: Endpoint | None = None  # set when the peer starts
         self._direct_enabled = direct_enabled
@@ -148,7 +152,7 @@ class Dialer:
         assert self.endpoint is not None
         self.stats.dials += 1
         record = pair.meeting
-        configuration = peer_quic_configuration(is_client=True)
+        configuration = peer_quic_configuration(is_client=True, max_datagram_size=self.max_datagram_size)
         protocol: PeerProtocol | None = None
         relayed = dial.kind is DialKind.RELAY
         route = pair.relay_route if relayed else None

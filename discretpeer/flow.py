@@ -63,10 +63,13 @@ class AppPacedQuicConnection(DatagramSizeSearch):
 
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
         max_data = self._local_max_data
-        consumed = max_data.used - self.unread(None)
-        target = consumed + self.connection_window
-        if target - max_data.value >= self.connection_window // 2:
-            max_data.value = target
+        window = self.connection_window
+        # unread() walks every stream: ask only when the credit could move even if all was read
+        # (called for every packet sent; a bulk sender never gets that far)
+        if max_data.used + window - max_data.value >= window // 2:
+            target = max_data.used - self.unread(None) + window
+            if target - max_data.value >= window // 2:
+                max_data.value = target
         # the base class would double the window on arrival; hide the arrival count from it
         used, max_data.used = max_data.used, 0
         try:
@@ -75,10 +78,11 @@ class AppPacedQuicConnection(DatagramSizeSearch):
             max_data.used = used
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
-        if stream.max_stream_data_local:
-            consumed = stream.receiver.highest_offset - self.unread(stream.stream_id)
-            target = consumed + self.stream_window
-            if target - stream.max_stream_data_local >= self.stream_window // 2:
+        window = self.stream_window
+        highest = stream.receiver.highest_offset
+        if stream.max_stream_data_local and highest + window - stream.max_stream_data_local >= window // 2:
+            target = highest - self.unread(stream.stream_id) + window
+            if target - stream.max_stream_data_local >= window // 2:
                 stream.max_stream_data_local = target
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
             buf = builder.start_frame(

@@ -28,15 +28,19 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from aioquic import tls
+from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicDeliveryState
 
 AIOQUIC_MAX_DATAGRAM = 16000  # aioquic writes STREAM/CRYPTO lengths as 2-byte varints (< 16384)
 MAX_PROBES = 3  # probes of one size lost before the search moves on to the next size
+BASE_DATAGRAM = 1350  # what every peer connection starts with: crosses any Internet path
+MIN_DATAGRAM = 1200  # QUIC's minimum (RFC 9000 section 14)
 ETHERNET_SIZES = (1472, 1452)  # 1500-byte MTU minus IPv4/UDP (28) and IPv6/UDP (48) headers
 _IP_MTU = getattr(socket, "IP_MTU", 14)  # Linux values; Python 3.11 lacks the names
 _IPV6_MTU = getattr(socket, "IPV6_MTU", 24)
@@ -95,6 +99,23 @@ def probe_sizes(address: tuple[str, int] | None, base: int, mtu: int | None = No
     return sorted((size for size in sizes if size > base), reverse=True)
 
 
+def check_max_datagram_size(value: int) -> int:
+    """``value`` if it is a usable maximum datagram size (1200..16000), else ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_DATAGRAM <= value <= AIOQUIC_MAX_DATAGRAM:
+        raise ValueError(
+            f"max_datagram_size must be an integer from {MIN_DATAGRAM} to {AIOQUIC_MAX_DATAGRAM}, got {value!r}"
+        )
+    return value
+
+
+@dataclass
+class SizedQuicConfiguration(QuicConfiguration):
+    """A QuicConfiguration that also carries ``datagram_size_cap``: the largest datagram
+    path-MTU probing may settle on (``max_datagram_size`` stays the size a connection starts with)."""
+
+    datagram_size_cap: int = AIOQUIC_MAX_DATAGRAM
+
+
 def set_datagram_size(quic: QuicConnection, size: int) -> None:
     """Use ``size``-byte datagrams on a live connection from now on: the packet builder,
     congestion control and pacer each keep their own copy."""
@@ -124,6 +145,8 @@ class DatagramSizeSearch(QuicConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.base_datagram_size = self._max_datagram_size
+        # the largest size a search may settle on (Peer(max_datagram_size=...))
+        self.datagram_size_cap: int = getattr(self._configuration, "datagram_size_cap", AIOQUIC_MAX_DATAGRAM)
         self.size_probes_sent = 0
         self.size_probes_lost = 0
         self._sizes_to_probe: list[int] = []
@@ -147,7 +170,11 @@ class DatagramSizeSearch(QuicConnection):
         """Probe ``sizes`` (largest first); the first one acknowledged becomes the datagram size.
         Replaces any search in progress (a probe still in flight no longer counts)."""
         current = self._max_datagram_size
-        self._sizes_to_probe = sorted({s for s in sizes if current < s <= AIOQUIC_MAX_DATAGRAM}, reverse=True)
+        cap = min(self.datagram_size_cap, AIOQUIC_MAX_DATAGRAM)
+        wanted = {s for s in sizes if current < s <= AIOQUIC_MAX_DATAGRAM}
+        if any(s > cap for s in wanted) and cap > current:
+            wanted.add(cap)  # the path takes more than the cap: probe the cap itself
+        self._sizes_to_probe = sorted({s for s in wanted if s <= cap}, reverse=True)
         self._probe_in_flight = None
         self._losses = {}
 

@@ -38,6 +38,7 @@ from discretpeer.dialer import DIAL_TIMEOUT, Dialer, peer_quic_configuration
 from discretpeer.endpoint import Admission, Endpoint
 from discretpeer.errors import ConnectError
 from discretpeer.failure_report import FailureReport
+from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, check_max_datagram_size
 from discretpeer.flow import AppPacedQuicConnection
 from discretpeer.identity import Identity
 from discretpeer.logs import get_logger
@@ -67,7 +68,8 @@ class Peer(FailureReport):
     ``lan``: discover peers on the local network by mDNS (no beacon needed).
     ``relay``: fall back to relaying through a beacon when no direct path is verified within
     ``relay_after`` seconds. ``direct=False`` never punches (relay only: the other peer then never
-    sees packets from our address).
+    sees packets from our address). ``max_datagram_size``: the largest UDP payload this peer sends
+    (1200..16000; path-MTU probing never goes above it), e.g. 1472 to stay within one Ethernet frame.
     """
 
     def __init__(
@@ -85,8 +87,10 @@ class Peer(FailureReport):
         relay: bool = True,
         relay_after: float = 1.5,
         direct: bool = True,
+        max_datagram_size: int = AIOQUIC_MAX_DATAGRAM,
     ) -> None:
         self.identity = identity
+        self._max_datagram_size = check_max_datagram_size(max_datagram_size)
         self.beacons: list[BeaconSpec] = parse_beacons(list(beacons))
         self.instance = os.urandom(INSTANCE_SIZE)
         self.stats = PeerStats()
@@ -114,6 +118,7 @@ class Peer(FailureReport):
             spawn=self._spawn,
             is_closed=lambda: self._closed,
             on_dialed=self._on_dialed,
+            max_datagram_size=self._max_datagram_size,
         )
         settings = PairSettings(self.instance, punch_duration, relay, direct, relay_after)
         self._driver = PairDriver(
@@ -121,7 +126,7 @@ class Peer(FailureReport):
         )
         self._pairs = self._driver.pairs
         bundle = create_bundle("discretpeer", private_key=identity.private_key)
-        self._server_config = peer_quic_configuration(is_client=False)
+        self._server_config = peer_quic_configuration(is_client=False, max_datagram_size=self._max_datagram_size)
         self._server_config.certificate = bundle.certificate
         self._server_config.private_key = bundle.private_key
 

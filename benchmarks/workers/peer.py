@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 
 from benchmarks.common import (
@@ -62,7 +63,7 @@ async def main(args: argparse.Namespace) -> None:
     from discretpeer import Identity, Peer
 
     commands = await stdin_commands()
-    beacon = {"hostname": f"127.0.0.1:{args.beacon_port}", "cert_hash": args.fingerprint}
+    beacon = {"hostname": f"{args.beacon_host}:{args.beacon_port}", "cert_hash": args.fingerprint}
     hole = None
     if args.tcp_only:  # UDP to the beacon goes to a bound socket nobody reads: TLS/TCP is used
         import socket
@@ -71,7 +72,9 @@ async def main(args: argparse.Namespace) -> None:
         hole.bind(("127.0.0.1", 0))
         beacon = {**beacon, "hostname": f"127.0.0.1:{hole.getsockname()[1]}", "tcp_port": args.beacon_port}
     identity = Identity.generate()
-    peer = Peer(identity, [beacon], host="127.0.0.1", direct=not args.relay_only, report_local_candidates=True)
+    options = {"max_datagram_size": args.dgram} if args.dgram else {}
+    peer = Peer(identity, [beacon], host=args.host, direct=not args.relay_only, report_local_candidates=True,
+                **options)
     await peer.start()
     emit("ready", peer_id=identity.peer_id, pid=os.getpid())
     conn = None
@@ -108,7 +111,9 @@ async def main(args: argparse.Namespace) -> None:
                 for _ in range(command.get("repeat", 1)):
                     elapsed = await asyncio.wait_for(send_stream(*await conn.open_stream(), command["size"]),
                                                      command["timeout"])
-                    emit("sent", bytes=command["size"], seconds=elapsed, path=conn.path, datagram_size=conn.datagram_size)
+                    emit("sent", bytes=command["size"], seconds=elapsed, path=conn.path, datagram_size=conn.datagram_size,
+                         gc=[g["collections"] for g in gc.get_stats()], gc_count=gc.get_count(),
+                         objects=len(gc.get_objects()))
                 emit("done")
             elif cmd == "quicstats":  # congestion state of the peer connection (diagnostics)
                 quic = conn._protocol._quic
@@ -143,6 +148,8 @@ if __name__ == "__main__":
     parser.add_argument("--fingerprint", required=True)
     parser.add_argument("--relay-only", action="store_true", help="direct=False: only the relay path")
     parser.add_argument("--tcp-only", action="store_true", help="reach the beacon over TLS/TCP (its UDP unreachable)")
+    parser.add_argument("--host", default="127.0.0.1", help="the address the peer binds")
+    parser.add_argument("--beacon-host", default="127.0.0.1")
     add_variant_flags(parser)
     args = worker_args(parser)
     run_loop(lambda: main(args), args.uvloop, args.profile)

@@ -357,6 +357,23 @@ async def test_larger_datagrams_once_the_path_confirms_them(beacon):
         await _transfer(ca, cb, 512 * 1024)  # the beacon's default relay quota: 1 MB/s per peer
 
 
+async def test_max_datagram_size_caps_what_path_mtu_probing_settles_on(beacon):
+    """``Peer(max_datagram_size=1472)``: loopback carries 16,000-byte datagrams, but both sides
+    settle on 1472 and move data at that size; a bad value is refused by name."""
+    ia, ib = Identity.generate(), Identity.generate()
+    async with loopback_peer(ia, [beacon_entry(beacon)], max_datagram_size=1472) as pa, \
+            loopback_peer(ib, [beacon_entry(beacon)], max_datagram_size=1472) as pb:
+        ca, cb = await connect_both(pa, pb)
+        deadline = time.monotonic() + 3
+        while ca._protocol._quic.searching or cb._protocol._quic.searching or ca.datagram_size != 1472:
+            assert time.monotonic() < deadline, f"datagram sizes stayed {ca.datagram_size}/{cb.datagram_size}"
+            await asyncio.sleep(0.02)
+        await _transfer(ca, cb, 1024 * 1024)
+        assert (ca.datagram_size, cb.datagram_size) == (1472, 1472)
+    with pytest.raises(ValueError, match="max_datagram_size"):
+        Peer(ia, [], max_datagram_size=100_000)
+
+
 async def test_relay_that_drops_large_frames_keeps_the_base_size(beacon, monkeypatch):
     """A beacon that forwards at most 1500-byte payloads (an older one, or a small MTU on its
     far leg): the probes die there, the connection stays at what gets through and works."""

@@ -12,13 +12,20 @@ from hypothesis import strategies as st
 from aioquic.quic.configuration import QuicConfiguration
 
 from certs import create_bundle
-from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, MAX_PROBES, DatagramSizeSearch, probe_sizes
+from discretpeer.path_mtu import (
+    AIOQUIC_MAX_DATAGRAM,
+    MAX_PROBES,
+    DatagramSizeSearch,
+    SizedQuicConfiguration,
+    check_max_datagram_size,
+    probe_sizes,
+)
 
 CLIENT_ADDR = ("10.0.0.1", 1000)
 SERVER_ADDR = ("10.0.0.2", 2000)
 
 
-def pair() -> tuple[DatagramSizeSearch, DatagramSizeSearch]:
+def pair(cap: int | None = None) -> tuple[DatagramSizeSearch, DatagramSizeSearch]:
     bundle = create_bundle()
     server_config = QuicConfiguration(is_client=False, alpn_protocols=["t"], max_datagram_size=1350)
     server_config.certificate = bundle.certificate
@@ -26,6 +33,11 @@ def pair() -> tuple[DatagramSizeSearch, DatagramSizeSearch]:
     client_config = QuicConfiguration(
         is_client=True, alpn_protocols=["t"], verify_mode=ssl.CERT_NONE, max_datagram_size=1350
     )
+    if cap is not None:
+        client_config = SizedQuicConfiguration(
+            is_client=True, alpn_protocols=["t"], verify_mode=ssl.CERT_NONE, max_datagram_size=1350,
+            datagram_size_cap=cap,
+        )
     client = DatagramSizeSearch(configuration=client_config)
     server = DatagramSizeSearch(configuration=server_config, original_destination_connection_id=client.original_destination_connection_id)
     client.connect(SERVER_ADDR, now=0.0)
@@ -62,8 +74,8 @@ class Path:
                     quic.handle_timer(self.now)
 
 
-def connected(mtu: int) -> Path:
-    client, server = pair()
+def connected(mtu: int, cap: int | None = None) -> Path:
+    client, server = pair(cap)
     path = Path(client, server, mtu)
     path.run(0.5)
     assert client._handshake_confirmed and server._handshake_complete
@@ -82,6 +94,37 @@ def test_the_largest_size_the_path_carries_is_found_and_used():
     path.run(1.0)
     assert path.largest == 1472 and path.dropped == [16000] * MAX_PROBES
     assert path.server.datagram_size == 1350  # each direction probes for itself
+
+
+@pytest.mark.parametrize(("cap", "expected", "probed"), [
+    (1472, 1472, [1472]),  # a path of 16,000 bytes, but the cap is what is probed and used
+    (1400, 1400, [1400]),  # a cap between the candidate sizes is itself probed
+    (1350, 1350, []),  # the cap is the base size: no probe at all
+])
+def test_the_configured_cap_bounds_the_search(cap, expected, probed):
+    path = connected(mtu=65536, cap=cap)
+    assert path.client.datagram_size_cap == cap
+    sent_before = path.client.size_probes_sent
+    path.client.search_datagram_size([16000, 1472, 1452])
+    path.run(2.0)
+    assert path.client.datagram_size == expected
+    assert (path.client.size_probes_sent > sent_before) == bool(probed) and not path.client.searching
+    assert path.largest == expected  # no probe above the cap, though the path carries 16,000
+    path.client.send_stream_data(0, bytes(200_000), end_stream=True)
+    path.run(1.0)
+    assert path.largest == expected  # the data goes at the cap
+    assert path.server.datagram_size_cap == AIOQUIC_MAX_DATAGRAM  # a plain configuration: no cap
+
+
+@pytest.mark.parametrize("bad", [0, 1199, 16001, 1472.0, "1472", True, None])
+def test_an_unusable_maximum_datagram_size_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match="max_datagram_size"):
+        check_max_datagram_size(bad)
+
+
+@given(st.integers(min_value=1200, max_value=16000))
+def test_every_usable_maximum_datagram_size_is_accepted(value):
+    assert check_max_datagram_size(value) == value
 
 
 def test_nothing_larger_than_the_base_gets_through_so_the_base_stays():

@@ -1,0 +1,155 @@
+"""The endpoint's own socket reader on asyncio's loop (discretpeer.endpoint.Endpoint._read_ready):
+several datagrams per wakeup, and an ICMP error on the socket does not stop it. Real UDP sockets
+on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+import discretpeer.endpoint as endpoint_module
+from discretpeer.endpoint import Endpoint
+
+
+async def _received_after_iterations(batch: int, monkeypatch, count: int = 10, iterations: int = 3) -> int:
+    monkeypatch.setattr(endpoint_module, "READ_BATCH", batch)
+    got: list[bytes] = []
+    endpoint = await Endpoint.open("127.0.0.1", 0, on_datagram=lambda data, addr: got.append(data))
+    try:
+        assert endpoint.batched_reads == (batch > 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for index in range(count):
+                sender.sendto(b"\x00probe %d" % index, endpoint.local_address)  # no fixed bit: not QUIC
+            time.sleep(0.05)  # the loop blocked: all queued in the socket, seen at once on its next select
+            for _ in range(iterations):
+                await asyncio.sleep(0)
+            received = len(got)
+            for _ in range(100):  # and the rest arrive anyway, in order
+                if len(got) == count:
+                    break
+                await asyncio.sleep(0.01)
+            assert got == [b"\x00probe %d" % index for index in range(count)]
+            return received
+    finally:
+        endpoint.close()
+
+
+async def test_asyncio_loop_reads_every_waiting_datagram_in_one_wakeup(monkeypatch):
+    assert await _received_after_iterations(64, monkeypatch) == 10
+
+
+async def test_without_batching_asyncio_reads_one_datagram_per_wakeup(monkeypatch):
+    # the comparison that shows what the batch changes (and that the test above can fail)
+    assert await _received_after_iterations(1, monkeypatch) <= 3
+
+
+async def test_an_icmp_error_does_not_stop_the_reader():
+    got: list[bytes] = []
+    endpoint = await Endpoint.open("127.0.0.1", 0, on_datagram=lambda data, addr: got.append(data))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+            closed.bind(("127.0.0.1", 0))
+            dead = closed.getsockname()
+        for _ in range(3):
+            endpoint.sendto(b"\x00to nobody", dead)  # the kernel answers port unreachable
+        await asyncio.sleep(0.05)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"\x00still here", endpoint.local_address)
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.01)
+        assert got == [b"\x00still here"]
+    finally:
+        endpoint.close()
+    assert endpoint.closed
+
+
+async def _pair(monkeypatch, gso: bool, gro: bool) -> tuple[Endpoint, Endpoint, list[bytes]]:
+    monkeypatch.setattr(endpoint_module, "USE_GSO", gso)
+    monkeypatch.setattr(endpoint_module, "USE_GRO", gro)
+    got: list[bytes] = []
+    receiver = await Endpoint.open("127.0.0.1", 0, on_datagram=lambda data, addr: got.append(data))
+    sender = await Endpoint.open("127.0.0.1", 0)
+    return sender, receiver, got
+
+
+async def _wait_for(got: list[bytes], count: int) -> None:
+    for _ in range(200):
+        if len(got) >= count:
+            return
+        await asyncio.sleep(0.01)
+
+
+def _datagrams(sizes: list[int]) -> list[bytes]:
+    # no QUIC fixed bit: the receiving endpoint hands them to on_datagram as they are
+    return [bytes([0, index]) + bytes([index]) * (size - 2) for index, size in enumerate(sizes)]
+
+
+async def test_equal_datagrams_leave_in_one_gso_send_and_arrive_apart_in_order(monkeypatch):
+    sender, receiver, got = await _pair(monkeypatch, gso=True, gro=True)
+    try:
+        if not sender.gso:
+            pytest.skip("this kernel has no UDP_SEGMENT")
+        sizes = [1472] * 9 + [700]  # the last of a run may be shorter
+        datagrams = _datagrams(sizes)
+        sender.send_many([(d, receiver.local_address) for d in datagrams])
+        await _wait_for(got, len(datagrams))
+        assert got == datagrams  # each datagram on its own, in order (GRO split them back)
+        assert sender.gso_sends == 1 and sender.datagrams_sent == 10
+        assert receiver.gro
+    finally:
+        sender.close()
+        receiver.close()
+
+
+async def test_mixed_sizes_and_addresses_split_into_runs(monkeypatch):
+    sender, receiver, got = await _pair(monkeypatch, gso=True, gro=True)
+    other_got: list[bytes] = []
+    other = await Endpoint.open("127.0.0.1", 0, on_datagram=lambda data, addr: other_got.append(data))
+    try:
+        datagrams = _datagrams([1200, 1200, 1300, 1300, 1300, 100, 1200, 1200])
+        targets = [receiver.local_address] * 5 + [other.local_address] + [receiver.local_address] * 2
+        sender.send_many(list(zip(datagrams, targets, strict=True)))
+        await _wait_for(got, 7)
+        await _wait_for(other_got, 1)
+        assert got == datagrams[:5] + datagrams[6:] and other_got == [datagrams[5]]
+        if sender.gso:
+            # [1200, 1200] [1300, 1300, 1300] [100 elsewhere] [1200, 1200]: three GSO sends
+            assert sender.gso_sends == 3
+    finally:
+        for endpoint in (sender, receiver, other):
+            endpoint.close()
+
+
+async def test_without_gso_and_gro_the_same_datagrams_arrive(monkeypatch):
+    sender, receiver, got = await _pair(monkeypatch, gso=False, gro=False)
+    try:
+        datagrams = _datagrams([1472] * 10)
+        sender.send_many([(d, receiver.local_address) for d in datagrams])
+        await _wait_for(got, 10)
+        assert got == datagrams and sender.gso_sends == 0 and not sender.gso and not receiver.gro
+    finally:
+        sender.close()
+        receiver.close()
+
+
+async def test_a_datagram_above_the_connection_size_never_rides_in_a_gso_batch(monkeypatch):
+    """A path-MTU probe (longer than the connection's datagram size) goes alone: a GSO batch
+    leaves without DF when it is larger than the route MTU, so a probe in it could cross a
+    smaller link as fragments and confirm a size the path does not carry."""
+    sender, receiver, got = await _pair(monkeypatch, gso=True, gro=True)
+    try:
+        if not sender.gso:
+            pytest.skip("this kernel has no UDP_SEGMENT")
+        datagrams = _datagrams([1350, 1350, 1472, 1350, 1350, 1350])
+        sender.send_many([(d, receiver.local_address) for d in datagrams], max_size=1350)
+        await _wait_for(got, len(datagrams))
+        assert got == datagrams
+        assert sender.gso_sends == 2  # [1350, 1350], the probe alone, [1350, 1350, 1350]
+    finally:
+        sender.close()
+        receiver.close()
