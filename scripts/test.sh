@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Debian packages the NAT lab, the mDNS and the CLI tests use (real NAT, real avahi, real OpenSSH,
 # systemd-analyze for the service units)
-PACKAGES=(nftables iproute2 conntrack iptables tcpdump avahi-daemon avahi-utils dbus openssh-server openssh-client curl systemd)
+PACKAGES=(nftables iproute2 conntrack iptables tcpdump avahi-daemon avahi-utils dbus openssh-server openssh-client curl systemd miniupnpd-nftables miniupnpc)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for pkg in "${PACKAGES[@]}"; do

@@ -184,7 +184,10 @@ def normalise_flavour(flavour: str, hairpin: bool | None = None) -> tuple[str, b
     return name, (pin if hairpin is None else hairpin)
 
 
-def router_ruleset(*, flavour: str, hairpin: bool, wan_ip: str, lan_net: str, wan: str = "wan", lan: str = "lan") -> str:
+def router_ruleset(
+    *, flavour: str, hairpin: bool, wan_ip: str, lan_net: str, wan: str = "wan", lan: str = "lan",
+    portmap: tuple[bool, bool, bool] | None = None,
+) -> str:
     """The nftables ruleset of a lab router (a whole file for ``nft -f``; it replaces the old one).
 
     Mapping and filtering:
@@ -201,6 +204,10 @@ def router_ruleset(*, flavour: str, hairpin: bool, wan_ip: str, lan_net: str, wa
         Hairpinned packets are not filtered.
     Unsolicited inbound packets are dropped, never accepted: an accepted one would make a
     conntrack entry that steals the port.
+
+    ``portmap`` (pcp, natpmp, upnp): miniupnpd runs on the router. Its chains live in ``table inet
+    miniupnpd`` (DNAT of mapped ports before ours, forward accepts); the router answers its LAN,
+    except PCP (version byte 2) or NAT-PMP (version byte 0) on port 5351 when switched off.
     """
     flavour, hairpin = normalise_flavour(flavour, hairpin)
     cone = flavour in ("full_cone", "address_restricted")
@@ -245,6 +252,38 @@ def router_ruleset(*, flavour: str, hairpin: bool, wan_ip: str, lan_net: str, wa
     def chain(lines: Iterable[str]) -> str:
         return "".join(f"\n    {line}" for line in lines)
 
+    inputs = []
+    upnp_tables = ""
+    if portmap is not None:
+        use_pcp, use_natpmp, _ = portmap
+        if not use_pcp:
+            inputs.append(f'iifname "{lan}" udp dport 5351 @th,64,8 2 drop')
+        if not use_natpmp:
+            inputs.append(f'iifname "{lan}" udp dport 5351 @th,64,8 0 drop')
+        inputs.append(f'iifname "{lan}" accept')
+        upnp_tables = f"""
+table inet miniupnpd {{
+  chain forward {{
+    type filter hook forward priority filter - 1; policy accept;
+    jump miniupnpd
+  }}
+  chain miniupnpd {{
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat - 1; policy accept;
+    jump prerouting_miniupnpd
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat - 1; policy accept;
+    jump postrouting_miniupnpd
+  }}
+  chain prerouting_miniupnpd {{
+  }}
+  chain postrouting_miniupnpd {{
+  }}
+}}
+"""
+
     return f"""flush ruleset
 table ip natlab {{{maps}
   chain pre {{
@@ -264,10 +303,10 @@ table ip natlab {{{maps}
     type filter hook input priority filter; policy drop;
     iifname "lo" accept
     ct state established,related accept
-    icmp type echo-request accept
+    icmp type echo-request accept{chain(inputs)}
   }}
 }}
-"""
+{upnp_tables}"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,6 +625,7 @@ class Node:
     hairpin: bool = False
     children: list[str] = field(default_factory=list)
     next_lan_host: int = 2
+    portmap: tuple[bool, bool, bool] | None = None  # miniupnpd: (pcp, natpmp, upnp)
 
 
 class Host:
@@ -660,6 +700,7 @@ class Lab:
         self._link_delay: dict[str, float] = {}
         self._delay_backend = delay_backend or os.environ.get("DPN_NATLAB_DELAY") or None
         self._delayer: LabProcess | None = None
+        self._stun: LabProcess | None = None
         self._delayer_commands = 0
         self._netem_links: set[str] = set()
         self._log_seq = 0
@@ -903,6 +944,64 @@ EOF
         self.run(router, ["nft", "-f", str(path)])
         self.flush_conntrack(router)
 
+    def start_stun(self) -> LabProcess:
+        """A STUN Binding responder on the core (203.0.113.1:3478), for miniupnpd (once per lab)."""
+        if self._stun is None:
+            self._stun = self.popen("core", [sys.executable, str(HERE / "stun.py"), CORE_ADDRESS, "3478"], name="stun", infrastructure=True)
+            self._stun.wait_for(r"^ready", timeout=10)
+        return self._stun
+
+    def enable_portmap(
+        self, router: str, *, pcp: bool = True, natpmp: bool = True, upnp: bool = True, allow: bool = True
+    ) -> LabProcess:
+        """Run miniupnpd (Debian's nftables build) on a router: PCP, NAT-PMP and UPnP-IGD each
+        switchable; ``allow=False`` makes it refuse every mapping (NOT_AUTHORIZED)."""
+        node = self._router(router)
+        if shutil.which("miniupnpd") is None:
+            raise LabUnavailable("miniupnpd is not installed (Debian: miniupnpd-nftables)")
+        self.start_stun()
+        node.portmap = (pcp, natpmp, upnp)
+        path = self.workdir / f"{node.name}.nft"
+        path.write_text(self._ruleset(node))
+        self.run(router, ["nft", "-f", str(path)])
+        rule = "allow 1024-65535 0.0.0.0/0 1024-65535" if allow else "deny 0-65535 0.0.0.0/0 0-65535"
+        conf = self.workdir / f"{node.name}-miniupnpd.conf"
+        conf.write_text(
+            f"""ext_ifname=wan
+listening_ip=lan
+http_port=0
+enable_natpmp={"yes" if (pcp or natpmp) else "no"}
+enable_upnp={"yes" if upnp else "no"}
+ext_perform_stun=yes
+ext_stun_host={CORE_ADDRESS}
+ext_stun_port=3478
+secure_mode=yes
+system_uptime=yes
+notify_interval=60
+clean_ruleset_interval=600
+min_lifetime=20
+max_lifetime=86400
+upnp_table_name=miniupnpd
+upnp_nat_table_name=miniupnpd
+upnp_forward_chain=miniupnpd
+upnp_nat_chain=prerouting_miniupnpd
+upnp_nat_postrouting_chain=postrouting_miniupnpd
+uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
+{rule}
+"""
+        )
+        for host in node.children:  # lab hosts have no default route: let SSDP's multicast out
+            if self.nodes[host].kind == "host":
+                self.run(host, ["ip", "route", "replace", "239.255.255.250/32", "dev", "eth0"])
+        proc = self.popen(router, ["miniupnpd", "-d", "-f", str(conf)], name=f"miniupnpd-{router}", infrastructure=True)
+        proc.wait_for(r"Listening for NAT-PMP/PCP|HTTP listening", timeout=10, stream="stderr")
+        return proc
+
+    def portmap_rules(self, router: str) -> str:
+        """miniupnpd's DNAT rules on a router (empty when it holds no mapping)."""
+        out = self.run(router, ["nft", "list", "chain", "inet", "miniupnpd", "prerouting_miniupnpd"], check=False).stdout
+        return "\n".join(line.strip() for line in out.splitlines() if "dnat" in line)
+
     def flush_conntrack(self, router: str | None = None) -> None:
         """Forget every connection (NAT mapping) of one router, or of all routers."""
         names = [router] if router else [n.name for n in self.nodes.values() if n.kind == "router"]
@@ -916,7 +1015,9 @@ EOF
         return node
 
     def _ruleset(self, node: Node) -> str:
-        return router_ruleset(flavour=node.flavour, hairpin=node.hairpin, wan_ip=node.address, lan_net=str(node.lan_net))
+        return router_ruleset(
+            flavour=node.flavour, hairpin=node.hairpin, wan_ip=node.address, lan_net=str(node.lan_net), portmap=node.portmap
+        )
 
     # ---------------------------------------------------------------- lookups
 
