@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from discretpeer.candidates import on_attached_network
+from discretpeer.candidates import is_lan_address, on_attached_network
 from discretpeer.dialer import Dialer
 from discretpeer.logs import get_logger
 from discretpeer.pair_state import PairState
@@ -320,9 +320,10 @@ class PairDriver:
     def path_kind(self, candidate: Candidate | None, address: Addr | None = None) -> PathKind:
         """"lan" for a peer reported as local or on one of our attached networks, else "direct"
         (so a hairpin through the router's public address is "direct")."""
-        if candidate is not None and candidate.kind is CandidateKind.LOCAL:
-            return "lan"
         host = (candidate.address if candidate is not None else address or ("", 0))[0]
+        if candidate is not None and candidate.kind is CandidateKind.LOCAL and is_lan_address(host):
+            return "lan"
+        # a reported global address (a port mapping, IPv6 without NAT) on another network is direct
         return "lan" if on_attached_network(host, self.networks) else "direct"
 
     # --- relay requests -----------------------------------------------------------------------

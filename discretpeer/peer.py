@@ -26,6 +26,7 @@ from certs import create_bundle
 from discretpeer.auth import AuthError, Expectation, PeerPolicy
 from discretpeer.beacon_client import BeaconClient
 from discretpeer.candidates import attached_networks, local_candidates
+from discretpeer.portmap import Mapping, PortMapper
 from discretpeer.config import BeaconSpec, parse_beacons
 from discretpeer.connection import (
     PathKind,
@@ -48,7 +49,7 @@ from discretpeer.paths import is_virtual
 from discretpeer.peer_stats import PeerStats
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, pair_meeting
 from discretpeer.traversal import Addr, Candidate
-from discretpeer.wire import INSTANCE_SIZE, Address
+from discretpeer.wire import INSTANCE_SIZE, MAX_CANDIDATES, Address
 
 __all__ = ["Peer", "PeerStats"]
 
@@ -85,6 +86,8 @@ class Peer(FailureReport):
         relay: bool = True,
         relay_after: float = 1.5,
         direct: bool = True,
+        port_mapping: bool = True,
+        port_mapping_gateway: str | None = None,
     ) -> None:
         self.identity = identity
         self.beacons: list[BeaconSpec] = parse_beacons(list(beacons))
@@ -96,6 +99,9 @@ class Peer(FailureReport):
         self._lan_interfaces = lan_interfaces
         self._report_local = report_local_candidates
         self._direct_enabled = direct
+        self._port_mapping = port_mapping and direct
+        self._port_mapping_gateway = port_mapping_gateway
+        self.port_mapper: PortMapper | None = None
         self._endpoint: Endpoint | None = None
         self._clients: list[BeaconClient] = []
         self._book = MeetingBook(rotation_seconds)
@@ -144,6 +150,7 @@ class Peer(FailureReport):
         )
         self._candidates = self._compute_candidates()
         self._driver.started(self._endpoint, attached_networks())
+        self._start_port_mapping()
         for spec in self.beacons:
             client = BeaconClient(
                 spec,
@@ -182,6 +189,8 @@ class Peer(FailureReport):
             with contextlib.suppress(Exception):
                 await self._lan.close()
         await asyncio.gather(*(client.close() for client in self._clients), return_exceptions=True)
+        if self.port_mapper is not None:
+            await self.port_mapper.close()  # the gateway forgets the mapping (one bounded try)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -321,7 +330,29 @@ class Peer(FailureReport):
                     for client in self._clients:
                         client.refresh_candidates()
 
+    def _start_port_mapping(self) -> None:
+        """Ask the gateway for a public port (PCP, NAT-PMP, UPnP at once), unless bound to
+        loopback or IPv6 only: the mapped address becomes our first candidate once granted."""
+        assert self._endpoint is not None
+        host = self._endpoint.local_address[0]
+        if not self._port_mapping or host.startswith("127.") or host == "::1" or (":" in host and host != "::"):
+            return
+        self.port_mapper = PortMapper(
+            self._endpoint.port, on_change=self._on_port_mapping, gateway=self._port_mapping_gateway
+        )
+        self.port_mapper.start()
+
+    def _on_port_mapping(self, mapping: Mapping | None) -> None:
+        self._candidates = self._compute_candidates()
+        for client in self._clients:
+            client.refresh_candidates()
+
     def _compute_candidates(self) -> list[Address]:
+        mapping = self.port_mapper.mapping if self.port_mapper is not None else None
+        mapped = [Address(*mapping.external)] if mapping is not None else []
+        return (mapped + [a for a in self._local_candidates() if a not in mapped])[:MAX_CANDIDATES]
+
+    def _local_candidates(self) -> list[Address]:
         if not self._report_local or self._endpoint is None:
             return []
         ipv6 = ":" in self._endpoint.local_address[0]

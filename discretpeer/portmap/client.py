@@ -86,6 +86,7 @@ class PortMapper:
         lifetime: int = DEFAULT_LIFETIME,
         answer_wait: float = ANSWER_WAIT,
         retry_after: float = RETRY_AFTER,
+        min_renew: float = MIN_RENEW,
     ) -> None:
         self.internal_port = internal_port
         self.on_change = on_change
@@ -94,6 +95,7 @@ class PortMapper:
         self.lifetime = lifetime
         self.answer_wait = answer_wait
         self.retry_after = retry_after
+        self.min_renew = min_renew
         self.status = PortMapStatus(gateway=gateway)
         self._gateway_given = gateway is not None
         self._nonce = os.urandom(pcp.NONCE_SIZE)
@@ -101,6 +103,7 @@ class PortMapper:
         self._logged = 0
         self._upnp: Any = None  # the UPnP helper holding the mapping, when UPnP won
         self._first_done = asyncio.Event()
+        self._asked: set[str] = set()  # protocols we sent requests by (all are told on delete)
 
     @property
     def mapping(self) -> Mapping | None:
@@ -150,7 +153,7 @@ class PortMapper:
             if mapping is None:
                 await asyncio.sleep(self.retry_after)
             else:
-                await asyncio.sleep(max(MIN_RENEW, mapping.lifetime / 2))
+                await asyncio.sleep(max(self.min_renew, mapping.lifetime / 2))
 
     async def _attempt(self) -> Mapping | None:
         """One attempt by every protocol at once (renewal by the current one): first success wins."""
@@ -158,6 +161,7 @@ class PortMapper:
         current = self.status.mapping
         wanted = (current.protocol,) if current is not None else self.protocols
         udp = [p for p in wanted if p in ("pcp", "natpmp")]
+        self._asked.update(wanted)
         tasks: list[asyncio.Task[Mapping | None]] = []
         if udp and self.status.gateway:
             tasks.append(asyncio.ensure_future(self._ask_udp(udp, current)))
@@ -318,27 +322,35 @@ class PortMapper:
     # --- delete --------------------------------------------------------------------------------
 
     async def _delete(self, mapping: Mapping) -> None:
-        if mapping.protocol == "upnp":
-            if self._upnp is not None:
-                await self._upnp.unmap(mapping.external[1])
-            return
-        if not self.status.gateway:
-            return
+        """Delete by every protocol we asked: a gateway speaking several keeps one mapping but
+        labels it by the last protocol that touched it, and refuses deletes by the others."""
+        tasks = []
+        if "upnp" in self._asked and self._upnp is not None:
+            tasks.append(self._upnp.unmap(mapping.external[1]))
+        udp = [p for p in ("pcp", "natpmp") if p in self._asked]
+        if udp and self.status.gateway:
+            tasks.append(self._delete_udp(udp))
+        await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("port mapping %s:%s deleted", *mapping.external)
+
+    async def _delete_udp(self, protocols: list[str]) -> None:
         loop = asyncio.get_running_loop()
+        assert self.status.gateway is not None
         transport, proto = await loop.create_datagram_endpoint(
             _GatewayProtocol, remote_addr=(self.status.gateway, self.gateway_port), family=socket.AF_INET
         )
         try:
             client_ip = transport.get_extra_info("sockname")[0]
-            if mapping.protocol == "pcp":
-                request = pcp.MapRequest(self._nonce, client_ip, self.internal_port, 0, 0).encode()
-            else:
-                request = natpmp.map_request(self.internal_port, 0, 0)
+            requests = []
+            if "pcp" in protocols:
+                requests.append(pcp.MapRequest(self._nonce, client_ip, self.internal_port, 0, 0).encode())
+            if "natpmp" in protocols:
+                requests.append(natpmp.map_request(self.internal_port, 0, 0))
             for _ in range(2):
-                transport.sendto(request)
+                for request in requests:
+                    transport.sendto(request)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(proto.queue.get(), 0.25)
                     break
-            log.info("port mapping %s:%s deleted", *mapping.external)
         finally:
             transport.close()

@@ -84,7 +84,7 @@ class MapRequest:
             internal_port=internal,
             lifetime=lifetime,
             suggested_port=suggested,
-            suggested_ip=_unpack_ip(data[HEADER_SIZE + 24 : HEADER_SIZE + 40]),
+            suggested_ip=_unpack_ip(data[HEADER_SIZE + 20 : HEADER_SIZE + 36]),
         )
 
 
