@@ -13,7 +13,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from discretpeer.logs import get_logger
@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from certs import certificate_fingerprint
 from discretpeer.config import BeaconSpec
 from discretpeer.endpoint import Endpoint, EndpointProtocol
+from discretpeer.behaviour_probe import classify
 from discretpeer.wire import (
     BEACON_ALPN,
     MAX_TOKENS_PER_FRAME,
@@ -106,6 +107,7 @@ class BeaconClient:
         on_disconnect: Callable[[BeaconClient, tuple[str, int]], None] | None = None,
         on_token_full: Callable[[BeaconClient, bytes, str], None] | None = None,
         rng: random.Random | None = None,
+        observe_behaviour: Callable[[tuple[str, int]], Awaitable[tuple[str, int] | None]] | None = None,
     ) -> None:
         self.spec = spec
         self.status = BeaconStatus(beacon=spec.hostname)
@@ -117,6 +119,8 @@ class BeaconClient:
         self._on_disconnect = on_disconnect
         self._on_token_full = on_token_full
         self._retry_full: asyncio.TimerHandle | None = None
+        self._observe_behaviour = observe_behaviour
+        self.mapping: int | None = None  # wire.MAPPING_*, learned from the beacon's behaviour port
         self._rng = rng or random.Random()
         self._tokens: set[bytes] = set()
         self._announced: set[bytes] = set()
@@ -283,8 +287,13 @@ class BeaconClient:
         self.status.connects += 1
         self.status.last_error = None
         self._announced = set()
+        if welcome.behaviour_port and self._observe_behaviour is not None:
+            # before our first Announce: introductions then carry what our NAT does (one RTT)
+            second = await self._observe_behaviour((address[0], welcome.behaviour_port))
+            self.mapping = classify(welcome.observed.to_socket(), second)
+            log.info("nat mapping", beacon=str(self.spec), second_port_saw=second, mapping=self.mapping)
         self._connected.set()
-        self._send(Announce(candidates=tuple(self._get_candidates())))
+        self._send(Announce(candidates=tuple(self._get_candidates()), mapping=self.mapping))
         self._sync_tokens()
         for message in early:
             self._handle(message)

@@ -26,7 +26,7 @@ from discretpeer.probe import ProbeError, ProbeKind, parse_probe
 from discretpeer.relay_frame import RELAY_DATA
 from discretpeer.relay_routes import RelayRoutes
 from discretpeer.traversal import Addr, Candidate, CandidateKind, PunchSession, mapping_varies
-from discretpeer.wire import INSTANCE_SIZE, Address, Introduction, RelayRequest
+from discretpeer.wire import INSTANCE_SIZE, MAPPING_DEPENDENT, MAPPING_UNKNOWN, Address, Introduction, RelayRequest
 
 if TYPE_CHECKING:
     from discretpeer.beacon_client import BeaconClient
@@ -68,6 +68,8 @@ class Pair:
     # its connection closed (e.g. a finished `pipe`): no dial, no relay request until the peer is
     # introduced again (it may be gone for good; asking the beacon for it would only be noise)
     ended: bool = False
+    # the other peer's NAT mapping as it told its beacon (wire.MAPPING_*), from introductions
+    remote_mapping: int | None = None
 
     def live_connection(self) -> PeerConnection | None:
         """The pair's connection, unless it closed (then the state machine learns it now)."""
@@ -143,6 +145,8 @@ class PairDriver:
             local=[c.to_socket() for c in intro.candidates],
             via=f"beacon {client.spec}",
         )
+        if pair is not None and intro.mapping is not None:
+            pair.remote_mapping = intro.mapping
         if pair is not None and client not in pair.clients:
             pair.clients.append(client)
             # relaying already: a spare session on this beacon too (the other peer asks it as
@@ -370,7 +374,12 @@ class PairDriver:
             beacon, observed = client.beacon_address, client.status.observed
             if beacon is not None and observed is not None:
                 seen[beacon] = observed.to_socket()
-        return mapping_varies(seen)
+        varies = mapping_varies(seen)
+        if varies is None:  # one beacon: its second port may have told
+            learned = {client.mapping for client in self.clients} - {None, MAPPING_UNKNOWN}
+            if len(learned) == 1:
+                varies = learned.pop() == MAPPING_DEPENDENT
+        return varies
 
     def _direct_hopeless(self, pair: Pair) -> bool:
         """Both sides behind NATs that map per destination: the address each beacon reports is
@@ -379,6 +388,8 @@ class PairDriver:
         if not self.settings.direct_enabled:
             return True
         other = mapping_varies(pair.observed_by)
+        if other is None and pair.remote_mapping not in (None, MAPPING_UNKNOWN):
+            other = pair.remote_mapping == MAPPING_DEPENDENT
         if not other:
             return False
         mine = self._own_mapping_varies()

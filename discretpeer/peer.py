@@ -26,6 +26,7 @@ from certs import create_bundle
 from discretpeer.auth import AuthError, Expectation, PeerPolicy
 from discretpeer.beacon_client import BeaconClient
 from discretpeer.candidates import attached_networks, local_candidates
+from discretpeer.behaviour_probe import BehaviourProber
 from discretpeer.portmap import Mapping, PortMapper
 from discretpeer.config import BeaconSpec, parse_beacons
 from discretpeer.connection import (
@@ -102,6 +103,7 @@ class Peer(FailureReport):
         self._port_mapping = port_mapping and direct
         self._port_mapping_gateway = port_mapping_gateway
         self.port_mapper: PortMapper | None = None
+        self._behaviour: BehaviourProber | None = None
         self._endpoint: Endpoint | None = None
         self._clients: list[BeaconClient] = []
         self._book = MeetingBook(rotation_seconds)
@@ -143,12 +145,13 @@ class Peer(FailureReport):
             server_configuration=self._server_config,
             create_server_protocol=self._new_incoming,
             admit=self._admit,
-            on_datagram=self._driver.on_datagram,
+            on_datagram=self._on_datagram,
             virtual_paths=True,
             on_unexpected_source=self._driver.on_unexpected_source,
             connection_class=AppPacedQuicConnection,
         )
         self._candidates = self._compute_candidates()
+        self._behaviour = BehaviourProber(self._endpoint.sendto)
         self._driver.started(self._endpoint, attached_networks())
         self._start_port_mapping()
         for spec in self.beacons:
@@ -161,6 +164,7 @@ class Peer(FailureReport):
                 on_relay_message=self._driver.relay.on_message,
                 on_disconnect=self._driver.relay.on_beacon_lost,
                 on_token_full=self._on_token_full,
+                observe_behaviour=self._behaviour.observe,
             )
             self._clients.append(client)
             client.start()
@@ -329,6 +333,12 @@ class Peer(FailureReport):
                     self._candidates = fresh
                     for client in self._clients:
                         client.refresh_candidates()
+
+    def _on_datagram(self, data: bytes, source: Addr) -> None:
+        """Non-QUIC datagrams: answers from a beacon's behaviour port, else relay frames and probes."""
+        if self._behaviour is not None and self._behaviour.on_datagram(data, source):
+            return
+        self._driver.on_datagram(data, source)
 
     def _start_port_mapping(self) -> None:
         """Ask the gateway for a public port (PCP, NAT-PMP, UPnP at once), unless bound to
