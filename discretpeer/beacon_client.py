@@ -86,6 +86,11 @@ class BeaconStatus:
     pin_mismatches: int = 0
     tokens_full: int = 0  # TOKEN_FULL refusals: a token of ours got no slot, or lost it
     full_refusal: str | None = None  # the last of them, in words
+    # from the beacon's behaviour port: our address as its second port saw it, and what that says
+    # of our NAT (wire.MAPPING_*), with the time it took
+    second_observed: tuple[str, int] | None = None
+    mapping: int | None = None
+    behaviour_ms: float | None = None
     history: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
@@ -289,8 +294,10 @@ class BeaconClient:
         self._announced = set()
         if welcome.behaviour_port and self._observe_behaviour is not None:
             # before our first Announce: introductions then carry what our NAT does (one RTT)
+            started = time.monotonic()
             second = await self._observe_behaviour((address[0], welcome.behaviour_port))
-            self.mapping = classify(welcome.observed.to_socket(), second)
+            self.mapping = self.status.mapping = classify(welcome.observed.to_socket(), second)
+            self.status.second_observed, self.status.behaviour_ms = second, 1000 * (time.monotonic() - started)
             log.info("nat mapping", beacon=str(self.spec), second_port_saw=second, mapping=self.mapping)
         self._connected.set()
         self._send(Announce(candidates=tuple(self._get_candidates()), mapping=self.mapping))

@@ -187,6 +187,7 @@ def normalise_flavour(flavour: str, hairpin: bool | None = None) -> tuple[str, b
 def router_ruleset(
     *, flavour: str, hairpin: bool, wan_ip: str, lan_net: str, wan: str = "wan", lan: str = "lan",
     portmap: tuple[bool, bool, bool] | None = None,
+    ipv6: bool = False,
 ) -> str:
     """The nftables ruleset of a lab router (a whole file for ``nft -f``; it replaces the old one).
 
@@ -208,6 +209,9 @@ def router_ruleset(
     ``portmap`` (pcp, natpmp, upnp): miniupnpd runs on the router. Its chains live in ``table inet
     miniupnpd`` (DNAT of mapped ports before ours, forward accepts); the router answers its LAN,
     except PCP (version byte 2) or NAT-PMP (version byte 0) on port 5351 when switched off.
+
+    ``ipv6``: the LAN has global IPv6 and no NAT66; ``table ip6 firewall`` is what home routers
+    do: outbound allowed, inbound only for established flows (so IPv6 needs punching too).
     """
     flavour, hairpin = normalise_flavour(flavour, hairpin)
     cone = flavour in ("full_cone", "address_restricted")
@@ -254,6 +258,16 @@ def router_ruleset(
 
     inputs = []
     upnp_tables = ""
+    if ipv6:
+        upnp_tables += f"""
+table ip6 firewall {{
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname "{lan}" oifname "{wan}" accept
+  }}
+}}
+"""
     if portmap is not None:
         use_pcp, use_natpmp, _ = portmap
         if not use_pcp:
@@ -261,7 +275,7 @@ def router_ruleset(
         if not use_natpmp:
             inputs.append(f'iifname "{lan}" udp dport 5351 @th,64,8 0 drop')
         inputs.append(f'iifname "{lan}" accept')
-        upnp_tables = f"""
+        upnp_tables += f"""
 table inet miniupnpd {{
   chain forward {{
     type filter hook forward priority filter - 1; policy accept;
@@ -626,6 +640,7 @@ class Node:
     children: list[str] = field(default_factory=list)
     next_lan_host: int = 2
     portmap: tuple[bool, bool, bool] | None = None  # miniupnpd: (pcp, natpmp, upnp)
+    address6: str = ""  # global IPv6 address (enable_ipv6), "" without IPv6
 
 
 class Host:
@@ -944,6 +959,49 @@ EOF
         self.run(router, ["nft", "-f", str(path)])
         self.flush_conntrack(router)
 
+    def enable_ipv6(self, node: str) -> str:
+        """Global IPv6 (2001:db8::/32) for a public host, or for a router and its LAN hosts (no
+        NAT66: a stateful firewall, see :func:`router_ruleset`). Returns the node's IPv6 address
+        (a router's LAN hosts get 2001:db8:N::2, ::3...; read them with ``address6``)."""
+        n = self.nodes[node]
+        if n.parent != "core" or n.kind not in ("public", "router"):
+            raise ValueError(f"{node}: IPv6 is for public hosts and core-attached routers")
+        index = int(ipaddress.ip_address(n.address)) & 0xFF
+        n.address6 = f"2001:db8:ffff::{index:x}"
+        on = "for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do echo 0 > $f; done; " \
+             "for f in /proc/sys/net/ipv6/conf/*/accept_dad /proc/sys/net/ipv6/conf/*/accept_ra " \
+             "/proc/sys/net/ipv6/conf/*/router_solicitations; do echo 0 > $f; done"
+        self.run("core", ["sh", "-c", on + "; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"])
+        core_cmds = [f"route replace {n.address6}/128 dev c-{node}"]
+        cmds = [
+            f"addr add {n.address6}/128 dev {n.uplink} nodad",
+            f"route add 2001:db8:ffff::1/128 dev {n.uplink}",
+            f"route add 2001:db8::/32 via 2001:db8:ffff::1 dev {n.uplink}",
+        ]
+        # the core's address on every link (as for IPv4): NDP answers only for the link's own addresses
+        core_cmds.insert(0, f"addr add 2001:db8:ffff::1/128 dev c-{node} nodad")
+        if n.kind == "router":
+            lan6 = f"2001:db8:{index:x}::"
+            cmds.append(f"addr add {lan6}1/64 dev lan nodad")
+            core_cmds.append(f"route replace {lan6}/64 via {n.address6} dev c-{node}")
+        self.run(node, ["sh", "-c", on + ("; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding" if n.kind == "router" else "")])
+        _sh(["ip", "-6", "-n", n.ns, "-b", "-"], input="\n".join(cmds) + "\n")
+        _sh(["ip", "-6", "-n", self.nodes["core"].ns, "-b", "-"], input="\n".join(core_cmds) + "\n")
+        if n.kind == "router":
+            path = self.workdir / f"{n.name}.nft"
+            path.write_text(self._ruleset(n))
+            self.run(node, ["nft", "-f", str(path)])
+            for i, host in enumerate(h for h in n.children if self.nodes[h].kind == "host"):
+                h = self.nodes[host]
+                h.address6 = f"{lan6}{i + 2:x}"
+                self.run(host, ["sh", "-c", on])
+                _sh(["ip", "-6", "-n", h.ns, "-b", "-"], input=f"addr add {h.address6}/64 dev eth0 nodad\n"
+                    f"route add 2001:db8::/32 via {lan6}1 dev eth0\n")
+        return n.address6
+
+    def address6(self, node: str) -> str:
+        return self.nodes[node].address6
+
     def start_stun(self) -> LabProcess:
         """A STUN Binding responder on the core (203.0.113.1:3478), for miniupnpd (once per lab)."""
         if self._stun is None:
@@ -1016,7 +1074,8 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
 
     def _ruleset(self, node: Node) -> str:
         return router_ruleset(
-            flavour=node.flavour, hairpin=node.hairpin, wan_ip=node.address, lan_net=str(node.lan_net), portmap=node.portmap
+            flavour=node.flavour, hairpin=node.hairpin, wan_ip=node.address, lan_net=str(node.lan_net), portmap=node.portmap,
+            ipv6=bool(node.address6),
         )
 
     # ---------------------------------------------------------------- lookups

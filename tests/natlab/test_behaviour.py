@@ -64,3 +64,30 @@ def test_a_pair_that_can_punch_still_punches(lab: Lab, tmp_path: Path) -> None:
     times = [assert_connected(*run_pair(lab, tmp_path, "A1", "B1", entry), "direct")]
     assert sorted(mappings(lab, since)) == ["1", "2"]  # B's cone keeps its port, A's does not
     record("symmetric ↔ full_cone, one beacon with a behaviour port", "direct", times)
+
+
+def test_doctor_is_a_netcheck_behind_a_symmetric_nat_with_a_gateway(lab: Lab, tmp_path: Path) -> None:
+    """One beacon with a behaviour port, a symmetric NAT running miniupnpd: doctor --json names
+    the NAT's mapping behaviour, the port mapping protocol and the mapped address, IPv6, timings."""
+    import json
+
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_home("A", "symmetric")
+    lab.enable_portmap("A", upnp=False)
+    _, entry = start_beacon_with_behaviour_port(lab, tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    beacon = f"{entry['hostname']}={entry['cert_hash']}"
+    proc = lab.popen(
+        "A1", [sys.executable, "-m", "discretpeer", "doctor", "--json", "--no-mdns", "--beacon", beacon],
+        env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")},
+    )
+    assert proc.wait(30) in (0, 1), proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    checks = {c["check"]: c for c in report["checks"]}
+    assert checks["nat mapping"]["symmetric"] is True and checks["nat mapping"]["behaviour_ms"] > 0
+    assert checks["port mapping"]["protocol"] == "pcp"
+    assert checks["port mapping"]["mapped"].startswith(lab.public_address("A1") + ":")
+    assert checks["ipv6"]["reachable"] is False
+    assert checks["udp"]["verdict"] == "OK"
+    assert "Traceback" not in proc.stderr
