@@ -28,6 +28,7 @@ from discretpeer.beacon_client import BeaconClient
 from discretpeer.candidates import attached_networks, local_candidates
 from discretpeer.behaviour_probe import BehaviourProber
 from discretpeer.portmap import Mapping, PortMapper
+from discretpeer.portmap.pcp import PCP_PORT
 from discretpeer.config import BeaconSpec, parse_beacons
 from discretpeer.connection import (
     PathKind,
@@ -70,6 +71,9 @@ class Peer(FailureReport):
     ``relay``: fall back to relaying through a beacon when no direct path is verified within
     ``relay_after`` seconds. ``direct=False`` never punches (relay only: the other peer then never
     sees packets from our address).
+    ``port_mapping``: ask the gateway for a public port (PCP, NAT-PMP, UPnP-IGD) and announce it
+    (not when bound to loopback); ``port_mapping_gateway``: the gateway's address (default: the
+    routing table's), or ``"ip:port"`` to ask only PCP/NAT-PMP at that port.
     """
 
     def __init__(
@@ -327,7 +331,10 @@ class Peer(FailureReport):
             self._refresh_tokens()
             if time.monotonic() - last_candidates >= CANDIDATE_REFRESH_INTERVAL:
                 last_candidates = time.monotonic()
-                self._driver.networks = attached_networks()
+                networks = attached_networks()
+                if networks != self._driver.networks and self.port_mapper is not None:
+                    self.port_mapper.refresh()  # a new network: perhaps a new gateway, ask again now
+                self._driver.networks = networks
                 fresh = self._compute_candidates()
                 if fresh != self._candidates:
                     self._candidates = fresh
@@ -342,13 +349,22 @@ class Peer(FailureReport):
 
     def _start_port_mapping(self) -> None:
         """Ask the gateway for a public port (PCP, NAT-PMP, UPnP at once), unless bound to
-        loopback or IPv6 only: the mapped address becomes our first candidate once granted."""
+        loopback or IPv6 only (or told which gateway, ``"ip"`` or ``"ip:port"``): the mapped
+        address becomes our first candidate once granted."""
         assert self._endpoint is not None
         host = self._endpoint.local_address[0]
-        if not self._port_mapping or host.startswith("127.") or host == "::1" or (":" in host and host != "::"):
+        given = self._port_mapping_gateway
+        if not self._port_mapping:
             return
+        if given is None and (host.startswith("127.") or host == "::1" or (":" in host and host != "::")):
+            return
+        gateway, _, port = (given or "").partition(":")
         self.port_mapper = PortMapper(
-            self._endpoint.port, on_change=self._on_port_mapping, gateway=self._port_mapping_gateway
+            self._endpoint.port,
+            on_change=self._on_port_mapping,
+            gateway=gateway or None,
+            gateway_port=int(port) if port else PCP_PORT,
+            protocols=("pcp", "natpmp") if port else ("pcp", "natpmp", "upnp"),
         )
         self.port_mapper.start()
 

@@ -113,6 +113,18 @@ class PortMapper:
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
 
+    def refresh(self) -> None:
+        """Ask again now (after a network change): the old mapping is forgotten, not deleted
+        (its gateway may be gone), and every protocol is tried afresh."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        if self.status.mapping is not None:
+            self.status.mapping = None
+            self.on_change(None)
+        self._upnp = None
+        self._task = asyncio.ensure_future(self._run())
+
     async def wait_first_attempt(self, timeout: float) -> Mapping | None:
         """Wait (bounded) until the first attempt has ended; the mapping, if any."""
         with contextlib.suppress(asyncio.TimeoutError):

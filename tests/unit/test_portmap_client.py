@@ -133,3 +133,20 @@ async def test_refusal_is_reported() -> None:
     assert await mapper.wait_first_attempt(3) is None
     assert mapper.status.answers == {"pcp": "NOT_AUTHORIZED"}
     await mapper.close()
+
+
+async def test_refresh_after_a_network_change_asks_again_at_once() -> None:
+    gw, port = await gateway(pcp_ok(lifetime=600))
+    changes = []
+    mapper = PortMapper(40000, gateway="127.0.0.1", gateway_port=port, protocols=("pcp",), on_change=changes.append)
+    mapper.start()
+    assert await mapper.wait_first_attempt(3) is not None
+    asked = len(gw.requests)
+    mapper.refresh()
+    assert changes[-1] is None  # the old mapping is forgotten at once
+    for _ in range(100):
+        if mapper.mapping is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert mapper.mapping is not None and len(gw.requests) > asked  # not after the 300 s renewal
+    await mapper.close()
