@@ -178,6 +178,9 @@ class Endpoint(asyncio.DatagramProtocol):
         self.routes = RouteTable()
         self.on_unexpected_source = on_unexpected_source
         self._clients: set[EndpointProtocol] = set()  # outgoing connections (stateless resets)
+        # real address → another socket's send: a birthday hit (discretpeer/birthday_io.py) is a
+        # NAT mapping that only that socket has; everything for that address goes through it
+        self.via: dict[tuple[str, int], Callable[[bytes], None]] = {}
         self.datagrams_received = 0
         self.datagrams_sent = 0
         self.send_errors = 0
@@ -253,6 +256,12 @@ class Endpoint(asyncio.DatagramProtocol):
                 return
             data, addr = wrapped
         host, port = addr[0], addr[1]
+        if self.via:
+            through = self.via.get((host, port))
+            if through is not None:
+                through(data)
+                self.datagrams_sent += 1
+                return
         if self._dual_stack and ":" not in host:
             host = "::ffff:" + host
         try:

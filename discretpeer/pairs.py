@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from discretpeer.birthday_driver import BirthdayDriver
 from discretpeer.candidates import is_lan_address, on_attached_network
 from discretpeer.dialer import Dialer
 from discretpeer.logs import get_logger
@@ -70,6 +71,7 @@ class Pair:
     ended: bool = False
     # the other peer's NAT mapping as it told its beacon (wire.MAPPING_*), from introductions
     remote_mapping: int | None = None
+    birthday_task: asyncio.Task[None] | None = None  # hard-NAT probing (birthday_driver.py)
 
     def live_connection(self) -> PeerConnection | None:
         """The pair's connection, unless it closed (then the state machine learns it now)."""
@@ -119,6 +121,7 @@ class PairDriver:
         self.pairs: collections.OrderedDict[tuple[bytes, bytes], Pair] = collections.OrderedDict()
         self.by_protocol: dict[PeerProtocol, Pair] = {}
         self.wake = asyncio.Event()
+        self.birthday = BirthdayDriver(self)
         self.relay = RelayRoutes(
             stats,
             find_pair=self._find_pair,
@@ -159,6 +162,8 @@ class PairDriver:
             pair.observed_by[beacon] = intro.observed.to_socket()
             if self._direct_hopeless(pair):
                 self.wake.set()  # the relay is due now
+        if pair is not None:
+            self.birthday.maybe_start(pair)
 
     def introduce(
         self, token: bytes, instance: bytes, *, public: list[Addr], local: list[Addr], via: str
@@ -366,6 +371,17 @@ class PairDriver:
         log.info("requesting relay", peer_instance=pair.session.remote_instance.hex()[:8], beacons=len(pair.clients))
         return now + RELAY_REQUEST_RETRY
 
+    def own_mapping_varies(self) -> bool | None:
+        return self._own_mapping_varies()
+
+    def remote_mapping_varies(self, pair: Pair) -> bool | None:
+        """The other peer's NAT maps per destination? (two beacons' introductions, or what it
+        learned from a behaviour port); None if unknown."""
+        varies = mapping_varies(pair.observed_by)
+        if varies is None and pair.remote_mapping not in (None, MAPPING_UNKNOWN):
+            varies = pair.remote_mapping == MAPPING_DEPENDENT
+        return varies
+
     def _own_mapping_varies(self) -> bool | None:
         """Does our NAT give us a different public address per destination (a "symmetric" NAT)?
         Known once two beacons at different addresses told us what they see; else None."""
@@ -387,9 +403,7 @@ class PairDriver:
         one's address at each beacon, through introductions), so both decide alike."""
         if not self.settings.direct_enabled:
             return True
-        other = mapping_varies(pair.observed_by)
-        if other is None and pair.remote_mapping not in (None, MAPPING_UNKNOWN):
-            other = pair.remote_mapping == MAPPING_DEPENDENT
+        other = self.remote_mapping_varies(pair)
         if not other:
             return False
         mine = self._own_mapping_varies()

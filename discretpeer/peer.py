@@ -132,6 +132,7 @@ class Peer(FailureReport):
             settings, self.stats, self._book, self._dialer, self._clients, lambda: self._candidates
         )
         self._pairs = self._driver.pairs
+        self._driver.birthday.spawn = self._spawn
         bundle = create_bundle("discretpeer", private_key=identity.private_key)
         self._server_config = peer_quic_configuration(is_client=False)
         self._server_config.certificate = bundle.certificate
@@ -202,6 +203,7 @@ class Peer(FailureReport):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._driver.birthday.close()  # extra sockets of birthday probing
         if self._endpoint is not None:
             self._endpoint.close()
             await asyncio.sleep(0)  # let the transport close
