@@ -92,7 +92,7 @@ class BirthdayDriver:
         assert endpoint is not None
         extra = ExtraSockets(target, build_probe=ping, verify=verify, deliver=endpoint.datagram_received)
         try:
-            hit = await extra.run()
+            hit = await extra.run(stop=lambda: self._settled(pair) or d.endpoint is None)
         finally:
             d.stats.birthday_packets += extra.packets_sent
         log.info("birthday sockets done", hit=hit, packets=extra.packets_sent, seconds=round(time.monotonic() - started, 2))

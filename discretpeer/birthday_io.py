@@ -74,8 +74,9 @@ class ExtraSockets:
         self.packets_sent = 0
         self.closed = False
 
-    async def run(self, seconds: float = birthday.ATTEMPT_SECONDS) -> bool:
-        """Open the sockets, probe, wait for a hit (bounded). True on a hit (the winner stays)."""
+    async def run(self, seconds: float = birthday.ATTEMPT_SECONDS, stop: Callable[[], bool] = lambda: False) -> bool:
+        """Open the sockets, probe, wait for a hit (bounded; ``stop()`` ends it early, e.g. once
+        another path confirmed). True on a hit (the winner stays)."""
         loop = asyncio.get_running_loop()
         try:
             for index in range(self.count):
@@ -90,7 +91,7 @@ class ExtraSockets:
                     self.packets_sent += 1
             deadline = loop.time() + seconds
             first_round = True
-            while not self._hit.is_set() and loop.time() < deadline:
+            while not self._hit.is_set() and loop.time() < deadline and not stop():
                 if first_round:  # each socket has just sent once
                     first_round = False
                     with contextlib.suppress(asyncio.TimeoutError):
