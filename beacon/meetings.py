@@ -227,5 +227,9 @@ class MeetingTable:
 
 def _introduce(token: bytes, about: _Member) -> Introduction:
     return Introduction(
-        token=token, instance=about.instance, observed=about.observed, candidates=about.candidates, mapping=about.mapping
+        token=token,
+        instance=about.instance,
+        observed=about.observed,
+        candidates=about.candidates,
+        mapping=about.mapping,
     )

@@ -395,9 +395,9 @@ class BeaconServer:
                         raise
                     self.log.warning("ipv6_unavailable", host=c.ipv6_host, port=c.ipv6_port, error=str(exc))
             if c.behaviour_port:
-                self._behaviour = BehaviourResponder()
+                responder = self._behaviour = BehaviourResponder()
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: self._behaviour, local_addr=(c.host, c.behaviour_port)  # type: ignore[return-value]
+                    lambda: responder, local_addr=(c.host, c.behaviour_port)
                 )
                 self._behaviour_transport = transport
             if c.metrics_enabled:

@@ -16,14 +16,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from discretpeer.logs import get_logger
 from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives import serialization
 
 from certs import certificate_fingerprint
+from discretpeer.behaviour_probe import classify
 from discretpeer.config import BeaconSpec
 from discretpeer.endpoint import Endpoint, EndpointProtocol
-from discretpeer.behaviour_probe import classify
+from discretpeer.logs import get_logger
 from discretpeer.wire import (
     BEACON_ALPN,
     MAX_TOKENS_PER_FRAME,

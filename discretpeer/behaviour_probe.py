@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from discretpeer import behaviour
 from discretpeer.wire import MAPPING_DEPENDENT, MAPPING_INDEPENDENT, MAPPING_UNKNOWN
@@ -48,7 +48,7 @@ class BehaviourProber:
         request = behaviour.request(nonce)
         try:
             waited = 0.0
-            for index, at in enumerate(RESENDS):
+            for at in RESENDS:
                 await asyncio.sleep(max(0.0, at - waited))
                 waited = at
                 if future.done():

@@ -12,10 +12,10 @@ those probes. Winning sockets are kept (at most ``MAX_KEPT``, oldest closed) unt
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from discretpeer import birthday
 from discretpeer.birthday_io import ExtraSockets, spray
@@ -95,7 +95,8 @@ class BirthdayDriver:
             hit = await extra.run(stop=lambda: self._settled(pair) or d.endpoint is None)
         finally:
             d.stats.birthday_packets += extra.packets_sent
-        log.info("birthday sockets done", hit=hit, packets=extra.packets_sent, seconds=round(time.monotonic() - started, 2))
+        seconds = round(time.monotonic() - started, 2)
+        log.info("birthday sockets done", hit=hit, packets=extra.packets_sent, seconds=seconds)
         if not hit:
             return
         d.stats.birthday_hits += 1

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from discretpeer import birthday
 
@@ -84,9 +85,9 @@ class ExtraSockets:
                     break
                 with contextlib.suppress(OSError):
                     _, proto = await loop.create_datagram_endpoint(
-                        lambda i=index: _Socket(self, i), local_addr=("0.0.0.0", 0), family=socket.AF_INET
+                        functools.partial(_Socket, self, index), local_addr=("0.0.0.0", 0), family=socket.AF_INET
                     )
-                    self._sockets.append(proto)  # type: ignore[arg-type]
+                    self._sockets.append(proto)
                     proto.send(self._build_probe())  # its NAT mapping opens now
                     self.packets_sent += 1
             deadline = loop.time() + seconds
@@ -103,7 +104,8 @@ class ExtraSockets:
                     sock.send(self._build_probe())
                     self.packets_sent += 1
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._hit.wait(), min(birthday.RESEND_EVERY, max(0.0, deadline - loop.time())))
+                    wait = min(birthday.RESEND_EVERY, max(0.0, deadline - loop.time()))
+                    await asyncio.wait_for(self._hit.wait(), wait)
             return self.winner is not None
         finally:
             for sock in self._sockets:

@@ -25,10 +25,8 @@ from aioquic.quic.connection import QuicConnection
 from certs import create_bundle
 from discretpeer.auth import AuthError, Expectation, PeerPolicy
 from discretpeer.beacon_client import BeaconClient
-from discretpeer.candidates import attached_networks, local_candidates
 from discretpeer.behaviour_probe import BehaviourProber
-from discretpeer.portmap import Mapping, PortMapper
-from discretpeer.portmap.pcp import PCP_PORT
+from discretpeer.candidates import attached_networks, local_candidates
 from discretpeer.config import BeaconSpec, parse_beacons
 from discretpeer.connection import (
     PathKind,
@@ -49,6 +47,8 @@ from discretpeer.pair_state import Dial
 from discretpeer.pairs import Pair, PairDriver, PairSettings
 from discretpeer.paths import is_virtual
 from discretpeer.peer_stats import PeerStats
+from discretpeer.portmap import Mapping, PortMapper
+from discretpeer.portmap.pcp import PCP_PORT
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, pair_meeting
 from discretpeer.traversal import Addr, Candidate
 from discretpeer.wire import INSTANCE_SIZE, MAX_CANDIDATES, Address

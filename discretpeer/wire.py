@@ -18,7 +18,6 @@ accepts versions ``MIN_VERSION..PROTOCOL_VERSION``.
 from __future__ import annotations
 
 import dataclasses
-
 import enum
 import ipaddress
 import struct

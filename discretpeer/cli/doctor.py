@@ -8,14 +8,15 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from discretpeer import wire
 from discretpeer.candidates import is_lan_address, local_addresses
-from discretpeer.portmap.client import PortMapStatus
 from discretpeer.identity import Identity, IdentityError
 from discretpeer.peer import Peer
+from discretpeer.portmap.client import PortMapStatus
 
 from .control import ControlError, query
 from .output import Console, ms
@@ -74,7 +75,7 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
         return
     try:
         mapper = peer.port_mapper
-        waits = [_wait_for_beacons(peer, timeout)]
+        waits: list[Awaitable[object]] = [_wait_for_beacons(peer, timeout)]
         if mapper is not None:
             waits.append(mapper.wait_first_attempt(min(timeout, 3.0)))
         await asyncio.gather(*waits)
@@ -130,7 +131,7 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
         second = f"{s.second_observed[0]}:{s.second_observed[1]}" if s.second_observed else "?"
         if s.mapping == wire.MAPPING_INDEPENDENT:
             report.add(OK, "nat mapping", f"same external address {format_address(s.observed)} towards both ports of "
-                       f"beacon {s.beacon} (endpoint-independent mapping, {ms(s.behaviour_ms / 1000)}): hole "
+                       f"beacon {s.beacon} (endpoint-independent mapping, {ms((s.behaviour_ms or 0) / 1000)}): hole "
                        "punching can work", symmetric=False, behaviour_ms=round(s.behaviour_ms or 0, 1))
         else:
             report.add(WARN, "nat mapping", f"a different external port per destination ({format_address(s.observed)}"
@@ -160,7 +161,8 @@ def _check_port_mapping(report: Report, status: PortMapStatus | None) -> None:
         report.add(OK, "port mapping", f"{m.protocol.upper()} mapped {m.external[0]}:{m.external[1]} on gateway "
                    f"{status.gateway} for {m.lifetime:g} s (in {ms(status.seconds_to_map)}): peers behind any NAT "
                    "can reach us there", protocol=m.protocol, mapped=f"{m.external[0]}:{m.external[1]}",
-                   gateway=status.gateway, ms=None if status.seconds_to_map is None else round(status.seconds_to_map * 1000, 1))
+                   gateway=status.gateway,
+                   ms=None if status.seconds_to_map is None else round(status.seconds_to_map * 1000, 1))
     else:
         report.add(WARN, "port mapping", f"gateway {status.gateway or 'unknown'} granted no mapping by PCP, NAT-PMP or "
                    f"UPnP ({tried}); fine behind an easy NAT", protocol=None, gateway=status.gateway,

@@ -15,8 +15,9 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from discretpeer.portmap import natpmp, pcp
 from discretpeer.portmap.gateway import default_gateway
@@ -216,7 +217,11 @@ class PortMapper:
             transport.close()
 
     async def _exchange(
-        self, transport: asyncio.DatagramTransport, proto: _GatewayProtocol, requests: list[bytes], current: Mapping | None
+        self,
+        transport: asyncio.DatagramTransport,
+        proto: _GatewayProtocol,
+        requests: list[bytes],
+        current: Mapping | None,
     ) -> Mapping | None:
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -236,7 +241,7 @@ class PortMapper:
                 return None
             try:
                 data = await asyncio.wait_for(proto.queue.get(), max(0.0, wake - now))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             reads += 1
             if data[:1] == bytes([pcp.VERSION]):
@@ -310,7 +315,10 @@ class PortMapper:
             return
         elapsed = time.monotonic() - current.granted_at
         if epoch + 2 < current.epoch + elapsed * 7 / 8:
-            log.info("%s gateway epoch went back (%s after %s): it lost its mappings; mapping again", protocol, epoch, current.epoch)
+            log.info(
+                "%s gateway epoch went back (%s after %s): it lost its mappings; mapping again",
+                protocol, epoch, current.epoch,
+            )
 
     def _ignore(self, why: str) -> None:
         self.status.ignored += 1
@@ -339,7 +347,7 @@ class PortMapper:
         tasks = []
         if "upnp" in self._asked and self._upnp is not None:
             tasks.append(self._upnp.unmap(mapping.external[1]))
-        udp = [p for p in ("pcp", "natpmp") if p in self._asked]
+        udp: list[str] = [p for p in ("pcp", "natpmp") if p in self._asked]
         if udp and self.status.gateway:
             tasks.append(self._delete_udp(udp))
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -23,7 +23,7 @@ def parse_route_table(lines: list[str]) -> str | None:
         if len(fields) < 8:
             continue
         try:
-            destination, gateway, flags, mask = int(fields[1], 16), int(fields[2], 16), int(fields[3], 16), int(fields[7], 16)
+            destination, gateway, flags, mask = (int(fields[i], 16) for i in (1, 2, 3, 7))
         except ValueError:
             continue
         if not flags & 0x2 or gateway == 0:  # RTF_GATEWAY

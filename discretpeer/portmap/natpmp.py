@@ -60,7 +60,8 @@ class MapResponse:
 
     def encode(self) -> bytes:
         return struct.pack(
-            "!BBHIHHI", VERSION, 128 + OP_MAP_UDP, self.result, self.epoch, self.internal_port, self.external_port, self.lifetime
+            "!BBHIHHI", VERSION, 128 + OP_MAP_UDP, self.result, self.epoch, self.internal_port, self.external_port,
+            self.lifetime,
         )
 
 

@@ -43,7 +43,8 @@ class UpnpMapper:
 
         async def on_response(headers: Any) -> None:
             location = headers.get("location")
-            if location and not found.done() and any(t in str(headers.get("st", "")) for t in ("InternetGatewayDevice", "WAN")):
+            target = str(headers.get("st", ""))
+            if location and not found.done() and any(t in target for t in ("InternetGatewayDevice", "WAN")):
                 found.set_result(location)
 
         searches = [
@@ -97,7 +98,7 @@ class UpnpMapper:
             return ip, external_port
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # any failure of a remote box: reported, never raised
+        except Exception as exc:  # noqa: BLE001 - any failure of a remote box: reported, never raised
             self.last_error = f"{type(exc).__name__}: {exc}"[:200]
             log.info("UPnP mapping failed: %s", self.last_error)
             return None

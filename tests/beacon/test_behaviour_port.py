@@ -39,7 +39,7 @@ async def test_answers_requests_only_and_is_capped() -> None:
         while loop.time() < with_timeout:
             try:
                 data = await asyncio.wait_for(loop.sock_recv(sock, 2048), 0.3)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             answers.append(data)
         sock.close()
