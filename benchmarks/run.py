@@ -15,6 +15,8 @@ Benchmarks (``--only`` names):
               from unvalidated sources, RSS per hostile connection, meeting latency quiet vs attacked
   natlab      introduction -> verified direct connection through real Linux NATs (tests/natlab, 20 ms
               per internet link), in RTTs of the same connections (root and namespaces needed)
+  birthday    symmetric <-> port_restricted through real NATs: share of meetings ending direct by hard-NAT
+              (birthday) probing, introduction -> direct, packets per attempt (root and namespaces needed)
 
 Every process is bounded in time (its own deadline) and every load loop in count.
 DPB_QUICK_PEERS=N changes the peer count of --quick (default 2000); DPB_QH3_PYTHON = --qh3-python.
@@ -460,6 +462,27 @@ class Bench:
                      target="p99 <= 6 RTT", met=p99 <= 6 * rtt, samples=times, baseline_samples=rtts))
         self.extra["natlab"] = result
 
+    async def bench_birthday(self) -> None:
+        from benchmarks.birthday import birthday_meetings
+
+        runs = 8 if self.s.quick else 30
+        self.log(f"birthday: {runs} meetings symmetric <-> port_restricted (hard-NAT probing), 20 ms per link")
+        result = await asyncio.to_thread(birthday_meetings, runs, self.log_dir)
+        meetings = result["meetings"]
+        times = [m["direct_ms"] for m in meetings if m["direct"]]
+        share = len(times) / len(meetings)
+        relay = [m["first_verified_ms"] for m in meetings if m["first_path"] == "relay"]
+        self.add(Row("birthday", "symmetric <-> port_restricted ending direct", 100 * share, "%",
+                     target=">= 90 %", met=share >= 0.9,
+                     note=f"{len(times)}/{len(meetings)} meetings; packets per attempt: symmetric side p50 "
+                          f"{median([m['packets_symmetric_side'] for m in meetings]):.0f}, other side p50 "
+                          f"{median([m['probes_other_side'] for m in meetings]):.0f}"))
+        if times:
+            self.add(Row("birthday", "introduction -> direct, p50", median(times), "ms", "first verified (relay)",
+                         median(relay) if relay else None, target="p50 <= 3000 ms", met=median(times) <= 3000,
+                         samples=times, baseline_samples=relay))
+        self.extra["birthday"] = result
+
     # --- TCP forwarding ----------------------------------------------------------------------
 
     async def tcp_transfer(self, source: Worker, port: int, size: int, repeat: int) -> list[float]:
@@ -726,7 +749,7 @@ async def amain(args: argparse.Namespace) -> int:
     log_dir.mkdir()
     bench = Bench(settings, log_dir)
     bench.qh3_python = args.qh3_python or os.environ.get("DPB_QH3_PYTHON")
-    names = args.only or ["beacon", "rate", "throughput", "relay", "tcp", "stack", "natlab"]
+    names = args.only or ["beacon", "rate", "throughput", "relay", "tcp", "stack", "natlab", "birthday"]
     info = machine()
     print(f"discretpeer benchmarks ({'quick' if args.quick else 'full'}): {', '.join(names)}; "
           f"aioquic {info['aioquic']}, Python {info['python']}, {info['cpus']} CPUs, "
@@ -803,7 +826,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke version (~2 min)")
     parser.add_argument("--only", nargs="+",
-                        choices=["beacon", "rate", "throughput", "relay", "tcp", "stack", "natlab", "attacks"])
+                        choices=["beacon", "rate", "throughput", "relay", "tcp", "stack", "natlab", "birthday",
+                                 "attacks"])
     parser.add_argument("--qh3-python", help="python of a scratch venv with qh3 (never the project's): adds the "
                         "stack comparison (default: $DPB_QH3_PYTHON)")
     args = parser.parse_args(argv)
