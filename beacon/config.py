@@ -105,6 +105,12 @@ class BeaconConfig:
         DEFAULT_PORT, "UDP port for QUIC over IPv6 (0 = any free port). Unset: the same as port.", _range(0, 65535),
         follows="port",
     )
+    behaviour_port: int = _setting(
+        0,
+        "Second UDP port answering NAT-behaviour requests, so that peers with one beacon learn whether their"
+        " NAT maps per destination (0 = off). Clients older than this feature cannot use a beacon with it on.",
+        _range(0, 65535),
+    )
 
     # --- TLS over TCP ---
     tcp_enabled: bool = _setting(

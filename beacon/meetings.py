@@ -61,6 +61,7 @@ class _Member:
     observed: Address
     ip: str = ""
     candidates: tuple[Address, ...] = ()
+    mapping: int | None = None  # its NAT's mapping behaviour as it reported it (wire.MAPPING_*)
     tokens: set[bytes] = field(default_factory=set)
     # token → the connections introduced to this one on it, oldest introduction first
     met: dict[bytes, dict[Key, None]] = field(default_factory=dict)
@@ -96,6 +97,12 @@ class MeetingTable:
             self._members[key] = _Member(instance=instance, observed=observed, ip=ip_key(observed.host))
         else:
             member.instance, member.observed, member.ip = instance, observed, ip_key(observed.host)
+
+    def set_mapping(self, key: Key, mapping: int) -> None:
+        """What the connection learned of its NAT's mapping (passed on in its introductions)."""
+        member = self._members.get(key)
+        if member is not None:
+            member.mapping = mapping
 
     def announce(
         self,
@@ -219,4 +226,10 @@ class MeetingTable:
 
 
 def _introduce(token: bytes, about: _Member) -> Introduction:
-    return Introduction(token=token, instance=about.instance, observed=about.observed, candidates=about.candidates)
+    return Introduction(
+        token=token,
+        instance=about.instance,
+        observed=about.observed,
+        candidates=about.candidates,
+        mapping=about.mapping,
+    )

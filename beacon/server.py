@@ -29,6 +29,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType
 
 from beacon import quic_tuning, stun, workers
+from beacon.behaviour import BehaviourResponder
 from beacon.config import BeaconConfig
 from beacon.limits import KeyedBuckets, KeyedCounts, RateMeter, TokenBucket, ip_key
 from beacon.logs import null_logger
@@ -366,6 +367,8 @@ class BeaconServer:
         self._flush_handle: asyncio.Handle | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._metrics_http: MetricsHTTPServer | None = None
+        self._behaviour: BehaviourResponder | None = None  # the second UDP port (behaviour_port)
+        self._behaviour_transport: asyncio.BaseTransport | None = None
         self.metrics_address: tuple[str, int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_full_gc = 0.0
@@ -448,6 +451,12 @@ class BeaconServer:
                     self.log.warning("ipv6_unavailable", host=c.ipv6_host, port=c.ipv6_port, error=str(exc))
             if c.tcp_enabled:
                 await self._listen_tcp()
+            if c.behaviour_port:
+                responder = self._behaviour = BehaviourResponder()
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: responder, local_addr=(c.host, c.behaviour_port)
+                )
+                self._behaviour_transport = transport
             if c.metrics_enabled:
                 self._metrics_http = MetricsHTTPServer(self.metrics)
                 self.metrics_address = await self._metrics_http.start("127.0.0.1", c.metrics_port)
@@ -597,6 +606,8 @@ class BeaconServer:
             endpoint.close()
         if self.tcp is not None:
             await self.tcp.close()
+        if self._behaviour_transport is not None:
+            self._behaviour_transport.close()
         if self._metrics_http is not None:
             await self._metrics_http.stop()
             self._metrics_http = None
@@ -836,7 +847,10 @@ class BeaconServer:
         self._send(
             peer,
             wire.Welcome(
-                version=hello.version, observed=peer.observed, max_tokens=self.config.max_tokens_per_connection
+                version=hello.version,
+                observed=peer.observed,
+                max_tokens=self.config.max_tokens_per_connection,
+                behaviour_port=self.config.behaviour_port or None,
             ),
         )
 
@@ -849,6 +863,8 @@ class BeaconServer:
             peer.observed = current
             self.store.join(peer.key, peer.instance, current)
         try:
+            if announce.mapping is not None and self.config.behaviour_port:
+                self.meetings.set_mapping(peer.key, announce.mapping)
             result = self.store.announce(peer.key, announce.add, announce.withdraw, announce.candidates)
         except TooManyTokens as exc:
             self.metrics.rejections.labels("too_many_tokens").inc()

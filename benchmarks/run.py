@@ -22,6 +22,8 @@ Benchmarks (``--only`` names):
               at the same size, with ablations; py-libp2p QUIC/TCP with --libp2p / --libp2p-python
   natbulk     one stream through the NAT lab (1500-byte veth, 20 ms per link), direct and relayed, vs
               loopback at the same size
+  birthday    symmetric <-> port_restricted through real NATs: share of meetings ending direct by hard-NAT
+              (birthday) probing, introduction -> direct, packets per attempt (root and namespaces needed)
   pyc         the installed package with its .pyc files vs compiled from source at import
 
 The workers run the package as pip installs it: a fresh venv per run (``pip install .[fast]``,
@@ -732,6 +734,27 @@ class Bench:
                          samples=lab["relay"]["rates"], baseline_samples=lab["direct"]["rates"]))
         self.extra["natbulk"] = results
 
+    async def bench_birthday(self) -> None:
+        from benchmarks.birthday import birthday_meetings
+
+        runs = 8 if self.s.quick else 30
+        self.log(f"birthday: {runs} meetings symmetric <-> port_restricted (hard-NAT probing), 20 ms per link")
+        result = await asyncio.to_thread(birthday_meetings, runs, self.log_dir)
+        meetings = result["meetings"]
+        times = [m["direct_ms"] for m in meetings if m["direct"]]
+        share = len(times) / len(meetings)
+        relay = [m["first_verified_ms"] for m in meetings if m["first_path"] == "relay"]
+        self.add(Row("birthday", "symmetric <-> port_restricted ending direct", 100 * share, "%",
+                     target=">= 90 %", met=share >= 0.9,
+                     note=f"{len(times)}/{len(meetings)} meetings; packets per attempt: symmetric side p50 "
+                          f"{median([m['packets_symmetric_side'] for m in meetings]):.0f}, other side p50 "
+                          f"{median([m['probes_other_side'] for m in meetings]):.0f}"))
+        if times:
+            self.add(Row("birthday", "introduction -> direct, p50", median(times), "ms", "first verified (relay)",
+                         median(relay) if relay else None, target="p50 <= 3000 ms", met=median(times) <= 3000,
+                         samples=times, baseline_samples=relay))
+        self.extra["birthday"] = result
+
     # --- TCP forwarding ----------------------------------------------------------------------
 
     async def tcp_transfer(self, source: Worker, port: int, size: int, repeat: int) -> list[float]:
@@ -1006,7 +1029,7 @@ async def amain(args: argparse.Namespace) -> int:
             bench.libp2p_python, libp2p_temp = scratch_libp2p(log_dir / "libp2p-install.log")
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             bench.log(f"py-libp2p rows skipped: {exc}")
-    names = args.only or ["beacon", "rate", "throughput", "mtu", "relay", "tcp", "stack", "natlab", "natbulk", "pyc"]
+    names = args.only or ["beacon", "rate", "throughput", "mtu", "relay", "tcp", "stack", "natlab", "natbulk", "pyc", "birthday"]
     if not args.from_checkout:
         bench.log("installing the package into a fresh venv (pip install .[fast]) ...")
         try:
@@ -1166,7 +1189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke version (~2 min)")
     parser.add_argument("--only", nargs="+",
                         choices=["beacon", "rate", "throughput", "mtu", "relay", "tcp", "stack", "natlab", "natbulk",
-                                 "pyc", "attacks", "tcpfallback"])
+                                 "pyc", "attacks", "tcpfallback", "birthday"])
     parser.add_argument("--from-checkout", action="store_true",
                         help="workers import the checkout (as before) instead of a pip-installed copy")
     parser.add_argument("--libp2p", action="store_true", help="build a scratch venv with py-libp2p for the mtu rows")

@@ -19,18 +19,19 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from discretpeer.logs import get_logger
 from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives import serialization
 
 from certs import certificate_fingerprint
 from discretpeer.beacon_tcp import TcpChannel, TlsPinMismatch, open_channel
+from discretpeer.behaviour_probe import classify
 from discretpeer.config import BeaconSpec
 from discretpeer.endpoint import Endpoint, EndpointProtocol
 from discretpeer.proxy import ProxyError, proxy_for
+from discretpeer.logs import get_logger
 from discretpeer.wire import (
     BEACON_ALPN,
     MAX_TOKENS_PER_FRAME,
@@ -135,6 +136,11 @@ class BeaconStatus:
     pin_mismatches: int = 0
     tokens_full: int = 0  # TOKEN_FULL refusals: a token of ours got no slot, or lost it
     full_refusal: str | None = None  # the last of them, in words
+    # from the beacon's behaviour port: our address as its second port saw it, and what that says
+    # of our NAT (wire.MAPPING_*), with the time it took
+    second_observed: tuple[str, int] | None = None
+    mapping: int | None = None
+    behaviour_ms: float | None = None
     history: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
@@ -156,6 +162,7 @@ class BeaconClient:
         on_disconnect: Callable[[BeaconClient, tuple[str, int]], None] | None = None,
         on_token_full: Callable[[BeaconClient, bytes, str], None] | None = None,
         rng: random.Random | None = None,
+        observe_behaviour: Callable[[tuple[str, int]], Awaitable[tuple[str, int] | None]] | None = None,
     ) -> None:
         self.spec = spec
         self.status = BeaconStatus(beacon=spec.hostname)
@@ -167,6 +174,8 @@ class BeaconClient:
         self._on_disconnect = on_disconnect
         self._on_token_full = on_token_full
         self._retry_full: asyncio.TimerHandle | None = None
+        self._observe_behaviour = observe_behaviour
+        self.mapping: int | None = None  # wire.MAPPING_*, learned from the beacon's behaviour port
         self._rng = rng or random.Random()
         self._tokens: set[bytes] = set()
         self._announced: set[bytes] = set()
@@ -293,7 +302,7 @@ class BeaconClient:
         link, self._upgrade = self._upgrade, None
         if link is None:
             link = await self._race()
-        self._adopt(link)
+        await self._adopt(link)
         await self._serve()
 
     async def _open_udp(self, addresses: list[tuple[str, int]]) -> _Link:
@@ -399,7 +408,7 @@ class BeaconClient:
     _link_in_use: _Link | None = None
     _late_udp: asyncio.Task[_Link] | None = None  # a QUIC attempt that lost the race but may still succeed
 
-    def _adopt(self, link: _Link) -> None:
+    async def _adopt(self, link: _Link) -> None:
         """Make ``link`` this client's connection: state, announce, early messages."""
         self._link_in_use = link
         self._protocol = link.protocol
@@ -422,8 +431,15 @@ class BeaconClient:
         self.status.connects += 1
         self.status.last_error = None
         self._announced = set()
+        if welcome.behaviour_port and self._observe_behaviour is not None and link.channel is None:
+            # before our first Announce: introductions then carry what our NAT does (one RTT)
+            started = time.monotonic()
+            second = await self._observe_behaviour((link.address[0], welcome.behaviour_port))
+            self.mapping = self.status.mapping = classify(welcome.observed.to_socket(), second)
+            self.status.second_observed, self.status.behaviour_ms = second, 1000 * (time.monotonic() - started)
+            log.info("nat mapping", beacon=str(self.spec), second_port_saw=second, mapping=self.mapping)
         self._connected.set()
-        self._send(Announce(candidates=tuple(self._get_candidates())))
+        self._send(Announce(candidates=tuple(self._get_candidates()), mapping=self.mapping))
         self._sync_tokens()
         for message in link.early:
             self._handle(message)

@@ -64,3 +64,22 @@ def on_attached_network(host: str, networks: list[ipaddress.IPv4Network | ipaddr
     except ValueError:
         return False
     return any(address.version == network.version and address in network for network in networks)
+
+
+# private, shared (CGNAT), link-local and unique-local ranges: a peer reported there is on a LAN
+LAN_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8",
+        "::1/128", "fc00::/7", "fe80::/10",
+    )
+)
+
+
+def is_lan_address(host: str) -> bool:
+    """True for addresses only reachable inside a site (RFC 1918, CGNAT, link-local, ULA)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return any(address.version == n.version and address in n for n in LAN_NETWORKS)

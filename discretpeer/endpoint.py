@@ -220,6 +220,9 @@ class Endpoint(asyncio.DatagramProtocol):
         # beacon address → send function: relay datagrams (not QUIC) for a beacon reached over
         # TLS/TCP travel on that stream instead of UDP (see discretpeer.beacon_client)
         self.stream_links: dict[tuple[str, int], Callable[[bytes], None]] = {}
+        # real address → another socket's send: a birthday hit (discretpeer/birthday_io.py) is a
+        # NAT mapping that only that socket has; everything for that address goes through it
+        self.via: dict[tuple[str, int], Callable[[bytes], None]] = {}
         self.datagrams_received = 0
         self.datagrams_sent = 0
         self.send_errors = 0
@@ -364,6 +367,12 @@ class Endpoint(asyncio.DatagramProtocol):
                 link(data)
                 return
         host, port = addr[0], addr[1]
+        if self.via:
+            through = self.via.get((host, port))
+            if through is not None:
+                through(data)
+                self.datagrams_sent += 1
+                return
         if self._dual_stack and ":" not in host:
             host = "::ffff:" + host
         try:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from discretpeer.beacon_client import udp_unreachable
-from discretpeer.candidates import on_attached_network
+from discretpeer.birthday_driver import BirthdayDriver
+from discretpeer.candidates import is_lan_address, on_attached_network
 from discretpeer.dialer import Dialer
 from discretpeer.logs import get_logger
 from discretpeer.pair_state import PairState
@@ -27,7 +28,15 @@ from discretpeer.probe import ProbeError, ProbeKind, parse_probe
 from discretpeer.relay_frame import RELAY_DATA
 from discretpeer.relay_routes import RelayRoutes
 from discretpeer.traversal import Addr, Candidate, CandidateKind, PunchSession, mapping_varies
-from discretpeer.wire import INSTANCE_SIZE, Address, Introduction, Message, RelayRequest
+from discretpeer.wire import (
+    INSTANCE_SIZE,
+    MAPPING_DEPENDENT,
+    MAPPING_UNKNOWN,
+    Address,
+    Introduction,
+    Message,
+    RelayRequest,
+)
 
 if TYPE_CHECKING:
     from discretpeer.beacon_client import BeaconClient
@@ -69,6 +78,9 @@ class Pair:
     # its connection closed (e.g. a finished `pipe`): no dial, no relay request until the peer is
     # introduced again (it may be gone for good; asking the beacon for it would only be noise)
     ended: bool = False
+    # the other peer's NAT mapping as it told its beacon (wire.MAPPING_*), from introductions
+    remote_mapping: int | None = None
+    birthday_task: asyncio.Task[None] | None = None  # hard-NAT probing (birthday_driver.py)
 
     def live_connection(self) -> PeerConnection | None:
         """The pair's connection, unless it closed (then the state machine learns it now)."""
@@ -118,6 +130,7 @@ class PairDriver:
         self.pairs: collections.OrderedDict[tuple[bytes, bytes], Pair] = collections.OrderedDict()
         self.by_protocol: dict[PeerProtocol, Pair] = {}
         self.wake = asyncio.Event()
+        self.birthday = BirthdayDriver(self)
         self.relay = RelayRoutes(
             stats,
             find_pair=self._find_pair,
@@ -144,6 +157,8 @@ class PairDriver:
             local=[c.to_socket() for c in intro.candidates],
             via=f"beacon {client.spec}",
         )
+        if pair is not None and intro.mapping is not None:
+            pair.remote_mapping = intro.mapping
         if pair is not None and client not in pair.clients:
             pair.clients.append(client)
             # relaying already: a spare session on this beacon too (the other peer asks it as
@@ -156,6 +171,8 @@ class PairDriver:
             pair.observed_by[beacon] = intro.observed.to_socket()
             if self._direct_hopeless(pair):
                 self.wake.set()  # the relay is due now
+        if pair is not None:
+            self.birthday.maybe_start(pair)
 
     def introduce(
         self, token: bytes, instance: bytes, *, public: list[Addr], local: list[Addr], via: str
@@ -321,9 +338,10 @@ class PairDriver:
     def path_kind(self, candidate: Candidate | None, address: Addr | None = None) -> PathKind:
         """"lan" for a peer reported as local or on one of our attached networks, else "direct"
         (so a hairpin through the router's public address is "direct")."""
-        if candidate is not None and candidate.kind is CandidateKind.LOCAL:
-            return "lan"
         host = (candidate.address if candidate is not None else address or ("", 0))[0]
+        if candidate is not None and candidate.kind is CandidateKind.LOCAL and is_lan_address(host):
+            return "lan"
+        # a reported global address (a port mapping, IPv6 without NAT) on another network is direct
         return "lan" if on_attached_network(host, self.networks) else "direct"
 
     # --- relay requests -----------------------------------------------------------------------
@@ -381,6 +399,17 @@ class PairDriver:
         log.info("requesting relay", peer_instance=pair.session.remote_instance.hex()[:8], beacons=len(pair.clients))
         return now + RELAY_REQUEST_RETRY
 
+    def own_mapping_varies(self) -> bool | None:
+        return self._own_mapping_varies()
+
+    def remote_mapping_varies(self, pair: Pair) -> bool | None:
+        """The other peer's NAT maps per destination? (two beacons' introductions, or what it
+        learned from a behaviour port); None if unknown."""
+        varies = mapping_varies(pair.observed_by)
+        if varies is None and pair.remote_mapping not in (None, MAPPING_UNKNOWN):
+            varies = pair.remote_mapping == MAPPING_DEPENDENT
+        return varies
+
     def _own_mapping_varies(self) -> bool | None:
         """Does our NAT give us a different public address per destination (a "symmetric" NAT)?
         Known once two beacons at different addresses told us what they see; else None."""
@@ -390,7 +419,12 @@ class PairDriver:
             # TCP (issue 14): an address seen over TCP says nothing about our UDP mapping
             if beacon is not None and observed is not None and client.status.transport == "udp":
                 seen[beacon] = observed.to_socket()
-        return mapping_varies(seen)
+        varies = mapping_varies(seen)
+        if varies is None:  # one beacon: its second port may have told
+            learned = {client.mapping for client in self.clients} - {None, MAPPING_UNKNOWN}
+            if len(learned) == 1:
+                varies = learned.pop() == MAPPING_DEPENDENT
+        return varies
 
     def _direct_hopeless(self, pair: Pair) -> bool:
         """Both sides behind NATs that map per destination: the address each beacon reports is
@@ -400,7 +434,7 @@ class PairDriver:
             return True
         if udp_unreachable(self.clients):  # TCP (issue 14): our UDP is blocked, punching is pointless
             return True
-        other = mapping_varies(pair.observed_by)
+        other = self.remote_mapping_varies(pair)
         if not other:
             return False
         mine = self._own_mapping_varies()

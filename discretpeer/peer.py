@@ -25,6 +25,7 @@ from aioquic.quic.connection import QuicConnection
 from certs import create_bundle
 from discretpeer.auth import AuthError, Expectation, PeerPolicy
 from discretpeer.beacon_client import BeaconClient
+from discretpeer.behaviour_probe import BehaviourProber
 from discretpeer.candidates import attached_networks, local_candidates
 from discretpeer.config import BeaconSpec, parse_beacons
 from discretpeer.connection import (
@@ -47,9 +48,11 @@ from discretpeer.pair_state import Dial
 from discretpeer.pairs import Pair, PairDriver, PairSettings
 from discretpeer.paths import is_virtual
 from discretpeer.peer_stats import PeerStats
+from discretpeer.portmap import Mapping, PortMapper
+from discretpeer.portmap.pcp import PCP_PORT
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, pair_meeting
 from discretpeer.traversal import Addr, Candidate
-from discretpeer.wire import INSTANCE_SIZE, Address
+from discretpeer.wire import INSTANCE_SIZE, MAX_CANDIDATES, Address
 
 __all__ = ["Peer", "PeerStats"]
 
@@ -70,6 +73,9 @@ class Peer(FailureReport):
     ``relay_after`` seconds. ``direct=False`` never punches (relay only: the other peer then never
     sees packets from our address). ``max_datagram_size``: the largest UDP payload this peer sends
     (1200..16000; path-MTU probing never goes above it), e.g. 1472 to stay within one Ethernet frame.
+    ``port_mapping``: ask the gateway for a public port (PCP, NAT-PMP, UPnP-IGD) and announce it
+    (not when bound to loopback); ``port_mapping_gateway``: the gateway's address (default: the
+    routing table's), or ``"ip:port"`` to ask only PCP/NAT-PMP at that port.
     """
 
     def __init__(
@@ -88,6 +94,8 @@ class Peer(FailureReport):
         relay_after: float = 1.5,
         direct: bool = True,
         max_datagram_size: int = AIOQUIC_MAX_DATAGRAM,
+        port_mapping: bool = True,
+        port_mapping_gateway: str | None = None,
     ) -> None:
         self.identity = identity
         self._max_datagram_size = check_max_datagram_size(max_datagram_size)
@@ -100,6 +108,10 @@ class Peer(FailureReport):
         self._lan_interfaces = lan_interfaces
         self._report_local = report_local_candidates
         self._direct_enabled = direct
+        self._port_mapping = port_mapping and direct
+        self._port_mapping_gateway = port_mapping_gateway
+        self.port_mapper: PortMapper | None = None
+        self._behaviour: BehaviourProber | None = None
         self._endpoint: Endpoint | None = None
         self._clients: list[BeaconClient] = []
         self._book = MeetingBook(rotation_seconds)
@@ -125,6 +137,7 @@ class Peer(FailureReport):
             settings, self.stats, self._book, self._dialer, self._clients, lambda: self._candidates
         )
         self._pairs = self._driver.pairs
+        self._driver.birthday.spawn = self._spawn
         bundle = create_bundle("discretpeer", private_key=identity.private_key)
         self._server_config = peer_quic_configuration(is_client=False, max_datagram_size=self._max_datagram_size)
         self._server_config.certificate = bundle.certificate
@@ -142,13 +155,15 @@ class Peer(FailureReport):
             server_configuration=self._server_config,
             create_server_protocol=self._new_incoming,
             admit=self._admit,
-            on_datagram=self._driver.on_datagram,
+            on_datagram=self._on_datagram,
             virtual_paths=True,
             on_unexpected_source=self._driver.on_unexpected_source,
             connection_class=AppPacedQuicConnection,
         )
         self._candidates = self._compute_candidates()
+        self._behaviour = BehaviourProber(self._endpoint.sendto)
         self._driver.started(self._endpoint, attached_networks())
+        self._start_port_mapping()
         for spec in self.beacons:
             client = BeaconClient(
                 spec,
@@ -159,6 +174,7 @@ class Peer(FailureReport):
                 on_relay_message=self._driver.on_relay_message,
                 on_disconnect=self._driver.relay.on_beacon_lost,
                 on_token_full=self._on_token_full,
+                observe_behaviour=self._behaviour.observe,
             )
             self._clients.append(client)
             client.start()
@@ -187,11 +203,14 @@ class Peer(FailureReport):
             with contextlib.suppress(Exception):
                 await self._lan.close()
         await asyncio.gather(*(client.close() for client in self._clients), return_exceptions=True)
+        if self.port_mapper is not None:
+            await self.port_mapper.close()  # the gateway forgets the mapping (one bounded try)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for connection in list(self._connections):  # any verified while the others were closing
             connection.close("peer closing")
+        self._driver.birthday.close()  # extra sockets of birthday probing
         if self._endpoint is not None:
             self._endpoint.close()
             await asyncio.sleep(0)  # let the transport close
@@ -321,14 +340,54 @@ class Peer(FailureReport):
             self._refresh_tokens()
             if time.monotonic() - last_candidates >= CANDIDATE_REFRESH_INTERVAL:
                 last_candidates = time.monotonic()
-                self._driver.networks = attached_networks()
+                networks = attached_networks()
+                if networks != self._driver.networks and self.port_mapper is not None:
+                    self.port_mapper.refresh()  # a new network: perhaps a new gateway, ask again now
+                self._driver.networks = networks
                 fresh = self._compute_candidates()
                 if fresh != self._candidates:
                     self._candidates = fresh
                     for client in self._clients:
                         client.refresh_candidates()
 
+    def _on_datagram(self, data: bytes, source: Addr) -> None:
+        """Non-QUIC datagrams: answers from a beacon's behaviour port, else relay frames and probes."""
+        if self._behaviour is not None and self._behaviour.on_datagram(data, source):
+            return
+        self._driver.on_datagram(data, source)
+
+    def _start_port_mapping(self) -> None:
+        """Ask the gateway for a public port (PCP, NAT-PMP, UPnP at once), unless bound to
+        loopback or IPv6 only (or told which gateway, ``"ip"`` or ``"ip:port"``): the mapped
+        address becomes our first candidate once granted."""
+        assert self._endpoint is not None
+        host = self._endpoint.local_address[0]
+        given = self._port_mapping_gateway
+        if not self._port_mapping:
+            return
+        if given is None and (host.startswith("127.") or host == "::1" or (":" in host and host != "::")):
+            return
+        gateway, _, port = (given or "").partition(":")
+        self.port_mapper = PortMapper(
+            self._endpoint.port,
+            on_change=self._on_port_mapping,
+            gateway=gateway or None,
+            gateway_port=int(port) if port else PCP_PORT,
+            protocols=("pcp", "natpmp") if port else ("pcp", "natpmp", "upnp"),
+        )
+        self.port_mapper.start()
+
+    def _on_port_mapping(self, mapping: Mapping | None) -> None:
+        self._candidates = self._compute_candidates()
+        for client in self._clients:
+            client.refresh_candidates()
+
     def _compute_candidates(self) -> list[Address]:
+        mapping = self.port_mapper.mapping if self.port_mapper is not None else None
+        mapped = [Address(*mapping.external)] if mapping is not None else []
+        return (mapped + [a for a in self._local_candidates() if a not in mapped])[:MAX_CANDIDATES]
+
+    def _local_candidates(self) -> list[Address]:
         if not self._report_local or self._endpoint is None:
             return []
         ipv6 = ":" in self._endpoint.local_address[0]

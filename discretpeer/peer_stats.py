@@ -26,4 +26,7 @@ class PeerStats:
     incoming_attempts: int = 0
     verified: int = 0
     auth_failures: int = 0
+    birthday_attempts: int = 0  # hard-NAT probing attempts (either side)
+    birthday_hits: int = 0
+    birthday_packets: int = 0  # packets sent by them: extra sockets' probes and random-port probes
     connect_times: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=256))

@@ -17,6 +17,7 @@ accepts versions ``MIN_VERSION..PROTOCOL_VERSION``.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import struct
@@ -159,6 +160,9 @@ class Welcome:
     version: int
     observed: Address
     max_tokens: int
+    # the beacon's second UDP port (NAT behaviour discovery); only sent by a beacon that has one
+    # (an optional trailing field: the beacon sends it only when configured)
+    behaviour_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,9 @@ class Announce:
     add: tuple[bytes, ...] = ()
     withdraw: tuple[bytes, ...] = ()
     candidates: tuple[Address, ...] | None = None
+    # what the client learned of its NAT's mapping (MAPPING_*); only sent to a beacon whose
+    # Welcome named a behaviour port (an optional trailing field)
+    mapping: int | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,7 @@ class Introduction:
     instance: bytes
     observed: Address
     candidates: tuple[Address, ...] = ()
+    mapping: int | None = None  # the introduced peer's NAT mapping, as it reported it (MAPPING_*)
 
 
 @dataclass(frozen=True)
@@ -284,6 +292,17 @@ def _enc_candidates(out: bytearray, candidates: tuple[Address, ...]) -> None:
         _enc_address(out, addr)
 
 
+MAPPING_UNKNOWN = 0
+MAPPING_INDEPENDENT = 1  # the same public address towards every destination (cone NATs, no NAT)
+MAPPING_DEPENDENT = 2  # a new public port per destination ("symmetric" NAT)
+
+
+def _check_mapping(value: int) -> int:
+    if value not in (MAPPING_UNKNOWN, MAPPING_INDEPENDENT, MAPPING_DEPENDENT):
+        raise WireError(ErrorCode.MALFORMED, f"invalid mapping value {value}")
+    return value
+
+
 def encode(message: Message) -> bytes:
     """Encode one message as a complete frame (length prefix included)."""
     body = bytearray([message.TYPE])
@@ -294,6 +313,8 @@ def encode(message: Message) -> bytes:
         body += struct.pack("!H", message.version)
         _enc_address(body, message.observed)
         body += struct.pack("!H", message.max_tokens)
+        if message.behaviour_port is not None:
+            body += struct.pack("!H", message.behaviour_port)
     elif isinstance(message, Announce):
         _enc_tokens(body, message.add, "added")
         _enc_tokens(body, message.withdraw, "withdrawn")
@@ -302,11 +323,15 @@ def encode(message: Message) -> bytes:
         else:
             body.append(1)
             _enc_candidates(body, message.candidates)
+        if message.mapping is not None:
+            body.append(_check_mapping(message.mapping))
     elif isinstance(message, Introduction):
         body += _check_bytes(message.token, TOKEN_SIZE, "token")
         body += _check_bytes(message.instance, INSTANCE_SIZE, "instance")
         _enc_address(body, message.observed)
         _enc_candidates(body, message.candidates)
+        if message.mapping is not None:
+            body.append(_check_mapping(message.mapping))
     elif isinstance(message, Error):
         body += struct.pack("!HB", message.code, 1 if message.fatal else 0)
         _enc_str(body, message.message, MAX_ERROR_MESSAGE)
@@ -414,6 +439,8 @@ def decode_body(body: bytes) -> Message:
         message = Hello(version=r.u16("version"), instance=r.take(INSTANCE_SIZE, "instance"))
     elif kind is MessageType.WELCOME:
         message = Welcome(version=r.u16("version"), observed=r.address(), max_tokens=r.u16("max tokens"))
+        if r.pos < len(r.data):
+            message = dataclasses.replace(message, behaviour_port=r.u16("behaviour port"))
     elif kind is MessageType.ANNOUNCE:
         add = r.tokens("added")
         withdraw = r.tokens("withdrawn")
@@ -421,6 +448,8 @@ def decode_body(body: bytes) -> Message:
         if flag not in (0, 1):
             raise WireError(ErrorCode.MALFORMED, f"invalid candidates flag {flag}")
         message = Announce(add=add, withdraw=withdraw, candidates=r.candidates() if flag else None)
+        if r.pos < len(r.data):
+            message = dataclasses.replace(message, mapping=_check_mapping(r.u8("mapping")))
     elif kind is MessageType.INTRODUCTION:
         message = Introduction(
             token=r.take(TOKEN_SIZE, "token"),
@@ -428,6 +457,8 @@ def decode_body(body: bytes) -> Message:
             observed=r.address(),
             candidates=r.candidates(),
         )
+        if r.pos < len(r.data):
+            message = dataclasses.replace(message, mapping=_check_mapping(r.u8("mapping")))
     elif kind is MessageType.ERROR:
         code = r.u16("error code")
         fatal = r.u8("fatal flag")

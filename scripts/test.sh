@@ -4,10 +4,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Debian packages the NAT lab, the mDNS and the CLI tests use (real NAT, real avahi, real OpenSSH,
-# systemd-analyze for the service units, a real redis-server;
+# systemd-analyze for the service units, a real redis-server, miniupnpd for port mapping;
 # the browser-shell tests: a real headless Chromium and coturn (TURN relay))
 PACKAGES=(nftables iproute2 conntrack iptables tcpdump avahi-daemon avahi-utils dbus openssh-server openssh-client curl systemd tinyproxy redis-server
-  chromium chromium-driver coturn)
+  chromium chromium-driver coturn miniupnpd-nftables miniupnpc)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for pkg in "${PACKAGES[@]}"; do

@@ -49,11 +49,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     import sys
 
     # pytest may import the module under another name than ``tests.natlab.test_matrix``
+    # (and the other natlab test files import it as ``tests.natlab.test_matrix``: merge them all)
     candidates = [m for name, m in list(sys.modules.items()) if name.endswith("test_matrix")]
     matrix = next((m for m in candidates if getattr(m, "RESULTS", None)), None)
     if matrix is None:
         return
-    results = matrix.RESULTS
+    results: dict[str, Any] = {}
+    for module in dict.fromkeys(candidates):
+        results.update(getattr(module, "RESULTS", {}))
     rtt = 4 * matrix.DELAY_MS
     write = terminalreporter.write_line
     terminalreporter.section(f"NAT lab matrix ({matrix.DELAY_MS:g} ms per internet link, peer RTT {rtt:g} ms)")

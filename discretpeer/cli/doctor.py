@@ -8,12 +8,15 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-from discretpeer.candidates import local_addresses
+from discretpeer import wire
+from discretpeer.candidates import is_lan_address, local_addresses
 from discretpeer.identity import Identity, IdentityError
 from discretpeer.peer import Peer
+from discretpeer.portmap.client import PortMapStatus
 
 from .control import ControlError, query
 from .output import Console, ms
@@ -71,10 +74,17 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
                    f"{settings.udp_port}: {exc.strerror or exc}")
         return
     try:
-        await _wait_for_beacons(peer, timeout)
+        mapper = peer.port_mapper
+        waits: list[Awaitable[object]] = [_wait_for_beacons(peer, timeout)]
+        if mapper is not None:
+            waits.append(mapper.wait_first_attempt(min(timeout, 3.0)))
+        await asyncio.gather(*waits)
         statuses = [dataclasses.replace(status) for status in peer.beacon_status]  # before close() changes them
+        mapping_status = dataclasses.replace(mapper.status) if mapper is not None else None
     finally:
         await peer.close()
+    _check_port_mapping(report, mapping_status)
+    _check_ipv6(report, statuses)
     connected = []
     answered = False
     for status in statuses:
@@ -126,7 +136,20 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
         report.add(OK, "public address", f"{format_address(first.observed)} (as seen by beacon {first.beacon}; "
                    "this machine is behind a NAT)", address=format_address(first.observed), nat=True)
     distinct = {s.address for s in connected if s.address is not None}
-    if len(connected) < 2 or len(distinct) < 2:
+    learned = [s for s in connected if s.mapping in (wire.MAPPING_INDEPENDENT, wire.MAPPING_DEPENDENT)]
+    if (len(connected) < 2 or len(distinct) < 2) and learned:
+        s = learned[0]
+        second = f"{s.second_observed[0]}:{s.second_observed[1]}" if s.second_observed else "?"
+        if s.mapping == wire.MAPPING_INDEPENDENT:
+            report.add(OK, "nat mapping", f"same external address {format_address(s.observed)} towards both ports of "
+                       f"beacon {s.beacon} (endpoint-independent mapping, {ms((s.behaviour_ms or 0) / 1000)}): hole "
+                       "punching can work", symmetric=False, behaviour_ms=round(s.behaviour_ms or 0, 1))
+        else:
+            report.add(WARN, "nat mapping", f"a different external port per destination ({format_address(s.observed)}"
+                       f" and {second} at beacon {s.beacon}'s two ports): symmetric NAT; direct connections need a "
+                       "port mapping, IPv6 or a peer with an easy NAT, else the relay is used at once",
+                       symmetric=True, behaviour_ms=round(s.behaviour_ms or 0, 1))
+    elif len(connected) < 2 or len(distinct) < 2:
         report.add(WARN, "nat mapping", "cannot tell with a single reachable beacon: configure at least two "
                    "beacons (different addresses) to check that the NAT keeps one external port per socket")
     elif len(observed) == 1:
@@ -161,6 +184,37 @@ async def _check_paths(report: Report, settings: Settings, timeout: float) -> No
         report.add(verdict, f"paths {spec.hostname}", text,
                    paths={p.name: (round(p.seconds * 1000, 2) if p.works else None) for p in paths},
                    errors={p.name: p.error for p in paths if not p.works})
+
+
+def _check_port_mapping(report: Report, status: PortMapStatus | None) -> None:
+    if status is None:
+        report.add(OK, "port mapping", "not tried (bound to loopback, or port mapping off)", protocol=None)
+        return
+    tried = ", ".join(f"{name}: {result}" for name, result in sorted(status.answers.items())) or "no answer"
+    if status.mapping is not None:
+        m = status.mapping
+        report.add(OK, "port mapping", f"{m.protocol.upper()} mapped {m.external[0]}:{m.external[1]} on gateway "
+                   f"{status.gateway} for {m.lifetime:g} s (in {ms(status.seconds_to_map)}): peers behind any NAT "
+                   "can reach us there", protocol=m.protocol, mapped=f"{m.external[0]}:{m.external[1]}",
+                   gateway=status.gateway,
+                   ms=None if status.seconds_to_map is None else round(status.seconds_to_map * 1000, 1))
+    else:
+        report.add(WARN, "port mapping", f"gateway {status.gateway or 'unknown'} granted no mapping by PCP, NAT-PMP or "
+                   f"UPnP ({tried}); fine behind an easy NAT", protocol=None, gateway=status.gateway,
+                   answers=status.answers, ignored=status.ignored)
+
+
+def _check_ipv6(report: Report, statuses: list[Any]) -> None:
+    addresses = [a for a in local_addresses(ipv6=True) if ":" in a and not is_lan_address(a)]
+    over_ipv6 = [s.beacon for s in statuses if s.state == "connected" and s.address and ":" in s.address[0]]
+    if over_ipv6:
+        report.add(OK, "ipv6", f"beacon(s) {', '.join(over_ipv6)} reached over IPv6: direct IPv6 paths possible",
+                   addresses=addresses, reachable=True)
+    elif addresses:
+        report.add(OK, "ipv6", f"global IPv6 address(es) {', '.join(addresses)} (no beacon reached over IPv6 to "
+                   "confirm)", addresses=addresses, reachable=None)
+    else:
+        report.add(WARN, "ipv6", "no global IPv6 address: only IPv4 paths", addresses=[], reachable=False)
 
 
 async def _check_token_slots(report: Report, settings: Settings) -> None:

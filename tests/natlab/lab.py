@@ -186,7 +186,11 @@ def normalise_flavour(flavour: str, hairpin: bool | None = None) -> tuple[str, b
     return name, (pin if hairpin is None else hairpin)
 
 
-def router_ruleset(*, flavour: str, hairpin: bool, wan_ip: str, lan_net: str, wan: str = "wan", lan: str = "lan") -> str:
+def router_ruleset(
+    *, flavour: str, hairpin: bool, wan_ip: str, lan_net: str, wan: str = "wan", lan: str = "lan",
+    portmap: tuple[bool, bool, bool] | None = None,
+    ipv6: bool = False,
+) -> str:
     """The nftables ruleset of a lab router (a whole file for ``nft -f``; it replaces the old one).
 
     Mapping and filtering:
@@ -203,6 +207,13 @@ def router_ruleset(*, flavour: str, hairpin: bool, wan_ip: str, lan_net: str, wa
         Hairpinned packets are not filtered.
     Unsolicited inbound packets are dropped, never accepted: an accepted one would make a
     conntrack entry that steals the port.
+
+    ``portmap`` (pcp, natpmp, upnp): miniupnpd runs on the router. Its chains live in ``table inet
+    miniupnpd`` (DNAT of mapped ports before ours, forward accepts); the router answers its LAN,
+    except PCP (version byte 2) or NAT-PMP (version byte 0) on port 5351 when switched off.
+
+    ``ipv6``: the LAN has global IPv6 and no NAT66; ``table ip6 firewall`` is what home routers
+    do: outbound allowed, inbound only for established flows (so IPv6 needs punching too).
     """
     flavour, hairpin = normalise_flavour(flavour, hairpin)
     cone = flavour in ("full_cone", "address_restricted")
@@ -250,6 +261,48 @@ def router_ruleset(*, flavour: str, hairpin: bool, wan_ip: str, lan_net: str, wa
     def chain(lines: Iterable[str]) -> str:
         return "".join(f"\n    {line}" for line in lines)
 
+    inputs = []
+    upnp_tables = ""
+    if ipv6:
+        upnp_tables += f"""
+table ip6 firewall {{
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname "{lan}" oifname "{wan}" accept
+  }}
+}}
+"""
+    if portmap is not None:
+        use_pcp, use_natpmp, _ = portmap
+        if not use_pcp:
+            inputs.append(f'iifname "{lan}" udp dport 5351 @th,64,8 2 drop')
+        if not use_natpmp:
+            inputs.append(f'iifname "{lan}" udp dport 5351 @th,64,8 0 drop')
+        inputs.append(f'iifname "{lan}" accept')
+        upnp_tables += f"""
+table inet miniupnpd {{
+  chain forward {{
+    type filter hook forward priority filter - 1; policy accept;
+    jump miniupnpd
+  }}
+  chain miniupnpd {{
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat - 1; policy accept;
+    jump prerouting_miniupnpd
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat - 1; policy accept;
+    jump postrouting_miniupnpd
+  }}
+  chain prerouting_miniupnpd {{
+  }}
+  chain postrouting_miniupnpd {{
+  }}
+}}
+"""
+
     return f"""flush ruleset
 table ip natlab {{{maps}
   chain pre {{
@@ -269,10 +322,10 @@ table ip natlab {{{maps}
     type filter hook input priority filter; policy drop;
     iifname "lo" accept
     ct state established,related accept
-    icmp type echo-request accept{chain(proxy)}
+    icmp type echo-request accept{chain(proxy)}{chain(inputs)}
   }}
 }}
-"""
+{upnp_tables}"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -591,6 +644,8 @@ class Node:
     hairpin: bool = False
     children: list[str] = field(default_factory=list)
     next_lan_host: int = 2
+    portmap: tuple[bool, bool, bool] | None = None  # miniupnpd: (pcp, natpmp, upnp)
+    address6: str = ""  # global IPv6 address (enable_ipv6), "" without IPv6
 
 
 class Host:
@@ -665,6 +720,7 @@ class Lab:
         self._link_delay: dict[str, float] = {}
         self._delay_backend = delay_backend or os.environ.get("DPN_NATLAB_DELAY") or None
         self._delayer: LabProcess | None = None
+        self._stun: LabProcess | None = None
         self._delayer_commands = 0
         self._netem_links: set[str] = set()
         self._log_seq = 0
@@ -921,6 +977,107 @@ EOF
         self.run(router, ["nft", "-f", str(path)])
         self.flush_conntrack(router)
 
+    def enable_ipv6(self, node: str) -> str:
+        """Global IPv6 (2001:db8::/32) for a public host, or for a router and its LAN hosts (no
+        NAT66: a stateful firewall, see :func:`router_ruleset`). Returns the node's IPv6 address
+        (a router's LAN hosts get 2001:db8:N::2, ::3...; read them with ``address6``)."""
+        n = self.nodes[node]
+        if n.parent != "core" or n.kind not in ("public", "router"):
+            raise ValueError(f"{node}: IPv6 is for public hosts and core-attached routers")
+        index = int(ipaddress.ip_address(n.address)) & 0xFF
+        n.address6 = f"2001:db8:ffff::{index:x}"
+        on = "for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do echo 0 > $f; done; " \
+             "for f in /proc/sys/net/ipv6/conf/*/accept_dad /proc/sys/net/ipv6/conf/*/accept_ra " \
+             "/proc/sys/net/ipv6/conf/*/router_solicitations; do echo 0 > $f; done"
+        self.run("core", ["sh", "-c", on + "; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"])
+        core_cmds = [f"route replace {n.address6}/128 dev c-{node}"]
+        cmds = [
+            f"addr add {n.address6}/128 dev {n.uplink} nodad",
+            f"route add 2001:db8:ffff::1/128 dev {n.uplink}",
+            f"route add 2001:db8::/32 via 2001:db8:ffff::1 dev {n.uplink}",
+        ]
+        # the core's address on every link (as for IPv4): NDP answers only for the link's own addresses
+        core_cmds.insert(0, f"addr add 2001:db8:ffff::1/128 dev c-{node} nodad")
+        if n.kind == "router":
+            lan6 = f"2001:db8:{index:x}::"
+            cmds.append(f"addr add {lan6}1/64 dev lan nodad")
+            core_cmds.append(f"route replace {lan6}/64 via {n.address6} dev c-{node}")
+        self.run(node, ["sh", "-c", on + ("; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding" if n.kind == "router" else "")])
+        _sh(["ip", "-6", "-n", n.ns, "-b", "-"], input="\n".join(cmds) + "\n")
+        _sh(["ip", "-6", "-n", self.nodes["core"].ns, "-b", "-"], input="\n".join(core_cmds) + "\n")
+        if n.kind == "router":
+            path = self.workdir / f"{n.name}.nft"
+            path.write_text(self._ruleset(n))
+            self.run(node, ["nft", "-f", str(path)])
+            for i, host in enumerate(h for h in n.children if self.nodes[h].kind == "host"):
+                h = self.nodes[host]
+                h.address6 = f"{lan6}{i + 2:x}"
+                self.run(host, ["sh", "-c", on])
+                _sh(["ip", "-6", "-n", h.ns, "-b", "-"], input=f"addr add {h.address6}/64 dev eth0 nodad\n"
+                    f"route add 2001:db8::/32 via {lan6}1 dev eth0\n")
+        return n.address6
+
+    def address6(self, node: str) -> str:
+        return self.nodes[node].address6
+
+    def start_stun(self) -> LabProcess:
+        """A STUN Binding responder on the core (203.0.113.1:3478), for miniupnpd (once per lab)."""
+        if self._stun is None:
+            self._stun = self.popen("core", [sys.executable, str(HERE / "stun.py"), CORE_ADDRESS, "3478"], name="stun", infrastructure=True)
+            self._stun.wait_for(r"^ready", timeout=10)
+        return self._stun
+
+    def enable_portmap(
+        self, router: str, *, pcp: bool = True, natpmp: bool = True, upnp: bool = True, allow: bool = True
+    ) -> LabProcess:
+        """Run miniupnpd (Debian's nftables build) on a router: PCP, NAT-PMP and UPnP-IGD each
+        switchable; ``allow=False`` makes it refuse every mapping (NOT_AUTHORIZED)."""
+        node = self._router(router)
+        if shutil.which("miniupnpd") is None:
+            raise LabUnavailable("miniupnpd is not installed (Debian: miniupnpd-nftables)")
+        self.start_stun()
+        node.portmap = (pcp, natpmp, upnp)
+        path = self.workdir / f"{node.name}.nft"
+        path.write_text(self._ruleset(node))
+        self.run(router, ["nft", "-f", str(path)])
+        rule = "allow 1024-65535 0.0.0.0/0 1024-65535" if allow else "deny 0-65535 0.0.0.0/0 0-65535"
+        conf = self.workdir / f"{node.name}-miniupnpd.conf"
+        conf.write_text(
+            f"""ext_ifname=wan
+listening_ip=lan
+http_port=0
+enable_natpmp={"yes" if (pcp or natpmp) else "no"}
+enable_upnp={"yes" if upnp else "no"}
+ext_perform_stun=yes
+ext_stun_host={CORE_ADDRESS}
+ext_stun_port=3478
+secure_mode=yes
+system_uptime=yes
+notify_interval=60
+clean_ruleset_interval=600
+min_lifetime=20
+max_lifetime=86400
+upnp_table_name=miniupnpd
+upnp_nat_table_name=miniupnpd
+upnp_forward_chain=miniupnpd
+upnp_nat_chain=prerouting_miniupnpd
+upnp_nat_postrouting_chain=postrouting_miniupnpd
+uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
+{rule}
+"""
+        )
+        for host in node.children:  # lab hosts have no default route: let SSDP's multicast out
+            if self.nodes[host].kind == "host":
+                self.run(host, ["ip", "route", "replace", "239.255.255.250/32", "dev", "eth0"])
+        proc = self.popen(router, ["miniupnpd", "-d", "-f", str(conf)], name=f"miniupnpd-{router}", infrastructure=True)
+        proc.wait_for(r"Listening for NAT-PMP/PCP|HTTP listening", timeout=10, stream="stderr")
+        return proc
+
+    def portmap_rules(self, router: str) -> str:
+        """miniupnpd's DNAT rules on a router (empty when it holds no mapping)."""
+        out = self.run(router, ["nft", "list", "chain", "inet", "miniupnpd", "prerouting_miniupnpd"], check=False).stdout
+        return "\n".join(line.strip() for line in out.splitlines() if "dnat" in line)
+
     def flush_conntrack(self, router: str | None = None) -> None:
         """Forget every connection (NAT mapping) of one router, or of all routers."""
         names = [router] if router else [n.name for n in self.nodes.values() if n.kind == "router"]
@@ -934,7 +1091,10 @@ EOF
         return node
 
     def _ruleset(self, node: Node) -> str:
-        return router_ruleset(flavour=node.flavour, hairpin=node.hairpin, wan_ip=node.address, lan_net=str(node.lan_net))
+        return router_ruleset(
+            flavour=node.flavour, hairpin=node.hairpin, wan_ip=node.address, lan_net=str(node.lan_net), portmap=node.portmap,
+            ipv6=bool(node.address6),
+        )
 
     # ---------------------------------------------------------------- lookups
 

@@ -106,6 +106,7 @@ async def main(config: dict) -> None:
         relay=config.get("relay", True),
         report_local_candidates=config.get("report_local", True),
         punch_duration=config.get("punch_duration", 6.0),
+        port_mapping=config.get("port_mapping", True),
     ) as peer:
         emit(event="ready", peer_id=peer.peer_id, port=peer.port)
         started = time.monotonic()
@@ -147,7 +148,14 @@ async def main(config: dict) -> None:
         else:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(conn.wait_closed(), 30)
-        emit(event="done", stats=vars(peer.stats) | {"connect_times": list(peer.stats.connect_times)})
+        mapper = peer.port_mapper
+        mapping = mapper.mapping if mapper is not None else None
+        emit(
+            event="done",
+            stats=vars(peer.stats) | {"connect_times": list(peer.stats.connect_times)},
+            mapping=None if mapping is None else {"protocol": mapping.protocol, "external": list(mapping.external)},
+            mapping_answers=None if mapper is None else mapper.status.answers,
+        )
 
 
 if __name__ == "__main__":

@@ -134,3 +134,16 @@ def test_mapping_varies_is_none_only_without_two_beacon_ips(observed_by):
 
     result = mapping_varies(observed_by)
     assert (result is None) == (len({beacon[0] for beacon in observed_by}) < 2)
+
+
+def test_global_addresses_rank_by_rtt_and_ipv6_wins_a_tie():
+    """A reported global address (IPv6 without NAT, a port mapping) is not a LAN: it competes on
+    round-trip time with the public address; IPv6 wins within 10 %."""
+    s = session(LOW, HIGH)
+    s.add_candidates([("203.0.113.5", 1)], CandidateKind.PUBLIC, 0)
+    s.add_candidates([("2001:db8:1::2", 1), ("203.0.113.9", 7)], CandidateKind.LOCAL, 0)
+    for address, rtt in ((("203.0.113.5", 1), 0.080), (("2001:db8:1::2", 1), 0.084), (("203.0.113.9", 7), 0.070)):
+        s.candidates[address].confirmed_at, s.candidates[address].rtt = 0.1, rtt
+    assert [c.address for c in s.confirmed()] == [("203.0.113.9", 7), ("2001:db8:1::2", 1), ("203.0.113.5", 1)]
+    s.candidates[("2001:db8:1::2", 1)].rtt = 0.120  # clearly slower: IPv4 first
+    assert s.confirmed()[-1].address == ("2001:db8:1::2", 1)

@@ -1,0 +1,43 @@
+"""Hard-NAT (birthday) probing: symmetric ↔ port_restricted, which plain punching cannot open,
+goes direct. One beacon with a behaviour port tells each side its NAT's mapping; the symmetric
+side opens 256 extra sockets, the other probes random ports (≤ 1,024 over ≤ 3 s)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.natlab.lab import Lab
+from tests.natlab.test_behaviour import start_beacon_with_behaviour_port
+from tests.natlab.test_matrix import BEACON_IP, DELAY_MS, RUNS, first, record, run_pair
+
+pytestmark = pytest.mark.natlab
+
+
+def test_symmetric_to_port_restricted_goes_direct_by_birthday_probing(lab: Lab, tmp_path: Path) -> None:
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_home("A", "symmetric")
+    lab.add_home("B", "port_restricted")
+    lab.set_delay(DELAY_MS)
+    _, entry = start_beacon_with_behaviour_port(lab, tmp_path)
+    times, direct = [], 0
+    for _ in range(RUNS):
+        events_a, events_b = run_pair(lab, tmp_path, "A1", "B1", entry, hold=5)
+        ca = first(events_a, "connected")
+        paths = [e["path"] for e in events_a if e["event"] == "path"]
+        final = paths[-1] if paths else ca["path"]
+        held = first(events_a, "held")  # the stream lived through any move relay → direct
+        assert held["n"] > 0
+        stats_a, stats_b = first(events_a, "done")["stats"], first(events_b, "done")["stats"]
+        assert stats_a["birthday_attempts"] == stats_b["birthday_attempts"] == 1
+        assert stats_b["birthday_packets"] <= 1024 and stats_a["birthday_packets"] >= 256
+        if final == "direct":
+            direct += 1
+            assert stats_a["birthday_hits"] == 1
+            t = [e["t"] for e in events_a if e["event"] == "path" and e["path"] == "direct"]
+            introduced = ca["ms_from_start"] - ca["ms"]  # ms after start when the introduction came
+            times.append(1000 * t[0] - introduced if t else ca["ms"])  # introduction → direct
+        print(f"birthday: final {final}, A {stats_a['birthday_packets']} packets, B {stats_b['birthday_packets']} probes")
+    assert direct >= RUNS - 1, f"{direct}/{RUNS} direct"
+    record("symmetric ↔ port_restricted, birthday probing", "direct", times)
