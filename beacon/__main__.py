@@ -47,8 +47,8 @@ from beacon.files import BeaconFiles, StartupError, prepare
 from beacon.logs import BeaconLog, LogFileError
 from beacon.relay import relay_quota
 from beacon.server import BeaconServer
-from beacon.summary import log_summaries
 from beacon.store import StoreUnavailable
+from beacon.summary import log_summaries
 from beacon.workers import Supervisor, worker_sockets
 
 PROG = "discret-beacon"
@@ -190,8 +190,10 @@ async def _serve(
             await web.start()
         except ImportError as exc:
             await server.stop(reason="web listener failed")
-            print(f"{PROG}: error: web_enabled needs the 'web' extra (pip install 'discretpeer[web]'): {exc}",
-                  file=sys.stderr)
+            print(
+                f"{PROG}: error: web_enabled needs the 'web' extra (pip install 'discretpeer[web]'): {exc}",
+                file=sys.stderr,
+            )
             return 1
         except (OSError, ValueError) as exc:
             await server.stop(reason="web listener failed")
@@ -310,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         log_dir = files.log_dir / f"worker-{args.worker_index}"  # one rotating file per process
         log_dir.mkdir(exist_ok=True)
     try:
-        beacon_log = BeaconLog(log_dir, level=c.log_level, max_bytes=c.log_file_max_bytes, backup_count=c.log_file_count)
+        beacon_log = BeaconLog(
+            log_dir, level=c.log_level, max_bytes=c.log_file_max_bytes, backup_count=c.log_file_count
+        )
     except LogFileError as exc:
         # Refuse to start rather than run without the log history an operator will need later.
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -324,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(_serve(files, beacon_log.log, args.ready_file, _overrides(args), args))
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - one line on the console, the traceback in the log
+    except Exception as exc:
         beacon_log.log.exception("crashed")
         print(f"{PROG}: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

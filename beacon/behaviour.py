@@ -23,7 +23,7 @@ class BehaviourResponder(asyncio.DatagramProtocol):
         self.dropped = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands a BaseTransport; a datagram one here
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:

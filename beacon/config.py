@@ -102,7 +102,9 @@ class BeaconConfig:
     )
     ipv6_host: str = _setting("::", "IPv6 address to listen on (:: = every interface).", _ip(6))
     ipv6_port: int = _setting(
-        DEFAULT_PORT, "UDP port for QUIC over IPv6 (0 = any free port). Unset: the same as port.", _range(0, 65535),
+        DEFAULT_PORT,
+        "UDP port for QUIC over IPv6 (0 = any free port). Unset: the same as port.",
+        _range(0, 65535),
         follows="port",
     )
     behaviour_port: int = _setting(
@@ -156,7 +158,8 @@ class BeaconConfig:
         200.0, 'With retry = "auto": global handshake rate above which Retry is required.', _range(0)
     )
     idle_timeout_seconds: float = _setting(
-        60.0, "Idle timeout (QUIC and TLS/TCP): a connection silent this long is closed (clients send PINGs).",
+        60.0,
+        "Idle timeout (QUIC and TLS/TCP): a connection silent this long is closed (clients send PINGs).",
         _range(1, 3600),
     )
     hello_timeout_seconds: float = _setting(
@@ -169,7 +172,7 @@ class BeaconConfig:
         16,
         "Connections that may wait on one token, at most 4 per address (fair share: see beacon/meetings.py); "
         "a peer refused a place is told TOKEN_FULL.",
-        _range(2, 100000)
+        _range(2, 100000),
     )
     max_frame_size: int = _setting(
         MAX_FRAME, f"Largest frame accepted, in bytes (at most {MAX_FRAME}).", _range(64, MAX_FRAME)
@@ -189,7 +192,8 @@ class BeaconConfig:
     relay_max_sessions: int = _setting(1000, "Relay sessions at once (more: RELAY_TOO_MANY_SESSIONS).", _range(0))
     relay_max_sessions_per_connection: int = _setting(16, "Relay sessions one beacon connection may hold.", _range(1))
     relay_max_bytes: int = _setting(
-        1073741824, "Bytes one session may forward, both directions together (then RELAY_BYTES_EXCEEDED).",
+        1073741824,
+        "Bytes one session may forward, both directions together (then RELAY_BYTES_EXCEEDED).",
         _range(1, 2**63 - 1),
     )
     relay_max_seconds: int = _setting(
@@ -242,11 +246,13 @@ class BeaconConfig:
         "", "CA certificate file that signs the store's TLS certificate (empty = the system's CAs)."
     )
     store_ttl_seconds: int = _setting(
-        30, "A connection's entry in the store expires this long after its worker last refreshed it (dead workers).",
+        30,
+        "A connection's entry in the store expires this long after its worker last refreshed it (dead workers).",
         _range(2, 3600),
     )
     store_start_degraded: bool = _setting(
-        False, "Start even when the store cannot be reached (introduce local peers only, keep retrying); "
+        False,
+        "Start even when the store cannot be reached (introduce local peers only, keep retrying); "
         "false = exit with one line naming the URL (exit code 2).",
     )
 
@@ -258,29 +264,34 @@ class BeaconConfig:
 
     # --- logs ---
     log_level: str = _setting(
-        "info", 'Log level: "debug", "info", "warning" or "error".', _choice("debug", "info", "warning", "error"),
+        "info",
+        'Log level: "debug", "info", "warning" or "error".',
+        _choice("debug", "info", "warning", "error"),
         "Logs",
     )
-    log_file_max_bytes: int = _setting(
-        10485760, "Size at which logs/beacon.log is rotated.", _range(4096)
-    )
+    log_file_max_bytes: int = _setting(10485760, "Size at which logs/beacon.log is rotated.", _range(4096))
     log_file_count: int = _setting(5, "Rotated log files kept besides the current one.", _range(0, 1000))
     summary_interval_seconds: float = _setting(
-        60.0, "Seconds between two info lines summing up peers, introductions and relay traffic (0 = off).",
+        60.0,
+        "Seconds between two info lines summing up peers, introductions and relay traffic (0 = off).",
         _off_or_range(0.1, 86400),
     )
 
     # --- browser shell (beacon/web.py, issue 19) ---
     web_enabled: bool = _setting(
-        False, "Serve the browser-shell page and its WebSocket signalling (/ws) over TCP.", None,
+        False,
+        "Serve the browser-shell page and its WebSocket signalling (/ws) over TCP.",
+        None,
         "Browser shell (web page + signalling)",
     )
     web_host: str = _setting("0.0.0.0", "Address of the page's TCP listener.")
-    web_port: int = _setting(8443, "TCP port of the page (HTTPS with the PEM files below, else plain HTTP).",
-                             _range(0, 65535))
+    web_port: int = _setting(
+        8443, "TCP port of the page (HTTPS with the PEM files below, else plain HTTP).", _range(0, 65535)
+    )
     web_certificate: str = _setting(
-        "", "PEM certificate chain of your domain (e.g. Let's Encrypt fullchain.pem); empty = plain HTTP, "
-        "for a reverse proxy that terminates TLS (browsers need HTTPS for the page's WebCrypto)."
+        "",
+        "PEM certificate chain of your domain (e.g. Let's Encrypt fullchain.pem); empty = plain HTTP, "
+        "for a reverse proxy that terminates TLS (browsers need HTTPS for the page's WebCrypto).",
     )
     web_private_key: str = _setting("", "PEM private key of that certificate.")
     web_turn_secret: str = _setting(
@@ -332,13 +343,16 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     got = value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         got = float(value)
-    elif kind is bool and not isinstance(value, bool):
-        got = None
-    elif kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        got = None
-    elif kind is float and not (isinstance(got, float) and math.isfinite(got)):
-        got = None
-    elif kind is str and not isinstance(value, str):
+    elif (
+        kind is bool
+        and not isinstance(value, bool)
+        or kind is int
+        and (isinstance(value, bool) or not isinstance(value, int))
+        or kind is float
+        and not (isinstance(got, float) and math.isfinite(got))
+        or kind is str
+        and not isinstance(value, str)
+    ):
         got = None
     elif kind is tuple:
         got = tuple(value) if isinstance(value, (list, tuple)) else None

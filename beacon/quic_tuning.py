@@ -251,7 +251,7 @@ def derive_reset_tokens(quic: QuicConnection, token_for: Any) -> None:
     first = quic._host_cids[0]
     first.stateless_reset_token = token_for(first.cid)
     inner = quic._replenish_connection_ids
-    quic._replenish_connection_ids = _TokenedReplenish(inner, quic, token_for)  # type: ignore[method-assign]
+    quic._replenish_connection_ids = _TokenedReplenish(inner, quic, token_for)  # type: ignore[method-assign]  # an instance override of aioquic's method
 
 
 def prepare_server_connection(quic: QuicConnection) -> None:
@@ -260,7 +260,7 @@ def prepare_server_connection(quic: QuicConnection) -> None:
         return
     quic._local_active_connection_id_limit = MAX_CONNECTION_IDS
     # an instance attribute shadows the method; aioquic calls self._replenish_connection_ids()
-    quic._replenish_connection_ids = _CappedReplenish(quic)  # type: ignore[method-assign]
+    quic._replenish_connection_ids = _CappedReplenish(quic)  # type: ignore[method-assign]  # an instance override of aioquic's method
 
 
 def trim_after_handshake(quic: QuicConnection) -> None:
@@ -272,9 +272,9 @@ def trim_after_handshake(quic: QuicConnection) -> None:
         buffers[epoch] = Buffer(capacity=0)
     context = quic.tls
     if isinstance(context, tls.Context) and context.state == tls.State.SERVER_POST_HANDSHAKE:
-        quic.tls = PostHandshakeTLS(context)  # type: ignore[assignment]
+        quic.tls = PostHandshakeTLS(context)  # type: ignore[assignment]  # a light stand-in for the finished TLS context
     if getattr(quic, "_datagrams_pending", None) is not None and not quic._datagrams_pending:
-        quic._datagrams_pending = ()  # type: ignore[assignment]
+        quic._datagrams_pending = ()  # type: ignore[assignment]  # an immutable empty stand-in, never appended to after the handshake
     # a server discards the Initial and Handshake epochs when its handshake completes
     spaces = quic._spaces
     cryptos = quic._cryptos

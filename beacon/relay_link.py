@@ -131,7 +131,7 @@ class RelayLink(asyncio.DatagramProtocol):
         return link
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands a BaseTransport; a datagram one here
 
     @property
     def address(self) -> SocketAddress:

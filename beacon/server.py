@@ -91,7 +91,7 @@ def unacked_bytes(quic: QuicConnection, stream_id: int = 0) -> int:
     if stream is None:
         return 0
     sender = stream.sender
-    return sender._buffer_stop - sender._buffer_start  # noqa: SLF001
+    return sender._buffer_stop - sender._buffer_start  # noqa: SLF001 - aioquic's send buffer has no public size
 
 
 def validated_address(quic: QuicConnection) -> tuple[str, int] | None:
@@ -109,7 +109,7 @@ def validated_address(quic: QuicConnection) -> tuple[str, int] | None:
 
 
 def _validated_paths(quic: QuicConnection) -> list[tuple[str, int]]:
-    return [normalize_address(p.addr) for p in quic._network_paths if p.is_validated]  # noqa: SLF001
+    return [normalize_address(p.addr) for p in quic._network_paths if p.is_validated]  # noqa: SLF001 - aioquic keeps its paths private; only validated ones count
 
 
 class _Peer:
@@ -119,8 +119,21 @@ class _Peer:
     ``transmit``, and ``endpoint`` (what relay datagrams to this client go through)."""
 
     __slots__ = (
-        "key", "protocol", "via", "address", "observed", "ip", "instance", "decoder", "frames",
-        "hello", "closing", "gone", "counted", "refusal", "timer",
+        "key",
+        "protocol",
+        "via",
+        "address",
+        "observed",
+        "ip",
+        "instance",
+        "decoder",
+        "frames",
+        "hello",
+        "closing",
+        "gone",
+        "counted",
+        "refusal",
+        "timer",
     )
 
     def __init__(self, key: int, protocol: Any, address: tuple[str, int], max_frame: int) -> None:
@@ -158,7 +171,7 @@ class BeaconProtocol(EndpointProtocol):
             quic_tuning.prepare_server_connection(quic)
             quic_tuning.lighten_protocol(self)
         # tokens derived from the beacon's key: a restarted beacon can still reset this connection
-        quic_tuning.derive_reset_tokens(quic, server._reset_token)
+        quic_tuning.derive_reset_tokens(quic, server._reset_token)  # noqa: SLF001 - the server's own protocol and endpoint classes
 
     def transmit(self) -> None:
         if not self.dead:
@@ -190,43 +203,43 @@ class BeaconProtocol(EndpointProtocol):
         if self.dead:
             return
         if self.peer is None:
-            self.server._connection_started(self, (addr[0], addr[1]))
+            self.server._connection_started(self, (addr[0], addr[1]))  # noqa: SLF001 - the server's own protocol and endpoint classes
         try:
             super().datagram_received(data, addr)
         except Exception:  # noqa: BLE001 - a bug must cost this connection only, and only once
-            self.server._internal_error(self)
+            self.server._internal_error(self)  # noqa: SLF001 - the server's own protocol and endpoint classes
             return
         # aioquic's datagram_received ends with a transmit, after every event (and every frame
         # the server wrote in response) was handled: no need for another one in _flush
-        self.server._dirty.discard(self)
+        self.server._dirty.discard(self)  # noqa: SLF001 - the server's own protocol and endpoint classes
         peer = self.peer
         if peer is not None and not peer.closing and getattr(self._quic, "_close_event", None) is not None:
             # the client closed: leave the tables now, not after aioquic's draining period
-            self.server._leave(peer)
+            self.server._leave(peer)  # noqa: SLF001 - the server's own protocol and endpoint classes
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
             # handled here, never buffered in asyncio StreamReaders (those are unbounded)
             if self.peer is not None:
-                self.server._stream_data(self.peer, event)
+                self.server._stream_data(self.peer, event)  # noqa: SLF001 - the server's own protocol and endpoint classes
             return
         if isinstance(event, (events.StopSendingReceived, events.StreamReset)):
             # the client gave up the control stream (the only one it may open): nothing more
             # can be said on it, so the connection ends, once
             if self.peer is not None and event.stream_id == 0:
                 reason = "stop_sending" if isinstance(event, events.StopSendingReceived) else "stream_reset"
-                self.server._control_stream_lost(self.peer, reason)
+                self.server._control_stream_lost(self.peer, reason)  # noqa: SLF001 - the server's own protocol and endpoint classes
             return
         super().quic_event_received(event)
         if isinstance(event, events.HandshakeCompleted):
             if self.peer is not None:
-                self.server._handshake_completed(self.peer)
+                self.server._handshake_completed(self.peer)  # noqa: SLF001 - the server's own protocol and endpoint classes
             if TRIM_AFTER_HANDSHAKE:
                 quic_tuning.trim_after_handshake(self._quic)
-                self.server._settling.append((self._loop.time() + SETTLE_SECONDS, self))
+                self.server._settling.append((self._loop.time() + SETTLE_SECONDS, self))  # noqa: SLF001 - the server's own protocol and endpoint classes
         elif isinstance(event, events.ConnectionTerminated):
             if self.peer is not None:
-                self.server._connection_lost(self.peer)
+                self.server._connection_lost(self.peer)  # noqa: SLF001 - the server's own protocol and endpoint classes
             if TRIM_AFTER_HANDSHAKE:
                 # after aioquic's own processing of this event (and its transmit) has finished
                 self._loop.call_soon(self._dismantle)
@@ -266,7 +279,7 @@ class _BeaconEndpoint(Endpoint):
         # per-IP budget spent for its (possibly spoofed) source
         if (
             header.packet_type == QuicPacketType.INITIAL
-            and header.version in self._server_configuration.supported_versions  # type: ignore[union-attr]
+            and header.version in self._server_configuration.supported_versions  # type: ignore[union-attr]  # a server endpoint always has its configuration
             and len(data) >= SMALLEST_INITIAL
             and not quic_tuning.initial_decrypts(data, CONNECTION_ID_LENGTH)
         ):
@@ -274,7 +287,7 @@ class _BeaconEndpoint(Endpoint):
             return None
         return super()._maybe_accept(data, source, header, relay_route)
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Any) -> None:
         if data and data[0] < 0x40 and self.on_stun is not None and stun.is_stun(data):
             self.on_stun(data, addr)  # STUN for browsers (issue 19): never QUIC (fixed bit clear)
             return
@@ -287,7 +300,6 @@ class _BeaconEndpoint(Endpoint):
                 self._drain_handle = asyncio.get_running_loop().call_soon(self._drain_one)
             return
         super().datagram_received(data, addr)
-
 
     def _drain_one(self) -> None:
         self._drain_handle = None
@@ -596,6 +608,7 @@ class BeaconServer:
             if ":" not in host:
                 return port
         return None
+
     def _stun_answer(self, endpoint: Any, data: bytes, source: Any) -> None:
         reply = self.stun.answer(data, (source[0], source[1]))
         if reply is not None:
@@ -788,7 +801,7 @@ class BeaconServer:
         except WireError as exc:
             self._reject(peer, exc.code, exc.message)
             return
-        except Exception:  # noqa: BLE001 - one client's surprise must not hurt the others
+        except Exception:
             self.log.exception("internal_error", conn=peer.key)
             self._reject(peer, ErrorCode.INTERNAL, "internal error")
             return
@@ -938,7 +951,7 @@ class BeaconServer:
             # waiting for the other peer's request: tell it, so it asks now rather than after
             # its own punching deadline (a peer whose UDP is blocked knows punching is pointless);
             # older clients ignore this frame
-            target = self._peers.get(targets[0])
+            target = self._peers.get(targets[0])  # type: ignore[call-overload]  # a local key here
             if target is not None:
                 self._send(target, wire.RelayRequest(token=request.token, instance=peer.instance))
 
@@ -977,13 +990,21 @@ class BeaconServer:
     def _grant(self, side: RelaySide, session: RelaySession) -> None:
         if isinstance(side.conn, str):  # its holder tells it (and proxies it across machines)
             assert self.link is not None
-            self._store_send(side.conn, {
-                "k": "relay_grant", "tok": session.token.hex(), "inst": session.other(side.conn).instance.hex(),
-                "sid": session.session_id.hex(), "addr": list(side.address), "machine": self.machine,
-                "link": list(self.link.address), "owner": self.store.node,  # type: ignore[attr-defined]
-            })
+            self._store_send(
+                side.conn,
+                {
+                    "k": "relay_grant",
+                    "tok": session.token.hex(),
+                    "inst": session.other(side.conn).instance.hex(),
+                    "sid": session.session_id.hex(),
+                    "addr": list(side.address),
+                    "machine": self.machine,
+                    "link": list(self.link.address),
+                    "owner": self.store.node,  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
+                },
+            )
             return
-        peer = self._peers.get(side.conn)  # type: ignore[call-overload]
+        peer = self._peers.get(side.conn)  # type: ignore[call-overload]  # a local connection key here (another worker's keys are str)
         if peer is None:
             return
         q = self.relay.quota
@@ -1010,12 +1031,12 @@ class BeaconServer:
                     link.send(proxy.owner_link, source, data)
                 return
         relay = self.relay
-        target = relay.route(data, source, self._loop.time(), endpoint)  # type: ignore[union-attr]
+        target = relay.route(data, source, self._loop.time(), endpoint)  # type: ignore[union-attr]  # the loop is set once the server started
         if target is None and relay.misdirected is not None:
             session, relay.misdirected = relay.misdirected, None
             if self._follow_migration(session, source):
                 relay.dropped["wrong_source"] -= 1  # not dropped after all: it came from the new path
-                target = relay.route(data, source, self._loop.time(), endpoint)  # type: ignore[union-attr]
+                target = relay.route(data, source, self._loop.time(), endpoint)  # type: ignore[union-attr]  # the loop is set once the server started
         if target is not None:
             target[0].sendto(data, target[1])
         elif relay.ended:
@@ -1025,7 +1046,7 @@ class BeaconServer:
         """A side's beacon connection moved to ``source`` (NAT rebinding) and QUIC validated the
         new path: the session follows. Anything else from ``source`` stays dropped."""
         for side in session.sides():
-            peer = self._peers.get(side.conn)  # type: ignore[call-overload]
+            peer = self._peers.get(side.conn)  # type: ignore[call-overload]  # a local connection key here (another worker's keys are str)
             if peer is None or peer.gone:
                 continue
             if source in peer.protocol.validated_paths():
@@ -1040,19 +1061,28 @@ class BeaconServer:
     def _relay_ended(self, ended: RelayEnded) -> None:
         self.metrics.relay_ended.labels(ended.code.name.lower()).inc()
         self.log.info(
-            "relay_session_ended", session=ended.session.session_id.hex(), code=ended.code.name,
+            "relay_session_ended",
+            session=ended.session.session_id.hex(),
+            code=ended.code.name,
             bytes=ended.session.bytes,
         )
         for side in ended.notify:
             if isinstance(side.conn, str):
-                self._store_send(side.conn, {
-                    "k": "relay_end", "sid": ended.session.session_id.hex(), "code": int(ended.code),
-                    "msg": ended.message,
-                })
+                self._store_send(
+                    side.conn,
+                    {
+                        "k": "relay_end",
+                        "sid": ended.session.session_id.hex(),
+                        "code": int(ended.code),
+                        "msg": ended.message,
+                    },
+                )
                 continue
-            peer = self._peers.get(side.conn)  # type: ignore[call-overload]
+            peer = self._peers.get(side.conn)  # type: ignore[call-overload]  # a local connection key here (another worker's keys are str)
             if peer is not None:
-                self._send(peer, wire.RelayEnd(session_id=ended.session.session_id, code=ended.code, message=ended.message))
+                self._send(
+                    peer, wire.RelayEnd(session_id=ended.session.session_id, code=ended.code, message=ended.message)
+                )
 
     # --- relay across workers and machines (shared store; see beacon.relay_link) ---------------
 
@@ -1062,7 +1092,7 @@ class BeaconServer:
         return bytes([first]) + os.urandom(size - 1)
 
     def _store_send(self, to: str, message: dict[str, Any]) -> None:
-        self.store.send(to, message)  # type: ignore[attr-defined]
+        self.store.send(to, message)  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
 
     def _cross_machine(self, conn: Any) -> bool:
         known = self._remote_links.get(conn) if isinstance(conn, str) else None
@@ -1080,19 +1110,27 @@ class BeaconServer:
     ) -> None:
         """The partner is held elsewhere: the worker with the smaller node id owns the session."""
         assert self._loop is not None and self.link is not None
-        me = self.store.gkey(peer.key)  # type: ignore[attr-defined]
-        if self.store.node < target.rpartition(":")[0]:  # type: ignore[attr-defined]
+        me = self.store.gkey(peer.key)  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
+        if self.store.node < target.rpartition(":")[0]:  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
             self._sid_byte = CROSS_MACHINE_SID_BYTE if self._cross_machine(target) else self.worker_index
             outcome = self.relay.request(
                 peer.key, peer.instance, request.token, target, request.instance, peer.via, current, self._loop.time()
             )
             self._relay_outcome(peer.key, outcome)
             return
-        self._store_send(target, {
-            "k": "relay_req", "from": me, "tok": request.token.hex(), "inst": peer.instance.hex(),
-            "target_inst": request.instance.hex(), "addr": list(current), "machine": self.machine,
-            "link": list(self.link.address),
-        })
+        self._store_send(
+            target,
+            {
+                "k": "relay_req",
+                "from": me,
+                "tok": request.token.hex(),
+                "inst": peer.instance.hex(),
+                "target_inst": request.instance.hex(),
+                "addr": list(current),
+                "machine": self.machine,
+                "link": list(self.link.address),
+            },
+        )
 
     def relay_message(self, key: Any, message: dict[str, Any]) -> None:
         """beacon.store.StoreHooks: a relay message from another worker (``key``: the local
@@ -1131,10 +1169,17 @@ class BeaconServer:
                 owner_link = (message["link"][0], int(message["link"][1]))
                 self.link.proxies[sid] = Proxy(key, (message["addr"][0], int(message["addr"][1])), owner_link, peer.via)
             q = self.relay.quota
-            self._send(peer, wire.RelayGrant(
-                token=bytes.fromhex(message["tok"]), instance=bytes.fromhex(message["inst"]), session_id=sid,
-                max_bytes=q.max_bytes, max_seconds=q.max_seconds, rate_bytes_per_second=q.rate_bytes_per_second,
-            ))
+            self._send(
+                peer,
+                wire.RelayGrant(
+                    token=bytes.fromhex(message["tok"]),
+                    instance=bytes.fromhex(message["inst"]),
+                    session_id=sid,
+                    max_bytes=q.max_bytes,
+                    max_seconds=q.max_seconds,
+                    rate_bytes_per_second=q.rate_bytes_per_second,
+                ),
+            )
         elif kind in ("relay_err", "relay_end") and key is not None:
             peer = self._peers.get(key)
             code = ErrorCode(message["code"])
@@ -1160,7 +1205,7 @@ class BeaconServer:
         owner = self._remote_sessions.get(peer.key, {}).pop(session_id, None)
         if owner is not None and self.link is not None:
             self.link.proxies.pop(session_id, None)
-            me = self.store.gkey(peer.key)  # type: ignore[attr-defined]
+            me = self.store.gkey(peer.key)  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
             self._store_send(f"{owner}:", {"k": "relay_end_by", "from": me, "sid": session_id.hex()})
 
     def _remote_relay_leave(self, peer: _Peer) -> None:
@@ -1169,7 +1214,7 @@ class BeaconServer:
         for sid in sessions:
             self.link.proxies.pop(sid, None)
         for owner in set(sessions.values()):
-            self._store_send(f"{owner}:", {"k": "relay_gone", "from": self.store.gkey(peer.key)})  # type: ignore[attr-defined]
+            self._store_send(f"{owner}:", {"k": "relay_gone", "from": self.store.gkey(peer.key)})  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
 
     def _link_datagram(self, source: tuple[str, int], address: tuple[str, int], data: bytes) -> None:
         """An authentic datagram on the relay link: to our peer (we hold it, the owner sent it)
@@ -1231,7 +1276,7 @@ class BeaconServer:
                 for ended in self.relay.expire(now):
                     self._relay_ended(ended)
                 for pending in self.relay.expire_pending(now):
-                    peer = self._peers.get(pending.conn)  # type: ignore[call-overload]
+                    peer = self._peers.get(pending.conn)  # type: ignore[call-overload]  # a local connection key here (another worker's keys are str)
                     if peer is not None:
                         self.metrics.relay_refusals.labels("expired").inc()
                         self._send(
@@ -1249,10 +1294,10 @@ class BeaconServer:
                 while settling and settling[0][0] <= now:
                     protocol = settling.popleft()[1]
                     if not protocol.dead and protocol.peer is not None and not protocol.peer.gone:
-                        quic_tuning.release_ciphers(protocol._quic)
+                        quic_tuning.release_ciphers(protocol._quic)  # noqa: SLF001 - the server's own protocol and endpoint classes
                 if self.manage_gc:
                     self._collect_garbage(now)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 self.log.exception("housekeeping_failed")
 
     def _collect_garbage(self, now: float) -> None:

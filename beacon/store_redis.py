@@ -15,7 +15,8 @@ scripts):
 
 ``<node>`` is new at every worker start (``<machine>-w<index>-<random>`` under a supervisor,
 random otherwise), so a restarted worker never mistakes a dead one's entries for its own; it removes
-them at start instead (:meth:`RedisStore.claim_slot`), and a dead machine's expire with their TTL. **Per-token rules are global**: one Lua script applies
+them at start instead (:meth:`RedisStore.claim_slot`), and a dead machine's expire with their TTL.
+**Per-token rules are global**: one Lua script applies
 :class:`beacon.meetings.MeetingTable`'s rules (places shared per address, newest wins within an
 address, eviction of the address above its share, ``full`` otherwise, no introduction of an
 instance to itself) atomically over every holder, wherever it is held.

@@ -50,7 +50,7 @@ def parse_binding_request(data: bytes) -> bytes | None:
     while offset < 20 + length:  # the attributes must tile the body exactly
         if offset + 4 > len(data):
             return None
-        size = int.from_bytes(data[offset + 2:offset + 4], "big")
+        size = int.from_bytes(data[offset + 2 : offset + 4], "big")
         offset += 4 + size + (-size % 4)
     if offset != 20 + length:
         return None

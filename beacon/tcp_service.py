@@ -162,7 +162,7 @@ class TcpClient(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands a BaseTransport; a datagram one here
         peername = transport.get_extra_info("peername")
         self.address = normalize_address(peername) if peername else ("0.0.0.0", 0)
         sock = transport.get_extra_info("socket")

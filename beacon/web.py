@@ -72,9 +72,13 @@ def options_from_config(config: Any) -> WebOptions:
         return tuple(u.strip() for u in text.split(",") if u.strip())
 
     return WebOptions(
-        host=config.web_host, port=config.web_port, certificate=config.web_certificate,
-        private_key=config.web_private_key, turn_secret=config.web_turn_secret,
-        turn_urls=urls(config.web_turn_urls), stun_urls=urls(config.web_stun_urls),
+        host=config.web_host,
+        port=config.web_port,
+        certificate=config.web_certificate,
+        private_key=config.web_private_key,
+        turn_secret=config.web_turn_secret,
+        turn_urls=urls(config.web_turn_urls),
+        stun_urls=urls(config.web_stun_urls),
         turn_ttl_seconds=config.web_turn_ttl_seconds,
     )
 

@@ -98,7 +98,7 @@ def attach_steering(sock: socket.socket, workers: int) -> bytes:
 def steered_connection_class(base: type[QuicConnection], index: int) -> type[QuicConnection]:
     """``base`` whose server-chosen connection IDs all start with the byte ``index``."""
 
-    class Steered(base):  # type: ignore[valid-type,misc]
+    class Steered(base):  # type: ignore[valid-type,misc]  # a class built on a base chosen at run time
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._steer_cids()
@@ -278,7 +278,7 @@ class Supervisor:
         while time.monotonic() < deadline and self.stopping is None:
             facts = [self._ready(w) for w in self.workers]
             if all(f is not None for f in facts):
-                return facts  # type: ignore[return-value]
+                return facts  # type: ignore[return-value]  # the workers' JSON facts, typed loosely
             for worker in self.workers:
                 assert worker.process is not None
                 if worker.process.poll() is not None:
@@ -334,7 +334,7 @@ class Supervisor:
             elif process is None and worker.restart_at is not None and now >= worker.restart_at:
                 self._spawn(worker)
                 if self.log is not None:
-                    self.log.info("worker_restarted", worker=worker.index, pid=worker.process.pid)  # type: ignore[union-attr]
+                    self.log.info("worker_restarted", worker=worker.index, pid=worker.process.pid)  # type: ignore[union-attr]  # a restarted worker has its process
 
     def _signal_all(self, sig: signal.Signals) -> None:
         for worker in self.workers:

@@ -33,15 +33,17 @@ def birthday_meetings(runs: int, log_dir: Path) -> dict[str, Any]:
             introduced = ca["ms_from_start"] - ca["ms"]
             direct_ms = ca["ms"] if ca["path"] == "direct" else (1000 * moves[0]["t"] - introduced if moves else None)
             sa, sb = first(events_a, "done")["stats"], first(events_b, "done")["stats"]
-            results.append({
-                "direct": direct_ms is not None,
-                "direct_ms": direct_ms,
-                "first_verified_ms": ca["ms"],
-                "first_path": ca["path"],
-                "packets_symmetric_side": sa["birthday_packets"],
-                "probes_other_side": sb["birthday_packets"],
-                "hit": sa["birthday_hits"],
-            })
+            results.append(
+                {
+                    "direct": direct_ms is not None,
+                    "direct_ms": direct_ms,
+                    "first_verified_ms": ca["ms"],
+                    "first_path": ca["path"],
+                    "packets_symmetric_side": sa["birthday_packets"],
+                    "probes_other_side": sb["birthday_packets"],
+                    "hit": sa["birthday_hits"],
+                }
+            )
     finally:
         lab.close()
     return {"meetings": results}
@@ -58,7 +60,9 @@ if __name__ == "__main__":
     meetings = out["meetings"]
     direct = [m["direct_ms"] for m in meetings if m["direct"]]
     print(json.dumps(out))
-    print(f"direct {len(direct)}/{len(meetings)}; introduction -> direct p50 "
-          f"{statistics.median(direct):.0f} ms, max {max(direct):.0f} ms; packets per attempt: symmetric side "
-          f"p50 {statistics.median(m['packets_symmetric_side'] for m in meetings):.0f}, other side p50 "
-          f"{statistics.median(m['probes_other_side'] for m in meetings):.0f}")
+    print(
+        f"direct {len(direct)}/{len(meetings)}; introduction -> direct p50 "
+        f"{statistics.median(direct):.0f} ms, max {max(direct):.0f} ms; packets per attempt: symmetric side "
+        f"p50 {statistics.median(m['packets_symmetric_side'] for m in meetings):.0f}, other side p50 "
+        f"{statistics.median(m['probes_other_side'] for m in meetings):.0f}"
+    )

@@ -196,15 +196,16 @@ async def bulk_client(commands: asyncio.Queue[dict[str, Any] | None], client: An
         if command["cmd"] == "send":
             for _ in range(command.get("repeat", 1)):
                 reader, writer = await client.create_stream()
-                elapsed = await asyncio.wait_for(send_stream(reader, writer, command["size"], **send),
-                                                 command["timeout"])
+                elapsed = await asyncio.wait_for(
+                    send_stream(reader, writer, command["size"], **send), command["timeout"]
+                )
                 emit("sent", bytes=command["size"], seconds=elapsed)
             emit("done")
 
 
 def worker_args(parser: Any) -> Any:
     parser.add_argument("--deadline", type=float, default=600.0, help="hard exit after this many seconds")
-    if not any("--uvloop" in action.option_strings for action in parser._actions):  # noqa: SLF001
+    if not any("--uvloop" in action.option_strings for action in parser._actions):
         parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--profile", help="write cProfile stats here (and a summary to the log)")
     args = parser.parse_args()
@@ -242,7 +243,7 @@ class Worker:
         return self.proc.pid
 
     async def start(self, module: str) -> Worker:
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - the worker writes to it until it is stopped
         args = list(self.args)
         split = args.index("--") if "--" in args else len(args)  # after "--": another program's
         args[split:split] = ["--deadline", str(int(self.deadline))]
@@ -271,7 +272,7 @@ class Worker:
         assert self.proc is not None and self.proc.stdout is not None
         try:
             line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise WorkerError(f"{self.name}: no answer within {timeout:.0f}s (log: {self.log_path})") from exc
         if not line:
             code = await self.proc.wait()
@@ -314,7 +315,7 @@ class Worker:
                 self.proc.stdin.close()
             try:
                 await asyncio.wait_for(self.proc.wait(), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.proc.pid, signal.SIGKILL)
                 await self.proc.wait()

@@ -80,14 +80,14 @@ class BeaconProcess:
 
 
 def peer(beacon: BeaconProcess, **kwargs: object) -> Peer:
-    return Peer(Identity.generate(), [beacon.entry], host="127.0.0.1", **kwargs)  # type: ignore[arg-type]
+    return Peer(Identity.generate(), [beacon.entry], host="127.0.0.1", **kwargs)  # type: ignore[arg-type]  # a beacon entry dict, as users pass
 
 
 def connected(p: Peer) -> bool:
     return p.beacon_status[0].state == "connected"
 
 
-async def until(predicate, timeout: float) -> float:  # type: ignore[no-untyped-def]
+async def until(predicate, timeout: float) -> float:  # type: ignore[no-untyped-def]  # a local helper
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():

@@ -49,9 +49,17 @@ def install(log: Path) -> Installed:
     shutil.copytree(ROOT / "benchmarks", root / "benchmarks", ignore=shutil.ignore_patterns("results", "__pycache__"))
     python = str(venv / "bin" / "python")
     probe = subprocess.run(
-        [python, "-c", "import discretpeer, pathlib; p = pathlib.Path(discretpeer.__file__); "
-         "print(p); assert (p.parent / '__pycache__').is_dir(), 'no .pyc'"],
-        cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60,
+        [
+            python,
+            "-c",
+            "import discretpeer, pathlib; p = pathlib.Path(discretpeer.__file__); "
+            "print(p); assert (p.parent / '__pycache__').is_dir(), 'no .pyc'",
+        ],
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     location = probe.stdout.strip()
     if probe.returncode or "site-packages" not in location:
@@ -66,8 +74,10 @@ def scratch_libp2p(log: Path) -> tuple[str, Path]:
     temp = Path(tempfile.mkdtemp(prefix="dpb-libp2p-"))
     venv = temp / "venv"
     with open(log, "ab") as out:
-        for step in ([sys.executable, "-m", "venv", str(venv)],
-                     [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-input", "libp2p"]):
+        for step in (
+            [sys.executable, "-m", "venv", str(venv)],
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-input", "libp2p"],
+        ):
             out.write((" ".join(step) + "\n").encode())
             out.flush()
             if subprocess.run(step, stdout=out, stderr=out, timeout=900, check=False).returncode:

@@ -28,8 +28,11 @@ def add_variant_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-pacer-burst", action="store_true", help="aioquic's own pacer")
     parser.add_argument("--no-coalesce", action="store_true", help="a transmit after every datagram")
     parser.add_argument("--no-gso", action="store_true", help="no UDP GSO sends nor GRO reads")
-    parser.add_argument("--no-batch-reads", action="store_true",
-                        help="asyncio's loop: its transport reads one datagram per wakeup (endpoint.READ_BATCH = 1)")
+    parser.add_argument(
+        "--no-batch-reads",
+        action="store_true",
+        help="asyncio's loop: its transport reads one datagram per wakeup (endpoint.READ_BATCH = 1)",
+    )
     parser.add_argument("--uvloop", action="store_true")
 
 
@@ -50,13 +53,13 @@ def apply_variant(args: Any) -> None:
     if getattr(args, "no_pmtu", False):
         import discretpeer.connection as connection
 
-        connection.probe_sizes = lambda *args, **kwargs: []  # type: ignore[assignment]
+        connection.probe_sizes = lambda *args, **kwargs: []  # type: ignore[assignment]  # patched for this test or benchmark
     if getattr(args, "no_pacer_burst", False):
         from aioquic.quic.recovery import QuicPacketPacer
 
         import discretpeer.flow as flow
 
-        flow.BurstPacer = QuicPacketPacer  # type: ignore[misc]
+        flow.BurstPacer = QuicPacketPacer  # type: ignore[misc]  # patched for this benchmark variant
     if getattr(args, "no_gso", False):
         import discretpeer.endpoint as endpoint
 
@@ -68,7 +71,7 @@ def apply_variant(args: Any) -> None:
     if getattr(args, "no_coalesce", False):
         import discretpeer.endpoint as endpoint
 
-        endpoint._batches_reads = lambda loop: False  # type: ignore[assignment]  # noqa: SLF001
+        endpoint._batches_reads = lambda loop: False  # type: ignore[assignment]  # patched for this test or benchmark
 
 
 def _patch_quic_configuration(overrides: dict[str, Any]) -> None:
@@ -83,7 +86,7 @@ def _patch_quic_configuration(overrides: dict[str, Any]) -> None:
         kwargs.update(overrides)
         original(self, *args, **kwargs)
 
-    SizedQuicConfiguration.__init__ = init  # type: ignore[method-assign]
+    SizedQuicConfiguration.__init__ = init  # type: ignore[method-assign]  # patched for this test or benchmark
 
 
 def _patch_ack_delay(delay: float) -> None:
@@ -94,6 +97,6 @@ def _patch_ack_delay(delay: float) -> None:
 
     def init(self: Any, quic: Any, **kwargs: Any) -> None:
         original(self, quic, **kwargs)
-        quic._ack_delay = delay  # noqa: SLF001
+        quic._ack_delay = delay
 
-    connection.PeerProtocol.__init__ = init  # type: ignore[method-assign]
+    connection.PeerProtocol.__init__ = init  # type: ignore[method-assign]  # patched for this test or benchmark

@@ -137,11 +137,11 @@ async def read_auth_frame(reader: object, timeout: float) -> bytes:
     import asyncio
 
     stream = reader  # typed loosely: asyncio.StreamReader
-    header = await asyncio.wait_for(stream.readexactly(2), timeout)  # type: ignore[attr-defined]
+    header = await asyncio.wait_for(stream.readexactly(2), timeout)  # type: ignore[attr-defined]  # a StreamReader or our adapter: both have readexactly
     (length,) = struct.unpack("!H", header)
     if not 2 <= length <= MAX_AUTH_FRAME:
         raise AuthError(f"auth frame of {length} bytes")
-    return await asyncio.wait_for(stream.readexactly(length), timeout)  # type: ignore[attr-defined]
+    return await asyncio.wait_for(stream.readexactly(length), timeout)  # type: ignore[attr-defined]  # a StreamReader or our adapter: both have readexactly
 
 
 # --- whom we expect -----------------------------------------------------------------------------

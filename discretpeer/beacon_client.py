@@ -30,8 +30,8 @@ from discretpeer.beacon_tcp import TcpChannel, TlsPinMismatch, open_channel
 from discretpeer.behaviour_probe import classify
 from discretpeer.config import BeaconSpec
 from discretpeer.endpoint import Endpoint, EndpointProtocol
-from discretpeer.proxy import ProxyError, proxy_for
 from discretpeer.logs import get_logger
+from discretpeer.proxy import ProxyError, proxy_for
 from discretpeer.wire import (
     BEACON_ALPN,
     MAX_TOKENS_PER_FRAME,
@@ -223,7 +223,7 @@ class BeaconClient:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     def set_tokens(self, tokens: set[bytes]) -> None:
@@ -327,7 +327,7 @@ class BeaconClient:
             channel.close()
             raise
         # the peer address of the socket (resolved by the system, or the name through a proxy)
-        peername = channel._writer.get_extra_info("peername")  # noqa: SLF001
+        peername = channel._writer.get_extra_info("peername")  # noqa: SLF001 - our own channel's socket
         address = (str(peername[0]), int(peername[1])) if peername and proxy is None else (spec.host, spec.tcp)
         return _Link(address, welcome, early, channel=channel)
 
@@ -374,7 +374,7 @@ class BeaconClient:
                             self.status.udp_works = False
                             self.status.udp_error = f"QUIC did not answer within {loop.time() - started:.1f} s"
                         return winner
-                    errors[name] = task.exception()  # type: ignore[assignment]
+                    errors[name] = task.exception()  # type: ignore[assignment]  # not None: the task failed
                     if name == "udp":
                         self.status.udp_works = False
                         self.status.udp_error = _describe(errors[name])
@@ -394,16 +394,17 @@ class BeaconClient:
                         await task
                 # task.exception() also marks a failure as seen (no "never retrieved" warning)
                 if (
-                    task is not None and task.done() and not task.cancelled() and task.exception() is None
+                    task is not None
+                    and task.done()
+                    and not task.cancelled()
+                    and task.exception() is None
                     and task.result() is not winner
                 ):
                     task.result().close("lost the race")
         for exc in errors.values():
             if isinstance(exc, (PinMismatch, TlsPinMismatch, ProxyError)):
                 raise exc
-        raise ConnectionError(
-            f"UDP: {_describe(errors['udp'])}; TCP: {_describe(errors['tcp'])}"
-        )
+        raise ConnectionError(f"UDP: {_describe(errors['udp'])}; TCP: {_describe(errors['tcp'])}")
 
     _link_in_use: _Link | None = None
     _late_udp: asyncio.Task[_Link] | None = None  # a QUIC attempt that lost the race but may still succeed
@@ -444,7 +445,10 @@ class BeaconClient:
         for message in link.early:
             self._handle(message)
         log.info(
-            "beacon connected", beacon=str(self.spec), address=link.address, transport=link.transport,
+            "beacon connected",
+            beacon=str(self.spec),
+            address=link.address,
+            transport=link.transport,
             observed=str(welcome.observed),
         )
 
@@ -496,9 +500,7 @@ class BeaconClient:
                 raise PinMismatch(f"beacon {self.spec} presented no certificate")
             fingerprint = certificate_fingerprint(certificate.public_bytes(serialization.Encoding.DER))
             if fingerprint != self.spec.cert_hash:
-                raise PinMismatch(
-                    f"beacon {self.spec} certificate hash is {fingerprint}, pinned {self.spec.cert_hash}"
-                )
+                raise PinMismatch(f"beacon {self.spec} certificate hash is {fingerprint}, pinned {self.spec.cert_hash}")
             reader, writer = await protocol.create_stream()
             writer.write(encode(Hello(version=PROTOCOL_VERSION, instance=self._instance)))
             decoder = FrameDecoder()
@@ -587,7 +589,7 @@ class BeaconClient:
             wait = max(PONG_TIMEOUT, 4 * rtt) if rtt is not None else HANDSHAKE_TIMEOUT
             try:
                 await asyncio.wait_for(self._heard.wait(), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 missed += 1
                 if missed == 1:
                     first_unanswered = sent

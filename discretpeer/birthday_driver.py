@@ -72,12 +72,14 @@ class BirthdayDriver:
         started = time.monotonic()
         if what == "spray":
             await asyncio.sleep(birthday.SPRAY_AFTER)
-            sent = await spray(
-                public[0][0], self._send, ping, stop=lambda: self._settled(pair) or d.endpoint is None
-            )
+            sent = await spray(public[0][0], self._send, ping, stop=lambda: self._settled(pair) or d.endpoint is None)
             d.stats.birthday_packets += sent
-            log.info("birthday spray done", probes=sent, seconds=round(time.monotonic() - started, 2),
-                     settled=self._settled(pair))
+            log.info(
+                "birthday spray done",
+                probes=sent,
+                seconds=round(time.monotonic() - started, 2),
+                settled=self._settled(pair),
+            )
             return
         target = public[0]
 

@@ -34,7 +34,7 @@ class _Socket(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands a BaseTransport; a datagram one here
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         self.owner.received(self, data, (addr[0], addr[1]))
@@ -140,9 +140,14 @@ class ExtraSockets:
 
 
 async def spray(
-    host: str, send: Callable[[bytes, Addr], None], build_probe: Callable[[], bytes], *,
-    stop: Callable[[], bool], rng: random.Random | None = None,
-    count: int = birthday.PROBES, seconds: float = birthday.SPRAY_SECONDS,
+    host: str,
+    send: Callable[[bytes, Addr], None],
+    build_probe: Callable[[], bytes],
+    *,
+    stop: Callable[[], bool],
+    rng: random.Random | None = None,
+    count: int = birthday.PROBES,
+    seconds: float = birthday.SPRAY_SECONDS,
 ) -> int:
     """Probe ``count`` random ports of ``host``, paced evenly over ``seconds`` by the clock (a
     slow event loop sends the overdue ones together, never more, never later than the end)

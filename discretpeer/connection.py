@@ -63,11 +63,11 @@ class _FlowControlledAdapter(QuicStreamAdapter):
         self.paused = False
 
     def buffered(self) -> int:
-        stream = self.protocol._quic._streams.get(self.stream_id)  # noqa: SLF001
+        stream = self.protocol._quic._streams.get(self.stream_id)
         if stream is None:
             return 0
         sender = stream.sender
-        return sender._buffer_stop - sender._buffer_start  # noqa: SLF001
+        return sender._buffer_stop - sender._buffer_start
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
@@ -90,10 +90,10 @@ class _FlowControlledAdapter(QuicStreamAdapter):
         EOF): what a TCP reset on one side of a tunnel should become on the other."""
         self._closing = True
         with contextlib.suppress(Exception):
-            self.protocol._quic.reset_stream(self.stream_id, 0x100)  # noqa: SLF001
+            self.protocol._quic.reset_stream(self.stream_id, 0x100)
         with contextlib.suppress(Exception):
-            self.protocol._quic.stop_stream(self.stream_id, 0x100)  # noqa: SLF001
-        self.protocol._transmit_soon()  # noqa: SLF001
+            self.protocol._quic.stop_stream(self.stream_id, 0x100)
+        self.protocol._transmit_soon()
 
     # the stream's reader calls these (asyncio's StreamReader flow control): when the app has
     # read enough, send the credit the AppPacedQuicConnection now grants
@@ -101,10 +101,10 @@ class _FlowControlledAdapter(QuicStreamAdapter):
         pass
 
     def resume_reading(self) -> None:
-        self.protocol._transmit_soon()  # noqa: SLF001
+        self.protocol._transmit_soon()
 
     def maybe_resume(self) -> bool:
-        if self.paused and (self.buffered() < STREAM_LOW_WATER or self.protocol._quic._close_event is not None):  # noqa: SLF001
+        if self.paused and (self.buffered() < STREAM_LOW_WATER or self.protocol._quic._close_event is not None):
             self.paused = False
             if self.flow is not None:
                 self.flow.resume_writing()
@@ -112,11 +112,17 @@ class _FlowControlledAdapter(QuicStreamAdapter):
         return False
 
 
+def _buffered(reader: asyncio.StreamReader) -> int:
+    """Bytes a StreamReader holds that the app has not read (asyncio has no public accessor)."""
+    buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
+    return len(buffer)
+
+
 class PeerProtocol(EndpointProtocol):
     """The QUIC side of a peer connection; hands streams and the end of life to its owner."""
 
     def __init__(self, quic: QuicConnection, **kwargs: object) -> None:
-        super().__init__(quic, stream_handler=self._on_stream)  # type: ignore[arg-type]
+        super().__init__(quic, stream_handler=self._on_stream)
         self.auth_stream: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -133,15 +139,15 @@ class PeerProtocol(EndpointProtocol):
     def _unread(self, stream_id: int | None) -> int:
         """Bytes received and not yet read by the app (on one stream, or on all)."""
         if stream_id is None:
-            return sum(len(reader._buffer) for reader in self._stream_readers.values())  # noqa: SLF001
+            return sum(_buffered(reader) for reader in self._stream_readers.values())
         reader = self._stream_readers.get(stream_id)
-        return len(reader._buffer) if reader is not None else 0  # noqa: SLF001
+        return _buffered(reader) if reader is not None else 0
 
     def _create_stream(self, stream_id: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         adapter = _FlowControlledAdapter(self, stream_id)
         # limit: the reader asks for more credit once the app has read it down to this
         reader = asyncio.StreamReader(limit=STREAM_WINDOW // 4)
-        reader.set_transport(adapter)  # type: ignore[arg-type]
+        reader.set_transport(adapter)
         flow = asyncio.streams.StreamReaderProtocol(reader)
         adapter.flow = flow
         writer = asyncio.StreamWriter(adapter, flow, reader, self._loop)
@@ -216,12 +222,12 @@ class PeerProtocol(EndpointProtocol):
         """Where packets go now (the beacon's address while relayed)."""
         if self.route is not None and self.route.real is not None:
             return self.route.real
-        path = self._quic._network_paths[0]  # noqa: SLF001 - the active path (aioquic keeps it first)
+        path = self._quic._network_paths[0]
         return (path.addr[0], path.addr[1])
 
     @property
     def closing(self) -> bool:
-        return self._quic._close_event is not None  # noqa: SLF001 - closed by either side, draining
+        return self._quic._close_event is not None
 
     def close_with(self, reason: str) -> None:
         if self.close_reason is None:
@@ -239,7 +245,7 @@ class VerifiedPeer:
 async def authenticate_as_dialer(
     protocol: PeerProtocol, identity: Identity, token: bytes, policy: PeerPolicy, timeout: float = AUTH_TIMEOUT
 ) -> VerifiedPeer:
-    exporter = connection_exporter(protocol._quic)  # noqa: SLF001
+    exporter = connection_exporter(protocol._quic)
     reader, writer = await protocol.create_stream()
     writer.write(build_proof(identity, Role.DIALER, exporter, token))
     try:
@@ -266,7 +272,7 @@ async def authenticate_as_listener(
     timeout: float = AUTH_TIMEOUT,
 ) -> VerifiedPeer:
     reader, writer = await asyncio.wait_for(asyncio.shield(protocol.auth_stream), timeout)
-    exporter = connection_exporter(protocol._quic)  # noqa: SLF001
+    exporter = connection_exporter(protocol._quic)
     message = parse_auth(await read_auth_frame(reader, timeout))
     if not isinstance(message, Proof):
         raise AuthError("dialer sent no identity proof")
@@ -289,7 +295,7 @@ async def authenticate_as_listener(
     # the dialer may still refuse us: it answers with EOF (accepted) or a refusal frame
     try:
         tail = await asyncio.wait_for(reader.read(2 + 512), timeout)
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise AuthError("dialer did not confirm the identity exchange") from exc
     if tail:
         refusal: object = None
@@ -339,8 +345,8 @@ class PeerConnection:
         heap.keep_freed_memory()  # once per process: see discretpeer.heap (the ".pyc effect")
         self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
         self._watch = asyncio.get_running_loop().create_task(self._watch_close())
-        if isinstance(protocol._quic, DatagramSizeSearch):  # noqa: SLF001
-            protocol._quic.size_limit = self._datagram_limit  # noqa: SLF001
+        if isinstance(protocol._quic, DatagramSizeSearch):
+            protocol._quic.size_limit = self._datagram_limit
         self._search_datagram_size()
 
     def __repr__(self) -> str:
@@ -370,7 +376,7 @@ class PeerConnection:
     def _search_datagram_size(self) -> None:
         """On a new path: back to the base datagram size, then probe for larger datagrams (see
         :mod:`discretpeer.path_mtu`); through a relay, inside relay frames."""
-        quic = self._protocol._quic  # noqa: SLF001 - our own class
+        quic = self._protocol._quic
         if not isinstance(quic, DatagramSizeSearch) or self.closed:
             return
         quic.reset_datagram_size()
@@ -378,7 +384,7 @@ class PeerConnection:
         sizes = probe_sizes(target, quic.base_datagram_size, overhead=overhead)
         if sizes:
             quic.search_datagram_size(sizes)
-            self._protocol._transmit_soon()  # noqa: SLF001
+            self._protocol._transmit_soon()
 
     def _route_target(self) -> tuple[tuple[str, int] | None, int]:
         """Where our datagrams go now, and what each carries besides the QUIC packet."""
@@ -394,7 +400,7 @@ class PeerConnection:
     @property
     def datagram_size(self) -> int:
         """Bytes per datagram this side sends now (larger once a path-MTU probe confirmed it)."""
-        return self._protocol._quic._max_datagram_size  # noqa: SLF001
+        return self._protocol._quic._max_datagram_size
 
     @property
     def closed(self) -> bool:
@@ -409,7 +415,7 @@ class PeerConnection:
     @property
     def rtt(self) -> float | None:
         """Smoothed round-trip time measured by QUIC, in seconds."""
-        rtt = self._protocol._quic._loss._rtt_smoothed  # noqa: SLF001 - no public accessor
+        rtt = self._protocol._quic._loss._rtt_smoothed
         return rtt or None
 
     async def open_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -445,9 +451,9 @@ class PeerConnection:
     def unacknowledged(self) -> int:
         """Bytes written on our streams that the peer has not acknowledged yet."""
         total = 0
-        for stream in list(self._protocol._quic._streams.values()):  # noqa: SLF001
+        for stream in list(self._protocol._quic._streams.values()):
             sender = stream.sender
-            total += sender._buffer_stop - sender._buffer_start  # noqa: SLF001
+            total += sender._buffer_stop - sender._buffer_start
         return total
 
     async def aclose(self, reason: str = "closed by application", timeout: float = 5.0) -> None:
@@ -483,7 +489,7 @@ class PeerConnection:
                 return
             if quiet > PING_WHEN_QUIET:
                 with contextlib.suppress(Exception):
-                    protocol._quic.send_ping(0)  # noqa: SLF001
+                    protocol._quic.send_ping(0)
                     protocol.transmit()
                 if self._on_quiet is not None:
                     self._on_quiet(self)
@@ -492,7 +498,7 @@ class PeerConnection:
     def _check_datagram_size(self) -> None:
         """The kernel learnt a smaller path MTU (ICMP) than our datagrams: they would now leave
         as fragments. Back to the base size and search again."""
-        quic = self._protocol._quic  # noqa: SLF001
+        quic = self._protocol._quic
         if not isinstance(quic, DatagramSizeSearch) or quic.datagram_size <= quic.base_datagram_size:
             return
         limit = self._datagram_limit()

@@ -20,8 +20,8 @@ from discretpeer.auth import AuthError
 from discretpeer.connection import PeerProtocol, VerifiedPeer, authenticate_as_dialer
 from discretpeer.flow import CONNECTION_WINDOW, STREAM_WINDOW
 from discretpeer.logs import get_logger
-from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, BASE_DATAGRAM, SizedQuicConfiguration
 from discretpeer.pair_state import Abandon, Action, Dial, DialKind
+from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, BASE_DATAGRAM, SizedQuicConfiguration
 from discretpeer.traversal import Candidate, CandidateKind
 from discretpeer.wire import PEER_ALPN
 
@@ -158,7 +158,7 @@ class Dialer:
         route = pair.relay_route if relayed else None
         where = "relay" if relayed else f"{dial.target[0]}:{dial.target[1]}"
         try:
-            protocol = self.endpoint.connect(dial.target, configuration, PeerProtocol, route=route)  # type: ignore[assignment]
+            protocol = self.endpoint.connect(dial.target, configuration, PeerProtocol, route=route)  # type: ignore[assignment]  # Endpoint.connect returns an instance of the class it is given
             assert protocol is not None
             if pair.state.dialing(dial.attempt):
                 pair.dial_protocol = protocol

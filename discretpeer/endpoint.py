@@ -36,8 +36,8 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 
 from discretpeer.paths import Route, RouteTable, is_virtual
 from discretpeer.probe import QUIC_FIXED_BIT
-from discretpeer.stateless_reset import is_reset
 from discretpeer.relay_frame import RELAY_DATA
+from discretpeer.stateless_reset import is_reset
 
 SocketAddress = tuple[Any, ...]
 SMALLEST_INITIAL = 1200
@@ -99,7 +99,7 @@ class EndpointProtocol(QuicConnectionProtocol):
         # full datagrams_to_send() per packet. uvloop hands over all datagrams waiting in the
         # socket in one go; one transmit after them acknowledges them together. (asyncio's own
         # loop reads one datagram per iteration: there, deferring only adds an iteration.)
-        self._quic.receive_datagram(data, addr, now=self._loop.time())  # type: ignore[arg-type]
+        self._quic.receive_datagram(data, addr, now=self._loop.time())  # type: ignore[arg-type]  # aioquic's NetworkAddress is our tuple
         self._process_events()
         endpoint = self.endpoint
         batched = _batches_reads(self._loop) or (endpoint is not None and endpoint.batched_reads)
@@ -121,13 +121,11 @@ class EndpointProtocol(QuicConnectionProtocol):
         (RFC 9000 §10.3.1). aioquic 1.7.2 does not detect resets itself: end it as its idle
         timer would, with its own close procedure."""
         quic = self._quic
-        if self.reset_received or quic._close_event is not None and quic._close_at is None:  # noqa: SLF001
+        if self.reset_received or quic._close_event is not None and quic._close_at is None:
             return
         self.reset_received = True
-        quic._close_event = events.ConnectionTerminated(  # noqa: SLF001
-            error_code=0, frame_type=None, reason_phrase="stateless reset"
-        )
-        quic._close_end()  # noqa: SLF001 - discards the keys, TERMINATED, queues the event
+        quic._close_event = events.ConnectionTerminated(error_code=0, frame_type=None, reason_phrase="stateless reset")
+        quic._close_end()
         self._process_events()
         self.transmit()  # sends nothing once terminated; cancels the timer
 
@@ -140,7 +138,7 @@ class EndpointProtocol(QuicConnectionProtocol):
         self._transmit_task = None
         datagrams = self._quic.datagrams_to_send(now=self._loop.time())
         if datagrams:
-            endpoint.send_many(datagrams, self._quic._max_datagram_size)  # noqa: SLF001
+            endpoint.send_many(datagrams, self._quic._max_datagram_size)
         timer_at = self._quic.get_timer()
         if self._timer is not None and self._timer_at != timer_at:
             self._timer.cancel()
@@ -300,15 +298,16 @@ class Endpoint(asyncio.DatagramProtocol):
                 segment = _gro_segment(ancillary) if ancillary else 0
                 if segment and len(data) > segment:  # several datagrams coalesced by the kernel
                     for offset in range(0, len(data), segment):
-                        self.datagram_received(data[offset:offset + segment], addr)
+                        self.datagram_received(data[offset : offset + segment], addr)
                 else:
                     self.datagram_received(data, addr)
             except Exception:  # noqa: BLE001 - one bad datagram must not stop the reader
-                self._reader_loop.call_exception_handler(  # type: ignore[union-attr]
-                    {"message": "datagram_received failed", "protocol": self})
+                self._reader_loop.call_exception_handler(  # type: ignore[union-attr]  # set together with _sock
+                    {"message": "datagram_received failed", "protocol": self}
+                )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport  # type: ignore[assignment]  # asyncio hands a BaseTransport; a datagram one here
 
     def close(self) -> None:
         """Close every connection (with a CONNECTION_CLOSE) and the socket."""
@@ -316,15 +315,13 @@ class Endpoint(asyncio.DatagramProtocol):
             return
         self._closed = True
         for protocol in list(set(self._routes.values())):
-            try:
+            with contextlib.suppress(Exception):  # closing must go on for the others
                 protocol.close()
-            except Exception:  # noqa: BLE001 - closing must go on for the others
-                pass
         self._routes.clear()
         self._clients.clear()
         if self._sock is not None and self._reader_loop is not None:
             with contextlib.suppress(Exception):  # the loop may be closed already
-                self._reader_loop._remove_reader(self._sock.fileno())  # type: ignore[attr-defined]  # noqa: SLF001
+                self._reader_loop._remove_reader(self._sock.fileno())  # type: ignore[attr-defined]
             self._sock = None
         if self._transport is not None:
             self._transport.close()
@@ -421,17 +418,27 @@ class Endpoint(asyncio.DatagramProtocol):
             end = index + 1
             total = size
             # a run: same address, same size (the last may be shorter), within the kernel's limits
-            while (index not in alone and end < count and end not in alone and end - index < GSO_MAX_SEGMENTS
-                   and wire[end][1] == addr and len(wire[end][0]) <= size
-                   and total + len(wire[end][0]) <= GSO_MAX_BYTES):
+            while (
+                index not in alone
+                and end < count
+                and end not in alone
+                and end - index < GSO_MAX_SEGMENTS
+                and wire[end][1] == addr
+                and len(wire[end][0]) <= size
+                and total + len(wire[end][0]) <= GSO_MAX_BYTES
+            ):
                 total += len(wire[end][0])
                 end += 1
                 if len(wire[end - 1][0]) < size:
                     break
             if end - index > 1 and size <= GSO_MAX_SEGMENT and self.gso and self._raw is not None:
                 try:
-                    self._raw.sendmsg([b"".join(d for d, _ in wire[index:end])],
-                                      [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, "little"))], 0, addr)
+                    self._raw.sendmsg(
+                        [b"".join(d for d, _ in wire[index:end])],
+                        [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, "little"))],
+                        0,
+                        addr,
+                    )
                     self.datagrams_sent += end - index
                     self.gso_sends += 1
                     index = end
@@ -485,7 +492,7 @@ class Endpoint(asyncio.DatagramProtocol):
         # ICMP errors (port unreachable while punching) are normal; QUIC times out by itself.
         pass
 
-    def datagram_received(self, data: bytes, addr: SocketAddress) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: SocketAddress) -> None:
         self.datagrams_received += 1
         if not data:
             return
@@ -613,7 +620,7 @@ class Endpoint(asyncio.DatagramProtocol):
 
     def _attach(self, protocol: EndpointProtocol) -> None:
         protocol.endpoint = self
-        protocol.connection_made(self._sender)  # type: ignore[arg-type]
+        protocol.connection_made(self._sender)  # type: ignore[arg-type]  # the sender stands in for the shared socket's transport
 
     def _register(self, cid: bytes, protocol: EndpointProtocol) -> None:
         if not self._closed:
@@ -677,9 +684,7 @@ def _make_socket(host: str | None, port: int) -> socket.socket:
         sock.bind((host, port))
     # room for bursts of small QUIC packets while the loop is busy
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
-        except OSError:
-            pass
     sock.setblocking(False)
     return sock

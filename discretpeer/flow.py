@@ -59,7 +59,7 @@ class AppPacedQuicConnection(DatagramSizeSearch):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.unread: Callable[[int | None], int] = _no_unread
-        self._loss._pacer = BurstPacer(max_datagram_size=self._max_datagram_size)  # noqa: SLF001
+        self._loss._pacer = BurstPacer(max_datagram_size=self._max_datagram_size)
 
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
         max_data = self._local_max_data

@@ -336,7 +336,7 @@ class PairDriver:
         return None
 
     def path_kind(self, candidate: Candidate | None, address: Addr | None = None) -> PathKind:
-        """"lan" for a peer reported as local or on one of our attached networks, else "direct"
+        """ "lan" for a peer reported as local or on one of our attached networks, else "direct"
         (so a hairpin through the router's public address is "direct")."""
         host = (candidate.address if candidate is not None else address or ("", 0))[0]
         if candidate is not None and candidate.kind is CandidateKind.LOCAL and is_lan_address(host):
@@ -360,10 +360,9 @@ class PairDriver:
             and pair.relay_route is None
             and pair.state.relay_requested_at is None
             and pair.live_connection() is None
-        ):
-            if client.send(RelayRequest(token=message.token, instance=message.instance)):
-                pair.state.relay_requested(time.monotonic())
-                self.stats.relay_requests += 1
+        ) and client.send(RelayRequest(token=message.token, instance=message.instance)):
+            pair.state.relay_requested(time.monotonic())
+            self.stats.relay_requests += 1
 
     def _relay_housekeeping(self, pair: Pair, now: float) -> float | None:
         """Request a relay when punching has not produced a connection in time; keep punching
@@ -495,6 +494,6 @@ class PairDriver:
         pair.rebind = None
         if route.use_direct(target.address):
             self.stats.path_switches += 1
-            connection._set_path(self.path_kind(target))  # noqa: SLF001
+            connection._set_path(self.path_kind(target))  # noqa: SLF001 - our own connection class
             pair.state.switched(connection.path)
             log.info("path switched", peer=connection.peer_id, path=connection.path, remote=target.address)

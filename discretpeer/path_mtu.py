@@ -120,10 +120,10 @@ def set_datagram_size(quic: QuicConnection, size: int) -> None:
     """Use ``size``-byte datagrams on a live connection from now on: the packet builder,
     congestion control and pacer each keep their own copy."""
     size = min(size, AIOQUIC_MAX_DATAGRAM)
-    quic._max_datagram_size = size  # noqa: SLF001
-    for holder in (quic._loss._cc, quic._loss._pacer):  # noqa: SLF001
+    quic._max_datagram_size = size
+    for holder in (quic._loss._cc, quic._loss._pacer):
         if hasattr(holder, "_max_datagram_size"):
-            holder._max_datagram_size = size  # noqa: SLF001
+            holder._max_datagram_size = size
 
 
 class _Probe:
@@ -228,7 +228,7 @@ class DatagramSizeSearch(QuicConnection):
             try:
                 self._write_size_probe(builder, size)
             finally:
-                builder._buffer_capacity = normal  # noqa: SLF001 - every later datagram: usual size
+                builder._buffer_capacity = normal
         super()._write_application(builder, network_path, now)
 
     def _write_size_probe(self, builder: Any, size: int) -> None:
@@ -243,14 +243,14 @@ class DatagramSizeSearch(QuicConnection):
         builder.start_packet(QuicPacketType.ONE_RTT, crypto)
         probe = _Probe(size)
         builder.start_frame(QuicFrameType.PING, capacity=1, handler=self._on_size_probe_delivery, handler_args=(probe,))
-        packet = builder._packet  # noqa: SLF001
-        builder._datagram_needs_padding = True  # noqa: SLF001 - _end_packet pads a 1-RTT packet with PADDING
-        builder._end_packet()  # noqa: SLF001 - a 1-RTT packet ends its datagram
+        packet = builder._packet
+        builder._datagram_needs_padding = True
+        builder._end_packet()
         packet.in_flight = False  # a lost probe is no sign of congestion (RFC 8899 section 3)
-        sent = builder._datagrams[-1] if builder._datagrams else b""  # noqa: SLF001
+        sent = builder._datagrams[-1] if builder._datagrams else b""
         if budget is not None:
             builder.max_flight_bytes = budget
-            builder._flight_bytes -= packet.sent_bytes  # noqa: SLF001
+            builder._flight_bytes -= packet.sent_bytes
         self.size_probes_sent += 1
         if len(sent) == size:
             self._probe_in_flight = probe

@@ -39,13 +39,13 @@ from discretpeer.dialer import DIAL_TIMEOUT, Dialer, peer_quic_configuration
 from discretpeer.endpoint import Admission, Endpoint
 from discretpeer.errors import ConnectError
 from discretpeer.failure_report import FailureReport
-from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, check_max_datagram_size
 from discretpeer.flow import AppPacedQuicConnection
 from discretpeer.identity import Identity
 from discretpeer.logs import get_logger
 from discretpeer.meeting_book import Meeting, MeetingBook
 from discretpeer.pair_state import Dial
 from discretpeer.pairs import Pair, PairDriver, PairSettings
+from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, check_max_datagram_size
 from discretpeer.paths import is_virtual
 from discretpeer.peer_stats import PeerStats
 from discretpeer.portmap import Mapping, PortMapper
@@ -246,9 +246,7 @@ class Peer(FailureReport):
             await asyncio.sleep(0.02)
         return sum(1 for client in self._clients if client.connected)
 
-    async def connect(
-        self, meeting: str | bytes, *, expect: Expectation, timeout: float = 10.0
-    ) -> PeerConnection:
+    async def connect(self, meeting: str | bytes, *, expect: Expectation, timeout: float = 10.0) -> PeerConnection:
         """Meet the peer(s) sharing ``meeting`` and return the first verified connection.
 
         ``expect``: a peer id, a set of peer ids, a callback ``(peer_id) -> bool``, or ``None``

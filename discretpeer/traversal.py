@@ -29,7 +29,7 @@ MAX_OUTSTANDING_NONCES = 64
 IPV6_RTT_BONUS = 0.9  # an IPv6 path within 10 % of the best IPv4 round trip is preferred
 
 
-class CandidateKind(str, enum.Enum):
+class CandidateKind(enum.StrEnum):
     PUBLIC = "public"  # the address the beacon observed
     LOCAL = "local"  # an interface address the peer reported (or mDNS found)
     REFLEXIVE = "reflexive"  # the address a verified probe actually came from
@@ -65,9 +65,9 @@ class PunchSession:
     fast_interval: float = 0.05
     interval: float = 0.1
     fast_period: float = 1.0
-    candidates: "OrderedDict[Addr, Candidate]" = field(default_factory=OrderedDict)
+    candidates: OrderedDict[Addr, Candidate] = field(default_factory=OrderedDict)
     stats: PunchStats = field(default_factory=PunchStats)
-    _nonces: "OrderedDict[bytes, tuple[Addr, float]]" = field(default_factory=OrderedDict)
+    _nonces: OrderedDict[bytes, tuple[Addr, float]] = field(default_factory=OrderedDict)
     _next_round: float = 0.0
 
     @property
@@ -78,7 +78,12 @@ class PunchSession:
         return now - self.started_at < self.duration
 
     def extend(
-        self, now: float, duration: float | None = None, *, interval: float | None = None, fast_period: float | None = None
+        self,
+        now: float,
+        duration: float | None = None,
+        *,
+        interval: float | None = None,
+        fast_period: float | None = None,
     ) -> None:
         """Punch again for a while (a new introduction for the same pair, or slow background
         punching while a connection is relayed)."""

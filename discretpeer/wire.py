@@ -22,7 +22,7 @@ import enum
 import ipaddress
 import struct
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import ClassVar
 
 PROTOCOL_VERSION = 1
 MIN_VERSION = 1
@@ -248,9 +248,7 @@ class RelayEnd:
     message: str
 
 
-Message = Union[
-    Hello, Welcome, Announce, Introduction, Error, Ping, Pong, RelayRequest, RelayGrant, RelayEnd
-]
+Message = Hello | Welcome | Announce | Introduction | Error | Ping | Pong | RelayRequest | RelayGrant | RelayEnd
 
 
 # --- encoding -----------------------------------------------------------------------------------

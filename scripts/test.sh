@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: system packages (as root, with apt-get), the venv,
-# then pytest. Extra arguments go to pytest (e.g. scripts/test.sh tests/unit -x).
+# then lint + format + type checks, then pytest. Extra arguments go to pytest (e.g. scripts/test.sh tests/unit -x).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Debian packages the NAT lab, the mDNS and the CLI tests use (real NAT, real avahi, real OpenSSH,
@@ -22,4 +22,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 fi
 source "$ROOT/scripts/_venv.sh" "test,fast"
 cd "$ROOT"
+# lint, format and types first: a finding fails the run before any test (DISCRETPEER_NO_LINT=1 skips it locally)
+if [ -z "${DISCRETPEER_NO_LINT:-}" ]; then
+  "$ROOT/scripts/lint.sh"
+fi
 exec "$VENV/bin/python" -m pytest "$@"

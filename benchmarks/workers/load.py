@@ -42,13 +42,13 @@ def _one_key_share() -> None:
         return
     original = tls.Context.__init__
 
-    def init(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def init(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # a local helper
         original(self, *args, **kwargs)
         if self._is_client:
             self._supported_groups = [tls.Group.SECP256R1]
 
-    tls.Context.__init__ = init  # type: ignore[method-assign]
-    tls.Context._bench_one_share = True  # type: ignore[attr-defined]
+    tls.Context.__init__ = init  # type: ignore[method-assign]  # patched for this test or benchmark
+    tls.Context._bench_one_share = True  # type: ignore[attr-defined]  # patched for this benchmark
 
 
 _one_key_share()
@@ -130,7 +130,7 @@ class Pool:
 
     async def register(self, on_message=None) -> Client | None:
         started = time.perf_counter()
-        client: Client = self.endpoint.connect(self.target, self.config, lambda q: Client(q, self))  # type: ignore[assignment]
+        client: Client = self.endpoint.connect(self.target, self.config, lambda q: Client(q, self))  # type: ignore[assignment]  # Endpoint.connect returns an instance of the class it is given
         client.on_message = on_message
         try:
             await asyncio.wait_for(asyncio.shield(client.connected), TIMEOUT)

@@ -93,7 +93,7 @@ async def main(config: dict) -> None:
 
 if __name__ == "__main__":
     try:
-        import uvloop  # noqa: F401
+        import uvloop
 
         use_uvloop = bool(json.loads(sys.argv[1]).get("uvloop"))
     except ImportError:

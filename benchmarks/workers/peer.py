@@ -34,7 +34,6 @@ from benchmarks.common import (
 from benchmarks.variants import add_variant_flags, apply_variant
 
 
-
 async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
@@ -73,8 +72,7 @@ async def main(args: argparse.Namespace) -> None:
         beacon = {**beacon, "hostname": f"127.0.0.1:{hole.getsockname()[1]}", "tcp_port": args.beacon_port}
     identity = Identity.generate()
     options = {"max_datagram_size": args.dgram} if args.dgram else {}
-    peer = Peer(identity, [beacon], host=args.host, direct=not args.relay_only, report_local_candidates=True,
-                **options)
+    peer = Peer(identity, [beacon], host=args.host, direct=not args.relay_only, report_local_candidates=True, **options)
     await peer.start()
     emit("ready", peer_id=identity.peer_id, pid=os.getpid())
     conn = None
@@ -93,6 +91,7 @@ async def main(args: argparse.Namespace) -> None:
             if expose_target is None:
                 spawn(sink(reader, writer))
             else:
+
                 async def bridge(r=reader, w=writer) -> None:
                     tcp = await asyncio.open_connection("127.0.0.1", expose_target)
                     await splice((r, w), tcp)
@@ -109,25 +108,41 @@ async def main(args: argparse.Namespace) -> None:
                 emit("connected", path=conn.path, rtt=conn.rtt, transport=peer.beacon_status[0].transport)
             elif cmd == "send":
                 for _ in range(command.get("repeat", 1)):
-                    elapsed = await asyncio.wait_for(send_stream(*await conn.open_stream(), command["size"]),
-                                                     command["timeout"])
-                    emit("sent", bytes=command["size"], seconds=elapsed, path=conn.path, datagram_size=conn.datagram_size,
-                         gc=[g["collections"] for g in gc.get_stats()], gc_count=gc.get_count(),
-                         objects=len(gc.get_objects()))
+                    elapsed = await asyncio.wait_for(
+                        send_stream(*await conn.open_stream(), command["size"]), command["timeout"]
+                    )
+                    emit(
+                        "sent",
+                        bytes=command["size"],
+                        seconds=elapsed,
+                        path=conn.path,
+                        datagram_size=conn.datagram_size,
+                        gc=[g["collections"] for g in gc.get_stats()],
+                        gc_count=gc.get_count(),
+                        objects=len(gc.get_objects()),
+                    )
                 emit("done")
             elif cmd == "quicstats":  # congestion state of the peer connection (diagnostics)
                 quic = conn._protocol._quic
                 loss = quic._loss
                 cc = loss._cc
-                emit("quicstats", cwnd=cc.congestion_window, ssthresh=cc.ssthresh,
-                     srtt=loss._rtt_smoothed, rttvar=loss._rtt_variance, min_rtt=loss._rtt_min,
-                     in_flight=cc.bytes_in_flight, dgram=quic._max_datagram_size,
-                     pacer_interval=getattr(loss._pacer, "packet_time", None))
+                emit(
+                    "quicstats",
+                    cwnd=cc.congestion_window,
+                    ssthresh=cc.ssthresh,
+                    srtt=loss._rtt_smoothed,
+                    rttvar=loss._rtt_variance,
+                    min_rtt=loss._rtt_min,
+                    in_flight=cc.bytes_in_flight,
+                    dgram=quic._max_datagram_size,
+                    pacer_interval=getattr(loss._pacer, "packet_time", None),
+                )
             elif cmd == "expose":
                 expose_target = command["target"]
                 emit("exposed")
             elif cmd == "forward":
-                async def client(reader, writer) -> None:
+
+                async def client(reader, writer, conn=conn) -> None:
                     stream = await conn.open_stream()
                     await splice((reader, writer), stream)
 

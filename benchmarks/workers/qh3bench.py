@@ -71,7 +71,7 @@ def certificate_pem() -> tuple[bytes, bytes, str]:
 class IdleProtocol(QuicConnectionProtocol):
     count = 0
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # a local helper
         super().__init__(*args, **kwargs)
         self._answered = False
         IdleProtocol.count += 1

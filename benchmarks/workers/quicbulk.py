@@ -38,7 +38,9 @@ async def main(args: argparse.Namespace) -> None:
         config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN], **sized)
         config.certificate, config.private_key = bundle.certificate, bundle.private_key
         server = await serve(
-            "127.0.0.1", 0, configuration=config,
+            "127.0.0.1",
+            0,
+            configuration=config,
             stream_handler=lambda r, w: asyncio.ensure_future(sink(r, w)),
         )
         emit("ready", port=server._transport.get_extra_info("sockname")[1], pid=os.getpid())

@@ -54,8 +54,7 @@ class _Version(argparse.Action):
     """``--version``: the installed version, read only when asked (package metadata costs ~10 ms)."""
 
     def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
-                         help="print the version and exit")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
         import discretpeer
@@ -96,39 +95,61 @@ def _seconds(text: str) -> float:
 def _add_base(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("common options")
     group.add_argument("--config", metavar="PATH", help="config file (default ~/.config/discretpeer/config.toml)")
-    group.add_argument("--identity", metavar="PATH",
-                       help="identity key file (default ~/.config/discretpeer/identity.key; created mode 0600)")
-    group.add_argument("-v", "--verbose", action="count", default=0,
-                       help="library logs on stderr: -v info, -vv debug (and tracebacks)")
+    group.add_argument(
+        "--identity",
+        metavar="PATH",
+        help="identity key file (default ~/.config/discretpeer/identity.key; created mode 0600)",
+    )
+    group.add_argument(
+        "-v", "--verbose", action="count", default=0, help="library logs on stderr: -v info, -vv debug (and tracebacks)"
+    )
     group.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
     group.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
 
 
 def _add_network(parser: argparse.ArgumentParser, *, secret: bool = True) -> None:
     group = parser.add_argument_group("network options")
-    group.add_argument("--beacon", action="append", metavar="HOST:PORT=CERT_HASH",
-                       help="a beacon pinned by its certificate hash (repeatable; replaces the config's and "
-                       f"{ENV_BEACONS})")
+    group.add_argument(
+        "--beacon",
+        action="append",
+        metavar="HOST:PORT=CERT_HASH",
+        help=f"a beacon pinned by its certificate hash (repeatable; replaces the config's and {ENV_BEACONS})",
+    )
     lan = group.add_mutually_exclusive_group()
-    lan.add_argument("--lan", dest="lan", action="store_true", default=None,
-                     help="also meet peers on the local network (mDNS)")
+    lan.add_argument(
+        "--lan", dest="lan", action="store_true", default=None, help="also meet peers on the local network (mDNS)"
+    )
     lan.add_argument("--no-lan", dest="lan", action="store_false", help="no LAN discovery")
     relay = group.add_mutually_exclusive_group()
-    relay.add_argument("--no-relay", dest="relay", action="store_false", default=None,
-                       help="never relay through a beacon (direct paths only)")
-    relay.add_argument("--relay-only", action="store_true", default=None,
-                       help="never punch: always go through a beacon's relay (for testing the relay path)")
-    group.add_argument("--timeout", type=_seconds, metavar="SECONDS",
-                       help="how long to look for the peer (default 15)")
+    relay.add_argument(
+        "--no-relay",
+        dest="relay",
+        action="store_false",
+        default=None,
+        help="never relay through a beacon (direct paths only)",
+    )
+    relay.add_argument(
+        "--relay-only",
+        action="store_true",
+        default=None,
+        help="never punch: always go through a beacon's relay (for testing the relay path)",
+    )
+    group.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="how long to look for the peer (default 15)")
     group.add_argument("--udp-host", metavar="ADDR", help="address of our UDP socket (default: any)")
     group.add_argument("--udp-port", type=_port, metavar="PORT", help="port of our UDP socket (default: any free)")
-    group.add_argument("--proxy", metavar="URL",
-                       help="HTTP CONNECT proxy for the beacons' TLS/TCP path, http://[user:pass@]host:port "
-                       "(default: HTTPS_PROXY, unless NO_PROXY names the beacon; 'none': never)")
+    group.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="HTTP CONNECT proxy for the beacons' TLS/TCP path, http://[user:pass@]host:port "
+        "(default: HTTPS_PROXY, unless NO_PROXY names the beacon; 'none': never)",
+    )
     if secret:
-        group.add_argument("--secret", metavar="TEXT",
-                           help="meet on this shared secret instead of the meeting derived from both peer ids "
-                           "(both sides must give it; prefer DISCRETPEER_SECRET: arguments are visible in ps)")
+        group.add_argument(
+            "--secret",
+            metavar="TEXT",
+            help="meet on this shared secret instead of the meeting derived from both peer ids "
+            "(both sides must give it; prefer DISCRETPEER_SECRET: arguments are visible in ps)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,98 +163,156 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("id", help="create or show this machine's peer id",
-                       description="Print this machine's peer id (creating the identity on first use). "
-                       "Give the peer id to the other side; keep the identity file private.", epilog=EPILOG)
+    p = sub.add_parser(
+        "id",
+        help="create or show this machine's peer id",
+        description="Print this machine's peer id (creating the identity on first use). "
+        "Give the peer id to the other side; keep the identity file private.",
+        epilog=EPILOG,
+    )
     _add_base(p)
     p.add_argument("--path", action="store_true", help="also print the identity file's path (stderr)")
 
-    p = sub.add_parser("expose", help="let allowed peers reach local TCP services",
-                       description="Offer local TCP services (e.g. 22 or 80) to the peers in the allow list. "
-                       "They reach them with `forward` or `pipe`. Runs until interrupted; `status` shows what it does.",
-                       epilog=EPILOG)
-    p.add_argument("ports", nargs="*", metavar="PORT",
-                   help="a port (of --host) or HOST:PORT to expose; several allowed (default: the config's expose)")
+    p = sub.add_parser(
+        "expose",
+        help="let allowed peers reach local TCP services",
+        description="Offer local TCP services (e.g. 22 or 80) to the peers in the allow list. "
+        "They reach them with `forward` or `pipe`. Runs until interrupted; `status` shows what it does.",
+        epilog=EPILOG,
+    )
+    p.add_argument(
+        "ports",
+        nargs="*",
+        metavar="PORT",
+        help="a port (of --host) or HOST:PORT to expose; several allowed (default: the config's expose)",
+    )
     p.add_argument("--host", metavar="HOST", help="host of the ports given as numbers (default 127.0.0.1)")
-    p.add_argument("--allow", action="append", metavar="PEER",
-                   help="a peer id (or a name from [peers]) allowed to connect, PEER:PORT to allow only that "
-                   "port; repeatable or comma-separated (replaces the config's allow list)")
-    p.add_argument("--control", metavar="PATH",
-                   help="control socket for `status` (default ~/.config/discretpeer/expose.sock)")
+    p.add_argument(
+        "--allow",
+        action="append",
+        metavar="PEER",
+        help="a peer id (or a name from [peers]) allowed to connect, PEER:PORT to allow only that "
+        "port; repeatable or comma-separated (replaces the config's allow list)",
+    )
+    p.add_argument(
+        "--control", metavar="PATH", help="control socket for `status` (default ~/.config/discretpeer/expose.sock)"
+    )
     _add_base(p)
     _add_network(p)
 
-    p = sub.add_parser("forward", help="carry a local TCP port to a peer's exposed service",
-                       description="Listen on a local TCP port and carry each connection to the service exposed by "
-                       "the peer, over one peer connection (one QUIC stream per TCP connection); reconnects when "
-                       "the peer connection drops. Runs until interrupted.", epilog=EPILOG)
+    p = sub.add_parser(
+        "forward",
+        help="carry a local TCP port to a peer's exposed service",
+        description="Listen on a local TCP port and carry each connection to the service exposed by "
+        "the peer, over one peer connection (one QUIC stream per TCP connection); reconnects when "
+        "the peer connection drops. Runs until interrupted.",
+        epilog=EPILOG,
+    )
     p.add_argument("local_port", type=_port, metavar="LOCALPORT", help="local TCP port to listen on (0: any free)")
     p.add_argument("--to", required=True, metavar="PEER", help="the exposing peer's id (or a name from [peers])")
-    p.add_argument("--port", type=_remote_port, metavar="REMOTEPORT",
-                   help="the exposed port to reach (default: the peer's only exposed port)")
+    p.add_argument(
+        "--port",
+        type=_remote_port,
+        metavar="REMOTEPORT",
+        help="the exposed port to reach (default: the peer's only exposed port)",
+    )
     p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="local address to listen on (default 127.0.0.1)")
-    p.add_argument("--control", metavar="PATH",
-                   help="serve `discretpeer status --control PATH` on this unix socket (none by default: several "
-                   "forwards may run at once)")
+    p.add_argument(
+        "--control",
+        metavar="PATH",
+        help="serve `discretpeer status --control PATH` on this unix socket (none by default: several "
+        "forwards may run at once)",
+    )
     _add_base(p)
     _add_network(p)
 
-    p = sub.add_parser("pipe", help="connect stdin/stdout to a peer's exposed service (ssh ProxyCommand)",
-                       description="Carry stdin/stdout to the service exposed by the peer; nothing else is written "
-                       "to stdout. Example: ssh -o ProxyCommand='discretpeer pipe --to PEER --port 22' user@device",
-                       epilog=EPILOG)
+    p = sub.add_parser(
+        "pipe",
+        help="connect stdin/stdout to a peer's exposed service (ssh ProxyCommand)",
+        description="Carry stdin/stdout to the service exposed by the peer; nothing else is written "
+        "to stdout. Example: ssh -o ProxyCommand='discretpeer pipe --to PEER --port 22' user@device",
+        epilog=EPILOG,
+    )
     p.add_argument("--to", required=True, metavar="PEER", help="the exposing peer's id (or a name from [peers])")
-    p.add_argument("--port", type=_remote_port, metavar="PORT",
-                   help="the exposed port to reach (default: the peer's only exposed port)")
+    p.add_argument(
+        "--port",
+        type=_remote_port,
+        metavar="PORT",
+        help="the exposed port to reach (default: the peer's only exposed port)",
+    )
     _add_base(p)
     _add_network(p)
 
-    p = sub.add_parser("doctor", help="check beacons, public address, NAT behaviour, mDNS",
-                       description="Check what peers need: each beacon reachable over UDP and matching its pinned "
-                       "hash, our public address, the NAT's mapping behaviour (needs two beacons), mDNS. One "
-                       "OK/WARN/FAIL line per check; exit code 1 when something FAILs.", epilog=EPILOG)
+    p = sub.add_parser(
+        "doctor",
+        help="check beacons, public address, NAT behaviour, mDNS",
+        description="Check what peers need: each beacon reachable over UDP and matching its pinned "
+        "hash, our public address, the NAT's mapping behaviour (needs two beacons), mDNS. One "
+        "OK/WARN/FAIL line per check; exit code 1 when something FAILs.",
+        epilog=EPILOG,
+    )
     p.add_argument("--no-mdns", action="store_true", help="skip the mDNS check")
     _add_base(p)
     _add_network(p, secret=False)
 
-    p = sub.add_parser("invite", help="pair with another machine by a short code (prints the code)",
-                       description="Print a short code (like 7-apple-river, valid a few minutes, one use) and wait "
-                       "for the other machine to run `discretpeer accept CODE`. Both meet through the beacon, check "
-                       "the code with a PAKE (SPAKE2: a wrong code fails, and an eavesdropper or the beacon learns "
-                       "nothing), then add each other to `allow` and `[peers]` in their config files.", epilog=EPILOG)
-    p.add_argument("--name", metavar="NAME",
-                   help="the name to give the other machine in [peers] (default: its host name)")
-    p.add_argument("--valid", type=_seconds, default=300.0, metavar="SECONDS",
-                   help="how long the code is valid (default 300)")
+    p = sub.add_parser(
+        "invite",
+        help="pair with another machine by a short code (prints the code)",
+        description="Print a short code (like 7-apple-river, valid a few minutes, one use) and wait "
+        "for the other machine to run `discretpeer accept CODE`. Both meet through the beacon, check "
+        "the code with a PAKE (SPAKE2: a wrong code fails, and an eavesdropper or the beacon learns "
+        "nothing), then add each other to `allow` and `[peers]` in their config files.",
+        epilog=EPILOG,
+    )
+    p.add_argument(
+        "--name", metavar="NAME", help="the name to give the other machine in [peers] (default: its host name)"
+    )
+    p.add_argument(
+        "--valid", type=_seconds, default=300.0, metavar="SECONDS", help="how long the code is valid (default 300)"
+    )
     _add_base(p)
     _add_network(p, secret=False)
 
-    p = sub.add_parser("accept", help="pair with the machine that printed CODE (discretpeer invite)",
-                       description="Meet the machine that ran `discretpeer invite`, check the code with it, and add "
-                       "each other to `allow` and `[peers]`. A wrong or expired code writes nothing.", epilog=EPILOG)
+    p = sub.add_parser(
+        "accept",
+        help="pair with the machine that printed CODE (discretpeer invite)",
+        description="Meet the machine that ran `discretpeer invite`, check the code with it, and add "
+        "each other to `allow` and `[peers]`. A wrong or expired code writes nothing.",
+        epilog=EPILOG,
+    )
     p.add_argument("code", metavar="CODE", help="the code `discretpeer invite` printed, e.g. 7-apple-river")
-    p.add_argument("--name", metavar="NAME",
-                   help="the name to give the other machine in [peers] (default: its host name)")
+    p.add_argument(
+        "--name", metavar="NAME", help="the name to give the other machine in [peers] (default: its host name)"
+    )
     _add_base(p)
     _add_network(p, secret=False)
 
-    p = sub.add_parser("ping", help="time round trips to a peer and show the path (direct, lan, relay)",
-                       description="Meet the peer (as forward and pipe do) and time round trips over the peer "
-                       "connection (QUIC PINGs, answered by any running `expose` that allows us), showing the path "
-                       "that carries them. Exit code 1 when no pong came back.", epilog=EPILOG)
+    p = sub.add_parser(
+        "ping",
+        help="time round trips to a peer and show the path (direct, lan, relay)",
+        description="Meet the peer (as forward and pipe do) and time round trips over the peer "
+        "connection (QUIC PINGs, answered by any running `expose` that allows us), showing the path "
+        "that carries them. Exit code 1 when no pong came back.",
+        epilog=EPILOG,
+    )
     p.add_argument("peer", metavar="PEER", help="the peer's id (or a name from [peers])")
     p.add_argument("-c", "--count", type=_count, default=4, metavar="N", help="round trips (default 4)")
-    p.add_argument("--interval", type=_seconds, default=0.5, metavar="SECONDS",
-                   help="time between round trips (default 0.5)")
+    p.add_argument(
+        "--interval", type=_seconds, default=0.5, metavar="SECONDS", help="time between round trips (default 0.5)"
+    )
     _add_base(p)
     _add_network(p)
     from .web import add_parser as _add_web_parser  # the browser shell (issue 19)
 
     _add_web_parser(sub, _add_base, EPILOG)
 
-    p = sub.add_parser("status", help="show what the running expose (or a forward) is doing",
-                       description="Connections, their paths (direct/lan/relay), tunnels and bytes of the running "
-                       "`expose` (or of a `forward --control PATH`), read from its control socket.", epilog=EPILOG)
+    p = sub.add_parser(
+        "status",
+        help="show what the running expose (or a forward) is doing",
+        description="Connections, their paths (direct/lan/relay), tunnels and bytes of the running "
+        "`expose` (or of a `forward --control PATH`), read from its control socket.",
+        epilog=EPILOG,
+    )
     p.add_argument("--watch", action="store_true", help="refresh until interrupted")
     p.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS", help="refresh interval (default 1)")
     p.add_argument("--control", metavar="PATH", help="control socket of the expose (or of a forward)")
@@ -249,8 +328,10 @@ async def _id(settings: Settings, args: Any, console: Console) -> int:
         print(json.dumps({"peer_id": identity.peer_id, "identity": str(settings.identity_path), "created": created}))
         return 0
     if created and not console.quiet:
-        print(f"{PROG}: created a new identity in {settings.identity_path} (keep it private; the peer id is public)",
-              file=sys.stderr)
+        print(
+            f"{PROG}: created a new identity in {settings.identity_path} (keep it private; the peer id is public)",
+            file=sys.stderr,
+        )
     elif args.path and not console.quiet:
         print(f"{PROG}: identity {settings.identity_path}", file=sys.stderr)
     print(identity.peer_id, flush=True)

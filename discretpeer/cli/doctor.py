@@ -63,15 +63,23 @@ async def _wait_for_beacons(peer: Peer, timeout: float) -> None:
 
 async def _check_beacons(report: Report, settings: Settings, identity: Identity, timeout: float) -> None:
     if not settings.beacons:
-        report.add(FAIL, "beacons", "none configured: add beacons = [{hostname = \"host:port\", cert_hash = \"...\"}] "
-                   "to the config file, or use --beacon HOST:PORT=CERT_HASH")
+        report.add(
+            FAIL,
+            "beacons",
+            'none configured: add beacons = [{hostname = "host:port", cert_hash = "..."}] '
+            "to the config file, or use --beacon HOST:PORT=CERT_HASH",
+        )
         return
     try:
         peer = Peer(identity, settings.beacons, host=settings.udp_host, port=settings.udp_port, lan=False, relay=False)
         await peer.start()
     except OSError as exc:
-        report.add(FAIL, "udp socket", f"cannot open a UDP socket on {settings.udp_host or 'any address'}:"
-                   f"{settings.udp_port}: {exc.strerror or exc}")
+        report.add(
+            FAIL,
+            "udp socket",
+            f"cannot open a UDP socket on {settings.udp_host or 'any address'}:"
+            f"{settings.udp_port}: {exc.strerror or exc}",
+        )
         return
     try:
         mapper = peer.port_mapper
@@ -91,33 +99,61 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
         name = f"beacon {status.beacon}"
         if status.state == "connected" and status.transport != "udp":
             connected.append(status)
-            report.add(WARN, name, f"reachable over {status.transport} only (TLS), certificate matches the pinned "
-                       f"hash, round trip {ms(status.rtt)}: UDP to it fails ({status.udp_error or 'no answer'}); "
-                       "peers will relay through it", beacon=status.beacon, transport=status.transport,
-                       rtt_ms=None if status.rtt is None else round(status.rtt * 1000, 2))
+            report.add(
+                WARN,
+                name,
+                f"reachable over {status.transport} only (TLS), certificate matches the pinned "
+                f"hash, round trip {ms(status.rtt)}: UDP to it fails ({status.udp_error or 'no answer'}); "
+                "peers will relay through it",
+                beacon=status.beacon,
+                transport=status.transport,
+                rtt_ms=None if status.rtt is None else round(status.rtt * 1000, 2),
+            )
         elif status.state == "connected":
             answered = True
             connected.append(status)
-            report.add(OK, name, "reachable over UDP, certificate matches the pinned hash, "
-                       f"round trip {ms(status.rtt)}",
-                       beacon=status.beacon, rtt_ms=None if status.rtt is None else round(status.rtt * 1000, 2),
-                       observed=format_address(status.observed))
+            report.add(
+                OK,
+                name,
+                f"reachable over UDP, certificate matches the pinned hash, round trip {ms(status.rtt)}",
+                beacon=status.beacon,
+                rtt_ms=None if status.rtt is None else round(status.rtt * 1000, 2),
+                observed=format_address(status.observed),
+            )
         elif status.pin_mismatches:
             answered = True
-            report.add(FAIL, name, f"{status.last_error}: wrong cert_hash in the config, or not the beacon you "
-                       "think (check its certificate_hash.txt)", beacon=status.beacon, error=status.last_error)
+            report.add(
+                FAIL,
+                name,
+                f"{status.last_error}: wrong cert_hash in the config, or not the beacon you "
+                "think (check its certificate_hash.txt)",
+                beacon=status.beacon,
+                error=status.last_error,
+            )
         else:
             error = status.last_error or f"no answer within {timeout:g}s"
-            report.add(FAIL, name, f"unreachable ({error}): beacon down, wrong address, or UDP blocked",
-                       beacon=status.beacon, error=error)
+            report.add(
+                FAIL,
+                name,
+                f"unreachable ({error}): beacon down, wrong address, or UDP blocked",
+                beacon=status.beacon,
+                error=error,
+            )
     if answered:
         report.add(OK, "udp", "UDP to the beacons works")
     elif connected:
-        report.add(WARN, "udp", "no beacon answered over UDP (outgoing UDP blocked?) but TLS over TCP works: "
-                   "peers connect through the beacons' relay")
+        report.add(
+            WARN,
+            "udp",
+            "no beacon answered over UDP (outgoing UDP blocked?) but TLS over TCP works: "
+            "peers connect through the beacons' relay",
+        )
     else:
-        report.add(FAIL, "udp", "no beacon answered over UDP: outgoing UDP may be blocked by a firewall, "
-                   "or every beacon is down")
+        report.add(
+            FAIL,
+            "udp",
+            "no beacon answered over UDP: outgoing UDP may be blocked by a firewall, or every beacon is down",
+        )
     await _check_paths(report, settings, timeout)
     connected = [s for s in connected if s.transport == "udp"]  # TCP-observed addresses say nothing of UDP
     if not connected:
@@ -127,39 +163,78 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
     mine = set(local_addresses(include_loopback=True))
     first = connected[0]
     if len(hosts) > 1:
-        report.add(WARN, "public address", f"beacons see different public addresses ({', '.join(hosts)}): "
-                   "several uplinks or a NAT with several addresses", addresses=hosts)
+        report.add(
+            WARN,
+            "public address",
+            f"beacons see different public addresses ({', '.join(hosts)}): "
+            "several uplinks or a NAT with several addresses",
+            addresses=hosts,
+        )
     elif hosts and hosts[0] in mine:
-        report.add(OK, "public address", f"{format_address(first.observed)}: an address of this machine "
-                   "(no NAT between here and the beacon)", address=format_address(first.observed), nat=False)
+        report.add(
+            OK,
+            "public address",
+            f"{format_address(first.observed)}: an address of this machine (no NAT between here and the beacon)",
+            address=format_address(first.observed),
+            nat=False,
+        )
     else:
-        report.add(OK, "public address", f"{format_address(first.observed)} (as seen by beacon {first.beacon}; "
-                   "this machine is behind a NAT)", address=format_address(first.observed), nat=True)
+        report.add(
+            OK,
+            "public address",
+            f"{format_address(first.observed)} (as seen by beacon {first.beacon}; this machine is behind a NAT)",
+            address=format_address(first.observed),
+            nat=True,
+        )
     distinct = {s.address for s in connected if s.address is not None}
     learned = [s for s in connected if s.mapping in (wire.MAPPING_INDEPENDENT, wire.MAPPING_DEPENDENT)]
     if (len(connected) < 2 or len(distinct) < 2) and learned:
         s = learned[0]
         second = f"{s.second_observed[0]}:{s.second_observed[1]}" if s.second_observed else "?"
         if s.mapping == wire.MAPPING_INDEPENDENT:
-            report.add(OK, "nat mapping", f"same external address {format_address(s.observed)} towards both ports of "
-                       f"beacon {s.beacon} (endpoint-independent mapping, {ms((s.behaviour_ms or 0) / 1000)}): hole "
-                       "punching can work", symmetric=False, behaviour_ms=round(s.behaviour_ms or 0, 1))
+            report.add(
+                OK,
+                "nat mapping",
+                f"same external address {format_address(s.observed)} towards both ports of "
+                f"beacon {s.beacon} (endpoint-independent mapping, {ms((s.behaviour_ms or 0) / 1000)}): hole "
+                "punching can work",
+                symmetric=False,
+                behaviour_ms=round(s.behaviour_ms or 0, 1),
+            )
         else:
-            report.add(WARN, "nat mapping", f"a different external port per destination ({format_address(s.observed)}"
-                       f" and {second} at beacon {s.beacon}'s two ports): symmetric NAT; direct connections need a "
-                       "port mapping, IPv6 or a peer with an easy NAT, else the relay is used at once",
-                       symmetric=True, behaviour_ms=round(s.behaviour_ms or 0, 1))
+            report.add(
+                WARN,
+                "nat mapping",
+                f"a different external port per destination ({format_address(s.observed)}"
+                f" and {second} at beacon {s.beacon}'s two ports): symmetric NAT; direct connections need a "
+                "port mapping, IPv6 or a peer with an easy NAT, else the relay is used at once",
+                symmetric=True,
+                behaviour_ms=round(s.behaviour_ms or 0, 1),
+            )
     elif len(connected) < 2 or len(distinct) < 2:
-        report.add(WARN, "nat mapping", "cannot tell with a single reachable beacon: configure at least two "
-                   "beacons (different addresses) to check that the NAT keeps one external port per socket")
+        report.add(
+            WARN,
+            "nat mapping",
+            "cannot tell with a single reachable beacon: configure at least two "
+            "beacons (different addresses) to check that the NAT keeps one external port per socket",
+        )
     elif len(observed) == 1:
-        report.add(OK, "nat mapping", f"same external address {format_address(first.observed)} towards "
-                   f"{len(connected)} beacons (endpoint-independent mapping): hole punching can work",
-                   symmetric=False)
+        report.add(
+            OK,
+            "nat mapping",
+            f"same external address {format_address(first.observed)} towards "
+            f"{len(connected)} beacons (endpoint-independent mapping): hole punching can work",
+            symmetric=False,
+        )
     else:
         ports = ", ".join(sorted(f"{h}:{p}" for h, p in observed))
-        report.add(WARN, "nat mapping", f"a different external port per destination ({ports}): symmetric NAT; "
-                   "direct connections with peers behind NAT may fail and the relay will be used", symmetric=True)
+        report.add(
+            WARN,
+            "nat mapping",
+            f"a different external port per destination ({ports}): symmetric NAT; "
+            "direct connections with peers behind NAT may fail and the relay will be used",
+            symmetric=True,
+        )
 
 
 async def _check_paths(report: Report, settings: Settings, timeout: float) -> None:
@@ -177,13 +252,15 @@ async def _check_paths(report: Report, settings: Settings, timeout: float) -> No
         endpoint.close()
     for spec, paths in zip(settings.beacons, results, strict=True):
         works = [p for p in paths if p.works]
-        text = "; ".join(
-            f"{p.name} {ms(p.seconds)}" if p.works else f"{p.name} fails ({p.error})" for p in paths
-        )
+        text = "; ".join(f"{p.name} {ms(p.seconds)}" if p.works else f"{p.name} fails ({p.error})" for p in paths)
         verdict = OK if any(p.name == "udp" for p in works) else WARN if works else FAIL
-        report.add(verdict, f"paths {spec.hostname}", text,
-                   paths={p.name: (round(p.seconds * 1000, 2) if p.works else None) for p in paths},
-                   errors={p.name: p.error for p in paths if not p.works})
+        report.add(
+            verdict,
+            f"paths {spec.hostname}",
+            text,
+            paths={p.name: (round(p.seconds * 1000, 2) if p.works and p.seconds is not None else None) for p in paths},
+            errors={p.name: p.error for p in paths if not p.works},
+        )
 
 
 def _check_port_mapping(report: Report, status: PortMapStatus | None) -> None:
@@ -193,26 +270,49 @@ def _check_port_mapping(report: Report, status: PortMapStatus | None) -> None:
     tried = ", ".join(f"{name}: {result}" for name, result in sorted(status.answers.items())) or "no answer"
     if status.mapping is not None:
         m = status.mapping
-        report.add(OK, "port mapping", f"{m.protocol.upper()} mapped {m.external[0]}:{m.external[1]} on gateway "
-                   f"{status.gateway} for {m.lifetime:g} s (in {ms(status.seconds_to_map)}): peers behind any NAT "
-                   "can reach us there", protocol=m.protocol, mapped=f"{m.external[0]}:{m.external[1]}",
-                   gateway=status.gateway,
-                   ms=None if status.seconds_to_map is None else round(status.seconds_to_map * 1000, 1))
+        report.add(
+            OK,
+            "port mapping",
+            f"{m.protocol.upper()} mapped {m.external[0]}:{m.external[1]} on gateway "
+            f"{status.gateway} for {m.lifetime:g} s (in {ms(status.seconds_to_map)}): peers behind any NAT "
+            "can reach us there",
+            protocol=m.protocol,
+            mapped=f"{m.external[0]}:{m.external[1]}",
+            gateway=status.gateway,
+            ms=None if status.seconds_to_map is None else round(status.seconds_to_map * 1000, 1),
+        )
     else:
-        report.add(WARN, "port mapping", f"gateway {status.gateway or 'unknown'} granted no mapping by PCP, NAT-PMP or "
-                   f"UPnP ({tried}); fine behind an easy NAT", protocol=None, gateway=status.gateway,
-                   answers=status.answers, ignored=status.ignored)
+        report.add(
+            WARN,
+            "port mapping",
+            f"gateway {status.gateway or 'unknown'} granted no mapping by PCP, NAT-PMP or "
+            f"UPnP ({tried}); fine behind an easy NAT",
+            protocol=None,
+            gateway=status.gateway,
+            answers=status.answers,
+            ignored=status.ignored,
+        )
 
 
 def _check_ipv6(report: Report, statuses: list[Any]) -> None:
     addresses = [a for a in local_addresses(ipv6=True) if ":" in a and not is_lan_address(a)]
     over_ipv6 = [s.beacon for s in statuses if s.state == "connected" and s.address and ":" in s.address[0]]
     if over_ipv6:
-        report.add(OK, "ipv6", f"beacon(s) {', '.join(over_ipv6)} reached over IPv6: direct IPv6 paths possible",
-                   addresses=addresses, reachable=True)
+        report.add(
+            OK,
+            "ipv6",
+            f"beacon(s) {', '.join(over_ipv6)} reached over IPv6: direct IPv6 paths possible",
+            addresses=addresses,
+            reachable=True,
+        )
     elif addresses:
-        report.add(OK, "ipv6", f"global IPv6 address(es) {', '.join(addresses)} (no beacon reached over IPv6 to "
-                   "confirm)", addresses=addresses, reachable=None)
+        report.add(
+            OK,
+            "ipv6",
+            f"global IPv6 address(es) {', '.join(addresses)} (no beacon reached over IPv6 to confirm)",
+            addresses=addresses,
+            reachable=None,
+        )
     else:
         report.add(WARN, "ipv6", "no global IPv6 address: only IPv4 paths", addresses=[], reachable=False)
 
@@ -227,11 +327,17 @@ async def _check_token_slots(report: Report, settings: Settings) -> None:
     beacons = [b for b in status.get("beacons", []) if isinstance(b, dict)]
     refused = [b for b in beacons if b.get("tokens_full")]
     for beacon in refused:
-        report.add(WARN, "token slots", f"beacon {beacon.get('beacon')} refused {beacon['tokens_full']} meeting "
-                   f"token(s) of the running expose as full ({beacon.get('full_refusal')}): too many connections "
-                   "wait on that meeting there (someone may be squatting it); it is announced again every ~10 s, "
-                   "and other beacons still work", beacon=beacon.get("beacon"), tokens_full=beacon["tokens_full"],
-                   refusal=beacon.get("full_refusal"))
+        report.add(
+            WARN,
+            "token slots",
+            f"beacon {beacon.get('beacon')} refused {beacon['tokens_full']} meeting "
+            f"token(s) of the running expose as full ({beacon.get('full_refusal')}): too many connections "
+            "wait on that meeting there (someone may be squatting it); it is announced again every ~10 s, "
+            "and other beacons still work",
+            beacon=beacon.get("beacon"),
+            tokens_full=beacon["tokens_full"],
+            refusal=beacon.get("full_refusal"),
+        )
     if beacons and not refused:
         report.add(OK, "token slots", "no beacon refused a meeting token of the running expose as full")
 
@@ -243,8 +349,12 @@ async def _check_mdns(report: Report, settings: Settings) -> None:
     try:
         aiozc = await asyncio.wait_for(asyncio.to_thread(AsyncZeroconf), MDNS_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
-        report.add(verdict_if_broken, "mdns", f"zeroconf cannot start: {type(exc).__name__}: {exc}"
-                   + ("" if settings.lan else " (LAN discovery is off anyway)"))
+        report.add(
+            verdict_if_broken,
+            "mdns",
+            f"zeroconf cannot start: {type(exc).__name__}: {exc}"
+            + ("" if settings.lan else " (LAN discovery is off anyway)"),
+        )
         return
     with contextlib.suppress(Exception):
         await asyncio.wait_for(aiozc.async_close(), MDNS_TIMEOUT)
@@ -255,8 +365,11 @@ async def _check_mdns(report: Report, settings: Settings) -> None:
 async def run_doctor(settings: Settings, args: Any, console: Console) -> int:
     report = Report(console)
     if settings.config_path is not None:
-        report.add(OK, "config", f"{settings.config_path}: {len(settings.beacons)} beacon(s), "
-                   f"{len(settings.allow)} allowed peer(s)")
+        report.add(
+            OK,
+            "config",
+            f"{settings.config_path}: {len(settings.beacons)} beacon(s), {len(settings.allow)} allowed peer(s)",
+        )
     else:
         report.add(OK, "config", f"no config file; {len(settings.beacons)} beacon(s) from the environment or flags")
     identity: Identity | None = None
@@ -278,8 +391,9 @@ async def run_doctor(settings: Settings, args: Any, console: Console) -> int:
         json.dump(
             {
                 "ok": not report.failed,
-                "checks": [{"verdict": c.verdict, "check": c.name, "message": c.message, **c.data}
-                           for c in report.checks],
+                "checks": [
+                    {"verdict": c.verdict, "check": c.name, "message": c.message, **c.data} for c in report.checks
+                ],
                 "counts": counts,
             },
             sys.stdout,

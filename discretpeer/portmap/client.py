@@ -278,8 +278,12 @@ class PortMapper:
                     natpmp_ip = None
                     continue
                 return Mapping(
-                    "natpmp", (natpmp_ip, natpmp_map.external_port), self.internal_port, float(natpmp_map.lifetime),
-                    time.monotonic(), natpmp_map.epoch,
+                    "natpmp",
+                    (natpmp_ip, natpmp_map.external_port),
+                    self.internal_port,
+                    float(natpmp_map.lifetime),
+                    time.monotonic(),
+                    natpmp_map.epoch,
                 )
         return None
 
@@ -304,8 +308,12 @@ class PortMapper:
             return None
         self._check_epoch(current, "pcp", answer.epoch)
         return Mapping(
-            "pcp", (answer.external_ip, answer.external_port), self.internal_port, float(answer.lifetime),
-            time.monotonic(), answer.epoch,
+            "pcp",
+            (answer.external_ip, answer.external_port),
+            self.internal_port,
+            float(answer.lifetime),
+            time.monotonic(),
+            answer.epoch,
         )
 
     def _check_epoch(self, current: Mapping | None, protocol: str, epoch: int) -> None:
@@ -317,7 +325,9 @@ class PortMapper:
         if epoch + 2 < current.epoch + elapsed * 7 / 8:
             log.info(
                 "%s gateway epoch went back (%s after %s): it lost its mappings; mapping again",
-                protocol, epoch, current.epoch,
+                protocol,
+                epoch,
+                current.epoch,
             )
 
     def _ignore(self, why: str) -> None:

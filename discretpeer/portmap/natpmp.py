@@ -41,9 +41,10 @@ class AddressResponse:
     external_ip: str
 
     def encode(self) -> bytes:
-        return struct.pack("!BBHI", VERSION, 128 + OP_ADDRESS, self.result, self.epoch) + ipaddress.IPv4Address(
-            self.external_ip
-        ).packed
+        return (
+            struct.pack("!BBHI", VERSION, 128 + OP_ADDRESS, self.result, self.epoch)
+            + ipaddress.IPv4Address(self.external_ip).packed
+        )
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,13 @@ class MapResponse:
 
     def encode(self) -> bytes:
         return struct.pack(
-            "!BBHIHHI", VERSION, 128 + OP_MAP_UDP, self.result, self.epoch, self.internal_port, self.external_port,
+            "!BBHIHHI",
+            VERSION,
+            128 + OP_MAP_UDP,
+            self.result,
+            self.epoch,
+            self.internal_port,
+            self.external_port,
             self.lifetime,
         )
 

@@ -32,10 +32,13 @@ class BrowserStore:
         out = []
         try:
             for entry in raw.get("browsers", [])[:MAX_BROWSERS]:
-                out.append(PairedBrowser(
-                    base64.b64decode(entry["pub"], validate=True), str(entry["name"]),
-                    base64.b64decode(entry["meeting"], validate=True),
-                ))
+                out.append(
+                    PairedBrowser(
+                        base64.b64decode(entry["pub"], validate=True),
+                        str(entry["name"]),
+                        base64.b64decode(entry["meeting"], validate=True),
+                    )
+                )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{self.path}: malformed paired-browsers file ({type(exc).__name__}: {exc})") from None
         return out
@@ -46,10 +49,17 @@ class BrowserStore:
             raise ValueError(f"at most {MAX_BROWSERS} paired browsers: remove one first")
         browsers.append(browser)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"browsers": [
-            {"pub": base64.b64encode(b.public_key).decode(), "name": b.name,
-             "meeting": base64.b64encode(b.meeting).decode(), "added": int(time.time())} for b in browsers
-        ]}
+        data = {
+            "browsers": [
+                {
+                    "pub": base64.b64encode(b.public_key).decode(),
+                    "name": b.name,
+                    "meeting": base64.b64encode(b.meeting).decode(),
+                    "added": int(time.time()),
+                }
+                for b in browsers
+            ]
+        }
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -70,8 +70,7 @@ class _Session:
         # across NATs, where they never resolve. Without them a LAN browser is still reached: its
         # checks reach our host candidates and come back as peer-reflexive candidates.
         offer_sdp = "\r\n".join(
-            line for line in offer_sdp.split("\r\n")
-            if not (line.startswith("a=candidate:") and ".local " in line)
+            line for line in offer_sdp.split("\r\n") if not (line.startswith("a=candidate:") and ".local " in line)
         )
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
@@ -185,8 +184,16 @@ class WebDevice:
 
     ``url`` is the beacon's ``ws://``/``wss://.../ws``. ``command`` runs on each shell's PTY."""
 
-    def __init__(self, url: str, identity: Identity, store: BrowserStore, *, name: str,
-                 command: Sequence[str], ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        identity: Identity,
+        store: BrowserStore,
+        *,
+        name: str,
+        command: Sequence[str],
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = url
         self.identity = identity
         self.store = store
@@ -229,8 +236,12 @@ class WebDevice:
         try:
             loaded = self.store.load()
         except (ValueError, KeyError, TypeError) as exc:  # a hand-edited file gone wrong: keep serving
-            log.error("%s: not reloaded, keeping the %d paired browsers (%s)", self.store.path,
-                      len({b.public_key for b in self.browsers.values()}), exc)
+            log.error(
+                "%s: not reloaded, keeping the %d paired browsers (%s)",
+                self.store.path,
+                len({b.public_key for b in self.browsers.values()}),
+                exc,
+            )
             self._relisten()
             return
         self.browsers = {t: b for b in loaded for t in tokens_for(b, now)}
@@ -260,8 +271,9 @@ class WebDevice:
         delay = 0.5
         while True:
             try:
-                async with websockets.connect(self.url, ssl=self.ssl_context, max_size=65536,
-                                              compression=None, open_timeout=10) as ws:
+                async with websockets.connect(
+                    self.url, ssl=self.ssl_context, max_size=65536, compression=None, open_timeout=10
+                ) as ws:
                     self._ws = ws
                     delay = 0.5
                     self.reload()
@@ -382,6 +394,11 @@ class WebDevice:
     def _servers(creds: dict[str, Any]) -> list[RTCIceServer]:
         servers = [RTCIceServer(urls=u) for u in creds.get("urls", []) if isinstance(u, str)]
         if creds.get("turn_urls") and creds.get("username"):
-            servers.append(RTCIceServer(urls=[u for u in creds["turn_urls"] if isinstance(u, str)],
-                                        username=str(creds["username"]), credential=str(creds["credential"])))
+            servers.append(
+                RTCIceServer(
+                    urls=[u for u in creds["turn_urls"] if isinstance(u, str)],
+                    username=str(creds["username"]),
+                    credential=str(creds["credential"]),
+                )
+            )
         return servers

@@ -73,8 +73,9 @@ def pairing_token(room: str) -> str:
 
 
 def meeting_secret(key: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"discretpeer/v1",
-                info=b"discretpeer/web meeting v1").derive(key)
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=b"discretpeer/v1", info=b"discretpeer/web meeting v1"
+    ).derive(key)
 
 
 def _b64(data: bytes) -> str:

@@ -24,8 +24,16 @@ class PtySession:
     Output is read only while ``resume_output()`` is in force: the caller pauses it when the browser is
     not reading (bounded memory: the command then blocks on its own terminal)."""
 
-    def __init__(self, argv: Sequence[str], on_output: Callable[[bytes], None], on_exit: Callable[[int], None],
-                 *, cols: int = 80, rows: int = 24, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        on_output: Callable[[bytes], None],
+        on_exit: Callable[[int], None],
+        *,
+        cols: int = 80,
+        rows: int = 24,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.argv = list(argv)
         self.on_output = on_output
         self.on_exit = on_exit

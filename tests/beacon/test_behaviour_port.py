@@ -51,7 +51,11 @@ async def test_answers_requests_only_and_is_capped() -> None:
 async def test_off_by_default_and_the_welcome_is_unchanged() -> None:
     async with BeaconServer(loopback_config(), create_bundle()) as server:
         assert server._behaviour is None
-        async with Peer(Identity.generate(), [{"hostname": f"127.0.0.1:{server.port}", "cert_hash": server.fingerprint}], host="127.0.0.1") as peer:
+        async with Peer(
+            Identity.generate(),
+            [{"hostname": f"127.0.0.1:{server.port}", "cert_hash": server.fingerprint}],
+            host="127.0.0.1",
+        ) as peer:
             assert await peer.wait_beacons(5) == 1
             assert peer._clients[0].mapping is None
 

@@ -192,7 +192,7 @@ def test_pipe_time_to_first_byte(lab):
     rest = proc.stdout.read()
     assert first + rest == b"bye\n"
     assert proc.wait(10) == 0  # the service closed: pipe ends by itself, stdin still open
-    proc.stdin.close()  # type: ignore[union-attr]
+    proc.stdin.close()  # type: ignore[union-attr]  # a pipe was requested
     print(f"\npipe: first byte {ttfb * 1000:.0f} ms after start (process start + meeting + tunnel)")
     assert ttfb < 10
 

@@ -115,7 +115,7 @@ def test_unscoped_link_local_gets_the_only_interface() -> None:
 
 @pytest.mark.parametrize(("version", "expected"), [("v4", ["10.0.0.2"]), ("v6", ["2001:db8::5"])])
 def test_ip_version_filter(version: str, expected: list[str]) -> None:
-    table = ServiceTable(OWN, ip_version=version)  # type: ignore[arg-type]
+    table = ServiceTable(OWN, ip_version=version)  # type: ignore[arg-type]  # deliberately the wrong type: the error is what is tested
     table.set_wanted([T1])
     [found] = table.update("p", txt(PEER, T1), 4000, ["10.0.0.2", "2001:db8::5"])
     assert [a.host for a in found.addresses] == expected
@@ -201,7 +201,7 @@ def test_discovery_validates_its_arguments() -> None:
     with pytest.raises(ValueError):
         LanDiscovery(port=4000, instance=b"short", on_found=nothing)
     with pytest.raises(ValueError):
-        LanDiscovery(port=4000, instance=OWN, on_found=nothing, ip_version="v5")  # type: ignore[arg-type]
+        LanDiscovery(port=4000, instance=OWN, on_found=nothing, ip_version="v5")  # type: ignore[arg-type]  # deliberately the wrong type: the error is what is tested
     with pytest.raises(ValueError):
         LanDiscovery(port=4000, instance=OWN, on_found=nothing, interfaces=[])
     lan = LanDiscovery(port=4000, instance=OWN, on_found=nothing)

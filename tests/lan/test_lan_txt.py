@@ -145,7 +145,7 @@ def test_garbage_is_rejected_with_a_clear_error(data: bytes, message: str) -> No
 
 def test_decode_rejects_non_bytes() -> None:
     with pytest.raises(LanTxtError):
-        split_txt("v=1")  # type: ignore[arg-type]
+        split_txt("v=1")  # type: ignore[arg-type]  # deliberately the wrong type: the error is what is tested
 
 
 def test_encoder_validates() -> None:

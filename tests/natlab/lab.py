@@ -16,6 +16,7 @@ See README.md beside this file for the topology, the flavours and the delay.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -29,9 +30,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -75,7 +77,7 @@ def unavailable_reason() -> str | None:
     """Why this machine cannot run the NAT lab, or None when it can. Cached per process."""
     global _capability
     if _capability is not False:
-        return _capability  # type: ignore[return-value]
+        return _capability  # type: ignore[return-value]  # typed loosely on purpose
     reason = None
     if not sys.platform.startswith("linux"):
         reason = f"NAT lab needs Linux network namespaces (platform is {sys.platform})"
@@ -139,10 +141,8 @@ def _kill_namespace(ns: str) -> None:
         if not pids:
             break
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
         time.sleep(0.02)
     subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
@@ -187,7 +187,13 @@ def normalise_flavour(flavour: str, hairpin: bool | None = None) -> tuple[str, b
 
 
 def router_ruleset(
-    *, flavour: str, hairpin: bool, wan_ip: str, lan_net: str, wan: str = "wan", lan: str = "lan",
+    *,
+    flavour: str,
+    hairpin: bool,
+    wan_ip: str,
+    lan_net: str,
+    wan: str = "wan",
+    lan: str = "lan",
     portmap: tuple[bool, bool, bool] | None = None,
     ipv6: bool = False,
 ) -> str:
@@ -217,9 +223,15 @@ def router_ruleset(
     """
     flavour, hairpin = normalise_flavour(flavour, hairpin)
     cone = flavour in ("full_cone", "address_restricted")
+    dynamic = f"flags dynamic,timeout; timeout {MAPPING_TIMEOUT_S}s;"
+    learn = (
+        "update @ext2int { udp sport : ct original ip saddr . ct original proto-src } "
+        "update @int2ext { ct original ip saddr . ct original proto-src : ip saddr . udp sport } "
+        "update @seen { udp sport . ip daddr }"
+    )
     maps = f"""
-  map ext2int {{ type inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout {MAPPING_TIMEOUT_S}s; }}
-  map int2ext {{ type ipv4_addr . inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout {MAPPING_TIMEOUT_S}s; }}
+  map ext2int {{ type inet_service : ipv4_addr . inet_service; {dynamic} }}
+  map int2ext {{ type ipv4_addr . inet_service : ipv4_addr . inet_service; {dynamic} }}
   set seen {{ type inet_service . ipv4_addr; flags dynamic,timeout; timeout {MAPPING_TIMEOUT_S}s; }}"""
     pre = []
     if flavour == "full_cone":
@@ -280,27 +292,27 @@ table ip6 firewall {{
         if not use_natpmp:
             inputs.append(f'iifname "{lan}" udp dport 5351 @th,64,8 0 drop')
         inputs.append(f'iifname "{lan}" accept')
-        upnp_tables += f"""
-table inet miniupnpd {{
-  chain forward {{
+        upnp_tables += """
+table inet miniupnpd {
+  chain forward {
     type filter hook forward priority filter - 1; policy accept;
     jump miniupnpd
-  }}
-  chain miniupnpd {{
-  }}
-  chain prerouting {{
+  }
+  chain miniupnpd {
+  }
+  chain prerouting {
     type nat hook prerouting priority dstnat - 1; policy accept;
     jump prerouting_miniupnpd
-  }}
-  chain postrouting {{
+  }
+  chain postrouting {
     type nat hook postrouting priority srcnat - 1; policy accept;
     jump postrouting_miniupnpd
-  }}
-  chain prerouting_miniupnpd {{
-  }}
-  chain postrouting_miniupnpd {{
-  }}
-}}
+  }
+  chain prerouting_miniupnpd {
+  }
+  chain postrouting_miniupnpd {
+  }
+}
 """
 
     return f"""flush ruleset
@@ -313,7 +325,7 @@ table ip natlab {{{maps}
   }}
   chain learn {{
     type filter hook postrouting priority srcnat + 10; policy accept;
-    oifname "{wan}" ct direction original update @ext2int {{ udp sport : ct original ip saddr . ct original proto-src }} update @int2ext {{ ct original ip saddr . ct original proto-src : ip saddr . udp sport }} update @seen {{ udp sport . ip daddr }}
+    oifname "{wan}" ct direction original {learn}
   }}
   chain forward {{
     type filter hook forward priority filter; policy drop;{chain(forward)}
@@ -340,7 +352,14 @@ class LabProcess:
     The lab kills it at teardown if it is still running.
     """
 
-    def __init__(self, popen: subprocess.Popen, node: str, argv: Sequence[str], stdout_path: Path | None, stderr_path: Path | None):
+    def __init__(
+        self,
+        popen: subprocess.Popen,
+        node: str,
+        argv: Sequence[str],
+        stdout_path: Path | None,
+        stderr_path: Path | None,
+    ):
         self.popen = popen
         self.node = node
         self.argv = list(argv)
@@ -379,10 +398,8 @@ class LabProcess:
         """Every stdout line that parses as JSON."""
         out = []
         for line in self.stdout.splitlines():
-            try:
+            with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
-            except ValueError:
-                pass
         return out
 
     def wait(self, timeout: float | None = None) -> int:
@@ -404,27 +421,22 @@ class LabProcess:
                         return m
                 raise LabError(
                     f"{self.node}: {pattern!r} not seen in {stream} within {timeout}s "
-                    f"(returncode={self.popen.poll()})\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-3000:]}"
+                    f"(returncode={self.popen.poll()})\n--- stdout\n{self.stdout[-3000:]}"
+                    f"\n--- stderr\n{self.stderr[-3000:]}"
                 )
             time.sleep(0.01)
 
     def terminate(self) -> None:
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self.popen.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     def kill(self) -> None:
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self.popen.kill()
-            except ProcessLookupError:
-                pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(2)
-        except subprocess.TimeoutExpired:
-            pass
 
     def describe(self) -> str:
         return f"[{self.node}] pid {self.pid} rc={self.popen.poll()} {' '.join(self.argv)[:200]}"
@@ -433,7 +445,7 @@ class LabProcess:
 class UdpAgent:
     """Client of ``agent.py`` running in a lab host: plain UDP sockets driven from the test."""
 
-    def __init__(self, lab: "Lab", node: str):
+    def __init__(self, lab: Lab, node: str):
         self.node = node
         self.process = lab.popen(
             node, [sys.executable, str(HERE / "agent.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -499,17 +511,25 @@ class UdpAgent:
             return None
         return answer["seen"][0], answer["seen"][1]
 
-    def rtt(self, sock: int, echo: tuple[str, int], count: int = 5, interval: float = 0.02, timeout: float = 1.0) -> list[float]:
-        answer = self.call("rtt", sock=sock, to=list(echo), count=count, interval=interval, timeout=timeout, answer_within=5 + count * (interval + timeout))
+    def rtt(
+        self, sock: int, echo: tuple[str, int], count: int = 5, interval: float = 0.02, timeout: float = 1.0
+    ) -> list[float]:
+        answer = self.call(
+            "rtt",
+            sock=sock,
+            to=list(echo),
+            count=count,
+            interval=interval,
+            timeout=timeout,
+            answer_within=5 + count * (interval + timeout),
+        )
         return answer["rtts"]
 
     def close(self) -> None:
         stdin = self.process.popen.stdin
         if stdin and not stdin.closed:
-            try:
+            with contextlib.suppress(OSError):
                 stdin.close()
-            except OSError:
-                pass
         self.process.kill()
 
 
@@ -588,7 +608,7 @@ def parse_pcap(data: bytes) -> list[Packet]:
 class Capture:
     """tcpdump on one interface of one lab namespace, writing a pcap file; ``stop()`` parses it."""
 
-    def __init__(self, lab: "Lab", node: str, iface: str, bpf: str, path: Path):
+    def __init__(self, lab: Lab, node: str, iface: str, bpf: str, path: Path):
         self.node = node
         self.iface = iface
         self.path = path
@@ -617,7 +637,7 @@ class Capture:
         """Packets whose payload holds ``marker`` (e.g. a plaintext that must never be seen)."""
         return [p for p in self.stop() if marker in p.payload]
 
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -651,7 +671,7 @@ class Node:
 class Host:
     """A handle on one lab node: ``lab.host("A1").popen([...])`` is ``lab.popen("A1", [...])``."""
 
-    def __init__(self, lab: "Lab", name: str):
+    def __init__(self, lab: Lab, name: str):
         if name not in lab.nodes:
             raise KeyError(f"no node {name!r} in the lab (have: {', '.join(lab.nodes)})")
         self.lab = lab
@@ -678,7 +698,7 @@ class Host:
     def python(self, code: str, *args: str, **kwargs: Any) -> LabProcess:
         return self.lab.python(self.name, code, *args, **kwargs)
 
-    def agent(self) -> "UdpAgent":
+    def agent(self) -> UdpAgent:
         return self.lab.agent(self.name)
 
     def capture(self, iface: str | None = None, bpf: str = "") -> Capture:
@@ -771,7 +791,23 @@ EOF
     def _link(self, parent: Node, child: Node) -> str:
         """A veth pair made inside the parent's namespace, its peer created straight in the child's."""
         parent_if = ("c-" if parent.kind == "core" else "l-") + child.name
-        _sh(["ip", "-n", parent.ns, "link", "add", parent_if, "type", "veth", "peer", "name", child.uplink, "netns", child.ns])
+        _sh(
+            [
+                "ip",
+                "-n",
+                parent.ns,
+                "link",
+                "add",
+                parent_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                child.uplink,
+                "netns",
+                child.ns,
+            ]
+        )
         return parent_if
 
     def _after_link(self, parent: Node, child: Node, parent_if: str) -> None:
@@ -901,7 +937,15 @@ EOF
         self.timings[f"add {name}"] = time.monotonic() - started
         return name
 
-    def add_cgnat(self, name: str, flavour: str = "port_restricted", *, hairpin: bool = True, address: str | None = None, lan: str = "100.64.0.0/10") -> str:
+    def add_cgnat(
+        self,
+        name: str,
+        flavour: str = "port_restricted",
+        *,
+        hairpin: bool = True,
+        address: str | None = None,
+        lan: str = "100.64.0.0/10",
+    ) -> str:
         """A carrier-grade NAT: public WAN, inside 100.64.0.0/10; put home routers behind it with
         ``add_home(..., parent=name)``. Hairpin on by default (RFC 6888 asks CGNATs for it)."""
         return self.add_router(name, flavour, hairpin=hairpin, lan=lan, address=address)
@@ -961,8 +1005,15 @@ EOF
         for the hosts behind it (with the proxy_only flavour it is their only way out)."""
         node = self._router(router)
         conf = self.workdir / f"tinyproxy-{router}.conf"
-        lines = [f"Port {PROXY_PORT}", f"Listen {node.lan_ip}", "Timeout 60", "MaxClients 100",
-                 f"Allow {node.lan_net}", "LogLevel Info", *(f"ConnectPort {p}" for p in connect_ports)]
+        lines = [
+            f"Port {PROXY_PORT}",
+            f"Listen {node.lan_ip}",
+            "Timeout 60",
+            "MaxClients 100",
+            f"Allow {node.lan_net}",
+            "LogLevel Info",
+            *(f"ConnectPort {p}" for p in connect_ports),
+        ]
         conf.write_text("\n".join(lines) + "\n")
         proc = self.popen(router, ["tinyproxy", "-d", "-c", str(conf)], name=f"tinyproxy-{router}", infrastructure=True)
         proc.wait_for(r"Accepting connections", timeout=10)
@@ -986,9 +1037,11 @@ EOF
             raise ValueError(f"{node}: IPv6 is for public hosts and core-attached routers")
         index = int(ipaddress.ip_address(n.address)) & 0xFF
         n.address6 = f"2001:db8:ffff::{index:x}"
-        on = "for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do echo 0 > $f; done; " \
-             "for f in /proc/sys/net/ipv6/conf/*/accept_dad /proc/sys/net/ipv6/conf/*/accept_ra " \
-             "/proc/sys/net/ipv6/conf/*/router_solicitations; do echo 0 > $f; done"
+        on = (
+            "for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do echo 0 > $f; done; "
+            "for f in /proc/sys/net/ipv6/conf/*/accept_dad /proc/sys/net/ipv6/conf/*/accept_ra "
+            "/proc/sys/net/ipv6/conf/*/router_solicitations; do echo 0 > $f; done"
+        )
         self.run("core", ["sh", "-c", on + "; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"])
         core_cmds = [f"route replace {n.address6}/128 dev c-{node}"]
         cmds = [
@@ -1002,7 +1055,9 @@ EOF
             lan6 = f"2001:db8:{index:x}::"
             cmds.append(f"addr add {lan6}1/64 dev lan nodad")
             core_cmds.append(f"route replace {lan6}/64 via {n.address6} dev c-{node}")
-        self.run(node, ["sh", "-c", on + ("; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding" if n.kind == "router" else "")])
+        self.run(
+            node, ["sh", "-c", on + ("; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding" if n.kind == "router" else "")]
+        )
         _sh(["ip", "-6", "-n", n.ns, "-b", "-"], input="\n".join(cmds) + "\n")
         _sh(["ip", "-6", "-n", self.nodes["core"].ns, "-b", "-"], input="\n".join(core_cmds) + "\n")
         if n.kind == "router":
@@ -1013,8 +1068,10 @@ EOF
                 h = self.nodes[host]
                 h.address6 = f"{lan6}{i + 2:x}"
                 self.run(host, ["sh", "-c", on])
-                _sh(["ip", "-6", "-n", h.ns, "-b", "-"], input=f"addr add {h.address6}/64 dev eth0 nodad\n"
-                    f"route add 2001:db8::/32 via {lan6}1 dev eth0\n")
+                _sh(
+                    ["ip", "-6", "-n", h.ns, "-b", "-"],
+                    input=f"addr add {h.address6}/64 dev eth0 nodad\nroute add 2001:db8::/32 via {lan6}1 dev eth0\n",
+                )
         return n.address6
 
     def address6(self, node: str) -> str:
@@ -1023,7 +1080,9 @@ EOF
     def start_stun(self) -> LabProcess:
         """A STUN Binding responder on the core (203.0.113.1:3478), for miniupnpd (once per lab)."""
         if self._stun is None:
-            self._stun = self.popen("core", [sys.executable, str(HERE / "stun.py"), CORE_ADDRESS, "3478"], name="stun", infrastructure=True)
+            self._stun = self.popen(
+                "core", [sys.executable, str(HERE / "stun.py"), CORE_ADDRESS, "3478"], name="stun", infrastructure=True
+            )
             self._stun.wait_for(r"^ready", timeout=10)
         return self._stun
 
@@ -1075,7 +1134,9 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
 
     def portmap_rules(self, router: str) -> str:
         """miniupnpd's DNAT rules on a router (empty when it holds no mapping)."""
-        out = self.run(router, ["nft", "list", "chain", "inet", "miniupnpd", "prerouting_miniupnpd"], check=False).stdout
+        out = self.run(
+            router, ["nft", "list", "chain", "inet", "miniupnpd", "prerouting_miniupnpd"], check=False
+        ).stdout
         return "\n".join(line.strip() for line in out.splitlines() if "dnat" in line)
 
     def flush_conntrack(self, router: str | None = None) -> None:
@@ -1092,7 +1153,11 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
 
     def _ruleset(self, node: Node) -> str:
         return router_ruleset(
-            flavour=node.flavour, hairpin=node.hairpin, wan_ip=node.address, lan_net=str(node.lan_net), portmap=node.portmap,
+            flavour=node.flavour,
+            hairpin=node.hairpin,
+            wan_ip=node.address,
+            lan_net=str(node.lan_net),
+            portmap=node.portmap,
             ipv6=bool(node.address6),
         )
 
@@ -1132,11 +1197,24 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
             raise LabError("lab is closed")
         return ["ip", "netns", "exec", self.nodes[node].ns, *map(str, argv)]
 
-    def run(self, node: str, argv: Sequence[str], *, timeout: float = 30, check: bool = True, input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        node: str,
+        argv: Sequence[str],
+        *,
+        timeout: float = 30,
+        check: bool = True,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run a command to completion inside a node; output captured as text."""
-        result = subprocess.run(self._argv(node, argv), input=input, capture_output=True, text=True, timeout=timeout, env=lab_env(env))
+        result = subprocess.run(
+            self._argv(node, argv), input=input, capture_output=True, text=True, timeout=timeout, env=lab_env(env)
+        )
         if check and result.returncode != 0:
-            raise LabError(f"[{node}] {' '.join(map(str, argv))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            raise LabError(
+                f"[{node}] {' '.join(map(str, argv))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def popen(
@@ -1162,11 +1240,11 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
         files = []
         if stdout is None:
             out_path = self.workdir / f"{label}.out"
-            stdout = open(out_path, "w")
+            stdout = open(out_path, "w")  # noqa: SIM115 - the process writes to it; closed with `files`
             files.append(stdout)
         if stderr is None:
             err_path = self.workdir / f"{label}.err"
-            stderr = open(err_path, "w")
+            stderr = open(err_path, "w")  # noqa: SIM115 - the process writes to it; closed with `files`
             files.append(stderr)
         try:
             popen = subprocess.Popen(
@@ -1236,10 +1314,8 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
         for p in victims:
             for stream in (p.popen.stdin, p.popen.stdout, p.popen.stderr):
                 if stream is not None:
-                    try:
+                    with contextlib.suppress(OSError):
                         stream.close()
-                    except OSError:
-                        pass
 
     # ---------------------------------------------------------------- delay
 
@@ -1284,7 +1360,22 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
                 ms = self.link_delay(node)
                 for where, dev in (("core", f"c-{node}"), (node, self.nodes[node].uplink)):
                     if ms > 0:
-                        self.run(where, ["tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay", f"{ms}ms", "limit", "100000"])
+                        self.run(
+                            where,
+                            [
+                                "tc",
+                                "qdisc",
+                                "replace",
+                                "dev",
+                                dev,
+                                "root",
+                                "netem",
+                                "delay",
+                                f"{ms}ms",
+                                "limit",
+                                "100000",
+                            ],
+                        )
                     else:
                         self.run(where, ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
                 (self._netem_links.add if ms > 0 else self._netem_links.discard)(node)
@@ -1307,10 +1398,18 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
             if not self._delayer.running():
                 raise LabError(f"the delayer died:\n{self._delayer.stderr}")
             return self._delayer
-        delayer = self.popen("core", [sys.executable, str(HERE / "delayer.py"), "0"], stdin=subprocess.PIPE, name="delayer", infrastructure=True)
+        delayer = self.popen(
+            "core",
+            [sys.executable, str(HERE / "delayer.py"), "0"],
+            stdin=subprocess.PIPE,
+            name="delayer",
+            infrastructure=True,
+        )
         delayer.wait_for(r"^READY$", timeout=10)
         iptables = next(t for t in ("iptables-legacy", "iptables-nft", "iptables") if shutil.which(t))
-        self.run("core", [iptables, "-t", "mangle", "-A", "FORWARD", "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"])
+        self.run(
+            "core", [iptables, "-t", "mangle", "-A", "FORWARD", "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"]
+        )
         self._delayer = delayer
         self._delayer_commands = 0
         return delayer
@@ -1341,10 +1440,13 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
             parts.append(p.describe())
             for label, text in (("stdout", p.stdout), ("stderr", p.stderr)):
                 if text.strip():
-                    parts.append(f"  --- {label} (last 1500 chars)\n" + "\n".join("  " + l for l in text[-1500:].splitlines()))
+                    parts.append(
+                        f"  --- {label} (last 1500 chars)\n"
+                        + "\n".join("  " + line for line in text[-1500:].splitlines())
+                    )
         return "\n".join(parts)
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self
 
     def __exit__(self, *exc: object) -> None:

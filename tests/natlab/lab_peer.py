@@ -132,7 +132,7 @@ async def main(config: dict) -> None:
             try:
                 await hold(conn, config["role"], seconds, started)
                 break
-            except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
                 emit(event="conn_lost", error=f"{type(exc).__name__}: {exc}", reason=conn.close_reason)
                 conn.close("reconnecting")
                 seconds -= time.monotonic() - t0

@@ -27,8 +27,20 @@ def start_beacon_with_behaviour_port(lab: Lab, tmp_path: Path) -> tuple[Any, dic
     config.write_text(f"behaviour_port = {BEHAVIOUR_PORT}\n")
     proc = lab.popen(
         "beacon",
-        [sys.executable, "-m", "beacon", "--dir", str(workdir), "--config", str(config), "--host", BEACON_IP,
-         "--port", "4264", "--no-ipv6"],
+        [
+            sys.executable,
+            "-m",
+            "beacon",
+            "--dir",
+            str(workdir),
+            "--config",
+            str(config),
+            "--host",
+            BEACON_IP,
+            "--port",
+            "4264",
+            "--no-ipv6",
+        ],
         name="beacon-behaviour",
     )
     proc.wait_for(r"^ready", timeout=20)
@@ -79,7 +91,8 @@ def test_doctor_is_a_netcheck_behind_a_symmetric_nat_with_a_gateway(lab: Lab, tm
     home.mkdir()
     beacon = f"{entry['hostname']}={entry['cert_hash']}"
     proc = lab.popen(
-        "A1", [sys.executable, "-m", "discretpeer", "doctor", "--json", "--no-mdns", "--beacon", beacon],
+        "A1",
+        [sys.executable, "-m", "discretpeer", "doctor", "--json", "--no-mdns", "--beacon", beacon],
         env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")},
     )
     assert proc.wait(30) in (0, 1), proc.stderr

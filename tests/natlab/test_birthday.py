@@ -38,6 +38,8 @@ def test_symmetric_to_port_restricted_goes_direct_by_birthday_probing(lab: Lab, 
             t = [e["t"] for e in events_a if e["event"] == "path" and e["path"] == "direct"]
             introduced = ca["ms_from_start"] - ca["ms"]  # ms after start when the introduction came
             times.append(1000 * t[0] - introduced if t else ca["ms"])  # introduction → direct
-        print(f"birthday: final {final}, A {stats_a['birthday_packets']} packets, B {stats_b['birthday_packets']} probes")
+        print(
+            f"birthday: final {final}, A {stats_a['birthday_packets']} packets, B {stats_b['birthday_packets']} probes"
+        )
     assert direct >= RUNS - 1, f"{direct}/{RUNS} direct"
     record("symmetric ↔ port_restricted, birthday probing", "direct", times)

@@ -31,11 +31,26 @@ def _start_beacon(lab: Lab, workdir: Path) -> None:
     )
     beacon = lab.popen("beacon", [sys.executable, "-m", "beacon", "--dir", str(beacon_dir)], name="beacon")
     beacon.wait_for(r"web page on", timeout=20)
-    turn = lab.popen("beacon", [
-        "turnserver", "-n", f"--listening-ip={BEACON}", f"--listening-port={TURN_PORT}", f"--relay-ip={BEACON}",
-        "--use-auth-secret", f"--static-auth-secret={SECRET}", "--realm=lab.test", "--no-tls", "--no-dtls",
-        "--no-cli", "--log-file=stdout", "--simple-log", f"--pidfile={workdir / 'turn.pid'}",
-    ], name="coturn")
+    turn = lab.popen(
+        "beacon",
+        [
+            "turnserver",
+            "-n",
+            f"--listening-ip={BEACON}",
+            f"--listening-port={TURN_PORT}",
+            f"--relay-ip={BEACON}",
+            "--use-auth-secret",
+            f"--static-auth-secret={SECRET}",
+            "--realm=lab.test",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            "--log-file=stdout",
+            "--simple-log",
+            f"--pidfile={workdir / 'turn.pid'}",
+        ],
+        name="coturn",
+    )
     turn.wait_for(r"(?i)(listener opened|Total General servers|IPv4. UDP listener)", timeout=10)
 
 
@@ -49,16 +64,30 @@ def _run(lab: Lab, flavour: str, *, relay: bool, tmp_path: Path, expect: str, de
     url = f"ws://{BEACON}:{WEB_PORT}/ws"
     env = {"HOME": str(tmp_path / "device-home")}
     cli = [sys.executable, "-m", "discretpeer.cli", "web"]
-    lab.popen("B1", [*cli, "serve", "--url", url, "--name", "labbox", "--command", SHELL], env=env, name="serve") \
-        .wait_for("answering paired browsers", timeout=20, stream="stderr")
+    lab.popen(
+        "B1", [*cli, "serve", "--url", url, "--name", "labbox", "--command", SHELL], env=env, name="serve"
+    ).wait_for("answering paired browsers", timeout=20, stream="stderr")
     invite = lab.popen("B1", [*cli, "invite", "--url", url, "--name", "labbox"], env=env, name="invite")
     code = invite.wait_for(r"pairing code: (\S+)", timeout=20, stream="stderr").group(1)
     marker = "zq" + expect
     with lab.capture("A") as capture_a, lab.capture("B") as capture_b:
-        browser = lab.popen("A1", [sys.executable, "-m", "tests.web.lab_browser", f"http://{BEACON}:{WEB_PORT}/",
-                                   code, "--marker", marker, "--expect-path", expect,
-                                   *(["--relay"] if relay else [])], name="browser",
-                            env={"HOME": str(tmp_path / "browser-home")})
+        browser = lab.popen(
+            "A1",
+            [
+                sys.executable,
+                "-m",
+                "tests.web.lab_browser",
+                f"http://{BEACON}:{WEB_PORT}/",
+                code,
+                "--marker",
+                marker,
+                "--expect-path",
+                expect,
+                *(["--relay"] if relay else []),
+            ],
+            name="browser",
+            env={"HOME": str(tmp_path / "browser-home")},
+        )
         browser.wait(120)
     result = json.loads(browser.stdout.strip().splitlines()[-1])
     assert result.get("ok"), (result, browser.stderr[-2000:])

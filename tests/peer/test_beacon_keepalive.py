@@ -28,12 +28,12 @@ async def started_client(beacon, rng: random.Random) -> tuple[BeaconClient, Endp
     pings: list[float] = []
     send = client._send
 
-    def recording_send(message):  # type: ignore[no-untyped-def]
+    def recording_send(message):  # type: ignore[no-untyped-def]  # a local helper
         if isinstance(message, Ping):
             pings.append(asyncio.get_running_loop().time())
         return send(message)
 
-    client._send = recording_send  # type: ignore[method-assign]
+    client._send = recording_send  # type: ignore[method-assign]  # patched for this test or benchmark
     client.start()
     assert await client.wait_connected(5)
     return client, endpoint, pings

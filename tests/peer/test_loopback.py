@@ -38,8 +38,10 @@ async def test_two_peers_meet_verify_and_talk_on_several_streams(beacon):
     async with loopback_peer(ia, [beacon_entry(beacon)]) as pa, loopback_peer(ib, [beacon_entry(beacon)]) as pb:
         started = time.monotonic()
         ca, cb = await connect_both(pa, pb)
-        print(f"\nloopback: connect() returned after {1000 * (time.monotonic() - started):.1f} ms; "
-              f"introduction -> verified {1000 * ca.time_to_connect:.1f} ms")
+        print(
+            f"\nloopback: connect() returned after {1000 * (time.monotonic() - started):.1f} ms; "
+            f"introduction -> verified {1000 * ca.time_to_connect:.1f} ms"
+        )
         assert ca.peer_id == ib.peer_id and cb.peer_id == ia.peer_id
         assert ca.path == cb.path == "direct"
         assert ca.dialer != cb.dialer  # exactly one side dialed
@@ -78,8 +80,15 @@ async def test_peer_in_another_process(beacon):
     meeting = "cross-process meeting"
     entry = beacon_entry(beacon)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(HERE / "echo_peer.py"), entry["hostname"], entry["cert_hash"], meeting, ia.peer_id,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(HERE.parent.parent),
+        sys.executable,
+        str(HERE / "echo_peer.py"),
+        entry["hostname"],
+        entry["cert_hash"],
+        meeting,
+        ia.peer_id,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=str(HERE.parent.parent),
     )
     try:
         other_id = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
@@ -96,7 +105,7 @@ async def test_peer_in_another_process(beacon):
         proc.stdin.close()
         try:
             await asyncio.wait_for(proc.wait(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
 
@@ -126,7 +135,7 @@ async def test_wrong_beacon_hash_is_refused_and_reported(beacon):
         assert status.state != "connected" and status.pin_mismatches >= 1
         assert "pinned" in status.last_error
         assert "beacons reached 0/1" in str(info.value) and "pinned" in str(info.value)
-    assert beacon.connection_count == 0 or True  # the beacon itself is unharmed:
+    assert True  # the beacon itself is unharmed:
     async with loopback_peer(Identity.generate(), [beacon_entry(beacon)]) as peer:
         assert await peer.wait_beacons(5) == 1
 
@@ -202,15 +211,22 @@ async def test_many_meetings_and_connections_at_once(beacon):
                 await peer.close()
     # nothing left behind: every task of the closed peers is gone
     await asyncio.sleep(0.1)
-    leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()
-                 and t.get_name() in ("punch loop", "maintenance", "dial", "accept")]
+    leftovers = [
+        t
+        for t in asyncio.all_tasks()
+        if t is not asyncio.current_task()
+        and not t.done()
+        and t.get_name() in ("punch loop", "maintenance", "dial", "accept")
+    ]
     assert not leftovers
 
 
 async def test_relay_only_peer_connects_through_the_beacon(beacon):
     ia, ib = Identity.generate(), Identity.generate()
-    async with loopback_peer(ia, [beacon_entry(beacon)], direct=False) as pa, \
-            loopback_peer(ib, [beacon_entry(beacon)]) as pb:
+    async with (
+        loopback_peer(ia, [beacon_entry(beacon)], direct=False) as pa,
+        loopback_peer(ib, [beacon_entry(beacon)]) as pb,
+    ):
         ca, cb = await connect_both(pa, pb)
         assert ca.path == cb.path == "relay"
         assert ca.remote_address == ("127.0.0.1", beacon.port)
@@ -251,8 +267,10 @@ async def test_stream_reset_reaches_the_other_side_and_streams_are_freed(beacon)
 async def test_relay_quota_ends_the_session_and_the_app_is_told(make_beacon):
     async with make_beacon(relay_max_bytes=200_000) as beacon:
         ia, ib = Identity.generate(), Identity.generate()
-        async with loopback_peer(ia, [beacon_entry(beacon)], direct=False) as pa, \
-                loopback_peer(ib, [beacon_entry(beacon)], direct=False) as pb:
+        async with (
+            loopback_peer(ia, [beacon_entry(beacon)], direct=False) as pa,
+            loopback_peer(ib, [beacon_entry(beacon)], direct=False) as pb,
+        ):
             started = time.monotonic()
             ca, cb = await connect_both(pa, pb)
             print(f"\nrelay-only peers connected in {1000 * (time.monotonic() - started):.0f} ms")
@@ -294,7 +312,9 @@ async def test_a_slow_reader_bounds_what_is_buffered_and_slows_the_writer(beacon
         buffered = len(r2._buffer)
         stalled_at = written
         await asyncio.sleep(0.5)
-        print(f"\nslow reader: {buffered / 1e6:.1f} MB buffered at the reader, writer stopped at {written / 1e6:.1f} MB")
+        print(
+            f"\nslow reader: {buffered / 1e6:.1f} MB buffered at the reader, writer stopped at {written / 1e6:.1f} MB"
+        )
         assert buffered <= 5 * 1024 * 1024  # the stream window (4 MiB) plus in-flight slack
         assert written == stalled_at and written <= 8 * 1024 * 1024  # the writer waits in drain()
         # reading resumes the flow
@@ -346,8 +366,10 @@ async def test_larger_datagrams_once_the_path_confirms_them(beacon):
             await asyncio.sleep(0.02)
         seconds = await _transfer(ca, cb, 8 * 1024 * 1024)
         print(f"\n8 MiB on one stream with {ca.datagram_size}-byte datagrams: {8 / 1.048576 / seconds:.1f} MB/s")
-    async with loopback_peer(ia, [beacon_entry(beacon)], direct=False) as pa, \
-            loopback_peer(ib, [beacon_entry(beacon)], direct=False) as pb:
+    async with (
+        loopback_peer(ia, [beacon_entry(beacon)], direct=False) as pa,
+        loopback_peer(ib, [beacon_entry(beacon)], direct=False) as pb,
+    ):
         ca, cb = await connect_both(pa, pb, meeting="relayed")
         assert ca.path == "relay"
         deadline = time.monotonic() + 3
@@ -361,8 +383,10 @@ async def test_max_datagram_size_caps_what_path_mtu_probing_settles_on(beacon):
     """``Peer(max_datagram_size=1472)``: loopback carries 16,000-byte datagrams, but both sides
     settle on 1472 and move data at that size; a bad value is refused by name."""
     ia, ib = Identity.generate(), Identity.generate()
-    async with loopback_peer(ia, [beacon_entry(beacon)], max_datagram_size=1472) as pa, \
-            loopback_peer(ib, [beacon_entry(beacon)], max_datagram_size=1472) as pb:
+    async with (
+        loopback_peer(ia, [beacon_entry(beacon)], max_datagram_size=1472) as pa,
+        loopback_peer(ib, [beacon_entry(beacon)], max_datagram_size=1472) as pb,
+    ):
         ca, cb = await connect_both(pa, pb)
         deadline = time.monotonic() + 3
         while ca._protocol._quic.searching or cb._protocol._quic.searching or ca.datagram_size != 1472:
@@ -381,8 +405,10 @@ async def test_relay_that_drops_large_frames_keeps_the_base_size(beacon, monkeyp
 
     monkeypatch.setattr(relay_module, "MAX_RELAY_PAYLOAD", 1500)
     ia, ib = Identity.generate(), Identity.generate()
-    async with loopback_peer(ia, [beacon_entry(beacon)], direct=False) as pa, \
-            loopback_peer(ib, [beacon_entry(beacon)], direct=False) as pb:
+    async with (
+        loopback_peer(ia, [beacon_entry(beacon)], direct=False) as pa,
+        loopback_peer(ib, [beacon_entry(beacon)], direct=False) as pb,
+    ):
         ca, cb = await connect_both(pa, pb, meeting="old relay")
         deadline = time.monotonic() + 5
         while ca._protocol._quic.searching or cb._protocol._quic.searching:
@@ -402,8 +428,10 @@ async def test_relay_with_two_beacons_whichever_session_each_peer_picked(beacon,
         entries = [beacon_entry(beacon), beacon_entry(second)]
         for attempt in range(4):
             ia, ib = Identity.generate(), Identity.generate()
-            async with loopback_peer(ia, entries, direct=False) as pa, \
-                    loopback_peer(ib, entries[::-1], direct=False) as pb:
+            async with (
+                loopback_peer(ia, entries, direct=False) as pa,
+                loopback_peer(ib, entries[::-1], direct=False) as pb,
+            ):
                 ca, cb = await connect_both(pa, pb, meeting=f"two beacons {attempt}")
                 assert ca.path == cb.path == "relay"
                 await _transfer(ca, cb, 200_000)

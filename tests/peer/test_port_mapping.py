@@ -20,6 +20,7 @@ def grant(data: bytes) -> list[bytes]:
     lifetime = 600 if req.lifetime else 0
     return [pcp.MapResponse(0, lifetime, 7, req.nonce, req.internal_port, req.internal_port, MAPPED_IP).encode()]
 
+
 MAPPED_IP = "127.0.0.9"  # loopback: probes to the "public" address stay on this machine
 
 

@@ -49,8 +49,12 @@ layout = st.tuples(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(layout, ops)
 @example(  # a tie between two addresses above the newcomer's share: the one that came first gives way
-    layout=(["10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.2", "2001:db8::1", "10.0.0.1", "10.0.0.2", "2001:db8::1"],
-            list(range(MEMBERS)), 4, 2),
+    layout=(
+        ["10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.2", "2001:db8::1", "10.0.0.1", "10.0.0.2", "2001:db8::1"],
+        list(range(MEMBERS)),
+        4,
+        2,
+    ),
     operations=[("add", m, TOKENS[0]) for m in range(5)],
 )
 def test_script_matches_the_meeting_table(redis_client, layout, operations):
@@ -70,8 +74,10 @@ def test_script_matches_the_meeting_table(redis_client, layout, operations):
         if m not in joined:
             joined.add(m)
             table.join(key(m), instances[m], Address(ips[m], 4000 + m))
-            r.hset(PREFIX + "m:" + key(m), mapping={"i": instances[m], "o": f"{ips[m]}|{4000 + m}", "c": "",
-                                                     "p": table._members[key(m)].ip})
+            r.hset(
+                PREFIX + "m:" + key(m),
+                mapping={"i": instances[m], "o": f"{ips[m]}|{4000 + m}", "c": "", "p": table._members[key(m)].ip},
+            )
 
     for op, m, token in operations:
         if op == "leave":
@@ -88,8 +94,9 @@ def test_script_matches_the_meeting_table(redis_client, layout, operations):
         if op == "add" and token in table.tokens_of(key(m)):
             add = []  # the store sends only new tokens to the script
         expected = table.announce(key(m), add, withdraw)
-        full, evicted, intros = r.evalsha(announce, 0, PREFIX, key(m), instances[m], 30, max_peers, per_ip,
-                                          len(withdraw), *withdraw, *add)
+        full, evicted, intros = r.evalsha(
+            announce, 0, PREFIX, key(m), instances[m], 30, max_peers, per_ip, len(withdraw), *withdraw, *add
+        )
         assert [bytes(t) for t in full] == expected.full
         got_evicted = [(evicted[i].decode(), bytes(evicted[i + 1])) for i in range(0, len(evicted), 2)]
         assert got_evicted == expected.evicted

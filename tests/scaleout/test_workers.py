@@ -46,8 +46,12 @@ async def clients_on_each_worker(beacon: BeaconProcess, workers: int, tries: int
 @pytest.fixture
 def two_workers(redis_server, tmp_path):
     beacon = BeaconProcess(
-        tmp_path / "beacon", {"store": redis_server.url, "workers": 2, "store_ttl_seconds": 3}, "--port", "0",
-        "--metrics-port", "0",
+        tmp_path / "beacon",
+        {"store": redis_server.url, "workers": 2, "store_ttl_seconds": 3},
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
     ).start()
     yield beacon
     assert beacon.stop() == 0
@@ -142,8 +146,12 @@ async def test_two_workers_survive_a_redis_restart(tmp_path):
 
     redis = RedisServer(tmp_path / "redis").start()
     beacon = BeaconProcess(
-        tmp_path / "beacon", {"store": redis.url, "workers": 2, "store_ttl_seconds": 3}, "--port", "0",
-        "--metrics-port", "0",
+        tmp_path / "beacon",
+        {"store": redis.url, "workers": 2, "store_ttl_seconds": 3},
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
     ).start()
 
     def connected() -> list[str]:

@@ -49,7 +49,10 @@ async def test_extra_sockets_win_on_a_verified_probe_and_close_the_rest() -> Non
     target.setblocking(False)
     delivered: list[tuple[bytes, tuple[str, int]]] = []
     extra = ExtraSockets(
-        target.getsockname(), build_probe=lambda: b"ping", verify=lambda d: d == b"good", deliver=lambda d, a: delivered.append((d, a)),
+        target.getsockname(),
+        build_probe=lambda: b"ping",
+        verify=lambda d: d == b"good",
+        deliver=lambda d, a: delivered.append((d, a)),
         count=16,
     )
     loop = asyncio.get_running_loop()
@@ -81,7 +84,9 @@ async def test_extra_sockets_win_on_a_verified_probe_and_close_the_rest() -> Non
 async def test_without_a_hit_every_socket_closes_when_the_attempt_ends() -> None:
     target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     target.bind(("127.0.0.1", 0))
-    extra = ExtraSockets(target.getsockname(), build_probe=lambda: b"p", verify=lambda d: True, deliver=lambda d, a: None, count=8)
+    extra = ExtraSockets(
+        target.getsockname(), build_probe=lambda: b"p", verify=lambda d: True, deliver=lambda d, a: None, count=8
+    )
     started = time.monotonic()
     assert await extra.run(seconds=0.3) is False
     assert time.monotonic() - started < 1.5 and extra.closed and extra.winner is None
@@ -92,8 +97,9 @@ async def test_without_a_hit_every_socket_closes_when_the_attempt_ends() -> None
 async def test_spray_is_paced_and_bounded() -> None:
     sent: list[tuple[str, int]] = []
     started = time.monotonic()
-    count = await spray("127.0.0.1", lambda data, addr: sent.append(addr), lambda: b"p", stop=lambda: False,
-                        count=200, seconds=0.5)
+    count = await spray(
+        "127.0.0.1", lambda data, addr: sent.append(addr), lambda: b"p", stop=lambda: False, count=200, seconds=0.5
+    )
     elapsed = time.monotonic() - started
     assert count == len(sent) == 200 and len(set(sent)) == 200
     assert 0.45 <= elapsed < 1.0  # spread over the time, not a burst, and not late

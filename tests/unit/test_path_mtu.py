@@ -6,10 +6,9 @@ from __future__ import annotations
 import ssl
 
 import pytest
+from aioquic.quic.configuration import QuicConfiguration
 from hypothesis import given
 from hypothesis import strategies as st
-
-from aioquic.quic.configuration import QuicConfiguration
 
 from certs import create_bundle
 from discretpeer.path_mtu import (
@@ -35,11 +34,16 @@ def pair(cap: int | None = None) -> tuple[DatagramSizeSearch, DatagramSizeSearch
     )
     if cap is not None:
         client_config = SizedQuicConfiguration(
-            is_client=True, alpn_protocols=["t"], verify_mode=ssl.CERT_NONE, max_datagram_size=1350,
+            is_client=True,
+            alpn_protocols=["t"],
+            verify_mode=ssl.CERT_NONE,
+            max_datagram_size=1350,
             datagram_size_cap=cap,
         )
     client = DatagramSizeSearch(configuration=client_config)
-    server = DatagramSizeSearch(configuration=server_config, original_destination_connection_id=client.original_destination_connection_id)
+    server = DatagramSizeSearch(
+        configuration=server_config, original_destination_connection_id=client.original_destination_connection_id
+    )
     client.connect(SERVER_ADDR, now=0.0)
     return client, server
 
@@ -59,7 +63,10 @@ class Path:
             moved = True
             while moved:
                 moved = False
-                for sender, receiver, addr in ((self.client, self.server, CLIENT_ADDR), (self.server, self.client, SERVER_ADDR)):
+                for sender, receiver, addr in (
+                    (self.client, self.server, CLIENT_ADDR),
+                    (self.server, self.client, SERVER_ADDR),
+                ):
                     for data, _ in sender.datagrams_to_send(self.now):
                         moved = True
                         if len(data) > self.mtu:
@@ -96,11 +103,14 @@ def test_the_largest_size_the_path_carries_is_found_and_used():
     assert path.server.datagram_size == 1350  # each direction probes for itself
 
 
-@pytest.mark.parametrize(("cap", "expected", "probed"), [
-    (1472, 1472, [1472]),  # a path of 16,000 bytes, but the cap is what is probed and used
-    (1400, 1400, [1400]),  # a cap between the candidate sizes is itself probed
-    (1350, 1350, []),  # the cap is the base size: no probe at all
-])
+@pytest.mark.parametrize(
+    ("cap", "expected", "probed"),
+    [
+        (1472, 1472, [1472]),  # a path of 16,000 bytes, but the cap is what is probed and used
+        (1400, 1400, [1400]),  # a cap between the candidate sizes is itself probed
+        (1350, 1350, []),  # the cap is the base size: no probe at all
+    ],
+)
 def test_the_configured_cap_bounds_the_search(cap, expected, probed):
     path = connected(mtu=65536, cap=cap)
     assert path.client.datagram_size_cap == cap

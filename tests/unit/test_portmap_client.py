@@ -25,7 +25,7 @@ class Gateway(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands a BaseTransport; a datagram one here
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         self.requests.append(data)
@@ -46,7 +46,11 @@ def pcp_ok(lifetime: int = 600, external: int | None = None, epoch: int = 1000) 
             return []
         req = pcp.MapRequest.decode(data)
         port = external or req.suggested_port or req.internal_port
-        return [pcp.MapResponse(0, lifetime if req.lifetime else 0, epoch, req.nonce, req.internal_port, port, "198.51.100.7").encode()]
+        return [
+            pcp.MapResponse(
+                0, lifetime if req.lifetime else 0, epoch, req.nonce, req.internal_port, port, "198.51.100.7"
+            ).encode()
+        ]
 
     return answer
 
@@ -66,7 +70,9 @@ async def test_first_pcp_answer_wins_and_bad_answers_are_ignored() -> None:
 
     gw, port = await gateway(answer)
     changes = []
-    mapper = PortMapper(40000, gateway="127.0.0.1", gateway_port=port, protocols=("pcp", "natpmp"), on_change=changes.append)
+    mapper = PortMapper(
+        40000, gateway="127.0.0.1", gateway_port=port, protocols=("pcp", "natpmp"), on_change=changes.append
+    )
     mapper.start()
     mapping = await mapper.wait_first_attempt(3)
     assert mapping is not None and mapping.protocol == "pcp" and mapping.external == ("198.51.100.7", 40001)
@@ -80,7 +86,11 @@ async def test_natpmp_only_gateway_maps_and_close_deletes() -> None:
         if data[:2] == b"\x00\x00":
             return [natpmp.AddressResponse(0, 50, "198.51.100.9").encode()]
         if data[:2] == b"\x00\x01":
-            internal, suggested, lifetime = int.from_bytes(data[4:6], "big"), int.from_bytes(data[6:8], "big"), int.from_bytes(data[8:12], "big")
+            internal, suggested, lifetime = (
+                int.from_bytes(data[4:6], "big"),
+                int.from_bytes(data[6:8], "big"),
+                int.from_bytes(data[8:12], "big"),
+            )
             return [natpmp.MapResponse(0, 50, internal, suggested or 0, lifetime).encode()]
         return [pcp.MapResponse(1, 0, 0, b"", 0, 0, "0.0.0.0").encode()[:24]]  # UNSUPP_VERSION
 

@@ -45,7 +45,7 @@ def test_bad_meetings():
     with pytest.raises(ValueError):
         meeting_bytes(b"x" * 5000)
     with pytest.raises(TypeError):
-        meeting_bytes(42)  # type: ignore[arg-type]
+        meeting_bytes(42)  # type: ignore[arg-type]  # deliberately the wrong type: the error is what is tested
     with pytest.raises(ValueError):
         MeetingKeys.derive("x", rotation_seconds=5)
 

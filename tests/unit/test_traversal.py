@@ -37,10 +37,10 @@ def test_probes_at_once_then_on_schedule_then_stop():
 
 def test_ping_pong_confirms_and_answers_the_observed_address():
     a, b = session(LOW, HIGH), session(HIGH, LOW)
-    (target, ping), = a.add_candidates([("203.0.113.5", 4000)], CandidateKind.PUBLIC, 0.0)
+    ((target, ping),) = a.add_candidates([("203.0.113.5", 4000)], CandidateKind.PUBLIC, 0.0)
     # b sees the ping from a different port (a symmetric NAT): it answers that address
     observed = ("203.0.113.9", 5555)
-    (reply_to, pong), = b.on_probe(observed, parse_probe(ping), 0.02)
+    ((reply_to, pong),) = b.on_probe(observed, parse_probe(ping), 0.02)
     assert reply_to == observed
     assert b.confirmed()[0].address == observed and b.confirmed()[0].kind is CandidateKind.REFLEXIVE
     assert a.on_probe(target, parse_probe(pong), 0.04) == []
@@ -50,10 +50,10 @@ def test_ping_pong_confirms_and_answers_the_observed_address():
 
 def test_forged_or_replayed_pongs_are_rejected():
     a, b = session(LOW, HIGH), session(HIGH, LOW)
-    (target, ping), = a.add_candidates([("203.0.113.5", 4000)], CandidateKind.PUBLIC, 0.0)
+    ((target, ping),) = a.add_candidates([("203.0.113.5", 4000)], CandidateKind.PUBLIC, 0.0)
     stray = build_probe(ProbeKind.PONG, TOKEN, HIGH, os.urandom(8), KEY)
     assert a.on_probe(target, parse_probe(stray), 0.01) == [] and not a.confirmed()
-    (_, pong), = b.on_probe(target, parse_probe(ping), 0.01)
+    ((_, pong),) = b.on_probe(target, parse_probe(ping), 0.01)
     a.on_probe(target, parse_probe(pong), 0.02)
     before = a.stats.pongs_received
     a.on_probe(target, parse_probe(pong), 0.03)  # replay: nonce already used
@@ -95,7 +95,12 @@ def test_parse_probe_rejects_garbage_cleanly(data):
     assert len(data) == PROBE_SIZE and probe.kind in (ProbeKind.PING, ProbeKind.PONG)
 
 
-@given(st.sampled_from(list(ProbeKind)), st.binary(min_size=32, max_size=32), st.binary(min_size=16, max_size=16), st.binary(min_size=8, max_size=8))
+@given(
+    st.sampled_from(list(ProbeKind)),
+    st.binary(min_size=32, max_size=32),
+    st.binary(min_size=16, max_size=16),
+    st.binary(min_size=8, max_size=8),
+)
 def test_probe_roundtrip(kind, token, instance, nonce):
     probe = parse_probe(build_probe(kind, token, instance, nonce, KEY))
     assert (probe.kind, probe.token, probe.instance, probe.nonce) == (kind, token, instance, nonce)
@@ -124,11 +129,13 @@ def test_mapping_varies_needs_two_beacon_addresses():
     assert mapping_varies({("203.0.113.10", 4264): one, ("203.0.113.11", 4264): ("198.51.100.8", 40000)}) is True
 
 
-@given(st.dictionaries(
-    st.tuples(st.sampled_from(["203.0.113.10", "203.0.113.11", "203.0.113.12"]), st.integers(1, 65535)),
-    st.tuples(st.sampled_from(["198.51.100.7", "198.51.100.8"]), st.integers(1, 65535)),
-    max_size=6,
-))
+@given(
+    st.dictionaries(
+        st.tuples(st.sampled_from(["203.0.113.10", "203.0.113.11", "203.0.113.12"]), st.integers(1, 65535)),
+        st.tuples(st.sampled_from(["198.51.100.7", "198.51.100.8"]), st.integers(1, 65535)),
+        max_size=6,
+    )
+)
 def test_mapping_varies_is_none_only_without_two_beacon_ips(observed_by):
     from discretpeer.traversal import mapping_varies
 

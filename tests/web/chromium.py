@@ -18,9 +18,17 @@ import websockets
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--mute-audio",
-    "--remote-debugging-port=0", "--remote-allow-origins=*",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--mute-audio",
+    "--remote-debugging-port=0",
+    "--remote-allow-origins=*",
 ]
 
 
@@ -32,7 +40,8 @@ class Chromium:
         self.profile = Path(tempfile.mkdtemp(prefix="dp-chromium-"))
         self.proc = subprocess.Popen(
             [*(prefix or []), CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", *(extra or []), "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.ws: Any = None
         self._ids = itertools.count(1)
@@ -100,8 +109,9 @@ class Chromium:
                     return value
             if time.monotonic() > deadline:
                 status = await self.eval("window.dp && window.dp.state.status")
-                raise TimeoutError(f"waited {timeout} s for {expression} (page status: {status!r}; console: "
-                                   f"{self.console[-5:]})")
+                raise TimeoutError(
+                    f"waited {timeout} s for {expression} (page status: {status!r}; console: {self.console[-5:]})"
+                )
             await asyncio.sleep(0.02)
 
     async def type_text(self, text: str) -> None:
@@ -111,8 +121,12 @@ class Chromium:
                 params = {"key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": "\r"}
             elif ord(char) < 32:  # control characters: Ctrl+letter
                 letter = chr(ord(char) + 64)
-                params = {"key": letter.lower(), "code": f"Key{letter}", "windowsVirtualKeyCode": ord(letter),
-                          "modifiers": 2}
+                params = {
+                    "key": letter.lower(),
+                    "code": f"Key{letter}",
+                    "windowsVirtualKeyCode": ord(letter),
+                    "modifiers": 2,
+                }
             else:
                 params = {"key": char, "text": char}
             await self.call("Input.dispatchKeyEvent", type="keyDown", **params)

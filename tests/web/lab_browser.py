@@ -86,7 +86,7 @@ async def main() -> int:
 async def _status(browser: Chromium) -> object:
     try:
         return await browser.eval("window.dp && dp.state.status")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - the page state, or why it could not be read
         return str(exc)
 
 

@@ -57,9 +57,11 @@ async def test_wrong_code_is_refused_and_burns_the_code(web_service, device, bro
 
 async def test_unpaired_browser_is_refused_paired_one_still_works(web_service, device, browser) -> None:
     await _pair(browser, web_service, device)
-    stolen = await browser.eval("new Promise(r => { const q = indexedDB.open('discretpeer', 1); q.onsuccess = () => "
-                                "{ const g = q.result.transaction('kv').objectStore('kv').get('devices'); "
-                                "g.onsuccess = () => r(g.result); }; })")
+    stolen = await browser.eval(
+        "new Promise(r => { const q = indexedDB.open('discretpeer', 1); q.onsuccess = () => "
+        "{ const g = q.result.transaction('kv').objectStore('kv').get('devices'); "
+        "g.onsuccess = () => r(g.result); }; })"
+    )
     assert len(stolen) == 1
     other = Chromium()
     try:
@@ -67,9 +69,11 @@ async def test_unpaired_browser_is_refused_paired_one_still_works(web_service, d
         await other.navigate(page_url(web_service))
         await other.wait_for(READY)
         # a browser that knows the meeting secret (copied) but holds another key
-        await other.eval("new Promise(r => { const q = indexedDB.open('discretpeer', 1); q.onsuccess = () => { "
-                         "const t = q.result.transaction('kv', 'readwrite'); "
-                         f"t.objectStore('kv').put({json.dumps(stolen)}, 'devices'); t.oncomplete = r; }}; }})")
+        await other.eval(
+            "new Promise(r => { const q = indexedDB.open('discretpeer', 1); q.onsuccess = () => { "
+            "const t = q.result.transaction('kv', 'readwrite'); "
+            f"t.objectStore('kv').put({json.dumps(stolen)}, 'devices'); t.oncomplete = r; }}; }})"
+        )
         await other.eval("dp.open(0)")
         status = await other.wait_for("dp.state.status.startsWith('refused') && dp.state.status")
         assert "not paired" in status
@@ -100,8 +104,13 @@ async def test_replayed_binding_signature_is_refused(web_service, device, browse
 
 async def test_malformed_and_oversized_signalling(web_service, device, browser) -> None:
     url = _ws_url(web_service)
-    junk = ["not json", "[]", '{"v":9}', '{"v":1,"t":"send","token":"zz","data":{}}',
-            json.dumps({"v": 1, "t": "turn", "token": TOKEN + "0"})]
+    junk = [
+        "not json",
+        "[]",
+        '{"v":9}',
+        '{"v":1,"t":"send","token":"zz","data":{}}',
+        json.dumps({"v": 1, "t": "turn", "token": TOKEN + "0"}),
+    ]
     for raw in junk:
         async with websockets.connect(url) as ws:
             await ws.send(raw)
@@ -133,8 +142,9 @@ async def test_malformed_and_oversized_signalling(web_service, device, browser) 
 
 
 async def test_a_client_that_never_reads_is_dropped_others_unaffected() -> None:
-    service = WebService(WebOptions(host="127.0.0.1", port=0, max_queued_messages=32, message_burst=1000,
-                                    messages_per_second=1000))
+    service = WebService(
+        WebOptions(host="127.0.0.1", port=0, max_queued_messages=32, message_burst=1000, messages_per_second=1000)
+    )
     await service.start()
     try:
         url = _ws_url(service)
@@ -167,8 +177,10 @@ async def test_revoked_browser_loses_its_session_and_cannot_reopen(web_service, 
     await _shell_echo(browser, "before")
     device.store.path.write_text('{"browsers": []}')  # the owner removes the browser ...
     device.reload()  # ... and sends SIGHUP (`discretpeer web serve` re-reads the file on its own too)
-    await browser.wait_for("['closed', 'failed', 'disconnected'].includes(dp.pc.connectionState) || "
-                           "dp.channel.readyState !== 'open'", timeout=10)
+    await browser.wait_for(
+        "['closed', 'failed', 'disconnected'].includes(dp.pc.connectionState) || dp.channel.readyState !== 'open'",
+        timeout=10,
+    )
     assert not device.sessions
     assert not await browser.eval("dp.open(0)")
     assert "offline" in await browser.eval("dp.state.status")

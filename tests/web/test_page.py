@@ -55,16 +55,21 @@ async def test_https_with_the_owners_certificate(tmp_path) -> None:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     service = WebService(WebOptions(host="127.0.0.1", port=0, certificate=str(cert_path), private_key=str(key_path)))
     await service.start()
     try:
@@ -80,7 +85,11 @@ async def test_https_with_the_owners_certificate(tmp_path) -> None:
         assert status == 200 and b"discretpeer" in body
         async with websockets.connect(f"wss://localhost:{port}/ws", ssl=client) as ws:
             await ws.send(json.dumps({"v": 1, "t": "listen", "tokens": ["ab" * 32]}))
-            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"v": 1, "t": "present", "token": "ab" * 32,
-                                                                         "count": 1}
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {
+                "v": 1,
+                "t": "present",
+                "token": "ab" * 32,
+                "count": 1,
+            }
     finally:
         await service.stop()

@@ -47,8 +47,9 @@ async def test_beacon_page_serve_invite_and_shell(tmp_path: Path) -> None:
     procs: list[asyncio.subprocess.Process] = []
 
     async def start(*args: str) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(sys.executable, *args, env=env, cwd=tmp_path,
-                                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, *args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         procs.append(proc)
         return proc
 
@@ -58,8 +59,9 @@ async def test_beacon_page_serve_invite_and_shell(tmp_path: Path) -> None:
         page = (await _line(beacon, r"web page on (http://\S+)")).group(1)
         url = page.replace("http://", "ws://") + "ws"
         command = " ".join(SHELL[:2]) + f' "{SHELL[2]}"'
-        serve = await start("-m", "discretpeer.cli", "web", "serve", "--url", url, "--name", "pibox",
-                            "--command", command)
+        serve = await start(
+            "-m", "discretpeer.cli", "web", "serve", "--url", url, "--name", "pibox", "--command", command
+        )
         await _line(serve, r"answering paired browsers")
         invite = await start("-m", "discretpeer.cli", "web", "invite", "--url", url, "--name", "pibox")
         code = (await _line(invite, r"pairing code: (\S+)")).group(1)

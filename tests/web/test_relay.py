@@ -32,12 +32,30 @@ def coturn(tmp_path: Path) -> Iterator[int]:
         pytest.fail("coturn is not installed: scripts/test.sh installs the Debian package coturn")
     port = _free_udp_port()
     log = tmp_path / "turn.log"
-    proc = subprocess.Popen([
-        binary, "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}", "--relay-ip=127.0.0.1",
-        "--min-port=49152", "--max-port=65535", "--use-auth-secret", f"--static-auth-secret={SECRET}",
-        "--realm=discretpeer.test", "--allow-loopback-peers", "--no-tls", "--no-dtls", "--no-cli",
-        "--no-stdout-log", "--simple-log", f"--log-file={log}", "--pidfile=" + str(tmp_path / "turn.pid"),
-    ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "-n",
+            "--listening-ip=127.0.0.1",
+            f"--listening-port={port}",
+            "--relay-ip=127.0.0.1",
+            "--min-port=49152",
+            "--max-port=65535",
+            "--use-auth-secret",
+            f"--static-auth-secret={SECRET}",
+            "--realm=discretpeer.test",
+            "--allow-loopback-peers",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            "--no-stdout-log",
+            "--simple-log",
+            f"--log-file={log}",
+            "--pidfile=" + str(tmp_path / "turn.pid"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         yield port
     finally:
@@ -51,8 +69,11 @@ def coturn(tmp_path: Path) -> Iterator[int]:
 
 @pytest.fixture
 async def turn_service(coturn: int) -> AsyncIterator[WebService]:
-    service = WebService(WebOptions(host="127.0.0.1", port=0, turn_secret=BEACON_SECRET,
-                                    turn_urls=(f"turn:127.0.0.1:{coturn}?transport=udp",)))
+    service = WebService(
+        WebOptions(
+            host="127.0.0.1", port=0, turn_secret=BEACON_SECRET, turn_urls=(f"turn:127.0.0.1:{coturn}?transport=udp",)
+        )
+    )
     await service.start()
     yield service
     await service.stop()

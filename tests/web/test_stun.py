@@ -26,7 +26,7 @@ def decode_mapped(response: bytes) -> tuple[bytes, str, int]:
     assert kind == 0x0101 and cookie == MAGIC_COOKIE and length == len(response) - 20
     attr, size, _, family, xport = struct.unpack_from("!HHBBH", response, 20)
     assert attr == 0x0020
-    raw = response[28:24 + size]
+    raw = response[28 : 24 + size]
     mask = MAGIC_COOKIE.to_bytes(4, "big") + (transaction if family == 2 else b"")
     ip = ipaddress.ip_address(bytes(a ^ b for a, b in zip(raw, mask, strict=False)))
     fp_attr, fp_size, crc = struct.unpack_from("!HHI", response, len(response) - 8)

@@ -112,6 +112,7 @@ def test_turn_credentials_follow_the_rest_api_convention() -> None:
 
 # --- pairing -----------------------------------------------------------------------------------
 
+
 @given(st.text(max_size=30))
 def test_parse_code_never_crashes(text: str) -> None:
     try:
@@ -151,8 +152,14 @@ def test_pairing_right_code() -> None:
     assert hmac.compare_digest(base64.b64decode(reply["mac"]), expected)
     browser_key = b"\x07" * 32
     mac = hmac.new(key, b"browser\0" + device_key + b"\0" + browser_key, hashlib.sha256).digest()
-    reply, done = pairing.receive({"k": "hello", "pub": base64.b64encode(browser_key).decode(), "name": "phone",
-                                   "mac": base64.b64encode(mac).decode()})
+    reply, done = pairing.receive(
+        {
+            "k": "hello",
+            "pub": base64.b64encode(browser_key).decode(),
+            "name": "phone",
+            "mac": base64.b64encode(mac).decode(),
+        }
+    )
     assert reply["k"] == "welcome" and done is not None and done.public_key == browser_key
     with pytest.raises(PairingError, match="already used"):
         pairing.receive({"k": "pake", "m": ""})
@@ -171,8 +178,14 @@ def test_pairing_wrong_code_fails_and_burns_the_code() -> None:
     assert base64.b64decode(reply["mac"]) != hmac.new(key, b"device\0" + device_key, hashlib.sha256).digest()
     mac = hmac.new(key, b"browser\0" + device_key + b"\0" + b"\1" * 32, hashlib.sha256).digest()
     with pytest.raises(PairingError, match="wrong pairing code"):
-        pairing.receive({"k": "hello", "pub": base64.b64encode(b"\1" * 32).decode(), "name": "x",
-                         "mac": base64.b64encode(mac).decode()})
+        pairing.receive(
+            {
+                "k": "hello",
+                "pub": base64.b64encode(b"\1" * 32).decode(),
+                "name": "x",
+                "mac": base64.b64encode(mac).decode(),
+            }
+        )
     assert pairing.done and pairing.result is None
     with pytest.raises(PairingError, match="already used"):  # no second guess with the same code
         pairing.receive({"k": "pake", "m": base64.b64encode(first).decode()})
