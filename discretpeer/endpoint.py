@@ -34,10 +34,13 @@ from aioquic.quic.packet import (
 )
 from aioquic.quic.retry import QuicRetryTokenHandler
 
+from discretpeer import aioquic_version
 from discretpeer.paths import Route, RouteTable, is_virtual
 from discretpeer.probe import QUIC_FIXED_BIT
 from discretpeer.relay_frame import RELAY_DATA
 from discretpeer.stateless_reset import is_reset
+
+aioquic_version.check()  # an untested aioquic fails here, with what to install
 
 SocketAddress = tuple[Any, ...]
 SMALLEST_INITIAL = 1200
