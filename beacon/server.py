@@ -582,19 +582,20 @@ class BeaconServer:
         """TLS/TCP on the port number of each UDP socket (any free one if that was 0 and the
         number is taken over TCP), then on the extra ports."""
         tcp = self.tcp = TcpService(self, self.bundle)
+        shared = self.worker_index is not None  # every worker listens on the same TCP port
         for endpoint in self._endpoints:
             host, port = endpoint.local_address
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             wanted = self.config.port if family == socket.AF_INET else self.config.ipv6_port
             try:
-                await tcp.listen(family, host, port)
+                await tcp.listen(family, host, port, reuse_port=shared)
             except OSError:
                 if wanted != 0:
                     raise
                 await tcp.listen(family, host, 0)
             for extra in self.config.tcp_extra_ports:
                 if extra != port:
-                    await tcp.listen(family, host, extra)
+                    await tcp.listen(family, host, extra, reuse_port=shared)
 
     @property
     def tcp_addresses(self) -> list[tuple[str, int]]:

@@ -357,10 +357,15 @@ class TcpService:
     def addresses(self) -> list[tuple[str, int]]:
         return [normalize_address(s.getsockname()) for listener in self.listeners for s in listener.sockets]
 
-    async def listen(self, family: socket.AddressFamily, host: str, port: int) -> None:
+    async def listen(self, family: socket.AddressFamily, host: str, port: int, *, reuse_port: bool = False) -> None:
+        """Listen on ``host:port``. ``reuse_port``: the workers of one beacon (beacon.workers) each
+        listen on the same port and the kernel spreads new connections over them (any worker can
+        serve any TCP client: the meeting table is shared)."""
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((host, port))

@@ -298,6 +298,7 @@ class Supervisor:
             metrics = self._serve_metrics()
         lines = [f"certificate hash: {first['fingerprint']}"]
         lines += [f"listening on {a}" for a in first["addresses"]]
+        lines += [f"tls over tcp on {a}" for a in first.get("tcp_addresses", [])]
         if metrics:
             lines.append(f"metrics on {metrics}")
         lines.append(f"workers: {self.count}")
@@ -307,6 +308,7 @@ class Supervisor:
                 "pid": os.getpid(),
                 "fingerprint": first["fingerprint"],
                 "addresses": first["addresses"],
+                "tcp_addresses": first.get("tcp_addresses", []),
                 "port": first["port"],
                 "ipv6_port": first["ipv6_port"],
                 "metrics": metrics,

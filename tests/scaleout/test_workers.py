@@ -43,6 +43,35 @@ async def clients_on_each_worker(beacon: BeaconProcess, workers: int, tries: int
     return [by_worker[i] for i in range(workers)]
 
 
+async def test_workers_share_the_tls_tcp_port_too(redis_server, tmp_path):
+    """Every worker serves TLS/TCP on the beacon's port number (SO_REUSEPORT, as UDP): before,
+    the second worker could not bind it and, with a fixed port, died at every restart."""
+    from discretpeer.beacon_tcp import open_channel
+
+    with contextlib.closing(__import__("socket").socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    beacon = BeaconProcess(
+        tmp_path / "beacon", {"store": redis_server.url, "workers": 2, "store_ttl_seconds": 3}, "--port", str(port)
+    ).start()
+    try:
+        pids = beacon.worker_pids
+        assert beacon.facts["tcp_addresses"] == [f"127.0.0.1:{port}"]
+        for _ in range(6):  # the kernel spreads TCP connections over the workers' listeners
+            channel = await open_channel("127.0.0.1", port, beacon.fingerprint)
+            try:
+                channel.send(wire.Hello(version=wire.PROTOCOL_VERSION, instance=os.urandom(wire.INSTANCE_SIZE)))
+                items = await asyncio.wait_for(channel.receive(), 5)
+                assert isinstance(items[0], wire.Welcome), items
+            finally:
+                channel.close()
+        await asyncio.sleep(1.0)
+        assert beacon.worker_pids == pids, "a worker died and was restarted"
+    finally:
+        assert beacon.stop() == 0
+    assert "Traceback" not in beacon.stderr
+
+
 @pytest.fixture
 def two_workers(redis_server, tmp_path):
     beacon = BeaconProcess(
