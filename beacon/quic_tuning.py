@@ -221,6 +221,9 @@ class _CappedReplenish:
 
     def __call__(self) -> None:
         _replenish_capped(self.quic)
+        steer = getattr(self.quic, "_steer_cids", None)  # a worker's connection (beacon.workers)
+        if steer is not None:
+            steer()  # new IDs carry the worker's index too, before anyone sees them
 
 
 class _TokenedReplenish:

@@ -4,6 +4,7 @@ the reuseport steering program and steered connection IDs (no sockets)."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
 
 from hypothesis import given
@@ -111,3 +112,34 @@ def test_steered_connection_ids_start_with_the_worker_index():
         assert len(connection._host_cids) == 8
         assert all(cid.cid[0] == index and len(cid.cid) == 8 for cid in connection._host_cids)
         assert len({cid.cid for cid in connection._host_cids}) == 8
+
+
+def test_ids_issued_after_the_handshake_are_steered_and_carry_derived_reset_tokens() -> None:
+    """The beacon's trimmed connections replace aioquic's replenish (beacon.quic_tuning): the IDs
+    it issues later must still carry the worker's index, and their reset tokens must be derived
+    from the steered ID (a restarted worker answers for exactly those)."""
+    from aioquic.quic.configuration import QuicConfiguration
+
+    from beacon import quic_tuning
+    from beacon.quic_tuning import BeaconQuicConnection
+    from beacon.workers import steered_connection_class
+    from certs import create_bundle
+    from discretpeer import stateless_reset
+
+    bundle = create_bundle()
+    token_for = stateless_reset.token_function(stateless_reset.reset_key(bundle.private_key.private_bytes_raw()))
+    configuration = QuicConfiguration(
+        is_client=False, certificate=bundle.certificate, private_key=bundle.private_key, alpn_protocols=["x"]
+    )
+    for index in (0, 3, 200):
+        connection = steered_connection_class(BeaconQuicConnection, index)(
+            configuration=configuration, original_destination_connection_id=os.urandom(8)
+        )
+        quic_tuning.prepare_server_connection(connection)
+        quic_tuning.derive_reset_tokens(connection, token_for)
+        connection._remote_active_connection_id_limit = 8
+        connection._replenish_connection_ids()
+        assert len(connection._host_cids) > 1
+        for cid in connection._host_cids:
+            assert cid.cid[0] == index
+            assert cid.stateless_reset_token == token_for(cid.cid)
