@@ -354,32 +354,43 @@ class Endpoint(asyncio.DatagramProtocol):
     def sendto(self, data: bytes, addr: SocketAddress) -> None:
         if self._transport is None or self._closed:
             return
-        if is_virtual(addr):
-            route = self.routes.get((addr[0], addr[1]))
-            wrapped = route.wrap(data) if route is not None else None
-            if wrapped is None:
-                self.send_errors += 1
-                return
-            data, addr = wrapped
-        if self.stream_links and data and data[0] == RELAY_DATA:
-            link = self.stream_links.get((addr[0], addr[1]))
-            if link is not None:
-                link(data)
-                return
-        host, port = addr[0], addr[1]
-        if self.via:
-            through = self.via.get((host, port))
-            if through is not None:
-                through(data)
-                self.datagrams_sent += 1
-                return
-        if self._dual_stack and ":" not in host:
-            host = "::ffff:" + host
+        target = self._on_the_wire(data, addr)
+        if target is None:
+            return
+        data, (host, port) = target
         try:
             self._transport.sendto(data, (host, port))
             self.datagrams_sent += 1
         except (OSError, ValueError):
             self.send_errors += 1
+
+    def _on_the_wire(self, data: bytes, addr: SocketAddress) -> tuple[bytes, tuple[str, int]] | None:
+        """What goes out of this socket for ``data`` to ``addr``: a virtual address resolved
+        through its route (relay frame or direct), the socket's address form; None when the
+        datagram was handed elsewhere (the TLS/TCP stream of a beacon, the extra socket of a
+        birthday hit) or cannot be sent. Both send paths (sendto, send_many) go through here."""
+        if is_virtual(addr):
+            route = self.routes.get((addr[0], addr[1]))
+            wrapped = route.wrap(data) if route is not None else None
+            if wrapped is None:
+                self.send_errors += 1
+                return None
+            data, addr = wrapped
+        if self.stream_links and data and data[0] == RELAY_DATA:
+            link = self.stream_links.get((addr[0], addr[1]))
+            if link is not None:  # a relay frame for a beacon reached over TLS/TCP
+                link(data)
+                return None
+        host, port = addr[0], addr[1]
+        if self.via:
+            through = self.via.get((host, port))
+            if through is not None:  # a birthday hit: only that socket has the NAT mapping
+                through(data)
+                self.datagrams_sent += 1
+                return None
+        if self._dual_stack and ":" not in host:
+            host = "::ffff:" + host
+        return data, (host, port)
 
     def send_many(self, datagrams: list[tuple[bytes, SocketAddress]], max_size: int | None = None) -> None:
         """Send a connection's datagrams of one transmit: runs of equal-sized datagrams to one
@@ -396,24 +407,12 @@ class Endpoint(asyncio.DatagramProtocol):
         alone: set[int] = set()
         for data, addr in datagrams:
             probe = max_size is not None and len(data) > max_size
-            if is_virtual(addr):
-                route = self.routes.get((addr[0], addr[1]))
-                wrapped = route.wrap(data) if route is not None else None
-                if wrapped is None:
-                    self.send_errors += 1
-                    continue
-                data, addr = wrapped
-            if self.stream_links and data and data[0] == RELAY_DATA:
-                link = self.stream_links.get((addr[0], addr[1]))
-                if link is not None:  # a relay frame for a beacon reached over TLS/TCP
-                    link(data)
-                    continue
-            host, port = addr[0], addr[1]
-            if self._dual_stack and ":" not in host:
-                host = "::ffff:" + host
+            target = self._on_the_wire(data, addr)
+            if target is None:
+                continue
             if probe:
                 alone.add(len(wire))
-            wire.append((data, (host, port)))
+            wire.append(target)
         index, count = 0, len(wire)
         while index < count:
             data, addr = wire[index]
