@@ -35,7 +35,7 @@ then named in a refusal the peers see.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -53,6 +53,17 @@ class TooManyTokens(Exception):
         super().__init__(f"announce would hold {held} tokens (max {limit})")
         self.held = held
         self.limit = limit
+
+
+def tokens_to_add(held: Collection[bytes], add: Iterable[bytes], withdraw_set: set[bytes], cap: int) -> list[bytes]:
+    """The tokens of ``add`` a connection holding ``held`` takes anew (in order, once each; one it
+    is withdrawing in the same announce counts as new). Raises :class:`TooManyTokens` if it
+    would then hold more than ``cap``."""
+    new = [t for t in dict.fromkeys(add) if t not in held or t in withdraw_set]
+    count = len(held) - len(withdraw_set) + len(new)
+    if count > cap:
+        raise TooManyTokens(count, cap)
+    return new
 
 
 @dataclass
@@ -117,10 +128,7 @@ class MeetingTable:
         per-connection cap. Adding a token already held does nothing (no duplicate introduction)."""
         member = self._members[key]
         withdraw_set = set(withdraw) & member.tokens
-        new = [t for t in dict.fromkeys(add) if t not in member.tokens or t in withdraw_set]
-        held = len(member.tokens) - len(withdraw_set) + len(new)
-        if held > self.max_tokens_per_connection:
-            raise TooManyTokens(held, self.max_tokens_per_connection)
+        new = tokens_to_add(member.tokens, add, withdraw_set, self.max_tokens_per_connection)
         for token in withdraw_set:
             self._unhold(key, member, token)
         if candidates is not None:

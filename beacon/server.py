@@ -47,6 +47,7 @@ from discretpeer.endpoint import (
     Admission,
     Endpoint,
     EndpointProtocol,
+    enlarge_buffers,
     normalize_address,
 )
 from discretpeer.relay_frame import RELAY_HEADER_SIZE
@@ -547,9 +548,7 @@ class BeaconServer:
             if family == socket.AF_INET6:
                 # separate from the IPv4 socket, which may use the same port
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
+            enlarge_buffers(sock)
             sock.bind((host, port))
             sock.setblocking(False)
         except OSError as exc:

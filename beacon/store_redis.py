@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from beacon.limits import ip_key
-from beacon.meetings import MAX_PEERS_PER_TOKEN_PER_IP, Announced, MeetingTable, TooManyTokens
+from beacon.meetings import MAX_PEERS_PER_TOKEN_PER_IP, Announced, MeetingTable, tokens_to_add
 from beacon.store import StoreHooks, StoreUnavailable
 from discretpeer.wire import Address, Introduction
 
@@ -385,10 +385,7 @@ class RedisStore:
     ) -> Announced | None:
         local = self._local[key]
         withdraw_set = set(withdraw) & set(local.tokens)
-        new = [t for t in dict.fromkeys(add) if t not in local.tokens or t in withdraw_set]
-        held = len(local.tokens) - len(withdraw_set) + len(new)
-        if held > self.max_tokens_per_connection:
-            raise TooManyTokens(held, self.max_tokens_per_connection)
+        new = tokens_to_add(local.tokens, add, withdraw_set, self.max_tokens_per_connection)
         for token in withdraw_set:
             self._unhold(key, local, token)
         if candidates is not None:

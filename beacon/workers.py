@@ -51,6 +51,8 @@ from typing import Any
 
 from aioquic.quic.connection import QuicConnection
 
+from discretpeer.endpoint import enlarge_buffers
+
 SO_ATTACH_REUSEPORT_CBPF = 51  # linux/asm-generic/socket.h
 # the benchmark's baseline runs without the program (kernel hash only): DISCRETPEER_BEACON_STEERING=0
 STEERING = os.environ.get("DISCRETPEER_BEACON_STEERING", "1") != "0"
@@ -139,9 +141,7 @@ def _reuseport_group(family: socket.AddressFamily, host: str, port: int, count: 
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
+            enlarge_buffers(sock)
             sock.bind((host, port))
             port = sock.getsockname()[1]  # port 0: the others join the port the first one got
         if STEERING:

@@ -11,13 +11,10 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, rss_bytes
+from benchmarks.common import ROOT, load_module, rss_bytes
 
 MB = 1e6
 # DPB_ATTACK_CONNECTIONS / DPB_ATTACK_ROUNDS: smaller for a run against an unfixed beacon, where
@@ -25,17 +22,6 @@ MB = 1e6
 HOSTILE_CONNECTIONS = int(os.environ.get("DPB_ATTACK_CONNECTIONS", 50))
 HOSTILE_ROUNDS = int(os.environ.get("DPB_ATTACK_ROUNDS", 14))
 HELLO_TIMEOUT = 10.0  # the default hello_timeout_seconds: when abandoned handshakes are closed
-
-
-def _load(name: str, path: Path) -> Any:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 async def _amplification(hostile: Any, target: tuple[str, int], make: Any, count: int, wait: float) -> dict:
@@ -69,8 +55,8 @@ async def _abandoned(hostile: Any, target: tuple[str, int], count: int) -> dict:
 async def run(bench: Any) -> None:
     from benchmarks.run import Row
 
-    client_module = _load("beacon_test_client", ROOT / "tests" / "beacon" / "client.py")
-    hostile = _load("beacon_test_hostile", ROOT / "tests" / "beacon" / "hostile.py")
+    client_module = load_module("beacon_test_client", ROOT / "tests" / "beacon" / "client.py")
+    hostile = load_module("beacon_test_hostile", ROOT / "tests" / "beacon" / "hostile.py")
     quick = bench.s.quick
     samples = 100 if quick else 250
     interval = 0.02

@@ -23,64 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from discretpeer import Identity, Peer
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class BeaconProcess:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.process: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self.fingerprint = ""
-
-    async def start(self) -> float:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "beacon",
-            "--dir",
-            str(self.directory),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--no-ipv6",
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        assert self.process.stdout is not None
-        while True:
-            line = (await asyncio.wait_for(self.process.stdout.readline(), 15)).decode().strip()
-            if not line:
-                raise RuntimeError("beacon exited early")
-            if line.startswith("certificate hash: "):
-                self.fingerprint = line.split(": ", 1)[1]
-            elif line.startswith("listening on "):
-                self.port = int(line.rsplit(":", 1)[1])
-            elif line == "ready":
-                return asyncio.get_running_loop().time()
-
-    async def kill(self) -> float:
-        assert self.process is not None
-        self.process.kill()
-        await self.process.wait()
-        return asyncio.get_running_loop().time()
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-
-    @property
-    def entry(self) -> dict[str, str]:
-        return {"hostname": f"127.0.0.1:{self.port}", "cert_hash": self.fingerprint}
-
-
-def peer(beacon: BeaconProcess, **kwargs: object) -> Peer:
-    return Peer(Identity.generate(), [beacon.entry], host="127.0.0.1", **kwargs)  # type: ignore[arg-type]  # a beacon entry dict, as users pass
+from discretpeer import Peer
+from tests.peer.beacon_process import BeaconProcess, loopback_peer
 
 
 def connected(p: Peer) -> bool:
@@ -98,7 +42,7 @@ async def until(predicate, timeout: float) -> float:  # type: ignore[no-untyped-
 
 
 async def waiting_run(beacon: BeaconProcess, index: int, rng: random.Random) -> tuple[float, float]:
-    async with peer(beacon) as pa, peer(beacon) as pb:
+    async with loopback_peer(beacon) as pa, loopback_peer(beacon) as pb:
         meeting = f"crash meeting {index}"
         await pa.listen(meeting, expect=pb.peer_id)
         await pb.listen(f"elsewhere {index}", expect=None)
@@ -112,7 +56,7 @@ async def waiting_run(beacon: BeaconProcess, index: int, rng: random.Random) -> 
 
 
 async def relay_run(beacon: BeaconProcess, index: int, rng: random.Random) -> tuple[float, float]:
-    async with peer(beacon, direct=False) as pa, peer(beacon, direct=False) as pb:
+    async with loopback_peer(beacon, direct=False) as pa, loopback_peer(beacon, direct=False) as pb:
         meeting = f"relayed {index}"
         ca, cb = await asyncio.gather(pa.connect(meeting, expect=pb.peer_id), pb.connect(meeting, expect=pa.peer_id))
         assert ca.path == "relay"
@@ -129,7 +73,7 @@ async def relay_run(beacon: BeaconProcess, index: int, rng: random.Random) -> tu
 
 
 async def dead_run(beacon: BeaconProcess, index: int, rng: random.Random) -> float:
-    async with peer(beacon) as p:
+    async with loopback_peer(beacon) as p:
         await p.listen(f"waiting {index}", expect=None)
         await until(lambda: connected(p), 10)
         await asyncio.sleep(rng.uniform(0.0, 8.0))
@@ -149,7 +93,7 @@ def summary(name: str, values: list[float]) -> str:
 async def amain(runs: int, seed: int) -> None:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        beacon = BeaconProcess(Path(tmp) / "beacon")
+        beacon = BeaconProcess(Path(tmp) / "beacon", stderr=asyncio.subprocess.DEVNULL)
         await beacon.start()
         try:
             waiting = [await waiting_run(beacon, i, rng) for i in range(runs)]

@@ -1467,6 +1467,25 @@ def machine() -> dict[str, Any]:
     return info
 
 
+# every benchmark ``--only`` may name, in the order they run; the opt-in ones run only when named
+BENCHMARKS = [
+    "beacon",
+    "rate",
+    "throughput",
+    "mtu",
+    "relay",
+    "tcp",
+    "stack",
+    "natlab",
+    "natbulk",
+    "pyc",
+    "attacks",
+    "tcpfallback",
+    "birthday",
+]
+OPT_IN = ("attacks", "tcpfallback")
+
+
 async def amain(args: argparse.Namespace) -> int:
     settings = settings_for(args.quick)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -1483,19 +1502,7 @@ async def amain(args: argparse.Namespace) -> int:
             bench.libp2p_python, libp2p_temp = scratch_libp2p(log_dir / "libp2p-install.log")
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             bench.log(f"py-libp2p rows skipped: {exc}")
-    names = args.only or [
-        "beacon",
-        "rate",
-        "throughput",
-        "mtu",
-        "relay",
-        "tcp",
-        "stack",
-        "natlab",
-        "natbulk",
-        "pyc",
-        "birthday",
-    ]
+    names = args.only or [name for name in BENCHMARKS if name not in OPT_IN]
     if not args.from_checkout:
         bench.log("installing the package into a fresh venv (pip install .[fast]) ...")
         try:
@@ -1706,21 +1713,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=[
-            "beacon",
-            "rate",
-            "throughput",
-            "mtu",
-            "relay",
-            "tcp",
-            "stack",
-            "natlab",
-            "natbulk",
-            "pyc",
-            "attacks",
-            "tcpfallback",
-            "birthday",
-        ],
+        choices=BENCHMARKS,
     )
     parser.add_argument(
         "--from-checkout",

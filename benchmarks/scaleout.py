@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, Worker, cpu_seconds, percentile, rss_bytes, taskset_prefix
+from tests.scaleout.processes import write_beacon_config
 from tests.scaleout.redis_server import RedisServer
 
 SETTINGS = {
@@ -56,8 +57,7 @@ class Beacon:
         self.name = name
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        lines = [f"{k} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}" for k, v in settings.items()]
-        (directory / "Beacon.conf.toml").write_text("\n".join(lines) + "\n")
+        write_beacon_config(directory, settings)
         self.core = core
         self.process: subprocess.Popen[bytes] | None = None
         self.facts: dict[str, Any] = {}

@@ -333,12 +333,9 @@ class BeaconClient:
 
     async def _tcp_welcome(self, channel: TcpChannel) -> tuple[Welcome, list[Message]]:
         while True:
-            items = [i for i in await channel.receive() if not isinstance(i, bytes)]
-            for index, message in enumerate(items):
-                if isinstance(message, Welcome):
-                    return message, items[index + 1 :]
-                if isinstance(message, Error):
-                    raise ConnectionError(f"beacon refused: {message.error_code!s} {message.message}")
+            found = _welcome_in([i for i in await channel.receive() if not isinstance(i, bytes)])
+            if found is not None:
+                return found
 
     async def _race(self) -> _Link:
         """QUIC first; TLS/TCP after TCP_HEAD_START or as soon as UDP sends fail; first wins."""
@@ -518,12 +515,9 @@ class BeaconClient:
             data = await reader.read(65536)
             if not data:
                 raise ConnectionError("beacon closed the stream before welcoming us")
-            messages = decoder.feed(data)
-            for index, message in enumerate(messages):
-                if isinstance(message, Welcome):
-                    return message, messages[index + 1 :]
-                if isinstance(message, Error):
-                    raise ConnectionError(f"beacon refused: {message.error_code!s} {message.message}")
+            found = _welcome_in(decoder.feed(data))
+            if found is not None:
+                return found
 
     async def _serve(self) -> None:
         """Read frames until the connection ends or the keepalive declares the beacon lost."""
@@ -704,6 +698,17 @@ def udp_unreachable(clients: list[BeaconClient]) -> bool:
     beacons is blocked, so punching through NATs is pointless (relay at once)."""
     connected = [c for c in clients if c.connected]
     return bool(connected) and all(c.status.transport != "udp" for c in connected)
+
+
+def _welcome_in(messages: list[Message]) -> tuple[Welcome, list[Message]] | None:
+    """The first Welcome among a beacon's first messages and those after it; None if none came
+    yet. An Error before it is the beacon's refusal: ConnectionError."""
+    for index, message in enumerate(messages):
+        if isinstance(message, Welcome):
+            return message, messages[index + 1 :]
+        if isinstance(message, Error):
+            raise ConnectionError(f"beacon refused: {message.error_code!s} {message.message}")
+    return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -669,6 +669,14 @@ def _gro_segment(ancillary: list[tuple[int, int, bytes]]) -> int:
     return 0
 
 
+def enlarge_buffers(sock: socket.socket) -> None:
+    """Ask for 4 MB receive and send buffers on a UDP socket: room for bursts of small QUIC
+    packets while the loop is busy (the kernel may cap it; a refusal is ignored)."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
+
+
 def _make_socket(host: str | None, port: int) -> socket.socket:
     if host is None:
         try:
@@ -684,9 +692,6 @@ def _make_socket(host: str | None, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
         sock.bind((host, port))
-    # room for bursts of small QUIC packets while the loop is busy
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
+    enlarge_buffers(sock)
     sock.setblocking(False)
     return sock

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,6 +12,8 @@ import pytest
 from beacon.config import BeaconConfig
 from beacon.server import BeaconServer
 from certs import CertificateBundle, create_bundle
+from discretpeer import Peer
+from discretpeer.tokens import MeetingKeys
 
 
 @asynccontextmanager
@@ -30,6 +33,19 @@ async def running_beacon(
 def beacon_entry(server: BeaconServer) -> dict[str, str]:
     """The config entry a peer uses for this beacon."""
     return {"hostname": f"127.0.0.1:{server.port}", "cert_hash": server.fingerprint}
+
+
+async def crowd_meeting(server: BeaconServer, holders: list[Peer], meeting: str) -> None:
+    """Start ``holders`` listening on ``meeting`` and wait (up to 2 s) until each holds both of
+    its tokens (this window's and the last): with ``max_peers_per_token`` = len(holders), the
+    meeting is then full."""
+    for peer in holders:
+        await peer.start()
+        await peer.listen(meeting, expect=None)
+    for _ in range(100):
+        if all(len(server.meetings.holders(t)) == len(holders) for t in MeetingKeys.derive(meeting).tokens()):
+            break
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -16,30 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, commands_until_stop, emit, run_loop, stdin_commands, worker_args
+from benchmarks.common import ROOT, commands_until_stop, emit, load_module, run_loop, stdin_commands, worker_args
 from discretpeer import wire
 
-
-def _load(name: str, path: Path) -> Any:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-client_module = _load("beacon_test_client", ROOT / "tests" / "beacon" / "client.py")
-hostile = _load("beacon_test_hostile", ROOT / "tests" / "beacon" / "hostile.py")
+client_module = load_module("beacon_test_client", ROOT / "tests" / "beacon" / "client.py")
+hostile = load_module("beacon_test_hostile", ROOT / "tests" / "beacon" / "hostile.py")
 
 
 class Attacker:

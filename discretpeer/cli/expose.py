@@ -25,12 +25,13 @@ from .session import (
     describe_beacons,
     describe_connection,
     make_peer,
+    open_identity,
     require_meeting_place,
     stop_event,
     watch_path,
     watch_pins,
 )
-from .settings import Service, Settings, load_identity, load_settings
+from .settings import Service, Settings, load_settings
 from .splice import Splice, TcpSide, Traffic, read_frame
 
 REQUEST_TIMEOUT = 10.0
@@ -258,9 +259,7 @@ async def run_expose(settings: Settings, args: Any, console: Console) -> int:
     if not settings.allow:
         raise ConfigError("nobody is allowed: give --allow PEER_ID (repeatable) or allow = [...] in the config")
     require_meeting_place(settings)
-    identity, created = load_identity(settings)
-    if created:
-        console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
+    identity = open_identity(settings, console)
     exposers: list[Exposer] = []
     control = ControlServer(
         settings.control_path, lambda: exposers[0].snapshot() if exposers else {"pid": os.getpid(), "starting": True}

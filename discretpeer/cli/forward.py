@@ -22,10 +22,11 @@ from .session import (
     describe_beacons,
     describe_connection,
     make_peer,
+    open_identity,
     require_meeting_place,
     stop_event,
 )
-from .settings import Settings, load_identity
+from .settings import Settings
 from .splice import RESET_GRACE, Splice, StdioSide, TcpSide, Traffic, read_frame
 
 RESPONSE_TIMEOUT = 15.0
@@ -107,9 +108,7 @@ class ForwardState:
 async def run_forward(settings: Settings, args: Any, console: Console) -> int:
     target = settings.resolve_peer(args.to, where="--to")
     require_meeting_place(settings)  # before creating an identity that would serve nothing
-    identity, created = load_identity(settings)
-    if created:
-        console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
+    identity = open_identity(settings, console)
     port = args.port or 0
     what = f"port {port}" if port else "its exposed port"
     states: list[ForwardState] = []
@@ -217,9 +216,7 @@ async def run_pipe(settings: Settings, args: Any, console: Console) -> int:
     target = settings.resolve_peer(args.to, where="--to")
     require_meeting_place(settings)
     stdio = StdioSide.take()  # from here on fd 1 is stderr: only tunnel bytes reach our stdout
-    identity, created = load_identity(settings)
-    if created:
-        console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
+    identity = open_identity(settings, console)
     async with make_peer(settings, identity) as peer:
         link = PeerLink(peer, target, settings, console)
         progress = Progress(peer, console, settings=settings)

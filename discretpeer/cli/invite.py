@@ -29,8 +29,8 @@ from .pairing import (
     parse_code,
     suggested_name,
 )
-from .session import Progress, make_peer, require_meeting_place, unless_pins_fail
-from .settings import Settings, load_identity
+from .session import Progress, make_peer, open_identity, require_meeting_place, unless_pins_fail
+from .settings import Settings
 
 EXCHANGE_TIMEOUT = 15.0
 DEFAULT_VALID = 300.0
@@ -84,9 +84,7 @@ async def run_invite(settings: Settings, args: Any, console: Console) -> int:
     except PairingError as exc:
         raise ConfigError(str(exc)) from None
     require_meeting_place(settings)
-    identity, created = load_identity(settings)
-    if created:
-        console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
+    identity = open_identity(settings, console)
     code = new_code()
     valid = float(args.valid)
     async with make_peer(settings, identity) as peer:
@@ -166,9 +164,7 @@ async def run_accept(settings: Settings, args: Any, console: Console) -> int:
     except PairingError as exc:
         raise ConfigError(str(exc)) from None
     require_meeting_place(settings)
-    identity, created = load_identity(settings)
-    if created:
-        console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
+    identity = open_identity(settings, console)
     async with make_peer(settings, identity) as peer:
         console.status(f"looking for the machine that invited with number {code.number}", event="connecting")
         try:

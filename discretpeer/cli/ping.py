@@ -10,8 +10,8 @@ import sys
 from typing import Any
 
 from .output import Console, ms, short_id
-from .session import PeerLink, Progress, format_address, make_peer, require_meeting_place, stop_event
-from .settings import Settings, load_identity
+from .session import PeerLink, Progress, format_address, make_peer, open_identity, require_meeting_place, stop_event
+from .settings import Settings
 
 PING_TIMEOUT = 5.0
 
@@ -25,9 +25,7 @@ def peer_name(settings: Settings, peer_id: str) -> str:
 async def run_ping(settings: Settings, args: Any, console: Console) -> int:
     target = settings.resolve_peer(args.peer, where="peer")
     require_meeting_place(settings)
-    identity, created = load_identity(settings)
-    if created:
-        console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
+    identity = open_identity(settings, console)
     who = peer_name(settings, target)
     async with make_peer(settings, identity) as peer:
         link = PeerLink(peer, target, settings, console)

@@ -17,7 +17,7 @@ from discretpeer.peer import Peer
 
 from . import output
 from .output import Console, ms, short_id
-from .settings import Settings
+from .settings import Settings, load_identity
 
 RECONNECT_INITIAL = 1.0
 RECONNECT_CAP = 30.0
@@ -92,6 +92,14 @@ def require_meeting_place(settings: Settings) -> None:
             "no beacon configured (beacons = [...] in the config file, DISCRETPEER_BEACONS or "
             "--beacon HOST:PORT=CERT_HASH) and LAN discovery is off (--lan)"
         )
+
+
+def open_identity(settings: Settings, console: Console) -> Identity:
+    """Load (or create, mode 0600) the identity; says so when it was just created."""
+    identity, created = load_identity(settings)
+    if created:
+        console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
+    return identity
 
 
 def make_peer(settings: Settings, identity: Identity) -> Peer:

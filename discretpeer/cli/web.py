@@ -19,7 +19,8 @@ from typing import Any
 from discretpeer.config import ConfigError
 
 from .output import Console
-from .settings import Settings, config_home, load_identity
+from .session import open_identity
+from .settings import Settings, config_home
 
 __all__ = ["add_parser", "run_web"]
 
@@ -67,9 +68,7 @@ async def run_web(settings: Settings, args: Any, console: Console) -> int:
 
     if not args.url.startswith(("ws://", "wss://")):
         raise ConfigError(f"--url must be ws:// or wss:// (got {args.url!r})")
-    identity, created = load_identity(settings)
-    if created:
-        console.status(f"created a new identity in {settings.identity_path}", event="identity_created")
+    identity = open_identity(settings, console)
     store = BrowserStore(Path(args.browsers) if args.browsers else config_home() / "web_browsers.json")
     command = shlex.split(args.shell_command) if args.shell_command else [os.environ.get("SHELL") or "/bin/sh", "-l"]
     ctx = ssl.create_default_context() if args.url.startswith("wss://") else None

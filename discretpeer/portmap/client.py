@@ -196,12 +196,15 @@ class PortMapper:
 
     # --- PCP and NAT-PMP (one socket, same port: told apart by the version byte) --------------
 
-    async def _ask_udp(self, protocols: list[str], current: Mapping | None) -> Mapping | None:
-        loop = asyncio.get_running_loop()
+    async def _gateway_socket(self) -> tuple[asyncio.DatagramTransport, _GatewayProtocol]:
+        """A UDP socket connected to the gateway's PCP/NAT-PMP port."""
         assert self.status.gateway is not None
-        transport, proto = await loop.create_datagram_endpoint(
+        return await asyncio.get_running_loop().create_datagram_endpoint(
             _GatewayProtocol, remote_addr=(self.status.gateway, self.gateway_port), family=socket.AF_INET
         )
+
+    async def _ask_udp(self, protocols: list[str], current: Mapping | None) -> Mapping | None:
+        transport, proto = await self._gateway_socket()
         try:
             client_ip = transport.get_extra_info("sockname")[0]
             suggested = current.external[1] if current is not None else self.internal_port
@@ -364,11 +367,7 @@ class PortMapper:
         log.info("port mapping %s:%s deleted", *mapping.external)
 
     async def _delete_udp(self, protocols: list[str]) -> None:
-        loop = asyncio.get_running_loop()
-        assert self.status.gateway is not None
-        transport, proto = await loop.create_datagram_endpoint(
-            _GatewayProtocol, remote_addr=(self.status.gateway, self.gateway_port), family=socket.AF_INET
-        )
+        transport, proto = await self._gateway_socket()
         try:
             client_ip = transport.get_extra_info("sockname")[0]
             requests = []

@@ -8,13 +8,13 @@ import contextlib
 import importlib.util
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from beacon import BeaconServer, loopback_config
 from beacon.logs import LOG_FILE, BeaconLog
-from certs import create_bundle
+from certs import CertificateBundle, create_bundle
 from discretpeer import wire
 
 
@@ -32,6 +32,41 @@ def _load(name: str, file: str) -> Any:
 client_module = _load("beacon_test_client", "client.py")
 hostile = _load("beacon_test_hostile", "hostile.py")
 BeaconClient = client_module.BeaconClient
+
+
+class RecordingLog:
+    """A beacon logger that keeps every event, so a test can assert that no attack made the
+    beacon log an error or a traceback."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict]] = []
+
+    def __getattr__(self, level: str):
+        return lambda event, **fields: self.events.append((level, event, fields))
+
+    @property
+    def errors(self) -> list[tuple[str, str, dict]]:
+        return [e for e in self.events if e[0] in ("error", "exception", "critical")]
+
+
+def recorded_beacons(
+    bundle: Callable[[], CertificateBundle | None] = lambda: None,
+) -> Iterator[Callable[..., contextlib.AbstractAsyncContextManager[BeaconServer]]]:
+    """The body of a ``start_beacon`` fixture: ``async with start(**config_changes)`` runs an
+    in-process beacon (certificates from ``bundle()``) with a RecordingLog; at teardown, no
+    error and no traceback in any of their logs."""
+    logs: list[RecordingLog] = []
+
+    @contextlib.asynccontextmanager
+    async def start(**changes: Any) -> AsyncIterator[BeaconServer]:
+        log = RecordingLog()
+        logs.append(log)
+        async with BeaconServer(loopback_config(**changes), bundle(), log=log) as server:
+            yield server
+
+    yield start
+    for log in logs:
+        assert log.errors == [], log.errors
 
 
 def rss_bytes() -> int:

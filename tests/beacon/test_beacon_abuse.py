@@ -11,13 +11,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 
 import pytest
+from attack_support import recorded_beacons
 from beacon_test_client import BeaconClient
 
-from beacon import BeaconServer, loopback_config
 from discretpeer import wire
 from discretpeer.relay_frame import RELAY_DATA, build_relay_frame
 from discretpeer.wire import ErrorCode
@@ -25,36 +24,10 @@ from discretpeer.wire import ErrorCode
 N_FRAMES = 40
 
 
-class RecordingLog:
-    """The beacon's logger for these tests: keeps every event, so a test can assert that no
-    attack made the beacon log an error or a traceback."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict]] = []
-
-    def __getattr__(self, level: str):
-        return lambda event, **fields: self.events.append((level, event, fields))
-
-    @property
-    def errors(self) -> list[tuple[str, str, dict]]:
-        return [e for e in self.events if e[0] in ("error", "exception", "critical")]
-
-
 @pytest.fixture
 def start_beacon():
     """Like the shared fixture, and afterwards: no error and no traceback in the beacon's log."""
-    logs: list[RecordingLog] = []
-
-    @contextlib.asynccontextmanager
-    async def start(**changes):
-        log = RecordingLog()
-        logs.append(log)
-        async with BeaconServer(loopback_config(**changes), log=log) as server:
-            yield server
-
-    yield start
-    for log in logs:
-        assert log.errors == [], log.errors
+    yield from recorded_beacons()
 
 
 class Counter:

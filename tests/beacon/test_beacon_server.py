@@ -17,6 +17,17 @@ def token(n: int | None = None) -> bytes:
     return os.urandom(wire.TOKEN_SIZE) if n is None else n.to_bytes(wire.TOKEN_SIZE, "big")
 
 
+async def met_pair(connect) -> tuple[BeaconClient, BeaconClient, bytes]:
+    """Two new clients announce one fresh token and are both introduced; returns them and it."""
+    t = token()
+    a, b = await connect(), await connect()
+    a.announce(add=[t])
+    b.announce(add=[t])
+    await a.expect(wire.Introduction)
+    await b.expect(wire.Introduction)
+    return a, b, t
+
+
 async def wait_for(predicate, timeout: float = 3.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -75,12 +86,7 @@ async def test_other_token_gets_nothing(connect):
 
 
 async def test_withdraw_then_reannounce_introduces_again(connect):
-    t = token()
-    a, b = await connect(), await connect()
-    a.announce(add=[t])
-    b.announce(add=[t])
-    await a.expect(wire.Introduction)
-    await b.expect(wire.Introduction)
+    a, b, t = await met_pair(connect)
     b.announce(withdraw=[t])
     await asyncio.sleep(0.05)
     await a.expect_nothing(0.1)
@@ -308,12 +314,7 @@ async def test_random_datagrams_leave_beacon_serving(beacon, connect):
     finally:
         sock.close()
     await asyncio.sleep(0.1)
-    t = token()
-    a, b = await connect(), await connect()
-    a.announce(add=[t])
-    b.announce(add=[t])
-    await a.expect(wire.Introduction)
-    await b.expect(wire.Introduction)
+    await met_pair(connect)
 
 
 async def test_graceful_stop_tells_clients(start_beacon):

@@ -11,9 +11,10 @@ import ssl
 import struct
 
 import pytest
+from attack_support import recorded_beacons
 from beacon_test_client import BeaconClient
 
-from beacon import BeaconServer, loopback_config
+from beacon import BeaconServer
 from certs import create_bundle
 from discretpeer import wire
 from discretpeer.beacon_tcp import TcpChannel, TlsPinMismatch, client_context, open_channel
@@ -23,33 +24,10 @@ from discretpeer.stream_frames import BEACON_TCP_ALPN
 from discretpeer.wire import ErrorCode
 
 
-class RecordingLog:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict]] = []
-
-    def __getattr__(self, level: str):
-        return lambda event, **fields: self.events.append((level, event, fields))
-
-    @property
-    def errors(self) -> list[tuple[str, str, dict]]:
-        return [e for e in self.events if e[0] in ("error", "exception", "critical")]
-
-
 @pytest.fixture
 def start_beacon():
     """In-process beacon; afterwards: no error and no traceback in its log."""
-    logs: list[RecordingLog] = []
-
-    @contextlib.asynccontextmanager
-    async def start(**changes):
-        log = RecordingLog()
-        logs.append(log)
-        async with BeaconServer(loopback_config(**changes), create_bundle(), log=log) as server:
-            yield server
-
-    yield start
-    for log in logs:
-        assert log.errors == [], log.errors
+    yield from recorded_beacons(create_bundle)
 
 
 def refused(server: BeaconServer, reason: str) -> float:

@@ -188,6 +188,68 @@ class Node:
 # --- small TCP services (threads, real sockets) ------------------------------------------------
 
 
+def sshd_argv(root: Path, port: int) -> list[str]:
+    """Make an sshd set-up in ``root`` (host key, a client key ``root/client`` allowed as root,
+    a config listening on 127.0.0.1:``port``); return the argv that runs that sshd in the foreground."""
+    for name in ("hostkey", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
+    (root / "authorized_keys").write_bytes((root / "client.pub").read_bytes())
+    os.chmod(root / "authorized_keys", 0o600)
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    (root / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'hostkey'}\n"
+        f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        f"PidFile {root / 'sshd.pid'}\nLogLevel ERROR\n"
+    )
+    return ["/usr/sbin/sshd", "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")]
+
+
+def ssh_through_pipe(
+    b: Node, a: Node, port: int, key: Path, command: str, *, prefix: list[str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` over ssh as root from B, with ``discretpeer pipe --to A --port port`` as the
+    ProxyCommand (``prefix``: e.g. ``ip netns exec NS``)."""
+    proxy = " ".join(
+        [
+            "env",
+            f"HOME={b.home}",
+            f"PYTHONPATH={b.env['PYTHONPATH']}",
+            *CLI,
+            "pipe",
+            "--to",
+            a.peer_id,
+            "--port",
+            str(port),
+        ]
+    )
+    return subprocess.run(
+        [
+            *(prefix or []),
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+            str(key),
+            "-o",
+            f"ProxyCommand={proxy}",
+            "root@device",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -273,19 +335,8 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int,
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("ssh")
-    for name in ("hostkey", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
-    (root / "authorized_keys").write_bytes((root / "client.pub").read_bytes())
-    os.chmod(root / "authorized_keys", 0o600)
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     port = free_port()
-    (root / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'hostkey'}\n"
-        f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        f"PidFile {root / 'sshd.pid'}\nLogLevel ERROR\n"
-    )
-    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")])
+    proc = subprocess.Popen(sshd_argv(root, port))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from discretpeer.identity import Identity
-from tests.cli.conftest import CLI, Node, clean_env, free_port
+from tests.cli.conftest import CLI, Node, clean_env, free_port, ssh_through_pipe
 
 ROOT_ID_LEN = 52
 OTHER_ID = Identity.generate().peer_id
@@ -118,43 +118,7 @@ def test_http_page_through_forward_with_curl(lab, tmp_path):
 
 def test_ssh_through_pipe_proxycommand(lab):
     sshd, a, b = lab["sshd"], lab["a"], lab["b"]
-    proxy = " ".join(
-        [
-            "env",
-            f"HOME={b.home}",
-            f"PYTHONPATH={b.env['PYTHONPATH']}",
-            *CLI,
-            "pipe",
-            "--to",
-            a.peer_id,
-            "--port",
-            str(sshd["port"]),
-        ]
-    )
-    result = subprocess.run(
-        [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-i",
-            str(sshd["key"]),
-            "-o",
-            f"ProxyCommand={proxy}",
-            "root@device",
-            "echo through-the-tunnel; echo $((6*7))",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = ssh_through_pipe(b, a, sshd["port"], sshd["key"], "echo through-the-tunnel; echo $((6*7))")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "through-the-tunnel\n42\n"
     assert "path direct" in result.stderr  # our status line, on ssh's stderr

@@ -14,9 +14,8 @@ import sys
 from discretpeer import Identity, Peer
 from discretpeer.cli.control import ControlServer
 from discretpeer.cli.session import describe_beacons
-from discretpeer.tokens import MeetingKeys
 from tests.cli.conftest import ROOT, clean_env
-from tests.conftest import beacon_entry, running_beacon
+from tests.conftest import beacon_entry, crowd_meeting, running_beacon
 
 
 async def doctor(home, control, beacon) -> dict:
@@ -52,13 +51,7 @@ async def test_doctor_reports_a_token_refused_as_full(tmp_path):
             tmp_path / "c" / "expose.sock", lambda: {"kind": "expose", "beacons": describe_beacons(late)}
         )
         try:
-            for peer in holders:
-                await peer.start()
-                await peer.listen(meeting, expect=None)
-            for _ in range(100):
-                if all(len(server.meetings.holders(t)) == 2 for t in MeetingKeys.derive(meeting).tokens()):
-                    break
-                await asyncio.sleep(0.02)
+            await crowd_meeting(server, holders, meeting)
             await late.start()
             await control.start()
             quiet = await doctor(tmp_path / "home", control.path, server)

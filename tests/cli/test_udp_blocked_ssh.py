@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli.conftest import CLI, Beacon, Node
+from tests.cli.conftest import Beacon, Node, ssh_through_pipe, sshd_argv
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
 
@@ -41,21 +41,8 @@ def netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         beacon = Beacon(base / "beacon", prefix)
         root = base / "ssh"
         root.mkdir()
-        for key in ("hostkey", "client"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / key)], check=True)
-        (root / "authorized_keys").write_bytes((root / "client.pub").read_bytes())
-        os.chmod(root / "authorized_keys", 0o600)
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         port = 2222
-        (root / "sshd_config").write_text(
-            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'hostkey'}\n"
-            f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-            f"PidFile {root / 'sshd.pid'}\nLogLevel ERROR\n"
-        )
-        sshd = subprocess.Popen(
-            [*prefix, "/usr/sbin/sshd", "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")]
-        )
+        sshd = subprocess.Popen([*prefix, *sshd_argv(root, port)])
         deadline = time.monotonic() + 10
         while (
             subprocess.run(
@@ -87,42 +74,13 @@ def test_ssh_through_pipe_from_a_network_that_blocks_udp(netns):
         assert "no beacon answered over UDP" in report.stdout, report.stdout
         expose = a.start("expose", str(netns["ssh_port"]), "--allow", b.peer_id, "--json", name="expose")
         expose.wait_event("exposing")
-        proxy = " ".join(
-            [
-                "env",
-                f"HOME={b.home}",
-                f"PYTHONPATH={b.env['PYTHONPATH']}",
-                *CLI,
-                "pipe",
-                "--to",
-                a.peer_id,
-                "--port",
-                str(netns["ssh_port"]),
-            ]
-        )
-        result = subprocess.run(
-            [
-                *prefix,
-                "ssh",
-                "-F",
-                "/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "-i",
-                str(netns["key"]),
-                "-o",
-                f"ProxyCommand={proxy}",
-                "root@device",
-                "echo through-tcp; head -c 300000 /dev/zero | wc -c",
-            ],
-            capture_output=True,
-            text=True,
+        result = ssh_through_pipe(
+            b,
+            a,
+            netns["ssh_port"],
+            netns["key"],
+            "echo through-tcp; head -c 300000 /dev/zero | wc -c",
+            prefix=prefix,
             timeout=90,
         )
         assert result.returncode == 0, result.stderr

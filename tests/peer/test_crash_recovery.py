@@ -10,83 +10,24 @@ idle timeout. Without a restart, clients declare the beacon lost after missed Po
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from discretpeer import Identity, Peer
+from discretpeer import Peer
+from tests.peer.beacon_process import BeaconProcess, loopback_peer
+from tests.peer.beacon_process import beacon_process as shared_beacon_process
 
-ROOT = Path(__file__).resolve().parents[2]
 GOAL = 10.0  # seconds: waiting peers meet again after kill -9 + restart (issue 12)
 # a waiting client is silent between two keepalive Pings (at most 8 s), then 3 Pings go unanswered
 # (1 s each): the longest it may take to declare a dead beacon lost
 NOTICE_BOUND = 13.0
 
 
-class BeaconProcess:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.process: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self.fingerprint = ""
-
-    async def start(self) -> float:
-        """Start (on the previous port after a kill); return the loop time it said ``ready``."""
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "beacon",
-            "--dir",
-            str(self.directory),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--no-ipv6",
-            "--loop",
-            "asyncio",
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        while True:
-            line = (await asyncio.wait_for(self.process.stdout.readline(), 15)).decode().strip()
-            assert line, f"beacon exited early: {(await self.process.stderr.read()).decode()}"
-            if line.startswith("certificate hash: "):
-                self.fingerprint = line.split(": ", 1)[1]
-            elif line.startswith("listening on "):
-                self.port = int(line.rsplit(":", 1)[1])
-            elif line == "ready":
-                return asyncio.get_running_loop().time()
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()  # SIGKILL: no goodbye to anyone
-        await self.process.wait()
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-
-    @property
-    def entry(self) -> dict[str, str]:
-        return {"hostname": f"127.0.0.1:{self.port}", "cert_hash": self.fingerprint}
-
-
 @asynccontextmanager
 async def beacon_process(tmp_path: Path) -> AsyncIterator[BeaconProcess]:
-    beacon = BeaconProcess(tmp_path / "beacon")
-    await beacon.start()
-    try:
+    async with shared_beacon_process(tmp_path / "beacon", "--loop", "asyncio") as beacon:
         yield beacon
-    finally:
-        await beacon.stop()
-
-
-def loopback_peer(beacon: BeaconProcess, **kwargs) -> Peer:
-    return Peer(Identity.generate(), [beacon.entry], host="127.0.0.1", **kwargs)
 
 
 async def until(predicate, timeout: float, what: str) -> float:

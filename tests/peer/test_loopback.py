@@ -15,8 +15,7 @@ import pytest
 
 from certs import create_bundle
 from discretpeer import ConnectError, Identity, Peer
-from discretpeer.tokens import MeetingKeys
-from tests.conftest import beacon_entry, running_beacon
+from tests.conftest import beacon_entry, crowd_meeting, running_beacon
 
 HERE = Path(__file__).parent
 
@@ -479,13 +478,7 @@ async def test_token_refused_as_full_is_reported_in_connect_error(make_beacon):
         meeting = "a crowded meeting"
         holders = [Peer(Identity.generate(), entry, host=host) for host in ("127.0.0.2", "127.0.0.3")]
         try:
-            for peer in holders:
-                await peer.start()
-                await peer.listen(meeting, expect=None)
-            for _ in range(100):  # both tokens (this window's and the last) held twice
-                if all(len(server.meetings.holders(t)) == 2 for t in MeetingKeys.derive(meeting).tokens()):
-                    break
-                await asyncio.sleep(0.02)
+            await crowd_meeting(server, holders, meeting)
             async with loopback_peer(Identity.generate(), entry) as late:
                 with pytest.raises(ConnectError) as info:
                     await late.connect(meeting, expect=None, timeout=1.5)
@@ -513,13 +506,7 @@ async def test_token_refused_as_full_is_announced_again_when_a_place_frees(make_
         meeting = "a crowded meeting"
         holders = [Peer(Identity.generate(), entry, host=host) for host in ("127.0.0.2", "127.0.0.3")]
         try:
-            for peer in holders:
-                await peer.start()
-                await peer.listen(meeting, expect=None)
-            for _ in range(100):
-                if all(len(server.meetings.holders(t)) == 2 for t in MeetingKeys.derive(meeting).tokens()):
-                    break
-                await asyncio.sleep(0.02)
+            await crowd_meeting(server, holders, meeting)
             async with loopback_peer(Identity.generate(), entry) as late:
                 attempt = asyncio.ensure_future(late.connect(meeting, expect=holders[1].peer_id, timeout=8))
                 for _ in range(100):

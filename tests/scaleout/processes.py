@@ -14,14 +14,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def write_beacon_config(directory: Path, settings: dict) -> None:
+    """``directory/Beacon.conf.toml`` with these top-level settings (strings, numbers, booleans)."""
+    lines = [f"{k} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}" for k, v in settings.items()]
+    (directory / "Beacon.conf.toml").write_text("\n".join(lines) + "\n")
+
+
 class BeaconProcess:
     """``python -m beacon --dir DIR`` with a Beacon.conf.toml written from ``settings``."""
 
     def __init__(self, directory: Path, settings: dict, *extra: str) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        lines = [f"{k} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}" for k, v in settings.items()]
-        (self.directory / "Beacon.conf.toml").write_text("\n".join(lines) + "\n")
+        write_beacon_config(self.directory, settings)
         self.ready_file = self.directory / "ready.json"
         self.extra = extra
         self.process: subprocess.Popen[str] | None = None

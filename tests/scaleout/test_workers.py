@@ -43,6 +43,18 @@ async def clients_on_each_worker(beacon: BeaconProcess, workers: int, tries: int
     return [by_worker[i] for i in range(workers)]
 
 
+async def meet(a, b) -> bytes:
+    """A announces a fresh token, then B (on another worker): each is introduced to the other.
+    Returns the token."""
+    token = os.urandom(32)
+    a.announce(add=[token])
+    await asyncio.sleep(0.2)
+    b.announce(add=[token])
+    assert (await b.expect(wire.Introduction)).instance == a.instance
+    assert (await a.expect(wire.Introduction)).instance == b.instance
+    return token
+
+
 async def test_workers_share_the_tls_tcp_port_too(redis_server, tmp_path):
     """Every worker serves TLS/TCP on the beacon's port number (SO_REUSEPORT, as UDP): before,
     the second worker could not bind it and, with a fixed port, died at every restart."""
@@ -96,12 +108,7 @@ def test_steering_program_is_six_instructions():
 async def test_peers_on_two_workers_meet_and_metrics_are_labelled(two_workers):
     a, b = await clients_on_each_worker(two_workers, 2)
     try:
-        token = os.urandom(32)
-        a.announce(add=[token])
-        await asyncio.sleep(0.2)
-        b.announce(add=[token])
-        assert (await b.expect(wire.Introduction)).instance == a.instance
-        assert (await a.expect(wire.Introduction)).instance == b.instance
+        await meet(a, b)
         text = urllib.request.urlopen(two_workers.facts["metrics"], timeout=5).read().decode()
         assert 'beacon_introductions_total{worker="0"} 1.0' in text
         assert 'beacon_introductions_total{worker="1"} 1.0' in text
@@ -190,12 +197,7 @@ async def test_two_workers_survive_a_redis_restart(tmp_path):
     try:
         a, b = await clients_on_each_worker(beacon, 2)
         try:
-            token = os.urandom(32)
-            a.announce(add=[token])
-            await asyncio.sleep(0.2)
-            b.announce(add=[token])
-            assert (await b.expect(wire.Introduction)).instance == a.instance
-            assert (await a.expect(wire.Introduction)).instance == b.instance
+            token = await meet(a, b)
             redis.stop()
             deadline = time.monotonic() + 15
             while not all(line.endswith(" 0.0") for line in connected()):
