@@ -136,8 +136,8 @@ class PortMapper:
         """Stop renewing and delete the mapping (one bounded try)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            # bounded: a UPnP call in flight may take its own time to notice the cancellation
+            await asyncio.wait({self._task}, timeout=timeout)
         mapping, self.status.mapping = self.status.mapping, None
         if mapping is not None:
             with contextlib.suppress(Exception):

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import socket
+import sys
+import threading
 from typing import Any
 from urllib.parse import urlparse
 
@@ -24,6 +27,40 @@ WAN_SERVICES = ("WANIPConnection", "WANPPPConnection")
 DESCRIPTION = "discretpeer"
 
 
+_UPNP_MODULES = ("async_upnp_client.aiohttp", "async_upnp_client.client_factory", "async_upnp_client.search")
+
+
+async def _import_off_the_loop(timeout: float) -> None:
+    """Import the UPnP client (aiohttp and friends) in a daemon thread, bounded: the import is
+    heavy and was seen to stall for tens of seconds inside the NAT lab's namespaces, which on the
+    event loop froze every connection of the peer. A stalled import makes UPnP fail (like a
+    silent gateway); a daemon thread never holds up the process's exit."""
+    if all(name in sys.modules for name in _UPNP_MODULES):
+        return
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if not done.done():
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+    def work() -> None:
+        error: BaseException | None = None
+        try:
+            for name in _UPNP_MODULES:
+                importlib.import_module(name)
+        except BaseException as exc:  # noqa: BLE001 - reported to the waiting coroutine
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop may be closed by then
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=work, name="upnp-import", daemon=True).start()
+    await asyncio.wait_for(asyncio.shield(done), timeout)
+
+
 class UpnpMapper:
     """Finds the IGD once, then maps/unmaps UDP ports on it."""
 
@@ -34,6 +71,7 @@ class UpnpMapper:
         self._local_ip: str | None = None
 
     async def _find(self) -> Any:
+        await _import_off_the_loop(self.timeout)
         from async_upnp_client.aiohttp import AiohttpRequester
         from async_upnp_client.client_factory import UpnpFactory
         from async_upnp_client.search import async_search
