@@ -26,7 +26,11 @@ from tests.conftest import beacon_entry
 from tests.peer.test_tcp_fallback import tcp_only_entry
 
 TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
-pytestmark = pytest.mark.skipif(not Path(TINYPROXY).exists(), reason="tinyproxy is installed by scripts/test.sh")
+# a missing tinyproxy skips on a developer machine (scripts/test.sh installs it as root); under CI it fails
+pytestmark = pytest.mark.skipif(
+    not Path(TINYPROXY).exists() and not os.environ.get("CI"),
+    reason="tinyproxy is not installed (scripts/test.sh installs it)",
+)
 
 
 def free_port() -> int:
