@@ -122,7 +122,8 @@ class MeetingTable:
         withdraw: Iterable[bytes] = (),
         candidates: tuple[Address, ...] | None = None,
     ) -> Announced:
-        """Withdraw, then add tokens; ``candidates`` (if not None) replaces the reported ones.
+        """Withdraw, then add tokens; ``candidates`` (if not None) replaces the reported ones, and
+        if they changed, everyone already introduced to ``key`` is introduced to it again.
 
         Raises :class:`TooManyTokens` (without changing anything) if the result would exceed the
         per-connection cap. Adding a token already held does nothing (no duplicate introduction)."""
@@ -131,9 +132,14 @@ class MeetingTable:
         new = tokens_to_add(member.tokens, add, withdraw_set, self.max_tokens_per_connection)
         for token in withdraw_set:
             self._unhold(key, member, token)
-        if candidates is not None:
-            member.candidates = tuple(candidates)
         introductions: list[tuple[Key, Introduction]] = []
+        if candidates is not None and tuple(candidates) != member.candidates:
+            member.candidates = tuple(candidates)
+            # new addresses (a port mapping granted, an interface up) after an introduction: tell
+            # those it met, or a pair that met before a gateway answered would stay on the relay
+            for token, met in member.met.items():
+                for other_key in met:
+                    introductions.append((other_key, _introduce(token, member)))
         full: list[bytes] = []
         evicted: list[tuple[Key, bytes]] = []
         for token in new:

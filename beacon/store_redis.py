@@ -388,8 +388,9 @@ class RedisStore:
         new = tokens_to_add(local.tokens, add, withdraw_set, self.max_tokens_per_connection)
         for token in withdraw_set:
             self._unhold(key, local, token)
-        if candidates is not None:
+        if candidates is not None and tuple(candidates) != local.candidates:
             local.candidates = tuple(candidates)
+            self._reintroduce(key, local)
         for token in new:
             local.tokens[token] = None
         if self._degraded_table is not None:
@@ -397,6 +398,20 @@ class RedisStore:
             return self._apply_local(key, result)
         self._push(("announce", key, list(withdraw_set), new, candidates is not None))
         return None
+
+    def _reintroduce(self, key: Key, local: _Local) -> None:
+        """``key`` reported new addresses: introduce it again to those it met (as the in-memory
+        table does), here directly, on other workers by a message they accept only from a
+        connection they were introduced to."""
+        assert self._hooks is not None
+        for token, met in local.met.items():
+            intro = Introduction(token, local.instance, local.observed, local.candidates)
+            for other in met:
+                if other in self._local:
+                    self._hooks.introduce(other, intro)
+                elif isinstance(other, str):
+                    message = {"k": "update", "from": self._gkey(key), **_intro_to_json(intro)}
+                    self._push(("publish", other, message))
 
     def introduced(self, key: Key, token: bytes, instance: bytes) -> list[Key]:
         local = self._local.get(key)
@@ -632,6 +647,11 @@ class RedisStore:
             if self._remember(key, intro.token, message["from"], intro.instance):
                 self.remote_introductions += 1
                 self._hooks.introduce(key, intro)
+        elif kind == "update":
+            intro = _intro_from_json(message)
+            partners = self._local[key].met.get(intro.token, {})
+            if partners.get(message["from"]) == intro.instance:  # only from one it was introduced to
+                self._hooks.introduce(key, intro)
         elif kind == "evicted":
             token = bytes.fromhex(message["tok"])
             local = self._local[key]
@@ -754,6 +774,15 @@ def check_reachable(options: RedisOptions) -> None:
             client.close()
     except Exception as exc:  # noqa: BLE001 - any failure to reach it means the same here
         raise StoreUnavailable(f"cannot reach the store {options.url}: {_reason(exc)}") from None
+
+
+def _intro_to_json(intro: Introduction) -> dict[str, str]:
+    return {
+        "tok": intro.token.hex(),
+        "inst": intro.instance.hex(),
+        "obs": _encode_address(intro.observed),
+        "cand": _encode_candidates(intro.candidates),
+    }
 
 
 def _intro_from_json(message: dict[str, Any]) -> Introduction:

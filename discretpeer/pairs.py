@@ -131,6 +131,7 @@ class PairDriver:
         self.by_protocol: dict[PeerProtocol, Pair] = {}
         self.wake = asyncio.Event()
         self.birthday = BirthdayDriver(self)
+        self.on_direct: Callable[[], None] = lambda: None  # a relayed connection moved to a direct path
         self.relay = RelayRoutes(
             stats,
             find_pair=self._find_pair,
@@ -492,8 +493,11 @@ class PairDriver:
         if target is None:
             return
         pair.rebind = None
+        was_relayed = route.kind == "relay"
         if route.use_direct(target.address):
             self.stats.path_switches += 1
             connection._set_path(self.path_kind(target))  # noqa: SLF001 - our own connection class
             pair.state.switched(connection.path)
             log.info("path switched", peer=connection.peer_id, path=connection.path, remote=target.address)
+            if was_relayed:
+                self.on_direct()

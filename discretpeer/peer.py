@@ -138,6 +138,7 @@ class Peer(FailureReport):
         )
         self._pairs = self._driver.pairs
         self._driver.birthday.spawn = self._spawn
+        self._driver.on_direct = self._sync_tokens  # a relayed meeting went direct: withdraw it
         bundle = create_bundle("discretpeer", private_key=identity.private_key)
         self._server_config = peer_quic_configuration(is_client=False, max_datagram_size=self._max_datagram_size)
         self._server_config.certificate = bundle.certificate
@@ -321,7 +322,13 @@ class Peer(FailureReport):
         self._sync_tokens()
 
     def _sync_tokens(self) -> None:
+        """Announce the meetings someone waits on, and those with a relayed connection: the beacon
+        must still introduce that pair when an address changes (a port mapping granted late), or
+        the connection could never move to the direct path that then opens."""
         tokens = self._book.wanted_tokens()
+        for pair in self._pairs.values():
+            if pair.connection is not None and not pair.connection.closed and pair.connection.path == "relay":
+                tokens.update(pair.meeting.tokens)
         for client in self._clients:
             client.set_tokens(tokens)
         if self._lan is not None:

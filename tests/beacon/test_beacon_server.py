@@ -161,6 +161,18 @@ async def test_candidates_are_replaced(connect):
     assert (await b.expect(wire.Introduction)).candidates == (Address("10.2.2.2", 2000),)
 
 
+async def test_new_candidates_after_the_introduction_reach_the_partner(connect):
+    """A port mapping granted after two peers met: the partner hears of it (else it stays relayed)."""
+    a, b, t = await met_pair(connect)
+    mapped = (Address("198.51.100.7", 4242),)
+    a.announce(candidates=mapped)
+    update = await b.expect(wire.Introduction)
+    assert (update.token, update.instance, update.candidates) == (t, a.instance, mapped)
+    await a.expect_nothing(0.1)
+    a.announce(candidates=mapped)  # unchanged: nobody is told again
+    await b.expect_nothing(0.2)
+
+
 async def test_ping_pong(connect):
     a = await connect()
     a.send(wire.Ping(nonce=123456789))

@@ -166,6 +166,22 @@ def test_introductions_are_remembered_while_both_hold_the_token():
     assert t.introduced(1, T1, inst(2)) == []
 
 
+def test_new_candidates_are_introduced_again_to_those_already_met():
+    """A port mapping granted after the introduction: the others learn it (or they stay relayed)."""
+    t = table()
+    t.announce(1, [T1, T2])
+    t.announce(2, [T1])
+    t.announce(3, [T2])
+    t.announce(4, [T3])
+    mapped = (Address("198.51.100.7", 4242),)
+    intros = t.announce(1, candidates=mapped).introductions
+    assert sorted((k, i.token) for k, i in intros) == [(2, T1), (3, T2)]  # not 4: never met
+    assert all(i.instance == inst(1) and i.candidates == mapped for _, i in intros)
+    assert t.announce(1, candidates=mapped).introductions == []  # unchanged: nothing
+    t.announce(3, withdraw=[T2])
+    assert [k for k, _ in t.announce(1, candidates=()).introductions] == [2]
+
+
 ops = st.lists(
     st.tuples(
         st.sampled_from(["announce", "withdraw", "remove", "join"]),

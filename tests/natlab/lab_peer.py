@@ -93,11 +93,27 @@ async def hold(conn: PeerConnection, role: str, seconds: float, started: float) 
         watcher.cancel()
 
 
+def slow_gateway(seconds: float) -> None:
+    """A gateway whose UPnP answers only after ``seconds`` (real ones take that long at times):
+    the mapping then arrives after the pair met."""
+    from discretpeer.portmap.upnp import UpnpMapper
+
+    find = UpnpMapper._find
+
+    async def late_find(self: UpnpMapper) -> object:
+        await asyncio.sleep(seconds)
+        return await find(self)
+
+    UpnpMapper._find = late_find  # type: ignore[method-assign]  # the test's slow gateway
+
+
 async def main(config: dict) -> None:
     if config.get("proxy"):
         os.environ["HTTPS_PROXY"] = config["proxy"]  # as a user behind a proxy would have it
     identity = Identity.load(config["identity"])
     marker = config.get("marker", "MARKER").encode()
+    if config.get("upnp_delay"):
+        slow_gateway(float(config["upnp_delay"]))
     async with Peer(
         identity,
         config.get("beacons", []),

@@ -84,6 +84,31 @@ async def test_peers_on_two_machines_meet(redis_server):
             await b.expect_nothing(0.1)
 
 
+async def test_new_candidates_reach_those_met_on_another_machine(redis_server):
+    """A port mapping granted after the introduction reaches the partner wherever it landed."""
+    async with beacons(redis_server.url) as (one, two), clients(one, two, one) as (a, b, c):
+        token = os.urandom(32)
+        a.announce(add=[token])
+        await wait_for(lambda: one.store.holders(token))
+        b.announce(add=[token])
+        await b.expect(wire.Introduction)
+        await a.expect(wire.Introduction)
+        c.announce(add=[token])  # c on a's machine: met locally
+        assert {(await a.expect(wire.Introduction)).instance, (await b.expect(wire.Introduction)).instance} == {
+            c.instance
+        }
+        await c.expect(wire.Introduction)
+        await c.expect(wire.Introduction)
+        mapped = (wire.Address("198.51.100.7", 4242),)
+        a.announce(candidates=mapped)
+        for other in (b, c):
+            update = await other.expect(wire.Introduction)
+            assert (update.instance, update.token, update.candidates) == (a.instance, token, mapped)
+        a.announce(candidates=mapped)  # the same again: nobody hears of it
+        await b.expect_nothing(0.3)
+        await c.expect_nothing(0.1)
+
+
 async def test_token_bounds_are_global(redis_server):
     # 2 places per token; every client comes from 127.0.0.1, so the third is refused wherever it lands
     async with beacons(redis_server.url, max_peers_per_token=2) as (one, two), clients(one, two, two) as (a, b, c):
