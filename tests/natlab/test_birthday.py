@@ -22,7 +22,8 @@ def test_symmetric_to_port_restricted_goes_direct_by_birthday_probing(lab: Lab, 
     lab.set_delay(DELAY_MS)
     _, entry = start_beacon_with_behaviour_port(lab, tmp_path)
     times, direct = [], 0
-    for _ in range(RUNS):
+    runs = max(RUNS, 2)  # probabilistic (29/30 direct in the benchmark): one miss of two is allowed
+    for _ in range(runs):
         events_a, events_b = run_pair(lab, tmp_path, "A1", "B1", entry, hold=5)
         ca = first(events_a, "connected")
         paths = [e["path"] for e in events_a if e["event"] == "path"]
@@ -41,5 +42,5 @@ def test_symmetric_to_port_restricted_goes_direct_by_birthday_probing(lab: Lab, 
         print(
             f"birthday: final {final}, A {stats_a['birthday_packets']} packets, B {stats_b['birthday_packets']} probes"
         )
-    assert direct >= RUNS - 1, f"{direct}/{RUNS} direct"
+    assert direct >= runs - 1, f"{direct}/{runs} direct"
     record("symmetric ↔ port_restricted, birthday probing", "direct", times)

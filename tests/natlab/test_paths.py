@@ -128,7 +128,7 @@ def test_beacon_restart_during_a_relayed_session(lab: Lab, tmp_path: Path) -> No
         restarted["at"] = time.monotonic()
         start_beacon(lab, tmp_path)  # same directory: same certificate, same hash
 
-    events_a, events_b = run_pair(lab, tmp_path, "A1", "B1", entry, hold=20, during=during, payload=0)
+    events_a, events_b = run_pair(lab, tmp_path, "A1", "B1", entry, hold=14, during=during, payload=0)
     lost = first(events_a, "conn_lost")
     again = first(events_a, "reconnected")
     held = first(events_a, "held")
