@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -77,9 +78,45 @@ def _ports(value: Any) -> str | None:
 
 
 def _store_url(value: Any) -> str | None:
-    if value == "memory" or value.split("://", 1)[0] in ("redis", "rediss", "valkey", "valkeys", "unix"):
+    if value == "memory" or _scheme(value) in ("redis", "rediss", "valkey", "valkeys", "unix"):
         return None
     return 'must be "memory" or a URL redis://host:port/db (rediss:// for TLS, unix:///path.sock)'
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+MAX_PEM_FILE = 4 * 1024 * 1024  # a system CA bundle is ~200 KB
+
+
+def _pem_file(value: Any) -> str | None:
+    """Empty, or a readable regular file (a CA bundle, a certificate, a key: checked together later)."""
+    if not value:
+        return None
+    try:
+        read_small_file(Path(value), MAX_PEM_FILE)
+    except FileNotFoundError:
+        return "no such file"
+    except SmallFileError as exc:
+        return str(exc).removeprefix(f"{value}: ")
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    except ValueError:  # a NUL in the name
+        return "not a file name"
+    return None
+
+
+def _ca_file(value: Any) -> str | None:
+    problem = _pem_file(value)
+    if problem or not value:
+        return problem
+    try:
+        text = read_small_file(Path(value), MAX_PEM_FILE).decode("ascii", "replace")
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
+    except (OSError, SmallFileError, ValueError):  # ssl.SSLError is an OSError
+        return "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    return None
 
 
 def _setting(
@@ -241,10 +278,22 @@ class BeaconConfig:
         _store_url,
     )
     store_password: str = _setting("", "Password for the store (AUTH); empty = none or the one in the URL.")
-    store_tls: bool = _setting(False, "Connect to the store with TLS (the same as a rediss:// URL).")
-    store_tls_ca_file: str = _setting(
-        "", "CA certificate file that signs the store's TLS certificate (empty = the system's CAs)."
+    store_tls: bool = _setting(
+        False,
+        "Connect to the store with TLS even with a redis:// URL (a rediss:// URL always uses TLS). The store's "
+        "certificate must chain to store_tls_ca_file (or the system's CAs) and name the host of the URL.",
     )
+    store_tls_ca_file: str = _setting(
+        "",
+        "PEM file (absolute path) of the CA that signs the store's TLS certificate (empty = the system's CAs).",
+        _ca_file,
+    )
+    store_tls_cert_file: str = _setting(
+        "",
+        "PEM client certificate for a store that asks for one (Redis tls-auth-clients yes, its default); empty = none.",
+        _pem_file,
+    )
+    store_tls_key_file: str = _setting("", "PEM private key of store_tls_cert_file (not encrypted).", _pem_file)
     store_ttl_seconds: int = _setting(
         30,
         "A connection's entry in the store expires this long after its worker last refreshed it (dead workers).",
@@ -375,7 +424,39 @@ def from_mapping(values: Mapping[str, Any], *, source: str = "settings") -> Beac
     for follower, leader in _FOLLOWERS.items():
         if follower not in values and leader in values:
             values[follower] = values[leader]
-    return BeaconConfig(**{name: _coerce(name, value, source) for name, value in values.items()})
+    config = BeaconConfig(**{name: _coerce(name, value, source) for name, value in values.items()})
+    _check_store_tls(config, source)
+    return config
+
+
+def _check_store_tls(c: BeaconConfig, source: str) -> None:
+    """The store's TLS settings, together (each alone was checked by :func:`_coerce`)."""
+    if c.store == "memory":
+        return
+    tls = c.store_tls or _scheme(c.store) in ("rediss", "valkeys")
+    if tls and _scheme(c.store) == "unix":
+        raise ConfigError(f"{source}: key 'store_tls': TLS needs a TCP URL (rediss://host:port/db), not unix://")
+    for name in ("store_tls_ca_file", "store_tls_cert_file", "store_tls_key_file"):
+        if getattr(c, name) and not tls:
+            raise ConfigError(
+                f"{source}: key '{name}': only used with TLS: make store a rediss:// URL or set store_tls = true"
+            )
+    if bool(c.store_tls_cert_file) != bool(c.store_tls_key_file):
+        given, missing = (
+            ("store_tls_cert_file", "store_tls_key_file")
+            if c.store_tls_cert_file
+            else ("store_tls_key_file", "store_tls_cert_file")
+        )
+        raise ConfigError(f"{source}: key '{missing}': needed with {given}")
+    if c.store_tls_cert_file:
+        try:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.load_cert_chain(c.store_tls_cert_file, c.store_tls_key_file, password=lambda: b"")
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(
+                f"{source}: key 'store_tls_key_file': {c.store_tls_key_file} and {c.store_tls_cert_file} "
+                f"are not a certificate and its unencrypted private key ({getattr(exc, 'reason', None) or exc})"
+            ) from None
 
 
 # Earlier templates wrote this line uncommented, so that changing `port` left IPv6 on 4264.

@@ -301,6 +301,9 @@ class RelayTable:
         self.forwarded_datagrams += 1
         return receiver.via, receiver.address
 
+    def session(self, session_id: bytes) -> RelaySession | None:
+        return self._sessions.get(session_id)
+
     def rebind(self, session: RelaySession, conn: Key, address: SocketAddress) -> None:
         """``conn``'s connection migrated to ``address`` and QUIC validated that path: its side of
         the session follows (the server checks the validation; nothing else moves a side)."""

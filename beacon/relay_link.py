@@ -24,11 +24,19 @@
   then 0xFF (no worker index: the kernel hashes by 4-tuple, which brings a peer's datagrams to the
   worker that took its handshake, its holder).
 
+**NAT rebinding.** A side held by the owner follows its peer as on a single beacon (the session
+moves once QUIC validated the new path). A side held by another worker of the same machine: its
+datagrams still reach the owner (steered by the session ID) but its connection, and so the
+validated paths, live on that worker; the owner asks it (``relay_where``, at most 4 questions per
+session per second) and moves the side when it answers ``relay_moved`` (its connection validated
+that address); datagrams are dropped meanwhile, as while QUIC validates a path. A peer on another
+machine is known to the owner by the address it had at grant time, whatever happens later: its
+holder's proxy keeps that name on the link and moves only where it sends to and accepts from
+(``current``), to a path the peer's own connection validated. Nothing crosses the link for that.
+
 "Both peers are told to use one beacon address" would avoid the link, but the grant carries no
 address on the wire and a peer's NAT mapping towards another host is a new, unpunched mapping; the
-relay exists because the peers' NATs are hard. What remains: a peer on another machine whose NAT
-rebinds during a relay session loses it (its holder's proxy is bound to the validated address at
-grant time; the peer asks again).
+relay exists because the peers' NATs are hard.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import hashlib
 import hmac
 import ipaddress
 import struct
-from typing import Any, NamedTuple
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -88,13 +96,17 @@ def unseal(key: bytes, datagram: bytes) -> tuple[SocketAddress, bytes] | None:
     return _unpack_address(body[: _ADDR.size]), body[_ADDR.size :]
 
 
-class Proxy(NamedTuple):
+class Proxy:
     """On the holder of a peer whose session is owned on another machine."""
 
-    key: Any  # the local connection
-    address: SocketAddress  # its validated address when granted
-    owner_link: SocketAddress
-    via: Any  # the public endpoint to send to the peer from
+    __slots__ = ("key", "address", "owner_link", "via", "current")
+
+    def __init__(self, key: Any, address: SocketAddress, owner_link: SocketAddress, via: Any) -> None:
+        self.key = key  # the local connection
+        self.address = address  # its validated address when granted: the owner's name for this side
+        self.owner_link = owner_link
+        self.via = via  # the public endpoint to send to the peer from
+        self.current = address  # where the peer is now: moves to a new path its connection validated
 
 
 class LinkVia:

@@ -358,6 +358,7 @@ class BeaconServer:
         self._sid_byte: int | None = worker_index
         self._remote_links: dict[str, tuple[str, tuple[str, int]]] = {}  # connection elsewhere → machine, link
         self._remote_sessions: dict[int, dict[bytes, str]] = {}  # local conn → session → owner node
+        self._where_asked: dict[bytes, tuple[float, int]] = {}  # session → window start, questions
         self.relay = RelayTable(
             relay_quota(c),
             **({"random": self._session_id} if worker_index is not None or self.store.shared else {}),
@@ -1027,8 +1028,8 @@ class BeaconServer:
         if link is not None and link.proxies:
             proxy = link.proxies.get(data[1:RELAY_HEADER_SIZE])
             if proxy is not None:  # its session is owned on another machine: over the link
-                if source == proxy.address:
-                    link.send(proxy.owner_link, source, data)
+                if source == proxy.current or self._proxy_follows(proxy, source, endpoint):
+                    link.send(proxy.owner_link, proxy.address, data)  # the owner's name for this side
                 return
         relay = self.relay
         target = relay.route(data, source, self._loop.time(), endpoint)  # type: ignore[union-attr]  # the loop is set once the server started
@@ -1044,15 +1045,45 @@ class BeaconServer:
 
     def _follow_migration(self, session: RelaySession, source: tuple[str, int]) -> bool:
         """A side's beacon connection moved to ``source`` (NAT rebinding) and QUIC validated the
-        new path: the session follows. Anything else from ``source`` stays dropped."""
+        new path: the session follows. Anything else from ``source`` stays dropped. A side held by
+        another worker of this machine: that worker is asked (it answers ``relay_moved`` only if
+        its connection validated ``source``); the datagrams that follow get through."""
         for side in session.sides():
-            peer = self._peers.get(side.conn)  # type: ignore[call-overload]  # a local connection key here (another worker's keys are str)
+            if isinstance(side.conn, str):
+                if not isinstance(side.via, LinkVia):  # across machines the holder's proxy follows
+                    self._ask_where(session.session_id, side.conn, source)
+                continue
+            peer = self._peers.get(side.conn)  # type: ignore[call-overload]  # a local connection key here (str ones were handled above)
             if peer is None or peer.gone:
                 continue
             if source in peer.protocol.validated_paths():
                 self.relay.rebind(session, side.conn, source)
                 return True
         return False
+
+    def _ask_where(self, session_id: bytes, holder: str, source: tuple[str, int]) -> None:
+        """At most 4 questions per session per second, whatever sprays datagrams at it."""
+        assert self._loop is not None
+        now = self._loop.time()
+        start, count = self._where_asked.get(session_id, (now, 0))
+        if now - start >= 1.0:
+            start, count = now, 0
+        if count >= 4:
+            return
+        if len(self._where_asked) > 2 * self.relay.quota.max_sessions:
+            self._where_asked.clear()
+        self._where_asked[session_id] = (start, count + 1)
+        message = {"k": "relay_where", "sid": session_id.hex(), "addr": list(source), "owner": self.store.node}  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
+        self._store_send(holder, message)
+
+    def _proxy_follows(self, proxy: Proxy, source: tuple[str, int], endpoint: Any) -> bool:
+        """The peer of a session owned on another machine moved to ``source`` (NAT rebinding) and
+        its connection here validated that path: the proxy sends there and accepts from there."""
+        peer = self._peers.get(proxy.key)
+        if peer is None or peer.gone or endpoint is not proxy.via or source not in peer.protocol.validated_paths():
+            return False
+        proxy.current = source
+        return True
 
     def _drain_relay_endings(self) -> None:
         while self.relay.ended:
@@ -1192,6 +1223,17 @@ class BeaconServer:
             elif peer is not None:
                 self.metrics.relay_refusals.labels(code.name.lower()).inc()
                 self._send(peer, wire.Error(code=code, message=message["msg"], fatal=False))
+        elif kind == "relay_where" and key is not None:
+            # the owner saw this session's datagrams from a new address: is it our peer's?
+            peer = self._peers.get(key)
+            address = (message["addr"][0], int(message["addr"][1]))
+            if peer is not None and not peer.gone and address in peer.protocol.validated_paths():
+                moved = {"k": "relay_moved", "sid": message["sid"], "from": self.store.gkey(key), "addr": list(address)}  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
+                self._store_send(f"{message['owner']}:", moved)
+        elif kind == "relay_moved":
+            session = self.relay.session(bytes.fromhex(message["sid"]))
+            if session is not None:  # rebind moves only the side held by the worker that answered
+                self.relay.rebind(session, message["from"], (message["addr"][0], int(message["addr"][1])))
         elif kind == "relay_end_by":
             ended = self.relay.end_by(message["from"], bytes.fromhex(message["sid"]))
             if ended is not None:
@@ -1223,7 +1265,7 @@ class BeaconServer:
         proxy = self.link.proxies.get(data[1:RELAY_HEADER_SIZE])
         if proxy is not None:
             if address == proxy.address and source == proxy.owner_link:
-                proxy.via.sendto(data, address)
+                proxy.via.sendto(data, proxy.current)
             return
         target = self.relay.route(data, address, self._loop.time())
         if target is not None:

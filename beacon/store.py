@@ -130,6 +130,8 @@ def redis_options(config: Any) -> Any:
         password=config.store_password,
         tls=config.store_tls,
         tls_ca_file=config.store_tls_ca_file,
+        tls_cert_file=config.store_tls_cert_file,
+        tls_key_file=config.store_tls_key_file,
         ttl_seconds=config.store_ttl_seconds,
         start_degraded=config.store_start_degraded,
     )

@@ -46,6 +46,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import ssl
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
@@ -179,6 +180,8 @@ class RedisOptions:
     password: str = ""
     tls: bool = False
     tls_ca_file: str = ""
+    tls_cert_file: str = ""  # a client certificate, for a store that asks for one
+    tls_key_file: str = ""
     ttl_seconds: int = 30
     start_degraded: bool = False
 
@@ -250,17 +253,10 @@ class RedisStore:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
+        url, kwargs = connection_arguments(self.options)
         # no silent retries: a lost connection must be seen (this store re-publishes after it)
-        kwargs: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0, "retry": Retry(NoBackoff(), 0)}
-        if self.options.password:
-            kwargs["password"] = self.options.password
-        if self.options.tls and not self.options.url.startswith("rediss://"):
-            kwargs["ssl"] = True
-        if self.options.tls or self.options.url.startswith("rediss://"):
-            kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
-            if self.options.tls_ca_file:
-                kwargs["ssl_ca_certs"] = self.options.tls_ca_file
-        return aioredis.from_url(self.options.url, **kwargs)
+        kwargs.update(socket_connect_timeout=2.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 0))
+        return aioredis.from_url(url, **kwargs)
 
     async def start(self, hooks: StoreHooks) -> None:
         """Connect, load the scripts, subscribe. Raises :class:`StoreUnavailable` (one line naming
@@ -272,7 +268,7 @@ class RedisStore:
         except Exception as exc:  # noqa: BLE001 - any failure to reach it means the same here
             await self._close_client()
             if not self.options.start_degraded:
-                raise StoreUnavailable(f"cannot reach the store {self.options.url}: {_reason(exc)}") from None
+                raise StoreUnavailable(unreachable(self.options, exc)) from None
             self._lost(exc)
         else:
             self._connected = True
@@ -672,7 +668,7 @@ class RedisStore:
         self._queue.clear()
         self.failures += 1
         if self.log is not None:
-            self.log.warning("store_lost", url=self.options.url, error=_reason(exc))
+            self.log.warning("store_lost", url=shown_url(self.options.url), error=_reason(exc, self.options))
         # match among the connections held here until Redis is back (same rules)
         table = MeetingTable(self.max_tokens_per_connection, self.max_peers_per_token)
         for key, local in self._local.items():
@@ -705,7 +701,7 @@ class RedisStore:
                 continue
             self._republish()
             if self.log is not None:
-                self.log.info("store_back", url=self.options.url, connections=len(self._local))
+                self.log.info("store_back", url=shown_url(self.options.url), connections=len(self._local))
             return
 
     def _republish(self) -> None:
@@ -734,7 +730,7 @@ class RedisStore:
                 if run_id != self._run_id:  # restarted between two of our commands: it forgot us
                     self._run_id = run_id
                     if self.log is not None:
-                        self.log.warning("store_restarted", url=self.options.url)
+                        self.log.warning("store_restarted", url=shown_url(self.options.url))
                     self.failures += 1
                     self._republish()
                     continue
@@ -759,21 +755,15 @@ def check_reachable(options: RedisOptions) -> None:
     (the supervisor asks once before starting workers that would each fail)."""
     import redis
 
-    kwargs: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 2.0}
-    if options.password:
-        kwargs["password"] = options.password
-    if options.tls and not options.url.startswith("rediss://"):
-        kwargs["ssl"] = True
-    if options.tls_ca_file:
-        kwargs["ssl_ca_certs"] = options.tls_ca_file
     try:
-        client = redis.Redis.from_url(options.url, **kwargs)
+        url, kwargs = connection_arguments(options)
+        client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0, **kwargs)
         try:
             client.ping()
         finally:
             client.close()
     except Exception as exc:  # noqa: BLE001 - any failure to reach it means the same here
-        raise StoreUnavailable(f"cannot reach the store {options.url}: {_reason(exc)}") from None
+        raise StoreUnavailable(unreachable(options, exc)) from None
 
 
 def _intro_to_json(intro: Introduction) -> dict[str, str]:
@@ -801,6 +791,94 @@ def _int_or_none(text: str) -> int | None:
         return None
 
 
-def _reason(exc: BaseException) -> str:
+# --- TLS, URLs, errors --------------------------------------------------------------------------
+
+_TLS_SCHEMES = ("rediss", "valkeys")
+_TCP_SCHEMES = ("redis", "valkey", *_TLS_SCHEMES)
+
+
+def uses_tls(options: RedisOptions) -> bool:
+    """TLS with a ``rediss://`` (or ``valkeys://``) URL, or with ``tls`` on any TCP URL."""
+    return options.tls or options.url.partition("://")[0].lower() in _TLS_SCHEMES
+
+
+def connection_arguments(options: RedisOptions) -> tuple[str, dict[str, Any]]:
+    """The URL and keyword arguments for redis-py's ``from_url``.
+
+    ``valkey://``/``valkeys://`` become ``redis://``/``rediss://`` (redis-py knows only these), and
+    ``tls`` turns ``redis://`` into ``rediss://`` (redis-py's ``ssl=True`` is not a ``from_url``
+    argument). With TLS the store's certificate must chain to ``tls_ca_file`` (else the system's
+    CAs) and name the host of the URL; TLS 1.2 at least."""
+    scheme, _, rest = options.url.partition("://")
+    scheme = scheme.lower()
+    tls = uses_tls(options)
+    if scheme in _TCP_SCHEMES:
+        scheme = "rediss" if tls else "redis"
+    elif tls:
+        raise ValueError(f"TLS needs a TCP URL (rediss://host:port/db), not {scheme}://")
+    kwargs: dict[str, Any] = {}
+    if options.password:
+        kwargs["password"] = options.password  # one in the URL wins (redis-py's rule)
+    if tls:
+        kwargs.update(ssl_cert_reqs="required", ssl_check_hostname=True, ssl_min_version=ssl.TLSVersion.TLSv1_2)
+        if options.tls_ca_file:
+            kwargs["ssl_ca_certs"] = options.tls_ca_file
+        if options.tls_cert_file:
+            kwargs.update(ssl_certfile=options.tls_cert_file, ssl_keyfile=options.tls_key_file)
+    return f"{scheme}://{rest}", kwargs
+
+
+def shown_url(url: str) -> str:
+    """``url`` as logs and errors show it: without a password (``redis://:***@host``)."""
+    url = re.sub(r"^([a-zA-Z]+://[^/@?#]*?:)[^/@?#]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+
+
+def unreachable(options: RedisOptions, exc: BaseException) -> str:
+    """The one line that says why the store at ``options.url`` cannot be used."""
+    return f"cannot reach the store {shown_url(options.url)}: {_reason(exc, options)}"
+
+
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _reason(exc: BaseException, options: RedisOptions) -> str:
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    reason = text[0] if text else type(exc).__name__
+    tls = uses_tls(options)
+    failure = _ssl_error(exc)
+    if isinstance(failure, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in reason:
+        detail = getattr(failure, "verify_message", "") or "certificate verify failed"
+        against = (
+            f"store_tls_ca_file {options.tls_ca_file}"
+            if options.tls_ca_file
+            else "the system's CAs; store_tls_ca_file names another CA"
+        )
+        return f"its TLS certificate was not trusted: {detail} (checked against {against})"
+    closed = "reset by peer" in reason or "closed by server" in reason or isinstance(failure, ssl.SSLEOFError)
+    name = (failure.reason or type(failure).__name__) if failure is not None else reason
+    if tls and not options.tls_cert_file and (closed or "CERTIFICATE_REQUIRED" in name):
+        # TLS 1.3: the store checks the client's certificate after the handshake, then closes
+        return (
+            f"{name}: does the store ask for a client certificate "
+            "(store_tls_cert_file, or tls-auth-clients no in its config)?"
+        )
+    if tls and failure is not None:
+        return f"TLS handshake failed ({name}): is it a TLS port?"
+    if tls and "Timeout connecting" in reason:
+        return f"{reason} (a plain-text port? then redis:// and store_tls = false)"
+    if "NOAUTH" in reason or "already authenticated" in reason:
+        return "it asks for a password (store_password)"
+    if "username-password" in reason:
+        return f"the password was refused (store_password): {reason.rstrip('.')}"
+    if not tls and closed:
+        return f"{reason} (a TLS port? then rediss:// or store_tls = true)"
+    return reason

@@ -1,14 +1,24 @@
-"""A real redis-server for the scale-out tests: free loopback port, temp dir, stopped by PID."""
+"""A real redis-server for the scale-out tests: free loopback port, temp dir, stopped by PID;
+plain or TLS (with a test CA made here)."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
 def free_port() -> int:
@@ -17,28 +27,153 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class RedisServer:
-    """``with RedisServer(tmp_path) as r: r.url`` — no persistence, so a restart forgets everything."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a test CA and of one certificate it signed (with its key)."""
 
-    def __init__(self, directory: Path, port: int | None = None, password: str = "") -> None:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+def make_tls_files(
+    directory: Path, names: tuple[str, ...] = ("127.0.0.1", "localhost"), client: bool = False
+) -> TlsFiles:
+    """A new CA (``ca.pem``) and a certificate it signed for ``names`` (IP addresses or DNS names),
+    for a server, or for a client with ``client``. EC P-256: made in milliseconds."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name(f"discretpeer test CA {os.urandom(4).hex()}")
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    alternative: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alternative.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alternative.append(x509.DNSName(name))
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(_name(names[0]))
+        .issuer_name(ca_name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(x509.SubjectAlternativeName(alternative), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TlsFiles(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    _write_key(files.key, leaf_key)
+    return files
+
+
+class RedisServer:
+    """``with RedisServer(tmp_path) as r: r.url`` — no persistence, so a restart forgets everything.
+
+    With ``tls`` (a server certificate from :func:`make_tls_files`) it listens on TLS only
+    (``--port 0 --tls-port``) and ``url`` is ``rediss://``; ``auth_clients`` is Redis's
+    ``tls-auth-clients`` (``"no"``, ``"optional"``, ``"yes"``: client certificates signed by
+    ``client_ca``)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        password: str = "",
+        *,
+        tls: TlsFiles | None = None,
+        auth_clients: str = "no",
+        client_ca: Path | None = None,
+    ) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is missing (Debian package redis-server: scripts/test.sh installs it)")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.password = password
+        self.tls = tls
+        self.auth_clients = auth_clients
+        self.client_ca = client_ca
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def _listen_arguments(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(self.tls.cert),
+            "--tls-key-file",
+            str(self.tls.key),
+            "--tls-ca-cert-file",
+            str(self.client_ca or self.tls.ca),
+            "--tls-auth-clients",
+            self.auth_clients,
+        ]
+
+    def _answers(self) -> bool:
+        """A PING (over TLS when the server speaks it) gets PONG, or NOAUTH with a password."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+            if self.tls is None:
+                return self._ping(raw)
+            # readiness only: the test CA is not checked here, the tests check it through the beacon
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            if self.auth_clients == "yes":
+                return True  # the handshake needs a client certificate; a listening port will do
+            with context.wrap_socket(raw) as s:
+                return self._ping(s)
+
+    @staticmethod
+    def _ping(s: socket.socket) -> bool:
+        s.sendall(b"PING\r\n")
+        answer = s.recv(64)
+        return answer.startswith(b"+PONG") or answer.startswith(b"-NOAUTH")
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
             [
                 "redis-server",
-                "--port",
-                str(self.port),
+                *self._listen_arguments(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -59,12 +194,9 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    answer = s.recv(64)
-                    if answer.startswith(b"+PONG") or answer.startswith(b"-NOAUTH"):
-                        return self
-            except OSError:
+                if self._answers():
+                    return self
+            except OSError:  # ssl.SSLError too
                 pass
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.process.returncode}")

@@ -1,5 +1,5 @@
 """Relay sessions between peers held by different machines (two beacons, one certificate, one
-Redis) and different workers (one supervisor): grants, forwarding both ways, endings."""
+Redis) and different workers (one supervisor): grants, forwarding both ways, NAT rebinding, endings."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from beacon.relay_link import seal, unseal
 from discretpeer import wire
 from discretpeer.relay_frame import build_relay_frame
 from discretpeer.wire import ErrorCode
-from tests.scaleout.processes import BeaconProcess
-from tests.scaleout.test_store_redis import beacons
-from tests.scaleout.test_workers import clients_on_each_worker
+from tests.scaleout.processes import BeaconProcess, RebindingNat
+from tests.scaleout.test_store_redis import beacons, wait_for
+from tests.scaleout.test_workers import worker_of
 
 BeaconClient = __import__("beacon_test_client").BeaconClient
 
@@ -117,22 +117,111 @@ async def test_relay_refused_without_introduction_across_machines(redis_server):
             await b.close()
 
 
+def validated(server, address: tuple[str, int]) -> bool:
+    return any(address in peer.protocol.validated_paths() for peer in server._peers.values())
+
+
+async def migrate(client, nat: RebindingNat, server) -> None:
+    """The NAT in front of ``client`` gives it a new port; a PING moves its beacon connection there
+    and the beacon validates the new path (PATH_CHALLENGE through the NAT)."""
+    await nat.rebind()
+    client.send(wire.Ping(nonce=nat.outside_port))
+    assert (await client.expect(wire.Pong)).nonce == nat.outside_port
+    await wait_for(lambda: validated(server, ("127.0.0.1", nat.outside_port)))
+
+
+async def test_relay_across_machines_follows_nat_rebinding(redis_server):
+    """Both peers' NATs rebind during a cross-machine session: the side held on the owner moves
+    as on one beacon, and the other machine's proxy follows its peer's validated new address."""
+    async with beacons(redis_server.url) as (one, two):
+        nat_a, nat_b = await RebindingNat.open(one.addresses[0]), await RebindingNat.open(two.addresses[0])
+        a = RelayPeer(await BeaconClient.connect(nat_a.address, one.fingerprint))
+        b = RelayPeer(await BeaconClient.connect(nat_b.address, two.fingerprint))
+        try:
+            sid = await grant(a, b)
+            assert sid[0] == 0xFF
+            await exchange(a, nat_a.address, b, nat_b.address, sid)
+            for _ in range(2):
+                await migrate(a.client, nat_a, one)
+                await migrate(b.client, nat_b, two)
+                await exchange(a, nat_a.address, b, nat_b.address, sid)
+                await exchange(b, nat_b.address, a, nat_a.address, sid)
+            # an address no connection validated moves nothing and gets nothing through
+            (proxy,) = [*one.link.proxies.values(), *two.link.proxies.values()]
+            where = proxy.current
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+                stranger.bind(("127.0.0.1", 0))
+                for beacon in (one, two):
+                    stranger.sendto(build_relay_frame(sid, b"\x4fevil"), beacon.addresses[0])
+            await a.nothing()
+            await b.nothing()
+            assert proxy.current == where
+            await exchange(a, nat_a.address, b, nat_b.address, sid)
+        finally:
+            await a.client.close()
+            await b.client.close()
+            nat_a.close()
+            nat_b.close()
+
+
+async def clients_behind_nats_on_each_worker(beacon: BeaconProcess, tries: int = 40):
+    """Two clients, each behind its own rebinding NAT, held by different workers."""
+    by_worker: dict[int, tuple] = {}
+    for _ in range(tries):
+        nat = await RebindingNat.open(beacon.address)
+        client = await BeaconClient.connect(nat.address, beacon.fingerprint)
+        index = worker_of(client)
+        if index in by_worker:
+            await client.close()
+            nat.close()
+            continue
+        by_worker[index] = (client, nat)
+        if len(by_worker) == 2:
+            return by_worker[0], by_worker[1]
+    raise AssertionError(f"connections reached workers {sorted(by_worker)}")
+
+
 @pytest.mark.slow
 async def test_relay_between_peers_on_two_workers(redis_server, tmp_path):
+    """A session between peers held by two workers; both peers' NATs then rebind: the owner asks
+    the other worker whether its peer's connection validated the new address, the session follows."""
     beacon = BeaconProcess(tmp_path / "beacon", {"store": redis_server.url, "workers": 2}, "--port", "0").start()
     try:
-        first, second = await clients_on_each_worker(beacon, 2)
+        (first, nat_a), (second, nat_b) = await clients_behind_nats_on_each_worker(beacon)
         a, b = RelayPeer(first), RelayPeer(second)
         try:
             sid = await grant(a, b)
             assert sid[0] in (0, 1)  # the owner's index: the BPF program brings both sides to it
-            await exchange(a, beacon.address, b, beacon.address, sid)
+            await exchange(a, nat_a.address, b, nat_b.address, sid)
+            for peer, nat in ((a, nat_a), (b, nat_b)):
+                await nat.rebind()
+                peer.client.send(wire.Ping(nonce=nat.outside_port))
+                assert (await peer.client.expect(wire.Pong)).nonce == nat.outside_port
+            await resend_until_forwarded(a, nat_a.address, b, sid)
+            await resend_until_forwarded(b, nat_b.address, a, sid)
             a.client.send(wire.RelayEnd(session_id=sid, code=ErrorCode.RELAY_PEER_GONE, message="done"))
             end = await b.client.expect(wire.RelayEnd, timeout=5)
             assert end.session_id == sid
         finally:
             await a.client.close()
             await b.client.close()
+            nat_a.close()
+            nat_b.close()
     finally:
         assert beacon.stop() == 0
         assert "Traceback" not in beacon.stderr
+
+
+async def resend_until_forwarded(sender: RelayPeer, to, receiver: RelayPeer, sid: bytes) -> None:
+    """A peer's datagrams after a rebinding: the first ones may be dropped while the beacon checks
+    the new address (as a QUIC sender retransmits, this one resends)."""
+    frame = build_relay_frame(sid, b"\x4f" + os.urandom(300))
+    for _ in range(20):
+        sender.client.endpoint.sendto(frame, to)
+        try:
+            data, _ = await receiver.received(0.1)
+        except TimeoutError:
+            continue
+        assert data == frame
+        return
+    raise AssertionError("never forwarded")
