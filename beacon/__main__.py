@@ -15,6 +15,8 @@ Stdout carries only machine-readable start lines, flushed at once::
     listening on 127.0.0.1:4264          (one line per UDP socket; IPv6 as [::]:4264)
     tls over tcp on 127.0.0.1:4264       (one line per TLS/TCP listener, unless tcp_enabled = false)
     metrics on http://127.0.0.1:9464/metrics   (only when enabled)
+    web page on https://NAME:4264/             (web_enabled: one line per TLS/TCP port with web_certificate,
+                                                one for web_port; NAME = the certificate's first DNS name)
     client flag: --beacon HOST:PORT=HASH       (what a client configures, ready to paste)
     client config: beacons = [{hostname = "HOST:PORT", cert_hash = "HASH"}]
     client note: replace YOUR.HOST with ...    (only when listening on 0.0.0.0)
@@ -171,34 +173,35 @@ async def _serve(
             "worker_index": args.worker_index,
             "machine": args.worker_machine,
         }
-    server = BeaconServer(files.config, files.bundle, log=log, manage_gc=True, **worker)
-    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(files, server, log, overrides or {}))
-    try:
-        await server.start()
-    except OSError as exc:
-        print(f"{PROG}: error: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except StoreUnavailable as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
     web = None
-    if files.config.web_enabled:  # the browser shell's page + signalling (issue 19)
+    if files.config.web_enabled:  # the browser shell's page + signalling (issue 19), before the TLS/TCP listener
         try:
             from .web import WebService, options_from_config
-
-            web = WebService(options_from_config(files.config), log=log)
-            await web.start()
         except ImportError as exc:
-            await server.stop(reason="web listener failed")
             print(
                 f"{PROG}: error: web_enabled needs the 'web' extra (pip install 'discretpeer[web]'): {exc}",
                 file=sys.stderr,
             )
             return 1
+        web = WebService(options_from_config(files.config), log=log)
+        try:
+            await web.start()
         except (OSError, ValueError) as exc:
-            await server.stop(reason="web listener failed")
-            print(f"{PROG}: error: web page listener: {exc}", file=sys.stderr)
+            await web.stop()
+            print(f"{PROG}: error: web page: {exc}", file=sys.stderr)
             return 1
+    server = BeaconServer(files.config, files.bundle, log=log, manage_gc=True, web=web, **worker)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(files, server, log, overrides or {}))
+    try:
+        await server.start()
+    except (OSError, StoreUnavailable) as exc:
+        if web is not None:
+            await web.stop()
+        if isinstance(exc, StoreUnavailable):
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{PROG}: error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     addresses = [_show(host, port) for host, port in server.addresses]
     metrics = None
     if server.metrics_address is not None:
@@ -211,8 +214,7 @@ async def _serve(
         lines.append(f"metrics on {metrics}")
     lines += client_lines(files.config.host, server.port, server.ipv6_port, server.fingerprint)
     if web is not None:
-        scheme = "https" if files.config.web_certificate else "http"
-        lines.append(f"web page on {scheme}://{_show(*web.address)}/")
+        lines += web_lines(web, server.tcp_addresses)
     lines.append("ready")
     if ready_file is not None:
         try:
@@ -247,6 +249,19 @@ async def _serve(
             with contextlib.suppress(OSError):
                 ready_file.unlink()
     return 0
+
+
+def web_lines(web: Any, tcp_addresses: list[tuple[str, int]]) -> list[str]:
+    """Where browsers open the page: its own listener, and each TLS/TCP port under the certificate's
+    first name (a wildcard name stands for any one label: shown as is)."""
+    lines = []
+    if web.address is not None:
+        scheme = "https" if web.tls_context is not None else "http"
+        lines.append(f"web page on {scheme}://{_show(*web.address)}/")
+    if web.tls_context is not None and web.hostnames:
+        for port in sorted({port for _, port in tcp_addresses}):
+            lines.append(f"web page on https://{web.hostnames[0]}{'' if port == 443 else f':{port}'}/")
+    return lines
 
 
 def client_lines(host: str, port: int, ipv6_port: int | None, fingerprint: str) -> list[str]:

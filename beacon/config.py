@@ -329,20 +329,27 @@ class BeaconConfig:
     # --- browser shell (beacon/web.py, issue 19) ---
     web_enabled: bool = _setting(
         False,
-        "Serve the browser-shell page and its WebSocket signalling (/ws) over TCP.",
+        "Serve the browser-shell page and its WebSocket signalling (/ws): over HTTPS on the beacon's TLS/TCP "
+        "ports (with web_certificate), and/or on web_port.",
         None,
         "Browser shell (web page + signalling)",
     )
-    web_host: str = _setting("0.0.0.0", "Address of the page's TCP listener.")
-    web_port: int = _setting(
-        8443, "TCP port of the page (HTTPS with the PEM files below, else plain HTTP).", _range(0, 65535)
-    )
     web_certificate: str = _setting(
         "",
-        "PEM certificate chain of your domain (e.g. Let's Encrypt fullchain.pem); empty = plain HTTP, "
-        "for a reverse proxy that terminates TLS (browsers need HTTPS for the page's WebCrypto).",
+        "PEM certificate chain of your domain (e.g. Let's Encrypt fullchain.pem). The page is then served over "
+        "HTTPS on every TLS/TCP port of the beacon (the UDP port's number, and tcp_extra_ports: add 443 for "
+        "https://NAME/) to browsers that ask for one of the certificate's DNS names (TLS SNI); peers keep the "
+        "beacon's own certificate on the same ports. Empty = no HTTPS: a reverse proxy terminates TLS and "
+        "forwards to web_port.",
     )
     web_private_key: str = _setting("", "PEM private key of that certificate.")
+    web_port: int = _setting(
+        0,
+        "TCP port of a listener of the page's own (0 = none): plain HTTP for a reverse proxy that terminates TLS "
+        "when web_certificate is empty (browsers need HTTPS for the page's WebCrypto), else HTTPS.",
+        _range(0, 65535),
+    )
+    web_host: str = _setting("127.0.0.1", "Address of that listener (0.0.0.0 = every interface).")
     web_turn_secret: str = _setting(
         "", "coturn's static-auth-secret (use-auth-secret): time-limited TURN credentials for paired browsers."
     )
@@ -425,6 +432,9 @@ def from_mapping(values: Mapping[str, Any], *, source: str = "settings") -> Beac
         if follower not in values and leader in values:
             values[follower] = values[leader]
     config = BeaconConfig(**{name: _coerce(name, value, source) for name, value in values.items()})
+    problem = _combination_problem(config)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
     _check_store_tls(config, source)
     return config
 
@@ -457,6 +467,22 @@ def _check_store_tls(c: BeaconConfig, source: str) -> None:
                 f"{source}: key 'store_tls_key_file': {c.store_tls_key_file} and {c.store_tls_cert_file} "
                 f"are not a certificate and its unencrypted private key ({getattr(exc, 'reason', None) or exc})"
             ) from None
+
+
+def _combination_problem(c: BeaconConfig) -> str | None:
+    """Settings that are each valid but do not work together."""
+    if not c.web_enabled:
+        return None
+    if not c.web_certificate and not c.web_port:
+        return (
+            "key 'web_enabled': set web_certificate (HTTPS on the beacon's TLS/TCP ports) "
+            "or web_port (plain HTTP behind a reverse proxy)"
+        )
+    if c.web_certificate and not c.tcp_enabled and not c.web_port:
+        return "key 'web_certificate': with tcp_enabled = false the page needs web_port"
+    if c.workers > 1:
+        return "key 'web_enabled': needs workers = 1 (the signalling rooms live in one process)"
+    return None
 
 
 # Earlier templates wrote this line uncommented, so that changing `port` left IPv6 on 4264.

@@ -22,6 +22,7 @@ SNAPSHOT_METRICS: dict[str, tuple[str, str]] = {
     "beacon_open_connections": ("gauge", "Client connections open now (QUIC and TLS/TCP)"),
     "beacon_tcp_open_connections": ("gauge", "TLS/TCP client connections open now"),
     "beacon_tcp_handshakes_in_progress": ("gauge", "TCP connections in their TLS handshake"),
+    "beacon_tcp_web_connections": ("gauge", "Browser connections (HTTPS, WebSocket) on the TLS/TCP listener"),
     "beacon_tcp_relay_backlog_drops": (
         "counter",
         "Relayed datagrams dropped because a TCP client had too many unsent bytes",
@@ -98,7 +99,7 @@ class BeaconMetrics:
         self.tcp_refused = Counter(
             "beacon_tcp_refused",
             "TCP connections closed for bad input (garbage, plain_http, wrong_alpn, tls_failed, handshake_timeout, "
-            "too_large, malformed, truncated, ...), by reason",
+            "too_large, malformed, truncated, too_many_connections (web), ...), by reason",
             ["reason"],
             registry=r,
         )

@@ -38,7 +38,7 @@ from beacon.metrics import BeaconMetrics, MetricsHTTPServer
 from beacon.relay import RelayEnded, RelaySession, RelaySide, RelayTable, relay_quota
 from beacon.relay_link import CROSS_MACHINE_SID_BYTE, LinkVia, Proxy, RelayLink, link_key
 from beacon.store import MeetingStore, make_store
-from beacon.tcp_service import TcpService
+from beacon.tcp_service import TcpService, WebEndpoint
 from certs import CertificateBundle, create_bundle
 from discretpeer import stateless_reset, wire
 from discretpeer.endpoint import (
@@ -337,6 +337,7 @@ class BeaconServer:
         sockets: list[socket.socket] | None = None,
         worker_index: int | None = None,
         machine: str | None = None,
+        web: WebEndpoint | None = None,
     ) -> None:
         self.config = config or BeaconConfig()
         self.manage_gc = manage_gc  # see _collect_garbage; on in `python -m beacon`
@@ -365,6 +366,7 @@ class BeaconServer:
         )
         self._endpoints: list[Endpoint] = []
         self.tcp: TcpService | None = None  # the TLS/TCP listeners (config.tcp_enabled)
+        self.web = web  # a started beacon.web.WebService: its page on the TLS/TCP listeners too
         self.stun = stun.StunResponder()  # Binding answers for browsers' ICE (beacon/stun.py)
         self._peers: dict[int, _Peer] = {}
         self._ids = itertools.count(1)
@@ -581,7 +583,7 @@ class BeaconServer:
     async def _listen_tcp(self) -> None:
         """TLS/TCP on the port number of each UDP socket (any free one if that was 0 and the
         number is taken over TCP), then on the extra ports."""
-        tcp = self.tcp = TcpService(self, self.bundle)
+        tcp = self.tcp = TcpService(self, self.bundle, self.web)
         shared = self.worker_index is not None  # every worker listens on the same TCP port
         for endpoint in self._endpoints:
             host, port = endpoint.local_address
@@ -1368,6 +1370,7 @@ class BeaconServer:
             "beacon_open_connections": len(self._peers),
             "beacon_tcp_open_connections": sum(1 for p in self._peers.values() if p.via is p.protocol),
             "beacon_tcp_handshakes_in_progress": self.tcp.handshaking if self.tcp is not None else 0,
+            "beacon_tcp_web_connections": self.tcp.web_connections if self.tcp is not None else 0,
             "beacon_tcp_relay_backlog_drops": self.tcp.relay_backlog_drops if self.tcp is not None else 0,
             **self.store.snapshot(),
             "beacon_relay_active_sessions": self.relay.session_count,

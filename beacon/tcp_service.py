@@ -15,6 +15,16 @@ item in the decoder, ``max_unsent_bytes`` of control frames out (then SLOW_READE
 ``tcp_max_unsent_relay_bytes`` of relayed datagrams (beyond: dropped, as on a full UDP path).
 Admission is the UDP side's: the global connection cap and the per-IP handshake bucket before
 the handshake, the per-IP connection count after it.
+
+**The browser-shell page on the same port** (``web_enabled`` with ``web_certificate``): with a started
+web service (beacon/web.py), the first TLS record (the ClientHello) is read before any TLS state is
+made, and the TLS context is chosen from it (beacon/client_hello.py): our ALPN offered → the beacon's
+certificate, whatever the server name; a server name of the domain certificate with ``http/1.1``/``h2``
+or no ALPN → the domain certificate and ALPN ``http/1.1``, then the connection is handed to the web
+service (:class:`_WebTransport` carries its plaintext). Everything before that is shared: the
+admission above, the handshake deadline and size bound; a web connection then counts against the same
+global and per-IP connection caps as a peer until it closes (websockets' own timeouts bound it:
+10 s for an HTTP request, pings on a WebSocket).
 """
 
 from __future__ import annotations
@@ -25,10 +35,19 @@ import os
 import socket
 import ssl
 import tempfile
+import typing
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 
+from beacon.client_hello import (
+    MAX_RECORD,
+    RECORD_HEADER,
+    ClientHello,
+    first_record_size,
+    name_matches,
+    parse_client_hello,
+)
 from beacon.limits import ip_key
 from discretpeer.endpoint import normalize_address
 from discretpeer.stream_frames import BEACON_TCP_ALPN, StreamDecoder, encode_datagram
@@ -44,6 +63,19 @@ MAX_HANDSHAKE_BYTES = 16384  # a ClientHello is a few hundred bytes; nothing leg
 _READ_SIZE = 65536
 SOCKET_SEND_BUFFER = 65536  # the kernel doubles it
 SWEEP_INTERVAL = 1.0  # seconds between idle checks (and the coarse clock data_received stamps)
+WEB_ALPNS = ("http/1.1", "h2")  # what browsers offer (the web context then selects http/1.1)
+
+
+class WebEndpoint(typing.Protocol):
+    """What the listener needs of the web service (beacon.web.WebService, once started)."""
+
+    tls_context: ssl.SSLContext | None  # the owner's domain certificate; None = not on this listener
+    hostnames: tuple[str, ...]  # its DNS names: a browser's SNI must be one of them
+
+    @property
+    def serving(self) -> bool: ...  # False once stopped (the beacon may still be stopping)
+
+    def accept(self, transport: asyncio.Transport) -> asyncio.Protocol: ...
 
 
 def server_context(bundle: CertificateBundle) -> ssl.SSLContext:
@@ -81,6 +113,12 @@ class TcpClient(asyncio.Protocol):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = service.context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        # with the web on this listener: the first TLS record, kept until it chooses the context
+        self._hello: bytearray | None = bytearray() if service.web is not None else None
+        self._web_tls = False  # handshaking (or done) with the domain certificate
+        self.web: asyncio.Protocol | None = None  # the web service's connection, once handed over
+        self._web_counted = False
+        self._paused = False
         self._decoder = StreamDecoder(max_frame=self.server.config.max_frame_size)
         self._established = False
         self._first = True
@@ -192,9 +230,18 @@ class TcpClient(asyncio.Protocol):
                 if data[0] != _TLS_HANDSHAKE_RECORD:
                     self._drop("plain_http" if data[:4] in _HTTP_METHODS else "garbage")
                     return
-            if not self._established and self._incoming.pending + len(data) > MAX_HANDSHAKE_BYTES:
-                self._drop("handshake_too_large")
-                return
+            if not self._established:
+                held = self._incoming.pending + (len(self._hello) if self._hello is not None else 0)
+                if held + len(data) > MAX_HANDSHAKE_BYTES:
+                    self._drop("handshake_too_large")
+                    return
+            if self._hello is not None:
+                self._hello += data
+                size = first_record_size(self._hello)
+                if size is None or (size <= RECORD_HEADER + MAX_RECORD and len(self._hello) < size):
+                    return  # the rest of the ClientHello is on its way (the handshake deadline runs)
+                data, self._hello = bytes(self._hello), None
+                self._choose_context(parse_client_hello(data))
             self._incoming.write(data)
             if not self._established:
                 self._handshake()
@@ -206,6 +253,8 @@ class TcpClient(asyncio.Protocol):
             self._drop("internal_error")
 
     def eof_received(self) -> bool | None:
+        if self.web is not None:
+            self.web.eof_received()
         if self.peer is not None and self._decoder.buffered and not self._closed:
             self.server.metrics.tcp_refused.labels("truncated").inc()
         return None  # close our side too
@@ -218,11 +267,33 @@ class TcpClient(asyncio.Protocol):
         self._closed = True
         self.dead = True
         self.service.clients.discard(self)
+        if self._web_counted:
+            self._web_counted = False
+            self.service.web_closed(self.address)
+        if self.web is not None:
+            self.web.connection_lost(exc)
         peer = self.peer
         if peer is not None:
             self.server._connection_lost(peer)  # noqa: SLF001 - the server's own callback
 
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self.web is not None:
+            self.web.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.web is not None:
+            self.web.resume_writing()
+
     # --- inside ---------------------------------------------------------------------------------
+
+    def _choose_context(self, hello: ClientHello | None) -> None:
+        """The ClientHello is in: the domain certificate for a browser of the web page, else ours."""
+        web = self.service.web
+        if web is not None and web.tls_context is not None and self.service.wants_web(hello):
+            self._web_tls = True
+            self._tls = web.tls_context.wrap_bio(self._incoming, self._outgoing, server_side=True)
 
     _counting = False  # counted in service.handshaking
 
@@ -243,7 +314,14 @@ class TcpClient(asyncio.Protocol):
             self._drop(reason)
             return
         self._flush()
-        if self._tls.selected_alpn_protocol() != BEACON_TCP_ALPN:
+        alpn = self._tls.selected_alpn_protocol()
+        if self._web_tls:
+            if alpn not in (None, "http/1.1"):
+                self._drop("wrong_alpn")
+                return
+            self._start_web()
+            return
+        if alpn != BEACON_TCP_ALPN:
             self._drop("wrong_alpn")
             return
         if self._timer is not None:
@@ -256,6 +334,26 @@ class TcpClient(asyncio.Protocol):
         peer = self.peer
         if peer is not None:
             self.server._handshake_completed(peer)  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
+
+    def _start_web(self) -> None:
+        """Hand the connection to the web service (HTTP, then maybe a WebSocket)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._end_handshake()
+        web = self.service.web
+        if web is None or not web.serving:
+            self._drop("stopping")
+            return
+        if not self.service.web_opened(self.address):
+            self._drop("too_many_connections")
+            return
+        self._web_counted = True
+        self._established = True
+        self.last_received = self.service.now
+        self.web = web.accept(_WebTransport(self))
+        if self._paused:
+            self.web.pause_writing()
 
     def _read(self) -> None:
         chunks = []
@@ -276,9 +374,16 @@ class TcpClient(asyncio.Protocol):
             chunks.append(chunk)
         self._flush()  # TLS 1.3 may answer (key update)
         peer = self.peer
-        if peer is not None and chunks:
+        if self.web is not None:
+            for chunk in chunks:
+                if self._closed:
+                    return
+                self.web.data_received(chunk)
+        elif peer is not None and chunks:
             self._handle(peer, chunks)
         if self._eof and not self._closed:
+            if self.web is not None:
+                self.web.eof_received()
             if self._decoder.buffered:
                 self.server.metrics.tcp_refused.labels("truncated").inc()
             self._leave_and_close()
@@ -340,12 +445,68 @@ class TcpClient(asyncio.Protocol):
             self.transport.abort() if reason is not None else self.transport.close()
 
 
-class TcpService:
-    """The TCP listeners of one beacon."""
+class _WebTransport(asyncio.Transport):
+    """The plaintext side of a web connection: what the web service writes goes out as TLS records."""
 
-    def __init__(self, server: BeaconServer, bundle: CertificateBundle) -> None:
+    def __init__(self, client: TcpClient) -> None:
+        super().__init__()
+        self._client = client
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        client = self._client
+        if client._closed:  # noqa: SLF001 - the client this transport belongs to
+            return
+        client.send_frame(bytes(data))
+
+    def can_write_eof(self) -> bool:
+        return False  # TLS: websockets closes instead
+
+    def close(self) -> None:
+        self._client.close()
+
+    def abort(self) -> None:
+        client = self._client
+        client._closed = True  # noqa: SLF001 - the client this transport belongs to
+        if client.transport is not None:
+            client.transport.abort()
+
+    def is_closing(self) -> bool:
+        client = self._client
+        return client._closed or client.transport is None or client.transport.is_closing()  # noqa: SLF001 - the client this transport belongs to
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        client = self._client
+        if name == "ssl_object":
+            return client._tls  # noqa: SLF001 - the client this transport belongs to
+        return client.transport.get_extra_info(name, default) if client.transport is not None else default
+
+    def pause_reading(self) -> None:
+        if self._client.transport is not None:
+            self._client.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._client.transport is not None:
+            self._client.transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._client.transport is not None and self._client.transport.is_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self._client.transport is not None:
+            self._client.transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._client.unsent_bytes()
+
+
+class TcpService:
+    """The TCP listeners of one beacon (and, with ``web``, the web page's HTTPS on them)."""
+
+    def __init__(self, server: BeaconServer, bundle: CertificateBundle, web: WebEndpoint | None = None) -> None:
         self.server = server
         self.context = server_context(bundle)
+        self.web = web if web is not None and web.tls_context is not None else None
+        self.web_connections = 0  # connections handed to the web service, open now
         self.listeners: list[asyncio.Server] = []
         self.clients: set[TcpClient] = set()
         self.handshaking = 0
@@ -395,6 +556,30 @@ class TcpService:
                 if peer is not None and not peer.closing:
                     self.server._reject(peer, ErrorCode.IDLE_TIMEOUT, "idle", wait=False)  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
 
+    def wants_web(self, hello: ClientHello | None) -> bool:
+        """A browser of the page: its SNI is a name of the domain certificate and it offers HTTP (or no
+        ALPN); never a client that offers our ALPN, whatever name it sends (peers pin our certificate)."""
+        web = self.web
+        if web is None or hello is None or hello.server_name is None or BEACON_TCP_ALPN in hello.alpn:
+            return False
+        if hello.alpn and not any(protocol in WEB_ALPNS for protocol in hello.alpn):
+            return False
+        return name_matches(hello.server_name, web.hostnames)
+
+    def web_opened(self, address: tuple[str, int]) -> bool:
+        """Count a web connection against the per-IP cap shared with peers (False: over it)."""
+        counts = self.server._ip_counts  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
+        key = ip_key(address[0])
+        if counts.get(key) >= self.server.config.max_connections_per_ip:
+            return False
+        counts.add(key)
+        self.web_connections += 1
+        return True
+
+    def web_closed(self, address: tuple[str, int]) -> None:
+        self.server._ip_counts.remove(ip_key(address[0]))  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
+        self.web_connections -= 1
+
     def _new_client(self) -> TcpClient:
         client = TcpClient(self)
         self.clients.add(client)
@@ -405,7 +590,7 @@ class TcpService:
         server = self.server
         if server._stopping:  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
             return "stopping"
-        if len(server._peers) + self.handshaking >= server.config.max_connections:  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
+        if len(server._peers) + self.handshaking + self.web_connections >= server.config.max_connections:  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
             return "max_connections"
         loop = asyncio.get_running_loop()
         if not server._handshakes.take(ip_key(address[0]), loop.time()):  # noqa: SLF001 - the beacon server's own hooks for its TCP clients

@@ -1,10 +1,13 @@
 """The browser shell's web side of the beacon: the static page over HTTP(S) and WebSocket signalling.
 
 Off by default (``web_enabled``). With ``web_certificate``/``web_private_key`` (PEM, the owner's domain
-certificate) it speaks HTTPS itself; without, plain HTTP for a reverse proxy that terminates TLS.
-``websockets`` serves both the WebSocket (``/ws``) and the few static files (``process_request``): one
-small dependency, sans-I/O inside, no web framework. It listens on its own TCP port until the beacon's
-TLS/TCP listener can hand it ``http/1.1`` connections by ALPN (see :meth:`WebService.handler`).
+certificate) the page is served over HTTPS on the beacon's own TLS/TCP listener (tcp_service.py): a
+browser whose server name (SNI) is a DNS name of that certificate, offering ``http/1.1``/``h2`` (or no
+ALPN), gets the domain certificate and this service; peers keep the beacon's self-signed certificate and
+our ALPN on the same port (beacon/client_hello.py says how one is told from the other). ``web_port``
+adds a listener of its own: HTTPS with the same certificate, or plain HTTP for a reverse proxy that
+terminates TLS (no certificate). ``websockets`` serves both the WebSocket (``/ws``) and the few static
+files (``process_request``): one small dependency, sans-I/O inside, no web framework.
 """
 
 from __future__ import annotations
@@ -23,14 +26,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 
+from .client_hello import normalize_name
 from .web_signal import MAX_MESSAGE_BYTES, Rooms, SignalError, encode, parse_client_message, turn_credentials
 
-__all__ = ["WebOptions", "WebService", "options_from_config", "static_dir"]
+__all__ = ["CONNECTION_SETTINGS", "WebOptions", "WebService", "certificate_names", "options_from_config", "static_dir"]
 
 SECURITY_HEADERS = {
     # the page only talks to its own origin (HTTP + WebSocket); WebRTC is not governed by CSP
@@ -47,10 +53,20 @@ def static_dir() -> Path:
     return Path(str(resources.files("beacon") / "web_static"))
 
 
+# the WebSocket side of every connection, on the page's own port and on the beacon's TLS/TCP listener alike
+CONNECTION_SETTINGS: dict[str, Any] = {
+    "ping_interval": 20,
+    "ping_timeout": 20,
+    "close_timeout": 10,
+    "max_queue": 4,
+    "write_limit": 65536,
+}
+
+
 @dataclass(frozen=True)
 class WebOptions:
-    host: str = "0.0.0.0"
-    port: int = 8443
+    host: str = "127.0.0.1"
+    port: int | None = None  # a listener of its own (0 = any free port); None = none (the beacon's TLS/TCP listener)
     certificate: str = ""  # PEM paths: empty = plain HTTP (behind a reverse proxy)
     private_key: str = ""
     turn_secret: str = ""  # coturn static-auth-secret; empty = no TURN credentials handed out
@@ -73,7 +89,7 @@ def options_from_config(config: Any) -> WebOptions:
 
     return WebOptions(
         host=config.web_host,
-        port=config.web_port,
+        port=config.web_port or None,  # 0 in the settings: no listener of its own
         certificate=config.web_certificate,
         private_key=config.web_private_key,
         turn_secret=config.web_turn_secret,
@@ -115,10 +131,16 @@ class WebService:
         self.refused: defaultdict[str, int] = defaultdict(int)  # reason -> count (tests, metrics)
         self._server: Server | None = None
         self._static: dict[str, tuple[str, bytes, bytes, str, str]] | None = None
+        # for the beacon's TLS/TCP listener (set by start(), with a certificate): the domain
+        # certificate's context and the names a browser's SNI must match to be given it
+        self.tls_context: ssl.SSLContext | None = None
+        self.hostnames: tuple[str, ...] = ()
 
     @property
-    def address(self) -> tuple[str, int]:
-        assert self._server is not None
+    def address(self) -> tuple[str, int] | None:
+        """The page's own listener (``port``), None without one."""
+        if self._server is None or self.options.port is None:
+            return None
         sock = next(iter(self._server.sockets))
         host, port = sock.getsockname()[:2]
         return host, port
@@ -127,27 +149,53 @@ class WebService:
         if not self.options.certificate:
             return None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(self.options.certificate, self.options.private_key or None)
-        ctx.set_alpn_protocols(["http/1.1"])
+        try:
+            ctx.load_cert_chain(self.options.certificate, self.options.private_key or None)
+        except OSError as exc:  # ssl.SSLError included: a file that is not PEM, a key that does not match
+            files = self.options.certificate + (f", {self.options.private_key}" if self.options.private_key else "")
+            raise ValueError(f"web_certificate/web_private_key ({files}): {exc.strerror or exc}") from None
+        ctx.set_alpn_protocols(["http/1.1"])  # websockets speaks HTTP/1.1; browsers offer h2 and http/1.1
         return ctx
 
     async def start(self) -> None:
+        """Read the page and the certificate; listen on ``port`` if set. Raises OSError or
+        ValueError (one line) for a certificate that does not load or names no DNS name."""
         self._files()  # read the page before listening
-        self._server = await serve(
+        self.tls_context = self.ssl_context()
+        if self.tls_context is not None:
+            self.hostnames = certificate_names(self.options.certificate)
+        server = serve(
             self.handler,
             self.options.host,
             self.options.port,
-            ssl=self.ssl_context(),
+            ssl=self.tls_context,
             process_request=self._process_request,
             max_size=MAX_MESSAGE_BYTES,
-            max_queue=4,
-            write_limit=65536,
             compression=None,  # no deflate: bounded memory per connection, nothing to gain on SDP
             server_header=None,
             open_timeout=10,
-            ping_interval=20,
-            ping_timeout=20,
+            **CONNECTION_SETTINGS,
         )
+        if self.options.port is not None:
+            self._server = await server
+        else:
+            # every connection comes from the beacon's TLS/TCP listener (accept()); websockets'
+            # Server only asks its asyncio.Server whether it serves, and to close
+            server.server = _NoListener()  # type: ignore[assignment]
+            self._server = server
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    def accept(self, transport: asyncio.Transport) -> asyncio.Protocol:
+        """A connection of the beacon's TLS/TCP listener, its TLS handshake done with the domain
+        certificate: served exactly as one of the page's own port (same handler, limits, timeouts).
+        ``transport`` carries the plaintext; the returned protocol is fed what arrives."""
+        assert self._server is not None, "start() first"
+        connection = ServerConnection(ServerProtocol(max_size=MAX_MESSAGE_BYTES), self._server, **CONNECTION_SETTINGS)
+        connection.connection_made(transport)
+        return connection
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -324,6 +372,41 @@ class WebService:
                 self._forget(client)
                 client.ws.transport.abort()
                 return
+
+
+class _NoListener:
+    """Stands in for the asyncio.Server of websockets' Server when the page has no port of its own."""
+
+    def __init__(self) -> None:
+        self._serving = True
+        self.sockets: tuple[()] = ()
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    def close(self) -> None:
+        self._serving = False
+
+    async def wait_closed(self) -> None:
+        return None
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+
+def certificate_names(path: str) -> tuple[str, ...]:
+    """The DNS names of the first certificate in the PEM file ``path`` (its subjectAltName), normalized:
+    what a browser's SNI must be to be given that certificate on the beacon's TLS/TCP listener."""
+    with open(path, "rb") as handle:
+        certificates = x509.load_pem_x509_certificates(handle.read(1024 * 1024))
+    try:
+        san = certificates[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = x509.SubjectAlternativeName([])
+    names = tuple(dict.fromkeys(n for n in map(normalize_name, san.get_values_for_type(x509.DNSName)) if n))
+    if not names:
+        raise ValueError(f"{path}: the certificate names no DNS name (subjectAltName), so no browser would accept it")
+    return names
 
 
 def _ip_key(address: Any) -> str:

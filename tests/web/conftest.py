@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,7 +30,14 @@ async def web_service() -> AsyncIterator[WebService]:
 
 
 @contextlib.asynccontextmanager
-async def running_device(service: WebService, path: Path, name: str = "testbox") -> AsyncIterator[WebDevice]:
+async def running_device(
+    service: WebService,
+    path: Path,
+    name: str = "testbox",
+    *,
+    url: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[WebDevice]:
     # aioice keeps one mDNS responder (and its asyncio.Lock) per process, bound to the first event
     # loop: a device runs one loop, but pytest gives each test its own, so start each from scratch
     import aioice.ice
@@ -37,8 +45,11 @@ async def running_device(service: WebService, path: Path, name: str = "testbox")
     for attr in ("lock", "protocol", "subscribers"):
         with contextlib.suppress(AttributeError):
             delattr(aioice.ice._mdns, attr)
-    host, port = service.address
-    device = WebDevice(f"ws://{host}:{port}/ws", Identity.generate(), BrowserStore(path), name=name, command=SHELL)
+    if url is None:
+        assert service.address is not None
+        host, port = service.address
+        url = f"ws://{host}:{port}/ws"
+    device = WebDevice(url, Identity.generate(), BrowserStore(path), name=name, command=SHELL, ssl_context=ssl_context)
     task = asyncio.ensure_future(device.run())
     await asyncio.wait_for(device.connected.wait(), 10)
     try:
@@ -69,5 +80,6 @@ async def browser() -> AsyncIterator[Chromium]:
 
 
 def page_url(service: WebService, fragment: str = "") -> str:
+    assert service.address is not None
     host, port = service.address
     return f"http://{host}:{port}/{fragment}"

@@ -90,3 +90,50 @@ async def test_beacon_page_serve_invite_and_shell(tmp_path: Path) -> None:
                     await proc.wait()
     log = (beacon_dir / "logs" / "beacon.log").read_text() if (beacon_dir / "logs" / "beacon.log").exists() else ""
     assert "Traceback" not in log
+
+
+async def test_beacon_serves_the_page_on_its_tls_port_with_the_domain_certificate(tmp_path: Path) -> None:
+    """`python -m beacon` with web_certificate and no web_port: the page on the TLS/TCP port, peers pinned."""
+    import ssl
+    import urllib.request
+
+    from discretpeer.beacon_tcp import open_channel
+
+    from .domain_certs import make_domain_certificate
+
+    domain = make_domain_certificate(tmp_path / "domain")
+    beacon_dir = tmp_path / "beacon"
+    beacon_dir.mkdir()
+    (beacon_dir / "Beacon.conf.toml").write_text(
+        'host = "127.0.0.1"\nport = 0\nipv6_enabled = false\nweb_enabled = true\n'
+        f'web_certificate = "{domain.fullchain}"\nweb_private_key = "{domain.private_key}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISCRETPEER_")}
+    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    beacon = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "beacon",
+        "--dir",
+        str(beacon_dir),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        fingerprint = (await _line(beacon, r"certificate hash: (\S+)")).group(1)
+        port = int((await _line(beacon, r"tls over tcp on 127\.0\.0\.1:(\d+)")).group(1))
+        page = (await _line(beacon, r"web page on (https://\S+)")).group(1)
+        assert page == f"https://localhost:{port}/"
+        context = ssl.create_default_context(cafile=str(domain.ca))
+
+        def fetch() -> bytes:
+            with urllib.request.urlopen(page, context=context, timeout=5) as response:
+                return response.read()
+
+        assert b"discretpeer" in await asyncio.to_thread(fetch)
+        channel = await open_channel("127.0.0.1", port, fingerprint)  # the pin holds on the same port
+        channel.close()
+    finally:
+        beacon.terminate()
+        assert await asyncio.wait_for(beacon.wait(), 10) == 0
