@@ -40,7 +40,7 @@ from beacon.relay_link import CROSS_MACHINE_SID_BYTE, LinkVia, Proxy, RelayLink,
 from beacon.store import MeetingStore, make_store
 from beacon.tcp_service import TcpService, WebEndpoint
 from certs import CertificateBundle, create_bundle
-from discretpeer import stateless_reset, wire
+from discretpeer import _aioquic, stateless_reset, wire
 from discretpeer.endpoint import (
     CONNECTION_ID_LENGTH,
     SMALLEST_INITIAL,
@@ -85,16 +85,6 @@ def _is_own_socket(endpoint: Endpoint, source: tuple[str, int]) -> bool:
     return ip.is_loopback or ip.is_unspecified or host in ("0.0.0.0", "::")
 
 
-def unacked_bytes(quic: QuicConnection, stream_id: int = 0) -> int:
-    """Bytes written to ``stream_id`` that the peer has not acknowledged yet (aioquic keeps them
-    all in the stream's send buffer, without limit)."""
-    stream = quic._streams.get(stream_id)  # noqa: SLF001 - aioquic has no public accessor
-    if stream is None:
-        return 0
-    sender = stream.sender
-    return sender._buffer_stop - sender._buffer_start  # noqa: SLF001 - aioquic's send buffer has no public size
-
-
 def validated_address(quic: QuicConnection) -> tuple[str, int] | None:
     """The address this connection's packets come from that QUIC proved receives: the active
     path if validated (handshake or PATH_CHALLENGE/RESPONSE), else the last validated one.
@@ -103,21 +93,20 @@ def validated_address(quic: QuicConnection) -> tuple[str, int] | None:
     validating it (RFC 9000 §9.3), so one spoofed copy of a client's packet would otherwise
     point introductions and relay forwarding at a victim: nothing the beacon sends on its own
     behalf goes to an address that has not answered a challenge."""
-    for path in quic._network_paths:  # noqa: SLF001 - aioquic has no public accessor
-        if path.is_validated:
-            return normalize_address(path.addr)
+    for address in _aioquic.validated_path_addresses(quic):
+        return normalize_address(address)
     return None
 
 
 def _validated_paths(quic: QuicConnection) -> list[tuple[str, int]]:
-    return [normalize_address(p.addr) for p in quic._network_paths if p.is_validated]  # noqa: SLF001 - aioquic keeps its paths private; only validated ones count
+    return [normalize_address(address) for address in _aioquic.validated_path_addresses(quic)]
 
 
 class _Peer:
     """Server-side state of one client connection. ``protocol`` is a :class:`BeaconProtocol`
     (QUIC) or a :class:`beacon.tcp_service.TcpClient` (TLS/TCP): both offer ``send_frame``,
     ``unsent_bytes``, ``can_send_frames``, ``validated_address``, ``validated_paths``, ``close``,
-    ``transmit``, and ``endpoint`` (what relay datagrams to this client go through)."""
+    ``transmit``, ``cancel_timer``, and ``endpoint`` (what relay datagrams to this client go through)."""
 
     __slots__ = (
         "key",
@@ -181,19 +170,19 @@ class BeaconProtocol(EndpointProtocol):
     # the client-connection interface the server uses (see _Peer; TcpClient has the same)
 
     def send_frame(self, data: bytes) -> None:
-        self._quic.send_stream_data(0, data)
+        self.quic.send_stream_data(0, data)
 
     def unsent_bytes(self) -> int:
-        return unacked_bytes(self._quic)
+        return _aioquic.unacked_bytes(self.quic, 0)
 
     def can_send_frames(self) -> bool:
-        return 0 in self._quic._streams  # noqa: SLF001 - the client opened stream 0
+        return _aioquic.has_stream(self.quic, 0)  # the client opened stream 0
 
     def validated_address(self) -> tuple[str, int] | None:
-        return validated_address(self._quic)
+        return validated_address(self.quic)
 
     def validated_paths(self) -> list[tuple[str, int]]:
-        return _validated_paths(self._quic)
+        return _validated_paths(self.quic)
 
     def _dismantle(self) -> None:
         self.dead = True
@@ -214,7 +203,7 @@ class BeaconProtocol(EndpointProtocol):
         # the server wrote in response) was handled: no need for another one in _flush
         self.server._dirty.discard(self)  # noqa: SLF001 - the server's own protocol and endpoint classes
         peer = self.peer
-        if peer is not None and not peer.closing and getattr(self._quic, "_close_event", None) is not None:
+        if peer is not None and not peer.closing and self.closing:
             # the client closed: leave the tables now, not after aioquic's draining period
             self.server._leave(peer)  # noqa: SLF001 - the server's own protocol and endpoint classes
 
@@ -236,14 +225,14 @@ class BeaconProtocol(EndpointProtocol):
             if self.peer is not None:
                 self.server._handshake_completed(self.peer)  # noqa: SLF001 - the server's own protocol and endpoint classes
             if TRIM_AFTER_HANDSHAKE:
-                quic_tuning.trim_after_handshake(self._quic)
-                self.server._settling.append((self._loop.time() + SETTLE_SECONDS, self))  # noqa: SLF001 - the server's own protocol and endpoint classes
+                quic_tuning.trim_after_handshake(self.quic)
+                self.server._settling.append((self.loop.time() + SETTLE_SECONDS, self))  # noqa: SLF001 - the server's own protocol and endpoint classes
         elif isinstance(event, events.ConnectionTerminated):
             if self.peer is not None:
                 self.server._connection_lost(self.peer)  # noqa: SLF001 - the server's own protocol and endpoint classes
             if TRIM_AFTER_HANDSHAKE:
                 # after aioquic's own processing of this event (and its transmit) has finished
-                self._loop.call_soon(self._dismantle)
+                self.loop.call_soon(self._dismantle)
 
 
 class _BeaconEndpoint(Endpoint):
@@ -524,9 +513,7 @@ class BeaconServer:
         await self._close_sockets()
         for peer in list(self._peers.values()):
             self._forget(peer)
-            timer = getattr(peer.protocol, "_timer", None)
-            if timer is not None:
-                timer.cancel()
+            peer.protocol.cancel_timer()
         await self.store.stop()
         if self.link is not None:
             self.link.close()
@@ -1338,7 +1325,7 @@ class BeaconServer:
                 while settling and settling[0][0] <= now:
                     protocol = settling.popleft()[1]
                     if not protocol.dead and protocol.peer is not None and not protocol.peer.gone:
-                        quic_tuning.release_ciphers(protocol._quic)  # noqa: SLF001 - the server's own protocol and endpoint classes
+                        quic_tuning.release_ciphers(protocol.quic)
                 if self.manage_gc:
                     self._collect_garbage(now)
             except Exception:

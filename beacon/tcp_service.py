@@ -259,10 +259,14 @@ class TcpClient(asyncio.Protocol):
             self.server.metrics.tcp_refused.labels("truncated").inc()
         return None  # close our side too
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def cancel_timer(self) -> None:
+        """Cancel the handshake timeout, if it is still pending."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.cancel_timer()
         self._end_handshake()
         self._closed = True
         self.dead = True
@@ -324,9 +328,7 @@ class TcpClient(asyncio.Protocol):
         if alpn != BEACON_TCP_ALPN:
             self._drop("wrong_alpn")
             return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.cancel_timer()
         self._end_handshake()
         self._established = True
         self.last_received = self.service.now

@@ -51,6 +51,7 @@ from typing import Any
 
 from aioquic.quic.connection import QuicConnection
 
+from discretpeer._aioquic import first_byte_connection_class
 from discretpeer.endpoint import enlarge_buffers
 
 SO_ATTACH_REUSEPORT_CBPF = 51  # linux/asm-generic/socket.h
@@ -99,25 +100,7 @@ def attach_steering(sock: socket.socket, workers: int) -> bytes:
 
 def steered_connection_class(base: type[QuicConnection], index: int) -> type[QuicConnection]:
     """``base`` whose server-chosen connection IDs all start with the byte ``index``."""
-
-    class Steered(base):  # type: ignore[valid-type,misc]  # a class built on a base chosen at run time
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._steer_cids()
-            self._local_initial_source_connection_id = self.host_cid  # the transport parameter
-
-        def _replenish_connection_ids(self) -> None:
-            super()._replenish_connection_ids()
-            self._steer_cids()
-
-        def _steer_cids(self) -> None:
-            for cid in self._host_cids:
-                if cid.cid[0] != index:  # new: rewritten before the endpoint or the peer sees it
-                    cid.cid = bytes([index]) + cid.cid[1:]
-            self.host_cid = self._host_cids[0].cid
-
-    Steered.__name__ = f"Steered{index}{base.__name__}"
-    return Steered
+    return first_byte_connection_class(base, index)
 
 
 def steered_session_ids(index: int) -> Any:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from aioquic.quic.connection import QuicConnection
 
+from discretpeer._aioquic import handshake_complete
 from discretpeer.identity import Identity, IdentityError, encode_peer_id, normalize_peer_id, verify_signature
 from discretpeer.wire import TOKEN_SIZE
 
@@ -76,7 +77,7 @@ AuthMessage = Proof | Refusal
 def connection_exporter(quic: QuicConnection) -> bytes:
     """32 secret bytes unique to this connection, equal on both ends once the handshake is done."""
     schedule = quic.tls.key_schedule
-    if schedule is None or not quic._handshake_complete:  # noqa: SLF001 - no public flag in aioquic
+    if schedule is None or not handshake_complete(quic):
         raise AuthError("TLS handshake not complete")
     return schedule.derive_secret(EXPORTER_LABEL)
 

@@ -26,6 +26,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives import serialization
 
 from certs import certificate_fingerprint
+from discretpeer._aioquic import peer_certificate
 from discretpeer.beacon_tcp import TcpChannel, TlsPinMismatch, open_channel
 from discretpeer.behaviour_probe import classify
 from discretpeer.config import BeaconSpec
@@ -492,7 +493,7 @@ class BeaconClient:
         protocol = self._endpoint.connect(address, configuration)
         try:
             await asyncio.wait_for(protocol.wait_connected(), HANDSHAKE_TIMEOUT)
-            certificate = protocol._quic.tls._peer_certificate  # noqa: SLF001 - aioquic has no public accessor
+            certificate = peer_certificate(protocol.quic)
             if certificate is None:
                 raise PinMismatch(f"beacon {self.spec} presented no certificate")
             fingerprint = certificate_fingerprint(certificate.public_bytes(serialization.Encoding.DER))

@@ -16,11 +16,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from aioquic.asyncio.protocol import QuicStreamAdapter
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
 
 from discretpeer import heap
+from discretpeer._aioquic import (
+    StreamAdapter,
+    active_path_address,
+    all_unacked_bytes,
+    max_datagram_size,
+    reader_buffered,
+    smoothed_rtt,
+)
 from discretpeer.auth import (
     AuthError,
     PeerPolicy,
@@ -53,47 +60,42 @@ STREAM_HIGH_WATER = 1024 * 1024  # unacknowledged bytes per stream before writer
 STREAM_LOW_WATER = 256 * 1024
 
 
-class _FlowControlledAdapter(QuicStreamAdapter):
+class _FlowControlledAdapter(StreamAdapter):
     """aioquic's stream transport buffers every write forever; this one pauses the writer
     (so ``await writer.drain()`` waits) while too much is sent but not yet acknowledged."""
+
+    protocol: PeerProtocol
 
     def __init__(self, protocol: PeerProtocol, stream_id: int) -> None:
         super().__init__(protocol, stream_id)
         self.flow: asyncio.streams.StreamReaderProtocol | None = None
         self.paused = False
 
-    def buffered(self) -> int:
-        stream = self.protocol._quic._streams.get(self.stream_id)
-        if stream is None:
-            return 0
-        sender = stream.sender
-        return sender._buffer_stop - sender._buffer_start
-
     def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
             super().write(data)
         except (RuntimeError, AssertionError) as exc:  # aioquic: stream reset or connection gone
             raise ConnectionResetError(f"stream {self.stream_id}: {exc}") from exc
-        if not self.paused and self.flow is not None and self.buffered() > STREAM_HIGH_WATER:
+        if not self.paused and self.flow is not None and self.unacknowledged() > STREAM_HIGH_WATER:
             self.paused = True
             self.flow.pause_writing()
-            self.protocol._paused_streams.add(self)  # type: ignore[attr-defined]
+            self.protocol.paused_streams.add(self)
 
     def write_eof(self) -> None:
         try:
             super().write_eof()
         except (RuntimeError, AssertionError, ValueError):  # already reset or finished (freed)
-            self._closing = True
+            self.mark_closing()
 
     def abort(self) -> None:
         """Reset the stream both ways (the peer's reader gets ConnectionResetError, not a clean
         EOF): what a TCP reset on one side of a tunnel should become on the other."""
-        self._closing = True
+        self.mark_closing()
         with contextlib.suppress(Exception):
-            self.protocol._quic.reset_stream(self.stream_id, 0x100)
+            self.protocol.quic.reset_stream(self.stream_id, 0x100)
         with contextlib.suppress(Exception):
-            self.protocol._quic.stop_stream(self.stream_id, 0x100)
-        self.protocol._transmit_soon()
+            self.protocol.quic.stop_stream(self.stream_id, 0x100)
+        self.protocol.transmit_soon()
 
     # the stream's reader calls these (asyncio's StreamReader flow control): when the app has
     # read enough, send the credit the AppPacedQuicConnection now grants
@@ -101,21 +103,15 @@ class _FlowControlledAdapter(QuicStreamAdapter):
         pass
 
     def resume_reading(self) -> None:
-        self.protocol._transmit_soon()
+        self.protocol.transmit_soon()
 
     def maybe_resume(self) -> bool:
-        if self.paused and (self.buffered() < STREAM_LOW_WATER or self.protocol._quic._close_event is not None):
+        if self.paused and (self.unacknowledged() < STREAM_LOW_WATER or self.protocol.closing):
             self.paused = False
             if self.flow is not None:
                 self.flow.resume_writing()
             return True
         return False
-
-
-def _buffered(reader: asyncio.StreamReader) -> int:
-    """Bytes a StreamReader holds that the app has not read (asyncio has no public accessor)."""
-    buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
-    return len(buffer)
 
 
 class PeerProtocol(EndpointProtocol):
@@ -132,33 +128,32 @@ class PeerProtocol(EndpointProtocol):
         self.close_reason: str | None = None
         self.terminated = asyncio.Event()
         self.handshake_done = asyncio.Event()
-        self._paused_streams: set[_FlowControlledAdapter] = set()
+        self.paused_streams: set[_FlowControlledAdapter] = set()
         if isinstance(quic, AppPacedQuicConnection):
             quic.unread = self._unread
 
     def _unread(self, stream_id: int | None) -> int:
         """Bytes received and not yet read by the app (on one stream, or on all)."""
         if stream_id is None:
-            return sum(_buffered(reader) for reader in self._stream_readers.values())
-        reader = self._stream_readers.get(stream_id)
-        return _buffered(reader) if reader is not None else 0
+            return sum(reader_buffered(reader) for reader in self.stream_readers.values())
+        reader = self.stream_readers.get(stream_id)
+        return reader_buffered(reader) if reader is not None else 0
 
-    def _create_stream(self, stream_id: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    def make_stream(self, stream_id: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         adapter = _FlowControlledAdapter(self, stream_id)
         # limit: the reader asks for more credit once the app has read it down to this
         reader = asyncio.StreamReader(limit=STREAM_WINDOW // 4)
         reader.set_transport(adapter)
         flow = asyncio.streams.StreamReaderProtocol(reader)
         adapter.flow = flow
-        writer = asyncio.StreamWriter(adapter, flow, reader, self._loop)
-        self._stream_readers[stream_id] = reader
+        writer = asyncio.StreamWriter(adapter, flow, reader, self.loop)
         return reader, writer
 
     def transmit(self) -> None:
         super().transmit()
-        if self._paused_streams:
-            for adapter in [a for a in self._paused_streams if a.maybe_resume()]:
-                self._paused_streams.discard(adapter)
+        if self.paused_streams:
+            for adapter in [a for a in self.paused_streams if a.maybe_resume()]:
+                self.paused_streams.discard(adapter)
 
     def _on_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stream_id = writer.get_extra_info("stream_id")
@@ -171,8 +166,8 @@ class PeerProtocol(EndpointProtocol):
             # finished (the dialer's first stream can share a packet with its last auth byte) are
             # queued: the app only sees them once verified, and QUIC flow control bounds them.
             with contextlib.suppress(Exception):
-                self._quic.reset_stream(stream_id, 0x1)
-                self._quic.stop_stream(stream_id, 0x1)
+                self.quic.reset_stream(stream_id, 0x1)
+                self.quic.stop_stream(stream_id, 0x1)
             return
         self.incoming_streams.put_nowait((reader, writer))
 
@@ -194,13 +189,13 @@ class PeerProtocol(EndpointProtocol):
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamReset):
             # aioquic leaves the reader waiting forever: tell it, and forget the stream
-            reader = self._stream_readers.pop(event.stream_id, None)
+            reader = self.stream_readers.pop(event.stream_id, None)
             if reader is not None:
                 reader.set_exception(ConnectionResetError(f"stream reset by the peer (code {event.error_code})"))
             return
         if isinstance(event, events.StreamDataReceived) and event.end_stream:
             super().quic_event_received(event)
-            self._stream_readers.pop(event.stream_id, None)  # finished: no more data can come
+            self.stream_readers.pop(event.stream_id, None)  # finished: no more data can come
             return
         if isinstance(event, events.HandshakeCompleted):
             self.handshake_done.set()
@@ -208,10 +203,10 @@ class PeerProtocol(EndpointProtocol):
             if self.close_reason is None:
                 self.close_reason = event.reason_phrase or f"closed (error {event.error_code})"
             self.terminated.set()
-            for adapter in self._paused_streams:
+            for adapter in self.paused_streams:
                 if adapter.flow is not None:
                     adapter.flow.connection_lost(ConnectionError(self.close_reason))
-            self._paused_streams.clear()
+            self.paused_streams.clear()
             if not self.auth_stream.done():
                 self.auth_stream.set_exception(ConnectionError(self.close_reason))
                 self.auth_stream.exception()  # retrieved: nobody may be waiting any more
@@ -222,12 +217,7 @@ class PeerProtocol(EndpointProtocol):
         """Where packets go now (the beacon's address while relayed)."""
         if self.route is not None and self.route.real is not None:
             return self.route.real
-        path = self._quic._network_paths[0]
-        return (path.addr[0], path.addr[1])
-
-    @property
-    def closing(self) -> bool:
-        return self._quic._close_event is not None
+        return active_path_address(self.quic)
 
     def close_with(self, reason: str) -> None:
         if self.close_reason is None:
@@ -245,7 +235,7 @@ class VerifiedPeer:
 async def authenticate_as_dialer(
     protocol: PeerProtocol, identity: Identity, token: bytes, policy: PeerPolicy, timeout: float = AUTH_TIMEOUT
 ) -> VerifiedPeer:
-    exporter = connection_exporter(protocol._quic)
+    exporter = connection_exporter(protocol.quic)
     reader, writer = await protocol.create_stream()
     writer.write(build_proof(identity, Role.DIALER, exporter, token))
     try:
@@ -272,7 +262,7 @@ async def authenticate_as_listener(
     timeout: float = AUTH_TIMEOUT,
 ) -> VerifiedPeer:
     reader, writer = await asyncio.wait_for(asyncio.shield(protocol.auth_stream), timeout)
-    exporter = connection_exporter(protocol._quic)
+    exporter = connection_exporter(protocol.quic)
     message = parse_auth(await read_auth_frame(reader, timeout))
     if not isinstance(message, Proof):
         raise AuthError("dialer sent no identity proof")
@@ -345,8 +335,8 @@ class PeerConnection:
         heap.keep_freed_memory()  # once per process: see discretpeer.heap (the ".pyc effect")
         self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
         self._watch = asyncio.get_running_loop().create_task(self._watch_close())
-        if isinstance(protocol._quic, DatagramSizeSearch):
-            protocol._quic.size_limit = self._datagram_limit
+        if isinstance(protocol.quic, DatagramSizeSearch):
+            protocol.quic.size_limit = self._datagram_limit
         self._search_datagram_size()
 
     def __repr__(self) -> str:
@@ -376,7 +366,7 @@ class PeerConnection:
     def _search_datagram_size(self) -> None:
         """On a new path: back to the base datagram size, then probe for larger datagrams (see
         :mod:`discretpeer.path_mtu`); through a relay, inside relay frames."""
-        quic = self._protocol._quic
+        quic = self._protocol.quic
         if not isinstance(quic, DatagramSizeSearch) or self.closed:
             return
         quic.reset_datagram_size()
@@ -384,7 +374,7 @@ class PeerConnection:
         sizes = probe_sizes(target, quic.base_datagram_size, overhead=overhead)
         if sizes:
             quic.search_datagram_size(sizes)
-            self._protocol._transmit_soon()
+            self._protocol.transmit_soon()
 
     def _route_target(self) -> tuple[tuple[str, int] | None, int]:
         """Where our datagrams go now, and what each carries besides the QUIC packet."""
@@ -400,7 +390,7 @@ class PeerConnection:
     @property
     def datagram_size(self) -> int:
         """Bytes per datagram this side sends now (larger once a path-MTU probe confirmed it)."""
-        return self._protocol._quic._max_datagram_size
+        return max_datagram_size(self._protocol.quic)
 
     @property
     def closed(self) -> bool:
@@ -415,7 +405,7 @@ class PeerConnection:
     @property
     def rtt(self) -> float | None:
         """Smoothed round-trip time measured by QUIC, in seconds."""
-        rtt = self._protocol._quic._loss._rtt_smoothed
+        rtt = smoothed_rtt(self._protocol.quic)
         return rtt or None
 
     async def open_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -450,11 +440,7 @@ class PeerConnection:
 
     def unacknowledged(self) -> int:
         """Bytes written on our streams that the peer has not acknowledged yet."""
-        total = 0
-        for stream in list(self._protocol._quic._streams.values()):
-            sender = stream.sender
-            total += sender._buffer_stop - sender._buffer_start
-        return total
+        return all_unacked_bytes(self._protocol.quic)
 
     async def aclose(self, reason: str = "closed by application", timeout: float = 5.0) -> None:
         """Close after the peer acknowledged what we wrote (waiting at most ``timeout``)."""
@@ -489,7 +475,7 @@ class PeerConnection:
                 return
             if quiet > PING_WHEN_QUIET:
                 with contextlib.suppress(Exception):
-                    protocol._quic.send_ping(0)
+                    protocol.quic.send_ping(0)
                     protocol.transmit()
                 if self._on_quiet is not None:
                     self._on_quiet(self)
@@ -498,7 +484,7 @@ class PeerConnection:
     def _check_datagram_size(self) -> None:
         """The kernel learnt a smaller path MTU (ICMP) than our datagrams: they would now leave
         as fragments. Back to the base size and search again."""
-        quic = self._protocol._quic
+        quic = self._protocol.quic
         if not isinstance(quic, DatagramSizeSearch) or quic.datagram_size <= quic.base_datagram_size:
             return
         limit = self._datagram_limit()

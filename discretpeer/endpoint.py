@@ -21,7 +21,6 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -34,13 +33,11 @@ from aioquic.quic.packet import (
 )
 from aioquic.quic.retry import QuicRetryTokenHandler
 
-from discretpeer import aioquic_version
+from discretpeer._aioquic import QuicProtocol
 from discretpeer.paths import Route, RouteTable, is_virtual
 from discretpeer.probe import QUIC_FIXED_BIT
 from discretpeer.relay_frame import RELAY_DATA
 from discretpeer.stateless_reset import is_reset
-
-aioquic_version.check()  # an untested aioquic fails here, with what to install
 
 SocketAddress = tuple[Any, ...]
 SMALLEST_INITIAL = 1200
@@ -87,83 +84,29 @@ USE_GRO = True
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 
 
-class EndpointProtocol(QuicConnectionProtocol):
-    """A QUIC connection living on an :class:`Endpoint`; keeps the endpoint's routing table right."""
+class EndpointProtocol(QuicProtocol):
+    """A QUIC connection living on an :class:`Endpoint`; keeps the endpoint's routing table right.
+
+    The endpoint sets ``defer_transmits`` when it attaches the protocol: reads then arrive in
+    batches (uvloop, or our own batched reader on asyncio's loop), and one transmit after the
+    batch acknowledges them together (see :class:`discretpeer._aioquic.QuicProtocol`)."""
 
     endpoint: Endpoint | None = None
     routed_cids: set[bytes] | None = None
     route: Route | None = None  # with virtual paths: how this connection's packets travel
     last_received: float = 0.0  # loop time of the last datagram for this connection
-    coalesce_transmits = True  # see datagram_received; off where latency beats CPU (the beacon)
-    reset_received = False  # the other side answered with a stateless reset (RFC 9000 §10.3)
-
-    def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        # aioquic transmits after every datagram: a bulk receiver then builds an ACK and runs a
-        # full datagrams_to_send() per packet. uvloop hands over all datagrams waiting in the
-        # socket in one go; one transmit after them acknowledges them together. (asyncio's own
-        # loop reads one datagram per iteration: there, deferring only adds an iteration.)
-        self._quic.receive_datagram(data, addr, now=self._loop.time())  # type: ignore[arg-type]  # aioquic's NetworkAddress is our tuple
-        self._process_events()
-        endpoint = self.endpoint
-        batched = _batches_reads(self._loop) or (endpoint is not None and endpoint.batched_reads)
-        if self.coalesce_transmits and batched:
-            self._transmit_soon()
-        else:
-            self.transmit()
-
-    def reset_tokens(self) -> list[bytes]:
-        """The stateless reset tokens the other side gave for its connection IDs (in use and spare)."""
-        quic = self._quic
-        current = getattr(quic, "_peer_cid", None)  # aioquic has no public accessor
-        spare = getattr(quic, "_peer_cid_available", ())
-        tokens = [c.stateless_reset_token for c in (current, *spare) if c is not None]
-        return [t for t in tokens if t]
-
-    def stateless_reset(self) -> None:
-        """A stateless reset for this connection arrived: it is over, without sending anything
-        (RFC 9000 §10.3.1). aioquic 1.7.2 does not detect resets itself: end it as its idle
-        timer would, with its own close procedure."""
-        quic = self._quic
-        if self.reset_received or quic._close_event is not None and quic._close_at is None:
-            return
-        self.reset_received = True
-        quic._close_event = events.ConnectionTerminated(error_code=0, frame_type=None, reason_phrase="stateless reset")
-        quic._close_end()
-        self._process_events()
-        self.transmit()  # sends nothing once terminated; cancels the timer
-
-    def transmit(self) -> None:
-        endpoint = self.endpoint
-        if endpoint is None or not endpoint.gso or not self.coalesce_transmits:
-            super().transmit()  # the beacon (latency first) keeps aioquic's own transmit
-            return
-        # as aioquic's transmit, but the datagrams go out together (GSO, see Endpoint.send_many)
-        self._transmit_task = None
-        datagrams = self._quic.datagrams_to_send(now=self._loop.time())
-        if datagrams:
-            endpoint.send_many(datagrams, self._quic._max_datagram_size)
-        timer_at = self._quic.get_timer()
-        if self._timer is not None and self._timer_at != timer_at:
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None:
-            self._timer = self._loop.call_at(timer_at, self._handle_timer)
-        self._timer_at = timer_at
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.HandshakeCompleted):
-            # aioquic records the handshake only for a waiter already waiting; uvloop runs I/O
-            # callbacks before a new task's first step, so wait_for(wait_connected()) right after
-            # connect() missed it and hung until its timeout (BeaconClient: 5 s, often under uvloop)
-            self._connected = True
+            self.mark_connected()
         endpoint = self.endpoint
         if endpoint is not None:
             if isinstance(event, events.ConnectionIdIssued):
-                endpoint._register(event.connection_id, self)
+                endpoint._register(event.connection_id, self)  # noqa: SLF001 - the endpoint's own routing table
             elif isinstance(event, events.ConnectionIdRetired):
-                endpoint._unregister(event.connection_id, self)
+                endpoint._unregister(event.connection_id, self)  # noqa: SLF001 - the endpoint's own routing table
             elif isinstance(event, events.ConnectionTerminated):
-                endpoint._forget(self)
+                endpoint._forget(self)  # noqa: SLF001 - the endpoint's own routing table
         super().quic_event_received(event)
 
 
@@ -324,7 +267,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._clients.clear()
         if self._sock is not None and self._reader_loop is not None:
             with contextlib.suppress(Exception):  # the loop may be closed already
-                self._reader_loop._remove_reader(self._sock.fileno())  # type: ignore[attr-defined]
+                self._reader_loop._remove_reader(self._sock.fileno())  # type: ignore[attr-defined]  # noqa: SLF001 - the selector loop's own registration, as in _batch_reads
             self._sock = None
         if self._transport is not None:
             self._transport.close()
@@ -622,6 +565,8 @@ class Endpoint(asyncio.DatagramProtocol):
 
     def _attach(self, protocol: EndpointProtocol) -> None:
         protocol.endpoint = self
+        if _batches_reads(protocol.loop) or self.batched_reads:
+            protocol.defer_transmits = True  # the class default is False
         protocol.connection_made(self._sender)  # type: ignore[arg-type]  # the sender stands in for the shared socket's transport
 
     def _register(self, cid: bytes, protocol: EndpointProtocol) -> None:

@@ -5,10 +5,9 @@ aioquic doubles a stream's (and the connection's) receive window whenever half o
 without bound. Here the windows slide: the peer may send at most ``window`` bytes beyond what
 the application consumed, per stream and per connection. Credit is re-granted in steps of half a
 window, when the application reads (the stream's reader wakes the connection, see
-``connection.py``).
+``connection.py``). The mechanics are :class:`discretpeer._aioquic.SlidingCredit`'s.
 
-The sender side: :class:`BurstPacer`. This relies on private parts of aioquic (pinned in
-pyproject.toml).
+The sender side: :class:`BurstPacer`.
 """
 
 from __future__ import annotations
@@ -16,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY
-from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.recovery import QuicPacketPacer
 
+from discretpeer._aioquic import SlidingCredit, set_pacer
 from discretpeer.path_mtu import DatagramSizeSearch
 
 PACER_BURST = 16  # datagrams the pacer lets go at once, whatever its 1-us charge per datagram
@@ -46,7 +44,7 @@ def _no_unread(stream_id: int | None) -> int:
     return 0
 
 
-class AppPacedQuicConnection(DatagramSizeSearch):
+class AppPacedQuicConnection(SlidingCredit, DatagramSizeSearch):
     """A QuicConnection whose flow-control credit follows the application's reads (and which
     can probe for larger datagrams, see :mod:`discretpeer.path_mtu`).
 
@@ -59,38 +57,4 @@ class AppPacedQuicConnection(DatagramSizeSearch):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.unread: Callable[[int | None], int] = _no_unread
-        self._loss._pacer = BurstPacer(max_datagram_size=self._max_datagram_size)
-
-    def _write_connection_limits(self, builder: Any, space: Any) -> None:
-        max_data = self._local_max_data
-        window = self.connection_window
-        # unread() walks every stream: ask only when the credit could move even if all was read
-        # (called for every packet sent; a bulk sender never gets that far)
-        if max_data.used + window - max_data.value >= window // 2:
-            target = max_data.used - self.unread(None) + window
-            if target - max_data.value >= window // 2:
-                max_data.value = target
-        # the base class would double the window on arrival; hide the arrival count from it
-        used, max_data.used = max_data.used, 0
-        try:
-            super()._write_connection_limits(builder, space)
-        finally:
-            max_data.used = used
-
-    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
-        window = self.stream_window
-        highest = stream.receiver.highest_offset
-        if stream.max_stream_data_local and highest + window - stream.max_stream_data_local >= window // 2:
-            target = highest - self.unread(stream.stream_id) + window
-            if target - stream.max_stream_data_local >= window // 2:
-                stream.max_stream_data_local = target
-        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
-            buf = builder.start_frame(
-                QuicFrameType.MAX_STREAM_DATA,
-                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
-                handler=self._on_max_stream_data_delivery,
-                handler_args=(stream,),
-            )
-            buf.push_uint_var(stream.stream_id)
-            buf.push_uint_var(stream.max_stream_data_local)
-            stream.max_stream_data_local_sent = stream.max_stream_data_local
+        set_pacer(self, BurstPacer(max_datagram_size=self.datagram_size))

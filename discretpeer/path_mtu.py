@@ -31,13 +31,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aioquic import tls
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicDeliveryState
 
-AIOQUIC_MAX_DATAGRAM = 16000  # aioquic writes STREAM/CRYPTO lengths as 2-byte varints (< 16384)
+from discretpeer._aioquic import MAX_DATAGRAM_SIZE, SizeProbe, SizeProbing
+
+AIOQUIC_MAX_DATAGRAM = MAX_DATAGRAM_SIZE  # aioquic writes STREAM/CRYPTO lengths as 2-byte varints (< 16384)
 MAX_PROBES = 3  # probes of one size lost before the search moves on to the next size
 BASE_DATAGRAM = 1350  # what every peer connection starts with: crosses any Internet path
 MIN_DATAGRAM = 1200  # QUIC's minimum (RFC 9000 section 14)
@@ -116,51 +115,26 @@ class SizedQuicConfiguration(QuicConfiguration):
     datagram_size_cap: int = AIOQUIC_MAX_DATAGRAM
 
 
-def set_datagram_size(quic: QuicConnection, size: int) -> None:
-    """Use ``size``-byte datagrams on a live connection from now on: the packet builder,
-    congestion control and pacer each keep their own copy."""
-    size = min(size, AIOQUIC_MAX_DATAGRAM)
-    quic._max_datagram_size = size
-    for holder in (quic._loss._cc, quic._loss._pacer):
-        if hasattr(holder, "_max_datagram_size"):
-            holder._max_datagram_size = size
-
-
-class _Probe:
-    """One probe in flight (identity matters: a superseded probe's delivery is ignored)."""
-
-    __slots__ = ("size",)
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-
-class DatagramSizeSearch(QuicConnection):
+class DatagramSizeSearch(SizeProbing):
     """A QuicConnection that can probe for, and then use, larger datagrams.
 
     Call :meth:`search_datagram_size` once a path is verified (then transmit), and
-    :meth:`reset_datagram_size` when the path changes. This relies on private parts of aioquic's
-    ``QuicConnection`` and packet builder (pinned in pyproject.toml)."""
+    :meth:`reset_datagram_size` when the path changes. The probes themselves are written by
+    :class:`discretpeer._aioquic.SizeProbing`; this class decides which size, and when."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.base_datagram_size = self._max_datagram_size
+        self.base_datagram_size = self.datagram_size
         # the largest size a search may settle on (Peer(max_datagram_size=...))
-        self.datagram_size_cap: int = getattr(self._configuration, "datagram_size_cap", AIOQUIC_MAX_DATAGRAM)
+        self.datagram_size_cap: int = getattr(self.configuration, "datagram_size_cap", AIOQUIC_MAX_DATAGRAM)
         self.size_probes_sent = 0
         self.size_probes_lost = 0
         self._sizes_to_probe: list[int] = []
-        self._probe_in_flight: _Probe | None = None
-        self._probe_to_write: tuple[int, int] | None = None
+        self._probe_in_flight: SizeProbe | None = None
         self._losses: dict[int, int] = {}  # size -> probes of that size lost in this search
         # asked before each probe: the largest datagram the route takes now (the kernel lowers
         # its path MTU on ICMP "fragmentation needed", e.g. after our own probe hit a router)
         self.size_limit: Callable[[], int | None] | None = None
-
-    @property
-    def datagram_size(self) -> int:
-        """The size of the datagrams this side sends now."""
-        return self._max_datagram_size
 
     @property
     def searching(self) -> bool:
@@ -169,7 +143,7 @@ class DatagramSizeSearch(QuicConnection):
     def search_datagram_size(self, sizes: Iterable[int]) -> None:
         """Probe ``sizes`` (largest first); the first one acknowledged becomes the datagram size.
         Replaces any search in progress (a probe still in flight no longer counts)."""
-        current = self._max_datagram_size
+        current = self.datagram_size
         cap = min(self.datagram_size_cap, AIOQUIC_MAX_DATAGRAM)
         wanted = {s for s in sizes if current < s <= AIOQUIC_MAX_DATAGRAM}
         if any(s > cap for s in wanted) and cap > current:
@@ -182,89 +156,43 @@ class DatagramSizeSearch(QuicConnection):
         """Back to the base size, no search: the path changed."""
         self._sizes_to_probe = []
         self._probe_in_flight = None
-        if self._max_datagram_size != self.base_datagram_size:
-            set_datagram_size(self, self.base_datagram_size)
+        if self.datagram_size != self.base_datagram_size:
+            self.set_datagram_size(self.base_datagram_size)
 
-    # --- sending ------------------------------------------------------------------------------
+    # --- the probes (SizeProbing's hooks) -----------------------------------------------------
 
-    def _probe_due(self) -> int | None:
+    def next_probe_size(self) -> int | None:
         if not self._sizes_to_probe or self._probe_in_flight is not None:
             return None
-        if not self._handshake_confirmed or self._close_pending or self._close_event is not None:
+        if not self.ready_to_probe():
             return None
         if self.size_limit is not None:
             limit = self.size_limit()
             if limit is not None and limit < self._sizes_to_probe[0]:
                 # bigger ones would leave our host as fragments: probe what fits, nothing larger
                 fits = {s for s in self._sizes_to_probe if s <= limit}
-                if limit > self._max_datagram_size:
+                if limit > self.datagram_size:
                     fits.add(limit)
                 self._sizes_to_probe = sorted(fits, reverse=True)
                 if not self._sizes_to_probe:
                     return None
         return self._sizes_to_probe[0]
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
-        size = self._probe_due()
-        if size is None:
-            return super().datagrams_to_send(now)
-        # the builder's buffer is sized from _max_datagram_size when datagrams_to_send creates
-        # it: make it the probe's size; _write_application writes the probe first, then puts
-        # the usual size back for every other datagram
-        normal = self._max_datagram_size
-        self._max_datagram_size = size
-        self._probe_to_write = (size, normal)
-        try:
-            return super().datagrams_to_send(now)
-        finally:
-            self._max_datagram_size = normal
-            self._probe_to_write = None
-
-    def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
-        if self._probe_to_write is not None:
-            size, normal = self._probe_to_write
-            self._probe_to_write = None
-            self._max_datagram_size = normal
-            try:
-                self._write_size_probe(builder, size)
-            finally:
-                builder._buffer_capacity = normal
-        super()._write_application(builder, network_path, now)
-
-    def _write_size_probe(self, builder: Any, size: int) -> None:
-        crypto = self._cryptos[tls.Epoch.ONE_RTT]
-        if not crypto.send.is_valid():
-            return
-        # the probe is not congestion-controlled (one at a time, never counted in flight): give
-        # it room in the builder's flight budget, and take it back for the packets after it
-        budget = builder.max_flight_bytes
-        if budget is not None:
-            builder.max_flight_bytes = budget + size
-        builder.start_packet(QuicPacketType.ONE_RTT, crypto)
-        probe = _Probe(size)
-        builder.start_frame(QuicFrameType.PING, capacity=1, handler=self._on_size_probe_delivery, handler_args=(probe,))
-        packet = builder._packet
-        builder._datagram_needs_padding = True
-        builder._end_packet()
-        packet.in_flight = False  # a lost probe is no sign of congestion (RFC 8899 section 3)
-        sent = builder._datagrams[-1] if builder._datagrams else b""
-        if budget is not None:
-            builder.max_flight_bytes = budget
-            builder._flight_bytes -= packet.sent_bytes
+    def size_probe_sent(self, probe: SizeProbe, full: bool) -> None:
         self.size_probes_sent += 1
-        if len(sent) == size:
+        if full:
             self._probe_in_flight = probe
         else:  # could not be padded to the full size: its acknowledgement proves nothing
             self._sizes_to_probe = []
 
-    def _on_size_probe_delivery(self, delivery: QuicDeliveryState, probe: _Probe) -> None:
+    def size_probe_delivered(self, delivery: QuicDeliveryState, probe: SizeProbe) -> None:
         if probe is not self._probe_in_flight:
             return  # superseded by a reset or a new search
         self._probe_in_flight = None
         if delivery == QuicDeliveryState.ACKED:
             self._sizes_to_probe = []
-            if probe.size > self._max_datagram_size:
-                set_datagram_size(self, probe.size)
+            if probe.size > self.datagram_size:
+                self.set_datagram_size(probe.size)
         else:
             # aioquic also reports a packet as lost when a PTO retransmits it early: give every
             # size MAX_PROBES chances before moving on to the next (RFC 8899's MAX_PROBES)

@@ -62,9 +62,7 @@ async def test_stuck_client_does_not_delay_introductions(start_beacon):
         await _flood(stuck, 2000)
         loaded = await _introduction_latency(server, stuck, 10)
         peer = next(p for p in server._peers.values() if p.instance == stuck.instance)
-        from beacon.server import unacked_bytes
-
-        backlog = unacked_bytes(peer.protocol._quic)
+        backlog = peer.protocol.unsent_bytes()
         print(
             f"\nintroduction latency: baseline median {statistics.median(baseline) * 1000:.2f} ms "
             f"max {max(baseline) * 1000:.2f} ms; with a stuck reader (backlog {backlog} bytes) "
