@@ -485,11 +485,19 @@ class PairDriver:
             target = fresh[0] if fresh else None
         elif pair.rebind is not None:
             target = next((c for c in fresh if c.address == pair.rebind), None)
+            on_ipv6 = route.direct is not None and ":" in route.direct[0]
+            still_on_ipv6 = on_ipv6 and any(c.address == route.direct for c in fresh)
+            if target is not None and still_on_ipv6 and ":" not in target.address[0]:
+                target = None  # IPv4 packets still in flight (or its NAT rebound): stay on working IPv6
         else:
             # a LAN path that confirmed after we connected over the public one is the better path
             current = pair.session.candidates.get(route.direct) if route.direct is not None else None
             if current is None or current.kind is not CandidateKind.LOCAL:
                 target = next((c for c in fresh if c.kind is CandidateKind.LOCAL), None)
+            # an IPv6 path that confirmed after we went direct over IPv4 and ranks first (RTT within
+            # 10 %: no NAT mapping to keep alive); never back to IPv4 while IPv6 works (no flapping)
+            if target is None and fresh and ":" in fresh[0].address[0] and ":" not in (route.direct or ("::",))[0]:
+                target = fresh[0]
         if target is None:
             return
         pair.rebind = None

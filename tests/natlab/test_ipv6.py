@@ -7,11 +7,13 @@ direct (both NATs symmetric), IPv6 still can. IPv6 on one side only changes noth
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.natlab.lab import Lab
 from tests.natlab.test_matrix import BEACON_IP, DELAY_MS, RUNS, assert_connected, first, record, run_pair, start_beacon
+from tests.natlab.test_paths import wait_event
 
 pytestmark = pytest.mark.natlab
 
@@ -53,6 +55,29 @@ def test_both_families_equal_rtt_prefers_ipv6(lab: Lab, tmp_path: Path) -> None:
     paths = [e for e in events_a if e["event"] == "path"]
     final = paths[-1]["remote"][0] if paths else first(events_a, "connected")["remote"][0]
     assert final == lab.address6("B1"), events_a
+
+
+def test_direct_over_ipv4_moves_to_ipv6_once_it_opens(lab: Lab, tmp_path: Path) -> None:
+    """Router B drops IPv6 until the pair is connected over IPv4: once its IPv6 probes get through
+    (same RTT on both families here), the connection moves to IPv6 and the stream goes on."""
+    build(lab, "port_restricted", "port_restricted", ("A", "B"))
+    entry = start_beacon(lab, tmp_path)[1]
+    block = (
+        "table inet block6 {\n chain forward {\n"
+        "  type filter hook forward priority -50\n  meta nfproto ipv6 meta l4proto udp drop\n }\n}\n"
+    )
+    lab.run("B", ["nft", "-f", "-"], input=block)
+
+    def during(pa: Any, pb: Any) -> None:
+        wait_event(pa, lambda e: e["event"] == "connected", 20, "a connection over IPv4")
+        lab.run("B", ["nft", "delete", "table", "inet", "block6"])
+
+    events_a, events_b = run_pair(lab, tmp_path, "A1", "B1", entry, hold=4, during=during)
+    assert_connected(events_a, events_b, "direct")
+    assert ":" not in first(events_a, "connected")["remote"][0]
+    moves = [e for e in events_a if e["event"] == "path"]
+    assert moves and moves[-1]["remote"][0] == lab.address6("B1"), events_a
+    assert first(events_a, "held")["n"] > 0  # the stream lived through the move
 
 
 LISTEN = """
