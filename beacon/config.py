@@ -147,7 +147,9 @@ class BeaconConfig:
     behaviour_port: int = _setting(
         0,
         "Second UDP port answering NAT-behaviour requests, so that peers with one beacon learn whether their"
-        " NAT maps per destination (0 = off). Clients older than this feature cannot use a beacon with it on.",
+        " NAT maps per destination and (an answer from the main port, to an address that proved it receives"
+        " there) whether it filters by port (0 = off). Clients older than this feature cannot use a beacon with"
+        " it on.",
         _range(0, 65535),
     )
 

@@ -29,7 +29,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType
 
 from beacon import quic_tuning, stun, workers
-from beacon.behaviour import BehaviourResponder
+from beacon.behaviour import BehaviourResponder, cookie_key
 from beacon.config import BeaconConfig
 from beacon.limits import KeyedBuckets, KeyedCounts, RateMeter, TokenBucket, ip_key
 from beacon.logs import null_logger
@@ -457,7 +457,10 @@ class BeaconServer:
             if c.tcp_enabled:
                 await self._listen_tcp()
             if c.behaviour_port:
-                responder = self._behaviour = BehaviourResponder()
+                responder = self._behaviour = BehaviourResponder(
+                    key=cookie_key(self.bundle.private_key.private_bytes_raw()),
+                    send_from_main=self._send_from_main,
+                )
                 transport, _ = await loop.create_datagram_endpoint(
                     lambda: responder, local_addr=(c.host, c.behaviour_port)
                 )
@@ -598,6 +601,17 @@ class BeaconServer:
             if ":" not in host:
                 return port
         return None
+
+    def _send_from_main(self, data: bytes, to: tuple[str, int]) -> bool:
+        """A behaviour answer sent from the main port (the filtering check; beacon/behaviour.py
+        decided it may go there): from the socket of the address's family, never to that socket."""
+        for endpoint in self._endpoints:
+            if (":" in endpoint.local_address[0]) == (":" in to[0]):
+                if _is_own_socket(endpoint, to):
+                    return False
+                endpoint.sendto(data, to)
+                return True
+        return False
 
     def _stun_answer(self, endpoint: Any, data: bytes, source: Any) -> None:
         reply = self.stun.answer(data, (source[0], source[1]))

@@ -142,6 +142,8 @@ class BeaconStatus:
     second_observed: tuple[str, int] | None = None
     mapping: int | None = None
     behaviour_ms: float | None = None
+    behaviour_port: int | None = None  # the beacon's second port, from its Welcome
+    connect_ms: float | None = None  # from starting to connect to the Welcome, last connection
     history: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
@@ -300,6 +302,7 @@ class BeaconClient:
 
     async def _connect_and_serve(self) -> None:
         self.status.state = "connecting"
+        self._attempt_started = time.monotonic()
         link, self._upgrade = self._upgrade, None
         if link is None:
             link = await self._race()
@@ -405,6 +408,7 @@ class BeaconClient:
         raise ConnectionError(f"UDP: {_describe(errors['udp'])}; TCP: {_describe(errors['tcp'])}")
 
     _link_in_use: _Link | None = None
+    _attempt_started = 0.0  # monotonic time the current connection attempt began
     _late_udp: asyncio.Task[_Link] | None = None  # a QUIC attempt that lost the race but may still succeed
 
     async def _adopt(self, link: _Link) -> None:
@@ -425,6 +429,8 @@ class BeaconClient:
                 self._udp_retry.cancel()
             self._udp_retry = asyncio.get_running_loop().create_task(self._retry_udp())
         self.status.observed = welcome.observed
+        self.status.behaviour_port = welcome.behaviour_port
+        self.status.connect_ms = 1000 * (time.monotonic() - self._attempt_started)
         self.max_tokens = max(1, welcome.max_tokens)
         self.status.state = "connected"
         self.status.connects += 1

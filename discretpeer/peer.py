@@ -355,6 +355,14 @@ class Peer(FailureReport):
                     for client in self._clients:
                         client.refresh_candidates()
 
+    async def probe_hairpin(self, public: Addr, timeout: float = 0.6) -> float | None:
+        """Does our NAT hairpin? Seconds until a small random probe sent from this peer's socket
+        to ``public`` (our own public address, as a beacon saw it) came back to it, or None
+        (not started, or nothing came back within ``timeout``). ``discretpeer doctor`` uses it."""
+        if self._behaviour is None:
+            return None
+        return await self._behaviour.hairpin(public, timeout)
+
     def _on_datagram(self, data: bytes, source: Addr) -> None:
         """Non-QUIC datagrams: answers from a beacon's behaviour port, else relay frames and probes."""
         if self._behaviour is not None and self._behaviour.on_datagram(data, source):

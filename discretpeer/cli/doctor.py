@@ -8,11 +8,17 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from discretpeer import wire
+from discretpeer.behaviour_probe import (
+    FILTER_NO_ANSWER,
+    FILTER_OPEN,
+    FILTER_PORT_DEPENDENT,
+    FilteringResult,
+    probe_filtering,
+)
 from discretpeer.candidates import is_lan_address, local_addresses
 from discretpeer.identity import Identity, IdentityError
 from discretpeer.peer import Peer
@@ -61,6 +67,59 @@ async def _wait_for_beacons(peer: Peer, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+@dataclass
+class Netcheck:
+    """Hairpinning and filtering, checked while the beacons are connected."""
+
+    public: tuple[str, int] | None = None  # our public address (first beacon reached over UDP)
+    beacon: str | None = None  # ... as that beacon saw it
+    own: bool = False  # that address is this machine's: no NAT
+    hairpin: float | None = None  # seconds until the probe came back; None: it did not
+    hairpin_waited: float = 0.0
+    filtering: FilteringResult | None = None
+    filtering_beacon: str | None = None  # the beacon whose behaviour port answered the check
+    beacons_waited: float = 0.0  # until every beacon connected or failed once (or the timeout)
+
+
+async def _netcheck(peer: Peer, settings: Settings, timeout: float) -> Netcheck:
+    """Once the beacons answered: a probe from the peer's socket to its own public address
+    (hairpinning) and, where a beacon has a behaviour port, the filtering check from a fresh socket."""
+    started = time.monotonic()
+    await _wait_for_beacons(peer, timeout)
+    found = Netcheck(beacons_waited=time.monotonic() - started)
+    udp = [s for s in peer.beacon_status if s.state == "connected" and s.transport == "udp" and s.observed]
+    if not udp:
+        return found
+    first = udp[0]
+    assert first.observed is not None
+    found.public, found.beacon = first.observed.to_socket(), first.beacon
+    found.own = found.public[0] in set(local_addresses(include_loopback=True, ipv6=True))
+    second = next((s for s in udp if s.behaviour_port and s.address), None)
+
+    async def hairpin() -> None:
+        if found.own or found.public is None:
+            return
+        started = time.monotonic()
+        found.hairpin = await peer.probe_hairpin(found.public)
+        found.hairpin_waited = time.monotonic() - started
+
+    async def filtering() -> None:
+        if second is None or second.address is None or second.behaviour_port is None:
+            return
+        found.filtering_beacon = second.beacon
+        with contextlib.suppress(OSError):
+            found.filtering = await probe_filtering(
+                settings.udp_host, (second.address[0], second.behaviour_port), second.address
+            )
+
+    await asyncio.gather(hairpin(), filtering())
+    return found
+
+
 async def _check_beacons(report: Report, settings: Settings, identity: Identity, timeout: float) -> None:
     if not settings.beacons:
         report.add(
@@ -83,15 +142,21 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
         return
     try:
         mapper = peer.port_mapper
-        waits: list[Awaitable[object]] = [_wait_for_beacons(peer, timeout)]
-        if mapper is not None:
-            waits.append(mapper.wait_first_attempt(min(timeout, 3.0)))
-        await asyncio.gather(*waits)
+
+        async def first_mapping() -> float | None:  # how long the gateway took to grant or refuse
+            if mapper is None:
+                return None
+            begun = time.monotonic()
+            await mapper.wait_first_attempt(min(timeout, 3.0))
+            return time.monotonic() - begun
+
+        netcheck, mapper_seconds = await asyncio.gather(_netcheck(peer, settings, timeout), first_mapping())
+        waited = netcheck.beacons_waited
         statuses = [dataclasses.replace(status) for status in peer.beacon_status]  # before close() changes them
         mapping_status = dataclasses.replace(mapper.status) if mapper is not None else None
     finally:
         await peer.close()
-    _check_port_mapping(report, mapping_status)
+    _check_port_mapping(report, mapping_status, mapper_seconds)
     _check_ipv6(report, statuses)
     connected = []
     answered = False
@@ -139,20 +204,30 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
                 beacon=status.beacon,
                 error=error,
             )
+    over_udp = [s.connect_ms / 1000 for s in connected if s.transport == "udp" and s.connect_ms is not None]
     if answered:
-        report.add(OK, "udp", "UDP to the beacons works")
+        fastest = min(over_udp, default=None)
+        report.add(
+            OK,
+            "udp",
+            "UDP to the beacons works" + (f" (first beacon connected in {ms(fastest)})" if fastest is not None else ""),
+            ms=_rounded(fastest),
+        )
     elif connected:
         report.add(
             WARN,
             "udp",
-            "no beacon answered over UDP (outgoing UDP blocked?) but TLS over TCP works: "
+            f"no beacon answered over UDP (gave up after {ms(waited)}; outgoing UDP blocked?) but TLS over TCP works: "
             "peers connect through the beacons' relay",
+            ms=_rounded(waited),
         )
     else:
         report.add(
             FAIL,
             "udp",
-            "no beacon answered over UDP: outgoing UDP may be blocked by a firewall, or every beacon is down",
+            f"no beacon answered over UDP (gave up after {ms(waited)}): outgoing UDP may be blocked by a firewall, "
+            "or every beacon is down",
+            ms=_rounded(waited),
         )
     await _check_paths(report, settings, timeout)
     connected = [s for s in connected if s.transport == "udp"]  # TCP-observed addresses say nothing of UDP
@@ -162,29 +237,36 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
     hosts = sorted({host for host, _ in observed})
     mine = set(local_addresses(include_loopback=True))
     first = connected[0]
+    seen_in = None if first.connect_ms is None else first.connect_ms / 1000  # the Welcome carries it
     if len(hosts) > 1:
+        slowest = max((s.connect_ms / 1000 for s in connected if s.connect_ms is not None), default=None)
         report.add(
             WARN,
             "public address",
-            f"beacons see different public addresses ({', '.join(hosts)}): "
+            f"beacons see different public addresses ({', '.join(hosts)}, {ms(slowest)}): "
             "several uplinks or a NAT with several addresses",
             addresses=hosts,
+            ms=_rounded(slowest),
         )
     elif hosts and hosts[0] in mine:
         report.add(
             OK,
             "public address",
-            f"{format_address(first.observed)}: an address of this machine (no NAT between here and the beacon)",
+            f"{format_address(first.observed)} in {ms(seen_in)}: an address of this machine "
+            "(no NAT between here and the beacon)",
             address=format_address(first.observed),
             nat=False,
+            ms=_rounded(seen_in),
         )
     else:
         report.add(
             OK,
             "public address",
-            f"{format_address(first.observed)} (as seen by beacon {first.beacon}; this machine is behind a NAT)",
+            f"{format_address(first.observed)} (as seen by beacon {first.beacon} in {ms(seen_in)}; "
+            "this machine is behind a NAT)",
             address=format_address(first.observed),
             nat=True,
+            ms=_rounded(seen_in),
         )
     distinct = {s.address for s in connected if s.address is not None}
     learned = [s for s in connected if s.mapping in (wire.MAPPING_INDEPENDENT, wire.MAPPING_DEPENDENT)]
@@ -200,40 +282,146 @@ async def _check_beacons(report: Report, settings: Settings, identity: Identity,
                 "punching can work",
                 symmetric=False,
                 behaviour_ms=round(s.behaviour_ms or 0, 1),
+                ms=round(s.behaviour_ms or 0, 1),
             )
         else:
             report.add(
                 WARN,
                 "nat mapping",
                 f"a different external port per destination ({format_address(s.observed)}"
-                f" and {second} at beacon {s.beacon}'s two ports): symmetric NAT; direct connections need a "
-                "port mapping, IPv6 or a peer with an easy NAT, else the relay is used at once",
+                f" and {second} at beacon {s.beacon}'s two ports, {ms((s.behaviour_ms or 0) / 1000)}): symmetric "
+                "NAT; direct connections need a port mapping, IPv6 or a peer with an easy NAT, else the relay is "
+                "used at once",
                 symmetric=True,
                 behaviour_ms=round(s.behaviour_ms or 0, 1),
+                ms=round(s.behaviour_ms or 0, 1),
             )
     elif len(connected) < 2 or len(distinct) < 2:
         report.add(
             WARN,
             "nat mapping",
             "cannot tell with a single reachable beacon: configure at least two "
-            "beacons (different addresses) to check that the NAT keeps one external port per socket",
-        )
-    elif len(observed) == 1:
-        report.add(
-            OK,
-            "nat mapping",
-            f"same external address {format_address(first.observed)} towards "
-            f"{len(connected)} beacons (endpoint-independent mapping): hole punching can work",
-            symmetric=False,
+            "beacons (different addresses), or a beacon with a behaviour port, to check that the NAT keeps "
+            "one external port per socket",
+            ms=None,
         )
     else:
-        ports = ", ".join(sorted(f"{h}:{p}" for h, p in observed))
+        # the two welcomes, each carrying what that beacon saw, arrived within the slowest
+        both = max((s.connect_ms / 1000 for s in connected if s.connect_ms is not None), default=None)
+        if len(observed) == 1:
+            report.add(
+                OK,
+                "nat mapping",
+                f"same external address {format_address(first.observed)} towards "
+                f"{len(connected)} beacons (endpoint-independent mapping, {ms(both)}): hole punching can work",
+                symmetric=False,
+                ms=_rounded(both),
+            )
+        else:
+            ports = ", ".join(sorted(f"{h}:{p}" for h, p in observed))
+            report.add(
+                WARN,
+                "nat mapping",
+                f"a different external port per destination ({ports}, {ms(both)}): symmetric NAT; "
+                "direct connections with peers behind NAT may fail and the relay will be used",
+                symmetric=True,
+                ms=_rounded(both),
+            )
+    _check_filtering(report, netcheck)
+    _check_hairpin(report, netcheck)
+
+
+def _check_filtering(report: Report, check: Netcheck) -> None:
+    result = check.filtering
+    if result is None:
+        report.add(
+            OK,
+            "filtering",
+            "unknown: no beacon reached over UDP has a behaviour port (behaviour_port in its "
+            "Beacon.conf.toml) to answer from a port we never sent to",
+            filtering=None,
+            port_dependent=None,
+            ms=None,
+        )
+    elif result.outcome == FILTER_OPEN:
+        report.add(
+            OK,
+            "filtering",
+            f"endpoint-independent (packets from the beacon's other port came in, {ms(result.seconds)}): "
+            "the NAT does not check the sender's port, so punching is easy (with one beacon address it cannot "
+            "tell whether it checks the sender's address)",
+            filtering="endpoint-independent",
+            port_dependent=False,
+            beacon=check.filtering_beacon,
+            ms=_rounded(result.seconds),
+            answer_ms=_rounded(result.answer_seconds),
+        )
+    elif result.outcome == FILTER_PORT_DEPENDENT:
+        report.add(
+            OK,
+            "filtering",
+            f"port-dependent (nothing from the beacon's other port came in, {ms(result.seconds)}): only the "
+            "addresses and ports we sent to can answer, so both peers must send at once (they do)",
+            filtering="port-dependent",
+            port_dependent=True,
+            beacon=check.filtering_beacon,
+            ms=_rounded(result.seconds),
+        )
+    elif result.outcome == FILTER_NO_ANSWER:
         report.add(
             WARN,
-            "nat mapping",
-            f"a different external port per destination ({ports}): symmetric NAT; "
-            "direct connections with peers behind NAT may fail and the relay will be used",
-            symmetric=True,
+            "filtering",
+            f"unknown: the behaviour port of beacon {check.filtering_beacon} did not answer within "
+            f"{ms(result.seconds)} (a firewall in front of it, or UDP to that port blocked here)",
+            filtering=None,
+            port_dependent=None,
+            beacon=check.filtering_beacon,
+            ms=_rounded(result.seconds),
+        )
+    else:
+        report.add(
+            OK,
+            "filtering",
+            f"unknown: beacon {check.filtering_beacon} answers behaviour requests but not from its other port "
+            f"(an older beacon; {ms(result.seconds)})",
+            filtering=None,
+            port_dependent=None,
+            beacon=check.filtering_beacon,
+            ms=_rounded(result.seconds),
+        )
+
+
+def _check_hairpin(report: Report, check: Netcheck) -> None:
+    public = f"{check.public[0]}:{check.public[1]}" if check.public else "?"
+    if check.public is None:
+        report.add(
+            OK, "hairpinning", "unknown: no beacon reached over UDP told us our public address", hairpin=None, ms=None
+        )
+    elif check.own:
+        report.add(
+            OK,
+            "hairpinning",
+            f"not needed: our public address {public} is this machine's (no NAT)",
+            hairpin=None,
+            ms=None,
+        )
+    elif check.hairpin is not None:
+        report.add(
+            OK,
+            "hairpinning",
+            f"yes: a probe to our public address {public} came back in {ms(check.hairpin)}: "
+            "peers behind this same NAT can reach us there",
+            hairpin=True,
+            ms=_rounded(check.hairpin),
+        )
+    else:
+        report.add(
+            OK,
+            "hairpinning",
+            f"no: a probe to our public address {public} did not come back within {ms(check.hairpin_waited)}: "
+            "peers behind this same NAT connect through their local addresses instead",
+            hairpin=False,
+            ms=_rounded(check.hairpin_waited),
         )
 
 
@@ -263,9 +451,10 @@ async def _check_paths(report: Report, settings: Settings, timeout: float) -> No
         )
 
 
-def _check_port_mapping(report: Report, status: PortMapStatus | None) -> None:
+def _check_port_mapping(report: Report, status: PortMapStatus | None, seconds: float | None = None) -> None:
+    """``seconds``: how long the first attempt took (granted or not)."""
     if status is None:
-        report.add(OK, "port mapping", "not tried (bound to loopback, or port mapping off)", protocol=None)
+        report.add(OK, "port mapping", "not tried (bound to loopback, or port mapping off)", protocol=None, ms=None)
         return
     tried = ", ".join(f"{name}: {result}" for name, result in sorted(status.answers.items())) or "no answer"
     if status.mapping is not None:
@@ -286,8 +475,9 @@ def _check_port_mapping(report: Report, status: PortMapStatus | None) -> None:
             WARN,
             "port mapping",
             f"gateway {status.gateway or 'unknown'} granted no mapping by PCP, NAT-PMP or "
-            f"UPnP ({tried}); fine behind an easy NAT",
+            f"UPnP ({tried}, {ms(seconds)}); fine behind an easy NAT",
             protocol=None,
+            ms=_rounded(seconds),
             gateway=status.gateway,
             answers=status.answers,
             ignored=status.ignored,
@@ -295,26 +485,39 @@ def _check_port_mapping(report: Report, status: PortMapStatus | None) -> None:
 
 
 def _check_ipv6(report: Report, statuses: list[Any]) -> None:
+    started = time.monotonic()
     addresses = [a for a in local_addresses(ipv6=True) if ":" in a and not is_lan_address(a)]
-    over_ipv6 = [s.beacon for s in statuses if s.state == "connected" and s.address and ":" in s.address[0]]
+    looked = time.monotonic() - started  # the time to list this machine's addresses
+    over_ipv6 = [s for s in statuses if s.state == "connected" and s.address and ":" in s.address[0]]
     if over_ipv6:
+        fastest = min((s.connect_ms / 1000 for s in over_ipv6 if s.connect_ms is not None), default=None)
         report.add(
             OK,
             "ipv6",
-            f"beacon(s) {', '.join(over_ipv6)} reached over IPv6: direct IPv6 paths possible",
+            f"beacon(s) {', '.join(s.beacon for s in over_ipv6)} reached over IPv6 in {ms(fastest)}: direct "
+            "IPv6 paths possible",
             addresses=addresses,
             reachable=True,
+            ms=_rounded(fastest),
         )
     elif addresses:
         report.add(
             OK,
             "ipv6",
-            f"global IPv6 address(es) {', '.join(addresses)} (no beacon reached over IPv6 to confirm)",
+            f"global IPv6 address(es) {', '.join(addresses)} (no beacon reached over IPv6 to confirm; {ms(looked)})",
             addresses=addresses,
             reachable=None,
+            ms=_rounded(looked),
         )
     else:
-        report.add(WARN, "ipv6", "no global IPv6 address: only IPv4 paths", addresses=[], reachable=False)
+        report.add(
+            WARN,
+            "ipv6",
+            f"no global IPv6 address: only IPv4 paths ({ms(looked)})",
+            addresses=[],
+            reachable=False,
+            ms=_rounded(looked),
+        )
 
 
 async def _check_token_slots(report: Report, settings: Settings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -56,6 +57,10 @@ def test_doctor_all_good_with_two_beacons(netns, tmp_path):
     assert seen["udp"] == seen["public address"] == seen["nat mapping"] == seen["identity"] == "OK"
     assert seen["mdns"] == "OK"
     assert "same external address" in result.stdout and "no NAT" in result.stdout
+    assert re.search(
+        r"^OK +udp: UDP to the beacons works \(first beacon connected in [\d.]+ ms\)$", result.stdout, re.M
+    )
+    assert seen["filtering"] == seen["hairpinning"] == "OK"
     assert result.stdout.splitlines()[-1].startswith("doctor: ") and "0 FAIL" in result.stdout
     assert "Traceback" not in result.stderr
 
@@ -71,6 +76,13 @@ def test_doctor_one_beacon_says_nat_needs_two_and_json(netns, tmp_path):
     assert checks[f"beacon {b1.address}"]["verdict"] == "OK" and checks[f"beacon {b1.address}"]["rtt_ms"] > 0
     assert checks["nat mapping"]["verdict"] == "WARN" and "two" in checks["nat mapping"]["message"]
     assert "mdns" not in checks
+    # every netcheck line carries its timing (null only where nothing was measured)
+    for name in ("udp", "public address", "nat mapping", "filtering", "hairpinning", "port mapping", "ipv6"):
+        assert "ms" in checks[name], checks[name]
+    assert checks["udp"]["ms"] > 0 and checks["public address"]["ms"] > 0
+    # no behaviour port on this beacon, no NAT on loopback
+    assert checks["filtering"]["filtering"] is None and checks["filtering"]["message"].startswith("unknown")
+    assert checks["hairpinning"]["hairpin"] is None and "no NAT" in checks["hairpinning"]["message"]
 
 
 def test_doctor_wrong_pin_fails(netns, tmp_path):

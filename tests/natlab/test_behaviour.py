@@ -104,3 +104,59 @@ def test_doctor_is_a_netcheck_behind_a_symmetric_nat_with_a_gateway(lab: Lab, tm
     assert checks["ipv6"]["reachable"] is False
     assert checks["udp"]["verdict"] == "OK"
     assert "Traceback" not in proc.stderr
+
+
+def run_doctors(lab: Lab, tmp_path: Path, entry: dict[str, str], hosts: list[str]) -> dict[str, dict[str, Any]]:
+    """`discretpeer doctor --json` in each host at once; host -> {check name: check}."""
+    import json
+
+    beacon = f"{entry['hostname']}={entry['cert_hash']}"
+    procs = {}
+    for host in hosts:
+        home = tmp_path / f"home-{host}"
+        home.mkdir()
+        procs[host] = lab.popen(
+            host,
+            [sys.executable, "-m", "discretpeer", "doctor", "--json", "--no-mdns", "--beacon", beacon],
+            env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")},
+            name=f"doctor-{host}",
+        )
+    reports = {}
+    for host, proc in procs.items():
+        assert proc.wait(30) in (0, 1), proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        reports[host] = {c["check"]: c for c in report["checks"]}
+    return reports
+
+
+def test_doctor_filtering_and_hairpinning_rows(lab: Lab, tmp_path: Path) -> None:
+    """One beacon with a behaviour port and three homes, doctor in each at once: a full cone lets
+    in the beacon's other port, a port-restricted and a symmetric NAT do not; a probe to our own
+    public address comes back through a router that hairpins, not through one that does not."""
+    lab.add_public("beacon", BEACON_IP)
+    lab.add_home("A", "full_cone", hairpin=True)
+    lab.add_home("B", "port_restricted", hairpin=False)
+    lab.add_home("C", "symmetric", hairpin=True)
+    _, entry = start_beacon_with_behaviour_port(lab, tmp_path)
+    reports = run_doctors(lab, tmp_path, entry, ["A1", "B1", "C1"])
+    a, b, c = reports["A1"], reports["B1"], reports["C1"]
+
+    assert a["filtering"]["filtering"] == "endpoint-independent" and a["filtering"]["port_dependent"] is False
+    assert a["filtering"]["message"].startswith("endpoint-independent (packets from the beacon's other port came in")
+    for other in (b, c):
+        assert other["filtering"]["filtering"] == "port-dependent" and other["filtering"]["port_dependent"] is True
+        assert other["filtering"]["message"].startswith("port-dependent")
+    assert a["hairpinning"]["hairpin"] is True and c["hairpinning"]["hairpin"] is True
+    assert b["hairpinning"]["hairpin"] is False and b["hairpinning"]["message"].startswith("no:")
+    assert lab.public_address("A1") in a["hairpinning"]["message"]
+    assert (a["nat mapping"]["symmetric"], b["nat mapping"]["symmetric"], c["nat mapping"]["symmetric"]) == (
+        False,
+        False,
+        True,
+    )
+    for report in reports.values():
+        for name in ("udp", "public address", "nat mapping", "filtering", "hairpinning", "port mapping", "ipv6"):
+            assert isinstance(report[name]["ms"], (int, float)) and report[name]["ms"] >= 0, (name, report[name])
+        # a check that waited for nothing to come gives up within its bound (three sends, 0.6 s)
+        assert report["filtering"]["ms"] < 2000 and report["hairpinning"]["ms"] < 1000

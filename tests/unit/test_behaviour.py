@@ -26,11 +26,71 @@ def test_answer_round_trip_and_never_larger_than_the_request(nonce: bytes, host:
     assert not request[0] & 0x40 and not answer[0] & 0x40  # never mistaken for QUIC
 
 
+flags = st.integers(0, 255)
+cookies = st.binary(min_size=16, max_size=16)
+
+
+@given(nonces, flags, cookies)
+def test_request_fields_round_trip(nonce: bytes, flag: int, cookie: bytes) -> None:
+    request = behaviour.request(nonce, flag, cookie)
+    assert len(request) == behaviour.REQUEST_SIZE and not request[0] & 0x40
+    assert behaviour.parse_request_fields(request) == behaviour.Request(nonce, flag, cookie)
+    assert behaviour.parse_request(request) == nonce  # what an older beacon reads: flags are ignored
+
+
+@given(nonces)
+def test_an_older_clients_request_has_no_flags(nonce: bytes) -> None:
+    old = (behaviour.MAGIC + bytes([behaviour.KIND_REQUEST]) + nonce).ljust(64, b"\0")  # its whole layout
+    assert old == behaviour.request(nonce)
+    assert behaviour.parse_request_fields(old) == behaviour.Request(nonce, 0, behaviour.NO_COOKIE)
+
+
+@given(nonces, hosts, ports, cookies)
+def test_cookie_answer_round_trip_and_smaller_than_the_request(nonce, host, port, cookie) -> None:
+    answer = behaviour.cookie_answer(nonce, (host, port), cookie)
+    assert len(answer) < behaviour.REQUEST_SIZE and not answer[0] & 0x40
+    assert behaviour.parse_cookie_answer(answer) == (nonce, (str(ipaddress.ip_address(host)), port), cookie)
+    for parse in (behaviour.parse_answer, behaviour.parse_request, behaviour.parse_hairpin_probe):
+        try:
+            parse(answer)
+        except behaviour.BehaviourError:
+            continue
+        raise AssertionError(f"{parse.__name__} accepted a cookie answer")
+
+
+@given(nonces, st.binary(min_size=12, max_size=12))
+def test_hairpin_probe_round_trip(nonce: bytes, other: bytes) -> None:
+    probe = behaviour.hairpin_probe(nonce)
+    assert behaviour.parse_hairpin_probe(probe) == nonce and not probe[0] & 0x40
+    if other != nonce:
+        try:
+            behaviour.parse_hairpin_probe(probe[:17] + other)
+        except behaviour.BehaviourError:
+            return
+        raise AssertionError("a probe whose two nonces differ was accepted")
+
+
 @given(st.binary(max_size=100))
 def test_garbage_raises_only_behaviour_error(data: bytes) -> None:
-    for parse in (behaviour.parse_request, behaviour.parse_answer):
+    for parse in (
+        behaviour.parse_request,
+        behaviour.parse_request_fields,
+        behaviour.parse_answer,
+        behaviour.parse_cookie_answer,
+        behaviour.parse_hairpin_probe,
+    ):
         with contextlib.suppress(behaviour.BehaviourError):
             parse(data)
+
+
+@given(st.sampled_from([behaviour.KIND_ANSWER, behaviour.KIND_COOKIE_ANSWER]), st.binary(min_size=70, max_size=70))
+def test_answers_with_any_body_raise_only_behaviour_error(kind: int, body: bytes) -> None:
+    """The right magic, kind and length with anything after them (bad families, port 0, junk)."""
+    size = behaviour.ANSWER_SIZE if kind == behaviour.KIND_ANSWER else behaviour.COOKIE_ANSWER_SIZE
+    data = (behaviour.MAGIC + bytes([kind]) + body)[:size]
+    parse = behaviour.parse_answer if kind == behaviour.KIND_ANSWER else behaviour.parse_cookie_answer
+    with contextlib.suppress(behaviour.BehaviourError):
+        parse(data)
 
 
 def test_short_requests_are_not_answered() -> None:
