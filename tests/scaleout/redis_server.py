@@ -1,10 +1,8 @@
 """A real redis-server for the scale-out tests: free loopback port, temp dir, stopped by PID;
-plain or TLS (with a test CA made here)."""
+plain or TLS (certificates from tests/support/certificates.py)."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import shutil
 import signal
@@ -12,90 +10,15 @@ import socket
 import ssl
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from tests.support.certificates import TlsFiles
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files of a test CA and of one certificate it signed (with its key)."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-
-
-def make_tls_files(
-    directory: Path, names: tuple[str, ...] = ("127.0.0.1", "localhost"), client: bool = False
-) -> TlsFiles:
-    """A new CA (``ca.pem``) and a certificate it signed for ``names`` (IP addresses or DNS names),
-    for a server, or for a client with ``client``. EC P-256: made in milliseconds."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
-    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name(f"discretpeer test CA {os.urandom(4).hex()}")
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(valid[0])
-        .not_valid_after(valid[1])
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    alternative: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            alternative.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            alternative.append(x509.DNSName(name))
-    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(_name(names[0]))
-        .issuer_name(ca_name)
-        .public_key(leaf_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(valid[0])
-        .not_valid_after(valid[1])
-        .add_extension(x509.SubjectAlternativeName(alternative), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    files = TlsFiles(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
-    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files.cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    _write_key(files.key, leaf_key)
-    return files
 
 
 class RedisServer:

@@ -64,24 +64,30 @@ async def introductions(client, timeout: float = 0.5) -> list[wire.Introduction]
     return got
 
 
-async def test_peers_on_two_machines_meet(redis_server):
-    async with beacons(redis_server.url) as (one, two):
-        assert one.fingerprint == two.fingerprint and one.port != two.port
-        async with clients(one, two) as (a, b):
-            token = os.urandom(32)
-            a.announce(add=[token])
-            await wait_for(lambda: one.store.holders(token))
-            b.announce(add=[token])
-            to_b = await b.expect(wire.Introduction)
-            to_a = await a.expect(wire.Introduction)
-            assert (to_b.instance, to_b.token) == (a.instance, token)
-            assert (to_a.instance, to_a.token) == (b.instance, token)
-            assert to_b.observed == wire.Address.from_socket(a.local_address)
-            assert to_a.observed == wire.Address.from_socket(b.local_address)
-            # re-announcing the same token introduces nobody twice
+async def meet_across(one, two, *, again: bool = False) -> None:
+    """A peer on each beacon announces one token: both are introduced, to each other only (and,
+    with ``again``, announcing it once more introduces nobody twice)."""
+    async with clients(one, two) as (a, b):
+        token = os.urandom(32)
+        a.announce(add=[token])
+        await wait_for(lambda: one.store.holders(token))
+        b.announce(add=[token])
+        to_b = await b.expect(wire.Introduction)
+        to_a = await a.expect(wire.Introduction)
+        assert (to_b.instance, to_b.token) == (a.instance, token)
+        assert (to_a.instance, to_a.token) == (b.instance, token)
+        assert to_b.observed == wire.Address.from_socket(a.local_address)
+        assert to_a.observed == wire.Address.from_socket(b.local_address)
+        if again:
             b.announce(add=[token])
             await a.expect_nothing(0.3)
             await b.expect_nothing(0.1)
+
+
+async def test_peers_on_two_machines_meet(redis_server):
+    async with beacons(redis_server.url) as (one, two):
+        assert one.fingerprint == two.fingerprint and one.port != two.port
+        await meet_across(one, two, again=True)
 
 
 async def test_new_candidates_reach_those_met_on_another_machine(redis_server):

@@ -6,7 +6,6 @@ the TLS port each stop the beacon with one line naming the URL; the settings are
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 
 import pytest
@@ -15,10 +14,10 @@ from beacon import BeaconServer, loopback_config
 from beacon.config import ConfigError, load_config
 from beacon.store import StoreUnavailable
 from certs import create_bundle
-from discretpeer import wire
 from tests.scaleout.processes import ROOT, write_beacon_config
-from tests.scaleout.redis_server import RedisServer, make_tls_files
-from tests.scaleout.test_store_redis import beacons, clients, wait_for
+from tests.scaleout.redis_server import RedisServer
+from tests.scaleout.test_store_redis import beacons, meet_across
+from tests.support.certificates import make_tls_files
 
 
 @pytest.fixture
@@ -31,21 +30,6 @@ def tls_redis(tmp_path, tls_files):
     server = RedisServer(tmp_path / "redis", tls=tls_files).start()
     yield server
     server.stop()
-
-
-async def meet_across(one, two) -> None:
-    """A peer on each beacon announces one token: both are introduced, to each other only."""
-    async with clients(one, two) as (a, b):
-        token = os.urandom(32)
-        a.announce(add=[token])
-        await wait_for(lambda: one.store.holders(token))
-        b.announce(add=[token])
-        to_b = await b.expect(wire.Introduction)
-        to_a = await a.expect(wire.Introduction)
-        assert (to_b.instance, to_b.token) == (a.instance, token)
-        assert (to_a.instance, to_a.token) == (b.instance, token)
-        assert to_b.observed == wire.Address.from_socket(a.local_address)
-        assert to_a.observed == wire.Address.from_socket(b.local_address)
 
 
 async def refused(url: str, **changes) -> str:
