@@ -12,6 +12,10 @@ const enc = new TextEncoder();
 const $ = (id) => document.getElementById(id);
 const state = { status: '', devices: [], path: '', rtt: null, events: [], bound: false, exit: null };
 window.dp = { state };
+// when each phase of opening a shell ended (ms since navigation start), for the lab's timing table
+state.marks = [];
+const mark = (what) => { state.marks.push([Math.round(performance.now()), what]); };
+mark('app.js runs');
 
 function setStatus(text) {
   state.status = text;
@@ -68,7 +72,7 @@ class Signal {
     const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
     this.ws = new WebSocket(url);
     this.ready = new Promise((resolve, reject) => {
-      this.ws.onopen = resolve;
+      this.ws.onopen = () => { mark('websocket open'); resolve(); };
       this.ws.onerror = () => reject(new Error('cannot reach the beacon'));
     });
     this.ws.onclose = () => setStatus('signalling connection closed');
@@ -156,12 +160,16 @@ async function connectOnce(device, tokens, iceServers, policy, waitMs) {
   const channel = pc.createDataChannel('shell');
   channel.binaryType = 'arraybuffer';
   try {
+    pc.oniceconnectionstatechange = () => mark(`ice ${pc.iceConnectionState}`);
+    pc.onconnectionstatechange = () => mark(`pc ${pc.connectionState}`);
     await pc.setLocalDescription(await pc.createOffer());
+    mark('offer made');
     await new Promise((resolve) => {  // gather all candidates (no trickle: one offer, one answer)
       if (pc.iceGatheringState === 'complete') return resolve();
       pc.addEventListener('icegatheringstatechange', () => { if (pc.iceGatheringState === 'complete') resolve(); });
       setTimeout(resolve, 3000);
     });
+    mark('candidates gathered');
     setStatus(`connecting to ${device.name}…`);
     signal.send({ t: 'send', token, data: { k: 'offer', id: sid, sdp: pc.localDescription.sdp } });
     const reply = await Promise.race([answered, new Promise((_, reject) => setTimeout(
@@ -171,10 +179,13 @@ async function connectOnce(device, tokens, iceServers, policy, waitMs) {
       e.refused = true;
       throw e;
     }
+    mark('answer received');
     await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+    if (pc.sctp) pc.sctp.transport.onstatechange = () => mark(`dtls ${pc.sctp.transport.state}`);
     await new Promise((resolve, reject) => {
-      channel.onopen = resolve;
-      pc.onconnectionstatechange = () => { if (pc.connectionState === 'failed') reject(new Error('no path to the device')); };
+      channel.onopen = () => { mark('channel open'); resolve(); };
+      pc.onconnectionstatechange = () => {
+        mark(`pc ${pc.connectionState}`); if (pc.connectionState === 'failed') reject(new Error('no path to the device')); };
       setTimeout(() => reject(new Error(`no path to ${device.name}`)), waitMs);
     });
     return { pc, channel };
@@ -198,6 +209,7 @@ async function openShell(device, me, opts = {}) {
   // asked at once (the beacon handles listen, then turn, in order): answered only if the device is there
   signal.send({ t: 'turn', token });
   let creds = await signal.wait((m) => m.t === 'turn' || m.t === 'error', 3000, 'no answer from the beacon');
+  mark('ice servers');
   if (creds.t === 'error') {  // the device may be reconnecting to the beacon: wait for it, then ask again
     await present;
     signal.send({ t: 'turn', token });
@@ -234,6 +246,7 @@ async function openShell(device, me, opts = {}) {
   term.reset();
   fit.fit();
   channel.send(JSON.stringify({ pub: b64(me.pub), sig: b64(sig), cols: term.cols, rows: term.rows }));
+  mark('proof sent');
   const devKey = await crypto.subtle.importKey('raw', unb64(device.pub), { name: 'Ed25519' }, false, ['verify']);
   let bound = false;
   const pending = [];
@@ -244,6 +257,7 @@ async function openShell(device, me, opts = {}) {
         const ok = await crypto.subtle.verify('Ed25519', devKey, unb64(m.sig), bindingMessage('device', browserFp, deviceFp));
         if (!ok || m.pub !== device.pub) { setStatus('the device failed to prove its identity: closed'); pc.close(); return; }
         bound = true;
+        mark('device proof checked');
         state.bound = true;
         state.openMs = performance.now() - t0;
         setStatus(`shell on ${device.name}`);
@@ -253,6 +267,7 @@ async function openShell(device, me, opts = {}) {
       return;
     }
     const data = new Uint8Array(ev.data);
+    if (!state.firstBytes) { state.firstBytes = true; mark('first shell bytes'); }
     if (bound) term.write(data); else pending.push(data);
   };
   term.onData((d) => { if (bound && channel.readyState === 'open') channel.send(enc.encode(d)); });
@@ -314,6 +329,7 @@ async function main() {
   fit.fit();
   const opened = signal.open();  // the WebSocket handshake runs while IndexedDB answers
   const me = await identity();
+  mark('identity loaded');
   $('me').textContent = `this browser: ${b64(me.pub)}`;
   await opened;
   await showDevices(me);

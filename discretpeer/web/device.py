@@ -26,6 +26,7 @@ from discretpeer.identity import Identity
 
 from .binding import BindingError, binding_message, only_sha256, sdp_fingerprint, verify_binding
 from .browsers import BrowserStore, tokens_for
+from ._aioice import retransmit_on_incoming_check
 from .pairing import DevicePairing, PairedBrowser, PairingError, generate_code, pairing_token
 from .shell import PtySession
 
@@ -60,11 +61,15 @@ class _Session:
         self.bound = False
         self.created = time.monotonic()
 
+    def _mark(self, what: str) -> None:
+        log.debug("web session %s: %s after %.0f ms", self.sid[:6], what, (time.monotonic() - self.created) * 1000)
+
     async def answer(self, offer_sdp: str, ice_servers: list[RTCIceServer]) -> str:
         self.browser_fp = sdp_fingerprint(offer_sdp)
         pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         pc.on("datachannel", self._channel)
         pc.on("connectionstatechange", self._state)
+        pc.on("iceconnectionstatechange", lambda: self._mark(f"ice {pc.iceConnectionState}"))
         # Chromium hides its host addresses behind mDNS names (xxx.local); aioice resolves each one
         # with a 1 s timeout, one after the other, before the answer exists - a second per offer
         # across NATs, where they never resolve. Without them a LAN browser is still reached: its
@@ -73,7 +78,10 @@ class _Session:
             line for line in offer_sdp.split("\r\n") if not (line.startswith("a=candidate:") and ".local " in line)
         )
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        retransmit_on_incoming_check(pc)
+        self._mark("offer set")
         await pc.setLocalDescription(await pc.createAnswer())
+        self._mark("answer made (candidates gathered)")
         sdp = only_sha256(pc.localDescription.sdp)
         self.device_fp = sdp_fingerprint(sdp)
         asyncio.get_running_loop().call_later(BIND_TIMEOUT, self._bind_deadline)
@@ -85,6 +93,7 @@ class _Session:
             asyncio.ensure_future(self.close())
 
     async def _state(self) -> None:
+        self._mark(f"pc {self.pc.connectionState if self.pc else 'gone'}")
         if self.pc is not None and self.pc.connectionState in ("failed", "closed"):
             await self.close()
 
@@ -101,6 +110,7 @@ class _Session:
             channel.close()
             return
         state: dict[str, Any] = {"shell": None}
+        self._mark("data channel")
 
         def refuse(reason: str, counter: str) -> None:
             self.device.refused[counter] += 1
@@ -128,6 +138,7 @@ class _Session:
                     refuse(str(exc), "binding")
                     return
                 self.bound = True
+                self._mark("browser proof checked")
                 sig = self.device.identity.sign(binding_message("device", self.browser_fp, self.device_fp))
                 channel.send(json.dumps({"pub": _b64(self.device.identity.public_key), "sig": _b64(sig)}))
                 cols, rows = _size(hello.get("cols"), hello.get("rows"))

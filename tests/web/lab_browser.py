@@ -28,6 +28,11 @@ KEYSTROKE = """new Promise(resolve => {
     ? resolve(performance.now() - t0) : mc.port2.postMessage(0);
   dp.channel.send(new TextEncoder().encode(want)); mc.port2.postMessage(0); })"""
 
+# the page load, from navigation start: HTTP response, the modules, DOMContentLoaded
+LOAD_TIMES = """(() => { const n = performance.getEntriesByType('navigation')[0]; const r = Math.round;
+  const res = performance.getEntriesByType('resource').map(e => [e.name.split('/').pop(), r(e.startTime), r(e.responseEnd)]);
+  return { connect: r(n.connectEnd), response: r(n.responseEnd), dom: r(n.domContentLoadedEventEnd), resources: res }; })()"""
+
 
 async def main() -> int:
     p = argparse.ArgumentParser()
@@ -57,6 +62,8 @@ async def main() -> int:
         await browser.wait_for(f"dp.terminalText().includes({PROMPT!r})", timeout=30)
         result["open_to_prompt_ms"] = (time.monotonic() - started) * 1000
         result["steps_ms"] = await browser.eval("dp.state.events.map(([t, s]) => [Math.round(t), s])")
+        result["marks_ms"] = await browser.eval("dp.state.marks")
+        result["load_ms"] = await browser.eval(LOAD_TIMES)
         await browser.type_text(f"echo {args.marker}-$((6*7))\r")
         await browser.wait_for(f"dp.terminalText().includes('{args.marker}-42')")
         echoes = []
