@@ -70,8 +70,12 @@ class Signal {
   }
   open() {
     const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
-    this.ws = new WebSocket(url);
+    // the page's inline script opened it during the HTML parse, two round trips before this module runs
+    const early = window.dpSocket;
+    window.dpSocket = null;
+    this.ws = early && early.readyState <= WebSocket.OPEN ? early : new WebSocket(url);
     this.ready = new Promise((resolve, reject) => {
+      if (this.ws.readyState === WebSocket.OPEN) { mark('websocket open (early)'); resolve(); }
       this.ws.onopen = () => { mark('websocket open'); resolve(); };
       this.ws.onerror = () => reject(new Error('cannot reach the beacon'));
     });

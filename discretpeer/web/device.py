@@ -66,6 +66,11 @@ class _Session:
 
     async def answer(self, offer_sdp: str, ice_servers: list[RTCIceServer]) -> str:
         self.browser_fp = sdp_fingerprint(offer_sdp)
+        if " typ relay" not in offer_sdp:
+            # the browser's direct attempt (its relay comes in a second offer if this one fails): a
+            # TURN allocation here would cost two round trips to the TURN server before the answer
+            # exists, and a relay pair could win over the direct one this attempt is for
+            ice_servers = [server for server in ice_servers if not server.username]
         pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         pc.on("datachannel", self._channel)
         pc.on("connectionstatechange", self._state)
@@ -324,6 +329,12 @@ class WebDevice:
         if kind == "turn":
             if self._turn is not None and not self._turn.done():
                 self._turn.set_result(message)
+            return
+        if kind == "present":
+            # a paired browser arrived: fetch the STUN/TURN servers now, its offer follows in ~1 RTT
+            token = str(message.get("token"))
+            if token in self.browsers and isinstance(message.get("count"), int) and message["count"] >= 2:
+                self._spawn(self._ice_servers(token))
             return
         if kind == "error":
             log.warning("web signalling refused: %s", message.get("reason"))

@@ -63,6 +63,7 @@ async def main() -> int:
         result["open_to_prompt_ms"] = (time.monotonic() - started) * 1000
         result["steps_ms"] = await browser.eval("dp.state.events.map(([t, s]) => [Math.round(t), s])")
         result["marks_ms"] = await browser.eval("dp.state.marks")
+        result["early"] = await browser.eval("window.dpSocketAt || null")
         result["load_ms"] = await browser.eval(LOAD_TIMES)
         await browser.type_text(f"echo {args.marker}-$((6*7))\r")
         await browser.wait_for(f"dp.terminalText().includes('{args.marker}-42')")
