@@ -166,16 +166,18 @@ async function connectOnce(device, tokens, iceServers, policy, waitMs) {
   try {
     pc.oniceconnectionstatechange = () => mark(`ice ${pc.iceConnectionState}`);
     pc.onconnectionstatechange = () => mark(`pc ${pc.connectionState}`);
-    await pc.setLocalDescription(await pc.createOffer());
+    // trickle ICE: the offer leaves at once, each candidate follows as it is found (the server-reflexive
+    // one takes a round trip to STUN, which now overlaps with the offer's way to the device and its answer)
+    pc.onicecandidate = (ev) => {
+      if (ev.candidate && !ev.candidate.candidate) return;  // Chromium's empty end-of-generation marker
+      if (!ev.candidate) mark('candidates gathered');
+      signal.send({ t: 'send', token, data: { k: 'candidate', id: sid, c: ev.candidate ? ev.candidate.candidate : null } });
+    };
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
     mark('offer made');
-    await new Promise((resolve) => {  // gather all candidates (no trickle: one offer, one answer)
-      if (pc.iceGatheringState === 'complete') return resolve();
-      pc.addEventListener('icegatheringstatechange', () => { if (pc.iceGatheringState === 'complete') resolve(); });
-      setTimeout(resolve, 3000);
-    });
-    mark('candidates gathered');
     setStatus(`connecting to ${device.name}…`);
-    signal.send({ t: 'send', token, data: { k: 'offer', id: sid, sdp: pc.localDescription.sdp } });
+    signal.send({ t: 'send', token, data: { k: 'offer', id: sid, sdp: offer.sdp } });
     const reply = await Promise.race([answered, new Promise((_, reject) => setTimeout(
       () => reject(new Error(`${device.name} did not answer`)), 10000))]);
     if (reply.k !== 'answer') {

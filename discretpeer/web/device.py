@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import websockets
+from aiortc.sdp import candidate_from_sdp
 from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from discretpeer.identity import Identity
@@ -37,6 +38,7 @@ log = logging.getLogger("discretpeer.web")
 MAX_SDP = 16384
 MAX_PEER_CONNECTIONS = 8
 MAX_SHELLS_PER_CONNECTION = 4
+MAX_CANDIDATES = 32  # trickled by one browser session
 BIND_TIMEOUT = 15.0  # a connection that has not proven its browser by then is closed
 HIGH_WATER = 1 << 20  # bytes queued on a data channel before the PTY stops being read
 LOW_WATER = 1 << 18
@@ -60,6 +62,9 @@ class _Session:
         self.shells: list[PtySession] = []
         self.bound = False
         self.created = time.monotonic()
+        self.described = False  # the offer is set: trickled candidates go straight to the ICE agent
+        self.early_candidates: list[str | None] = []  # trickled before that (None = end of candidates)
+        self.candidates = 0
 
     def _mark(self, what: str) -> None:
         log.debug("web session %s: %s after %.0f ms", self.sid[:6], what, (time.monotonic() - self.created) * 1000)
@@ -84,6 +89,10 @@ class _Session:
         )
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         retransmit_on_incoming_check(pc)
+        self.described = True
+        for early in self.early_candidates:
+            await self.add_candidate(early)
+        self.early_candidates.clear()
         self._mark("offer set")
         await pc.setLocalDescription(await pc.createAnswer())
         self._mark("answer made (candidates gathered)")
@@ -91,6 +100,26 @@ class _Session:
         self.device_fp = sdp_fingerprint(sdp)
         asyncio.get_running_loop().call_later(BIND_TIMEOUT, self._bind_deadline)
         return sdp
+
+    async def add_candidate(self, line: str | None) -> None:
+        """One trickled browser candidate (``a=candidate`` value without the prefix), or None at the end.
+
+        The browser sends its offer before its server-reflexive candidate exists (one round trip to
+        STUN), so the offer and the device's own gathering overlap with the browser's."""
+        if not self.described:
+            self.early_candidates.append(line)
+            return
+        if self.pc is None:
+            return
+        if line is None:
+            await self.pc.addIceCandidate(None)
+            return
+        if ".local " in line:  # mDNS host names: see answer()
+            return
+        line = line.removeprefix("a=").removeprefix("candidate:")
+        candidate = candidate_from_sdp(line)
+        candidate.sdpMLineIndex = 0
+        await self.pc.addIceCandidate(candidate)
 
     def _bind_deadline(self) -> None:
         if not self.bound:
@@ -370,6 +399,21 @@ class WebDevice:
     async def _browser_message(self, token: str, data: dict[str, Any]) -> None:
         browser = self.browsers[token]
         sid = data.get("id")
+        if data.get("k") == "candidate":
+            session = self.sessions.get(sid) if isinstance(sid, str) else None
+            line = data.get("c")
+            if session is None or session.browser.public_key != browser.public_key:
+                return  # only the browser that made the session may add to it
+            if (line is not None and not (isinstance(line, str) and len(line) < 512)) or session.candidates >= MAX_CANDIDATES:
+                self.refused["bad_signal"] += 1
+                return
+            session.candidates += 1
+            try:
+                await session.add_candidate(line)
+            except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on a bad candidate
+                self.refused["bad_signal"] += 1
+                log.debug("web session %s: candidate refused: %s", sid[:6], exc)
+            return
         if data.get("k") != "offer" or not isinstance(sid, str) or not 0 < len(sid) <= 64:
             self.refused["bad_signal"] += 1
             return
