@@ -18,6 +18,7 @@ import contextlib
 import functools
 import gzip
 import hashlib
+import html
 import ipaddress
 import mimetypes
 import re
@@ -261,6 +262,9 @@ class WebService:
                     continue
                 name = target.relative_to(self.root).as_posix()
                 body = target.read_bytes()
+                if name == "index.html":  # the STUN servers: the page's first offer need not ask for them
+                    stun = html.escape(",".join(self.options.stun_urls), quote=True)
+                    body = body.replace(b'<meta name="dp-stun" content="">', f'<meta name="dp-stun" content="{stun}">'.encode())
                 kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
                 if target.suffix in (".js", ".mjs"):
                     kind = "text/javascript"
@@ -361,7 +365,8 @@ class WebService:
 
     def _announce(self, token: str) -> None:
         count = self.rooms.count(token)
-        text = encode("present", token=token, count=count)
+        # the beacon's STUN servers ride along: a device answers a direct offer without asking first
+        text = encode("present", token=token, count=count, urls=list(self.options.stun_urls))
         for member in list(self.rooms.members.get(token, ())):
             self._queue(member, text)
 

@@ -9,6 +9,8 @@ import {
 } from './dpcrypto.js';
 
 const enc = new TextEncoder();
+// the beacon's STUN servers, written into the page by the beacon
+const pageStun = (document.querySelector('meta[name="dp-stun"]')?.content || '').split(',').filter(Boolean);
 const $ = (id) => document.getElementById(id);
 const state = { status: '', devices: [], path: '', rtt: null, events: [], bound: false, exit: null };
 window.dp = { state };
@@ -154,7 +156,9 @@ const bindingMessage = (role, browserFp, deviceFp) => concat(
   enc.encode(browserFp), new Uint8Array([0]), enc.encode(deviceFp));
 
 // One WebRTC attempt: offer (all candidates gathered), answer through the room, data channel open.
-async function connectOnce(device, tokens, iceServers, policy, waitMs) {
+async function connectOnce(device, tokens, iceServers, policy, waitMs, abort = {}) {
+  const aborted = new Promise((_, reject) => { abort.now = reject; });
+  aborted.catch(() => {});
   const token = tokens[0];
   const sid = b64(crypto.getRandomValues(new Uint8Array(12)));
   let answer = null;
@@ -177,8 +181,10 @@ async function connectOnce(device, tokens, iceServers, policy, waitMs) {
     await pc.setLocalDescription(offer);
     mark('offer made');
     setStatus(`connecting to ${device.name}…`);
-    signal.send({ t: 'send', token, data: { k: 'offer', id: sid, sdp: offer.sdp } });
-    const reply = await Promise.race([answered, new Promise((_, reject) => setTimeout(
+    // relay: the device gathers its own TURN candidate only for an attempt that may use a relay
+    const relay = iceServers.some((s) => s.username);
+    signal.send({ t: 'send', token, data: { k: 'offer', id: sid, sdp: offer.sdp, relay } });
+    const reply = await Promise.race([answered, aborted, new Promise((_, reject) => setTimeout(
       () => reject(new Error(`${device.name} did not answer`)), 10000))]);
     if (reply.k !== 'answer') {
       const e = new Error(`refused by ${device.name}: ${reply.reason}`);
@@ -214,9 +220,19 @@ async function openShell(device, me, opts = {}) {
   signal.listen(tokens, () => {});
   // asked at once (the beacon handles listen, then turn, in order): answered only if the device is there
   signal.send({ t: 'turn', token });
-  let creds = await signal.wait((m) => m.t === 'turn' || m.t === 'error', 3000, 'no answer from the beacon');
-  mark('ice servers');
+  const asked = signal.wait((m) => m.t === 'turn' || m.t === 'error', 3000, 'no answer from the beacon');
+  // the page carries the beacon's STUN servers: the direct attempt starts now, not a round trip later
+  let early = null;
+  if (pageStun.length && !opts.relay) {
+    const abort = {};
+    early = { abort, attempt: connectOnce(device, tokens, [{ urls: pageStun }], 'all', 2500, abort) };
+    early.attempt.catch(() => {});
+  }
+  let creds = await asked;
+  mark(`ice servers: ${creds.t} ${creds.reason || ''}`);
   if (creds.t === 'error') {  // the device may be reconnecting to the beacon: wait for it, then ask again
+    if (early) early.abort.now(new Error(offline));  // that offer reached nobody
+    early = null;
     await present;
     signal.send({ t: 'turn', token });
     creds = await signal.wait((m) => m.t === 'turn' || m.t === 'error', 3000, 'no answer from the beacon');
@@ -234,14 +250,19 @@ async function openShell(device, me, opts = {}) {
     // direct first: with a relay candidate in the same attempt Chromium settles on the relay pair when
     // it answers first and may keep it; a direct path between cone NATs answers within ~1 s here
     try {
-      conn = await connectOnce(device, tokens, stun, 'all', 2500);
+      conn = await (early ? early.attempt : connectOnce(device, tokens, stun, 'all', 2500));
     } catch (e) {
       if (e.refused) throw e;
       setStatus(`no direct path to ${device.name}: through the relay…`);
       conn = await connectOnce(device, tokens, [...stun, turn], 'all', 15000);
     }
   } else {
-    conn = await connectOnce(device, tokens, stun, 'all', 15000);
+    try {
+      conn = await (early ? early.attempt : connectOnce(device, tokens, stun, 'all', 15000));
+    } catch (e) {  // the early attempt gives up after 2.5 s: without a relay, wait longer
+      if (e.refused || !early) throw e;
+      conn = await connectOnce(device, tokens, stun, 'all', 15000);
+    }
   }
   const { pc, channel } = conn;
   window.dp.pc = pc;

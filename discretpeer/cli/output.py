@@ -40,7 +40,7 @@ def configure_logging(verbosity: int) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(logging.ERROR if verbosity <= 0 else logging.WARNING if verbosity == 1 else logging.DEBUG)
     # library internals ("Future exception was never retrieved", a beacon retry) stay quiet by default

@@ -69,9 +69,9 @@ class _Session:
     def _mark(self, what: str) -> None:
         log.debug("web session %s: %s after %.0f ms", self.sid[:6], what, (time.monotonic() - self.created) * 1000)
 
-    async def answer(self, offer_sdp: str, ice_servers: list[RTCIceServer]) -> str:
+    async def answer(self, offer_sdp: str, ice_servers: list[RTCIceServer], *, direct: bool = False) -> str:
         self.browser_fp = sdp_fingerprint(offer_sdp)
-        if " typ relay" not in offer_sdp:
+        if direct:
             # the browser's direct attempt (its relay comes in a second offer if this one fails): a
             # TURN allocation here would cost two round trips to the TURN server before the answer
             # exists, and a relay pair could win over the direct one this attempt is for
@@ -257,6 +257,7 @@ class WebDevice:
         self._turn_lock = asyncio.Lock()
         self._ice_cache: tuple[float, list[RTCIceServer]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stun: list[RTCIceServer] | None = None  # the beacon's STUN servers, told with "present"
 
         class _Counter(dict[str, int]):
             def __missing__(self, key: str) -> int:
@@ -362,6 +363,9 @@ class WebDevice:
         if kind == "present":
             # a paired browser arrived: fetch the STUN/TURN servers now, its offer follows in ~1 RTT
             token = str(message.get("token"))
+            urls = message.get("urls")
+            if isinstance(urls, list) and len(urls) <= 8:
+                self._stun = [RTCIceServer(urls=[u for u in urls if isinstance(u, str)])] if urls else []
             if token in self.browsers and isinstance(message.get("count"), int) and message["count"] >= 2:
                 self._spawn(self._ice_servers(token))
             return
@@ -429,7 +433,12 @@ class WebDevice:
             session = _Session(self, browser, token, sid)
             self.sessions[sid] = session
             try:
-                answer = await session.answer(sdp, await self._ice_servers(token))
+                direct = data.get("relay") is not True  # the browser's first, direct-only attempt
+                if direct and self._stun is not None and self._ice_cache is None:
+                    servers = self._stun  # a direct offer needs no TURN: no round trip for credentials
+                else:
+                    servers = await self._ice_servers(token)
+                answer = await session.answer(sdp, servers, direct=direct)
                 reply = {"k": "answer", "id": sid, "sdp": answer, "name": self.name}
             except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on a bad SDP
                 self.refused["bad_signal"] += 1

@@ -65,7 +65,7 @@ def _run(lab: Lab, flavour: str, *, relay: bool, tmp_path: Path, expect: str, de
     env = {"HOME": str(tmp_path / "device-home")}
     cli = [sys.executable, "-m", "discretpeer.cli", "web"]
     serve = lab.popen(
-        "B1", [*cli, "-vv", "serve", "--url", url, "--name", "labbox", "--command", SHELL], env=env, name="serve"
+        "B1", [*cli, "serve", "--url", url, "--name", "labbox", "--command", SHELL], env=env, name="serve"
     )
     serve.wait_for("answering paired browsers", timeout=20, stream="stderr")
     invite = lab.popen("B1", [*cli, "invite", "--url", url, "--name", "labbox"], env=env, name="invite")
@@ -98,7 +98,6 @@ def _run(lab: Lab, flavour: str, *, relay: bool, tmp_path: Path, expect: str, de
         for text in (f"{marker}-$((6*7))", f"{marker}-42", "dp$ "):
             assert not capture.payload_contains(text.encode()), f"{text!r} in clear on a link"
     print(f"\n{flavour}: {json.dumps(result)}")
-    print("\n".join(line for line in serve.stderr.splitlines() if "web session" in line or "dtls" in line.lower() or "aioice" in line))
     return result
 
 

@@ -90,6 +90,7 @@ async def test_https_with_the_owners_certificate(tmp_path) -> None:
                 "t": "present",
                 "token": "ab" * 32,
                 "count": 1,
+                "urls": list(service.options.stun_urls),
             }
     finally:
         await service.stop()
