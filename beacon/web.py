@@ -238,9 +238,8 @@ class WebService:
             return self._plain(404, "not found")
         kind, body, gzipped, etag, cache = page
         csp = _csp(body if kind.startswith("text/html") else b"")
-        headers = Headers(
-            {"Content-Type": kind, **SECURITY_HEADERS, "Content-Security-Policy": csp, "Cache-Control": cache, "ETag": etag}
-        )
+        fields = {"Content-Type": kind, **SECURITY_HEADERS, "Content-Security-Policy": csp}
+        headers = Headers({**fields, "Cache-Control": cache, "ETag": etag})  # one of each (Headers is a multidict)
         if etag in request.headers.get("If-None-Match", ""):
             return Response(304, "Not Modified", headers, b"")
         if "gzip" in request.headers.get("Accept-Encoding", "") and len(gzipped) < len(body):
@@ -264,7 +263,8 @@ class WebService:
                 body = target.read_bytes()
                 if name == "index.html":  # the STUN servers: the page's first offer need not ask for them
                     stun = html.escape(",".join(self.options.stun_urls), quote=True)
-                    body = body.replace(b'<meta name="dp-stun" content="">', f'<meta name="dp-stun" content="{stun}">'.encode())
+                    meta = f'<meta name="dp-stun" content="{stun}">'.encode()
+                    body = body.replace(b'<meta name="dp-stun" content="">', meta)
                 kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
                 if target.suffix in (".js", ".mjs"):
                     kind = "text/javascript"

@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import websockets
-from aiortc.sdp import candidate_from_sdp
 from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
 
 from discretpeer.identity import Identity
 
+from ._aioice import retransmit_on_incoming_check
 from .binding import BindingError, binding_message, only_sha256, sdp_fingerprint, verify_binding
 from .browsers import BrowserStore, tokens_for
-from ._aioice import retransmit_on_incoming_check
 from .pairing import DevicePairing, PairedBrowser, PairingError, generate_code, pairing_token
 from .shell import PtySession
 
@@ -408,7 +408,8 @@ class WebDevice:
             line = data.get("c")
             if session is None or session.browser.public_key != browser.public_key:
                 return  # only the browser that made the session may add to it
-            if (line is not None and not (isinstance(line, str) and len(line) < 512)) or session.candidates >= MAX_CANDIDATES:
+            malformed = line is not None and not (isinstance(line, str) and len(line) < 512)
+            if malformed or session.candidates >= MAX_CANDIDATES:
                 self.refused["bad_signal"] += 1
                 return
             session.candidates += 1
@@ -416,7 +417,7 @@ class WebDevice:
                 await session.add_candidate(line)
             except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on a bad candidate
                 self.refused["bad_signal"] += 1
-                log.debug("web session %s: candidate refused: %s", sid[:6], exc)
+                log.debug("web session %s: candidate refused: %s", str(sid)[:6], exc)
             return
         if data.get("k") != "offer" or not isinstance(sid, str) or not 0 < len(sid) <= 64:
             self.refused["bad_signal"] += 1

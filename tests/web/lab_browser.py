@@ -29,9 +29,12 @@ KEYSTROKE = """new Promise(resolve => {
   dp.channel.send(new TextEncoder().encode(want)); mc.port2.postMessage(0); })"""
 
 # the page load, from navigation start: HTTP response, the modules, DOMContentLoaded
-LOAD_TIMES = """(() => { const n = performance.getEntriesByType('navigation')[0]; const r = Math.round;
-  const res = performance.getEntriesByType('resource').map(e => [e.name.split('/').pop(), r(e.startTime), r(e.responseEnd)]);
-  return { connect: r(n.connectEnd), response: r(n.responseEnd), dom: r(n.domContentLoadedEventEnd), resources: res }; })()"""
+LOAD_TIMES = """(() => {
+  const n = performance.getEntriesByType('navigation')[0]; const r = Math.round;
+  const res = performance.getEntriesByType('resource')
+    .map(e => [e.name.split('/').pop(), r(e.startTime), r(e.responseEnd)]);
+  return { connect: r(n.connectEnd), response: r(n.responseEnd), dom: r(n.domContentLoadedEventEnd),
+    resources: res }; })()"""
 
 
 async def main() -> int:
