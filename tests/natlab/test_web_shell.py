@@ -116,5 +116,6 @@ def test_direct_with_20ms_links_prompt_and_keystroke_latency(lab: Lab, tmp_path:
     one way on every internet link (browser <-> device RTT 80 ms)."""
     result = _run(lab, "port_restricted", relay=False, tmp_path=tmp_path, expect="direct", delay_ms=20)
     assert result["path"] == "direct", json.dumps(result)
-    assert result["open_to_prompt_ms"] < 5000, json.dumps(result)
+    # measured 1.31-1.33 s here (target p50 <= 1.5 s); the bound leaves room for a loaded CI machine
+    assert result["open_to_prompt_ms"] < 3000, json.dumps(result)
     assert result["keystroke_echo_ms"] <= result["rtt_ms"] + 10 + 20, json.dumps(result)  # + slack for CI
