@@ -13,11 +13,15 @@ files (``process_request``): one small dependency, sans-I/O inside, no web frame
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import functools
 import gzip
 import hashlib
+import html
 import ipaddress
 import mimetypes
+import re
 import ssl
 import time
 from collections import defaultdict
@@ -46,6 +50,17 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+
+
+@functools.lru_cache(maxsize=8)
+def _csp(html: bytes) -> str:
+    """The page's policy: scripts from its own origin, plus the inline scripts of this very HTML by
+    their SHA-256 (the page's first script opens the WebSocket while the modules still load)."""
+    hashes = "".join(
+        f" 'sha256-{base64.b64encode(hashlib.sha256(m).digest()).decode()}'"
+        for m in re.findall(rb"<script>(.*?)</script>", html, re.DOTALL)
+    )
+    return SECURITY_HEADERS["Content-Security-Policy"] + f"; script-src 'self'{hashes}"
 
 
 def static_dir() -> Path:
@@ -222,7 +237,9 @@ class WebService:
         if page is None:
             return self._plain(404, "not found")
         kind, body, gzipped, etag, cache = page
-        headers = Headers({"Content-Type": kind, **SECURITY_HEADERS, "Cache-Control": cache, "ETag": etag})
+        csp = _csp(body if kind.startswith("text/html") else b"")
+        fields = {"Content-Type": kind, **SECURITY_HEADERS, "Content-Security-Policy": csp}
+        headers = Headers({**fields, "Cache-Control": cache, "ETag": etag})  # one of each (Headers is a multidict)
         if etag in request.headers.get("If-None-Match", ""):
             return Response(304, "Not Modified", headers, b"")
         if "gzip" in request.headers.get("Accept-Encoding", "") and len(gzipped) < len(body):
@@ -244,6 +261,10 @@ class WebService:
                     continue
                 name = target.relative_to(self.root).as_posix()
                 body = target.read_bytes()
+                if name == "index.html":  # the STUN servers: the page's first offer need not ask for them
+                    stun = html.escape(",".join(self.options.stun_urls), quote=True)
+                    meta = f'<meta name="dp-stun" content="{stun}">'.encode()
+                    body = body.replace(b'<meta name="dp-stun" content="">', meta)
                 kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
                 if target.suffix in (".js", ".mjs"):
                     kind = "text/javascript"
@@ -344,7 +365,8 @@ class WebService:
 
     def _announce(self, token: str) -> None:
         count = self.rooms.count(token)
-        text = encode("present", token=token, count=count)
+        # the beacon's STUN servers ride along: a device answers a direct offer without asking first
+        text = encode("present", token=token, count=count, urls=list(self.options.stun_urls))
         for member in list(self.rooms.members.get(token, ())):
             self._queue(member, text)
 

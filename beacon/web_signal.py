@@ -10,7 +10,8 @@ Messages are JSON objects, version 1::
                       {"v":1,"t":"send","token":hex64,"data":{...}} forwarded to the token's other members
                       {"v":1,"t":"turn","token":hex64}              TURN credentials (only if not alone)
     beacon -> client  {"v":1,"t":"msg","token":hex64,"data":{...}}
-                      {"v":1,"t":"present","token":hex64,"count":n} members of a token changed
+                      {"v":1,"t":"present","token":hex64,"count":n,"urls":[...]} members of a token changed
+                                                                    (+ the beacon's STUN urls)
                       {"v":1,"t":"turn","urls":[...],"username":..,"credential":..,"ttl":n}
                       {"v":1,"t":"error","reason":"..."}
 """

@@ -9,9 +9,15 @@ import {
 } from './dpcrypto.js';
 
 const enc = new TextEncoder();
+// the beacon's STUN servers, written into the page by the beacon
+const pageStun = (document.querySelector('meta[name="dp-stun"]')?.content || '').split(',').filter(Boolean);
 const $ = (id) => document.getElementById(id);
 const state = { status: '', devices: [], path: '', rtt: null, events: [], bound: false, exit: null };
 window.dp = { state };
+// when each phase of opening a shell ended (ms since navigation start), for the lab's timing table
+state.marks = [];
+const mark = (what) => { state.marks.push([Math.round(performance.now()), what]); };
+mark('app.js runs');
 
 function setStatus(text) {
   state.status = text;
@@ -66,9 +72,13 @@ class Signal {
   }
   open() {
     const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
-    this.ws = new WebSocket(url);
+    // the page's inline script opened it during the HTML parse, two round trips before this module runs
+    const early = window.dpSocket;
+    window.dpSocket = null;
+    this.ws = early && early.readyState <= WebSocket.OPEN ? early : new WebSocket(url);
     this.ready = new Promise((resolve, reject) => {
-      this.ws.onopen = resolve;
+      if (this.ws.readyState === WebSocket.OPEN) { mark('websocket open (early)'); resolve(); }
+      this.ws.onopen = () => { mark('websocket open'); resolve(); };
       this.ws.onerror = () => reject(new Error('cannot reach the beacon'));
     });
     this.ws.onclose = () => setStatus('signalling connection closed');
@@ -146,7 +156,9 @@ const bindingMessage = (role, browserFp, deviceFp) => concat(
   enc.encode(browserFp), new Uint8Array([0]), enc.encode(deviceFp));
 
 // One WebRTC attempt: offer (all candidates gathered), answer through the room, data channel open.
-async function connectOnce(device, tokens, iceServers, policy, waitMs) {
+async function connectOnce(device, tokens, iceServers, policy, waitMs, abort = {}) {
+  const aborted = new Promise((_, reject) => { abort.now = reject; });
+  aborted.catch(() => {});
   const token = tokens[0];
   const sid = b64(crypto.getRandomValues(new Uint8Array(12)));
   let answer = null;
@@ -156,25 +168,36 @@ async function connectOnce(device, tokens, iceServers, policy, waitMs) {
   const channel = pc.createDataChannel('shell');
   channel.binaryType = 'arraybuffer';
   try {
-    await pc.setLocalDescription(await pc.createOffer());
-    await new Promise((resolve) => {  // gather all candidates (no trickle: one offer, one answer)
-      if (pc.iceGatheringState === 'complete') return resolve();
-      pc.addEventListener('icegatheringstatechange', () => { if (pc.iceGatheringState === 'complete') resolve(); });
-      setTimeout(resolve, 3000);
-    });
+    pc.oniceconnectionstatechange = () => mark(`ice ${pc.iceConnectionState}`);
+    pc.onconnectionstatechange = () => mark(`pc ${pc.connectionState}`);
+    // trickle ICE: the offer leaves at once, each candidate follows as it is found (the server-reflexive
+    // one takes a round trip to STUN, which now overlaps with the offer's way to the device and its answer)
+    pc.onicecandidate = (ev) => {
+      if (ev.candidate && !ev.candidate.candidate) return;  // Chromium's empty end-of-generation marker
+      if (!ev.candidate) mark('candidates gathered');
+      signal.send({ t: 'send', token, data: { k: 'candidate', id: sid, c: ev.candidate ? ev.candidate.candidate : null } });
+    };
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    mark('offer made');
     setStatus(`connecting to ${device.name}…`);
-    signal.send({ t: 'send', token, data: { k: 'offer', id: sid, sdp: pc.localDescription.sdp } });
-    const reply = await Promise.race([answered, new Promise((_, reject) => setTimeout(
+    // relay: the device gathers its own TURN candidate only for an attempt that may use a relay
+    const relay = iceServers.some((s) => s.username);
+    signal.send({ t: 'send', token, data: { k: 'offer', id: sid, sdp: offer.sdp, relay } });
+    const reply = await Promise.race([answered, aborted, new Promise((_, reject) => setTimeout(
       () => reject(new Error(`${device.name} did not answer`)), 10000))]);
     if (reply.k !== 'answer') {
       const e = new Error(`refused by ${device.name}: ${reply.reason}`);
       e.refused = true;
       throw e;
     }
+    mark('answer received');
     await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+    if (pc.sctp) pc.sctp.transport.onstatechange = () => mark(`dtls ${pc.sctp.transport.state}`);
     await new Promise((resolve, reject) => {
-      channel.onopen = resolve;
-      pc.onconnectionstatechange = () => { if (pc.connectionState === 'failed') reject(new Error('no path to the device')); };
+      channel.onopen = () => { mark('channel open'); resolve(); };
+      pc.onconnectionstatechange = () => {
+        mark(`pc ${pc.connectionState}`); if (pc.connectionState === 'failed') reject(new Error('no path to the device')); };
       setTimeout(() => reject(new Error(`no path to ${device.name}`)), waitMs);
     });
     return { pc, channel };
@@ -197,8 +220,19 @@ async function openShell(device, me, opts = {}) {
   signal.listen(tokens, () => {});
   // asked at once (the beacon handles listen, then turn, in order): answered only if the device is there
   signal.send({ t: 'turn', token });
-  let creds = await signal.wait((m) => m.t === 'turn' || m.t === 'error', 3000, 'no answer from the beacon');
+  const asked = signal.wait((m) => m.t === 'turn' || m.t === 'error', 3000, 'no answer from the beacon');
+  // the page carries the beacon's STUN servers: the direct attempt starts now, not a round trip later
+  let early = null;
+  if (pageStun.length && !opts.relay) {
+    const abort = {};
+    early = { abort, attempt: connectOnce(device, tokens, [{ urls: pageStun }], 'all', 2500, abort) };
+    early.attempt.catch(() => {});
+  }
+  let creds = await asked;
+  mark(`ice servers: ${creds.t} ${creds.reason || ''}`);
   if (creds.t === 'error') {  // the device may be reconnecting to the beacon: wait for it, then ask again
+    if (early) early.abort.now(new Error(offline));  // that offer reached nobody
+    early = null;
     await present;
     signal.send({ t: 'turn', token });
     creds = await signal.wait((m) => m.t === 'turn' || m.t === 'error', 3000, 'no answer from the beacon');
@@ -216,14 +250,19 @@ async function openShell(device, me, opts = {}) {
     // direct first: with a relay candidate in the same attempt Chromium settles on the relay pair when
     // it answers first and may keep it; a direct path between cone NATs answers within ~1 s here
     try {
-      conn = await connectOnce(device, tokens, stun, 'all', 2500);
+      conn = await (early ? early.attempt : connectOnce(device, tokens, stun, 'all', 2500));
     } catch (e) {
       if (e.refused) throw e;
       setStatus(`no direct path to ${device.name}: through the relay…`);
       conn = await connectOnce(device, tokens, [...stun, turn], 'all', 15000);
     }
   } else {
-    conn = await connectOnce(device, tokens, stun, 'all', 15000);
+    try {
+      conn = await (early ? early.attempt : connectOnce(device, tokens, stun, 'all', 15000));
+    } catch (e) {  // the early attempt gives up after 2.5 s: without a relay, wait longer
+      if (e.refused || !early) throw e;
+      conn = await connectOnce(device, tokens, stun, 'all', 15000);
+    }
   }
   const { pc, channel } = conn;
   window.dp.pc = pc;
@@ -234,6 +273,7 @@ async function openShell(device, me, opts = {}) {
   term.reset();
   fit.fit();
   channel.send(JSON.stringify({ pub: b64(me.pub), sig: b64(sig), cols: term.cols, rows: term.rows }));
+  mark('proof sent');
   const devKey = await crypto.subtle.importKey('raw', unb64(device.pub), { name: 'Ed25519' }, false, ['verify']);
   let bound = false;
   const pending = [];
@@ -244,6 +284,7 @@ async function openShell(device, me, opts = {}) {
         const ok = await crypto.subtle.verify('Ed25519', devKey, unb64(m.sig), bindingMessage('device', browserFp, deviceFp));
         if (!ok || m.pub !== device.pub) { setStatus('the device failed to prove its identity: closed'); pc.close(); return; }
         bound = true;
+        mark('device proof checked');
         state.bound = true;
         state.openMs = performance.now() - t0;
         setStatus(`shell on ${device.name}`);
@@ -253,6 +294,7 @@ async function openShell(device, me, opts = {}) {
       return;
     }
     const data = new Uint8Array(ev.data);
+    if (!state.firstBytes) { state.firstBytes = true; mark('first shell bytes'); }
     if (bound) term.write(data); else pending.push(data);
   };
   term.onData((d) => { if (bound && channel.readyState === 'open') channel.send(enc.encode(d)); });
@@ -314,6 +356,7 @@ async function main() {
   fit.fit();
   const opened = signal.open();  // the WebSocket handshake runs while IndexedDB answers
   const me = await identity();
+  mark('identity loaded');
   $('me').textContent = `this browser: ${b64(me.pub)}`;
   await opened;
   await showDevices(me);

@@ -21,9 +21,11 @@ from typing import Any
 
 import websockets
 from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
 
 from discretpeer.identity import Identity
 
+from ._aioice import retransmit_on_incoming_check
 from .binding import BindingError, binding_message, only_sha256, sdp_fingerprint, verify_binding
 from .browsers import BrowserStore, tokens_for
 from .pairing import DevicePairing, PairedBrowser, PairingError, generate_code, pairing_token
@@ -36,6 +38,7 @@ log = logging.getLogger("discretpeer.web")
 MAX_SDP = 16384
 MAX_PEER_CONNECTIONS = 8
 MAX_SHELLS_PER_CONNECTION = 4
+MAX_CANDIDATES = 32  # trickled by one browser session
 BIND_TIMEOUT = 15.0  # a connection that has not proven its browser by then is closed
 HIGH_WATER = 1 << 20  # bytes queued on a data channel before the PTY stops being read
 LOW_WATER = 1 << 18
@@ -59,12 +62,24 @@ class _Session:
         self.shells: list[PtySession] = []
         self.bound = False
         self.created = time.monotonic()
+        self.described = False  # the offer is set: trickled candidates go straight to the ICE agent
+        self.early_candidates: list[str | None] = []  # trickled before that (None = end of candidates)
+        self.candidates = 0
 
-    async def answer(self, offer_sdp: str, ice_servers: list[RTCIceServer]) -> str:
+    def _mark(self, what: str) -> None:
+        log.debug("web session %s: %s after %.0f ms", self.sid[:6], what, (time.monotonic() - self.created) * 1000)
+
+    async def answer(self, offer_sdp: str, ice_servers: list[RTCIceServer], *, direct: bool = False) -> str:
         self.browser_fp = sdp_fingerprint(offer_sdp)
+        if direct:
+            # the browser's direct attempt (its relay comes in a second offer if this one fails): a
+            # TURN allocation here would cost two round trips to the TURN server before the answer
+            # exists, and a relay pair could win over the direct one this attempt is for
+            ice_servers = [server for server in ice_servers if not server.username]
         pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         pc.on("datachannel", self._channel)
         pc.on("connectionstatechange", self._state)
+        pc.on("iceconnectionstatechange", lambda: self._mark(f"ice {pc.iceConnectionState}"))
         # Chromium hides its host addresses behind mDNS names (xxx.local); aioice resolves each one
         # with a 1 s timeout, one after the other, before the answer exists - a second per offer
         # across NATs, where they never resolve. Without them a LAN browser is still reached: its
@@ -73,11 +88,38 @@ class _Session:
             line for line in offer_sdp.split("\r\n") if not (line.startswith("a=candidate:") and ".local " in line)
         )
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        retransmit_on_incoming_check(pc)
+        self.described = True
+        for early in self.early_candidates:
+            await self.add_candidate(early)
+        self.early_candidates.clear()
+        self._mark("offer set")
         await pc.setLocalDescription(await pc.createAnswer())
+        self._mark("answer made (candidates gathered)")
         sdp = only_sha256(pc.localDescription.sdp)
         self.device_fp = sdp_fingerprint(sdp)
         asyncio.get_running_loop().call_later(BIND_TIMEOUT, self._bind_deadline)
         return sdp
+
+    async def add_candidate(self, line: str | None) -> None:
+        """One trickled browser candidate (``a=candidate`` value without the prefix), or None at the end.
+
+        The browser sends its offer before its server-reflexive candidate exists (one round trip to
+        STUN), so the offer and the device's own gathering overlap with the browser's."""
+        if not self.described:
+            self.early_candidates.append(line)
+            return
+        if self.pc is None:
+            return
+        if line is None:
+            await self.pc.addIceCandidate(None)
+            return
+        if ".local " in line:  # mDNS host names: see answer()
+            return
+        line = line.removeprefix("a=").removeprefix("candidate:")
+        candidate = candidate_from_sdp(line)
+        candidate.sdpMLineIndex = 0
+        await self.pc.addIceCandidate(candidate)
 
     def _bind_deadline(self) -> None:
         if not self.bound:
@@ -85,6 +127,7 @@ class _Session:
             asyncio.ensure_future(self.close())
 
     async def _state(self) -> None:
+        self._mark(f"pc {self.pc.connectionState if self.pc else 'gone'}")
         if self.pc is not None and self.pc.connectionState in ("failed", "closed"):
             await self.close()
 
@@ -101,6 +144,7 @@ class _Session:
             channel.close()
             return
         state: dict[str, Any] = {"shell": None}
+        self._mark("data channel")
 
         def refuse(reason: str, counter: str) -> None:
             self.device.refused[counter] += 1
@@ -128,6 +172,7 @@ class _Session:
                     refuse(str(exc), "binding")
                     return
                 self.bound = True
+                self._mark("browser proof checked")
                 sig = self.device.identity.sign(binding_message("device", self.browser_fp, self.device_fp))
                 channel.send(json.dumps({"pub": _b64(self.device.identity.public_key), "sig": _b64(sig)}))
                 cols, rows = _size(hello.get("cols"), hello.get("rows"))
@@ -212,6 +257,7 @@ class WebDevice:
         self._turn_lock = asyncio.Lock()
         self._ice_cache: tuple[float, list[RTCIceServer]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stun: list[RTCIceServer] | None = None  # the beacon's STUN servers, told with "present"
 
         class _Counter(dict[str, int]):
             def __missing__(self, key: str) -> int:
@@ -314,6 +360,15 @@ class WebDevice:
             if self._turn is not None and not self._turn.done():
                 self._turn.set_result(message)
             return
+        if kind == "present":
+            # a paired browser arrived: fetch the STUN/TURN servers now, its offer follows in ~1 RTT
+            token = str(message.get("token"))
+            urls = message.get("urls")
+            if isinstance(urls, list) and len(urls) <= 8:
+                self._stun = [RTCIceServer(urls=[u for u in urls if isinstance(u, str)])] if urls else []
+            if token in self.browsers and isinstance(message.get("count"), int) and message["count"] >= 2:
+                self._spawn(self._ice_servers(token))
+            return
         if kind == "error":
             log.warning("web signalling refused: %s", message.get("reason"))
             return
@@ -348,6 +403,22 @@ class WebDevice:
     async def _browser_message(self, token: str, data: dict[str, Any]) -> None:
         browser = self.browsers[token]
         sid = data.get("id")
+        if data.get("k") == "candidate":
+            session = self.sessions.get(sid) if isinstance(sid, str) else None
+            line = data.get("c")
+            if session is None or session.browser.public_key != browser.public_key:
+                return  # only the browser that made the session may add to it
+            malformed = line is not None and not (isinstance(line, str) and len(line) < 512)
+            if malformed or session.candidates >= MAX_CANDIDATES:
+                self.refused["bad_signal"] += 1
+                return
+            session.candidates += 1
+            try:
+                await session.add_candidate(line)
+            except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on a bad candidate
+                self.refused["bad_signal"] += 1
+                log.debug("web session %s: candidate refused: %s", str(sid)[:6], exc)
+            return
         if data.get("k") != "offer" or not isinstance(sid, str) or not 0 < len(sid) <= 64:
             self.refused["bad_signal"] += 1
             return
@@ -363,7 +434,12 @@ class WebDevice:
             session = _Session(self, browser, token, sid)
             self.sessions[sid] = session
             try:
-                answer = await session.answer(sdp, await self._ice_servers(token))
+                direct = data.get("relay") is not True  # the browser's first, direct-only attempt
+                if direct and self._stun is not None and self._ice_cache is None:
+                    servers = self._stun  # a direct offer needs no TURN: no round trip for credentials
+                else:
+                    servers = await self._ice_servers(token)
+                answer = await session.answer(sdp, servers, direct=direct)
                 reply = {"k": "answer", "id": sid, "sdp": answer, "name": self.name}
             except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on a bad SDP
                 self.refused["bad_signal"] += 1

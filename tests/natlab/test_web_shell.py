@@ -64,9 +64,10 @@ def _run(lab: Lab, flavour: str, *, relay: bool, tmp_path: Path, expect: str, de
     url = f"ws://{BEACON}:{WEB_PORT}/ws"
     env = {"HOME": str(tmp_path / "device-home")}
     cli = [sys.executable, "-m", "discretpeer.cli", "web"]
-    lab.popen(
+    serve = lab.popen(
         "B1", [*cli, "serve", "--url", url, "--name", "labbox", "--command", SHELL], env=env, name="serve"
-    ).wait_for("answering paired browsers", timeout=20, stream="stderr")
+    )
+    serve.wait_for("answering paired browsers", timeout=20, stream="stderr")
     invite = lab.popen("B1", [*cli, "invite", "--url", url, "--name", "labbox"], env=env, name="invite")
     code = invite.wait_for(r"pairing code: (\S+)", timeout=20, stream="stderr").group(1)
     marker = "zq" + expect
@@ -115,5 +116,6 @@ def test_direct_with_20ms_links_prompt_and_keystroke_latency(lab: Lab, tmp_path:
     one way on every internet link (browser <-> device RTT 80 ms)."""
     result = _run(lab, "port_restricted", relay=False, tmp_path=tmp_path, expect="direct", delay_ms=20)
     assert result["path"] == "direct", json.dumps(result)
-    assert result["open_to_prompt_ms"] < 5000, json.dumps(result)
+    # measured 1.31-1.33 s here (target p50 <= 1.5 s); the bound leaves room for a loaded CI machine
+    assert result["open_to_prompt_ms"] < 3000, json.dumps(result)
     assert result["keystroke_echo_ms"] <= result["rtt_ms"] + 10 + 20, json.dumps(result)  # + slack for CI

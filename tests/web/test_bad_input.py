@@ -215,3 +215,30 @@ async def test_a_corrupt_paired_browsers_file_keeps_the_device_serving(device) -
     device.reload()
     assert device.browsers == before
     assert device.connected.is_set()
+
+
+async def test_trickled_candidates_are_bounded_and_only_for_the_own_session(web_service, device, browser) -> None:
+    from discretpeer.web.browsers import tokens_for
+    from discretpeer.web.device import MAX_CANDIDATES
+
+    await _pair(browser, web_service, device)
+    paired = device.store.load()[0]
+    pc, _channel, _, _, signal = await open_channel(_ws_url(web_service), paired, sid="tr")
+    try:
+        token = list(tokens_for(paired))[0]
+        before = device.refused["bad_signal"]
+
+        async def candidate(sid: str, c: object) -> None:
+            await signal.send(t="send", token=token, data={"k": "candidate", "id": sid, "c": c})
+
+        await candidate("nobody", "1 1 udp 1 192.0.2.1 9 typ host")  # no such session: ignored
+        await candidate("tr", 5)  # not a candidate line
+        await candidate("tr", "x" * 600)  # too long
+        for i in range(MAX_CANDIDATES + 5):  # the first MAX_CANDIDATES are taken, the rest refused
+            await candidate("tr", f"candidate:{i} 1 udp 2122260223 192.0.2.{i + 1} 9 typ host")
+        await asyncio.sleep(0.5)
+        assert device.refused["bad_signal"] == before + 2 + 5
+        assert pc.connectionState == "connected" and "tr" in device.sessions
+    finally:
+        await pc.close()
+        await signal.__aexit__(None, None, None)

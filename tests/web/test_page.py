@@ -90,6 +90,31 @@ async def test_https_with_the_owners_certificate(tmp_path) -> None:
                 "t": "present",
                 "token": "ab" * 32,
                 "count": 1,
+                "urls": list(service.options.stun_urls),
             }
     finally:
         await service.stop()
+
+
+async def test_inline_script_allowed_by_its_hash_and_stun_servers_in_the_page() -> None:
+    """The page's one inline script (it opens the WebSocket during the HTML parse) is allowed by its
+    SHA-256 and nothing else inline is; the beacon writes its STUN servers into the page."""
+    import base64
+    import hashlib
+    import re
+
+    from beacon.web import WebOptions, WebService
+
+    service = WebService(WebOptions(host="127.0.0.1", port=0, stun_urls=("stun:203.0.113.10:4264", 'stun:"x">')))
+    await service.start()
+    try:
+        status, headers, body = await asyncio.to_thread(_get, page_url(service))
+    finally:
+        await service.stop()
+    assert status == 200
+    assert b'<meta name="dp-stun" content="stun:203.0.113.10:4264,stun:&quot;x&quot;&gt;">' in body
+    scripts = re.findall(rb"<script>(.*?)</script>", body, re.DOTALL)
+    assert len(scripts) == 1 and b"new WebSocket" in scripts[0]
+    digest = base64.b64encode(hashlib.sha256(scripts[0]).digest()).decode()
+    csp = headers["Content-Security-Policy"]
+    assert csp.endswith(f"; script-src 'self' 'sha256-{digest}'") and csp.count("script-src") == 1
