@@ -1,4 +1,5 @@
-"""The only module that touches aiortc's and aioice's private API (pinned versions in pyproject.toml).
+"""The only module that touches aiortc's and aioice's private API. When the installed versions do not
+look as expected it changes nothing (aioice's own timing: slower, still correct), so it is not pinned.
 
 Triggered checks (RFC 8445 section 7.3.1.4): when a connectivity check arrives on a pair whose own
 check is already *in progress*, the agent SHOULD retransmit that check at once. aioice does not: its
