@@ -16,6 +16,8 @@ import time
 import zlib
 from dataclasses import dataclass
 
+from discretpeer.addresses import unmap_host
+
 __all__ = ["MAGIC_COOKIE", "StunResponder", "binding_response", "is_stun", "parse_binding_request"]
 
 MAGIC_COOKIE = 0x2112A442
@@ -102,7 +104,5 @@ class StunResponder:
             return None
         self._tokens -= 1
         self.answered += 1
-        host = source[0].split("%", 1)[0]
-        if host.startswith("::ffff:"):
-            host = host[7:]
+        host = unmap_host(source[0].split("%", 1)[0])
         return binding_response(transaction, host, source[1])

@@ -29,6 +29,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from discretpeer.addresses import unmap_ip
+
 MAGIC = b"\x0bDPB"
 KIND_REQUEST = 1
 KIND_ANSWER = 2
@@ -88,9 +90,7 @@ def parse_request(data: bytes) -> bytes:
 
 def pack_address(address: tuple[str, int]) -> bytes:
     """family (4/6) | port | 16-byte address (IPv4 zero-padded, IPv4-mapped IPv6 as IPv4)."""
-    ip = ipaddress.ip_address(address[0].split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = unmap_ip(ipaddress.ip_address(address[0].split("%", 1)[0]))
     return struct.pack("!BH", ip.version, address[1]) + ip.packed.ljust(16, b"\0")
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from discretpeer.addresses import Addr
 from discretpeer.beacon_client import udp_unreachable
 from discretpeer.birthday_driver import BirthdayDriver
 from discretpeer.candidates import is_lan_address, on_attached_network
@@ -27,7 +28,7 @@ from discretpeer.pair_state import PairState
 from discretpeer.probe import ProbeError, ProbeKind, parse_probe
 from discretpeer.relay_frame import RELAY_DATA
 from discretpeer.relay_routes import RelayRoutes
-from discretpeer.traversal import Addr, Candidate, CandidateKind, PunchSession, mapping_varies
+from discretpeer.traversal import Candidate, CandidateKind, PunchSession, mapping_varies
 from discretpeer.wire import (
     INSTANCE_SIZE,
     MAPPING_DEPENDENT,

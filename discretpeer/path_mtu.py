@@ -35,6 +35,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet_builder import QuicDeliveryState
 
 from discretpeer._aioquic import MAX_DATAGRAM_SIZE, SizeProbe, SizeProbing
+from discretpeer.addresses import unmap_ip
 
 AIOQUIC_MAX_DATAGRAM = MAX_DATAGRAM_SIZE  # aioquic writes STREAM/CRYPTO lengths as 2-byte varints (< 16384)
 MAX_PROBES = 3  # probes of one size lost before the search moves on to the next size
@@ -50,9 +51,7 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    return unmap_ip(address)
 
 
 def route_mtu(address: tuple[str, int]) -> int | None:

@@ -23,6 +23,7 @@ from typing import Any
 from aioquic.quic.connection import QuicConnection
 
 from certs import create_bundle
+from discretpeer.addresses import Addr
 from discretpeer.auth import AuthError, Expectation, PeerPolicy
 from discretpeer.beacon_client import BeaconClient
 from discretpeer.behaviour_probe import BehaviourProber
@@ -51,7 +52,7 @@ from discretpeer.peer_stats import PeerStats
 from discretpeer.portmap import Mapping, PortMapper
 from discretpeer.portmap.pcp import PCP_PORT
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, pair_meeting
-from discretpeer.traversal import Addr, Candidate
+from discretpeer.traversal import Candidate
 from discretpeer.wire import INSTANCE_SIZE, MAX_CANDIDATES, Address
 
 __all__ = ["Peer", "PeerStats"]

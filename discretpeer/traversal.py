@@ -18,10 +18,10 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from discretpeer.addresses import Addr
 from discretpeer.candidates import is_lan_address
 from discretpeer.probe import NONCE_SIZE, Probe, ProbeKind, build_probe
 
-Addr = tuple[str, int]
 MAX_CANDIDATES = 16
 MAX_OUTSTANDING_NONCES = 64
 

@@ -24,6 +24,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from discretpeer.addresses import unmap_ip
+
 PROTOCOL_VERSION = 1
 MIN_VERSION = 1
 BEACON_ALPN = "discretpeer-beacon/1"
@@ -123,9 +125,7 @@ class Address:
     def from_socket(cls, addr: tuple) -> Address:
         """From a socket address tuple; IPv4-mapped IPv6 becomes plain IPv4, scope is dropped."""
         host = str(addr[0]).split("%", 1)[0]
-        ip = ipaddress.ip_address(host)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        ip = unmap_ip(ipaddress.ip_address(host))
         return cls(str(ip), int(addr[1]))
 
     @property

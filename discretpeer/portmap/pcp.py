@@ -10,6 +10,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from discretpeer.addresses import unmap_ip
+
 PCP_PORT = 5351
 VERSION = 2
 OPCODE_MAP = 1
@@ -49,8 +51,7 @@ def _pack_ip(host: str) -> bytes:
 
 
 def _unpack_ip(raw: bytes) -> str:
-    ip = ipaddress.IPv6Address(raw)
-    return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)
+    return str(unmap_ip(ipaddress.IPv6Address(raw)))
 
 
 @dataclass(frozen=True)
