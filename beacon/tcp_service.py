@@ -54,7 +54,7 @@ from discretpeer.stream_frames import BEACON_TCP_ALPN, StreamDecoder, encode_dat
 from discretpeer.wire import ErrorCode, WireError
 
 if TYPE_CHECKING:
-    from beacon.server import BeaconServer, _Peer
+    from beacon.server import BeaconServer, _Client
     from certs import CertificateBundle
 
 _TLS_HANDSHAKE_RECORD = 0x16
@@ -107,7 +107,7 @@ class TcpClient(asyncio.Protocol):
     def __init__(self, service: TcpService) -> None:
         self.service = service
         self.server = service.server
-        self.peer: _Peer | None = None
+        self.peer: _Client | None = None
         self.address: tuple[str, int] = ("0.0.0.0", 0)
         self.transport: asyncio.Transport | None = None
         self._incoming = ssl.MemoryBIO()
@@ -392,7 +392,7 @@ class TcpClient(asyncio.Protocol):
 
     _eof = False
 
-    def _handle(self, peer: _Peer, chunks: list[bytes]) -> None:
+    def _handle(self, peer: _Client, chunks: list[bytes]) -> None:
         server = self.server
         for chunk in chunks:
             if peer.closing:
@@ -592,7 +592,7 @@ class TcpService:
         server = self.server
         if server._stopping:  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
             return "stopping"
-        if len(server._peers) + self.handshaking + self.web_connections >= server.config.max_connections:  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
+        if len(server._clients) + self.handshaking + self.web_connections >= server.config.max_connections:  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
             return "max_connections"
         loop = asyncio.get_running_loop()
         if not server._handshakes.take(ip_key(address[0]), loop.time()):  # noqa: SLF001 - the beacon server's own hooks for its TCP clients

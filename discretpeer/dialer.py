@@ -151,7 +151,7 @@ class Dialer:
         """Dial a candidate, or through the pair's relay route."""
         assert self.endpoint is not None
         self.stats.dials += 1
-        record = pair.meeting
+        meeting = pair.meeting
         configuration = peer_quic_configuration(is_client=True, max_datagram_size=self.max_datagram_size)
         protocol: PeerProtocol | None = None
         relayed = dial.kind is DialKind.RELAY
@@ -163,7 +163,7 @@ class Dialer:
             if pair.state.dialing(dial.attempt):
                 pair.dial_protocol = protocol
             await asyncio.wait_for(protocol.wait_handshake(), DIAL_TIMEOUT)
-            verified = await authenticate_as_dialer(protocol, self.identity, pair.session.token, record.policy)
+            verified = await authenticate_as_dialer(protocol, self.identity, pair.session.token, meeting.policy)
         except (AuthError, ConnectionError, OSError, TimeoutError) as exc:
             text = str(exc) or type(exc).__name__
             if isinstance(exc, AuthError):
@@ -171,7 +171,7 @@ class Dialer:
             else:
                 self.stats.dial_failures += 1
                 text = f"QUIC to {where}: {text}"
-            record.failures.append(text)
+            meeting.failures.append(text)
             log.info("dial failed", address=where, error=text)
             if protocol is not None:
                 protocol.close_with(text if isinstance(exc, AuthError) else "dial failed")

@@ -256,22 +256,22 @@ class Peer(FailureReport):
         was tried.
         """
         self._check_open()
-        record = self._book.register(meeting, PeerPolicy(expect))
+        booked = self._book.register(meeting, PeerPolicy(expect))
         waiter: asyncio.Future[PeerConnection] = asyncio.get_running_loop().create_future()
-        record.waiters.append(waiter)
+        booked.waiters.append(waiter)
         self._sync_tokens()
         try:
             return await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 return waiter.result()  # verified in the same instant the timer fired
-            raise ConnectError(self._failure_text(record, timeout), self._report(record)) from None
+            raise ConnectError(self._failure_text(booked, timeout), self._report(booked)) from None
         finally:
-            if waiter in record.waiters:
-                record.waiters.remove(waiter)
+            if waiter in booked.waiters:
+                booked.waiters.remove(waiter)
             if not waiter.done():
                 waiter.cancel()
-            self._unregister_if_idle(record)
+            self._unregister_if_idle(booked)
 
     async def connect_to_peer(self, peer_id: str, *, timeout: float = 10.0) -> PeerConnection:
         """Meet a known peer by its id alone (the meeting is derived from both ids)."""
@@ -280,8 +280,8 @@ class Peer(FailureReport):
     async def listen(self, meeting: str | bytes, *, expect: Expectation) -> None:
         """Wait on ``meeting`` until :meth:`unlisten`; verified connections arrive in :meth:`incoming`."""
         self._check_open()
-        record = self._book.register(meeting, PeerPolicy(expect))
-        record.listening = True
+        booked = self._book.register(meeting, PeerPolicy(expect))
+        booked.listening = True
         self._sync_tokens()
 
     async def listen_for_peers(self, peer_ids: Iterable[str]) -> None:
@@ -290,10 +290,10 @@ class Peer(FailureReport):
             await self.listen(pair_meeting(self.peer_id, peer_id), expect=peer_id)
 
     async def unlisten(self, meeting: str | bytes) -> None:
-        record = self._book.find(meeting)
-        if record is not None:
-            record.listening = False
-            self._unregister_if_idle(record)
+        booked = self._book.find(meeting)
+        if booked is not None:
+            booked.listening = False
+            self._unregister_if_idle(booked)
 
     async def incoming(self) -> AsyncIterator[PeerConnection]:
         """Verified connections from peers meeting us on a meeting we :meth:`listen` on."""
@@ -308,18 +308,18 @@ class Peer(FailureReport):
         if not self._started:
             raise RuntimeError("peer not started: use 'async with Peer(...)' or 'await peer.start()'")
 
-    def _unregister_if_idle(self, record: Meeting) -> None:
+    def _unregister_if_idle(self, meeting: Meeting) -> None:
         """Withdraw a meeting nobody waits on; forget it once none of its connections is alive
         (until then its probes still count: background punching, NAT rebinding)."""
-        if record.wanted or self._closed:
+        if meeting.wanted or self._closed:
             return
         self._sync_tokens()
         if any(
-            pair.meeting is record and pair.connection is not None and not pair.connection.closed
+            pair.meeting is meeting and pair.connection is not None and not pair.connection.closed
             for pair in self._pairs.values()
         ):
             return
-        self._book.forget(record)
+        self._book.forget(meeting)
         self._sync_tokens()
 
     def _sync_tokens(self) -> None:
@@ -439,8 +439,8 @@ class Peer(FailureReport):
             if isinstance(exc, AuthError):
                 self.stats.auth_failures += 1
                 # the meeting is not known before the proof is read: tell every waiting one
-                for meeting in self._book:
-                    meeting.failures.append(f"incoming from {protocol.remote_address}: {text}")
+                for waiting in self._book:
+                    waiting.failures.append(f"incoming from {protocol.remote_address}: {text}")
             protocol.close_with(text)
             return
         finally:
@@ -448,8 +448,8 @@ class Peer(FailureReport):
         if self._closed:  # verified while close() was closing the others
             protocol.close_with("peer closing")
             return
-        record = self._book.by_token(verified.token)
-        if record is None:
+        meeting = self._book.by_token(verified.token)
+        if meeting is None:
             protocol.close_with("meeting withdrawn")
             return
         route = protocol.route
@@ -459,14 +459,14 @@ class Peer(FailureReport):
             pair = self._driver.relay.pair_of(route.relay.session_id)
             path = "relay"
         else:
-            pair = self._driver.pair_for_address(record, protocol.remote_address)
+            pair = self._driver.pair_for_address(meeting, protocol.remote_address)
             candidate = pair.session.candidates.get(protocol.remote_address) if pair is not None else None
             path = self._driver.path_kind(candidate, protocol.remote_address)
         introduced_at = pair.state.introduced_at if pair is not None else None
         connection = self._adopt(protocol, verified, path, dialer=False, introduced_at=introduced_at)
         if pair is not None:
             self._driver.attach(pair, connection, protocol, None)
-        self._deliver(record, connection)
+        self._deliver(meeting, connection)
 
     def _on_dialed(
         self, pair: Pair, dial: Dial, candidate: Candidate | None, protocol: PeerProtocol, verified: VerifiedPeer
@@ -482,10 +482,10 @@ class Peer(FailureReport):
 
     def _on_token_full(self, client: BeaconClient, token: bytes, text: str) -> None:
         """A beacon refused one of a meeting's tokens as full: the peers cannot meet there."""
-        record = self._book.by_token(token)
-        if record is not None:
-            if text not in record.refusals:
-                record.refusals.append(text)
+        meeting = self._book.by_token(token)
+        if meeting is not None:
+            if text not in meeting.refusals:
+                meeting.refusals.append(text)
             log.warning("meeting token refused as full", beacon=str(client.spec), reason=text)
 
     def _on_connection_quiet(self, connection: PeerConnection) -> None:
@@ -528,13 +528,13 @@ class Peer(FailureReport):
         )
         return connection
 
-    def _deliver(self, record: Meeting, connection: PeerConnection) -> None:
-        while record.waiters:
-            waiter = record.waiters.pop(0)
+    def _deliver(self, meeting: Meeting, connection: PeerConnection) -> None:
+        while meeting.waiters:
+            waiter = meeting.waiters.pop(0)
             if not waiter.done():
                 waiter.set_result(connection)
                 return
-        if record.listening:
+        if meeting.listening:
             try:
                 self._incoming.put_nowait(connection)
                 return
