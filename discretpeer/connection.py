@@ -48,6 +48,7 @@ from discretpeer.identity import Identity
 from discretpeer.logs import get_logger
 from discretpeer.path_mtu import DatagramSizeSearch, datagram_limit, probe_sizes
 from discretpeer.relay_frame import RELAY_HEADER_SIZE
+from discretpeer.tuning import DEFAULT_TUNING, Tuning
 
 PathKind = Literal["direct", "lan", "relay"]
 log = get_logger("discretpeer.connection")
@@ -56,8 +57,6 @@ PING_WHEN_QUIET = 2.0  # a connection silent this long gets a PING (keeps NATs o
 LIVENESS_TIMEOUT = 6.0  # nothing at all from the peer this long: the path is gone, say so
 MAX_PENDING_STREAMS = 64
 AUTH_STREAM_ID = 0
-STREAM_HIGH_WATER = 1024 * 1024  # unacknowledged bytes per stream before writer.drain() waits
-STREAM_LOW_WATER = 256 * 1024
 
 
 class _FlowControlledAdapter(StreamAdapter):
@@ -76,7 +75,7 @@ class _FlowControlledAdapter(StreamAdapter):
             super().write(data)
         except (RuntimeError, AssertionError) as exc:  # aioquic: stream reset or connection gone
             raise ConnectionResetError(f"stream {self.stream_id}: {exc}") from exc
-        if not self.paused and self.flow is not None and self.unacknowledged() > STREAM_HIGH_WATER:
+        if not self.paused and self.flow is not None and self.unacknowledged() > self.protocol.stream_high_water:
             self.paused = True
             self.flow.pause_writing()
             self.protocol.paused_streams.add(self)
@@ -106,7 +105,7 @@ class _FlowControlledAdapter(StreamAdapter):
         self.protocol.transmit_soon()
 
     def maybe_resume(self) -> bool:
-        if self.paused and (self.unacknowledged() < STREAM_LOW_WATER or self.protocol.closing):
+        if self.paused and (self.unacknowledged() < self.protocol.stream_low_water or self.protocol.closing):
             self.paused = False
             if self.flow is not None:
                 self.flow.resume_writing()
@@ -129,6 +128,9 @@ class PeerProtocol(EndpointProtocol):
         self.terminated = asyncio.Event()
         self.handshake_done = asyncio.Event()
         self.paused_streams: set[_FlowControlledAdapter] = set()
+        tuning: Tuning = getattr(quic.configuration, "tuning", DEFAULT_TUNING)
+        self.stream_high_water = tuning.stream_high_water  # a stream's writer pauses above, resumes below low
+        self.stream_low_water = tuning.stream_low_water
         if isinstance(quic, AppPacedQuicConnection):
             quic.unread = self._unread
 

@@ -39,6 +39,7 @@ from discretpeer.paths import Route, RouteTable, is_virtual
 from discretpeer.probe import QUIC_FIXED_BIT
 from discretpeer.relay_frame import RELAY_DATA
 from discretpeer.stateless_reset import is_reset
+from discretpeer.tuning import DEFAULT_TUNING, Tuning
 
 SMALLEST_INITIAL = 1200
 CONNECTION_ID_LENGTH = 8
@@ -142,6 +143,7 @@ class Endpoint(asyncio.DatagramProtocol):
         virtual_paths: bool = False,
         on_unexpected_source: Callable[[EndpointProtocol, Addr], None] | None = None,
         connection_class: type[QuicConnection] = QuicConnection,
+        tuning: Tuning = DEFAULT_TUNING,
     ) -> None:
         """``virtual_paths``: bind each connection to a virtual address whose :class:`Route` the
         owner may switch (direct ↔ relay, NAT rebinding) without QUIC noticing. Then
@@ -159,6 +161,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._closed = False
         self.virtual_paths = virtual_paths
         self._connection_class = connection_class
+        self.tuning = tuning
         self.routes = RouteTable()
         self.on_unexpected_source = on_unexpected_source
         self._clients: set[EndpointProtocol] = set()  # outgoing connections (stateless resets)
@@ -211,7 +214,13 @@ class Endpoint(asyncio.DatagramProtocol):
         # the selector loop's own (private) registration: its public add_reader refuses a socket
         # that a transport owns
         add_reader = getattr(loop, "_add_reader", None)
-        if READ_BATCH <= 1 or _batches_reads(loop) or add_reader is None or not hasattr(loop, "_selector"):
+        if (
+            not self.tuning.batched_reads
+            or READ_BATCH <= 1
+            or self._coalesces(loop)
+            or add_reader is None
+            or not hasattr(loop, "_selector")
+        ):
             return
         transport.pause_reading()  # removes the transport's reader for this socket
         self._sock, self._reader_loop = sock, loop
@@ -564,9 +573,13 @@ class Endpoint(asyncio.DatagramProtocol):
 
     # --- routing table ------------------------------------------------------------------------
 
+    def _coalesces(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """The loop hands us several datagrams per wakeup: connections transmit once per batch."""
+        return self.tuning.coalesce_transmits and _batches_reads(loop)
+
     def _attach(self, protocol: EndpointProtocol) -> None:
         protocol.endpoint = self
-        if _batches_reads(protocol.loop) or self.batched_reads:
+        if self._coalesces(protocol.loop) or self.batched_reads:
             protocol.defer_transmits = True  # the class default is False
         protocol.connection_made(self._sender)  # type: ignore[arg-type]  # the sender stands in for the shared socket's transport
 

@@ -36,6 +36,7 @@ from aioquic.quic.packet_builder import QuicDeliveryState
 
 from discretpeer._aioquic import MAX_DATAGRAM_SIZE, SizeProbe, SizeProbing
 from discretpeer.addresses import unmap_ip
+from discretpeer.tuning import DEFAULT_TUNING, Tuning
 
 AIOQUIC_MAX_DATAGRAM = MAX_DATAGRAM_SIZE  # aioquic writes STREAM/CRYPTO lengths as 2-byte varints (< 16384)
 MAX_PROBES = 3  # probes of one size lost before the search moves on to the next size
@@ -109,9 +110,11 @@ def check_max_datagram_size(value: int) -> int:
 @dataclass
 class SizedQuicConfiguration(QuicConfiguration):
     """A QuicConfiguration that also carries ``datagram_size_cap``: the largest datagram
-    path-MTU probing may settle on (``max_datagram_size`` stays the size a connection starts with)."""
+    path-MTU probing may settle on (``max_datagram_size`` stays the size a connection starts with),
+    and the :class:`discretpeer.tuning.Tuning` its connections read when they are set up."""
 
     datagram_size_cap: int = AIOQUIC_MAX_DATAGRAM
+    tuning: Tuning = DEFAULT_TUNING
 
 
 class DatagramSizeSearch(SizeProbing):

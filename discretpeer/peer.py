@@ -53,6 +53,7 @@ from discretpeer.portmap import Mapping, PortMapper
 from discretpeer.portmap.pcp import PCP_PORT
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, pair_meeting
 from discretpeer.traversal import Candidate
+from discretpeer.tuning import DEFAULT_TUNING, Tuning
 from discretpeer.wire import INSTANCE_SIZE, MAX_CANDIDATES, Address
 
 __all__ = ["Peer", "PeerStats"]
@@ -76,7 +77,8 @@ class Peer(FailureReport):
     (1200..16000; path-MTU probing never goes above it), e.g. 1472 to stay within one Ethernet frame.
     ``port_mapping``: ask the gateway for a public port (PCP, NAT-PMP, UPnP-IGD) and announce it
     (not when bound to loopback); ``port_mapping_gateway``: the gateway's address (default: the
-    routing table's), or ``"ip:port"`` to ask only PCP/NAT-PMP at that port.
+    routing table's), or ``"ip:port"`` to ask only PCP/NAT-PMP at that port. ``tuning``: data-path
+    settings (:class:`discretpeer.tuning.Tuning`; the defaults are what the library is measured with).
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class Peer(FailureReport):
         max_datagram_size: int = AIOQUIC_MAX_DATAGRAM,
         port_mapping: bool = True,
         port_mapping_gateway: str | None = None,
+        tuning: Tuning = DEFAULT_TUNING,
     ) -> None:
         self.identity = identity
         self._max_datagram_size = check_max_datagram_size(max_datagram_size)
@@ -132,6 +135,7 @@ class Peer(FailureReport):
             is_closed=lambda: self._closed,
             on_dialed=self._on_dialed,
             max_datagram_size=self._max_datagram_size,
+            tuning=tuning,
         )
         settings = PairSettings(self.instance, punch_duration, relay, direct, relay_after)
         self._driver = PairDriver(
@@ -141,7 +145,10 @@ class Peer(FailureReport):
         self._driver.birthday.spawn = self._spawn
         self._driver.on_direct = self._sync_tokens  # a relayed meeting went direct: withdraw it
         bundle = create_bundle("discretpeer", private_key=identity.private_key)
-        self._server_config = peer_quic_configuration(is_client=False, max_datagram_size=self._max_datagram_size)
+        self._tuning = tuning
+        self._server_config = peer_quic_configuration(
+            is_client=False, max_datagram_size=self._max_datagram_size, tuning=tuning
+        )
         self._server_config.certificate = bundle.certificate
         self._server_config.private_key = bundle.private_key
 
@@ -161,6 +168,7 @@ class Peer(FailureReport):
             virtual_paths=True,
             on_unexpected_source=self._driver.on_unexpected_source,
             connection_class=AppPacedQuicConnection,
+            tuning=self._tuning,
         )
         self._candidates = self._compute_candidates()
         self._behaviour = BehaviourProber(self._endpoint.sendto)
