@@ -41,6 +41,7 @@ from beacon.store import MeetingStore, make_store
 from beacon.tcp_service import TcpService, WebEndpoint
 from certs import CertificateBundle, create_bundle
 from discretpeer import _aioquic, stateless_reset, wire
+from discretpeer.addresses import Addr
 from discretpeer.endpoint import (
     CONNECTION_ID_LENGTH,
     SMALLEST_INITIAL,
@@ -68,7 +69,7 @@ STATELESS_RESET_BURST = 2000.0
 _NO_IPV6 = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT, errno.ENETUNREACH}
 
 
-def _is_own_socket(endpoint: Endpoint, source: tuple[str, int]) -> bool:
+def _is_own_socket(endpoint: Endpoint, source: Addr) -> bool:
     """True for a source that is (or may be) this very socket, or port 0: a packet spoofed from
     it must not make the beacon answer itself."""
     if source[1] == 0:
@@ -85,7 +86,7 @@ def _is_own_socket(endpoint: Endpoint, source: tuple[str, int]) -> bool:
     return ip.is_loopback or ip.is_unspecified or host in ("0.0.0.0", "::")
 
 
-def validated_address(quic: QuicConnection) -> tuple[str, int] | None:
+def validated_address(quic: QuicConnection) -> Addr | None:
     """The address this connection's packets come from that QUIC proved receives: the active
     path if validated (handshake or PATH_CHALLENGE/RESPONSE), else the last validated one.
 
@@ -98,7 +99,7 @@ def validated_address(quic: QuicConnection) -> tuple[str, int] | None:
     return None
 
 
-def _validated_paths(quic: QuicConnection) -> list[tuple[str, int]]:
+def _validated_paths(quic: QuicConnection) -> list[Addr]:
     return [normalize_address(address) for address in _aioquic.validated_path_addresses(quic)]
 
 
@@ -126,7 +127,7 @@ class _Client:
         "timer",
     )
 
-    def __init__(self, key: int, protocol: Any, address: tuple[str, int], max_frame: int) -> None:
+    def __init__(self, key: int, protocol: Any, address: Addr, max_frame: int) -> None:
         self.key = key
         self.protocol = protocol
         self.via: Any = protocol.endpoint  # an Endpoint, or the TcpClient itself
@@ -178,10 +179,10 @@ class BeaconProtocol(EndpointProtocol):
     def can_send_frames(self) -> bool:
         return _aioquic.has_stream(self.quic, 0)  # the client opened stream 0
 
-    def validated_address(self) -> tuple[str, int] | None:
+    def validated_address(self) -> Addr | None:
         return validated_address(self.quic)
 
-    def validated_paths(self) -> list[tuple[str, int]]:
+    def validated_paths(self) -> list[Addr]:
         return _validated_paths(self.quic)
 
     def _dismantle(self) -> None:
@@ -258,7 +259,7 @@ class _BeaconEndpoint(Endpoint):
         self.on_unknown_connection: Any = None
         self.on_stun: Any = None  # called with (datagram, source) for a STUN message
 
-    def _maybe_accept(self, data: bytes, source: tuple[str, int], header: Any, relay_route: Any = None) -> Any:
+    def _maybe_accept(self, data: bytes, source: Addr, header: Any, relay_route: Any = None) -> Any:
         if header.packet_type == QuicPacketType.ONE_RTT:
             # a short-header packet for a connection ID nobody here knows: a client of a
             # previous run of this beacon (or of another process sharing cert_der.bin)
@@ -346,7 +347,7 @@ class BeaconServer:
             self.store.claim_slot(f"{self.machine}-w{worker_index}")
         self.link: RelayLink | None = None  # with a shared store: see beacon.relay_link
         self._sid_byte: int | None = worker_index
-        self._remote_links: dict[str, tuple[str, tuple[str, int]]] = {}  # connection elsewhere → machine, link
+        self._remote_links: dict[str, tuple[str, Addr]] = {}  # connection elsewhere → machine, link
         self._remote_sessions: dict[int, dict[bytes, str]] = {}  # local conn → session → owner node
         self._where_asked: dict[bytes, tuple[float, int]] = {}  # session → window start, questions
         self.relay = RelayTable(
@@ -374,7 +375,7 @@ class BeaconServer:
         self._metrics_http: MetricsHTTPServer | None = None
         self._behaviour: BehaviourResponder | None = None  # the second UDP port (behaviour_port)
         self._behaviour_transport: asyncio.BaseTransport | None = None
-        self.metrics_address: tuple[str, int] | None = None
+        self.metrics_address: Addr | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_full_gc = 0.0
         self._settling: collections.deque[tuple[float, BeaconProtocol]] = collections.deque()
@@ -391,7 +392,7 @@ class BeaconServer:
         return self.bundle.fingerprint
 
     @property
-    def addresses(self) -> list[tuple[str, int]]:
+    def addresses(self) -> list[Addr]:
         """Bound (host, port) of every listening socket, IPv4 first."""
         return [endpoint.local_address for endpoint in self._endpoints]
 
@@ -590,7 +591,7 @@ class BeaconServer:
                     await tcp.listen(family, host, extra, reuse_port=shared)
 
     @property
-    def tcp_addresses(self) -> list[tuple[str, int]]:
+    def tcp_addresses(self) -> list[Addr]:
         """Bound (host, port) of every TLS/TCP listener."""
         return self.tcp.addresses if self.tcp is not None else []
 
@@ -602,7 +603,7 @@ class BeaconServer:
                 return port
         return None
 
-    def _send_from_main(self, data: bytes, to: tuple[str, int]) -> bool:
+    def _send_from_main(self, data: bytes, to: Addr) -> bool:
         """A behaviour answer sent from the main port (the filtering check; beacon/behaviour.py
         decided it may go there): from the socket of the address's family, never to that socket."""
         for endpoint in self._endpoints:
@@ -630,7 +631,7 @@ class BeaconServer:
             self._metrics_http = None
         await asyncio.sleep(0)  # let the transports finish closing
 
-    def _stateless_reset(self, endpoint: Endpoint, data: bytes, source: tuple[str, int], cid: bytes) -> None:
+    def _stateless_reset(self, endpoint: Endpoint, data: bytes, source: Addr, cid: bytes) -> None:
         """Answer a short-header packet for an unknown connection ID with a stateless reset
         (RFC 9000 §10.3): smaller than the packet, rate-limited, never to our own socket."""
         if self._stopping or not stateless_reset.should_answer(data) or _is_own_socket(endpoint, source):
@@ -647,7 +648,7 @@ class BeaconServer:
 
     # --- admission (before any per-connection state) ------------------------------------------
 
-    def _admit(self, addr: tuple[str, int], validated: bool) -> Admission:
+    def _admit(self, addr: Addr, validated: bool) -> Admission:
         """For an Initial that decrypts (junk never gets here, see _BeaconEndpoint), carrying a
         valid Retry token or none. The per-IP handshake budget is charged only for a handshake
         that starts now: a Retry is stateless and smaller than the Initial, so asking for one
@@ -674,7 +675,7 @@ class BeaconServer:
 
     # --- connection life ----------------------------------------------------------------------
 
-    def _connection_started(self, protocol: Any, address: tuple[str, int]) -> None:
+    def _connection_started(self, protocol: Any, address: Addr) -> None:
         """A client connection began (QUIC: its first datagram; TLS/TCP: its handshake done)."""
         assert self._loop is not None
         c = self.config
@@ -1033,7 +1034,7 @@ class BeaconServer:
             ),
         )
 
-    def _relay_datagram(self, endpoint: Any, data: bytes, source: tuple[str, int]) -> None:
+    def _relay_datagram(self, endpoint: Any, data: bytes, source: Addr) -> None:
         """Endpoint hook for every non-QUIC datagram (and TcpClient's for relay items on its
         stream): the relay's forward path. ``endpoint`` is what it came through."""
         link = self.link
@@ -1055,7 +1056,7 @@ class BeaconServer:
         elif relay.ended:
             self._drain_relay_endings()
 
-    def _follow_migration(self, session: RelaySession, source: tuple[str, int]) -> bool:
+    def _follow_migration(self, session: RelaySession, source: Addr) -> bool:
         """A side's beacon connection moved to ``source`` (NAT rebinding) and QUIC validated the
         new path: the session follows. Anything else from ``source`` stays dropped. A side held by
         another worker of this machine: that worker is asked (it answers ``relay_moved`` only if
@@ -1073,7 +1074,7 @@ class BeaconServer:
                 return True
         return False
 
-    def _ask_where(self, session_id: bytes, holder: str, source: tuple[str, int]) -> None:
+    def _ask_where(self, session_id: bytes, holder: str, source: Addr) -> None:
         """At most 4 questions per session per second, whatever sprays datagrams at it."""
         assert self._loop is not None
         now = self._loop.time()
@@ -1088,7 +1089,7 @@ class BeaconServer:
         message = {"k": "relay_where", "sid": session_id.hex(), "addr": list(source), "owner": self.store.node}  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
         self._store_send(holder, message)
 
-    def _proxy_follows(self, proxy: Proxy, source: tuple[str, int], endpoint: Any) -> bool:
+    def _proxy_follows(self, proxy: Proxy, source: Addr, endpoint: Any) -> bool:
         """The peer of a session owned on another machine moved to ``source`` (NAT rebinding) and
         its connection here validated that path: the proxy sends there and accepts from there."""
         client = self._clients.get(proxy.key)
@@ -1146,16 +1147,14 @@ class BeaconServer:
         known = self._remote_links.get(conn) if isinstance(conn, str) else None
         return known is not None and known[0] != self.machine
 
-    def _endpoint_for(self, address: tuple[str, int]) -> Endpoint:
+    def _endpoint_for(self, address: Addr) -> Endpoint:
         v6 = ":" in address[0]
         for endpoint in self._endpoints:
             if (":" in endpoint.local_address[0]) == v6:
                 return endpoint
         return self._endpoints[0]
 
-    def _remote_relay_request(
-        self, client: _Client, request: wire.RelayRequest, target: str, current: tuple[str, int]
-    ) -> None:
+    def _remote_relay_request(self, client: _Client, request: wire.RelayRequest, target: str, current: Addr) -> None:
         """The partner is held elsewhere: the worker with the smaller node id owns the session."""
         assert self._loop is not None and self.link is not None
         me = self.store.gkey(client.key)  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
@@ -1284,7 +1283,7 @@ class BeaconServer:
         for owner in set(sessions.values()):
             self._store_send(f"{owner}:", {"k": "relay_gone", "from": self.store.gkey(client.key)})  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
 
-    def _link_datagram(self, source: tuple[str, int], address: tuple[str, int], data: bytes) -> None:
+    def _link_datagram(self, source: Addr, address: Addr, data: bytes) -> None:
         """An authentic datagram on the relay link: to our peer (we hold it, the owner sent it)
         or from a peer on another machine (we own its session)."""
         assert self.link is not None and self._loop is not None

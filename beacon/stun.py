@@ -16,7 +16,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from discretpeer.addresses import unmap_host
+from discretpeer.addresses import Addr, unmap_host
 
 __all__ = ["MAGIC_COOKIE", "StunResponder", "binding_response", "is_stun", "parse_binding_request"]
 
@@ -90,7 +90,7 @@ class StunResponder:
         self._tokens = float(self.burst)
         self._stamp: float | None = None
 
-    def answer(self, data: bytes, source: tuple[str, int], now: float | None = None) -> bytes | None:
+    def answer(self, data: bytes, source: Addr, now: float | None = None) -> bytes | None:
         transaction = parse_binding_request(data)
         if transaction is None:
             self.dropped += 1

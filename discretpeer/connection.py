@@ -28,6 +28,7 @@ from discretpeer._aioquic import (
     reader_buffered,
     smoothed_rtt,
 )
+from discretpeer.addresses import Addr
 from discretpeer.auth import (
     AuthError,
     PeerPolicy,
@@ -215,7 +216,7 @@ class PeerProtocol(EndpointProtocol):
         super().quic_event_received(event)
 
     @property
-    def remote_address(self) -> tuple[str, int]:
+    def remote_address(self) -> Addr:
         """Where packets go now (the beacon's address while relayed)."""
         if self.route is not None and self.route.real is not None:
             return self.route.real
@@ -345,7 +346,7 @@ class PeerConnection:
         return f"<PeerConnection {self.peer_id[:12]}… {self.path} {self.remote_address}>"
 
     @property
-    def remote_address(self) -> tuple[str, int]:
+    def remote_address(self) -> Addr:
         return self._protocol.remote_address
 
     @property
@@ -378,7 +379,7 @@ class PeerConnection:
             quic.search_datagram_size(sizes)
             self._protocol.transmit_soon()
 
-    def _route_target(self) -> tuple[tuple[str, int] | None, int]:
+    def _route_target(self) -> tuple[Addr | None, int]:
         """Where our datagrams go now, and what each carries besides the QUIC packet."""
         route = self._protocol.route
         if route is not None and route.kind == "relay" and route.relay is not None:

@@ -35,7 +35,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet_builder import QuicDeliveryState
 
 from discretpeer._aioquic import MAX_DATAGRAM_SIZE, SizeProbe, SizeProbing
-from discretpeer.addresses import unmap_ip
+from discretpeer.addresses import Addr, unmap_ip
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
 
 AIOQUIC_MAX_DATAGRAM = MAX_DATAGRAM_SIZE  # aioquic writes STREAM/CRYPTO lengths as 2-byte varints (< 16384)
@@ -55,7 +55,7 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return unmap_ip(address)
 
 
-def route_mtu(address: tuple[str, int]) -> int | None:
+def route_mtu(address: Addr) -> int | None:
     """The kernel's MTU for the route to ``address`` (interface MTU, or a smaller path MTU it
     learnt from ICMP); None if unknown. Sends nothing: connect() on a UDP socket only routes."""
     ip = _ip(address[0])
@@ -71,7 +71,7 @@ def route_mtu(address: tuple[str, int]) -> int | None:
         return None
 
 
-def datagram_limit(address: tuple[str, int] | None, mtu: int | None = None, overhead: int = 0) -> int | None:
+def datagram_limit(address: Addr | None, mtu: int | None = None, overhead: int = 0) -> int | None:
     """The largest QUIC datagram the route to ``address`` takes without fragmenting, by the
     kernel's MTU for it (``mtu`` if already known); ``overhead``: bytes each datagram carries
     besides the QUIC packet (a relay frame's header). None if unknown."""
@@ -87,7 +87,7 @@ def datagram_limit(address: tuple[str, int] | None, mtu: int | None = None, over
     return min(mtu - (28 if ip.version == 4 else 48), AIOQUIC_MAX_DATAGRAM + overhead) - overhead
 
 
-def probe_sizes(address: tuple[str, int] | None, base: int, mtu: int | None = None, overhead: int = 0) -> list[int]:
+def probe_sizes(address: Addr | None, base: int, mtu: int | None = None, overhead: int = 0) -> list[int]:
     """QUIC datagram sizes worth probing towards ``address`` (largest first), above ``base``.
     ``mtu``: the route's MTU if already known (else asked from the kernel); ``overhead``: bytes
     each datagram carries besides the QUIC packet (a relay frame's header)."""

@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from discretpeer.addresses import unmap_ip
+from discretpeer.addresses import Addr, unmap_ip
 
 PROTOCOL_VERSION = 1
 MIN_VERSION = 1
@@ -132,7 +132,7 @@ class Address:
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return ipaddress.ip_address(self.host)
 
-    def to_socket(self) -> tuple[str, int]:
+    def to_socket(self) -> Addr:
         return (self.host, self.port)
 
     def __str__(self) -> str:
