@@ -51,7 +51,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from discretpeer.addresses import Addr, unmap_ip
+from discretpeer.addresses import Addr, map_ip, unmap_ip
 
 LINK_MAGIC = b"\xd1"
 TAG_SIZE = 16
@@ -69,10 +69,7 @@ def link_key(private_key: Any) -> bytes:
 
 
 def _pack_address(address: Addr) -> bytes:
-    ip = ipaddress.ip_address(address[0])
-    if ip.version == 4:
-        ip = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed)
-    return _ADDR.pack(ip.packed, address[1])
+    return _ADDR.pack(map_ip(ipaddress.ip_address(address[0])).packed, address[1])
 
 
 def _unpack_address(data: bytes) -> Addr:

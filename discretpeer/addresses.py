@@ -22,6 +22,13 @@ def unmap_ip(ip: IPAddress) -> IPAddress:
     return ip
 
 
+def map_ip(ip: IPAddress) -> ipaddress.IPv6Address:
+    """The IPv6 form of ``ip``: an IPv4 address as ``::ffff:a.b.c.d`` (16-byte wire fields)."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed)
+    return ip
+
+
 def unmap_host(host: str) -> str:
     """``unmap_ip`` on a host string; anything that is not an IPv4-mapped address comes back as is."""
     if ":" not in host:

@@ -10,7 +10,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from discretpeer.addresses import unmap_ip
+from discretpeer.addresses import map_ip, unmap_ip
 
 PCP_PORT = 5351
 VERSION = 2
@@ -44,10 +44,7 @@ class PcpError(ValueError):
 
 
 def _pack_ip(host: str) -> bytes:
-    ip = ipaddress.ip_address(host)
-    if isinstance(ip, ipaddress.IPv4Address):
-        ip = ipaddress.IPv6Address(b"\x00" * 10 + b"\xff\xff" + ip.packed)
-    return ip.packed
+    return map_ip(ipaddress.ip_address(host)).packed
 
 
 def _unpack_ip(raw: bytes) -> str:

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from beacon.limits import ip_key
-from discretpeer.addresses import unmap_host, unmap_ip
+from discretpeer.addresses import map_ip, unmap_host, unmap_ip
 from discretpeer.endpoint import normalize_address
 from discretpeer.wire import Address
 
@@ -26,6 +26,13 @@ def test_mapped_v4_becomes_v4(ip: ipaddress.IPv4Address) -> None:
     assert normalize_address((f"::ffff:{ip}", 9, 0, 0)) == (str(ip), 9)
     assert Address.from_socket((f"::ffff:{ip}", 9)) == Address(str(ip), 9)
     assert ip_key(f"::ffff:{ip}") == str(ip)
+
+
+@given(st.ip_addresses())
+def test_map_then_unmap_is_identity(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    mapped = map_ip(ip)
+    assert mapped.version == 6
+    assert unmap_ip(mapped) == ip or (ip.version == 6 and ip.ipv4_mapped is not None)
 
 
 @given(v4)
