@@ -71,12 +71,11 @@ class Dialer:
         spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[Any]],
         is_closed: Callable[[], bool],
         on_dialed: OnDialed,
-        max_datagram_size: int = AIOQUIC_MAX_DATAGRAM,
-        tuning: Tuning = DEFAULT_TUNING,
+        configuration: Callable[[], QuicConfiguration],
     ) -> None:
+        """``configuration``: makes the QUIC configuration of each dial."""
         self.identity = identity
-        self.max_datagram_size = max_datagram_size
-        self.tuning = tuning
+        self._configuration = configuration
         self.stats = stats
         self.endpoint: Endpoint | None = None  # set when the peer starts
         self._direct_enabled = direct_enabled
@@ -157,9 +156,7 @@ class Dialer:
         assert self.endpoint is not None
         self.stats.dials += 1
         meeting = pair.meeting
-        configuration = peer_quic_configuration(
-            is_client=True, max_datagram_size=self.max_datagram_size, tuning=self.tuning
-        )
+        configuration = self._configuration()
         protocol: PeerProtocol | None = None
         relayed = dial.kind is DialKind.RELAY
         route = pair.relay_route if relayed else None

@@ -161,7 +161,6 @@ class Endpoint(asyncio.DatagramProtocol):
         self._closed = False
         self.virtual_paths = virtual_paths
         self._connection_class = connection_class
-        self.tuning = tuning
         self.routes = RouteTable()
         self.on_unexpected_source = on_unexpected_source
         self._clients: set[EndpointProtocol] = set()  # outgoing connections (stateless resets)
@@ -176,6 +175,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self.send_errors = 0
         # asyncio's selector loop: we read the socket ourselves, READ_BATCH datagrams per wakeup
         self.batched_reads = False
+        self.tuning = tuning  # read when the socket is set up and when a connection attaches
         self._sock: socket.socket | None = None
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         self._raw: socket.socket | None = None  # the bound socket (GSO sends go straight to it)

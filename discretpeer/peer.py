@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -134,8 +135,9 @@ class Peer(FailureReport):
             spawn=self._spawn,
             is_closed=lambda: self._closed,
             on_dialed=self._on_dialed,
-            max_datagram_size=self._max_datagram_size,
-            tuning=tuning,
+            configuration=functools.partial(
+                peer_quic_configuration, is_client=True, max_datagram_size=self._max_datagram_size, tuning=tuning
+            ),
         )
         settings = PairSettings(self.instance, punch_duration, relay, direct, relay_after)
         self._driver = PairDriver(
