@@ -52,6 +52,7 @@ from beacon.server import BeaconServer
 from beacon.store import StoreUnavailable
 from beacon.summary import log_summaries
 from beacon.workers import Supervisor, worker_sockets
+from discretpeer.addresses import Addr
 
 PROG = "discret-beacon"
 PLACEHOLDER_HOST = "YOUR.HOST"
@@ -251,7 +252,7 @@ async def _serve(
     return 0
 
 
-def web_lines(web: Any, tcp_addresses: list[tuple[str, int]]) -> list[str]:
+def web_lines(web: Any, tcp_addresses: list[Addr]) -> list[str]:
     """Where browsers open the page: its own listener, and each TLS/TCP port under the certificate's
     first name (a wildcard name stands for any one label: shown as is)."""
     lines = []

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from discretpeer import behaviour
+from discretpeer.addresses import Addr
 
-Addr = tuple[str, int]
 COOKIE_WINDOW = 30.0  # seconds; a cookie is accepted in its window and the next (30-60 s)
 COOKIE_LABEL = b"discretpeer behaviour cookie v1"
 KEY_LABEL = b"discretpeer behaviour cookie key v1"

@@ -6,6 +6,8 @@ import functools
 import ipaddress
 from collections.abc import Hashable
 
+from discretpeer.addresses import unmap_ip
+
 
 @functools.lru_cache(maxsize=4096)  # every handshake asks (twice); parsing costs ~10 us
 def ip_key(host: str) -> str:
@@ -15,9 +17,8 @@ def ip_key(host: str) -> str:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return host
+    ip = unmap_ip(ip)
     if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False).network_address) + "/64"
     return str(ip)
 

@@ -17,6 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from discretpeer.addresses import Addr
+
 # name → (kind, help). A value is a number or a mapping label value → number (label "reason").
 SNAPSHOT_METRICS: dict[str, tuple[str, str]] = {
     "beacon_open_connections": ("gauge", "Client connections open now (QUIC and TLS/TCP)"),
@@ -122,7 +124,7 @@ class MetricsHTTPServer:
         self._metrics = metrics
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(self, host: str, port: int) -> Addr:
         self._server = await asyncio.start_server(self._handle, host, port)
         sockname = self._server.sockets[0].getsockname()
         return sockname[0], sockname[1]

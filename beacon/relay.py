@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from beacon.limits import TokenBucket
+from discretpeer.addresses import Addr
 from discretpeer.relay_frame import MAX_RELAY_PAYLOAD, RELAY_DATA, RELAY_HEADER_SIZE
 from discretpeer.wire import RELAY_SESSION_ID_SIZE, ErrorCode
 
 Key = Hashable
-SocketAddress = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class RelaySide:
 
     __slots__ = ("conn", "instance", "via", "address", "bucket")
 
-    def __init__(self, conn: Key, instance: bytes, via: Any, address: SocketAddress, bucket: TokenBucket) -> None:
+    def __init__(self, conn: Key, instance: bytes, via: Any, address: Addr, bucket: TokenBucket) -> None:
         self.conn = conn
         self.instance = instance
         self.via = via
@@ -117,7 +117,7 @@ class Pending(NamedTuple):
     instance: bytes  # the requester's
     target: Key  # the connection it wants to reach (introduced to it on token)
     via: Any
-    address: SocketAddress
+    address: Addr
     deadline: float
 
 
@@ -173,7 +173,7 @@ class RelayTable:
         target: Key,
         target_instance: bytes,
         via: Any,
-        address: SocketAddress,
+        address: Addr,
         now: float,
     ) -> RequestOutcome:
         """Record ``conn``'s request to reach connection ``target`` (which the beacon introduced
@@ -220,7 +220,7 @@ class RelayTable:
         return RequestOutcome(session=session)
 
     def _wait(
-        self, conn: Key, instance: bytes, token: bytes, target: Key, via: Any, address: SocketAddress, now: float
+        self, conn: Key, instance: bytes, token: bytes, target: Key, via: Any, address: Addr, now: float
     ) -> RequestOutcome:
         key = (token, conn, target)
         refreshed = key in self._pending
@@ -257,9 +257,7 @@ class RelayTable:
 
     # --- forwarding ---------------------------------------------------------------------------
 
-    def route(
-        self, data: bytes, source: SocketAddress, now: float, via: Any = None
-    ) -> tuple[Any, SocketAddress] | None:
+    def route(self, data: bytes, source: Addr, now: float, via: Any = None) -> tuple[Any, Addr] | None:
         """Where to send this datagram unchanged (``(via, address)``), or None to drop it.
         ``via``: what it came through (a UDP socket or a TCP connection); when given, it must
         be the side's, so a UDP datagram claiming a TCP side's address is not that side.
@@ -304,7 +302,7 @@ class RelayTable:
     def session(self, session_id: bytes) -> RelaySession | None:
         return self._sessions.get(session_id)
 
-    def rebind(self, session: RelaySession, conn: Key, address: SocketAddress) -> None:
+    def rebind(self, session: RelaySession, conn: Key, address: Addr) -> None:
         """``conn``'s connection migrated to ``address`` and QUIC validated that path: its side of
         the session follows (the server checks the validation; nothing else moves a side)."""
         for side in session.sides():

@@ -51,12 +51,13 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from discretpeer.addresses import Addr, map_ip, unmap_ip
+
 LINK_MAGIC = b"\xd1"
 TAG_SIZE = 16
 _ADDR = struct.Struct("!16sH")
 HEADER_SIZE = len(LINK_MAGIC) + TAG_SIZE + _ADDR.size
 CROSS_MACHINE_SID_BYTE = 0xFF
-SocketAddress = tuple[str, int]
 
 
 def link_key(private_key: Any) -> bytes:
@@ -67,26 +68,22 @@ def link_key(private_key: Any) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"discretpeer beacon relay link v1").derive(raw)
 
 
-def _pack_address(address: SocketAddress) -> bytes:
-    ip = ipaddress.ip_address(address[0])
-    if ip.version == 4:
-        ip = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed)
-    return _ADDR.pack(ip.packed, address[1])
+def _pack_address(address: Addr) -> bytes:
+    return _ADDR.pack(map_ip(ipaddress.ip_address(address[0])).packed, address[1])
 
 
-def _unpack_address(data: bytes) -> SocketAddress:
+def _unpack_address(data: bytes) -> Addr:
     packed, port = _ADDR.unpack(data)
-    ip = ipaddress.IPv6Address(packed)
-    return (str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)), port
+    return str(unmap_ip(ipaddress.IPv6Address(packed))), port
 
 
-def seal(key: bytes, address: SocketAddress, data: bytes) -> bytes:
+def seal(key: bytes, address: Addr, data: bytes) -> bytes:
     """A link datagram: magic, tag, the peer address it concerns, the relay datagram unchanged."""
     body = _pack_address(address) + data
     return LINK_MAGIC + hmac.new(key, body, hashlib.sha256).digest()[:TAG_SIZE] + body
 
 
-def unseal(key: bytes, datagram: bytes) -> tuple[SocketAddress, bytes] | None:
+def unseal(key: bytes, datagram: bytes) -> tuple[Addr, bytes] | None:
     """``(address, relay datagram)`` of an authentic link datagram, else None."""
     if len(datagram) <= HEADER_SIZE or datagram[:1] != LINK_MAGIC:
         return None
@@ -101,7 +98,7 @@ class Proxy:
 
     __slots__ = ("key", "address", "owner_link", "via", "current")
 
-    def __init__(self, key: Any, address: SocketAddress, owner_link: SocketAddress, via: Any) -> None:
+    def __init__(self, key: Any, address: Addr, owner_link: Addr, via: Any) -> None:
         self.key = key  # the local connection
         self.address = address  # its validated address when granted: the owner's name for this side
         self.owner_link = owner_link
@@ -115,11 +112,11 @@ class LinkVia:
 
     __slots__ = ("link", "holder")
 
-    def __init__(self, link: RelayLink, holder: SocketAddress) -> None:
+    def __init__(self, link: RelayLink, holder: Addr) -> None:
         self.link = link
         self.holder = holder
 
-    def sendto(self, data: bytes, address: SocketAddress) -> None:
+    def sendto(self, data: bytes, address: Addr) -> None:
         self.link.send(self.holder, address, data)
 
 
@@ -146,12 +143,12 @@ class RelayLink(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]  # asyncio hands a BaseTransport; a datagram one here
 
     @property
-    def address(self) -> SocketAddress:
+    def address(self) -> Addr:
         assert self.transport is not None
         host, port = self.transport.get_extra_info("sockname")[:2]
         return host, port
 
-    def send(self, link: SocketAddress, address: SocketAddress, data: bytes) -> None:
+    def send(self, link: Addr, address: Addr, data: bytes) -> None:
         if self.transport is not None:
             self.transport.sendto(seal(self.key, address, data), link)
             self.sent += 1

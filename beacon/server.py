@@ -41,6 +41,7 @@ from beacon.store import MeetingStore, make_store
 from beacon.tcp_service import TcpService, WebEndpoint
 from certs import CertificateBundle, create_bundle
 from discretpeer import _aioquic, stateless_reset, wire
+from discretpeer.addresses import Addr
 from discretpeer.endpoint import (
     CONNECTION_ID_LENGTH,
     SMALLEST_INITIAL,
@@ -68,7 +69,7 @@ STATELESS_RESET_BURST = 2000.0
 _NO_IPV6 = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT, errno.ENETUNREACH}
 
 
-def _is_own_socket(endpoint: Endpoint, source: tuple[str, int]) -> bool:
+def _is_own_socket(endpoint: Endpoint, source: Addr) -> bool:
     """True for a source that is (or may be) this very socket, or port 0: a packet spoofed from
     it must not make the beacon answer itself."""
     if source[1] == 0:
@@ -85,7 +86,7 @@ def _is_own_socket(endpoint: Endpoint, source: tuple[str, int]) -> bool:
     return ip.is_loopback or ip.is_unspecified or host in ("0.0.0.0", "::")
 
 
-def validated_address(quic: QuicConnection) -> tuple[str, int] | None:
+def validated_address(quic: QuicConnection) -> Addr | None:
     """The address this connection's packets come from that QUIC proved receives: the active
     path if validated (handshake or PATH_CHALLENGE/RESPONSE), else the last validated one.
 
@@ -98,11 +99,11 @@ def validated_address(quic: QuicConnection) -> tuple[str, int] | None:
     return None
 
 
-def _validated_paths(quic: QuicConnection) -> list[tuple[str, int]]:
+def _validated_paths(quic: QuicConnection) -> list[Addr]:
     return [normalize_address(address) for address in _aioquic.validated_path_addresses(quic)]
 
 
-class _Peer:
+class _Client:
     """Server-side state of one client connection. ``protocol`` is a :class:`BeaconProtocol`
     (QUIC) or a :class:`beacon.tcp_service.TcpClient` (TLS/TCP): both offer ``send_frame``,
     ``unsent_bytes``, ``can_send_frames``, ``validated_address``, ``validated_paths``, ``close``,
@@ -126,7 +127,7 @@ class _Peer:
         "timer",
     )
 
-    def __init__(self, key: int, protocol: Any, address: tuple[str, int], max_frame: int) -> None:
+    def __init__(self, key: int, protocol: Any, address: Addr, max_frame: int) -> None:
         self.key = key
         self.protocol = protocol
         self.via: Any = protocol.endpoint  # an Endpoint, or the TcpClient itself
@@ -156,7 +157,7 @@ class BeaconProtocol(EndpointProtocol):
     def __init__(self, quic: QuicConnection, server: BeaconServer) -> None:
         super().__init__(quic)
         self.server = server
-        self.peer: _Peer | None = None
+        self.peer: _Client | None = None
         if TRIM_AFTER_HANDSHAKE:
             quic_tuning.prepare_server_connection(quic)
             quic_tuning.lighten_protocol(self)
@@ -167,7 +168,7 @@ class BeaconProtocol(EndpointProtocol):
         if not self.dead:
             super().transmit()
 
-    # the client-connection interface the server uses (see _Peer; TcpClient has the same)
+    # the client-connection interface the server uses (see _Client; TcpClient has the same)
 
     def send_frame(self, data: bytes) -> None:
         self.quic.send_stream_data(0, data)
@@ -178,15 +179,15 @@ class BeaconProtocol(EndpointProtocol):
     def can_send_frames(self) -> bool:
         return _aioquic.has_stream(self.quic, 0)  # the client opened stream 0
 
-    def validated_address(self) -> tuple[str, int] | None:
+    def validated_address(self) -> Addr | None:
         return validated_address(self.quic)
 
-    def validated_paths(self) -> list[tuple[str, int]]:
+    def validated_paths(self) -> list[Addr]:
         return _validated_paths(self.quic)
 
     def _dismantle(self) -> None:
         self.dead = True
-        self.peer = None  # the _Peer keeps its protocol: no cycle is left between them
+        self.peer = None  # the _Client keeps its protocol: no cycle is left between them
         quic_tuning.dismantle(self)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
@@ -202,10 +203,10 @@ class BeaconProtocol(EndpointProtocol):
         # aioquic's datagram_received ends with a transmit, after every event (and every frame
         # the server wrote in response) was handled: no need for another one in _flush
         self.server._dirty.discard(self)  # noqa: SLF001 - the server's own protocol and endpoint classes
-        peer = self.peer
-        if peer is not None and not peer.closing and self.closing:
+        client = self.peer
+        if client is not None and not client.closing and self.closing:
             # the client closed: leave the tables now, not after aioquic's draining period
-            self.server._leave(peer)  # noqa: SLF001 - the server's own protocol and endpoint classes
+            self.server._leave(client)  # noqa: SLF001 - the server's own protocol and endpoint classes
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
@@ -258,7 +259,7 @@ class _BeaconEndpoint(Endpoint):
         self.on_unknown_connection: Any = None
         self.on_stun: Any = None  # called with (datagram, source) for a STUN message
 
-    def _maybe_accept(self, data: bytes, source: tuple[str, int], header: Any, relay_route: Any = None) -> Any:
+    def _maybe_accept(self, data: bytes, source: Addr, header: Any, relay_route: Any = None) -> Any:
         if header.packet_type == QuicPacketType.ONE_RTT:
             # a short-header packet for a connection ID nobody here knows: a client of a
             # previous run of this beacon (or of another process sharing cert_der.bin)
@@ -346,7 +347,7 @@ class BeaconServer:
             self.store.claim_slot(f"{self.machine}-w{worker_index}")
         self.link: RelayLink | None = None  # with a shared store: see beacon.relay_link
         self._sid_byte: int | None = worker_index
-        self._remote_links: dict[str, tuple[str, tuple[str, int]]] = {}  # connection elsewhere → machine, link
+        self._remote_links: dict[str, tuple[str, Addr]] = {}  # connection elsewhere → machine, link
         self._remote_sessions: dict[int, dict[bytes, str]] = {}  # local conn → session → owner node
         self._where_asked: dict[bytes, tuple[float, int]] = {}  # session → window start, questions
         self.relay = RelayTable(
@@ -357,7 +358,7 @@ class BeaconServer:
         self.tcp: TcpService | None = None  # the TLS/TCP listeners (config.tcp_enabled)
         self.web = web  # a started beacon.web.WebService: its page on the TLS/TCP listeners too
         self.stun = stun.StunResponder()  # Binding answers for browsers' ICE (beacon/stun.py)
-        self._peers: dict[int, _Peer] = {}
+        self._clients: dict[int, _Client] = {}
         self._ids = itertools.count(1)
         self._ip_counts = KeyedCounts()
         self._handshakes = KeyedBuckets(c.handshakes_per_second_per_ip, c.handshake_burst_per_ip)
@@ -374,7 +375,7 @@ class BeaconServer:
         self._metrics_http: MetricsHTTPServer | None = None
         self._behaviour: BehaviourResponder | None = None  # the second UDP port (behaviour_port)
         self._behaviour_transport: asyncio.BaseTransport | None = None
-        self.metrics_address: tuple[str, int] | None = None
+        self.metrics_address: Addr | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_full_gc = 0.0
         self._settling: collections.deque[tuple[float, BeaconProtocol]] = collections.deque()
@@ -391,7 +392,7 @@ class BeaconServer:
         return self.bundle.fingerprint
 
     @property
-    def addresses(self) -> list[tuple[str, int]]:
+    def addresses(self) -> list[Addr]:
         """Bound (host, port) of every listening socket, IPv4 first."""
         return [endpoint.local_address for endpoint in self._endpoints]
 
@@ -412,7 +413,7 @@ class BeaconServer:
 
     @property
     def connection_count(self) -> int:
-        return len(self._peers)
+        return len(self._clients)
 
     async def __aenter__(self) -> BeaconServer:
         await self.start()
@@ -495,18 +496,18 @@ class BeaconServer:
         self._stopping = True
         loop = asyncio.get_running_loop()
         told = []
-        for peer in list(self._peers.values()):
-            if peer.hello and not peer.closing and not peer.gone:
-                self._write(peer, wire.Error(code=ErrorCode.SHUTTING_DOWN, message=reason, fatal=True), check=False)
-                told.append(peer)
-            peer.closing = True
+        for client in list(self._clients.values()):
+            if client.hello and not client.closing and not client.gone:
+                self._write(client, wire.Error(code=ErrorCode.SHUTTING_DOWN, message=reason, fatal=True), check=False)
+                told.append(client)
+            client.closing = True
         self._flush()
         deadline = loop.time() + CLOSE_GRACE
         while loop.time() < deadline and any(not p.gone and p.protocol.unsent_bytes() for p in told):
             await asyncio.sleep(0.01)
-        for peer in list(self._peers.values()):
-            if not peer.gone:
-                peer.protocol.close(error_code=ErrorCode.SHUTTING_DOWN, reason_phrase=f"SHUTTING_DOWN: {reason}")
+        for client in list(self._clients.values()):
+            if not client.gone:
+                client.protocol.close(error_code=ErrorCode.SHUTTING_DOWN, reason_phrase=f"SHUTTING_DOWN: {reason}")
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -514,9 +515,9 @@ class BeaconServer:
         if self.manage_gc:
             gc.unfreeze()  # hand everything back to the collector (in-process beacons)
         await self._close_sockets()
-        for peer in list(self._peers.values()):
-            self._forget(peer)
-            peer.protocol.cancel_timer()
+        for client in list(self._clients.values()):
+            self._forget(client)
+            client.protocol.cancel_timer()
         await self.store.stop()
         if self.link is not None:
             self.link.close()
@@ -590,7 +591,7 @@ class BeaconServer:
                     await tcp.listen(family, host, extra, reuse_port=shared)
 
     @property
-    def tcp_addresses(self) -> list[tuple[str, int]]:
+    def tcp_addresses(self) -> list[Addr]:
         """Bound (host, port) of every TLS/TCP listener."""
         return self.tcp.addresses if self.tcp is not None else []
 
@@ -602,7 +603,7 @@ class BeaconServer:
                 return port
         return None
 
-    def _send_from_main(self, data: bytes, to: tuple[str, int]) -> bool:
+    def _send_from_main(self, data: bytes, to: Addr) -> bool:
         """A behaviour answer sent from the main port (the filtering check; beacon/behaviour.py
         decided it may go there): from the socket of the address's family, never to that socket."""
         for endpoint in self._endpoints:
@@ -630,7 +631,7 @@ class BeaconServer:
             self._metrics_http = None
         await asyncio.sleep(0)  # let the transports finish closing
 
-    def _stateless_reset(self, endpoint: Endpoint, data: bytes, source: tuple[str, int], cid: bytes) -> None:
+    def _stateless_reset(self, endpoint: Endpoint, data: bytes, source: Addr, cid: bytes) -> None:
         """Answer a short-header packet for an unknown connection ID with a stateless reset
         (RFC 9000 §10.3): smaller than the packet, rate-limited, never to our own socket."""
         if self._stopping or not stateless_reset.should_answer(data) or _is_own_socket(endpoint, source):
@@ -647,7 +648,7 @@ class BeaconServer:
 
     # --- admission (before any per-connection state) ------------------------------------------
 
-    def _admit(self, addr: tuple[str, int], validated: bool) -> Admission:
+    def _admit(self, addr: Addr, validated: bool) -> Admission:
         """For an Initial that decrypts (junk never gets here, see _BeaconEndpoint), carrying a
         valid Retry token or none. The per-IP handshake budget is charged only for a handshake
         that starts now: a Retry is stateless and smaller than the Initial, so asking for one
@@ -656,7 +657,7 @@ class BeaconServer:
             return Admission.REFUSE
         assert self._loop is not None and self._handshake_rate is not None
         now = self._loop.time()
-        if len(self._peers) >= self.config.max_connections:
+        if len(self._clients) >= self.config.max_connections:
             self.metrics.handshakes_refused.labels("max_connections").inc()
             return Admission.REFUSE
         mode = self.config.retry
@@ -674,56 +675,58 @@ class BeaconServer:
 
     # --- connection life ----------------------------------------------------------------------
 
-    def _connection_started(self, protocol: Any, address: tuple[str, int]) -> None:
+    def _connection_started(self, protocol: Any, address: Addr) -> None:
         """A client connection began (QUIC: its first datagram; TLS/TCP: its handshake done)."""
         assert self._loop is not None
         c = self.config
-        peer = _Peer(next(self._ids), protocol, address, c.max_frame_size)
-        protocol.peer = peer
-        self._peers[peer.key] = peer
+        client = _Client(next(self._ids), protocol, address, c.max_frame_size)
+        protocol.peer = client
+        self._clients[client.key] = client
         self.metrics.connections.inc()
         try:
-            peer.observed = Address.from_socket(address)
+            client.observed = Address.from_socket(address)
         except (WireError, ValueError):
-            peer.refusal = ErrorCode.MALFORMED
+            client.refusal = ErrorCode.MALFORMED
         now = self._loop.time()
-        peer.frames = TokenBucket(c.frames_per_second_per_connection, c.frame_burst_per_connection, now)
-        wait = c.hello_timeout_seconds if peer.refusal is None else min(c.hello_timeout_seconds, 2.0)
-        peer.timer = self._loop.call_later(wait, self._hello_timeout, peer)
-        self.log.debug("connection_opened", conn=peer.key, address=str(peer.observed or address))
+        client.frames = TokenBucket(c.frames_per_second_per_connection, c.frame_burst_per_connection, now)
+        wait = c.hello_timeout_seconds if client.refusal is None else min(c.hello_timeout_seconds, 2.0)
+        client.timer = self._loop.call_later(wait, self._hello_timeout, client)
+        self.log.debug("connection_opened", conn=client.key, address=str(client.observed or address))
 
-    def _handshake_completed(self, peer: _Peer) -> None:
+    def _handshake_completed(self, client: _Client) -> None:
         """The client proved it receives at its address: only now does it count against the
         per-IP connection limit (a handshake from a spoofed source never gets here)."""
-        if peer.refusal is not None or peer.counted or peer.closing or peer.gone:
+        if client.refusal is not None or client.counted or client.closing or client.gone:
             return
         assert self._loop is not None
-        if self._ip_counts.get(peer.ip) >= self.config.max_connections_per_ip:
-            peer.refusal = ErrorCode.TOO_MANY_CONNECTIONS
-            if peer.timer is not None:
-                peer.timer.cancel()
-            peer.timer = self._loop.call_later(min(self.config.hello_timeout_seconds, 2.0), self._hello_timeout, peer)
+        if self._ip_counts.get(client.ip) >= self.config.max_connections_per_ip:
+            client.refusal = ErrorCode.TOO_MANY_CONNECTIONS
+            if client.timer is not None:
+                client.timer.cancel()
+            client.timer = self._loop.call_later(
+                min(self.config.hello_timeout_seconds, 2.0), self._hello_timeout, client
+            )
         else:
-            self._ip_counts.add(peer.ip)
-            peer.counted = True
+            self._ip_counts.add(client.ip)
+            client.counted = True
 
-    def _control_stream_lost(self, peer: _Peer, reason: str) -> None:
+    def _control_stream_lost(self, client: _Client, reason: str) -> None:
         """STOP_SENDING or RESET_STREAM on stream 0: close at once (once, one log line)."""
-        if peer.closing or peer.gone:
+        if client.closing or client.gone:
             return
         self.metrics.dropped_connections.labels(reason).inc()
-        self.log.debug("control_stream_lost", conn=peer.key, reason=reason)
-        self._leave(peer)
-        peer.protocol.close(error_code=ErrorCode.MALFORMED, reason_phrase=f"control stream: {reason}")
+        self.log.debug("control_stream_lost", conn=client.key, reason=reason)
+        self._leave(client)
+        client.protocol.close(error_code=ErrorCode.MALFORMED, reason_phrase=f"control stream: {reason}")
 
     def _internal_error(self, protocol: BeaconProtocol) -> None:
         """Something unexpected escaped while handling a datagram: log it once, drop the connection."""
-        peer = protocol.peer
+        client = protocol.peer
         self.metrics.dropped_connections.labels("internal_error").inc()
-        self.log.exception("internal_error", conn=peer.key if peer is not None else None)
-        if peer is not None:
-            self._leave(peer)
-            if peer.gone:
+        self.log.exception("internal_error", conn=client.key if client is not None else None)
+        if client is not None:
+            self._leave(client)
+            if client.gone:
                 return
         with contextlib.suppress(Exception):
             protocol.close(error_code=ErrorCode.INTERNAL, reason_phrase="internal error")
@@ -732,176 +735,176 @@ class BeaconServer:
         self.metrics.dropped_connections.labels("internal_error").inc()
         self.log.exception("internal_error")
 
-    def _hello_timeout(self, peer: _Peer) -> None:
-        peer.timer = None
-        if peer.hello or peer.closing or peer.gone:
+    def _hello_timeout(self, client: _Client) -> None:
+        client.timer = None
+        if client.hello or client.closing or client.gone:
             return
-        code = peer.refusal or ErrorCode.IDLE_TIMEOUT
-        self._reject(peer, code, "too many connections from your address" if peer.refusal else "no Hello in time")
+        code = client.refusal or ErrorCode.IDLE_TIMEOUT
+        self._reject(client, code, "too many connections from your address" if client.refusal else "no Hello in time")
 
-    def _connection_lost(self, peer: _Peer) -> None:
-        if peer.gone:
+    def _connection_lost(self, client: _Client) -> None:
+        if client.gone:
             return
-        peer.gone = True
-        self._leave(peer)
-        self._forget(peer)
-        self.log.debug("connection_closed", conn=peer.key)
+        client.gone = True
+        self._leave(client)
+        self._forget(client)
+        self.log.debug("connection_closed", conn=client.key)
 
-    def _forget(self, peer: _Peer) -> None:
-        if self._peers.pop(peer.key, None) is not None and peer.counted:
-            self._ip_counts.remove(peer.ip)
-            peer.counted = False
-        if peer.timer is not None:
-            peer.timer.cancel()
-            peer.timer = None
-        self._dirty.discard(peer.protocol)
+    def _forget(self, client: _Client) -> None:
+        if self._clients.pop(client.key, None) is not None and client.counted:
+            self._ip_counts.remove(client.ip)
+            client.counted = False
+        if client.timer is not None:
+            client.timer.cancel()
+            client.timer = None
+        self._dirty.discard(client.protocol)
 
-    def _leave(self, peer: _Peer) -> None:
+    def _leave(self, client: _Client) -> None:
         """Take the connection out of the meeting and relay tables (idempotent)."""
-        peer.closing = True
-        if peer.hello:
-            self.store.remove(peer.key)
-        for ended in self.relay.drop_connection(peer.key):
+        client.closing = True
+        if client.hello:
+            self.store.remove(client.key)
+        for ended in self.relay.drop_connection(client.key):
             self._relay_ended(ended)
         if self.link is not None:
-            self._remote_relay_leave(peer)
+            self._remote_relay_leave(client)
 
-    def _reject(self, peer: _Peer, code: ErrorCode, message: str, *, wait: bool = True) -> None:
+    def _reject(self, client: _Client, code: ErrorCode, message: str, *, wait: bool = True) -> None:
         """Fatal error: Error frame (if stream 0 is open), leave the tables, close after a grace."""
-        if peer.closing or peer.gone:
+        if client.closing or client.gone:
             return
         self.metrics.rejections.labels(code.name.lower()).inc()
-        self.log.debug("connection_rejected", conn=peer.key, code=code.name, message=message)
-        if peer.protocol.can_send_frames():
-            self._write(peer, wire.Error(code=code, message=message, fatal=True), check=False)
-        self._leave(peer)
+        self.log.debug("connection_rejected", conn=client.key, code=code.name, message=message)
+        if client.protocol.can_send_frames():
+            self._write(client, wire.Error(code=code, message=message, fatal=True), check=False)
+        self._leave(client)
         reason = f"{code.name}: {message}"
         if wait:
             assert self._loop is not None
-            self._close_when_flushed(peer, code, reason, self._loop.time() + CLOSE_GRACE)
+            self._close_when_flushed(client, code, reason, self._loop.time() + CLOSE_GRACE)
         else:
-            peer.protocol.close(error_code=code, reason_phrase=reason)
+            client.protocol.close(error_code=code, reason_phrase=reason)
 
-    def _close_when_flushed(self, peer: _Peer, code: ErrorCode, reason: str, deadline: float) -> None:
+    def _close_when_flushed(self, client: _Client, code: ErrorCode, reason: str, deadline: float) -> None:
         assert self._loop is not None
-        if peer.gone:
+        if client.gone:
             return
-        if peer.protocol.unsent_bytes() and self._loop.time() < deadline and not self._stopping:
-            self._loop.call_later(0.02, self._close_when_flushed, peer, code, reason, deadline)
+        if client.protocol.unsent_bytes() and self._loop.time() < deadline and not self._stopping:
+            self._loop.call_later(0.02, self._close_when_flushed, client, code, reason, deadline)
             return
-        peer.protocol.close(error_code=code, reason_phrase=reason)
+        client.protocol.close(error_code=code, reason_phrase=reason)
 
     # --- frames in ----------------------------------------------------------------------------
 
-    def _stream_data(self, peer: _Peer, event: events.StreamDataReceived) -> None:
-        if peer.closing or event.stream_id != 0:
+    def _stream_data(self, client: _Client, event: events.StreamDataReceived) -> None:
+        if client.closing or event.stream_id != 0:
             return  # only stream 0 carries the protocol; other streams are ignored
         try:
-            messages = peer.decoder.feed(event.data)
+            messages = client.decoder.feed(event.data)
             for message in messages:
-                if peer.closing:
+                if client.closing:
                     return
-                self._on_message(peer, message)
+                self._on_message(client, message)
         except WireError as exc:
-            self._reject(peer, exc.code, exc.message)
+            self._reject(client, exc.code, exc.message)
             return
         except Exception:
-            self.log.exception("internal_error", conn=peer.key)
-            self._reject(peer, ErrorCode.INTERNAL, "internal error")
+            self.log.exception("internal_error", conn=client.key)
+            self._reject(client, ErrorCode.INTERNAL, "internal error")
             return
-        if event.end_stream and not peer.closing:
-            self._leave(peer)
-            peer.protocol.close(error_code=0, reason_phrase="stream closed")
+        if event.end_stream and not client.closing:
+            self._leave(client)
+            client.protocol.close(error_code=0, reason_phrase="stream closed")
 
-    def _on_message(self, peer: _Peer, message: wire.Message) -> None:
-        assert self._loop is not None and peer.frames is not None
-        if peer.refusal is not None:
+    def _on_message(self, client: _Client, message: wire.Message) -> None:
+        assert self._loop is not None and client.frames is not None
+        if client.refusal is not None:
             message_text = "too many connections from your address"
-            if peer.refusal is ErrorCode.MALFORMED:
+            if client.refusal is ErrorCode.MALFORMED:
                 message_text = "unusable source address"
-            self._reject(peer, peer.refusal, message_text)
+            self._reject(client, client.refusal, message_text)
             return
-        if not peer.frames.take(self._loop.time()):
-            self._reject(peer, ErrorCode.RATE_LIMITED, "too many frames")
+        if not client.frames.take(self._loop.time()):
+            self._reject(client, ErrorCode.RATE_LIMITED, "too many frames")
             return
-        if not peer.hello:
+        if not client.hello:
             if not isinstance(message, wire.Hello):
-                self._reject(peer, ErrorCode.UNEXPECTED_MESSAGE, "the first frame must be Hello")
+                self._reject(client, ErrorCode.UNEXPECTED_MESSAGE, "the first frame must be Hello")
                 return
-            self._on_hello(peer, message)
+            self._on_hello(client, message)
         elif isinstance(message, wire.Announce):
-            self._on_announce(peer, message)
+            self._on_announce(client, message)
         elif isinstance(message, wire.Ping):
-            self._send(peer, wire.Pong(nonce=message.nonce))
+            self._send(client, wire.Pong(nonce=message.nonce))
         elif isinstance(message, wire.RelayRequest):
-            self._on_relay_request(peer, message)
+            self._on_relay_request(client, message)
         elif isinstance(message, wire.RelayEnd):
-            ended = self.relay.end_by(peer.key, message.session_id)
+            ended = self.relay.end_by(client.key, message.session_id)
             if ended is not None:
                 self._relay_ended(ended)
             elif self.link is not None:
-                self._remote_relay_end(peer, message.session_id)
+                self._remote_relay_end(client, message.session_id)
         elif isinstance(message, (wire.Pong, wire.Error)):
             pass
         else:
-            self._reject(peer, ErrorCode.UNEXPECTED_MESSAGE, f"unexpected {type(message).__name__}")
+            self._reject(client, ErrorCode.UNEXPECTED_MESSAGE, f"unexpected {type(message).__name__}")
 
-    def _on_hello(self, peer: _Peer, hello: wire.Hello) -> None:
+    def _on_hello(self, client: _Client, hello: wire.Hello) -> None:
         if not wire.MIN_VERSION <= hello.version <= wire.PROTOCOL_VERSION:
             self._reject(
-                peer,
+                client,
                 ErrorCode.UNSUPPORTED_VERSION,
                 f"version {hello.version} unsupported (this beacon speaks {wire.MIN_VERSION}..{wire.PROTOCOL_VERSION})",
             )
             return
-        assert peer.observed is not None
-        peer.hello = True
-        peer.instance = hello.instance
-        if peer.timer is not None:
-            peer.timer.cancel()
-            peer.timer = None
-        self.store.join(peer.key, hello.instance, peer.observed)
+        assert client.observed is not None
+        client.hello = True
+        client.instance = hello.instance
+        if client.timer is not None:
+            client.timer.cancel()
+            client.timer = None
+        self.store.join(client.key, hello.instance, client.observed)
         self._send(
-            peer,
+            client,
             wire.Welcome(
                 version=hello.version,
-                observed=peer.observed,
+                observed=client.observed,
                 max_tokens=self.config.max_tokens_per_connection,
                 behaviour_port=self.config.behaviour_port or None,
             ),
         )
 
-    def _on_announce(self, peer: _Peer, announce: wire.Announce) -> None:
+    def _on_announce(self, client: _Client, announce: wire.Announce) -> None:
         # introductions carry the address the peer's packets come from now (NAT rebinding moves
         # it), once QUIC validated it: never an address a spoofed packet merely named
-        address = peer.protocol.validated_address()
-        current = Address.from_socket(address) if address is not None else peer.observed
-        if peer.instance is not None and current is not None and current != peer.observed:
-            peer.observed = current
-            self.store.join(peer.key, peer.instance, current)
+        address = client.protocol.validated_address()
+        current = Address.from_socket(address) if address is not None else client.observed
+        if client.instance is not None and current is not None and current != client.observed:
+            client.observed = current
+            self.store.join(client.key, client.instance, current)
         try:
             if announce.mapping is not None and self.config.behaviour_port:
-                self.meetings.set_mapping(peer.key, announce.mapping)
-            result = self.store.announce(peer.key, announce.add, announce.withdraw, announce.candidates)
+                self.meetings.set_mapping(client.key, announce.mapping)
+            result = self.store.announce(client.key, announce.add, announce.withdraw, announce.candidates)
         except TooManyTokens as exc:
             self.metrics.rejections.labels("too_many_tokens").inc()
-            self._send(peer, wire.Error(code=ErrorCode.TOO_MANY_TOKENS, message=str(exc), fatal=False))
+            self._send(client, wire.Error(code=ErrorCode.TOO_MANY_TOKENS, message=str(exc), fatal=False))
             return
         self.metrics.announces.inc()
         if result is not None:  # else a shared store calls announced() once it decided
-            self.announced(peer.key, result)
+            self.announced(client.key, result)
 
     # --- beacon.store.StoreHooks: what the meeting store decided --------------------------------
 
     def announced(self, key: Any, result: Announced) -> None:
         """Tell the announcer about full tokens and everyone about their introductions/evictions."""
-        peer = self._peers.get(key)
-        if peer is not None and result.full:
+        client = self._clients.get(key)
+        if client is not None and result.full:
             self.metrics.rejections.labels("token_full").inc(len(result.full))
             limit = self.store.max_peers_per_token
             for token in result.full:
                 text = f"token full: its {limit} places are taken and no address holds more than its share; try later"
-                self._send(peer, wire.Error(code=ErrorCode.TOKEN_FULL, message=wire.token_full_message(token, text)))
+                self._send(client, wire.Error(code=ErrorCode.TOKEN_FULL, message=wire.token_full_message(token, text)))
         for victim, token in result.evicted:
             self.evicted(victim, token)
         for target, introduction in result.introductions:
@@ -910,27 +913,27 @@ class BeaconServer:
             self.log.debug("introduced", conn=key, count=len(result.introductions))
 
     def introduce(self, key: Any, introduction: wire.Introduction) -> None:
-        target = self._peers.get(key)
+        target = self._clients.get(key)
         if target is not None and self._send(target, introduction):
             self.metrics.introductions.inc()
 
     def evicted(self, key: Any, token: bytes) -> None:
         self.metrics.rejections.labels("token_evicted").inc()
-        evicted = self._peers.get(key)
+        evicted = self._clients.get(key)
         if evicted is not None:
             text = "token full: your place was given to a connection from an address with fewer places"
             self._send(evicted, wire.Error(code=ErrorCode.TOKEN_FULL, message=wire.token_full_message(token, text)))
 
     # --- relay --------------------------------------------------------------------------------
 
-    def _on_relay_request(self, peer: _Peer, request: wire.RelayRequest) -> None:
+    def _on_relay_request(self, client: _Client, request: wire.RelayRequest) -> None:
         assert self._loop is not None
         # the instance is a claim: the request reaches the connection the beacon introduced to
         # this one on that token (the first such introduction), never merely one claiming it
-        targets = self.store.introduced(peer.key, request.token, request.instance)
+        targets = self.store.introduced(client.key, request.token, request.instance)
         # bound to where the peer's packets come from now once QUIC validated it (NAT rebinding
         # moves it), never to an address a packet merely came from (a spoofed copy)
-        current = peer.protocol.validated_address()
+        current = client.protocol.validated_address()
         if not targets or current is None:
             code = ErrorCode.RELAY_NOT_INTRODUCED if not targets else ErrorCode.RELAY_REFUSED
             message = (
@@ -939,25 +942,32 @@ class BeaconServer:
                 else "no validated address for this connection yet"
             )
             self.metrics.relay_refusals.labels(code.name.lower()).inc()
-            self._send(peer, wire.Error(code=code, message=message, fatal=False))
+            self._send(client, wire.Error(code=code, message=message, fatal=False))
             return
         if isinstance(targets[0], str):  # held by another worker or machine (beacon.relay_link)
-            self._remote_relay_request(peer, request, targets[0], current)
+            self._remote_relay_request(client, request, targets[0], current)
             return
         self._sid_byte = self.worker_index
         if self.link is not None and self._cross_machine(targets[0]):
             self._sid_byte = CROSS_MACHINE_SID_BYTE
         outcome = self.relay.request(
-            peer.key, peer.instance, request.token, targets[0], request.instance, peer.via, current, self._loop.time()
+            client.key,
+            client.instance,
+            request.token,
+            targets[0],
+            request.instance,
+            client.via,
+            current,
+            self._loop.time(),
         )
-        self._relay_outcome(peer.key, outcome)
+        self._relay_outcome(client.key, outcome)
         if outcome.refused is None and outcome.session is None and outcome.new:
             # waiting for the other peer's request: tell it, so it asks now rather than after
             # its own punching deadline (a peer whose UDP is blocked knows punching is pointless);
             # older clients ignore this frame
-            target = self._peers.get(targets[0])  # type: ignore[call-overload]  # a local key here
+            target = self._clients.get(targets[0])  # type: ignore[call-overload]  # a local key here
             if target is not None:
-                self._send(target, wire.RelayRequest(token=request.token, instance=peer.instance))
+                self._send(target, wire.RelayRequest(token=request.token, instance=client.instance))
 
     def _relay_outcome(self, requester: Any, outcome: Any) -> None:
         """Grant, refuse or wait, for a request of a local connection or a forwarded one."""
@@ -987,9 +997,9 @@ class BeaconServer:
         if isinstance(key, str):
             self._store_send(key, {"k": "relay_err", "code": int(code), "msg": message})
             return
-        peer = self._peers.get(key)
-        if peer is not None:
-            self._send(peer, wire.Error(code=code, message=message, fatal=False))
+        client = self._clients.get(key)
+        if client is not None:
+            self._send(client, wire.Error(code=code, message=message, fatal=False))
 
     def _grant(self, side: RelaySide, session: RelaySession) -> None:
         if isinstance(side.conn, str):  # its holder tells it (and proxies it across machines)
@@ -1008,12 +1018,12 @@ class BeaconServer:
                 },
             )
             return
-        peer = self._peers.get(side.conn)  # type: ignore[call-overload]  # a local connection key here (another worker's keys are str)
-        if peer is None:
+        client = self._clients.get(side.conn)  # type: ignore[call-overload]  # a local connection key here (another worker's keys are str)
+        if client is None:
             return
         q = self.relay.quota
         self._send(
-            peer,
+            client,
             wire.RelayGrant(
                 token=session.token,
                 instance=session.other(side.conn).instance,
@@ -1024,7 +1034,7 @@ class BeaconServer:
             ),
         )
 
-    def _relay_datagram(self, endpoint: Any, data: bytes, source: tuple[str, int]) -> None:
+    def _relay_datagram(self, endpoint: Any, data: bytes, source: Addr) -> None:
         """Endpoint hook for every non-QUIC datagram (and TcpClient's for relay items on its
         stream): the relay's forward path. ``endpoint`` is what it came through."""
         link = self.link
@@ -1046,7 +1056,7 @@ class BeaconServer:
         elif relay.ended:
             self._drain_relay_endings()
 
-    def _follow_migration(self, session: RelaySession, source: tuple[str, int]) -> bool:
+    def _follow_migration(self, session: RelaySession, source: Addr) -> bool:
         """A side's beacon connection moved to ``source`` (NAT rebinding) and QUIC validated the
         new path: the session follows. Anything else from ``source`` stays dropped. A side held by
         another worker of this machine: that worker is asked (it answers ``relay_moved`` only if
@@ -1056,15 +1066,15 @@ class BeaconServer:
                 if not isinstance(side.via, LinkVia):  # across machines the holder's proxy follows
                     self._ask_where(session.session_id, side.conn, source)
                 continue
-            peer = self._peers.get(side.conn)  # type: ignore[call-overload]  # a local connection key here (str ones were handled above)
-            if peer is None or peer.gone:
+            client = self._clients.get(side.conn)  # type: ignore[call-overload]  # a local connection key here (str ones were handled above)
+            if client is None or client.gone:
                 continue
-            if source in peer.protocol.validated_paths():
+            if source in client.protocol.validated_paths():
                 self.relay.rebind(session, side.conn, source)
                 return True
         return False
 
-    def _ask_where(self, session_id: bytes, holder: str, source: tuple[str, int]) -> None:
+    def _ask_where(self, session_id: bytes, holder: str, source: Addr) -> None:
         """At most 4 questions per session per second, whatever sprays datagrams at it."""
         assert self._loop is not None
         now = self._loop.time()
@@ -1079,11 +1089,16 @@ class BeaconServer:
         message = {"k": "relay_where", "sid": session_id.hex(), "addr": list(source), "owner": self.store.node}  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
         self._store_send(holder, message)
 
-    def _proxy_follows(self, proxy: Proxy, source: tuple[str, int], endpoint: Any) -> bool:
+    def _proxy_follows(self, proxy: Proxy, source: Addr, endpoint: Any) -> bool:
         """The peer of a session owned on another machine moved to ``source`` (NAT rebinding) and
         its connection here validated that path: the proxy sends there and accepts from there."""
-        peer = self._peers.get(proxy.key)
-        if peer is None or peer.gone or endpoint is not proxy.via or source not in peer.protocol.validated_paths():
+        client = self._clients.get(proxy.key)
+        if (
+            client is None
+            or client.gone
+            or endpoint is not proxy.via
+            or source not in client.protocol.validated_paths()
+        ):
             return False
         proxy.current = source
         return True
@@ -1112,10 +1127,10 @@ class BeaconServer:
                     },
                 )
                 continue
-            peer = self._peers.get(side.conn)  # type: ignore[call-overload]  # a local connection key here (another worker's keys are str)
-            if peer is not None:
+            client = self._clients.get(side.conn)  # type: ignore[call-overload]  # a local connection key here (another worker's keys are str)
+            if client is not None:
                 self._send(
-                    peer, wire.RelayEnd(session_id=ended.session.session_id, code=ended.code, message=ended.message)
+                    client, wire.RelayEnd(session_id=ended.session.session_id, code=ended.code, message=ended.message)
                 )
 
     # --- relay across workers and machines (shared store; see beacon.relay_link) ---------------
@@ -1132,25 +1147,30 @@ class BeaconServer:
         known = self._remote_links.get(conn) if isinstance(conn, str) else None
         return known is not None and known[0] != self.machine
 
-    def _endpoint_for(self, address: tuple[str, int]) -> Endpoint:
+    def _endpoint_for(self, address: Addr) -> Endpoint:
         v6 = ":" in address[0]
         for endpoint in self._endpoints:
             if (":" in endpoint.local_address[0]) == v6:
                 return endpoint
         return self._endpoints[0]
 
-    def _remote_relay_request(
-        self, peer: _Peer, request: wire.RelayRequest, target: str, current: tuple[str, int]
-    ) -> None:
+    def _remote_relay_request(self, client: _Client, request: wire.RelayRequest, target: str, current: Addr) -> None:
         """The partner is held elsewhere: the worker with the smaller node id owns the session."""
         assert self._loop is not None and self.link is not None
-        me = self.store.gkey(peer.key)  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
+        me = self.store.gkey(client.key)  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
         if self.store.node < target.rpartition(":")[0]:  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
             self._sid_byte = CROSS_MACHINE_SID_BYTE if self._cross_machine(target) else self.worker_index
             outcome = self.relay.request(
-                peer.key, peer.instance, request.token, target, request.instance, peer.via, current, self._loop.time()
+                client.key,
+                client.instance,
+                request.token,
+                target,
+                request.instance,
+                client.via,
+                current,
+                self._loop.time(),
             )
-            self._relay_outcome(peer.key, outcome)
+            self._relay_outcome(client.key, outcome)
             return
         self._store_send(
             target,
@@ -1158,7 +1178,7 @@ class BeaconServer:
                 "k": "relay_req",
                 "from": me,
                 "tok": request.token.hex(),
-                "inst": peer.instance.hex(),
+                "inst": client.instance.hex(),
                 "target_inst": request.instance.hex(),
                 "addr": list(current),
                 "machine": self.machine,
@@ -1174,8 +1194,8 @@ class BeaconServer:
         if kind == "relay_req" and key is not None:
             sender, token = message["from"], bytes.fromhex(message["tok"])
             instance, address = bytes.fromhex(message["inst"]), (message["addr"][0], int(message["addr"][1]))
-            peer = self._peers.get(key)
-            if peer is None or peer.closing or bytes.fromhex(message["target_inst"]) != peer.instance:
+            client = self._clients.get(key)
+            if client is None or client.closing or bytes.fromhex(message["target_inst"]) != client.instance:
                 self._tell_error(sender, ErrorCode.RELAY_REFUSED, "the other peer left the beacon")
                 return
             if sender not in self.store.introduced(key, token, instance):
@@ -1191,20 +1211,22 @@ class BeaconServer:
             same = message["machine"] == self.machine
             via: Any = self._endpoint_for(address) if same else LinkVia(self.link, link)
             self._sid_byte = self.worker_index if same else CROSS_MACHINE_SID_BYTE
-            outcome = self.relay.request(sender, instance, token, key, peer.instance, via, address, self._loop.time())
+            outcome = self.relay.request(sender, instance, token, key, client.instance, via, address, self._loop.time())
             self._relay_outcome(sender, outcome)
         elif kind == "relay_grant" and key is not None:
-            peer = self._peers.get(key)
-            if peer is None or peer.closing:
+            client = self._clients.get(key)
+            if client is None or client.closing:
                 return
             sid = bytes.fromhex(message["sid"])
             self._remote_sessions.setdefault(key, {})[sid] = message["owner"]
             if message["machine"] != self.machine:
                 owner_link = (message["link"][0], int(message["link"][1]))
-                self.link.proxies[sid] = Proxy(key, (message["addr"][0], int(message["addr"][1])), owner_link, peer.via)
+                self.link.proxies[sid] = Proxy(
+                    key, (message["addr"][0], int(message["addr"][1])), owner_link, client.via
+                )
             q = self.relay.quota
             self._send(
-                peer,
+                client,
                 wire.RelayGrant(
                     token=bytes.fromhex(message["tok"]),
                     instance=bytes.fromhex(message["inst"]),
@@ -1215,22 +1237,22 @@ class BeaconServer:
                 ),
             )
         elif kind in ("relay_err", "relay_end") and key is not None:
-            peer = self._peers.get(key)
+            client = self._clients.get(key)
             code = ErrorCode(message["code"])
             if kind == "relay_end":
                 sid = bytes.fromhex(message["sid"])
                 self.link.proxies.pop(sid, None)
                 self._remote_sessions.get(key, {}).pop(sid, None)
-                if peer is not None:
-                    self._send(peer, wire.RelayEnd(session_id=sid, code=code, message=message["msg"]))
-            elif peer is not None:
+                if client is not None:
+                    self._send(client, wire.RelayEnd(session_id=sid, code=code, message=message["msg"]))
+            elif client is not None:
                 self.metrics.relay_refusals.labels(code.name.lower()).inc()
-                self._send(peer, wire.Error(code=code, message=message["msg"], fatal=False))
+                self._send(client, wire.Error(code=code, message=message["msg"], fatal=False))
         elif kind == "relay_where" and key is not None:
             # the owner saw this session's datagrams from a new address: is it our peer's?
-            peer = self._peers.get(key)
+            client = self._clients.get(key)
             address = (message["addr"][0], int(message["addr"][1]))
-            if peer is not None and not peer.gone and address in peer.protocol.validated_paths():
+            if client is not None and not client.gone and address in client.protocol.validated_paths():
                 moved = {"k": "relay_moved", "sid": message["sid"], "from": self.store.gkey(key), "addr": list(address)}  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
                 self._store_send(f"{message['owner']}:", moved)
         elif kind == "relay_moved":
@@ -1246,22 +1268,22 @@ class BeaconServer:
                 self._relay_ended(ended)
             self._remote_links.pop(message["from"], None)
 
-    def _remote_relay_end(self, peer: _Peer, session_id: bytes) -> None:
-        owner = self._remote_sessions.get(peer.key, {}).pop(session_id, None)
+    def _remote_relay_end(self, client: _Client, session_id: bytes) -> None:
+        owner = self._remote_sessions.get(client.key, {}).pop(session_id, None)
         if owner is not None and self.link is not None:
             self.link.proxies.pop(session_id, None)
-            me = self.store.gkey(peer.key)  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
+            me = self.store.gkey(client.key)  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
             self._store_send(f"{owner}:", {"k": "relay_end_by", "from": me, "sid": session_id.hex()})
 
-    def _remote_relay_leave(self, peer: _Peer) -> None:
-        sessions = self._remote_sessions.pop(peer.key, {})
+    def _remote_relay_leave(self, client: _Client) -> None:
+        sessions = self._remote_sessions.pop(client.key, {})
         assert self.link is not None
         for sid in sessions:
             self.link.proxies.pop(sid, None)
         for owner in set(sessions.values()):
-            self._store_send(f"{owner}:", {"k": "relay_gone", "from": self.store.gkey(peer.key)})  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
+            self._store_send(f"{owner}:", {"k": "relay_gone", "from": self.store.gkey(client.key)})  # type: ignore[attr-defined]  # RedisStore only: this path runs with a shared store
 
-    def _link_datagram(self, source: tuple[str, int], address: tuple[str, int], data: bytes) -> None:
+    def _link_datagram(self, source: Addr, address: Addr, data: bytes) -> None:
         """An authentic datagram on the relay link: to our peer (we hold it, the owner sent it)
         or from a peer on another machine (we own its session)."""
         assert self.link is not None and self._loop is not None
@@ -1278,28 +1300,28 @@ class BeaconServer:
 
     # --- frames out ---------------------------------------------------------------------------
 
-    def _send(self, peer: _Peer, message: wire.Message) -> bool:
+    def _send(self, client: _Client, message: wire.Message) -> bool:
         """Queue ``message`` to ``peer``; False if it is closing or was just dropped as slow."""
-        if peer.closing or peer.gone:
+        if client.closing or client.gone:
             return False
-        return self._write(peer, message, check=True)
+        return self._write(client, message, check=True)
 
-    def _write(self, peer: _Peer, message: wire.Message, *, check: bool) -> bool:
-        link = peer.protocol
+    def _write(self, client: _Client, message: wire.Message, *, check: bool) -> bool:
+        link = client.protocol
         try:
             link.send_frame(wire.encode(message))
         except (ValueError, AssertionError, RuntimeError) as exc:  # stream 0 finished, or reset by the client
-            self.log.debug("write_failed", conn=peer.key, error=str(exc))
+            self.log.debug("write_failed", conn=client.key, error=str(exc))
             if check:
-                self._leave(peer)
-                peer.protocol.close(error_code=ErrorCode.MALFORMED, reason_phrase="stream 0 is closed")
+                self._leave(client)
+                client.protocol.close(error_code=ErrorCode.MALFORMED, reason_phrase="stream 0 is closed")
             return False
-        self._dirty.add(peer.protocol)
+        self._dirty.add(client.protocol)
         if self._flush_handle is None:
             assert self._loop is not None
             self._flush_handle = self._loop.call_soon(self._flush)
         if check and link.unsent_bytes() > self.config.max_unsent_bytes:
-            self._reject(peer, ErrorCode.SLOW_READER, "you do not read fast enough", wait=False)
+            self._reject(client, ErrorCode.SLOW_READER, "you do not read fast enough", wait=False)
             return False
         return True
 
@@ -1321,11 +1343,11 @@ class BeaconServer:
                 for ended in self.relay.expire(now):
                     self._relay_ended(ended)
                 for pending in self.relay.expire_pending(now):
-                    peer = self._peers.get(pending.conn)  # type: ignore[call-overload]  # a local connection key here (another worker's keys are str)
-                    if peer is not None:
+                    client = self._clients.get(pending.conn)  # type: ignore[call-overload]  # a local connection key here (another worker's keys are str)
+                    if client is not None:
                         self.metrics.relay_refusals.labels("expired").inc()
                         self._send(
-                            peer,
+                            client,
                             wire.Error(
                                 code=ErrorCode.RELAY_REFUSED,
                                 message="relay request expired: the other peer did not ask",
@@ -1368,8 +1390,8 @@ class BeaconServer:
 
     def _snapshot(self) -> dict[str, Any]:
         return {
-            "beacon_open_connections": len(self._peers),
-            "beacon_tcp_open_connections": sum(1 for p in self._peers.values() if p.via is p.protocol),
+            "beacon_open_connections": len(self._clients),
+            "beacon_tcp_open_connections": sum(1 for p in self._clients.values() if p.via is p.protocol),
             "beacon_tcp_handshakes_in_progress": self.tcp.handshaking if self.tcp is not None else 0,
             "beacon_tcp_web_connections": self.tcp.web_connections if self.tcp is not None else 0,
             "beacon_tcp_relay_backlog_drops": self.tcp.relay_backlog_drops if self.tcp is not None else 0,

@@ -16,6 +16,8 @@ import time
 import zlib
 from dataclasses import dataclass
 
+from discretpeer.addresses import Addr, unmap_host
+
 __all__ = ["MAGIC_COOKIE", "StunResponder", "binding_response", "is_stun", "parse_binding_request"]
 
 MAGIC_COOKIE = 0x2112A442
@@ -88,7 +90,7 @@ class StunResponder:
         self._tokens = float(self.burst)
         self._stamp: float | None = None
 
-    def answer(self, data: bytes, source: tuple[str, int], now: float | None = None) -> bytes | None:
+    def answer(self, data: bytes, source: Addr, now: float | None = None) -> bytes | None:
         transaction = parse_binding_request(data)
         if transaction is None:
             self.dropped += 1
@@ -102,7 +104,5 @@ class StunResponder:
             return None
         self._tokens -= 1
         self.answered += 1
-        host = source[0].split("%", 1)[0]
-        if host.startswith("::ffff:"):
-            host = host[7:]
+        host = unmap_host(source[0].split("%", 1)[0])
         return binding_response(transaction, host, source[1])

@@ -49,12 +49,13 @@ from beacon.client_hello import (
     parse_client_hello,
 )
 from beacon.limits import ip_key
+from discretpeer.addresses import Addr
 from discretpeer.endpoint import normalize_address
 from discretpeer.stream_frames import BEACON_TCP_ALPN, StreamDecoder, encode_datagram
 from discretpeer.wire import ErrorCode, WireError
 
 if TYPE_CHECKING:
-    from beacon.server import BeaconServer, _Peer
+    from beacon.server import BeaconServer, _Client
     from certs import CertificateBundle
 
 _TLS_HANDSHAKE_RECORD = 0x16
@@ -107,8 +108,8 @@ class TcpClient(asyncio.Protocol):
     def __init__(self, service: TcpService) -> None:
         self.service = service
         self.server = service.server
-        self.peer: _Peer | None = None
-        self.address: tuple[str, int] = ("0.0.0.0", 0)
+        self.peer: _Client | None = None
+        self.address: Addr = ("0.0.0.0", 0)
         self.transport: asyncio.Transport | None = None
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
@@ -151,11 +152,11 @@ class TcpClient(asyncio.Protocol):
     def can_send_frames(self) -> bool:
         return self._established and not self._closed
 
-    def validated_address(self) -> tuple[str, int] | None:
+    def validated_address(self) -> Addr | None:
         # a TCP handshake proves the client receives at this address
         return self.address
 
-    def validated_paths(self) -> list[tuple[str, int]]:
+    def validated_paths(self) -> list[Addr]:
         return [self.address]
 
     def transmit(self) -> None:
@@ -392,7 +393,7 @@ class TcpClient(asyncio.Protocol):
 
     _eof = False
 
-    def _handle(self, peer: _Peer, chunks: list[bytes]) -> None:
+    def _handle(self, peer: _Client, chunks: list[bytes]) -> None:
         server = self.server
         for chunk in chunks:
             if peer.closing:
@@ -517,7 +518,7 @@ class TcpService:
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
-    def addresses(self) -> list[tuple[str, int]]:
+    def addresses(self) -> list[Addr]:
         return [normalize_address(s.getsockname()) for listener in self.listeners for s in listener.sockets]
 
     async def listen(self, family: socket.AddressFamily, host: str, port: int, *, reuse_port: bool = False) -> None:
@@ -568,7 +569,7 @@ class TcpService:
             return False
         return name_matches(hello.server_name, web.hostnames)
 
-    def web_opened(self, address: tuple[str, int]) -> bool:
+    def web_opened(self, address: Addr) -> bool:
         """Count a web connection against the per-IP cap shared with peers (False: over it)."""
         counts = self.server._ip_counts  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
         key = ip_key(address[0])
@@ -578,7 +579,7 @@ class TcpService:
         self.web_connections += 1
         return True
 
-    def web_closed(self, address: tuple[str, int]) -> None:
+    def web_closed(self, address: Addr) -> None:
         self.server._ip_counts.remove(ip_key(address[0]))  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
         self.web_connections -= 1
 
@@ -587,12 +588,12 @@ class TcpService:
         self.clients.add(client)
         return client
 
-    def admit(self, address: tuple[str, int]) -> str | None:
+    def admit(self, address: Addr) -> str | None:
         """None to go on with the TLS handshake, else the reason to refuse (a metric label)."""
         server = self.server
         if server._stopping:  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
             return "stopping"
-        if len(server._peers) + self.handshaking + self.web_connections >= server.config.max_connections:  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
+        if len(server._clients) + self.handshaking + self.web_connections >= server.config.max_connections:  # noqa: SLF001 - the beacon server's own hooks for its TCP clients
             return "max_connections"
         loop = asyncio.get_running_loop()
         if not server._handshakes.take(ip_key(address[0]), loop.time()):  # noqa: SLF001 - the beacon server's own hooks for its TCP clients

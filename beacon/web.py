@@ -37,6 +37,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from discretpeer.addresses import Addr
+
 from .client_hello import normalize_name
 from .web_signal import MAX_MESSAGE_BYTES, Rooms, SignalError, encode, parse_client_message, turn_credentials
 
@@ -152,7 +154,7 @@ class WebService:
         self.hostnames: tuple[str, ...] = ()
 
     @property
-    def address(self) -> tuple[str, int] | None:
+    def address(self) -> Addr | None:
         """The page's own listener (``port``), None without one."""
         if self._server is None or self.options.port is None:
             return None

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from discretpeer.identity import Identity, IdentityError, decode_peer_id, normalize_peer_id
     from discretpeer.peer import Peer, PeerStats
     from discretpeer.tokens import MeetingKeys, derive_token, pair_meeting
+    from discretpeer.tuning import Tuning
 
 # imported on first use: `discretpeer id`, `status` and `--help` need no QUIC stack (~0.25 s)
 _WHERE = {
@@ -44,6 +45,7 @@ _WHERE = {
     "MeetingKeys": "tokens",
     "derive_token": "tokens",
     "pair_meeting": "tokens",
+    "Tuning": "tuning",
 }
 
 
@@ -86,6 +88,7 @@ __all__ = [
     "PeerConnection",
     "PeerPolicy",
     "PeerStats",
+    "Tuning",
     "decode_peer_id",
     "derive_token",
     "load_beacons_file",

@@ -47,6 +47,8 @@ from __future__ import annotations
 import os
 from importlib import metadata
 
+from discretpeer.addresses import Addr
+
 TESTED = ("1.7.2",)  # what CI runs; pyproject.toml pins exactly these
 
 
@@ -248,7 +250,7 @@ def all_unacked_bytes(quic: QuicConnection) -> int:
     return total
 
 
-def active_path_address(quic: QuicConnection) -> tuple[str, int]:
+def active_path_address(quic: QuicConnection) -> Addr:
     """The address ``quic`` sends to now (aioquic's first network path, validated or not)."""
     path = quic._network_paths[0]
     return (path.addr[0], path.addr[1])

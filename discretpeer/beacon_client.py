@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 
 from certs import certificate_fingerprint
 from discretpeer._aioquic import peer_certificate
+from discretpeer.addresses import Addr
 from discretpeer.beacon_tcp import TcpChannel, TlsPinMismatch, open_channel
 from discretpeer.behaviour_probe import classify
 from discretpeer.config import BeaconSpec
@@ -87,7 +88,7 @@ class _Link:
 
     def __init__(
         self,
-        address: tuple[str, int],
+        address: Addr,
         welcome: Welcome,
         early: list[Message],
         *,
@@ -124,7 +125,7 @@ class BeaconStatus:
 
     beacon: str
     state: str = "idle"  # idle, connecting, connected, backoff, closed
-    address: tuple[str, int] | None = None
+    address: Addr | None = None
     transport: str | None = None  # udp, tcp, "tcp via proxy" (None until connected)
     udp_works: bool | None = None  # None: not known yet; False: QUIC over UDP failed, TCP in use
     udp_error: str | None = None  # why UDP failed, when it did
@@ -139,7 +140,7 @@ class BeaconStatus:
     full_refusal: str | None = None  # the last of them, in words
     # from the beacon's behaviour port: our address as its second port saw it, and what that says
     # of our NAT (wire.MAPPING_*), with the time it took
-    second_observed: tuple[str, int] | None = None
+    second_observed: Addr | None = None
     mapping: int | None = None
     behaviour_ms: float | None = None
     behaviour_port: int | None = None  # the beacon's second port, from its Welcome
@@ -162,10 +163,10 @@ class BeaconClient:
         on_introduction: Callable[[BeaconClient, Introduction], None],
         get_candidates: Callable[[], list[Address]],
         on_relay_message: Callable[[BeaconClient, Message], None] | None = None,
-        on_disconnect: Callable[[BeaconClient, tuple[str, int]], None] | None = None,
+        on_disconnect: Callable[[BeaconClient, Addr], None] | None = None,
         on_token_full: Callable[[BeaconClient, bytes, str], None] | None = None,
         rng: random.Random | None = None,
-        observe_behaviour: Callable[[tuple[str, int]], Awaitable[tuple[str, int] | None]] | None = None,
+        observe_behaviour: Callable[[Addr], Awaitable[Addr | None]] | None = None,
     ) -> None:
         self.spec = spec
         self.status = BeaconStatus(beacon=spec.hostname)
@@ -219,7 +220,7 @@ class BeaconClient:
         return self._connected.is_set()
 
     @property
-    def beacon_address(self) -> tuple[str, int] | None:
+    def beacon_address(self) -> Addr | None:
         return self.status.address if self.connected else None
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
@@ -281,10 +282,10 @@ class BeaconClient:
             await asyncio.sleep(self._rng.uniform(0, delay))  # full jitter
             delay = min(BACKOFF_CAP, delay * 2)
 
-    async def _resolve(self) -> list[tuple[str, int]]:
+    async def _resolve(self) -> list[Addr]:
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(self.spec.host, self.spec.port, type=socket.SOCK_DGRAM)
-        addresses: list[tuple[str, int]] = []
+        addresses: list[Addr] = []
         for family, _, _, _, sockaddr in infos:
             if family == socket.AF_INET6 and not self._endpoint_supports_ipv6():
                 continue
@@ -309,7 +310,7 @@ class BeaconClient:
         await self._adopt(link)
         await self._serve()
 
-    async def _open_udp(self, addresses: list[tuple[str, int]]) -> _Link:
+    async def _open_udp(self, addresses: list[Addr]) -> _Link:
         errors: list[str] = []
         for address in addresses:
             try:
@@ -488,7 +489,7 @@ class BeaconClient:
             channel.close()  # the serve loop ends; _run adopts the QUIC link at once
             return
 
-    async def _open_quic(self, address: tuple[str, int]) -> _Link:
+    async def _open_quic(self, address: Addr) -> _Link:
         configuration = QuicConfiguration(
             is_client=True,
             alpn_protocols=[BEACON_ALPN],

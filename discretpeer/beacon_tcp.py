@@ -14,6 +14,7 @@ import socket
 import ssl
 
 from certs import certificate_fingerprint
+from discretpeer.addresses import Addr
 from discretpeer.proxy import ProxySpec, open_tunnel
 from discretpeer.stream_frames import BEACON_TCP_ALPN, Item, StreamDecoder, encode_datagram
 from discretpeer.wire import Message, WireError, encode
@@ -42,7 +43,7 @@ class TcpChannel:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        address: tuple[str, int],
+        address: Addr,
         proxy: ProxySpec | None,
     ) -> None:
         self._reader = reader

@@ -29,6 +29,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from discretpeer.addresses import Addr, unmap_ip
+
 MAGIC = b"\x0bDPB"
 KIND_REQUEST = 1
 KIND_ANSWER = 2
@@ -86,15 +88,13 @@ def parse_request(data: bytes) -> bytes:
     return parse_request_fields(data).nonce
 
 
-def pack_address(address: tuple[str, int]) -> bytes:
+def pack_address(address: Addr) -> bytes:
     """family (4/6) | port | 16-byte address (IPv4 zero-padded, IPv4-mapped IPv6 as IPv4)."""
-    ip = ipaddress.ip_address(address[0].split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = unmap_ip(ipaddress.ip_address(address[0].split("%", 1)[0]))
     return struct.pack("!BH", ip.version, address[1]) + ip.packed.ljust(16, b"\0")
 
 
-def _unpack_address(raw: bytes) -> tuple[str, int]:
+def _unpack_address(raw: bytes) -> Addr:
     family, port = struct.unpack_from("!BH", raw)
     packed = raw[3:19]
     if family == 4 and packed[4:] == b"\0" * 12:
@@ -108,24 +108,24 @@ def _unpack_address(raw: bytes) -> tuple[str, int]:
     return host, port
 
 
-def answer(nonce: bytes, observed: tuple[str, int]) -> bytes:
+def answer(nonce: bytes, observed: Addr) -> bytes:
     return MAGIC + bytes([KIND_ANSWER]) + nonce + pack_address(observed)
 
 
-def cookie_answer(nonce: bytes, observed: tuple[str, int], cookie: bytes) -> bytes:
+def cookie_answer(nonce: bytes, observed: Addr, cookie: bytes) -> bytes:
     if len(cookie) != COOKIE_SIZE:
         raise ValueError(f"cookie must be {COOKIE_SIZE} bytes")
     return MAGIC + bytes([KIND_COOKIE_ANSWER]) + nonce + pack_address(observed) + cookie
 
 
-def parse_answer(data: bytes) -> tuple[bytes, tuple[str, int]]:
+def parse_answer(data: bytes) -> tuple[bytes, Addr]:
     """(nonce, observed address) of an answer; BehaviourError for anything else."""
     if len(data) != ANSWER_SIZE or data[:4] != MAGIC or data[4] != KIND_ANSWER:
         raise BehaviourError("not a behaviour answer")
     return data[5 : 5 + NONCE_SIZE], _unpack_address(data[5 + NONCE_SIZE :])
 
 
-def parse_cookie_answer(data: bytes) -> tuple[bytes, tuple[str, int], bytes]:
+def parse_cookie_answer(data: bytes) -> tuple[bytes, Addr, bytes]:
     """(nonce, observed address, cookie) of a cookie answer; BehaviourError for anything else."""
     if len(data) != COOKIE_ANSWER_SIZE or data[:4] != MAGIC or data[4] != KIND_COOKIE_ANSWER:
         raise BehaviourError("not a behaviour cookie answer")

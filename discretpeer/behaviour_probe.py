@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from discretpeer import behaviour
+from discretpeer.addresses import Addr
 from discretpeer.wire import MAPPING_DEPENDENT, MAPPING_INDEPENDENT, MAPPING_UNKNOWN
 
-Addr = tuple[str, int]
 T = TypeVar("T")
 MAX_OUTSTANDING = 8
 RESENDS = (0.0, 0.2, 0.4)  # three tries over 0.6 s: a lost packet costs one short wait, no more

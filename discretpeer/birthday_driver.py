@@ -18,10 +18,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from discretpeer import birthday
+from discretpeer.addresses import Addr
 from discretpeer.birthday_io import ExtraSockets, spray
 from discretpeer.logs import get_logger
 from discretpeer.probe import NONCE_SIZE, ProbeError, ProbeKind, build_probe, parse_probe
-from discretpeer.traversal import Addr, CandidateKind
+from discretpeer.traversal import CandidateKind
 
 if TYPE_CHECKING:
     from discretpeer.pairs import Pair, PairDriver

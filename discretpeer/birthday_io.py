@@ -21,10 +21,9 @@ import socket
 from collections.abc import Callable
 
 from discretpeer import birthday
+from discretpeer.addresses import Addr
 
 log = logging.getLogger("discretpeer.birthday")
-
-Addr = tuple[str, int]
 
 
 class _Socket(asyncio.DatagramProtocol):

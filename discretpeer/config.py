@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from certs import InvalidFingerprint, parse_fingerprint
+from discretpeer.addresses import Addr
 
 
 class ConfigError(ValueError):
@@ -70,7 +71,7 @@ class BeaconSpec:
         return cls(host=host, port=port, cert_hash=cert_hash, tcp_port=tcp_port)
 
 
-def split_host_port(text: str, *, where: str = "address") -> tuple[str, int]:
+def split_host_port(text: str, *, where: str = "address") -> Addr:
     """Split ``host:port`` / ``[v6]:port``; the port is mandatory and 1..65535."""
     text = text.strip()
     if text.startswith("["):
@@ -99,7 +100,7 @@ def parse_beacons(entries: Iterable[Any] | None, *, where: str = "beacons") -> l
     if isinstance(entries, (str, bytes, Mapping)):
         raise ConfigError(f"{where}: expected a list of beacon tables")
     specs = [BeaconSpec.parse(entry, where=f"{where}[{index}]") for index, entry in enumerate(entries)]
-    seen: set[tuple[str, int]] = set()
+    seen: set[Addr] = set()
     for spec in specs:
         if (spec.host, spec.port) in seen:
             raise ConfigError(f"{where}: {spec.hostname} is listed twice")

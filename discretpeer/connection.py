@@ -28,6 +28,7 @@ from discretpeer._aioquic import (
     reader_buffered,
     smoothed_rtt,
 )
+from discretpeer.addresses import Addr
 from discretpeer.auth import (
     AuthError,
     PeerPolicy,
@@ -48,6 +49,7 @@ from discretpeer.identity import Identity
 from discretpeer.logs import get_logger
 from discretpeer.path_mtu import DatagramSizeSearch, datagram_limit, probe_sizes
 from discretpeer.relay_frame import RELAY_HEADER_SIZE
+from discretpeer.tuning import DEFAULT_TUNING, Tuning
 
 PathKind = Literal["direct", "lan", "relay"]
 log = get_logger("discretpeer.connection")
@@ -56,8 +58,6 @@ PING_WHEN_QUIET = 2.0  # a connection silent this long gets a PING (keeps NATs o
 LIVENESS_TIMEOUT = 6.0  # nothing at all from the peer this long: the path is gone, say so
 MAX_PENDING_STREAMS = 64
 AUTH_STREAM_ID = 0
-STREAM_HIGH_WATER = 1024 * 1024  # unacknowledged bytes per stream before writer.drain() waits
-STREAM_LOW_WATER = 256 * 1024
 
 
 class _FlowControlledAdapter(StreamAdapter):
@@ -76,7 +76,7 @@ class _FlowControlledAdapter(StreamAdapter):
             super().write(data)
         except (RuntimeError, AssertionError) as exc:  # aioquic: stream reset or connection gone
             raise ConnectionResetError(f"stream {self.stream_id}: {exc}") from exc
-        if not self.paused and self.flow is not None and self.unacknowledged() > STREAM_HIGH_WATER:
+        if not self.paused and self.flow is not None and self.unacknowledged() > self.protocol.stream_high_water:
             self.paused = True
             self.flow.pause_writing()
             self.protocol.paused_streams.add(self)
@@ -106,7 +106,7 @@ class _FlowControlledAdapter(StreamAdapter):
         self.protocol.transmit_soon()
 
     def maybe_resume(self) -> bool:
-        if self.paused and (self.unacknowledged() < STREAM_LOW_WATER or self.protocol.closing):
+        if self.paused and (self.unacknowledged() < self.protocol.stream_low_water or self.protocol.closing):
             self.paused = False
             if self.flow is not None:
                 self.flow.resume_writing()
@@ -129,6 +129,9 @@ class PeerProtocol(EndpointProtocol):
         self.terminated = asyncio.Event()
         self.handshake_done = asyncio.Event()
         self.paused_streams: set[_FlowControlledAdapter] = set()
+        tuning: Tuning = getattr(quic.configuration, "tuning", DEFAULT_TUNING)
+        self.stream_high_water = tuning.stream_high_water  # a stream's writer pauses above, resumes below low
+        self.stream_low_water = tuning.stream_low_water
         if isinstance(quic, AppPacedQuicConnection):
             quic.unread = self._unread
 
@@ -213,7 +216,7 @@ class PeerProtocol(EndpointProtocol):
         super().quic_event_received(event)
 
     @property
-    def remote_address(self) -> tuple[str, int]:
+    def remote_address(self) -> Addr:
         """Where packets go now (the beacon's address while relayed)."""
         if self.route is not None and self.route.real is not None:
             return self.route.real
@@ -343,7 +346,7 @@ class PeerConnection:
         return f"<PeerConnection {self.peer_id[:12]}… {self.path} {self.remote_address}>"
 
     @property
-    def remote_address(self) -> tuple[str, int]:
+    def remote_address(self) -> Addr:
         return self._protocol.remote_address
 
     @property
@@ -376,7 +379,7 @@ class PeerConnection:
             quic.search_datagram_size(sizes)
             self._protocol.transmit_soon()
 
-    def _route_target(self) -> tuple[tuple[str, int] | None, int]:
+    def _route_target(self) -> tuple[Addr | None, int]:
         """Where our datagrams go now, and what each carries besides the QUIC packet."""
         route = self._protocol.route
         if route is not None and route.kind == "relay" and route.relay is not None:

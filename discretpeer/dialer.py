@@ -18,11 +18,11 @@ from aioquic.quic.configuration import QuicConfiguration
 
 from discretpeer.auth import AuthError
 from discretpeer.connection import PeerProtocol, VerifiedPeer, authenticate_as_dialer
-from discretpeer.flow import CONNECTION_WINDOW, STREAM_WINDOW
 from discretpeer.logs import get_logger
 from discretpeer.pair_state import Abandon, Action, Dial, DialKind
 from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, BASE_DATAGRAM, SizedQuicConfiguration
 from discretpeer.traversal import Candidate, CandidateKind
+from discretpeer.tuning import DEFAULT_TUNING, Tuning
 from discretpeer.wire import PEER_ALPN
 
 if TYPE_CHECKING:
@@ -37,9 +37,11 @@ DIAL_TIMEOUT = 3.0
 
 
 # (pair, the dial, its candidate (None through the relay), protocol, proof) of a verified dial
-def peer_quic_configuration(*, is_client: bool, max_datagram_size: int = AIOQUIC_MAX_DATAGRAM) -> QuicConfiguration:
+def peer_quic_configuration(
+    *, is_client: bool, max_datagram_size: int = AIOQUIC_MAX_DATAGRAM, tuning: Tuning = DEFAULT_TUNING
+) -> QuicConfiguration:
     """Both ends of a peer connection: 1350-byte datagrams until a path-MTU probe confirms more
-    (never more than ``max_datagram_size``), receive windows of discretpeer.flow. A dialer checks
+    (never more than ``max_datagram_size``), receive windows and data-path settings of ``tuning``. A dialer checks
     no certificate: identity is proven by signatures bound to the connection (discretpeer.auth)."""
     return SizedQuicConfiguration(
         is_client=is_client,
@@ -48,8 +50,9 @@ def peer_quic_configuration(*, is_client: bool, max_datagram_size: int = AIOQUIC
         idle_timeout=30.0,
         max_datagram_size=min(BASE_DATAGRAM, max_datagram_size),
         datagram_size_cap=max_datagram_size,
-        max_data=CONNECTION_WINDOW,
-        max_stream_data=STREAM_WINDOW,
+        max_data=tuning.max_data,
+        max_stream_data=tuning.max_stream_data,
+        tuning=tuning,
     )
 
 
@@ -68,10 +71,11 @@ class Dialer:
         spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[Any]],
         is_closed: Callable[[], bool],
         on_dialed: OnDialed,
-        max_datagram_size: int = AIOQUIC_MAX_DATAGRAM,
+        configuration: Callable[[], QuicConfiguration],
     ) -> None:
+        """``configuration``: makes the QUIC configuration of each dial."""
         self.identity = identity
-        self.max_datagram_size = max_datagram_size
+        self._configuration = configuration
         self.stats = stats
         self.endpoint: Endpoint | None = None  # set when the peer starts
         self._direct_enabled = direct_enabled
@@ -151,8 +155,8 @@ class Dialer:
         """Dial a candidate, or through the pair's relay route."""
         assert self.endpoint is not None
         self.stats.dials += 1
-        record = pair.meeting
-        configuration = peer_quic_configuration(is_client=True, max_datagram_size=self.max_datagram_size)
+        meeting = pair.meeting
+        configuration = self._configuration()
         protocol: PeerProtocol | None = None
         relayed = dial.kind is DialKind.RELAY
         route = pair.relay_route if relayed else None
@@ -163,7 +167,7 @@ class Dialer:
             if pair.state.dialing(dial.attempt):
                 pair.dial_protocol = protocol
             await asyncio.wait_for(protocol.wait_handshake(), DIAL_TIMEOUT)
-            verified = await authenticate_as_dialer(protocol, self.identity, pair.session.token, record.policy)
+            verified = await authenticate_as_dialer(protocol, self.identity, pair.session.token, meeting.policy)
         except (AuthError, ConnectionError, OSError, TimeoutError) as exc:
             text = str(exc) or type(exc).__name__
             if isinstance(exc, AuthError):
@@ -171,7 +175,7 @@ class Dialer:
             else:
                 self.stats.dial_failures += 1
                 text = f"QUIC to {where}: {text}"
-            record.failures.append(text)
+            meeting.failures.append(text)
             log.info("dial failed", address=where, error=text)
             if protocol is not None:
                 protocol.close_with(text if isinstance(exc, AuthError) else "dial failed")

@@ -34,12 +34,13 @@ from aioquic.quic.packet import (
 from aioquic.quic.retry import QuicRetryTokenHandler
 
 from discretpeer._aioquic import QuicProtocol
+from discretpeer.addresses import Addr, SocketAddress, unmap_ip
 from discretpeer.paths import Route, RouteTable, is_virtual
 from discretpeer.probe import QUIC_FIXED_BIT
 from discretpeer.relay_frame import RELAY_DATA
 from discretpeer.stateless_reset import is_reset
+from discretpeer.tuning import DEFAULT_TUNING, Tuning
 
-SocketAddress = tuple[Any, ...]
 SMALLEST_INITIAL = 1200
 CONNECTION_ID_LENGTH = 8
 
@@ -50,13 +51,14 @@ class Admission(enum.Enum):
     REFUSE = "refuse"  # drop the Initial silently
 
 
-def normalize_address(addr: SocketAddress) -> tuple[str, int]:
+def normalize_address(addr: SocketAddress) -> Addr:
     """(host, port) with IPv4-mapped IPv6 turned into IPv4 and flowinfo dropped (scope kept)."""
     host, port = addr[0], addr[1]
     if ":" in host and "%" not in host:
         ip = ipaddress.IPv6Address(host)
-        if ip.ipv4_mapped is not None:
-            return (str(ip.ipv4_mapped), port)
+        plain = unmap_ip(ip)
+        if plain is not ip:
+            return (str(plain), port)
         if len(addr) >= 4 and addr[3]:
             return (f"{host}%{addr[3]}", port)
     return (host, port)
@@ -136,11 +138,12 @@ class Endpoint(asyncio.DatagramProtocol):
         *,
         server_configuration: QuicConfiguration | None = None,
         create_server_protocol: Callable[[QuicConnection], EndpointProtocol] | None = None,
-        admit: Callable[[tuple[str, int], bool], Admission] | None = None,  # (source, validated)
-        on_datagram: Callable[[bytes, tuple[str, int]], None] | None = None,
+        admit: Callable[[Addr, bool], Admission] | None = None,  # (source, validated)
+        on_datagram: Callable[[bytes, Addr], None] | None = None,
         virtual_paths: bool = False,
-        on_unexpected_source: Callable[[EndpointProtocol, tuple[str, int]], None] | None = None,
+        on_unexpected_source: Callable[[EndpointProtocol, Addr], None] | None = None,
         connection_class: type[QuicConnection] = QuicConnection,
+        tuning: Tuning = DEFAULT_TUNING,
     ) -> None:
         """``virtual_paths``: bind each connection to a virtual address whose :class:`Route` the
         owner may switch (direct ↔ relay, NAT rebinding) without QUIC noticing. Then
@@ -163,15 +166,16 @@ class Endpoint(asyncio.DatagramProtocol):
         self._clients: set[EndpointProtocol] = set()  # outgoing connections (stateless resets)
         # beacon address → send function: relay datagrams (not QUIC) for a beacon reached over
         # TLS/TCP travel on that stream instead of UDP (see discretpeer.beacon_client)
-        self.stream_links: dict[tuple[str, int], Callable[[bytes], None]] = {}
+        self.stream_links: dict[Addr, Callable[[bytes], None]] = {}
         # real address → another socket's send: a birthday hit (discretpeer/birthday_io.py) is a
         # NAT mapping that only that socket has; everything for that address goes through it
-        self.via: dict[tuple[str, int], Callable[[bytes], None]] = {}
+        self.via: dict[Addr, Callable[[bytes], None]] = {}
         self.datagrams_received = 0
         self.datagrams_sent = 0
         self.send_errors = 0
         # asyncio's selector loop: we read the socket ourselves, READ_BATCH datagrams per wakeup
         self.batched_reads = False
+        self.tuning = tuning  # read when the socket is set up and when a connection attaches
         self._sock: socket.socket | None = None
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         self._raw: socket.socket | None = None  # the bound socket (GSO sends go straight to it)
@@ -210,7 +214,13 @@ class Endpoint(asyncio.DatagramProtocol):
         # the selector loop's own (private) registration: its public add_reader refuses a socket
         # that a transport owns
         add_reader = getattr(loop, "_add_reader", None)
-        if READ_BATCH <= 1 or _batches_reads(loop) or add_reader is None or not hasattr(loop, "_selector"):
+        if (
+            not self.tuning.batched_reads
+            or READ_BATCH <= 1
+            or self._coalesces(loop)
+            or add_reader is None
+            or not hasattr(loop, "_selector")
+        ):
             return
         transport.pause_reading()  # removes the transport's reader for this socket
         self._sock, self._reader_loop = sock, loop
@@ -280,7 +290,7 @@ class Endpoint(asyncio.DatagramProtocol):
         return self._transport.get_extra_info(name, default) if self._transport else default
 
     @property
-    def local_address(self) -> tuple[str, int]:
+    def local_address(self) -> Addr:
         sockname = self.get_extra_info("sockname")
         return (sockname[0], sockname[1])
 
@@ -307,7 +317,7 @@ class Endpoint(asyncio.DatagramProtocol):
         except (OSError, ValueError):
             self.send_errors += 1
 
-    def _on_the_wire(self, data: bytes, addr: SocketAddress) -> tuple[bytes, tuple[str, int]] | None:
+    def _on_the_wire(self, data: bytes, addr: SocketAddress) -> tuple[bytes, Addr] | None:
         """What goes out of this socket for ``data`` to ``addr``: a virtual address resolved
         through its route (relay frame or direct), the socket's address form; None when the
         datagram was handed elsewhere (the TLS/TCP stream of a beacon, the extra socket of a
@@ -346,7 +356,7 @@ class Endpoint(asyncio.DatagramProtocol):
         carry (tests/natlab/test_paths.py caught it)."""
         if self._transport is None or self._closed:
             return
-        wire: list[tuple[bytes, tuple[str, int]]] = []
+        wire: list[tuple[bytes, Addr]] = []
         alone: set[int] = set()
         for data, addr in datagrams:
             probe = max_size is not None and len(data) > max_size
@@ -402,7 +412,7 @@ class Endpoint(asyncio.DatagramProtocol):
 
     def connect(
         self,
-        addr: tuple[str, int],
+        addr: Addr,
         configuration: QuicConfiguration,
         create_protocol: Callable[[QuicConnection], EndpointProtocol] = EndpointProtocol,
         *,
@@ -448,7 +458,7 @@ class Endpoint(asyncio.DatagramProtocol):
             return
         self._receive_quic(data, source, None)
 
-    def _receive_quic(self, data: bytes, source: tuple[str, int], relay_route: Route | None) -> None:
+    def _receive_quic(self, data: bytes, source: Addr, relay_route: Route | None) -> None:
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
         except ValueError:
@@ -471,7 +481,7 @@ class Endpoint(asyncio.DatagramProtocol):
         protocol.datagram_received(data, source)
 
     def _maybe_accept(
-        self, data: bytes, source: tuple[str, int], header: Any, relay_route: Route | None = None
+        self, data: bytes, source: Addr, header: Any, relay_route: Route | None = None
     ) -> EndpointProtocol | None:
         config = self._server_configuration
         if config is None or self._create_server_protocol is None or self._closed:
@@ -563,9 +573,13 @@ class Endpoint(asyncio.DatagramProtocol):
 
     # --- routing table ------------------------------------------------------------------------
 
+    def _coalesces(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """The loop hands us several datagrams per wakeup: connections transmit once per batch."""
+        return self.tuning.coalesce_transmits and _batches_reads(loop)
+
     def _attach(self, protocol: EndpointProtocol) -> None:
         protocol.endpoint = self
-        if _batches_reads(protocol.loop) or self.batched_reads:
+        if self._coalesces(protocol.loop) or self.batched_reads:
             protocol.defer_transmits = True  # the class default is False
         protocol.connection_made(self._sender)  # type: ignore[arg-type]  # the sender stands in for the shared socket's transport
 

@@ -26,8 +26,8 @@ class FailureReport:
     def beacon_status(self) -> list[BeaconStatus]:
         return [client.status for client in self._clients]
 
-    def _report(self, record: _Meeting) -> dict[str, object]:
-        pairs = [pair for (meeting_id, _), pair in self._pairs.items() if meeting_id == record.id]
+    def _report(self, meeting: _Meeting) -> dict[str, object]:
+        pairs = [pair for (meeting_id, _), pair in self._pairs.items() if meeting_id == meeting.id]
         return {
             "beacons": [
                 {
@@ -39,7 +39,7 @@ class FailureReport:
                 }
                 for status in self.beacon_status
             ],
-            "introductions": record.introductions,
+            "introductions": meeting.introductions,
             "candidates": [
                 {
                     "address": f"{c.address[0]}:{c.address[1]}",
@@ -54,12 +54,12 @@ class FailureReport:
             "probes_received": sum(
                 pair.session.stats.pings_received + pair.session.stats.pongs_received for pair in pairs
             ),
-            "failures": list(record.failures),
-            "refusals": list(record.refusals),
+            "failures": list(meeting.failures),
+            "refusals": list(meeting.refusals),
         }
 
-    def _failure_text(self, record: _Meeting, timeout: float) -> str:
-        report = self._report(record)
+    def _failure_text(self, meeting: _Meeting, timeout: float) -> str:
+        report = self._report(meeting)
         beacons = report["beacons"]
         assert isinstance(beacons, list)
         reached = [b["beacon"] for b in beacons if b["state"] == "connected"]
@@ -80,8 +80,8 @@ class FailureReport:
             for c in candidates
         )
         text = (
-            f"no verified connection for this meeting within {timeout:g}s (expecting {record.policy.description}): "
-            f"{where}; introductions {record.introductions}; "
+            f"no verified connection for this meeting within {timeout:g}s (expecting {meeting.policy.description}): "
+            f"{where}; introductions {meeting.introductions}; "
             f"candidates tried: {tried or 'none'}; "
             f"probes sent {report['probes_sent']}, received {report['probes_received']}"
         )

@@ -19,6 +19,7 @@ from aioquic.quic.recovery import QuicPacketPacer
 
 from discretpeer._aioquic import SlidingCredit, set_pacer
 from discretpeer.path_mtu import DatagramSizeSearch
+from discretpeer.tuning import CONNECTION_WINDOW, DEFAULT_TUNING, STREAM_WINDOW, Tuning
 
 PACER_BURST = 16  # datagrams the pacer lets go at once, whatever its 1-us charge per datagram
 
@@ -34,10 +35,6 @@ class BurstPacer(QuicPacketPacer):
         super().update_rate(congestion_window, smoothed_rtt)
         if self.packet_time is not None and self.bucket_max < PACER_BURST * self.packet_time:
             self.bucket_max = PACER_BURST * self.packet_time
-
-
-STREAM_WINDOW = 4 * 1024 * 1024
-CONNECTION_WINDOW = 16 * 1024 * 1024
 
 
 def _no_unread(stream_id: int | None) -> int:
@@ -57,4 +54,6 @@ class AppPacedQuicConnection(SlidingCredit, DatagramSizeSearch):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.unread: Callable[[int | None], int] = _no_unread
-        set_pacer(self, BurstPacer(max_datagram_size=self.datagram_size))
+        tuning: Tuning = getattr(self.configuration, "tuning", DEFAULT_TUNING)
+        pacer = BurstPacer if tuning.burst_pacer else QuicPacketPacer
+        set_pacer(self, pacer(max_datagram_size=self.datagram_size))

@@ -59,48 +59,48 @@ class MeetingBook:
         """The meeting (new, or known: then ``policy`` replaces its policy). ``now``: wall-clock
         time of the token window (default: the current time)."""
         keys = self.keys(meeting)
-        record = self._meetings.get(keys.meeting)
-        if record is None:
-            record = Meeting(keys=keys, policy=policy, tokens=keys.tokens(now))
-            self._meetings[keys.meeting] = record
-            for token in record.tokens:
-                self._by_token[token] = record
+        booked = self._meetings.get(keys.meeting)
+        if booked is None:
+            booked = Meeting(keys=keys, policy=policy, tokens=keys.tokens(now))
+            self._meetings[keys.meeting] = booked
+            for token in booked.tokens:
+                self._by_token[token] = booked
         else:
-            record.policy = policy
-        return record
+            booked.policy = policy
+        return booked
 
     def find(self, meeting: str | bytes) -> Meeting | None:
         return self._meetings.get(self.keys(meeting).meeting)
 
-    def forget(self, record: Meeting) -> None:
-        self._meetings.pop(record.id, None)
-        for token in record.tokens:
-            if self._by_token.get(token) is record:
+    def forget(self, meeting: Meeting) -> None:
+        self._meetings.pop(meeting.id, None)
+        for token in meeting.tokens:
+            if self._by_token.get(token) is meeting:
                 del self._by_token[token]
 
     def by_token(self, token: bytes) -> Meeting | None:
         return self._by_token.get(token)
 
     def policy_for_token(self, token: bytes) -> PeerPolicy | None:
-        record = self._by_token.get(token)
-        return record.policy if record is not None else None
+        meeting = self._by_token.get(token)
+        return meeting.policy if meeting is not None else None
 
     def wanted_tokens(self) -> set[bytes]:
         """The tokens to announce: those of meetings someone waits on."""
-        return {token for token, record in self._by_token.items() if record.wanted}
+        return {token for token, meeting in self._by_token.items() if meeting.wanted}
 
     def refresh_tokens(self, now: float | None = None) -> bool:
         """Move each meeting to its tokens of the current time window; True if any changed."""
         changed = False
-        for record in self._meetings.values():
-            tokens = record.keys.tokens(now)
-            if tokens != record.tokens:
-                for token in record.tokens:
-                    if self._by_token.get(token) is record:
+        for meeting in self._meetings.values():
+            tokens = meeting.keys.tokens(now)
+            if tokens != meeting.tokens:
+                for token in meeting.tokens:
+                    if self._by_token.get(token) is meeting:
                         del self._by_token[token]
-                record.tokens = tokens
+                meeting.tokens = tokens
                 for token in tokens:
-                    self._by_token[token] = record
+                    self._by_token[token] = meeting
                 changed = True
         return changed
 

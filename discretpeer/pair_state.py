@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-Addr = tuple[str, int]
+from discretpeer.addresses import Addr
+
 PathKind = Literal["direct", "lan", "relay"]
 
 # how long to give a speculative dial whose target just confirmed, beyond twice its age: its

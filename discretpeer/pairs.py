@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from discretpeer.addresses import Addr
 from discretpeer.beacon_client import udp_unreachable
 from discretpeer.birthday_driver import BirthdayDriver
 from discretpeer.candidates import is_lan_address, on_attached_network
@@ -27,7 +28,7 @@ from discretpeer.pair_state import PairState
 from discretpeer.probe import ProbeError, ProbeKind, parse_probe
 from discretpeer.relay_frame import RELAY_DATA
 from discretpeer.relay_routes import RelayRoutes
-from discretpeer.traversal import Addr, Candidate, CandidateKind, PunchSession, mapping_varies
+from discretpeer.traversal import Candidate, CandidateKind, PunchSession, mapping_varies
 from discretpeer.wire import (
     INSTANCE_SIZE,
     MAPPING_DEPENDENT,
@@ -144,8 +145,8 @@ class PairDriver:
         self.networks = networks
 
     def _find_pair(self, token: bytes, instance: bytes) -> Pair | None:
-        record = self.book.by_token(token)
-        return self.pairs.get((record.id, instance)) if record is not None else None
+        meeting = self.book.by_token(token)
+        return self.pairs.get((meeting.id, instance)) if meeting is not None else None
 
     # --- introductions and probes -------------------------------------------------------------
 
@@ -178,12 +179,12 @@ class PairDriver:
     def introduce(
         self, token: bytes, instance: bytes, *, public: list[Addr], local: list[Addr], via: str
     ) -> Pair | None:
-        record = self.book.by_token(token)
-        if record is None or instance == self.settings.instance or len(instance) != INSTANCE_SIZE:
+        meeting = self.book.by_token(token)
+        if meeting is None or instance == self.settings.instance or len(instance) != INSTANCE_SIZE:
             return None
-        record.introductions += 1
+        meeting.introductions += 1
         now = time.monotonic()
-        pair = self._pair(record, token, instance, now, via)
+        pair = self._pair(meeting, token, instance, now, via)
         if pair is None:
             return None
         sends = pair.session.add_candidates(self._usable(local), CandidateKind.LOCAL, now)
@@ -207,12 +208,12 @@ class PairDriver:
         own = {(a.host, a.port) for a in self._own_candidates()}
         return [a for a in addresses if (ipv6 or ":" not in a[0]) and a not in own]
 
-    def _pair(self, record: Meeting, token: bytes, instance: bytes, now: float, via: str) -> Pair | None:
-        key = (record.id, instance)
+    def _pair(self, meeting: Meeting, token: bytes, instance: bytes, now: float, via: str) -> Pair | None:
+        key = (meeting.id, instance)
         pair = self.pairs.get(key)
         if pair is not None:
             self.pairs.move_to_end(key)
-            pair.meeting = record  # the meeting may have been withdrawn and registered again
+            pair.meeting = meeting  # the meeting may have been withdrawn and registered again
             pair.live_connection()
             return pair
         if len(self.pairs) >= MAX_SESSIONS:
@@ -227,7 +228,7 @@ class PairDriver:
                 return None
         session = PunchSession(
             token=token,
-            probe_key=record.keys.probe_key,
+            probe_key=meeting.keys.probe_key,
             local_instance=self.settings.instance,
             remote_instance=instance,
             started_at=now,
@@ -236,7 +237,7 @@ class PairDriver:
         session.start(now)
         state = PairState(is_dialer=session.is_dialer, introduced_at=now)
         state.start(now)
-        pair = Pair(meeting=record, session=session, state=state, via=via)
+        pair = Pair(meeting=meeting, session=session, state=state, via=via)
         self.pairs[key] = pair
         self.stats.punch_sessions += 1
         return pair
@@ -253,19 +254,19 @@ class PairDriver:
         except ProbeError:
             self.stats.probes_rejected += 1
             return
-        record = self.book.by_token(probe.token)
-        if record is None or probe.instance == self.settings.instance or not probe.verify(record.keys.probe_key):
+        meeting = self.book.by_token(probe.token)
+        if meeting is None or probe.instance == self.settings.instance or not probe.verify(meeting.keys.probe_key):
             self.stats.probes_rejected += 1
             return
         self.stats.probes_received += 1
         now = time.monotonic()
-        key = (record.id, probe.instance)
+        key = (meeting.id, probe.instance)
         pair = self.pairs.get(key)
         if pair is None:
             if probe.kind is not ProbeKind.PING:
                 return
             # a probe before our own introduction: keep it, answer it, count it as one
-            pair = self._pair(record, probe.token, probe.instance, now, "probe")
+            pair = self._pair(meeting, probe.token, probe.instance, now, "probe")
             if pair is None:
                 return
         before = {c.address for c in pair.session.confirmed()}
@@ -330,9 +331,9 @@ class PairDriver:
         self.relay.drop(pair)
         return pair
 
-    def pair_for_address(self, record: Meeting, address: Addr) -> Pair | None:
+    def pair_for_address(self, meeting: Meeting, address: Addr) -> Pair | None:
         for (meeting_id, _), pair in reversed(self.pairs.items()):
-            if meeting_id == record.id and address in pair.session.candidates:
+            if meeting_id == meeting.id and address in pair.session.candidates:
                 return pair
         return None
 

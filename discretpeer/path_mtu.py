@@ -35,6 +35,8 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet_builder import QuicDeliveryState
 
 from discretpeer._aioquic import MAX_DATAGRAM_SIZE, SizeProbe, SizeProbing
+from discretpeer.addresses import Addr, unmap_ip
+from discretpeer.tuning import DEFAULT_TUNING, Tuning
 
 AIOQUIC_MAX_DATAGRAM = MAX_DATAGRAM_SIZE  # aioquic writes STREAM/CRYPTO lengths as 2-byte varints (< 16384)
 MAX_PROBES = 3  # probes of one size lost before the search moves on to the next size
@@ -50,12 +52,10 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    return unmap_ip(address)
 
 
-def route_mtu(address: tuple[str, int]) -> int | None:
+def route_mtu(address: Addr) -> int | None:
     """The kernel's MTU for the route to ``address`` (interface MTU, or a smaller path MTU it
     learnt from ICMP); None if unknown. Sends nothing: connect() on a UDP socket only routes."""
     ip = _ip(address[0])
@@ -71,7 +71,7 @@ def route_mtu(address: tuple[str, int]) -> int | None:
         return None
 
 
-def datagram_limit(address: tuple[str, int] | None, mtu: int | None = None, overhead: int = 0) -> int | None:
+def datagram_limit(address: Addr | None, mtu: int | None = None, overhead: int = 0) -> int | None:
     """The largest QUIC datagram the route to ``address`` takes without fragmenting, by the
     kernel's MTU for it (``mtu`` if already known); ``overhead``: bytes each datagram carries
     besides the QUIC packet (a relay frame's header). None if unknown."""
@@ -87,7 +87,7 @@ def datagram_limit(address: tuple[str, int] | None, mtu: int | None = None, over
     return min(mtu - (28 if ip.version == 4 else 48), AIOQUIC_MAX_DATAGRAM + overhead) - overhead
 
 
-def probe_sizes(address: tuple[str, int] | None, base: int, mtu: int | None = None, overhead: int = 0) -> list[int]:
+def probe_sizes(address: Addr | None, base: int, mtu: int | None = None, overhead: int = 0) -> list[int]:
     """QUIC datagram sizes worth probing towards ``address`` (largest first), above ``base``.
     ``mtu``: the route's MTU if already known (else asked from the kernel); ``overhead``: bytes
     each datagram carries besides the QUIC packet (a relay frame's header)."""
@@ -110,9 +110,11 @@ def check_max_datagram_size(value: int) -> int:
 @dataclass
 class SizedQuicConfiguration(QuicConfiguration):
     """A QuicConfiguration that also carries ``datagram_size_cap``: the largest datagram
-    path-MTU probing may settle on (``max_datagram_size`` stays the size a connection starts with)."""
+    path-MTU probing may settle on (``max_datagram_size`` stays the size a connection starts with),
+    and the :class:`discretpeer.tuning.Tuning` its connections read when they are set up."""
 
     datagram_size_cap: int = AIOQUIC_MAX_DATAGRAM
+    tuning: Tuning = DEFAULT_TUNING
 
 
 class DatagramSizeSearch(SizeProbing):

@@ -14,9 +14,9 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Literal
 
+from discretpeer.addresses import Addr
 from discretpeer.relay_frame import build_relay_frame
 
-Addr = tuple[str, int]
 RouteKind = Literal["direct", "relay"]
 
 _VIRTUAL_HOST = "discretpeer-path"

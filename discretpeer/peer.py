@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -23,6 +24,7 @@ from typing import Any
 from aioquic.quic.connection import QuicConnection
 
 from certs import create_bundle
+from discretpeer.addresses import Addr
 from discretpeer.auth import AuthError, Expectation, PeerPolicy
 from discretpeer.beacon_client import BeaconClient
 from discretpeer.behaviour_probe import BehaviourProber
@@ -51,7 +53,8 @@ from discretpeer.peer_stats import PeerStats
 from discretpeer.portmap import Mapping, PortMapper
 from discretpeer.portmap.pcp import PCP_PORT
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, pair_meeting
-from discretpeer.traversal import Addr, Candidate
+from discretpeer.traversal import Candidate
+from discretpeer.tuning import DEFAULT_TUNING, Tuning
 from discretpeer.wire import INSTANCE_SIZE, MAX_CANDIDATES, Address
 
 __all__ = ["Peer", "PeerStats"]
@@ -75,7 +78,8 @@ class Peer(FailureReport):
     (1200..16000; path-MTU probing never goes above it), e.g. 1472 to stay within one Ethernet frame.
     ``port_mapping``: ask the gateway for a public port (PCP, NAT-PMP, UPnP-IGD) and announce it
     (not when bound to loopback); ``port_mapping_gateway``: the gateway's address (default: the
-    routing table's), or ``"ip:port"`` to ask only PCP/NAT-PMP at that port.
+    routing table's), or ``"ip:port"`` to ask only PCP/NAT-PMP at that port. ``tuning``: data-path
+    settings (:class:`discretpeer.tuning.Tuning`; the defaults are what the library is measured with).
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class Peer(FailureReport):
         max_datagram_size: int = AIOQUIC_MAX_DATAGRAM,
         port_mapping: bool = True,
         port_mapping_gateway: str | None = None,
+        tuning: Tuning = DEFAULT_TUNING,
     ) -> None:
         self.identity = identity
         self._max_datagram_size = check_max_datagram_size(max_datagram_size)
@@ -130,7 +135,9 @@ class Peer(FailureReport):
             spawn=self._spawn,
             is_closed=lambda: self._closed,
             on_dialed=self._on_dialed,
-            max_datagram_size=self._max_datagram_size,
+            configuration=functools.partial(
+                peer_quic_configuration, is_client=True, max_datagram_size=self._max_datagram_size, tuning=tuning
+            ),
         )
         settings = PairSettings(self.instance, punch_duration, relay, direct, relay_after)
         self._driver = PairDriver(
@@ -140,7 +147,10 @@ class Peer(FailureReport):
         self._driver.birthday.spawn = self._spawn
         self._driver.on_direct = self._sync_tokens  # a relayed meeting went direct: withdraw it
         bundle = create_bundle("discretpeer", private_key=identity.private_key)
-        self._server_config = peer_quic_configuration(is_client=False, max_datagram_size=self._max_datagram_size)
+        self._tuning = tuning
+        self._server_config = peer_quic_configuration(
+            is_client=False, max_datagram_size=self._max_datagram_size, tuning=tuning
+        )
         self._server_config.certificate = bundle.certificate
         self._server_config.private_key = bundle.private_key
 
@@ -160,6 +170,7 @@ class Peer(FailureReport):
             virtual_paths=True,
             on_unexpected_source=self._driver.on_unexpected_source,
             connection_class=AppPacedQuicConnection,
+            tuning=self._tuning,
         )
         self._candidates = self._compute_candidates()
         self._behaviour = BehaviourProber(self._endpoint.sendto)
@@ -255,22 +266,22 @@ class Peer(FailureReport):
         was tried.
         """
         self._check_open()
-        record = self._book.register(meeting, PeerPolicy(expect))
+        booked = self._book.register(meeting, PeerPolicy(expect))
         waiter: asyncio.Future[PeerConnection] = asyncio.get_running_loop().create_future()
-        record.waiters.append(waiter)
+        booked.waiters.append(waiter)
         self._sync_tokens()
         try:
             return await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 return waiter.result()  # verified in the same instant the timer fired
-            raise ConnectError(self._failure_text(record, timeout), self._report(record)) from None
+            raise ConnectError(self._failure_text(booked, timeout), self._report(booked)) from None
         finally:
-            if waiter in record.waiters:
-                record.waiters.remove(waiter)
+            if waiter in booked.waiters:
+                booked.waiters.remove(waiter)
             if not waiter.done():
                 waiter.cancel()
-            self._unregister_if_idle(record)
+            self._unregister_if_idle(booked)
 
     async def connect_to_peer(self, peer_id: str, *, timeout: float = 10.0) -> PeerConnection:
         """Meet a known peer by its id alone (the meeting is derived from both ids)."""
@@ -279,8 +290,8 @@ class Peer(FailureReport):
     async def listen(self, meeting: str | bytes, *, expect: Expectation) -> None:
         """Wait on ``meeting`` until :meth:`unlisten`; verified connections arrive in :meth:`incoming`."""
         self._check_open()
-        record = self._book.register(meeting, PeerPolicy(expect))
-        record.listening = True
+        booked = self._book.register(meeting, PeerPolicy(expect))
+        booked.listening = True
         self._sync_tokens()
 
     async def listen_for_peers(self, peer_ids: Iterable[str]) -> None:
@@ -289,10 +300,10 @@ class Peer(FailureReport):
             await self.listen(pair_meeting(self.peer_id, peer_id), expect=peer_id)
 
     async def unlisten(self, meeting: str | bytes) -> None:
-        record = self._book.find(meeting)
-        if record is not None:
-            record.listening = False
-            self._unregister_if_idle(record)
+        booked = self._book.find(meeting)
+        if booked is not None:
+            booked.listening = False
+            self._unregister_if_idle(booked)
 
     async def incoming(self) -> AsyncIterator[PeerConnection]:
         """Verified connections from peers meeting us on a meeting we :meth:`listen` on."""
@@ -307,18 +318,18 @@ class Peer(FailureReport):
         if not self._started:
             raise RuntimeError("peer not started: use 'async with Peer(...)' or 'await peer.start()'")
 
-    def _unregister_if_idle(self, record: Meeting) -> None:
+    def _unregister_if_idle(self, meeting: Meeting) -> None:
         """Withdraw a meeting nobody waits on; forget it once none of its connections is alive
         (until then its probes still count: background punching, NAT rebinding)."""
-        if record.wanted or self._closed:
+        if meeting.wanted or self._closed:
             return
         self._sync_tokens()
         if any(
-            pair.meeting is record and pair.connection is not None and not pair.connection.closed
+            pair.meeting is meeting and pair.connection is not None and not pair.connection.closed
             for pair in self._pairs.values()
         ):
             return
-        self._book.forget(record)
+        self._book.forget(meeting)
         self._sync_tokens()
 
     def _sync_tokens(self) -> None:
@@ -438,8 +449,8 @@ class Peer(FailureReport):
             if isinstance(exc, AuthError):
                 self.stats.auth_failures += 1
                 # the meeting is not known before the proof is read: tell every waiting one
-                for meeting in self._book:
-                    meeting.failures.append(f"incoming from {protocol.remote_address}: {text}")
+                for waiting in self._book:
+                    waiting.failures.append(f"incoming from {protocol.remote_address}: {text}")
             protocol.close_with(text)
             return
         finally:
@@ -447,8 +458,8 @@ class Peer(FailureReport):
         if self._closed:  # verified while close() was closing the others
             protocol.close_with("peer closing")
             return
-        record = self._book.by_token(verified.token)
-        if record is None:
+        meeting = self._book.by_token(verified.token)
+        if meeting is None:
             protocol.close_with("meeting withdrawn")
             return
         route = protocol.route
@@ -458,14 +469,14 @@ class Peer(FailureReport):
             pair = self._driver.relay.pair_of(route.relay.session_id)
             path = "relay"
         else:
-            pair = self._driver.pair_for_address(record, protocol.remote_address)
+            pair = self._driver.pair_for_address(meeting, protocol.remote_address)
             candidate = pair.session.candidates.get(protocol.remote_address) if pair is not None else None
             path = self._driver.path_kind(candidate, protocol.remote_address)
         introduced_at = pair.state.introduced_at if pair is not None else None
         connection = self._adopt(protocol, verified, path, dialer=False, introduced_at=introduced_at)
         if pair is not None:
             self._driver.attach(pair, connection, protocol, None)
-        self._deliver(record, connection)
+        self._deliver(meeting, connection)
 
     def _on_dialed(
         self, pair: Pair, dial: Dial, candidate: Candidate | None, protocol: PeerProtocol, verified: VerifiedPeer
@@ -481,10 +492,10 @@ class Peer(FailureReport):
 
     def _on_token_full(self, client: BeaconClient, token: bytes, text: str) -> None:
         """A beacon refused one of a meeting's tokens as full: the peers cannot meet there."""
-        record = self._book.by_token(token)
-        if record is not None:
-            if text not in record.refusals:
-                record.refusals.append(text)
+        meeting = self._book.by_token(token)
+        if meeting is not None:
+            if text not in meeting.refusals:
+                meeting.refusals.append(text)
             log.warning("meeting token refused as full", beacon=str(client.spec), reason=text)
 
     def _on_connection_quiet(self, connection: PeerConnection) -> None:
@@ -527,13 +538,13 @@ class Peer(FailureReport):
         )
         return connection
 
-    def _deliver(self, record: Meeting, connection: PeerConnection) -> None:
-        while record.waiters:
-            waiter = record.waiters.pop(0)
+    def _deliver(self, meeting: Meeting, connection: PeerConnection) -> None:
+        while meeting.waiters:
+            waiter = meeting.waiters.pop(0)
             if not waiter.done():
                 waiter.set_result(connection)
                 return
-        if record.listening:
+        if meeting.listening:
             try:
                 self._incoming.put_nowait(connection)
                 return

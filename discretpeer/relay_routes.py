@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from discretpeer.addresses import Addr
 from discretpeer.logs import get_logger
 from discretpeer.paths import RelayLink, Route
 from discretpeer.relay_frame import RelayFrameError, parse_relay_frame
-from discretpeer.traversal import Addr
 from discretpeer.wire import ErrorCode, Message, RelayEnd, RelayGrant
 
 if TYPE_CHECKING:

@@ -18,10 +18,10 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from discretpeer.addresses import Addr
 from discretpeer.candidates import is_lan_address
 from discretpeer.probe import NONCE_SIZE, Probe, ProbeKind, build_probe
 
-Addr = tuple[str, int]
 MAX_CANDIDATES = 16
 MAX_OUTSTANDING_NONCES = 64
 
@@ -192,12 +192,12 @@ class PunchSession:
         return []
 
 
-def mapping_varies(observed_by: dict[tuple[str, int], tuple[str, int]]) -> bool | None:
+def mapping_varies(observed_by: dict[Addr, Addr]) -> bool | None:
     """From one host's public address as seen by several beacons (beacon address → observed
     address): True if it differs per destination (an endpoint-dependent, "symmetric" NAT, whose
     mapping towards a beacon says nothing about the one towards a peer), False if the same,
     None with fewer than two beacons at different IP addresses to compare."""
-    by_ip: dict[str, tuple[str, int]] = {}
+    by_ip: dict[str, Addr] = {}
     for beacon, observed in observed_by.items():
         by_ip.setdefault(beacon[0], observed)
     if len(by_ip) < 2:

@@ -24,6 +24,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from discretpeer.addresses import Addr, unmap_ip
+
 PROTOCOL_VERSION = 1
 MIN_VERSION = 1
 BEACON_ALPN = "discretpeer-beacon/1"
@@ -123,16 +125,14 @@ class Address:
     def from_socket(cls, addr: tuple) -> Address:
         """From a socket address tuple; IPv4-mapped IPv6 becomes plain IPv4, scope is dropped."""
         host = str(addr[0]).split("%", 1)[0]
-        ip = ipaddress.ip_address(host)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        ip = unmap_ip(ipaddress.ip_address(host))
         return cls(str(ip), int(addr[1]))
 
     @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return ipaddress.ip_address(self.host)
 
-    def to_socket(self) -> tuple[str, int]:
+    def to_socket(self) -> Addr:
         return (self.host, self.port)
 
     def __str__(self) -> str:

@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from benchmarks.common import arm_deadline
-from benchmarks.variants import add_variant_flags, apply_variant
+from benchmarks.variants import add_variant_flags, apply_variant, tune_cli_peers
 
 
 def main() -> int:
@@ -19,7 +19,7 @@ def main() -> int:
     add_variant_flags(parser)
     args = parser.parse_args(argv[:split])
     arm_deadline(args.deadline)
-    apply_variant(args)
+    tune_cli_peers(apply_variant(args))
     import discretpeer.cli as cli
 
     if args.uvloop:

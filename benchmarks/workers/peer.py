@@ -58,7 +58,7 @@ async def splice(a: tuple, b: tuple) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    apply_variant(args)
+    tuning = apply_variant(args)
     from discretpeer import Identity, Peer
 
     commands = await stdin_commands()
@@ -72,7 +72,15 @@ async def main(args: argparse.Namespace) -> None:
         beacon = {**beacon, "hostname": f"127.0.0.1:{hole.getsockname()[1]}", "tcp_port": args.beacon_port}
     identity = Identity.generate()
     options = {"max_datagram_size": args.dgram} if args.dgram else {}
-    peer = Peer(identity, [beacon], host=args.host, direct=not args.relay_only, report_local_candidates=True, **options)
+    peer = Peer(
+        identity,
+        [beacon],
+        host=args.host,
+        direct=not args.relay_only,
+        report_local_candidates=True,
+        tuning=tuning,
+        **options,
+    )
     await peer.start()
     emit("ready", peer_id=identity.peer_id, pid=os.getpid())
     conn = None

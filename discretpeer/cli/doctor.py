@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from discretpeer import wire
+from discretpeer.addresses import Addr
 from discretpeer.behaviour_probe import (
     FILTER_NO_ANSWER,
     FILTER_OPEN,
@@ -75,7 +76,7 @@ def _rounded(seconds: float | None) -> float | None:
 class Netcheck:
     """Hairpinning and filtering, checked while the beacons are connected."""
 
-    public: tuple[str, int] | None = None  # our public address (first beacon reached over UDP)
+    public: Addr | None = None  # our public address (first beacon reached over UDP)
     beacon: str | None = None  # ... as that beacon saw it
     own: bool = False  # that address is this machine's: no NAT
     hairpin: float | None = None  # seconds until the probe came back; None: it did not

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from discretpeer.addresses import Addr
 from discretpeer.portmap import natpmp, pcp
 from discretpeer.portmap.gateway import default_gateway
 
@@ -38,7 +39,7 @@ class Mapping:
     """A granted mapping: ``external`` (ip, port) forwards to our ``internal_port``."""
 
     protocol: str  # "pcp", "natpmp" or "upnp"
-    external: tuple[str, int]
+    external: Addr
     internal_port: int
     lifetime: float
     granted_at: float

@@ -10,6 +10,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from discretpeer.addresses import map_ip, unmap_ip
+
 PCP_PORT = 5351
 VERSION = 2
 OPCODE_MAP = 1
@@ -42,15 +44,11 @@ class PcpError(ValueError):
 
 
 def _pack_ip(host: str) -> bytes:
-    ip = ipaddress.ip_address(host)
-    if isinstance(ip, ipaddress.IPv4Address):
-        ip = ipaddress.IPv6Address(b"\x00" * 10 + b"\xff\xff" + ip.packed)
-    return ip.packed
+    return map_ip(ipaddress.ip_address(host)).packed
 
 
 def _unpack_ip(raw: bytes) -> str:
-    ip = ipaddress.IPv6Address(raw)
-    return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)
+    return str(unmap_ip(ipaddress.IPv6Address(raw)))
 
 
 @dataclass(frozen=True)

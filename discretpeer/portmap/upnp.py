@@ -17,6 +17,8 @@ import threading
 from typing import Any
 from urllib.parse import urlparse
 
+from discretpeer.addresses import Addr
+
 log = logging.getLogger("discretpeer.portmap")
 
 IGD_TARGETS = (
@@ -108,7 +110,7 @@ class UpnpMapper:
                 return service.action(name)
         raise LookupError(f"the gateway has no {name}")
 
-    async def map(self, internal_port: int, lifetime: int, suggested: int | None) -> tuple[str, int] | None:
+    async def map(self, internal_port: int, lifetime: int, suggested: int | None) -> Addr | None:
         """Map UDP ``internal_port`` (external port = suggested or the same); (ip, port) or None."""
         try:
             if self._device is None:

@@ -109,7 +109,7 @@ class Watched:
     def buffered_bytes(self) -> int:
         """Receive-buffer bytes held by all the beacon's live connections."""
         total = 0
-        for peer in list(self.server._peers.values()):
+        for peer in list(self.server._clients.values()):
             if not peer.protocol.dead:
                 total += buffered_bytes(peer.protocol._quic)
         return total

@@ -198,7 +198,7 @@ async def test_relay_follows_a_validated_migration(start_beacon):
 def server_paths(server, validated: bool):
     return [
         path
-        for peer in server._peers.values()
+        for peer in server._clients.values()
         for path in peer.protocol._quic._network_paths
         if path.is_validated == validated
     ]
@@ -301,7 +301,7 @@ async def test_squatting_from_many_ports_of_one_address_does_not_block_a_meeting
             for client in squatters:
                 client.announce(withdraw=[t], add=[t])
             await asyncio.sleep(0.05)
-        keys = {server._peers[k].address for k in server.meetings.holders(t)}
+        keys = {server._clients[k].address for k in server.meetings.holders(t)}
         assert a.local_address in keys and b.local_address in keys
         for client in (*squatters, a, b):
             await client.close()
@@ -328,7 +328,7 @@ async def test_squatting_from_several_addresses_fills_no_more_than_their_share(s
         for client in squatters:
             client.announce(withdraw=[t], add=[t])
         await asyncio.sleep(0.1)
-        keys = {server._peers[k].address for k in server.meetings.holders(t)}
+        keys = {server._clients[k].address for k in server.meetings.holders(t)}
         assert a.local_address in keys and b.local_address in keys
         for client in (*squatters, a, b):
             await client.close()

@@ -61,7 +61,7 @@ async def test_stuck_client_does_not_delay_introductions(start_beacon):
         _stop_reading(stuck)
         await _flood(stuck, 2000)
         loaded = await _introduction_latency(server, stuck, 10)
-        peer = next(p for p in server._peers.values() if p.instance == stuck.instance)
+        peer = next(p for p in server._clients.values() if p.instance == stuck.instance)
         backlog = peer.protocol.unsent_bytes()
         print(
             f"\nintroduction latency: baseline median {statistics.median(baseline) * 1000:.2f} ms "

@@ -118,7 +118,7 @@ async def test_relay_refused_without_introduction_across_machines(redis_server):
 
 
 def validated(server, address: tuple[str, int]) -> bool:
-    return any(address in peer.protocol.validated_paths() for peer in server._peers.values())
+    return any(address in peer.protocol.validated_paths() for peer in server._clients.values())
 
 
 async def migrate(client, nat: RebindingNat, server) -> None:
