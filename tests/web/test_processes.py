@@ -88,6 +88,22 @@ async def test_beacon_page_serve_invite_and_shell(tmp_path: Path) -> None:
         await browser.type_text("exit\r")
         await browser.wait_for("dp.state.exit === 0")
 
+        # `web invite` still works: the same pairing (there --name is the device's name, as for serve)
+        other = Chromium()
+        try:
+            alias = await start("-m", "discretpeer.cli", "web", "invite", "--url", url, "--name", "pibox")
+            code = (await _line(alias, r"pairing code: (\S+)")).group(1)
+            await other.start()
+            await other.navigate(page)
+            await other.wait_for("window.dp && window.dp.state.status === 'ready'")
+            assert await other.eval(f"dp.pair({code!r})"), await other.eval("dp.state.status")
+            assert await asyncio.wait_for(alias.wait(), 10) == 0
+            assert await other.eval("dp.state.devices") == ["pibox"]
+            config = tomllib.loads(config_path.read_text())
+            assert len(config["peers"]) == 2 and len(config["allow"]) == 2
+        finally:
+            await other.close()
+
         # removed from the allow list + SIGHUP (as for expose): refused from then on
         config_path.write_text(tomli_w.dumps({"peers": {}, "allow": []}))
         serve.send_signal(signal.SIGHUP)
