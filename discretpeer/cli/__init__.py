@@ -9,7 +9,8 @@
     discretpeer ping PEER                            # round trips to a peer, and the path they take
     discretpeer doctor                               # beacons, public address, NAT, mDNS
     discretpeer status [--json] [--watch]            # what the running expose (or a forward) is doing
-    discretpeer web serve|invite --url wss://BEACON/ws  # a shell on this device from a paired browser
+    discretpeer invite --browser --url wss://BEACON/ws  # pair a web browser (code typed into the page)
+    discretpeer web serve --url wss://BEACON/ws      # a shell on this device for allowed browsers
 
 Exit codes: 0 success, 1 failure (cannot connect, refused, doctor found a FAIL), 2 usage or
 configuration error, 130 interrupted. Errors are one line on stderr.
@@ -270,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--valid", type=_seconds, default=300.0, metavar="SECONDS", help="how long the code is valid (default 300)"
     )
+    p.add_argument(
+        "--browser",
+        action="store_true",
+        help="pair a web browser instead (a code like K7Q2-9XMT4H to type into the beacon's page; needs --url); "
+        "it lands in allow and [peers] too, and `discretpeer web serve` gives it a shell",
+    )
+    p.add_argument("--url", metavar="URL", help="with --browser: the beacon's signalling WebSocket, wss://HOST/ws")
     _add_base(p)
     _add_network(p, secret=False)
 

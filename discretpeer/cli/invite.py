@@ -79,6 +79,12 @@ async def _connect(peer: Any, settings: Settings, console: Console, code: Code, 
 
 
 async def run_invite(settings: Settings, args: Any, console: Console) -> int:
+    if getattr(args, "browser", False):
+        from .web import run_browser_invite
+
+        return await run_browser_invite(settings, args, console)
+    if getattr(args, "url", None):
+        raise ConfigError("--url is for --browser (pairing a web browser)")
     try:
         name = check_name(args.name) if args.name else None
     except PairingError as exc:

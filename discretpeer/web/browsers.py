@@ -1,4 +1,10 @@
-"""The browsers paired with this device: a small JSON file (mode 0600), re-read when it changes."""
+"""The meeting secrets of the browsers paired with this device: a small JSON file (mode 0600).
+
+Who may open a shell is the config's allow list, as for peers: a browser's Ed25519 key is its peer
+id, saved in ``[peers]`` and ``allow`` when it pairs. This file only keeps what the config cannot: the
+secret each browser's signalling tokens derive from. Entries of files written before that (no
+``"listed"``) are added to ``[peers]`` once, by the next ``web serve`` or ``invite --browser``.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ class BrowserStore:
                         base64.b64decode(entry["pub"], validate=True),
                         str(entry["name"]),
                         base64.b64decode(entry["meeting"], validate=True),
+                        bool(entry.get("listed", False)),
                     )
                 )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -48,6 +55,17 @@ class BrowserStore:
         if len(browsers) >= MAX_BROWSERS:
             raise ValueError(f"at most {MAX_BROWSERS} paired browsers: remove one first")
         browsers.append(browser)
+        self._write(browsers)
+
+    def mark_listed(self, keys: set[bytes]) -> None:
+        """Remember that these browsers were added to [peers] (never again: removing one there sticks)."""
+        browsers = self.load()
+        for b in browsers:
+            if b.public_key in keys:
+                b.listed = True
+        self._write(browsers)
+
+    def _write(self, browsers: list[PairedBrowser]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {
             "browsers": [
@@ -55,6 +73,7 @@ class BrowserStore:
                     "pub": base64.b64encode(b.public_key).decode(),
                     "name": b.name,
                     "meeting": base64.b64encode(b.meeting).decode(),
+                    "listed": b.listed,
                     "added": int(time.time()),
                 }
                 for b in browsers

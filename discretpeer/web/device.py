@@ -16,7 +16,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import websockets
@@ -238,8 +238,17 @@ class WebDevice:
         name: str,
         command: Sequence[str],
         ssl_context: ssl.SSLContext | None = None,
+        allowed: Callable[[], set[bytes] | None] | None = None,
+        on_paired: Callable[[PairedBrowser], None] | None = None,
     ) -> None:
+        """``allowed``: called at each reload (SIGHUP, a new pairing), the public keys that may open a
+        shell (the config's allow list); None (or no callable): every browser in ``store``.
+        ``on_paired``: called with a new browser before it is saved in ``store`` (the CLI puts it
+        in the config's [peers] and allow there)."""
         self.url = url
+        self.allowed = allowed
+        self.on_paired = on_paired
+        self.allowed_keys: set[bytes] | None = None if allowed is None else set()  # fail closed
         self.identity = identity
         self.store = store
         self.name = name
@@ -290,8 +299,15 @@ class WebDevice:
             )
             self._relisten()
             return
+        if self.allowed is not None:
+            try:
+                self.allowed_keys = self.allowed()
+            except Exception as exc:  # noqa: BLE001 - a config gone wrong: keep the current allow list
+                log.error("allow list not reloaded, keeping the current one (%s)", exc)
         self.browsers = {t: b for b in loaded for t in tokens_for(b, now)}
         keys = {b.public_key for b in self.browsers.values()}
+        if self.allowed_keys is not None:
+            keys &= self.allowed_keys
         for session in list(self.sessions.values()):
             if session.browser.public_key not in keys:
                 asyncio.ensure_future(session.close())
@@ -394,6 +410,8 @@ class WebDevice:
         if reply is not None:
             self._spawn(self._send({"t": "send", "token": token, "data": reply}))
         if browser is not None:
+            if self.on_paired is not None:
+                self.on_paired(browser)
             self.store.add(browser)
             del self.pairings[token]
             log.info("web pairing: browser %r paired", browser.name)
@@ -424,7 +442,11 @@ class WebDevice:
             return
         sdp = data.get("sdp")
         reply: dict[str, Any]
-        if not isinstance(sdp, str) or len(sdp) > MAX_SDP:
+        if self.allowed_keys is not None and browser.public_key not in self.allowed_keys:
+            # still listened for (its tokens are secret to it and us): a clear refusal, not a timeout
+            self.refused["not_allowed"] += 1
+            reply = {"k": "error", "id": sid, "reason": "this browser is not in the device's allow list"}
+        elif not isinstance(sdp, str) or len(sdp) > MAX_SDP:
             self.refused["bad_signal"] += 1
             reply = {"k": "error", "id": sid, "reason": f"offer SDP missing or larger than {MAX_SDP} bytes"}
         elif sid in self.sessions or len(self.sessions) >= MAX_PEER_CONNECTIONS:

@@ -100,6 +100,7 @@ class PairedBrowser:
     public_key: bytes
     name: str
     meeting: bytes
+    listed: bool = False  # its peer id was put in the config's [peers] and allow (old files: not yet)
 
 
 class DevicePairing:

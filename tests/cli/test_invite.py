@@ -95,6 +95,14 @@ def test_expired_code_and_bad_input(tmp_path, beacon):
     named = laptop.run("accept", "7-apple-river", "--name", "bad name")
     assert named.returncode == 2 and "invalid name" in error_lines(named.stderr)[0]
     assert config_of(laptop) == before
+    for args, text in (
+        (("invite", "--browser"), "needs --url"),
+        (("invite", "--url", "wss://beacon.example.org/ws"), "--url is for --browser"),
+        (("invite", "--browser", "--url", "https://beacon.example.org/"), "must be ws:// or wss://"),
+    ):
+        result = laptop.run(*args)
+        assert result.returncode == 2 and text in error_lines(result.stderr)[0], result.stderr
+    assert config_of(laptop) == before
 
 
 @pytest.mark.parametrize("text", ["7 Apple  River", " 7-apple-river ", "7-APPLE-river"])

@@ -93,3 +93,22 @@ async def test_two_browsers_two_shells_at_once(web_service, device, browser) -> 
         assert len(device.sessions) == 2
     finally:
         await other.close()
+
+
+async def test_a_browser_not_in_the_allow_list_is_refused_until_allowed(web_service, device, browser) -> None:
+    """Paired (its meeting secret is kept) but not in the allow list: a clear refusal, then allowed."""
+    allowed: set[bytes] = set()
+    device.allowed = lambda: set(allowed)
+    device.reload()
+    await _pair(browser, web_service, device)
+    (paired,) = device.store.load()
+    assert not await browser.eval("dp.open(0)")
+    assert "allow list" in await browser.eval("dp.state.status")
+    assert device.refused["not_allowed"] == 1 and not device.sessions
+    allowed.add(paired.public_key)
+    device.reload()  # what SIGHUP does in `discretpeer web serve`
+    assert await browser.eval("dp.open(0)"), await browser.eval("dp.state.status")
+    await browser.wait_for(f"dp.terminalText().includes({PROMPT!r})")
+    allowed.clear()
+    device.reload()  # removed: its open session is closed too
+    await browser.wait_for("!dp.pc || ['closed', 'failed', 'disconnected'].includes(dp.pc.connectionState)")

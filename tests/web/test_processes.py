@@ -1,15 +1,20 @@
 """The README's path with real processes: `python -m beacon` with the page enabled, `discretpeer web
-serve` and `discretpeer web invite` on the device, a headless Chromium that pairs and gets a shell."""
+serve` and `discretpeer invite --browser` on the device, a headless Chromium that pairs and gets a
+shell - and is refused once removed from the config's [peers] and allow (then SIGHUP)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+
+import tomli_w
 
 from .chromium import Chromium
 from .conftest import PROMPT, SHELL
@@ -63,21 +68,48 @@ async def test_beacon_page_serve_invite_and_shell(tmp_path: Path) -> None:
             "-m", "discretpeer.cli", "web", "serve", "--url", url, "--name", "pibox", "--command", command
         )
         await _line(serve, r"answering paired browsers")
-        invite = await start("-m", "discretpeer.cli", "web", "invite", "--url", url, "--name", "pibox")
+        invite = await start("-m", "discretpeer.cli", "invite", "--browser", "--url", url, "--name", "my-phone")
         code = (await _line(invite, r"pairing code: (\S+)")).group(1)
         await browser.start()
         await browser.navigate(page)
         await browser.wait_for("window.dp && window.dp.state.status === 'ready'")
         assert await browser.eval(f"dp.pair({code!r})"), await browser.eval("dp.state.status")
         assert await asyncio.wait_for(invite.wait(), 10) == 0
-        assert await browser.eval("dp.state.devices") == ["pibox"]
-        await asyncio.sleep(1.5)  # serve re-reads the paired-browsers file when it changes (1 s)
+        assert await browser.eval("dp.state.devices") == [socket.gethostname()[:64]]  # as `invite` names itself
+        config_path = tmp_path / "home" / ".config" / "discretpeer" / "config.toml"
+        config = tomllib.loads(config_path.read_text())
+        browser_id = config["peers"]["my-phone"]
+        assert config["allow"] == ["my-phone"] and len(browser_id) == 52  # a peer id, as for a machine
+        await asyncio.sleep(1.5)  # serve re-reads the paired browsers (and the allow list) when one pairs
         assert await browser.eval("dp.open(0)"), await browser.eval("dp.state.status")
         await browser.wait_for(f"dp.terminalText().includes({PROMPT!r})")
         await browser.type_text("echo from-$((6*7))-processes\r")
         await browser.wait_for("dp.terminalText().includes('from-42-processes')")
         await browser.type_text("exit\r")
         await browser.wait_for("dp.state.exit === 0")
+
+        # `web invite` still works: the same pairing (there --name is the device's name, as for serve)
+        other = Chromium()
+        try:
+            alias = await start("-m", "discretpeer.cli", "web", "invite", "--url", url, "--name", "pibox")
+            code = (await _line(alias, r"pairing code: (\S+)")).group(1)
+            await other.start()
+            await other.navigate(page)
+            await other.wait_for("window.dp && window.dp.state.status === 'ready'")
+            assert await other.eval(f"dp.pair({code!r})"), await other.eval("dp.state.status")
+            assert await asyncio.wait_for(alias.wait(), 10) == 0
+            assert await other.eval("dp.state.devices") == ["pibox"]
+            config = tomllib.loads(config_path.read_text())
+            assert len(config["peers"]) == 2 and len(config["allow"]) == 2
+        finally:
+            await other.close()
+
+        # removed from the allow list + SIGHUP (as for expose): refused from then on
+        config_path.write_text(tomli_w.dumps({"peers": {}, "allow": []}))
+        serve.send_signal(signal.SIGHUP)
+        await _line(serve, r"reloaded: 0 paired browser")
+        assert not await browser.eval("dp.open(0)")
+        assert "allow list" in await browser.eval("dp.state.status")
     finally:
         await browser.close()
         for proc in reversed(procs):
