@@ -1,14 +1,13 @@
 """A peer's connection to one beacon, from the peer's one UDP socket (or over TLS/TCP).
 
-Pins the beacon by its certificate hash (checked before a single frame is sent), announces the
-tokens and local candidates, follows token changes, passes introductions up, and reconnects
-forever with capped exponential backoff and full jitter, re-announcing after each reconnect.
+Announces the tokens and local candidates, follows token changes, passes introductions up,
+pings to notice a lost beacon, and reconnects forever with capped exponential backoff and full
+jitter, re-announcing after each reconnect.
 
-QUIC over UDP comes first; TLS over TCP (:mod:`discretpeer.beacon_tcp`, through an HTTP proxy
-when one is set) starts after a short head start, or at once when UDP sends fail, and the first
-to complete its Hello/Welcome is used. While on TCP, UDP is tried again in the background and
-the client moves back as soon as it works. Over TCP, relay datagrams travel on the TLS stream:
-the endpoint hands datagrams for the beacon's address to it (:attr:`Endpoint.stream_links`).
+Dialling (the pinned QUIC-vs-TLS/TCP race) is :mod:`discretpeer.beacon_dial`. While on TCP,
+UDP is tried again in the background and the client moves back as soon as it works. Over TCP,
+relay datagrams travel on the TLS stream: the endpoint hands datagrams for the beacon's address
+to it (:attr:`Endpoint.stream_links`).
 """
 
 from __future__ import annotations
@@ -16,34 +15,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from aioquic.quic.configuration import QuicConfiguration
-from cryptography.hazmat.primitives import serialization
-
-from certs import certificate_fingerprint
-from discretpeer._aioquic import peer_certificate
 from discretpeer.addresses import Addr
-from discretpeer.beacon_tcp import TcpChannel, TlsPinMismatch, open_channel
+from discretpeer.beacon_dial import HANDSHAKE_TIMEOUT, BeaconDialer, BeaconLink, PinMismatch, describe_failure
+from discretpeer.beacon_tcp import TcpChannel, TlsPinMismatch
 from discretpeer.behaviour_probe import classify
 from discretpeer.config import BeaconSpec
 from discretpeer.endpoint import Endpoint, EndpointProtocol
 from discretpeer.logs import get_logger
-from discretpeer.proxy import ProxyError, proxy_for
 from discretpeer.wire import (
-    BEACON_ALPN,
     MAX_TOKENS_PER_FRAME,
-    PROTOCOL_VERSION,
     Address,
     Announce,
     Error,
     ErrorCode,
-    FrameDecoder,
-    Hello,
     Introduction,
     Message,
     Ping,
@@ -51,7 +39,6 @@ from discretpeer.wire import (
     RelayEnd,
     RelayGrant,
     RelayRequest,
-    Welcome,
     WireError,
     encode,
     token_of_full_message,
@@ -59,7 +46,6 @@ from discretpeer.wire import (
 
 log = get_logger("discretpeer.beacon_client")
 
-HANDSHAKE_TIMEOUT = 5.0
 # a Ping every 6-8 s (jittered: 10,000 peers that connected together do not ping together):
 # keeps NAT mappings (many home routers drop idle UDP ones after 30 s) and bounds how long a
 # crashed beacon goes unnoticed: its restarted process answers the next Ping with a stateless reset
@@ -71,52 +57,11 @@ BACKOFF_INITIAL = 0.5
 BACKOFF_CAP = 30.0
 STABLE_AFTER = 10.0  # a connection that lived this long resets the backoff
 TOKEN_FULL_RETRY = 10.0  # seconds (± jitter) before announcing a token the beacon refused as full again
-TCP_HEAD_START = 0.3  # QUIC's lead before TLS/TCP starts (at once when UDP sends fail)
 UDP_RETRY_INTERVAL = 15.0  # while on TCP: how often UDP is tried again
-
-
-class PinMismatch(ConnectionError):
-    pass
 
 
 class BeaconLost(ConnectionError):
     """The beacon stopped answering Pings, or reset the connection."""
-
-
-class _Link:
-    """One established beacon connection (Welcome received): QUIC or TLS/TCP."""
-
-    def __init__(
-        self,
-        address: Addr,
-        welcome: Welcome,
-        early: list[Message],
-        *,
-        protocol: EndpointProtocol | None = None,
-        reader: asyncio.StreamReader | None = None,
-        writer: asyncio.StreamWriter | None = None,
-        decoder: FrameDecoder | None = None,
-        channel: TcpChannel | None = None,
-    ) -> None:
-        self.address = address
-        self.welcome = welcome
-        self.early = early
-        self.protocol = protocol
-        self.reader = reader
-        self.writer = writer
-        self.decoder = decoder
-        self.channel = channel
-
-    @property
-    def transport(self) -> str:
-        return self.channel.transport_name if self.channel is not None else "udp"
-
-    def close(self, reason: str) -> None:
-        if self.channel is not None:
-            self.channel.close()
-        if self.protocol is not None:
-            with contextlib.suppress(Exception):
-                self.protocol.close(reason_phrase=reason)
 
 
 @dataclass
@@ -170,6 +115,7 @@ class BeaconClient:
     ) -> None:
         self.spec = spec
         self.status = BeaconStatus(beacon=spec.hostname)
+        self.dialer = BeaconDialer(spec, endpoint, instance, self.status)
         self._endpoint = endpoint
         self._instance = instance
         self._on_introduction = on_introduction
@@ -186,7 +132,7 @@ class BeaconClient:
         self._protocol: EndpointProtocol | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._channel: TcpChannel | None = None
-        self._upgrade: _Link | None = None  # a QUIC link found while on TCP: adopted at once
+        self._upgrade: BeaconLink | None = None  # a QUIC link found while on TCP: adopted at once
         self._udp_retry: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -282,137 +228,19 @@ class BeaconClient:
             await asyncio.sleep(self._rng.uniform(0, delay))  # full jitter
             delay = min(BACKOFF_CAP, delay * 2)
 
-    async def _resolve(self) -> list[Addr]:
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self.spec.host, self.spec.port, type=socket.SOCK_DGRAM)
-        addresses: list[Addr] = []
-        for family, _, _, _, sockaddr in infos:
-            if family == socket.AF_INET6 and not self._endpoint_supports_ipv6():
-                continue
-            address = (str(sockaddr[0]), int(sockaddr[1]))
-            if address not in addresses:
-                addresses.append(address)
-        # IPv6 first where it works: it needs no NAT traversal at all on many networks
-        addresses.sort(key=lambda a: 0 if ":" in a[0] else 1)
-        if not addresses:
-            raise ConnectionError(f"{self.spec.host} has no usable address")
-        return addresses
-
-    def _endpoint_supports_ipv6(self) -> bool:
-        return ":" in self._endpoint.local_address[0]
-
     async def _connect_and_serve(self) -> None:
         self.status.state = "connecting"
         self._attempt_started = time.monotonic()
         link, self._upgrade = self._upgrade, None
         if link is None:
-            link = await self._race()
+            link = await self.dialer.race()
         await self._adopt(link)
         await self._serve()
 
-    async def _open_udp(self, addresses: list[Addr]) -> _Link:
-        errors: list[str] = []
-        for address in addresses:
-            try:
-                return await self._open_quic(address)
-            except PinMismatch:
-                raise
-            except (OSError, ConnectionError, TimeoutError) as exc:
-                errors.append(f"{address[0]}: {type(exc).__name__} {exc}".strip())
-        raise ConnectionError("; ".join(errors) or "no address answered")
-
-    async def _open_tcp(self) -> _Link:
-        spec = self.spec
-        proxy = proxy_for(spec.host, spec.proxy)
-        channel = await open_channel(spec.host, spec.tcp, spec.cert_hash, proxy=proxy, timeout=HANDSHAKE_TIMEOUT)
-        try:
-            channel.send(Hello(version=PROTOCOL_VERSION, instance=self._instance))
-            welcome, early = await asyncio.wait_for(self._tcp_welcome(channel), HANDSHAKE_TIMEOUT)
-        except BaseException:
-            channel.close()
-            raise
-        # the peer address of the socket (resolved by the system, or the name through a proxy)
-        peername = channel._writer.get_extra_info("peername")  # noqa: SLF001 - our own channel's socket
-        address = (str(peername[0]), int(peername[1])) if peername and proxy is None else (spec.host, spec.tcp)
-        return _Link(address, welcome, early, channel=channel)
-
-    async def _tcp_welcome(self, channel: TcpChannel) -> tuple[Welcome, list[Message]]:
-        while True:
-            found = _welcome_in([i for i in await channel.receive() if not isinstance(i, bytes)])
-            if found is not None:
-                return found
-
-    async def _race(self) -> _Link:
-        """QUIC first; TLS/TCP after TCP_HEAD_START or as soon as UDP sends fail; first wins."""
-        loop = asyncio.get_running_loop()
-        addresses = await self._resolve()
-        send_errors = self._endpoint.send_errors
-        udp = loop.create_task(self._open_udp(addresses))
-        tcp: asyncio.Task[_Link] | None = None
-        started = loop.time()
-        errors: dict[str, BaseException] = {}
-        winner: _Link | None = None
-        try:
-            while True:
-                pending = [t for t in (udp, tcp) if t is not None and not t.done()]
-                if tcp is None:
-                    await asyncio.wait(pending, timeout=0.05)
-                    if (
-                        udp.done()
-                        or self._endpoint.send_errors > send_errors
-                        or loop.time() - started >= TCP_HEAD_START
-                    ):
-                        tcp = loop.create_task(self._open_tcp())
-                elif pending:
-                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for name, task in (("udp", udp), ("tcp", tcp)):
-                    if task is None or not task.done() or name in errors:
-                        continue
-                    if task.exception() is None:
-                        winner = task.result()
-                        if name == "udp":
-                            self.status.udp_works, self.status.udp_error = True, None
-                        elif "udp" not in errors:
-                            self.status.udp_works = False
-                            self.status.udp_error = f"QUIC did not answer within {loop.time() - started:.1f} s"
-                        return winner
-                    errors[name] = task.exception()  # type: ignore[assignment]  # not None: the task failed
-                    if name == "udp":
-                        self.status.udp_works = False
-                        self.status.udp_error = _describe(errors[name])
-                if len(errors) == 2:
-                    break
-        finally:
-            if winner is not None and winner.channel is not None and not udp.done():
-                # TCP won while QUIC is still trying (a slow path, not a blocked one): let it go on;
-                # when it completes, the client moves to it (see _retry_udp)
-                self._late_udp = udp
-            for task in (udp, tcp):
-                if task is self._late_udp:
-                    continue
-                if task is not None and not task.done():
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
-                # task.exception() also marks a failure as seen (no "never retrieved" warning)
-                if (
-                    task is not None
-                    and task.done()
-                    and not task.cancelled()
-                    and task.exception() is None
-                    and task.result() is not winner
-                ):
-                    task.result().close("lost the race")
-        for exc in errors.values():
-            if isinstance(exc, (PinMismatch, TlsPinMismatch, ProxyError)):
-                raise exc
-        raise ConnectionError(f"UDP: {_describe(errors['udp'])}; TCP: {_describe(errors['tcp'])}")
-
-    _link_in_use: _Link | None = None
+    _link_in_use: BeaconLink | None = None
     _attempt_started = 0.0  # monotonic time the current connection attempt began
-    _late_udp: asyncio.Task[_Link] | None = None  # a QUIC attempt that lost the race but may still succeed
 
-    async def _adopt(self, link: _Link) -> None:
+    async def _adopt(self, link: BeaconLink) -> None:
         """Make ``link`` this client's connection: state, announce, early messages."""
         self._link_in_use = link
         self._protocol = link.protocol
@@ -459,7 +287,7 @@ class BeaconClient:
 
     async def _retry_udp(self) -> None:
         """While on TCP: try QUIC again now and then; when it works, move back to it."""
-        late, self._late_udp = self._late_udp, None
+        late, self.dialer.late_udp = self.dialer.late_udp, None
         while self._channel is not None and not self._closing:
             if late is None:
                 await asyncio.sleep(UDP_RETRY_INTERVAL * self._rng.uniform(0.8, 1.2))
@@ -473,11 +301,11 @@ class BeaconClient:
                     attempt, late = late, None
                     link = await attempt
                 else:
-                    link = await self._open_udp(await self._resolve())
+                    link = await self.dialer.open_udp(await self.dialer.resolve())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - UDP still blocked: stay on TCP
-                self.status.udp_error = _describe(exc)
+                self.status.udp_error = describe_failure(exc)
                 continue
             if self._channel is not channel or self._closing:
                 link.close("not needed")
@@ -488,44 +316,6 @@ class BeaconClient:
             self._upgrade = link
             channel.close()  # the serve loop ends; _run adopts the QUIC link at once
             return
-
-    async def _open_quic(self, address: Addr) -> _Link:
-        configuration = QuicConfiguration(
-            is_client=True,
-            alpn_protocols=[BEACON_ALPN],
-            verify_mode=ssl.CERT_NONE,  # pinned by hash below, before anything is sent
-            idle_timeout=60.0,
-            server_name=None if _is_ip(self.spec.host) else self.spec.host,
-        )
-        protocol = self._endpoint.connect(address, configuration)
-        try:
-            await asyncio.wait_for(protocol.wait_connected(), HANDSHAKE_TIMEOUT)
-            certificate = peer_certificate(protocol.quic)
-            if certificate is None:
-                raise PinMismatch(f"beacon {self.spec} presented no certificate")
-            fingerprint = certificate_fingerprint(certificate.public_bytes(serialization.Encoding.DER))
-            if fingerprint != self.spec.cert_hash:
-                raise PinMismatch(f"beacon {self.spec} certificate hash is {fingerprint}, pinned {self.spec.cert_hash}")
-            reader, writer = await protocol.create_stream()
-            writer.write(encode(Hello(version=PROTOCOL_VERSION, instance=self._instance)))
-            decoder = FrameDecoder()
-            welcome, early = await asyncio.wait_for(self._read_until_welcome(reader, decoder), HANDSHAKE_TIMEOUT)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                protocol.close(reason_phrase="connect failed")
-            raise
-        return _Link(address, welcome, early, protocol=protocol, reader=reader, writer=writer, decoder=decoder)
-
-    async def _read_until_welcome(
-        self, reader: asyncio.StreamReader, decoder: FrameDecoder
-    ) -> tuple[Welcome, list[Message]]:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                raise ConnectionError("beacon closed the stream before welcoming us")
-            found = _welcome_in(decoder.feed(data))
-            if found is not None:
-                return found
 
     async def _serve(self) -> None:
         """Read frames until the connection ends or the keepalive declares the beacon lost."""
@@ -687,9 +477,9 @@ class BeaconClient:
                 del self._endpoint.stream_links[address]
         self._link_in_use = None
         if reason == "peer closing":
-            if self._late_udp is not None:
-                self._late_udp.cancel()
-                self._late_udp = None
+            if self.dialer.late_udp is not None:
+                self.dialer.late_udp.cancel()
+                self.dialer.late_udp = None
             if self._upgrade is not None:
                 self._upgrade.close(reason)
                 self._upgrade = None
@@ -706,29 +496,3 @@ def udp_unreachable(clients: list[BeaconClient]) -> bool:
     beacons is blocked, so punching through NATs is pointless (relay at once)."""
     connected = [c for c in clients if c.connected]
     return bool(connected) and all(c.status.transport != "udp" for c in connected)
-
-
-def _welcome_in(messages: list[Message]) -> tuple[Welcome, list[Message]] | None:
-    """The first Welcome among a beacon's first messages and those after it; None if none came
-    yet. An Error before it is the beacon's refusal: ConnectionError."""
-    for index, message in enumerate(messages):
-        if isinstance(message, Welcome):
-            return message, messages[index + 1 :]
-        if isinstance(message, Error):
-            raise ConnectionError(f"beacon refused: {message.error_code!s} {message.message}")
-    return None
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, asyncio.TimeoutError) or not text:
-        return f"{type(exc).__name__} (no answer)" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
-    return text
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host.split("%", 1)[0])
-        return True
-    except OSError:
-        return False

@@ -33,7 +33,7 @@ async def probe_udp(spec: BeaconSpec, endpoint: Endpoint, timeout: float) -> Pat
     )
     started = time.monotonic()
     try:
-        link = await asyncio.wait_for(client._open_udp(await client._resolve()), timeout)  # noqa: SLF001 - doctor's probe drives one transport of the client
+        link = await asyncio.wait_for(client.dialer.open_udp(await client.dialer.resolve()), timeout)
     except Exception as exc:  # noqa: BLE001 - the failure is the answer
         return PathResult("udp", error=_text(exc, timeout))
     elapsed = time.monotonic() - started
