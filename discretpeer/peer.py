@@ -14,7 +14,6 @@ verified connection goes to a waiting ``connect()`` or to ``incoming()``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import time
@@ -28,7 +27,7 @@ from discretpeer.addresses import Addr
 from discretpeer.auth import AuthError, Expectation, PeerPolicy
 from discretpeer.beacon_client import BeaconClient
 from discretpeer.behaviour_probe import BehaviourProber
-from discretpeer.candidates import attached_networks, local_candidates
+from discretpeer.candidates import attached_networks
 from discretpeer.config import BeaconSpec, parse_beacons
 from discretpeer.connection import (
     PathKind,
@@ -49,13 +48,13 @@ from discretpeer.pair_state import Dial
 from discretpeer.pairs import Pair, PairDriver, PairSettings
 from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, check_max_datagram_size
 from discretpeer.paths import is_virtual
+from discretpeer.peer_network import PeerNetwork
 from discretpeer.peer_stats import PeerStats
-from discretpeer.portmap import Mapping, PortMapper
-from discretpeer.portmap.pcp import PCP_PORT
+from discretpeer.portmap import PortMapper
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, pair_meeting
 from discretpeer.traversal import Candidate
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
-from discretpeer.wire import INSTANCE_SIZE, MAX_CANDIDATES, Address
+from discretpeer.wire import INSTANCE_SIZE
 
 __all__ = ["Peer", "PeerStats"]
 
@@ -110,12 +109,16 @@ class Peer(FailureReport):
         self._host = host
         self._port = port
         self._lan_enabled = lan
-        self._lan_interfaces = lan_interfaces
-        self._report_local = report_local_candidates
         self._direct_enabled = direct
-        self._port_mapping = port_mapping and direct
-        self._port_mapping_gateway = port_mapping_gateway
-        self.port_mapper: PortMapper | None = None
+        self._network = PeerNetwork(
+            self.instance,
+            report_local=report_local_candidates,
+            port_mapping=port_mapping and direct,
+            port_mapping_gateway=port_mapping_gateway,
+            lan_interfaces=lan_interfaces,
+            on_candidates=self._refresh_candidates,
+            on_lan_sighting=self._on_lan_sighting,
+        )
         self._behaviour: BehaviourProber | None = None
         self._endpoint: Endpoint | None = None
         self._clients: list[BeaconClient] = []
@@ -124,8 +127,6 @@ class Peer(FailureReport):
         self._incoming: asyncio.Queue[PeerConnection] = asyncio.Queue(MAX_INCOMING_BACKLOG)
         self._pending_incoming = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._candidates: list[Address] = []
-        self._lan: Any = None
         self._closed = False
         self._started = False
         self._dialer = Dialer(
@@ -141,7 +142,7 @@ class Peer(FailureReport):
         )
         settings = PairSettings(self.instance, punch_duration, relay, direct, relay_after)
         self._driver = PairDriver(
-            settings, self.stats, self._book, self._dialer, self._clients, lambda: self._candidates
+            settings, self.stats, self._book, self._dialer, self._clients, lambda: self._network.candidates
         )
         self._pairs = self._driver.pairs
         self._driver.birthday.spawn = self._spawn
@@ -172,17 +173,17 @@ class Peer(FailureReport):
             connection_class=AppPacedQuicConnection,
             tuning=self._tuning,
         )
-        self._candidates = self._compute_candidates()
+        self._network.started(self._endpoint)
         self._behaviour = BehaviourProber(self._endpoint.sendto)
         self._driver.started(self._endpoint, attached_networks())
-        self._start_port_mapping()
+        self._network.start_port_mapping()
         for spec in self.beacons:
             client = BeaconClient(
                 spec,
                 self._endpoint,
                 self.instance,
                 on_introduction=self._driver.on_beacon_introduction,
-                get_candidates=lambda: list(self._candidates),
+                get_candidates=lambda: list(self._network.candidates),
                 on_relay_message=self._driver.on_relay_message,
                 on_disconnect=self._driver.relay.on_beacon_lost,
                 on_token_full=self._on_token_full,
@@ -191,7 +192,7 @@ class Peer(FailureReport):
             self._clients.append(client)
             client.start()
         if self._lan_enabled:
-            await self._start_lan()
+            await self._network.start_lan(self._book.wanted_tokens())
         self._spawn(self._driver.punch_loop(), "punch loop")
         self._spawn(self._maintenance_loop(), "maintenance")
         log.info("peer started", peer_id=self.peer_id, port=self.port, beacons=[str(b) for b in self.beacons])
@@ -211,12 +212,9 @@ class Peer(FailureReport):
             *(connection.aclose("peer closing", timeout=2.0) for connection in list(self._connections)),
             return_exceptions=True,
         )
-        if self._lan is not None:
-            with contextlib.suppress(Exception):
-                await self._lan.close()
+        await self._network.close_lan()
         await asyncio.gather(*(client.close() for client in self._clients), return_exceptions=True)
-        if self.port_mapper is not None:
-            await self.port_mapper.close()  # the gateway forgets the mapping (one bounded try)
+        await self._network.close_port_mapping()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -243,6 +241,11 @@ class Peer(FailureReport):
     def port(self) -> int:
         assert self._endpoint is not None, "peer not started"
         return self._endpoint.port
+
+    @property
+    def port_mapper(self) -> PortMapper | None:
+        """Asks the gateway for a public port (None when not asked: loopback, ``port_mapping=False``)."""
+        return self._network.port_mapper
 
     @property
     def connections(self) -> list[PeerConnection]:
@@ -342,8 +345,8 @@ class Peer(FailureReport):
                 tokens.update(pair.meeting.tokens)
         for client in self._clients:
             client.set_tokens(tokens)
-        if self._lan is not None:
-            self._spawn(self._lan.set_tokens(tokens), "lan tokens")
+        if self._network.lan is not None:
+            self._spawn(self._network.lan.set_tokens(tokens), "lan tokens")
 
     def _refresh_tokens(self) -> None:
         if self._book.refresh_tokens():
@@ -357,14 +360,15 @@ class Peer(FailureReport):
             if time.monotonic() - last_candidates >= CANDIDATE_REFRESH_INTERVAL:
                 last_candidates = time.monotonic()
                 networks = attached_networks()
-                if networks != self._driver.networks and self.port_mapper is not None:
-                    self.port_mapper.refresh()  # a new network: perhaps a new gateway, ask again now
+                changed = networks != self._driver.networks
                 self._driver.networks = networks
-                fresh = self._compute_candidates()
-                if fresh != self._candidates:
-                    self._candidates = fresh
-                    for client in self._clients:
-                        client.refresh_candidates()
+                if self._network.refresh(changed):
+                    self._refresh_candidates()
+
+    def _refresh_candidates(self) -> None:
+        """Our candidates changed: tell the beacons."""
+        for client in self._clients:
+            client.refresh_candidates()
 
     async def probe_hairpin(self, public: Addr, timeout: float = 0.6) -> float | None:
         """Does our NAT hairpin? Seconds until a small random probe sent from this peer's socket
@@ -379,46 +383,6 @@ class Peer(FailureReport):
         if self._behaviour is not None and self._behaviour.on_datagram(data, source):
             return
         self._driver.on_datagram(data, source)
-
-    def _start_port_mapping(self) -> None:
-        """Ask the gateway for a public port (PCP, NAT-PMP, UPnP at once), unless bound to
-        loopback or IPv6 only (or told which gateway, ``"ip"`` or ``"ip:port"``): the mapped
-        address becomes our first candidate once granted."""
-        assert self._endpoint is not None
-        host = self._endpoint.local_address[0]
-        given = self._port_mapping_gateway
-        if not self._port_mapping:
-            return
-        if given is None and (host.startswith("127.") or host == "::1" or (":" in host and host != "::")):
-            return
-        gateway, _, port = (given or "").partition(":")
-        self.port_mapper = PortMapper(
-            self._endpoint.port,
-            on_change=self._on_port_mapping,
-            gateway=gateway or None,
-            gateway_port=int(port) if port else PCP_PORT,
-            protocols=("pcp", "natpmp") if port else ("pcp", "natpmp", "upnp"),
-        )
-        self.port_mapper.start()
-
-    def _on_port_mapping(self, mapping: Mapping | None) -> None:
-        self._candidates = self._compute_candidates()
-        for client in self._clients:
-            client.refresh_candidates()
-
-    def _compute_candidates(self) -> list[Address]:
-        mapping = self.port_mapper.mapping if self.port_mapper is not None else None
-        mapped = [Address(*mapping.external)] if mapping is not None else []
-        return (mapped + [a for a in self._local_candidates() if a not in mapped])[:MAX_CANDIDATES]
-
-    def _local_candidates(self) -> list[Address]:
-        if not self._report_local or self._endpoint is None:
-            return []
-        ipv6 = ":" in self._endpoint.local_address[0]
-        host = self._endpoint.local_address[0]
-        if host not in ("::", "0.0.0.0"):
-            return [Address.from_socket((host, self._endpoint.port))] if not host.startswith("127.") else []
-        return local_candidates(self._endpoint.port, ipv6=ipv6)
 
     # --- incoming -----------------------------------------------------------------------------
 
@@ -560,19 +524,6 @@ class Peer(FailureReport):
             self._unregister_if_idle(pair.meeting)
 
     # --- LAN ----------------------------------------------------------------------------------
-
-    async def _start_lan(self) -> None:
-        from discretpeer.lan import LanDiscovery  # optional part: imports zeroconf
-
-        assert self._endpoint is not None
-        self._lan = LanDiscovery(
-            port=self._endpoint.port,
-            instance=self.instance,
-            on_found=self._on_lan_sighting,
-            interfaces=self._lan_interfaces,
-        )
-        await self._lan.start()
-        await self._lan.set_tokens(self._book.wanted_tokens())
 
     def _on_lan_sighting(self, sighting: Any) -> None:
         self.stats.lan_sightings += 1
