@@ -33,8 +33,7 @@ from discretpeer.behaviour_probe import classify
 from discretpeer.config import BeaconSpec
 from discretpeer.endpoint import Endpoint, EndpointProtocol
 from discretpeer.logs import get_logger
-from discretpeer.proxy import ProxyError, proxy_for
-from discretpeer.wire import (
+from discretpeer.proto.wire import (
     BEACON_ALPN,
     MAX_TOKENS_PER_FRAME,
     PROTOCOL_VERSION,
@@ -56,6 +55,7 @@ from discretpeer.wire import (
     encode,
     token_of_full_message,
 )
+from discretpeer.proxy import ProxyError, proxy_for
 
 log = get_logger("discretpeer.beacon_client")
 

@@ -52,10 +52,10 @@ from discretpeer.paths import is_virtual
 from discretpeer.peer_stats import PeerStats
 from discretpeer.portmap import Mapping, PortMapper
 from discretpeer.portmap.pcp import PCP_PORT
+from discretpeer.proto.wire import INSTANCE_SIZE, MAX_CANDIDATES, Address
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, pair_meeting
 from discretpeer.traversal import Candidate
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
-from discretpeer.wire import INSTANCE_SIZE, MAX_CANDIDATES, Address
 
 __all__ = ["Peer", "PeerStats"]
 
