@@ -22,7 +22,7 @@ from typing import Any
 import tomli_w
 
 from certs.smallfile import SmallFileError, read_small_file
-from discretpeer.wire import MAX_FRAME
+from discretpeer.proto.wire import MAX_FRAME
 
 DEFAULT_PORT = 4264
 MAX_CONFIG_FILE = 1024 * 1024  # the template is ~4 KB; a device or a huge file is refused unread

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from beacon.limits import ip_key
-from discretpeer.wire import Address, Introduction
+from discretpeer.proto.wire import Address, Introduction
 
 Key = Hashable
 MAX_PEERS_PER_TOKEN_PER_IP = 4

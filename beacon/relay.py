@@ -16,7 +16,7 @@ but cannot decrypt or answer them (the peers authenticate each other end to end)
 a relay that fails, not a hijack; and a peer that reconnects while its old connection still
 lingers at the beacon pairs once the old one is gone (the client closes it when it reconnects).
 A session follows a side to a new address only once QUIC validated that path (NAT rebinding). Relay datagrams
-(:mod:`discretpeer.relay_frame`) are then forwarded unchanged to the other bound address, only
+(:mod:`discretpeer.proto.relay_frame`) are then forwarded unchanged to the other bound address, only
 when they come from one of the two; the payload stays end-to-end encrypted.
 
 The table is fed times and datagrams and returns decisions; the server does the sending.
@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 
 from beacon.limits import TokenBucket
 from discretpeer.addresses import Addr
-from discretpeer.relay_frame import MAX_RELAY_PAYLOAD, RELAY_DATA, RELAY_HEADER_SIZE
-from discretpeer.wire import RELAY_SESSION_ID_SIZE, ErrorCode
+from discretpeer.proto.relay_frame import MAX_RELAY_PAYLOAD, RELAY_DATA, RELAY_HEADER_SIZE
+from discretpeer.proto.wire import RELAY_SESSION_ID_SIZE, ErrorCode
 
 Key = Hashable
 

@@ -40,7 +40,7 @@ from beacon.relay_link import CROSS_MACHINE_SID_BYTE, LinkVia, Proxy, RelayLink,
 from beacon.store import MeetingStore, make_store
 from beacon.tcp_service import TcpService, WebEndpoint
 from certs import CertificateBundle, create_bundle
-from discretpeer import _aioquic, stateless_reset, wire
+from discretpeer import _aioquic, stateless_reset
 from discretpeer.addresses import Addr
 from discretpeer.endpoint import (
     CONNECTION_ID_LENGTH,
@@ -51,8 +51,9 @@ from discretpeer.endpoint import (
     enlarge_buffers,
     normalize_address,
 )
-from discretpeer.relay_frame import RELAY_HEADER_SIZE
-from discretpeer.wire import Address, ErrorCode, WireError
+from discretpeer.proto import wire
+from discretpeer.proto.relay_frame import RELAY_HEADER_SIZE
+from discretpeer.proto.wire import Address, ErrorCode, WireError
 
 TRIM_AFTER_HANDSHAKE = True  # see beacon.quic_tuning (the benchmarks turn it off to compare)
 DEFER_HANDSHAKES = True  # see _BeaconEndpoint

@@ -19,7 +19,7 @@ from collections.abc import Hashable, Iterable
 from typing import Any, Protocol
 
 from beacon.meetings import Announced, MeetingTable, TooManyTokens
-from discretpeer.wire import Address, Introduction
+from discretpeer.proto.wire import Address, Introduction
 
 Key = Hashable
 

@@ -55,7 +55,7 @@ from typing import Any
 from beacon.limits import ip_key
 from beacon.meetings import MAX_PEERS_PER_TOKEN_PER_IP, Announced, MeetingTable, tokens_to_add
 from beacon.store import StoreHooks, StoreUnavailable
-from discretpeer.wire import Address, Introduction
+from discretpeer.proto.wire import Address, Introduction
 
 Key = Hashable
 PREFIX = "dp:"

@@ -1,8 +1,8 @@
 """The beacon over TLS 1.3 on TCP, for peers whose network drops UDP.
 
 Same certificate as QUIC (so the same ``cert_hash`` pins it), ALPN
-:data:`~discretpeer.stream_frames.BEACON_TCP_ALPN`, and the same wire messages, length-prefixed
-on the stream together with relay datagrams (:mod:`discretpeer.stream_frames`). Once the TLS
+:data:`~discretpeer.proto.stream_frames.BEACON_TCP_ALPN`, and the same wire messages, length-prefixed
+on the stream together with relay datagrams (:mod:`discretpeer.proto.stream_frames`). Once the TLS
 handshake is done a connection is a client like any other: :class:`TcpClient` offers the
 server the same small interface as a QUIC :class:`~beacon.server.BeaconProtocol` (send a frame,
 unsent bytes, validated address, close), and relay datagrams from and to it go through the
@@ -51,8 +51,8 @@ from beacon.client_hello import (
 from beacon.limits import ip_key
 from discretpeer.addresses import Addr
 from discretpeer.endpoint import normalize_address
-from discretpeer.stream_frames import BEACON_TCP_ALPN, StreamDecoder, encode_datagram
-from discretpeer.wire import ErrorCode, WireError
+from discretpeer.proto.stream_frames import BEACON_TCP_ALPN, StreamDecoder, encode_datagram
+from discretpeer.proto.wire import ErrorCode, WireError
 
 if TYPE_CHECKING:
     from beacon.server import BeaconServer, _Client

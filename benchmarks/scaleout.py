@@ -178,8 +178,8 @@ async def bench_latency(
 ) -> dict[str, Any]:
     from benchmarks.workers.intro import Prober
     from benchmarks.workers.load import Pool
-    from discretpeer import wire
     from discretpeer.endpoint import Endpoint
+    from discretpeer.proto import wire
 
     settings = {**SETTINGS, "store": redis.url, "workers": 2} if shared else SETTINGS
     name = "latency" if shared else "latency-single-memory"
@@ -260,7 +260,7 @@ async def bench_rebinding(tmp: Path, redis: RedisServer, rebinds: int) -> dict[s
     steering program, and with the kernel's 4-tuple hash only (DISCRETPEER_BEACON_STEERING=0)."""
     import importlib.util
 
-    from discretpeer import wire
+    from discretpeer.proto import wire
     from tests.scaleout.processes import RebindingNat
 
     spec = importlib.util.spec_from_file_location("beacon_test_client", ROOT / "tests" / "beacon" / "client.py")

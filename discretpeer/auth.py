@@ -28,7 +28,7 @@ from aioquic.quic.connection import QuicConnection
 
 from discretpeer._aioquic import handshake_complete
 from discretpeer.identity import Identity, IdentityError, encode_peer_id, normalize_peer_id, verify_signature
-from discretpeer.wire import TOKEN_SIZE
+from discretpeer.proto.wire import TOKEN_SIZE
 
 AUTH_VERSION = 1
 PROOF_LABEL = b"discretpeer/v1 identity proof\x00"

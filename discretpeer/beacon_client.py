@@ -26,7 +26,7 @@ from discretpeer.behaviour_probe import classify
 from discretpeer.config import BeaconSpec
 from discretpeer.endpoint import Endpoint, EndpointProtocol
 from discretpeer.logs import get_logger
-from discretpeer.wire import (
+from discretpeer.proto.wire import (
     MAX_TOKENS_PER_FRAME,
     Address,
     Announce,

@@ -25,8 +25,7 @@ from discretpeer.addresses import Addr
 from discretpeer.beacon_tcp import TcpChannel, TlsPinMismatch, open_channel
 from discretpeer.config import BeaconSpec
 from discretpeer.endpoint import Endpoint, EndpointProtocol
-from discretpeer.proxy import ProxyError, proxy_for
-from discretpeer.wire import (
+from discretpeer.proto.wire import (
     BEACON_ALPN,
     PROTOCOL_VERSION,
     Error,
@@ -36,6 +35,7 @@ from discretpeer.wire import (
     Welcome,
     encode,
 )
+from discretpeer.proxy import ProxyError, proxy_for
 
 if TYPE_CHECKING:
     from discretpeer.beacon_client import BeaconStatus

@@ -12,8 +12,8 @@ from discretpeer.beacon_client import BeaconClient
 from discretpeer.beacon_tcp import open_channel
 from discretpeer.config import BeaconSpec
 from discretpeer.endpoint import Endpoint
+from discretpeer.proto.wire import INSTANCE_SIZE, PROTOCOL_VERSION, Error, Hello, Welcome
 from discretpeer.proxy import ProxySpec, proxy_for
-from discretpeer.wire import INSTANCE_SIZE, PROTOCOL_VERSION, Error, Hello, Welcome
 
 
 @dataclass

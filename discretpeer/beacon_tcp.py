@@ -3,7 +3,7 @@
 The beacon is pinned exactly as over QUIC: SHA-256 of the certificate DER it presents, checked
 after the handshake and before a single frame is sent (``CERT_NONE``, no CA, no hostname). A
 proxy that intercepts TLS presents another certificate: the pin fails and the error says the
-proxy is the likely cause. Frames are :mod:`discretpeer.stream_frames` items.
+proxy is the likely cause. Frames are :mod:`discretpeer.proto.stream_frames` items.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import ssl
 
 from certs import certificate_fingerprint
 from discretpeer.addresses import Addr
+from discretpeer.proto.stream_frames import BEACON_TCP_ALPN, Item, StreamDecoder, encode_datagram
+from discretpeer.proto.wire import Message, WireError, encode
 from discretpeer.proxy import ProxySpec, open_tunnel
-from discretpeer.stream_frames import BEACON_TCP_ALPN, Item, StreamDecoder, encode_datagram
-from discretpeer.wire import Message, WireError, encode
 
 CONNECT_TIMEOUT = 5.0
 MAX_UNSENT_DATAGRAM_BYTES = 262144  # relay datagrams beyond are dropped, like a full UDP path

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from discretpeer import behaviour
 from discretpeer.addresses import Addr
-from discretpeer.wire import MAPPING_DEPENDENT, MAPPING_INDEPENDENT, MAPPING_UNKNOWN
+from discretpeer.proto.wire import MAPPING_DEPENDENT, MAPPING_INDEPENDENT, MAPPING_UNKNOWN
 
 T = TypeVar("T")
 MAX_OUTSTANDING = 8

@@ -21,7 +21,7 @@ from discretpeer import birthday
 from discretpeer.addresses import Addr
 from discretpeer.birthday_io import ExtraSockets, spray
 from discretpeer.logs import get_logger
-from discretpeer.probe import NONCE_SIZE, ProbeError, ProbeKind, build_probe, parse_probe
+from discretpeer.proto.probe import NONCE_SIZE, ProbeError, ProbeKind, build_probe, parse_probe
 from discretpeer.traversal import CandidateKind
 
 if TYPE_CHECKING:

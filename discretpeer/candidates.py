@@ -9,7 +9,7 @@ import ipaddress
 
 import ifaddr
 
-from discretpeer.wire import MAX_CANDIDATES, Address
+from discretpeer.proto.wire import MAX_CANDIDATES, Address
 
 
 def local_addresses(*, ipv6: bool = True, include_loopback: bool = False) -> list[str]:

@@ -48,7 +48,7 @@ from discretpeer.flow import STREAM_WINDOW, AppPacedQuicConnection
 from discretpeer.identity import Identity
 from discretpeer.logs import get_logger
 from discretpeer.path_mtu import DatagramSizeSearch, datagram_limit, probe_sizes
-from discretpeer.relay_frame import RELAY_HEADER_SIZE
+from discretpeer.proto.relay_frame import RELAY_HEADER_SIZE
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
 
 PathKind = Literal["direct", "lan", "relay"]

@@ -21,9 +21,9 @@ from discretpeer.connection import PeerProtocol, VerifiedPeer, authenticate_as_d
 from discretpeer.logs import get_logger
 from discretpeer.pair_state import Abandon, Action, Dial, DialKind
 from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, BASE_DATAGRAM, SizedQuicConfiguration
+from discretpeer.proto.wire import PEER_ALPN
 from discretpeer.traversal import Candidate, CandidateKind
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
-from discretpeer.wire import PEER_ALPN
 
 if TYPE_CHECKING:
     from discretpeer.endpoint import Endpoint

@@ -36,8 +36,8 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from discretpeer._aioquic import QuicProtocol
 from discretpeer.addresses import Addr, SocketAddress, unmap_ip
 from discretpeer.paths import Route, RouteTable, is_virtual
-from discretpeer.probe import QUIC_FIXED_BIT
-from discretpeer.relay_frame import RELAY_DATA
+from discretpeer.proto.probe import QUIC_FIXED_BIT
+from discretpeer.proto.relay_frame import RELAY_DATA
 from discretpeer.stateless_reset import is_reset
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
 

@@ -2,7 +2,7 @@
 
 A peer publishes ``_discretpeer._udp.local.`` pointing at its one UDP socket, under a random
 service name and a random host name (never the peer id nor the machine's host name), with a TXT
-record carrying its random instance and the tokens it waits on (:mod:`discretpeer.lan_txt`). It
+record carrying its random instance and the tokens it waits on (:mod:`discretpeer.proto.lan_txt`). It
 browses the same type; a service carrying a token we wait on is reported as a :class:`LanSighting`.
 
 Two layers, as elsewhere in the project:
@@ -40,7 +40,8 @@ import ifaddr
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from discretpeer.lan_txt import (
+from discretpeer.logs import get_logger
+from discretpeer.proto.lan_txt import (
     MAX_LAN_TOKENS,
     SERVICE_TYPE,
     LanTxt,
@@ -48,8 +49,7 @@ from discretpeer.lan_txt import (
     decode_txt,
     encode_txt,
 )
-from discretpeer.logs import get_logger
-from discretpeer.wire import INSTANCE_SIZE, TOKEN_SIZE, Address, WireError
+from discretpeer.proto.wire import INSTANCE_SIZE, TOKEN_SIZE, Address, WireError
 
 __all__ = [
     "SERVICE_TYPE",

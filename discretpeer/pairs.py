@@ -25,11 +25,9 @@ from discretpeer.candidates import is_lan_address, on_attached_network
 from discretpeer.dialer import Dialer
 from discretpeer.logs import get_logger
 from discretpeer.pair_state import PairState
-from discretpeer.probe import ProbeError, ProbeKind, parse_probe
-from discretpeer.relay_frame import RELAY_DATA
-from discretpeer.relay_routes import RelayRoutes
-from discretpeer.traversal import Candidate, CandidateKind, PunchSession, mapping_varies
-from discretpeer.wire import (
+from discretpeer.proto.probe import ProbeError, ProbeKind, parse_probe
+from discretpeer.proto.relay_frame import RELAY_DATA
+from discretpeer.proto.wire import (
     INSTANCE_SIZE,
     MAPPING_DEPENDENT,
     MAPPING_UNKNOWN,
@@ -38,6 +36,8 @@ from discretpeer.wire import (
     Message,
     RelayRequest,
 )
+from discretpeer.relay_routes import RelayRoutes
+from discretpeer.traversal import Candidate, CandidateKind, PunchSession, mapping_varies
 
 if TYPE_CHECKING:
     from discretpeer.beacon_client import BeaconClient

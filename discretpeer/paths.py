@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from discretpeer.addresses import Addr
-from discretpeer.relay_frame import build_relay_frame
+from discretpeer.proto.relay_frame import build_relay_frame
 
 RouteKind = Literal["direct", "relay"]
 

@@ -51,10 +51,10 @@ from discretpeer.paths import is_virtual
 from discretpeer.peer_network import PeerNetwork
 from discretpeer.peer_stats import PeerStats
 from discretpeer.portmap import PortMapper
+from discretpeer.proto.wire import INSTANCE_SIZE
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, pair_meeting
 from discretpeer.traversal import Candidate
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
-from discretpeer.wire import INSTANCE_SIZE
 
 __all__ = ["Peer", "PeerStats"]
 

@@ -12,7 +12,7 @@ from discretpeer.candidates import local_candidates
 from discretpeer.endpoint import Endpoint
 from discretpeer.portmap import Mapping, PortMapper
 from discretpeer.portmap.pcp import PCP_PORT
-from discretpeer.wire import MAX_CANDIDATES, Address
+from discretpeer.proto.wire import MAX_CANDIDATES, Address
 
 
 class PeerNetwork:

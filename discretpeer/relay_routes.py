@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from discretpeer.addresses import Addr
 from discretpeer.logs import get_logger
 from discretpeer.paths import RelayLink, Route
-from discretpeer.relay_frame import RelayFrameError, parse_relay_frame
-from discretpeer.wire import ErrorCode, Message, RelayEnd, RelayGrant
+from discretpeer.proto.relay_frame import RelayFrameError, parse_relay_frame
+from discretpeer.proto.wire import ErrorCode, Message, RelayEnd, RelayGrant
 
 if TYPE_CHECKING:
     from discretpeer.beacon_client import BeaconClient

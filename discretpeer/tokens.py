@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from discretpeer.wire import TOKEN_SIZE
+from discretpeer.proto.wire import TOKEN_SIZE
 
 TOKEN_LABEL = b"discretpeer/v1 meeting token"
 PROBE_KEY_LABEL = b"discretpeer/v1 probe key"

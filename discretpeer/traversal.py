@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from discretpeer.addresses import Addr
 from discretpeer.candidates import is_lan_address
-from discretpeer.probe import NONCE_SIZE, Probe, ProbeKind, build_probe
+from discretpeer.proto.probe import NONCE_SIZE, Probe, ProbeKind, build_probe
 
 MAX_CANDIDATES = 16
 MAX_OUTSTANDING_NONCES = 64

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from benchmarks.common import ROOT, commands_until_stop, emit, load_module, run_loop, stdin_commands, worker_args
-from discretpeer import wire
+from discretpeer.proto import wire
 
 client_module = load_module("beacon_test_client", ROOT / "tests" / "beacon" / "client.py")
 hostile = load_module("beacon_test_hostile", ROOT / "tests" / "beacon" / "hostile.py")

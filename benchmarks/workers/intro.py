@@ -19,8 +19,8 @@ import time
 
 from benchmarks.common import commands_until_stop, emit, percentile, run_loop, stdin_commands, worker_args
 from benchmarks.workers.load import Pool
-from discretpeer import wire
 from discretpeer.endpoint import Endpoint
+from discretpeer.proto import wire
 
 
 class Prober:

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from benchmarks.common import commands_until_stop, emit, percentile, run_loop, stdin_commands, worker_args
 from certs import certificate_fingerprint
-from discretpeer import wire
 from discretpeer.endpoint import Endpoint, EndpointProtocol
+from discretpeer.proto import wire
 
 
 def _one_key_share() -> None:

@@ -28,9 +28,9 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
 from beacon import BeaconServer, loopback_config
-from discretpeer import wire
 from discretpeer.endpoint import Endpoint, EndpointProtocol
-from discretpeer.relay_frame import RELAY_DATA, build_relay_frame
+from discretpeer.proto import wire
+from discretpeer.proto.relay_frame import RELAY_DATA, build_relay_frame
 
 MEET_TIMEOUT = 2.0
 

@@ -23,7 +23,7 @@ from aioquic.quic.configuration import QuicConfiguration
 
 from benchmarks.common import commands_until_stop, emit, rss_bytes, run_loop, stdin_commands, worker_args
 from certs import create_bundle
-from discretpeer import wire
+from discretpeer.proto import wire
 
 WELCOME_SIZE = len(wire.encode(wire.Welcome(version=1, observed=wire.Address("127.0.0.1", 40000), max_tokens=128)))
 

@@ -12,8 +12,8 @@ import asyncio
 import os
 
 from benchmarks.common import commands_until_stop, emit, run_loop, stdin_commands, worker_args
-from discretpeer import wire
 from discretpeer.beacon_tcp import TcpChannel, open_channel
+from discretpeer.proto import wire
 
 
 async def register(host: str, port: int, fingerprint: str) -> TcpChannel:

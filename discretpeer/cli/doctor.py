@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from discretpeer import wire
 from discretpeer.addresses import Addr
 from discretpeer.behaviour_probe import (
     FILTER_NO_ANSWER,
@@ -24,6 +23,7 @@ from discretpeer.candidates import is_lan_address, local_addresses
 from discretpeer.identity import Identity, IdentityError
 from discretpeer.peer import Peer
 from discretpeer.portmap.client import PortMapStatus
+from discretpeer.proto import wire
 
 from .control import ControlError, query
 from .output import Console, ms

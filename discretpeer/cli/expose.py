@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from discretpeer.cli.tunnel import FrameType, Request, Status, TunnelError, encode_response
 from discretpeer.config import ConfigError
 from discretpeer.connection import PeerConnection
 from discretpeer.peer import Peer
 from discretpeer.tokens import pair_meeting
-from discretpeer.tunnel import FrameType, Request, Status, TunnelError, encode_response
 
 from .control import ControlServer
 from .output import Console, short_id

@@ -10,9 +10,9 @@ import signal
 import time
 from typing import Any
 
+from discretpeer.cli.tunnel import FrameType, Response, TunnelError, encode_request
 from discretpeer.connection import PeerConnection
 from discretpeer.errors import ConnectError
-from discretpeer.tunnel import FrameType, Response, TunnelError, encode_request
 
 from .control import ControlServer
 from .output import Console, short_id

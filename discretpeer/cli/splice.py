@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from discretpeer.tunnel import Decoder, Frame, FrameType
+from discretpeer.cli.tunnel import Decoder, Frame, FrameType
 
 CHUNK = 64 * 1024
 # How long a reset waits for an accepted client that has not spoken yet (see TcpSide.reset).
@@ -342,7 +342,7 @@ class Splice:
 async def read_frame(reader: asyncio.StreamReader, expect: FrameType, timeout: float) -> Frame:
     """Read exactly one tunnel frame (never a byte of the data after it).
 
-    Raises :class:`~discretpeer.tunnel.TunnelError`, ``asyncio.IncompleteReadError`` (EOF first)
+    Raises :class:`~discretpeer.cli.tunnel.TunnelError`, ``asyncio.IncompleteReadError`` (EOF first)
     or ``TimeoutError``."""
     decoder = Decoder(expect)
 

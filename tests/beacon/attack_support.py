@@ -15,7 +15,7 @@ from typing import Any
 from beacon import BeaconServer, loopback_config
 from beacon.logs import LOG_FILE, BeaconLog
 from certs import CertificateBundle, create_bundle
-from discretpeer import wire
+from discretpeer.proto import wire
 
 
 def _load(name: str, file: str) -> Any:

@@ -11,8 +11,8 @@ from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certs import certificate_fingerprint
-from discretpeer import wire
 from discretpeer.endpoint import Endpoint, EndpointProtocol
+from discretpeer.proto import wire
 
 PIN_MISMATCH = 0x100  # QUIC application error code the client closes with on a wrong pin
 

@@ -22,8 +22,8 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType
 from aioquic.quic.packet_builder import QuicPacketBuilderStop
 
-from discretpeer import wire
 from discretpeer.endpoint import Endpoint
+from discretpeer.proto import wire
 
 STREAM = 0x08  # | OFF 0x04 | LEN 0x02 | FIN 0x01
 RESET_STREAM = 0x04

@@ -17,9 +17,9 @@ import pytest
 from attack_support import recorded_beacons
 from beacon_test_client import BeaconClient
 
-from discretpeer import wire
-from discretpeer.relay_frame import RELAY_DATA, build_relay_frame
-from discretpeer.wire import ErrorCode
+from discretpeer.proto import wire
+from discretpeer.proto.relay_frame import RELAY_DATA, build_relay_frame
+from discretpeer.proto.wire import ErrorCode
 
 N_FRAMES = 40
 

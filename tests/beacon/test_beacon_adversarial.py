@@ -12,7 +12,7 @@ from attack_support import hostile, rss_bytes, watched_beacon
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from discretpeer import wire
+from discretpeer.proto import wire
 
 KB = 1024
 MAX_BUFFERED_PER_CONNECTION = 64 * KB

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beacon import quic_tuning
-from discretpeer import wire
+from discretpeer.proto import wire
 
 KB = 1024
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from beacon_test_client import BeaconClient
 
-from discretpeer import wire
 from discretpeer.beacon_tcp import open_channel
-from discretpeer.wire import ErrorCode
+from discretpeer.proto import wire
+from discretpeer.proto.wire import ErrorCode
 
 ROOT = Path(__file__).resolve().parents[2]
 

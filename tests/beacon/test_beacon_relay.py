@@ -8,9 +8,9 @@ import socket
 
 from beacon_test_client import BeaconClient
 
-from discretpeer import wire
-from discretpeer.relay_frame import build_relay_frame
-from discretpeer.wire import ErrorCode
+from discretpeer.proto import wire
+from discretpeer.proto.relay_frame import build_relay_frame
+from discretpeer.proto.wire import ErrorCode
 
 
 class RelayPeer:

@@ -9,8 +9,8 @@ import time
 import pytest
 from beacon_test_client import BeaconClient, Closed, PinMismatch
 
-from discretpeer import wire
-from discretpeer.wire import Address, ErrorCode
+from discretpeer.proto import wire
+from discretpeer.proto.wire import Address, ErrorCode
 
 
 def token(n: int | None = None) -> bytes:

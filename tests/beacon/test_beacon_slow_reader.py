@@ -9,7 +9,7 @@ import time
 
 from beacon_test_client import BeaconClient
 
-from discretpeer import wire
+from discretpeer.proto import wire
 
 
 def _stop_reading(client: BeaconClient) -> None:

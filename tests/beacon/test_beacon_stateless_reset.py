@@ -10,7 +10,7 @@ import socket
 from beacon.limits import TokenBucket
 from beacon.server import _is_own_socket
 from certs import create_bundle
-from discretpeer import wire
+from discretpeer.proto import wire
 from discretpeer.stateless_reset import is_reset, reset_key, reset_token
 
 

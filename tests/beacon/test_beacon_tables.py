@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from beacon.limits import KeyedBuckets, KeyedCounts, RateMeter, TokenBucket, ip_key
 from beacon.meetings import MeetingTable, TooManyTokens
 from beacon.relay import RelayQuota, RelayTable
-from discretpeer.relay_frame import build_relay_frame
-from discretpeer.wire import Address, ErrorCode, Introduction
+from discretpeer.proto.relay_frame import build_relay_frame
+from discretpeer.proto.wire import Address, ErrorCode, Introduction
 
 T1, T2, T3 = (bytes([n]) * 32 for n in (1, 2, 3))
 

@@ -16,12 +16,12 @@ from beacon_test_client import BeaconClient
 
 from beacon import BeaconServer
 from certs import create_bundle
-from discretpeer import wire
 from discretpeer.beacon_tcp import TcpChannel, TlsPinMismatch, client_context, open_channel
 from discretpeer.endpoint import Endpoint
-from discretpeer.relay_frame import build_relay_frame, parse_relay_frame
-from discretpeer.stream_frames import BEACON_TCP_ALPN
-from discretpeer.wire import ErrorCode
+from discretpeer.proto import wire
+from discretpeer.proto.relay_frame import build_relay_frame, parse_relay_frame
+from discretpeer.proto.stream_frames import BEACON_TCP_ALPN
+from discretpeer.proto.wire import ErrorCode
 
 
 @pytest.fixture

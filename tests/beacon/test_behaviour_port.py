@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 from beacon import BeaconServer, loopback_config
 from beacon.behaviour import COOKIE_WINDOW, BehaviourResponder, cookie_valid, make_cookie
 from certs import create_bundle
-from discretpeer import Identity, Peer, behaviour, wire
+from discretpeer import Identity, Peer, behaviour
 from discretpeer.behaviour_probe import FILTER_NO_ANSWER, FILTER_OPEN, FILTER_UNSUPPORTED, probe_filtering
 from discretpeer.cli.doctor import Netcheck, Report, _check_filtering
 from discretpeer.cli.output import Console
+from discretpeer.proto import wire
 
 
 def free_udp_port() -> int:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from beacon.client_hello import ClientHello, first_record_size, name_matches, normalize_name, parse_client_hello
 from beacon.config import ConfigError, loopback_config
-from discretpeer.stream_frames import BEACON_TCP_ALPN
+from discretpeer.proto.stream_frames import BEACON_TCP_ALPN
 
 
 def hello(name: str | None, alpn: list[str] | None) -> bytes:

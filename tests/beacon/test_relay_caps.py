@@ -11,7 +11,7 @@ import tomllib
 
 from beacon import BeaconConfig
 from beacon.relay import RelayQuota, RelayTable
-from discretpeer.relay_frame import build_relay_frame
+from discretpeer.proto.relay_frame import build_relay_frame
 from tests.beacon.test_beacon_relay import close_all, granted_pair
 
 PAYLOAD = 1350  # a relayed QUIC datagram

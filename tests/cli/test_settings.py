@@ -186,7 +186,7 @@ def test_light_commands_do_not_load_the_quic_stack():
     code = (
         "import sys, discretpeer, discretpeer.cli, discretpeer.cli.status; "
         "assert 'aioquic' not in sys.modules, sorted(m for m in sys.modules if 'aioquic' in m)[:3]; "
-        "from discretpeer import Peer, Identity, wire; assert 'aioquic' in sys.modules"
+        "from discretpeer import Peer, Identity; from discretpeer.proto import wire; assert 'aioquic' in sys.modules"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from discretpeer import tunnel
-from discretpeer.tunnel import (
+from discretpeer.cli import tunnel
+from discretpeer.cli.tunnel import (
     HEADER_SIZE,
     MAGIC,
     MAX_MESSAGE,

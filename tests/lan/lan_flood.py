@@ -26,7 +26,7 @@ from zeroconf.const import (
     _TYPE_TXT,
 )
 
-from discretpeer.lan_txt import SERVICE_TYPE, LanTxt, encode_txt
+from discretpeer.proto.lan_txt import SERVICE_TYPE, LanTxt, encode_txt
 
 MDNS = ("224.0.0.251", 5353)
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from discretpeer.lan import LanDiscovery, LanSighting, ServiceTable
-from discretpeer.lan_txt import LanTxt, encode_txt
-from discretpeer.wire import Address
+from discretpeer.proto.lan_txt import LanTxt, encode_txt
+from discretpeer.proto.wire import Address
 
 OWN = b"\x01" * 16
 PEER = b"\x02" * 16

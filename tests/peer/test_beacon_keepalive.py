@@ -11,7 +11,7 @@ from discretpeer import beacon_client
 from discretpeer.beacon_client import BeaconClient
 from discretpeer.config import BeaconSpec
 from discretpeer.endpoint import Endpoint
-from discretpeer.wire import Ping
+from discretpeer.proto.wire import Ping
 from tests.conftest import beacon_entry
 
 

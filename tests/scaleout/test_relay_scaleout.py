@@ -10,9 +10,9 @@ import socket
 import pytest
 
 from beacon.relay_link import seal, unseal
-from discretpeer import wire
-from discretpeer.relay_frame import build_relay_frame
-from discretpeer.wire import ErrorCode
+from discretpeer.proto import wire
+from discretpeer.proto.relay_frame import build_relay_frame
+from discretpeer.proto.wire import ErrorCode
 from tests.scaleout.processes import BeaconProcess, RebindingNat
 from tests.scaleout.test_store_redis import beacons, wait_for
 from tests.scaleout.test_workers import worker_of

@@ -13,8 +13,8 @@ from beacon import BeaconServer, loopback_config
 from beacon.store import StoreUnavailable
 from beacon.store_redis import RedisStore
 from certs import create_bundle
-from discretpeer import wire
-from discretpeer.wire import ErrorCode
+from discretpeer.proto import wire
+from discretpeer.proto.wire import ErrorCode
 from tests.scaleout.redis_server import RedisServer, free_port
 
 BeaconClient = __import__("beacon_test_client").BeaconClient

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from beacon.meetings import MeetingTable
 from beacon.store_redis import ANNOUNCE_LUA, PREFIX, REMOVE_LUA
-from discretpeer.wire import Address
+from discretpeer.proto.wire import Address
 from tests.scaleout.redis_server import RedisServer
 
 redis_py = pytest.importorskip("redis")

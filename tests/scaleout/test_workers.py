@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from beacon.workers import steering_program
-from discretpeer import wire
+from discretpeer.proto import wire
 from tests.scaleout.processes import BeaconProcess, RebindingNat
 
 BeaconClient = __import__("beacon_test_client").BeaconClient

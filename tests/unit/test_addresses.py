@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from beacon.limits import ip_key
 from discretpeer.addresses import map_ip, unmap_host, unmap_ip
 from discretpeer.endpoint import normalize_address
-from discretpeer.wire import Address
+from discretpeer.proto.wire import Address
 
 v4 = st.ip_addresses(v=4)
 v6 = st.ip_addresses(v=6).filter(lambda ip: ip.ipv4_mapped is None)

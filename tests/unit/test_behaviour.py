@@ -8,8 +8,9 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from discretpeer import behaviour, wire
+from discretpeer import behaviour
 from discretpeer.behaviour_probe import classify
+from discretpeer.proto import wire
 
 nonces = st.binary(min_size=12, max_size=12)
 hosts = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6).filter(lambda a: a.ipv4_mapped is None)).map(str)

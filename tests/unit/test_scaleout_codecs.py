@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from beacon.relay_link import HEADER_SIZE, seal, unseal
 from beacon.store_redis import _decode_address, _decode_candidates, _encode_address, _encode_candidates
 from beacon.workers import steering_program
-from discretpeer.wire import Address
+from discretpeer.proto.wire import Address
 
 ipv4 = st.builds(lambda n: str(ipaddress.IPv4Address(n)), st.integers(0, 2**32 - 1))
 ipv6 = st.builds(lambda n: str(ipaddress.IPv6Address(n)), st.integers(0, 2**128 - 1)).filter(

@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from discretpeer.proto.wire import TOKEN_SIZE
 from discretpeer.tokens import MeetingKeys, derive_probe_key, derive_token, meeting_bytes, pair_meeting
-from discretpeer.wire import TOKEN_SIZE
 
 
 @given(st.one_of(st.text(min_size=1, max_size=200), st.binary(min_size=1, max_size=200)), st.integers(0, 2**40))

@@ -5,7 +5,7 @@ import os
 from hypothesis import given
 from hypothesis import strategies as st
 
-from discretpeer.probe import PROBE_SIZE, ProbeError, ProbeKind, build_probe, is_quic, parse_probe
+from discretpeer.proto.probe import PROBE_SIZE, ProbeError, ProbeKind, build_probe, is_quic, parse_probe
 from discretpeer.traversal import CandidateKind, PunchSession
 
 KEY = os.urandom(32)

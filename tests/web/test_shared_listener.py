@@ -26,9 +26,9 @@ from beacon import BeaconServer, loopback_config
 from beacon.web import WebOptions, WebService, static_dir
 from certs import certificate_fingerprint as fingerprint
 from certs import create_bundle
-from discretpeer import wire
 from discretpeer.beacon_tcp import client_context, open_channel
-from discretpeer.stream_frames import BEACON_TCP_ALPN, StreamDecoder
+from discretpeer.proto import wire
+from discretpeer.proto.stream_frames import BEACON_TCP_ALPN, StreamDecoder
 
 from .chromium import CHROMIUM, Chromium
 from .conftest import PROMPT, running_device

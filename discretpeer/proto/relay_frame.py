@@ -12,7 +12,7 @@ peer of the session, and only when it came from one of the session's two bound a
 
 from __future__ import annotations
 
-from discretpeer.wire import RELAY_SESSION_ID_SIZE
+from discretpeer.proto.wire import RELAY_SESSION_ID_SIZE
 
 RELAY_DATA = 0x20
 RELAY_HEADER_SIZE = 1 + RELAY_SESSION_ID_SIZE

@@ -5,12 +5,12 @@ connection has one byte stream for both, so each item is length-prefixed::
 
     u16 length | payload            (length 1..65535)
 
-A payload whose first byte is :data:`~discretpeer.relay_frame.RELAY_DATA` (0x20) is a relay
+A payload whose first byte is :data:`~discretpeer.proto.relay_frame.RELAY_DATA` (0x20) is a relay
 datagram exactly as it would travel over UDP (header + the peers' QUIC packet); any other payload
-is one beacon wire message (type byte + body, as in :mod:`discretpeer.wire`, whose types are all
+is one beacon wire message (type byte + body, as in :mod:`discretpeer.proto.wire`, whose types are all
 below 0x20). So the control frames are byte for byte those of stream 0.
 
-The decoder keeps at most one item buffered and raises :class:`~discretpeer.wire.WireError` on
+The decoder keeps at most one item buffered and raises :class:`~discretpeer.proto.wire.WireError` on
 the first invalid one; the stream is then unusable (the caller counts it and closes).
 """
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import struct
 
-from discretpeer.relay_frame import MAX_RELAY_PAYLOAD, RELAY_DATA, RELAY_HEADER_SIZE
-from discretpeer.wire import MAX_FRAME, ErrorCode, Message, WireError, decode_body, encode
+from discretpeer.proto.relay_frame import MAX_RELAY_PAYLOAD, RELAY_DATA, RELAY_HEADER_SIZE
+from discretpeer.proto.wire import MAX_FRAME, ErrorCode, Message, WireError, decode_body, encode
 
 MAX_DATAGRAM = RELAY_HEADER_SIZE + MAX_RELAY_PAYLOAD
 BEACON_TCP_ALPN = "discretpeer-beacon-tcp/1"  # distinct from QUIC's: a TLS client of one never speaks the other

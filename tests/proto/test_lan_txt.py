@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from discretpeer.lan_txt import (
+from discretpeer.proto.lan_txt import (
     MAX_LAN_TOKENS,
     MAX_TXT_SIZE,
     LanTxt,

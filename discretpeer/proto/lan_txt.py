@@ -22,7 +22,7 @@ import binascii
 import re
 from dataclasses import dataclass
 
-from discretpeer.wire import INSTANCE_SIZE, TOKEN_SIZE
+from discretpeer.proto.wire import INSTANCE_SIZE, TOKEN_SIZE
 
 SERVICE_TYPE = "_discretpeer._udp.local."
 TXT_VERSION = b"1"

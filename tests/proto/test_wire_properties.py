@@ -9,8 +9,8 @@ import hashlib
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from discretpeer import probe, relay_frame, wire
-from discretpeer.wire import Address, WireError
+from discretpeer.proto import probe, relay_frame, wire
+from discretpeer.proto.wire import Address, WireError
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

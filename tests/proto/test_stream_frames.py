@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from discretpeer import wire
-from discretpeer.relay_frame import RELAY_DATA, RELAY_HEADER_SIZE, build_relay_frame
-from discretpeer.stream_frames import MAX_DATAGRAM, StreamDecoder, encode_datagram, encode_message
-from discretpeer.wire import WireError
+from discretpeer.proto import wire
+from discretpeer.proto.relay_frame import RELAY_DATA, RELAY_HEADER_SIZE, build_relay_frame
+from discretpeer.proto.stream_frames import MAX_DATAGRAM, StreamDecoder, encode_datagram, encode_message
+from discretpeer.proto.wire import WireError
 
 _spec = importlib.util.spec_from_file_location("wire_properties", Path(__file__).with_name("test_wire_properties.py"))
 assert _spec is not None and _spec.loader is not None

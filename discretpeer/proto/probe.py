@@ -23,7 +23,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from discretpeer.wire import INSTANCE_SIZE, TOKEN_SIZE
+from discretpeer.proto.wire import INSTANCE_SIZE, TOKEN_SIZE
 
 PROBE_VERSION = 1
 NONCE_SIZE = 8
