@@ -290,7 +290,10 @@ def _spoofed_udp(source: tuple[str, int], destination: tuple[str, int], payload:
         raw.sendto(ip + udp, (destination[0], 0))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="forging a source address needs a raw socket (root)")
+# forging a source address needs a raw socket: skipped on a developer machine without root, a failure under CI
+@pytest.mark.skipif(
+    os.geteuid() != 0 and not os.environ.get("CI"), reason="forging a source address needs a raw socket (run as root)"
+)
 async def test_spoofed_requests_never_get_the_main_port_to_answer_the_victim() -> None:
     port = free_udp_port()
     async with BeaconServer(loopback_config(behaviour_port=port), create_bundle()) as server:
