@@ -321,7 +321,8 @@ async def test_a_slow_reader_bounds_what_is_buffered_and_slows_the_writer(beacon
         while received < 20 * 1024 * 1024:
             received += len(await asyncio.wait_for(r2.read(1 << 20), 5))
         task.cancel()
-        assert written > 20 * 1024 * 1024
+        # the writer went on past where it stalled: everything read was written after the stall
+        assert written >= received >= 20 * 1024 * 1024 and written > stalled_at
 
 
 async def _transfer(sender, receiver, total: int) -> float:
