@@ -14,12 +14,14 @@ Stdout carries only machine-readable start lines, flushed at once::
     certificate hash: <43 base64url characters>
     listening on 127.0.0.1:4264          (one line per UDP socket; IPv6 as [::]:4264)
     tls over tcp on 127.0.0.1:4264       (one line per TLS/TCP listener, unless tcp_enabled = false)
+    nat behaviour on 127.0.0.1:4265      (the second UDP port, unless behaviour_enabled = false or it is taken)
     metrics on http://127.0.0.1:9464/metrics   (only when enabled)
     web page on https://NAME:4264/             (web_enabled: one line per TLS/TCP port with web_certificate,
                                                 one for web_port; NAME = the certificate's first DNS name)
     client flag: --beacon HOST:PORT=HASH       (what a client configures, ready to paste)
     client config: beacons = [{hostname = "HOST:PORT", cert_hash = "HASH"}]
     client note: replace YOUR.HOST with ...    (only when listening on 0.0.0.0)
+    firewall: open 4264/udp (QUIC), 4265/udp (NAT behaviour), 4264/tcp (TLS)   (every port to let in)
     workers: 4                           (only with workers > 1: the supervisor, see beacon.workers)
     ready
 
@@ -211,9 +213,13 @@ async def _serve(
     lines += [f"listening on {address}" for address in addresses]
     tcp_addresses = [_show(host, port) for host, port in server.tcp_addresses]
     lines += [f"tls over tcp on {address}" for address in tcp_addresses]
+    behaviour = None if server.behaviour_port is None else _show(files.config.host, server.behaviour_port)
+    if behaviour is not None:
+        lines.append(f"nat behaviour on {behaviour}")
     if metrics:
         lines.append(f"metrics on {metrics}")
     lines += client_lines(files.config.host, server.port, server.ipv6_port, server.fingerprint)
+    lines.append(firewall_line(server))
     if web is not None:
         lines += web_lines(web, server.tcp_addresses)
     lines.append("ready")
@@ -226,6 +232,7 @@ async def _serve(
                     "fingerprint": server.fingerprint,
                     "addresses": addresses,
                     "tcp_addresses": tcp_addresses,
+                    "behaviour_address": behaviour,
                     "port": server.port,
                     "ipv6_port": server.ipv6_port,
                     "metrics": metrics,
@@ -283,6 +290,16 @@ def client_lines(host: str, port: int, ipv6_port: int | None, fingerprint: str) 
             f"clients need {ports} reachable"
         )
     return lines
+
+
+def firewall_line(server: BeaconServer) -> str:
+    """Every port a firewall in front of the beacon must let in, with what each one is for."""
+    udp = {server.port} if server.ipv6_port is None else {server.port, server.ipv6_port}
+    ports = [f"{port}/udp (QUIC)" for port in sorted(udp)]
+    if server.behaviour_port is not None:
+        ports.append(f"{server.behaviour_port}/udp (NAT behaviour)")
+    ports += [f"{port}/tcp (TLS)" for port in sorted({port for _, port in server.tcp_addresses})]
+    return "firewall: open " + ", ".join(ports)
 
 
 def _without_ready_file(argv: list[str]) -> list[str]:

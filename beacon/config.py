@@ -144,12 +144,17 @@ class BeaconConfig:
         _range(0, 65535),
         follows="port",
     )
+    behaviour_enabled: bool = _setting(
+        True,
+        "Answer NAT-behaviour requests on a second UDP port (behaviour_port; open it in the firewall too), so"
+        " that peers with this beacon alone learn whether their NAT maps per destination (then pairs that"
+        " cannot punch go to the relay at once, and hard NATs are punched by birthday probing) and whether it"
+        " filters by port (an answer from the main port, only to an address that proved it receives there).",
+    )
     behaviour_port: int = _setting(
         0,
-        "Second UDP port answering NAT-behaviour requests, so that peers with one beacon learn whether their"
-        " NAT maps per destination and (an answer from the main port, to an address that proved it receives"
-        " there) whether it filters by port (0 = off). Clients older than this feature cannot use a beacon with"
-        " it on.",
+        "The second UDP port. 0 = the UDP port + 1 (4265 with the default port); when that port is taken the"
+        " beacon serves without it and logs a warning.",
         _range(0, 65535),
     )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import errno
 import functools
 import gc
@@ -41,7 +42,7 @@ from beacon.store import MeetingStore, make_store
 from beacon.tcp_service import TcpService, WebEndpoint
 from certs import CertificateBundle, create_bundle
 from discretpeer import _aioquic, stateless_reset
-from discretpeer.addresses import Addr
+from discretpeer.addresses import Addr, unmap_host
 from discretpeer.endpoint import (
     CONNECTION_ID_LENGTH,
     SMALLEST_INITIAL,
@@ -138,7 +139,7 @@ class _Client:
         self.instance = b""
         self.decoder = wire.FrameDecoder(max_frame=max_frame)
         self.frames: TokenBucket | None = None
-        self.hello = False
+        self.hello = 0  # the protocol version of its Hello (0: none yet)
         self.closing = False  # decided to close: no more frames in or out, gone from the tables
         self.gone = False  # QUIC connection terminated
         self.counted = False  # counted in the per-IP connection count
@@ -376,6 +377,7 @@ class BeaconServer:
         self._metrics_http: MetricsHTTPServer | None = None
         self._behaviour: BehaviourResponder | None = None  # the second UDP port (behaviour_port)
         self._behaviour_transport: asyncio.BaseTransport | None = None
+        self.behaviour_port: int | None = None  # bound (its number), else None
         self.metrics_address: Addr | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_full_gc = 0.0
@@ -458,15 +460,8 @@ class BeaconServer:
                     self.log.warning("ipv6_unavailable", host=c.ipv6_host, port=c.ipv6_port, error=str(exc))
             if c.tcp_enabled:
                 await self._listen_tcp()
-            if c.behaviour_port:
-                responder = self._behaviour = BehaviourResponder(
-                    key=cookie_key(self.bundle.private_key.private_bytes_raw()),
-                    send_from_main=self._send_from_main,
-                )
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: responder, local_addr=(c.host, c.behaviour_port)
-                )
-                self._behaviour_transport = transport
+            if c.behaviour_enabled:
+                await self._listen_behaviour()
             if c.metrics_enabled:
                 self._metrics_http = MetricsHTTPServer(self.metrics)
                 self.metrics_address = await self._metrics_http.start("127.0.0.1", c.metrics_port)
@@ -603,6 +598,37 @@ class BeaconServer:
             if ":" not in host:
                 return port
         return None
+
+    async def _listen_behaviour(self) -> None:
+        """The second UDP port (NAT-behaviour requests). Its default, the main port + 1, may be
+        taken on this host: then the beacon serves without it and says so; a port the owner
+        chose must be free."""
+        c = self.config
+        port = c.behaviour_port or (self.port + 1 if c.port else 0)
+        responder = BehaviourResponder(
+            key=cookie_key(self.bundle.private_key.private_bytes_raw()), send_from_main=self._send_from_main
+        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            if port > 65535:
+                raise OSError(errno.EADDRNOTAVAIL, "the main port + 1 is beyond 65535")
+            if self._given_sockets:  # every worker answers on it: the answer is stateless
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((c.host, port))
+        except OSError as exc:
+            sock.close()
+            if c.behaviour_port or port == 0:
+                raise OSError(exc.errno, f"cannot listen on {c.host}:{port} (behaviour_port): {exc.strerror}") from exc
+            self.log.warning(
+                "behaviour_port_unavailable",
+                port=port,
+                error=exc.strerror or str(exc),
+                hint="peers with this beacon alone cannot tell their NAT's mapping; set behaviour_port to a free port",
+            )
+            return
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: responder, sock=sock)
+        self._behaviour, self._behaviour_transport = responder, transport
+        self.behaviour_port = sock.getsockname()[1]
 
     def _send_from_main(self, data: bytes, to: Addr) -> bool:
         """A behaviour answer sent from the main port (the filtering check; beacon/behaviour.py
@@ -859,7 +885,7 @@ class BeaconServer:
             )
             return
         assert client.observed is not None
-        client.hello = True
+        client.hello = hello.version
         client.instance = hello.instance
         if client.timer is not None:
             client.timer.cancel()
@@ -871,7 +897,12 @@ class BeaconServer:
                 version=hello.version,
                 observed=client.observed,
                 max_tokens=self.config.max_tokens_per_connection,
-                behaviour_port=self.config.behaviour_port or None,
+                # a version-1 decoder refuses the trailing field; the port listens on IPv4 only
+                behaviour_port=(
+                    self.behaviour_port
+                    if hello.version >= wire.BEHAVIOUR_VERSION and ":" not in unmap_host(client.address[0])
+                    else None
+                ),
             ),
         )
 
@@ -884,8 +915,8 @@ class BeaconServer:
             client.observed = current
             self.store.join(client.key, client.instance, current)
         try:
-            if announce.mapping is not None and self.config.behaviour_port:
-                self.meetings.set_mapping(client.key, announce.mapping)
+            if announce.mapping is not None and self.behaviour_port:
+                self.store.set_mapping(client.key, announce.mapping)
             result = self.store.announce(client.key, announce.add, announce.withdraw, announce.candidates)
         except TooManyTokens as exc:
             self.metrics.rejections.labels("too_many_tokens").inc()
@@ -915,7 +946,11 @@ class BeaconServer:
 
     def introduce(self, key: Any, introduction: wire.Introduction) -> None:
         target = self._clients.get(key)
-        if target is not None and self._send(target, introduction):
+        if target is None:
+            return
+        if introduction.mapping is not None and target.hello < wire.BEHAVIOUR_VERSION:
+            introduction = dataclasses.replace(introduction, mapping=None)  # a version-1 decoder refuses it
+        if self._send(target, introduction):
             self.metrics.introductions.inc()
 
     def evicted(self, key: Any, token: bytes) -> None:

@@ -56,6 +56,10 @@ class MeetingStore(Protocol):
 
     def join(self, key: Key, instance: bytes, observed: Address) -> None: ...
 
+    def set_mapping(self, key: Key, mapping: int) -> None:
+        """What the connection learned of its NAT's mapping (wire.MAPPING_*), carried in the
+        introductions of it from its next announce on."""
+
     def announce(
         self,
         key: Key,
@@ -88,6 +92,9 @@ class MemoryStore:
 
     def join(self, key: Key, instance: bytes, observed: Address) -> None:
         self.table.join(key, instance, observed)
+
+    def set_mapping(self, key: Key, mapping: int) -> None:
+        self.table.set_mapping(key, mapping)
 
     def announce(
         self,

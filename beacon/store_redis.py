@@ -55,7 +55,7 @@ from typing import Any
 from beacon.limits import ip_key
 from beacon.meetings import MAX_PEERS_PER_TOKEN_PER_IP, Announced, MeetingTable, tokens_to_add
 from beacon.store import StoreHooks, StoreUnavailable
-from discretpeer.proto.wire import Address, Introduction
+from discretpeer.proto.wire import MAPPING_DEPENDENT, MAPPING_INDEPENDENT, MAPPING_UNKNOWN, Address, Introduction
 
 Key = Hashable
 PREFIX = "dp:"
@@ -66,12 +66,13 @@ MAX_QUEUED = 200_000  # writes waiting for Redis; beyond, the store counts as lo
 
 # KEYS: none (built from the prefix: one database). ARGV: prefix, gkey, instance, ttl,
 # max_per_token, max_per_ip, n_withdraw, withdraw..., add...
-# Returns {full tokens}, {victim, token, ...}, {token, other, instance, observed, candidates, ...}
+# Returns {full tokens}, {victim, token, ...}, {token, other, instance, observed, candidates, mapping, ...}
+# (mapping: wire.MAPPING_* as a decimal string, '' when the member reported none)
 ANNOUNCE_LUA = r"""
 local P, me, inst, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local maxp, maxip, nw = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local mkey, hkey = P .. 'm:' .. me, P .. 'h:' .. me
-local mine_info = redis.call('HMGET', mkey, 'p', 'o', 'c')
+local mine_info = redis.call('HMGET', mkey, 'p', 'o', 'c', 'b')
 local myip = mine_info[1]
 if not myip then return {{}, {}, {}} end
 local mynode = string.match(me, '^(.*):')
@@ -130,15 +131,16 @@ for i = 8 + nw, #ARGV do
       end
       for _, h in ipairs(live) do
         if h ~= victim then
-          local info = redis.call('HMGET', P .. 'm:' .. h, 'i', 'o', 'c')
+          local info = redis.call('HMGET', P .. 'm:' .. h, 'i', 'o', 'c', 'b')
           if info[1] and info[1] ~= inst then
             table.insert(intros, tok)
             table.insert(intros, h)
             table.insert(intros, info[1])
             table.insert(intros, info[2])
             table.insert(intros, info[3])
+            table.insert(intros, info[4] or '')
             tell(h, {k = 'intro', from = me, tok = hex(tok), inst = hex(inst), obs = mine_info[2],
-                     cand = mine_info[3] or ''})
+                     cand = mine_info[3] or '', map = mine_info[4] or ''})
           end
         end
       end
@@ -169,6 +171,7 @@ class _Local:
     instance: bytes
     observed: Address
     candidates: tuple[Address, ...] = ()
+    mapping: int | None = None  # its NAT's mapping as it reported it (wire.MAPPING_*)
     tokens: dict[bytes, None] = field(default_factory=dict)
     # token → other connection (local key or "<node>:<conn>") → its instance, oldest first
     met: dict[bytes, dict[Key, bytes]] = field(default_factory=dict)
@@ -372,6 +375,13 @@ class RedisStore:
             self._degraded_table.join(key, instance, observed)
         self._push(("join", key))
 
+    def set_mapping(self, key: Key, mapping: int) -> None:
+        local = self._local.get(key)
+        if local is not None:
+            local.mapping = mapping  # written with its next announce
+        if self._degraded_table is not None:
+            self._degraded_table.set_mapping(key, mapping)
+
     def announce(
         self,
         key: Key,
@@ -401,7 +411,7 @@ class RedisStore:
         connection they were introduced to."""
         assert self._hooks is not None
         for token, met in local.met.items():
-            intro = Introduction(token, local.instance, local.observed, local.candidates)
+            intro = Introduction(token, local.instance, local.observed, local.candidates, local.mapping)
             for other in met:
                 if other in self._local:
                     self._hooks.introduce(other, intro)
@@ -534,6 +544,8 @@ class RedisStore:
                         continue
                     if with_candidates:
                         pipe.hset(f"{PREFIX}m:{self._gkey(key)}", "c", _encode_candidates(local.candidates))
+                    if local.mapping is not None:
+                        pipe.hset(f"{PREFIX}m:{self._gkey(key)}", "b", str(local.mapping))
                     new = [t for t in new if t in local.tokens]  # withdrawn meanwhile: skip
                     self._queue_announce(pipe, key, local, withdraw, new)
                     plan.append((len(pipe), key, local, new))
@@ -583,19 +595,22 @@ class RedisStore:
         for token in full:
             local.tokens.pop(token, None)
         introductions: list[tuple[Key, Introduction]] = []
-        for i in range(0, len(intros_raw), 5):
-            token, other, instance, observed, candidates = intros_raw[i : i + 5]
+        for i in range(0, len(intros_raw), 6):
+            token, other, instance, observed, candidates, mapping = intros_raw[i : i + 6]
             token, other_g = bytes(token), other.decode() if isinstance(other, bytes) else other
             other_key = self._local_key(other_g)
             if other_key is None and other_g.rpartition(":")[0] == self.node:
                 continue  # held here and gone meanwhile (its removal is on its way)
             other_ref: Key = other_key if other_key is not None else other_g
             if live and self._remember(key, token, other_ref, bytes(instance)):
-                intro = Introduction(token, bytes(instance), _decode_address(observed), _decode_candidates(candidates))
+                intro = Introduction(
+                    token, bytes(instance), _decode_address(observed), _decode_candidates(candidates), _mapping(mapping)
+                )
                 introductions.append((key, intro))
             # a connection held by another worker: the script published its introduction there
             if other_key is not None and live and self._remember(other_key, token, key, local.instance):
-                introductions.append((other_key, Introduction(token, local.instance, local.observed, local.candidates)))
+                intro = Introduction(token, local.instance, local.observed, local.candidates, local.mapping)
+                introductions.append((other_key, intro))
         evicted: list[tuple[Key, bytes]] = []
         for i in range(0, len(evicted_raw), 2):
             victim_g = evicted_raw[i].decode() if isinstance(evicted_raw[i], bytes) else evicted_raw[i]
@@ -772,6 +787,7 @@ def _intro_to_json(intro: Introduction) -> dict[str, str]:
         "inst": intro.instance.hex(),
         "obs": _encode_address(intro.observed),
         "cand": _encode_candidates(intro.candidates),
+        "map": "" if intro.mapping is None else str(intro.mapping),
     }
 
 
@@ -781,7 +797,16 @@ def _intro_from_json(message: dict[str, Any]) -> Introduction:
         bytes.fromhex(message["inst"]),
         _decode_address(message["obs"]),
         _decode_candidates(message["cand"]),
+        _mapping(message.get("map", "")),
     )
+
+
+def _mapping(raw: Any) -> int | None:
+    """A mapping field as Redis or a worker's message carries it; None when absent or not one
+    of the known values (a member hash is written only by our workers, but never trusted)."""
+    text = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+    known = {str(m): m for m in (MAPPING_UNKNOWN, MAPPING_INDEPENDENT, MAPPING_DEPENDENT)}
+    return known.get(text)
 
 
 def _int_or_none(text: str) -> int | None:

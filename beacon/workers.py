@@ -282,8 +282,16 @@ class Supervisor:
         lines = [f"certificate hash: {first['fingerprint']}"]
         lines += [f"listening on {a}" for a in first["addresses"]]
         lines += [f"tls over tcp on {a}" for a in first.get("tcp_addresses", [])]
+        if first.get("behaviour_address"):
+            lines.append(f"nat behaviour on {first['behaviour_address']}")
         if metrics:
             lines.append(f"metrics on {metrics}")
+        udp = sorted({first["port"]} | ({first["ipv6_port"]} if first.get("ipv6_port") else set()))
+        ports = [f"{port}/udp (QUIC)" for port in udp]
+        if first.get("behaviour_address"):
+            ports.append(f"{first['behaviour_address'].rpartition(':')[2]}/udp (NAT behaviour)")
+        ports += [f"{p}/tcp (TLS)" for p in sorted({int(a.rpartition(":")[2]) for a in first.get("tcp_addresses", [])})]
+        lines.append("firewall: open " + ", ".join(ports))
         lines.append(f"workers: {self.count}")
         lines.append("ready")
         if self.ready_file is not None:
@@ -292,6 +300,7 @@ class Supervisor:
                 "fingerprint": first["fingerprint"],
                 "addresses": first["addresses"],
                 "tcp_addresses": first.get("tcp_addresses", []),
+                "behaviour_address": first.get("behaviour_address"),
                 "port": first["port"],
                 "ipv6_port": first["ipv6_port"],
                 "metrics": metrics,

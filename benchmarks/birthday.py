@@ -1,5 +1,5 @@
-"""Hard-NAT (birthday) probing in the NAT lab: symmetric ↔ port_restricted, one beacon with a
-behaviour port, ``runs`` meetings; per meeting: did it end direct, introduction → direct (ms),
+"""Hard-NAT (birthday) probing in the NAT lab: symmetric ↔ port_restricted, one default beacon
+(behaviour port on), ``runs`` meetings; per meeting: did it end direct, introduction → direct (ms),
 packets sent by both sides. Blocking (the lab drives namespaces by subprocess)."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from typing import Any
 
 def birthday_meetings(runs: int, log_dir: Path) -> dict[str, Any]:
     from tests.natlab.lab import Lab, LabUnavailable
-    from tests.natlab.test_behaviour import start_beacon_with_behaviour_port
-    from tests.natlab.test_matrix import BEACON_IP, DELAY_MS, first, run_pair
+    from tests.natlab.test_matrix import BEACON_IP, DELAY_MS, first, run_pair, start_beacon
 
     try:
         lab = Lab()
@@ -25,7 +24,7 @@ def birthday_meetings(runs: int, log_dir: Path) -> dict[str, Any]:
         lab.add_home("A", "symmetric")
         lab.add_home("B", "port_restricted")
         lab.set_delay(DELAY_MS)
-        _, entry = start_beacon_with_behaviour_port(lab, workdir)
+        _, entry = start_beacon(lab, workdir)
         for _ in range(runs):
             events_a, events_b = run_pair(lab, workdir, "A1", "B1", entry, payload=1000, hold=4)
             ca = first(events_a, "connected")

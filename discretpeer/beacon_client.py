@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from discretpeer._aioquic import smoothed_rtt
 from discretpeer.addresses import Addr
 from discretpeer.beacon_dial import HANDSHAKE_TIMEOUT, BeaconDialer, BeaconLink, PinMismatch, describe_failure
 from discretpeer.beacon_tcp import TcpChannel, TlsPinMismatch
@@ -58,6 +59,11 @@ BACKOFF_CAP = 30.0
 STABLE_AFTER = 10.0  # a connection that lived this long resets the backoff
 TOKEN_FULL_RETRY = 10.0  # seconds (± jitter) before announcing a token the beacon refused as full again
 UDP_RETRY_INTERVAL = 15.0  # while on TCP: how often UDP is tried again
+# the behaviour port is asked before the first Announce (introductions then carry what our NAT
+# does), for 4 handshake RTTs within these bounds: a beacon whose firewall drops that port costs
+# one such wait, and is not waited for again for BEHAVIOUR_SILENT_SKIP seconds
+BEHAVIOUR_WAIT = (0.15, 0.6)
+BEHAVIOUR_SILENT_SKIP = 600.0
 
 
 class BeaconLost(ConnectionError):
@@ -111,7 +117,7 @@ class BeaconClient:
         on_disconnect: Callable[[BeaconClient, Addr], None] | None = None,
         on_token_full: Callable[[BeaconClient, bytes, str], None] | None = None,
         rng: random.Random | None = None,
-        observe_behaviour: Callable[[Addr], Awaitable[Addr | None]] | None = None,
+        observe_behaviour: Callable[[Addr, float], Awaitable[Addr | None]] | None = None,
     ) -> None:
         self.spec = spec
         self.status = BeaconStatus(beacon=spec.hostname)
@@ -125,6 +131,7 @@ class BeaconClient:
         self._on_token_full = on_token_full
         self._retry_full: asyncio.TimerHandle | None = None
         self._observe_behaviour = observe_behaviour
+        self._behaviour_silent_until = 0.0  # monotonic: its behaviour port did not answer
         self.mapping: int | None = None  # wire.MAPPING_*, learned from the beacon's behaviour port
         self._rng = rng or random.Random()
         self._tokens: set[bytes] = set()
@@ -265,10 +272,20 @@ class BeaconClient:
         self.status.connects += 1
         self.status.last_error = None
         self._announced = set()
-        if welcome.behaviour_port and self._observe_behaviour is not None and link.channel is None:
+        if (
+            welcome.behaviour_port
+            and self._observe_behaviour is not None
+            and link.protocol is not None
+            and time.monotonic() >= self._behaviour_silent_until
+        ):
             # before our first Announce: introductions then carry what our NAT does (one RTT)
             started = time.monotonic()
-            second = await self._observe_behaviour((link.address[0], welcome.behaviour_port))
+            low, high = BEHAVIOUR_WAIT
+            wait = min(high, max(low, 4 * smoothed_rtt(link.protocol.quic)))
+            second = await self._observe_behaviour((link.address[0], welcome.behaviour_port), wait)
+            if second is None:
+                self._behaviour_silent_until = time.monotonic() + BEHAVIOUR_SILENT_SKIP
+                log.info("nat behaviour port did not answer", beacon=str(self.spec), waited_ms=round(1000 * wait))
             self.mapping = self.status.mapping = classify(welcome.observed.to_socket(), second)
             self.status.second_observed, self.status.behaviour_ms = second, 1000 * (time.monotonic() - started)
             log.info("nat mapping", beacon=str(self.spec), second_port_saw=second, mapping=self.mapping)

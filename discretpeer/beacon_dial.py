@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aioquic.quic.configuration import QuicConfiguration
@@ -27,8 +28,10 @@ from discretpeer.config import BeaconSpec
 from discretpeer.endpoint import Endpoint, EndpointProtocol
 from discretpeer.proto.wire import (
     BEACON_ALPN,
+    MIN_VERSION,
     PROTOCOL_VERSION,
     Error,
+    ErrorCode,
     FrameDecoder,
     Hello,
     Message,
@@ -46,6 +49,10 @@ TCP_HEAD_START = 0.3  # QUIC's lead before TLS/TCP starts (at once when UDP send
 
 class PinMismatch(ConnectionError):
     pass
+
+
+class VersionRefused(ConnectionError):
+    """The beacon answered Hello with UNSUPPORTED_VERSION (an older beacon)."""
 
 
 class BeaconLink:
@@ -96,6 +103,18 @@ class BeaconDialer:
         self._instance = instance
         self._status = status
         self.late_udp: asyncio.Task[BeaconLink] | None = None  # lost the race but may still succeed
+        # lowered to MIN_VERSION for this beacon once it refused ours (an older beacon), for the
+        # dialer's life: one refused Hello, not one per reconnect
+        self.version = PROTOCOL_VERSION
+
+    async def _hello_with_fallback(self, open_as: Callable[[int], Awaitable[BeaconLink]]) -> BeaconLink:
+        try:
+            return await open_as(self.version)
+        except VersionRefused:
+            if self.version == MIN_VERSION:
+                raise
+            self.version = MIN_VERSION
+            return await open_as(MIN_VERSION)
 
     async def resolve(self) -> list[Addr]:
         loop = asyncio.get_running_loop()
@@ -128,11 +147,14 @@ class BeaconDialer:
         raise ConnectionError("; ".join(errors) or "no address answered")
 
     async def _open_tcp(self) -> BeaconLink:
+        return await self._hello_with_fallback(self._open_tcp_as)
+
+    async def _open_tcp_as(self, version: int) -> BeaconLink:
         spec = self.spec
         proxy = proxy_for(spec.host, spec.proxy)
         channel = await open_channel(spec.host, spec.tcp, spec.cert_hash, proxy=proxy, timeout=HANDSHAKE_TIMEOUT)
         try:
-            channel.send(Hello(version=PROTOCOL_VERSION, instance=self._instance))
+            channel.send(Hello(version=version, instance=self._instance))
             welcome, early = await asyncio.wait_for(self._tcp_welcome(channel), HANDSHAKE_TIMEOUT)
         except BaseException:
             channel.close()
@@ -215,6 +237,9 @@ class BeaconDialer:
         raise ConnectionError(f"UDP: {describe_failure(errors['udp'])}; TCP: {describe_failure(errors['tcp'])}")
 
     async def _open_quic(self, address: Addr) -> BeaconLink:
+        return await self._hello_with_fallback(lambda version: self._open_quic_as(address, version))
+
+    async def _open_quic_as(self, address: Addr, version: int) -> BeaconLink:
         configuration = QuicConfiguration(
             is_client=True,
             alpn_protocols=[BEACON_ALPN],
@@ -232,7 +257,7 @@ class BeaconDialer:
             if fingerprint != self.spec.cert_hash:
                 raise PinMismatch(f"beacon {self.spec} certificate hash is {fingerprint}, pinned {self.spec.cert_hash}")
             reader, writer = await protocol.create_stream()
-            writer.write(encode(Hello(version=PROTOCOL_VERSION, instance=self._instance)))
+            writer.write(encode(Hello(version=version, instance=self._instance)))
             decoder = FrameDecoder()
             welcome, early = await asyncio.wait_for(self._read_until_welcome(reader, decoder), HANDSHAKE_TIMEOUT)
         except BaseException:
@@ -260,6 +285,8 @@ def _welcome_in(messages: list[Message]) -> tuple[Welcome, list[Message]] | None
         if isinstance(message, Welcome):
             return message, messages[index + 1 :]
         if isinstance(message, Error):
+            if message.code == ErrorCode.UNSUPPORTED_VERSION:
+                raise VersionRefused(f"beacon refused: {message.error_code!s} {message.message}")
             raise ConnectionError(f"beacon refused: {message.error_code!s} {message.message}")
     return None
 

@@ -31,12 +31,15 @@ RESENDS = (0.0, 0.2, 0.4)  # three tries over 0.6 s: a lost packet costs one sho
 
 
 async def ask(send: Callable[[], None], future: asyncio.Future[T], timeout: float = 0.6) -> T | None:
-    """Send at each of RESENDS until ``future`` is done; its result as soon as it is, or None once
-    ``timeout`` seconds have passed since the first send (at least 50 ms after the last one)."""
+    """Send three times (RESENDS, compressed when ``timeout`` is shorter than 0.6 s) until
+    ``future`` is done; its result as soon as it is, or None once ``timeout`` seconds have passed
+    since the first send (and a little after the last one)."""
     loop = asyncio.get_running_loop()
+    scale = min(1.0, timeout / 0.6)
+    resends = [at * scale for at in RESENDS]
     started = loop.time()
-    deadline = started + max(timeout, RESENDS[-1] + 0.05)
-    for next_at in (*RESENDS[1:], None):
+    deadline = started + max(timeout, resends[-1] + 0.05 * scale)
+    for next_at in (*resends[1:], None):
         if future.done():
             break
         send()

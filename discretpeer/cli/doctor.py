@@ -338,8 +338,8 @@ def _check_filtering(report: Report, check: Netcheck) -> None:
         report.add(
             OK,
             "filtering",
-            "unknown: no beacon reached over UDP has a behaviour port (behaviour_port in its "
-            "Beacon.conf.toml) to answer from a port we never sent to",
+            "unknown: no beacon reached over UDP named a behaviour port (an older beacon, or "
+            "behaviour_enabled = false in its Beacon.conf.toml) to answer from a port we never sent to",
             filtering=None,
             port_dependent=None,
             ms=None,

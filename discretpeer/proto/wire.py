@@ -12,7 +12,15 @@ naming what was wrong and close, instead of crashing.
 
 The first frame of a client is :class:`Hello`; the beacon answers :class:`Welcome` (or an
 ``Error`` with ``UNSUPPORTED_VERSION``). Version negotiation is by the u16 ``version``: the beacon
-accepts versions ``MIN_VERSION..PROTOCOL_VERSION``.
+accepts versions ``MIN_VERSION..PROTOCOL_VERSION`` and speaks the client's version on that
+connection (its Welcome carries it). A client whose version a beacon refuses tries again with
+``MIN_VERSION``.
+
+Versions:
+  1. the base protocol.
+  2. the optional trailing fields of the NAT-behaviour discovery: ``Welcome.behaviour_port``,
+     ``Announce.mapping``, ``Introduction.mapping`` (a version-1 decoder refuses trailing bytes,
+     so a beacon sends them only on version-2 connections).
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ from typing import ClassVar
 
 from discretpeer.addresses import Addr, unmap_ip
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MIN_VERSION = 1
+BEHAVIOUR_VERSION = 2  # the first version with the NAT-behaviour fields
 BEACON_ALPN = "discretpeer-beacon/1"
 PEER_ALPN = "discretpeer/1"
 

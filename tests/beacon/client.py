@@ -76,6 +76,7 @@ class BeaconClient:
         instance: bytes | None = None,
         hello: bool = True,
         timeout: float = 5.0,
+        version: int = wire.PROTOCOL_VERSION,
     ) -> BeaconClient:
         owns = endpoint is None
         if endpoint is None:
@@ -95,7 +96,7 @@ class BeaconClient:
             raise
         client = cls(endpoint, protocol, instance or os.urandom(wire.INSTANCE_SIZE), owns)
         if hello:
-            client.send(wire.Hello(version=wire.PROTOCOL_VERSION, instance=client.instance))
+            client.send(wire.Hello(version=version, instance=client.instance))
             client.welcome = await client.expect(wire.Welcome)
         return client
 

@@ -226,6 +226,9 @@ async def test_prints_the_client_configuration(tmp_path):
     (from_toml,) = parse_beacons(tomllib.loads(toml_line)["beacons"])
     assert from_flag == from_toml
     assert not any(line.startswith("client note: ") for line in lines)
+    firewall = next(line for line in lines if line.startswith("firewall: open "))
+    behaviour = next(line for line in lines if line.startswith("nat behaviour on ")).rpartition(":")[2]
+    assert firewall == f"firewall: open {port}/udp (QUIC), {behaviour}/udp (NAT behaviour), {port}/tcp (TLS)"
 
     # every interface: the beacon cannot know its public name, so it says what to put there
     lines = await _start_lines_and_stop("--dir", str(tmp_path / "b"), "--host", "0.0.0.0", "--port", "0", "--no-ipv6")

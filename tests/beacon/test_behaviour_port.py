@@ -1,5 +1,6 @@
 """The beacon's behaviour port: answers well-formed requests only, smaller than they are, at a
-capped rate; off by default; and a real peer learns its (loopback: unchanged) mapping from it.
+capped rate; on by default on the main port + 1 (a taken port is a warning), never named to a
+version-1 client; and a real peer learns its (loopback: unchanged) mapping from it.
 
 The filtering check: cookies prove an address before the main port answers it (property tests of
 the responder's policy, real sockets with garbage, forged cookies, floods and forged source
@@ -26,6 +27,7 @@ from discretpeer.behaviour_probe import FILTER_NO_ANSWER, FILTER_OPEN, FILTER_UN
 from discretpeer.cli.doctor import Netcheck, Report, _check_filtering
 from discretpeer.cli.output import Console
 from discretpeer.proto import wire
+from tests.beacon.client import BeaconClient
 
 
 def free_udp_port() -> int:
@@ -64,9 +66,54 @@ async def test_answers_requests_only_and_is_capped() -> None:
         assert server._behaviour.dropped >= len(junk) - 1  # the empty datagram may not even arrive
 
 
-async def test_off_by_default_and_the_welcome_is_unchanged() -> None:
-    async with BeaconServer(loopback_config(), create_bundle()) as server:
-        assert server._behaviour is None
+def free_port_pair() -> int:
+    """A UDP port P on 127.0.0.1 with P + 1 free too (at the time of asking)."""
+    for _ in range(50):
+        port = free_udp_port()
+        if port >= 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of UDP ports")
+
+
+async def test_on_by_default_on_the_port_after_the_main_one() -> None:
+    port = free_port_pair()
+    async with BeaconServer(loopback_config(port=port), create_bundle()) as server:
+        assert server.behaviour_port == port + 1
+        entry = {"hostname": f"127.0.0.1:{server.port}", "cert_hash": server.fingerprint}
+        async with Peer(Identity.generate(), [entry], host="127.0.0.1") as peer:
+            assert await peer.wait_beacons(5) == 1
+            assert peer._clients[0].status.behaviour_port == port + 1
+            assert peer._clients[0].mapping == wire.MAPPING_INDEPENDENT
+            assert server._behaviour is not None and server._behaviour.answered >= 1
+
+
+async def test_a_taken_default_port_is_a_warning_an_owners_choice_an_error() -> None:
+    port = free_port_pair()
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    squatter.bind(("127.0.0.1", port + 1))
+    try:
+        async with BeaconServer(loopback_config(port=port), create_bundle()) as server:
+            assert server.behaviour_port is None and server._behaviour is None
+            entry = {"hostname": f"127.0.0.1:{server.port}", "cert_hash": server.fingerprint}
+            async with Peer(Identity.generate(), [entry], host="127.0.0.1") as peer:
+                assert await peer.wait_beacons(5) == 1
+                assert peer._clients[0].mapping is None
+        with pytest.raises(OSError, match="behaviour_port"):
+            async with BeaconServer(loopback_config(behaviour_port=port + 1), create_bundle()):
+                pass
+    finally:
+        squatter.close()
+
+
+async def test_off_when_disabled_and_the_welcome_is_unchanged() -> None:
+    async with BeaconServer(loopback_config(behaviour_enabled=False), create_bundle()) as server:
+        assert server._behaviour is None and server.behaviour_port is None
         async with Peer(
             Identity.generate(),
             [{"hostname": f"127.0.0.1:{server.port}", "cert_hash": server.fingerprint}],
@@ -74,6 +121,78 @@ async def test_off_by_default_and_the_welcome_is_unchanged() -> None:
         ) as peer:
             assert await peer.wait_beacons(5) == 1
             assert peer._clients[0].mapping is None
+
+
+async def test_a_version_1_client_gets_none_of_the_behaviour_fields() -> None:
+    """Its decoder refuses trailing bytes: no behaviour port in its Welcome, no mapping in the
+    introductions it gets, even of a peer that reported one; a version-2 client gets both."""
+    async with BeaconServer(loopback_config(), create_bundle()) as server:
+        address, pin = server.addresses[0], server.fingerprint
+        old = await BeaconClient.connect(address, pin, version=1)
+        new = await BeaconClient.connect(address, pin)
+        try:
+            assert old.welcome.version == 1 and old.welcome.behaviour_port is None
+            assert new.welcome.version == 2 and new.welcome.behaviour_port == server.behaviour_port
+            token = os.urandom(wire.TOKEN_SIZE)
+            new.send(wire.Announce(add=(token,), mapping=wire.MAPPING_DEPENDENT))
+            await asyncio.sleep(0.1)
+            old.send(wire.Announce(add=(token,)))
+            to_old = await old.expect(wire.Introduction)
+            to_new = await new.expect(wire.Introduction)
+            assert to_old.instance == new.instance and to_old.mapping is None
+            assert to_new.instance == old.instance
+        finally:
+            await old.close()
+            await new.close()
+
+
+async def test_an_ipv6_client_is_not_sent_to_the_ipv4_only_behaviour_port() -> None:
+    config = loopback_config(ipv6_enabled=True, ipv6_host="::1", ipv6_port=0)
+    async with BeaconServer(config, create_bundle()) as server:
+        assert server.ipv6_port is not None  # this machine (and CI) has IPv6 on loopback
+        v4 = await BeaconClient.connect(server.addresses[0], server.fingerprint)
+        v6 = await BeaconClient.connect(("::1", server.ipv6_port), server.fingerprint, local_host="::1")
+        try:
+            assert v4.welcome.behaviour_port == server.behaviour_port is not None
+            assert v6.welcome.behaviour_port is None  # it would wait for an answer that never comes
+        finally:
+            await v4.close()
+            await v6.close()
+
+
+async def test_a_client_falls_back_to_version_1_with_an_older_beacon(monkeypatch) -> None:
+    monkeypatch.setattr(wire, "PROTOCOL_VERSION", 1)  # what the beacon's Hello check reads: an older beacon
+    async with BeaconServer(loopback_config(), create_bundle()) as server:
+        entry = {"hostname": f"127.0.0.1:{server.port}", "cert_hash": server.fingerprint}
+        async with Peer(Identity.generate(), [entry], host="127.0.0.1") as peer:
+            assert await peer.wait_beacons(5) == 1
+            client = peer._clients[0]
+            assert client.dialer.version == 1 and client.status.behaviour_port is None
+            assert client.mapping is None
+
+
+async def test_a_silent_behaviour_port_costs_one_short_wait() -> None:
+    """A firewall that drops the second port: the first Announce waits 4 RTT (at least 0.15 s),
+    not 0.6 s, and reconnects to that beacon do not wait for it again."""
+    async with BeaconServer(loopback_config(), create_bundle()) as server:
+        assert server._behaviour_transport is not None
+        server._behaviour_transport.close()  # the port stays named in Welcomes, nothing answers
+        entry = {"hostname": f"127.0.0.1:{server.port}", "cert_hash": server.fingerprint}
+        async with Peer(Identity.generate(), [entry], host="127.0.0.1") as peer:
+            assert await peer.wait_beacons(5) == 1
+            client = peer._clients[0]
+            assert client.mapping == wire.MAPPING_UNKNOWN
+            assert 140 <= client.status.behaviour_ms <= 400
+            assert client._behaviour_silent_until > time.monotonic()
+            first_wait = client.status.behaviour_ms
+            before = client.status.connects
+            client._protocol.close(reason_phrase="test: reconnect")  # the client reconnects by itself
+            deadline = time.monotonic() + 10
+            while client.status.connects == before and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert client.status.connects == before + 1
+            assert client.status.behaviour_ms == first_wait  # not asked (nor waited for) again
+            assert client.mapping == wire.MAPPING_UNKNOWN
 
 
 async def test_a_peer_learns_its_mapping_from_the_second_port() -> None:

@@ -108,8 +108,10 @@ class Proc:
 
 
 class Beacon:
-    def __init__(self, directory: Path, prefix: list[str] | None = None, port: int = 0) -> None:
+    def __init__(self, directory: Path, prefix: list[str] | None = None, port: int = 0, settings: str = "") -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        if settings:  # e.g. "behaviour_enabled = false" (the rest stays at its default)
+            (directory / "Beacon.conf.toml").write_text(settings + "\n")
         self.proc = Proc(
             [PYTHON, "-m", "beacon", "--dir", str(directory), "--host", "127.0.0.1", "--port", str(port), "--no-ipv6"],
             clean_env(directory),

@@ -65,7 +65,7 @@ def test_doctor_all_good_with_two_beacons(netns, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_doctor_one_beacon_says_nat_needs_two_and_json(netns, tmp_path):
+def test_doctor_one_beacon_tells_the_nat_mapping_and_json(netns, tmp_path):
     b1, _ = netns["beacons"]
     node = Node(tmp_path / "n", [b1], netns["prefix"])
     result = node.run("doctor", "--json", "--no-mdns")
@@ -74,15 +74,29 @@ def test_doctor_one_beacon_says_nat_needs_two_and_json(netns, tmp_path):
     checks = {c["check"]: c for c in report["checks"]}
     assert report["ok"] is True
     assert checks[f"beacon {b1.address}"]["verdict"] == "OK" and checks[f"beacon {b1.address}"]["rtt_ms"] > 0
-    assert checks["nat mapping"]["verdict"] == "WARN" and "two" in checks["nat mapping"]["message"]
+    # the default beacon's behaviour port: one beacon is enough (no NAT on loopback)
+    assert checks["nat mapping"]["verdict"] == "OK" and checks["nat mapping"]["symmetric"] is False
+    assert checks["nat mapping"]["behaviour_ms"] > 0
     assert "mdns" not in checks
     # every netcheck line carries its timing (null only where nothing was measured)
     for name in ("udp", "public address", "nat mapping", "filtering", "hairpinning", "port mapping", "ipv6"):
         assert "ms" in checks[name], checks[name]
     assert checks["udp"]["ms"] > 0 and checks["public address"]["ms"] > 0
-    # no behaviour port on this beacon, no NAT on loopback
-    assert checks["filtering"]["filtering"] is None and checks["filtering"]["message"].startswith("unknown")
+    assert checks["filtering"]["port_dependent"] is False  # the main port's answer came in
     assert checks["hairpinning"]["hairpin"] is None and "no NAT" in checks["hairpinning"]["message"]
+
+
+def test_doctor_with_one_beacon_without_behaviour_port_says_nat_needs_two(netns, tmp_path):
+    beacon = Beacon(tmp_path / "beacon", netns["prefix"], settings="behaviour_enabled = false")
+    try:
+        node = Node(tmp_path / "n", [beacon], netns["prefix"])
+        result = node.run("doctor", "--json", "--no-mdns")
+        assert result.returncode == 0, result.stderr
+        checks = {c["check"]: c for c in json.loads(result.stdout)["checks"]}
+        assert checks["nat mapping"]["verdict"] == "WARN" and "two" in checks["nat mapping"]["message"]
+        assert checks["filtering"]["filtering"] is None and checks["filtering"]["message"].startswith("unknown")
+    finally:
+        beacon.stop()
 
 
 def test_doctor_wrong_pin_fails(netns, tmp_path):

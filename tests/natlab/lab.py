@@ -1128,7 +1128,14 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
         for host in node.children:  # lab hosts have no default route: let SSDP's multicast out
             if self.nodes[host].kind == "host":
                 self.run(host, ["ip", "route", "replace", "239.255.255.250/32", "dev", "eth0"])
-        proc = self.popen(router, ["miniupnpd", "-d", "-f", str(conf)], name=f"miniupnpd-{router}", infrastructure=True)
+        # a pid file of its own: another lab (a parallel test run) may run miniupnpd too
+        pidfile = self.workdir / f"{node.name}-miniupnpd.pid"
+        proc = self.popen(
+            router,
+            ["miniupnpd", "-d", "-f", str(conf), "-P", str(pidfile)],
+            name=f"miniupnpd-{router}",
+            infrastructure=True,
+        )
         proc.wait_for(r"Listening for NAT-PMP/PCP|HTTP listening", timeout=10, stream="stderr")
         return proc
 

@@ -13,40 +13,9 @@ from typing import Any
 import pytest
 
 from tests.natlab.lab import Lab
-from tests.natlab.test_matrix import BEACON_IP, DELAY_MS, RUNS, assert_connected, record, run_pair
+from tests.natlab.test_matrix import BEACON_IP, DELAY_MS, RUNS, assert_connected, record, run_pair, start_beacon
 
 pytestmark = pytest.mark.natlab
-
-BEHAVIOUR_PORT = 4265
-
-
-def start_beacon_with_behaviour_port(lab: Lab, tmp_path: Path) -> tuple[Any, dict[str, str]]:
-    workdir = tmp_path / "beacon-behaviour"
-    workdir.mkdir(exist_ok=True)
-    config = workdir / "Beacon.conf.toml"
-    config.write_text(f"behaviour_port = {BEHAVIOUR_PORT}\n")
-    proc = lab.popen(
-        "beacon",
-        [
-            sys.executable,
-            "-m",
-            "beacon",
-            "--dir",
-            str(workdir),
-            "--config",
-            str(config),
-            "--host",
-            BEACON_IP,
-            "--port",
-            "4264",
-            "--no-ipv6",
-        ],
-        name="beacon-behaviour",
-    )
-    proc.wait_for(r"^ready", timeout=20)
-    match = re.search(r"certificate hash: (\S+)", proc.stdout)
-    assert match, proc.stdout
-    return proc, {"hostname": f"{BEACON_IP}:4264", "cert_hash": match.group(1)}
 
 
 def mappings(lab: Lab, since: int) -> list[str]:
@@ -58,11 +27,12 @@ def test_symmetric_pair_relays_at_once_with_one_beacon(lab: Lab, tmp_path: Path)
     lab.add_home("A", "symmetric")
     lab.add_home("B", "symmetric")
     lab.set_delay(DELAY_MS)
-    _, entry = start_beacon_with_behaviour_port(lab, tmp_path)
+    beacon, entry = start_beacon(lab, tmp_path)  # the default beacon: its behaviour port is 4264 + 1
+    assert f"nat behaviour on {BEACON_IP}:4265" in beacon.stdout
     since = len(lab.processes)
     times = [assert_connected(*run_pair(lab, tmp_path, "A1", "B1", entry), "relay") for _ in range(RUNS)]
     assert mappings(lab, since) == ["2"] * (2 * RUNS)  # both learned: endpoint-dependent
-    record("symmetric ↔ symmetric, one beacon with a behaviour port", "relay", times)
+    record("symmetric ↔ symmetric (one beacon: relay at once)", "relay", times)
     assert statistics.median(times) <= 600  # no wait for relay_after (1.5 s)
 
 
@@ -71,11 +41,11 @@ def test_a_pair_that_can_punch_still_punches(lab: Lab, tmp_path: Path) -> None:
     lab.add_home("A", "symmetric")
     lab.add_home("B", "full_cone")
     lab.set_delay(DELAY_MS)
-    _, entry = start_beacon_with_behaviour_port(lab, tmp_path)
+    _, entry = start_beacon(lab, tmp_path)
     since = len(lab.processes)
     times = [assert_connected(*run_pair(lab, tmp_path, "A1", "B1", entry), "direct")]
     assert sorted(mappings(lab, since)) == ["1", "2"]  # B's cone keeps its port, A's does not
-    record("symmetric ↔ full_cone, one beacon with a behaviour port", "direct", times)
+    record("symmetric ↔ full_cone (one beacon, mappings known)", "direct", times)
 
 
 def test_doctor_is_a_netcheck_behind_a_symmetric_nat_with_a_gateway(lab: Lab, tmp_path: Path) -> None:
@@ -86,7 +56,7 @@ def test_doctor_is_a_netcheck_behind_a_symmetric_nat_with_a_gateway(lab: Lab, tm
     lab.add_public("beacon", BEACON_IP)
     lab.add_home("A", "symmetric")
     lab.enable_portmap("A", upnp=False)
-    _, entry = start_beacon_with_behaviour_port(lab, tmp_path)
+    _, entry = start_beacon(lab, tmp_path)
     home = tmp_path / "home"
     home.mkdir()
     beacon = f"{entry['hostname']}={entry['cert_hash']}"
@@ -138,7 +108,7 @@ def test_doctor_filtering_and_hairpinning_rows(lab: Lab, tmp_path: Path) -> None
     lab.add_home("A", "full_cone", hairpin=True)
     lab.add_home("B", "port_restricted", hairpin=False)
     lab.add_home("C", "symmetric", hairpin=True)
-    _, entry = start_beacon_with_behaviour_port(lab, tmp_path)
+    _, entry = start_beacon(lab, tmp_path)
     reports = run_doctors(lab, tmp_path, entry, ["A1", "B1", "C1"])
     a, b, c = reports["A1"], reports["B1"], reports["C1"]
 

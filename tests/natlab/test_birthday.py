@@ -1,5 +1,5 @@
 """Hard-NAT (birthday) probing: symmetric ↔ port_restricted, which plain punching cannot open,
-goes direct. One beacon with a behaviour port tells each side its NAT's mapping; the symmetric
+goes direct. One beacon (its behaviour port is on by default) tells each side its NAT's mapping; the symmetric
 side opens 256 extra sockets, the other probes random ports (≤ 1,024 over ≤ 3 s)."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.natlab.lab import Lab
-from tests.natlab.test_behaviour import start_beacon_with_behaviour_port
-from tests.natlab.test_matrix import BEACON_IP, DELAY_MS, RUNS, first, record, run_pair
+from tests.natlab.test_matrix import BEACON_IP, DELAY_MS, RUNS, first, record, run_pair, start_beacon
 
 pytestmark = pytest.mark.natlab
 
@@ -20,7 +19,7 @@ def test_symmetric_to_port_restricted_goes_direct_by_birthday_probing(lab: Lab, 
     lab.add_home("A", "symmetric")
     lab.add_home("B", "port_restricted")
     lab.set_delay(DELAY_MS)
-    _, entry = start_beacon_with_behaviour_port(lab, tmp_path)
+    _, entry = start_beacon(lab, tmp_path)
     times, direct = [], 0
     runs = max(RUNS, 2)  # probabilistic (29/30 direct in the benchmark): one miss of two is allowed
     for _ in range(runs):

@@ -95,7 +95,8 @@ def test_nat_changes_the_external_port_mid_connection(lab: Lab, tmp_path: Path, 
 
 def test_relay_upgrades_to_direct_and_the_stream_survives(lab: Lab, tmp_path: Path) -> None:
     homes(lab, "symmetric", "port_restricted")  # no direct path: relay
-    _, entry = start_beacon(lab, tmp_path)
+    # without the behaviour port nobody knows the mapping: no birthday probing, the pair relays
+    _, entry = start_beacon(lab, tmp_path, settings="behaviour_enabled = false")
 
     def during(pa, pb) -> None:
         wait_event(pa, lambda e: e["event"] == "tick" and e["n"] >= 10, 30, "traffic on the relay")

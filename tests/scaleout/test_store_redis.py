@@ -115,6 +115,20 @@ async def test_new_candidates_reach_those_met_on_another_machine(redis_server):
         await c.expect_nothing(0.1)
 
 
+async def test_nat_mappings_cross_machines_in_introductions(redis_server):
+    """What each peer learned of its NAT (the behaviour port) reaches the other, wherever each
+    landed: from Redis (the announcer learns of the holder) and in the published introduction."""
+    async with beacons(redis_server.url) as (one, two), clients(one, two) as (a, b):
+        token = os.urandom(32)
+        a.send(wire.Announce(add=(token,), mapping=wire.MAPPING_DEPENDENT))
+        await wait_for(lambda: one.store.holders(token))
+        b.send(wire.Announce(add=(token,), mapping=wire.MAPPING_INDEPENDENT))
+        to_b = await b.expect(wire.Introduction)
+        to_a = await a.expect(wire.Introduction)
+        assert (to_b.instance, to_b.mapping) == (a.instance, wire.MAPPING_DEPENDENT)
+        assert (to_a.instance, to_a.mapping) == (b.instance, wire.MAPPING_INDEPENDENT)
+
+
 async def test_token_bounds_are_global(redis_server):
     # 2 places per token; every client comes from 127.0.0.1, so the third is refused wherever it lands
     async with beacons(redis_server.url, max_peers_per_token=2) as (one, two), clients(one, two, two) as (a, b, c):

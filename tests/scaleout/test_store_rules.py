@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from beacon.meetings import MeetingTable
-from beacon.store_redis import ANNOUNCE_LUA, PREFIX, REMOVE_LUA
+from beacon.store_redis import ANNOUNCE_LUA, PREFIX, REMOVE_LUA, _mapping
 from discretpeer.proto.wire import Address
 from tests.scaleout.redis_server import RedisServer
 
@@ -74,10 +74,11 @@ def test_script_matches_the_meeting_table(redis_client, layout, operations):
         if m not in joined:
             joined.add(m)
             table.join(key(m), instances[m], Address(ips[m], 4000 + m))
-            r.hset(
-                PREFIX + "m:" + key(m),
-                mapping={"i": instances[m], "o": f"{ips[m]}|{4000 + m}", "c": "", "p": table._members[key(m)].ip},
-            )
+            fields = {"i": instances[m], "o": f"{ips[m]}|{4000 + m}", "c": "", "p": table._members[key(m)].ip}
+            if m % 3:  # some members reported their NAT's mapping (1 or 2), the others nothing
+                table.set_mapping(key(m), m % 3)
+                fields["b"] = str(m % 3)
+            r.hset(PREFIX + "m:" + key(m), mapping=fields)
 
     for op, m, token in operations:
         if op == "leave":
@@ -100,9 +101,16 @@ def test_script_matches_the_meeting_table(redis_client, layout, operations):
         assert [bytes(t) for t in full] == expected.full
         got_evicted = [(evicted[i].decode(), bytes(evicted[i + 1])) for i in range(0, len(evicted), 2)]
         assert got_evicted == expected.evicted
-        got_intros = {(intros[i + 1].decode(), bytes(intros[i])) for i in range(0, len(intros), 5)}
-        want = {(target, intro.token) for target, intro in expected.introductions if target != key(m)}
-        assert got_intros == want  # the others introduced to the announcer (and it to them)
+        got_intros = {
+            (intros[i + 1].decode(), bytes(intros[i]), _mapping(intros[i + 5])) for i in range(0, len(intros), 6)
+        }
+        # the others introduced to the announcer (and it to them), each with the mapping it reported
+        want = {
+            (target, intro.token, table._members[target].mapping)
+            for target, intro in expected.introductions
+            if target != key(m)
+        }
+        assert got_intros == want
         for t in TOKENS:
             holders = [h.decode() for h in r.zrange(PREFIX.encode() + b"t:" + t, 0, -1)]
             assert holders == table.holders(t)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
 import urllib.request
 
@@ -227,3 +228,36 @@ async def test_two_workers_survive_a_redis_restart(tmp_path):
         redis.stop()
     assert "Traceback" not in beacon.stderr
     assert "store_lost" in beacon.stderr
+
+
+async def test_every_worker_answers_on_the_shared_behaviour_port(redis_server, tmp_path):
+    """With a fixed port the workers share port + 1 (SO_REUSEPORT) for NAT-behaviour requests:
+    each worker's Welcome names it, the supervisor prints it among the ports to open, and a
+    request to it is answered (whichever worker the kernel picks: the answer is stateless)."""
+    from discretpeer import behaviour
+    from tests.beacon.test_behaviour_port import free_port_pair
+
+    port = free_port_pair()
+    beacon = BeaconProcess(
+        tmp_path / "beacon", {"store": redis_server.url, "workers": 2, "store_ttl_seconds": 3}, "--port", str(port)
+    ).start()
+    try:
+        assert beacon.facts["behaviour_address"] == f"127.0.0.1:{port + 1}"
+        a, b = await clients_on_each_worker(beacon, 2)
+        try:
+            assert a.welcome.behaviour_port == b.welcome.behaviour_port == port + 1
+        finally:
+            await a.close()
+            await b.close()
+        loop = asyncio.get_running_loop()
+        for _ in range(4):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                sock.setblocking(False)
+                nonce = os.urandom(behaviour.NONCE_SIZE)
+                sock.sendto(behaviour.request(nonce), ("127.0.0.1", port + 1))
+                answer = await asyncio.wait_for(loop.sock_recv(sock, 2048), 3)
+                assert behaviour.parse_answer(answer) == (nonce, sock.getsockname())
+    finally:
+        assert beacon.stop() == 0
+    assert "Traceback" not in beacon.stderr
