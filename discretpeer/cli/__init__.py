@@ -274,10 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--browser",
         action="store_true",
-        help="pair a web browser instead (a code like K7Q2-9XMT4H to type into the beacon's page; needs --url); "
+        help="pair a web browser instead (a code like K7Q2-9XMT4H to type into the beacon's page; "
+        "needs --url or web_url in the config); "
         "it lands in allow and [peers] too, and `discretpeer web serve` gives it a shell",
     )
-    p.add_argument("--url", metavar="URL", help="with --browser: the beacon's signalling WebSocket, wss://HOST/ws")
+    p.add_argument(
+        "--url",
+        metavar="URL",
+        help="with --browser: the beacon's signalling WebSocket, wss://HOST/ws (default: web_url)",
+    )
     _add_base(p)
     _add_network(p, secret=False)
 

@@ -17,6 +17,8 @@ Config file (default ``~/.config/discretpeer/config.toml``, or ``$XDG_CONFIG_HOM
     control = "~/.config/discretpeer/expose.sock"
     proxy = "http://proxy.example:3128"  # HTTP CONNECT proxy for the beacons' TLS/TCP path
                                        # (default: HTTPS_PROXY / NO_PROXY; "none": never)
+    web_url = "wss://beacon.example.org/ws"  # the beacon's browser signalling, for `web serve` and
+                                       # `invite --browser` when --url is not given
 
     [peers]                            # names usable wherever a peer id is expected
     laptop = "<peer id>"
@@ -42,7 +44,7 @@ from discretpeer.proxy import ProxySpec
 DEFAULT_TIMEOUT = 15.0
 KNOWN_KEYS = {
     "beacons", "allow", "lan", "relay", "timeout", "identity", "udp_host", "udp_port",
-    "expose", "expose_host", "control", "peers", "proxy",
+    "expose", "expose_host", "control", "peers", "proxy", "web_url",
 }  # fmt: skip
 ENV_CONFIG = "DISCRETPEER_CONFIG"
 ENV_IDENTITY = "DISCRETPEER_IDENTITY"
@@ -82,6 +84,7 @@ class Settings:
     control_path: Path = Path()
     secret: str | None = None
     proxy: str | None = None  # None: HTTPS_PROXY/NO_PROXY decide; "none": never a proxy
+    web_url: str | None = None  # the beacon's browser signalling WebSocket (ws:// or wss://)
     peers: dict[str, str] = field(default_factory=dict)
     # allow entries with a port ("laptop:22"): the exposed ports that peer may use; a peer
     # absent from this map may use every exposed port
@@ -280,6 +283,10 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
     control = _expand(_expect(data, "control", str, where), env) if "control" in data else None
     if "proxy" in data:
         settings.proxy = _expect(data, "proxy", str, where)
+    if "web_url" in data:
+        settings.web_url = _expect(data, "web_url", str, where)
+        if not settings.web_url.startswith(("ws://", "wss://")):
+            raise ConfigError(f"{where}: 'web_url' must start with ws:// or wss:// (got {settings.web_url!r})")
 
     # --- environment ---------------------------------------------------------------------------
     if env.get(ENV_IDENTITY):

@@ -1,6 +1,7 @@
 """``discretpeer web``: a shell on this device from a paired web browser (see discretpeer/web/).
 
-discretpeer web serve --url wss://beacon.example.org/ws       # answer allowed browsers (runs until ^C)
+discretpeer web serve --url wss://beacon.example.org/ws       # answer allowed browsers (runs until ^C;
+                                                             # web_url in the config spares --url)
 discretpeer invite --browser --url wss://beacon.example.org/ws  # print a one-time code, pair one browser
 
 Browsers pair like peers: their Ed25519 key is their peer id, saved with a name in the config's
@@ -44,7 +45,9 @@ def add_parser(sub: Any, add_base: Any, epilog: str) -> None:
     p.add_argument(
         "action", choices=["serve", "invite"], help="serve: answer allowed browsers; invite: = invite --browser"
     )
-    p.add_argument("--url", required=True, metavar="URL", help="the beacon's signalling WebSocket, wss://HOST/ws")
+    p.add_argument(
+        "--url", metavar="URL", help="the beacon's signalling WebSocket, wss://HOST/ws (default: web_url in the config)"
+    )
     p.add_argument("--name", default=socket.gethostname(), help="the name browsers see (default: host name)")
     p.add_argument(
         "--command",
@@ -117,9 +120,13 @@ async def run_web(settings: Settings, args: Any, console: Console, *, invite: bo
     except ImportError as exc:
         raise ConfigError(f"`discretpeer web` needs the 'web' extra: pip install 'discretpeer[web]' ({exc})") from None
 
-    url = getattr(args, "url", None)
+    url = getattr(args, "url", None) or settings.web_url
     if not url:
-        raise ConfigError("pairing a browser needs --url wss://BEACON/ws (the beacon's signalling)")
+        where = str(settings.config_target)
+        raise ConfigError(
+            "browsers need the beacon's signalling WebSocket: --url wss://BEACON/ws, or "
+            f'web_url = "wss://BEACON/ws" in {where}'
+        )
     if not url.startswith(("ws://", "wss://")):
         raise ConfigError(f"--url must be ws:// or wss:// (got {url!r})")
     invite = invite or getattr(args, "action", "") == "invite"

@@ -96,7 +96,7 @@ def test_expired_code_and_bad_input(tmp_path, beacon):
     assert named.returncode == 2 and "invalid name" in error_lines(named.stderr)[0]
     assert config_of(laptop) == before
     for args, text in (
-        (("invite", "--browser"), "needs --url"),
+        (("invite", "--browser"), "--url wss://BEACON/ws, or web_url"),
         (("invite", "--url", "wss://beacon.example.org/ws"), "--url is for --browser"),
         (("invite", "--browser", "--url", "https://beacon.example.org/"), "must be ws:// or wss://"),
     ):

@@ -128,6 +128,8 @@ laptop = "{ID1}"
         (f'allow = ["{ID1}:0"]', "port after ':' must be 1..65535"),
         (f'allow = ["{ID1}:22,80"]', "one port per entry"),
         ('allow = ["nobody:22"]', "neither a name from \\[peers\\]"),
+        ('web_url = "https://beacon.example.org/"', "'web_url' must start with ws:// or wss://"),
+        ("web_url = 3", "'web_url' must be"),
     ],
 )
 def test_bad_config_entries_are_one_clear_error(tmp_path, text, match):

@@ -88,10 +88,12 @@ async def test_beacon_page_serve_invite_and_shell(tmp_path: Path) -> None:
         await browser.type_text("exit\r")
         await browser.wait_for("dp.state.exit === 0")
 
-        # `web invite` still works: the same pairing (there --name is the device's name, as for serve)
+        # `web invite` still works: the same pairing (there --name is the device's name, as for
+        # serve), here with the signalling URL from the config file (web_url) instead of --url
+        config_path.write_text(tomli_w.dumps({**tomllib.loads(config_path.read_text()), "web_url": url}))
         other = Chromium()
         try:
-            alias = await start("-m", "discretpeer.cli", "web", "invite", "--url", url, "--name", "pibox")
+            alias = await start("-m", "discretpeer.cli", "web", "invite", "--name", "pibox")
             code = (await _line(alias, r"pairing code: (\S+)")).group(1)
             await other.start()
             await other.navigate(page)
