@@ -68,8 +68,6 @@ GSO_MAX_BYTES = 65000  # one IP packet's worth (the kernel refuses a payload ove
 # measured on loopback: GSO saves a syscall per 1472-byte datagram (+15 % per CPU-second) but
 # costs ~40 % with 16,000-byte ones (few segments per send, the kernel's segmentation dominates)
 GSO_MAX_SEGMENT = 4096
-USE_GSO = True  # off: one sendto per datagram (ablation)
-USE_GRO = True
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 
 
@@ -188,7 +186,7 @@ class Endpoint(asyncio.DatagramProtocol):
         )
         transport, _ = await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
         endpoint._raw = sock
-        endpoint.gso = USE_GSO and _has_sockopt(sock, UDP_SEGMENT)
+        endpoint.gso = endpoint.tuning.gso and _has_sockopt(sock, UDP_SEGMENT)
         endpoint._batch_reads(loop, sock, transport)
         return endpoint
 
@@ -211,7 +209,7 @@ class Endpoint(asyncio.DatagramProtocol):
         transport.pause_reading()  # removes the transport's reader for this socket
         self._sock, self._reader_loop = sock, loop
         self.batched_reads = True
-        if USE_GRO:
+        if self.tuning.gso:
             try:
                 sock.setsockopt(SOL_UDP, UDP_GRO, 1)
                 self.gro = True
