@@ -51,6 +51,7 @@ from beacon.client_hello import (
 from beacon.limits import ip_key
 from discretpeer.addresses import Addr
 from discretpeer.endpoint import normalize_address
+from discretpeer.loop_batch import LoopBatch
 from discretpeer.proto.stream_frames import BEACON_TCP_ALPN, StreamDecoder, encode_datagram
 from discretpeer.proto.wire import ErrorCode, WireError
 
@@ -126,8 +127,7 @@ class TcpClient(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.last_received = 0.0  # loop time of the last bytes from the client (idle sweep)
-        self._batch: list[bytes] = []  # relay datagrams to write at the end of this loop iteration
-        self._batch_size = 0
+        self._batch = LoopBatch(self._write_batch)  # relay datagrams to write at the end of this loop iteration
 
     # --- the interface BeaconServer uses (shared with BeaconProtocol) --------------------------
 
@@ -178,22 +178,16 @@ class TcpClient(asyncio.Protocol):
         """A relay datagram for this client (``addr`` is its own address: the relay's target)."""
         if self._closed or not self._established:
             return
-        if self.unsent_bytes() + self._batch_size > self.server.config.tcp_max_unsent_relay_bytes:
+        if self.unsent_bytes() + self._batch.size > self.server.config.tcp_max_unsent_relay_bytes:
             self.service.relay_backlog_drops += 1
             return
-        # datagrams of one loop iteration go out together: one TLS write (records of up to
-        # 16 KB instead of one per datagram) and one send, as a UDP socket takes a burst
-        item = encode_datagram(data)
-        self._batch.append(item)
-        self._batch_size += len(item)
-        if len(self._batch) == 1:
-            asyncio.get_running_loop().call_soon(self._write_batch)
+        # datagrams of one loop iteration go out together (discretpeer.loop_batch)
+        self._batch.add(encode_datagram(data))
 
-    def _write_batch(self) -> None:
-        batch, self._batch, self._batch_size = self._batch, [], 0
-        if batch and not self._closed:
+    def _write_batch(self, data: bytes) -> None:
+        if not self._closed:
             try:
-                self._tls.write(b"".join(batch))
+                self._tls.write(data)
             except ssl.SSLError:
                 return
             self._flush()

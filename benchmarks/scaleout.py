@@ -29,17 +29,16 @@ import contextlib
 import json
 import os
 import random
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, Worker, cpu_seconds, percentile, rss_bytes, taskset_prefix
+from benchmarks.common import ROOT, Worker, cpu_seconds, load_module, percentile, rss_bytes, taskset_prefix
 from tests.scaleout.processes import write_beacon_config
 from tests.scaleout.redis_server import RedisServer
+from tests.support.processes import beacon_command, stop_process
 
 SETTINGS = {
     "max_connections": 200000,
@@ -67,21 +66,7 @@ class Beacon:
         ready.unlink(missing_ok=True)
         log = open(self.directory / "stderr.log", "ab")  # noqa: SIM115 - kept open for the child
         self.process = subprocess.Popen(
-            [
-                *taskset_prefix(self.core),
-                sys.executable,
-                "-m",
-                "beacon",
-                "--dir",
-                str(self.directory),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-ipv6",
-                "--ready-file",
-                str(ready),
-            ],
+            [*taskset_prefix(self.core), *beacon_command(self.directory, "--ready-file", str(ready))],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -104,13 +89,8 @@ class Beacon:
         return f"127.0.0.1:{self.facts['port']}"
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, 30)
 
 
 async def load_client(name: str, beacon: Beacon, log_dir: Path, core: int | None) -> Worker:
@@ -258,15 +238,10 @@ async def bench_latency(
 async def bench_rebinding(tmp: Path, redis: RedisServer, rebinds: int) -> dict[str, Any]:
     """A client behind a "NAT" that moves it to a new source port before each Ping: with the BPF
     steering program, and with the kernel's 4-tuple hash only (DISCRETPEER_BEACON_STEERING=0)."""
-    import importlib.util
-
     from discretpeer.proto import wire
     from tests.scaleout.processes import RebindingNat
 
-    spec = importlib.util.spec_from_file_location("beacon_test_client", ROOT / "tests" / "beacon" / "client.py")
-    assert spec is not None and spec.loader is not None
-    client_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(client_module)
+    client_module = load_module("beacon_test_client", ROOT / "tests" / "beacon" / "client.py")
     out: dict[str, Any] = {}
     for name, steering in (("steering", "1"), ("hash_only", "0")):
         os.environ["DISCRETPEER_BEACON_STEERING"] = steering

@@ -1,7 +1,8 @@
 """Settings and ablations of discretpeer, applied inside the benchmark's own peer processes (the
 benchmarks never edit discretpeer/): each turns one of the library's data-path measures off, or
-changes a static setting, so the table shows what each one is worth. Most are fields of
-:class:`discretpeer.tuning.Tuning`, passed as ``Peer(tuning=...)``; the rest are patches.
+changes a static setting, so the table shows what each one is worth. All are fields of
+:class:`discretpeer.tuning.Tuning`, passed as ``Peer(tuning=...)`` (the CLI: ``--tuning NAME=VALUE``),
+except the loop and ``--dgram`` (``Peer(max_datagram_size=N)``).
 
 - ``--uvloop``: run on uvloop (the library works on either loop; the CLI picks uvloop).
 - ``--no-pmtu``: no path-MTU probing: 1350-byte datagrams all along.
@@ -16,7 +17,7 @@ changes a static setting, so the table shows what each one is worth. Most are fi
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -55,40 +56,21 @@ def variant_tuning(args: Any) -> Tuning:
         changes["batched_reads"] = False
     if getattr(args, "no_coalesce", False):
         changes["coalesce_transmits"] = False
+    if getattr(args, "ack_delay", 0.0):
+        changes["ack_delay"] = args.ack_delay
+    if getattr(args, "no_pmtu", False):
+        changes["path_mtu_probing"] = False
+    if getattr(args, "no_gso", False):
+        changes["gso"] = False
     return Tuning(**changes)
 
 
-def apply_variant(args: Any) -> Tuning:
-    """Apply the flags that are not settings of a Peer (patches) and return the :class:`Tuning`
-    for the rest: pass it as ``Peer(tuning=...)``, or :func:`tune_cli_peers` for the CLI."""
-    if getattr(args, "ack_delay", 0.0):
-        _patch_ack_delay(args.ack_delay)
-    if getattr(args, "no_pmtu", False):
-        import discretpeer.connection as connection
+def tuning_options(tuning: Tuning) -> list[str]:
+    """The CLI's ``--tuning NAME=VALUE`` options for the fields of ``tuning`` that differ from the defaults."""
+    from discretpeer.tuning import DEFAULT_TUNING
 
-        connection.probe_sizes = lambda *args, **kwargs: []  # type: ignore[assignment]  # patched for this test or benchmark
-    if getattr(args, "no_gso", False):
-        import discretpeer.endpoint as endpoint
-
-        endpoint.USE_GSO = endpoint.USE_GRO = False
-    return variant_tuning(args)
-
-
-def tune_cli_peers(tuning: Tuning) -> None:
-    """The CLI builds its Peer in discretpeer.cli.session.make_peer: give that Peer ``tuning``."""
-    import discretpeer.cli.session as session
-
-    session.Peer = functools.partial(session.Peer, tuning=tuning)  # type: ignore[misc]  # the CLI has no tuning flag
-
-
-def _patch_ack_delay(delay: float) -> None:
-    """aioquic acknowledges K_GRANULARITY (1 ms) after an ack-eliciting packet."""
-    import discretpeer.connection as connection
-
-    original = connection.PeerProtocol.__init__
-
-    def init(self: Any, quic: Any, **kwargs: Any) -> None:
-        original(self, quic, **kwargs)
-        quic._ack_delay = delay
-
-    connection.PeerProtocol.__init__ = init  # type: ignore[method-assign]  # patched for this test or benchmark
+    return [
+        f"--tuning={field.name}={getattr(tuning, field.name)}"
+        for field in dataclasses.fields(tuning)
+        if getattr(tuning, field.name) != getattr(DEFAULT_TUNING, field.name)
+    ]

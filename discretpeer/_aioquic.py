@@ -107,6 +107,7 @@ MAX_DATAGRAM_SIZE = 16000  # aioquic writes STREAM/CRYPTO lengths as 2-byte vari
 # The upgrade checklist (see the module docstring): every private name this module relies on.
 PRIVATE_API: dict[str, tuple[str, ...]] = {
     "aioquic.quic.connection.QuicConnection": (
+        "_ack_delay",
         "_close_at",
         "_close_end",
         "_close_event",
@@ -224,6 +225,11 @@ def set_max_datagram_size(quic: QuicConnection, size: int) -> None:
 def set_pacer(quic: QuicConnection, pacer: QuicPacketPacer) -> None:
     """Pace ``quic``'s sending with ``pacer`` instead of aioquic's own."""
     quic._loss._pacer = pacer
+
+
+def set_ack_delay(quic: QuicConnection, seconds: float) -> None:
+    """Acknowledge ack-eliciting packets after ``seconds`` (aioquic's own: K_GRANULARITY, 1 ms)."""
+    quic._ack_delay = seconds
 
 
 def has_stream(quic: QuicConnection, stream_id: int) -> bool:

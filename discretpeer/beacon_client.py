@@ -28,6 +28,8 @@ from discretpeer.config import BeaconSpec
 from discretpeer.endpoint import Endpoint, EndpointProtocol
 from discretpeer.logs import get_logger
 from discretpeer.proto.wire import (
+    MAPPING_DEPENDENT,
+    MAPPING_UNKNOWN,
     MAX_TOKENS_PER_FRAME,
     Address,
     Announce,
@@ -44,6 +46,7 @@ from discretpeer.proto.wire import (
     encode,
     token_of_full_message,
 )
+from discretpeer.traversal import mapping_varies
 
 log = get_logger("discretpeer.beacon_client")
 
@@ -513,3 +516,21 @@ def udp_unreachable(clients: list[BeaconClient]) -> bool:
     beacons is blocked, so punching through NATs is pointless (relay at once)."""
     connected = [c for c in clients if c.connected]
     return bool(connected) and all(c.status.transport != "udp" for c in connected)
+
+
+def own_mapping_varies(clients: list[BeaconClient]) -> bool | None:
+    """Does our NAT give us a different public address per destination (a "symmetric" NAT)?
+    Known once two beacons at different addresses told us what they see (or one beacon's second
+    port did); else None."""
+    seen: dict[Addr, Addr] = {}
+    for client in clients:
+        beacon, observed = client.beacon_address, client.status.observed
+        # TCP (issue 14): an address seen over TCP says nothing about our UDP mapping
+        if beacon is not None and observed is not None and client.status.transport == "udp":
+            seen[beacon] = observed.to_socket()
+    varies = mapping_varies(seen)
+    if varies is None:  # one beacon: its second port may have told
+        learned = {client.mapping for client in clients} - {None, MAPPING_UNKNOWN}
+        if len(learned) == 1:
+            varies = learned.pop() == MAPPING_DEPENDENT
+    return varies

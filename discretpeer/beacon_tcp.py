@@ -15,6 +15,7 @@ import ssl
 
 from certs import certificate_fingerprint
 from discretpeer.addresses import Addr
+from discretpeer.loop_batch import LoopBatch
 from discretpeer.proto.stream_frames import BEACON_TCP_ALPN, Item, StreamDecoder, encode_datagram
 from discretpeer.proto.wire import Message, WireError, encode
 from discretpeer.proxy import ProxySpec, open_tunnel
@@ -53,8 +54,7 @@ class TcpChannel:
         self.decoder = StreamDecoder()
         self.datagrams_dropped = 0
         self._closed = False
-        self._batch: list[bytes] = []
-        self._batch_size = 0
+        self._batch = LoopBatch(self._write_batch)
 
     @property
     def transport_name(self) -> str:
@@ -75,7 +75,7 @@ class TcpChannel:
         if self.closed:
             return
         transport = self._writer.transport
-        if transport.get_write_buffer_size() + self._batch_size > MAX_UNSENT_DATAGRAM_BYTES:
+        if transport.get_write_buffer_size() + self._batch.size > MAX_UNSENT_DATAGRAM_BYTES:
             self.datagrams_dropped += 1
             return
         try:
@@ -83,16 +83,11 @@ class TcpChannel:
         except ValueError:
             self.datagrams_dropped += 1
             return
-        # one write per loop iteration (one TLS record per 16 KB, not per datagram)
-        self._batch.append(item)
-        self._batch_size += len(item)
-        if len(self._batch) == 1:
-            asyncio.get_running_loop().call_soon(self._write_batch)
+        self._batch.add(item)  # one write per loop iteration (one TLS record per 16 KB, not per datagram)
 
-    def _write_batch(self) -> None:
-        batch, self._batch, self._batch_size = self._batch, [], 0
-        if batch and not self.closed:
-            self._writer.write(b"".join(batch))
+    def _write_batch(self, data: bytes) -> None:
+        if not self.closed:
+            self._writer.write(data)
 
     async def receive(self) -> list[Item]:
         """The next items (at least one); ConnectionError when the beacon closed."""

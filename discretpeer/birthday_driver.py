@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from discretpeer import birthday
 from discretpeer.addresses import Addr
+from discretpeer.beacon_client import own_mapping_varies
 from discretpeer.birthday_io import ExtraSockets, spray
 from discretpeer.logs import get_logger
 from discretpeer.proto.probe import NONCE_SIZE, ProbeError, ProbeKind, build_probe, parse_probe
@@ -43,7 +44,7 @@ class BirthdayDriver:
         running = pair.birthday_task is not None and not pair.birthday_task.done()
         if not d.settings.direct_enabled or running or d.endpoint is None:
             return
-        what = birthday.role(d.own_mapping_varies(), d.remote_mapping_varies(pair))
+        what = birthday.role(own_mapping_varies(d.clients), pair.remote_mapping_varies())
         if what is None:
             return
         pair.birthday_task = self.spawn(self._attempt(pair, what), f"birthday {what}")

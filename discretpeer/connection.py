@@ -26,6 +26,7 @@ from discretpeer._aioquic import (
     all_unacked_bytes,
     max_datagram_size,
     reader_buffered,
+    set_ack_delay,
     smoothed_rtt,
 )
 from discretpeer.addresses import Addr
@@ -44,12 +45,12 @@ from discretpeer.auth import (
     verify_proof,
 )
 from discretpeer.endpoint import EndpointProtocol
-from discretpeer.flow import STREAM_WINDOW, AppPacedQuicConnection
+from discretpeer.flow import AppPacedQuicConnection
 from discretpeer.identity import Identity
 from discretpeer.logs import get_logger
 from discretpeer.path_mtu import DatagramSizeSearch, datagram_limit, probe_sizes
 from discretpeer.proto.relay_frame import RELAY_HEADER_SIZE
-from discretpeer.tuning import DEFAULT_TUNING, Tuning
+from discretpeer.tuning import STREAM_WINDOW, tuning_of
 
 PathKind = Literal["direct", "lan", "relay"]
 log = get_logger("discretpeer.connection")
@@ -129,9 +130,11 @@ class PeerProtocol(EndpointProtocol):
         self.terminated = asyncio.Event()
         self.handshake_done = asyncio.Event()
         self.paused_streams: set[_FlowControlledAdapter] = set()
-        tuning: Tuning = getattr(quic.configuration, "tuning", DEFAULT_TUNING)
+        tuning = tuning_of(quic)
         self.stream_high_water = tuning.stream_high_water  # a stream's writer pauses above, resumes below low
         self.stream_low_water = tuning.stream_low_water
+        if tuning.ack_delay is not None:
+            set_ack_delay(quic, tuning.ack_delay)
         if isinstance(quic, AppPacedQuicConnection):
             quic.unread = self._unread
 
@@ -373,6 +376,8 @@ class PeerConnection:
         if not isinstance(quic, DatagramSizeSearch) or self.closed:
             return
         quic.reset_datagram_size()
+        if not tuning_of(quic).path_mtu_probing:
+            return
         target, overhead = self._route_target()
         sizes = probe_sizes(target, quic.base_datagram_size, overhead=overhead)
         if sizes:

@@ -52,6 +52,7 @@ def peer_quic_configuration(
         datagram_size_cap=max_datagram_size,
         max_data=tuning.max_data,
         max_stream_data=tuning.max_stream_data,
+        congestion_control_algorithm=tuning.congestion_control,
         tuning=tuning,
     )
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import ipaddress
-import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -25,30 +23,19 @@ from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import (
-    QuicPacketType,
-    encode_quic_retry,
-    encode_quic_version_negotiation,
-    pull_quic_header,
-)
-from aioquic.quic.retry import QuicRetryTokenHandler
+from aioquic.quic.packet import pull_quic_header
 
 from discretpeer._aioquic import QuicProtocol
 from discretpeer.addresses import Addr, SocketAddress, unmap_ip
+from discretpeer.connection_ids import ConnectionIds
+from discretpeer.initial_gate import CONNECTION_ID_LENGTH, SMALLEST_INITIAL, Accept, Admission, InitialGate
 from discretpeer.paths import Route, RouteTable, is_virtual
 from discretpeer.proto.probe import QUIC_FIXED_BIT
 from discretpeer.proto.relay_frame import RELAY_DATA
 from discretpeer.stateless_reset import is_reset
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
 
-SMALLEST_INITIAL = 1200
-CONNECTION_ID_LENGTH = 8
-
-
-class Admission(enum.Enum):
-    ACCEPT = "accept"  # create a connection now
-    RETRY = "retry"  # ask for address validation first (only if the Initial has no token)
-    REFUSE = "refuse"  # drop the Initial silently
+__all__ = ["CONNECTION_ID_LENGTH", "SMALLEST_INITIAL", "Admission", "Endpoint", "EndpointProtocol"]
 
 
 def normalize_address(addr: SocketAddress) -> Addr:
@@ -81,8 +68,6 @@ GSO_MAX_BYTES = 65000  # one IP packet's worth (the kernel refuses a payload ove
 # measured on loopback: GSO saves a syscall per 1472-byte datagram (+15 % per CPU-second) but
 # costs ~40 % with 16,000-byte ones (few segments per send, the kernel's segmentation dominates)
 GSO_MAX_SEGMENT = 4096
-USE_GSO = True  # off: one sendto per datagram (ablation)
-USE_GRO = True
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 
 
@@ -104,11 +89,11 @@ class EndpointProtocol(QuicProtocol):
         endpoint = self.endpoint
         if endpoint is not None:
             if isinstance(event, events.ConnectionIdIssued):
-                endpoint._register(event.connection_id, self)  # noqa: SLF001 - the endpoint's own routing table
+                endpoint.connection_ids.register(event.connection_id, self)
             elif isinstance(event, events.ConnectionIdRetired):
-                endpoint._unregister(event.connection_id, self)  # noqa: SLF001 - the endpoint's own routing table
+                endpoint.connection_ids.unregister(event.connection_id, self)
             elif isinstance(event, events.ConnectionTerminated):
-                endpoint._forget(self)  # noqa: SLF001 - the endpoint's own routing table
+                endpoint.forget(self)
         super().quic_event_received(event)
 
 
@@ -151,19 +136,18 @@ class Endpoint(asyncio.DatagramProtocol):
         other than its route's; the route only changes when the owner says so."""
         self._server_configuration = server_configuration
         self._create_server_protocol = create_server_protocol
-        self._admit = admit
+        self._gate = InitialGate(admit)
         self.on_datagram = on_datagram
-        self._routes: dict[bytes, EndpointProtocol] = {}
+        self.connection_ids: ConnectionIds[EndpointProtocol] = ConnectionIds()
+        self._routes = self.connection_ids.by_cid  # read for every packet
         self._transport: asyncio.DatagramTransport | None = None
         self._sender = _Sender(self)
-        self._retry = QuicRetryTokenHandler()
         self._dual_stack = False
         self._closed = False
         self.virtual_paths = virtual_paths
         self._connection_class = connection_class
         self.routes = RouteTable()
         self.on_unexpected_source = on_unexpected_source
-        self._clients: set[EndpointProtocol] = set()  # outgoing connections (stateless resets)
         # beacon address → send function: relay datagrams (not QUIC) for a beacon reached over
         # TLS/TCP travel on that stream instead of UDP (see discretpeer.beacon_client)
         self.stream_links: dict[Addr, Callable[[bytes], None]] = {}
@@ -202,7 +186,7 @@ class Endpoint(asyncio.DatagramProtocol):
         )
         transport, _ = await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
         endpoint._raw = sock
-        endpoint.gso = USE_GSO and _has_sockopt(sock, UDP_SEGMENT)
+        endpoint.gso = endpoint.tuning.gso and _has_sockopt(sock, UDP_SEGMENT)
         endpoint._batch_reads(loop, sock, transport)
         return endpoint
 
@@ -225,7 +209,7 @@ class Endpoint(asyncio.DatagramProtocol):
         transport.pause_reading()  # removes the transport's reader for this socket
         self._sock, self._reader_loop = sock, loop
         self.batched_reads = True
-        if USE_GRO:
+        if self.tuning.gso:
             try:
                 sock.setsockopt(SOL_UDP, UDP_GRO, 1)
                 self.gro = True
@@ -270,11 +254,10 @@ class Endpoint(asyncio.DatagramProtocol):
         if self._closed:
             return
         self._closed = True
-        for protocol in list(set(self._routes.values())):
+        for protocol in list(self.connection_ids.connections()):
             with contextlib.suppress(Exception):  # closing must go on for the others
                 protocol.close()
-        self._routes.clear()
-        self._clients.clear()
+        self.connection_ids.close()
         if self._sock is not None and self._reader_loop is not None:
             with contextlib.suppress(Exception):  # the loop may be closed already
                 self._reader_loop._remove_reader(self._sock.fileno())  # type: ignore[attr-defined]  # noqa: SLF001 - the selector loop's own registration, as in _batch_reads
@@ -300,7 +283,7 @@ class Endpoint(asyncio.DatagramProtocol):
 
     @property
     def connections(self) -> set[EndpointProtocol]:
-        return set(self._routes.values())
+        return self.connection_ids.connections()
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -370,22 +353,7 @@ class Endpoint(asyncio.DatagramProtocol):
         while index < count:
             data, addr = wire[index]
             size = len(data)
-            end = index + 1
-            total = size
-            # a run: same address, same size (the last may be shorter), within the kernel's limits
-            while (
-                index not in alone
-                and end < count
-                and end not in alone
-                and end - index < GSO_MAX_SEGMENTS
-                and wire[end][1] == addr
-                and len(wire[end][0]) <= size
-                and total + len(wire[end][0]) <= GSO_MAX_BYTES
-            ):
-                total += len(wire[end][0])
-                end += 1
-                if len(wire[end - 1][0]) < size:
-                    break
+            end = gso_run_end(wire, index, alone)
             if end - index > 1 and size <= GSO_MAX_SEGMENT and self.gso and self._raw is not None:
                 try:
                     self._raw.sendmsg(
@@ -425,8 +393,8 @@ class Endpoint(asyncio.DatagramProtocol):
         connection = self._connection_class(configuration=configuration)
         protocol = create_protocol(connection)
         self._attach(protocol)
-        self._register(connection.host_cid, protocol)
-        self._clients.add(protocol)
+        self.connection_ids.register(connection.host_cid, protocol)
+        self.connection_ids.clients.add(protocol)
         if self.virtual_paths:
             if route is not None:
                 self.routes.keep(route)
@@ -466,7 +434,7 @@ class Endpoint(asyncio.DatagramProtocol):
         protocol = self._routes.get(header.destination_cid)
         if protocol is None:
             # a stateless reset carries no connection ID of ours: its last 16 bytes tell
-            if self._clients and self._stateless_reset(data):
+            if self.connection_ids.clients and self._stateless_reset(data):
                 return
             protocol = self._maybe_accept(data, source, header, relay_route)
             if protocol is None:
@@ -486,69 +454,16 @@ class Endpoint(asyncio.DatagramProtocol):
         config = self._server_configuration
         if config is None or self._create_server_protocol is None or self._closed:
             return None
-        if (
-            header.packet_type != QuicPacketType.VERSION_NEGOTIATION
-            and header.version is not None
-            and header.version not in config.supported_versions
-        ):
-            # never answer a version negotiation with another (reflection loops), nor a datagram
-            # smaller than the smallest Initial: that would send more than was received
-            # (RFC 9000 §5.2.2: such packets are dropped)
-            if len(data) < SMALLEST_INITIAL:
-                return None
-            self.sendto(
-                encode_quic_version_negotiation(
-                    source_cid=header.destination_cid,
-                    destination_cid=header.source_cid,
-                    supported_versions=config.supported_versions,
-                ),
-                source,
-            )
-            return None
-        if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_INITIAL:
-            return None
-        original_dcid: bytes | None = header.destination_cid
-        retry_scid: bytes | None = None
-        decision = Admission.ACCEPT
-        if header.token:
-            try:
-                original_dcid = self._retry.validate_token(
-                    address=source,
-                    destination_cid=header.destination_cid,
-                    token=header.token,
-                    now=asyncio.get_running_loop().time(),
-                )
-                retry_scid = header.destination_cid
-            except ValueError:
-                # a token we did not make (or expired): validate again (a stateless Retry)
-                decision = Admission.RETRY
-        if decision is Admission.ACCEPT and self._admit is not None:
-            # admit() hears whether the source proved it receives (a valid Retry token)
-            decision = self._admit(source, retry_scid is not None)
-            if decision is Admission.REFUSE:
-                return None
-        if decision is Admission.RETRY and retry_scid is None:
-            source_cid = os.urandom(CONNECTION_ID_LENGTH)
-            self.sendto(
-                encode_quic_retry(
-                    version=header.version,
-                    source_cid=source_cid,
-                    destination_cid=header.source_cid,
-                    original_destination_cid=header.destination_cid,
-                    retry_token=self._retry.create_token(
-                        address=source,
-                        original_destination_connection_id=header.destination_cid,
-                        retry_source_connection_id=source_cid,
-                        now=asyncio.get_running_loop().time(),
-                    ),
-                ),
-                source,
-            )
+        now = asyncio.get_running_loop().time()
+        verdict = self._gate.decide(data, source, header, config.supported_versions, now)
+        if not isinstance(verdict, Accept):
+            if verdict is not None:  # a Version Negotiation or a Retry
+                self.sendto(verdict, source)
             return None
         connection = self._connection_class(
             configuration=config,
-            original_destination_connection_id=original_dcid,
-            retry_source_connection_id=retry_scid,
+            original_destination_connection_id=verdict.original_dcid,
+            retry_source_connection_id=verdict.retry_scid,
         )
         protocol = self._create_server_protocol(connection)
         if self.virtual_paths:
@@ -556,8 +471,8 @@ class Endpoint(asyncio.DatagramProtocol):
                 self.routes.keep(relay_route)
             protocol.route = relay_route or self.routes.new(direct=source)
         self._attach(protocol)
-        self._register(header.destination_cid, protocol)
-        self._register(connection.host_cid, protocol)
+        self.connection_ids.register(header.destination_cid, protocol)
+        self.connection_ids.register(connection.host_cid, protocol)
         return protocol
 
     def _stateless_reset(self, data: bytes) -> bool:
@@ -565,13 +480,13 @@ class Endpoint(asyncio.DatagramProtocol):
         and peer connections this side opened)."""
         if _is_long_header(data):
             return False
-        for protocol in list(self._clients):
+        for protocol in list(self.connection_ids.clients):
             if is_reset(data, protocol.reset_tokens()):
                 protocol.stateless_reset()
                 return True
         return False
 
-    # --- routing table ------------------------------------------------------------------------
+    # --- connections ------------------------------------------------------------------------
 
     def _coalesces(self, loop: asyncio.AbstractEventLoop) -> bool:
         """The loop hands us several datagrams per wakeup: connections transmit once per batch."""
@@ -583,29 +498,34 @@ class Endpoint(asyncio.DatagramProtocol):
             protocol.defer_transmits = True  # the class default is False
         protocol.connection_made(self._sender)  # type: ignore[arg-type]  # the sender stands in for the shared socket's transport
 
-    def _register(self, cid: bytes, protocol: EndpointProtocol) -> None:
-        if not self._closed:
-            self._routes[cid] = protocol
-            if protocol.routed_cids is None:
-                protocol.routed_cids = set()
-            protocol.routed_cids.add(cid)
+    def forget(self, protocol: EndpointProtocol) -> None:
+        """A connection ended: its IDs leave the table, and its route with the last user of it."""
+        if self.connection_ids.forget(protocol):
+            self.routes.drop(protocol.route)  # type: ignore[arg-type]  # forget() is True only with a route
 
-    def _unregister(self, cid: bytes, protocol: EndpointProtocol) -> None:
-        if self._routes.get(cid) is protocol:
-            del self._routes[cid]
-        if protocol.routed_cids is not None:
-            protocol.routed_cids.discard(cid)
 
-    def _forget(self, protocol: EndpointProtocol) -> None:
-        for cid in protocol.routed_cids or ():
-            if self._routes.get(cid) is protocol:
-                del self._routes[cid]
-        protocol.routed_cids = None
-        self._clients.discard(protocol)
-        route = protocol.route
-        # a relay route is shared by the attempts of one pair: it goes with the last of them
-        if route is not None and not any(other.route is route for other in self._routes.values()):
-            self.routes.drop(route)
+def gso_run_end(wire: list[tuple[bytes, Addr]], index: int, alone: set[int]) -> int:
+    """The end of the run of datagrams from ``index`` that one GSO send may carry: same address,
+    same size (the last may be shorter), within the kernel's limits; ``alone`` ones never join."""
+    data, addr = wire[index]
+    size = len(data)
+    end = index + 1
+    total = size
+    count = len(wire)
+    while (
+        index not in alone
+        and end < count
+        and end not in alone
+        and end - index < GSO_MAX_SEGMENTS
+        and wire[end][1] == addr
+        and len(wire[end][0]) <= size
+        and total + len(wire[end][0]) <= GSO_MAX_BYTES
+    ):
+        total += len(wire[end][0])
+        end += 1
+        if len(wire[end - 1][0]) < size:
+            break
+    return end
 
 
 def _is_long_header(data: bytes) -> bool:

@@ -19,7 +19,7 @@ from aioquic.quic.recovery import QuicPacketPacer
 
 from discretpeer._aioquic import SlidingCredit, set_pacer
 from discretpeer.path_mtu import DatagramSizeSearch
-from discretpeer.tuning import CONNECTION_WINDOW, DEFAULT_TUNING, STREAM_WINDOW, Tuning
+from discretpeer.tuning import tuning_of
 
 PACER_BURST = 16  # datagrams the pacer lets go at once, whatever its 1-us charge per datagram
 
@@ -48,12 +48,11 @@ class AppPacedQuicConnection(SlidingCredit, DatagramSizeSearch):
     ``unread(stream_id)`` returns the bytes received but not yet read on that stream
     (``unread(None)``: on all streams); the owning protocol sets it."""
 
-    stream_window = STREAM_WINDOW
-    connection_window = CONNECTION_WINDOW
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.unread: Callable[[int | None], int] = _no_unread
-        tuning: Tuning = getattr(self.configuration, "tuning", DEFAULT_TUNING)
+        tuning = tuning_of(self)
+        self.stream_window = tuning.max_stream_data  # the sliding receive windows (SlidingCredit)
+        self.connection_window = tuning.max_data
         pacer = BurstPacer if tuning.burst_pacer else QuicPacketPacer
         set_pacer(self, pacer(max_datagram_size=self.datagram_size))

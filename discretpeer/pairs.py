@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from discretpeer.addresses import Addr
-from discretpeer.beacon_client import udp_unreachable
+from discretpeer.beacon_client import own_mapping_varies, udp_unreachable
 from discretpeer.birthday_driver import BirthdayDriver
 from discretpeer.candidates import is_lan_address, on_attached_network
 from discretpeer.dialer import Dialer
@@ -91,6 +91,14 @@ class Pair:
             self.ended = True  # (before Peer hears of the close, which then finds no connection here)
             self.state.connection_closed()
         return connection
+
+    def remote_mapping_varies(self) -> bool | None:
+        """The other peer's NAT maps per destination? (two beacons' introductions, or what it
+        learned from a behaviour port); None if unknown."""
+        varies = mapping_varies(self.observed_by)
+        if varies is None and self.remote_mapping not in (None, MAPPING_UNKNOWN):
+            varies = self.remote_mapping == MAPPING_DEPENDENT
+        return varies
 
     @property
     def dial_heard(self) -> bool:
@@ -400,33 +408,6 @@ class PairDriver:
         log.info("requesting relay", peer_instance=pair.session.remote_instance.hex()[:8], beacons=len(pair.clients))
         return now + RELAY_REQUEST_RETRY
 
-    def own_mapping_varies(self) -> bool | None:
-        return self._own_mapping_varies()
-
-    def remote_mapping_varies(self, pair: Pair) -> bool | None:
-        """The other peer's NAT maps per destination? (two beacons' introductions, or what it
-        learned from a behaviour port); None if unknown."""
-        varies = mapping_varies(pair.observed_by)
-        if varies is None and pair.remote_mapping not in (None, MAPPING_UNKNOWN):
-            varies = pair.remote_mapping == MAPPING_DEPENDENT
-        return varies
-
-    def _own_mapping_varies(self) -> bool | None:
-        """Does our NAT give us a different public address per destination (a "symmetric" NAT)?
-        Known once two beacons at different addresses told us what they see; else None."""
-        seen: dict[Addr, Addr] = {}
-        for client in self.clients:
-            beacon, observed = client.beacon_address, client.status.observed
-            # TCP (issue 14): an address seen over TCP says nothing about our UDP mapping
-            if beacon is not None and observed is not None and client.status.transport == "udp":
-                seen[beacon] = observed.to_socket()
-        varies = mapping_varies(seen)
-        if varies is None:  # one beacon: its second port may have told
-            learned = {client.mapping for client in self.clients} - {None, MAPPING_UNKNOWN}
-            if len(learned) == 1:
-                varies = learned.pop() == MAPPING_DEPENDENT
-        return varies
-
     def _direct_hopeless(self, pair: Pair) -> bool:
         """Both sides behind NATs that map per destination: the address each beacon reports is
         useless to the other peer, punching cannot meet. Both peers see the same facts (each
@@ -435,10 +416,10 @@ class PairDriver:
             return True
         if udp_unreachable(self.clients):  # TCP (issue 14): our UDP is blocked, punching is pointless
             return True
-        other = self.remote_mapping_varies(pair)
+        other = pair.remote_mapping_varies()
         if not other:
             return False
-        mine = self._own_mapping_varies()
+        mine = own_mapping_varies(self.clients)
         if not mine:
             return False
         own_ips = {c.status.observed.host for c in self.clients if c.status.observed is not None}

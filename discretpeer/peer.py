@@ -20,12 +20,11 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from aioquic.quic.connection import QuicConnection
-
 from certs import create_bundle
 from discretpeer.addresses import Addr
-from discretpeer.auth import AuthError, Expectation, PeerPolicy
+from discretpeer.auth import Expectation, PeerPolicy
 from discretpeer.beacon_client import BeaconClient
+from discretpeer.beacon_set import BeaconSet
 from discretpeer.behaviour_probe import BehaviourProber
 from discretpeer.candidates import attached_networks
 from discretpeer.config import BeaconSpec, parse_beacons
@@ -34,10 +33,9 @@ from discretpeer.connection import (
     PeerConnection,
     PeerProtocol,
     VerifiedPeer,
-    authenticate_as_listener,
 )
-from discretpeer.dialer import DIAL_TIMEOUT, Dialer, peer_quic_configuration
-from discretpeer.endpoint import Admission, Endpoint
+from discretpeer.dialer import Dialer, peer_quic_configuration
+from discretpeer.endpoint import Endpoint
 from discretpeer.errors import ConnectError
 from discretpeer.failure_report import FailureReport
 from discretpeer.flow import AppPacedQuicConnection
@@ -47,11 +45,12 @@ from discretpeer.meeting_book import Meeting, MeetingBook
 from discretpeer.pair_state import Dial
 from discretpeer.pairs import Pair, PairDriver, PairSettings
 from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, check_max_datagram_size
-from discretpeer.paths import is_virtual
+from discretpeer.peer_incoming import IncomingHandshakes
 from discretpeer.peer_network import PeerNetwork
 from discretpeer.peer_stats import PeerStats
 from discretpeer.portmap import PortMapper
 from discretpeer.proto.wire import INSTANCE_SIZE
+from discretpeer.tasks import TaskSet
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, pair_meeting
 from discretpeer.traversal import Candidate
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
@@ -60,7 +59,6 @@ __all__ = ["Peer", "PeerStats"]
 
 log = get_logger("discretpeer.peer")
 
-MAX_PENDING_INCOMING = 32
 MAX_INCOMING_BACKLOG = 64
 TOKEN_REFRESH_INTERVAL = 60.0
 CANDIDATE_REFRESH_INTERVAL = 60.0
@@ -110,23 +108,24 @@ class Peer(FailureReport):
         self._port = port
         self._lan_enabled = lan
         self._direct_enabled = direct
+        self._book = MeetingBook(rotation_seconds)
+        self._beacons = BeaconSet(self.beacons, self._book)
+        self._clients: list[BeaconClient] = self._beacons.clients  # read by FailureReport and the CLI
         self._network = PeerNetwork(
             self.instance,
             report_local=report_local_candidates,
             port_mapping=port_mapping and direct,
             port_mapping_gateway=port_mapping_gateway,
             lan_interfaces=lan_interfaces,
-            on_candidates=self._refresh_candidates,
+            on_candidates=self._beacons.refresh_candidates,
             on_lan_sighting=self._on_lan_sighting,
         )
         self._behaviour: BehaviourProber | None = None
         self._endpoint: Endpoint | None = None
-        self._clients: list[BeaconClient] = []
-        self._book = MeetingBook(rotation_seconds)
         self._connections: set[PeerConnection] = set()
         self._incoming: asyncio.Queue[PeerConnection] = asyncio.Queue(MAX_INCOMING_BACKLOG)
-        self._pending_incoming = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log)
+        self._spawn = self._tasks.spawn
         self._closed = False
         self._started = False
         self._dialer = Dialer(
@@ -145,6 +144,16 @@ class Peer(FailureReport):
             settings, self.stats, self._book, self._dialer, self._clients, lambda: self._network.candidates
         )
         self._pairs = self._driver.pairs
+        self._incoming_handshakes = IncomingHandshakes(
+            identity,
+            self.stats,
+            self._book,
+            self._driver,
+            direct_enabled=direct,
+            spawn=self._spawn,
+            is_closed=lambda: self._closed,
+            on_verified=self._on_incoming,
+        )
         self._driver.birthday.spawn = self._spawn
         self._driver.on_direct = self._sync_tokens  # a relayed meeting went direct: withdraw it
         bundle = create_bundle("discretpeer", private_key=identity.private_key)
@@ -165,8 +174,8 @@ class Peer(FailureReport):
             self._host,
             self._port,
             server_configuration=self._server_config,
-            create_server_protocol=self._new_incoming,
-            admit=self._admit,
+            create_server_protocol=self._incoming_handshakes.new_protocol,
+            admit=self._incoming_handshakes.admit,
             on_datagram=self._on_datagram,
             virtual_paths=True,
             on_unexpected_source=self._driver.on_unexpected_source,
@@ -177,20 +186,13 @@ class Peer(FailureReport):
         self._behaviour = BehaviourProber(self._endpoint.sendto)
         self._driver.started(self._endpoint, attached_networks())
         self._network.start_port_mapping()
-        for spec in self.beacons:
-            client = BeaconClient(
-                spec,
-                self._endpoint,
-                self.instance,
-                on_introduction=self._driver.on_beacon_introduction,
-                get_candidates=lambda: list(self._network.candidates),
-                on_relay_message=self._driver.on_relay_message,
-                on_disconnect=self._driver.relay.on_beacon_lost,
-                on_token_full=self._on_token_full,
-                observe_behaviour=self._behaviour.observe,
-            )
-            self._clients.append(client)
-            client.start()
+        self._beacons.start(
+            self._endpoint,
+            self.instance,
+            self._driver,
+            get_candidates=lambda: list(self._network.candidates),
+            observe_behaviour=self._behaviour.observe,
+        )
         if self._lan_enabled:
             await self._network.start_lan(self._book.wanted_tokens())
         self._spawn(self._driver.punch_loop(), "punch loop")
@@ -213,11 +215,9 @@ class Peer(FailureReport):
             return_exceptions=True,
         )
         await self._network.close_lan()
-        await asyncio.gather(*(client.close() for client in self._clients), return_exceptions=True)
+        await self._beacons.close()
         await self._network.close_port_mapping()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         for connection in list(self._connections):  # any verified while the others were closing
             connection.close("peer closing")
         self._driver.birthday.close()  # extra sockets of birthday probing
@@ -253,13 +253,7 @@ class Peer(FailureReport):
 
     async def wait_beacons(self, timeout: float = 5.0, *, count: int = 1) -> int:
         """Wait until ``count`` beacons (default: one) are connected; returns how many are."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            connected = sum(1 for client in self._clients if client.connected)
-            if connected >= min(count, len(self._clients)):
-                return connected
-            await asyncio.sleep(0.02)
-        return sum(1 for client in self._clients if client.connected)
+        return await self._beacons.wait(timeout, count)
 
     async def connect(self, meeting: str | bytes, *, expect: Expectation, timeout: float = 10.0) -> PeerConnection:
         """Meet the peer(s) sharing ``meeting`` and return the first verified connection.
@@ -343,8 +337,7 @@ class Peer(FailureReport):
         for pair in self._pairs.values():
             if pair.connection is not None and not pair.connection.closed and pair.connection.path == "relay":
                 tokens.update(pair.meeting.tokens)
-        for client in self._clients:
-            client.set_tokens(tokens)
+        self._beacons.set_tokens(tokens)
         if self._network.lan is not None:
             self._spawn(self._network.lan.set_tokens(tokens), "lan tokens")
 
@@ -363,12 +356,7 @@ class Peer(FailureReport):
                 changed = networks != self._driver.networks
                 self._driver.networks = networks
                 if self._network.refresh(changed):
-                    self._refresh_candidates()
-
-    def _refresh_candidates(self) -> None:
-        """Our candidates changed: tell the beacons."""
-        for client in self._clients:
-            client.refresh_candidates()
+                    self._beacons.refresh_candidates()
 
     async def probe_hairpin(self, public: Addr, timeout: float = 0.6) -> float | None:
         """Does our NAT hairpin? Seconds until a small random probe sent from this peer's socket
@@ -386,56 +374,9 @@ class Peer(FailureReport):
 
     # --- incoming -----------------------------------------------------------------------------
 
-    def _admit(self, source: Addr, validated: bool) -> Admission:
-        if not self._direct_enabled and not is_virtual(source):
-            return Admission.REFUSE  # relay only: never answer anyone directly
-        # unauthenticated handshakes hold memory: cap how many are in flight at once
-        return Admission.ACCEPT if self._pending_incoming < MAX_PENDING_INCOMING else Admission.REFUSE
-
-    def _new_incoming(self, quic: QuicConnection) -> PeerProtocol:
-        protocol = PeerProtocol(quic)
-        self._pending_incoming += 1
-        self.stats.incoming_attempts += 1
-        self._spawn(self._accept(protocol), "accept")
-        return protocol
-
-    async def _accept(self, protocol: PeerProtocol) -> None:
-        try:
-            await asyncio.wait_for(protocol.wait_handshake(), DIAL_TIMEOUT * 2)
-            verified = await authenticate_as_listener(protocol, self.identity, self._book.policy_for_token)
-        except asyncio.CancelledError:
-            # we are closing: say so, or the dialer (verified on its side already) would take the
-            # connection for a live one and hear nothing until its path timeout
-            protocol.close_with("peer closing")
-            raise
-        except (AuthError, ConnectionError, OSError, TimeoutError) as exc:
-            text = str(exc) or type(exc).__name__
-            if isinstance(exc, AuthError):
-                self.stats.auth_failures += 1
-                # the meeting is not known before the proof is read: tell every waiting one
-                for waiting in self._book:
-                    waiting.failures.append(f"incoming from {protocol.remote_address}: {text}")
-            protocol.close_with(text)
-            return
-        finally:
-            self._pending_incoming -= 1
-        if self._closed:  # verified while close() was closing the others
-            protocol.close_with("peer closing")
-            return
-        meeting = self._book.by_token(verified.token)
-        if meeting is None:
-            protocol.close_with("meeting withdrawn")
-            return
-        route = protocol.route
-        path: PathKind
-        pair: Pair | None
-        if route is not None and route.kind == "relay" and route.relay is not None:
-            pair = self._driver.relay.pair_of(route.relay.session_id)
-            path = "relay"
-        else:
-            pair = self._driver.pair_for_address(meeting, protocol.remote_address)
-            candidate = pair.session.candidates.get(protocol.remote_address) if pair is not None else None
-            path = self._driver.path_kind(candidate, protocol.remote_address)
+    def _on_incoming(
+        self, meeting: Meeting, protocol: PeerProtocol, verified: VerifiedPeer, path: PathKind, pair: Pair | None
+    ) -> None:
         introduced_at = pair.state.introduced_at if pair is not None else None
         connection = self._adopt(protocol, verified, path, dialer=False, introduced_at=introduced_at)
         if pair is not None:
@@ -452,28 +393,6 @@ class Peer(FailureReport):
         self._driver.attach(pair, connection, protocol, dial.attempt)
         self._deliver(pair.meeting, connection)
 
-    # --- beacon signals -----------------------------------------------------------------------
-
-    def _on_token_full(self, client: BeaconClient, token: bytes, text: str) -> None:
-        """A beacon refused one of a meeting's tokens as full: the peers cannot meet there."""
-        meeting = self._book.by_token(token)
-        if meeting is not None:
-            if text not in meeting.refusals:
-                meeting.refusals.append(text)
-            log.warning("meeting token refused as full", beacon=str(client.spec), reason=text)
-
-    def _on_connection_quiet(self, connection: PeerConnection) -> None:
-        """A relayed connection hears nothing: if its beacon crashed, ask that beacon client to
-        find out now (a restarted beacon resets it at once) rather than at its next keepalive."""
-        if connection.path != "relay":
-            return
-        for route, pair in self._driver.relay.routes():
-            if pair.connection is connection and route.relay is not None:
-                for client in self._clients:
-                    if client.beacon_address == route.relay.beacon:
-                        client.check_now()
-                return
-
     # --- delivery -----------------------------------------------------------------------------
 
     def _adopt(
@@ -486,7 +405,7 @@ class Peer(FailureReport):
             dialer=dialer,
             introduced_at=introduced_at,
             on_close=self._on_connection_closed,
-            on_quiet=self._on_connection_quiet,
+            on_quiet=self._beacons.on_connection_quiet,
         )
         self._connections.add(connection)
         self.stats.verified += 1
@@ -534,16 +453,3 @@ class Peer(FailureReport):
             local=[a.to_socket() for a in sighting.addresses],
             via="lan",
         )
-
-    # --- tasks --------------------------------------------------------------------------------
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("internal task failed", task=task.get_name(), error=repr(task.exception()))

@@ -6,7 +6,10 @@ measure is worth (benchmarks/variants.py) instead of patching modules.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 STREAM_HIGH_WATER = 1024 * 1024  # unacknowledged bytes per stream before writer.drain() waits
 STREAM_LOW_WATER = 256 * 1024
@@ -18,7 +21,11 @@ CONNECTION_WINDOW = 16 * 1024 * 1024
 class Tuning:
     """``stream_high_water`` / ``stream_low_water``: unacknowledged bytes on a stream at which a
     writer pauses / resumes. ``max_data`` / ``max_stream_data``: the receive windows a peer
-    connection announces. ``burst_pacer``: discretpeer.flow.BurstPacer (off: aioquic's pacer).
+    connection announces (and slides: discretpeer._aioquic.SlidingCredit). ``congestion_control``:
+    aioquic's algorithm ("reno", "cubic"). ``ack_delay``: seconds aioquic waits before it
+    acknowledges (None: its own, 1 ms). ``path_mtu_probing``: probe for datagrams larger than 1350
+    bytes (off: 1350 all along). ``gso``: UDP GSO sends and GRO reads where the kernel has them
+    (off: one datagram per system call). ``burst_pacer``: discretpeer.flow.BurstPacer (off: aioquic's pacer).
     ``coalesce_transmits``: on a loop that delivers several datagrams per wakeup (uvloop), one
     transmit per batch (off: one after every datagram). ``batched_reads``: on asyncio's own loop,
     read several datagrams per wakeup ourselves (off: its transport's one per wakeup)."""
@@ -30,6 +37,46 @@ class Tuning:
     burst_pacer: bool = True
     coalesce_transmits: bool = True
     batched_reads: bool = True
+    congestion_control: str = "reno"
+    ack_delay: float | None = None
+    path_mtu_probing: bool = True
+    gso: bool = True
 
 
 DEFAULT_TUNING = Tuning()
+
+
+def parse_tuning(entries: Iterable[str], base: Tuning = DEFAULT_TUNING) -> Tuning:
+    """``base`` with ``NAME=VALUE`` entries applied (NAME: a field, ``-`` or ``_``; booleans as
+    on/off, true/false, 1/0; ``ack_delay=none``: aioquic's). Raises ValueError naming the problem."""
+    names = [f.name for f in dataclasses.fields(Tuning)]
+    changes: dict[str, Any] = {}
+    for entry in entries:
+        name, equals, text = entry.partition("=")
+        name = name.strip().replace("-", "_")
+        if not equals or name not in names:
+            raise ValueError(f"tuning {entry!r}: expected NAME=VALUE, NAME one of {', '.join(names)}")
+        try:
+            changes[name] = _tuning_value(getattr(DEFAULT_TUNING, name), text.strip())
+        except ValueError:
+            raise ValueError(f"tuning {entry!r}: invalid value for {name}") from None
+    return dataclasses.replace(base, **changes)
+
+
+def _tuning_value(default: Any, text: str) -> Any:
+    if isinstance(default, bool):
+        flags = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+        if text.lower() not in flags:
+            raise ValueError(text)
+        return flags[text.lower()]
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, str):
+        return text
+    return None if text.lower() == "none" else float(text)  # ack_delay: seconds or None
+
+
+def tuning_of(quic: Any) -> Tuning:
+    """The Tuning a QuicConnection was configured with (the defaults if its configuration has none)."""
+    tuning: Tuning = getattr(quic.configuration, "tuning", DEFAULT_TUNING)
+    return tuning

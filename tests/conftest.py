@@ -12,7 +12,7 @@ import pytest
 from beacon.config import BeaconConfig
 from beacon.server import BeaconServer
 from certs import CertificateBundle, create_bundle
-from discretpeer import Peer
+from discretpeer import Identity, Peer
 from discretpeer.tokens import MeetingKeys
 
 
@@ -46,6 +46,21 @@ async def crowd_meeting(server: BeaconServer, holders: list[Peer], meeting: str)
         if all(len(server.meetings.holders(t)) == len(holders) for t in MeetingKeys.derive(meeting).tokens()):
             break
         await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def crowded_beacon(meeting: str) -> AsyncIterator[tuple[BeaconServer, list[dict[str, str]], list[Peer]]]:
+    """A beacon with two places per token, both taken on ``meeting`` by two peers (on 127.0.0.2
+    and 127.0.0.3): (the beacon, its config entry, those two peers)."""
+    async with running_beacon(max_peers_per_token=2) as server:
+        entry = [beacon_entry(server)]
+        holders = [Peer(Identity.generate(), entry, host=host) for host in ("127.0.0.2", "127.0.0.3")]
+        try:
+            await crowd_meeting(server, holders, meeting)
+            yield server, entry, holders
+        finally:
+            for peer in holders:
+                await peer.close()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Run ``discretpeer`` (the CLI) with benchmark variants applied: ``python -m
-benchmarks.workers.cli [--coalesce ...] -- expose ...``. Without variant flags it is the CLI as
-shipped. Its stdout/stderr are the CLI's own; the deadline still applies."""
+benchmarks.workers.cli [--no-coalesce ...] -- expose ...``. Without variant flags it is the CLI as
+shipped; with them, the command gets the matching ``--tuning NAME=VALUE`` options. Its
+stdout/stderr are the CLI's own; the deadline still applies."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import argparse
 import sys
 
 from benchmarks.common import arm_deadline
-from benchmarks.variants import add_variant_flags, apply_variant, tune_cli_peers
+from benchmarks.variants import add_variant_flags, tuning_options, variant_tuning
 
 
 def main() -> int:
@@ -19,14 +20,12 @@ def main() -> int:
     add_variant_flags(parser)
     args = parser.parse_args(argv[:split])
     arm_deadline(args.deadline)
-    tune_cli_peers(apply_variant(args))
+    if args.uvloop:
+        import uvloop  # noqa: F401 - the CLI runs on uvloop when it is installed: --uvloop only insists on it
     import discretpeer.cli as cli
 
-    if args.uvloop:
-        import uvloop
-
-        cli._run = uvloop.run  # type: ignore[attr-defined]  # patched for this benchmark
-    return cli.main(argv[split + 1 :])
+    command = argv[split + 1 :]
+    return cli.main(command[:1] + tuning_options(variant_tuning(args)) + command[1:])
 
 
 if __name__ == "__main__":

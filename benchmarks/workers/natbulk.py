@@ -10,6 +10,7 @@ JSON lines on stdout: connected {path, datagram_size, rtt}, sent {seconds, datag
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -50,34 +51,15 @@ async def send(conn, size: int) -> float:
 
 
 async def main(config: dict) -> None:
-    if config.get("window"):
-        import discretpeer.flow as flow
-        from discretpeer.path_mtu import SizedQuicConfiguration
-
-        flow.AppPacedQuicConnection.stream_window = config["window"]
-        flow.AppPacedQuicConnection.connection_window = 4 * config["window"]
-        original = SizedQuicConfiguration.__init__
-
-        def init(self, *args, **kwargs) -> None:
-            kwargs.update(max_data=4 * config["window"], max_stream_data=config["window"])
-            original(self, *args, **kwargs)
-
-        SizedQuicConfiguration.__init__ = init
-    if config.get("cc"):
-        from discretpeer.path_mtu import SizedQuicConfiguration
-
-        original_cc = SizedQuicConfiguration.__init__
-
-        def init_cc(self, *args, **kwargs) -> None:
-            kwargs["congestion_control_algorithm"] = config["cc"]
-            original_cc(self, *args, **kwargs)
-
-        SizedQuicConfiguration.__init__ = init_cc
-    from discretpeer import Identity, Peer
+    from discretpeer import Identity, Peer, Tuning
 
     identity = Identity.load(config["identity"])
     options = {"max_datagram_size": config["dgram"]} if config.get("dgram") else {}
-    async with Peer(identity, config["beacons"], direct=config.get("direct", True), **options) as peer:
+    window = config.get("window")
+    tuning = Tuning(**({"max_data": 4 * window, "max_stream_data": window} if window else {}))
+    if config.get("cc"):
+        tuning = dataclasses.replace(tuning, congestion_control=config["cc"])
+    async with Peer(identity, config["beacons"], direct=config.get("direct", True), tuning=tuning, **options) as peer:
         conn = await peer.connect(config["meeting"], expect=config["expect"], timeout=config.get("timeout", 30))
         await asyncio.sleep(1.5)  # path-MTU search over (a few RTTs)
         emit(event="connected", path=conn.path, datagram_size=conn.datagram_size, rtt=conn.rtt)

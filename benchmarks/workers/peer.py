@@ -31,7 +31,7 @@ from benchmarks.common import (
     stdin_commands,
     worker_args,
 )
-from benchmarks.variants import add_variant_flags, apply_variant
+from benchmarks.variants import add_variant_flags, variant_tuning
 
 
 async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -58,7 +58,7 @@ async def splice(a: tuple, b: tuple) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    tuning = apply_variant(args)
+    tuning = variant_tuning(args)
     from discretpeer import Identity, Peer
 
     commands = await stdin_commands()

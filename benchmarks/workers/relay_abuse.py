@@ -23,37 +23,27 @@ import os
 import ssl
 import statistics
 import time
+from typing import Any
 
-from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
 from beacon import BeaconServer, loopback_config
-from discretpeer.endpoint import Endpoint, EndpointProtocol
+from benchmarks.common import ROOT, load_module
+from discretpeer.endpoint import Endpoint
 from discretpeer.proto import wire
 from discretpeer.proto.relay_frame import RELAY_DATA, build_relay_frame
 
 MEET_TIMEOUT = 2.0
 
 
-class _Protocol(EndpointProtocol):
-    def __init__(self, quic, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # a local helper
-        super().__init__(quic, *args, **kwargs)
-        self.decoder = wire.FrameDecoder()
-        self.inbox: asyncio.Queue[wire.Message] = asyncio.Queue()
-
-    def quic_event_received(self, event: events.QuicEvent) -> None:
-        if isinstance(event, events.StreamDataReceived):
-            if event.stream_id == 0:
-                for message in self.decoder.feed(event.data):
-                    self.inbox.put_nowait(message)
-            return
-        super().quic_event_received(event)
+# the test suite's beacon-client protocol: control-stream messages land in its ``inbox``
+_Protocol = load_module("beacon_test_client", ROOT / "tests" / "beacon" / "client.py").ClientProtocol
 
 
 class Client:
     """One beacon connection (Hello done) from its own socket on ``host``."""
 
-    def __init__(self, endpoint: Endpoint, protocol: _Protocol, instance: bytes) -> None:
+    def __init__(self, endpoint: Endpoint, protocol: Any, instance: bytes) -> None:  # a _Protocol
         self.endpoint, self.protocol, self.instance = endpoint, protocol, instance
         self.relayed = 0
         endpoint.on_datagram = self._on_datagram

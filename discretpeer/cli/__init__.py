@@ -144,6 +144,12 @@ def _add_network(parser: argparse.ArgumentParser, *, secret: bool = True) -> Non
         help="HTTP CONNECT proxy for the beacons' TLS/TCP path, http://[user:pass@]host:port "
         "(default: HTTPS_PROXY, unless NO_PROXY names the beacon; 'none': never)",
     )
+    group.add_argument(
+        "--tuning",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a data-path setting of discretpeer.Tuning, for measurements (repeatable; e.g. gso=off)",
+    )
     if secret:
         group.add_argument(
             "--secret",

@@ -16,6 +16,7 @@ from discretpeer.cli.tunnel import FrameType, Request, Status, TunnelError, enco
 from discretpeer.config import ConfigError
 from discretpeer.connection import PeerConnection
 from discretpeer.peer import Peer
+from discretpeer.tasks import TaskSet
 from discretpeer.tokens import pair_meeting
 
 from .control import ControlServer
@@ -84,12 +85,8 @@ class Exposer:
         self.tunnels_total = 0
         self.refused = 0
         self.traffic = Traffic()
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks = TaskSet()
+        self._spawn = self._tasks.spawn
 
     async def accept_loop(self) -> None:
         async for conn in self.peer.incoming():
@@ -245,9 +242,7 @@ class Exposer:
         }
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
 
 
 async def run_expose(settings: Settings, args: Any, console: Console) -> int:

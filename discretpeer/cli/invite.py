@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from discretpeer.config import ConfigError
@@ -113,22 +114,41 @@ async def run_invite(settings: Settings, args: Any, console: Console) -> int:
             console.error(f"invitation {code} expired: nobody accepted it within {minutes}", event="expired")
             return 1
         console.status(f"{short_id(conn.peer_id)} answered: checking the code", event="checking", peer=conn.peer_id)
-        try:
-            their_name = await asyncio.wait_for(
-                _as_inviter(conn, code, peer.peer_id, _my_name()), max(EXCHANGE_TIMEOUT, deadline - time.monotonic())
-            )
-        except WrongCode:
-            console.error(
-                f"someone ({short_id(conn.peer_id)}) tried a wrong code: invitation {code} is used up, "
-                "nothing was written; make a new one",
-                event="wrong_code",
-                peer=conn.peer_id,
-            )
-            return 1
-        except (PairingError, ConnectionError, TimeoutError) as exc:
-            console.error(f"pairing failed, nothing was written: {exc or 'timed out'}", event="pairing_failed")
-            return 1
-        return _save(settings, console, name or suggested_name(their_name), conn.peer_id, inviter=True)
+        return await _exchange_and_save(
+            settings,
+            console,
+            conn,
+            _as_inviter(conn, code, peer.peer_id, _my_name()),
+            max(EXCHANGE_TIMEOUT, deadline - time.monotonic()),
+            name,
+            inviter=True,
+            wrong_code=f"someone ({short_id(conn.peer_id)}) tried a wrong code: invitation {code} is used up, "
+            "nothing was written; make a new one",
+        )
+
+
+async def _exchange_and_save(
+    settings: Settings,
+    console: Console,
+    conn: PeerConnection,
+    exchange: Coroutine[Any, Any, str],
+    timeout: float,
+    name: str | None,
+    *,
+    inviter: bool,
+    wrong_code: str,
+) -> int:
+    """Run the code exchange (it returns the other side's name), then save the pairing; say what
+    went wrong (nothing is written then). Returns the exit code."""
+    try:
+        their_name = await asyncio.wait_for(exchange, timeout)
+    except WrongCode:
+        console.error(wrong_code, event="wrong_code", **({"peer": conn.peer_id} if inviter else {}))
+        return 1
+    except (PairingError, ConnectionError, TimeoutError) as exc:
+        console.error(f"pairing failed, nothing was written: {exc or 'timed out'}", event="pairing_failed")
+        return 1
+    return _save(settings, console, name or suggested_name(their_name), conn.peer_id, inviter=inviter)
 
 
 async def _as_inviter(conn: PeerConnection, code: Code, my_id: str, my_name: str) -> str:
@@ -143,20 +163,19 @@ async def _as_inviter(conn: PeerConnection, code: Code, my_id: str, my_name: str
             their_name = pake.check(confirm, my_id, conn.peer_id)
         except WrongCode:
             writer.write(encode(MessageType.REFUSED, b"wrong code"))
-            writer.write_eof()
-            await _drain_and_close(conn, reader)
+            await _end(conn, reader, writer)
             raise
         writer.write(encode(MessageType.CONFIRM, pake.confirm(my_id, conn.peer_id, my_name)))
-        writer.write_eof()
-        await _drain_and_close(conn, reader)
+        await _end(conn, reader, writer)
         return their_name
     finally:
         with contextlib.suppress(Exception):
             writer.write_eof()
 
 
-async def _drain_and_close(conn: PeerConnection, reader: asyncio.StreamReader) -> None:
-    """Wait for the other side's end of the stream (it read our last message), then close."""
+async def _end(conn: PeerConnection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """End our side of the stream, wait for the other side's end (it read our last message), then close."""
+    writer.write_eof()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(reader.read(), 5.0)
     with contextlib.suppress(Exception):
@@ -182,19 +201,17 @@ async def run_accept(settings: Settings, args: Any, console: Console) -> int:
                 event="not_found",
             )
             return 1
-        try:
-            their_name = await asyncio.wait_for(_as_accepter(conn, code, peer.peer_id, _my_name()), EXCHANGE_TIMEOUT)
-        except WrongCode:
-            console.error(
-                f"wrong code: {code} does not match the invitation (it is now used up; ask for a new "
-                "one); nothing was written",
-                event="wrong_code",
-            )
-            return 1
-        except (PairingError, ConnectionError, TimeoutError) as exc:
-            console.error(f"pairing failed, nothing was written: {exc or 'timed out'}", event="pairing_failed")
-            return 1
-        return _save(settings, console, name or suggested_name(their_name), conn.peer_id, inviter=False)
+        return await _exchange_and_save(
+            settings,
+            console,
+            conn,
+            _as_accepter(conn, code, peer.peer_id, _my_name()),
+            EXCHANGE_TIMEOUT,
+            name,
+            inviter=False,
+            wrong_code=f"wrong code: {code} does not match the invitation (it is now used up; ask for a new "
+            "one); nothing was written",
+        )
 
 
 async def _as_accepter(conn: PeerConnection, code: Code, my_id: str, my_name: str) -> str:
@@ -209,8 +226,7 @@ async def _as_accepter(conn: PeerConnection, code: Code, my_id: str, my_name: st
         if kind is MessageType.REFUSED:
             raise WrongCode(payload.decode("utf-8", "replace"))
         their_name = pake.check(payload, my_id, conn.peer_id)
-        writer.write_eof()
-        await _drain_and_close(conn, reader)
+        await _end(conn, reader, writer)
         return their_name
     finally:
         with contextlib.suppress(Exception):

@@ -112,6 +112,7 @@ def make_peer(settings: Settings, identity: Identity) -> Peer:
         lan=settings.lan,
         relay=settings.relay,
         direct=settings.direct,
+        tuning=settings.tuning,
     )
 
 

@@ -40,6 +40,7 @@ from typing import Any
 from discretpeer.config import BeaconSpec, ConfigError, parse_beacons, split_host_port
 from discretpeer.identity import PEER_ID_LENGTH, Identity, IdentityError, normalize_peer_id
 from discretpeer.proxy import ProxySpec
+from discretpeer.tuning import DEFAULT_TUNING, Tuning, parse_tuning
 
 DEFAULT_TIMEOUT = 15.0
 KNOWN_KEYS = {
@@ -85,6 +86,7 @@ class Settings:
     secret: str | None = None
     proxy: str | None = None  # None: HTTPS_PROXY/NO_PROXY decide; "none": never a proxy
     web_url: str | None = None  # the beacon's browser signalling WebSocket (ws:// or wss://)
+    tuning: Tuning = DEFAULT_TUNING  # --tuning NAME=VALUE: data-path settings (measurements)
     peers: dict[str, str] = field(default_factory=dict)
     # allow entries with a port ("laptop:22"): the exposed ports that peer may use; a peer
     # absent from this map may use every exposed port
@@ -330,6 +332,11 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
         control = _expand(flag("control"), env)
     if flag("proxy") is not None:
         settings.proxy = flag("proxy")
+    if flag("tuning"):
+        try:
+            settings.tuning = parse_tuning(flag("tuning"))
+        except ValueError as exc:
+            raise ConfigError(f"--tuning: {exc}") from None
 
     # --- checks and defaults -------------------------------------------------------------------
     if not math.isfinite(settings.timeout) or settings.timeout <= 0:

@@ -24,6 +24,7 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnec
 from aiortc.sdp import candidate_from_sdp
 
 from discretpeer.identity import Identity
+from discretpeer.tasks import TaskSet
 
 from ._aioice import retransmit_on_incoming_check
 from .binding import BindingError, binding_message, only_sha256, sdp_fingerprint, verify_binding
@@ -265,7 +266,8 @@ class WebDevice:
         self._turn: asyncio.Future[dict[str, Any]] | None = None
         self._turn_lock = asyncio.Lock()
         self._ice_cache: tuple[float, list[RTCIceServer]] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
+        self._spawn = self._tasks.spawn
         self._stun: list[RTCIceServer] | None = None  # the beacon's STUN servers, told with "present"
 
         class _Counter(dict[str, int]):
@@ -317,11 +319,6 @@ class WebDevice:
         if self._ws is not None:
             tokens = list(self.browsers) + list(self.pairings)
             self._spawn(self._send({"t": "listen", "tokens": tokens}))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _send(self, message: dict[str, Any]) -> None:
         if self._ws is not None:

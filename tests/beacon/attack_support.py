@@ -154,3 +154,17 @@ async def watched_beacon(log_dir: Path, **changes: Any) -> AsyncIterator[Watched
     finally:
         logs.close()
         loop.set_exception_handler(previous)
+
+
+@contextlib.asynccontextmanager
+async def attacked_beacon(log_dir: Path, **changes: Any) -> AsyncIterator[tuple[Watched, Any]]:
+    """A watched beacon and one hostile connection to it. After the body the attacker is closed;
+    the beacon must then still introduce a fresh pair, with nothing bad in its log."""
+    async with watched_beacon(log_dir, **changes) as beacon:
+        attacker = await beacon.hostile()
+        try:
+            yield beacon, attacker
+        finally:
+            await attacker.close()
+        await beacon.pair_meets()
+        beacon.assert_clean()

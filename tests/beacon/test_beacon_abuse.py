@@ -290,6 +290,19 @@ async def meet(server, token: bytes, hosts: tuple[str, str]) -> tuple[BeaconClie
     return a, b
 
 
+async def churn_and_check(server, token: bytes, squatters, a, b, *, rounds: int, pause: float) -> None:
+    """The squatters withdraw and announce ``token`` again, ``rounds`` times: the real peers ``a``
+    and ``b`` still hold it afterwards. Closes every client."""
+    for _ in range(rounds):
+        for client in squatters:
+            client.announce(withdraw=[token], add=[token])
+        await asyncio.sleep(pause)
+    keys = {server._clients[k].address for k in server.meetings.holders(token)}
+    assert a.local_address in keys and b.local_address in keys
+    for client in (*squatters, a, b):
+        await client.close()
+
+
 async def test_squatting_from_many_ports_of_one_address_does_not_block_a_meeting(start_beacon):
     async with start_beacon() as server:
         t = os.urandom(32)
@@ -297,14 +310,7 @@ async def test_squatting_from_many_ports_of_one_address_does_not_block_a_meeting
         assert len(server.meetings.holders(t)) <= 4  # the address's share of the token
         a, b = await meet(server, t, ("127.0.0.2", "127.0.0.3"))
         # churning (withdraw + announce again, over and over) does not push them out
-        for _ in range(3):
-            for client in squatters:
-                client.announce(withdraw=[t], add=[t])
-            await asyncio.sleep(0.05)
-        keys = {server._clients[k].address for k in server.meetings.holders(t)}
-        assert a.local_address in keys and b.local_address in keys
-        for client in (*squatters, a, b):
-            await client.close()
+        await churn_and_check(server, t, squatters, a, b, rounds=3, pause=0.05)
 
 
 async def test_squatting_from_several_addresses_fills_no_more_than_their_share(start_beacon):
@@ -325,13 +331,7 @@ async def test_squatting_from_several_addresses_fills_no_more_than_their_share(s
                     assert wire.token_of_full_message(message.message) == t
                     evicted += 1
         assert evicted == 2
-        for client in squatters:
-            client.announce(withdraw=[t], add=[t])
-        await asyncio.sleep(0.1)
-        keys = {server._clients[k].address for k in server.meetings.holders(t)}
-        assert a.local_address in keys and b.local_address in keys
-        for client in (*squatters, a, b):
-            await client.close()
+        await churn_and_check(server, t, squatters, a, b, rounds=1, pause=0.1)
 
 
 async def test_genuinely_full_token_is_refused_with_token_full(start_beacon):

@@ -15,7 +15,7 @@ import time
 import pytest
 from aioquic.buffer import Buffer
 from aioquic.quic.packet import pull_quic_header
-from attack_support import hostile, rss_bytes, watched_beacon
+from attack_support import attacked_beacon, hostile, rss_bytes, watched_beacon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,46 +68,28 @@ async def test_out_of_order_stream_data_holds_bounded_memory(tmp_path):
 async def test_streams_other_than_control_are_refused(tmp_path, stream_id):
     """Any stream besides 0 (bidi 4/8, client uni 2, server uni 3) ends the connection with a
     transport error; the beacon never buffers data on it."""
-    async with watched_beacon(tmp_path) as beacon:
-        attacker = await beacon.hostile()
-        try:
-            attacker.send_frames(hostile.stream_frame(stream_id, 12 * KB, b"x"))
-            await wait_until(lambda: attacker.closed)
-            assert beacon.buffered_bytes() < 4 * KB
-            code = attacker.client.protocol.terminated.error_code
-            # 0x4 STREAM_LIMIT_ERROR (the beacon allows one stream); 0x5 STREAM_STATE_ERROR (3 is
-            # a stream only the beacon could open)
-            assert code == (0x5 if stream_id == 3 else 0x4), attacker.client.protocol.terminated
-        finally:
-            await attacker.close()
-        await beacon.pair_meets()
-        beacon.assert_clean()
+    async with attacked_beacon(tmp_path) as (beacon, attacker):
+        attacker.send_frames(hostile.stream_frame(stream_id, 12 * KB, b"x"))
+        await wait_until(lambda: attacker.closed)
+        assert beacon.buffered_bytes() < 4 * KB
+        code = attacker.client.protocol.terminated.error_code
+        # 0x4 STREAM_LIMIT_ERROR (the beacon allows one stream); 0x5 STREAM_STATE_ERROR (3 is
+        # a stream only the beacon could open)
+        assert code == (0x5 if stream_id == 3 else 0x4), attacker.client.protocol.terminated
 
 
 async def test_many_gaps_on_the_control_stream_end_the_connection(tmp_path):
-    async with watched_beacon(tmp_path) as beacon:
-        attacker = await beacon.hostile()
-        try:
-            attacker.send_frames(*(hostile.stream_frame(0, 1000 + 2 * i, b"x") for i in range(400)))
-            await wait_until(lambda: attacker.closed)
-        finally:
-            await attacker.close()
-        await beacon.pair_meets()
-        beacon.assert_clean()
+    async with attacked_beacon(tmp_path) as (beacon, attacker):
+        attacker.send_frames(*(hostile.stream_frame(0, 1000 + 2 * i, b"x") for i in range(400)))
+        await wait_until(lambda: attacker.closed)
 
 
 async def test_out_of_order_crypto_data_is_bounded(tmp_path):
     """1-RTT CRYPTO frames far ahead: aioquic would buffer up to 512 KiB per epoch."""
-    async with watched_beacon(tmp_path) as beacon:
-        attacker = await beacon.hostile()
-        try:
-            attacker.send_frames((0x06, hostile.varint(500 * KB) + hostile.varint(1) + b"x"))
-            await wait_until(lambda: attacker.closed)
-            assert beacon.buffered_bytes() < 64 * KB
-        finally:
-            await attacker.close()
-        await beacon.pair_meets()
-        beacon.assert_clean()
+    async with attacked_beacon(tmp_path) as (beacon, attacker):
+        attacker.send_frames((0x06, hostile.varint(500 * KB) + hostile.varint(1) + b"x"))
+        await wait_until(lambda: attacker.closed)
+        assert beacon.buffered_bytes() < 64 * KB
 
 
 # --- 2. the control stream given up ------------------------------------------------------------

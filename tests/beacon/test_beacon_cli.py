@@ -14,6 +14,7 @@ from beacon_test_client import BeaconClient
 from discretpeer.beacon_tcp import open_channel
 from discretpeer.proto import wire
 from discretpeer.proto.wire import ErrorCode
+from tests.support.processes import LOOPBACK_BEACON
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,11 +57,7 @@ async def test_run_pin_metrics_and_sigterm(tmp_path):
     process = await run_beacon(
         "--dir",
         str(d),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--no-ipv6",
+        *LOOPBACK_BEACON,
         "--metrics-port",
         "0",
         "--ready-file",
@@ -107,7 +104,7 @@ async def test_run_pin_metrics_and_sigterm(tmp_path):
     assert "SIGTERM" in log
 
     # second run in the same directory: same hash; SIGINT also stops cleanly
-    again = await run_beacon("--dir", str(d), "--host", "127.0.0.1", "--port", "0", "--no-ipv6")
+    again = await run_beacon("--dir", str(d), *LOOPBACK_BEACON)
     try:
         assert parse(await start_lines(again))[0] == fingerprint
         again.send_signal(signal.SIGINT)
@@ -119,7 +116,7 @@ async def test_run_pin_metrics_and_sigterm(tmp_path):
 
 
 async def test_runs_in_current_directory(tmp_path):
-    process = await run_beacon("--host", "127.0.0.1", "--port", "0", "--no-ipv6", cwd=tmp_path)
+    process = await run_beacon(*LOOPBACK_BEACON, cwd=tmp_path)
     try:
         fingerprint, _ = parse(await start_lines(process))
         assert (tmp_path / "certificate_hash.txt").read_text() == fingerprint + "\n"
@@ -150,7 +147,7 @@ async def test_bad_settings_and_certificates_exit_2(tmp_path):
         d.mkdir()
         if file_name:
             (d / file_name).write_bytes(content)
-        process = await run_beacon("--dir", str(d), "--host", "127.0.0.1", "--port", "0", "--no-ipv6", *flags)
+        process = await run_beacon("--dir", str(d), *LOOPBACK_BEACON, *flags)
         out, err = await asyncio.wait_for(process.communicate(), 30)
         return name, process.returncode, out.decode(), err.decode()
 
@@ -213,7 +210,7 @@ async def test_prints_the_client_configuration(tmp_path):
     from discretpeer.cli.settings import parse_beacon_flag
     from discretpeer.config import parse_beacons
 
-    lines = await _start_lines_and_stop("--dir", str(tmp_path / "a"), "--host", "127.0.0.1", "--port", "0", "--no-ipv6")
+    lines = await _start_lines_and_stop("--dir", str(tmp_path / "a"), *LOOPBACK_BEACON)
     fingerprint, listening = parse(lines)
     port = listening[0][1]
     assert lines[0] == f"certificate hash: {fingerprint}" and lines[1] == f"listening on 127.0.0.1:{port}"
@@ -243,7 +240,7 @@ async def test_one_line_summary_at_info(tmp_path):
     d = tmp_path / "beacon"
     d.mkdir()
     (d / "Beacon.conf.toml").write_text("summary_interval_seconds = 0.3\n")
-    process = await run_beacon("--dir", str(d), "--host", "127.0.0.1", "--port", "0", "--no-ipv6")
+    process = await run_beacon("--dir", str(d), *LOOPBACK_BEACON)
     log = d / "logs" / "beacon.log"
 
     def summaries() -> list[dict]:
@@ -286,7 +283,7 @@ async def test_one_line_summary_at_info(tmp_path):
     # 0 = off
     (d / "Beacon.conf.toml").write_text("summary_interval_seconds = 0\n")
     log.unlink()
-    process = await run_beacon("--dir", str(d), "--host", "127.0.0.1", "--port", "0", "--no-ipv6")
+    process = await run_beacon("--dir", str(d), *LOOPBACK_BEACON)
     try:
         await start_lines(process)
         await asyncio.sleep(1.0)
@@ -330,7 +327,7 @@ async def test_full_disk_while_serving_is_one_warning_not_tracebacks(tmp_path):
     d = tmp_path / "beacon"
     (d / "logs").mkdir(parents=True)
     (d / "logs" / "beacon.log").symlink_to("/dev/full")
-    process = await run_beacon("--dir", str(d), "--host", "127.0.0.1", "--port", "0", "--no-ipv6")
+    process = await run_beacon("--dir", str(d), *LOOPBACK_BEACON)
     try:
         fingerprint, listening = parse(await start_lines(process))
         for nonce in range(3):
@@ -358,11 +355,7 @@ async def test_unwritable_ready_file_is_one_line_exit_2(tmp_path):
         process = await run_beacon(
             "--dir",
             str(tmp_path / "beacon"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--no-ipv6",
+            *LOOPBACK_BEACON,
             "--ready-file",
             str(target),
         )

@@ -20,6 +20,7 @@ from beacon.config import BeaconConfig, ConfigError, load_config, render_templat
 from beacon.files import StartupError, prepare
 from certs import CertificateBundle, CertificateFileError, certificate_fingerprint, create_bundle, save_bundle
 from certs.smallfile import SmallFileError, read_small_file
+from tests.support.processes import beacon_command
 
 
 def mode(path) -> int:
@@ -253,19 +254,7 @@ def test_bad_file_one_line_exit_2_nothing_replaced(tmp_path, case):
     watched = [d / bad, d / "cert_der.bin"]  # (certificate_hash.txt is derived: it may be written)
     before = [_state(p) for p in watched]
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "beacon",
-            "--dir",
-            str(d),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--no-ipv6",
-            *[f.format(d=d) for f in flags],
-        ],
+        beacon_command(d, *[f.format(d=d) for f in flags]),
         cwd=ROOT,
         capture_output=True,
         timeout=20,

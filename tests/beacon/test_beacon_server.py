@@ -17,15 +17,20 @@ def token(n: int | None = None) -> bytes:
     return os.urandom(wire.TOKEN_SIZE) if n is None else n.to_bytes(wire.TOKEN_SIZE, "big")
 
 
-async def met_pair(connect) -> tuple[BeaconClient, BeaconClient, bytes]:
-    """Two new clients announce one fresh token and are both introduced; returns them and it."""
+async def meet(a: BeaconClient, b: BeaconClient) -> bytes:
+    """``a`` and ``b`` announce one fresh token and are both introduced; returns the token."""
     t = token()
-    a, b = await connect(), await connect()
     a.announce(add=[t])
     b.announce(add=[t])
     await a.expect(wire.Introduction)
     await b.expect(wire.Introduction)
-    return a, b, t
+    return t
+
+
+async def met_pair(connect) -> tuple[BeaconClient, BeaconClient, bytes]:
+    """Two new clients announce one fresh token and are both introduced; returns them and it."""
+    a, b = await connect(), await connect()
+    return a, b, await meet(a, b)
 
 
 async def wait_for(predicate, timeout: float = 3.0) -> None:
@@ -221,11 +226,7 @@ async def test_oversized_frame_is_fatal_others_unaffected(beacon, connect):
     error = await a.expect(wire.Error)
     assert error.code == ErrorCode.FRAME_TOO_LARGE and error.fatal
     await a.wait_closed()
-    t = token()
-    b.announce(add=[t])
-    c.announce(add=[t])
-    await b.expect(wire.Introduction)
-    await c.expect(wire.Introduction)
+    await meet(b, c)
 
 
 async def test_malformed_frame(connect):
@@ -246,11 +247,7 @@ async def test_too_many_connections_from_one_ip(start_beacon):
         assert error.code == ErrorCode.TOO_MANY_CONNECTIONS and error.fatal
         assert (await c.wait_closed()).error_code == ErrorCode.TOO_MANY_CONNECTIONS
         await c.close()
-        t = token()
-        a.announce(add=[t])
-        b.announce(add=[t])
-        await a.expect(wire.Introduction)
-        await b.expect(wire.Introduction)
+        await meet(a, b)
         # a slot frees when a connection goes
         await a.close()
         await wait_for(lambda: server.connection_count == 1)
@@ -372,11 +369,7 @@ async def test_metrics_endpoint(start_beacon):
     async with start_beacon(metrics_enabled=True, metrics_port=0) as server:
         a = await BeaconClient.connect(server.addresses[0], server.fingerprint)
         b = await BeaconClient.connect(server.addresses[0], server.fingerprint)
-        t = token()
-        a.announce(add=[t])
-        b.announce(add=[t])
-        await a.expect(wire.Introduction)
-        await b.expect(wire.Introduction)
+        await meet(a, b)
         host, port = server.metrics_address
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -356,6 +356,11 @@ def beacon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Beacon]:
     server.stop()
 
 
+def forward_to(b: Node, a: Node, port: int, *extra: str, name: str) -> Proc:
+    """``b`` runs ``discretpeer forward 0 --to A --port PORT --json EXTRA``: a local port to A's service PORT."""
+    return b.start("forward", "0", "--to", a.peer_id, "--port", str(port), "--json", *extra, name=name)
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory, beacon, services, http_server, sshd) -> Iterator[dict[str, Any]]:
     """Device A exposes every service to B; B runs a forward to A's echo service."""
@@ -369,7 +374,7 @@ def lab(tmp_path_factory, beacon, services, http_server, sshd) -> Iterator[dict[
     ]
     expose = a.start("expose", *ports, "--allow", b.peer_id, "--json", name="expose")
     expose.wait_event("exposing")
-    forward = b.start("forward", "0", "--to", a.peer_id, "--port", str(services["echo"]), "--json", name="forward")
+    forward = forward_to(b, a, services["echo"], name="forward")
     listening = forward.wait_event("listening")
     forward.wait_event("connected")
     yield {

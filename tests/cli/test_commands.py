@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from discretpeer.identity import Identity
-from tests.cli.conftest import CLI, Node, clean_env, free_port, ssh_through_pipe
+from tests.cli.conftest import CLI, Node, clean_env, forward_to, free_port, ssh_through_pipe
 
 ROOT_ID_LEN = 52
 OTHER_ID = Identity.generate().peer_id
@@ -102,7 +102,7 @@ def test_help_everywhere():
 def test_http_page_through_forward_with_curl(lab, tmp_path):
     b: Node = lab["b"]
     port, body = lab["http"]
-    forward = b.start("forward", "0", "--to", lab["a"].peer_id, "--port", str(port), "--json", name="fwd-http")
+    forward = forward_to(b, lab["a"], port, name="fwd-http")
     local = forward.wait_event("listening")["port"]
     page = subprocess.run(
         ["curl", "-sS", "--max-time", "20", f"http://127.0.0.1:{local}/index.html"], capture_output=True, text=True
@@ -214,7 +214,7 @@ def test_close_propagates_both_ways(lab):
     b, a = lab["b"], lab["a"]
     services = lab["services"]
     reporter = services["eof_reporter"]
-    forward = b.start("forward", "0", "--to", a.peer_id, "--port", str(services["eof"]), "--json", name="fwd-eof")
+    forward = forward_to(b, a, services["eof"], name="fwd-eof")
     eof_port = forward.wait_event("listening")["port"]
     forward.wait_event("connected")
     # client half-closes: the service sees EOF, still answers, and then the client sees EOF
@@ -232,7 +232,7 @@ def test_close_propagates_both_ways(lab):
     assert reporter.eofs.get(timeout=10) == 3
     forward.stop()
     # the service closes: the client sees EOF right after the data
-    forward = b.start("forward", "0", "--to", a.peer_id, "--port", str(services["closer"]), "--json", name="fwd-close")
+    forward = forward_to(b, a, services["closer"], name="fwd-close")
     close_port = forward.wait_event("listening")["port"]
     with socket.create_connection(("127.0.0.1", close_port), timeout=10) as sock:
         got = b""
@@ -388,18 +388,7 @@ def test_status_of_a_forward_with_a_control_socket(lab, tmp_path):
     connection's path, tunnels and bytes."""
     a, b = lab["a"], lab["b"]
     control = str(tmp_path / "fwd.sock")
-    forward = b.start(
-        "forward",
-        "0",
-        "--to",
-        a.peer_id,
-        "--port",
-        str(lab["services"]["echo"]),
-        "--json",
-        "--control",
-        control,
-        name="forward-status",
-    )
+    forward = forward_to(b, a, lab["services"]["echo"], "--control", control, name="forward-status")
     port = forward.wait_event("listening")["port"]
     forward.wait_event("connected")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -457,17 +446,7 @@ def test_forward_reconnects_after_the_peer_connection_drops(lab, tmp_path):
 
 def test_relay_path_is_reported_by_forward_and_status(lab):
     a, b = lab["a"], lab["b"]
-    forward = b.start(
-        "forward",
-        "0",
-        "--to",
-        a.peer_id,
-        "--port",
-        str(lab["services"]["echo"]),
-        "--relay-only",
-        "--json",
-        name="fwd-relay",
-    )
+    forward = forward_to(b, a, lab["services"]["echo"], "--relay-only", name="fwd-relay")
     port = forward.wait_event("listening")["port"]
     connected = forward.wait_event("connected", timeout=20)
     assert connected["path"] == "relay"

@@ -15,7 +15,7 @@ from discretpeer import Identity, Peer
 from discretpeer.cli.control import ControlServer
 from discretpeer.cli.session import describe_beacons
 from tests.cli.conftest import ROOT, clean_env
-from tests.conftest import beacon_entry, crowd_meeting, running_beacon
+from tests.conftest import crowded_beacon
 
 
 async def doctor(home, control, beacon) -> dict:
@@ -43,15 +43,12 @@ async def doctor(home, control, beacon) -> dict:
 
 async def test_doctor_reports_a_token_refused_as_full(tmp_path):
     meeting = "a crowded meeting"
-    async with running_beacon(max_peers_per_token=2) as server:
-        entry = [beacon_entry(server)]
-        holders = [Peer(Identity.generate(), entry, host=host) for host in ("127.0.0.2", "127.0.0.3")]
+    async with crowded_beacon(meeting) as (server, entry, _):
         late = Peer(Identity.generate(), entry, host="127.0.0.1")
         control = ControlServer(
             tmp_path / "c" / "expose.sock", lambda: {"kind": "expose", "beacons": describe_beacons(late)}
         )
         try:
-            await crowd_meeting(server, holders, meeting)
             await late.start()
             await control.start()
             quiet = await doctor(tmp_path / "home", control.path, server)
@@ -69,5 +66,3 @@ async def test_doctor_reports_a_token_refused_as_full(tmp_path):
         finally:
             await control.close()
             await late.close()
-            for peer in holders:
-                await peer.close()

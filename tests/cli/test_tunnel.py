@@ -43,13 +43,18 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     return pieces
 
 
-@given(requests, st.binary(max_size=64), st.lists(st.integers(0, 10_000), max_size=6))
-def test_request_round_trip_in_any_chunks(request, tail, cuts):
-    data = encode(request) + tail
-    decoder = Decoder(FrameType.REQUEST)
+def decode_in_chunks(frame_type: FrameType, data: bytes, cuts: list[int]) -> tuple[object, Decoder]:
+    """Feed ``data`` to a decoder in the pieces ``cuts`` make: the frame it returned, and the decoder."""
+    decoder = Decoder(frame_type)
     frame = None
     for piece in chunked(data, cuts):
         frame = decoder.feed(piece) or frame
+    return frame, decoder
+
+
+@given(requests, st.binary(max_size=64), st.lists(st.integers(0, 10_000), max_size=6))
+def test_request_round_trip_in_any_chunks(request, tail, cuts):
+    frame, decoder = decode_in_chunks(FrameType.REQUEST, encode(request) + tail, cuts)
     assert frame == request
     assert decoder.rest == tail
     assert decoder.needed == 0
@@ -57,11 +62,7 @@ def test_request_round_trip_in_any_chunks(request, tail, cuts):
 
 @given(responses, st.binary(max_size=64), st.lists(st.integers(0, 10_000), max_size=6))
 def test_response_round_trip_in_any_chunks(response, tail, cuts):
-    data = encode(response) + tail
-    decoder = Decoder(FrameType.RESPONSE)
-    frame = None
-    for piece in chunked(data, cuts):
-        frame = decoder.feed(piece) or frame
+    frame, decoder = decode_in_chunks(FrameType.RESPONSE, encode(response) + tail, cuts)
     assert frame == response
     assert decoder.rest == tail
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.natlab.lab import Lab
-from tests.natlab.test_matrix import BEACON_IP, DELAY_MS, RUNS, assert_connected, record, run_pair, start_beacon
+from tests.natlab.test_matrix import BEACON_IP, RUNS, assert_connected, homes, record, run_pair, start_beacon
 
 pytestmark = pytest.mark.natlab
 
@@ -23,10 +23,7 @@ def mappings(lab: Lab, since: int) -> list[str]:
 
 
 def test_symmetric_pair_relays_at_once_with_one_beacon(lab: Lab, tmp_path: Path) -> None:
-    lab.add_public("beacon", BEACON_IP)
-    lab.add_home("A", "symmetric")
-    lab.add_home("B", "symmetric")
-    lab.set_delay(DELAY_MS)
+    homes(lab, "symmetric", "symmetric")
     beacon, entry = start_beacon(lab, tmp_path)  # the default beacon: its behaviour port is 4264 + 1
     assert f"nat behaviour on {BEACON_IP}:4265" in beacon.stdout
     since = len(lab.processes)
@@ -37,10 +34,7 @@ def test_symmetric_pair_relays_at_once_with_one_beacon(lab: Lab, tmp_path: Path)
 
 
 def test_a_pair_that_can_punch_still_punches(lab: Lab, tmp_path: Path) -> None:
-    lab.add_public("beacon", BEACON_IP)
-    lab.add_home("A", "symmetric")
-    lab.add_home("B", "full_cone")
-    lab.set_delay(DELAY_MS)
+    homes(lab, "symmetric", "full_cone")
     _, entry = start_beacon(lab, tmp_path)
     since = len(lab.processes)
     times = [assert_connected(*run_pair(lab, tmp_path, "A1", "B1", entry), "direct")]

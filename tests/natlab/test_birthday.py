@@ -9,16 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.natlab.lab import Lab
-from tests.natlab.test_matrix import BEACON_IP, DELAY_MS, RUNS, first, record, run_pair, start_beacon
+from tests.natlab.test_matrix import RUNS, first, homes, record, run_pair, start_beacon
 
 pytestmark = pytest.mark.natlab
 
 
 def test_symmetric_to_port_restricted_goes_direct_by_birthday_probing(lab: Lab, tmp_path: Path) -> None:
-    lab.add_public("beacon", BEACON_IP)
-    lab.add_home("A", "symmetric")
-    lab.add_home("B", "port_restricted")
-    lab.set_delay(DELAY_MS)
+    homes(lab, "symmetric", "port_restricted")
     _, entry = start_beacon(lab, tmp_path)
     times, direct = [], 0
     runs = max(RUNS, 2)  # probabilistic (29/30 direct in the benchmark): one miss of two is allowed

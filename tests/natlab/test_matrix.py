@@ -130,13 +130,18 @@ def record(case: str, path: str, times: list[float]) -> None:
     )
 
 
-def matrix_case(
-    lab: Lab, tmp_path: Path, case: str, flavour_a: str, flavour_b: str, path: str, settings: str = "", **kwargs: Any
-) -> list[float]:
+def homes(lab: Lab, flavour_a: str, flavour_b: str) -> None:
+    """The beacon's public host, homes A (host A1) and B (B1) behind NATs of these flavours, DELAY_MS per link."""
     lab.add_public("beacon", BEACON_IP)
     lab.add_home("A", flavour_a)
     lab.add_home("B", flavour_b)
     lab.set_delay(DELAY_MS)
+
+
+def matrix_case(
+    lab: Lab, tmp_path: Path, case: str, flavour_a: str, flavour_b: str, path: str, settings: str = "", **kwargs: Any
+) -> list[float]:
+    homes(lab, flavour_a, flavour_b)
     _, entry = start_beacon(lab, tmp_path, settings=settings)
     times = []
     for _ in range(RUNS):
@@ -238,10 +243,7 @@ def test_two_homes_behind_the_same_cgnat(lab: Lab, tmp_path: Path) -> None:
 
 
 def test_udp_only_to_443_with_the_beacon_on_443(lab: Lab, tmp_path: Path) -> None:
-    lab.add_public("beacon", BEACON_IP)
-    lab.add_home("A", "udp443_only")
-    lab.add_home("B", "full_cone")
-    lab.set_delay(DELAY_MS)
+    homes(lab, "udp443_only", "full_cone")
     _, entry = start_beacon(lab, tmp_path, port=443)
     # the cone side listens on 443 too (its NAT keeps the port): a strict firewall can reach it
     times = [
@@ -271,10 +273,7 @@ def _tls_only(capture: Any, peer_ip: str) -> None:
 
 
 def test_udp_blocked_relays_over_one_tcp_and_one_udp_leg(lab: Lab, tmp_path: Path) -> None:
-    lab.add_public("beacon", BEACON_IP)
-    lab.add_home("A", "udp_blocked")
-    lab.add_home("B", "port_restricted")
-    lab.set_delay(DELAY_MS)
+    homes(lab, "udp_blocked", "port_restricted")
     _, entry = start_beacon(lab, tmp_path)
     times = []
     with lab.capture("beacon") as capture:
@@ -287,10 +286,7 @@ def test_udp_blocked_relays_over_one_tcp_and_one_udp_leg(lab: Lab, tmp_path: Pat
 
 
 def test_udp_blocked_on_both_sides_relays_over_two_tcp_legs(lab: Lab, tmp_path: Path) -> None:
-    lab.add_public("beacon", BEACON_IP)
-    lab.add_home("A", "udp_blocked")
-    lab.add_home("B", "udp_blocked")
-    lab.set_delay(DELAY_MS)
+    homes(lab, "udp_blocked", "udp_blocked")
     _, entry = start_beacon(lab, tmp_path)
     with lab.capture("beacon") as capture:
         times = [assert_connected(*run_pair(lab, tmp_path, "A1", "B1", entry), "relay") for _ in range(RUNS)]
@@ -302,10 +298,7 @@ def test_udp_blocked_on_both_sides_relays_over_two_tcp_legs(lab: Lab, tmp_path: 
 def test_proxy_only_network_reaches_the_beacon_through_tinyproxy(lab: Lab, tmp_path: Path) -> None:
     """A's network forwards nothing (no UDP, no TCP); a real tinyproxy on its router tunnels
     CONNECT to port 443 only: the beacon's extra TLS port."""
-    lab.add_public("beacon", BEACON_IP)
-    lab.add_home("A", "proxy_only")
-    lab.add_home("B", "port_restricted")
-    lab.set_delay(DELAY_MS)
+    homes(lab, "proxy_only", "port_restricted")
     proxy = lab.start_proxy("A", connect_ports=(443,))
     _, entry = start_beacon(lab, tmp_path, settings="tcp_extra_ports = [443]")
     entry443 = {**entry, "tcp_port": 443}
@@ -325,10 +318,7 @@ def test_proxy_only_network_reaches_the_beacon_through_tinyproxy(lab: Lab, tmp_p
 def test_udp443_only_uses_the_beacons_tcp_443(lab: Lab, tmp_path: Path) -> None:
     """Beacon on UDP 4264 (out of reach) with TLS on TCP 443 too: the strict network's peer
     registers over TCP 443 and meets a full-cone peer on another port through the relay."""
-    lab.add_public("beacon", BEACON_IP)
-    lab.add_home("A", "udp443_only")
-    lab.add_home("B", "full_cone")
-    lab.set_delay(DELAY_MS)
+    homes(lab, "udp443_only", "full_cone")
     _, entry = start_beacon(lab, tmp_path, settings="tcp_extra_ports = [443]")
     entry443 = {**entry, "tcp_port": 443}
     times = [

@@ -10,17 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.natlab.lab import Lab
-from tests.natlab.test_matrix import BEACON_IP, DELAY_MS, first, run_pair, start_beacon
+from tests.natlab.test_matrix import first, homes, run_pair, start_beacon
 
 pytestmark = pytest.mark.natlab
 MARKER = b"PLAINTEXT-MARKER-7f3a"
-
-
-def homes(lab: Lab, flavour_a: str, flavour_b: str) -> None:
-    lab.add_public("beacon", BEACON_IP)
-    lab.add_home("A", flavour_a)
-    lab.add_home("B", flavour_b)
-    lab.set_delay(DELAY_MS)
 
 
 def wait_event(proc, predicate, timeout: float, what: str) -> dict:

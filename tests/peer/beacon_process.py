@@ -5,13 +5,13 @@ restartable in the same directory on the same port: shared by the crash-recovery
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from discretpeer import Identity, Peer
+from tests.support.processes import beacon_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,17 +30,7 @@ class BeaconProcess:
     async def start(self) -> float:
         """Start (on the previous port after a kill); return the loop time it said ``ready``."""
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "beacon",
-            "--dir",
-            str(self.directory),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--no-ipv6",
-            *self.extra_args,
+            *beacon_command(self.directory, "--port", str(self.port), *self.extra_args),
             cwd=ROOT,
             stdout=asyncio.subprocess.PIPE,
             stderr=self.stderr,

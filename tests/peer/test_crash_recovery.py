@@ -17,6 +17,7 @@ from pathlib import Path
 from discretpeer import Peer
 from tests.peer.beacon_process import BeaconProcess, loopback_peer
 from tests.peer.beacon_process import beacon_process as shared_beacon_process
+from tests.support.peers import carried, connect_both
 
 GOAL = 10.0  # seconds: waiting peers meet again after kill -9 + restart (issue 12)
 # a waiting client is silent between two keepalive Pings (at most 8 s), then 3 Pings go unanswered
@@ -95,9 +96,7 @@ async def test_a_relayed_connection_comes_back_after_kill_and_restart(tmp_path):
         loopback_peer(beacon, direct=False) as pa,
         loopback_peer(beacon, direct=False) as pb,
     ):
-        ca, cb = await asyncio.gather(
-            pa.connect("relayed", expect=pb.peer_id), pb.connect("relayed", expect=pa.peer_id)
-        )
+        ca, cb = await connect_both(pa, pb, "relayed")
         assert ca.path == cb.path == "relay"
         before_a, before_b = connects(pa), connects(pb)
         await asyncio.sleep(1.0)
@@ -110,10 +109,7 @@ async def test_a_relayed_connection_comes_back_after_kill_and_restart(tmp_path):
         await asyncio.wait_for(asyncio.gather(ca.wait_closed(), cb.wait_closed()), GOAL + 5)
         closed = asyncio.get_running_loop().time()
         back = await until(lambda: connects(pa) > before_a and connects(pb) > before_b, 3, "both beacon clients back")
-        ca, cb = await asyncio.gather(
-            pa.connect("relayed", expect=pb.peer_id, timeout=GOAL + 5),
-            pb.connect("relayed", expect=pa.peer_id, timeout=GOAL + 5),
-        )
+        ca, cb = await connect_both(pa, pb, "relayed", GOAL + 5)
         relayed = asyncio.get_running_loop().time()
         print(
             f"\nrelayed connection: old one ended {closed - restarted:.2f} s after the restart, "
@@ -121,11 +117,7 @@ async def test_a_relayed_connection_comes_back_after_kill_and_restart(tmp_path):
             f"new relayed connection after {relayed - restarted:.2f} s"
         )
         assert ca.path == cb.path == "relay"
-        _, writer = await ca.open_stream()
-        writer.write(b"still here")
-        writer.write_eof()
-        r2, _ = await cb.accept_stream()
-        assert await r2.read() == b"still here"
+        assert await carried(ca, cb, b"still here") == b"still here"
         assert closed - restarted <= 3.5  # the quiet relay had the beacon checked, not 6-8 s later
         assert relayed - back <= 1.0  # a fresh relay request at once, not RELAY_REQUEST_RETRY later
         assert relayed - restarted <= GOAL

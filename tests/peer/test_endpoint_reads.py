@@ -12,6 +12,7 @@ import pytest
 
 import discretpeer.endpoint as endpoint_module
 from discretpeer.endpoint import Endpoint
+from discretpeer.tuning import Tuning
 
 
 async def _received_after_iterations(batch: int, monkeypatch, count: int = 10, iterations: int = 3) -> int:
@@ -68,12 +69,12 @@ async def test_an_icmp_error_does_not_stop_the_reader():
     assert endpoint.closed
 
 
-async def _pair(monkeypatch, gso: bool, gro: bool) -> tuple[Endpoint, Endpoint, list[bytes]]:
-    monkeypatch.setattr(endpoint_module, "USE_GSO", gso)
-    monkeypatch.setattr(endpoint_module, "USE_GRO", gro)
+async def _pair(gso: bool) -> tuple[Endpoint, Endpoint, list[bytes]]:
+    """Two endpoints, both with GSO and GRO on (where the kernel has them) or off (Tuning.gso)."""
     got: list[bytes] = []
-    receiver = await Endpoint.open("127.0.0.1", 0, on_datagram=lambda data, addr: got.append(data))
-    sender = await Endpoint.open("127.0.0.1", 0)
+    tuning = Tuning(gso=gso)
+    receiver = await Endpoint.open("127.0.0.1", 0, on_datagram=lambda data, addr: got.append(data), tuning=tuning)
+    sender = await Endpoint.open("127.0.0.1", 0, tuning=tuning)
     return sender, receiver, got
 
 
@@ -90,7 +91,7 @@ def _datagrams(sizes: list[int]) -> list[bytes]:
 
 
 async def test_equal_datagrams_leave_in_one_gso_send_and_arrive_apart_in_order(monkeypatch):
-    sender, receiver, got = await _pair(monkeypatch, gso=True, gro=True)
+    sender, receiver, got = await _pair(gso=True)
     try:
         if not sender.gso:
             pytest.skip("this kernel has no UDP_SEGMENT")
@@ -107,7 +108,7 @@ async def test_equal_datagrams_leave_in_one_gso_send_and_arrive_apart_in_order(m
 
 
 async def test_mixed_sizes_and_addresses_split_into_runs(monkeypatch):
-    sender, receiver, got = await _pair(monkeypatch, gso=True, gro=True)
+    sender, receiver, got = await _pair(gso=True)
     other_got: list[bytes] = []
     other = await Endpoint.open("127.0.0.1", 0, on_datagram=lambda data, addr: other_got.append(data))
     try:
@@ -126,7 +127,7 @@ async def test_mixed_sizes_and_addresses_split_into_runs(monkeypatch):
 
 
 async def test_without_gso_and_gro_the_same_datagrams_arrive(monkeypatch):
-    sender, receiver, got = await _pair(monkeypatch, gso=False, gro=False)
+    sender, receiver, got = await _pair(gso=False)
     try:
         datagrams = _datagrams([1472] * 10)
         sender.send_many([(d, receiver.local_address) for d in datagrams])
@@ -141,7 +142,7 @@ async def test_a_datagram_above_the_connection_size_never_rides_in_a_gso_batch(m
     """A path-MTU probe (longer than the connection's datagram size) goes alone: a GSO batch
     leaves without DF when it is larger than the route MTU, so a probe in it could cross a
     smaller link as fragments and confirm a size the path does not carry."""
-    sender, receiver, got = await _pair(monkeypatch, gso=True, gro=True)
+    sender, receiver, got = await _pair(gso=True)
     try:
         if not sender.gso:
             pytest.skip("this kernel has no UDP_SEGMENT")

@@ -15,21 +15,10 @@ import pytest
 
 from certs import create_bundle
 from discretpeer import ConnectError, Identity, Peer
-from tests.conftest import beacon_entry, crowd_meeting, running_beacon
+from tests.conftest import beacon_entry, crowded_beacon, running_beacon
+from tests.support.peers import carried, connect_both, loopback_peer
 
 HERE = Path(__file__).parent
-
-
-def loopback_peer(identity: Identity, beacons: list, **kwargs) -> Peer:
-    # bind to loopback: the tests send nothing anywhere else
-    return Peer(identity, beacons, host="127.0.0.1", **kwargs)
-
-
-async def connect_both(pa: Peer, pb: Peer, meeting: str = "our shared secret", timeout: float = 10.0):
-    return await asyncio.gather(
-        pa.connect(meeting, expect=pb.peer_id, timeout=timeout),
-        pb.connect(meeting, expect=pa.peer_id, timeout=timeout),
-    )
 
 
 async def test_two_peers_meet_verify_and_talk_on_several_streams(beacon):
@@ -229,12 +218,8 @@ async def test_relay_only_peer_connects_through_the_beacon(beacon):
         ca, cb = await connect_both(pa, pb)
         assert ca.path == cb.path == "relay"
         assert ca.remote_address == ("127.0.0.1", beacon.port)
-        r, w = await ca.open_stream()
         payload = os.urandom(200_000)
-        w.write(payload)
-        w.write_eof()
-        r2, w2 = await cb.accept_stream()
-        assert await r2.read() == payload
+        assert await carried(ca, cb, payload) == payload
         assert beacon.relay.sessions if hasattr(beacon.relay, "sessions") else True
         assert pa.stats.relay_grants >= 1 and pb.stats.relay_grants >= 1
 
@@ -470,57 +455,41 @@ async def test_relayed_connection_moves_to_the_other_beacon_when_its_beacon_stop
             assert pa.stats.path_switches >= 1
 
 
-async def test_token_refused_as_full_is_reported_in_connect_error(make_beacon):
+async def test_token_refused_as_full_is_reported_in_connect_error():
     """Two listeners from two other addresses take both places of the meeting's tokens
     (max_peers_per_token = 2): a third peer's connect() fails and says that the beacon refused
     the token as full, instead of only timing out."""
-    async with make_beacon(max_peers_per_token=2) as server:
-        entry = [beacon_entry(server)]
-        meeting = "a crowded meeting"
-        holders = [Peer(Identity.generate(), entry, host=host) for host in ("127.0.0.2", "127.0.0.3")]
-        try:
-            await crowd_meeting(server, holders, meeting)
-            async with loopback_peer(Identity.generate(), entry) as late:
-                with pytest.raises(ConnectError) as info:
-                    await late.connect(meeting, expect=None, timeout=1.5)
-                text = str(info.value)
-                assert "refused the meeting's token" in text and "full" in text, text
-                assert info.value.report["refusals"] and "full" in info.value.report["refusals"][0]
-                # the CLI's one-line explanation says so too (not "the beacon never introduced it")
-                from discretpeer.cli.session import explain_connect_error
+    meeting = "a crowded meeting"
+    async with crowded_beacon(meeting) as (_, entry, _holders), loopback_peer(Identity.generate(), entry) as late:
+        with pytest.raises(ConnectError) as info:
+            await late.connect(meeting, expect=None, timeout=1.5)
+        text = str(info.value)
+        assert "refused the meeting's token" in text and "full" in text, text
+        assert info.value.report["refusals"] and "full" in info.value.report["refusals"][0]
+        # the CLI's one-line explanation says so too (not "the beacon never introduced it")
+        from discretpeer.cli.session import explain_connect_error
 
-                line = explain_connect_error(info.value, "someone", late.peer_id, secret=True)
-                assert "full" in line and "squatting" in line and "never introduced" not in line, line
-                status = late.beacon_status[0]
-                assert status.tokens_full == 2 and "full" in status.full_refusal
-        finally:
-            for peer in holders:
-                await peer.close()
+        line = explain_connect_error(info.value, "someone", late.peer_id, secret=True)
+        assert "full" in line and "squatting" in line and "never introduced" not in line, line
+        status = late.beacon_status[0]
+        assert status.tokens_full == 2 and "full" in status.full_refusal
 
 
-async def test_token_refused_as_full_is_announced_again_when_a_place_frees(make_beacon, monkeypatch):
+async def test_token_refused_as_full_is_announced_again_when_a_place_frees(monkeypatch):
     from discretpeer import beacon_client
 
     monkeypatch.setattr(beacon_client, "TOKEN_FULL_RETRY", 0.3)
-    async with make_beacon(max_peers_per_token=2) as server:
-        entry = [beacon_entry(server)]
-        meeting = "a crowded meeting"
-        holders = [Peer(Identity.generate(), entry, host=host) for host in ("127.0.0.2", "127.0.0.3")]
-        try:
-            await crowd_meeting(server, holders, meeting)
-            async with loopback_peer(Identity.generate(), entry) as late:
-                attempt = asyncio.ensure_future(late.connect(meeting, expect=holders[1].peer_id, timeout=8))
-                for _ in range(100):
-                    if late.beacon_status[0].tokens_full:
-                        break
-                    await asyncio.sleep(0.02)
-                assert late.beacon_status[0].tokens_full >= 1
-                await holders[0].close()  # a place frees; the late peer's retry takes it
-                connection = await attempt
-                assert connection.peer_id == holders[1].peer_id
-        finally:
-            for peer in holders:
-                await peer.close()
+    meeting = "a crowded meeting"
+    async with crowded_beacon(meeting) as (_, entry, holders), loopback_peer(Identity.generate(), entry) as late:
+        attempt = asyncio.ensure_future(late.connect(meeting, expect=holders[1].peer_id, timeout=8))
+        for _ in range(100):
+            if late.beacon_status[0].tokens_full:
+                break
+            await asyncio.sleep(0.02)
+        assert late.beacon_status[0].tokens_full >= 1
+        await holders[0].close()  # a place frees; the late peer's retry takes it
+        connection = await attempt
+        assert connection.peer_id == holders[1].peer_id
 
 
 async def test_a_closing_peer_closes_connections_verified_while_it_closes(beacon):

@@ -4,12 +4,12 @@ silent gateway does not delay connecting."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from discretpeer import Identity, Peer
 from discretpeer.portmap import pcp
 from tests.conftest import beacon_entry
+from tests.support.peers import connect_both
 from tests.unit.test_portmap_client import gateway
 
 
@@ -33,9 +33,7 @@ async def test_mapped_address_is_announced_and_deleted_on_close(beacon):
         assert pa.port_mapper is not None and pb.port_mapper is None  # loopback: no gateway asked
         mapping = await pa.port_mapper.wait_first_attempt(3)
         assert mapping is not None and mapping.external == (MAPPED_IP, pa.port)
-        ca, cb = await asyncio.gather(
-            pa.connect("mapped", expect=pb.peer_id, timeout=10), pb.connect("mapped", expect=pa.peer_id, timeout=10)
-        )
+        ca, cb = await connect_both(pa, pb, "mapped", 10)
         pair = next(iter(pb._pairs.values()))
         # B heard of A's mapped address from the beacon (the first candidate A announced)
         assert (MAPPED_IP, pa.port) in pair.session.candidates
@@ -51,9 +49,7 @@ async def test_a_silent_gateway_does_not_delay_connecting(beacon):
     pb = Peer(Identity.generate(), entry, host="127.0.0.1")
     async with pa, pb:
         started = time.monotonic()
-        ca, cb = await asyncio.gather(
-            pa.connect("silent", expect=pb.peer_id, timeout=10), pb.connect("silent", expect=pa.peer_id, timeout=10)
-        )
+        ca, cb = await connect_both(pa, pb, "silent", 10)
         assert time.monotonic() - started < 1.0  # the gateway's 2 s of silence is not waited for
         assert ca.path == cb.path == "direct"
         assert pa.port_mapper is not None and pa.port_mapper.mapping is None

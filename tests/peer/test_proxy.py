@@ -24,6 +24,8 @@ from discretpeer.config import BeaconSpec
 from discretpeer.proxy import ProxyError, ProxySpec, connect_request, proxy_for
 from tests.conftest import beacon_entry
 from tests.peer.test_tcp_fallback import tcp_only_entry
+from tests.support.peers import carried, connect_both
+from tests.support.processes import stop_process
 
 TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
 # a missing tinyproxy skips on a developer machine (scripts/test.sh installs it as root); under CI it fails
@@ -71,12 +73,7 @@ def tinyproxy(tmp_path: Path, *extra: str):
             time.sleep(0.02)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 
@@ -101,18 +98,11 @@ async def test_peer_behind_tinyproxy_reaches_the_beacon_and_a_peer(beacon, tmp_p
             Peer(ia, [spec], host="127.0.0.1", direct=False) as pa,
             Peer(ib, [beacon_entry(beacon)], host="127.0.0.1") as pb,
         ):
-            ca, cb = await asyncio.gather(
-                pa.connect("via proxy", expect=pb.peer_id, timeout=15),
-                pb.connect("via proxy", expect=pa.peer_id, timeout=15),
-            )
+            ca, cb = await connect_both(pa, pb, "via proxy", 15)
             assert pa.beacon_status[0].transport == "tcp via proxy"
             assert ca.path == "relay"
             payload = os.urandom(100_000)
-            r, w = await ca.open_stream()
-            w.write(payload)
-            w.write_eof()
-            r2, _ = await cb.accept_stream()
-            assert await r2.read() == payload
+            assert await carried(ca, cb, payload) == payload
 
 
 async def test_proxy_with_basic_auth(beacon, tmp_path):

@@ -7,7 +7,7 @@ import asyncio
 
 from discretpeer import ConnectError, Identity
 from tests.conftest import beacon_entry
-from tests.peer.test_loopback import connect_both, loopback_peer
+from tests.support.peers import carried, connect_both, loopback_peer
 
 
 async def test_a_failed_relay_dial_leaves_the_pair_free_to_dial_again(beacon):
@@ -34,11 +34,7 @@ async def test_a_failed_relay_dial_leaves_the_pair_free_to_dial_again(beacon):
         ca, cb = await connect_both(pa, pb, meeting="retry", timeout=5)
         assert ca.path == cb.path == "relay"
         assert dialer.stats.dials == 2
-        r, w = await ca.open_stream()
-        w.write(b"after the retry")
-        w.write_eof()
-        r2, _ = await cb.accept_stream()
-        assert await r2.read() == b"after the retry"
+        assert await carried(ca, cb, b"after the retry") == b"after the retry"
 
 
 async def test_a_peer_refused_through_the_relay_is_told_it_was_refused(beacon):

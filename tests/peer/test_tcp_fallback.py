@@ -10,9 +10,10 @@ import os
 import socket
 import time
 
-from discretpeer import Identity, Peer
+from discretpeer import Identity
 from discretpeer.beacon_client import udp_unreachable
 from tests.conftest import beacon_entry
+from tests.support.peers import carried, connect_both, loopback_peer
 
 
 def dead_udp_port() -> int:
@@ -25,10 +26,6 @@ def dead_udp_port() -> int:
 
 def tcp_only_entry(server) -> dict:
     return {"hostname": f"127.0.0.1:{dead_udp_port()}", "cert_hash": server.fingerprint, "tcp_port": server.tcp_port}
-
-
-def loopback_peer(identity: Identity, beacons: list, **kwargs) -> Peer:
-    return Peer(identity, beacons, host="127.0.0.1", **kwargs)
 
 
 async def test_udp_blocked_peer_registers_over_tcp(beacon):
@@ -61,10 +58,7 @@ async def test_udp_blocked_peer_connects_through_a_tcp_relay_leg_and_carries_a_s
         loopback_peer(ia, [tcp_only_entry(beacon)], direct=False) as pa,
         loopback_peer(ib, [beacon_entry(beacon)]) as pb,
     ):
-        ca, cb = await asyncio.gather(
-            pa.connect("tcp meeting", expect=pb.peer_id, timeout=15),
-            pb.connect("tcp meeting", expect=pa.peer_id, timeout=15),
-        )
+        ca, cb = await connect_both(pa, pb, "tcp meeting", 15)
         assert ca.path == cb.path == "relay"
         assert pa.beacon_status[0].transport == "tcp"
         assert pb.beacon_status[0].transport == "udp"
@@ -86,16 +80,9 @@ async def test_two_udp_blocked_peers_connect_over_tcp_legs(beacon):
         loopback_peer(ia, [tcp_only_entry(beacon)], direct=False) as pa,
         loopback_peer(ib, [tcp_only_entry(beacon)], direct=False) as pb,
     ):
-        ca, cb = await asyncio.gather(
-            pa.connect("tcp meeting 2", expect=pb.peer_id, timeout=15),
-            pb.connect("tcp meeting 2", expect=pa.peer_id, timeout=15),
-        )
+        ca, cb = await connect_both(pa, pb, "tcp meeting 2", 15)
         assert ca.path == cb.path == "relay"
-        r, w = await ca.open_stream()
-        w.write(b"over two TCP legs")
-        w.write_eof()
-        r2, _ = await cb.accept_stream()
-        assert await r2.read() == b"over two TCP legs"
+        assert await carried(ca, cb, b"over two TCP legs") == b"over two TCP legs"
 
 
 async def test_the_udp_peer_asks_for_the_relay_at_once_when_the_beacon_says_the_other_did(beacon):
@@ -107,10 +94,7 @@ async def test_the_udp_peer_asks_for_the_relay_at_once_when_the_beacon_says_the_
         loopback_peer(ib, [beacon_entry(beacon)], relay_after=30.0) as pb,
     ):
         started = time.monotonic()
-        ca, cb = await asyncio.gather(
-            pa.connect("hurry", expect=pb.peer_id, timeout=8),
-            pb.connect("hurry", expect=pa.peer_id, timeout=8),
-        )
+        ca, cb = await connect_both(pa, pb, "hurry", 8)
         assert ca.path == cb.path == "relay"
         assert time.monotonic() - started < 5
         print(f"\nudp-blocked <-> udp peer on loopback: introduction -> verified {1000 * cb.time_to_connect:.0f} ms")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from tests.support.processes import beacon_command, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,19 +34,7 @@ class BeaconProcess:
     def start(self, timeout: float = 30.0) -> BeaconProcess:
         self.ready_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "beacon",
-                "--dir",
-                str(self.directory),
-                "--no-ipv6",
-                "--host",
-                "127.0.0.1",
-                "--ready-file",
-                str(self.ready_file),
-                *self.extra,
-            ],
+            beacon_command(self.directory, "--ready-file", str(self.ready_file), *self.extra),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -79,13 +66,7 @@ class BeaconProcess:
         process, self.process = self.process, None
         if process is None:
             return None
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait(5)
+        stop_process(process, 20)
         self.stderr = process.stderr.read() if process.stderr else ""
         if process.stdout:
             process.stdout.close()

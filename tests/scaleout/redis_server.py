@@ -3,9 +3,7 @@ plain or TLS (certificates from tests/support/certificates.py)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -13,6 +11,7 @@ import time
 from pathlib import Path
 
 from tests.support.certificates import TlsFiles
+from tests.support.processes import stop_process
 
 
 def free_port() -> int:
@@ -128,13 +127,8 @@ class RedisServer:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait(5)
+        if process is not None:
+            stop_process(process)
 
     def __enter__(self) -> RedisServer:
         return self.start()

@@ -27,6 +27,14 @@ async def wait_for(predicate, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def announced(client, server) -> bytes:
+    """A new token ``client`` announced, once ``server``'s store lists its holder (the store is shared)."""
+    token = os.urandom(32)
+    client.announce(add=[token])
+    await wait_for(lambda: server.store.holders(token))
+    return token
+
+
 @contextlib.asynccontextmanager
 async def beacons(url: str, count: int = 2, **changes):
     bundle = create_bundle()
@@ -68,9 +76,7 @@ async def meet_across(one, two, *, again: bool = False) -> None:
     """A peer on each beacon announces one token: both are introduced, to each other only (and,
     with ``again``, announcing it once more introduces nobody twice)."""
     async with clients(one, two) as (a, b):
-        token = os.urandom(32)
-        a.announce(add=[token])
-        await wait_for(lambda: one.store.holders(token))
+        token = await announced(a, one)
         b.announce(add=[token])
         to_b = await b.expect(wire.Introduction)
         to_a = await a.expect(wire.Introduction)
@@ -93,9 +99,7 @@ async def test_peers_on_two_machines_meet(redis_server):
 async def test_new_candidates_reach_those_met_on_another_machine(redis_server):
     """A port mapping granted after the introduction reaches the partner wherever it landed."""
     async with beacons(redis_server.url) as (one, two), clients(one, two, one) as (a, b, c):
-        token = os.urandom(32)
-        a.announce(add=[token])
-        await wait_for(lambda: one.store.holders(token))
+        token = await announced(a, one)
         b.announce(add=[token])
         await b.expect(wire.Introduction)
         await a.expect(wire.Introduction)
@@ -132,9 +136,7 @@ async def test_nat_mappings_cross_machines_in_introductions(redis_server):
 async def test_token_bounds_are_global(redis_server):
     # 2 places per token; every client comes from 127.0.0.1, so the third is refused wherever it lands
     async with beacons(redis_server.url, max_peers_per_token=2) as (one, two), clients(one, two, two) as (a, b, c):
-        token = os.urandom(32)
-        a.announce(add=[token])
-        await wait_for(lambda: one.store.holders(token))
+        token = await announced(a, one)
         b.announce(add=[token])
         await b.expect(wire.Introduction)
         await a.expect(wire.Introduction)
@@ -147,9 +149,7 @@ async def test_token_bounds_are_global(redis_server):
 
 async def test_withdraw_and_leave_are_seen_everywhere(redis_server):
     async with beacons(redis_server.url) as (one, two), clients(one, two, two) as (a, b, c):
-        token = os.urandom(32)
-        a.announce(add=[token])
-        await wait_for(lambda: one.store.holders(token))
+        token = await announced(a, one)
         a.announce(withdraw=[token])
         await wait_for(lambda: not one.store.holders(token))
         await asyncio.sleep(0.1)
@@ -173,9 +173,7 @@ async def test_redis_restart_local_peers_still_meet_then_everyone_again(tmp_path
     redis = RedisServer(tmp_path / "redis").start()
     try:
         async with beacons(redis.url) as (one, two), clients(one, one, two) as (a, b, c):
-            token = os.urandom(32)
-            a.announce(add=[token])
-            await wait_for(lambda: one.store.holders(token))
+            token = await announced(a, one)
             redis.stop()
             b.announce(add=[token])  # Redis gone: the worker holding both still introduces them
             assert (await b.expect(wire.Introduction, timeout=5)).instance == a.instance
@@ -199,9 +197,7 @@ async def test_redis_restart_local_peers_still_meet_then_everyone_again(tmp_path
 
 async def test_a_dead_beacons_entries_expire_by_themselves(redis_server):
     async with beacons(redis_server.url) as (one, two), clients(one, two) as (a, c):
-        token = os.urandom(32)
-        a.announce(add=[token])
-        await wait_for(lambda: one.store.holders(token))
+        token = await announced(a, one)
         await asyncio.sleep(0.2)
         # one's process "dies": no removal, no more refreshes (its tasks stop, its socket closes)
         store = one.store
@@ -247,8 +243,6 @@ async def test_store_password(tmp_path):
             await server.start()  # no password: refused, one line naming the URL
         assert redis.url in str(info.value) and "\n" not in str(info.value)
         async with beacons(redis.url, store_password="s3cret") as (one, two), clients(one, two) as (a, b):
-            token = os.urandom(32)
-            a.announce(add=[token])
-            await wait_for(lambda: one.store.holders(token))
+            token = await announced(a, one)
             b.announce(add=[token])
             assert (await b.expect(wire.Introduction)).instance == a.instance

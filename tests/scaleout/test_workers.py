@@ -85,16 +85,15 @@ async def test_workers_share_the_tls_tcp_port_too(redis_server, tmp_path):
     assert "Traceback" not in beacon.stderr
 
 
+def two_worker_beacon(directory, store_url: str) -> BeaconProcess:
+    """A started beacon of two workers sharing ``store_url``, with metrics."""
+    settings = {"store": store_url, "workers": 2, "store_ttl_seconds": 3}
+    return BeaconProcess(directory, settings, "--port", "0", "--metrics-port", "0").start()
+
+
 @pytest.fixture
 def two_workers(redis_server, tmp_path):
-    beacon = BeaconProcess(
-        tmp_path / "beacon",
-        {"store": redis_server.url, "workers": 2, "store_ttl_seconds": 3},
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-    ).start()
+    beacon = two_worker_beacon(tmp_path / "beacon", redis_server.url)
     yield beacon
     assert beacon.stop() == 0
     assert "Traceback" not in beacon.stderr
@@ -182,14 +181,7 @@ async def test_two_workers_survive_a_redis_restart(tmp_path):
     from tests.scaleout.redis_server import RedisServer
 
     redis = RedisServer(tmp_path / "redis").start()
-    beacon = BeaconProcess(
-        tmp_path / "beacon",
-        {"store": redis.url, "workers": 2, "store_ttl_seconds": 3},
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-    ).start()
+    beacon = two_worker_beacon(tmp_path / "beacon", redis.url)
 
     def connected() -> list[str]:
         text = urllib.request.urlopen(beacon.facts["metrics"], timeout=5).read().decode()

@@ -16,6 +16,8 @@ from typing import Any
 
 import websockets
 
+from tests.support.processes import stop_process
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
     "--headless",
@@ -138,10 +140,5 @@ class Chromium:
         if self.ws is not None:
             with contextlib.suppress(Exception):
                 await self.ws.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         shutil.rmtree(self.profile, ignore_errors=True)

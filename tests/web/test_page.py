@@ -39,42 +39,21 @@ async def test_page_files_gzip_etag_and_refusals(web_service) -> None:
 
 async def test_https_with_the_owners_certificate(tmp_path) -> None:
     """web_certificate/web_private_key: the page and the WebSocket over TLS (ALPN http/1.1)."""
-    import datetime
     import json
     import ssl
 
     import websockets
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
     from beacon.web import WebOptions, WebService
+    from tests.support.certificates import make_tls_files
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    tls = make_tls_files(tmp_path, names=("localhost",))
+    cert_path, key_path = tls.fullchain, tls.key
     service = WebService(WebOptions(host="127.0.0.1", port=0, certificate=str(cert_path), private_key=str(key_path)))
     await service.start()
     try:
         port = service.address[1]
-        client = ssl.create_default_context(cafile=str(cert_path))
+        client = ssl.create_default_context(cafile=str(tls.ca))
         client.set_alpn_protocols(["http/1.1"])
 
         def fetch() -> tuple[int, bytes, str | None]:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import tomli_w
 
+from tests.support.processes import stop_async_process
+
 from .chromium import Chromium
 from .conftest import PROMPT, SHELL
 
@@ -37,6 +39,16 @@ async def _line(proc: asyncio.subprocess.Process, pattern: str, timeout: float =
         raise AssertionError(f"process ended before printing {pattern!r}")
 
     return await asyncio.wait_for(find(), timeout)
+
+
+async def pair_browser(browser: Chromium, page: str, invite: asyncio.subprocess.Process) -> None:
+    """The browser opens the beacon's ``page`` and pairs with the code ``invite`` printed; ``invite`` then exits 0."""
+    code = (await _line(invite, r"pairing code: (\S+)")).group(1)
+    await browser.start()
+    await browser.navigate(page)
+    await browser.wait_for("window.dp && window.dp.state.status === 'ready'")
+    assert await browser.eval(f"dp.pair({code!r})"), await browser.eval("dp.state.status")
+    assert await asyncio.wait_for(invite.wait(), 10) == 0
 
 
 async def test_beacon_page_serve_invite_and_shell(tmp_path: Path) -> None:
@@ -69,12 +81,7 @@ async def test_beacon_page_serve_invite_and_shell(tmp_path: Path) -> None:
         )
         await _line(serve, r"answering paired browsers")
         invite = await start("-m", "discretpeer.cli", "invite", "--browser", "--url", url, "--name", "my-phone")
-        code = (await _line(invite, r"pairing code: (\S+)")).group(1)
-        await browser.start()
-        await browser.navigate(page)
-        await browser.wait_for("window.dp && window.dp.state.status === 'ready'")
-        assert await browser.eval(f"dp.pair({code!r})"), await browser.eval("dp.state.status")
-        assert await asyncio.wait_for(invite.wait(), 10) == 0
+        await pair_browser(browser, page, invite)
         assert await browser.eval("dp.state.devices") == [socket.gethostname()[:64]]  # as `invite` names itself
         config_path = tmp_path / "home" / ".config" / "discretpeer" / "config.toml"
         config = tomllib.loads(config_path.read_text())
@@ -94,12 +101,7 @@ async def test_beacon_page_serve_invite_and_shell(tmp_path: Path) -> None:
         other = Chromium()
         try:
             alias = await start("-m", "discretpeer.cli", "web", "invite", "--name", "pibox")
-            code = (await _line(alias, r"pairing code: (\S+)")).group(1)
-            await other.start()
-            await other.navigate(page)
-            await other.wait_for("window.dp && window.dp.state.status === 'ready'")
-            assert await other.eval(f"dp.pair({code!r})"), await other.eval("dp.state.status")
-            assert await asyncio.wait_for(alias.wait(), 10) == 0
+            await pair_browser(other, page, alias)
             assert await other.eval("dp.state.devices") == ["pibox"]
             config = tomllib.loads(config_path.read_text())
             assert len(config["peers"]) == 2 and len(config["allow"]) == 2
@@ -115,13 +117,7 @@ async def test_beacon_page_serve_invite_and_shell(tmp_path: Path) -> None:
     finally:
         await browser.close()
         for proc in reversed(procs):
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await stop_async_process(proc)
     log = (beacon_dir / "logs" / "beacon.log").read_text() if (beacon_dir / "logs" / "beacon.log").exists() else ""
     assert "Traceback" not in log
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from beacon.web import WebOptions, WebService
+from tests.support.processes import stop_process
 
 from .conftest import PROMPT, page_url, running_device
 
@@ -59,12 +60,7 @@ def coturn(tmp_path: Path) -> Iterator[int]:
     try:
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture
