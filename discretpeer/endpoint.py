@@ -83,6 +83,7 @@ GSO_MAX_BYTES = 65000  # one IP packet's worth (the kernel refuses a payload ove
 GSO_MAX_SEGMENT = 4096
 USE_GSO = True  # off: one sendto per datagram (ablation)
 USE_GRO = True
+SHORT_HEADER_ROUTING = True  # off: every datagram's header parsed to route it (ablation)
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 
 
@@ -459,11 +460,17 @@ class Endpoint(asyncio.DatagramProtocol):
         self._receive_quic(data, source, None)
 
     def _receive_quic(self, data: bytes, source: Addr, relay_route: Route | None) -> None:
-        try:
-            header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
-        except ValueError:
-            return
-        protocol = self._routes.get(header.destination_cid)
+        # a short header (nearly every packet) carries our connection ID right after its first
+        # byte: routing it needs no header parse (~3 us per datagram, ~7 % of a bulk receiver)
+        protocol = None
+        if SHORT_HEADER_ROUTING and not data[0] & 0x80:
+            protocol = self._routes.get(data[1 : 1 + CONNECTION_ID_LENGTH])
+        if protocol is None:
+            try:
+                header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
+            except ValueError:
+                return
+            protocol = self._routes.get(header.destination_cid)
         if protocol is None:
             # a stateless reset carries no connection ID of ours: its last 16 bytes tell
             if self._clients and self._stateless_reset(data):
