@@ -9,9 +9,7 @@ changes a static setting, so the table shows what each one is worth. Most are fi
 - ``--no-coalesce``: a transmit after every received datagram, as aioquic does, also on uvloop.
 - ``--no-gso``: one sendto per datagram, one datagram per recvfrom (no UDP GSO/GRO).
 - ``--no-batch-reads``: on asyncio's loop, one datagram per wakeup (its transport's reading).
-- ``--no-fused-crypto``: aioquic's layered packet protection calls (Tuning.fused_packet_protection).
 - ``--no-short-routing``: the endpoint parses every datagram's header to route it.
-- ``--no-direct-data``: stream data events through the whole event dispatch (Tuning.direct_stream_data).
 - ``--short-path-burst N``: datagrams per pacer burst on short paths (16: as on long paths).
 - ``--dgram N``: ``Peer(max_datagram_size=N)`` (the public setting: probing stops at N).
 - ``--window N``, ``--ack-delay S``, ``--high-water N``: static settings.
@@ -41,10 +39,8 @@ def add_variant_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="asyncio's loop: its transport reads one datagram per wakeup (Tuning.batched_reads)",
     )
-    parser.add_argument("--no-fused-crypto", action="store_true", help="aioquic's layered packet protection (Tuning)")
     parser.add_argument("--no-short-routing", action="store_true", help="full header parse to route each datagram")
     parser.add_argument("--short-path-burst", type=int, default=0, help="Tuning.short_path_burst (16: no larger burst)")
-    parser.add_argument("--no-direct-data", action="store_true", help="stream data through the event dispatch")
     parser.add_argument("--uvloop", action="store_true")
 
 
@@ -65,10 +61,6 @@ def variant_tuning(args: Any) -> Tuning:
         changes["coalesce_transmits"] = False
     if getattr(args, "short_path_burst", 0):
         changes["short_path_burst"] = args.short_path_burst
-    if getattr(args, "no_fused_crypto", False):
-        changes["fused_packet_protection"] = False
-    if getattr(args, "no_direct_data", False):
-        changes["direct_stream_data"] = False
     return Tuning(**changes)
 
 

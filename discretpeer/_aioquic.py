@@ -83,7 +83,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aioquic import tls
-from aioquic._crypto import AEAD, CryptoError, HeaderProtection
+from aioquic._crypto import AEAD, HeaderProtection
 from aioquic.asyncio.protocol import QuicConnectionProtocol, QuicStreamAdapter
 from aioquic.buffer import Buffer
 from aioquic.quic import events
@@ -95,12 +95,11 @@ from aioquic.quic.connection import (
     QuicConnectionId,
 )
 from aioquic.quic.crypto import CIPHER_SUITES, CryptoContext, CryptoPair, NoCallback, derive_key_iv_hp
-from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType, decode_packet_number
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicDeliveryState
 from aioquic.quic.recovery import QuicPacketPacer
 from aioquic.quic.stream import QuicStream
 from cryptography import x509
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, aead, algorithms, modes
 
 MAX_DATAGRAM_SIZE = 16000  # aioquic writes STREAM/CRYPTO lengths as 2-byte varints (< 16384)
@@ -118,7 +117,6 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
         "_cryptos",
         "_cryptos_initial",
         "_datagrams_pending",
-        "_events",
         "_handle_crypto_frame",
         "_handle_stream_frame",
         "_handshake_complete",
@@ -142,7 +140,6 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
         "_replenish_connection_ids",
         "_spaces",
         "_streams",
-        "_update_traffic_key",
         "_write_application",
         "_write_connection_limits",
         "_write_stream_limits",
@@ -162,7 +159,6 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
     "aioquic.quic.stream.QuicStreamSender": ("_buffer_start", "_buffer_stop"),
     "aioquic.quic.stream.QuicStreamReceiver": ("_ranges",),
     "aioquic.quic.crypto.CryptoContext": ("_setup_cb", "_teardown_cb"),
-    "aioquic.quic.crypto.CryptoPair": ("_update_key_requested",),
     "aioquic.tls.Context": ("_peer_certificate",),
     "aioquic._crypto.AEAD": ("_aead", "_iv"),
     "aioquic._crypto.HeaderProtection": ("_is_chacha20", "_mask"),
@@ -308,9 +304,6 @@ class QuicProtocol(QuicConnectionProtocol):
     endpoint: Any = None
     coalesce_transmits = True  # see datagram_received; off where latency beats CPU (the beacon)
     defer_transmits = False
-    # StreamDataReceived (not the last) for a known reader goes straight to it, skipping
-    # quic_event_received: only for subclasses whose quic_event_received adds nothing to that
-    stream_data_direct = False
     reset_received = False  # the other side answered with a stateless reset (RFC 9000 §10.3)
 
     @property
@@ -367,24 +360,6 @@ class QuicProtocol(QuicConnectionProtocol):
             self._transmit_soon()
         else:
             self.transmit()
-
-    def _process_events(self) -> None:
-        if self.stream_data_direct:
-            # the bulk of a receiver's events: data for a stream that has a reader. aioquic's
-            # dispatch (its isinstance chain, then ours through quic_event_received) costs
-            # more than feeding the reader; anything else takes that way, in order
-            quic, readers = self._quic, self._stream_readers
-            event = quic.next_event()
-            while event is not None:
-                if type(event) is events.StreamDataReceived and not event.end_stream:
-                    reader = readers.get(event.stream_id)
-                    if reader is not None:
-                        reader.feed_data(event.data)
-                        event = quic.next_event()
-                        continue
-                quic._events.appendleft(event)
-                break
-        super()._process_events()
 
     def transmit(self) -> None:
         endpoint = self.endpoint
@@ -475,13 +450,6 @@ class SlidingCredit(QuicConnection):
             target = max_data.used - self.unread(None) + window
             if target - max_data.value >= window // 2:
                 max_data.value = target
-        # nothing to announce (nearly every packet): the base class would write nothing either
-        if (
-            max_data.value == max_data.sent
-            and self._local_max_streams_bidi.value == self._local_max_streams_bidi.sent
-            and self._local_max_streams_uni.value == self._local_max_streams_uni.sent
-        ):
-            return
         # the base class would double the window on arrival; hide the arrival count from it
         used, max_data.used = max_data.used, 0
         try:
@@ -560,80 +528,6 @@ class AmplificationLimit(QuicConnection):
             path.bytes_sent -= len(dropped)
             self.amplification_dropped += len(dropped)
         return datagrams
-
-
-# --- 1-RTT packet protection in one call per packet (a QuicConnection mixin) ------------------
-
-
-class FusedCryptoPair(CryptoPair):
-    """aioquic's CryptoPair for 1-RTT packets, sealing and opening each packet in one function
-    instead of five nested calls (CryptoPair -> CryptoContext -> AEAD (+ nonce) and
-    HeaderProtection), with the packet-number bytes masked as one integer instead of a loop:
-    ~10 % of the per-packet CPU of a bulk stream at 1472 bytes was that layering. Same bytes,
-    same errors; a key update (requested, or a packet in the other key phase) and missing keys
-    take aioquic's own path."""
-
-    def encrypt_packet(self, plain_header: bytes, plain_payload: bytes, packet_number: int) -> bytes:
-        context = self.send
-        aead_ = context.aead
-        if aead_ is None or self._update_key_requested:
-            return super().encrypt_packet(plain_header, plain_payload, packet_number)
-        protected = aead_._aead.encrypt((aead_._iv ^ packet_number).to_bytes(12, "big"), plain_payload, plain_header)
-        first = plain_header[0]
-        pn_length = (first & 0x03) + 1
-        sample_offset = 4 - pn_length  # the sample starts 4 bytes after the packet number's start
-        mask = context.hp._mask(protected[sample_offset : sample_offset + 16])  # type: ignore[union-attr]  # set with aead
-        pn_offset = len(plain_header) - pn_length
-        masked_pn = int.from_bytes(plain_header[pn_offset:], "big") ^ int.from_bytes(mask[1 : 1 + pn_length], "big")
-        return b"".join(
-            (
-                bytes((first ^ (mask[0] & (0x0F if first & 0x80 else 0x1F)),)),
-                plain_header[1:pn_offset],
-                masked_pn.to_bytes(pn_length, "big"),
-                protected,
-            )
-        )
-
-    def decrypt_packet(
-        self, packet: bytes, encrypted_offset: int, expected_packet_number: int
-    ) -> tuple[bytes, bytes, int]:
-        context = self.recv
-        aead_ = context.aead
-        if aead_ is None:
-            return super().decrypt_packet(packet, encrypted_offset, expected_packet_number)
-        sample_offset = encrypted_offset + 4
-        if sample_offset + 16 > len(packet):
-            raise CryptoError("Packet is too short to sample")
-        mask = context.hp._mask(packet[sample_offset : sample_offset + 16])  # type: ignore[union-attr]  # set with aead
-        first = packet[0]
-        first ^= mask[0] & (0x0F if first & 0x80 else 0x1F)
-        if not first & 0x80 and (first & 0x04) >> 2 != context.key_phase:
-            # the other side updated its keys: aioquic derives the next ones
-            return super().decrypt_packet(packet, encrypted_offset, expected_packet_number)
-        pn_length = (first & 0x03) + 1
-        end = encrypted_offset + pn_length
-        truncated = int.from_bytes(packet[encrypted_offset:end], "big") ^ int.from_bytes(mask[1 : 1 + pn_length], "big")
-        plain_header = b"".join((bytes((first,)), packet[1:encrypted_offset], truncated.to_bytes(pn_length, "big")))
-        packet_number = decode_packet_number(truncated, pn_length * 8, expected_packet_number)
-        try:
-            payload = aead_._aead.decrypt((aead_._iv ^ packet_number).to_bytes(12, "big"), packet[end:], plain_header)
-        except InvalidTag as exc:
-            raise CryptoError(str(exc)) from exc
-        return plain_header, payload, packet_number
-
-
-class FusedPacketProtection(QuicConnection):
-    """Protects its 1-RTT packets with :class:`FusedCryptoPair` once the 1-RTT keys exist
-    (``fused_packet_protection = False``: aioquic's own layering, for the benchmarks)."""
-
-    fused_packet_protection = True
-
-    def _update_traffic_key(self, direction: tls.Direction, epoch: tls.Epoch, cipher_suite: Any, secret: bytes) -> None:
-        super()._update_traffic_key(direction, epoch, cipher_suite, secret)
-        if epoch == tls.Epoch.ONE_RTT and self.fused_packet_protection:
-            pair = self._cryptos[epoch]
-            if type(pair) is CryptoPair:
-                pair.__class__ = FusedCryptoPair
 
 
 # --- path-MTU probes (a QuicConnection mixin) ------------------------------------------------

@@ -132,8 +132,6 @@ class PeerProtocol(EndpointProtocol):
         tuning: Tuning = getattr(quic.configuration, "tuning", DEFAULT_TUNING)
         self.stream_high_water = tuning.stream_high_water  # a stream's writer pauses above, resumes below low
         self.stream_low_water = tuning.stream_low_water
-        # quic_event_received below adds nothing for data that does not end a stream
-        self.stream_data_direct = tuning.direct_stream_data
         if isinstance(quic, AppPacedQuicConnection):
             quic.unread = self._unread
 

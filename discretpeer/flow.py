@@ -17,7 +17,7 @@ from typing import Any
 
 from aioquic.quic.recovery import QuicPacketPacer
 
-from discretpeer._aioquic import FusedPacketProtection, SlidingCredit, set_pacer
+from discretpeer._aioquic import SlidingCredit, set_pacer
 from discretpeer.path_mtu import DatagramSizeSearch
 from discretpeer.tuning import CONNECTION_WINDOW, DEFAULT_TUNING, STREAM_WINDOW, Tuning
 
@@ -58,10 +58,9 @@ def _no_unread(stream_id: int | None) -> int:
     return 0
 
 
-class AppPacedQuicConnection(FusedPacketProtection, SlidingCredit, DatagramSizeSearch):
+class AppPacedQuicConnection(SlidingCredit, DatagramSizeSearch):
     """A QuicConnection whose flow-control credit follows the application's reads (and which
-    can probe for larger datagrams, see :mod:`discretpeer.path_mtu`, and protects its 1-RTT
-    packets in one call each, see :class:`discretpeer._aioquic.FusedCryptoPair`).
+    can probe for larger datagrams, see :mod:`discretpeer.path_mtu`).
 
     ``unread(stream_id)`` returns the bytes received but not yet read on that stream
     (``unread(None)``: on all streams); the owning protocol sets it."""
@@ -73,7 +72,6 @@ class AppPacedQuicConnection(FusedPacketProtection, SlidingCredit, DatagramSizeS
         super().__init__(*args, **kwargs)
         self.unread: Callable[[int | None], int] = _no_unread
         tuning: Tuning = getattr(self.configuration, "tuning", DEFAULT_TUNING)
-        self.fused_packet_protection = tuning.fused_packet_protection
         pacer = (
             BurstPacer(max_datagram_size=self.datagram_size, short_path_burst=tuning.short_path_burst)
             if tuning.burst_pacer

@@ -22,12 +22,8 @@ class Tuning:
     ``coalesce_transmits``: on a loop that delivers several datagrams per wakeup (uvloop), one
     transmit per batch (off: one after every datagram). ``batched_reads``: on asyncio's own loop,
     read several datagrams per wakeup ourselves (off: its transport's one per wakeup).
-    ``fused_packet_protection``: 1-RTT packets sealed and opened in one call each
-    (discretpeer._aioquic.FusedCryptoPair; off: aioquic's layered calls).
     ``short_path_burst``: datagrams per pacer burst on paths with RTT up to 10 ms
-    (discretpeer.flow.BurstPacer; 16: the burst of longer paths).
-    ``direct_stream_data``: stream data events go straight to the stream's reader
-    (QuicProtocol.stream_data_direct; off: through aioquic's and our event dispatch)."""
+    (discretpeer.flow.BurstPacer; 16: the burst of longer paths)."""
 
     stream_high_water: int = STREAM_HIGH_WATER
     stream_low_water: int = STREAM_LOW_WATER
@@ -36,9 +32,7 @@ class Tuning:
     burst_pacer: bool = True
     coalesce_transmits: bool = True
     batched_reads: bool = True
-    fused_packet_protection: bool = True
     short_path_burst: int = 64
-    direct_stream_data: bool = True
 
 
 DEFAULT_TUNING = Tuning()
