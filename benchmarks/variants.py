@@ -10,7 +10,6 @@ changes a static setting, so the table shows what each one is worth. Most are fi
 - ``--no-gso``: one sendto per datagram, one datagram per recvfrom (no UDP GSO/GRO).
 - ``--no-batch-reads``: on asyncio's loop, one datagram per wakeup (its transport's reading).
 - ``--no-short-routing``: the endpoint parses every datagram's header to route it.
-- ``--short-path-burst N``: datagrams per pacer burst on short paths (16: as on long paths).
 - ``--dgram N``: ``Peer(max_datagram_size=N)`` (the public setting: probing stops at N).
 - ``--window N``, ``--ack-delay S``, ``--high-water N``: static settings.
 """
@@ -40,7 +39,6 @@ def add_variant_flags(parser: argparse.ArgumentParser) -> None:
         help="asyncio's loop: its transport reads one datagram per wakeup (Tuning.batched_reads)",
     )
     parser.add_argument("--no-short-routing", action="store_true", help="full header parse to route each datagram")
-    parser.add_argument("--short-path-burst", type=int, default=0, help="Tuning.short_path_burst (16: no larger burst)")
     parser.add_argument("--uvloop", action="store_true")
 
 
@@ -59,8 +57,6 @@ def variant_tuning(args: Any) -> Tuning:
         changes["batched_reads"] = False
     if getattr(args, "no_coalesce", False):
         changes["coalesce_transmits"] = False
-    if getattr(args, "short_path_burst", 0):
-        changes["short_path_burst"] = args.short_path_burst
     return Tuning(**changes)
 
 

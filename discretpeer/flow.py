@@ -22,12 +22,6 @@ from discretpeer.path_mtu import DatagramSizeSearch
 from discretpeer.tuning import CONNECTION_WINDOW, DEFAULT_TUNING, STREAM_WINDOW, Tuning
 
 PACER_BURST = 16  # datagrams the pacer lets go at once, whatever its 1-us charge per datagram
-# on a short path (LAN, loopback) the pacer's burst is the event loop's wakeups per datagram: one
-# timer, one loop iteration and one datagrams_to_send() pass per burst. 64 instead of 16 cut the
-# CPU per byte of a 1472-byte stream by ~7-11 % on both sides (issue 18); never more than a
-# quarter of the congestion window, and on longer paths the burst stays at PACER_BURST
-SHORT_PATH_BURST = 64
-SHORT_PATH_RTT = 0.010  # seconds of smoothed RTT up to which a path counts as short
 
 
 class BurstPacer(QuicPacketPacer):
@@ -35,23 +29,12 @@ class BurstPacer(QuicPacketPacer):
     datagram at least 1 us: on short paths (loopback, LAN) the burst shrinks to ~8 datagrams,
     and with the event loop's 1-ms timers the sender is capped at ~8 per millisecond (11 MB/s
     with 1452-byte datagrams) whatever the congestion window. Count the burst in charged
-    datagrams; on paths up to ``SHORT_PATH_RTT``, up to ``short_path_burst`` of them (CPU per
-    packet); on long paths, where pacing matters, nothing changes."""
-
-    def __init__(self, *, max_datagram_size: int, short_path_burst: int = SHORT_PATH_BURST) -> None:
-        super().__init__(max_datagram_size=max_datagram_size)
-        self.short_path_burst = short_path_burst
+    datagrams; on long paths, where pacing matters, nothing changes."""
 
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
         super().update_rate(congestion_window, smoothed_rtt)
-        if self.packet_time is None:
-            return
-        burst_time = PACER_BURST * self.packet_time
-        if smoothed_rtt <= SHORT_PATH_RTT:
-            # a quarter of the congestion window goes out in smoothed_rtt / 4 at the pacing rate
-            burst_time = max(burst_time, min(self.short_path_burst * self.packet_time, smoothed_rtt / 4))
-        if self.bucket_max < burst_time:
-            self.bucket_max = burst_time
+        if self.packet_time is not None and self.bucket_max < PACER_BURST * self.packet_time:
+            self.bucket_max = PACER_BURST * self.packet_time
 
 
 def _no_unread(stream_id: int | None) -> int:
@@ -72,9 +55,5 @@ class AppPacedQuicConnection(SlidingCredit, DatagramSizeSearch):
         super().__init__(*args, **kwargs)
         self.unread: Callable[[int | None], int] = _no_unread
         tuning: Tuning = getattr(self.configuration, "tuning", DEFAULT_TUNING)
-        pacer = (
-            BurstPacer(max_datagram_size=self.datagram_size, short_path_burst=tuning.short_path_burst)
-            if tuning.burst_pacer
-            else QuicPacketPacer(max_datagram_size=self.datagram_size)
-        )
-        set_pacer(self, pacer)
+        pacer = BurstPacer if tuning.burst_pacer else QuicPacketPacer
+        set_pacer(self, pacer(max_datagram_size=self.datagram_size))

@@ -21,9 +21,7 @@ class Tuning:
     connection announces. ``burst_pacer``: discretpeer.flow.BurstPacer (off: aioquic's pacer).
     ``coalesce_transmits``: on a loop that delivers several datagrams per wakeup (uvloop), one
     transmit per batch (off: one after every datagram). ``batched_reads``: on asyncio's own loop,
-    read several datagrams per wakeup ourselves (off: its transport's one per wakeup).
-    ``short_path_burst``: datagrams per pacer burst on paths with RTT up to 10 ms
-    (discretpeer.flow.BurstPacer; 16: the burst of longer paths)."""
+    read several datagrams per wakeup ourselves (off: its transport's one per wakeup)."""
 
     stream_high_water: int = STREAM_HIGH_WATER
     stream_low_water: int = STREAM_LOW_WATER
@@ -32,7 +30,6 @@ class Tuning:
     burst_pacer: bool = True
     coalesce_transmits: bool = True
     batched_reads: bool = True
-    short_path_burst: int = 64
 
 
 DEFAULT_TUNING = Tuning()

@@ -1,7 +1,6 @@
-"""The per-packet shortcuts of the bulk data path (issue 18), on real peers over loopback at
-1472-byte datagrams: data arrives intact through loss and reordering, and the endpoint routes
-short-header packets without parsing their header (so that the test fails if that silently stops
-applying). The larger pacer burst on short paths: tests/unit/test_tuning.py."""
+"""The bulk data path's per-packet shortcut (issue 18), on real peers over loopback at 1472-byte
+datagrams: data arrives intact through loss and reordering, and the endpoint routes short-header
+packets without parsing their header (so that the test fails if that silently stops applying)."""
 
 from __future__ import annotations
 
