@@ -612,6 +612,9 @@ class Bench:
             "library (asyncio), one datagram per wakeup": lambda dgram: self.bulk(
                 ["--dgram", str(dgram), "--no-batch-reads", "--no-gso"], size
             ),
+            "library (asyncio), routing by header parse": lambda dgram: self.bulk(
+                ["--dgram", str(dgram), "--no-short-routing"], size
+            ),
         }
         rates: dict[tuple[int, str], list[float]] = {}
         # MB per CPU-second of the busier of the two processes: what one stream would move with a

@@ -10,6 +10,7 @@ except the loop and ``--dgram`` (``Peer(max_datagram_size=N)``).
 - ``--no-coalesce``: a transmit after every received datagram, as aioquic does, also on uvloop.
 - ``--no-gso``: one sendto per datagram, one datagram per recvfrom (no UDP GSO/GRO).
 - ``--no-batch-reads``: on asyncio's loop, one datagram per wakeup (its transport's reading).
+- ``--no-short-routing``: the endpoint parses every datagram's header to route it.
 - ``--dgram N``: ``Peer(max_datagram_size=N)`` (the public setting: probing stops at N).
 - ``--window N``, ``--ack-delay S``, ``--high-water N``: static settings.
 """
@@ -38,6 +39,7 @@ def add_variant_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="asyncio's loop: its transport reads one datagram per wakeup (Tuning.batched_reads)",
     )
+    parser.add_argument("--no-short-routing", action="store_true", help="full header parse to route each datagram")
     parser.add_argument("--uvloop", action="store_true")
 
 
@@ -62,6 +64,8 @@ def variant_tuning(args: Any) -> Tuning:
         changes["path_mtu_probing"] = False
     if getattr(args, "no_gso", False):
         changes["gso"] = False
+    if getattr(args, "no_short_routing", False):
+        changes["short_header_routing"] = False
     return Tuning(**changes)
 
 

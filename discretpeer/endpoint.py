@@ -160,6 +160,7 @@ class Endpoint(asyncio.DatagramProtocol):
         # asyncio's selector loop: we read the socket ourselves, READ_BATCH datagrams per wakeup
         self.batched_reads = False
         self.tuning = tuning  # read when the socket is set up and when a connection attaches
+        self._short_header_routing = tuning.short_header_routing  # read for every packet
         self._sock: socket.socket | None = None
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         self._raw: socket.socket | None = None  # the bound socket (GSO sends go straight to it)
@@ -427,11 +428,17 @@ class Endpoint(asyncio.DatagramProtocol):
         self._receive_quic(data, source, None)
 
     def _receive_quic(self, data: bytes, source: Addr, relay_route: Route | None) -> None:
-        try:
-            header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
-        except ValueError:
-            return
-        protocol = self._routes.get(header.destination_cid)
+        # a short header (nearly every packet) carries our connection ID right after its first
+        # byte: routing it needs no header parse (~3 us per datagram, ~7 % of a bulk receiver)
+        protocol = None
+        if self._short_header_routing and not data[0] & 0x80:
+            protocol = self._routes.get(data[1 : 1 + CONNECTION_ID_LENGTH])
+        if protocol is None:
+            try:
+                header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
+            except ValueError:
+                return
+            protocol = self._routes.get(header.destination_cid)
         if protocol is None:
             # a stateless reset carries no connection ID of ours: its last 16 bytes tell
             if self.connection_ids.clients and self._stateless_reset(data):

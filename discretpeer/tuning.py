@@ -28,7 +28,9 @@ class Tuning:
     (off: one datagram per system call). ``burst_pacer``: discretpeer.flow.BurstPacer (off: aioquic's pacer).
     ``coalesce_transmits``: on a loop that delivers several datagrams per wakeup (uvloop), one
     transmit per batch (off: one after every datagram). ``batched_reads``: on asyncio's own loop,
-    read several datagrams per wakeup ourselves (off: its transport's one per wakeup)."""
+    read several datagrams per wakeup ourselves (off: its transport's one per wakeup).
+    ``short_header_routing``: route a short-header datagram by the connection ID after its first
+    byte (off: parse every header to route it)."""
 
     stream_high_water: int = STREAM_HIGH_WATER
     stream_low_water: int = STREAM_LOW_WATER
@@ -41,6 +43,7 @@ class Tuning:
     ack_delay: float | None = None
     path_mtu_probing: bool = True
     gso: bool = True
+    short_header_routing: bool = True
 
 
 DEFAULT_TUNING = Tuning()
