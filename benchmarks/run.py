@@ -1103,7 +1103,12 @@ class Bench:
         else:
             results["ssh"] = None
         ready = await self.beacon_for_peers()
-        cli_variants = {"discretpeer forward (the CLI, uvloop)": []}
+        cli_variants: dict[str, list[str]] = {
+            "discretpeer forward (the CLI, uvloop)": [],
+            "discretpeer forward (the CLI, DISCRETPEER_LOOP=asyncio)": ["--asyncio"],
+            "discretpeer forward (the CLI, uvloop), --max-datagram-size 1472": ["--dgram", "1472"],
+            "discretpeer forward (the CLI, asyncio), --max-datagram-size 1472": ["--asyncio", "--dgram", "1472"],
+        }
         for name, variant in cli_variants.items():
             try:
                 port = await self.start_cli_tunnel(ready, sink["port"], variant)

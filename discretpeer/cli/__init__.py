@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
@@ -36,6 +37,8 @@ from .output import PROG, Console, configure_logging, fail
 from .settings import ENV_BEACONS, Settings, load_settings
 
 __all__ = ["main", "build_parser"]
+
+ENV_LOOP = "DISCRETPEER_LOOP"  # the event loop: auto (uvloop when installed), uvloop, asyncio
 
 EPILOG = (
     "Settings come from the config file (~/.config/discretpeer/config.toml), then environment variables "
@@ -143,6 +146,13 @@ def _add_network(parser: argparse.ArgumentParser, *, secret: bool = True) -> Non
         metavar="URL",
         help="HTTP CONNECT proxy for the beacons' TLS/TCP path, http://[user:pass@]host:port "
         "(default: HTTPS_PROXY, unless NO_PROXY names the beacon; 'none': never)",
+    )
+    group.add_argument(
+        "--max-datagram-size",
+        type=int,
+        metavar="BYTES",
+        help="cap on QUIC datagrams, 1200..16000 (default: what path-MTU probing finds); e.g. 1280 on a "
+        "tunnel that drops larger packets without telling",
     )
     group.add_argument(
         "--tuning",
@@ -390,13 +400,21 @@ def _handler(command: str) -> Callable[[Settings, Any, Console], Coroutine[Any, 
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
-    # uvloop when installed (the stall it caused was the wait_connected() race fixed in
-    # endpoint.py); ~1.5x the throughput of asyncio's loop
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+    # DISCRETPEER_LOOP=asyncio|uvloop|auto (default auto: uvloop when installed)
+    choice = os.environ.get(ENV_LOOP, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "uvloop", "asyncio"):
+        coro.close()
+        raise ConfigError(f"{ENV_LOOP} must be auto, uvloop or asyncio, got {choice!r}")
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                coro.close()
+                raise ConfigError(f"{ENV_LOOP}=uvloop but uvloop is not installed") from None
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
 
 
 def main(argv: list[str] | None = None) -> int:

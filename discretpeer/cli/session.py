@@ -13,6 +13,7 @@ from discretpeer.config import ConfigError
 from discretpeer.connection import PeerConnection
 from discretpeer.errors import ConnectError
 from discretpeer.identity import Identity
+from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM
 from discretpeer.peer import Peer
 
 from . import output
@@ -113,6 +114,7 @@ def make_peer(settings: Settings, identity: Identity) -> Peer:
         relay=settings.relay,
         direct=settings.direct,
         tuning=settings.tuning,
+        max_datagram_size=settings.max_datagram_size or AIOQUIC_MAX_DATAGRAM,
     )
 
 
@@ -145,6 +147,7 @@ def describe_connection(conn: PeerConnection) -> dict[str, Any]:
         "path": conn.path,
         "remote": format_address(conn.remote_address),
         "rtt_ms": None if conn.rtt is None else round(conn.rtt * 1000, 2),
+        "datagram_size": conn.datagram_size,  # what this side sends per datagram now
     }
 
 

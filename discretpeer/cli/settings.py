@@ -12,6 +12,8 @@ Config file (default ``~/.config/discretpeer/config.toml``, or ``$XDG_CONFIG_HOM
     identity = "~/.config/discretpeer/identity.key"
     udp_host = "0.0.0.0"               # address/port of the one UDP socket (default: any)
     udp_port = 0
+    max_datagram_size = 1472           # cap on QUIC datagrams (1200..16000; default: what
+                                       # path-MTU probing finds, up to 16000)
     expose = [22, "192.168.1.20:80"]   # what `discretpeer expose` offers when no port is given
     expose_host = "127.0.0.1"          # host of the exposed ports given as numbers
     control = "~/.config/discretpeer/expose.sock"
@@ -44,7 +46,7 @@ from discretpeer.tuning import DEFAULT_TUNING, Tuning, parse_tuning
 
 DEFAULT_TIMEOUT = 15.0
 KNOWN_KEYS = {
-    "beacons", "allow", "lan", "relay", "timeout", "identity", "udp_host", "udp_port",
+    "beacons", "allow", "lan", "relay", "timeout", "identity", "udp_host", "udp_port", "max_datagram_size",
     "expose", "expose_host", "control", "peers", "proxy", "web_url",
 }  # fmt: skip
 ENV_CONFIG = "DISCRETPEER_CONFIG"
@@ -80,6 +82,7 @@ class Settings:
     timeout: float = DEFAULT_TIMEOUT
     udp_host: str | None = None
     udp_port: int = 0
+    max_datagram_size: int | None = None  # None: the library's default (probing decides)
     expose: list[str] = field(default_factory=list)
     expose_host: str = "127.0.0.1"
     control_path: Path = Path()
@@ -266,6 +269,8 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
         settings.identity_path = _expand(_expect(data, "identity", str, where), env)
     if "udp_host" in data:
         settings.udp_host = _expect(data, "udp_host", str, where) or None
+    if "max_datagram_size" in data:
+        settings.max_datagram_size = _checked_datagram_size(_expect(data, "max_datagram_size", int, where), where)
     if "udp_port" in data:
         settings.udp_port = _expect(data, "udp_port", int, where)
         if not 0 <= settings.udp_port < 65536:
@@ -326,6 +331,8 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
         settings.udp_host = flag("udp_host") or None
     if flag("udp_port") is not None:
         settings.udp_port = int(flag("udp_port"))
+    if flag("max_datagram_size") is not None:
+        settings.max_datagram_size = _checked_datagram_size(flag("max_datagram_size"), "--max-datagram-size")
     if flag("secret"):
         settings.secret = flag("secret")
     if flag("control"):
@@ -399,3 +406,12 @@ def _dedupe(items: Any) -> list[str]:
     for item in items:
         seen.setdefault(item, None)
     return list(seen)
+
+
+def _checked_datagram_size(value: int, where: str) -> int:
+    from discretpeer.path_mtu import check_max_datagram_size
+
+    try:
+        return check_max_datagram_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None

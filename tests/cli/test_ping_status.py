@@ -58,7 +58,16 @@ def test_ping_and_status_use_names_from_peers(lab, tmp_path):
         pinged = laptop.run("ping", "pi", "-c", "1")
         assert pinged.returncode == 0 and pinged.stdout.startswith(f"pong from pi ({device.peer_id[:12]}...) via ")
         forward = laptop.start(
-            "forward", "0", "--to", "pi", "--json", "--control", str(tmp_path / "f.sock"), name="forward-names"
+            "forward",
+            "0",
+            "--to",
+            "pi",
+            "--json",
+            "--control",
+            str(tmp_path / "f.sock"),
+            "--max-datagram-size",
+            "1280",
+            name="forward-names",
         )
         forward.wait_event("connected")
         expose.wait_event("peer_connected")
@@ -71,6 +80,9 @@ def test_ping_and_status_use_names_from_peers(lab, tmp_path):
         assert [c["name"] for c in as_json["connections"]] == ["laptop"]
         forwarding = laptop.run("status", "--control", str(tmp_path / "f.sock"))
         assert " to pi port " in forwarding.stdout, forwarding.stdout
+        # --max-datagram-size caps what the forwarding side sends (loopback allows 16,000)
+        sizes = json.loads(laptop.run("status", "--json", "--control", str(tmp_path / "f.sock")).stdout)
+        assert sizes["connection"]["datagram_size"] == 1280, sizes  # (1,350 before any probe, without it)
     finally:
         device.stop_all()
         laptop.stop_all()

@@ -213,3 +213,35 @@ proxy = "http://proxy.lan:3128"
     write(tmp_path, f'beacons = [{{hostname = "b:4264", cert_hash = "{HASH}", tcp_port = 0}}]\n')
     with pytest.raises(ConfigError, match="tcp_port"):
         load_settings(args("doctor"), env_for(tmp_path))
+
+
+def test_max_datagram_size_key_and_flag(tmp_path):
+    write(tmp_path, f'beacons = [{{hostname = "b:4264", cert_hash = "{HASH}"}}]\nmax_datagram_size = 1350\n')
+    assert load_settings(args("doctor"), env_for(tmp_path)).max_datagram_size == 1350
+    s = load_settings(args("doctor", "--max-datagram-size", "1472"), env_for(tmp_path))
+    assert s.max_datagram_size == 1472  # the flag wins
+    with pytest.raises(ConfigError, match="--max-datagram-size: max_datagram_size must be an integer from 1200"):
+        load_settings(args("doctor", "--max-datagram-size", "1000"), env_for(tmp_path))
+    write(tmp_path, "max_datagram_size = 70000\n")
+    with pytest.raises(ConfigError, match="config.toml: max_datagram_size must be an integer from 1200 to 16000"):
+        load_settings(args("doctor"), env_for(tmp_path))
+
+
+def test_the_event_loop_is_chosen_by_the_environment(tmp_path, monkeypatch):
+    """DISCRETPEER_LOOP=asyncio|uvloop|auto; anything else is one line naming the variable, exit 2."""
+    import asyncio
+
+    from discretpeer.cli import _run
+
+    async def which() -> int:
+        return 1 if "uvloop" in type(asyncio.get_running_loop()).__module__ else 0
+
+    monkeypatch.setenv("DISCRETPEER_LOOP", "asyncio")
+    assert _run(which()) == 0
+    monkeypatch.setenv("DISCRETPEER_LOOP", "uvloop")
+    assert _run(which()) == 1
+    monkeypatch.setenv("DISCRETPEER_LOOP", "auto")
+    assert _run(which()) == 1  # uvloop is installed here (the CLI's default when it is)
+    monkeypatch.setenv("DISCRETPEER_LOOP", "trio")
+    with pytest.raises(ConfigError, match="DISCRETPEER_LOOP must be auto, uvloop or asyncio, got 'trio'"):
+        _run(which())
