@@ -24,6 +24,7 @@ from discretpeer._aioquic import (
     StreamAdapter,
     active_path_address,
     all_unacked_bytes,
+    congestion_window,
     max_datagram_size,
     reader_buffered,
     smoothed_rtt,
@@ -44,7 +45,7 @@ from discretpeer.auth import (
     verify_proof,
 )
 from discretpeer.endpoint import EndpointProtocol
-from discretpeer.flow import STREAM_WINDOW, AppPacedQuicConnection
+from discretpeer.flow import STREAM_WINDOW, AppPacedQuicConnection, stream_water_marks
 from discretpeer.identity import Identity
 from discretpeer.logs import get_logger
 from discretpeer.path_mtu import DatagramSizeSearch, datagram_limit, probe_sizes
@@ -76,7 +77,7 @@ class _FlowControlledAdapter(StreamAdapter):
             super().write(data)
         except (RuntimeError, AssertionError) as exc:  # aioquic: stream reset or connection gone
             raise ConnectionResetError(f"stream {self.stream_id}: {exc}") from exc
-        if not self.paused and self.flow is not None and self.unacknowledged() > self.protocol.stream_high_water:
+        if not self.paused and self.flow is not None and self.unacknowledged() > self.protocol.water_marks()[0]:
             self.paused = True
             self.flow.pause_writing()
             self.protocol.paused_streams.add(self)
@@ -106,7 +107,7 @@ class _FlowControlledAdapter(StreamAdapter):
         self.protocol.transmit_soon()
 
     def maybe_resume(self) -> bool:
-        if self.paused and (self.unacknowledged() < self.protocol.stream_low_water or self.protocol.closing):
+        if self.paused and (self.unacknowledged() < self.protocol.water_marks()[1] or self.protocol.closing):
             self.paused = False
             if self.flow is not None:
                 self.flow.resume_writing()
@@ -131,9 +132,17 @@ class PeerProtocol(EndpointProtocol):
         self.paused_streams: set[_FlowControlledAdapter] = set()
         tuning: Tuning = getattr(quic.configuration, "tuning", DEFAULT_TUNING)
         self.stream_high_water = tuning.stream_high_water  # a stream's writer pauses above, resumes below low
-        self.stream_low_water = tuning.stream_low_water
+        self.stream_low_water = tuning.stream_low_water  # (at least: see water_marks)
+        self.stream_high_water_max = tuning.stream_high_water_max
         if isinstance(quic, AppPacedQuicConnection):
             quic.unread = self._unread
+
+    def water_marks(self) -> tuple[int, int]:
+        """(high, low) unacknowledged bytes at which a stream's writer pauses / resumes now:
+        the tuning's, raised with the congestion window (:func:`flow.stream_water_marks`)."""
+        return stream_water_marks(
+            congestion_window(self.quic), self.stream_high_water, self.stream_low_water, self.stream_high_water_max
+        )
 
     def _unread(self, stream_id: int | None) -> int:
         """Bytes received and not yet read by the app (on one stream, or on all)."""

@@ -7,7 +7,8 @@ the application consumed, per stream and per connection. Credit is re-granted in
 window, when the application reads (the stream's reader wakes the connection, see
 ``connection.py``). The mechanics are :class:`discretpeer._aioquic.SlidingCredit`'s.
 
-The sender side: :class:`BurstPacer`.
+The sender side: :class:`BurstPacer`, and :func:`stream_water_marks` (how much a stream's
+writer may leave unacknowledged).
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ class BurstPacer(QuicPacketPacer):
         super().update_rate(congestion_window, smoothed_rtt)
         if self.packet_time is not None and self.bucket_max < PACER_BURST * self.packet_time:
             self.bucket_max = PACER_BURST * self.packet_time
+
+
+def stream_water_marks(congestion_window: int, high: int, low: int, ceiling: int) -> tuple[int, int]:
+    """(high, low): unacknowledged bytes on a stream above which its writer pauses, and below
+    which it resumes. Fixed marks cap one stream at high / RTT whatever the path carries (1 MiB
+    at the lab's 83 ms RTT: ~6 MB/s, with a 2 MB congestion window unused and no loss); like
+    Linux's send-buffer autotuning, the marks follow the congestion window instead: high at 2x,
+    so the flight can fill the window with data queued behind it, and low at 1x, so data is
+    still queued when the writer resumes. ``high`` and ``low`` (the tuning's marks) are the
+    floor, ``ceiling`` (``Tuning.stream_high_water_max``; half of it for low) the ceiling."""
+    return (
+        max(high, min(2 * congestion_window, ceiling)),
+        max(low, min(congestion_window, ceiling // 2)),
+    )
 
 
 def _no_unread(stream_id: int | None) -> int:
