@@ -1622,7 +1622,8 @@ def natbulk_summary(kind: dict[str, Any], rates: bool = True) -> str:
 
     total = len(kind["rates"])  # transfers
     moved = kind.get("bytes_moved", 0) / MB
-    busier = max(kind.get("sender_cpu_seconds", 0.0), kind.get("sink_cpu_seconds", 0.0))
+    sink = kind.get("sink_transfer_cpu_seconds") or kind.get("sink_cpu_seconds", 0.0)
+    busier = max(kind.get("sender_cpu_seconds", 0.0), sink)
     parts = [f"{[round(r, 2) for r in kind['rates']]} MB/s"] if rates else []
     parts += [
         f"lost {sum(c['lost_packets'] for c in congestion)} packets in "
@@ -1743,6 +1744,7 @@ def natlab_bulk(
             connected = [e for e in events if e.get("event") == "connected"]
             if len(sent) != repeat or not connected:
                 raise RuntimeError(f"natbulk {kind}: {events[-3:]} {sender.stderr[-500:]}")
+            received = [e for e in procs["sink"].json_lines() if e.get("event") == "received"]
             procs["sink"].terminate()
             seconds = sum(e["seconds"] for e in sent)
             out[kind] = {
@@ -1758,6 +1760,8 @@ def natlab_bulk(
                 # CPU: the sender's during the transfers, the receiver's over the sender's life
                 "sender_cpu_seconds": sum(e.get("cpu_seconds", 0.0) for e in sent),
                 "sink_cpu_seconds": sink_cpu,
+                # the receiver's CPU during its streams only (sink_cpu_seconds adds its set-up)
+                "sink_transfer_cpu_seconds": sum(e["cpu_seconds"] for e in received),
                 "bytes_moved": size * len(sent),
                 # packets the lab dropped meanwhile (delayer queue, links, qdiscs)
                 "lab_drops": {k: drops_end[k] - drops_start[k] for k in drops_end},

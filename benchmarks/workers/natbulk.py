@@ -5,7 +5,8 @@ venv's interpreter, so only the pip-installed package is importable.
 CONFIG (JSON): {"role": "send"|"sink", "beacons": [...], "meeting": M, "expect": PEER_ID or null,
 "identity": PATH, "direct": bool, "dgram": N, "window": N, "size": N, "repeat": K, "timeout": T}.
 JSON lines on stdout: connected {path, datagram_size, rtt}, sent {seconds, datagram_size,
-congestion, cpu_seconds (the sender's, during the transfer)}, done. ``congestion`` is the
+congestion, cpu_seconds (the sender's, during the transfer)}, done; the sink: received {bytes,
+cpu_seconds (during that stream)}. ``congestion`` is the
 sender's aioquic loss recovery during that transfer, sampled every 20 ms: losses (packets,
 congestion events, probe-timeout expiries), the median and maximum of the congestion window,
 bytes in flight, pacing rate and smoothed RTT, the slow-start threshold at the end, and a
@@ -27,6 +28,7 @@ def emit(**event: object) -> None:
 
 
 async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    cpu_start = time.process_time()
     total = 0
     while True:
         data = await reader.read(1 << 20)
@@ -35,6 +37,7 @@ async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
         total += len(data)
     writer.write(b"done %d" % total)
     writer.write_eof()
+    emit(event="received", bytes=total, cpu_seconds=time.process_time() - cpu_start)
 
 
 LOSS_COUNTS: dict[int, object] = {}  # one counter per connection (count_losses wraps once)
