@@ -300,9 +300,10 @@ def reader_buffered(reader: asyncio.StreamReader) -> int:
     return len(buffer)
 
 
-def congestion_window(quic: QuicConnection) -> int:
-    """``quic``'s congestion window in bytes (what its congestion controller lets be in flight)."""
-    return int(quic._loss._cc.congestion_window)
+def bytes_in_flight(quic: QuicConnection) -> int:
+    """Bytes ``quic`` has sent and not yet seen acknowledged or lost (its congestion controller's
+    count, whole packets)."""
+    return int(quic._loss._cc.bytes_in_flight)
 
 
 def congestion_state(quic: QuicConnection) -> dict[str, Any]:

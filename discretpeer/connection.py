@@ -24,7 +24,7 @@ from discretpeer._aioquic import (
     StreamAdapter,
     active_path_address,
     all_unacked_bytes,
-    congestion_window,
+    bytes_in_flight,
     max_datagram_size,
     reader_buffered,
     smoothed_rtt,
@@ -139,9 +139,9 @@ class PeerProtocol(EndpointProtocol):
 
     def water_marks(self) -> tuple[int, int]:
         """(high, low) unacknowledged bytes at which a stream's writer pauses / resumes now:
-        the tuning's, raised with the congestion window (:func:`flow.stream_water_marks`)."""
+        the tuning's, raised with the bytes in flight (:func:`flow.stream_water_marks`)."""
         return stream_water_marks(
-            congestion_window(self.quic), self.stream_high_water, self.stream_low_water, self.stream_high_water_max
+            bytes_in_flight(self.quic), self.stream_high_water, self.stream_low_water, self.stream_high_water_max
         )
 
     def _unread(self, stream_id: int | None) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 STREAM_HIGH_WATER = 1024 * 1024  # unacknowledged bytes per stream before writer.drain() waits
 STREAM_LOW_WATER = 256 * 1024
-STREAM_HIGH_WATER_MAX = 16 * 1024 * 1024  # what the congestion window can raise the high mark to
+STREAM_HIGH_WATER_MAX = 16 * 1024 * 1024  # what the bytes in flight can raise the high mark to
 STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 
@@ -18,8 +18,8 @@ CONNECTION_WINDOW = 16 * 1024 * 1024
 @dataclass(frozen=True)
 class Tuning:
     """``stream_high_water`` / ``stream_low_water``: unacknowledged bytes on a stream at which a
-    writer pauses / resumes, at least: the marks follow the connection's congestion window (high
-    2x, low 1x, see :func:`discretpeer.flow.stream_water_marks`) up to ``stream_high_water_max``,
+    writer pauses / resumes, at least: the marks follow the connection's bytes in flight (high
+    2x, low 1.5x, see :func:`discretpeer.flow.stream_water_marks`) up to ``stream_high_water_max``,
     so that one stream keeps a long path full. ``max_data`` / ``max_stream_data``: the receive windows a peer
     connection announces. ``burst_pacer``: discretpeer.flow.BurstPacer (off: aioquic's pacer).
     ``coalesce_transmits``: on a loop that delivers several datagrams per wakeup (uvloop), one
