@@ -989,13 +989,17 @@ class Bench:
         self.log(
             f"natbulk: loopback at {dgram} bytes, then the NAT lab direct and relayed, {size / MB:.0f} MB x {repeat}"
         )
-        loop_rates = (await self.bulk(["--dgram", str(dgram)], size))["rates"]
-        results: dict[str, Any] = {"loopback": loop_rates}
+        loop = await self.bulk(["--dgram", str(dgram)], size)
+        loop_rates = loop["rates"]
+        loop_per_cpu = min(loop["mb_per_cpu"].values(), default=0.0)  # the busier side's
+        results: dict[str, Any] = {"loopback": loop_rates, "loopback_mb_per_cpu": loop["mb_per_cpu"]}
+        self.log(f"natbulk loopback: {[round(r, 2) for r in loop_rates]} MB/s, {loop_per_cpu:.1f} MB per CPU-s")
         for window in (0, 16 * 1024 * 1024):
             lab = await asyncio.to_thread(natlab_bulk, self.installed, self.log_dir, size, repeat, dgram, window)
             results[f"window {window}"] = lab
             label = "default windows (4 MB per stream)" if not window else f"{window >> 20} MB stream windows"
-            self.log(f"natbulk {label}: {lab}")
+            for kind in ("direct", "relay"):
+                self.log(f"natbulk {label}, {kind}: {natbulk_summary(lab[kind])}")
             direct, relay = median(lab["direct"]["rates"]), median(lab["relay"]["rates"])
             self.add(
                 Row(
@@ -1008,8 +1012,9 @@ class Bench:
                     target=">= 80% of loopback",
                     met=direct >= 0.8 * median(loop_rates),
                     note=f"RTT {lab['direct']['rtt_ms']:.0f} ms, datagrams {lab['direct']['datagram_size']} B, "
-                    f"delay backend {lab['backend']}, its CPU {lab['direct']['delayer_cpu_seconds']} s "
-                    f"for {lab['direct']['transfer_seconds']:.1f} s of transfers",
+                    f"delay backend {lab['backend']}, its CPU {lab['direct']['delayer_cpu_seconds']:.2f} s "
+                    f"for {lab['direct']['transfer_seconds']:.1f} s of transfers; "
+                    f"{natbulk_summary(lab['direct'], rates=False)}; loopback {loop_per_cpu:.1f} MB per CPU-s",
                     samples=lab["direct"]["rates"],
                     baseline_samples=loop_rates,
                 )
@@ -1024,7 +1029,8 @@ class Bench:
                     direct,
                     target=">= 50% of direct",
                     met=relay >= 0.5 * direct,
-                    note=f"RTT {lab['relay']['rtt_ms']:.0f} ms, datagrams {lab['relay']['datagram_size']} B",
+                    note=f"RTT {lab['relay']['rtt_ms']:.0f} ms, datagrams {lab['relay']['datagram_size']} B; "
+                    f"{natbulk_summary(lab['relay'], rates=False)}",
                     samples=lab["relay"]["rates"],
                     baseline_samples=lab["direct"]["rates"],
                 )
@@ -1596,6 +1602,51 @@ def natlab_meetings(
     return {"times": times, "rtts": rtts, "paths": paths}
 
 
+def natbulk_summary(kind: dict[str, Any], rates: bool = True) -> str:
+    """One line per NAT-lab path: the sender's loss recovery (medians over the transfers), the
+    busier side's MB per CPU-second and what the lab dropped."""
+    congestion = [c for c in kind.get("congestion", []) if c]
+
+    def mid(key: str, scale: float) -> str:
+        values = sorted(c[key]["median"] for c in congestion if c[key]["median"] is not None)
+        return f"{values[len(values) // 2] * scale:.1f}" if values else "-"
+
+    total = len(kind["rates"])  # transfers
+    moved = kind.get("bytes_moved", 0) / MB
+    sink = kind.get("sink_transfer_cpu_seconds") or kind.get("sink_cpu_seconds", 0.0)
+    busier = max(kind.get("sender_cpu_seconds", 0.0), sink)
+    parts = [f"{[round(r, 2) for r in kind['rates']]} MB/s"] if rates else []
+    parts += [
+        f"lost {sum(c['lost_packets'] for c in congestion)} packets in "
+        f"{sum(c['loss_events'] for c in congestion)} congestion events over {total} transfers",
+        f"cwnd {mid('cwnd', 1 / MB)} MB, in flight {mid('in_flight', 1 / MB)} MB, "
+        f"sRTT {mid('srtt', 1000)} ms, pacing {mid('pacing_rate', 1 / MB)} MB/s (medians)",
+        f"{moved / busier:.1f} MB per CPU-s of the busier side" if busier else "CPU unknown",
+        f"lab drops {kind.get('lab_drops')}",
+    ]
+    return ", ".join(parts)
+
+
+def lab_drops(lab: Any) -> dict[str, int]:
+    """Packets the NAT lab dropped so far: at the delayer's NFQUEUE (``queue_dropped``: queue
+    full; ``user_dropped``: netlink buffer full), and on every lab interface and qdisc."""
+    drops = {"nfqueue_queue": 0, "nfqueue_user": 0, "links": 0, "qdiscs": 0}
+    table = lab.run("core", ["cat", "/proc/net/netfilter/nfnetlink_queue"], check=False).stdout
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) >= 7:
+            drops["nfqueue_queue"] += int(fields[5])
+            drops["nfqueue_user"] += int(fields[6])
+    for name in lab.nodes:
+        links = lab.run(name, ["ip", "-s", "-j", "link"], check=False).stdout
+        for link in json.loads(links or "[]"):
+            stats = link.get("stats64", {})
+            drops["links"] += stats.get("rx", {}).get("dropped", 0) + stats.get("tx", {}).get("dropped", 0)
+        qdiscs = lab.run(name, ["tc", "-s", "-j", "qdisc"], check=False).stdout
+        drops["qdiscs"] += sum(q.get("drops", 0) for q in json.loads(qdiscs or "[]"))
+    return drops
+
+
 def natlab_bulk(
     installed: Installed, log_dir: Path, size: int, repeat: int, dgram: int, window: int, cc: str = ""
 ) -> dict[str, Any]:
@@ -1673,13 +1724,18 @@ def natlab_bulk(
             sender = procs["send"]
             delayer = getattr(lab, "_delayer", None)  # the NFQUEUE delay program, when netem is missing
             cpu_start = cpu_seconds(delayer.pid) if delayer is not None else None
+            drops_start = lab_drops(lab)
+            sink_cpu_start = cpu_seconds(procs["sink"].pid)
             sender.wait(timeout=60 + repeat * 240)
+            sink_cpu = cpu_seconds(procs["sink"].pid) - sink_cpu_start
+            drops_end = lab_drops(lab)
             cpu_delayer = cpu_seconds(delayer.pid) - cpu_start if cpu_start is not None else None
             events = sender.json_lines()
             sent = [e for e in events if e.get("event") == "sent"]
             connected = [e for e in events if e.get("event") == "connected"]
             if len(sent) != repeat or not connected:
                 raise RuntimeError(f"natbulk {kind}: {events[-3:]} {sender.stderr[-500:]}")
+            received = [e for e in procs["sink"].json_lines() if e.get("event") == "received"]
             procs["sink"].terminate()
             seconds = sum(e["seconds"] for e in sent)
             out[kind] = {
@@ -1690,6 +1746,16 @@ def natlab_bulk(
                 # share of a core the delayer used over the sender's whole life (set-up included)
                 "delayer_cpu_seconds": cpu_delayer,
                 "transfer_seconds": seconds,
+                # the sender's loss recovery per transfer (cwnd, in flight, losses, pacing, RTT)
+                "congestion": [e.get("congestion") for e in sent],
+                # CPU: the sender's during the transfers, the receiver's over the sender's life
+                "sender_cpu_seconds": sum(e.get("cpu_seconds", 0.0) for e in sent),
+                "sink_cpu_seconds": sink_cpu,
+                # the receiver's CPU during its streams only (sink_cpu_seconds adds its set-up)
+                "sink_transfer_cpu_seconds": sum(e["cpu_seconds"] for e in received),
+                "bytes_moved": size * len(sent),
+                # packets the lab dropped meanwhile (delayer queue, links, qdiscs)
+                "lab_drops": {k: drops_end[k] - drops_start[k] for k in drops_end},
             }
             if connected[0]["path"] != ("relay" if kind == "relay" else "direct"):
                 raise RuntimeError(f"natbulk {kind}: the connection took the {connected[0]['path']} path")

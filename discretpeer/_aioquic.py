@@ -26,12 +26,14 @@ list. For each, read the new release's code where it is defined and used:
   ``_peer_cid``, ``_peer_cid_available``) for the beacon's connection IDs and stateless resets;
   the beacon's memory diet (``_crypto_buffers``, ``_cryptos_initial``, ``_spaces``,
   ``_datagrams_pending``, ``_is_client``); ``_loss`` (``QuicPacketRecovery``: ``_cc``,
-  ``_pacer``, ``_rtt_smoothed``), ``_logger``, ``_handshake_complete``;
+  ``_pacer``, ``_rtt_smoothed``; for :func:`congestion_state` also ``_rtt_latest``, ``_rtt_min``,
+  ``_pto_count``), ``_logger``, ``_handshake_complete``;
 - ``QuicPacketBuilder`` (the size probe): ``_packet``, ``_end_packet``, ``_datagrams``,
   ``_datagram_needs_padding``, ``_flight_bytes``, ``_buffer_capacity``;
 - streams: ``QuicStreamSender._buffer_start/_buffer_stop`` (unacknowledged bytes),
   ``QuicStreamReceiver._ranges`` (out-of-order fragments);
-- congestion control and pacer: their ``_max_datagram_size`` copies;
+- congestion control and pacer: their ``_max_datagram_size`` copies; Reno's and CUBIC's
+  ``_congestion_recovery_start_time`` (a new congestion event, for :func:`count_losses`);
 - ``tls.Context._peer_certificate``; ``CryptoContext._setup_cb/_teardown_cb``;
   ``aioquic._crypto.AEAD`` (``_aead``, ``_iv``) and ``HeaderProtection`` (``_mask``,
   ``_is_chacha20``) for the beacon's ciphers built per packet;
@@ -79,7 +81,8 @@ check()  # before anything of aioquic is imported: an untested release fails her
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from aioquic import tls
@@ -153,10 +156,17 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
         "_flight_bytes",
         "_packet",
     ),
-    "aioquic.quic.recovery.QuicPacketRecovery": ("_cc", "_pacer", "_rtt_smoothed"),
+    "aioquic.quic.recovery.QuicPacketRecovery": (
+        "_cc",
+        "_pacer",
+        "_pto_count",
+        "_rtt_latest",
+        "_rtt_min",
+        "_rtt_smoothed",
+    ),
     "aioquic.quic.recovery.QuicPacketPacer": ("_max_datagram_size",),
-    "aioquic.quic.congestion.reno.RenoCongestionControl": ("_max_datagram_size",),
-    "aioquic.quic.congestion.cubic.CubicCongestionControl": ("_max_datagram_size",),
+    "aioquic.quic.congestion.reno.RenoCongestionControl": ("_congestion_recovery_start_time", "_max_datagram_size"),
+    "aioquic.quic.congestion.cubic.CubicCongestionControl": ("_congestion_recovery_start_time", "_max_datagram_size"),
     "aioquic.quic.stream.QuicStreamSender": ("_buffer_start", "_buffer_stop"),
     "aioquic.quic.stream.QuicStreamReceiver": ("_ranges",),
     "aioquic.quic.crypto.CryptoContext": ("_setup_cb", "_teardown_cb"),
@@ -294,6 +304,69 @@ def reader_buffered(reader: asyncio.StreamReader) -> int:
     """Bytes a StreamReader holds that the app has not read (asyncio has no public accessor)."""
     buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
     return len(buffer)
+
+
+def bytes_in_flight(quic: QuicConnection) -> int:
+    """Bytes ``quic`` has sent and not yet seen acknowledged or lost (its congestion controller's
+    count, whole packets)."""
+    return int(quic._loss._cc.bytes_in_flight)
+
+
+def congestion_state(quic: QuicConnection) -> dict[str, Any]:
+    """A snapshot of ``quic``'s sending side (for benchmarks and diagnostics): congestion window
+    and bytes in flight (bytes), slow-start threshold (None: still in slow start), smoothed,
+    latest and minimum RTT (seconds), the pacer's rate (bytes per second; None: not pacing yet)
+    and the probe-timeout count."""
+    loss = quic._loss
+    cc = loss._cc
+    packet_time = loss._pacer.packet_time
+    return {
+        "cwnd": int(cc.congestion_window),
+        "in_flight": int(cc.bytes_in_flight),
+        "ssthresh": cc.ssthresh,
+        "srtt": float(loss._rtt_smoothed),
+        "latest_rtt": float(loss._rtt_latest),
+        "min_rtt": float(loss._rtt_min) if loss._rtt_min != float("inf") else None,
+        "pacing_rate": quic._max_datagram_size / packet_time if packet_time else None,
+        "pto_count": int(loss._pto_count),
+    }
+
+
+@dataclass
+class LossCount:
+    """What ``quic``'s congestion controller was told since :func:`count_losses`: packets declared
+    lost, congestion events among those reports (each halves the window), and packets taken out
+    of flight without a congestion event (probe-timeout retransmissions)."""
+
+    packets: int = 0
+    events: int = 0
+    expired: int = 0
+
+
+def count_losses(quic: QuicConnection) -> LossCount:
+    """Count the losses ``quic`` reports to its congestion controller from now on (wraps the
+    controller's ``on_packets_lost`` and ``on_packets_expired`` on this one connection)."""
+    cc = quic._loss._cc
+    count = LossCount()
+    report_lost = cc.on_packets_lost
+    report_expired = cc.on_packets_expired
+
+    def on_packets_lost(*, now: float, packets: Iterable[Any]) -> None:
+        packets = list(packets)
+        recovery_start = getattr(cc, "_congestion_recovery_start_time", None)
+        report_lost(now=now, packets=packets)
+        count.packets += len(packets)
+        if getattr(cc, "_congestion_recovery_start_time", None) != recovery_start:
+            count.events += 1
+
+    def on_packets_expired(*, packets: Iterable[Any]) -> None:
+        packets = list(packets)
+        report_expired(packets=packets)
+        count.expired += len(packets)
+
+    cc.on_packets_lost = on_packets_lost  # type: ignore[method-assign]  # per-connection counting hook
+    cc.on_packets_expired = on_packets_expired  # type: ignore[method-assign]  # per-connection counting hook
+    return count
 
 
 # --- the asyncio side: protocol and stream transport -----------------------------------------

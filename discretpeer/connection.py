@@ -24,6 +24,7 @@ from discretpeer._aioquic import (
     StreamAdapter,
     active_path_address,
     all_unacked_bytes,
+    bytes_in_flight,
     max_datagram_size,
     reader_buffered,
     set_ack_delay,
@@ -45,7 +46,7 @@ from discretpeer.auth import (
     verify_proof,
 )
 from discretpeer.endpoint import EndpointProtocol
-from discretpeer.flow import AppPacedQuicConnection
+from discretpeer.flow import AppPacedQuicConnection, stream_water_marks
 from discretpeer.identity import Identity
 from discretpeer.logs import get_logger
 from discretpeer.path_mtu import DatagramSizeSearch, datagram_limit, probe_sizes
@@ -77,7 +78,7 @@ class _FlowControlledAdapter(StreamAdapter):
             super().write(data)
         except (RuntimeError, AssertionError) as exc:  # aioquic: stream reset or connection gone
             raise ConnectionResetError(f"stream {self.stream_id}: {exc}") from exc
-        if not self.paused and self.flow is not None and self.unacknowledged() > self.protocol.stream_high_water:
+        if not self.paused and self.flow is not None and self.unacknowledged() > self.protocol.water_marks()[0]:
             self.paused = True
             self.flow.pause_writing()
             self.protocol.paused_streams.add(self)
@@ -107,7 +108,7 @@ class _FlowControlledAdapter(StreamAdapter):
         self.protocol.transmit_soon()
 
     def maybe_resume(self) -> bool:
-        if self.paused and (self.unacknowledged() < self.protocol.stream_low_water or self.protocol.closing):
+        if self.paused and (self.unacknowledged() < self.protocol.water_marks()[1] or self.protocol.closing):
             self.paused = False
             if self.flow is not None:
                 self.flow.resume_writing()
@@ -132,11 +133,19 @@ class PeerProtocol(EndpointProtocol):
         self.paused_streams: set[_FlowControlledAdapter] = set()
         tuning = tuning_of(quic)
         self.stream_high_water = tuning.stream_high_water  # a stream's writer pauses above, resumes below low
-        self.stream_low_water = tuning.stream_low_water
+        self.stream_low_water = tuning.stream_low_water  # (at least: see water_marks)
+        self.stream_high_water_max = tuning.stream_high_water_max
         if tuning.ack_delay is not None:
             set_ack_delay(quic, tuning.ack_delay)
         if isinstance(quic, AppPacedQuicConnection):
             quic.unread = self._unread
+
+    def water_marks(self) -> tuple[int, int]:
+        """(high, low) unacknowledged bytes at which a stream's writer pauses / resumes now:
+        the tuning's, raised with the bytes in flight (:func:`flow.stream_water_marks`)."""
+        return stream_water_marks(
+            bytes_in_flight(self.quic), self.stream_high_water, self.stream_low_water, self.stream_high_water_max
+        )
 
     def _unread(self, stream_id: int | None) -> int:
         """Bytes received and not yet read by the app (on one stream, or on all)."""

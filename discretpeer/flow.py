@@ -7,7 +7,8 @@ the application consumed, per stream and per connection. Credit is re-granted in
 window, when the application reads (the stream's reader wakes the connection, see
 ``connection.py``). The mechanics are :class:`discretpeer._aioquic.SlidingCredit`'s.
 
-The sender side: :class:`BurstPacer`.
+The sender side: :class:`BurstPacer`, and :func:`stream_water_marks` (how much a stream's
+writer may leave unacknowledged).
 """
 
 from __future__ import annotations
@@ -35,6 +36,24 @@ class BurstPacer(QuicPacketPacer):
         super().update_rate(congestion_window, smoothed_rtt)
         if self.packet_time is not None and self.bucket_max < PACER_BURST * self.packet_time:
             self.bucket_max = PACER_BURST * self.packet_time
+
+
+def stream_water_marks(in_flight: int, high: int, low: int, ceiling: int) -> tuple[int, int]:
+    """(high, low): unacknowledged bytes on a stream above which its writer pauses, and below
+    which it resumes. Fixed marks cap one stream at high / RTT whatever the path carries (1 MiB
+    at the NAT lab's 83 ms RTT: ~6 MB/s, with a 2 MB congestion window unused and no loss).
+    Like Linux's send-buffer autotuning (2x what the connection has in flight), the marks follow
+    the connection's bytes in flight: high at 2x, so as much again is queued behind the flight
+    and the congestion window can fill (the flight grows, the mark with it), low at 1.5x, so data
+    is still queued when the writer resumes. Not the congestion window itself: aioquic grows it
+    on every acknowledgement even while flow control holds the sender, and a reader that stops
+    must stop the writer near the tuning's marks (the flight then drains to nothing).
+    ``high`` and ``low`` (the tuning's marks) are the floor, ``ceiling``
+    (``Tuning.stream_high_water_max``; 3/4 of it for low) the ceiling."""
+    return (
+        max(high, min(2 * in_flight, ceiling)),
+        max(low, min(in_flight + in_flight // 2, ceiling * 3 // 4)),
+    )
 
 
 def _no_unread(stream_id: int | None) -> int:

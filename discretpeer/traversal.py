@@ -145,7 +145,14 @@ class PunchSession:
 
     def poll(self, now: float) -> list[tuple[Addr, bytes]]:
         """Probes due now."""
-        if not self.active(now) or now < self._next_round:
+        if not self.active(now):
+            # over: no deadline until extend(). A poll that comes late (after the end, with the
+            # next round still scheduled before it) used to leave that round in the past, and
+            # next_deadline() returned it for ever: the punch loop spun (~400 turns a second,
+            # for the connection's whole life, seen during the NAT-lab bulk transfers)
+            self._next_round = float("inf")
+            return []
+        if now < self._next_round:
             return []
         sends = [self._ping(candidate, now) for candidate in self.candidates.values()]
         elapsed = now - self.started_at

@@ -4,7 +4,13 @@ venv's interpreter, so only the pip-installed package is importable.
 
 CONFIG (JSON): {"role": "send"|"sink", "beacons": [...], "meeting": M, "expect": PEER_ID or null,
 "identity": PATH, "direct": bool, "dgram": N, "window": N, "size": N, "repeat": K, "timeout": T}.
-JSON lines on stdout: connected {path, datagram_size, rtt}, sent {seconds, datagram_size}, done.
+JSON lines on stdout: connected {path, datagram_size, rtt}, sent {seconds, datagram_size,
+congestion, cpu_seconds (the sender's, during the transfer)}, done; the sink: received {bytes,
+cpu_seconds (during that stream)}. ``congestion`` is the
+sender's aioquic loss recovery during that transfer, sampled every 20 ms: losses (packets,
+congestion events, probe-timeout expiries), the median and maximum of the congestion window,
+bytes in flight, pacing rate and smoothed RTT, the slow-start threshold at the end, and a
+coarse trace (every 10th sample).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ def emit(**event: object) -> None:
 
 
 async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    cpu_start = time.process_time()
     total = 0
     while True:
         data = await reader.read(1 << 20)
@@ -31,9 +38,63 @@ async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
         total += len(data)
     writer.write(b"done %d" % total)
     writer.write_eof()
+    emit(event="received", bytes=total, cpu_seconds=time.process_time() - cpu_start)
 
 
-async def send(conn, size: int) -> float:
+LOSS_COUNTS: dict[int, object] = {}  # one counter per connection (count_losses wraps once)
+
+
+def summarise(samples: list[dict], losses, before: tuple[int, int, int]) -> dict:
+    """Median / max of each sampled figure, the losses counted, and every 10th sample."""
+
+    def stats(key: str) -> dict:
+        values = sorted(s[key] for s in samples if s.get(key) is not None)
+        if not values:
+            return {"median": None, "max": None}
+        return {"median": values[len(values) // 2], "max": values[-1]}
+
+    return {
+        "lost_packets": losses.packets - before[0],
+        "loss_events": losses.events - before[1],
+        "expired_packets": losses.expired - before[2],
+        "cwnd": stats("cwnd"),
+        "in_flight": stats("in_flight"),
+        "pacing_rate": stats("pacing_rate"),
+        "srtt": stats("srtt"),
+        "latest_rtt": stats("latest_rtt"),
+        "ssthresh_end": samples[-1]["ssthresh"] if samples else None,
+        "samples": len(samples),
+        "trace": samples[::10],
+    }
+
+
+async def sample_congestion(quic, samples: list[dict], started: float) -> None:
+    from discretpeer._aioquic import congestion_state
+
+    while True:
+        samples.append(congestion_state(quic) | {"t": round(time.perf_counter() - started, 3)})
+        await asyncio.sleep(0.02)
+
+
+async def send(conn, size: int, congestion: dict | None = None) -> float:
+    quic = conn._protocol.quic  # the benchmark's window into the sender's loss recovery
+    from discretpeer._aioquic import count_losses
+
+    if id(quic) not in LOSS_COUNTS:
+        LOSS_COUNTS[id(quic)] = count_losses(quic)
+    losses = LOSS_COUNTS[id(quic)]
+    before = (losses.packets, losses.events, losses.expired)
+    samples: list[dict] = []
+    sampler = asyncio.ensure_future(sample_congestion(quic, samples, time.perf_counter()))
+    try:
+        return await send_stream(conn, size)
+    finally:
+        sampler.cancel()
+        if congestion is not None:
+            congestion.update(summarise(samples, losses, before))
+
+
+async def send_stream(conn, size: int) -> float:
     reader, writer = await conn.open_stream()
     payload = os.urandom(65536)
     started = time.perf_counter()
@@ -68,8 +129,19 @@ async def main(config: dict) -> None:
                 reader, writer = await conn.accept_stream()
                 asyncio.ensure_future(sink(reader, writer))
         for _ in range(config.get("repeat", 1)):
-            seconds = await asyncio.wait_for(send(conn, config["size"]), 240)
-            emit(event="sent", seconds=seconds, bytes=config["size"], datagram_size=conn.datagram_size, path=conn.path)
+            congestion: dict = {}
+            cpu_start = time.process_time()
+            seconds = await asyncio.wait_for(send(conn, config["size"], congestion), 240)
+            cpu = time.process_time() - cpu_start
+            emit(
+                event="sent",
+                seconds=seconds,
+                bytes=config["size"],
+                datagram_size=conn.datagram_size,
+                path=conn.path,
+                congestion=congestion,
+                cpu_seconds=cpu,
+            )
         emit(event="done")
 
 

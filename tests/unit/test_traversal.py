@@ -35,6 +35,23 @@ def test_probes_at_once_then_on_schedule_then_stop():
     assert 50 < rounds < 100 and s.next_deadline() is None and not s.poll(20.0)
 
 
+def test_a_poll_after_the_end_leaves_no_deadline_behind():
+    """The driver sleeps until next_deadline(); a loop that wakes after the session ended (the
+    last round was due just before the end) must not get a past deadline back, or it spins."""
+    s = session(LOW, HIGH)
+    s.add_candidates([("203.0.113.5", 4000)], CandidateKind.PUBLIC, 0.0)
+    end = s.started_at + s.duration
+    now = 0.0
+    while s.next_deadline() is not None and s.next_deadline() < end - 0.001:
+        now = s.next_deadline()
+        s.poll(now)
+    assert s.next_deadline() is not None  # the last round is due before the end...
+    assert s.poll(end + 0.5) == []  # ...but the loop only wakes after it
+    assert s.next_deadline() is None
+    s.extend(end + 1.0, 3.0)
+    assert s.next_deadline() == end + 1.0 and s.poll(end + 1.0)
+
+
 def test_ping_pong_confirms_and_answers_the_observed_address():
     a, b = session(LOW, HIGH), session(HIGH, LOW)
     ((target, ping),) = a.add_candidates([("203.0.113.5", 4000)], CandidateKind.PUBLIC, 0.0)
