@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -45,6 +46,20 @@ def test_v4_stays(ip: ipaddress.IPv4Address) -> None:
 def test_other_v6_stays(ip: ipaddress.IPv6Address) -> None:
     assert unmap_ip(ip) is ip
     assert unmap_host(str(ip)) == str(ip)
+
+
+@given(st.one_of(v6, v4.map(lambda ip: ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed))), st.integers(0, 3))
+def test_the_datagram_source_normalisation_agrees_with_ipaddress(ip: ipaddress.IPv6Address, scope: int) -> None:
+    """normalize_address decides by the text the kernel writes for a datagram's source
+    (inet_ntop; no parse per datagram): the same answer as parsing it, for every IPv6 address,
+    mapped or not, with or without a scope."""
+    text = socket.inet_ntop(socket.AF_INET6, ip.packed)
+    got = normalize_address((text, 4264, 0, scope))
+    if ip.ipv4_mapped is not None:
+        assert got == (str(ip.ipv4_mapped), 4264)
+    else:
+        assert got == (f"{text}%{scope}" if scope else text, 4264)
+        assert ipaddress.IPv6Address(got[0].partition("%")[0]) == ip
 
 
 @given(st.text(max_size=40))
