@@ -38,3 +38,26 @@ def unmap_host(host: str) -> str:
     except ValueError:
         return host
     return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else host
+
+
+def routable_ipv6(host: str) -> bool:
+    """An IPv6 address another network may reach: not link-local, loopback, unique-local,
+    IPv4-mapped or unspecified (home routers do not NAT IPv6, so such an address can be punched
+    whatever the IPv4 NAT does)."""
+    if ":" not in host:
+        return False
+    try:
+        ip = ipaddress.IPv6Address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return not (
+        ip.is_link_local
+        or ip.is_loopback
+        or ip.is_unspecified
+        or ip.ipv4_mapped is not None
+        or ip in _UNIQUE_LOCAL
+        or ip.is_multicast
+    )
+
+
+_UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from discretpeer.addresses import Addr
+from discretpeer.addresses import Addr, routable_ipv6
 from discretpeer.beacon_client import own_mapping_varies, udp_unreachable
 from discretpeer.birthday_driver import BirthdayDriver
 from discretpeer.candidates import is_lan_address, on_attached_network
@@ -416,6 +416,8 @@ class PairDriver:
             return True
         if udp_unreachable(self.clients):  # TCP (issue 14): our UDP is blocked, punching is pointless
             return True
+        if self._ipv6_on_both_sides(pair):
+            return False  # the NATs' mapping is about IPv4: over IPv6 punching can still meet
         other = pair.remote_mapping_varies()
         if not other:
             return False
@@ -425,6 +427,10 @@ class PairDriver:
         own_ips = {c.status.observed.host for c in self.clients if c.status.observed is not None}
         # behind the same NAT as the other peer: local addresses or a hairpin may still work
         return not own_ips & {address[0] for address in pair.observed_by.values()}
+
+    def _ipv6_on_both_sides(self, pair: Pair) -> bool:
+        theirs = any(routable_ipv6(address[0]) for address in pair.session.candidates)
+        return theirs and any(routable_ipv6(address.host) for address in self._own_candidates())
 
     # --- path switching -----------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from beacon.limits import ip_key
-from discretpeer.addresses import map_ip, unmap_host, unmap_ip
+from discretpeer.addresses import map_ip, routable_ipv6, unmap_host, unmap_ip
 from discretpeer.endpoint import normalize_address
 from discretpeer.proto.wire import Address
 
@@ -70,3 +70,12 @@ def test_anything_else_comes_back_as_is(host: str) -> None:
         assert unmap_host(host) == host
     else:
         assert unmap_host(host) in (host, str(ip.ipv4_mapped))
+
+
+def test_routable_ipv6_is_what_another_network_may_reach() -> None:
+    """Used to keep punching (not relay at once) when both peers have such an address, whatever
+    their IPv4 NATs do."""
+    for host in ("2001:db8:1::10", "2a01:4f8::1", "2001:db8::1%3"):
+        assert routable_ipv6(host), host
+    for host in ("fe80::1%2", "::1", "::", "fd12:3456::1", "::ffff:10.0.0.1", "ff02::1", "10.0.0.1", "bad::host::"):
+        assert not routable_ipv6(host), host
