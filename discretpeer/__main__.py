@@ -2,6 +2,6 @@
 
 import sys
 
-from discretpeer.cli import main
+from discretpeer.entry import main
 
 sys.exit(main())

@@ -13,10 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from certs import create_bundle
 from discretpeer.identity import Identity
-from tests.cli.conftest import CLI, Node, clean_env, free_port
+from tests.cli.conftest import CLI, PYTHON, ROOT, Node, clean_env, free_port
 
 OTHER_ID = Identity.generate().peer_id
+HASH = create_bundle().fingerprint
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -213,3 +215,22 @@ def test_interrupt_exits_130_terminate_exits_0(tmp_path, beacon, sig, code):
     forward.wait_event("listening")
     assert forward.stop(sig) == code
     assert "Traceback" not in forward.log.read_text()
+
+
+@pytest.mark.parametrize("after", [0.15, 0.3])
+def test_ctrl_c_while_the_command_is_still_starting_is_quiet(tmp_path, after):
+    """`discretpeer` (python -m discretpeer: the same entry point) interrupted while it is still
+    importing exits 130 without a traceback, as it does once running."""
+    env = clean_env(tmp_path)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "discretpeer", "forward", "0", "--to", OTHER_ID, "--beacon", f"127.0.0.1:9={HASH}"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err.decode()
+    assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err.decode()
