@@ -67,20 +67,35 @@ async def _send_and_check(sender, receiver, total: int) -> None:
     assert len(received) == total and hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
 
 
+class ParseCounter:
+    """Counts the endpoint's header parses (to route a datagram) once installed."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        self.count = 0
+        self._monkeypatch = monkeypatch
+        self._parse = endpoint_module.pull_quic_header
+
+    def _counting(self, *args: Any, **kwargs: Any) -> Any:
+        self.count += 1
+        return self._parse(*args, **kwargs)
+
+    def install(self) -> None:
+        self._monkeypatch.setattr(endpoint_module, "pull_quic_header", self._counting)
+
+
+def sized_peers(beacon: Any, tuning: Tuning | None = None) -> tuple[Any, Any]:
+    extra = {} if tuning is None else {"tuning": tuning}
+    entry = [beacon_entry(beacon)]
+    return (
+        loopback_peer(Identity.generate(), entry, max_datagram_size=SIZE, **extra),
+        loopback_peer(Identity.generate(), entry, max_datagram_size=SIZE, **extra),
+    )
+
+
 async def test_bulk_data_arrives_intact_through_loss_and_reordering_routed_without_parsing(beacon, monkeypatch):
-    ia, ib = Identity.generate(), Identity.generate()
-    parsed = 0
-    parse = endpoint_module.pull_quic_header
-
-    def counting_parse(*args: Any, **kwargs: Any) -> Any:
-        nonlocal parsed
-        parsed += 1
-        return parse(*args, **kwargs)
-
-    async with (
-        loopback_peer(ia, [beacon_entry(beacon)], max_datagram_size=SIZE) as pa,
-        loopback_peer(ib, [beacon_entry(beacon)], max_datagram_size=SIZE) as pb,
-    ):
+    parsed = ParseCounter(monkeypatch)
+    one, two = sized_peers(beacon)
+    async with one as pa, two as pb:
         ca, cb = await connect_both(pa, pb)
         for _ in range(150):
             if (ca.datagram_size, cb.datagram_size) == (SIZE, SIZE):
@@ -89,35 +104,22 @@ async def test_bulk_data_arrives_intact_through_loss_and_reordering_routed_witho
         await asyncio.sleep(0.3)  # the handshake's last packets (long headers) are done
         to_b = _lossy(pb._endpoint, drop_every=41, swap_every=13)
         to_a = _lossy(pa._endpoint, drop_every=7, swap_every=5)  # ACKs lost and reordered too
-        monkeypatch.setattr(endpoint_module, "pull_quic_header", counting_parse)
+        parsed.install()
         await _send_and_check(ca, cb, 3 * 1024 * 1024)
         await _send_and_check(cb, ca, 1024 * 1024)
-        print(f"\nlost/reordered towards b: {to_b}, towards a: {to_a}; headers parsed to route: {parsed}")
+        print(f"\nlost/reordered towards b: {to_b}, towards a: {to_a}; headers parsed to route: {parsed.count}")
         assert to_b[0] >= 40 and to_b[1] >= 100 and to_a[0] >= 5
         # the endpoint routed the short-header packets without parsing them
-        assert parsed == 0
-
-
-OFF = Tuning(short_header_routing=False)
+        assert parsed.count == 0
 
 
 async def test_without_the_shortcut_every_header_is_parsed_to_route(beacon, monkeypatch):
     """The comparison that shows the test above can fail: with the shortcut off, every packet's
     header is parsed to route it."""
-    ia, ib = Identity.generate(), Identity.generate()
-    parsed = 0
-    parse = endpoint_module.pull_quic_header
-
-    def counting_parse(*args: Any, **kwargs: Any) -> Any:
-        nonlocal parsed
-        parsed += 1
-        return parse(*args, **kwargs)
-
-    async with (
-        loopback_peer(ia, [beacon_entry(beacon)], max_datagram_size=SIZE, tuning=OFF) as pa,
-        loopback_peer(ib, [beacon_entry(beacon)], max_datagram_size=SIZE, tuning=OFF) as pb,
-    ):
+    parsed = ParseCounter(monkeypatch)
+    one, two = sized_peers(beacon, Tuning(short_header_routing=False))
+    async with one as pa, two as pb:
         ca, cb = await connect_both(pa, pb)
-        monkeypatch.setattr(endpoint_module, "pull_quic_header", counting_parse)
+        parsed.install()
         await _send_and_check(ca, cb, 1024 * 1024)
-        assert parsed > 500
+        assert parsed.count > 500
