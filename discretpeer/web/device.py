@@ -124,6 +124,8 @@ class _Session:
 
     def _bind_deadline(self) -> None:
         if not self.bound:
+            # out of the table at once, with the count (close() finishes the rest in a task)
+            self.device.sessions.pop(self.sid, None)
             self.device.refused["bind_timeout"] += 1
             asyncio.ensure_future(self.close())
 
