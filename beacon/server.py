@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import errno
 import functools
 import gc
@@ -897,12 +896,8 @@ class BeaconServer:
                 version=hello.version,
                 observed=client.observed,
                 max_tokens=self.config.max_tokens_per_connection,
-                # a version-1 decoder refuses the trailing field; the port listens on IPv4 only
-                behaviour_port=(
-                    self.behaviour_port
-                    if hello.version >= wire.BEHAVIOUR_VERSION and ":" not in unmap_host(client.address[0])
-                    else None
-                ),
+                # the port listens on IPv4 only (a version-1 client never gets it: wire.encode)
+                behaviour_port=None if ":" in unmap_host(client.address[0]) else self.behaviour_port,
             ),
         )
 
@@ -946,11 +941,7 @@ class BeaconServer:
 
     def introduce(self, key: Any, introduction: wire.Introduction) -> None:
         target = self._clients.get(key)
-        if target is None:
-            return
-        if introduction.mapping is not None and target.hello < wire.BEHAVIOUR_VERSION:
-            introduction = dataclasses.replace(introduction, mapping=None)  # a version-1 decoder refuses it
-        if self._send(target, introduction):
+        if target is not None and self._send(target, introduction):
             self.metrics.introductions.inc()
 
     def evicted(self, key: Any, token: bytes) -> None:
@@ -1345,7 +1336,8 @@ class BeaconServer:
     def _write(self, client: _Client, message: wire.Message, *, check: bool) -> bool:
         link = client.protocol
         try:
-            link.send_frame(wire.encode(message))
+            # in the client's protocol version (before its Hello: the lowest we speak)
+            link.send_frame(wire.encode(message, client.hello or wire.MIN_VERSION))
         except (ValueError, AssertionError, RuntimeError) as exc:  # stream 0 finished, or reset by the client
             self.log.debug("write_failed", conn=client.key, error=str(exc))
             if check:

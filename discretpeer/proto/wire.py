@@ -169,8 +169,8 @@ class Welcome:
     version: int
     observed: Address
     max_tokens: int
-    # the beacon's second UDP port (NAT behaviour discovery); only sent by a beacon that has one
-    # (an optional trailing field: the beacon sends it only when configured)
+    # the beacon's second UDP port (NAT behaviour discovery): an optional trailing field of
+    # version 2, sent when the beacon listens on it and the client can reach it (IPv4)
     behaviour_port: int | None = None
 
 
@@ -310,8 +310,11 @@ def _check_mapping(value: int) -> int:
     return value
 
 
-def encode(message: Message) -> bytes:
-    """Encode one message as a complete frame (length prefix included)."""
+def encode(message: Message, version: int = PROTOCOL_VERSION) -> bytes:
+    """Encode one message as a complete frame (length prefix included), for a connection that
+    speaks ``version``: below :data:`BEHAVIOUR_VERSION` the optional trailing fields are left out
+    (a version-1 decoder refuses trailing bytes)."""
+    extended = version >= BEHAVIOUR_VERSION
     body = bytearray([message.TYPE])
     if isinstance(message, Hello):
         body += struct.pack("!H", message.version)
@@ -320,7 +323,7 @@ def encode(message: Message) -> bytes:
         body += struct.pack("!H", message.version)
         _enc_address(body, message.observed)
         body += struct.pack("!H", message.max_tokens)
-        if message.behaviour_port is not None:
+        if message.behaviour_port is not None and extended:
             body += struct.pack("!H", message.behaviour_port)
     elif isinstance(message, Announce):
         _enc_tokens(body, message.add, "added")
@@ -330,14 +333,14 @@ def encode(message: Message) -> bytes:
         else:
             body.append(1)
             _enc_candidates(body, message.candidates)
-        if message.mapping is not None:
+        if message.mapping is not None and extended:
             body.append(_check_mapping(message.mapping))
     elif isinstance(message, Introduction):
         body += _check_bytes(message.token, TOKEN_SIZE, "token")
         body += _check_bytes(message.instance, INSTANCE_SIZE, "instance")
         _enc_address(body, message.observed)
         _enc_candidates(body, message.candidates)
-        if message.mapping is not None:
+        if message.mapping is not None and extended:
             body.append(_check_mapping(message.mapping))
     elif isinstance(message, Error):
         body += struct.pack("!HB", message.code, 1 if message.fatal else 0)

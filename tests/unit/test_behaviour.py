@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 
 from hypothesis import given
@@ -115,6 +116,11 @@ def test_optional_wire_fields_round_trip(observed, max_tokens, behaviour_port, m
     ):
         decoded = wire.FrameDecoder().feed(wire.encode(message))
         assert decoded == [message]
+        # for a version-1 connection the optional fields are left out (its decoder refuses them)
+        (old,) = wire.FrameDecoder().feed(wire.encode(message, version=1))
+        assert old == dataclasses.replace(
+            message, **{"behaviour_port" if isinstance(message, wire.Welcome) else "mapping": None}
+        )
 
 
 def test_without_the_new_fields_the_frames_are_unchanged() -> None:
