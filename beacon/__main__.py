@@ -219,7 +219,8 @@ async def _serve(
     if metrics:
         lines.append(f"metrics on {metrics}")
     lines += client_lines(files.config.host, server.port, server.ipv6_port, server.fingerprint)
-    lines.append(firewall_line(server))
+    firewall = firewall_line(server)
+    lines.append(firewall)
     if web is not None:
         lines += web_lines(web, server.tcp_addresses)
     lines.append("ready")
@@ -233,6 +234,7 @@ async def _serve(
                     "addresses": addresses,
                     "tcp_addresses": tcp_addresses,
                     "behaviour_address": behaviour,
+                    "firewall": firewall,  # the supervisor of several workers prints it as is
                     "port": server.port,
                     "ipv6_port": server.ipv6_port,
                     "metrics": metrics,

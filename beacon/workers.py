@@ -286,12 +286,8 @@ class Supervisor:
             lines.append(f"nat behaviour on {first['behaviour_address']}")
         if metrics:
             lines.append(f"metrics on {metrics}")
-        udp = sorted({first["port"]} | ({first["ipv6_port"]} if first.get("ipv6_port") else set()))
-        ports = [f"{port}/udp (QUIC)" for port in udp]
-        if first.get("behaviour_address"):
-            ports.append(f"{first['behaviour_address'].rpartition(':')[2]}/udp (NAT behaviour)")
-        ports += [f"{p}/tcp (TLS)" for p in sorted({int(a.rpartition(":")[2]) for a in first.get("tcp_addresses", [])})]
-        lines.append("firewall: open " + ", ".join(ports))
+        if first.get("firewall"):
+            lines.append(first["firewall"])
         lines.append(f"workers: {self.count}")
         lines.append("ready")
         if self.ready_file is not None:

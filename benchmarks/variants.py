@@ -52,21 +52,21 @@ def variant_tuning(args: Any) -> Tuning:
         changes.update(max_data=args.window, max_stream_data=args.window)
     if getattr(args, "high_water", 0):
         changes.update(stream_high_water=args.high_water, stream_low_water=args.high_water // 4)
-    if getattr(args, "no_pacer_burst", False):
-        changes["burst_pacer"] = False
-    if getattr(args, "no_batch_reads", False):
-        changes["batched_reads"] = False
-    if getattr(args, "no_coalesce", False):
-        changes["coalesce_transmits"] = False
     if getattr(args, "ack_delay", 0.0):
         changes["ack_delay"] = args.ack_delay
-    if getattr(args, "no_pmtu", False):
-        changes["path_mtu_probing"] = False
-    if getattr(args, "no_gso", False):
-        changes["gso"] = False
-    if getattr(args, "no_short_routing", False):
-        changes["short_header_routing"] = False
+    changes.update({field: False for flag, field in _OFF_SWITCHES.items() if getattr(args, flag, False)})
     return Tuning(**changes)
+
+
+# ablation flag (argparse dest) → the Tuning field it turns off
+_OFF_SWITCHES = {
+    "no_pacer_burst": "burst_pacer",
+    "no_batch_reads": "batched_reads",
+    "no_coalesce": "coalesce_transmits",
+    "no_pmtu": "path_mtu_probing",
+    "no_gso": "gso",
+    "no_short_routing": "short_header_routing",
+}
 
 
 def tuning_options(tuning: Tuning) -> list[str]:

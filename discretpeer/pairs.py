@@ -416,14 +416,14 @@ class PairDriver:
             return True
         if udp_unreachable(self.clients):  # TCP (issue 14): our UDP is blocked, punching is pointless
             return True
-        if self._ipv6_on_both_sides(pair):
-            return False  # the NATs' mapping is about IPv4: over IPv6 punching can still meet
         other = pair.remote_mapping_varies()
         if not other:
             return False
         mine = own_mapping_varies(self.clients)
         if not mine:
             return False
+        if self._ipv6_on_both_sides(pair):
+            return False  # the NATs' mapping is about IPv4: over IPv6 punching can still meet
         own_ips = {c.status.observed.host for c in self.clients if c.status.observed is not None}
         # behind the same NAT as the other peer: local addresses or a hairpin may still work
         return not own_ips & {address[0] for address in pair.observed_by.values()}
