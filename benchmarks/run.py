@@ -10,7 +10,8 @@ Benchmarks (``--only`` names):
   throughput  one stream between two peer processes vs plain aioquic (default settings)
   relay       the same stream through the beacon's relay vs the direct path
   tcp         TCP through `discretpeer forward`/`expose` vs `ssh -L` and a raw TCP copy
-  stack       qh3 vs aioquic (bulk, handshakes per CPU-second, memory), with --qh3-python only
+  stack       qh3 vs aioquic (bulk, handshakes per CPU-second, memory; one stream at 1472 bytes both
+              ways next to plain aioquic and the library), with --qh3-python only
   attacks     the beacon under issue 12's QUIC-level attacks (default limits): bytes out per byte in
               from unvalidated sources, RSS per hostile connection, meeting latency quiet vs attacked
   natlab      introduction -> verified direct connection through real Linux NATs (tests/natlab, 20 ms
@@ -671,6 +672,66 @@ class Bench:
         }
         await self.mtu_libp2p(size)
 
+    async def qh3_bulk(self, size: int, dgram: int, download: bool) -> dict:
+        assert self.qh3_python is not None
+        sized = ["--dgram", str(dgram), *(["--download"] if download else [])]
+        server, ready = await self.worker(
+            "qh3-server", "qh3bench", ["--role", "server", *sized], python=self.qh3_python
+        )
+        client, _ = await self.worker(
+            "qh3-client",
+            "qh3bench",
+            ["--role", "client", "--port", str(ready["port"]), *sized],
+            python=self.qh3_python,
+        )
+        cpu: dict[str, float] = {}
+        rates, _ = await self.transfers(client, size, cpu={"client": client, "server": server}, cpu_out=cpu)
+        total = size * len(rates) / MB
+        return {
+            "rates": rates,
+            "mb_per_cpu": {side: total / seconds for side, seconds in cpu.items() if seconds > 0},
+        }
+
+    async def stack_at_1472(self, size: int) -> None:
+        """The stack the proposal names (qh3 2.x, scratch venv) at 1472 bytes, both directions (its
+        client reads with UDP GRO in batches, its server one datagram per read), next to plain
+        aioquic and the library at 1472 in alternating rounds."""
+        assert self.qh3_python is not None
+        dgram = 1472
+        kinds: dict[str, Any] = {
+            "qh3 plain, client receives (batched reads, GRO)": lambda: self.qh3_bulk(size, dgram, True),
+            "qh3 plain, server receives (a read per datagram)": lambda: self.qh3_bulk(size, dgram, False),
+            "plain aioquic": lambda: self.plain_bulk(size, dgram),
+            "library (asyncio's loop)": lambda: self.bulk(["--dgram", str(dgram)], size),
+        }
+        rates: dict[str, list[float]] = {}
+        per_cpu: dict[str, list[float]] = {}
+        for _ in range(2 if self.s.quick else 3):
+            for kind, run in kinds.items():
+                result = await run()
+                rates.setdefault(kind, []).extend(result["rates"])
+                per_cpu.setdefault(kind, []).append(min(result["mb_per_cpu"].values()))
+        self.log("stack at 1472: " + ", ".join(f"{k}: {median(v):.1f} MB/s" for k, v in rates.items()))
+        for samples, label, unit in (
+            (rates, "one stream, 1472-byte datagrams", "MB/s"),
+            (per_cpu, "MB per CPU-second of the busier side, 1472-byte datagrams", "MB/CPU-s"),
+        ):
+            for kind in [k for k in kinds if k != "plain aioquic"]:
+                self.add(
+                    Row(
+                        "stack",
+                        f"{label}: {kind}",
+                        median(samples[kind]),
+                        unit,
+                        "plain aioquic, max_datagram_size=1472, same rounds",
+                        median(samples["plain aioquic"]),
+                        target="(proposal: the stack for the data path)",
+                        samples=samples[kind],
+                        baseline_samples=samples["plain aioquic"],
+                    )
+                )
+        self.extra["stack_1472"] = {"rates": rates, "mb_per_cpu": per_cpu}
+
     async def libp2p_bulk(self, transport: str, size: int, dgram: int) -> list[float]:
         assert self.libp2p_python is not None
         sized = ["--dgram", str(dgram)] if dgram else []
@@ -994,10 +1055,15 @@ class Bench:
         loop_per_cpu = min(loop["mb_per_cpu"].values(), default=0.0)  # the busier side's
         results: dict[str, Any] = {"loopback": loop_rates, "loopback_mb_per_cpu": loop["mb_per_cpu"]}
         self.log(f"natbulk loopback: {[round(r, 2) for r in loop_rates]} MB/s, {loop_per_cpu:.1f} MB per CPU-s")
-        for window in (0, 16 * 1024 * 1024):
-            lab = await asyncio.to_thread(natlab_bulk, self.installed, self.log_dir, size, repeat, dgram, window)
-            results[f"window {window}"] = lab
-            label = "default windows (4 MB per stream)" if not window else f"{window >> 20} MB stream windows"
+        labs: list[tuple[int, dict[str, Any], str]] = [
+            (0, {}, "default windows (4 MB per stream)"),
+            (16 * 1024 * 1024, {}, "16 MB stream windows"),
+        ]
+        for window, changes, label in labs:
+            lab = await asyncio.to_thread(
+                natlab_bulk, self.installed, self.log_dir, size, repeat, dgram, window, changes
+            )
+            results[label] = lab
             for kind in ("direct", "relay"):
                 self.log(f"natbulk {label}, {kind}: {natbulk_summary(lab[kind])}")
             direct, relay = median(lab["direct"]["rates"]), median(lab["relay"]["rates"])
@@ -1404,6 +1470,7 @@ class Bench:
             )
         )
         self.extra["stack"] = {"bulk": {"qh3": q_rates, "aioquic": plain["rates"]}, "handshakes": facts}
+        await self.stack_at_1472(self.s.bulk_bytes // 2)
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -1648,10 +1715,17 @@ def lab_drops(lab: Any) -> dict[str, int]:
 
 
 def natlab_bulk(
-    installed: Installed, log_dir: Path, size: int, repeat: int, dgram: int, window: int, cc: str = ""
+    installed: Installed,
+    log_dir: Path,
+    size: int,
+    repeat: int,
+    dgram: int,
+    window: int,
+    changes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Bulk transfers between two port-restricted NATs of the lab (blocking), direct then with
-    the sender relay-only; every process runs the installed package (``python -I``)."""
+    the sender relay-only; every process runs the installed package (``python -I``).
+    ``changes``: Tuning fields both peers set (an ablation)."""
     from discretpeer import Identity
     from tests.natlab.lab import Lab, LabUnavailable
     from tests.natlab.test_matrix import BEACON_IP, DELAY_MS
@@ -1660,7 +1734,7 @@ def natlab_bulk(
         lab = Lab()
     except LabUnavailable as exc:
         raise RuntimeError(f"NAT lab unavailable: {exc}") from None
-    workdir = log_dir / f"natbulk-{window}{cc}"
+    workdir = log_dir / f"natbulk-{window}-{'-'.join(f'{k}={v}' for k, v in (changes or {}).items())}"
     workdir.mkdir(exist_ok=True)
     script = str(installed.root / "benchmarks" / "workers" / "natbulk.py")
     out: dict[str, Any] = {"backend": None}
@@ -1708,7 +1782,7 @@ def natlab_bulk(
                 "size": size,
                 "repeat": repeat,
                 "timeout": 30,
-                "cc": cc,
+                "tuning": changes or {},
             }
             procs = {}
             for name, host, other in (("sink", "B1", "send"), ("send", "A1", "sink")):

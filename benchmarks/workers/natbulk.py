@@ -118,8 +118,8 @@ async def main(config: dict) -> None:
     options = {"max_datagram_size": config["dgram"]} if config.get("dgram") else {}
     window = config.get("window")
     tuning = Tuning(**({"max_data": 4 * window, "max_stream_data": window} if window else {}))
-    if config.get("cc"):
-        tuning = dataclasses.replace(tuning, congestion_control=config["cc"])
+    if config.get("tuning"):
+        tuning = dataclasses.replace(tuning, **config["tuning"])
     async with Peer(identity, config["beacons"], direct=config.get("direct", True), tuning=tuning, **options) as peer:
         conn = await peer.connect(config["meeting"], expect=config["expect"], timeout=config.get("timeout", 30))
         await asyncio.sleep(1.5)  # path-MTU search over (a few RTTs)

@@ -7,7 +7,11 @@ Runs with the python of a SCRATCH venv holding qh3 (never the project's): ``--qh
 ``--role server --mode idle``: answers the first bytes of each connection with as many bytes as a
 beacon Welcome, holds the connections (what ``workers.server --kind bare`` does with aioquic);
 the aioquic load clients of the project connect to it. ``stats`` reports its connections.
-``--role client``: bulk sender like workers.quicbulk.
+``--role client``: bulk sender like workers.quicbulk. ``--download``: the client asks the server
+for ``size`` bytes instead and times them to their end, so the receiving side is qh3's client
+transport (batched reads with UDP GRO) rather than its server's one-datagram-per-read endpoint.
+``--dgram N``: ``max_datagram_size`` N on both ends, path-MTU probing off (the library's rows at
+Ethernet sizes use the same).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import gc
 import hashlib
 import os
 import ssl
+import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -88,12 +93,55 @@ class IdleProtocol(QuicConnectionProtocol):
         super().quic_event_received(event)
 
 
+CHUNK = 64 * 1024
+
+
+async def serve_download(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer ``get <size>`` with that many bytes, then EOF."""
+    request = await reader.readline()
+    size = int(request.split()[1])
+    payload = os.urandom(CHUNK)
+    sent = 0
+    while sent < size:
+        chunk = payload[: min(CHUNK, size - sent)]
+        writer.write(chunk)
+        sent += len(chunk)
+        await asyncio.sleep(0)  # qh3's writers have no drain(): let the loop send
+    writer.write_eof()
+
+
+async def download_client(commands: asyncio.Queue, client: QuicConnectionProtocol) -> None:
+    async for command in commands_until_stop(commands):
+        if command["cmd"] == "send":
+            for _ in range(command.get("repeat", 1)):
+                reader, writer = await client.create_stream()
+                started = time.perf_counter()
+                writer.write(b"get %d\n" % command["size"])
+                received = 0
+                while chunk := await asyncio.wait_for(reader.read(1 << 20), command["timeout"]):
+                    received += len(chunk)
+                if received != command["size"]:
+                    raise RuntimeError(f"received {received} of {command['size']} bytes")
+                emit("sent", bytes=received, seconds=time.perf_counter() - started)
+            emit("done")
+
+
+def configuration(args: argparse.Namespace, **settings: object) -> QuicConfiguration:
+    config = QuicConfiguration(**settings)
+    if args.dgram:
+        config.max_datagram_size = args.dgram
+        config.probe_datagram_size = False
+        config.max_data = config.max_stream_data = 16 * 1024 * 1024  # as quicbulk: not window-bound
+    return config
+
+
 async def main(args: argparse.Namespace) -> None:
     commands = await stdin_commands()
     if args.role == "server":
         cert, key, fingerprint = certificate_pem()
         idle = args.mode == "idle"
-        config = QuicConfiguration(
+        config = configuration(
+            args,
             is_client=False,
             alpn_protocols=[BEACON_ALPN if idle else BENCH_ALPN],
             idle_timeout=600.0 if idle else 60.0,
@@ -103,8 +151,12 @@ async def main(args: argparse.Namespace) -> None:
             config.max_data, config.max_stream_data = 256 * 1024, 64 * 1024  # as the bare aioquic server
             server = await serve("127.0.0.1", 0, configuration=config, create_protocol=IdleProtocol)
         else:
+            handler = serve_download if args.download else sink
             server = await serve(
-                "127.0.0.1", 0, configuration=config, stream_handler=lambda r, w: asyncio.ensure_future(sink(r, w))
+                "127.0.0.1",
+                0,
+                configuration=config,
+                stream_handler=lambda r, w: asyncio.ensure_future(handler(r, w)),
             )
         gc.collect()
         emit(
@@ -120,9 +172,12 @@ async def main(args: argparse.Namespace) -> None:
                 emit("stats", rss=rss_bytes(os.getpid()), connections=IdleProtocol.count)
         server.close()
         return
-    config = QuicConfiguration(is_client=True, alpn_protocols=[BENCH_ALPN], verify_mode=ssl.CERT_NONE)
+    config = configuration(args, is_client=True, alpn_protocols=[BENCH_ALPN], verify_mode=ssl.CERT_NONE)
     async with connect("127.0.0.1", args.port, configuration=config) as client:
         emit("ready", pid=os.getpid())
+        if args.download:
+            await download_client(commands, client)
+            return
         # qh3's stream writers have no drain(); aioquic's never waits either
         await bulk_client(commands, client, drain=False, yield_each=True)
 
@@ -132,5 +187,7 @@ if __name__ == "__main__":
     parser.add_argument("--role", choices=["server", "client"], required=True)
     parser.add_argument("--mode", choices=["bulk", "idle"], default="bulk")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--dgram", type=int, default=0, help="max_datagram_size on both ends, no probing")
+    parser.add_argument("--download", action="store_true", help="the server sends, the client receives")
     args = worker_args(parser)
     run_loop(lambda: main(args), args.uvloop, args.profile)
