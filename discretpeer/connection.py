@@ -20,16 +20,7 @@ from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
 
 from discretpeer import heap
-from discretpeer._aioquic import (
-    StreamAdapter,
-    active_path_address,
-    all_unacked_bytes,
-    bytes_in_flight,
-    max_datagram_size,
-    reader_buffered,
-    set_ack_delay,
-    smoothed_rtt,
-)
+from discretpeer._aioquic import StreamAdapter, reader_buffered, set_ack_delay
 from discretpeer.addresses import Addr
 from discretpeer.auth import (
     AuthError,
@@ -51,6 +42,14 @@ from discretpeer.identity import Identity
 from discretpeer.logs import get_logger
 from discretpeer.path_mtu import DatagramSizeSearch, datagram_limit, probe_sizes
 from discretpeer.proto.relay_frame import RELAY_HEADER_SIZE
+from discretpeer.quic_stack import (
+    NativeQuicConnection,
+    active_path_address,
+    all_unacked_bytes,
+    bytes_in_flight,
+    max_datagram_size,
+    smoothed_rtt,
+)
 from discretpeer.tuning import STREAM_WINDOW, tuning_of
 
 PathKind = Literal["direct", "lan", "relay"]
@@ -72,6 +71,13 @@ class _FlowControlledAdapter(StreamAdapter):
         super().__init__(protocol, stream_id)
         self.flow: asyncio.streams.StreamReaderProtocol | None = None
         self.paused = False
+        quic = protocol.quic
+        self._native = quic if isinstance(quic, NativeQuicConnection) else None  # qh3: it counts itself
+
+    def unacknowledged(self) -> int:
+        if self._native is not None:
+            return self._native.unacked_bytes(self.stream_id)
+        return super().unacknowledged()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
@@ -135,8 +141,8 @@ class PeerProtocol(EndpointProtocol):
         self.stream_high_water = tuning.stream_high_water  # a stream's writer pauses above, resumes below low
         self.stream_low_water = tuning.stream_low_water  # (at least: see water_marks)
         self.stream_high_water_max = tuning.stream_high_water_max
-        if tuning.ack_delay is not None:
-            set_ack_delay(quic, tuning.ack_delay)
+        if tuning.ack_delay is not None and not isinstance(quic, NativeQuicConnection):
+            set_ack_delay(quic, tuning.ack_delay)  # qh3: no setting (its core acknowledges by itself)
         if isinstance(quic, AppPacedQuicConnection):
             quic.unread = self._unread
 

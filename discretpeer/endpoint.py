@@ -31,6 +31,7 @@ from discretpeer.initial_gate import CONNECTION_ID_LENGTH, SMALLEST_INITIAL, Acc
 from discretpeer.paths import Route, RouteTable, is_virtual
 from discretpeer.proto.probe import QUIC_FIXED_BIT
 from discretpeer.proto.relay_frame import RELAY_DATA
+from discretpeer.quic_stack import connection_class_for
 from discretpeer.stateless_reset import is_reset
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
 
@@ -393,7 +394,7 @@ class Endpoint(asyncio.DatagramProtocol):
         With virtual paths, ``route`` (default: a new direct route to ``addr``) carries it."""
         if self._closed:
             raise ConnectionError("endpoint is closed")
-        connection = self._connection_class(configuration=configuration)
+        connection = connection_class_for(configuration, self._connection_class)(configuration=configuration)
         protocol = create_protocol(connection)
         self._attach(protocol)
         self.connection_ids.register(connection.host_cid, protocol)
@@ -469,7 +470,7 @@ class Endpoint(asyncio.DatagramProtocol):
             if verdict is not None:  # a Version Negotiation or a Retry
                 self.sendto(verdict, source)
             return None
-        connection = self._connection_class(
+        connection = connection_class_for(config, self._connection_class)(
             configuration=config,
             original_destination_connection_id=verdict.original_dcid,
             retry_source_connection_id=verdict.retry_scid,

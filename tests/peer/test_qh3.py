@@ -1,0 +1,60 @@
+"""Peer connections on qh3 (Tuning(quic_stack="qh3")): the direct path, beacon still on aioquic."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+
+from discretpeer import Identity
+from discretpeer.tuning import Tuning
+from tests.conftest import beacon_entry
+from tests.support.peers import connect_both, loopback_peer
+
+QH3 = Tuning(quic_stack="qh3")
+BULK = 20 * 1024 * 1024
+
+
+async def test_two_qh3_peers_meet_verify_and_carry_20_mb(beacon):
+    ia, ib = Identity.generate(), Identity.generate()
+    entry = [beacon_entry(beacon)]
+    async with loopback_peer(ia, entry, tuning=QH3) as pa, loopback_peer(ib, entry, tuning=QH3) as pb:
+        ca, cb = await connect_both(pa, pb)
+        assert ca.peer_id == ib.peer_id and cb.peer_id == ia.peer_id  # the identity proof, both ways
+        assert ca.path == cb.path == "direct"
+        # the peer connections run on qh3, the beacon connections on aioquic
+        for peer in (pa, pb):
+            stacks = sorted(type(p.quic).__name__ for p in peer._endpoint.connections)
+            assert stacks == ["AppPacedQuicConnection", "Qh3Connection"], stacks  # beacon, peer
+
+        payload = os.urandom(BULK)
+
+        async def send() -> None:
+            _, writer = await ca.open_stream()
+            for offset in range(0, BULK, 256 * 1024):
+                writer.write(payload[offset : offset + 256 * 1024])
+                await writer.drain()
+            writer.write_eof()
+
+        async def receive() -> bytes:
+            reader, _ = await cb.accept_stream()
+            return await reader.read()
+
+        started = asyncio.get_running_loop().time()
+        _, received = await asyncio.wait_for(asyncio.gather(send(), receive()), 60)
+        elapsed = asyncio.get_running_loop().time() - started
+        print(f"\nqh3 peers: {BULK / elapsed / 1e6:.1f} MB/s, {pa._endpoint.datagrams_sent} datagrams from the sender")
+        assert len(received) == BULK
+        assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+        assert ca.rtt is not None and ca.datagram_size == 1472 == cb.datagram_size
+
+        await ca.aclose()
+        await asyncio.wait_for(cb.wait_closed(), 5)
+        assert cb.closed and cb.close_reason == "closed by application"
+
+
+def test_unknown_stack_is_refused():
+    with pytest.raises(ValueError, match="quic_stack"):
+        loopback_peer(Identity.generate(), [], tuning=Tuning(quic_stack="quiche"))
