@@ -408,6 +408,10 @@ class QuicProtocol(QuicConnectionProtocol):
         """Transmit in the next loop iteration (several writes then go out together)."""
         self._transmit_soon()
 
+    def process_events(self) -> None:
+        """Hand the connection's pending events to :meth:`quic_event_received`."""
+        self._process_events()
+
     def mark_connected(self) -> None:
         """Record the handshake as done: aioquic does only for a waiter already waiting, and
         uvloop runs I/O callbacks before a new task's first step, so ``wait_connected()`` right

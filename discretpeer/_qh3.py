@@ -20,13 +20,14 @@ endpoint, :class:`discretpeer.connection.PeerProtocol`) drives it unchanged:
 
 qh3-private names used here, like :data:`discretpeer._aioquic.PRIVATE_API`: ``QuicConnection._core``
 (``QuicConnectionCore``: ``smoothed_rtt``, ``bytes_in_flight``, ``congestion_window``,
-``latest_rtt``, ``pto_count``, ``loss_total``, ``active_path``), ``_close_event``,
-``_handshake_complete``, ``_stream_can_send``.
+``latest_rtt``, ``pto_count``, ``loss_total``, ``active_path``, ``state``), ``_close_event``,
+``_handshake_complete``, ``_stream_can_send``, and ``_drain_core`` (overridden: the credit hold).
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -37,13 +38,20 @@ from qh3 import tls as qh3_tls
 from qh3.quic import events as qh3_events
 from qh3.quic.configuration import QuicConfiguration as Qh3Configuration
 from qh3.quic.connection import QuicConnection as Qh3QuicConnection
+from qh3.quic.connection import QuicConnectionError as Qh3ConnectionError
 
 from discretpeer.addresses import Addr
 from discretpeer.quic_stack import NativeQuicConnection
 
 TESTED = ("2.1.0",)
 PRIVATE_API: dict[str, tuple[str, ...]] = {
-    "qh3.quic.connection.QuicConnection": ("_core", "_close_event", "_handshake_complete", "_stream_can_send"),
+    "qh3.quic.connection.QuicConnection": (
+        "_close_event",
+        "_core",
+        "_drain_core",
+        "_handshake_complete",
+        "_stream_can_send",
+    ),
 }
 
 # qh3's core only probes the path MTU as a client, up to 1472 (IPv4) / 1452 (IPv6), and has no
@@ -144,6 +152,27 @@ def _translate(event: qh3_events.QuicEvent) -> aio_events.QuicEvent:
 # --- the connection --------------------------------------------------------------------------
 
 
+class _HeldEvents(Qh3QuicConnection):
+    """qh3's connection that stops taking its core's events while ``hold()`` says the app has
+    too much unread. qh3's core grants receive credit (consumed + window) as its events are
+    taken, and qh3 takes them all after every datagram: without this, a slow reader lets the
+    sender fill our memory (71 MB in tests/peer/test_qh3.py's slow reader). Held, the core keeps
+    at most one window of data; the connection's end is never held (closing, draining)."""
+
+    hold: Callable[[], bool] | None = None
+    holding = False
+
+    def _drain_core(self) -> None:
+        hold = self.hold
+        if hold is not None and self._handshake_complete and hold():
+            core = self._core
+            if core is not None and core.state == "connected":
+                self.holding = True
+                return
+        self.holding = False
+        super()._drain_core()
+
+
 class Qh3Connection(NativeQuicConnection):
     """A qh3 connection that the aioquic protocol layer can drive (see the module docstring).
 
@@ -162,7 +191,7 @@ class Qh3Connection(NativeQuicConnection):
         probing = tuning is None or tuning.path_mtu_probing
         self._datagram_size = min(cap, QH3_DATAGRAM_SIZE) if probing else configuration.max_datagram_size
         self.configuration = configuration  # ours, aioquic's class: discretpeer.tuning.tuning_of reads it
-        self.inner = Qh3QuicConnection(
+        self.inner = _HeldEvents(
             configuration=qh3_configuration(configuration, self._datagram_size),
             original_destination_connection_id=original_destination_connection_id,
             retry_source_connection_id=retry_source_connection_id,
@@ -218,7 +247,10 @@ class Qh3Connection(NativeQuicConnection):
         return self.inner.get_next_available_stream_id(is_unidirectional)
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        self.inner.send_stream_data(stream_id, data, end_stream)
+        try:
+            self.inner.send_stream_data(stream_id, data, end_stream)
+        except Qh3ConnectionError as exc:  # closed, or the stream was reset: what aioquic raises
+            raise RuntimeError(str(exc)) from exc
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         self.inner.reset_stream(stream_id, error_code)
@@ -245,6 +277,20 @@ class Qh3Connection(NativeQuicConnection):
     def tls(self) -> Any:
         """qh3's TLS context (``key_schedule.derive_secret`` is aioquic's: see discretpeer.auth)."""
         return self.inner.tls
+
+    # --- receive credit that follows the app's reads (see _HeldEvents) ---
+
+    def hold_events_while(self, hold: Callable[[], bool]) -> None:
+        """Take no events from the core while ``hold()`` (checked after every datagram)."""
+        self.inner.hold = hold
+
+    def release_events(self) -> bool:
+        """Take the events held back, unless ``hold()`` still says no; True if any may be new
+        (the owner then processes events)."""
+        if not self.inner.holding:
+            return False
+        self.inner._drain_core()  # noqa: SLF001 - _HeldEvents' own override, listed in PRIVATE_API
+        return True
 
     # --- the aioquic-internal names the protocol layer reads (see the module docstring) ---
 

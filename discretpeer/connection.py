@@ -111,6 +111,8 @@ class _FlowControlledAdapter(StreamAdapter):
         pass
 
     def resume_reading(self) -> None:
+        if self._native is not None and self._native.release_events():
+            self.protocol.process_events()  # qh3: the data held back while the app read nothing
         self.protocol.transmit_soon()
 
     def maybe_resume(self) -> bool:
@@ -145,6 +147,11 @@ class PeerProtocol(EndpointProtocol):
             set_ack_delay(quic, tuning.ack_delay)  # qh3: no setting (its core acknowledges by itself)
         if isinstance(quic, AppPacedQuicConnection):
             quic.unread = self._unread
+        elif isinstance(quic, NativeQuicConnection):
+            # a stream's reader pauses above twice its limit (STREAM_WINDOW // 4) and calls
+            # resume_reading below it: hold back while any reader is past that. Per stream, not
+            # the sum: a sum could stay above with no paused reader left to call resume_reading
+            quic.hold_events_while(self._a_reader_is_full)
 
     def water_marks(self) -> tuple[int, int]:
         """(high, low) unacknowledged bytes at which a stream's writer pauses / resumes now:
@@ -159,6 +166,10 @@ class PeerProtocol(EndpointProtocol):
             return sum(reader_buffered(reader) for reader in self.stream_readers.values())
         reader = self.stream_readers.get(stream_id)
         return reader_buffered(reader) if reader is not None else 0
+
+    def _a_reader_is_full(self) -> bool:
+        """Some stream's reader holds more than it lets in (asyncio pauses its transport there)."""
+        return any(reader_buffered(reader) > STREAM_WINDOW // 2 for reader in self.stream_readers.values())
 
     def make_stream(self, stream_id: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         adapter = _FlowControlledAdapter(self, stream_id)

@@ -9,6 +9,7 @@ not care which stack carries a connection.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from discretpeer import _aioquic
@@ -43,6 +44,13 @@ class NativeQuicConnection:
         raise NotImplementedError
 
     def congestion_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def hold_events_while(self, hold: Callable[[], bool]) -> None:
+        """Receive credit that follows the app's reads: no stream data taken while ``hold()``."""
+        raise NotImplementedError
+
+    def release_events(self) -> bool:
         raise NotImplementedError
 
 
