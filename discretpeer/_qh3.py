@@ -58,6 +58,7 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
 # setter for a live connection's datagram size: a qh3 peer connection uses this size (at most
 # Peer(max_datagram_size)) from its first packet (see the notes: the real port needs a probe)
 QH3_DATAGRAM_SIZE = 1472
+MIN_DATAGRAM_SIZE = 1200  # QUIC's minimum (RFC 9000 section 14)
 _VIRTUAL_NETWORK = int(ipaddress.IPv4Address("240.0.0.0"))  # 240.0.0.0/4: reserved, never routed
 
 
@@ -197,6 +198,7 @@ class Qh3Connection(NativeQuicConnection):
             retry_source_connection_id=retry_source_connection_id,
         )
         self.host_cid: bytes = self.inner.host_cid
+        self._size_limit: Callable[[], int | None] | None = None
         # virtual route address <-> the IPv4 address the Rust core sees
         self._to_core: dict[Any, tuple[str, int]] = {}
         self._from_core: dict[tuple[str, int], Addr] = {}
@@ -220,9 +222,12 @@ class Qh3Connection(NativeQuicConnection):
     # --- aioquic's sans-I/O API, as QuicConnectionProtocol calls it ---
 
     def connect(self, addr: Any, now: float) -> None:
+        self._fit_datagram_size()
         self.inner.connect(self._core_address(addr), now)
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        if self.inner._core is None:  # noqa: SLF001 - a server's core starts with its first datagram
+            self._fit_datagram_size()
         self.inner.receive_datagram(data, self._core_address(addr), now)
 
     def receive_gro_buffer(self, buffer: bytes, segment_size: int, addr: Any, now: float) -> None:
@@ -277,6 +282,20 @@ class Qh3Connection(NativeQuicConnection):
     def tls(self) -> Any:
         """qh3's TLS context (``key_schedule.derive_secret`` is aioquic's: see discretpeer.auth)."""
         return self.inner.tls
+
+    # --- the datagram size, fixed when the core starts ---
+
+    def limit_datagram_size(self, limit: Callable[[], int | None]) -> None:
+        self._size_limit = limit
+
+    def _fit_datagram_size(self) -> None:
+        """Before the core exists: no larger than what the route takes (the kernel's MTU for the
+        route's next hop; through a relay, minus the relay frame's header). A smaller MTU further
+        along the path is not found: qh3 has no probe we can drive (see the notes)."""
+        limit = self._size_limit() if self._size_limit is not None else None
+        if limit is not None and limit < self._datagram_size:
+            self._datagram_size = max(limit, MIN_DATAGRAM_SIZE)
+            self.inner.configuration.max_datagram_size = self._datagram_size
 
     # --- receive credit that follows the app's reads (see _HeldEvents) ---
 

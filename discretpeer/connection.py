@@ -148,6 +148,8 @@ class PeerProtocol(EndpointProtocol):
         if isinstance(quic, AppPacedQuicConnection):
             quic.unread = self._unread
         elif isinstance(quic, NativeQuicConnection):
+            # qh3 cannot change a live connection's datagram size: fit the route it starts on
+            quic.limit_datagram_size(self.datagram_limit)
             # a stream's reader pauses above twice its limit (STREAM_WINDOW // 4) and calls
             # resume_reading below it: hold back while any reader is past that. Per stream, not
             # the sum: a sum could stay above with no paused reader left to call resume_reading
@@ -243,6 +245,18 @@ class PeerProtocol(EndpointProtocol):
                 self.auth_stream.set_exception(ConnectionError(self.close_reason))
                 self.auth_stream.exception()  # retrieved: nobody may be waiting any more
         super().quic_event_received(event)
+
+    def route_target(self) -> tuple[Addr | None, int]:
+        """Where our datagrams go now, and what each carries besides the QUIC packet."""
+        route = self.route
+        if route is not None and route.kind == "relay" and route.relay is not None:
+            return route.relay.beacon, RELAY_HEADER_SIZE
+        return (route.direct if route is not None else self.remote_address), 0
+
+    def datagram_limit(self) -> int | None:
+        """The largest QUIC datagram the current route takes without fragmenting at our host."""
+        target, overhead = self.route_target()
+        return datagram_limit(target, overhead=overhead)
 
     @property
     def remote_address(self) -> Addr:
@@ -411,15 +425,10 @@ class PeerConnection:
             self._protocol.transmit_soon()
 
     def _route_target(self) -> tuple[Addr | None, int]:
-        """Where our datagrams go now, and what each carries besides the QUIC packet."""
-        route = self._protocol.route
-        if route is not None and route.kind == "relay" and route.relay is not None:
-            return route.relay.beacon, RELAY_HEADER_SIZE
-        return (route.direct if route is not None else self.remote_address), 0
+        return self._protocol.route_target()
 
     def _datagram_limit(self) -> int | None:
-        target, overhead = self._route_target()
-        return datagram_limit(target, overhead=overhead)
+        return self._protocol.datagram_limit()
 
     @property
     def datagram_size(self) -> int:

@@ -53,6 +53,10 @@ class NativeQuicConnection:
     def release_events(self) -> bool:
         raise NotImplementedError
 
+    def limit_datagram_size(self, limit: Callable[[], int | None]) -> None:
+        """Ask ``limit()`` (None: unknown) for the largest datagram once, when the connection starts."""
+        raise NotImplementedError
+
 
 def check_stack(name: str) -> str:
     """``name`` if it names a QUIC stack peer connections can run on, else ValueError."""
