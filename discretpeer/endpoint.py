@@ -85,6 +85,21 @@ class EndpointProtocol(QuicProtocol):
     routed_cids: set[bytes] | None = None
     route: Route | None = None  # with virtual paths: how this connection's packets travel
     last_received: float = 0.0  # loop time of the last datagram for this connection
+    takes_coalesced = False  # its connection takes a GRO read whole (coalesced_received)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.takes_coalesced = hasattr(self.quic, "receive_gro_buffer")
+
+    def coalesced_received(self, data: bytes, segment: int, addr: Addr) -> None:
+        """Several datagrams of ``segment`` bytes (the last may be shorter) from ``addr``, as one
+        GRO read: into the connection in one call, then one transmit as after a batch."""
+        self.quic.receive_gro_buffer(data, segment, addr, self.loop.time())  # type: ignore[attr-defined]  # takes_coalesced says it has it
+        self.process_events()
+        if self.coalesce_transmits and self.defer_transmits:
+            self.transmit_soon()
+        else:
+            self.transmit()
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.HandshakeCompleted):
@@ -170,6 +185,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self.gso = False  # the kernel takes UDP_SEGMENT on this socket
         self.gro = False  # ... and UDP_GRO (only used by our own reader, asyncio's loop)
         self.gso_sends = 0  # sendmsg() calls that carried several datagrams
+        self.coalesced_reads = 0  # GRO reads handed whole to a connection (_receive_coalesced)
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -241,6 +257,8 @@ class Endpoint(asyncio.DatagramProtocol):
             try:
                 segment = _gro_segment(ancillary) if ancillary else 0
                 if segment and len(data) > segment:  # several datagrams coalesced by the kernel
+                    if self._receive_coalesced(data, segment, addr):
+                        continue
                     for offset in range(0, len(data), segment):
                         self.datagram_received(data[offset : offset + segment], addr)
                 else:
@@ -429,6 +447,32 @@ class Endpoint(asyncio.DatagramProtocol):
                 self.on_datagram(data, source)
             return
         self._receive_quic(data, source, None)
+
+    def _receive_coalesced(self, data: bytes, segment: int, addr: SocketAddress) -> bool:
+        """Hand a GRO read whole to a connection that takes one (qh3: one call into its core for
+        all of them): only short-header QUIC packets, all to the same connection ID of such a
+        connection. False: nothing done, split it."""
+        if not self._short_header_routing or data[0] & 0x80 or not data[0] & QUIC_FIXED_BIT:
+            return False
+        cid = data[1 : 1 + CONNECTION_ID_LENGTH]
+        protocol = self._routes.get(cid)
+        if protocol is None or not protocol.takes_coalesced:
+            return False
+        end = 1 + CONNECTION_ID_LENGTH
+        for offset in range(segment, len(data), segment):
+            if data[offset] & 0x80 or data[offset + 1 : offset + end] != cid:
+                return False
+        self.datagrams_received += -(-len(data) // segment)
+        self.coalesced_reads += 1
+        source = normalize_address(addr)
+        if self.virtual_paths and protocol.route is not None:
+            route = protocol.route
+            if source != route.direct and self.on_unexpected_source is not None:
+                self.on_unexpected_source(protocol, source)
+            source = route.virtual
+        protocol.last_received = asyncio.get_running_loop().time()
+        protocol.coalesced_received(data, segment, source)
+        return True
 
     def _receive_quic(self, data: bytes, source: Addr, relay_route: Route | None) -> None:
         # a short header (nearly every packet) carries our connection ID right after its first
