@@ -1028,12 +1028,13 @@ def _names_of(cls: type) -> set[str]:
     return names
 
 
-def missing_private_names() -> dict[str, list[str]]:
-    """The names of :data:`PRIVATE_API` the installed aioquic no longer has, by class."""
+def missing_private_names(api: dict[str, tuple[str, ...]] | None = None) -> dict[str, list[str]]:
+    """The names of ``api`` (default :data:`PRIVATE_API`) the installed package no longer has, by
+    class (discretpeer._qh3 checks its own list with it)."""
     import importlib
 
     missing: dict[str, list[str]] = {}
-    for qualified, names in PRIVATE_API.items():
+    for qualified, names in (PRIVATE_API if api is None else api).items():
         module_name, _, class_name = qualified.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module_name), class_name)

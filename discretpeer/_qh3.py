@@ -52,6 +52,17 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
         "_handshake_complete",
         "_stream_can_send",
     ),
+    # the Rust core: a private module's (public) properties
+    "qh3._hazmat.QuicConnectionCore": (
+        "active_path",
+        "bytes_in_flight",
+        "congestion_window",
+        "latest_rtt",
+        "loss_total",
+        "pto_count",
+        "smoothed_rtt",
+        "state",
+    ),
 }
 
 # qh3's core only probes the path MTU as a client, up to 1472 (IPv4) / 1452 (IPv6), and has no
