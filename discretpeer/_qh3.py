@@ -241,6 +241,12 @@ class Qh3Connection(NativeQuicConnection):
             self._fit_datagram_size()
         self.inner.receive_datagram(data, self._core_address(addr), now)
 
+    def receive_many_datagrams(self, datagrams: list[bytes], addr: Any, now: float) -> None:
+        """Several datagrams of one source at once (one call into the core)."""
+        if self.inner._core is None:  # noqa: SLF001 - a server's core starts with its first datagram
+            self._fit_datagram_size()
+        self.inner.receive_many_datagrams(datagrams, self._core_address(addr), now)
+
     def receive_gro_buffer(self, buffer: bytes, segment_size: int, addr: Any, now: float) -> None:
         """Several datagrams of one source, coalesced by the kernel (UDP GRO), at once."""
         self.inner.receive_gro_buffer(buffer, segment_size, self._core_address(addr), now)

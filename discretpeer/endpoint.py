@@ -86,14 +86,41 @@ class EndpointProtocol(QuicProtocol):
     route: Route | None = None  # with virtual paths: how this connection's packets travel
     last_received: float = 0.0  # loop time of the last datagram for this connection
     takes_coalesced = False  # its connection takes a GRO read whole (coalesced_received)
+    _batch: tuple[list[bytes], Any] | None = None  # datagrams read in this loop iteration, their source
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.takes_coalesced = hasattr(self.quic, "receive_gro_buffer")
 
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if not (self.takes_coalesced and self.defer_transmits and self.coalesce_transmits):
+            super().datagram_received(data, addr)
+            return
+        # reads arrive in batches (uvloop, our batched reader): qh3 takes the batch in one call
+        # (receive_many_datagrams) after the loop's I/O callbacks, then transmits once
+        batch = self._batch
+        if batch is not None and batch[1] != addr:
+            self._take_batch()
+            batch = None
+        if batch is None:
+            self._batch = ([data], addr)  # type: ignore[list-item]  # datagrams are bytes
+            self.loop.call_soon(self._take_batch)
+        else:
+            batch[0].append(data)  # type: ignore[arg-type]  # datagrams are bytes
+
+    def _take_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        self.quic.receive_many_datagrams(batch[0], batch[1], self.loop.time())  # type: ignore[attr-defined]  # takes_coalesced says it has it
+        self.process_events()
+        self.transmit()
+
     def coalesced_received(self, data: bytes, segment: int, addr: Addr) -> None:
         """Several datagrams of ``segment`` bytes (the last may be shorter) from ``addr``, as one
         GRO read: into the connection in one call, then one transmit as after a batch."""
+        if self._batch is not None:
+            self._take_batch()  # in the order they arrived
         self.quic.receive_gro_buffer(data, segment, addr, self.loop.time())  # type: ignore[attr-defined]  # takes_coalesced says it has it
         self.process_events()
         if self.coalesce_transmits and self.defer_transmits:
