@@ -27,6 +27,7 @@ qh3-private names used here, like :data:`discretpeer._aioquic.PRIVATE_API`: ``Qu
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -71,6 +72,18 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
 QH3_DATAGRAM_SIZE = 1472
 MIN_DATAGRAM_SIZE = 1200  # QUIC's minimum (RFC 9000 section 14)
 _VIRTUAL_NETWORK = int(ipaddress.IPv4Address("240.0.0.0"))  # 240.0.0.0/4: reserved, never routed
+
+
+class _OrdinaryCloseFilter(logging.Filter):
+    """qh3's wrapper logs every close the peer initiates as a WARNING ("Native peer close: ...",
+    qh3/quic/connection.py ``_drain_core``); for us that is an ordinary end (the app is told the
+    reason). Protocol errors still get through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Native peer close"))
+
+
+logging.getLogger("quic").addFilter(_OrdinaryCloseFilter())  # qh3's logger (aioquic's has the same name)
 
 
 def installed_version() -> str | None:
