@@ -41,7 +41,8 @@ list. For each, read the new release's code where it is defined and used:
   ``_process_events``, ``_stream_readers``, ``_create_stream``, ``_timer``, ``_timer_at``,
   ``_handle_timer``, ``_transmit_task``, ``_connected``, ``_closed``; ``QuicStreamAdapter._closing``;
 - the module function ``aioquic.quic.connection.EPOCHS`` (memoized by :func:`share_frame_tables`);
-- outside aioquic: ``asyncio.StreamReader._buffer`` (:func:`reader_buffered`).
+- outside aioquic: ``asyncio.StreamReader._buffer`` (:func:`reader_buffered`) and ``_paused``
+  (:func:`resume_at_next_read`).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
     ),
     "aioquic.asyncio.protocol.QuicStreamAdapter": ("_closing",),
     "aioquic.quic.connection.EPOCHS": (),  # a module function (memoized): only its existence
-    "asyncio.StreamReader": ("_buffer",),
+    "asyncio.StreamReader": ("_buffer", "_paused"),
 }
 
 
@@ -304,6 +305,13 @@ def reader_buffered(reader: asyncio.StreamReader) -> int:
     """Bytes a StreamReader holds that the app has not read (asyncio has no public accessor)."""
     buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
     return len(buffer)
+
+
+def resume_at_next_read(reader: asyncio.StreamReader) -> None:
+    """Make ``reader`` call its transport's ``resume_reading()`` at its next read that leaves it
+    at or below its limit, as if it had paused the transport itself (its own flag: asyncio has
+    no public way)."""
+    reader._paused = True  # type: ignore[attr-defined]
 
 
 def bytes_in_flight(quic: QuicConnection) -> int:

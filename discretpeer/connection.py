@@ -20,7 +20,7 @@ from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
 
 from discretpeer import heap
-from discretpeer._aioquic import StreamAdapter, reader_buffered, set_ack_delay
+from discretpeer._aioquic import StreamAdapter, reader_buffered, resume_at_next_read, set_ack_delay
 from discretpeer.addresses import Addr
 from discretpeer.auth import (
     AuthError,
@@ -145,15 +145,13 @@ class PeerProtocol(EndpointProtocol):
         self.stream_high_water_max = tuning.stream_high_water_max
         if tuning.ack_delay is not None and not isinstance(quic, NativeQuicConnection):
             set_ack_delay(quic, tuning.ack_delay)  # qh3: no setting (its core acknowledges by itself)
+        self.unread_ceiling = tuning.max_data // 2  # qh3: what all streams' readers may hold together
         if isinstance(quic, AppPacedQuicConnection):
             quic.unread = self._unread
         elif isinstance(quic, NativeQuicConnection):
             # qh3 cannot change a live connection's datagram size: fit the route it starts on
             quic.limit_datagram_size(self.datagram_limit)
-            # a stream's reader pauses above twice its limit (STREAM_WINDOW // 4) and calls
-            # resume_reading below it: hold back while any reader is past that. Per stream, not
-            # the sum: a sum could stay above with no paused reader left to call resume_reading
-            quic.hold_events_while(self._a_reader_is_full)
+            quic.hold_events_while(self._readers_are_full)
 
     def water_marks(self) -> tuple[int, int]:
         """(high, low) unacknowledged bytes at which a stream's writer pauses / resumes now:
@@ -169,9 +167,24 @@ class PeerProtocol(EndpointProtocol):
         reader = self.stream_readers.get(stream_id)
         return reader_buffered(reader) if reader is not None else 0
 
-    def _a_reader_is_full(self) -> bool:
-        """Some stream's reader holds more than it lets in (asyncio pauses its transport there)."""
-        return any(reader_buffered(reader) > STREAM_WINDOW // 2 for reader in self.stream_readers.values())
+    def _readers_are_full(self) -> bool:
+        """qh3 (asked after every datagram): take no more data while a stream's reader holds more
+        than it lets in (above twice its limit, STREAM_WINDOW // 4, asyncio pauses it and calls
+        resume_reading once read down to the limit), or all readers together more than
+        ``unread_ceiling``; then every reader is told to call resume_reading at its next read, so
+        the first read that may change the answer asks again."""
+        readers = self.stream_readers.values()
+        total = 0
+        for reader in readers:
+            buffered = reader_buffered(reader)
+            if buffered > STREAM_WINDOW // 2:
+                return True
+            total += buffered
+        if total <= self.unread_ceiling:
+            return False
+        for reader in readers:
+            resume_at_next_read(reader)
+        return True
 
     def make_stream(self, stream_id: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         adapter = _FlowControlledAdapter(self, stream_id)

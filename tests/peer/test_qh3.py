@@ -97,3 +97,28 @@ async def test_a_slow_reader_bounds_what_qh3_buffers_and_slows_the_writer(beacon
             received += len(await asyncio.wait_for(r2.read(1 << 20), 5))
         task.cancel()
         assert written >= received >= 20 * 1024 * 1024 and written > stalled_at
+
+
+async def test_readers_of_many_streams_are_bounded_together_and_all_resume(beacon):
+    """Eight streams of 3 MB, nobody reading: each reader may hold up to 2 MiB, all of them
+    together at most half the connection window (8 MiB), not 16; then every stream is read
+    to its end (the hold is released by reads, whichever stream they are on)."""
+    ia, ib = Identity.generate(), Identity.generate()
+    entry = [beacon_entry(beacon)]
+    streams, size = 8, 3 * 1024 * 1024
+    async with loopback_peer(ia, entry, tuning=QH3) as pa, loopback_peer(ib, entry, tuning=QH3) as pb:
+        ca, cb = await connect_both(pa, pb)
+        payloads = [os.urandom(size) for _ in range(streams)]
+        for payload in payloads:
+            _, writer = await ca.open_stream()
+            writer.write(payload)
+            writer.write_eof()
+        readers = [(await asyncio.wait_for(cb.accept_stream(), 5))[0] for _ in range(streams)]
+        await asyncio.sleep(1.5)  # nobody reads meanwhile
+        held = sum(len(reader._buffer) for reader in readers)
+        print(f"\nqh3, {streams} unread streams: {held / 1e6:.1f} MB held by their readers")
+        assert held <= 10 * 1024 * 1024  # 8 MiB, plus what one datagram batch brought
+        received = await asyncio.wait_for(asyncio.gather(*(reader.read() for reader in readers)), 30)
+        assert sorted(hashlib.sha256(r).digest() for r in received) == sorted(
+            hashlib.sha256(p).digest() for p in payloads
+        )
