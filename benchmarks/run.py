@@ -595,6 +595,13 @@ class Bench:
 
     MTU_SIZES = (1472, 1350)
 
+    def qh3_in_workers(self) -> bool:
+        """The peer workers can run on qh3 (``--qh3``): they import the checkout (--from-checkout),
+        whose interpreter has qh3 (not a dependency: the installed copy's venv lacks it)."""
+        import importlib.util
+
+        return self.installed is None and importlib.util.find_spec("qh3") is not None
+
     async def bench_mtu(self) -> None:
         """One stream at Ethernet sizes (``Peer(max_datagram_size=N)``) against plain aioquic at
         the same datagram size (and py-libp2p, when its scratch venv is given), in alternating
@@ -609,6 +616,16 @@ class Bench:
             "plain aioquic": lambda dgram: self.plain_bulk(size, dgram),
             "library (asyncio's loop)": lambda dgram: self.bulk(["--dgram", str(dgram)], size),
             "library on uvloop": lambda dgram: self.bulk(["--dgram", str(dgram), "--uvloop"], size),
+            **(
+                {
+                    "library on qh3 (asyncio's loop)": lambda dgram: self.bulk(["--dgram", str(dgram), "--qh3"], size),
+                    "library on qh3, uvloop": lambda dgram: self.bulk(
+                        ["--dgram", str(dgram), "--qh3", "--uvloop"], size
+                    ),
+                }
+                if self.qh3_in_workers()
+                else {}
+            ),
             "library (asyncio), no GSO/GRO": lambda dgram: self.bulk(["--dgram", str(dgram), "--no-gso"], size),
             "library (asyncio), one datagram per wakeup": lambda dgram: self.bulk(
                 ["--dgram", str(dgram), "--no-batch-reads", "--no-gso"], size

@@ -12,6 +12,7 @@ except the loop and ``--dgram`` (``Peer(max_datagram_size=N)``).
 - ``--no-batch-reads``: on asyncio's loop, one datagram per wakeup (its transport's reading).
 - ``--no-short-routing``: the endpoint parses every datagram's header to route it.
 - ``--dgram N``: ``Peer(max_datagram_size=N)`` (the public setting: probing stops at N).
+- ``--qh3``: peer connections on qh3 (``Tuning(quic_stack="qh3")``, needs qh3 installed).
 - ``--window N``, ``--ack-delay S``, ``--high-water N``: static settings.
 """
 
@@ -41,6 +42,7 @@ def add_variant_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-short-routing", action="store_true", help="full header parse to route each datagram")
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--qh3", action="store_true", help="peer connections on qh3 (Tuning.quic_stack)")
 
 
 def variant_tuning(args: Any) -> Tuning:
@@ -55,6 +57,8 @@ def variant_tuning(args: Any) -> Tuning:
     if getattr(args, "ack_delay", 0.0):
         changes["ack_delay"] = args.ack_delay
     changes.update({field: False for flag, field in _OFF_SWITCHES.items() if getattr(args, flag, False)})
+    if getattr(args, "qh3", False):
+        changes["quic_stack"] = "qh3"
     return Tuning(**changes)
 
 

@@ -41,7 +41,8 @@ list. For each, read the new release's code where it is defined and used:
   ``_process_events``, ``_stream_readers``, ``_create_stream``, ``_timer``, ``_timer_at``,
   ``_handle_timer``, ``_transmit_task``, ``_connected``, ``_closed``; ``QuicStreamAdapter._closing``;
 - the module function ``aioquic.quic.connection.EPOCHS`` (memoized by :func:`share_frame_tables`);
-- outside aioquic: ``asyncio.StreamReader._buffer`` (:func:`reader_buffered`).
+- outside aioquic: ``asyncio.StreamReader._buffer`` (:func:`reader_buffered`) and ``_paused``
+  (:func:`resume_at_next_read`).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
     ),
     "aioquic.asyncio.protocol.QuicStreamAdapter": ("_closing",),
     "aioquic.quic.connection.EPOCHS": (),  # a module function (memoized): only its existence
-    "asyncio.StreamReader": ("_buffer",),
+    "asyncio.StreamReader": ("_buffer", "_paused"),
 }
 
 
@@ -306,6 +307,13 @@ def reader_buffered(reader: asyncio.StreamReader) -> int:
     return len(buffer)
 
 
+def resume_at_next_read(reader: asyncio.StreamReader) -> None:
+    """Make ``reader`` call its transport's ``resume_reading()`` at its next read that leaves it
+    at or below its limit, as if it had paused the transport itself (its own flag: asyncio has
+    no public way)."""
+    reader._paused = True  # type: ignore[attr-defined]
+
+
 def bytes_in_flight(quic: QuicConnection) -> int:
     """Bytes ``quic`` has sent and not yet seen acknowledged or lost (its congestion controller's
     count, whole packets)."""
@@ -407,6 +415,10 @@ class QuicProtocol(QuicConnectionProtocol):
     def transmit_soon(self) -> None:
         """Transmit in the next loop iteration (several writes then go out together)."""
         self._transmit_soon()
+
+    def process_events(self) -> None:
+        """Hand the connection's pending events to :meth:`quic_event_received`."""
+        self._process_events()
 
     def mark_connected(self) -> None:
         """Record the handshake as done: aioquic does only for a waiter already waiting, and
@@ -1024,12 +1036,13 @@ def _names_of(cls: type) -> set[str]:
     return names
 
 
-def missing_private_names() -> dict[str, list[str]]:
-    """The names of :data:`PRIVATE_API` the installed aioquic no longer has, by class."""
+def missing_private_names(api: dict[str, tuple[str, ...]] | None = None) -> dict[str, list[str]]:
+    """The names of ``api`` (default :data:`PRIVATE_API`) the installed package no longer has, by
+    class (discretpeer._qh3 checks its own list with it)."""
     import importlib
 
     missing: dict[str, list[str]] = {}
-    for qualified, names in PRIVATE_API.items():
+    for qualified, names in (PRIVATE_API if api is None else api).items():
         module_name, _, class_name = qualified.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module_name), class_name)

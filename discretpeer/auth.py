@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 from aioquic.quic.connection import QuicConnection
 
-from discretpeer._aioquic import handshake_complete
 from discretpeer.identity import Identity, IdentityError, encode_peer_id, normalize_peer_id, verify_signature
 from discretpeer.proto.wire import TOKEN_SIZE
+from discretpeer.quic_stack import handshake_complete
 
 AUTH_VERSION = 1
 PROOF_LABEL = b"discretpeer/v1 identity proof\x00"

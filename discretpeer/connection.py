@@ -20,16 +20,7 @@ from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
 
 from discretpeer import heap
-from discretpeer._aioquic import (
-    StreamAdapter,
-    active_path_address,
-    all_unacked_bytes,
-    bytes_in_flight,
-    max_datagram_size,
-    reader_buffered,
-    set_ack_delay,
-    smoothed_rtt,
-)
+from discretpeer._aioquic import StreamAdapter, reader_buffered, resume_at_next_read, set_ack_delay
 from discretpeer.addresses import Addr
 from discretpeer.auth import (
     AuthError,
@@ -51,6 +42,14 @@ from discretpeer.identity import Identity
 from discretpeer.logs import get_logger
 from discretpeer.path_mtu import DatagramSizeSearch, datagram_limit, probe_sizes
 from discretpeer.proto.relay_frame import RELAY_HEADER_SIZE
+from discretpeer.quic_stack import (
+    NativeQuicConnection,
+    active_path_address,
+    all_unacked_bytes,
+    bytes_in_flight,
+    max_datagram_size,
+    smoothed_rtt,
+)
 from discretpeer.tuning import STREAM_WINDOW, tuning_of
 
 PathKind = Literal["direct", "lan", "relay"]
@@ -72,6 +71,13 @@ class _FlowControlledAdapter(StreamAdapter):
         super().__init__(protocol, stream_id)
         self.flow: asyncio.streams.StreamReaderProtocol | None = None
         self.paused = False
+        quic = protocol.quic
+        self._native = quic if isinstance(quic, NativeQuicConnection) else None  # qh3: it counts itself
+
+    def unacknowledged(self) -> int:
+        if self._native is not None:
+            return self._native.unacked_bytes(self.stream_id)
+        return super().unacknowledged()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
@@ -105,6 +111,8 @@ class _FlowControlledAdapter(StreamAdapter):
         pass
 
     def resume_reading(self) -> None:
+        if self._native is not None and self._native.release_events():
+            self.protocol.process_events()  # qh3: the data held back while the app read nothing
         self.protocol.transmit_soon()
 
     def maybe_resume(self) -> bool:
@@ -135,10 +143,15 @@ class PeerProtocol(EndpointProtocol):
         self.stream_high_water = tuning.stream_high_water  # a stream's writer pauses above, resumes below low
         self.stream_low_water = tuning.stream_low_water  # (at least: see water_marks)
         self.stream_high_water_max = tuning.stream_high_water_max
-        if tuning.ack_delay is not None:
-            set_ack_delay(quic, tuning.ack_delay)
+        if tuning.ack_delay is not None and not isinstance(quic, NativeQuicConnection):
+            set_ack_delay(quic, tuning.ack_delay)  # qh3: no setting (its core acknowledges by itself)
+        self.unread_ceiling = tuning.max_data // 2  # qh3: what all streams' readers may hold together
         if isinstance(quic, AppPacedQuicConnection):
             quic.unread = self._unread
+        elif isinstance(quic, NativeQuicConnection):
+            # qh3 cannot change a live connection's datagram size: fit the route it starts on
+            quic.limit_datagram_size(self.datagram_limit)
+            quic.hold_events_while(self._readers_are_full)
 
     def water_marks(self) -> tuple[int, int]:
         """(high, low) unacknowledged bytes at which a stream's writer pauses / resumes now:
@@ -153,6 +166,25 @@ class PeerProtocol(EndpointProtocol):
             return sum(reader_buffered(reader) for reader in self.stream_readers.values())
         reader = self.stream_readers.get(stream_id)
         return reader_buffered(reader) if reader is not None else 0
+
+    def _readers_are_full(self) -> bool:
+        """qh3 (asked after every datagram): take no more data while a stream's reader holds more
+        than it lets in (above twice its limit, STREAM_WINDOW // 4, asyncio pauses it and calls
+        resume_reading once read down to the limit), or all readers together more than
+        ``unread_ceiling``; then every reader is told to call resume_reading at its next read, so
+        the first read that may change the answer asks again."""
+        readers = self.stream_readers.values()
+        total = 0
+        for reader in readers:
+            buffered = reader_buffered(reader)
+            if buffered > STREAM_WINDOW // 2:
+                return True
+            total += buffered
+        if total <= self.unread_ceiling:
+            return False
+        for reader in readers:
+            resume_at_next_read(reader)
+        return True
 
     def make_stream(self, stream_id: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         adapter = _FlowControlledAdapter(self, stream_id)
@@ -226,6 +258,18 @@ class PeerProtocol(EndpointProtocol):
                 self.auth_stream.set_exception(ConnectionError(self.close_reason))
                 self.auth_stream.exception()  # retrieved: nobody may be waiting any more
         super().quic_event_received(event)
+
+    def route_target(self) -> tuple[Addr | None, int]:
+        """Where our datagrams go now, and what each carries besides the QUIC packet."""
+        route = self.route
+        if route is not None and route.kind == "relay" and route.relay is not None:
+            return route.relay.beacon, RELAY_HEADER_SIZE
+        return (route.direct if route is not None else self.remote_address), 0
+
+    def datagram_limit(self) -> int | None:
+        """The largest QUIC datagram the current route takes without fragmenting at our host."""
+        target, overhead = self.route_target()
+        return datagram_limit(target, overhead=overhead)
 
     @property
     def remote_address(self) -> Addr:
@@ -394,15 +438,10 @@ class PeerConnection:
             self._protocol.transmit_soon()
 
     def _route_target(self) -> tuple[Addr | None, int]:
-        """Where our datagrams go now, and what each carries besides the QUIC packet."""
-        route = self._protocol.route
-        if route is not None and route.kind == "relay" and route.relay is not None:
-            return route.relay.beacon, RELAY_HEADER_SIZE
-        return (route.direct if route is not None else self.remote_address), 0
+        return self._protocol.route_target()
 
     def _datagram_limit(self) -> int | None:
-        target, overhead = self._route_target()
-        return datagram_limit(target, overhead=overhead)
+        return self._protocol.datagram_limit()
 
     @property
     def datagram_size(self) -> int:

@@ -31,6 +31,7 @@ from discretpeer.initial_gate import CONNECTION_ID_LENGTH, SMALLEST_INITIAL, Acc
 from discretpeer.paths import Route, RouteTable, is_virtual
 from discretpeer.proto.probe import QUIC_FIXED_BIT
 from discretpeer.proto.relay_frame import RELAY_DATA
+from discretpeer.quic_stack import connection_class_for
 from discretpeer.stateless_reset import is_reset
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
 
@@ -84,6 +85,48 @@ class EndpointProtocol(QuicProtocol):
     routed_cids: set[bytes] | None = None
     route: Route | None = None  # with virtual paths: how this connection's packets travel
     last_received: float = 0.0  # loop time of the last datagram for this connection
+    takes_coalesced = False  # its connection takes a GRO read whole (coalesced_received)
+    _batch: tuple[list[bytes], Any] | None = None  # datagrams read in this loop iteration, their source
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.takes_coalesced = hasattr(self.quic, "receive_gro_buffer")
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if not (self.takes_coalesced and self.defer_transmits and self.coalesce_transmits):
+            super().datagram_received(data, addr)
+            return
+        # reads arrive in batches (uvloop, our batched reader): qh3 takes the batch in one call
+        # (receive_many_datagrams) after the loop's I/O callbacks, then transmits once
+        batch = self._batch
+        if batch is not None and batch[1] != addr:
+            self._take_batch()
+            batch = None
+        if batch is None:
+            self._batch = ([data], addr)  # type: ignore[list-item]  # datagrams are bytes
+            self.loop.call_soon(self._take_batch)
+        else:
+            batch[0].append(data)  # type: ignore[arg-type]  # datagrams are bytes
+
+    def _take_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        self.quic.receive_many_datagrams(batch[0], batch[1], self.loop.time())  # type: ignore[attr-defined]  # takes_coalesced says it has it
+        self.process_events()
+        self.transmit()
+
+    def coalesced_received(self, data: bytes, segment: int, addr: Addr) -> None:
+        """Several datagrams of ``segment`` bytes (the last may be shorter) from ``addr``, as one
+        GRO read: into the connection in one call, then one transmit as after a batch."""
+        if self._batch is not None:
+            self._take_batch()  # in the order they arrived
+        self.quic.receive_gro_buffer(data, segment, addr, self.loop.time())  # type: ignore[attr-defined]  # takes_coalesced says it has it
+        self.process_events()
+        if self.coalesce_transmits and self.defer_transmits:
+            self.transmit_soon()
+        else:
+            self.transmit()
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.HandshakeCompleted):
@@ -169,6 +212,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self.gso = False  # the kernel takes UDP_SEGMENT on this socket
         self.gro = False  # ... and UDP_GRO (only used by our own reader, asyncio's loop)
         self.gso_sends = 0  # sendmsg() calls that carried several datagrams
+        self.coalesced_reads = 0  # GRO reads handed whole to a connection (_receive_coalesced)
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -240,6 +284,8 @@ class Endpoint(asyncio.DatagramProtocol):
             try:
                 segment = _gro_segment(ancillary) if ancillary else 0
                 if segment and len(data) > segment:  # several datagrams coalesced by the kernel
+                    if self._receive_coalesced(data, segment, addr):
+                        continue
                     for offset in range(0, len(data), segment):
                         self.datagram_received(data[offset : offset + segment], addr)
                 else:
@@ -393,7 +439,7 @@ class Endpoint(asyncio.DatagramProtocol):
         With virtual paths, ``route`` (default: a new direct route to ``addr``) carries it."""
         if self._closed:
             raise ConnectionError("endpoint is closed")
-        connection = self._connection_class(configuration=configuration)
+        connection = connection_class_for(configuration, self._connection_class)(configuration=configuration)
         protocol = create_protocol(connection)
         self._attach(protocol)
         self.connection_ids.register(connection.host_cid, protocol)
@@ -428,6 +474,32 @@ class Endpoint(asyncio.DatagramProtocol):
                 self.on_datagram(data, source)
             return
         self._receive_quic(data, source, None)
+
+    def _receive_coalesced(self, data: bytes, segment: int, addr: SocketAddress) -> bool:
+        """Hand a GRO read whole to a connection that takes one (qh3: one call into its core for
+        all of them): only short-header QUIC packets, all to the same connection ID of such a
+        connection. False: nothing done, split it."""
+        if not self._short_header_routing or data[0] & 0x80 or not data[0] & QUIC_FIXED_BIT:
+            return False
+        cid = data[1 : 1 + CONNECTION_ID_LENGTH]
+        protocol = self._routes.get(cid)
+        if protocol is None or not protocol.takes_coalesced:
+            return False
+        end = 1 + CONNECTION_ID_LENGTH
+        for offset in range(segment, len(data), segment):
+            if data[offset] & 0x80 or data[offset + 1 : offset + end] != cid:
+                return False
+        self.datagrams_received += -(-len(data) // segment)
+        self.coalesced_reads += 1
+        source = normalize_address(addr)
+        if self.virtual_paths and protocol.route is not None:
+            route = protocol.route
+            if source != route.direct and self.on_unexpected_source is not None:
+                self.on_unexpected_source(protocol, source)
+            source = route.virtual
+        protocol.last_received = asyncio.get_running_loop().time()
+        protocol.coalesced_received(data, segment, source)
+        return True
 
     def _receive_quic(self, data: bytes, source: Addr, relay_route: Route | None) -> None:
         # a short header (nearly every packet) carries our connection ID right after its first
@@ -469,7 +541,7 @@ class Endpoint(asyncio.DatagramProtocol):
             if verdict is not None:  # a Version Negotiation or a Retry
                 self.sendto(verdict, source)
             return None
-        connection = self._connection_class(
+        connection = connection_class_for(config, self._connection_class)(
             configuration=config,
             original_destination_connection_id=verdict.original_dcid,
             retry_source_connection_id=verdict.retry_scid,

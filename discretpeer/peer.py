@@ -50,6 +50,7 @@ from discretpeer.peer_network import PeerNetwork
 from discretpeer.peer_stats import PeerStats
 from discretpeer.portmap import PortMapper
 from discretpeer.proto.wire import INSTANCE_SIZE
+from discretpeer.quic_stack import check_stack
 from discretpeer.tasks import TaskSet
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, pair_meeting
 from discretpeer.traversal import Candidate
@@ -101,6 +102,7 @@ class Peer(FailureReport):
     ) -> None:
         self.identity = identity
         self._max_datagram_size = check_max_datagram_size(max_datagram_size)
+        check_stack(tuning.quic_stack)
         self.beacons: list[BeaconSpec] = parse_beacons(list(beacons))
         self.instance = os.urandom(INSTANCE_SIZE)
         self.stats = PeerStats()

@@ -34,7 +34,9 @@ class Tuning:
     transmit per batch (off: one after every datagram). ``batched_reads``: on asyncio's own loop,
     read several datagrams per wakeup ourselves (off: its transport's one per wakeup).
     ``short_header_routing``: route a short-header datagram by the connection ID after its first
-    byte (off: parse every header to route it)."""
+    byte (off: parse every header to route it). ``quic_stack``: what peer connections run on,
+    ``"aioquic"`` or ``"qh3"`` (qh3 2.1, Rust core: an experiment, see discretpeer._qh3; beacon
+    connections stay on aioquic)."""
 
     stream_high_water: int = STREAM_HIGH_WATER
     stream_low_water: int = STREAM_LOW_WATER
@@ -49,6 +51,7 @@ class Tuning:
     path_mtu_probing: bool = True
     gso: bool = True
     short_header_routing: bool = True
+    quic_stack: str = "aioquic"
 
 
 DEFAULT_TUNING = Tuning()

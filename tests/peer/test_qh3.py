@@ -1,0 +1,124 @@
+"""Peer connections on qh3 (Tuning(quic_stack="qh3")): the direct path, beacon still on aioquic."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+
+import pytest
+
+from discretpeer import Identity
+from discretpeer.tuning import Tuning
+from tests.conftest import beacon_entry
+from tests.support.peers import connect_both, loopback_peer
+
+QH3 = Tuning(quic_stack="qh3")
+BULK = 20 * 1024 * 1024
+
+
+async def test_two_qh3_peers_meet_verify_and_carry_20_mb(beacon, caplog):
+    ia, ib = Identity.generate(), Identity.generate()
+    entry = [beacon_entry(beacon)]
+    async with loopback_peer(ia, entry, tuning=QH3) as pa, loopback_peer(ib, entry, tuning=QH3) as pb:
+        ca, cb = await connect_both(pa, pb)
+        assert ca.peer_id == ib.peer_id and cb.peer_id == ia.peer_id  # the identity proof, both ways
+        assert ca.path == cb.path == "direct"
+        # the peer connections run on qh3, the beacon connections on aioquic
+        for peer in (pa, pb):
+            stacks = sorted(type(p.quic).__name__ for p in peer._endpoint.connections)
+            assert stacks == ["AppPacedQuicConnection", "Qh3Connection"], stacks  # beacon, peer
+
+        payload = os.urandom(BULK)
+
+        async def send() -> None:
+            _, writer = await ca.open_stream()
+            for offset in range(0, BULK, 256 * 1024):
+                writer.write(payload[offset : offset + 256 * 1024])
+                await writer.drain()
+            writer.write_eof()
+
+        async def receive() -> bytes:
+            reader, _ = await cb.accept_stream()
+            return await reader.read()
+
+        started = asyncio.get_running_loop().time()
+        _, received = await asyncio.wait_for(asyncio.gather(send(), receive()), 60)
+        elapsed = asyncio.get_running_loop().time() - started
+        print(f"\nqh3 peers: {BULK / elapsed / 1e6:.1f} MB/s, {pa._endpoint.datagrams_sent} datagrams from the sender")
+        assert len(received) == BULK
+        assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+        assert ca.rtt is not None and ca.datagram_size == 1472 == cb.datagram_size
+        if pb._endpoint.gro:  # the kernel's coalesced reads go into qh3's core whole
+            assert pb._endpoint.coalesced_reads > 0
+
+        await ca.aclose()
+        await asyncio.wait_for(cb.wait_closed(), 5)
+        assert cb.closed and cb.close_reason == "closed by application"
+        # an ordinary close is no warning (qh3 logs each one as such: discretpeer._qh3 filters it)
+        assert not [r for r in caplog.records if r.name == "quic" and r.levelno >= logging.WARNING], caplog.records
+
+
+def test_unknown_stack_is_refused():
+    with pytest.raises(ValueError, match="quic_stack"):
+        loopback_peer(Identity.generate(), [], tuning=Tuning(quic_stack="quiche"))
+
+
+async def test_a_slow_reader_bounds_what_qh3_buffers_and_slows_the_writer(beacon):
+    """The receive windows follow the app's reads on qh3 too (its core grants credit as events
+    are taken: Qh3Connection takes none while the app has too much unread)."""
+    ia, ib = Identity.generate(), Identity.generate()
+    entry = [beacon_entry(beacon)]
+    async with loopback_peer(ia, entry, tuning=QH3) as pa, loopback_peer(ib, entry, tuning=QH3) as pb:
+        ca, cb = await connect_both(pa, pb)
+        _, w = await ca.open_stream()
+        written = 0
+
+        async def writer() -> None:
+            nonlocal written
+            chunk = b"z" * 65536
+            while True:
+                w.write(chunk)
+                written += len(chunk)
+                await w.drain()
+
+        task = asyncio.ensure_future(writer())
+        r2, _ = await cb.accept_stream()
+        await asyncio.sleep(1.5)  # the reader reads nothing meanwhile
+        buffered = len(r2._buffer)
+        stalled_at = written
+        await asyncio.sleep(0.5)
+        print(f"\nqh3 slow reader: {buffered / 1e6:.1f} MB buffered at the reader, writer at {written / 1e6:.1f} MB")
+        assert buffered <= 5 * 1024 * 1024  # the stream window (4 MiB) plus in-flight slack
+        assert written == stalled_at and written <= 12 * 1024 * 1024  # the writer waits in drain()
+        received = 0
+        while received < 20 * 1024 * 1024:
+            received += len(await asyncio.wait_for(r2.read(1 << 20), 5))
+        task.cancel()
+        assert written >= received >= 20 * 1024 * 1024 and written > stalled_at
+
+
+async def test_readers_of_many_streams_are_bounded_together_and_all_resume(beacon):
+    """Eight streams of 3 MB, nobody reading: each reader may hold up to 2 MiB, all of them
+    together at most half the connection window (8 MiB), not 16; then every stream is read
+    to its end (the hold is released by reads, whichever stream they are on)."""
+    ia, ib = Identity.generate(), Identity.generate()
+    entry = [beacon_entry(beacon)]
+    streams, size = 8, 3 * 1024 * 1024
+    async with loopback_peer(ia, entry, tuning=QH3) as pa, loopback_peer(ib, entry, tuning=QH3) as pb:
+        ca, cb = await connect_both(pa, pb)
+        payloads = [os.urandom(size) for _ in range(streams)]
+        for payload in payloads:
+            _, writer = await ca.open_stream()
+            writer.write(payload)
+            writer.write_eof()
+        readers = [(await asyncio.wait_for(cb.accept_stream(), 5))[0] for _ in range(streams)]
+        await asyncio.sleep(1.5)  # nobody reads meanwhile
+        held = sum(len(reader._buffer) for reader in readers)
+        print(f"\nqh3, {streams} unread streams: {held / 1e6:.1f} MB held by their readers")
+        assert held <= 10 * 1024 * 1024  # 8 MiB, plus what one datagram batch brought
+        received = await asyncio.wait_for(asyncio.gather(*(reader.read() for reader in readers)), 30)
+        assert sorted(hashlib.sha256(r).digest() for r in received) == sorted(
+            hashlib.sha256(p).digest() for p in payloads
+        )
