@@ -27,7 +27,7 @@ Benchmarks (``--only`` names):
               (birthday) probing, introduction -> direct, packets per attempt (root and namespaces needed)
   pyc         the installed package with its .pyc files vs compiled from source at import
 
-The workers run the package as pip installs it: a fresh venv per run (``pip install .[fast]``,
+The workers run the package as pip installs it: a fresh venv per run (``pip install .[fast,qh3]``,
 ``.pyc`` written), only a copy of benchmarks/ on their PYTHONPATH (--from-checkout: the checkout).
 
 Every process is bounded in time (its own deadline) and every load loop in count.
@@ -596,11 +596,11 @@ class Bench:
     MTU_SIZES = (1472, 1350)
 
     def qh3_in_workers(self) -> bool:
-        """The peer workers can run on qh3 (``--qh3``): they import the checkout (--from-checkout),
-        whose interpreter has qh3 (not a dependency: the installed copy's venv lacks it)."""
+        """The peer workers can run on qh3 (``--qh3``): the installed copy has it (``.[fast,qh3]``);
+        from a checkout, when its interpreter has it."""
         import importlib.util
 
-        return self.installed is None and importlib.util.find_spec("qh3") is not None
+        return self.installed is not None or importlib.util.find_spec("qh3") is not None
 
     async def bench_mtu(self) -> None:
         """One stream at Ethernet sizes (``Peer(max_datagram_size=N)``) against plain aioquic at
@@ -1067,16 +1067,26 @@ class Bench:
         self.log(
             f"natbulk: loopback at {dgram} bytes, then the NAT lab direct and relayed, {size / MB:.0f} MB x {repeat}"
         )
-        loop = await self.bulk(["--dgram", str(dgram)], size)
-        loop_rates = loop["rates"]
-        loop_per_cpu = min(loop["mb_per_cpu"].values(), default=0.0)  # the busier side's
-        results: dict[str, Any] = {"loopback": loop_rates, "loopback_mb_per_cpu": loop["mb_per_cpu"]}
-        self.log(f"natbulk loopback: {[round(r, 2) for r in loop_rates]} MB/s, {loop_per_cpu:.1f} MB per CPU-s")
-        labs: list[tuple[int, dict[str, Any], str]] = [
-            (0, {}, "default windows (4 MB per stream)"),
-            (16 * 1024 * 1024, {}, "16 MB stream windows"),
+        results: dict[str, Any] = {}
+        # (stack, receive windows, label): each stack against its own loopback figure
+        labs: list[tuple[str, int, str]] = [
+            ("aioquic", 0, "default windows (4 MB per stream)"),
+            ("aioquic", 16 * 1024 * 1024, "16 MB stream windows"),
+            ("qh3", 0, "on qh3, default windows"),
         ]
-        for window, changes, label in labs:
+        loopback: dict[str, dict[str, Any]] = {}
+        for stack, window, label in labs:
+            if stack not in loopback:
+                loopback[stack] = await self.bulk(["--dgram", str(dgram), *(["--qh3"] if stack == "qh3" else [])], size)
+                loop = loopback[stack]
+                results[f"loopback {stack}"] = {"rates": loop["rates"], "mb_per_cpu": loop["mb_per_cpu"]}
+                self.log(
+                    f"natbulk loopback on {stack}: {[round(r, 2) for r in loop['rates']]} MB/s, "
+                    f"{min(loop['mb_per_cpu'].values(), default=0.0):.1f} MB per CPU-s"
+                )
+            loop_rates = loopback[stack]["rates"]
+            loop_per_cpu = min(loopback[stack]["mb_per_cpu"].values(), default=0.0)  # the busier side's
+            changes = {"quic_stack": "qh3"} if stack == "qh3" else {}
             lab = await asyncio.to_thread(
                 natlab_bulk, self.installed, self.log_dir, size, repeat, dgram, window, changes
             )
@@ -1090,7 +1100,7 @@ class Bench:
                     f"NAT lab, one stream direct, {label}",
                     direct,
                     "MB/s",
-                    f"loopback, same size ({dgram} B), same run",
+                    f"loopback on {stack}, same size ({dgram} B), same run",
                     median(loop_rates),
                     target=">= 80% of loopback",
                     met=direct >= 0.8 * median(loop_rates),
@@ -1585,7 +1595,7 @@ async def amain(args: argparse.Namespace) -> int:
             bench.log(f"py-libp2p rows skipped: {exc}")
     names = args.only or [name for name in BENCHMARKS if name not in OPT_IN]
     if not args.from_checkout:
-        bench.log("installing the package into a fresh venv (pip install .[fast]) ...")
+        bench.log("installing the package into a fresh venv (pip install .[fast,qh3]) ...")
         try:
             bench.installed = install(log_dir / "install.log")
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:

@@ -95,21 +95,14 @@ def installed_version() -> str | None:
 
 # --- configuration ---------------------------------------------------------------------------
 
-_CONVERTED_KEYS: dict[int, tuple[Any, Any, Any]] = {}  # id(aioquic key) -> (key, qh3 certificate, qh3 key)
-
 
 def _qh3_identity(certificate: Any, private_key: Any) -> tuple[Any, Any]:
-    """qh3's certificate and private key objects for cryptography's (converted once per key)."""
-    cached = _CONVERTED_KEYS.get(id(private_key))
-    if cached is not None and cached[0] is private_key:
-        return cached[1], cached[2]
+    """qh3's certificate and private key objects for cryptography's (through PEM, ~0.1 ms)."""
     cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
     key_pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    converted = (qh3_tls.load_pem_x509_certificates(cert_pem)[0], qh3_tls.load_pem_private_key(key_pem))
-    _CONVERTED_KEYS[id(private_key)] = (private_key, *converted)
-    return converted
+    return qh3_tls.load_pem_x509_certificates(cert_pem)[0], qh3_tls.load_pem_private_key(key_pem)
 
 
 def qh3_configuration(configuration: AioquicConfiguration, datagram_size: int) -> Qh3Configuration:

@@ -131,20 +131,10 @@ async def main(args: argparse.Namespace) -> None:
                     )
                 emit("done")
             elif cmd == "quicstats":  # congestion state of the peer connection (diagnostics)
-                quic = conn._protocol._quic
-                loss = quic._loss
-                cc = loss._cc
-                emit(
-                    "quicstats",
-                    cwnd=cc.congestion_window,
-                    ssthresh=cc.ssthresh,
-                    srtt=loss._rtt_smoothed,
-                    rttvar=loss._rtt_variance,
-                    min_rtt=loss._rtt_min,
-                    in_flight=cc.bytes_in_flight,
-                    dgram=quic._max_datagram_size,
-                    pacer_interval=getattr(loss._pacer, "packet_time", None),
-                )
+                from discretpeer.quic_stack import congestion_state, max_datagram_size
+
+                quic = conn._protocol.quic
+                emit("quicstats", dgram=max_datagram_size(quic), **congestion_state(quic))
             elif cmd == "expose":
                 expose_target = command["target"]
                 emit("exposed")
