@@ -16,7 +16,7 @@ endpoint, :class:`discretpeer.connection.PeerProtocol`) drives it unchanged:
   reserved IPv4 address for the Rust core (it parses every address), and back on the way out;
 - it mimics the few aioquic-internal names the protocol layer reads: ``_close_event``,
   ``_max_datagram_size``, ``_handshake_complete``, ``_stream_can_send`` (aioquic's stream
-  adapter). See /work/notes/s6/qh3_port.md for what the qh3 path lacks (the gap table).
+  adapter). What the qh3 path lacks: benchmarks/README.md, "The qh3 port".
 
 qh3-private names used here, like :data:`discretpeer._aioquic.PRIVATE_API`: ``QuicConnection._core``
 (``QuicConnectionCore``: ``smoothed_rtt``, ``bytes_in_flight``, ``congestion_window``,
@@ -68,7 +68,7 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
 
 # qh3's core only probes the path MTU as a client, up to 1472 (IPv4) / 1452 (IPv6), and has no
 # setter for a live connection's datagram size: a qh3 peer connection uses this size (at most
-# Peer(max_datagram_size)) from its first packet (see the notes: the real port needs a probe)
+# Peer(max_datagram_size)) from its first packet (benchmarks/README.md, "The qh3 port": a real port needs a probe)
 QH3_DATAGRAM_SIZE = 1472
 MIN_DATAGRAM_SIZE = 1200  # QUIC's minimum (RFC 9000 section 14)
 _VIRTUAL_NETWORK = int(ipaddress.IPv4Address("240.0.0.0"))  # 240.0.0.0/4: reserved, never routed
@@ -314,7 +314,7 @@ class Qh3Connection(NativeQuicConnection):
     def _fit_datagram_size(self) -> None:
         """Before the core exists: no larger than what the route takes (the kernel's MTU for the
         route's next hop; through a relay, minus the relay frame's header). A smaller MTU further
-        along the path is not found: qh3 has no probe we can drive (see the notes)."""
+        along the path is not found: qh3 has no probe we can drive (benchmarks/README.md, "The qh3 port")."""
         limit = self._size_limit() if self._size_limit is not None else None
         if limit is not None and limit < self._datagram_size:
             self._datagram_size = max(limit, MIN_DATAGRAM_SIZE)

@@ -4,7 +4,7 @@ runs its peer connections on qh3 (``Tuning.quic_stack``), whatever tuning the te
     .venv/bin/python -m pytest -p tests.qh3_everywhere tests/peer/ -q
 
 Peers of the NAT lab run in their own processes: ``DISCRETPEER_TEST_QUIC_STACK=qh3`` there
-(tests/natlab/lab_peer.py). Not collected as tests; see /work/notes/s6/qh3_port.md for what
+(tests/natlab/lab_peer.py). Not collected as tests; see benchmarks/README.md ("The qh3 port") for what
 fails on qh3 and why."""
 
 from __future__ import annotations
