@@ -27,6 +27,7 @@ from discretpeer.behaviour_probe import FILTER_NO_ANSWER, FILTER_OPEN, FILTER_UN
 from discretpeer.cli.doctor import Netcheck, Report, _check_filtering
 from discretpeer.cli.output import Console
 from discretpeer.proto import wire
+from discretpeer.proto.wire import ErrorCode
 from tests.beacon.client import BeaconClient
 
 
@@ -144,6 +145,54 @@ async def test_a_version_1_client_gets_none_of_the_behaviour_fields() -> None:
         finally:
             await old.close()
             await new.close()
+
+
+async def test_a_stranger_cannot_switch_versions_or_push_version_2_fields_on_version_1_clients() -> None:
+    """The beacon encodes every frame in the version of a connection's one Hello. A stranger that
+    says version 1 and then sends a second Hello claiming version 2 (to be sent the version-2
+    fields after all) is refused and closed; one that says version 1 but announces with a
+    version-2 field (a mapping) is served in version 1 all the same, and so is the version-1 peer
+    it meets: neither is sent a byte its decoder would refuse. Nothing reaches the event loop, and
+    a version-2 pair on the same beacon still meets with its mapping."""
+    async with BeaconServer(loopback_config(), create_bundle()) as server:
+        address, pin = server.addresses[0], server.fingerprint
+        with loop_errors() as errors:
+            switcher = await BeaconClient.connect(address, pin, version=1)
+            try:
+                assert switcher.welcome.behaviour_port is None
+                switcher.send(wire.Hello(version=wire.PROTOCOL_VERSION, instance=switcher.instance))
+                error = await switcher.expect(wire.Error)
+                assert error.code == ErrorCode.UNEXPECTED_MESSAGE and error.fatal
+                await switcher.wait_closed()
+            finally:
+                await switcher.close()
+
+            liar = await BeaconClient.connect(address, pin, version=1)
+            old = await BeaconClient.connect(address, pin, version=1)
+            a = await BeaconClient.connect(address, pin)
+            b = await BeaconClient.connect(address, pin)
+            try:
+                shared = os.urandom(wire.TOKEN_SIZE)
+                liar.send(wire.Announce(add=(shared,), mapping=wire.MAPPING_DEPENDENT))
+                await asyncio.sleep(0.1)
+                old.send(wire.Announce(add=(shared,)))
+                to_old = await old.expect(wire.Introduction)
+                to_liar = await liar.expect(wire.Introduction)
+                assert to_old.instance == liar.instance and to_old.mapping is None  # version 1: left out
+                assert to_liar.instance == old.instance and to_liar.mapping is None
+
+                token = os.urandom(wire.TOKEN_SIZE)
+                a.send(wire.Announce(add=(token,), mapping=wire.MAPPING_DEPENDENT))
+                await asyncio.sleep(0.1)
+                b.send(wire.Announce(add=(token,), mapping=wire.MAPPING_INDEPENDENT))
+                to_b = await b.expect(wire.Introduction)
+                to_a = await a.expect(wire.Introduction)
+                assert to_b.instance == a.instance and to_b.mapping == wire.MAPPING_DEPENDENT
+                assert to_a.instance == b.instance and to_a.mapping == wire.MAPPING_INDEPENDENT
+            finally:
+                for client in (liar, old, a, b):
+                    await client.close()
+        assert errors == []
 
 
 async def test_an_ipv6_client_is_not_sent_to_the_ipv4_only_behaviour_port() -> None:
