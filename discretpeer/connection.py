@@ -395,7 +395,7 @@ class PeerConnection:
         self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
         self._watch = asyncio.get_running_loop().create_task(self._watch_close())
         if isinstance(protocol.quic, DatagramSizeSearch):
-            protocol.quic.size_limit = self._datagram_limit
+            protocol.quic.size_limit = protocol.datagram_limit
         self._search_datagram_size()
 
     def __repr__(self) -> str:
@@ -431,17 +431,11 @@ class PeerConnection:
         quic.reset_datagram_size()
         if not tuning_of(quic).path_mtu_probing:
             return
-        target, overhead = self._route_target()
+        target, overhead = self._protocol.route_target()
         sizes = probe_sizes(target, quic.base_datagram_size, overhead=overhead)
         if sizes:
             quic.search_datagram_size(sizes)
             self._protocol.transmit_soon()
-
-    def _route_target(self) -> tuple[Addr | None, int]:
-        return self._protocol.route_target()
-
-    def _datagram_limit(self) -> int | None:
-        return self._protocol.datagram_limit()
 
     @property
     def datagram_size(self) -> int:
@@ -543,7 +537,7 @@ class PeerConnection:
         quic = self._protocol.quic
         if not isinstance(quic, DatagramSizeSearch) or quic.datagram_size <= quic.base_datagram_size:
             return
-        limit = self._datagram_limit()
+        limit = self._protocol.datagram_limit()
         if limit is not None and limit < quic.datagram_size:
             log.info("path MTU dropped", peer=self.peer_id, datagram_size=quic.datagram_size, limit=limit)
             self._search_datagram_size()

@@ -491,14 +491,7 @@ class Endpoint(asyncio.DatagramProtocol):
                 return False
         self.datagrams_received += -(-len(data) // segment)
         self.coalesced_reads += 1
-        source = normalize_address(addr)
-        if self.virtual_paths and protocol.route is not None:
-            route = protocol.route
-            if source != route.direct and self.on_unexpected_source is not None:
-                self.on_unexpected_source(protocol, source)
-            source = route.virtual
-        protocol.last_received = asyncio.get_running_loop().time()
-        protocol.coalesced_received(data, segment, source)
+        protocol.coalesced_received(data, segment, self._arrived(protocol, normalize_address(addr), None))
         return True
 
     def _receive_quic(self, data: bytes, source: Addr, relay_route: Route | None) -> None:
@@ -520,6 +513,12 @@ class Endpoint(asyncio.DatagramProtocol):
             protocol = self._maybe_accept(data, source, header, relay_route)
             if protocol is None:
                 return
+        protocol.datagram_received(data, self._arrived(protocol, source, relay_route))
+
+    def _arrived(self, protocol: EndpointProtocol, source: Addr, relay_route: Route | None) -> Addr:
+        """Datagrams for ``protocol`` came from ``source`` (through ``relay_route``, if relayed):
+        note the time, tell a direct source the route does not expect, and return the address the
+        connection knows the path by (its route's virtual address, with virtual paths)."""
         if self.virtual_paths and protocol.route is not None:
             route = protocol.route
             # a relayed packet after we moved to a direct route is simply late: not news
@@ -527,7 +526,7 @@ class Endpoint(asyncio.DatagramProtocol):
                 self.on_unexpected_source(protocol, source)
             source = route.virtual
         protocol.last_received = asyncio.get_running_loop().time()
-        protocol.datagram_received(data, source)
+        return source
 
     def _maybe_accept(
         self, data: bytes, source: Addr, header: Any, relay_route: Route | None = None
