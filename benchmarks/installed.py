@@ -37,7 +37,7 @@ def install(log: Path) -> Installed:
     with open(log, "ab") as out:
         for step in (
             [sys.executable, "-m", "venv", str(venv)],
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-input", f"{ROOT}[fast,qh3]"],
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-input", f"{ROOT}[fast]"],
         ):
             out.write((" ".join(step) + "\n").encode())
             out.flush()

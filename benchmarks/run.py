@@ -26,8 +26,9 @@ Benchmarks (``--only`` names):
   birthday    symmetric <-> port_restricted through real NATs: share of meetings ending direct by hard-NAT
               (birthday) probing, introduction -> direct, packets per attempt (root and namespaces needed)
   pyc         the installed package with its .pyc files vs compiled from source at import
+  peermem     RSS per idle handshaken peer connection on qh3 (the default) vs aioquic
 
-The workers run the package as pip installs it: a fresh venv per run (``pip install .[fast,qh3]``,
+The workers run the package as pip installs it: a fresh venv per run (``pip install .[fast]``,
 ``.pyc`` written), only a copy of benchmarks/ on their PYTHONPATH (--from-checkout: the checkout).
 
 Every process is bounded in time (its own deadline) and every load loop in count.
@@ -595,13 +596,6 @@ class Bench:
 
     MTU_SIZES = (1472, 1350)
 
-    def qh3_in_workers(self) -> bool:
-        """The peer workers can run on qh3 (``--qh3``): the installed copy has it (``.[fast,qh3]``);
-        from a checkout, when its interpreter has it."""
-        import importlib.util
-
-        return self.installed is not None or importlib.util.find_spec("qh3") is not None
-
     async def bench_mtu(self) -> None:
         """One stream at Ethernet sizes (``Peer(max_datagram_size=N)``) against plain aioquic at
         the same datagram size (and py-libp2p, when its scratch venv is given), in alternating
@@ -614,17 +608,13 @@ class Bench:
         )
         kinds: dict[str, Any] = {
             "plain aioquic": lambda dgram: self.plain_bulk(size, dgram),
-            "library (asyncio's loop)": lambda dgram: self.bulk(["--dgram", str(dgram)], size),
+            "library (qh3, asyncio's loop: the defaults)": lambda dgram: self.bulk(["--dgram", str(dgram)], size),
             "library on uvloop": lambda dgram: self.bulk(["--dgram", str(dgram), "--uvloop"], size),
-            **(
-                {
-                    "library on qh3 (asyncio's loop)": lambda dgram: self.bulk(["--dgram", str(dgram), "--qh3"], size),
-                    "library on qh3, uvloop": lambda dgram: self.bulk(
-                        ["--dgram", str(dgram), "--qh3", "--uvloop"], size
-                    ),
-                }
-                if self.qh3_in_workers()
-                else {}
+            "library on aioquic (asyncio's loop)": lambda dgram: self.bulk(
+                ["--dgram", str(dgram), "--stack", "aioquic"], size
+            ),
+            "library on aioquic, uvloop": lambda dgram: self.bulk(
+                ["--dgram", str(dgram), "--stack", "aioquic", "--uvloop"], size
             ),
             "library (asyncio), no GSO/GRO": lambda dgram: self.bulk(["--dgram", str(dgram), "--no-gso"], size),
             "library (asyncio), one datagram per wakeup": lambda dgram: self.bulk(
@@ -866,6 +856,31 @@ class Bench:
             )
         self.extra["pyc"] = {"rates": rates, "mb_per_cpu": per_cpu}
 
+    async def bench_peermem(self) -> None:
+        """RSS per idle, handshaken peer connection on qh3 (the default) against aioquic, each
+        stack in its own process (benchmarks/workers/peermem.py: no sockets, both ends in it)."""
+        pairs = 150 if self.s.quick else 500
+        kb: dict[str, float] = {}
+        for stack in ("qh3", "aioquic"):
+            _, ready = await self.worker(f"peermem-{stack}", "peermem", ["--stack", stack, "--pairs", str(pairs)])
+            kb[stack] = ready["per_connection_kb"]
+            self.log(f"peermem {stack} ({ready['connection_class']}): {kb[stack]:.1f} KB per connection")
+            await self.stop_all()
+        self.add(
+            Row(
+                "peermem",
+                "RSS per idle peer connection, qh3 (default)",
+                kb["qh3"],
+                "KB",
+                "the same on aioquic",
+                kb["aioquic"],
+                target="(no regression: <= 1x)",
+                met=kb["qh3"] <= kb["aioquic"],
+                note=f"{2 * pairs} connections per stack, both ends in one process",
+            )
+        )
+        self.extra["peermem"] = kb
+
     async def bench_relay(self) -> None:
         size = self.s.relay_bytes
         pairs = {self.SHIPPED: [], "library on uvloop": ["--uvloop"]}
@@ -1070,16 +1085,16 @@ class Bench:
         results: dict[str, Any] = {}
         # (stack, receive windows, label): each stack against its own loopback figure
         labs: list[tuple[str, int, str]] = [
-            ("aioquic", 0, "default windows (4 MB per stream)"),
-            ("aioquic", 16 * 1024 * 1024, "16 MB stream windows"),
-            ("qh3", 0, "on qh3, default windows"),
-            # on qh3 the lab's flight peaks at the stream window (4 MiB): what larger ones give
+            ("qh3", 0, "on qh3 (default), default windows"),
+            # on qh3 the lab's flight peaks at the stream window: what larger ones give
             ("qh3", 16 * 1024 * 1024, "on qh3, 16 MB stream windows"),
+            ("aioquic", 0, "on aioquic, default windows"),
+            ("aioquic", 16 * 1024 * 1024, "on aioquic, 16 MB stream windows"),
         ]
         loopback: dict[str, dict[str, Any]] = {}
         for stack, window, label in labs:
             if stack not in loopback:
-                loopback[stack] = await self.bulk(["--dgram", str(dgram), *(["--qh3"] if stack == "qh3" else [])], size)
+                loopback[stack] = await self.bulk(["--dgram", str(dgram), "--stack", stack], size)
                 loop = loopback[stack]
                 results[f"loopback {stack}"] = {"rates": loop["rates"], "mb_per_cpu": loop["mb_per_cpu"]}
                 self.log(
@@ -1088,7 +1103,7 @@ class Bench:
                 )
             loop_rates = loopback[stack]["rates"]
             loop_per_cpu = min(loopback[stack]["mb_per_cpu"].values(), default=0.0)  # the busier side's
-            changes = {"quic_stack": "qh3"} if stack == "qh3" else {}
+            changes = {"quic_stack": stack}
             lab = await asyncio.to_thread(
                 natlab_bulk, self.installed, self.log_dir, size, repeat, dgram, window, changes
             )
@@ -1572,6 +1587,7 @@ BENCHMARKS = [
     "natlab",
     "natbulk",
     "pyc",
+    "peermem",
     "attacks",
     "tcpfallback",
     "birthday",
@@ -1597,7 +1613,7 @@ async def amain(args: argparse.Namespace) -> int:
             bench.log(f"py-libp2p rows skipped: {exc}")
     names = args.only or [name for name in BENCHMARKS if name not in OPT_IN]
     if not args.from_checkout:
-        bench.log("installing the package into a fresh venv (pip install .[fast,qh3]) ...")
+        bench.log("installing the package into a fresh venv (pip install .[fast]) ...")
         try:
             bench.installed = install(log_dir / "install.log")
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:

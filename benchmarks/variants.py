@@ -11,8 +11,9 @@ except the loop and ``--dgram`` (``Peer(max_datagram_size=N)``).
 - ``--no-gso``: one sendto per datagram, one datagram per recvfrom (no UDP GSO/GRO).
 - ``--no-batch-reads``: on asyncio's loop, one datagram per wakeup (its transport's reading).
 - ``--no-short-routing``: the endpoint parses every datagram's header to route it.
-- ``--dgram N``: ``Peer(max_datagram_size=N)`` (the public setting: probing stops at N).
-- ``--qh3``: peer connections on qh3 (``Tuning(quic_stack="qh3")``, needs qh3 installed).
+- ``--dgram N``: ``Peer(max_datagram_size=N)`` (the public setting: on qh3 the size sent, on
+  aioquic where probing stops).
+- ``--stack aioquic``: peer connections on aioquic (``Tuning(quic_stack=...)``; the default is qh3).
 - ``--window N``, ``--ack-delay S``, ``--high-water N``: static settings.
 """
 
@@ -42,7 +43,7 @@ def add_variant_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-short-routing", action="store_true", help="full header parse to route each datagram")
     parser.add_argument("--uvloop", action="store_true")
-    parser.add_argument("--qh3", action="store_true", help="peer connections on qh3 (Tuning.quic_stack)")
+    parser.add_argument("--stack", choices=("qh3", "aioquic"), help="peer connections' QUIC stack (Tuning.quic_stack)")
 
 
 def variant_tuning(args: Any) -> Tuning:
@@ -57,8 +58,8 @@ def variant_tuning(args: Any) -> Tuning:
     if getattr(args, "ack_delay", 0.0):
         changes["ack_delay"] = args.ack_delay
     changes.update({field: False for flag, field in _OFF_SWITCHES.items() if getattr(args, flag, False)})
-    if getattr(args, "qh3", False):
-        changes["quic_stack"] = "qh3"
+    if getattr(args, "stack", None):
+        changes["quic_stack"] = args.stack
     return Tuning(**changes)
 
 

@@ -36,12 +36,14 @@ from aioquic.quic import events as aio_events
 from aioquic.quic.configuration import QuicConfiguration as AioquicConfiguration
 from cryptography.hazmat.primitives import serialization
 from qh3 import tls as qh3_tls
+from qh3._hazmat import X25519KeyExchange
 from qh3.quic import events as qh3_events
 from qh3.quic.configuration import QuicConfiguration as Qh3Configuration
 from qh3.quic.connection import QuicConnection as Qh3QuicConnection
 from qh3.quic.connection import QuicConnectionError as Qh3ConnectionError
 
 from discretpeer.addresses import Addr
+from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, BASE_DATAGRAM
 from discretpeer.quic_stack import NativeQuicConnection
 
 TESTED = ("2.1.0",)
@@ -53,6 +55,8 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
         "_handshake_complete",
         "_stream_can_send",
     ),
+    # a private module's key exchange: warm_up() makes one
+    "qh3._hazmat.X25519KeyExchange": ("public_key",),
     # the Rust core: a private module's (public) properties
     "qh3._hazmat.QuicConnectionCore": (
         "active_path",
@@ -66,10 +70,14 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
     ),
 }
 
-# qh3's core only probes the path MTU as a client, up to 1472 (IPv4) / 1452 (IPv6), and has no
-# setter for a live connection's datagram size: a qh3 peer connection uses this size (at most
-# Peer(max_datagram_size)) from its first packet (benchmarks/README.md, "The qh3 port": a real port needs a probe)
-QH3_DATAGRAM_SIZE = 1472
+# The datagram size of a qh3 peer connection is fixed when its core starts: qh3's core probes the
+# path MTU only as a client, on a ladder up to 1472, and has neither a setter for a live
+# connection's size nor black-hole detection (measured: a client that probed up to 1472 and then
+# meets a 1400-byte link, e.g. on falling back to a relay, never sends another packet that arrives).
+# So the size is one that every route of the connection carries, direct or relayed (+ 9 bytes),
+# over any Internet path: 1350, as QUIC deployments use. A user who knows the paths gives
+# Peer(max_datagram_size=N) below the default cap and gets N from the first packet.
+QH3_DATAGRAM_SIZE = BASE_DATAGRAM
 MIN_DATAGRAM_SIZE = 1200  # QUIC's minimum (RFC 9000 section 14)
 _VIRTUAL_NETWORK = int(ipaddress.IPv4Address("240.0.0.0"))  # 240.0.0.0/4: reserved, never routed
 
@@ -84,6 +92,18 @@ class _OrdinaryCloseFilter(logging.Filter):
 
 
 logging.getLogger("quic").addFilter(_OrdinaryCloseFilter())  # qh3's logger (aioquic's has the same name)
+
+
+def qh3_datagram_size(cap: int) -> int:
+    """The size a qh3 peer connection sends from its first packet (before the route's limit):
+    1350, or ``cap`` (``Peer(max_datagram_size)``) when the user set one below the default."""
+    return cap if cap < AIOQUIC_MAX_DATAGRAM else QH3_DATAGRAM_SIZE
+
+
+def warm_up() -> None:
+    """Pay qh3's one-time cost now: its crypto library initialises on the first key exchange of
+    the process (~60 ms, measured), which would otherwise fall in the first ClientHello."""
+    X25519KeyExchange().public_key()
 
 
 def installed_version() -> str | None:
@@ -115,7 +135,7 @@ def qh3_configuration(configuration: AioquicConfiguration, datagram_size: int) -
         max_data=configuration.max_data,
         max_stream_data=configuration.max_stream_data,
         max_datagram_size=datagram_size,
-        probe_datagram_size=False,  # client-only in qh3's core, and a fixed ladder up to 1472
+        probe_datagram_size=False,  # see QH3_DATAGRAM_SIZE
         verify_mode=configuration.verify_mode,
         server_name=configuration.server_name,
     )
@@ -204,10 +224,7 @@ class Qh3Connection(NativeQuicConnection):
         original_destination_connection_id: bytes | None = None,
         retry_source_connection_id: bytes | None = None,
     ) -> None:
-        cap = getattr(configuration, "datagram_size_cap", configuration.max_datagram_size)
-        tuning = getattr(configuration, "tuning", None)
-        probing = tuning is None or tuning.path_mtu_probing
-        self._datagram_size = min(cap, QH3_DATAGRAM_SIZE) if probing else configuration.max_datagram_size
+        self._datagram_size = qh3_datagram_size(getattr(configuration, "datagram_size_cap", AIOQUIC_MAX_DATAGRAM))
         self.configuration = configuration  # ours, aioquic's class: discretpeer.tuning.tuning_of reads it
         self.inner = _HeldEvents(
             configuration=qh3_configuration(configuration, self._datagram_size),
@@ -313,8 +330,7 @@ class Qh3Connection(NativeQuicConnection):
 
     def _fit_datagram_size(self) -> None:
         """Before the core exists: no larger than what the route takes (the kernel's MTU for the
-        route's next hop; through a relay, minus the relay frame's header). A smaller MTU further
-        along the path is not found: qh3 has no probe we can drive (benchmarks/README.md, "The qh3 port")."""
+        route's next hop; through a relay, minus the relay frame's header)."""
         limit = self._size_limit() if self._size_limit is not None else None
         if limit is not None and limit < self._datagram_size:
             self._datagram_size = max(limit, MIN_DATAGRAM_SIZE)

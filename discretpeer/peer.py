@@ -50,7 +50,7 @@ from discretpeer.peer_network import PeerNetwork
 from discretpeer.peer_stats import PeerStats
 from discretpeer.portmap import PortMapper
 from discretpeer.proto.wire import INSTANCE_SIZE
-from discretpeer.quic_stack import check_stack
+from discretpeer.quic_stack import load_stack
 from discretpeer.tasks import TaskSet
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, pair_meeting
 from discretpeer.traversal import Candidate
@@ -73,7 +73,8 @@ class Peer(FailureReport):
     ``relay``: fall back to relaying through a beacon when no direct path is verified within
     ``relay_after`` seconds. ``direct=False`` never punches (relay only: the other peer then never
     sees packets from our address). ``max_datagram_size``: the largest UDP payload this peer sends
-    (1200..16000; path-MTU probing never goes above it), e.g. 1472 to stay within one Ethernet frame.
+    (1200..16000): on qh3 (the default stack) 1350, or this size when below 16000, from the first
+    packet; on aioquic path-MTU probing never goes above it. E.g. 1472 on a LAN, 1280 on a tunnel.
     ``port_mapping``: ask the gateway for a public port (PCP, NAT-PMP, UPnP-IGD) and announce it
     (not when bound to loopback); ``port_mapping_gateway``: the gateway's address (default: the
     routing table's), or ``"ip:port"`` to ask only PCP/NAT-PMP at that port. ``tuning``: data-path
@@ -102,7 +103,7 @@ class Peer(FailureReport):
     ) -> None:
         self.identity = identity
         self._max_datagram_size = check_max_datagram_size(max_datagram_size)
-        check_stack(tuning.quic_stack)
+        load_stack(tuning.quic_stack)
         self.beacons: list[BeaconSpec] = parse_beacons(list(beacons))
         self.instance = os.urandom(INSTANCE_SIZE)
         self.stats = PeerStats()

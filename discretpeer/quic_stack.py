@@ -58,15 +58,19 @@ class NativeQuicConnection:
         raise NotImplementedError
 
 
-def check_stack(name: str) -> str:
-    """``name`` if it names a QUIC stack peer connections can run on, else ValueError."""
+def load_stack(name: str) -> str:
+    """``name`` if it names a QUIC stack peer connections can run on, else ValueError; its
+    one-time costs are paid now, not in the middle of the first handshake (qh3: ~60 ms of import
+    and ~60 ms for its crypto library's first key exchange, which would hold the event loop and
+    the datagrams of that meeting)."""
     if name not in STACKS:
         raise ValueError(f"quic_stack must be one of {', '.join(STACKS)}, got {name!r}")
     if name == "qh3":
         try:
-            import qh3  # noqa: F401 - only whether it is installed
+            from discretpeer._qh3 import warm_up
         except ImportError as exc:
             raise ValueError("quic_stack='qh3' needs qh3: pip install 'qh3==2.1.0'") from exc
+        warm_up()
     return name
 
 

@@ -35,8 +35,10 @@ class Tuning:
     read several datagrams per wakeup ourselves (off: its transport's one per wakeup).
     ``short_header_routing``: route a short-header datagram by the connection ID after its first
     byte (off: parse every header to route it). ``quic_stack``: what peer connections run on,
-    ``"aioquic"`` or ``"qh3"`` (qh3 2.1, Rust core: an experiment, see discretpeer._qh3; beacon
-    connections stay on aioquic)."""
+    ``"qh3"`` (qh3 2.1, Rust core, see discretpeer._qh3: no path-MTU probing, 1350-byte datagrams
+    unless ``Peer(max_datagram_size)`` says otherwise) or ``"aioquic"`` (probes for larger datagrams;
+    ``burst_pacer``, ``congestion_control`` and ``ack_delay`` apply to it only). Beacon connections
+    always run on aioquic."""
 
     stream_high_water: int = STREAM_HIGH_WATER
     stream_low_water: int = STREAM_LOW_WATER
@@ -51,7 +53,7 @@ class Tuning:
     path_mtu_probing: bool = True
     gso: bool = True
     short_header_routing: bool = True
-    quic_stack: str = "aioquic"
+    quic_stack: str = "qh3"
 
 
 DEFAULT_TUNING = Tuning()

@@ -151,8 +151,8 @@ def _add_network(parser: argparse.ArgumentParser, *, secret: bool = True) -> Non
         "--max-datagram-size",
         type=int,
         metavar="BYTES",
-        help="cap on QUIC datagrams, 1200..16000 (default: what path-MTU probing finds); e.g. 1280 on a "
-        "tunnel that drops larger packets without telling",
+        help="QUIC datagram size of peer connections, 1200..16000 (default 1350; on aioquic a cap on "
+        "what path-MTU probing finds); e.g. 1472 on a LAN, 1280 on a tunnel that drops larger packets",
     )
     group.add_argument(
         "--tuning",

@@ -21,7 +21,7 @@ import sys
 import time
 
 from discretpeer import ConnectError, Identity, Peer, PeerConnection
-from discretpeer.tuning import Tuning
+from discretpeer.tuning import DEFAULT_TUNING, Tuning
 
 
 def emit(**event: object) -> None:
@@ -124,7 +124,7 @@ async def main(config: dict) -> None:
         report_local_candidates=config.get("report_local", True),
         punch_duration=config.get("punch_duration", 6.0),
         port_mapping=config.get("port_mapping", True),
-        tuning=Tuning(quic_stack=os.environ.get("DISCRETPEER_TEST_QUIC_STACK", "aioquic")),
+        tuning=Tuning(quic_stack=os.environ.get("DISCRETPEER_TEST_QUIC_STACK", DEFAULT_TUNING.quic_stack)),
     ) as peer:
         emit(event="ready", peer_id=peer.peer_id, port=peer.port)
         started = time.monotonic()

@@ -1,4 +1,4 @@
-"""Peer connections on qh3 (Tuning(quic_stack="qh3")): the direct path, beacon still on aioquic."""
+"""Peer connections on qh3 (the default, Tuning(quic_stack="qh3")): the direct path, beacon still on aioquic."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ BULK = 20 * 1024 * 1024
 
 
 async def test_two_qh3_peers_meet_verify_and_carry_20_mb(beacon, caplog):
+    """Two peers with the default tuning: qh3 for the peer connection, aioquic for the beacon's."""
     ia, ib = Identity.generate(), Identity.generate()
     entry = [beacon_entry(beacon)]
-    async with loopback_peer(ia, entry, tuning=QH3) as pa, loopback_peer(ib, entry, tuning=QH3) as pb:
+    async with loopback_peer(ia, entry) as pa, loopback_peer(ib, entry) as pb:
         ca, cb = await connect_both(pa, pb)
         assert ca.peer_id == ib.peer_id and cb.peer_id == ia.peer_id  # the identity proof, both ways
         assert ca.path == cb.path == "direct"
@@ -49,7 +50,8 @@ async def test_two_qh3_peers_meet_verify_and_carry_20_mb(beacon, caplog):
         print(f"\nqh3 peers: {BULK / elapsed / 1e6:.1f} MB/s, {pa._endpoint.datagrams_sent} datagrams from the sender")
         assert len(received) == BULK
         assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
-        assert ca.rtt is not None and ca.datagram_size == 1472 == cb.datagram_size
+        # no path-MTU probing on qh3: the size every route carries, from the first packet to the last
+        assert ca.rtt is not None and ca.datagram_size == 1350 == cb.datagram_size
         if pb._endpoint.gro:  # the kernel's coalesced reads go into qh3's core whole
             assert pb._endpoint.coalesced_reads > 0
 
@@ -58,6 +60,38 @@ async def test_two_qh3_peers_meet_verify_and_carry_20_mb(beacon, caplog):
         assert cb.closed and cb.close_reason == "closed by application"
         # an ordinary close is no warning (qh3 logs each one as such: discretpeer._qh3 filters it)
         assert not [r for r in caplog.records if r.name == "quic" and r.levelno >= logging.WARNING], caplog.records
+
+
+async def test_a_datagram_size_the_user_sets_is_used_from_the_first_packet_direct_and_relayed(beacon):
+    """``Peer(max_datagram_size=1472)`` on qh3: 1472-byte datagrams from the first packet on the
+    direct path and through a relay (in 1481-byte relay frames: loopback's route to the beacon
+    takes them; a route that does not lowers the size, tests/unit/test_qh3.py); data flows either way."""
+    ia, ib = Identity.generate(), Identity.generate()
+    entry = [beacon_entry(beacon)]
+    async with (
+        loopback_peer(ia, entry, max_datagram_size=1472) as pa,
+        loopback_peer(ib, entry, max_datagram_size=1472) as pb,
+    ):
+        ca, cb = await connect_both(pa, pb)
+        assert ca.path == "direct" and (ca.datagram_size, cb.datagram_size) == (1472, 1472)
+        await _send_and_check(ca, cb, 2 * 1024 * 1024)
+    async with (
+        loopback_peer(ia, entry, max_datagram_size=1472, direct=False) as pa,
+        loopback_peer(ib, entry, max_datagram_size=1472, direct=False) as pb,
+    ):
+        ca, cb = await connect_both(pa, pb, meeting="relayed at 1472")
+        assert ca.path == "relay"
+        assert (ca.datagram_size, cb.datagram_size) == (1472, 1472)
+        await _send_and_check(ca, cb, 256 * 1024)  # the beacon's default relay quota: 1 MB/s per peer
+
+
+async def _send_and_check(ca, cb, size: int) -> None:
+    payload = os.urandom(size)
+    _, writer = await ca.open_stream()
+    writer.write(payload)
+    writer.write_eof()
+    reader, _ = await cb.accept_stream()
+    assert await asyncio.wait_for(reader.read(), 20) == payload
 
 
 def test_unknown_stack_is_refused():
