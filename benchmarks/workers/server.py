@@ -82,6 +82,8 @@ async def main(args: argparse.Namespace) -> None:
             relay = {
                 "relay_rate_bytes_per_second": args.relay_rate,
                 "relay_burst_bytes": max(262144, args.relay_rate // 4),
+                # what the relay can forward, not the default cap for a small VPS (25 MB/s in all)
+                "relay_total_rate_bytes_per_second": 0,
             }
         if args.defaults:  # the shipped limits (per-IP, Retry "auto"): the attacks benchmark
             from beacon import loopback_config
