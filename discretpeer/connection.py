@@ -50,7 +50,7 @@ from discretpeer.quic_stack import (
     max_datagram_size,
     smoothed_rtt,
 )
-from discretpeer.tuning import STREAM_WINDOW, tuning_of
+from discretpeer.tuning import tuning_of
 
 PathKind = Literal["direct", "lan", "relay"]
 log = get_logger("discretpeer.connection")
@@ -58,6 +58,9 @@ AUTH_TIMEOUT = 5.0
 PING_WHEN_QUIET = 2.0  # a connection silent this long gets a PING (keeps NATs open, proves the path)
 LIVENESS_TIMEOUT = 6.0  # nothing at all from the peer this long: the path is gone, say so
 MAX_PENDING_STREAMS = 64
+# a stream's reader asks for more once the app has read it down to this; above twice this asyncio
+# pauses it (and on qh3 the connection takes no more events): what one unread stream holds in Python
+READER_LIMIT = 1024 * 1024
 AUTH_STREAM_ID = 0
 
 
@@ -169,7 +172,7 @@ class PeerProtocol(EndpointProtocol):
 
     def _readers_are_full(self) -> bool:
         """qh3 (asked after every datagram): take no more data while a stream's reader holds more
-        than it lets in (above twice its limit, STREAM_WINDOW // 4, asyncio pauses it and calls
+        than it lets in (above twice its limit, READER_LIMIT, asyncio pauses it and calls
         resume_reading once read down to the limit), or all readers together more than
         ``unread_ceiling``; then every reader is told to call resume_reading at its next read, so
         the first read that may change the answer asks again."""
@@ -177,7 +180,7 @@ class PeerProtocol(EndpointProtocol):
         total = 0
         for reader in readers:
             buffered = reader_buffered(reader)
-            if buffered > STREAM_WINDOW // 2:
+            if buffered > 2 * READER_LIMIT:
                 return True
             total += buffered
         if total <= self.unread_ceiling:
@@ -189,7 +192,7 @@ class PeerProtocol(EndpointProtocol):
     def make_stream(self, stream_id: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         adapter = _FlowControlledAdapter(self, stream_id)
         # limit: the reader asks for more credit once the app has read it down to this
-        reader = asyncio.StreamReader(limit=STREAM_WINDOW // 4)
+        reader = asyncio.StreamReader(limit=READER_LIMIT)
         reader.set_transport(adapter)
         flow = asyncio.streams.StreamReaderProtocol(reader)
         adapter.flow = flow

@@ -14,7 +14,9 @@ from typing import Any
 STREAM_HIGH_WATER = 1024 * 1024  # unacknowledged bytes per stream before writer.drain() waits
 STREAM_LOW_WATER = 256 * 1024
 STREAM_HIGH_WATER_MAX = 16 * 1024 * 1024  # what the bytes in flight can raise the high mark to
-STREAM_WINDOW = 4 * 1024 * 1024
+# a stream may have this much in flight towards us: at an 85 ms round trip, 8 MiB carries ~2x what
+# 4 MiB did on qh3 (benchmarks/README.md, NAT lab); a stalled reader holds up to it
+STREAM_WINDOW = 8 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 
 

@@ -21,7 +21,7 @@ def test_defaults_are_todays_values() -> None:
     quic = _connection(DEFAULT_TUNING)
     assert type(quic._loss._pacer) is BurstPacer
     assert quic.configuration.max_data == 16 * 1024 * 1024
-    assert quic.configuration.max_stream_data == 4 * 1024 * 1024
+    assert quic.configuration.max_stream_data == 8 * 1024 * 1024
 
 
 def test_tuning_is_passed_down() -> None:
@@ -44,7 +44,7 @@ def test_windows_congestion_control_and_ack_delay_follow_tuning() -> None:
     assert (quic.connection_window, quic.stream_window) == (1 << 20, 1 << 18)  # the windows that slide
     assert type(quic._loss._cc).__name__ == "CubicCongestionControl"
     default = _connection(DEFAULT_TUNING)
-    assert (default.connection_window, default.stream_window) == (16 * 1024 * 1024, 4 * 1024 * 1024)
+    assert (default.connection_window, default.stream_window) == (16 * 1024 * 1024, 8 * 1024 * 1024)
     assert type(default._loss._cc).__name__ == "RenoCongestionControl"
 
     async def protocols() -> tuple[float, float]:
