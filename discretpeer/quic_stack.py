@@ -1,7 +1,7 @@
 """Which QUIC implementation a connection runs on, and what discretpeer reads of it.
 
-Peer connections run on aioquic (the default) or, with ``Tuning(quic_stack="qh3")``, on qh3
-(:mod:`discretpeer._qh3`); beacon connections always on aioquic. A qh3 connection is a
+Peer connections run on qh3 (:mod:`discretpeer._qh3`, the default) or, with
+``Tuning(quic_stack="aioquic")``, on aioquic; beacon connections always on aioquic. A qh3 connection is a
 :class:`NativeQuicConnection` that answers for itself; an aioquic one is read through
 :mod:`discretpeer._aioquic`. The functions here pick the right one, so the rest of the code does
 not care which stack carries a connection.

@@ -124,6 +124,20 @@ async def test_off_when_disabled_and_the_welcome_is_unchanged() -> None:
             assert peer._clients[0].mapping is None
 
 
+async def meet(
+    first: BeaconClient, second: BeaconClient, first_mapping: int | None, second_mapping: int | None = None
+) -> tuple[wire.Introduction, wire.Introduction]:
+    """``first`` announces a fresh token (with ``first_mapping``), then ``second`` (with
+    ``second_mapping``); returns the introductions (to first, to second)."""
+    token = os.urandom(wire.TOKEN_SIZE)
+    first.send(wire.Announce(add=(token,), mapping=first_mapping))
+    await asyncio.sleep(0.1)  # first's token is registered before second's arrives
+    second.send(wire.Announce(add=(token,), mapping=second_mapping))
+    to_second = await second.expect(wire.Introduction)
+    to_first = await first.expect(wire.Introduction)
+    return to_first, to_second
+
+
 async def test_a_version_1_client_gets_none_of_the_behaviour_fields() -> None:
     """Its decoder refuses trailing bytes: no behaviour port in its Welcome, no mapping in the
     introductions it gets, even of a peer that reported one; a version-2 client gets both."""
@@ -134,12 +148,7 @@ async def test_a_version_1_client_gets_none_of_the_behaviour_fields() -> None:
         try:
             assert old.welcome.version == 1 and old.welcome.behaviour_port is None
             assert new.welcome.version == 2 and new.welcome.behaviour_port == server.behaviour_port
-            token = os.urandom(wire.TOKEN_SIZE)
-            new.send(wire.Announce(add=(token,), mapping=wire.MAPPING_DEPENDENT))
-            await asyncio.sleep(0.1)
-            old.send(wire.Announce(add=(token,)))
-            to_old = await old.expect(wire.Introduction)
-            to_new = await new.expect(wire.Introduction)
+            to_new, to_old = await meet(new, old, wire.MAPPING_DEPENDENT)
             assert to_old.instance == new.instance and to_old.mapping is None
             assert to_new.instance == old.instance
         finally:
@@ -172,21 +181,11 @@ async def test_a_stranger_cannot_switch_versions_or_push_version_2_fields_on_ver
             a = await BeaconClient.connect(address, pin)
             b = await BeaconClient.connect(address, pin)
             try:
-                shared = os.urandom(wire.TOKEN_SIZE)
-                liar.send(wire.Announce(add=(shared,), mapping=wire.MAPPING_DEPENDENT))
-                await asyncio.sleep(0.1)
-                old.send(wire.Announce(add=(shared,)))
-                to_old = await old.expect(wire.Introduction)
-                to_liar = await liar.expect(wire.Introduction)
+                to_liar, to_old = await meet(liar, old, wire.MAPPING_DEPENDENT)
                 assert to_old.instance == liar.instance and to_old.mapping is None  # version 1: left out
                 assert to_liar.instance == old.instance and to_liar.mapping is None
 
-                token = os.urandom(wire.TOKEN_SIZE)
-                a.send(wire.Announce(add=(token,), mapping=wire.MAPPING_DEPENDENT))
-                await asyncio.sleep(0.1)
-                b.send(wire.Announce(add=(token,), mapping=wire.MAPPING_INDEPENDENT))
-                to_b = await b.expect(wire.Introduction)
-                to_a = await a.expect(wire.Introduction)
+                to_a, to_b = await meet(a, b, wire.MAPPING_DEPENDENT, wire.MAPPING_INDEPENDENT)
                 assert to_b.instance == a.instance and to_b.mapping == wire.MAPPING_DEPENDENT
                 assert to_a.instance == b.instance and to_a.mapping == wire.MAPPING_INDEPENDENT
             finally:
