@@ -55,6 +55,7 @@ from beacon.store import StoreUnavailable
 from beacon.summary import log_summaries
 from beacon.workers import Supervisor, worker_sockets
 from discretpeer.addresses import Addr
+from discretpeer.tasks import cancel_and_wait
 
 PROG = "discret-beacon"
 PLACEHOLDER_HOST = "YOUR.HOST"
@@ -249,9 +250,7 @@ async def _serve(
     try:
         await stop.wait()
     finally:
-        summaries.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):  # the beacon stops whatever it did
-            await summaries
+        await cancel_and_wait(summaries)  # the beacon stops whatever it did
         if web is not None:
             await web.stop()
         await server.stop(reason=f"beacon is shutting down ({received[0] if received else 'stop'})")

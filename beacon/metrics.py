@@ -18,6 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from discretpeer.addresses import Addr
+from discretpeer.tasks import wait_for
 
 # name → (kind, help). A value is a number or a mapping label value → number (label "reason").
 SNAPSHOT_METRICS: dict[str, tuple[str, str]] = {
@@ -131,7 +132,7 @@ class MetricsHTTPServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5.0)
+            head = await wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5.0)
             parts = head.split(b"\r\n", 1)[0].split()
             path = parts[1].split(b"?", 1)[0] if len(parts) >= 2 else b""
             if parts[:1] == [b"GET"] and path in (b"/metrics", b"/"):
@@ -160,5 +161,5 @@ class MetricsHTTPServer:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=2.0)
+                await wait_for(self._server.wait_closed(), timeout=2.0)
             self._server = None

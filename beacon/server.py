@@ -54,6 +54,7 @@ from discretpeer.endpoint import (
 from discretpeer.proto import wire
 from discretpeer.proto.relay_frame import RELAY_HEADER_SIZE
 from discretpeer.proto.wire import Address, ErrorCode, WireError
+from discretpeer.tasks import cancel_and_wait
 
 TRIM_AFTER_HANDSHAKE = True  # see beacon.quic_tuning (the benchmarks turn it off to compare)
 DEFER_HANDSHAKES = True  # see _BeaconEndpoint
@@ -503,10 +504,7 @@ class BeaconServer:
         for client in list(self._clients.values()):
             if not client.gone:
                 client.protocol.close(error_code=ErrorCode.SHUTTING_DOWN, reason_phrase=f"SHUTTING_DOWN: {reason}")
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+        await cancel_and_wait(self._housekeeping)
         if self.manage_gc:
             gc.unfreeze()  # hand everything back to the collector (in-process beacons)
         await self._close_sockets()

@@ -54,6 +54,7 @@ from discretpeer.endpoint import normalize_address
 from discretpeer.loop_batch import LoopBatch
 from discretpeer.proto.stream_frames import BEACON_TCP_ALPN, StreamDecoder, encode_datagram
 from discretpeer.proto.wire import ErrorCode, WireError
+from discretpeer.tasks import wait_for
 
 if TYPE_CHECKING:
     from beacon.server import BeaconServer, _Client
@@ -606,5 +607,5 @@ class TcpService:
         self.clients.clear()
         for listener in self.listeners:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(listener.wait_closed(), 2.0)
+                await wait_for(listener.wait_closed(), 2.0)
         self.listeners.clear()

@@ -38,6 +38,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from discretpeer.addresses import Addr
+from discretpeer.tasks import cancel_and_wait, wait_for
 
 from .client_hello import normalize_name
 from .web_signal import MAX_MESSAGE_BYTES, Rooms, SignalError, encode, parse_client_message, turn_credentials
@@ -218,7 +219,7 @@ class WebService:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
+                await wait_for(self._server.wait_closed(), 5)
             self._server = None
 
     # --- HTTP -----------------------------------------------------------------------------------
@@ -311,12 +312,10 @@ class WebService:
             # let the writer flush what is queued (the refusal's reason) for a moment, then stop it
             try:
                 client.queue.put_nowait(None)
-                await asyncio.wait_for(asyncio.shield(writer), 2)
+                await wait_for(asyncio.shield(writer), 2)
             except (asyncio.QueueFull, TimeoutError, ConnectionClosed):
                 pass
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await writer
+            await cancel_and_wait(writer)
             with contextlib.suppress(Exception):
                 await ws.close(1008 if client.closing else 1000)
 
@@ -390,7 +389,7 @@ class WebService:
             if text is None:
                 return
             try:
-                await asyncio.wait_for(client.ws.send(text), 10)
+                await wait_for(client.ws.send(text), 10)
             except (TimeoutError, ConnectionClosed):
                 self.refused["slow_reader"] += 1
                 self._forget(client)

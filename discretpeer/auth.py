@@ -29,6 +29,7 @@ from aioquic.quic.connection import QuicConnection
 from discretpeer.identity import Identity, IdentityError, encode_peer_id, normalize_peer_id, verify_signature
 from discretpeer.proto.wire import TOKEN_SIZE
 from discretpeer.quic_stack import handshake_complete
+from discretpeer.tasks import wait_for
 
 AUTH_VERSION = 1
 PROOF_LABEL = b"discretpeer/v1 identity proof\x00"
@@ -135,14 +136,13 @@ def verify_proof(proof: Proof, role: Role, exporter: bytes) -> str:
 
 async def read_auth_frame(reader: object, timeout: float) -> bytes:
     """Read one length-prefixed auth frame body from an asyncio StreamReader."""
-    import asyncio
 
     stream = reader  # typed loosely: asyncio.StreamReader
-    header = await asyncio.wait_for(stream.readexactly(2), timeout)  # type: ignore[attr-defined]  # a StreamReader or our adapter: both have readexactly
+    header = await wait_for(stream.readexactly(2), timeout)  # type: ignore[attr-defined]  # a StreamReader or our adapter: both have readexactly
     (length,) = struct.unpack("!H", header)
     if not 2 <= length <= MAX_AUTH_FRAME:
         raise AuthError(f"auth frame of {length} bytes")
-    return await asyncio.wait_for(stream.readexactly(length), timeout)  # type: ignore[attr-defined]  # a StreamReader or our adapter: both have readexactly
+    return await wait_for(stream.readexactly(length), timeout)  # type: ignore[attr-defined]  # a StreamReader or our adapter: both have readexactly
 
 
 # --- whom we expect -----------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from discretpeer.proto.wire import (
     encode,
     token_of_full_message,
 )
+from discretpeer.tasks import cancel_and_wait, wait_for
 from discretpeer.traversal import mapping_varies
 
 log = get_logger("discretpeer.beacon_client")
@@ -164,10 +165,7 @@ class BeaconClient:
         if self._retry_full is not None:
             self._retry_full.cancel()
             self._retry_full = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await cancel_and_wait(self._task)
         self._disconnect("peer closing")
         self.status.state = "closed"
 
@@ -181,7 +179,7 @@ class BeaconClient:
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            await wait_for(self._connected.wait(), timeout)
             return True
         except TimeoutError:
             return False
@@ -347,10 +345,7 @@ class BeaconClient:
                 task.result()  # raises what ended it
             raise ConnectionError("beacon connection closed")
         finally:
-            for task in tasks:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)
 
     async def _read_frames(self) -> None:
         protocol = self._protocol
@@ -400,7 +395,7 @@ class BeaconClient:
             rtt = self.status.rtt
             wait = max(PONG_TIMEOUT, 4 * rtt) if rtt is not None else HANDSHAKE_TIMEOUT
             try:
-                await asyncio.wait_for(self._heard.wait(), wait)
+                await wait_for(self._heard.wait(), wait)
             except TimeoutError:
                 missed += 1
                 if missed == 1:
@@ -414,7 +409,7 @@ class BeaconClient:
             if self.status.rtt is None:
                 interval = 0.5  # the first Pong measures the RTT
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._check.wait(), max(0.0, interval - (time.monotonic() - sent)))
+                await wait_for(self._check.wait(), max(0.0, interval - (time.monotonic() - sent)))
 
     def _handle(self, message: Message) -> None:
         if isinstance(message, Introduction):

@@ -39,6 +39,7 @@ from discretpeer.proto.wire import (
     encode,
 )
 from discretpeer.proxy import ProxyError, proxy_for
+from discretpeer.tasks import cancel_and_wait, wait_for
 
 if TYPE_CHECKING:
     from discretpeer.beacon_client import BeaconStatus
@@ -155,7 +156,7 @@ class BeaconDialer:
         channel = await open_channel(spec.host, spec.tcp, spec.cert_hash, proxy=proxy, timeout=HANDSHAKE_TIMEOUT)
         try:
             channel.send(Hello(version=version, instance=self._instance))
-            welcome, early = await asyncio.wait_for(self._tcp_welcome(channel), HANDSHAKE_TIMEOUT)
+            welcome, early = await wait_for(self._tcp_welcome(channel), HANDSHAKE_TIMEOUT)
         except BaseException:
             channel.close()
             raise
@@ -215,21 +216,11 @@ class BeaconDialer:
                 # TCP won while QUIC is still trying (a slow path, not a blocked one): let it go on;
                 # when it completes, the client moves to it (see _retry_udp)
                 self.late_udp = udp
-            for task in (udp, tcp):
-                if task is self.late_udp:
-                    continue
-                if task is not None and not task.done():
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
+            losers = [task for task in (udp, tcp) if task is not None and task is not self.late_udp]
+            await cancel_and_wait(*(task for task in losers if not task.done()))
+            for task in losers:
                 # task.exception() also marks a failure as seen (no "never retrieved" warning)
-                if (
-                    task is not None
-                    and task.done()
-                    and not task.cancelled()
-                    and task.exception() is None
-                    and task.result() is not winner
-                ):
+                if task.done() and not task.cancelled() and task.exception() is None and task.result() is not winner:
                     task.result().close("lost the race")
         for exc in errors.values():
             if isinstance(exc, (PinMismatch, TlsPinMismatch, ProxyError)):
@@ -249,7 +240,7 @@ class BeaconDialer:
         )
         protocol = self._endpoint.connect(address, configuration)
         try:
-            await asyncio.wait_for(protocol.wait_connected(), HANDSHAKE_TIMEOUT)
+            await wait_for(protocol.wait_connected(), HANDSHAKE_TIMEOUT)
             certificate = peer_certificate(protocol.quic)
             if certificate is None:
                 raise PinMismatch(f"beacon {self.spec} presented no certificate")
@@ -259,7 +250,7 @@ class BeaconDialer:
             reader, writer = await protocol.create_stream()
             writer.write(encode(Hello(version=version, instance=self._instance)))
             decoder = FrameDecoder()
-            welcome, early = await asyncio.wait_for(self._read_until_welcome(reader, decoder), HANDSHAKE_TIMEOUT)
+            welcome, early = await wait_for(self._read_until_welcome(reader, decoder), HANDSHAKE_TIMEOUT)
         except BaseException:
             with contextlib.suppress(Exception):
                 protocol.close(reason_phrase="connect failed")

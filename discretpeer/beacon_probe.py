@@ -14,6 +14,7 @@ from discretpeer.config import BeaconSpec
 from discretpeer.endpoint import Endpoint
 from discretpeer.proto.wire import INSTANCE_SIZE, PROTOCOL_VERSION, Error, Hello, Welcome
 from discretpeer.proxy import ProxySpec, proxy_for
+from discretpeer.tasks import wait_for
 
 
 @dataclass
@@ -33,7 +34,7 @@ async def probe_udp(spec: BeaconSpec, endpoint: Endpoint, timeout: float) -> Pat
     )
     started = time.monotonic()
     try:
-        link = await asyncio.wait_for(client.dialer.open_udp(await client.dialer.resolve()), timeout)
+        link = await wait_for(client.dialer.open_udp(await client.dialer.resolve()), timeout)
     except Exception as exc:  # noqa: BLE001 - the failure is the answer
         return PathResult("udp", error=_text(exc, timeout))
     elapsed = time.monotonic() - started
@@ -51,7 +52,7 @@ async def probe_tcp(spec: BeaconSpec, proxy: ProxySpec | None, timeout: float) -
     try:
         channel.send(Hello(version=PROTOCOL_VERSION, instance=os.urandom(INSTANCE_SIZE)))
         while True:
-            items = await asyncio.wait_for(channel.receive(), max(0.1, timeout - (time.monotonic() - started)))
+            items = await wait_for(channel.receive(), max(0.1, timeout - (time.monotonic() - started)))
             for item in items:
                 if isinstance(item, Welcome):
                     return PathResult(name, time.monotonic() - started)

@@ -19,6 +19,7 @@ from discretpeer.loop_batch import LoopBatch
 from discretpeer.proto.stream_frames import BEACON_TCP_ALPN, Item, StreamDecoder, encode_datagram
 from discretpeer.proto.wire import Message, WireError, encode
 from discretpeer.proxy import ProxySpec, open_tunnel
+from discretpeer.tasks import wait_for
 
 CONNECT_TIMEOUT = 5.0
 MAX_UNSENT_DATAGRAM_BYTES = 262144  # relay datagrams beyond are dropped, like a full UDP path
@@ -124,7 +125,7 @@ async def open_channel(
         reader, writer = await open_tunnel(proxy, host, port, timeout)
     else:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            reader, writer = await wait_for(asyncio.open_connection(host, port), timeout)
         except TimeoutError:
             raise ConnectionError(f"TCP {where}: no answer within {timeout:g} s") from None
         except OSError as exc:
@@ -135,7 +136,7 @@ async def open_channel(
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            await asyncio.wait_for(writer.start_tls(client_context()), timeout)
+            await wait_for(writer.start_tls(client_context()), timeout)
         except TimeoutError:
             via = f" through {proxy}" if proxy is not None else ""
             raise ConnectionError(f"TLS to {where}{via}: no handshake within {timeout:g} s") from None

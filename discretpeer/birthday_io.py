@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from discretpeer import birthday
 from discretpeer.addresses import Addr
+from discretpeer.tasks import wait_for
 
 log = logging.getLogger("discretpeer.birthday")
 
@@ -95,7 +96,7 @@ class ExtraSockets:
                 if first_round:  # each socket has just sent once
                     first_round = False
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._hit.wait(), birthday.RESEND_EVERY)
+                        await wait_for(self._hit.wait(), birthday.RESEND_EVERY)
                     continue
                 for sock in self._sockets:
                     if self._hit.is_set():
@@ -104,7 +105,7 @@ class ExtraSockets:
                     self.packets_sent += 1
                 with contextlib.suppress(asyncio.TimeoutError):
                     wait = min(birthday.RESEND_EVERY, max(0.0, deadline - loop.time()))
-                    await asyncio.wait_for(self._hit.wait(), wait)
+                    await wait_for(self._hit.wait(), wait)
             return self.winner is not None
         finally:
             for sock in self._sockets:

@@ -50,6 +50,7 @@ from discretpeer.quic_stack import (
     max_datagram_size,
     smoothed_rtt,
 )
+from discretpeer.tasks import wait_for
 from discretpeer.tuning import tuning_of
 
 PathKind = Literal["direct", "lan", "relay"]
@@ -323,7 +324,7 @@ async def authenticate_as_listener(
     lookup: Callable[[bytes], PeerPolicy | None],
     timeout: float = AUTH_TIMEOUT,
 ) -> VerifiedPeer:
-    reader, writer = await asyncio.wait_for(asyncio.shield(protocol.auth_stream), timeout)
+    reader, writer = await wait_for(asyncio.shield(protocol.auth_stream), timeout)
     exporter = connection_exporter(protocol.quic)
     message = parse_auth(await read_auth_frame(reader, timeout))
     if not isinstance(message, Proof):
@@ -346,7 +347,7 @@ async def authenticate_as_listener(
     writer.write(build_proof(identity, Role.LISTENER, exporter, message.token))
     # the dialer may still refuse us: it answers with EOF (accepted) or a refusal frame
     try:
-        tail = await asyncio.wait_for(reader.read(2 + 512), timeout)
+        tail = await wait_for(reader.read(2 + 512), timeout)
     except TimeoutError as exc:
         raise AuthError("dialer did not confirm the identity exchange") from exc
     if tail:
@@ -483,7 +484,7 @@ class PeerConnection:
     async def ping(self, timeout: float = 5.0) -> float:
         """Round trip of a QUIC PING, in seconds."""
         started = time.monotonic()
-        await asyncio.wait_for(self._protocol.ping(), timeout)
+        await wait_for(self._protocol.ping(), timeout)
         return time.monotonic() - started
 
     def close(self, reason: str = "closed by application") -> None:
@@ -502,7 +503,7 @@ class PeerConnection:
             await asyncio.sleep(0.02)
         self.close(reason)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.wait_closed(), max(0.1, deadline - time.monotonic()))
+            await wait_for(self.wait_closed(), max(0.1, deadline - time.monotonic()))
 
     async def wait_closed(self) -> None:
         await self._protocol.terminated.wait()

@@ -22,6 +22,7 @@ from discretpeer.logs import get_logger
 from discretpeer.pair_state import Abandon, Action, Dial, DialKind
 from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, BASE_DATAGRAM, SizedQuicConfiguration
 from discretpeer.proto.wire import PEER_ALPN
+from discretpeer.tasks import wait_for
 from discretpeer.traversal import Candidate, CandidateKind
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
 
@@ -167,7 +168,7 @@ class Dialer:
             assert protocol is not None
             if pair.state.dialing(dial.attempt):
                 pair.dial_protocol = protocol
-            await asyncio.wait_for(protocol.wait_handshake(), DIAL_TIMEOUT)
+            await wait_for(protocol.wait_handshake(), DIAL_TIMEOUT)
             verified = await authenticate_as_dialer(protocol, self.identity, pair.session.token, meeting.policy)
         except (AuthError, ConnectionError, OSError, TimeoutError) as exc:
             text = str(exc) or type(exc).__name__

@@ -50,6 +50,7 @@ from discretpeer.proto.lan_txt import (
     encode_txt,
 )
 from discretpeer.proto.wire import INSTANCE_SIZE, TOKEN_SIZE, Address, WireError
+from discretpeer.tasks import cancel_and_wait
 
 __all__ = [
     "SERVICE_TYPE",
@@ -413,11 +414,7 @@ class LanDiscovery:
         if not self._running and self._aiozc is None:
             return
         self._running = False
-        for task in self._workers:
-            task.cancel()
-        for task in self._workers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._workers)
         self._workers = []
         if self._browser is not None:
             with contextlib.suppress(Exception):

@@ -37,6 +37,7 @@ from discretpeer.proto.wire import (
     RelayRequest,
 )
 from discretpeer.relay_routes import RelayRoutes
+from discretpeer.tasks import wait_for
 from discretpeer.traversal import Candidate, CandidateKind, PunchSession, mapping_varies
 
 if TYPE_CHECKING:
@@ -316,7 +317,7 @@ class PairDriver:
             self.wake.clear()
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
+                await wait_for(self.wake.wait(), timeout)
 
     # --- connections --------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from discretpeer.peer_stats import PeerStats
 from discretpeer.portmap import PortMapper
 from discretpeer.proto.wire import INSTANCE_SIZE
 from discretpeer.quic_stack import load_stack
-from discretpeer.tasks import TaskSet
+from discretpeer.tasks import TaskSet, wait_for
 from discretpeer.tokens import DEFAULT_ROTATION_SECONDS, pair_meeting
 from discretpeer.traversal import Candidate
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
@@ -271,7 +271,7 @@ class Peer(FailureReport):
         booked.waiters.append(waiter)
         self._sync_tokens()
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            return await wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 return waiter.result()  # verified in the same instant the timer fired

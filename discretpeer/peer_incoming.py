@@ -13,6 +13,7 @@ from discretpeer.connection import PathKind, PeerProtocol, VerifiedPeer, authent
 from discretpeer.dialer import DIAL_TIMEOUT
 from discretpeer.endpoint import Admission
 from discretpeer.paths import is_virtual
+from discretpeer.tasks import wait_for
 
 if TYPE_CHECKING:
     from aioquic.quic.connection import QuicConnection
@@ -69,7 +70,7 @@ class IncomingHandshakes:
 
     async def _accept(self, protocol: PeerProtocol) -> None:
         try:
-            await asyncio.wait_for(protocol.wait_handshake(), DIAL_TIMEOUT * 2)
+            await wait_for(protocol.wait_handshake(), DIAL_TIMEOUT * 2)
             verified = await authenticate_as_listener(protocol, self._identity, self._book.policy_for_token)
         except asyncio.CancelledError:
             # we are closing: say so, or the dialer (verified on its side already) would take the

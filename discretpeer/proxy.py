@@ -18,6 +18,8 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from discretpeer.tasks import wait_for
+
 DEFAULT_PROXY_PORT = 3128
 MAX_RESPONSE_HEAD = 8192
 PROXY_TIMEOUT = 5.0
@@ -131,7 +133,7 @@ async def open_tunnel(
     """A TCP connection to ``host:port`` through ``proxy`` (CONNECT answered 2xx)."""
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(proxy.host, proxy.port), timeout)
+        reader, writer = await wait_for(asyncio.open_connection(proxy.host, proxy.port), timeout)
     except TimeoutError:
         raise ProxyError(f"{proxy} did not accept a TCP connection within {timeout:g} s") from None
     except OSError as exc:
@@ -139,7 +141,7 @@ async def open_tunnel(
     try:
         writer.write(connect_request(host, port, proxy))
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            head = await wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
         except TimeoutError:
             raise ProxyError(f"{proxy} did not answer CONNECT {target} within {timeout:g} s") from None
         except asyncio.LimitOverrunError:

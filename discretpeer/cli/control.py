@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from discretpeer.tasks import wait_for
+
 MAX_REQUEST = 4096
 MAX_ANSWER = 16 * 1024 * 1024
 MAX_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
@@ -72,7 +74,7 @@ class ControlServer:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                await wait_for(self._server.wait_closed(), 1.0)
             self._server = None
         with contextlib.suppress(OSError):
             if self._inode is not None and self.path.stat().st_ino == self._inode:
@@ -83,7 +85,7 @@ class ControlServer:
             if not _same_user(writer):
                 return
             try:
-                line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+                line = await wait_for(reader.readline(), REQUEST_TIMEOUT)
                 request = json.loads(line)
                 command = request.get("cmd") if isinstance(request, dict) else None
             except (TimeoutError, ValueError, asyncio.LimitOverrunError):
@@ -115,7 +117,7 @@ def _same_user(writer: asyncio.StreamWriter) -> bool:
 
 async def _alive(path: Path) -> bool:
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1.0)
+        _, writer = await wait_for(asyncio.open_unix_connection(str(path)), 1.0)
     except (TimeoutError, OSError):
         return False
     writer.close()
@@ -125,7 +127,7 @@ async def _alive(path: Path) -> bool:
 async def query(path: Path, command: str = "status", timeout: float = 3.0) -> dict[str, Any]:
     """Ask the expose behind ``path``; raises ControlError with a one-line reason."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path), limit=MAX_ANSWER), timeout)
+        reader, writer = await wait_for(asyncio.open_unix_connection(str(path), limit=MAX_ANSWER), timeout)
     except FileNotFoundError:
         raise ControlError(
             f"no running expose (or forward --control): {path} does not exist "
@@ -142,7 +144,7 @@ async def query(path: Path, command: str = "status", timeout: float = 3.0) -> di
     try:
         writer.write(json.dumps({"cmd": command}).encode() + b"\n")
         await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout)
+        line = await wait_for(reader.readline(), timeout)
     except (TimeoutError, OSError, ValueError) as exc:
         raise ControlError(f"the expose at {path} did not answer: {exc or type(exc).__name__}") from None
     finally:

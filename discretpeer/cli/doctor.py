@@ -24,6 +24,7 @@ from discretpeer.identity import Identity, IdentityError
 from discretpeer.peer import Peer
 from discretpeer.portmap.client import PortMapStatus
 from discretpeer.proto import wire
+from discretpeer.tasks import wait_for
 
 from .control import ControlError, query
 from .output import Console, ms
@@ -551,7 +552,7 @@ async def _check_mdns(report: Report, settings: Settings) -> None:
 
     verdict_if_broken = FAIL if settings.lan else WARN
     try:
-        aiozc = await asyncio.wait_for(asyncio.to_thread(AsyncZeroconf), MDNS_TIMEOUT)
+        aiozc = await wait_for(asyncio.to_thread(AsyncZeroconf), MDNS_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
         report.add(
             verdict_if_broken,
@@ -561,7 +562,7 @@ async def _check_mdns(report: Report, settings: Settings) -> None:
         )
         return
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(aiozc.async_close(), MDNS_TIMEOUT)
+        await wait_for(aiozc.async_close(), MDNS_TIMEOUT)
     state = "on" if settings.lan else "off (enable with --lan or lan = true)"
     report.add(OK, "mdns", f"zeroconf starts (LAN discovery is {state})", lan=settings.lan)
 

@@ -16,7 +16,7 @@ from discretpeer.cli.tunnel import FrameType, Request, Status, TunnelError, enco
 from discretpeer.config import ConfigError
 from discretpeer.connection import PeerConnection
 from discretpeer.peer import Peer
-from discretpeer.tasks import TaskSet
+from discretpeer.tasks import TaskSet, wait_for
 from discretpeer.tokens import pair_meeting
 
 from .control import ControlServer
@@ -176,7 +176,7 @@ class Exposer:
             refuse(Status.BUSY, f"too many tunnels open (limit {MAX_TUNNELS_PER_CONNECTION} per peer)")
             return
         try:
-            tcp_reader, tcp_writer = await asyncio.wait_for(
+            tcp_reader, tcp_writer = await wait_for(
                 asyncio.open_connection(service.host, service.port), SERVICE_CONNECT_TIMEOUT
             )
         except ConnectionRefusedError:

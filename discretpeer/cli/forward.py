@@ -13,6 +13,7 @@ from typing import Any
 from discretpeer.cli.tunnel import FrameType, Response, TunnelError, encode_request
 from discretpeer.connection import PeerConnection
 from discretpeer.errors import ConnectError
+from discretpeer.tasks import cancel_and_wait
 
 from .control import ControlServer
 from .output import Console, short_id
@@ -62,9 +63,7 @@ async def open_tunnel(
         if frame.ok:
             return splice
         reason = f"{short_id(conn.peer_id)} refused the tunnel: {frame.describe()}"
-    up.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await up
+    await cancel_and_wait(up)
     with contextlib.suppress(Exception):
         writer.write_eof()
     raise TunnelRefused(reason)
@@ -241,9 +240,7 @@ async def run_pipe(settings: Settings, args: Any, console: Console) -> int:
             await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
             if not run.done():
-                run.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await run
+                await cancel_and_wait(run)
                 return 0
             error = run.result()
             await asyncio.sleep(0.01)  # let our FIN leave before the connection's CONNECTION_CLOSE

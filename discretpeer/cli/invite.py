@@ -13,6 +13,7 @@ from typing import Any
 from discretpeer.config import ConfigError
 from discretpeer.connection import PeerConnection
 from discretpeer.errors import ConnectError
+from discretpeer.tasks import wait_for
 
 from .config_edit import add_peer
 from .output import Console, short_id
@@ -141,7 +142,7 @@ async def _exchange_and_save(
     """Run the code exchange (it returns the other side's name), then save the pairing; say what
     went wrong (nothing is written then). Returns the exit code."""
     try:
-        their_name = await asyncio.wait_for(exchange, timeout)
+        their_name = await wait_for(exchange, timeout)
     except WrongCode:
         console.error(wrong_code, event="wrong_code", **({"peer": conn.peer_id} if inviter else {}))
         return 1
@@ -177,7 +178,7 @@ async def _end(conn: PeerConnection, reader: asyncio.StreamReader, writer: async
     """End our side of the stream, wait for the other side's end (it read our last message), then close."""
     writer.write_eof()
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(reader.read(), 5.0)
+        await wait_for(reader.read(), 5.0)
     with contextlib.suppress(Exception):
         await conn.aclose("pairing done", timeout=2.0)
 

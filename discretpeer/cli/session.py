@@ -15,6 +15,7 @@ from discretpeer.errors import ConnectError
 from discretpeer.identity import Identity
 from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM
 from discretpeer.peer import Peer
+from discretpeer.tasks import cancel_and_wait, wait_for
 
 from . import output
 from .output import Console, ms, short_id
@@ -78,11 +79,7 @@ async def unless_pins_fail(peer: Peer, settings: Settings, work: Any) -> Any:
             watcher.result()  # raises PinFailure
         return task.result()
     finally:
-        for pending in (task, watcher):
-            if not pending.done():
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pending
+        await cancel_and_wait(task, watcher)
 
 
 def require_meeting_place(settings: Settings) -> None:
@@ -179,10 +176,7 @@ class Progress:
     async def stop(self) -> None:
         if self.console.before == self.poll:
             self.console.before = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:
@@ -374,7 +368,7 @@ class PeerLink:
                 self.console.status(f"retrying in {delay:g}s", event="retry", delay=delay)
                 self._retry_now.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._retry_now.wait(), delay)
+                    await wait_for(self._retry_now.wait(), delay)
                 self.failure = None
                 delay = min(RECONNECT_CAP, delay * 2)
                 continue
@@ -406,7 +400,7 @@ class PeerLink:
             if remaining <= 0:
                 raise ConnectionError(f"not connected to {short_id(self.target)}")
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), remaining)
+                await wait_for(self._ready.wait(), remaining)
 
 
 def stop_event(*signals: signal.Signals) -> asyncio.Event:

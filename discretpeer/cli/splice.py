@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from discretpeer.cli.tunnel import Decoder, Frame, FrameType
+from discretpeer.tasks import cancel_and_wait, wait_for
 
 CHUNK = 64 * 1024
 # How long a reset waits for an accepted client that has not spoken yet (see TcpSide.reset).
@@ -97,14 +98,14 @@ class TcpSide:
         try:
             if not self._heard and wait > 0:
                 with contextlib.suppress(TimeoutError, ConnectionError):
-                    await asyncio.wait_for(self.reader.read(CHUNK), wait)
+                    await wait_for(self.reader.read(CHUNK), wait)
         finally:
             self.abort()
 
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), 5.0)
+            await wait_for(self.writer.wait_closed(), 5.0)
 
 
 def reset_on_close(transport: asyncio.BaseTransport) -> None:
@@ -323,11 +324,7 @@ class Splice:
                 if aborted or error is not None or (self.end_on_remote_eof and down in done):
                     break
         finally:
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait(*pending)
             if aborted:
                 self.local.abort()  # the local side is gone already
             elif error is not None:
@@ -352,4 +349,4 @@ async def read_frame(reader: asyncio.StreamReader, expect: FrameType, timeout: f
             if frame is not None:
                 return frame
 
-    return await asyncio.wait_for(read(), timeout)
+    return await wait_for(read(), timeout)

@@ -12,7 +12,6 @@ Browsers pair like peers: their Ed25519 key is their peer id, saved with a name 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shlex
 import signal
@@ -23,6 +22,7 @@ from typing import Any
 
 from discretpeer.config import ConfigError
 from discretpeer.identity import decode_peer_id, encode_peer_id
+from discretpeer.tasks import cancel_and_wait
 
 from .config_edit import add_peer
 from .output import Console
@@ -203,9 +203,7 @@ async def run_web(settings: Settings, args: Any, console: Console, *, invite: bo
         await stop.wait()
         return 0
     finally:
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
+        await cancel_and_wait(runner)
         await device.stop()
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from discretpeer.addresses import Addr
 from discretpeer.portmap import natpmp, pcp
 from discretpeer.portmap.gateway import default_gateway
+from discretpeer.tasks import wait_for
 
 log = logging.getLogger("discretpeer.portmap")
 
@@ -130,7 +131,7 @@ class PortMapper:
     async def wait_first_attempt(self, timeout: float) -> Mapping | None:
         """Wait (bounded) until the first attempt has ended; the mapping, if any."""
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._first_done.wait(), timeout)
+            await wait_for(self._first_done.wait(), timeout)
         return self.mapping
 
     async def close(self, timeout: float = 1.0) -> None:
@@ -142,7 +143,7 @@ class PortMapper:
         mapping, self.status.mapping = self.status.mapping, None
         if mapping is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._delete(mapping), timeout)
+                await wait_for(self._delete(mapping), timeout)
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -244,7 +245,7 @@ class PortMapper:
             if now >= deadline:
                 return None
             try:
-                data = await asyncio.wait_for(proto.queue.get(), max(0.0, wake - now))
+                data = await wait_for(proto.queue.get(), max(0.0, wake - now))
             except TimeoutError:
                 continue
             reads += 1
@@ -380,7 +381,7 @@ class PortMapper:
                 for request in requests:
                     transport.sendto(request)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(proto.queue.get(), 0.25)
+                    await wait_for(proto.queue.get(), 0.25)
                     break
         finally:
             transport.close()

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from discretpeer.addresses import Addr
+from discretpeer.tasks import wait_for
 
 log = logging.getLogger("discretpeer.portmap")
 
@@ -60,7 +61,7 @@ async def _import_off_the_loop(timeout: float) -> None:
             loop.call_soon_threadsafe(settle, error)
 
     threading.Thread(target=work, name="upnp-import", daemon=True).start()
-    await asyncio.wait_for(asyncio.shield(done), timeout)
+    await wait_for(asyncio.shield(done), timeout)
 
 
 class UpnpMapper:
@@ -92,7 +93,7 @@ class UpnpMapper:
             for target in IGD_TARGETS
         ]
         try:
-            location = await asyncio.wait_for(asyncio.shield(found), self.timeout + 0.5)
+            location = await wait_for(asyncio.shield(found), self.timeout + 0.5)
         finally:
             for search in searches:
                 search.cancel()
@@ -116,7 +117,7 @@ class UpnpMapper:
             if self._device is None:
                 self._device = await self._find()
             external_port = suggested or internal_port
-            await asyncio.wait_for(
+            await wait_for(
                 self._action("AddPortMapping").async_call(
                     NewRemoteHost="",
                     NewExternalPort=external_port,
@@ -129,7 +130,7 @@ class UpnpMapper:
                 ),
                 self.timeout,
             )
-            result = await asyncio.wait_for(self._action("GetExternalIPAddress").async_call(), self.timeout)
+            result = await wait_for(self._action("GetExternalIPAddress").async_call(), self.timeout)
             ip = result.get("NewExternalIPAddress") or ""
             socket.inet_aton(ip)  # a gateway answering garbage: ValueError/OSError, caught below
             if ip == "0.0.0.0":
@@ -147,7 +148,7 @@ class UpnpMapper:
         if self._device is None:
             return
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(
+            await wait_for(
                 self._action("DeletePortMapping").async_call(
                     NewRemoteHost="", NewExternalPort=external_port, NewProtocol="UDP"
                 ),

@@ -24,7 +24,7 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnec
 from aiortc.sdp import candidate_from_sdp
 
 from discretpeer.identity import Identity
-from discretpeer.tasks import TaskSet
+from discretpeer.tasks import TaskSet, wait_for
 
 from ._aioice import retransmit_on_incoming_check
 from .binding import BindingError, binding_message, only_sha256, sdp_fingerprint, verify_binding
@@ -478,7 +478,7 @@ class WebDevice:
             self._turn = loop.create_future()
             await self._send({"t": "turn", "token": token})
             try:
-                creds = await asyncio.wait_for(self._turn, 2.0)
+                creds = await wait_for(self._turn, 2.0)
             except TimeoutError:
                 return []
             servers = self._servers(creds)
