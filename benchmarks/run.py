@@ -1083,17 +1083,20 @@ class Bench:
             f"natbulk: loopback at {dgram} bytes, then the NAT lab direct and relayed, {size / MB:.0f} MB x {repeat}"
         )
         results: dict[str, Any] = {}
-        # (stack, receive windows, label): each stack against its own loopback figure
-        labs: list[tuple[str, int, str]] = [
-            ("qh3", 0, "on qh3 (default), default windows"),
+        # (stack, receive windows, one-way delay per link (None: the lab's 20 ms), label): each
+        # stack against its own loopback figure
+        labs: list[tuple[str, int, float | None, str]] = [
+            ("qh3", 0, None, "on qh3 (default), default windows"),
+            # the lab without its delay: what its NATs, veths and forwarding cost against loopback
+            ("qh3", 0, 0.0, "on qh3 (default), default windows, no delay"),
             # on qh3 the lab's flight peaks at the stream window: what larger ones give
-            ("qh3", 8 * 1024 * 1024, "on qh3, 8 MB windows"),
-            ("qh3", 16 * 1024 * 1024, "on qh3, 16 MB windows"),
-            ("aioquic", 0, "on aioquic, default windows"),
-            ("aioquic", 16 * 1024 * 1024, "on aioquic, 16 MB stream windows"),
+            ("qh3", 16 * 1024 * 1024, None, "on qh3, 16 MB windows"),
+            ("aioquic", 0, None, "on aioquic, default windows"),
+            ("aioquic", 0, 0.0, "on aioquic, default windows, no delay"),
+            ("aioquic", 16 * 1024 * 1024, None, "on aioquic, 16 MB stream windows"),
         ]
         loopback: dict[str, dict[str, Any]] = {}
-        for stack, window, label in labs:
+        for stack, window, delay_ms, label in labs:
             if stack not in loopback:
                 loopback[stack] = await self.bulk(["--dgram", str(dgram), "--stack", stack], size)
                 loop = loopback[stack]
@@ -1106,7 +1109,7 @@ class Bench:
             loop_per_cpu = min(loopback[stack]["mb_per_cpu"].values(), default=0.0)  # the busier side's
             changes = {"quic_stack": stack}
             lab = await asyncio.to_thread(
-                natlab_bulk, self.installed, self.log_dir, size, repeat, dgram, window, changes
+                natlab_bulk, self.installed, self.log_dir, size, repeat, dgram, window, changes, delay_ms
             )
             results[label] = lab
             for kind in ("direct", "relay"):
@@ -1768,19 +1771,25 @@ def natlab_bulk(
     dgram: int,
     window: int,
     changes: dict[str, Any] | None = None,
+    delay_ms: float | None = None,
 ) -> dict[str, Any]:
     """Bulk transfers between two port-restricted NATs of the lab (blocking), direct then with
     the sender relay-only; every process runs the installed package (``python -I``).
-    ``changes``: Tuning fields both peers set (an ablation)."""
+    ``changes``: Tuning fields both peers set (an ablation); ``delay_ms``: one-way, per internet
+    link (None: the lab's usual 20 ms)."""
     from discretpeer import Identity
     from tests.natlab.lab import Lab, LabUnavailable
     from tests.natlab.test_matrix import BEACON_IP, DELAY_MS
+
+    if delay_ms is None:
+        delay_ms = DELAY_MS
 
     try:
         lab = Lab()
     except LabUnavailable as exc:
         raise RuntimeError(f"NAT lab unavailable: {exc}") from None
-    workdir = log_dir / f"natbulk-{window}-{'-'.join(f'{k}={v}' for k, v in (changes or {}).items())}"
+    tuned = "-".join(f"{k}={v}" for k, v in (changes or {}).items())
+    workdir = log_dir / f"natbulk-{window}-{delay_ms:g}ms-{tuned}"
     workdir.mkdir(exist_ok=True)
     script = str(installed.root / "benchmarks" / "workers" / "natbulk.py")
     out: dict[str, Any] = {"backend": None}
@@ -1788,7 +1797,7 @@ def natlab_bulk(
         lab.add_public("beacon", BEACON_IP)
         lab.add_home("A", "port_restricted")
         lab.add_home("B", "port_restricted")
-        lab.set_delay(DELAY_MS)
+        lab.set_delay(delay_ms)
         out["backend"] = lab.delay_backend()
         beacon_dir = workdir / "beacon"
         beacon_dir.mkdir()
