@@ -1126,9 +1126,8 @@ class Bench:
                     target=">= 80% of loopback",
                     met=direct >= 0.8 * median(loop_rates),
                     note=f"RTT {lab['direct']['rtt_ms']:.0f} ms, datagrams {lab['direct']['datagram_size']} B, "
-                    f"delay backend {lab['backend']}, its CPU {lab['direct']['delayer_cpu_seconds']:.2f} s "
-                    f"for {lab['direct']['transfer_seconds']:.1f} s of transfers; "
-                    f"{natbulk_summary(lab['direct'], rates=False)}; loopback {loop_per_cpu:.1f} MB per CPU-s",
+                    + delayer_note(lab["backend"], lab["direct"])
+                    + f"; {natbulk_summary(lab['direct'], rates=False)}; loopback {loop_per_cpu:.1f} MB per CPU-s",
                     samples=lab["direct"]["rates"],
                     baseline_samples=loop_rates,
                 )
@@ -1716,6 +1715,14 @@ def natlab_meetings(
     if not times or not rtts:
         raise RuntimeError(f"no {path} connection in the NAT lab (paths: {paths})")
     return {"times": times, "rtts": rtts, "paths": paths}
+
+
+def delayer_note(backend: str | None, kind: dict[str, Any]) -> str:
+    """What delayed the lab's links and what it cost (nothing when the lab ran without delay)."""
+    cpu = kind["delayer_cpu_seconds"]
+    if cpu is None:
+        return "no delay"
+    return f"delay backend {backend}, its CPU {cpu:.2f} s for {kind['transfer_seconds']:.1f} s of transfers"
 
 
 def natbulk_summary(kind: dict[str, Any], rates: bool = True) -> str:
