@@ -31,6 +31,7 @@ list. For each, read the new release's code where it is defined and used:
 - ``QuicPacketBuilder`` (the size probe): ``_packet``, ``_end_packet``, ``_datagrams``,
   ``_datagram_needs_padding``, ``_flight_bytes``, ``_buffer_capacity``;
 - streams: ``QuicStreamSender._buffer_start/_buffer_stop`` (unacknowledged bytes),
+  ``_buffer_fin`` (a stream's end written: unacknowledged until ``is_finished``),
   ``QuicStreamReceiver._ranges`` (out-of-order fragments);
 - congestion control and pacer: their ``_max_datagram_size`` copies; Reno's and CUBIC's
   ``_congestion_recovery_start_time`` (a new congestion event, for :func:`count_losses`);
@@ -168,7 +169,7 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
     "aioquic.quic.recovery.QuicPacketPacer": ("_max_datagram_size",),
     "aioquic.quic.congestion.reno.RenoCongestionControl": ("_congestion_recovery_start_time", "_max_datagram_size"),
     "aioquic.quic.congestion.cubic.CubicCongestionControl": ("_congestion_recovery_start_time", "_max_datagram_size"),
-    "aioquic.quic.stream.QuicStreamSender": ("_buffer_start", "_buffer_stop"),
+    "aioquic.quic.stream.QuicStreamSender": ("_buffer_start", "_buffer_stop", "_buffer_fin"),
     "aioquic.quic.stream.QuicStreamReceiver": ("_ranges",),
     "aioquic.quic.crypto.CryptoContext": ("_setup_cb", "_teardown_cb"),
     "aioquic.tls.Context": ("_peer_certificate",),
@@ -259,11 +260,14 @@ def unacked_bytes(quic: QuicConnection, stream_id: int) -> int:
 
 
 def all_unacked_bytes(quic: QuicConnection) -> int:
-    """:func:`unacked_bytes` summed over every stream of ``quic``."""
+    """:func:`unacked_bytes` summed over every stream of ``quic``, a stream's end (FIN) written
+    and not yet acknowledged counting as one byte (``PeerConnection.aclose`` waits for it)."""
     total = 0
     for stream in list(quic._streams.values()):
         sender = stream.sender
         total += sender._buffer_stop - sender._buffer_start
+        if sender._buffer_fin is not None and not sender.is_finished:  # (finished: FIN or reset acknowledged)
+            total += 1
     return total
 
 

@@ -499,6 +499,10 @@ class PeerConnection:
     async def aclose(self, reason: str = "closed by application", timeout: float = 5.0) -> None:
         """Close after the peer acknowledged what we wrote (waiting at most ``timeout``)."""
         deadline = time.monotonic() + timeout
+        if not self.closed:
+            # what was just written (a stream's end, a FIN alone) waits for the next transmit:
+            # send it now, so that it is in flight (counted below) and leaves before the close
+            self._protocol.transmit()
         while not self.closed and self.unacknowledged() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         self.close(reason)
