@@ -18,6 +18,9 @@ STREAM_HIGH_WATER_MAX = 16 * 1024 * 1024  # what the bytes in flight can raise t
 # 4 MiB did on qh3 (benchmarks/README.md, NAT lab); a stalled reader holds up to it
 STREAM_WINDOW = 8 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
+MIN_WINDOW = 16 * 1024  # a receive window below this cannot keep a datagram's worth per stream moving
+MAX_BYTES = 1 << 30  # any byte count of a Tuning: a window or a mark above 1 GiB is a mistake, not a setting
+CONGESTION_CONTROLS = ("reno", "cubic")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,28 @@ class Tuning:
     gso: bool = True
     short_header_routing: bool = True
     quic_stack: str = "qh3"
+
+    def __post_init__(self) -> None:
+        for name, low in (("max_data", MIN_WINDOW), ("max_stream_data", MIN_WINDOW), ("stream_high_water", 1),
+                          ("stream_low_water", 1), ("stream_high_water_max", 1)):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_BYTES:
+                raise ValueError(f"tuning {name} must be an integer from {low} to {MAX_BYTES}, got {value!r}")
+        if self.stream_low_water > self.stream_high_water:
+            raise ValueError(
+                f"tuning stream_low_water ({self.stream_low_water}) is above "
+                f"stream_high_water ({self.stream_high_water})"
+            )
+        if self.congestion_control not in CONGESTION_CONTROLS:
+            raise ValueError(
+                f"tuning congestion_control must be one of {', '.join(CONGESTION_CONTROLS)}, "
+                f"got {self.congestion_control!r}"
+            )
+        delay = self.ack_delay
+        if delay is not None and (
+            isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= 1
+        ):
+            raise ValueError(f"tuning ack_delay must be None or seconds from 0 to 1, got {delay!r}")
 
 
 DEFAULT_TUNING = Tuning()

@@ -53,3 +53,18 @@ def test_a_fresh_home_gets_no_identity_from_a_command_that_cannot_run(tmp_path):
         assert not key.exists(), argv
     made, _, _ = run(tmp_path, ["id"])
     assert made.returncode == 0 and key.exists()
+
+
+@pytest.mark.parametrize(
+    "entry, text",
+    [
+        ("max_data=-1", "--tuning: tuning max_data must be an integer from 16384 to 1073741824, got -1"),
+        ("congestion_control=bbr", "--tuning: tuning congestion_control must be one of reno, cubic, got 'bbr'"),
+        ("windows=big", "--tuning: tuning 'windows=big': expected NAME=VALUE"),
+    ],
+)
+def test_a_bad_tuning_flag_is_one_line_and_exit_2(tmp_path, entry, text):
+    config = '[[beacons]]\nhostname = "127.0.0.1:9"\ncert_hash = "' + "A" * 43 + '"\n'
+    result, errors, _ = run(tmp_path, ["forward", "0", "--to", OTHER_ID, "--tuning", entry], config=config)
+    assert result.returncode == 2, result.stderr
+    assert len(errors) == 1 and text in errors[0], result.stderr

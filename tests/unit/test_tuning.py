@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 from aioquic.quic.recovery import QuicPacketPacer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from discretpeer.connection import PeerProtocol
 from discretpeer.dialer import peer_quic_configuration
@@ -63,3 +65,50 @@ def test_parse_tuning() -> None:
     for bad in ("gso", "nonsense=1", "gso=maybe", "max_data=lots"):
         with pytest.raises(ValueError, match="tuning"):
             parse_tuning([bad])
+
+
+@pytest.mark.parametrize(
+    "entry, named",
+    [
+        ("max_data=-1", "max_data must be an integer from 16384"),
+        ("max_stream_data=1", "max_stream_data must be an integer from 16384"),
+        ("max_stream_data=4294967296", "to 1073741824"),
+        ("stream_high_water=0", "stream_high_water must be"),
+        ("stream_low_water=99999999", "stream_low_water \\(99999999\\) is above stream_high_water"),
+        ("congestion_control=bbr", "congestion_control must be one of reno, cubic, got 'bbr'"),
+        ("ack_delay=5", "ack_delay must be None or seconds from 0 to 1"),
+        ("ack_delay=nan", "ack_delay must be None or seconds"),
+        ("ack_delay=-0.1", "ack_delay must be None or seconds"),
+    ],
+)
+def test_values_out_of_range_are_refused_naming_the_field(entry: str, named: str) -> None:
+    """A window of -1 or 1 GB+, a low mark above the high one, an unknown algorithm: a clear error
+    (the CLI's --tuning turns it into a config error), never a connection that stalls or a buffer
+    without bound."""
+    with pytest.raises(ValueError, match=named):
+        parse_tuning([entry])
+
+
+def test_the_long_path_settings_of_the_readme_are_accepted() -> None:
+    tuning = parse_tuning(["max_stream_data=16777216", "max_data=33554432"])
+    assert (tuning.max_stream_data, tuning.max_data) == (16 << 20, 32 << 20)
+
+
+@given(st.lists(st.text(max_size=40), max_size=4))
+def test_parse_tuning_raises_only_value_error(entries: list[str]) -> None:
+    try:
+        tuning = parse_tuning(entries)
+    except ValueError:
+        return
+    assert isinstance(tuning, Tuning)
+
+
+@given(st.sampled_from(["max_data", "max_stream_data", "stream_high_water", "ack_delay", "congestion_control"]),
+       st.text(max_size=30))  # fmt: skip
+def test_any_value_of_a_field_is_a_tuning_or_a_value_error(name: str, value: str) -> None:
+    try:
+        tuning = parse_tuning([f"{name}={value}"])
+    except ValueError as exc:
+        assert "tuning" in str(exc)
+        return
+    Tuning(**{f: getattr(tuning, f) for f in ("max_data", "max_stream_data", "ack_delay")})  # valid again
