@@ -243,7 +243,6 @@ async def run_pipe(settings: Settings, args: Any, console: Console) -> int:
                 await cancel_and_wait(run)
                 return 0
             error = run.result()
-            await asyncio.sleep(0.01)  # let our FIN leave before the connection's CONNECTION_CLOSE
             if error:
                 console.error(error, event="tunnel_error")
                 return 1
