@@ -217,11 +217,14 @@ class BeaconDialer:
                 # when it completes, the client moves to it (see _retry_udp)
                 self.late_udp = udp
             losers = [task for task in (udp, tcp) if task is not None and task is not self.late_udp]
-            await cancel_and_wait(*(task for task in losers if not task.done()))
-            for task in losers:
-                # task.exception() also marks a failure as seen (no "never retrieved" warning)
-                if task.done() and not task.cancelled() and task.exception() is None and task.result() is not winner:
-                    task.result().close("lost the race")
+            try:
+                await cancel_and_wait(*(task for task in losers if not task.done()))
+            finally:  # (also when we are cancelled meanwhile: a link that did open is closed)
+                for task in losers:
+                    # task.exception() also marks a failure as seen (no "never retrieved" warning)
+                    done = task.done() and not task.cancelled() and task.exception() is None
+                    if done and task.result() is not winner:
+                        task.result().close("lost the race")
         for exc in errors.values():
             if isinstance(exc, (PinMismatch, TlsPinMismatch, ProxyError)):
                 raise exc
