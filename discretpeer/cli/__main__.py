@@ -1,5 +1,7 @@
+"""``python -m discretpeer.cli``: the same as the ``discretpeer`` command (one entry point)."""
+
 import sys
 
-from discretpeer.cli import main
+from discretpeer.entry import main
 
 sys.exit(main())
