@@ -251,9 +251,12 @@ async def _serve(
         await stop.wait()
     finally:
         await cancel_and_wait(summaries)  # the beacon stops whatever it did
+        stops = [server.stop(reason=f"beacon is shutting down ({received[0] if received else 'stop'})")]
         if web is not None:
-            await web.stop()
-        await server.stop(reason=f"beacon is shutting down ({received[0] if received else 'stop'})")
+            # side by side: a stranger's unfinished web request holds the web service's stop for
+            # up to 5 s, which must not delay telling the beacon's clients
+            stops.append(web.stop())
+        await asyncio.gather(*stops)
         if ready_file is not None:
             with contextlib.suppress(OSError):
                 ready_file.unlink()
