@@ -36,6 +36,7 @@ SNAPSHOT_METRICS: dict[str, tuple[str, str]] = {
     "beacon_relay_pending_requests": ("gauge", "Relay requests waiting for the other peer"),
     "beacon_relay_bytes": ("counter", "Bytes forwarded by the relay"),
     "beacon_relay_datagrams": ("counter", "Datagrams forwarded by the relay"),
+    "beacon_relay_runs": ("counter", "Runs of relayed datagrams that arrived in one read and left in one send"),
     "beacon_relay_dropped_datagrams": ("counter", "Non-QUIC datagrams not forwarded, by reason"),
     "beacon_store_connected": ("gauge", "1 when the shared meeting store answers, 0 while it is lost (1 in memory)"),
     "beacon_store_failures": ("counter", "Times the shared meeting store was lost or found restarted"),

@@ -142,6 +142,7 @@ class RelayTable:
         self.ended: list[RelayEnded] = []  # filled by route() and request(); the server drains it
         self.forwarded_bytes = 0
         self.forwarded_datagrams = 0
+        self.forwarded_runs = 0  # of those, runs of datagrams forwarded in one send (route_run)
         self.sessions_started = 0
         self.dropped: dict[str, int] = {
             "not_relay": 0,
@@ -297,6 +298,50 @@ class RelayTable:
         session.datagrams += 1
         self.forwarded_bytes += size
         self.forwarded_datagrams += 1
+        return receiver.via, receiver.address
+
+    def route_run(
+        self, data: bytes, segment: int, source: Addr, now: float, via: Any = None
+    ) -> tuple[Any, Addr] | None:
+        """Where to send a run of datagrams that arrived as one read (UDP GRO: ``segment`` bytes
+        each, the last may be shorter), all at once; None: route them one by one instead
+        (nothing was counted or spent). Only a run that :meth:`route` would forward datagram by
+        datagram to the same place, every one of them, goes at once: the same session header in
+        each, from the side's address, within its sizes, quotas and rate."""
+        size = len(data)
+        if segment <= RELAY_HEADER_SIZE or segment > RELAY_HEADER_SIZE + MAX_RELAY_PAYLOAD or size <= segment:
+            return None
+        if size % segment and size % segment <= RELAY_HEADER_SIZE:
+            return None  # the last one is no relay frame
+        header = data[:RELAY_HEADER_SIZE]
+        if header[0] != RELAY_DATA:
+            return None
+        for offset in range(segment, size, segment):
+            if data[offset : offset + RELAY_HEADER_SIZE] != header:
+                return None
+        session = self._sessions.get(header[1:])
+        if session is None:
+            return None
+        if source == session.a.address and (via is None or via is session.a.via):
+            sender, receiver = session.a, session.b
+        elif source == session.b.address and (via is None or via is session.b.via):
+            sender, receiver = session.b, session.a
+        else:
+            return None
+        if now >= session.expires or session.bytes + size > session.max_bytes:
+            return None  # one by one: the session ends where it would have
+        if not sender.bucket.take(now, size):
+            return None  # one by one: as many as the bucket allows go
+        total = self._total
+        if total is not None and not total.take(now, size):
+            sender.bucket.tokens += size
+            return None
+        count = -(-size // segment)
+        session.bytes += size
+        session.datagrams += count
+        self.forwarded_bytes += size
+        self.forwarded_datagrams += count
+        self.forwarded_runs += 1
         return receiver.via, receiver.address
 
     def session(self, session_id: bytes) -> RelaySession | None:

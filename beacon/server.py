@@ -52,7 +52,7 @@ from discretpeer.endpoint import (
     normalize_address,
 )
 from discretpeer.proto import wire
-from discretpeer.proto.relay_frame import RELAY_HEADER_SIZE
+from discretpeer.proto.relay_frame import RELAY_DATA, RELAY_HEADER_SIZE
 from discretpeer.proto.wire import Address, ErrorCode, WireError
 from discretpeer.tasks import cancel_and_wait
 
@@ -260,6 +260,9 @@ class _BeaconEndpoint(Endpoint):
         # (datagram, source, destination connection id) of a short-header packet nobody knows
         self.on_unknown_connection: Any = None
         self.on_stun: Any = None  # called with (datagram, source) for a STUN message
+        # called with (datagrams, segment size, source) for a GRO read of non-QUIC datagrams;
+        # True when it took them all (the relay's run), else they go to on_datagram one by one
+        self.on_relay_run: Any = None
 
     def _maybe_accept(self, data: bytes, source: Addr, header: Any, relay_route: Any = None) -> Any:
         if header.packet_type == QuicPacketType.ONE_RTT:
@@ -280,6 +283,16 @@ class _BeaconEndpoint(Endpoint):
             return None
         return super()._maybe_accept(data, source, header, relay_route)
 
+    def _receive_coalesced(self, data: bytes, segment: int, addr: Any) -> bool:
+        if data[0] == RELAY_DATA and self.on_relay_run is not None:
+            self.datagrams_received += -(-len(data) // segment)
+            if self.on_relay_run(data, segment, normalize_address(addr)):
+                self.coalesced_reads += 1
+                return True
+            self.datagrams_received -= -(-len(data) // segment)  # counted again one by one
+            return False
+        return super()._receive_coalesced(data, segment, addr)
+
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if data and data[0] < 0x40 and self.on_stun is not None and stun.is_stun(data):
             self.on_stun(data, addr)  # STUN for browsers (issue 19): never QUIC (fixed bit clear)
@@ -293,6 +306,12 @@ class _BeaconEndpoint(Endpoint):
                 self._drain_handle = asyncio.get_running_loop().call_soon(self._drain_one)
             return
         super().datagram_received(data, addr)
+
+    def _read_failed(self, exc: Exception) -> None:
+        if self.on_error is not None:
+            self.on_error()  # logged with its traceback, counted; the reader goes on
+        else:
+            super()._read_failed(exc)
 
     def _drain_one(self) -> None:
         self._drain_handle = None
@@ -560,8 +579,8 @@ class BeaconServer:
         endpoint.on_error = self._endpoint_error
         endpoint.on_unknown_connection = functools.partial(self._stateless_reset, endpoint)
         endpoint.on_stun = functools.partial(self._stun_answer, endpoint)
-        assert self._loop is not None
-        await self._loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+        endpoint.on_relay_run = functools.partial(self._relay_run, endpoint)
+        endpoint.serve_socket(sock)  # our reader: GRO runs of relay frames reach _relay_run whole
         self._endpoints.append(endpoint)
 
     async def _listen_tcp(self) -> None:
@@ -1081,6 +1100,26 @@ class BeaconServer:
         elif relay.ended:
             self._drain_relay_endings()
 
+    def _relay_run(self, endpoint: Any, data: bytes, segment: int, source: Addr) -> bool:
+        """Endpoint hook for a run of non-QUIC datagrams read at once (UDP GRO): a relay
+        session's frames from one side leave in one send to the other (UDP GSO). False: the
+        endpoint hands them to :meth:`_relay_datagram` one by one (another machine's session,
+        a run the relay would not forward whole)."""
+        link = self.link
+        if link is not None and link.proxies and data[1:RELAY_HEADER_SIZE] in link.proxies:
+            return False
+        target = self.relay.route_run(data, segment, source, self._loop.time(), endpoint)  # type: ignore[union-attr]  # the loop is set once the server started
+        if target is None:
+            return False
+        via, address = target
+        send_run = getattr(via, "send_run", None)
+        if send_run is not None:
+            send_run(data, segment, address)
+        else:  # a side on TLS/TCP: its stream takes them one by one
+            for offset in range(0, len(data), segment):
+                via.sendto(data[offset : offset + segment], address)
+        return True
+
     def _follow_migration(self, session: RelaySession, source: Addr) -> bool:
         """A side's beacon connection moved to ``source`` (NAT rebinding) and QUIC validated the
         new path: the session follows. Anything else from ``source`` stays dropped. A side held by
@@ -1426,6 +1465,7 @@ class BeaconServer:
             "beacon_relay_pending_requests": self.relay.pending_count,
             "beacon_relay_bytes": self.relay.forwarded_bytes,
             "beacon_relay_datagrams": self.relay.forwarded_datagrams,
+            "beacon_relay_runs": self.relay.forwarded_runs,
             "beacon_relay_dropped_datagrams": dict(self.relay.dropped),
             "beacon_handshake_dropped_datagrams": {
                 "undecryptable": sum(getattr(e, "junk_initials", 0) for e in self._endpoints),

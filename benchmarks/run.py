@@ -1864,8 +1864,10 @@ def natlab_bulk(
             cpu_start = cpu_seconds(delayer.pid) if delayer is not None else None
             drops_start = lab_drops(lab)
             sink_cpu_start = cpu_seconds(procs["sink"].pid)
+            beacon_cpu_start = cpu_seconds(beacon.pid)
             sender.wait(timeout=60 + repeat * 240)
             sink_cpu = cpu_seconds(procs["sink"].pid) - sink_cpu_start
+            beacon_cpu = cpu_seconds(beacon.pid) - beacon_cpu_start
             drops_end = lab_drops(lab)
             cpu_delayer = cpu_seconds(delayer.pid) - cpu_start if cpu_start is not None else None
             events = sender.json_lines()
@@ -1889,6 +1891,8 @@ def natlab_bulk(
                 # CPU: the sender's during the transfers, the receiver's over the sender's life
                 "sender_cpu_seconds": sum(e.get("cpu_seconds", 0.0) for e in sent),
                 "sink_cpu_seconds": sink_cpu,
+                # the beacon's over the sender's life (the relay's forwarding, on the relay path)
+                "beacon_cpu_seconds": beacon_cpu,
                 # the receiver's CPU during its streams only (sink_cpu_seconds adds its set-up)
                 "sink_transfer_cpu_seconds": sum(e["cpu_seconds"] for e in received),
                 "bytes_moved": size * len(sent),

@@ -34,6 +34,7 @@ from discretpeer.proto.relay_frame import RELAY_DATA
 from discretpeer.quic_stack import connection_class_for
 from discretpeer.stateless_reset import is_reset
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
+from discretpeer.udp_transport import SendingTransport
 
 __all__ = ["CONNECTION_ID_LENGTH", "SMALLEST_INITIAL", "Admission", "Endpoint", "EndpointProtocol"]
 
@@ -237,6 +238,30 @@ class Endpoint(asyncio.DatagramProtocol):
         endpoint._batch_reads(loop, sock, transport)
         return endpoint
 
+    def serve_socket(self, sock: socket.socket) -> None:
+        """Serve ``sock`` (bound, non-blocking) on the running loop, whichever it is, reading it
+        ourselves: READ_BATCH datagrams per wakeup and, where the kernel has UDP GRO, several
+        datagrams of one source per read (the beacon's relay forwards such a run in one send:
+        :meth:`send_run`). The loop's own transport is not used; a :class:`SendingTransport`
+        sends."""
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        self._dual_stack = sock.family == socket.AF_INET6 and not sock.getsockopt(
+            socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
+        )
+        self.connection_made(SendingTransport(loop, sock, self))
+        self._raw = sock
+        self.gso = self.tuning.gso and _has_sockopt(sock, UDP_SEGMENT)
+        if self.tuning.gso:
+            try:
+                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+                self.gro = True
+            except OSError:
+                pass
+        self._sock, self._reader_loop = sock, loop
+        self.batched_reads = True
+        loop.add_reader(sock.fileno(), self._read_ready)
+
     def _batch_reads(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, transport: Any) -> None:
         """asyncio's own datagram transport reads one datagram per loop iteration: per packet a
         select() call, a loop iteration and a full transmit pass. On that loop, read up to
@@ -290,10 +315,14 @@ class Endpoint(asyncio.DatagramProtocol):
                         self.datagram_received(data[offset : offset + segment], addr)
                 else:
                     self.datagram_received(data, addr)
-            except Exception:  # noqa: BLE001 - one bad datagram must not stop the reader
-                self._reader_loop.call_exception_handler(  # type: ignore[union-attr]  # set together with _sock
-                    {"message": "datagram_received failed", "protocol": self}
-                )
+            except Exception as exc:  # noqa: BLE001 - one bad datagram must not stop the reader
+                self._read_failed(exc)
+
+    def _read_failed(self, exc: Exception) -> None:
+        """Handling a datagram our reader read raised: reported as the loop's transport would."""
+        self._reader_loop.call_exception_handler(  # type: ignore[union-attr]  # set together with _sock
+            {"message": "datagram_received failed", "exception": exc, "protocol": self}
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # asyncio hands a BaseTransport; a datagram one here
@@ -426,6 +455,36 @@ class Endpoint(asyncio.DatagramProtocol):
                 except (OSError, ValueError):
                     self.send_errors += 1
             index = end
+
+    def send_run(self, data: bytes, segment: int, addr: Addr) -> None:
+        """Send ``data`` as datagrams of ``segment`` bytes (the last may be shorter) to ``addr``:
+        one sendmsg() with UDP_SEGMENT where the socket takes it, else one by one."""
+        count = -(-len(data) // segment)
+        if (
+            count > 1
+            and count <= GSO_MAX_SEGMENTS
+            and segment <= GSO_MAX_SEGMENT
+            and self.gso
+            and self._raw is not None
+            and not self._closed
+            and not self.via
+            and not self.stream_links
+            and not is_virtual(addr)
+        ):
+            host, port = addr[0], addr[1]
+            if self._dual_stack and ":" not in host:
+                host = "::ffff:" + host
+            try:
+                self._raw.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, segment.to_bytes(2, "little"))], 0, (host, port))
+                self.datagrams_sent += count
+                self.gso_sends += 1
+                return
+            except BlockingIOError:
+                pass  # one by one: the transport queues what the kernel refuses
+            except OSError:
+                self.gso = False  # as in send_many: plain sends from now on
+        for offset in range(0, len(data), segment):
+            self.sendto(data[offset : offset + segment], addr)
 
     def connect(
         self,
