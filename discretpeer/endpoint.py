@@ -238,12 +238,12 @@ class Endpoint(asyncio.DatagramProtocol):
         endpoint._batch_reads(loop, sock, transport)
         return endpoint
 
-    def serve_socket(self, sock: socket.socket) -> None:
+    def serve_socket(self, sock: socket.socket, *, gro: bool = True) -> None:
         """Serve ``sock`` (bound, non-blocking) on the running loop, whichever it is, reading it
-        ourselves: READ_BATCH datagrams per wakeup and, where the kernel has UDP GRO, several
-        datagrams of one source per read (the beacon's relay forwards such a run in one send:
-        :meth:`send_run`). The loop's own transport is not used; a :class:`SendingTransport`
-        sends."""
+        ourselves: READ_BATCH datagrams per wakeup and, with ``gro`` where the kernel has UDP GRO,
+        several datagrams of one source per read (the beacon's relay forwards such a run in one
+        send: :meth:`send_run`; :meth:`read_coalesced` switches it later). The loop's own
+        transport is not used; a :class:`SendingTransport` sends."""
         loop = asyncio.get_running_loop()
         sock.setblocking(False)
         self._dual_stack = sock.family == socket.AF_INET6 and not sock.getsockopt(
@@ -252,15 +252,22 @@ class Endpoint(asyncio.DatagramProtocol):
         self.connection_made(SendingTransport(loop, sock, self))
         self._raw = sock
         self.gso = self.tuning.gso and _has_sockopt(sock, UDP_SEGMENT)
-        if self.tuning.gso:
-            try:
-                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-                self.gro = True
-            except OSError:
-                pass
         self._sock, self._reader_loop = sock, loop
+        self.read_coalesced(gro)
         self.batched_reads = True
         loop.add_reader(sock.fileno(), self._read_ready)
+
+    def read_coalesced(self, on: bool) -> None:
+        """Ask the kernel for GRO reads on the socket we read ourselves, or stop (a no-op where
+        the socket or the kernel has none, or with ``Tuning(gso=False)``)."""
+        on = on and self.tuning.gso
+        if self._sock is None or on == self.gro:
+            return
+        try:
+            self._sock.setsockopt(SOL_UDP, UDP_GRO, int(on))
+            self.gro = on
+        except OSError:
+            self.gro = False
 
     def _batch_reads(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, transport: Any) -> None:
         """asyncio's own datagram transport reads one datagram per loop iteration: per packet a

@@ -69,6 +69,33 @@ async def test_tcp_listens_on_the_udp_port_number_with_the_same_pin(start_beacon
             await open_channel("127.0.0.1", server.tcp_port, create_bundle().fingerprint)
 
 
+async def test_a_run_from_udp_reaches_a_tcp_side_frame_by_frame(start_beacon):
+    """Relay frames that reach the beacon in one read (UDP GRO) and go to a side on TLS/TCP
+    arrive there one by one, whole and in order."""
+    async with start_beacon() as server:
+        token = os.urandom(wire.TOKEN_SIZE)
+        quic = await BeaconClient.connect(server.addresses[0], server.fingerprint)
+        tcp = await open_channel("127.0.0.1", server.tcp_port, server.fingerprint)
+        tcp_instance = os.urandom(wire.INSTANCE_SIZE)
+        await hello(tcp, tcp_instance)
+        quic.announce(add=[token])
+        tcp.send(wire.Announce(add=(token,)))
+        await quic.expect(wire.Introduction)
+        await next_message(tcp, wire.Introduction)
+        quic.send(wire.RelayRequest(token=token, instance=tcp_instance))
+        tcp.send(wire.RelayRequest(token=token, instance=quic.instance))
+        session = (await quic.expect(wire.RelayGrant)).session_id
+        frames = [build_relay_frame(session, b"\x40" + bytes([n]) * 1300) for n in range(12)]
+        quic.endpoint.send_run(b"".join(frames), len(frames[0]), server.addresses[0])
+        received: list[bytes] = []
+        while len(received) < len(frames):
+            received += [item for item in await asyncio.wait_for(tcp.receive(), 3) if isinstance(item, bytes)]
+        assert received == frames
+        assert server.relay.forwarded_runs == 1 and server.relay.forwarded_datagrams == len(frames)
+        tcp.close()
+        await quic.close()
+
+
 async def test_extra_tcp_port_serves_too(start_beacon):
     import socket
 

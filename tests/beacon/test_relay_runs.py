@@ -148,9 +148,15 @@ async def frames_at(peer, count: int) -> list[bytes]:
     return [(await peer.received())[0] for _ in range(count)]
 
 
+def reads_runs(server) -> bool:
+    return all(endpoint.gro for endpoint in server._endpoints)
+
+
 async def test_a_run_crosses_the_beacon_in_one_read_and_one_send(start_beacon):
     async with start_beacon() as server:
+        assert not any(endpoint.gro for endpoint in server._endpoints)  # nothing relayed: plain reads
         a, b, _, grant_a, _ = await granted_pair(server)
+        assert reads_runs(server)  # from the first grant on
         beacon = server.addresses[0]
         frames = [build_relay_frame(grant_a.session_id, bytes([i]) * 1400) for i in range(20)]
         frames.append(build_relay_frame(grant_a.session_id, b"the last is shorter"))
@@ -169,6 +175,10 @@ async def test_a_run_crosses_the_beacon_in_one_read_and_one_send(start_beacon):
         assert await frames_at(a, len(replies)) == replies
         assert server.relay.forwarded_runs == 2
         await close_all(a, b)
+        deadline = asyncio.get_running_loop().time() + 5
+        while server.relay.session_count or any(endpoint.gro for endpoint in server._endpoints):
+            assert asyncio.get_running_loop().time() < deadline, "GRO reads still on with no session"
+            await asyncio.sleep(0.1)
 
 
 async def test_strangers_runs_are_judged_frame_by_frame(start_beacon):
