@@ -19,7 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_beacon_relay import close_all, granted_pair
 
+from beacon import BeaconServer, loopback_config
 from beacon.relay import RelayQuota, RelayTable
+from certs import create_bundle
 from discretpeer.endpoint import UDP_SEGMENT
 from discretpeer.proto.relay_frame import RELAY_HEADER_SIZE, build_relay_frame
 
@@ -221,4 +223,18 @@ async def test_strangers_runs_are_judged_frame_by_frame(start_beacon):
         a.client.endpoint.sendto(small, beacon)
         assert (await b.received())[0] == small
         assert 'reason="internal_error"' not in server.metrics.render().decode()
+        await close_all(a, b)
+
+
+async def test_a_worker_of_several_forwards_runs_one_by_one():
+    """With several workers the steering program picks a worker by a read's first datagram, and
+    GRO would join frames of sessions held by different workers: a worker never asks for GRO;
+    a run sent with GSO still crosses, split by the kernel, frame by frame."""
+    async with BeaconServer(loopback_config(), create_bundle(), worker_index=0) as server:
+        a, b, _, grant_a, _ = await granted_pair(server)
+        assert server.relay.session_count == 1 and not any(endpoint.gro for endpoint in server._endpoints)
+        frames = [build_relay_frame(grant_a.session_id, bytes([i]) * 1200) for i in range(10)]
+        a.client.endpoint.send_run(b"".join(frames), len(frames[0]), server.addresses[0])
+        assert await frames_at(b, len(frames)) == frames
+        assert server.relay.forwarded_datagrams == len(frames) and server.relay.forwarded_runs == 0
         await close_all(a, b)
