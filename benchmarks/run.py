@@ -1745,6 +1745,7 @@ def natbulk_summary(kind: dict[str, Any], rates: bool = True) -> str:
         f"cwnd {mid('cwnd', 1 / MB)} MB, in flight {mid('in_flight', 1 / MB)} MB, "
         f"sRTT {mid('srtt', 1000)} ms, pacing {mid('pacing_rate', 1 / MB)} MB/s (medians)",
         f"{moved / busier:.1f} MB per CPU-s of the busier side" if busier else "CPU unknown",
+        f"beacon {kind.get('beacon_cpu_seconds', 0.0):.2f} CPU-s",
         f"lab drops {kind.get('lab_drops')}",
     ]
     return ", ".join(parts)
