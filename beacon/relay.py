@@ -130,6 +130,16 @@ class RequestOutcome(NamedTuple):
     new: bool = True  # False: a repeated request for a live session (grant only the requester again)
 
 
+def _sides(session: RelaySession, source: Addr, via: Any) -> tuple[RelaySide, RelaySide] | None:
+    """(sender, receiver) of a datagram from ``source`` through ``via`` (None: any), or None
+    when it is from neither side."""
+    if source == session.a.address and (via is None or via is session.a.via):
+        return session.a, session.b
+    if source == session.b.address and (via is None or via is session.b.via):
+        return session.b, session.a
+    return None
+
+
 class RelayTable:
     def __init__(self, quota: RelayQuota, random: Callable[[int], bytes] = os.urandom) -> None:
         self.quota = quota
@@ -271,14 +281,12 @@ class RelayTable:
         if session is None:
             self.dropped["unknown_session"] += 1
             return None
-        if source == session.a.address and (via is None or via is session.a.via):
-            sender, receiver = session.a, session.b
-        elif source == session.b.address and (via is None or via is session.b.via):
-            sender, receiver = session.b, session.a
-        else:
+        sides = _sides(session, source, via)
+        if sides is None:
             self.dropped["wrong_source"] += 1
             self.misdirected = session
             return None
+        sender, receiver = sides
         if now >= session.expires:
             self.ended.append(self._end(session, ErrorCode.RELAY_DURATION_EXCEEDED, "relay duration exceeded"))
             return None
@@ -322,12 +330,10 @@ class RelayTable:
         session = self._sessions.get(header[1:])
         if session is None:
             return None
-        if source == session.a.address and (via is None or via is session.a.via):
-            sender, receiver = session.a, session.b
-        elif source == session.b.address and (via is None or via is session.b.via):
-            sender, receiver = session.b, session.a
-        else:
+        sides = _sides(session, source, via)
+        if sides is None:
             return None
+        sender, receiver = sides
         if now >= session.expires or session.bytes + size > session.max_bytes:
             return None  # one by one: the session ends where it would have
         if not sender.bucket.take(now, size):

@@ -285,12 +285,11 @@ class _BeaconEndpoint(Endpoint):
 
     def _receive_coalesced(self, data: bytes, segment: int, addr: Any) -> bool:
         if data[0] == RELAY_DATA and self.on_relay_run is not None:
+            if not self.on_relay_run(data, segment, normalize_address(addr)):
+                return False  # the reader hands them over one by one (and counts them so)
             self.datagrams_received += -(-len(data) // segment)
-            if self.on_relay_run(data, segment, normalize_address(addr)):
-                self.coalesced_reads += 1
-                return True
-            self.datagrams_received -= -(-len(data) // segment)  # counted again one by one
-            return False
+            self.coalesced_reads += 1
+            return True
         return super()._receive_coalesced(data, segment, addr)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:

@@ -229,14 +229,18 @@ class Endpoint(asyncio.DatagramProtocol):
         else:
             sock.setblocking(False)
         endpoint = cls(**kwargs)
-        endpoint._dual_stack = sock.family == socket.AF_INET6 and not sock.getsockopt(
-            socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
-        )
         transport, _ = await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
-        endpoint._raw = sock
-        endpoint.gso = endpoint.tuning.gso and _has_sockopt(sock, UDP_SEGMENT)
+        endpoint._adopt(sock)
         endpoint._batch_reads(loop, sock, transport)
         return endpoint
+
+    def _adopt(self, sock: socket.socket) -> None:
+        """What the endpoint knows of its bound socket: its family's form of addresses and GSO."""
+        self._dual_stack = sock.family == socket.AF_INET6 and not sock.getsockopt(
+            socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
+        )
+        self._raw = sock
+        self.gso = self.tuning.gso and _has_sockopt(sock, UDP_SEGMENT)
 
     def serve_socket(self, sock: socket.socket, *, gro: bool = True) -> None:
         """Serve ``sock`` (bound, non-blocking) on the running loop, whichever it is, reading it
@@ -246,12 +250,8 @@ class Endpoint(asyncio.DatagramProtocol):
         transport is not used; a :class:`SendingTransport` sends."""
         loop = asyncio.get_running_loop()
         sock.setblocking(False)
-        self._dual_stack = sock.family == socket.AF_INET6 and not sock.getsockopt(
-            socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
-        )
         self.connection_made(SendingTransport(loop, sock, self))
-        self._raw = sock
-        self.gso = self.tuning.gso and _has_sockopt(sock, UDP_SEGMENT)
+        self._adopt(sock)
         self._sock, self._reader_loop = sock, loop
         self.read_coalesced(gro)
         self.batched_reads = True
@@ -288,12 +288,7 @@ class Endpoint(asyncio.DatagramProtocol):
         transport.pause_reading()  # removes the transport's reader for this socket
         self._sock, self._reader_loop = sock, loop
         self.batched_reads = True
-        if self.tuning.gso:
-            try:
-                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-                self.gro = True
-            except OSError:
-                pass
+        self.read_coalesced(True)
         add_reader(sock.fileno(), self._read_ready)
 
     def _read_ready(self) -> None:
@@ -409,9 +404,13 @@ class Endpoint(asyncio.DatagramProtocol):
                 through(data)
                 self.datagrams_sent += 1
                 return None
+        return data, self._wire_address(host, port)
+
+    def _wire_address(self, host: str, port: int) -> Addr:
+        """``(host, port)`` as this socket takes it: IPv4 as mapped IPv6 on a dual-stack one."""
         if self._dual_stack and ":" not in host:
             host = "::ffff:" + host
-        return data, (host, port)
+        return host, port
 
     def send_many(self, datagrams: list[tuple[bytes, SocketAddress]], max_size: int | None = None) -> None:
         """Send a connection's datagrams of one transmit: runs of equal-sized datagrams to one
@@ -478,11 +477,13 @@ class Endpoint(asyncio.DatagramProtocol):
             and not self.stream_links
             and not is_virtual(addr)
         ):
-            host, port = addr[0], addr[1]
-            if self._dual_stack and ":" not in host:
-                host = "::ffff:" + host
             try:
-                self._raw.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, segment.to_bytes(2, "little"))], 0, (host, port))
+                self._raw.sendmsg(
+                    [data],
+                    [(SOL_UDP, UDP_SEGMENT, segment.to_bytes(2, "little"))],
+                    0,
+                    self._wire_address(addr[0], addr[1]),
+                )
                 self.datagrams_sent += count
                 self.gso_sends += 1
                 return

@@ -55,6 +55,21 @@ async def wait_for(predicate, timeout: float = 3.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def meet_across_legs(server: BeaconServer):
+    """A QUIC client and a TLS/TCP client of ``server`` introduced to each other on one token:
+    (quic, tcp, the TCP client's instance, token, the QUIC side's and the TCP side's Introduction)."""
+    token = os.urandom(wire.TOKEN_SIZE)
+    quic = await BeaconClient.connect(server.addresses[0], server.fingerprint)
+    tcp = await open_channel("127.0.0.1", server.tcp_port, server.fingerprint)
+    tcp_instance = os.urandom(wire.INSTANCE_SIZE)
+    await hello(tcp, tcp_instance)
+    quic.announce(add=[token])
+    tcp.send(wire.Announce(add=(token,)))
+    intro_q = await quic.expect(wire.Introduction)
+    intro_t = await next_message(tcp, wire.Introduction)
+    return quic, tcp, tcp_instance, token, intro_q, intro_t
+
+
 async def test_tcp_listens_on_the_udp_port_number_with_the_same_pin(start_beacon):
     async with start_beacon() as server:
         assert server.tcp_port == server.port
@@ -73,15 +88,7 @@ async def test_a_run_from_udp_reaches_a_tcp_side_frame_by_frame(start_beacon):
     """Relay frames that reach the beacon in one read (UDP GRO) and go to a side on TLS/TCP
     arrive there one by one, whole and in order."""
     async with start_beacon() as server:
-        token = os.urandom(wire.TOKEN_SIZE)
-        quic = await BeaconClient.connect(server.addresses[0], server.fingerprint)
-        tcp = await open_channel("127.0.0.1", server.tcp_port, server.fingerprint)
-        tcp_instance = os.urandom(wire.INSTANCE_SIZE)
-        await hello(tcp, tcp_instance)
-        quic.announce(add=[token])
-        tcp.send(wire.Announce(add=(token,)))
-        await quic.expect(wire.Introduction)
-        await next_message(tcp, wire.Introduction)
+        quic, tcp, tcp_instance, token, _, _ = await meet_across_legs(server)
         quic.send(wire.RelayRequest(token=token, instance=tcp_instance))
         tcp.send(wire.RelayRequest(token=token, instance=quic.instance))
         session = (await quic.expect(wire.RelayGrant)).session_id
@@ -113,15 +120,7 @@ async def test_extra_tcp_port_serves_too(start_beacon):
 async def test_tcp_and_quic_clients_meet_and_relay_across_legs(start_beacon):
     """UDP↔TCP and TCP↔TCP relay sessions: the beacon forwards the bytes unchanged."""
     async with start_beacon() as server:
-        token = os.urandom(wire.TOKEN_SIZE)
-        quic = await BeaconClient.connect(server.addresses[0], server.fingerprint)
-        tcp = await open_channel("127.0.0.1", server.tcp_port, server.fingerprint)
-        tcp_instance = os.urandom(wire.INSTANCE_SIZE)
-        await hello(tcp, tcp_instance)
-        quic.announce(add=[token])
-        tcp.send(wire.Announce(add=(token,)))
-        intro_q = await quic.expect(wire.Introduction)
-        intro_t = await next_message(tcp, wire.Introduction)
+        quic, tcp, tcp_instance, token, intro_q, intro_t = await meet_across_legs(server)
         assert intro_q.instance == tcp_instance and intro_t.instance == quic.instance
         quic.send(wire.RelayRequest(token=token, instance=tcp_instance))
         nudge = await next_message(tcp, wire.RelayRequest)  # "the other peer asks for a relay"
