@@ -18,6 +18,19 @@ READ_CHUNK = 16384
 MAX_PENDING_INPUT = 65536  # bytes typed/pasted and not yet taken by the PTY; more is refused
 
 
+def _default_signals() -> None:
+    """In the child before exec: every signal at its default and none blocked.
+
+    An ignored signal survives exec: Python ignores SIGPIPE and SIGXFSZ, and a device started in the
+    background of a script (``&``) ignores SIGINT and SIGQUIT. Inherited, Ctrl-C would not stop a
+    command in the browser's shell and ``yes | head`` would print write errors."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    for number in signal.valid_signals():
+        if number not in (signal.SIGKILL, signal.SIGSTOP):
+            with contextlib.suppress(OSError, ValueError):  # numbers the kernel keeps for itself
+                signal.signal(number, signal.SIG_DFL)
+
+
 class PtySession:
     """``start()`` the command on a new PTY; ``on_output(bytes)`` gets its output, ``on_exit(code)`` once.
 
@@ -53,6 +66,7 @@ class PtySession:
         pid, master = pty.fork()
         if pid == 0:  # child: the PTY is its controlling terminal, a session leader
             try:
+                _default_signals()
                 os.execvpe(self.argv[0], self.argv, env)
             finally:
                 os._exit(127)

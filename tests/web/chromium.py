@@ -111,8 +111,10 @@ class Chromium:
                     return value
             if time.monotonic() > deadline:
                 status = await self.eval("window.dp && window.dp.state.status")
+                screen = await self.eval("window.dp && dp.terminalText && dp.terminalText().trimEnd().slice(-300)")
                 raise TimeoutError(
-                    f"waited {timeout} s for {expression} (page status: {status!r}; console: {self.console[-5:]})"
+                    f"waited {timeout} s for {expression} (page status: {status!r}; console: {self.console[-5:]};"
+                    f" terminal ends with: {screen!r})"
                 )
             await asyncio.sleep(0.02)
 

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
+from pathlib import Path
+
+from discretpeer.web.shell import PtySession
 
 from .conftest import PROMPT, page_url
 
@@ -15,6 +20,18 @@ async def _pair(browser, service, device) -> None:
     await browser.wait_for(READY)
     code = device.invite()
     assert await browser.eval(f"dp.pair({code!r})"), await browser.eval("dp.state.status")
+
+
+async def _foreground_is(shell: PtySession, name: str, timeout: float = 5.0) -> None:
+    """Wait until the process group in the foreground of the shell's terminal is the command ``name``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        group = os.tcgetpgrp(shell.master)  # the terminal's foreground group, read on its master side
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{group}/comm").read_text().strip() == name:
+                return
+        assert time.monotonic() < deadline, f"{name} never took the terminal's foreground"
+        await asyncio.sleep(0.02)
 
 
 async def test_pair_open_shell_echo(web_service, device, browser) -> None:
@@ -55,7 +72,11 @@ async def test_ctrl_c_resize_and_exit(web_service, device, browser) -> None:
     assert await browser.eval("dp.open(0)"), await browser.eval("dp.state.status")
     await browser.wait_for(f"dp.terminalText().includes({PROMPT!r})")
     await browser.type_text("echo sle''eping; sleep 30\r")
-    await browser.wait_for("dp.terminalText().includes('sleeping')")  # sleep runs in the foreground now
+    await browser.wait_for("dp.terminalText().includes('sleeping')")
+    # the shell prints before it forks sleep, and a ^C that comes before sleep owns the terminal
+    # interrupts only the shell, which then waits the full 30 s for sleep
+    (shell,) = [shell for session in device.sessions.values() for shell in session.shells]
+    await _foreground_is(shell, "sleep")
     await browser.type_text("\x03")  # Ctrl-C through xterm, the data channel and the PTY's line discipline
     await browser.type_text("echo after-$((1+1))\r")
     await browser.wait_for("dp.terminalText().includes('after-2')", timeout=5)
@@ -82,7 +103,8 @@ async def test_two_browsers_two_shells_at_once(web_service, device, browser) -> 
         await _pair(browser, web_service, device)
         await _pair(other, web_service, device)
         assert len(device.store.load()) == 2
-        assert await browser.eval("dp.open(0)") and await other.eval("dp.open(0)")
+        for b in (browser, other):
+            assert await b.eval("dp.open(0)"), await b.eval("[dp.state.status, dp.state.marks]")
         for b in (browser, other):
             await b.wait_for(f"dp.terminalText().includes({PROMPT!r})")
         await browser.type_text("echo one-$$\r")
