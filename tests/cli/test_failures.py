@@ -217,6 +217,10 @@ def test_interrupt_exits_130_terminate_exits_0(tmp_path, beacon, sig, code):
     assert "Traceback" not in forward.log.read_text()
 
 
+def _sigint_at_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("after", [0.15, 0.3])
 def test_ctrl_c_while_the_command_is_still_starting_is_quiet(tmp_path, after):
     """`discretpeer` (python -m discretpeer: the same entry point) interrupted while it is still
@@ -228,6 +232,8 @@ def test_ctrl_c_while_the_command_is_still_starting_is_quiet(tmp_path, after):
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # as from a terminal: a suite started in the background (`&`) would hand down SIGINT ignored
+        preexec_fn=_sigint_at_default,
     )
     time.sleep(after)
     proc.send_signal(signal.SIGINT)
