@@ -1400,6 +1400,23 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
                 raise LabError(f"the delayer did not acknowledge its settings:\n{delayer.stdout}\n{delayer.stderr}")
             time.sleep(0.002)
 
+    def set_rate(self, node: str, mbit: float, queue_ms: float = 80.0) -> None:
+        """Both directions of a core-attached node's link limited to ``mbit`` Mbit/s (tbf), with a
+        drop-tail queue of ``queue_ms`` at that rate: the bottleneck of a home line."""
+        if self.nodes[node].parent != "core":
+            raise ValueError(f"{node} is not attached to the core")
+        if node in self._netem_links:
+            raise LabError(f"{node}: a rate and a netem delay on one link are not supported")
+        rate = mbit * 1e6 / 8  # bytes per second
+        limit = max(int(rate * queue_ms / 1000), 65536)
+        burst = max(int(rate / 250), 16384)  # a 4 ms bucket: the kernel's timer cannot refill finer
+        for where, dev in (("core", f"c-{node}"), (node, self.nodes[node].uplink)):
+            self.run(
+                where,
+                ["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{mbit:g}mbit"]
+                + ["burst", str(burst), "limit", str(limit)],
+            )
+
     def _start_delayer(self) -> LabProcess:
         if self._delayer is not None:
             if not self._delayer.running():
