@@ -1402,11 +1402,15 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
 
     def set_rate(self, node: str, mbit: float, queue_ms: float = 80.0) -> None:
         """Both directions of a core-attached node's link limited to ``mbit`` Mbit/s (tbf), with a
-        drop-tail queue of ``queue_ms`` at that rate: the bottleneck of a home line."""
+        drop-tail queue of ``queue_ms`` at that rate: the bottleneck of a home line (0: no limit)."""
         if self.nodes[node].parent != "core":
             raise ValueError(f"{node} is not attached to the core")
         if node in self._netem_links:
             raise LabError(f"{node}: a rate and a netem delay on one link are not supported")
+        if mbit <= 0:
+            for where, dev in (("core", f"c-{node}"), (node, self.nodes[node].uplink)):
+                self.run(where, ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
+            return
         rate = mbit * 1e6 / 8  # bytes per second
         limit = max(int(rate * queue_ms / 1000), 65536)
         burst = max(int(rate / 250), 16384)  # a 4 ms bucket: the kernel's timer cannot refill finer

@@ -366,6 +366,38 @@ def test_delay_keeps_order(standard_lab: Lab, publics) -> None:
     assert seqs == list(range(2000))
 
 
+def test_rate_limit(standard_lab: Lab, publics) -> None:
+    """A home line at 8 Mbit/s (1 MB/s): 2 MB offered over ~1 s, about 1 MB arrives; without the
+    limit all of it does."""
+    beacon_agent = standard_lab.agent("beacon")
+    beacon_sock, _ = beacon_agent.open(5003, rcvbuf=8 << 20)
+    code = (
+        "import socket,time\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        "for i in range(2000):\n"
+        "    s.sendto(b'%d ' % i + b'x' * 994, ('203.0.113.10', 5003))\n"
+        "    if i % 20 == 19: time.sleep(0.01)\n"
+    )
+
+    def offered_and_received() -> tuple[float, int]:
+        started = time.monotonic()
+        standard_lab.run("A1", [sys.executable, "-c", code])
+        seconds = time.monotonic() - started
+        got = beacon_agent.drain(beacon_sock, wait=0.5)
+        return seconds, sum(len(data) for data, _ in got)
+
+    standard_lab.set_rate("A", 8)
+    try:
+        seconds, limited = offered_and_received()
+    finally:
+        standard_lab.set_rate("A", 0)
+    _, free = offered_and_received()
+    print(f"\n2 MB offered over {seconds:.2f} s: {limited / 1e6:.2f} MB through 8 Mbit/s, {free / 1e6:.2f} MB without")
+    assert free >= 0.95 * 2000 * 1000  # the limit is gone (the module's lab may still delay)
+    # the line's rate over the sending time, plus what its 80 ms queue and 4 ms bucket held at the end
+    assert 0.8e6 * seconds <= limited <= 1e6 * (seconds + 0.1) + 20_000, (seconds, limited)
+
+
 # ------------------------------------------------------------------------------ capture
 
 
