@@ -226,6 +226,31 @@ async def test_strangers_runs_are_judged_frame_by_frame(start_beacon):
         await close_all(a, b)
 
 
+async def test_a_strangers_declined_runs_count_once_per_datagram(start_beacon):
+    """A stranger's GSO runs with a live session's header are declined whole, then judged one by
+    one: each datagram counted once by the beacon's socket (not for the run and again one by one),
+    no run counted, no session or entry left for the stranger, and the pair still relays."""
+    async with start_beacon() as server:
+        a, b, _, grant_a, _ = await granted_pair(server)
+        endpoint = next(e for e in server._endpoints if e.gro)  # the socket reading runs now
+        beacon = server.addresses[0]
+        good = build_relay_frame(grant_a.session_id, b"g" * 1400)
+        received, reads, sessions = endpoint.datagrams_received, endpoint.coalesced_reads, server.relay.session_count
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+            stranger.bind(("127.0.0.1", 0))
+            for _ in range(10):
+                gso_send(stranger, good * 6, len(good), beacon)
+        await b.nothing()
+        assert server.relay.dropped["wrong_source"] == 60
+        assert 60 <= endpoint.datagrams_received - received <= 70  # once each (+ the pair's own few)
+        assert endpoint.coalesced_reads == reads and server.relay.forwarded_runs == 0
+        assert server.relay.session_count == sessions
+        small = build_relay_frame(grant_a.session_id, b"ok")
+        a.client.endpoint.sendto(small, beacon)
+        assert (await b.received())[0] == small
+        await close_all(a, b)
+
+
 async def test_a_worker_of_several_forwards_runs_one_by_one():
     """With several workers the steering program picks a worker by a read's first datagram, and
     GRO would join frames of sessions held by different workers: a worker never asks for GRO;
