@@ -1365,7 +1365,7 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
         if self.delay_backend() == "netem":
             for node in nodes:
                 ms = self.link_delay(node)
-                for where, dev in (("core", f"c-{node}"), (node, self.nodes[node].uplink)):
+                for where, dev in self._core_link_ends(node):
                     if ms > 0:
                         self.run(
                             where,
@@ -1400,6 +1400,10 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
                 raise LabError(f"the delayer did not acknowledge its settings:\n{delayer.stdout}\n{delayer.stderr}")
             time.sleep(0.002)
 
+    def _core_link_ends(self, node: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        """(namespace, interface) at both ends of a core-attached node's link: its qdiscs shape it."""
+        return ("core", f"c-{node}"), (node, self.nodes[node].uplink)
+
     def set_rate(self, node: str, mbit: float, queue_ms: float = 80.0) -> None:
         """Both directions of a core-attached node's link limited to ``mbit`` Mbit/s (tbf), with a
         drop-tail queue of ``queue_ms`` at that rate: the bottleneck of a home line (0: no limit)."""
@@ -1408,13 +1412,13 @@ uuid=3a1e2f00-0000-4000-8000-{abs(hash(node.ns)) % 10**12:012d}
         if node in self._netem_links:
             raise LabError(f"{node}: a rate and a netem delay on one link are not supported")
         if mbit <= 0:
-            for where, dev in (("core", f"c-{node}"), (node, self.nodes[node].uplink)):
+            for where, dev in self._core_link_ends(node):
                 self.run(where, ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
             return
         rate = mbit * 1e6 / 8  # bytes per second
         limit = max(int(rate * queue_ms / 1000), 65536)
         burst = max(int(rate / 250), 16384)  # a 4 ms bucket: the kernel's timer cannot refill finer
-        for where, dev in (("core", f"c-{node}"), (node, self.nodes[node].uplink)):
+        for where, dev in self._core_link_ends(node):
             self.run(
                 where,
                 ["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{mbit:g}mbit"]

@@ -347,16 +347,24 @@ def test_delay(standard_lab: Lab, publics) -> None:
     assert statistics.median(after) < 0.01
 
 
+def udp_sender(port: int, payload: str, pause_every: int = 0) -> str:
+    """A program sending 2000 datagrams (``payload``: an expression of ``i``) to the beacon's
+    ``port``, pausing 10 ms after every ``pause_every`` of them (0: never)."""
+    pause = f"    if i % {pause_every} == {pause_every - 1}: time.sleep(0.01)\n" if pause_every else ""
+    return (
+        "import socket,time\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        "for i in range(2000):\n"
+        f"    s.sendto({payload}, ('203.0.113.10', {port}))\n" + pause
+    )
+
+
 def test_delay_keeps_order(standard_lab: Lab, publics) -> None:
     """A burst through the delayed core arrives complete and in order."""
     standard_lab.set_delay(5)
     beacon_agent = standard_lab.agent("beacon")
     beacon_sock, port = beacon_agent.open(5002, rcvbuf=8 << 20)
-    code = (
-        "import socket,sys\n"
-        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-        "for i in range(2000): s.sendto(b'seq %d' % i, ('203.0.113.10', 5002))\n"
-    )
+    code = udp_sender(5002, "b'seq %d' % i")
     started = time.monotonic()
     standard_lab.run("A1", [sys.executable, "-c", code])
     got = beacon_agent.drain(beacon_sock, wait=0.5)
@@ -371,13 +379,7 @@ def test_rate_limit(standard_lab: Lab, publics) -> None:
     limit all of it does."""
     beacon_agent = standard_lab.agent("beacon")
     beacon_sock, _ = beacon_agent.open(5003, rcvbuf=8 << 20)
-    code = (
-        "import socket,time\n"
-        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-        "for i in range(2000):\n"
-        "    s.sendto(b'%d ' % i + b'x' * 994, ('203.0.113.10', 5003))\n"
-        "    if i % 20 == 19: time.sleep(0.01)\n"
-    )
+    code = udp_sender(5003, "b'%d ' % i + b'x' * 994", pause_every=20)
 
     def offered_and_received() -> tuple[float, int]:
         started = time.monotonic()
