@@ -71,6 +71,7 @@ from tests.support.processes import stop_process
 
 MB = 1e6
 LINE_MBIT = 100.0  # natbulk's home lines, where it limits them (a common fibre or cable plan)
+SHIPPED = "library (qh3, asyncio's loop: the defaults)"  # the mtu rows' shipped variant, held to the targets
 
 
 @dataclass
@@ -609,7 +610,7 @@ class Bench:
         )
         kinds: dict[str, Any] = {
             "plain aioquic": lambda dgram: self.plain_bulk(size, dgram),
-            "library (qh3, asyncio's loop: the defaults)": lambda dgram: self.bulk(["--dgram", str(dgram)], size),
+            SHIPPED: lambda dgram: self.bulk(["--dgram", str(dgram)], size),
             "library on uvloop": lambda dgram: self.bulk(["--dgram", str(dgram), "--uvloop"], size),
             "library on aioquic (asyncio's loop)": lambda dgram: self.bulk(
                 ["--dgram", str(dgram), "--stack", "aioquic"], size
@@ -618,6 +619,9 @@ class Bench:
                 ["--dgram", str(dgram), "--stack", "aioquic", "--uvloop"], size
             ),
             "library (asyncio), no GSO/GRO": lambda dgram: self.bulk(["--dgram", str(dgram), "--no-gso"], size),
+            "library (asyncio), qh3's own pacer only": lambda dgram: self.bulk(
+                ["--dgram", str(dgram), "--no-qh3-pacer"], size
+            ),
             "library (asyncio), one datagram per wakeup": lambda dgram: self.bulk(
                 ["--dgram", str(dgram), "--no-batch-reads", "--no-gso"], size
             ),
@@ -657,7 +661,7 @@ class Bench:
                 plain = samples[(dgram, "plain aioquic")]
                 for kind in [k for k in kinds if k != "plain aioquic"]:
                     value = samples[(dgram, kind)]
-                    shipped = kind == "library (asyncio's loop)" and dgram == 1472
+                    shipped = kind == SHIPPED and dgram == 1472
                     note = f"installed package: {self.installed is not None}; {len(value)} transfers"
                     self.add(
                         Row(
@@ -1087,25 +1091,28 @@ class Bench:
             f"natbulk: loopback at {dgram} bytes, then the NAT lab direct and relayed, {size / MB:.0f} MB x {repeat}"
         )
         results: dict[str, Any] = {}
-        # (stack, receive windows, one-way delay per link (None: the lab's 20 ms), label): each
-        # stack against its own loopback figure
-        # (stack, receive windows, delay, rate of both homes' lines in Mbit/s (None: the veths'
-        # own), label)
-        labs: list[tuple[str, int, float | None, float | None, str]] = [
-            ("qh3", 0, None, None, "on qh3 (default), default windows"),
+        # (stack, receive windows, one-way delay per link (None: the lab's 20 ms), rate of both
+        # homes' lines in Mbit/s (None: the veths' own), other Tuning fields, label): each stack
+        # against its own loopback figure
+        unpaced = {"qh3_pacer": False}
+        labs: list[tuple[str, int, float | None, float | None, dict[str, Any], str]] = [
+            ("qh3", 0, None, None, {}, "on qh3 (default), default windows"),
             # the lab without its delay: what its NATs, veths and forwarding cost against loopback
-            ("qh3", 0, 0.0, None, "on qh3 (default), default windows, no delay"),
+            ("qh3", 0, 0.0, None, {}, "on qh3 (default), default windows, no delay"),
             # on qh3 the lab's flight peaks at the stream window: what larger ones give
-            ("qh3", 16 * 1024 * 1024, None, None, "on qh3, 16 MB windows"),
+            ("qh3", 16 * 1024 * 1024, None, None, {}, "on qh3, 16 MB windows"),
+            # what discretpeer.send_pacer is worth (qh3's core does not pace)
+            ("qh3", 0, None, None, unpaced, "on qh3, default windows, qh3's own pacer only"),
             # a home line's bottleneck (tbf, 80 ms drop-tail queue): does one stream fill it?
-            ("qh3", 0, None, LINE_MBIT, f"on qh3 (default), default windows, {LINE_MBIT:g} Mbit/s lines"),
-            ("aioquic", 0, None, None, "on aioquic, default windows"),
-            ("aioquic", 0, 0.0, None, "on aioquic, default windows, no delay"),
-            ("aioquic", 16 * 1024 * 1024, None, None, "on aioquic, 16 MB stream windows"),
-            ("aioquic", 0, None, LINE_MBIT, f"on aioquic, default windows, {LINE_MBIT:g} Mbit/s lines"),
+            ("qh3", 0, None, LINE_MBIT, {}, f"on qh3 (default), default windows, {LINE_MBIT:g} Mbit/s lines"),
+            ("qh3", 0, None, LINE_MBIT, unpaced, f"on qh3, qh3's own pacer only, {LINE_MBIT:g} Mbit/s lines"),
+            ("aioquic", 0, None, None, {}, "on aioquic, default windows"),
+            ("aioquic", 0, 0.0, None, {}, "on aioquic, default windows, no delay"),
+            ("aioquic", 16 * 1024 * 1024, None, None, {}, "on aioquic, 16 MB stream windows"),
+            ("aioquic", 0, None, LINE_MBIT, {}, f"on aioquic, default windows, {LINE_MBIT:g} Mbit/s lines"),
         ]
         loopback: dict[str, dict[str, Any]] = {}
-        for stack, window, delay_ms, rate_mbit, label in labs:
+        for stack, window, delay_ms, rate_mbit, tuned, label in labs:
             if stack not in loopback:
                 loopback[stack] = await self.bulk(["--dgram", str(dgram), "--stack", stack], size)
                 loop = loopback[stack]
@@ -1116,7 +1123,7 @@ class Bench:
                 )
             loop_rates = loopback[stack]["rates"]
             loop_per_cpu = min(loopback[stack]["mb_per_cpu"].values(), default=0.0)  # the busier side's
-            changes = {"quic_stack": stack}
+            changes = {"quic_stack": stack, **tuned}
             moved = size // 4 if rate_mbit else size  # 16 MB at 12.5 MB/s: 1.3 s per transfer
             lab = await asyncio.to_thread(
                 natlab_bulk,

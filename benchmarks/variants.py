@@ -7,6 +7,8 @@ except the loop and ``--dgram`` (``Peer(max_datagram_size=N)``).
 - ``--uvloop``: run on uvloop (the library works on either loop; the CLI picks uvloop).
 - ``--no-pmtu``: no path-MTU probing: 1350-byte datagrams all along.
 - ``--no-pacer-burst``: aioquic's own pacer instead of :class:`discretpeer.flow.BurstPacer`.
+- ``--no-qh3-pacer``: qh3's own pacer only, whose bucket lets a whole window go at once
+  (no :mod:`discretpeer.send_pacer`).
 - ``--no-coalesce``: a transmit after every received datagram, as aioquic does, also on uvloop.
 - ``--no-gso``: one sendto per datagram, one datagram per recvfrom (no UDP GSO/GRO).
 - ``--no-batch-reads``: on asyncio's loop, one datagram per wakeup (its transport's reading).
@@ -34,6 +36,7 @@ def add_variant_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--high-water", type=int, default=0, help="Tuning.stream_high_water")
     parser.add_argument("--no-pmtu", action="store_true", help="no path-MTU probing")
     parser.add_argument("--no-pacer-burst", action="store_true", help="aioquic's own pacer")
+    parser.add_argument("--no-qh3-pacer", action="store_true", help="qh3's own pacer only (Tuning.qh3_pacer off)")
     parser.add_argument("--no-coalesce", action="store_true", help="a transmit after every datagram")
     parser.add_argument("--no-gso", action="store_true", help="no UDP GSO sends nor GRO reads")
     parser.add_argument(
@@ -66,6 +69,7 @@ def variant_tuning(args: Any) -> Tuning:
 # ablation flag (argparse dest) → the Tuning field it turns off
 _OFF_SWITCHES = {
     "no_pacer_burst": "burst_pacer",
+    "no_qh3_pacer": "qh3_pacer",
     "no_batch_reads": "batched_reads",
     "no_coalesce": "coalesce_transmits",
     "no_pmtu": "path_mtu_probing",

@@ -41,10 +41,13 @@ from qh3.quic import events as qh3_events
 from qh3.quic.configuration import QuicConfiguration as Qh3Configuration
 from qh3.quic.connection import QuicConnection as Qh3QuicConnection
 from qh3.quic.connection import QuicConnectionError as Qh3ConnectionError
+from qh3.quic.packet import QuicErrorCode
 
 from discretpeer.addresses import Addr
 from discretpeer.path_mtu import AIOQUIC_MAX_DATAGRAM, BASE_DATAGRAM
 from discretpeer.quic_stack import NativeQuicConnection
+from discretpeer.send_pacer import SendPacer
+from discretpeer.tuning import tuning_of
 
 TESTED = ("2.1.0",)
 PRIVATE_API: dict[str, tuple[str, ...]] = {
@@ -64,6 +67,7 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
         "congestion_window",
         "latest_rtt",
         "loss_total",
+        "poll_transmit",  # one datagram at a time, as discretpeer.send_pacer lets them go
         "pto_count",
         "smoothed_rtt",
         "state",
@@ -236,6 +240,10 @@ class Qh3Connection(NativeQuicConnection):
         # virtual route address <-> the IPv4 address the Rust core sees
         self._to_core: dict[Any, tuple[str, int]] = {}
         self._from_core: dict[tuple[str, int], Addr] = {}
+        # qh3's core paces with a bucket of a whole congestion window: a window may leave at once
+        # when polled (discretpeer.send_pacer)
+        self._pacer = SendPacer(self._datagram_size) if tuning_of(self).qh3_pacer else None
+        self._paced_until: float | None = None  # the pacer stopped a transmit: poll again then
 
     # --- addresses ---
 
@@ -276,13 +284,47 @@ class Qh3Connection(NativeQuicConnection):
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         from_core = self._from_core
-        return [(data, from_core.get(addr, addr)) for data, addr in self.inner.datagrams_to_send(now)]
+        pacer = self._pacer
+        core = self.inner._core  # noqa: SLF001 - listed in PRIVATE_API
+        if pacer is None or core is None or self.inner._close_event is not None:  # noqa: SLF001 - listed in PRIVATE_API
+            # unpaced, and a closing connection's close leaves at once (its owner may be going away)
+            self._paced_until = None
+            return [(data, from_core.get(addr, addr)) for data, addr in self.inner.datagrams_to_send(now)]
+        # qh3's own datagrams_to_send polls the core until it has nothing left; the pacer stops earlier
+        pacer.set_rate(core.congestion_window, core.smoothed_rtt or 0.0)
+        self._paced_until = None
+        datagrams: list[tuple[bytes, Any]] = []
+        in_flight = core.bytes_in_flight
+        while True:
+            if not pacer.may_send(now):
+                self._paced_until = pacer.next_send_time(now)
+                break
+            try:
+                transmit = core.poll_transmit(now)
+            except RuntimeError as exc:  # what qh3's wrapper raises for it (QuicConnection._call_core)
+                raise Qh3ConnectionError(QuicErrorCode.INTERNAL_ERROR, None, str(exc)) from exc
+            if transmit is None:
+                break
+            data, addr = transmit[0], transmit[1]
+            flight = core.bytes_in_flight
+            if flight > in_flight:  # only what the congestion window counts is paced: not ACK-only datagrams
+                pacer.sent(len(data), now)
+            in_flight = flight
+            datagrams.append((data, from_core.get(addr, addr)))
+        return datagrams
 
     def get_timer(self) -> float | None:
-        return self.inner.get_timer()
+        timer = self.inner.get_timer()
+        paced = self._paced_until
+        if paced is not None and (timer is None or paced < timer):
+            return paced
+        return timer
 
     def handle_timer(self, now: float) -> None:
-        self.inner.handle_timer(now)
+        self._paced_until = None
+        timer = self.inner.get_timer()
+        if timer is not None and timer <= now:  # not when only the pacer's time came (see get_timer)
+            self.inner.handle_timer(now)
 
     def next_event(self) -> aio_events.QuicEvent | None:
         event = self.inner.next_event()
@@ -335,6 +377,8 @@ class Qh3Connection(NativeQuicConnection):
         if limit is not None and limit < self._datagram_size:
             self._datagram_size = max(limit, MIN_DATAGRAM_SIZE)
             self.inner.configuration.max_datagram_size = self._datagram_size
+            if self._pacer is not None:
+                self._pacer.datagram_size = self._datagram_size
 
     # --- receive credit that follows the app's reads (see _HeldEvents) ---
 
@@ -417,4 +461,5 @@ class Qh3Connection(NativeQuicConnection):
             "latest_rtt": float(core.latest_rtt or 0.0),
             "pto_count": int(core.pto_count),
             "loss_total": int(core.loss_total),
+            "pacing_rate": (self._pacer.rate or None) if self._pacer is not None else None,  # bytes/s (send_pacer)
         }

@@ -42,8 +42,9 @@ class Tuning:
     byte (off: parse every header to route it). ``quic_stack``: what peer connections run on,
     ``"qh3"`` (qh3 2.1, Rust core, see discretpeer._qh3: no path-MTU probing, 1350-byte datagrams
     unless ``Peer(max_datagram_size)`` says otherwise) or ``"aioquic"`` (probes for larger datagrams;
-    ``burst_pacer``, ``congestion_control`` and ``ack_delay`` apply to it only). Beacon connections
-    always run on aioquic."""
+    ``burst_pacer``, ``congestion_control`` and ``ack_delay`` apply to it only). ``qh3_pacer``: pace
+    a qh3 connection's sends at 1.25x its congestion window per round trip (discretpeer.send_pacer;
+    off: qh3's own pacer, whose bucket lets a whole window go at once). Beacon connections always run on aioquic."""
 
     stream_high_water: int = STREAM_HIGH_WATER
     stream_low_water: int = STREAM_LOW_WATER
@@ -59,6 +60,7 @@ class Tuning:
     gso: bool = True
     short_header_routing: bool = True
     quic_stack: str = "qh3"
+    qh3_pacer: bool = True
 
     def __post_init__(self) -> None:
         for name, low in (("max_data", MIN_WINDOW), ("max_stream_data", MIN_WINDOW), ("stream_high_water", 1),

@@ -112,3 +112,15 @@ def test_any_value_of_a_field_is_a_tuning_or_a_value_error(name: str, value: str
         assert "tuning" in str(exc)
         return
     Tuning(**{f: getattr(tuning, f) for f in ("max_data", "max_stream_data", "ack_delay")})  # valid again
+
+
+def test_qh3_connections_are_paced_unless_tuning_says_otherwise() -> None:
+    from discretpeer._qh3 import Qh3Connection
+    from discretpeer.send_pacer import SendPacer
+
+    def made(tuning: Tuning) -> Qh3Connection:
+        return Qh3Connection(configuration=peer_quic_configuration(is_client=True, tuning=tuning))
+
+    assert isinstance(made(DEFAULT_TUNING)._pacer, SendPacer)
+    assert made(Tuning(qh3_pacer=False))._pacer is None
+    assert parse_tuning(["qh3-pacer=off"]) == Tuning(qh3_pacer=False)
