@@ -1793,8 +1793,9 @@ def natbulk_summary(kind: dict[str, Any], rates: bool = True) -> str:
 
 def lab_drops(lab: Any) -> dict[str, int]:
     """Packets the NAT lab dropped so far: at the delayer's NFQUEUE (``queue_dropped``: queue
-    full; ``user_dropped``: netlink buffer full), and on every lab interface and qdisc."""
-    drops = {"nfqueue_queue": 0, "nfqueue_user": 0, "links": 0, "qdiscs": 0}
+    full; ``user_dropped``: netlink buffer full), on every lab interface and qdisc, and at the
+    UDP sockets of every lab node (``udp_rcvbuf``: a receive buffer full, the reader behind)."""
+    drops = {"nfqueue_queue": 0, "nfqueue_user": 0, "links": 0, "qdiscs": 0, "udp_rcvbuf": 0}
     table = lab.run("core", ["cat", "/proc/net/netfilter/nfnetlink_queue"], check=False).stdout
     for line in table.splitlines():
         fields = line.split()
@@ -1808,7 +1809,18 @@ def lab_drops(lab: Any) -> dict[str, int]:
             drops["links"] += stats.get("rx", {}).get("dropped", 0) + stats.get("tx", {}).get("dropped", 0)
         qdiscs = lab.run(name, ["tc", "-s", "-j", "qdisc"], check=False).stdout
         drops["qdiscs"] += sum(q.get("drops", 0) for q in json.loads(qdiscs or "[]"))
+        drops["udp_rcvbuf"] += udp_receive_buffer_errors(lab.run(name, ["cat", "/proc/net/snmp"], check=False).stdout)
     return drops
+
+
+def udp_receive_buffer_errors(snmp: str) -> int:
+    """``RcvbufErrors`` of the ``Udp:`` lines of a /proc/net/snmp (0 if absent or not a count)."""
+    lines = [line.split() for line in snmp.splitlines() if line.startswith("Udp:")]
+    if len(lines) < 2 or "RcvbufErrors" not in lines[0]:
+        return 0
+    column = lines[0].index("RcvbufErrors")
+    value = lines[1][column] if column < len(lines[1]) else ""
+    return int(value) if value.isascii() and value.isdigit() else 0
 
 
 def natlab_bulk(
