@@ -1833,12 +1833,13 @@ def natlab_bulk(
     changes: dict[str, Any] | None = None,
     delay_ms: float | None = None,
     rate_mbit: float | None = None,
+    uvloop: bool = False,
 ) -> dict[str, Any]:
     """Bulk transfers between two port-restricted NATs of the lab (blocking), direct then with
     the sender relay-only; every process runs the installed package (``python -I``).
     ``changes``: Tuning fields both peers set (an ablation); ``delay_ms``: one-way, per internet
     link (None: the lab's usual 20 ms); ``rate_mbit``: both homes' lines limited to that rate
-    (tbf, 80 ms queue)."""
+    (tbf, 80 ms queue); ``uvloop``: the peers run on uvloop (as the CLI does)."""
     from discretpeer import Identity
     from tests.natlab.lab import Lab, LabUnavailable
     from tests.natlab.test_matrix import BEACON_IP, DELAY_MS
@@ -1851,7 +1852,7 @@ def natlab_bulk(
     except LabUnavailable as exc:
         raise RuntimeError(f"NAT lab unavailable: {exc}") from None
     tuned = "-".join(f"{k}={v}" for k, v in (changes or {}).items())
-    workdir = log_dir / f"natbulk-{window}-{delay_ms:g}ms-{rate_mbit or 0:g}mbit-{tuned}"
+    workdir = log_dir / f"natbulk-{window}-{delay_ms:g}ms-{rate_mbit or 0:g}mbit-{tuned}{'-uvloop' if uvloop else ''}"
     workdir.mkdir(exist_ok=True)
     script = str(installed.root / "benchmarks" / "workers" / "natbulk.py")
     out: dict[str, Any] = {"backend": None}
@@ -1905,6 +1906,7 @@ def natlab_bulk(
                 "repeat": repeat,
                 "timeout": 30,
                 "tuning": changes or {},
+                "uvloop": uvloop,
             }
             procs = {}
             for name, host, other in (("sink", "B1", "send"), ("send", "A1", "sink")):
