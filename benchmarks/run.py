@@ -1101,7 +1101,7 @@ class Bench:
             ("qh3", 0, 0.0, None, {}, "on qh3 (default), default windows, no delay"),
             # on qh3 the lab's flight peaks at the stream window: what larger ones give
             ("qh3", 16 * 1024 * 1024, None, None, {}, "on qh3, 16 MB windows"),
-            # what discretpeer.send_pacer is worth (qh3's core does not pace)
+            # what discretpeer.send_pacer is worth (qh3's own pacer lets a whole window go at once)
             ("qh3", 0, None, None, unpaced, "on qh3, default windows, qh3's own pacer only"),
             # a home line's bottleneck (tbf, 80 ms drop-tail queue): does one stream fill it?
             ("qh3", 0, None, LINE_MBIT, {}, f"on qh3 (default), default windows, {LINE_MBIT:g} Mbit/s lines"),

@@ -286,13 +286,12 @@ class Qh3Connection(NativeQuicConnection):
         from_core = self._from_core
         pacer = self._pacer
         core = self.inner._core  # noqa: SLF001 - listed in PRIVATE_API
+        self._paced_until = None
         if pacer is None or core is None or self.inner._close_event is not None:  # noqa: SLF001 - listed in PRIVATE_API
             # unpaced, and a closing connection's close leaves at once (its owner may be going away)
-            self._paced_until = None
             return [(data, from_core.get(addr, addr)) for data, addr in self.inner.datagrams_to_send(now)]
         # qh3's own datagrams_to_send polls the core until it has nothing left; the pacer stops earlier
         pacer.set_rate(core.congestion_window, core.smoothed_rtt or 0.0)
-        self._paced_until = None
         datagrams: list[tuple[bytes, Any]] = []
         in_flight = core.bytes_in_flight
         while True:

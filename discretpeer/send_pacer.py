@@ -54,17 +54,17 @@ class SendPacer:
         if smoothed_rtt <= 0 or congestion_window <= 0:
             self.rate = 0.0
             return
-        rate = self.gain * congestion_window / max(smoothed_rtt, MIN_WAIT)
-        if self.rate == 0.0:  # pacing starts with a full bucket
-            self.tokens = max(self.min_burst * self.datagram_size, rate * self.min_burst_seconds)
-        self.rate = rate
-        self.burst = max(self.min_burst * self.datagram_size, rate * self.min_burst_seconds)
-        self.tokens = min(self.tokens, self.burst)
+        starting = self.rate == 0.0
+        self.rate = self.gain * congestion_window / max(smoothed_rtt, MIN_WAIT)
+        self.burst = max(self.min_burst * self.datagram_size, self.rate * self.min_burst_seconds)
+        # pacing starts with a full bucket; a smaller rate shrinks what is left in it
+        self.tokens = self.burst if starting else min(self.tokens, self.burst)
 
     def _refill(self, now: float) -> None:
-        if self.updated_at is not None and now > self.updated_at:
-            self.tokens = min(self.burst, self.tokens + (now - self.updated_at) * self.rate)
-        if self.updated_at is None or now > self.updated_at:
+        last = self.updated_at
+        if last is None or now > last:
+            if last is not None:
+                self.tokens = min(self.burst, self.tokens + (now - last) * self.rate)
             self.updated_at = now
 
     def may_send(self, now: float) -> bool:
