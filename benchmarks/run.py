@@ -71,6 +71,9 @@ from tests.support.processes import stop_process
 
 MB = 1e6
 LINE_MBIT = 100.0  # natbulk's home lines, where it limits them (a common fibre or cable plan)
+# natbulk's windows sized for the lab's path (Tuning.for_path, the CLI's --tuning path=...): qh3's
+# loopback rate at 1472 B (~250 MB/s = 2 Gbit/s) over the lab's round trip under load (~100 ms)
+LAB_PATH = "2gbit@100ms"
 SHIPPED = "library (qh3, asyncio's loop: the defaults)"  # the mtu rows' shipped variant, held to the targets
 
 
@@ -1095,12 +1098,17 @@ class Bench:
         # homes' lines in Mbit/s (None: the veths' own), other Tuning fields, label): each stack
         # against its own loopback figure
         unpaced = {"qh3_pacer": False}
+        from discretpeer.tuning import parse_tuning
+
+        sized = parse_tuning([f"path={LAB_PATH}"])
+        path_windows = {name: getattr(sized, name) for name in ("max_stream_data", "max_data", "stream_high_water_max")}
         labs: list[tuple[str, int, float | None, float | None, dict[str, Any], str]] = [
             ("qh3", 0, None, None, {}, "on qh3 (default), default windows"),
             # the lab without its delay: what its NATs, veths and forwarding cost against loopback
             ("qh3", 0, 0.0, None, {}, "on qh3 (default), default windows, no delay"),
-            # on qh3 the lab's flight peaks at the stream window: what larger ones give
-            ("qh3", 16 * 1024 * 1024, None, None, {}, "on qh3, 16 MB windows"),
+            # on qh3 the lab's flight peaks at about half the stream window: windows sized for the
+            # path (Tuning.for_path: twice rate x RTT at loopback's rate and the lab's loaded RTT)
+            ("qh3", 0, None, None, path_windows, f"on qh3, windows for the path ({LAB_PATH})"),
             # what discretpeer.send_pacer is worth (qh3's own pacer lets a whole window go at once)
             ("qh3", 0, None, None, unpaced, "on qh3, default windows, qh3's own pacer only"),
             # a home line's bottleneck (tbf, 80 ms drop-tail queue): does one stream fill it?

@@ -7,13 +7,17 @@ measure is worth (benchmarks/variants.py) instead of patching modules.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 STREAM_HIGH_WATER = 1024 * 1024  # unacknowledged bytes per stream before writer.drain() waits
 STREAM_LOW_WATER = 256 * 1024
-STREAM_HIGH_WATER_MAX = 16 * 1024 * 1024  # what the bytes in flight can raise the high mark to
+# what the bytes in flight can raise the high mark to: it costs only while that much is in flight
+# (the marks follow the flight), and 16 MiB held a stream with 48 MiB windows to 16 MiB in flight
+# (121-146 MB/s in the NAT lab against 203-217 with 64 MiB, benchmarks/README.md)
+STREAM_HIGH_WATER_MAX = 64 * 1024 * 1024
 # a stream may have this much in flight towards us: at an 85 ms round trip, 8 MiB carries ~2x what
 # 4 MiB did on qh3 (benchmarks/README.md, NAT lab); a stalled reader holds up to it
 STREAM_WINDOW = 8 * 1024 * 1024
@@ -21,6 +25,8 @@ CONNECTION_WINDOW = 16 * 1024 * 1024
 MIN_WINDOW = 16 * 1024  # a receive window below this cannot keep a datagram's worth per stream moving
 MAX_BYTES = 1 << 30  # any byte count of a Tuning: a window or a mark above 1 GiB is a mistake, not a setting
 CONGESTION_CONTROLS = ("reno", "cubic")
+MIN_PATH_RTT = 0.0001  # for_path: a round trip below 0.1 ms (or a rate below 1 kB/s) is a mistake
+MIN_PATH_RATE = 1000.0
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,8 @@ class Tuning:
     writer pauses / resumes, at least: the marks follow the connection's bytes in flight (high
     2x, low 1.5x, see :func:`discretpeer.flow.stream_water_marks`) up to ``stream_high_water_max``,
     so that one stream keeps a long path full. ``max_data`` / ``max_stream_data``: the receive
-    windows a peer connection announces (and slides: discretpeer._aioquic.SlidingCredit).
+    windows a peer connection announces (and slides: discretpeer._aioquic.SlidingCredit);
+    :meth:`for_path` sizes them for a path's rate and round trip.
     ``congestion_control``: aioquic's algorithm ("reno", "cubic"). ``ack_delay``: seconds aioquic
     waits before it acknowledges (None: its own, 1 ms). ``path_mtu_probing``: probe for datagrams
     larger than 1350 bytes (off: 1350 all along). ``gso``: UDP GSO sends and GRO reads where the
@@ -62,6 +69,32 @@ class Tuning:
     quic_stack: str = "qh3"
     qh3_pacer: bool = True
 
+    def for_path(self, rate: float, rtt: float) -> Tuning:
+        """This tuning with windows sized for one stream to carry ``rate`` bytes/s over a round
+        trip of ``rtt`` seconds (its bandwidth-delay product): qh3's core grants credit in
+        half-window steps, so a stream keeps about half its window in flight, and the stream
+        window is 2 x rate x rtt, the connection window twice that, the writer's ceiling
+        (``stream_high_water_max``: twice the flight) at least twice the stream window; none
+        below this tuning's own.
+        A reader that stops can leave up to the stream window unread (memory, per stream).
+        Raises ValueError naming the problem (a window above 1 GiB included)."""
+        for name, value, low, unit in (("rate", rate, MIN_PATH_RATE, "bytes/s"), ("rtt", rtt, MIN_PATH_RTT, "s")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < math.inf:
+                raise ValueError(
+                    f"tuning for_path: {name} must be a finite number of at least {low:g} {unit}, got {value!r}"
+                )
+        stream = max(self.max_stream_data, _round_up_mib(2 * rate * rtt))
+        if 2 * stream > MAX_BYTES:
+            raise ValueError(
+                f"tuning for_path: {rate:g} B/s over {rtt * 1000:g} ms needs windows above {MAX_BYTES} bytes"
+            )
+        return dataclasses.replace(
+            self,
+            max_stream_data=stream,
+            max_data=max(self.max_data, 2 * stream),
+            stream_high_water_max=max(self.stream_high_water_max, 2 * stream),
+        )
+
     def __post_init__(self) -> None:
         for name, low in (("max_data", MIN_WINDOW), ("max_stream_data", MIN_WINDOW), ("stream_high_water", 1),
                           ("stream_low_water", 1), ("stream_high_water_max", 1)):  # fmt: skip
@@ -88,21 +121,70 @@ class Tuning:
 DEFAULT_TUNING = Tuning()
 
 
+def _round_up_mib(value: float) -> int:
+    mib = 1024 * 1024
+    return int(-(-value // mib)) * mib
+
+
 def parse_tuning(entries: Iterable[str], base: Tuning = DEFAULT_TUNING) -> Tuning:
     """``base`` with ``NAME=VALUE`` entries applied (NAME: a field, ``-`` or ``_``; booleans as
-    on/off, true/false, 1/0; ``ack_delay=none``: aioquic's). Raises ValueError naming the problem."""
+    on/off, true/false, 1/0; ``ack_delay=none``: aioquic's), then ``path=RATE@RTT`` entries
+    (:meth:`Tuning.for_path`, e.g. ``path=1gbit@80ms``, see :func:`parse_path`). Raises
+    ValueError naming the problem."""
     names = [f.name for f in dataclasses.fields(Tuning)]
     changes: dict[str, Any] = {}
+    paths: list[tuple[float, float, str]] = []
     for entry in entries:
         name, equals, text = entry.partition("=")
         name = name.strip().replace("-", "_")
+        if equals and name == "path":
+            paths.append((*parse_path(text, entry), entry))
+            continue
         if not equals or name not in names:
-            raise ValueError(f"tuning {entry!r}: expected NAME=VALUE, NAME one of {', '.join(names)}")
+            raise ValueError(f"tuning {entry!r}: expected NAME=VALUE, NAME one of {', '.join(names)} or path")
         try:
             changes[name] = _tuning_value(getattr(DEFAULT_TUNING, name), text.strip())
         except ValueError:
             raise ValueError(f"tuning {entry!r}: invalid value for {name}") from None
-    return dataclasses.replace(base, **changes)
+    tuning = dataclasses.replace(base, **changes)
+    for rate, rtt, entry in paths:
+        try:
+            tuning = tuning.for_path(rate, rtt)
+        except ValueError as exc:
+            raise ValueError(f"tuning {entry!r}: {str(exc).removeprefix('tuning for_path: ')}") from None
+    return tuning
+
+
+_RATE_UNITS = {"bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+_RTT_UNITS = {"ms": 1e-3, "s": 1.0}
+
+
+def parse_path(text: str, entry: str | None = None) -> tuple[float, float]:
+    """``RATE@RTT`` (``1gbit@80ms``, ``250mbit@0.2s``; rate in bit, kbit, mbit or gbit per
+    second, round trip in ms or s) as (bytes per second, seconds). Raises ValueError naming the entry."""
+    where = f"tuning {entry if entry is not None else text!r}"
+    rate_text, at, rtt_text = text.strip().lower().partition("@")
+    rate = _number_with_unit(rate_text, _RATE_UNITS)
+    rtt = _number_with_unit(rtt_text, _RTT_UNITS)
+    if not at or rate is None or rtt is None:
+        raise ValueError(
+            f"{where}: expected path=RATE@RTT, e.g. path=1gbit@80ms (rate: bit, kbit, mbit, gbit; rtt: ms, s)"
+        )
+    return rate / 8, rtt
+
+
+def _number_with_unit(text: str, units: dict[str, float]) -> float | None:
+    """``<number><unit>`` (a unit of ``units``) as the number times the unit's factor, or None."""
+    text = text.strip()
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            number = text[: -len(unit)].strip()
+            try:
+                value = float(number)
+            except ValueError:
+                return None
+            return value * units[unit] if math.isfinite(value) else None
+    return None
 
 
 def _tuning_value(default: Any, text: str) -> Any:

@@ -158,7 +158,9 @@ def _add_network(parser: argparse.ArgumentParser, *, secret: bool = True) -> Non
         "--tuning",
         action="append",
         metavar="NAME=VALUE",
-        help="a data-path setting of discretpeer.Tuning, for measurements (repeatable; e.g. gso=off)",
+        help="a data-path setting of discretpeer.Tuning (repeatable; e.g. gso=off), or path=RATE@RTT: "
+        "receive windows for one stream to fill such a path, e.g. path=1gbit@80ms (memory: a stalled "
+        "stream may hold its window, 2 x rate x RTT)",
     )
     if secret:
         group.add_argument(

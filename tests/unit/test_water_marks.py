@@ -55,3 +55,18 @@ def test_a_writer_pauses_only_above_twice_the_bytes_in_flight() -> None:
     assert marks == (2 * flight, flight + flight // 2)
     assert not paused_at_the_mark
     assert paused_above
+
+
+def test_the_default_ceiling_lets_a_stream_keep_a_large_window_in_flight() -> None:
+    """A 16 MiB ceiling held one stream with 48 MiB windows to 16 MiB in flight in the NAT lab
+    (121-146 MB/s against 203-217 with 64 MiB): with 24 MiB in flight the writer still queues as
+    much again, and the tuning's own ceiling is only reached at 32 MiB in flight."""
+
+    def marks(in_flight: int, tuning: Tuning) -> tuple[int, int]:
+        return stream_water_marks(
+            in_flight, tuning.stream_high_water, tuning.stream_low_water, tuning.stream_high_water_max
+        )
+
+    assert marks(24 * MIB, Tuning()) == (48 * MIB, 36 * MIB)
+    lab = Tuning().for_path(250e6, 0.1)  # 48 MiB stream windows: up to 48 MiB in flight, 96 queued
+    assert marks(48 * MIB, lab)[0] == 96 * MIB
