@@ -61,6 +61,8 @@ def test_a_fresh_home_gets_no_identity_from_a_command_that_cannot_run(tmp_path):
         ("max_data=-1", "--tuning: tuning max_data must be an integer from 16384 to 1073741824, got -1"),
         ("congestion_control=bbr", "--tuning: tuning congestion_control must be one of reno, cubic, got 'bbr'"),
         ("windows=big", "--tuning: tuning 'windows=big': expected NAME=VALUE"),
+        ("path=1gbit", "--tuning: tuning 'path=1gbit': expected path=RATE@RTT, e.g. path=1gbit@80ms"),
+        ("path=100gbit@1s", "--tuning: tuning 'path=100gbit@1s': 1.25e+10 B/s over 1000 ms needs windows above"),
     ],
 )
 def test_a_bad_tuning_flag_is_one_line_and_exit_2(tmp_path, entry, text):

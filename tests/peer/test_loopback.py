@@ -285,8 +285,13 @@ async def test_relay_quota_ends_the_session_and_the_app_is_told(make_beacon):
         # qh3: its core grants credit as events are taken, so Qh3Connection takes none while the
         # reader holds more than twice its limit; the rest waits in the core (one window)
         (DEFAULT_TUNING, 2 * READER_LIMIT + 1024 * 1024, 14 * 1024 * 1024),
+        # windows for a long fat path (48 MiB per stream): a stalled reader holds up to that much
+        # (README: "up to the stream window of memory per stalled stream"), and no more; the
+        # writer stops at the window + the reader's share + its own queue, which follows the bytes
+        # that were in flight when it stopped (measured 54.2-61.5 MiB)
+        (DEFAULT_TUNING.for_path(250e6, 0.1), 2 * READER_LIMIT + 1024 * 1024, 72 * 1024 * 1024),
     ],
-    ids=["aioquic", "qh3"],
+    ids=["aioquic", "qh3", "qh3-for-path"],
 )
 async def test_a_slow_reader_bounds_what_is_buffered_and_slows_the_writer(beacon, tuning, buffered_cap, writer_cap):
     ia, ib = Identity.generate(), Identity.generate()
