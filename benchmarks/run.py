@@ -1123,7 +1123,8 @@ class Bench:
         loopback: dict[str, dict[str, Any]] = {}
         undelayed: dict[str, float] = {}  # each stack's direct MB/s in the lab without its delay
         for stack, window, delay_ms, rate_mbit, tuned, label in labs:
-            if stack not in loopback:
+            fresh = stack not in loopback  # its loopback figure is measured just now
+            if fresh:
                 loopback[stack] = await self.bulk(["--dgram", str(dgram), "--stack", stack], size)
                 loop = loopback[stack]
                 results[f"loopback {stack}"] = {"rates": loop["rates"], "mb_per_cpu": loop["mb_per_cpu"]}
@@ -1131,14 +1132,19 @@ class Bench:
                     f"natbulk loopback on {stack}: {[round(r, 2) for r in loop['rates']]} MB/s, "
                     f"{min(loop['mb_per_cpu'].values(), default=0.0):.1f} MB per CPU-s"
                 )
-            loop_rates = loopback[stack]["rates"]
-            loop_per_cpu = min(loopback[stack]["mb_per_cpu"].values(), default=0.0)  # the busier side's
             changes = {"quic_stack": stack, **tuned}
             moved = size // 4 if rate_mbit else size  # 16 MB at 12.5 MB/s: 1.3 s per transfer
             if tuned is path_windows:
                 # at ~200 MB/s, 64 MB take 0.32 s: the answer's round trip (~0.1 s) alone would
                 # hold the timed rate to ~0.75x of what the path carries, whatever the windows
                 moved = 4 * size
+            adjacent = loopback[stack]
+            if not rate_mbit and (not fresh or moved != size):
+                # the baseline measured just before the row, same size: this machine's loopback
+                # figure drifts by up to 1.8x within minutes (199-351 MB/s in four runs of an hour)
+                adjacent = await self.bulk(["--dgram", str(dgram), "--stack", stack], moved)
+            loop_rates = adjacent["rates"]
+            loop_per_cpu = min(adjacent["mb_per_cpu"].values(), default=0.0)  # the busier side's
             lab = await asyncio.to_thread(
                 natlab_bulk,
                 self.installed,
@@ -1151,7 +1157,7 @@ class Bench:
                 delay_ms,
                 rate_mbit,
             )
-            results[label] = lab
+            results[label] = {**lab, "loopback_rates": loop_rates}
             for kind in ("direct", "relay"):
                 self.log(f"natbulk {label}, {kind}: {natbulk_summary(lab[kind])}")
             direct, relay = median(lab["direct"]["rates"]), median(lab["relay"]["rates"])
