@@ -1142,7 +1142,8 @@ class Bench:
             if not rate_mbit and (not fresh or moved != size):
                 # the baseline measured just before the row, same size: this machine's loopback
                 # figure drifts by up to 1.8x within minutes (199-351 MB/s in four runs of an hour)
-                adjacent = await self.bulk(["--dgram", str(dgram), "--stack", stack], moved)
+                sized_as = ["--path", LAB_PATH] if tuned is path_windows else []  # the same windows
+                adjacent = await self.bulk(["--dgram", str(dgram), "--stack", stack, *sized_as], moved)
             loop_rates = adjacent["rates"]
             loop_per_cpu = min(adjacent["mb_per_cpu"].values(), default=0.0)  # the busier side's
             lab = await asyncio.to_thread(

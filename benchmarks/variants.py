@@ -17,6 +17,7 @@ except the loop and ``--dgram`` (``Peer(max_datagram_size=N)``).
   aioquic where probing stops).
 - ``--stack aioquic``: peer connections on aioquic (``Tuning(quic_stack=...)``; the default is qh3).
 - ``--window N``, ``--ack-delay S``, ``--high-water N``: static settings.
+- ``--path RATE@RTT``: windows sized for such a path (``Tuning.for_path``, the CLI's ``--tuning path=``).
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ def add_variant_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-short-routing", action="store_true", help="full header parse to route each datagram")
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--stack", choices=("qh3", "aioquic"), help="peer connections' QUIC stack (Tuning.quic_stack)")
+    parser.add_argument("--path", default="", help="windows for RATE@RTT, e.g. 2gbit@100ms (Tuning.for_path)")
 
 
 def variant_tuning(args: Any) -> Tuning:
     """The :class:`discretpeer.tuning.Tuning` the flags ask for (``Peer(tuning=...)``)."""
-    from discretpeer.tuning import Tuning
+    from discretpeer.tuning import Tuning, parse_path
 
     changes: dict[str, Any] = {}
     if getattr(args, "window", 0):
@@ -63,7 +65,10 @@ def variant_tuning(args: Any) -> Tuning:
     changes.update({field: False for flag, field in _OFF_SWITCHES.items() if getattr(args, flag, False)})
     if getattr(args, "stack", None):
         changes["quic_stack"] = args.stack
-    return Tuning(**changes)
+    tuning = Tuning(**changes)
+    if getattr(args, "path", ""):
+        tuning = tuning.for_path(*parse_path(args.path))
+    return tuning
 
 
 # ablation flag (argparse dest) → the Tuning field it turns off
