@@ -83,7 +83,8 @@ class Tuning:
                 raise ValueError(
                     f"tuning for_path: {name} must be a finite number of at least {low:g} {unit}, got {value!r}"
                 )
-        stream = max(self.max_stream_data, _round_up_mib(2 * rate * rtt))
+        need = 2 * rate * rtt  # may be infinite: a finite rate times a finite round trip
+        stream = max(self.max_stream_data, _round_up_mib(need) if need <= MAX_BYTES else MAX_BYTES)
         if 2 * stream > MAX_BYTES:
             raise ValueError(
                 f"tuning for_path: {rate:g} B/s over {rtt * 1000:g} ms needs windows above {MAX_BYTES} bytes"

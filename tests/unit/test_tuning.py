@@ -163,6 +163,7 @@ def test_for_path_never_lowers_a_window() -> None:
         ("path=1gbit@0ms", "'path=1gbit@0ms': rtt must be a finite number of at least 0.0001 s"),
         ("path=1bit@1ms", "rate must be a finite number of at least 1000 bytes/s"),
         ("path=100gbit@1s", "needs windows above 1073741824 bytes"),
+        ("path=1e200gbit@1e200s", "needs windows above 1073741824 bytes"),  # their product overflows
     ],
 )
 def test_bad_paths_are_refused_naming_the_entry(entry: str, named: str) -> None:
