@@ -47,7 +47,7 @@ from discretpeer.tuning import DEFAULT_TUNING, Tuning, parse_tuning
 DEFAULT_TIMEOUT = 15.0
 KNOWN_KEYS = {
     "beacons", "allow", "lan", "relay", "timeout", "identity", "udp_host", "udp_port", "max_datagram_size",
-    "expose", "expose_host", "control", "peers", "proxy", "web_url",
+    "expose", "expose_host", "control", "peers", "proxy", "web_url", "tuning",
 }  # fmt: skip
 ENV_CONFIG = "DISCRETPEER_CONFIG"
 ENV_IDENTITY = "DISCRETPEER_IDENTITY"
@@ -89,7 +89,7 @@ class Settings:
     secret: str | None = None
     proxy: str | None = None  # None: HTTPS_PROXY/NO_PROXY decide; "none": never a proxy
     web_url: str | None = None  # the beacon's browser signalling WebSocket (ws:// or wss://)
-    tuning: Tuning = DEFAULT_TUNING  # --tuning NAME=VALUE: data-path settings (measurements)
+    tuning: Tuning = DEFAULT_TUNING  # the config's tuning list, then --tuning NAME=VALUE on top
     peers: dict[str, str] = field(default_factory=dict)
     # allow entries with a port ("laptop:22"): the exposed ports that peer may use; a peer
     # absent from this map may use every exposed port
@@ -290,6 +290,14 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
     control = _expand(_expect(data, "control", str, where), env) if "control" in data else None
     if "proxy" in data:
         settings.proxy = _expect(data, "proxy", str, where)
+    if "tuning" in data:  # as --tuning: e.g. tuning = ["path=1gbit@80ms"]; the flags apply on top
+        entries = _expect(data, "tuning", list, where)
+        if not all(isinstance(item, str) for item in entries):
+            raise ConfigError(f'{where}: \'tuning\' must be a list of "NAME=VALUE" strings, e.g. ["path=1gbit@80ms"]')
+        try:
+            settings.tuning = parse_tuning(entries)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: 'tuning': {exc}") from None
     if "web_url" in data:
         settings.web_url = _expect(data, "web_url", str, where)
         if not settings.web_url.startswith(("ws://", "wss://")):
@@ -341,7 +349,7 @@ def load_settings(args: Any, env: Mapping[str, str] | None = None) -> Settings:
         settings.proxy = flag("proxy")
     if flag("tuning"):
         try:
-            settings.tuning = parse_tuning(flag("tuning"))
+            settings.tuning = parse_tuning(flag("tuning"), base=settings.tuning)
         except ValueError as exc:
             raise ConfigError(f"--tuning: {exc}") from None
 

@@ -130,6 +130,10 @@ laptop = "{ID1}"
         ('allow = ["nobody:22"]', "neither a name from \\[peers\\]"),
         ('web_url = "https://beacon.example.org/"', "'web_url' must start with ws:// or wss://"),
         ("web_url = 3", "'web_url' must be"),
+        ('tuning = "path=1gbit@80ms"', "'tuning' must be a list, got 'path=1gbit@80ms'"),
+        ("tuning = [1]", "'tuning' must be a list of \"NAME=VALUE\" strings"),
+        ('tuning = ["path=1gbit"]', "config.toml: 'tuning': tuning 'path=1gbit': expected path=RATE@RTT"),
+        ('tuning = ["max_data=1"]', "'tuning': tuning max_data must be an integer from 16384"),
     ],
 )
 def test_bad_config_entries_are_one_clear_error(tmp_path, text, match):
@@ -245,3 +249,15 @@ def test_the_event_loop_is_chosen_by_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DISCRETPEER_LOOP", "trio")
     with pytest.raises(ConfigError, match="DISCRETPEER_LOOP must be auto, uvloop or asyncio, got 'trio'"):
         _run(which())
+
+
+def test_tuning_key_and_flags_on_top(tmp_path):
+    """A long fat path set once in the config file; --tuning adds to it (or re-sizes it)."""
+    mib = 1024 * 1024
+    write(tmp_path, f'beacons = [{{hostname = "b:4264", cert_hash = "{HASH}"}}]\ntuning = ["path=1gbit@80ms"]\n')
+    s = load_settings(args("doctor"), env_for(tmp_path))
+    assert (s.tuning.max_stream_data, s.tuning.max_data) == (20 * mib, 40 * mib)
+    s = load_settings(args("doctor", "--tuning", "gso=off"), env_for(tmp_path))
+    assert (s.tuning.max_stream_data, s.tuning.gso) == (20 * mib, False)  # the flag on top of the file
+    s = load_settings(args("doctor", "--tuning", "path=2gbit@100ms"), env_for(tmp_path))
+    assert s.tuning.max_stream_data == 48 * mib
