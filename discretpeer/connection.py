@@ -447,6 +447,14 @@ class PeerConnection:
         return max_datagram_size(self._protocol.quic)
 
     @property
+    def receive_window(self) -> int:
+        """Bytes one stream may have in flight towards this side (the stream receive window:
+        ``Tuning.max_stream_data``, or what ``Tuning.for_path`` sized; fixed for the connection).
+        On qh3 about half of it is in flight per round trip, so one stream receives up to about
+        ``receive_window / 2 / rtt`` bytes per second."""
+        return tuning_of(self._protocol.quic).max_stream_data
+
+    @property
     def closed(self) -> bool:
         """True from the moment either side closes (QUIC then drains for a while: we don't wait)."""
         protocol = self._protocol

@@ -145,6 +145,7 @@ def describe_connection(conn: PeerConnection) -> dict[str, Any]:
         "remote": format_address(conn.remote_address),
         "rtt_ms": None if conn.rtt is None else round(conn.rtt * 1000, 2),
         "datagram_size": conn.datagram_size,  # what this side sends per datagram now
+        "receive_window": conn.receive_window,  # bytes per stream towards this side (--tuning path=...)
     }
 
 

@@ -67,6 +67,8 @@ def test_ping_and_status_use_names_from_peers(lab, tmp_path):
             str(tmp_path / "f.sock"),
             "--max-datagram-size",
             "1280",
+            "--tuning",
+            "path=1gbit@80ms",
             name="forward-names",
         )
         forward.wait_event("connected")
@@ -83,6 +85,9 @@ def test_ping_and_status_use_names_from_peers(lab, tmp_path):
         # --max-datagram-size caps what the forwarding side sends (loopback allows 16,000)
         sizes = json.loads(laptop.run("status", "--json", "--control", str(tmp_path / "f.sock")).stdout)
         assert sizes["connection"]["datagram_size"] == 1280, sizes  # (1,350 before any probe, without it)
+        # --tuning path= sizes the windows of the forwarding side's connection (2 x 125 MB/s x 80 ms)
+        assert sizes["connection"]["receive_window"] == 20 * 1024 * 1024, sizes
+        assert as_json["connections"][0]["receive_window"] == 8 * 1024 * 1024, as_json  # the device: defaults
     finally:
         device.stop_all()
         laptop.stop_all()
