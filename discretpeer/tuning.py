@@ -75,8 +75,8 @@ class Tuning:
         half-window steps, so a stream keeps about half its window in flight, and the stream
         window is 2 x rate x rtt, the connection window twice that, the writer's ceiling
         (``stream_high_water_max``: twice the flight) at least twice the stream window; none
-        below this tuning's own.
-        A reader that stops can leave up to the stream window unread (memory, per stream).
+        below this tuning's own (on aioquic, which slides its credit, about twice what the path
+        needs). A reader that stops can leave up to the stream window unread (memory, per stream).
         Raises ValueError naming the problem (a window above 1 GiB included)."""
         for name, value, low, unit in (("rate", rate, MIN_PATH_RATE, "bytes/s"), ("rtt", rtt, MIN_PATH_RTT, "s")):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < math.inf:
