@@ -1098,10 +1098,11 @@ class Bench:
         # homes' lines in Mbit/s (None: the veths' own), other Tuning fields, label): each stack
         # against its own loopback figure
         unpaced = {"qh3_pacer": False}
-        from discretpeer.tuning import parse_tuning
+        from discretpeer.tuning import DEFAULT_TUNING, parse_tuning
 
+        # the fields for_path changes, as the lab's workers take them (Tuning fields by name)
         sized = parse_tuning([f"path={LAB_PATH}"])
-        path_windows = {name: getattr(sized, name) for name in ("max_stream_data", "max_data", "stream_high_water_max")}
+        path_windows = {name: value for name, value in vars(sized).items() if value != getattr(DEFAULT_TUNING, name)}
         labs: list[tuple[str, int, float | None, float | None, dict[str, Any], str]] = [
             # the lab without its delay first: what its NATs, veths and forwarding cost against
             # loopback, and what the delayed rows are held against besides loopback
