@@ -1103,6 +1103,9 @@ class Bench:
         # the fields for_path changes, as the lab's workers take them (Tuning fields by name)
         sized = parse_tuning([f"path={LAB_PATH}"])
         path_windows = {name: value for name, value in vars(sized).items() if value != getattr(DEFAULT_TUNING, name)}
+        # what Tuning.write_slice is worth where it acts: a flight large enough that the water
+        # marks never stop the writer
+        unsliced = {**path_windows, "write_slice": 0}
         labs: list[tuple[str, int, float | None, float | None, dict[str, Any], str]] = [
             # the lab without its delay first: what its NATs, veths and forwarding cost against
             # loopback, and what the delayed rows are held against besides loopback
@@ -1111,6 +1114,7 @@ class Bench:
             # on qh3 the lab's flight peaks at about half the stream window: windows sized for the
             # path (Tuning.for_path: twice rate x RTT at loopback's rate and the lab's loaded RTT)
             ("qh3", 0, None, None, path_windows, f"on qh3, windows for the path ({LAB_PATH})"),
+            ("qh3", 0, None, None, unsliced, f"on qh3, windows for the path ({LAB_PATH}), writer slices off"),
             # what discretpeer.send_pacer is worth (qh3's own pacer lets a whole window go at once)
             ("qh3", 0, None, None, unpaced, "on qh3, default windows, qh3's own pacer only"),
             # a home line's bottleneck (tbf, 80 ms drop-tail queue): does one stream fill it?
@@ -1135,7 +1139,8 @@ class Bench:
                 )
             changes = {"quic_stack": stack, **tuned}
             moved = size // 4 if rate_mbit else size  # 16 MB at 12.5 MB/s: 1.3 s per transfer
-            if tuned is path_windows:
+            for_path = tuned in (path_windows, unsliced)
+            if for_path:
                 # at ~200 MB/s, 64 MB take 0.32 s: the answer's round trip (~0.1 s) alone would
                 # hold the timed rate to ~0.75x of what the path carries, whatever the windows
                 moved = 4 * size
@@ -1143,7 +1148,7 @@ class Bench:
             if not rate_mbit and (not fresh or moved != size):
                 # the baseline measured just before the row, same size: this machine's loopback
                 # figure drifts by up to 1.8x within minutes (199-351 MB/s in four runs of an hour)
-                sized_as = ["--path", LAB_PATH] if tuned is path_windows else []  # the same windows
+                sized_as = ["--path", LAB_PATH] if for_path else []  # the same windows
                 adjacent = await self.bulk(["--dgram", str(dgram), "--stack", stack, *sized_as], moved)
             loop_rates = adjacent["rates"]
             loop_per_cpu = min(adjacent["mb_per_cpu"].values(), default=0.0)  # the busier side's
@@ -1805,6 +1810,10 @@ def natbulk_summary(kind: dict[str, Any], rates: bool = True) -> str:
         values = sorted(c[key]["median"] for c in congestion if c[key]["median"] is not None)
         return f"{values[len(values) // 2] * scale:.1f}" if values else "-"
 
+    def mid_round(key: str) -> str:  # the median over the transfers of the sampler's round (ms)
+        values = sorted(c["loop_round"][key] for c in congestion if c.get("loop_round"))
+        return f"{values[len(values) // 2] * 1000:.0f}" if values else "-"
+
     total = len(kind["rates"])  # transfers
     moved = kind.get("bytes_moved", 0) / MB
     sink = kind.get("sink_transfer_cpu_seconds") or kind.get("sink_cpu_seconds", 0.0)
@@ -1815,6 +1824,7 @@ def natbulk_summary(kind: dict[str, Any], rates: bool = True) -> str:
         f"{sum(c['loss_events'] for c in congestion)} congestion events over {total} transfers",
         f"cwnd {mid('cwnd', 1 / MB)} MB, in flight {mid('in_flight', 1 / MB)} MB, "
         f"sRTT {mid('srtt', 1000)} ms, pacing {mid('pacing_rate', 1 / MB)} MB/s (medians)",
+        f"the sender's loop: a 20 ms sleep took {mid_round('median')} ms (median), up to {mid_round('max')}",
         f"{moved / busier:.1f} MB per CPU-s of the busier side" if busier else "CPU unknown",
         f"beacon {kind.get('beacon_cpu_seconds', 0.0):.2f} CPU-s",
         f"lab drops {kind.get('lab_drops')}",

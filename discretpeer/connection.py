@@ -75,6 +75,7 @@ class _FlowControlledAdapter(StreamAdapter):
         super().__init__(protocol, stream_id)
         self.flow: asyncio.streams.StreamReaderProtocol | None = None
         self.paused = False
+        self.sliced = 0  # bytes written in this loop iteration (Tuning.write_slice)
         quic = protocol.quic
         self._native = quic if isinstance(quic, NativeQuicConnection) else None  # qh3: it counts itself
 
@@ -88,10 +89,35 @@ class _FlowControlledAdapter(StreamAdapter):
             super().write(data)
         except (RuntimeError, AssertionError) as exc:  # aioquic: stream reset or connection gone
             raise ConnectionResetError(f"stream {self.stream_id}: {exc}") from exc
-        if not self.paused and self.flow is not None and self.unacknowledged() > self.protocol.water_marks()[0]:
-            self.paused = True
-            self.flow.pause_writing()
-            self.protocol.paused_streams.add(self)
+        if self.paused or self.flow is None:
+            return
+        if self.unacknowledged() > self.protocol.water_marks()[0]:
+            self._pause_until_acknowledged()
+            return
+        slice_size = self.protocol.write_slice
+        if slice_size:
+            if not self.sliced:  # the first write of this loop iteration
+                self.protocol.loop.call_soon(self._end_slice)
+            self.sliced += len(data)
+            if self.sliced >= slice_size:
+                # drain() waits for one loop iteration: the connection's datagrams and the other
+                # tasks get their turn (see Tuning.write_slice)
+                self.paused = True
+                self.flow.pause_writing()
+
+    def _pause_until_acknowledged(self) -> None:
+        assert self.flow is not None
+        self.paused = True
+        self.flow.pause_writing()
+        self.protocol.paused_streams.add(self)
+
+    def _end_slice(self) -> None:
+        """The loop went round once since this iteration's first write: a writer paused for its
+        slice resumes (its next write checks the water marks again); one paused for them waits on."""
+        self.sliced = 0
+        if self.paused and self not in self.protocol.paused_streams and self.flow is not None:
+            self.paused = False
+            self.flow.resume_writing()
 
     def write_eof(self) -> None:
         try:
@@ -147,6 +173,7 @@ class PeerProtocol(EndpointProtocol):
         self.stream_high_water = tuning.stream_high_water  # a stream's writer pauses above, resumes below low
         self.stream_low_water = tuning.stream_low_water  # (at least: see water_marks)
         self.stream_high_water_max = tuning.stream_high_water_max
+        self.write_slice = tuning.write_slice  # a writer yields to the loop after this much in one iteration
         if tuning.ack_delay is not None and not isinstance(quic, NativeQuicConnection):
             set_ack_delay(quic, tuning.ack_delay)  # qh3: no setting (its core acknowledges by itself)
         self.unread_ceiling = tuning.max_data // 2  # qh3: what all streams' readers may hold together

@@ -18,6 +18,11 @@ STREAM_LOW_WATER = 256 * 1024
 # (the marks follow the flight), and 16 MiB held a stream with 48 MiB windows to 16 MiB in flight
 # (121-146 MB/s in the NAT lab against 203-217 with 64 MiB, benchmarks/README.md)
 STREAM_HIGH_WATER_MAX = 64 * 1024 * 1024
+# a writer that never waits (its marks follow a large flight) yields to the event loop after this
+# many bytes written in one loop iteration: without it, `write(); await drain()` over a long fat
+# path ran up to ~100 ms per iteration, the connection's ACKs waited and its RTT grew by 50-100 ms
+# (benchmarks/README.md, "The writer's slices")
+WRITE_SLICE = 1024 * 1024
 # a stream may have this much in flight towards us: at an 85 ms round trip, 8 MiB carries ~2x what
 # 4 MiB did on qh3 (benchmarks/README.md, NAT lab); a stalled reader holds up to it
 STREAM_WINDOW = 8 * 1024 * 1024
@@ -51,7 +56,9 @@ class Tuning:
     unless ``Peer(max_datagram_size)`` says otherwise) or ``"aioquic"`` (probes for larger datagrams;
     ``burst_pacer``, ``congestion_control`` and ``ack_delay`` apply to it only). ``qh3_pacer``: pace
     a qh3 connection's sends at 1.25x its congestion window per round trip (discretpeer.send_pacer;
-    off: qh3's own pacer, whose bucket lets a whole window go at once). Beacon connections always run on aioquic."""
+    off: qh3's own pacer, whose bucket lets a whole window go at once). ``write_slice``: bytes a
+    stream's writer may write in one event-loop iteration before ``drain()`` yields to the loop
+    once (0: only the water marks make it wait). Beacon connections always run on aioquic."""
 
     stream_high_water: int = STREAM_HIGH_WATER
     stream_low_water: int = STREAM_LOW_WATER
@@ -68,6 +75,7 @@ class Tuning:
     short_header_routing: bool = True
     quic_stack: str = "qh3"
     qh3_pacer: bool = True
+    write_slice: int = WRITE_SLICE
 
     def for_path(self, rate: float, rtt: float) -> Tuning:
         """This tuning with windows sized for one stream to carry ``rate`` bytes/s over a round
@@ -98,7 +106,7 @@ class Tuning:
 
     def __post_init__(self) -> None:
         for name, low in (("max_data", MIN_WINDOW), ("max_stream_data", MIN_WINDOW), ("stream_high_water", 1),
-                          ("stream_low_water", 1), ("stream_high_water_max", 1)):  # fmt: skip
+                          ("stream_low_water", 1), ("stream_high_water_max", 1), ("write_slice", 0)):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_BYTES:
                 raise ValueError(f"tuning {name} must be an integer from {low} to {MAX_BYTES}, got {value!r}")

@@ -10,13 +10,15 @@ cpu_seconds (during that stream), second_half_bytes, second_half_seconds (see se
 sender's aioquic loss recovery during that transfer, sampled every 20 ms: losses (packets,
 congestion events, probe-timeout expiries), the median and maximum of the congestion window,
 bytes in flight, pacing rate and smoothed RTT, the slow-start threshold at the end, and a
-coarse trace (every 10th sample).
+coarse trace (every 10th sample); ``loop_round``: the median and longest time a round of the
+20 ms sampler took (the sender's event-loop lag).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -70,7 +72,11 @@ def summarise(samples: list[dict], losses, before: tuple[int, int, int]) -> dict
             return {"median": None, "max": None}
         return {"median": values[len(values) // 2], "max": values[-1]}
 
+    # the sampler sleeps 20 ms: how long each round took says how long the sender's event loop
+    # was busy elsewhere (a writer that never waited, a long transmit)
+    rounds = sorted(b["t"] - a["t"] for a, b in itertools.pairwise(samples))
     return {
+        "loop_round": {"median": rounds[len(rounds) // 2], "max": rounds[-1]} if rounds else None,
         "lost_packets": losses.packets - before[0],
         "loss_events": losses.events - before[1],
         "expired_packets": losses.expired - before[2],

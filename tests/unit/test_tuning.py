@@ -65,6 +65,7 @@ def test_parse_tuning() -> None:
     assert parsed == Tuning(gso=False, max_data=1 << 20, ack_delay=0.002, congestion_control="cubic")
     assert parse_tuning([]) == DEFAULT_TUNING
     assert parse_tuning(["ack_delay=none"], parsed).ack_delay is None
+    assert parse_tuning(["write-slice=0"]) == Tuning(write_slice=0)  # off
     for bad in ("gso", "nonsense=1", "gso=maybe", "max_data=lots"):
         with pytest.raises(ValueError, match="tuning"):
             parse_tuning([bad])
@@ -82,6 +83,8 @@ def test_parse_tuning() -> None:
         ("ack_delay=5", "ack_delay must be None or seconds from 0 to 1"),
         ("ack_delay=nan", "ack_delay must be None or seconds"),
         ("ack_delay=-0.1", "ack_delay must be None or seconds"),
+        ("write_slice=-1", "write_slice must be an integer from 0 to 1073741824, got -1"),
+        ("write_slice=2147483648", "write_slice must be an integer from 0"),
     ],
 )
 def test_values_out_of_range_are_refused_naming_the_field(entry: str, named: str) -> None:
