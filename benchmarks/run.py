@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,36 @@ class Row:
     note: str = ""
     samples: list[float] = field(default_factory=list)
     baseline_samples: list[float] = field(default_factory=list)
+
+
+class Interleaved:
+    """A loopback pair's transfers, one per call of :meth:`transfer` from a thread that is not
+    the loop's (natlab_bulk's ``before_each``); :meth:`result` as :meth:`Bench.bulk` returns it."""
+
+    def __init__(self, sender: Worker, receiver: Worker, size: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.sender, self.receiver, self.size, self.loop = sender, receiver, size, loop
+        self.rates: list[float] = []
+        self.cpu = {"sender": 0.0, "receiver": 0.0}
+
+    async def _one(self) -> None:
+        workers = {"sender": self.sender, "receiver": self.receiver}
+        cpu0 = {name: cpu_seconds(w.pid) for name, w in workers.items()}
+        self.sender.send(cmd="send", size=self.size, repeat=1, timeout=240)
+        sent = await self.sender.expect("sent", 260)
+        self.rates.append(self.size / sent["seconds"] / MB)
+        for name, w in workers.items():
+            self.cpu[name] += cpu_seconds(w.pid) - cpu0[name]
+
+    def transfer(self, index: int) -> None:
+        asyncio.run_coroutine_threadsafe(self._one(), self.loop).result(timeout=300)
+
+    def result(self) -> dict[str, Any]:
+        total = self.size * len(self.rates) / MB
+        return {
+            "rates": self.rates,
+            "median": median(self.rates),
+            "mb_per_cpu": {side: total / seconds for side, seconds in self.cpu.items() if seconds > 0},
+        }
 
 
 @dataclass
@@ -514,6 +545,14 @@ class Bench:
         connected = await a.expect("connected", 40)
         await b.expect("connected", 40)
         return a, b, connected
+
+    async def interleaved_loopback(self, variant: list[str], size: int) -> Interleaved:
+        """A loopback peer pair whose transfers of ``size`` bytes a blocking caller (another
+        thread) starts one at a time with ``.transfer(index)``; its workers stay up until
+        :meth:`stop_all`."""
+        ready = await self.beacon_for_peers()
+        a, b, _ = await self.peer_pair(ready, variant)
+        return Interleaved(a, b, size, asyncio.get_running_loop())
 
     async def bulk(self, variant: list[str], size: int, relay: bool = False) -> dict:
         ready = await self.beacon_for_peers()
@@ -1144,26 +1183,34 @@ class Bench:
                 # at ~200 MB/s, 64 MB take 0.32 s: the answer's round trip (~0.1 s) alone would
                 # hold the timed rate to ~0.75x of what the path carries, whatever the windows
                 moved = 4 * size
-            adjacent = loopback[stack]
-            if not rate_mbit and (not fresh or moved != size):
-                # the baseline measured just before the row, same size: this machine's loopback
-                # figure drifts by up to 1.8x within minutes (199-351 MB/s in four runs of an hour)
+            interleaved: Interleaved | None = None
+            if not rate_mbit:
+                # the baseline: a loopback transfer of the same size (and windows) just before each
+                # of the lab's, alternating: this machine's loopback figure moved 2x between runs
+                # within the hour (111-224 MB/s), and within a row it moves with the lab's
                 sized_as = ["--path", LAB_PATH] if for_path else []  # the same windows
-                adjacent = await self.bulk(["--dgram", str(dgram), "--stack", stack, *sized_as], moved)
+                interleaved = await self.interleaved_loopback(
+                    ["--dgram", str(dgram), "--stack", stack, *sized_as], moved
+                )
+            try:
+                lab = await asyncio.to_thread(
+                    natlab_bulk,
+                    self.installed,
+                    self.log_dir,
+                    moved,
+                    repeat,
+                    dgram,
+                    window,
+                    changes,
+                    delay_ms,
+                    rate_mbit,
+                    before_each=interleaved.transfer if interleaved is not None else None,
+                )
+            finally:
+                await self.stop_all()
+            adjacent = interleaved.result() if interleaved is not None else loopback[stack]
             loop_rates = adjacent["rates"]
             loop_per_cpu = min(adjacent["mb_per_cpu"].values(), default=0.0)  # the busier side's
-            lab = await asyncio.to_thread(
-                natlab_bulk,
-                self.installed,
-                self.log_dir,
-                moved,
-                repeat,
-                dgram,
-                window,
-                changes,
-                delay_ms,
-                rate_mbit,
-            )
             results[label] = {**lab, "loopback_rates": loop_rates}
             for kind in ("direct", "relay"):
                 self.log(f"natbulk {label}, {kind}: {natbulk_summary(lab[kind])}")
@@ -1875,12 +1922,15 @@ def natlab_bulk(
     delay_ms: float | None = None,
     rate_mbit: float | None = None,
     uvloop: bool = False,
+    before_each: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Bulk transfers between two port-restricted NATs of the lab (blocking), direct then with
     the sender relay-only; every process runs the installed package (``python -I``).
     ``changes``: Tuning fields both peers set (an ablation); ``delay_ms``: one-way, per internet
     link (None: the lab's usual 20 ms); ``rate_mbit``: both homes' lines limited to that rate
-    (tbf, 80 ms queue); ``uvloop``: the peers run on uvloop (as the CLI does)."""
+    (tbf, 80 ms queue); ``uvloop``: the peers run on uvloop (as the CLI does); ``before_each``:
+    called with the transfer's index before each direct transfer starts (the baseline's own
+    transfer, interleaved with the lab's)."""
     from discretpeer import Identity
     from tests.natlab.lab import Lab, LabUnavailable
     from tests.natlab.test_matrix import BEACON_IP, DELAY_MS
@@ -1949,6 +1999,7 @@ def natlab_bulk(
                 "tuning": changes or {},
                 "uvloop": uvloop,
             }
+            gate = before_each if kind == "direct" else None
             procs = {}
             for name, host, other in (("sink", "B1", "send"), ("send", "A1", "sink")):
                 config = common | {
@@ -1956,9 +2007,13 @@ def natlab_bulk(
                     "identity": str(workdir / f"{kind}-{name}.key"),
                     "expect": ids[other].peer_id,
                     "direct": not (kind == "relay" and name == "send"),
+                    "gated": gate is not None and name == "send",
                 }
                 procs[name] = lab.popen(
-                    host, [installed.python, "-I", script, json.dumps(config)], name=f"natbulk-{kind}-{name}"
+                    host,
+                    [installed.python, "-I", script, json.dumps(config)],
+                    name=f"natbulk-{kind}-{name}",
+                    stdin=subprocess.PIPE if config["gated"] else subprocess.DEVNULL,
                 )
             sender = procs["send"]
             delayer = getattr(lab, "_delayer", None)  # the NFQUEUE delay program, when netem is missing
@@ -1966,6 +2021,8 @@ def natlab_bulk(
             drops_start = lab_drops(lab)
             sink_cpu_start = cpu_seconds(procs["sink"].pid)
             beacon_cpu_start = cpu_seconds(beacon.pid)
+            if gate is not None:
+                _gated_transfers(sender, repeat, gate)
             sender.wait(timeout=60 + repeat * 240)
             sink_cpu = cpu_seconds(procs["sink"].pid) - sink_cpu_start
             beacon_cpu = cpu_seconds(beacon.pid) - beacon_cpu_start
@@ -2012,6 +2069,22 @@ def natlab_bulk(
     finally:
         lab.close()
     return out
+
+
+def _gated_transfers(sender: Any, repeat: int, before_each: Callable[[int], None]) -> None:
+    """Let a gated natbulk sender make its ``repeat`` transfers one at a time, ``before_each``
+    first; then tell it there are no more (EOF)."""
+    stdin = sender.popen.stdin
+    for index in range(repeat):
+        before_each(index)
+        stdin.write("go\n")
+        stdin.flush()
+        deadline = time.monotonic() + 300
+        while sum(1 for e in sender.json_lines() if e.get("event") == "sent") <= index:
+            if not sender.running() or time.monotonic() > deadline:
+                raise RuntimeError(f"natbulk: transfer {index} did not end: {sender.stderr[-500:]}")
+            time.sleep(0.05)
+    stdin.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,9 +19,9 @@ STREAM_LOW_WATER = 256 * 1024
 # (121-146 MB/s in the NAT lab against 203-217 with 64 MiB, benchmarks/README.md)
 STREAM_HIGH_WATER_MAX = 64 * 1024 * 1024
 # a writer that never waits (its marks follow a large flight) yields to the event loop after this
-# many bytes written in one loop iteration: without it, `write(); await drain()` over a long fat
-# path ran up to ~100 ms per iteration, the connection's ACKs waited and its RTT grew by 50-100 ms
-# (benchmarks/README.md, "The writer's slices")
+# many bytes written in one loop iteration: without it, `write(); await drain()` over the 80 ms NAT
+# lab with 48 MiB windows held the loop for 106-180 ms at a time, the connection's ACKs waited and
+# its sRTT rose to 167-211 ms against 92-101 (benchmarks/README.md, "The writer's slices")
 WRITE_SLICE = 1024 * 1024
 # a stream may have this much in flight towards us: at an 85 ms round trip, 8 MiB carries ~2x what
 # 4 MiB did on qh3 (benchmarks/README.md, NAT lab); a stalled reader holds up to it

@@ -3,7 +3,8 @@
 venv's interpreter, so only the pip-installed package is importable.
 
 CONFIG (JSON): {"role": "send"|"sink", "beacons": [...], "meeting": M, "expect": PEER_ID or null,
-"identity": PATH, "direct": bool, "dgram": N, "window": N, "size": N, "repeat": K, "timeout": T}.
+"identity": PATH, "direct": bool, "dgram": N, "window": N, "size": N, "repeat": K, "timeout": T,
+"gated": bool (the sender starts each transfer on a line from stdin)}.
 JSON lines on stdout: connected {path, datagram_size, rtt}, sent {seconds, datagram_size,
 congestion, cpu_seconds (the sender's, during the transfer)}, done; the sink: received {bytes,
 cpu_seconds (during that stream), second_half_bytes, second_half_seconds (see second_half)}. ``congestion`` is the
@@ -167,6 +168,10 @@ async def main(config: dict) -> None:
                 reader, writer = await conn.accept_stream()
                 asyncio.ensure_future(sink(reader, writer))
         for _ in range(config.get("repeat", 1)):
+            if config.get("gated"):  # each transfer when told (a line on stdin), EOF: none more
+                line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+                if not line:
+                    break
             congestion: dict = {}
             cpu_start = time.process_time()
             seconds = await asyncio.wait_for(send(conn, config["size"], congestion), 240)
