@@ -112,8 +112,10 @@ def test_parse_tuning_raises_only_value_error(entries: list[str]) -> None:
     assert isinstance(tuning, Tuning)
 
 
-@given(st.sampled_from(["max_data", "max_stream_data", "stream_high_water", "ack_delay", "congestion_control"]),
-       st.text(max_size=30))  # fmt: skip
+FIELDS_BY_TEXT = ["max_data", "max_stream_data", "stream_high_water", "ack_delay", "congestion_control", "write_slice"]
+
+
+@given(st.sampled_from(FIELDS_BY_TEXT), st.text(max_size=30))
 def test_any_value_of_a_field_is_a_tuning_or_a_value_error(name: str, value: str) -> None:
     try:
         tuning = parse_tuning([f"{name}={value}"])
