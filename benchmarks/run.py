@@ -94,6 +94,17 @@ class Row:
     baseline_samples: list[float] = field(default_factory=list)
 
 
+def bulk_figures(size: int, rates: list[float], cpu: dict[str, float]) -> dict[str, Any]:
+    """MB/s of each transfer of ``size`` bytes, their median, and MB moved per CPU-second of each
+    side (``cpu``: CPU seconds by side; steadier than MB/s on a shared machine)."""
+    total = size * len(rates) / MB
+    return {
+        "rates": rates,
+        "median": median(rates),
+        "mb_per_cpu": {side: total / seconds for side, seconds in cpu.items() if seconds > 0},
+    }
+
+
 class Interleaved:
     """A loopback pair's transfers, one per call of :meth:`transfer` from a thread that is not
     the loop's (natlab_bulk's ``before_each``); :meth:`result` as :meth:`Bench.bulk` returns it."""
@@ -112,16 +123,11 @@ class Interleaved:
         for name, w in workers.items():
             self.cpu[name] += cpu_seconds(w.pid) - cpu0[name]
 
-    def transfer(self, index: int) -> None:
+    def transfer(self) -> None:
         asyncio.run_coroutine_threadsafe(self._one(), self.loop).result(timeout=300)
 
     def result(self) -> dict[str, Any]:
-        total = self.size * len(self.rates) / MB
-        return {
-            "rates": self.rates,
-            "median": median(self.rates),
-            "mb_per_cpu": {side: total / seconds for side, seconds in self.cpu.items() if seconds > 0},
-        }
+        return bulk_figures(self.size, self.rates, self.cpu)
 
 
 @dataclass
@@ -548,7 +554,7 @@ class Bench:
 
     async def interleaved_loopback(self, variant: list[str], size: int) -> Interleaved:
         """A loopback peer pair whose transfers of ``size`` bytes a blocking caller (another
-        thread) starts one at a time with ``.transfer(index)``; its workers stay up until
+        thread) starts one at a time with ``.transfer()``; its workers stay up until
         :meth:`stop_all`."""
         ready = await self.beacon_for_peers()
         a, b, _ = await self.peer_pair(ready, variant)
@@ -559,15 +565,11 @@ class Bench:
         a, b, connected = await self.peer_pair(ready, variant, relay)
         cpu: dict[str, float] = {}
         rates, sent = await self.transfers(a, size, cpu={"sender": a, "receiver": b}, cpu_out=cpu)
-        total = size * len(rates) / MB
         return {
             "path": connected["path"],
-            "rates": rates,
-            "median": median(rates),
             "datagram_size": sent.get("datagram_size"),
             "sent": sent,
-            # MB moved per CPU-second of each side: steadier than MB/s on a shared machine
-            "mb_per_cpu": {side: total / seconds for side, seconds in cpu.items() if seconds > 0},
+            **bulk_figures(size, rates, cpu),
         }
 
     async def plain_bulk(self, size: int, dgram: int = 0) -> dict:
@@ -578,12 +580,7 @@ class Bench:
         )
         cpu: dict[str, float] = {}
         rates, _ = await self.transfers(client, size, cpu={"sender": client, "receiver": server}, cpu_out=cpu)
-        total = size * len(rates) / MB
-        return {
-            "rates": rates,
-            "median": median(rates),
-            "mb_per_cpu": {side: total / seconds for side, seconds in cpu.items() if seconds > 0},
-        }
+        return bulk_figures(size, rates, cpu)
 
     async def transfers(
         self, sender: Worker, size: int, cpu: dict[str, Worker] | None = None, cpu_out: dict[str, float] | None = None
@@ -740,11 +737,7 @@ class Bench:
         )
         cpu: dict[str, float] = {}
         rates, _ = await self.transfers(client, size, cpu={"client": client, "server": server}, cpu_out=cpu)
-        total = size * len(rates) / MB
-        return {
-            "rates": rates,
-            "mb_per_cpu": {side: total / seconds for side, seconds in cpu.items() if seconds > 0},
-        }
+        return bulk_figures(size, rates, cpu)
 
     async def stack_at_1472(self, size: int) -> None:
         """The stack the proposal names (qh3 2.x, scratch venv) at 1472 bytes, both directions (its
@@ -1853,13 +1846,15 @@ def natbulk_summary(kind: dict[str, Any], rates: bool = True) -> str:
     busier side's MB per CPU-second and what the lab dropped."""
     congestion = [c for c in kind.get("congestion", []) if c]
 
-    def mid(key: str, scale: float) -> str:
-        values = sorted(c[key]["median"] for c in congestion if c[key]["median"] is not None)
-        return f"{values[len(values) // 2] * scale:.1f}" if values else "-"
+    def middle(values: list[float], scale: float, digits: int) -> str:  # the median over the transfers
+        ordered = sorted(values)
+        return f"{ordered[len(ordered) // 2] * scale:.{digits}f}" if ordered else "-"
 
-    def mid_round(key: str) -> str:  # the median over the transfers of the sampler's round (ms)
-        values = sorted(c["loop_round"][key] for c in congestion if c.get("loop_round"))
-        return f"{values[len(values) // 2] * 1000:.0f}" if values else "-"
+    def mid(key: str, scale: float) -> str:
+        return middle([c[key]["median"] for c in congestion if c[key]["median"] is not None], scale, 1)
+
+    def mid_round(key: str) -> str:  # the sampler's round, in ms
+        return middle([c["loop_round"][key] for c in congestion if c.get("loop_round")], 1000, 0)
 
     total = len(kind["rates"])  # transfers
     moved = kind.get("bytes_moved", 0) / MB
@@ -1922,14 +1917,14 @@ def natlab_bulk(
     delay_ms: float | None = None,
     rate_mbit: float | None = None,
     uvloop: bool = False,
-    before_each: Callable[[int], None] | None = None,
+    before_each: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Bulk transfers between two port-restricted NATs of the lab (blocking), direct then with
     the sender relay-only; every process runs the installed package (``python -I``).
     ``changes``: Tuning fields both peers set (an ablation); ``delay_ms``: one-way, per internet
     link (None: the lab's usual 20 ms); ``rate_mbit``: both homes' lines limited to that rate
     (tbf, 80 ms queue); ``uvloop``: the peers run on uvloop (as the CLI does); ``before_each``:
-    called with the transfer's index before each direct transfer starts (the baseline's own
+    called before each direct transfer starts (the baseline's own
     transfer, interleaved with the lab's)."""
     from discretpeer import Identity
     from tests.natlab.lab import Lab, LabUnavailable
@@ -2071,12 +2066,12 @@ def natlab_bulk(
     return out
 
 
-def _gated_transfers(sender: Any, repeat: int, before_each: Callable[[int], None]) -> None:
+def _gated_transfers(sender: Any, repeat: int, before_each: Callable[[], None]) -> None:
     """Let a gated natbulk sender make its ``repeat`` transfers one at a time, ``before_each``
     first; then tell it there are no more (EOF)."""
     stdin = sender.popen.stdin
     for index in range(repeat):
-        before_each(index)
+        before_each()
         stdin.write("go\n")
         stdin.flush()
         deadline = time.monotonic() + 300

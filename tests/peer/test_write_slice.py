@@ -5,10 +5,13 @@ real QUIC on loopback, on both stacks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
 from discretpeer import Identity
+from discretpeer.connection import PeerConnection
 from discretpeer.tuning import WRITE_SLICE, Tuning
 from tests.conftest import beacon_entry
 from tests.support.peers import connect_both, loopback_peer
@@ -27,6 +30,17 @@ def _never_waits_for_marks(stack: str, write_slice: int) -> Tuning:
         stream_high_water_max=64 * MIB,
         write_slice=write_slice,
     )
+
+
+@contextlib.asynccontextmanager
+async def _connected(beacon, tuning: Tuning) -> AsyncIterator[tuple[PeerConnection, PeerConnection]]:
+    """Two loopback peers with ``tuning``, connected: both ends."""
+    entry = [beacon_entry(beacon)]
+    async with (
+        loopback_peer(Identity.generate(), entry, tuning=tuning) as pa,
+        loopback_peer(Identity.generate(), entry, tuning=tuning) as pb,
+    ):
+        yield await connect_both(pa, pb)
 
 
 async def _longest_run_without_the_loop(writer: asyncio.StreamWriter) -> int:
@@ -68,13 +82,7 @@ async def _longest_run_without_the_loop(writer: asyncio.StreamWriter) -> int:
     ids=["default", "256k", "off"],
 )
 async def test_a_writer_that_the_marks_let_go_on_yields_every_slice(beacon, stack, write_slice, longest_allowed):
-    tuning = _never_waits_for_marks(stack, write_slice)
-    entry = [beacon_entry(beacon)]
-    async with (
-        loopback_peer(Identity.generate(), entry, tuning=tuning) as pa,
-        loopback_peer(Identity.generate(), entry, tuning=tuning) as pb,
-    ):
-        ca, cb = await connect_both(pa, pb)
+    async with _connected(beacon, _never_waits_for_marks(stack, write_slice)) as (ca, cb):
         reader, writer = await ca.open_stream()
         longest = await _longest_run_without_the_loop(writer)
         if write_slice:
@@ -100,12 +108,7 @@ async def test_the_end_of_a_slice_leaves_a_writer_paused_for_its_marks_paused(be
     passes the high mark: the end of the slice must not resume that writer (only acknowledgements
     may), whatever the slice's size."""
     tuning = Tuning(quic_stack=stack, stream_high_water_max=2 * MIB, write_slice=64 * MIB)
-    entry = [beacon_entry(beacon)]
-    async with (
-        loopback_peer(Identity.generate(), entry, tuning=tuning) as pa,
-        loopback_peer(Identity.generate(), entry, tuning=tuning) as pb,
-    ):
-        ca, cb = await connect_both(pa, pb)
+    async with _connected(beacon, tuning) as (ca, cb):
         _, writer = await ca.open_stream()
         # 12 MiB in one iteration, to a reader that reads nothing: past the 8 MiB receive window,
         # so at least 4 MiB stay unacknowledged, far above the marks (at most 2 MiB)
