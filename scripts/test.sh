@@ -26,4 +26,11 @@ cd "$ROOT"
 if [ -z "${DISCRETPEER_NO_LINT:-}" ]; then
   "$ROOT/scripts/lint.sh"
 fi
+# two workers (pytest-xdist, a test file per worker at a time): the suite mostly waits on
+# subprocesses and timers, so this halves its wall time; tests marked 'alone' still run by
+# themselves (tests/support/workers.py). DISCRETPEER_TEST_WORKERS=0 runs it in one process.
+WORKERS="${DISCRETPEER_TEST_WORKERS:-2}"
+if [ "$WORKERS" != 0 ]; then
+  set -- -n "$WORKERS" --dist loadfile "$@"
+fi
 exec "$VENV/bin/python" -m pytest "$@"

@@ -14,6 +14,27 @@ from beacon.server import BeaconServer
 from certs import CertificateBundle, create_bundle
 from discretpeer import Identity, Peer
 from discretpeer.tokens import MeetingKeys
+from tests.support import workers
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    workers.configure(config)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    with workers.turn(item):
+        return (yield)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    workers.session_finished(session, exitstatus)
+    workers.hand_over_figures(session.config, {"natlab_matrix": _matrix_results()})
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    workers.unconfigure(config)
 
 
 @asynccontextmanager
@@ -74,23 +95,34 @@ def make_beacon() -> Callable[..., Any]:
     return running_beacon
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print the NAT-lab traversal matrix (p50 introduction→verified) when it ran."""
-    import statistics
+def _matrix_results() -> dict[str, Any]:
+    """The NAT-lab matrix's results in this process (empty when it did not run here)."""
     import sys
 
     # pytest may import the module under another name than ``tests.natlab.test_matrix``
     # (and the other natlab test files import it as ``tests.natlab.test_matrix``: merge them all)
     candidates = [m for name, m in list(sys.modules.items()) if name.endswith("test_matrix")]
-    matrix = next((m for m in candidates if getattr(m, "RESULTS", None)), None)
-    if matrix is None:
-        return
     results: dict[str, Any] = {}
     for module in dict.fromkeys(candidates):
         results.update(getattr(module, "RESULTS", {}))
-    rtt = 4 * matrix.DELAY_MS
+    return results
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the NAT-lab traversal matrix (p50 introduction→verified) when it ran (on any worker)."""
+    import statistics
+
+    from tests.natlab import test_matrix
+
+    results = _matrix_results()
+    for figures in workers.collected_figures(terminalreporter.config):
+        for case, entry in figures.get("natlab_matrix", {}).items():
+            results.setdefault(case, {"path": entry["path"], "times": []})["times"].extend(entry["times"])
+    if not results:
+        return
+    rtt = 4 * test_matrix.DELAY_MS
     write = terminalreporter.write_line
-    terminalreporter.section(f"NAT lab matrix ({matrix.DELAY_MS:g} ms per internet link, peer RTT {rtt:g} ms)")
+    terminalreporter.section(f"NAT lab matrix ({test_matrix.DELAY_MS:g} ms per internet link, peer RTT {rtt:g} ms)")
     write(f"{'case':<44} {'path':<7} {'runs':>4} {'p50 ms':>8} {'p50 RTT':>8} {'max ms':>8}")
     for case, entry in results.items():
         times = entry["times"]

@@ -403,6 +403,7 @@ async def test_host_without_ipv6_address_keeps_ipv4(start_beacon):
         await client.close()
 
 
+@pytest.mark.alone  # times asserted
 async def test_wait_connected_after_the_handshake_already_completed(beacon):
     """aioquic records a completed handshake only for a waiter already waiting; under uvloop the
     handshake can complete before the task that awaits wait_connected() runs, which then hung

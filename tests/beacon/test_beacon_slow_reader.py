@@ -7,6 +7,7 @@ import os
 import statistics
 import time
 
+import pytest
 from beacon_test_client import BeaconClient
 
 from discretpeer.proto import wire
@@ -48,6 +49,7 @@ async def _introduction_latency(server, stuck: BeaconClient | None, rounds: int)
     return latencies
 
 
+@pytest.mark.alone  # times asserted
 async def test_stuck_client_does_not_delay_introductions(start_beacon):
     config = dict(
         max_unsent_bytes=16 * 1024 * 1024,

@@ -219,6 +219,7 @@ async def test_a_client_falls_back_to_version_1_with_an_older_beacon(monkeypatch
             assert client.mapping is None
 
 
+@pytest.mark.alone  # times asserted
 async def test_a_silent_behaviour_port_costs_one_short_wait() -> None:
     """A firewall that drops the second port: the first Announce waits 4 RTT (at least 0.15 s),
     not 0.6 s, and reconnects to that beacon do not wait for it again."""
@@ -355,6 +356,7 @@ def loop_errors():
         loop.set_exception_handler(old)
 
 
+@pytest.mark.alone  # times asserted
 async def test_a_client_checks_filtering_against_a_real_beacon() -> None:
     port = free_udp_port()
     async with BeaconServer(loopback_config(behaviour_port=port), create_bundle()) as server:
@@ -366,6 +368,7 @@ async def test_a_client_checks_filtering_against_a_real_beacon() -> None:
         assert silent.outcome == FILTER_NO_ANSWER and silent.seconds < 1.0
 
 
+@pytest.mark.alone  # times asserted
 async def test_an_older_beacon_makes_filtering_unknown() -> None:
     """A beacon from before the flags (its whole responder: parse_request + answer) answers the
     cookie request with a plain answer: the check stops there, and doctor says unknown."""
@@ -491,6 +494,7 @@ async def test_spoofed_requests_never_get_the_main_port_to_answer_the_victim() -
         assert r.other_port_answered == 0 and r.cookies_refused >= 60 and errors == []
 
 
+@pytest.mark.alone  # times asserted
 async def test_a_peer_sees_its_own_probe_come_back_and_gives_up_in_bounds() -> None:
     async with BeaconServer(loopback_config(), create_bundle()) as server:
         entry = {"hostname": f"127.0.0.1:{server.port}", "cert_hash": server.fingerprint}

@@ -17,6 +17,8 @@ from certs import create_bundle
 from discretpeer.identity import Identity
 from tests.cli.conftest import CLI, PYTHON, ROOT, Node, clean_env, free_port
 
+pytestmark = pytest.mark.alone  # times asserted
+
 OTHER_ID = Identity.generate().peer_id
 HASH = create_bundle().fingerprint
 

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from certs import create_bundle
+from certs import certificate_fingerprint
 from discretpeer.cli import build_parser
 from discretpeer.cli.settings import (
     Service,
@@ -18,10 +19,12 @@ from discretpeer.cli.settings import (
 from discretpeer.config import ConfigError
 from discretpeer.identity import Identity
 
-HASH = create_bundle().fingerprint
-HASH2 = create_bundle().fingerprint
-ID1 = Identity.generate().peer_id
-ID2 = Identity.generate().peer_id
+# fixed values, not fresh keys: they appear in test ids, which must be the same in every
+# collection (pytest-xdist's workers each collect the suite and compare)
+HASH = certificate_fingerprint(b"the certificate of beacon one")
+HASH2 = certificate_fingerprint(b"the certificate of beacon two")
+ID1 = Identity(Ed25519PrivateKey.from_private_bytes(bytes([1]) * 32)).peer_id
+ID2 = Identity(Ed25519PrivateKey.from_private_bytes(bytes([2]) * 32)).peer_id
 
 
 def args(*argv: str) -> argparse.Namespace:

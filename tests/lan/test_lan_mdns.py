@@ -231,6 +231,7 @@ def test_service_published_by_avahi_is_found(net: Lab) -> None:
     assert stats["tracked"] == 1 and stats["found"] == 1
 
 
+@pytest.mark.alone  # times asserted
 def test_flood_keeps_state_bounded_and_the_loop_responsive(net: Lab) -> None:
     token = os.urandom(32)
     max_services = 64

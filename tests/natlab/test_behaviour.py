@@ -15,7 +15,7 @@ import pytest
 from tests.natlab.lab import Lab
 from tests.natlab.test_matrix import BEACON_IP, RUNS, assert_connected, homes, record, run_pair, start_beacon
 
-pytestmark = pytest.mark.natlab
+pytestmark = [pytest.mark.natlab, pytest.mark.alone]  # times asserted
 
 
 def mappings(lab: Lab, since: int) -> list[str]:

@@ -49,6 +49,7 @@ def reaches(sender_sock, target_agent, target_sock, to, marker: str, wait: float
 # ------------------------------------------------------------------------------ the build
 
 
+@pytest.mark.alone  # times asserted
 def test_build_and_teardown(lab: Lab) -> None:
     started = time.monotonic()
     addresses = lab.build_standard()
@@ -323,6 +324,7 @@ def test_cgnat_double_nat(standard_lab: Lab, publics) -> None:
 # ------------------------------------------------------------------------------ delay
 
 
+@pytest.mark.alone  # times asserted
 def test_delay(standard_lab: Lab, publics) -> None:
     agent = standard_lab.agent("A1")
     sock, _ = agent.open(42100)
@@ -374,6 +376,7 @@ def test_delay_keeps_order(standard_lab: Lab, publics) -> None:
     assert seqs == list(range(2000))
 
 
+@pytest.mark.alone  # times asserted
 def test_rate_limit(standard_lab: Lab, publics) -> None:
     """A home line at 8 Mbit/s (1 MB/s): 2 MB offered over ~1 s, about 1 MB arrives; without the
     limit all of it does."""

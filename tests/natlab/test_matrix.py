@@ -173,6 +173,7 @@ def test_a_beacon_without_behaviour_port_relays_symmetric_to_port_restricted(lab
     matrix_case(lab, tmp_path, case, "symmetric", "port_restricted", "relay", settings="behaviour_enabled = false")
 
 
+@pytest.mark.alone  # times asserted
 def test_two_beacons_show_both_nats_map_per_destination_so_relay_at_once(lab: Lab, tmp_path: Path) -> None:
     """With two beacons at different addresses each peer sees its own NAT's mapping (Welcome) and
     the other's (its address in each introduction): symmetric on both sides means punching cannot

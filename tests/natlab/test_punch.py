@@ -14,7 +14,7 @@ import pytest
 
 from .lab import HERE, Lab
 
-pytestmark = pytest.mark.natlab
+pytestmark = [pytest.mark.natlab, pytest.mark.alone]  # times asserted
 
 RENDEZVOUS = ("203.0.113.10", 3478)
 WINDOW_S = 1.2  # probes after the introduction; cone<->cone needs about one RTT

@@ -12,7 +12,7 @@ import pytest
 
 from .lab import Lab
 
-pytestmark = [pytest.mark.natlab, pytest.mark.slow]
+pytestmark = [pytest.mark.natlab, pytest.mark.slow, pytest.mark.alone]  # times asserted, Chromium
 
 BEACON = "203.0.113.10"
 WEB_PORT = 8443

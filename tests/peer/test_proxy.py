@@ -116,6 +116,7 @@ async def test_proxy_with_basic_auth(beacon, tmp_path):
         channel.close()
 
 
+@pytest.mark.alone  # times asserted
 async def test_proxy_refusing_the_port_says_so_at_once(beacon, tmp_path):
     with tinyproxy(tmp_path, "ConnectPort 443") as url:
         spec = ProxySpec.parse(url)
@@ -164,6 +165,7 @@ async def test_intercepting_proxy_fails_the_pin_and_is_named(beacon):
         server.close()
 
 
+@pytest.mark.alone  # times asserted
 async def test_doctor_probe_reports_udp_tcp_and_proxy_paths_with_timings(beacon, tmp_path):
     from discretpeer.beacon_probe import probe_beacon
     from discretpeer.endpoint import Endpoint

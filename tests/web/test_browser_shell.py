@@ -8,9 +8,13 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from discretpeer.web.shell import PtySession
 
 from .conftest import PROMPT, page_url
+
+pytestmark = pytest.mark.alone  # times asserted, Chromium
 
 READY = "window.dp && window.dp.state.status === 'ready'"
 
