@@ -89,7 +89,14 @@ def turn(item: pytest.Item) -> Iterator[None]:
         yield
         return
     gate, room = _locks(item.config)
-    alone = item.get_closest_marker(ALONE) is not None
+    with taking_turns(gate, room, alone=item.get_closest_marker(ALONE) is not None):
+        yield
+
+
+@contextmanager
+def taking_turns(gate: IO[bytes], room: IO[bytes], alone: bool) -> Iterator[None]:
+    """Hold ``room`` shared, or exclusive when ``alone``, passing ``gate`` first (each opened by
+    its own holder: flock locks belong to the open file)."""
     fcntl.flock(gate, fcntl.LOCK_EX)
     try:
         fcntl.flock(room, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
