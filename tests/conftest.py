@@ -112,14 +112,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print the NAT-lab traversal matrix (p50 introduction→verified) when it ran (on any worker)."""
     import statistics
 
-    from tests.natlab import test_matrix
-
     results = _matrix_results()
     for figures in workers.collected_figures(terminalreporter.config):
         for case, entry in figures.get("natlab_matrix", {}).items():
             results.setdefault(case, {"path": entry["path"], "times": []})["times"].extend(entry["times"])
     if not results:
         return
+    from tests.natlab import test_matrix  # only where the lab ran (its DELAY_MS names the table)
+
     rtt = 4 * test_matrix.DELAY_MS
     write = terminalreporter.write_line
     terminalreporter.section(f"NAT lab matrix ({test_matrix.DELAY_MS:g} ms per internet link, peer RTT {rtt:g} ms)")

@@ -31,6 +31,9 @@ import pytest
 
 ALONE = "alone"
 _FIGURES = "figures-{worker}.json"
+_OWN_BASE = pytest.StashKey[Path]()
+_EXIT_STATUS = pytest.StashKey[int]()
+_LOCKS = pytest.StashKey[tuple[IO[bytes], IO[bytes]]]()
 
 
 def is_worker(config: pytest.Config) -> bool:
@@ -43,8 +46,9 @@ def is_controller_of_workers(config: pytest.Config) -> bool:
 
 
 def shared_directory(config: pytest.Config) -> Path:
-    """The base directory every worker of this run shares (a worker's own is one level below)."""
-    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]  # pytest's own factory; no public accessor outside a fixture
+    """The base directory every worker of this run shares: the controller's --basetemp (always
+    set under xdist, by ``configure`` if not given); xdist gives each worker a directory in it."""
+    base = Path(config.option.basetemp)
     return base.parent if is_worker(config) else base
 
 
@@ -53,11 +57,6 @@ def configure(config: pytest.Config) -> None:
     if is_controller_of_workers(config) and config.option.basetemp is None:
         config.option.basetemp = tempfile.mkdtemp(prefix="dpt-", dir=os.environ.get("TMPDIR", "/tmp"))
         config.stash[_OWN_BASE] = Path(config.option.basetemp)
-
-
-_OWN_BASE = pytest.StashKey[Path]()
-_EXIT_STATUS = pytest.StashKey[int]()
-_LOCKS = pytest.StashKey[tuple[IO[bytes], IO[bytes]]]()
 
 
 def session_finished(session: pytest.Session, exitstatus: int) -> None:
