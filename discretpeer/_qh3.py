@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -290,26 +291,34 @@ class Qh3Connection(NativeQuicConnection):
         if pacer is None or core is None or self.inner._close_event is not None:  # noqa: SLF001 - listed in PRIVATE_API
             # unpaced, and a closing connection's close leaves at once (its owner may be going away)
             return [(data, from_core.get(addr, addr)) for data, addr in self.inner.datagrams_to_send(now)]
-        # qh3's own datagrams_to_send polls the core until it has nothing left; the pacer stops earlier
+        # qh3's own datagrams_to_send polls the core until it has nothing left; the pacer stops
+        # earlier. Its allowance is taken once: per datagram, the pacer's calls cost a bulk sender
+        # more than the core's poll of the next packet
         pacer.set_rate(core.congestion_window, core.smoothed_rtt or 0.0)
+        allowance = pacer.allowance(now)
+        limit = math.inf if allowance is None else allowance
         datagrams: list[tuple[bytes, Any]] = []
+        append = datagrams.append
+        poll = core.poll_transmit
         in_flight = core.bytes_in_flight
-        while True:
-            if not pacer.may_send(now):
-                self._paced_until = pacer.next_send_time(now)
-                break
-            try:
-                transmit = core.poll_transmit(now)
-            except RuntimeError as exc:  # what qh3's wrapper raises for it (QuicConnection._call_core)
-                raise Qh3ConnectionError(QuicErrorCode.INTERNAL_ERROR, None, str(exc)) from exc
-            if transmit is None:
-                break
-            data, addr = transmit[0], transmit[1]
-            flight = core.bytes_in_flight
-            if flight > in_flight:  # only what the congestion window counts is paced: not ACK-only datagrams
-                pacer.sent(len(data), now)
-            in_flight = flight
-            datagrams.append((data, from_core.get(addr, addr)))
+        paced = 0
+        try:
+            while paced < limit:
+                transmit = poll(now)
+                if transmit is None:
+                    break
+                data, addr = transmit[0], transmit[1]
+                flight = core.bytes_in_flight
+                if flight > in_flight:  # only what the congestion window counts is paced: not ACK-only datagrams
+                    paced += len(data)
+                in_flight = flight
+                append((data, from_core.get(addr, addr)))
+        except RuntimeError as exc:  # what qh3's wrapper raises for it (QuicConnection._call_core)
+            raise Qh3ConnectionError(QuicErrorCode.INTERNAL_ERROR, None, str(exc)) from exc
+        if paced:
+            pacer.sent(paced, now)
+        if paced >= limit:
+            self._paced_until = pacer.next_send_time(now)
         return datagrams
 
     def get_timer(self) -> float | None:

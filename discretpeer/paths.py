@@ -47,6 +47,14 @@ class Route:
         return None
 
     @property
+    def passthrough(self) -> Addr | None:
+        """Where :meth:`wrap` sends a datagram unchanged (the direct address), or None when it
+        frames it for the relay or has no route: a sender's run of datagrams then needs one look-up."""
+        if self.kind == "relay" and self.relay is not None:
+            return None
+        return self.direct
+
+    @property
     def real(self) -> Addr | None:
         """The address packets currently go to (the beacon's when relayed)."""
         if self.kind == "relay" and self.relay is not None:

@@ -10,8 +10,8 @@ a token bucket in bytes that lets datagrams go at ``gain`` x congestion window /
 (RFC 9002 section 7.7: N = 1.25, so pacing never limits the window's growth), with a burst of
 at least ``min_burst`` datagrams and at least ``min_burst_seconds`` of the rate, so that the
 event loop's late timers and GSO batches keep fast paths (loopback, LAN) at full speed.
-Sans-I/O: the caller polls :meth:`may_send`, reports each datagram with :meth:`sent`, and sets
-a timer for :meth:`next_send_time` when it stopped.
+Sans-I/O: the caller polls :meth:`may_send` (or takes the :meth:`allowance` of one moment),
+reports what went with :meth:`sent`, and sets a timer for :meth:`next_send_time` when it stopped.
 """
 
 from __future__ import annotations
@@ -73,6 +73,14 @@ class SendPacer:
             return True
         self._refill(now)
         return self.tokens > 0
+
+    def allowance(self, now: float) -> float | None:
+        """Bytes that may go now, datagram after datagram while what went is below it (the last
+        may overdraw it, as with :meth:`may_send`); None: not paced. Report them with :meth:`sent`."""
+        if self.rate == 0.0:
+            return None
+        self._refill(now)
+        return self.tokens
 
     def sent(self, size: int, now: float) -> None:
         """A datagram of ``size`` bytes left at ``now``."""

@@ -1,6 +1,6 @@
 """The endpoint's own socket reader on asyncio's loop (discretpeer.endpoint.Endpoint._read_ready):
-several datagrams per wakeup, and an ICMP error on the socket does not stop it. Real UDP sockets
-on loopback."""
+several datagrams per wakeup, and an ICMP error on the socket does not stop it; and its sender
+(send_many): GSO runs, each datagram where its route says. Real UDP sockets on loopback."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import socket
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import discretpeer.endpoint as endpoint_module
 from discretpeer.endpoint import Endpoint
+from discretpeer.paths import RelayLink
+from discretpeer.proto.relay_frame import build_relay_frame
+from discretpeer.proto.wire import RELAY_SESSION_ID_SIZE
 from discretpeer.tuning import Tuning
 
 
@@ -154,3 +159,86 @@ async def test_a_datagram_above_the_connection_size_never_rides_in_a_gso_batch(m
     finally:
         sender.close()
         receiver.close()
+
+
+def _receive_all(sock: socket.socket, count: int, timeout: float = 2.0) -> list[bytes]:
+    sock.settimeout(timeout)
+    return [sock.recv(65536) for _ in range(count)]
+
+
+async def test_each_datagram_of_a_transmit_leaves_as_its_route_says(monkeypatch):
+    """send_many resolves an address once per run of datagrams to it: a direct route's go out
+    unchanged (in GSO batches), a relay route's each in its own relay frame to the beacon, an
+    address with a birthday socket through that socket, a relay frame to a beacon reached over
+    TCP to that link; interleaved in one transmit, and a route switched between two transmits
+    is followed at once."""
+    sender = await Endpoint.open("127.0.0.1", 0, tuning=Tuning(gso=True))
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    beacon = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        peer.bind(("127.0.0.1", 0))
+        beacon.bind(("127.0.0.1", 0))
+        session = bytes(range(RELAY_SESSION_ID_SIZE))
+        direct = sender.routes.new(direct=peer.getsockname())
+        relayed = sender.routes.new(relay=RelayLink(session, beacon.getsockname()))
+        birthday: list[bytes] = []
+        sender.via[("127.0.0.1", 9)] = birthday.append  # the discard port: never sent to
+        through_birthday = sender.routes.new(direct=("127.0.0.1", 9))
+        linked: list[bytes] = []
+        tcp_beacon = sender.routes.new(relay=RelayLink(session, ("127.0.0.1", 7)))
+        sender.stream_links[("127.0.0.1", 7)] = linked.append  # the echo port: never sent to
+        datagrams = _datagrams([1300] * 12)
+        targets = [direct.virtual] * 4 + [relayed.virtual] * 3 + [through_birthday.virtual] * 2
+        targets += [tcp_beacon.virtual, peer.getsockname(), direct.virtual]
+        framed = build_relay_frame(session, bytes(100))  # a frame made elsewhere, for the linked beacon
+        sender.send_many([*zip(datagrams, targets, strict=True), (framed, ("127.0.0.1", 7))])
+        assert _receive_all(peer, 6) == datagrams[:4] + datagrams[10:12]
+        assert _receive_all(beacon, 3) == [build_relay_frame(session, d) for d in datagrams[4:7]]
+        assert birthday == datagrams[7:9]
+        assert linked == [build_relay_frame(session, datagrams[9]), framed]
+        assert relayed.bytes_relayed == 3 * 1300
+        if sender.gso:
+            assert sender.gso_sends == 3  # the first four direct, three relay frames, the last two
+        direct.use_relay(RelayLink(session, beacon.getsockname()))
+        sender.send_many([(datagrams[0], direct.virtual), (datagrams[1], direct.virtual)])
+        assert _receive_all(beacon, 2) == [build_relay_frame(session, d) for d in datagrams[:2]]
+    finally:
+        sender.close()
+        peer.close()
+        beacon.close()
+
+
+def _reference_run_end(wire: list[tuple[bytes, tuple[str, int]]], index: int, alone: set[int]) -> int:
+    """gso_run_end's rule, one datagram at a time: the next joins while it goes to the same
+    address, is no longer than the first, keeps the run within the kernel's limits, and neither
+    it nor the first goes alone; a shorter one ends the run."""
+    first, to = wire[index]
+    end, total = index + 1, len(first)
+    if index in alone:
+        return end
+    while end < len(wire) and end not in alone and end - index < endpoint_module.GSO_MAX_SEGMENTS:
+        data, addr = wire[end]
+        if addr != to or len(data) > len(first) or total + len(data) > endpoint_module.GSO_MAX_BYTES:
+            break
+        total += len(data)
+        end += 1
+        if len(data) < len(first):
+            break
+    return end
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([1200, 1350, 1472, 1000, 60, 4000]), st.sampled_from([1, 2]), st.integers(1, 70)),
+        min_size=1,
+        max_size=6,
+    ),
+    st.sets(st.integers(0, 200), max_size=5),
+    st.data(),
+)
+def test_gso_runs_follow_the_rule(runs: list[tuple[int, int, int]], alone: set[int], data: st.DataObject) -> None:
+    # runs of equal datagrams (long ones reach the kernel's limits); equal addresses are often
+    # distinct tuples, as the stack hands them over
+    wire = [(bytes(size), ("192.0.2.1", port)) for size, port, count in runs for _ in range(count)]
+    index = data.draw(st.integers(0, len(wire) - 1))
+    assert endpoint_module.gso_run_end(wire, index, alone) == _reference_run_end(wire, index, alone)

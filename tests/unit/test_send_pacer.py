@@ -113,3 +113,32 @@ def test_the_bucket_never_exceeds_its_burst_nor_stalls_a_sender(script: list) ->
             assert later.may_send(due) and later.next_send_time(due) == due  # the promised time holds
         else:
             assert pacer.may_send(now) and pacer.next_send_time(now) is None
+
+
+@given(steps)
+def test_an_allowance_taken_once_lets_the_same_datagrams_go_as_asking_each_time(script: list) -> None:
+    """What a sender that takes the allowance once per wakeup sends (discretpeer._qh3) is what
+    one asking may_send before each datagram sends, and leaves the bucket the same."""
+    each, once = SendPacer(DATAGRAM), SendPacer(DATAGRAM)
+    now = 0.0
+    for advance, rate, wanted, size in script:
+        now += advance
+        if rate is not None:
+            each.set_rate(*rate)
+            once.set_rate(*rate)
+        sent_each = 0
+        while sent_each < wanted and each.may_send(now):
+            each.sent(size, now)
+            sent_each += 1
+        allowance = once.allowance(now)
+        limit = float("inf") if allowance is None else allowance
+        sent_once = paced = 0
+        while sent_once < wanted and paced < limit:
+            paced += size
+            sent_once += 1
+        if paced:
+            once.sent(paced, now)
+        assert sent_once == sent_each
+        left = each.allowance(now)  # the bucket at this moment (refilled up to it)
+        assert once.allowance(now) == (None if left is None else pytest.approx(left, rel=1e-9, abs=1e-6))
+        assert once.next_send_time(now) == pytest.approx(each.next_send_time(now))
