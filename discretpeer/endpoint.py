@@ -406,21 +406,26 @@ class Endpoint(asyncio.DatagramProtocol):
                 return None
         return data, self._wire_address(host, port)
 
-    def _unchanged_to(self, addr: SocketAddress) -> Addr | None:
-        """The socket address every datagram to ``addr`` goes to as it is (a direct route, or a
-        real address with no TCP link and no birthday socket), or None when each needs
-        :meth:`_on_the_wire` (relay framing, a TCP link, another socket, no route)."""
+    def _run_to(self, addr: SocketAddress) -> tuple[bytes, Addr, Route | None] | None:
+        """How every datagram to ``addr`` goes out of this socket, resolved once for a run of
+        them: (what goes in front of it, the socket address, the relay route that counts it), or
+        None when each needs :meth:`_on_the_wire` (a TCP link, a birthday socket, no route)."""
+        route: Route | None = None
+        header = b""
         if is_virtual(addr):
             route = self.routes.get((addr[0], addr[1]))
-            direct = route.passthrough if route is not None else None
-            if direct is None:
+            framing = route.framing() if route is not None else None
+            if framing is None:
                 return None
-            host, port = direct[0], direct[1]
+            header, target = framing
+            if not header:
+                route = None
         else:
-            host, port = addr[0], addr[1]
+            target = (addr[0], addr[1])
+        host, port = target[0], target[1]
         if (self.via and (host, port) in self.via) or (self.stream_links and (host, port) in self.stream_links):
             return None
-        return self._wire_address(host, port)
+        return header, self._wire_address(host, port), route
 
     def _wire_address(self, host: str, port: int) -> Addr:
         """``(host, port)`` as this socket takes it: IPv4 as mapped IPv6 on a dual-stack one."""
@@ -442,17 +447,21 @@ class Endpoint(asyncio.DatagramProtocol):
         wire: list[tuple[bytes, Addr]] = []
         alone: set[int] = set()
         # a transmit's datagrams mostly go to one address: it is resolved once per run (per
-        # datagram it cost ~10 % of a bulk sender's CPU), except where each datagram is framed
-        # or handed elsewhere
+        # datagram it cost ~10 % of a bulk sender's CPU), except where each datagram is handed
+        # elsewhere
         last: SocketAddress | None = None
-        unchanged: Addr | None = None
+        run: tuple[bytes, Addr, Route | None] | None = None
         for data, addr in datagrams:
             if addr is not last and addr != last:
-                last, unchanged = addr, self._unchanged_to(addr)
+                last, run = addr, self._run_to(addr)
             if max_size is not None and len(data) > max_size:
                 alone.add(len(wire))
-            if unchanged is not None:
-                wire.append((data, unchanged))
+            if run is not None:
+                header, to, relayed = run
+                if relayed is not None:
+                    relayed.bytes_relayed += len(data)
+                    data = header + data
+                wire.append((data, to))
                 continue
             target = self._on_the_wire(data, addr)
             if target is None:

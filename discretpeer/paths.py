@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from discretpeer.addresses import Addr
-from discretpeer.proto.relay_frame import build_relay_frame
+from discretpeer.proto.relay_frame import relay_frame_header
 
 RouteKind = Literal["direct", "relay"]
 
@@ -39,20 +39,24 @@ class Route:
 
     def wrap(self, data: bytes) -> tuple[bytes, Addr] | None:
         """What to put on the wire for a QUIC datagram, and where; None if there is no route."""
-        if self.kind == "relay" and self.relay is not None:
-            self.bytes_relayed += len(data)
-            return build_relay_frame(self.relay.session_id, data), self.relay.beacon
-        if self.direct is not None:
-            return data, self.direct
-        return None
-
-    @property
-    def passthrough(self) -> Addr | None:
-        """Where :meth:`wrap` sends a datagram unchanged (the direct address), or None when it
-        frames it for the relay or has no route: a sender's run of datagrams then needs one look-up."""
-        if self.kind == "relay" and self.relay is not None:
+        framing = self.framing()
+        if framing is None:
             return None
-        return self.direct
+        header, addr = framing
+        if header:
+            self.bytes_relayed += len(data)
+            return header + data, addr
+        return data, addr
+
+    def framing(self) -> tuple[bytes, Addr] | None:
+        """What :meth:`wrap` puts in front of every datagram and where it sends them: nothing and
+        the direct address, a relay frame's header and the beacon, or None (no route). A sender's
+        run of datagrams to one route needs one look-up (and counts relayed bytes itself)."""
+        if self.kind == "relay" and self.relay is not None:
+            return relay_frame_header(self.relay.session_id), self.relay.beacon
+        if self.direct is not None:
+            return b"", self.direct
+        return None
 
     @property
     def real(self) -> Addr | None:

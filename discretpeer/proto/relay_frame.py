@@ -26,10 +26,15 @@ class RelayFrameError(ValueError):
     """Not a valid relay datagram."""
 
 
-def build_relay_frame(session_id: bytes, payload: bytes) -> bytes:
+def relay_frame_header(session_id: bytes) -> bytes:
+    """What goes in front of every payload of one relay session."""
     if len(session_id) != RELAY_SESSION_ID_SIZE:
         raise ValueError("relay session id has the wrong size")
-    return bytes([RELAY_DATA]) + session_id + payload
+    return bytes([RELAY_DATA]) + session_id
+
+
+def build_relay_frame(session_id: bytes, payload: bytes) -> bytes:
+    return relay_frame_header(session_id) + payload
 
 
 def parse_relay_frame(datagram: bytes) -> tuple[bytes, bytes]:
