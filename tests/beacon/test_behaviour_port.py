@@ -68,18 +68,27 @@ async def test_answers_requests_only_and_is_capped() -> None:
 
 
 def free_port_pair() -> int:
-    """A UDP port P on 127.0.0.1 with P + 1 free too (at the time of asking)."""
+    """A port P on 127.0.0.1 for a beacon's main port (UDP and its TCP listener) with UDP P + 1
+    free too (at the time of asking). TCP is checked as well: a UDP-free port can be the local
+    port of a live TCP connection (ephemeral ports come from the same range), and the beacon's
+    TCP listener then fails with "Address already in use"."""
     for _ in range(50):
         port = free_udp_port()
         if port >= 65535:
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as next_udp,
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+        ):
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the beacon listens
             try:
-                probe.bind(("127.0.0.1", port + 1))
+                next_udp.bind(("127.0.0.1", port + 1))
+                tcp.bind(("127.0.0.1", port))
+                tcp.listen(1)
             except OSError:
                 continue
         return port
-    raise RuntimeError("no free pair of UDP ports")
+    raise RuntimeError("no free pair of UDP ports with the TCP port free")
 
 
 async def test_on_by_default_on_the_port_after_the_main_one() -> None:
