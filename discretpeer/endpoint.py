@@ -117,6 +117,23 @@ class EndpointProtocol(QuicProtocol):
         self.process_events()
         self.transmit()
 
+    def many_received(self, datagrams: list[bytes], addr: Addr) -> None:
+        """Several datagrams from ``addr`` that arrived together (the relay frames of one GRO
+        read): into the connection's batch at once, else one by one."""
+        if not (self.takes_coalesced and self.defer_transmits and self.coalesce_transmits):
+            for data in datagrams:
+                self.datagram_received(data, addr)
+            return
+        batch = self._batch
+        if batch is not None and batch[1] != addr:
+            self._take_batch()
+            batch = None
+        if batch is None:
+            self._batch = (list(datagrams), addr)
+            self.loop.call_soon(self._take_batch)
+        else:
+            batch[0].extend(datagrams)
+
     def coalesced_received(self, data: bytes, segment: int, addr: Addr) -> None:
         """Several datagrams of ``segment`` bytes (the last may be shorter) from ``addr``, as one
         GRO read: into the connection in one call, then one transmit as after a batch."""
@@ -214,6 +231,10 @@ class Endpoint(asyncio.DatagramProtocol):
         self.gro = False  # ... and UDP_GRO (only used by our own reader, asyncio's loop)
         self.gso_sends = 0  # sendmsg() calls that carried several datagrams
         self.coalesced_reads = 0  # GRO reads handed whole to a connection (_receive_coalesced)
+        # GRO reads of relay frames: the owner takes them whole if it can (one session from its
+        # beacon: discretpeer.relay_routes.RelayRoutes.on_frames), else each goes to on_datagram
+        self.on_relay_frames: Callable[[bytes, int, Addr], bool] | None = None
+        self.relay_runs = 0  # GRO reads of relay frames taken whole
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -312,6 +333,8 @@ class Endpoint(asyncio.DatagramProtocol):
                 segment = _gro_segment(ancillary) if ancillary else 0
                 if segment and len(data) > segment:  # several datagrams coalesced by the kernel
                     if self._receive_coalesced(data, segment, addr):
+                        continue
+                    if data[0] == RELAY_DATA and self._receive_relay_run(data, segment, addr):
                         continue
                     for offset in range(0, len(data), segment):
                         self.datagram_received(data[offset : offset + segment], addr)
@@ -560,6 +583,26 @@ class Endpoint(asyncio.DatagramProtocol):
         if data and data[0] & QUIC_FIXED_BIT:
             self._receive_quic(data, route.virtual, route)
 
+    def inject_many(self, datagrams: list[bytes], route: Route) -> None:
+        """Deliver QUIC datagrams that arrived together over ``route``'s relay: short-header
+        packets all for one connection (the usual run) go to it in one go, others one by one."""
+        protocol = None
+        end = 1 + CONNECTION_ID_LENGTH
+        first = datagrams[0] if datagrams else b""
+        if self._short_header_routing and first and first[0] & QUIC_FIXED_BIT and not first[0] & 0x80:
+            cid = first[1:end]
+            protocol = self._routes.get(cid)
+            for data in datagrams:
+                if protocol is None:
+                    break
+                if not data or data[0] & 0x80 or not data[0] & QUIC_FIXED_BIT or data[1:end] != cid:
+                    protocol = None
+        if protocol is None:
+            for data in datagrams:
+                self.inject(data, route)
+            return
+        protocol.many_received(datagrams, self._arrived(protocol, route.virtual, route))
+
     # --- receiving ----------------------------------------------------------------------------
 
     def error_received(self, exc: Exception) -> None:
@@ -594,6 +637,15 @@ class Endpoint(asyncio.DatagramProtocol):
         self.datagrams_received += -(-len(data) // segment)
         self.coalesced_reads += 1
         protocol.coalesced_received(data, segment, self._arrived(protocol, normalize_address(addr), None))
+        return True
+
+    def _receive_relay_run(self, data: bytes, segment: int, addr: SocketAddress) -> bool:
+        """A GRO read of relay frames, to the owner whole (see ``on_relay_frames``)."""
+        take = self.on_relay_frames
+        if take is None or not take(data, segment, normalize_address(addr)):
+            return False
+        self.datagrams_received += -(-len(data) // segment)
+        self.relay_runs += 1
         return True
 
     def _receive_quic(self, data: bytes, source: Addr, relay_route: Route | None) -> None:

@@ -185,6 +185,7 @@ class Peer(FailureReport):
             connection_class=AppPacedQuicConnection,
             tuning=self._tuning,
         )
+        self._endpoint.on_relay_frames = self._driver.relay.on_frames
         self._network.started(self._endpoint)
         self._behaviour = BehaviourProber(self._endpoint.sendto)
         self._driver.started(self._endpoint, attached_networks())

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 from discretpeer.addresses import Addr
 from discretpeer.logs import get_logger
 from discretpeer.paths import RelayLink, Route
-from discretpeer.proto.relay_frame import RelayFrameError, parse_relay_frame
+from discretpeer.proto.relay_frame import (
+    MAX_RELAY_PAYLOAD,
+    RELAY_DATA,
+    RELAY_HEADER_SIZE,
+    RelayFrameError,
+    parse_relay_frame,
+)
 from discretpeer.proto.wire import ErrorCode, Message, RelayEnd, RelayGrant
 
 if TYPE_CHECKING:
@@ -146,6 +152,32 @@ class RelayRoutes:
             self._relay_routes.pop(route.relay.session_id, None)
             if self.endpoint is not None and (pair.connection is None or pair.connection.closed):
                 self.endpoint.routes.drop(route)
+
+    def on_frames(self, data: bytes, segment: int, source: Addr) -> bool:
+        """Relay frames of ``segment`` bytes (the last may be shorter) that the kernel coalesced
+        into one read (GRO): when all are of one session with a route, from the beacon that
+        granted it, their payloads go into the endpoint together (one look-up instead of one per
+        frame). False: nothing done; the caller hands each frame to :meth:`on_frame`."""
+        endpoint = self.endpoint
+        if endpoint is None or not RELAY_HEADER_SIZE < segment <= RELAY_HEADER_SIZE + MAX_RELAY_PAYLOAD:
+            return False
+        header = data[:RELAY_HEADER_SIZE]
+        entry = self._relay_routes.get(header[1:])
+        if header[0] != RELAY_DATA or entry is None:
+            return False  # another session (an alias, or none): frame by frame
+        route = entry[0]
+        if route.relay is None or source != route.relay.beacon:
+            return False
+        size = len(data)
+        if (size - 1) % segment < RELAY_HEADER_SIZE:  # the last frame carries nothing
+            return False
+        payloads = []
+        for offset in range(0, size, segment):
+            if data[offset : offset + RELAY_HEADER_SIZE] != header:
+                return False
+            payloads.append(data[offset + RELAY_HEADER_SIZE : offset + segment])
+        endpoint.inject_many(payloads, route)
+        return True
 
     def on_frame(self, data: bytes, source: Addr) -> None:
         try:

@@ -85,6 +85,25 @@ async def test_a_datagram_size_the_user_sets_is_used_from_the_first_packet_direc
         await _send_and_check(ca, cb, 256 * 1024)  # the beacon's default relay quota: 1 MB/s per peer
 
 
+async def test_relay_frames_read_together_go_into_the_connection_together(make_beacon):
+    """The beacon forwards a run of relay frames in one send; the receiving peer reads them as
+    one GRO read and hands their payloads to the connection at once (Endpoint.relay_runs), not
+    frame by frame; the data arrives whole and in order."""
+    async with make_beacon(relay_rate_bytes_per_second=100_000_000, relay_burst_bytes=20_000_000) as beacon:
+        ia, ib = Identity.generate(), Identity.generate()
+        entry = [beacon_entry(beacon)]
+        async with (
+            loopback_peer(ia, entry, direct=False) as pa,
+            loopback_peer(ib, entry, direct=False) as pb,
+        ):
+            ca, cb = await connect_both(pa, pb, meeting="relay runs")
+            assert ca.path == "relay"
+            await _send_and_check(ca, cb, 4 * 1024 * 1024)
+            print(f"\n{pb._endpoint.relay_runs} relay runs, {pb._endpoint.datagrams_received} datagrams received")
+            if pb._endpoint.gro:  # measured: ~90 runs for ~3,300 datagrams
+                assert pb._endpoint.relay_runs > 0
+
+
 async def _send_and_check(ca, cb, size: int) -> None:
     payload = os.urandom(size)
     _, writer = await ca.open_stream()
