@@ -93,21 +93,29 @@ class EndpointProtocol(QuicProtocol):
         super().connection_made(transport)
         self.takes_coalesced = hasattr(self.quic, "receive_gro_buffer")
 
+    @property
+    def batches_reads(self) -> bool:
+        """Datagrams read in one loop iteration go into qh3's core in one call (see _batch_from)."""
+        return self.takes_coalesced and self.defer_transmits and self.coalesce_transmits
+
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        if not (self.takes_coalesced and self.defer_transmits and self.coalesce_transmits):
+        if not self.batches_reads:
             super().datagram_received(data, addr)
             return
-        # reads arrive in batches (uvloop, our batched reader): qh3 takes the batch in one call
-        # (receive_many_datagrams) after the loop's I/O callbacks, then transmits once
+        self._batch_from(addr).append(data)  # type: ignore[arg-type]  # datagrams are bytes
+
+    def _batch_from(self, addr: Any) -> list[bytes]:
+        """The datagrams from ``addr`` read in this loop iteration: reads arrive in batches
+        (uvloop, our batched reader), and qh3 takes a batch in one call (receive_many_datagrams)
+        after the loop's I/O callbacks, then transmits once. Another source ends the batch."""
         batch = self._batch
         if batch is not None and batch[1] != addr:
             self._take_batch()
             batch = None
         if batch is None:
-            self._batch = ([data], addr)  # type: ignore[list-item]  # datagrams are bytes
+            batch = self._batch = ([], addr)
             self.loop.call_soon(self._take_batch)
-        else:
-            batch[0].append(data)  # type: ignore[arg-type]  # datagrams are bytes
+        return batch[0]
 
     def _take_batch(self) -> None:
         batch, self._batch = self._batch, None
@@ -120,19 +128,11 @@ class EndpointProtocol(QuicProtocol):
     def many_received(self, datagrams: list[bytes], addr: Addr) -> None:
         """Several datagrams from ``addr`` that arrived together (the relay frames of one GRO
         read): into the connection's batch at once, else one by one."""
-        if not (self.takes_coalesced and self.defer_transmits and self.coalesce_transmits):
+        if not self.batches_reads:
             for data in datagrams:
                 self.datagram_received(data, addr)
             return
-        batch = self._batch
-        if batch is not None and batch[1] != addr:
-            self._take_batch()
-            batch = None
-        if batch is None:
-            self._batch = (list(datagrams), addr)
-            self.loop.call_soon(self._take_batch)
-        else:
-            batch[0].extend(datagrams)
+        self._batch_from(addr).extend(datagrams)
 
     def coalesced_received(self, data: bytes, segment: int, addr: Addr) -> None:
         """Several datagrams of ``segment`` bytes (the last may be shorter) from ``addr``, as one
@@ -586,18 +586,12 @@ class Endpoint(asyncio.DatagramProtocol):
     def inject_many(self, datagrams: list[bytes], route: Route) -> None:
         """Deliver QUIC datagrams that arrived together over ``route``'s relay: short-header
         packets all for one connection (the usual run) go to it in one go, others one by one."""
-        protocol = None
         end = 1 + CONNECTION_ID_LENGTH
-        first = datagrams[0] if datagrams else b""
-        if self._short_header_routing and first and first[0] & QUIC_FIXED_BIT and not first[0] & 0x80:
-            cid = first[1:end]
-            protocol = self._routes.get(cid)
-            for data in datagrams:
-                if protocol is None:
-                    break
-                if not data or data[0] & 0x80 or not data[0] & QUIC_FIXED_BIT or data[1:end] != cid:
-                    protocol = None
-        if protocol is None:
+        cid = datagrams[0][1:end] if datagrams else b""
+        protocol = self._routes.get(cid) if self._short_header_routing and cid else None
+        if protocol is None or not all(
+            data and data[0] & QUIC_FIXED_BIT and not data[0] & 0x80 and data[1:end] == cid for data in datagrams
+        ):
             for data in datagrams:
                 self.inject(data, route)
             return
