@@ -213,21 +213,21 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda s, _f: setattr(self, "stopping", signal.Signals(s).name))
         signal.signal(signal.SIGHUP, lambda _s, _f: setattr(self, "hup", True))
-        if not self.config.store_start_degraded:
-            from beacon.store import StoreUnavailable, redis_options
-            from beacon.store_redis import check_reachable
+        try:  # everything after __init__ made the state directory, so every way out removes it
+            if not self.config.store_start_degraded:
+                from beacon.store import StoreUnavailable, redis_options
+                from beacon.store_redis import check_reachable
 
+                try:
+                    check_reachable(redis_options(self.config))
+                except StoreUnavailable as exc:
+                    print(f"discret-beacon: error: {exc}", file=sys.stderr)
+                    return 2
             try:
-                check_reachable(redis_options(self.config))
-            except StoreUnavailable as exc:
-                print(f"discret-beacon: error: {exc}", file=sys.stderr)
-                return 2
-        try:
-            self.bind()
-        except OSError as exc:
-            print(f"discret-beacon: error: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-        try:
+                self.bind()
+            except OSError as exc:
+                print(f"discret-beacon: error: {exc.strerror or exc}", file=sys.stderr)
+                return 1
             for worker in self.workers:
                 self._spawn(worker)
             facts = self._wait_ready()

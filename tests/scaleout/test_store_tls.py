@@ -6,6 +6,7 @@ the TLS port each stop the beacon with one line naming the URL; the settings are
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import pytest
@@ -132,14 +133,18 @@ async def test_python_m_beacon_exits_2_with_one_line(tls_redis, tmp_path):
         directory = tmp_path / name.replace(" ", "-")
         directory.mkdir()
         write_beacon_config(directory, settings)
+        scratch = tmp_path / f"{directory.name}-tmp"  # the beacon's TMPDIR: a failed start leaves nothing in it
+        scratch.mkdir()
         process = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "beacon", "--dir", str(directory), "--host", "127.0.0.1", "--port", "0"),
             "--no-ipv6",
             cwd=ROOT,
+            env={**os.environ, "TMPDIR": str(scratch)},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(process.communicate(), 30)
+        assert not list(scratch.iterdir()), (name, list(scratch.iterdir()))
         return process.returncode, out.decode(), err.decode()
 
     results = await asyncio.gather(*(run(name, settings) for name, (settings, _) in cases.items()))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -16,7 +17,7 @@ from typing import Any
 
 import websockets
 
-from tests.support.processes import stop_process
+from tests.support.processes import stop_process_group
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -40,8 +41,12 @@ class Chromium:
     def __init__(self, extra: list[str] | None = None, prefix: list[str] | None = None) -> None:
         assert CHROMIUM, "chromium is not installed (scripts/test.sh installs it)"
         self.profile = Path(tempfile.mkdtemp(prefix="dp-chromium-"))
+        scratch = self.profile / "tmp"  # Chromium's own temporary files (its singleton socket) go with the profile
+        scratch.mkdir()
         self.proc = subprocess.Popen(
             [*(prefix or []), CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", *(extra or []), "about:blank"],
+            env={**os.environ, "TMPDIR": str(scratch)},
+            start_new_session=True,  # its helper processes share the group: close() stops them all
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -142,5 +147,5 @@ class Chromium:
         if self.ws is not None:
             with contextlib.suppress(Exception):
                 await self.ws.close()
-        stop_process(self.proc)
+        stop_process_group(self.proc)
         shutil.rmtree(self.profile, ignore_errors=True)
