@@ -459,7 +459,8 @@ class Endpoint(asyncio.DatagramProtocol):
     def send_many(self, datagrams: list[tuple[bytes, SocketAddress]], max_size: int | None = None) -> None:
         """Send a connection's datagrams of one transmit: runs of equal-sized datagrams to one
         address go in one sendmsg() with UDP_SEGMENT (the last of a run may be shorter); the
-        rest one by one. Any error but a full buffer turns GSO off for this socket.
+        rest one by one. A GSO send the kernel refuses where a plain one goes turns GSO off for
+        this socket (:meth:`_gso_refused`).
 
         A datagram longer than ``max_size`` (a path-MTU probe) always goes alone: the kernel
         sets DF on a GSO send only if the whole batch fits the route MTU, so a probe inside a
@@ -511,7 +512,8 @@ class Endpoint(asyncio.DatagramProtocol):
                 except BlockingIOError:
                     pass  # the transport queues them one by one
                 except OSError:
-                    self.gso = False  # e.g. a device without checksum offload: plain sends from now on
+                    self._gso_refused(data, addr)
+                    index += 1
             for data, addr in wire[index:end]:
                 try:
                     self._transport.sendto(data, addr)
@@ -548,9 +550,28 @@ class Endpoint(asyncio.DatagramProtocol):
             except BlockingIOError:
                 pass  # one by one: the transport queues what the kernel refuses
             except OSError:
-                self.gso = False  # as in send_many: plain sends from now on
+                self._gso_refused(data[:segment], self._wire_address(addr[0], addr[1]))
+                data = data[segment:]
         for offset in range(0, len(data), segment):
             self.sendto(data[offset : offset + segment], addr)
+
+    def _gso_refused(self, first: bytes, addr: Addr) -> None:
+        """A GSO send failed: the run's first datagram goes alone. If it leaves, the kernel
+        refuses GSO itself on this socket (a device without checksum offload: EIO; checksums
+        off: EINVAL), and plain sends follow from now on. If it fails too, the destination was
+        the problem (no route to it, a firewall, port 0) and GSO stays on: one such address
+        (a stale IPv6 candidate on an IPv4-only host) must not cost every other path its batches."""
+        assert self._raw is not None and self._transport is not None
+        try:
+            self._raw.sendto(first, addr)
+        except BlockingIOError:
+            self._transport.sendto(first, addr)  # queued: nothing learnt about GSO
+            return
+        except OSError:
+            self.send_errors += 1
+            return
+        self.datagrams_sent += 1
+        self.gso = False
 
     def connect(
         self,

@@ -161,6 +161,52 @@ async def test_a_datagram_above_the_connection_size_never_rides_in_a_gso_batch(m
         receiver.close()
 
 
+SO_NO_CHECK = 11  # Linux: no UDP checksums on this socket, so the kernel refuses GSO sends (EINVAL)
+
+
+async def test_a_destination_that_refuses_every_send_leaves_gso_on(monkeypatch):
+    """Port 0 refuses GSO and plain sends alike (EINVAL, nothing leaves the host), as a route-less
+    address does (ENETUNREACH): the socket keeps its batches for every other destination."""
+    sender, receiver, got = await _pair(gso=True)
+    try:
+        if not sender.gso:
+            pytest.skip("this kernel has no UDP_SEGMENT")
+        sender.send_many([(d, ("127.0.0.1", 0)) for d in _datagrams([1200] * 3)])
+        sender.send_run(b"\0" * 3000, 1000, ("127.0.0.1", 0))
+        assert sender.gso and sender.gso_sends == 0
+        assert sender.send_errors >= 2  # each run's first datagram, tried alone
+        datagrams = _datagrams([1300] * 4)
+        sender.send_many([(d, receiver.local_address) for d in datagrams])
+        await _wait_for(got, 4)
+        assert got == datagrams and sender.gso_sends == 1
+    finally:
+        sender.close()
+        receiver.close()
+
+
+@pytest.mark.parametrize("how", ["send_many", "send_run"])
+async def test_a_socket_that_refuses_gso_itself_sends_plain_from_then_on(monkeypatch, how):
+    """Checksums off: the kernel refuses every GSO send on the socket, a plain one goes. The run
+    that found out arrives whole, and later runs go one by one."""
+    sender, receiver, got = await _pair(gso=True)
+    try:
+        if not sender.gso:
+            pytest.skip("this kernel has no UDP_SEGMENT")
+        sender.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        first, then = _datagrams([1300] * 4), _datagrams([1250] * 3)
+        for run in (first, then):
+            if how == "send_many":
+                sender.send_many([(d, receiver.local_address) for d in run])
+            else:
+                sender.send_run(b"".join(run), len(run[0]), receiver.local_address)
+        await _wait_for(got, 7)
+        assert got == first + then
+        assert not sender.gso and sender.gso_sends == 0 and sender.send_errors == 0
+    finally:
+        sender.close()
+        receiver.close()
+
+
 def _receive_all(sock: socket.socket, count: int, timeout: float = 2.0) -> list[bytes]:
     sock.settimeout(timeout)
     return [sock.recv(65536) for _ in range(count)]
