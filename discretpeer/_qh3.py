@@ -70,6 +70,7 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
         "loss_total",
         "poll_transmit",  # one datagram at a time, as discretpeer.send_pacer lets them go
         "pto_count",
+        "pto_total",
         "smoothed_rtt",
         "state",
     ),
@@ -468,6 +469,7 @@ class Qh3Connection(NativeQuicConnection):
             "srtt": float(core.smoothed_rtt or 0.0),
             "latest_rtt": float(core.latest_rtt or 0.0),
             "pto_count": int(core.pto_count),
+            "pto_total": int(core.pto_total),  # probe timeouts that fired, over the connection's life
             "loss_total": int(core.loss_total),
             "pacing_rate": (self._pacer.rate or None) if self._pacer is not None else None,  # bytes/s (send_pacer)
         }

@@ -22,6 +22,8 @@ class PeerStats:
     relay_requests: int = 0
     relay_grants: int = 0
     relay_ends: int = 0
+    relay_frames_early: int = 0  # frames of a session not granted yet, held until its grant
+    relay_frames_replayed: int = 0  # of those, what its grant let in
     path_switches: int = 0
     incoming_attempts: int = 0
     verified: int = 0
