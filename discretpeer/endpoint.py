@@ -460,7 +460,8 @@ class Endpoint(asyncio.DatagramProtocol):
         """Send a connection's datagrams of one transmit: runs of equal-sized datagrams to one
         address go in one sendmsg() with UDP_SEGMENT (the last of a run may be shorter); the
         rest one by one. A GSO send the kernel refuses where a plain one goes turns GSO off for
-        this socket (:meth:`_gso_refused`).
+        this socket (:meth:`_gso_refused`). While the transport holds datagrams the kernel
+        refused for a full buffer, every datagram queues behind them: nothing overtakes.
 
         A datagram longer than ``max_size`` (a path-MTU probe) always goes alone: the kernel
         sets DF on a GSO send only if the whole batch fits the route MTU, so a probe inside a
@@ -493,11 +494,20 @@ class Endpoint(asyncio.DatagramProtocol):
                 continue
             wire.append(target)
         index, count = 0, len(wire)
+        transport = self._transport
         while index < count:
             data, addr = wire[index]
             size = len(data)
             end = gso_run_end(wire, index, alone)
-            if end - index > 1 and size <= GSO_MAX_SEGMENT and self.gso and self._raw is not None:
+            if (
+                end - index > 1
+                and size <= GSO_MAX_SEGMENT
+                and self.gso
+                and self._raw is not None
+                # what the transport queued (the kernel said "full") goes first: a batch sent
+                # past it would overtake it, and QUIC takes overtaken packets for lost ones
+                and not self._queued_bytes()
+            ):
                 try:
                     self._raw.sendmsg(
                         [b"".join([d for d, _ in wire[index:end]])],
@@ -516,11 +526,18 @@ class Endpoint(asyncio.DatagramProtocol):
                     index += 1
             for data, addr in wire[index:end]:
                 try:
-                    self._transport.sendto(data, addr)
+                    transport.sendto(data, addr)
                     self.datagrams_sent += 1
                 except (OSError, ValueError):
                     self.send_errors += 1
             index = end
+
+    def _queued_bytes(self) -> int:
+        """What the transport holds until the socket is writable again."""
+        transport = self._transport
+        if transport is None:
+            return 0
+        return int(transport.get_write_buffer_size())  # type: ignore[attr-defined]  # asyncio's, uvloop's and SendingTransport have it; typeshed's DatagramTransport does not declare it
 
     def send_run(self, data: bytes, segment: int, addr: Addr) -> None:
         """Send ``data`` as datagrams of ``segment`` bytes (the last may be shorter) to ``addr``:
@@ -536,6 +553,7 @@ class Endpoint(asyncio.DatagramProtocol):
             and not self.via
             and not self.stream_links
             and not is_virtual(addr)
+            and not self._queued_bytes()  # queued datagrams go first (send_many)
         ):
             try:
                 self._raw.sendmsg(
