@@ -1873,6 +1873,12 @@ def natbulk_summary(kind: dict[str, Any], rates: bool = True) -> str:
         f"beacon {kind.get('beacon_cpu_seconds', 0.0):.2f} CPU-s",
         f"lab drops {kind.get('lab_drops')}",
     ]
+    setup = kind.get("setup") or {}
+    if setup.get("loss_total") or setup.get("pto_total"):  # what setting the connection up cost it
+        parts.append(
+            f"before the first transfer: {setup.get('loss_total', 0)} packets lost, "
+            f"{setup.get('pto_total', 0)} probe timeouts, cwnd {setup.get('cwnd', 0) / 1000:.1f} KB"
+        )
     return ", ".join(parts)
 
 
@@ -2045,6 +2051,8 @@ def natlab_bulk(
                 "path": connected[0]["path"],
                 "datagram_size": sent[-1]["datagram_size"],
                 "rtt_ms": (connected[0]["rtt"] or 0) * 1000,
+                # the sender's congestion state once connected, before the first transfer
+                "setup": connected[0].get("setup"),
                 # share of a core the delayer used over the sender's whole life (set-up included)
                 "delayer_cpu_seconds": cpu_delayer,
                 "transfer_seconds": seconds,

@@ -162,7 +162,12 @@ async def main(config: dict) -> None:
     async with Peer(identity, config["beacons"], direct=config.get("direct", True), tuning=tuning, **options) as peer:
         conn = await peer.connect(config["meeting"], expect=config["expect"], timeout=config.get("timeout", 30))
         await asyncio.sleep(1.5)  # path-MTU search over (a few RTTs)
-        emit(event="connected", path=conn.path, datagram_size=conn.datagram_size, rtt=conn.rtt)
+        from discretpeer.quic_stack import congestion_state
+
+        # the sender's loss recovery before any transfer: what setting the connection up cost
+        # (packets lost, probe timeouts) and the window it starts the first transfer with
+        setup = congestion_state(conn._protocol.quic)
+        emit(event="connected", path=conn.path, datagram_size=conn.datagram_size, rtt=conn.rtt, setup=setup)
         if config["role"] == "sink":
             while True:
                 reader, writer = await conn.accept_stream()
