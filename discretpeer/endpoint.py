@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ from discretpeer._aioquic import QuicProtocol
 from discretpeer.addresses import Addr, SocketAddress
 from discretpeer.connection_ids import ConnectionIds
 from discretpeer.initial_gate import CONNECTION_ID_LENGTH, SMALLEST_INITIAL, Accept, Admission, InitialGate
+from discretpeer.logs import get_logger
 from discretpeer.paths import Route, RouteTable, is_virtual
 from discretpeer.proto.probe import QUIC_FIXED_BIT
 from discretpeer.proto.relay_frame import RELAY_DATA
@@ -35,6 +37,8 @@ from discretpeer.quic_stack import connection_class_for
 from discretpeer.stateless_reset import is_reset
 from discretpeer.tuning import DEFAULT_TUNING, Tuning
 from discretpeer.udp_transport import SendingTransport
+
+log = get_logger("discretpeer.endpoint")
 
 __all__ = ["CONNECTION_ID_LENGTH", "SMALLEST_INITIAL", "Admission", "Endpoint", "EndpointProtocol"]
 
@@ -812,12 +816,34 @@ def _gro_segment(ancillary: list[tuple[int, int, bytes]]) -> int:
     return 0
 
 
-def enlarge_buffers(sock: socket.socket) -> None:
-    """Ask for 4 MB receive and send buffers on a UDP socket: room for bursts of small QUIC
-    packets while the loop is busy (the kernel may cap it; a refusal is ignored)."""
+SOCKET_BUFFER = 4 * 1024 * 1024  # bytes asked for each UDP socket's receive and send buffers
+_FORCE_OPTIONS = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32}  # Linux: SO_RCVBUFFORCE, SO_SNDBUFFORCE
+
+
+def enlarge_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> tuple[int, int]:
+    """Ask for ``size``-byte receive and send buffers on a UDP socket: room for bursts of QUIC
+    packets while the loop is busy. Linux caps the ask at net.core.rmem_max / wmem_max (208 KiB
+    on a stock system) unless the process may go beyond (CAP_NET_ADMIN: the FORCE options, tried
+    first); a refusal is ignored. Returns the (receive, send) bytes granted, 0 where unknown."""
+    granted = []
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
+        forced = False
+        if sys.platform.startswith("linux"):  # elsewhere 32 and 33 are other options
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _FORCE_OPTIONS[option], size)
+                forced = True
+            except OSError:
+                pass  # not privileged: what the limit allows
+        if not forced:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
+        try:
+            value = sock.getsockopt(socket.SOL_SOCKET, option)
+        except OSError:
+            value = 0
+        # Linux reports twice what it granted (the other half is its bookkeeping)
+        granted.append(value // 2 if sys.platform.startswith("linux") else value)
+    return granted[0], granted[1]
 
 
 def _make_socket(host: str | None, port: int) -> socket.socket:
@@ -835,6 +861,14 @@ def _make_socket(host: str | None, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
         sock.bind((host, port))
-    enlarge_buffers(sock)
+    receive, send = enlarge_buffers(sock)
+    if 0 < receive < SOCKET_BUFFER or 0 < send < SOCKET_BUFFER:
+        log.warning(
+            "UDP socket buffers below what was asked: at high rates bursts are dropped",
+            receive=receive,
+            send=send,
+            asked=SOCKET_BUFFER,
+            fix=f"sysctl -w net.core.rmem_max={SOCKET_BUFFER} net.core.wmem_max={SOCKET_BUFFER}",
+        )
     sock.setblocking(False)
     return sock

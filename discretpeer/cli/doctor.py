@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from discretpeer.behaviour_probe import (
     probe_filtering,
 )
 from discretpeer.candidates import is_lan_address, local_addresses
+from discretpeer.endpoint import SOCKET_BUFFER, enlarge_buffers
 from discretpeer.identity import Identity, IdentityError
 from discretpeer.peer import Peer
 from discretpeer.portmap.client import PortMapStatus
@@ -567,6 +569,28 @@ async def _check_mdns(report: Report, settings: Settings) -> None:
     report.add(OK, "mdns", f"zeroconf starts (LAN discovery is {state})", lan=settings.lan)
 
 
+def udp_buffer_verdict(receive: int, send: int) -> tuple[str, str]:
+    """The verdict on the UDP socket buffers a peer gets (bytes granted, 0: unknown)."""
+    mib = 1024 * 1024
+    granted = f"receive {receive / mib:.2f} MiB, send {send / mib:.2f} MiB"
+    if not receive or not send:
+        return OK, f"{granted} (the system does not tell)"
+    if receive >= SOCKET_BUFFER and send >= SOCKET_BUFFER:
+        return OK, granted
+    return WARN, (
+        f"{granted} of the {SOCKET_BUFFER / mib:.0f} MiB asked: the system caps them (net.core.rmem_max, "
+        f"wmem_max), and at high rates bursts are dropped; raise the caps: "
+        f"sysctl -w net.core.rmem_max={SOCKET_BUFFER} net.core.wmem_max={SOCKET_BUFFER}"
+    )
+
+
+def _check_udp_buffers(report: Report) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        receive, send = enlarge_buffers(sock)
+    verdict, message = udp_buffer_verdict(receive, send)
+    report.add(verdict, "udp buffers", message, receive=receive, send=send, asked=SOCKET_BUFFER)
+
+
 async def run_doctor(settings: Settings, args: Any, console: Console) -> int:
     report = Report(console)
     if settings.config_path is not None:
@@ -588,6 +612,7 @@ async def run_doctor(settings: Settings, args: Any, console: Console) -> int:
     else:
         report.add(WARN, "identity", f"none yet at {path}: `discretpeer id` creates one")
     await _check_beacons(report, settings, identity or Identity.generate(), args.timeout)
+    _check_udp_buffers(report)
     await _check_token_slots(report, settings)
     if not args.no_mdns:
         await _check_mdns(report, settings)

@@ -1,0 +1,69 @@
+"""UDP socket buffers: a peer asks for SOCKET_BUFFER bytes each way; where the process may
+(CAP_NET_ADMIN) it gets them beyond the system's caps (net.core.rmem_max / wmem_max), else what
+the caps allow, and says so (a log line; `discretpeer doctor`'s "udp buffers" check)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from discretpeer.cli.doctor import OK, WARN, udp_buffer_verdict
+from discretpeer.endpoint import SOCKET_BUFFER
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root (a network namespace, CAP_NET_ADMIN)"
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# a size above this machine's caps (read from a namespace of the test's own: 4 MiB here)
+PROBE = """
+import json, socket
+from discretpeer.endpoint import enlarge_buffers
+cap = int(open("/proc/sys/net/core/rmem_max").read())
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    print(json.dumps({"cap": cap, "granted": enlarge_buffers(sock, 4 * cap)}))
+"""
+
+
+def _in_namespace(prefix: list[str]) -> dict:
+    name = f"dpt-{os.getpid()}-buffers"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        out = subprocess.run(
+            ["ip", "netns", "exec", name, *prefix, sys.executable, "-c", PROBE],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": ROOT},
+            timeout=30,
+        )
+        return json.loads(out.stdout)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_with_cap_net_admin_the_buffers_go_beyond_the_systems_cap() -> None:
+    result = _in_namespace([])
+    assert result["granted"] == [4 * result["cap"], 4 * result["cap"]], result
+
+
+def test_without_it_the_cap_is_what_the_socket_gets_and_what_is_reported() -> None:
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is missing"
+    result = _in_namespace([setpriv, "--bounding-set=-net_admin", "--inh-caps=-net_admin"])
+    assert result["granted"][0] == result["cap"], result  # receive: rmem_max
+    assert 0 < result["granted"][1] <= 4 * result["cap"], result
+
+
+def test_the_doctors_verdict_names_the_caps_and_the_fix() -> None:
+    assert udp_buffer_verdict(SOCKET_BUFFER, SOCKET_BUFFER) == (OK, "receive 4.00 MiB, send 4.00 MiB")
+    verdict, message = udp_buffer_verdict(212992, 212992)  # a stock system's caps, without privilege
+    assert verdict == WARN
+    assert "receive 0.20 MiB, send 0.20 MiB of the 4 MiB asked" in message
+    assert f"sysctl -w net.core.rmem_max={SOCKET_BUFFER} net.core.wmem_max={SOCKET_BUFFER}" in message
+    assert udp_buffer_verdict(0, 0)[0] == OK  # a system that does not tell: nothing to act on
