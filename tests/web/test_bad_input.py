@@ -25,7 +25,8 @@ async def _pair(browser, service, device) -> None:
 
 
 async def _shell_echo(browser, word: str) -> None:
-    assert await browser.eval("dp.open(0)"), await browser.eval("dp.state.status")
+    # on failure: the page's status and its timeline (offer, answer, ICE and DTLS states, in ms)
+    assert await browser.eval("dp.open(0)"), await browser.eval("[dp.state.status, dp.state.marks.slice(-20)]")
     await browser.wait_for(f"dp.terminalText().includes({PROMPT!r})")
     await browser.type_text(f"echo {word}-$((40+2))\r")
     await browser.wait_for(f"dp.terminalText().includes('{word}-42')")
