@@ -28,7 +28,10 @@ def build(lab: Lab, tmp_path: Path, **portmap: Any) -> dict[str, str]:
     return start_beacon(lab, tmp_path)[1]
 
 
-def wait_rules(lab: Lab, router: str, present: bool, timeout: float = 5.0) -> str:
+def wait_rules(lab: Lab, router: str, present: bool, timeout: float = 15.0) -> str:
+    # returns as soon as the rules are as wanted; the wait starts with the peers' processes, so it
+    # covers their start, a gateway that answers late (upnp_delay 2.5 s) and a loaded CI machine
+    # (a CI run saw none within 5 s where the mapping was then used)
     deadline = time.monotonic() + timeout
     while True:
         rules = lab.portmap_rules(router)
