@@ -818,6 +818,7 @@ def _gro_segment(ancillary: list[tuple[int, int, bytes]]) -> int:
 
 SOCKET_BUFFER = 4 * 1024 * 1024  # bytes asked for each UDP socket's receive and send buffers
 _FORCE_OPTIONS = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32}  # Linux: SO_RCVBUFFORCE, SO_SNDBUFFORCE
+_LINUX = sys.platform.startswith("linux")  # elsewhere 32 and 33 are other options
 
 
 def enlarge_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> tuple[int, int]:
@@ -828,7 +829,7 @@ def enlarge_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> tuple[int
     granted = []
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         forced = False
-        if sys.platform.startswith("linux"):  # elsewhere 32 and 33 are other options
+        if _LINUX:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, _FORCE_OPTIONS[option], size)
                 forced = True
@@ -842,7 +843,7 @@ def enlarge_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> tuple[int
         except OSError:
             value = 0
         # Linux reports twice what it granted (the other half is its bookkeeping)
-        granted.append(value // 2 if sys.platform.startswith("linux") else value)
+        granted.append(value // 2 if _LINUX else value)
     return granted[0], granted[1]
 
 

@@ -14,12 +14,12 @@ import pytest
 
 from discretpeer.cli.doctor import OK, WARN, udp_buffer_verdict
 from discretpeer.endpoint import SOCKET_BUFFER
+from tests.peer.beacon_process import ROOT
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root (a network namespace, CAP_NET_ADMIN)"
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # a size above this machine's caps (read from a namespace of the test's own: 4 MiB here)
 PROBE = """
 import json, socket
@@ -39,7 +39,7 @@ def _in_namespace(prefix: list[str]) -> dict:
             capture_output=True,
             text=True,
             check=True,
-            env={**os.environ, "PYTHONPATH": ROOT},
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
             timeout=30,
         )
         return json.loads(out.stdout)
