@@ -4,12 +4,8 @@ beacon on loopback, and stopping a process for good."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 # a beacon that listens on loopback only, on a port the kernel picks
@@ -32,33 +28,6 @@ def stop_process(process: subprocess.Popen, timeout: float = 5.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-def stop_process_group(process: subprocess.Popen, timeout: float = 5.0) -> None:
-    """The same for a process started with ``start_new_session=True`` and every process of its group
-    (children it left behind too), so that none writes into a directory the caller removes next."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    deadline = time.monotonic() + timeout
-    while _group_alive(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    while _group_alive(process.pid) and time.monotonic() < deadline + timeout:
-        time.sleep(0.02)
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def stop_async_process(process: asyncio.subprocess.Process, timeout: float = 10.0) -> None:

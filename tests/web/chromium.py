@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +16,7 @@ from typing import Any
 
 import websockets
 
-from tests.support.processes import stop_process_group
+from tests.support.processes import stop_process
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -41,12 +40,8 @@ class Chromium:
     def __init__(self, extra: list[str] | None = None, prefix: list[str] | None = None) -> None:
         assert CHROMIUM, "chromium is not installed (scripts/test.sh installs it)"
         self.profile = Path(tempfile.mkdtemp(prefix="dp-chromium-"))
-        scratch = self.profile / "tmp"  # Chromium's own temporary files (its singleton socket) go with the profile
-        scratch.mkdir()
         self.proc = subprocess.Popen(
             [*(prefix or []), CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", *(extra or []), "about:blank"],
-            env={**os.environ, "TMPDIR": str(scratch)},
-            start_new_session=True,  # its helper processes share the group: close() stops them all
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -147,5 +142,5 @@ class Chromium:
         if self.ws is not None:
             with contextlib.suppress(Exception):
                 await self.ws.close()
-        stop_process_group(self.proc)
+        stop_process(self.proc)
         shutil.rmtree(self.profile, ignore_errors=True)
