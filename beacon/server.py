@@ -553,7 +553,7 @@ class BeaconServer:
             if family == socket.AF_INET6:
                 # separate from the IPv4 socket, which may use the same port
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            enlarge_buffers(sock)
+            enlarge_buffers(sock, workers.SOCKET_BUFFER, workers.SOCKET_BUFFER)
             sock.bind((host, port))
             sock.setblocking(False)
         except OSError as exc:

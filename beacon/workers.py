@@ -54,6 +54,10 @@ from aioquic.quic.connection import QuicConnection
 from discretpeer._aioquic import first_byte_connection_class
 from discretpeer.endpoint import enlarge_buffers
 
+# Bytes asked for each of the beacon's UDP sockets, each way. Not a peer's 16 MiB receive buffer: what
+# waits in it waits ahead of every peer's control messages, relayed or not, when the beacon is busy.
+SOCKET_BUFFER = 4 * 1024 * 1024
+
 SO_ATTACH_REUSEPORT_CBPF = 51  # linux/asm-generic/socket.h
 # the benchmark's baseline runs without the program (kernel hash only): DISCRETPEER_BEACON_STEERING=0
 STEERING = os.environ.get("DISCRETPEER_BEACON_STEERING", "1") != "0"
@@ -124,7 +128,7 @@ def _reuseport_group(family: socket.AddressFamily, host: str, port: int, count: 
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            enlarge_buffers(sock)
+            enlarge_buffers(sock, SOCKET_BUFFER, SOCKET_BUFFER)
             sock.bind((host, port))
             port = sock.getsockname()[1]  # port 0: the others join the port the first one got
         if STEERING:

@@ -816,18 +816,25 @@ def _gro_segment(ancillary: list[tuple[int, int, bytes]]) -> int:
     return 0
 
 
-SOCKET_BUFFER = 4 * 1024 * 1024  # bytes asked for each UDP socket's receive and send buffers
+# Bytes asked for a peer socket's buffers. The receive side holds what arrives while the loop is
+# busy elsewhere. In the NAT lab's bulk rows (windows for the path, 100-200 MB/s) 4 MiB overflowed
+# in four of eight, each overflow dropping a whole GRO batch (~30 packets; 7,000-11,000 packets a
+# transfer); 16 MiB in none, at the same round trip (benchmarks/README.md, "The receiver's socket
+# buffer"). It costs memory only while full. The send side only smooths the kernel's hand-over.
+RECEIVE_BUFFER = 16 * 1024 * 1024
+SEND_BUFFER = 4 * 1024 * 1024
+BUFFER_FIX = f"sysctl -w net.core.rmem_max={RECEIVE_BUFFER} net.core.wmem_max={SEND_BUFFER}"
 _FORCE_OPTIONS = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32}  # Linux: SO_RCVBUFFORCE, SO_SNDBUFFORCE
 _LINUX = sys.platform.startswith("linux")  # elsewhere 32 and 33 are other options
 
 
-def enlarge_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> tuple[int, int]:
-    """Ask for ``size``-byte receive and send buffers on a UDP socket: room for bursts of QUIC
+def enlarge_buffers(sock: socket.socket, receive: int = RECEIVE_BUFFER, send: int = SEND_BUFFER) -> tuple[int, int]:
+    """Ask for ``receive``- and ``send``-byte buffers on a UDP socket: room for bursts of QUIC
     packets while the loop is busy. Linux caps the ask at net.core.rmem_max / wmem_max (208 KiB
     on a stock system) unless the process may go beyond (CAP_NET_ADMIN: the FORCE options, tried
     first); a refusal is ignored. Returns the (receive, send) bytes granted, 0 where unknown."""
     granted = []
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+    for option, size in ((socket.SO_RCVBUF, receive), (socket.SO_SNDBUF, send)):
         forced = False
         if _LINUX:
             try:
@@ -863,13 +870,13 @@ def _make_socket(host: str | None, port: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
         sock.bind((host, port))
     receive, send = enlarge_buffers(sock)
-    if 0 < receive < SOCKET_BUFFER or 0 < send < SOCKET_BUFFER:
+    if 0 < receive < RECEIVE_BUFFER or 0 < send < SEND_BUFFER:
         log.warning(
             "UDP socket buffers below what was asked: at high rates bursts are dropped",
             receive=receive,
             send=send,
-            asked=SOCKET_BUFFER,
-            fix=f"sysctl -w net.core.rmem_max={SOCKET_BUFFER} net.core.wmem_max={SOCKET_BUFFER}",
+            asked=[RECEIVE_BUFFER, SEND_BUFFER],
+            fix=BUFFER_FIX,
         )
     sock.setblocking(False)
     return sock

@@ -21,7 +21,7 @@ from discretpeer.behaviour_probe import (
     probe_filtering,
 )
 from discretpeer.candidates import is_lan_address, local_addresses
-from discretpeer.endpoint import SOCKET_BUFFER, enlarge_buffers
+from discretpeer.endpoint import BUFFER_FIX, RECEIVE_BUFFER, SEND_BUFFER, enlarge_buffers
 from discretpeer.identity import Identity, IdentityError
 from discretpeer.peer import Peer
 from discretpeer.portmap.client import PortMapStatus
@@ -575,12 +575,11 @@ def udp_buffer_verdict(receive: int, send: int) -> tuple[str, str]:
     granted = f"receive {receive / mib:.2f} MiB, send {send / mib:.2f} MiB"
     if not receive or not send:
         return OK, f"{granted} (the system does not tell)"
-    if receive >= SOCKET_BUFFER and send >= SOCKET_BUFFER:
+    if receive >= RECEIVE_BUFFER and send >= SEND_BUFFER:
         return OK, granted
     return WARN, (
-        f"{granted} of the {SOCKET_BUFFER / mib:.0f} MiB asked: the system caps them (net.core.rmem_max, "
-        f"wmem_max), and at high rates bursts are dropped; raise the caps: "
-        f"sysctl -w net.core.rmem_max={SOCKET_BUFFER} net.core.wmem_max={SOCKET_BUFFER}"
+        f"{granted} of the {RECEIVE_BUFFER / mib:.0f} and {SEND_BUFFER / mib:.0f} MiB asked: the system caps "
+        f"them (net.core.rmem_max, wmem_max), and at high rates bursts are dropped; raise the caps: {BUFFER_FIX}"
     )
 
 
@@ -588,7 +587,7 @@ def _check_udp_buffers(report: Report) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         receive, send = enlarge_buffers(sock)
     verdict, message = udp_buffer_verdict(receive, send)
-    report.add(verdict, "udp buffers", message, receive=receive, send=send, asked=SOCKET_BUFFER)
+    report.add(verdict, "udp buffers", message, receive=receive, send=send, asked=[RECEIVE_BUFFER, SEND_BUFFER])
 
 
 async def run_doctor(settings: Settings, args: Any, console: Console) -> int:
