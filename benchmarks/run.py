@@ -1900,8 +1900,17 @@ def lab_drops(lab: Any) -> dict[str, int]:
             drops["links"] += stats.get("rx", {}).get("dropped", 0) + stats.get("tx", {}).get("dropped", 0)
         qdiscs = lab.run(name, ["tc", "-s", "-j", "qdisc"], check=False).stdout
         drops["qdiscs"] += sum(q.get("drops", 0) for q in json.loads(qdiscs or "[]"))
-        drops["udp_rcvbuf"] += udp_receive_buffer_errors(lab.run(name, ["cat", "/proc/net/snmp"], check=False).stdout)
+        errors = udp_receive_buffer_errors(lab.run(name, ["cat", "/proc/net/snmp"], check=False).stdout)
+        drops["udp_rcvbuf"] += errors
+        drops[f"udp_rcvbuf {name}"] = errors  # which socket's reader fell behind: a home host's, the beacon's
     return drops
+
+
+def drops_between(start: dict[str, int], end: dict[str, int]) -> dict[str, int]:
+    """The lab's drops from ``start`` to ``end`` (two ``lab_drops``); per-node keys only where
+    something was dropped."""
+    delta = {k: end[k] - start.get(k, 0) for k in end}
+    return {k: v for k, v in delta.items() if v or not k.startswith("udp_rcvbuf ")}
 
 
 def udp_receive_buffer_errors(snmp: str) -> int:
@@ -2067,7 +2076,7 @@ def natlab_bulk(
                 "sink_transfer_cpu_seconds": sum(e["cpu_seconds"] for e in received),
                 "bytes_moved": size * len(sent),
                 # packets the lab dropped meanwhile (delayer queue, links, qdiscs)
-                "lab_drops": {k: drops_end[k] - drops_start[k] for k in drops_end},
+                "lab_drops": drops_between(drops_start, drops_end),
             }
             if connected[0]["path"] != ("relay" if kind == "relay" else "direct"):
                 raise RuntimeError(f"natbulk {kind}: the connection took the {connected[0]['path']} path")

@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks.run import udp_receive_buffer_errors
+from benchmarks.run import drops_between, udp_receive_buffer_errors
 
 HEADER = "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors"
 
@@ -30,3 +30,10 @@ def test_any_text_reads_as_a_count_and_a_real_count_survives_noise(noise: str, c
     assert udp_receive_buffer_errors(noise) >= 0
     snmp = f"{HEADER}\nUdp: 0 0 0 0 {count} 0 0 0 0\n" + noise.replace("Udp:", "")
     assert udp_receive_buffer_errors(snmp) == count
+
+
+def test_drops_between_names_the_nodes_whose_reader_fell_behind() -> None:
+    start = {"qdiscs": 3, "udp_rcvbuf": 10, "udp_rcvbuf beacon": 10, "udp_rcvbuf B1": 0}
+    end = {"qdiscs": 3, "udp_rcvbuf": 55, "udp_rcvbuf beacon": 50, "udp_rcvbuf B1": 5}
+    assert drops_between(start, end) == {"qdiscs": 0, "udp_rcvbuf": 45, "udp_rcvbuf beacon": 40, "udp_rcvbuf B1": 5}
+    assert drops_between(end, end) == {"qdiscs": 0, "udp_rcvbuf": 0}  # the totals stay, quiet nodes go
