@@ -1,7 +1,7 @@
-"""UDP socket buffers: a peer asks for RECEIVE_BUFFER / SEND_BUFFER bytes (the beacon for its own
-SOCKET_BUFFER each way); where the process may
-(CAP_NET_ADMIN) it gets them beyond the system's caps (net.core.rmem_max / wmem_max), else what
-the caps allow, and says so (a log line; `discretpeer doctor`'s "udp buffers" check)."""
+"""UDP socket buffers: a peer asks for RECEIVE_BUFFER and SEND_BUFFER bytes, the beacon for its
+own SOCKET_BUFFER each way; where the process may (CAP_NET_ADMIN) it gets them beyond the system's
+caps (net.core.rmem_max / wmem_max), else what the caps allow, and says so (a log line;
+`discretpeer doctor`'s "udp buffers" check)."""
 
 from __future__ import annotations
 
