@@ -854,6 +854,11 @@ def enlarge_buffers(sock: socket.socket, receive: int = RECEIVE_BUFFER, send: in
     return granted[0], granted[1]
 
 
+def buffers_short(receive: int, send: int) -> bool:
+    """Whether a peer socket got less than it asked (``enlarge_buffers``' answer; 0: unknown)."""
+    return 0 < receive < RECEIVE_BUFFER or 0 < send < SEND_BUFFER
+
+
 def _make_socket(host: str | None, port: int) -> socket.socket:
     if host is None:
         try:
@@ -870,7 +875,7 @@ def _make_socket(host: str | None, port: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
         sock.bind((host, port))
     receive, send = enlarge_buffers(sock)
-    if 0 < receive < RECEIVE_BUFFER or 0 < send < SEND_BUFFER:
+    if buffers_short(receive, send):
         log.warning(
             "UDP socket buffers below what was asked: at high rates bursts are dropped",
             receive=receive,

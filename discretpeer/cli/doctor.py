@@ -21,7 +21,7 @@ from discretpeer.behaviour_probe import (
     probe_filtering,
 )
 from discretpeer.candidates import is_lan_address, local_addresses
-from discretpeer.endpoint import BUFFER_FIX, RECEIVE_BUFFER, SEND_BUFFER, enlarge_buffers
+from discretpeer.endpoint import BUFFER_FIX, RECEIVE_BUFFER, SEND_BUFFER, buffers_short, enlarge_buffers
 from discretpeer.identity import Identity, IdentityError
 from discretpeer.peer import Peer
 from discretpeer.portmap.client import PortMapStatus
@@ -575,7 +575,7 @@ def udp_buffer_verdict(receive: int, send: int) -> tuple[str, str]:
     granted = f"receive {receive / mib:.2f} MiB, send {send / mib:.2f} MiB"
     if not receive or not send:
         return OK, f"{granted} (the system does not tell)"
-    if receive >= RECEIVE_BUFFER and send >= SEND_BUFFER:
+    if not buffers_short(receive, send):
         return OK, granted
     return WARN, (
         f"{granted} of the {RECEIVE_BUFFER / mib:.0f} and {SEND_BUFFER / mib:.0f} MiB asked: the system caps "
