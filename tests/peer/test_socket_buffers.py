@@ -174,7 +174,8 @@ async def test_a_strangers_flood_stops_at_the_beacons_buffer_and_a_pair_still_me
     dropped = samples[-1]["d"] - drops_before
     queued = max(sample["r"] for sample in samples)
     print(
-        f"\nflood: {sent:,} datagrams sent, {dropped:,} dropped by the kernel, queued at most {queued:,} bytes; beacon RSS +{rss_after - rss_before:,} KB"
+        f"\nflood: {sent:,} datagrams sent, {dropped:,} dropped by the kernel, queued at most {queued:,} bytes; "
+        f"beacon RSS +{rss_after - rss_before:,} KB"
     )
     assert dropped > 0, "the flood never filled the beacon's buffer: it tested nothing"
     assert all(sample["rb"] <= 2 * BEACON_BUFFER for sample in samples)
